@@ -1,0 +1,149 @@
+//! walarchive's read side: fetching WAL for PostgreSQL's `restore_command`.
+//!
+//! `restore_command`'s exit status is a three-way answer and getting it wrong loses data:
+//! 0 means "restored", a small non-zero status means "not available" (PostgreSQL then ends
+//! archive recovery and promotes), and only a status above 125 makes PostgreSQL abort. So
+//! this crate distinguishes "the repository positively has no such object" from every other
+//! failure (unreachable store, refused credentials, corrupt object, wrong URL): only the
+//! first may ever end a recovery. A fetched file appears at its destination only after its
+//! checksum is verified, through a rename, so a failed fetch leaves nothing behind.
+#![warn(missing_docs)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use walarchive_core::{ErrorKind, Repository, WalFileName};
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The repository exists and does not have this file.
+    #[error("{0} is not in the repository")]
+    NotFound(String),
+    /// The destination cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// Destination or temporary file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Anything the engine reports: storage, corruption, configuration.
+    #[error(transparent)]
+    Core(#[from] walarchive_core::Error),
+}
+
+impl FetchError {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FetchError::NotFound(_) => ErrorKind::NotFound,
+            FetchError::Write { .. } => ErrorKind::LocalIo,
+            FetchError::Core(e) => e.kind(),
+        }
+    }
+}
+
+/// What a fetch restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchReport {
+    /// The file restored.
+    pub name: WalFileName,
+    /// Bytes written to the destination.
+    pub len: u64,
+}
+
+/// Restores WAL file `name` (PostgreSQL's `%f`) from `repo` to `dest` (`%p`).
+pub async fn fetch_file(repo: &Repository, name: &str, dest: &Path) -> Result<FetchReport, FetchError> {
+    let parsed: WalFileName = name.parse().map_err(walarchive_core::Error::from)?;
+    let key = Repository::wal_key(&parsed);
+    let raw = match repo.get_verified(&key).await {
+        Ok((_, raw)) => raw,
+        Err(walarchive_core::Error::NotFound { .. }) => {
+            // "Not found" ends a recovery, so it must be a real answer from a real
+            // repository, not the symptom of a wrong URL or an emptied bucket.
+            repo.require_descriptor().await?;
+            return Err(FetchError::NotFound(name.to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let len = raw.len() as u64;
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomically(&dest, &raw))
+        .await
+        .expect("write task does not panic")?;
+    Ok(FetchReport { name: parsed, len })
+}
+
+/// Writes `content` to a temporary file beside `dest` and renames it into place. PostgreSQL
+/// re-requests WAL after a crash, so the file is not fsynced.
+fn write_atomically(dest: &Path, content: &[u8]) -> Result<(), FetchError> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+    let tmp = dir.join(format!(".{file_name}.walarchive-{}.tmp", std::process::id()));
+    let fail = |path: &Path, source| FetchError::Write { path: path.to_path_buf(), source };
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| fail(&tmp, e))?;
+        f.write_all(content).map_err(|e| fail(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, dest).map_err(|e| fail(dest, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::path::Path as ObjPath;
+    use std::sync::Arc;
+    use walarchive_core::storage::Backend;
+    use walarchive_core::{Compression, RetryPolicy};
+
+    fn repo() -> Repository {
+        Repository::with_store(
+            Arc::new(InMemory::new()),
+            ObjPath::from("p"),
+            Backend::Local,
+            "memory://t",
+            RetryPolicy::default(),
+            Compression::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn fetches_and_distinguishes_missing_repository() {
+        let r = repo();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        // No descriptor: not "not found", a configuration failure.
+        let e = fetch_file(&r, "00000002.history", &dest).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        let d = walarchive_core::Descriptor {
+            format_version: 1,
+            system_identifier: "1".into(),
+            pg_version: Some(15),
+            wal_page_magic: 0xD110,
+            wal_segment_size: 1 << 20,
+            created_at: 0,
+            created_by: "test".into(),
+        };
+        r.ensure_descriptor(&d, "test").await.unwrap();
+        let e = fetch_file(&r, "00000002.history", &dest).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        r.put_new("wal/history/00000002.history", b"1\t0/3000000\tno recovery target specified\n", Compression::Lz4)
+            .await
+            .unwrap();
+        let rep = fetch_file(&r, "00000002.history", &dest).await.unwrap();
+        assert_eq!(rep.len, 41);
+        assert_eq!(std::fs::read(&dest).unwrap().len(), 41);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(fetch_file(&r, "RECOVERYXLOG", &dest).await.unwrap_err().kind(), ErrorKind::BadInput);
+    }
+}

@@ -1,0 +1,147 @@
+//! walarchive's engine: the repository format and layout, storage backends, codecs, WAL
+//! names, LSNs and timelines, and the push side of PostgreSQL's archive contract.
+//!
+//! The crate is split so that every decision that protects an archive lives in one place:
+//! [`wal`] refuses anything that is not a WAL file before it reaches the store, [`format`]
+//! makes every object verifiable on its own, [`repo`] never overwrites and refuses another
+//! cluster's WAL, [`retry`] bounds every storage call, and [`push`] acknowledges a segment
+//! only once it is durably stored. The read side lives in the `walarchive-restore` crate.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod config;
+pub mod format;
+pub mod lsn;
+pub mod push;
+pub mod repo;
+pub mod retry;
+pub mod storage;
+pub mod wal;
+
+pub use codec::Compression;
+pub use lsn::Lsn;
+pub use repo::{Descriptor, Repository};
+pub use retry::RetryPolicy;
+pub use wal::{SegmentName, TimelineId, WalFileName};
+
+use format::{FormatError, Sha256Digest};
+use storage::{OpenError, StorageError};
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A local input file (or name) that is not something walarchive may archive.
+    #[error("{path}: {reason}")]
+    BadInput {
+        /// The file or name concerned.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The name is not a WAL file name.
+    #[error(transparent)]
+    BadName(#[from] wal::WalNameError),
+    /// The object exists with different content.
+    #[error("{name} is already archived with different content (stored sha256 {stored}, new sha256 {new}); refusing to overwrite it: is another server archiving into this repository?")]
+    Conflict {
+        /// WAL file name.
+        name: String,
+        /// Digest of the stored content.
+        stored: Sha256Digest,
+        /// Digest of the content offered.
+        new: Sha256Digest,
+    },
+    /// The WAL belongs to another cluster (or another WAL format) than the repository.
+    #[error("{name} does not belong to this repository: its {field} is {wal} but the repository's is {repo} (another cluster's WAL? refusing it)")]
+    ForeignCluster {
+        /// WAL file name.
+        name: String,
+        /// Which property differs.
+        field: &'static str,
+        /// The repository's value.
+        repo: String,
+        /// The WAL file's value.
+        wal: String,
+    },
+    /// The repository URL or configuration cannot be used.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A configuration problem.
+    #[error("{0}")]
+    Config(String),
+    /// A storage operation failed (after retries where retrying made sense).
+    #[error("{op} {key}: {source}")]
+    Storage {
+        /// What was being done.
+        op: &'static str,
+        /// Object key.
+        key: String,
+        /// The classified failure.
+        source: StorageError,
+    },
+    /// The object does not exist.
+    #[error("{key} is not in the repository")]
+    NotFound {
+        /// Object key.
+        key: String,
+    },
+    /// The repository has no descriptor: the URL is wrong, or nothing was ever archived.
+    #[error("no walarchive repository at {url} (no walarchive.repo object): wrong URL or bucket, or nothing was archived there yet")]
+    NoRepository {
+        /// The repository URL.
+        url: String,
+    },
+    /// A stored object fails verification.
+    #[error("{key} is corrupt: {source}")]
+    Corrupt {
+        /// Object key.
+        key: String,
+        /// What verification found.
+        source: FormatError,
+    },
+    /// A local file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Coarse classes of [`Error`], which the CLI maps to exit statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad local input: missing file, directory, wrong name, wrong size.
+    BadInput,
+    /// Already stored with different content.
+    Conflict,
+    /// Another cluster's WAL, or a repository of another cluster.
+    ForeignCluster,
+    /// Configuration: URL, scheme, missing repository.
+    Config,
+    /// Storage unreachable, refused or failing.
+    Storage,
+    /// The object is not in the repository.
+    NotFound,
+    /// A stored object fails verification.
+    Corrupt,
+    /// A local I/O failure.
+    LocalIo,
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BadInput { .. } | Error::BadName(_) => ErrorKind::BadInput,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::ForeignCluster { .. } => ErrorKind::ForeignCluster,
+            Error::Open(_) | Error::Config(_) | Error::NoRepository { .. } => ErrorKind::Config,
+            Error::Storage { .. } => ErrorKind::Storage,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Io { .. } => ErrorKind::LocalIo,
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The repository: key layout, the descriptor, and never-overwrite storage of objects.
+//!
+//! Layout under the repository prefix (format version 1):
+//!
+//! ```text
+//! walarchive.repo                                  descriptor (JSON in a walarchive object)
+//! wal/<TLI>/<LOG>/<segment>                        WAL segments, e.g. wal/00000001/00000000/000000010000000000000003
+//! wal/<TLI>/<LOG>/<segment>.partial                last segment of an abandoned timeline
+//! wal/<TLI>/<LOG>/<segment>.<OFFSET>.backup        backup history files
+//! wal/history/<TLI>.history                        timeline history files
+//! basebackups/<name>/...                           base backups (next format revision)
+//! ```
+//!
+//! Grouping by timeline then by 4 GiB "log" makes listing one timeline, or one range of it,
+//! a prefix listing instead of a scan of the whole archive. History files sit apart because
+//! recovery probes for them by timeline alone.
+//!
+//! Objects are only ever created, never replaced: a second push of the same name is
+//! compared with what is stored, and a difference is an error naming both checksums.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Compression;
+use crate::format::{self, ObjectHeader, Sha256Digest};
+use crate::retry::{retry, RetryPolicy};
+use crate::storage::{self, Backend, StorageError, StorageOptions};
+use crate::wal::WalFileName;
+use crate::Error;
+
+/// Name of the descriptor object.
+pub const DESCRIPTOR_KEY: &str = "walarchive.repo";
+/// The repository layout version this build writes and reads.
+pub const REPOSITORY_FORMAT: u32 = 1;
+
+/// What the repository archives: one PostgreSQL cluster's WAL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// Repository layout version.
+    pub format_version: u32,
+    /// The cluster's system identifier, as decimal text (as `pg_controldata` prints it).
+    pub system_identifier: String,
+    /// PostgreSQL major version, when the WAL page magic is a known one.
+    pub pg_version: Option<u32>,
+    /// The WAL page magic (`XLOG_PAGE_MAGIC`) of the cluster's WAL format.
+    pub wal_page_magic: u16,
+    /// WAL segment size in bytes.
+    pub wal_segment_size: u64,
+    /// When the repository was created (seconds since the Unix epoch).
+    pub created_at: u64,
+    /// The walarchive version that created it.
+    pub created_by: String,
+}
+
+/// Result of storing an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Newly stored.
+    Stored {
+        /// Bytes uploaded (header and compressed body).
+        stored_len: u64,
+    },
+    /// An identical object was already there.
+    AlreadyStored,
+}
+
+/// An opened repository.
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    backend: Backend,
+    url: String,
+    /// Retry policy for every storage call.
+    pub policy: RetryPolicy,
+    /// Codec for new objects.
+    pub compression: Compression,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.url)
+            .field("backend", &self.backend)
+            .field("compression", &self.compression)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Opens the repository at `url`.
+    pub fn open(
+        url: &str,
+        options: &StorageOptions,
+        policy: RetryPolicy,
+        compression: Compression,
+    ) -> Result<Self, Error> {
+        let loc = storage::open(url, options, &policy)?;
+        Ok(Self::with_store(loc.store, loc.prefix, loc.backend, url, policy, compression))
+    }
+
+    /// A repository over an already built store (tests, fault injection).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        backend: Backend,
+        url: &str,
+        policy: RetryPolicy,
+        compression: Compression,
+    ) -> Self {
+        Repository { store, prefix, backend, url: url.to_string(), policy, compression }
+    }
+
+    /// The repository URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The backend kind.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The full key of a path relative to the repository root.
+    pub fn key(&self, relative: &str) -> Path {
+        Path::from_iter(self.prefix.parts().chain(Path::from(relative).parts()))
+    }
+
+    /// The relative key of a WAL file.
+    pub fn wal_key(name: &WalFileName) -> String {
+        match name {
+            WalFileName::History(_) => format!("wal/history/{name}"),
+            _ => {
+                let seg = name.segment().expect("non-history WAL files name a segment");
+                format!("wal/{}/{:08X}/{name}", seg.timeline.hex(), seg.log)
+            }
+        }
+    }
+
+    /// Reads the descriptor, if the repository has one.
+    pub async fn descriptor(&self) -> Result<Option<Descriptor>, Error> {
+        match self.get_verified(DESCRIPTOR_KEY).await {
+            Ok((_, raw)) => serde_json::from_slice(&raw).map(Some).map_err(|e| Error::Corrupt {
+                key: DESCRIPTOR_KEY.into(),
+                source: format::FormatError::Decode(crate::codec::DecodeError {
+                    codec: "json",
+                    reason: e.to_string(),
+                }),
+            }),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the descriptor; a missing one means there is no repository at this URL.
+    pub async fn require_descriptor(&self) -> Result<Descriptor, Error> {
+        self.descriptor().await?.ok_or_else(|| Error::NoRepository { url: self.url.clone() })
+    }
+
+    /// Returns the repository's descriptor, creating it from `wanted` if there is none, and
+    /// refuses WAL (`name`) whose cluster properties differ from the stored descriptor.
+    pub async fn ensure_descriptor(&self, wanted: &Descriptor, name: &str) -> Result<Descriptor, Error> {
+        let existing = match self.descriptor().await? {
+            Some(d) => d,
+            None => {
+                let json = serde_json::to_vec_pretty(wanted).expect("descriptor serializes");
+                match self.put_new(DESCRIPTOR_KEY, &json, Compression::None).await {
+                    Ok(_) => {
+                        tracing::info!(
+                            "created repository {} for system identifier {}",
+                            self.url,
+                            wanted.system_identifier
+                        );
+                        return Ok(wanted.clone());
+                    }
+                    // Another process created it first: compare with theirs.
+                    Err(Error::Conflict { .. }) => self.require_descriptor().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if existing.format_version > REPOSITORY_FORMAT {
+            return Err(Error::Config(format!(
+                "repository {} has format version {}, newer than this walarchive understands ({}): upgrade walarchive",
+                self.url, existing.format_version, REPOSITORY_FORMAT
+            )));
+        }
+        let mismatch = |field: &'static str, repo: String, wal: String| Error::ForeignCluster {
+            name: name.to_string(),
+            field,
+            repo,
+            wal,
+        };
+        if existing.system_identifier != wanted.system_identifier {
+            return Err(mismatch(
+                "system identifier",
+                existing.system_identifier.clone(),
+                wanted.system_identifier.clone(),
+            ));
+        }
+        if existing.wal_segment_size != wanted.wal_segment_size {
+            return Err(mismatch(
+                "WAL segment size",
+                existing.wal_segment_size.to_string(),
+                wanted.wal_segment_size.to_string(),
+            ));
+        }
+        if existing.wal_page_magic != wanted.wal_page_magic {
+            return Err(mismatch(
+                "WAL format (page magic)",
+                format!("0x{:04X}", existing.wal_page_magic),
+                format!("0x{:04X}", wanted.wal_page_magic),
+            ));
+        }
+        Ok(existing)
+    }
+
+    /// Stores `raw` under `relative` unless an object is already there. An identical existing
+    /// object is success ([`PutOutcome::AlreadyStored`]); a different one is
+    /// [`Error::Conflict`]; an existing object that fails verification is [`Error::Corrupt`].
+    pub async fn put_new(&self, relative: &str, raw: &[u8], compression: Compression) -> Result<PutOutcome, Error> {
+        let key = self.key(relative);
+        let digest = Sha256Digest::of(raw);
+        // Look first: a re-push after a crash then costs one small request instead of an
+        // upload, and stores that ignore conditional puts still never get overwritten.
+        if self.exists(&key).await? {
+            return self.compare_existing(relative, &key, digest).await;
+        }
+        let encoded = format::encode_with_digest(raw, compression, digest);
+        let stored_len = encoded.bytes.len() as u64;
+        let payload = PutPayload::from(Bytes::from(encoded.bytes));
+        let opts = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        let what = format!("put {key}");
+        let put = retry(&self.policy, &what, || {
+            let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
+            async move { store.put_opts(&key, payload, opts()).await.map(|_| ()).map_err(StorageError::from) }
+        })
+        .await;
+        match put {
+            Ok(()) => Ok(PutOutcome::Stored { stored_len }),
+            // Created meanwhile by someone else, or by our own attempt whose answer was lost.
+            Err(StorageError::AlreadyExists) => self.compare_existing(relative, &key, digest).await,
+            Err(StorageError::Permanent(m)) if m.contains("412") || m.to_ascii_lowercase().contains("precondition") => {
+                self.compare_existing(relative, &key, digest).await
+            }
+            Err(StorageError::NotFound) => Err(Error::Storage {
+                op: "put",
+                key: key.to_string(),
+                source: StorageError::Permanent("the bucket or container does not exist".into()),
+            }),
+            Err(source) => Err(Error::Storage { op: "put", key: key.to_string(), source }),
+        }
+    }
+
+    async fn compare_existing(&self, relative: &str, key: &Path, digest: Sha256Digest) -> Result<PutOutcome, Error> {
+        let (header, _) = self.get_verified(relative).await?;
+        if header.sha256 == digest {
+            Ok(PutOutcome::AlreadyStored)
+        } else {
+            let name = relative.rsplit('/').next().unwrap_or(relative).to_string();
+            tracing::debug!("conflict at {key}");
+            Err(Error::Conflict { name, stored: header.sha256, new: digest })
+        }
+    }
+
+    async fn exists(&self, key: &Path) -> Result<bool, Error> {
+        let r = retry(&self.policy, &format!("head {key}"), || async {
+            self.store.head(key).await.map_err(StorageError::from)
+        })
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound) => Ok(false),
+            Err(source) => Err(Error::Storage { op: "head", key: key.to_string(), source }),
+        }
+    }
+
+    /// Downloads the object at `relative`, verifies it, and returns its header and content.
+    pub async fn get_verified(&self, relative: &str) -> Result<(ObjectHeader, Vec<u8>), Error> {
+        let key = self.key(relative);
+        let bytes = retry(&self.policy, &format!("get {key}"), || async {
+            let r = self.store.get(&key).await.map_err(StorageError::from)?;
+            r.bytes().await.map_err(StorageError::from)
+        })
+        .await
+        .map_err(|source| match source {
+            StorageError::NotFound => Error::NotFound { key: key.to_string() },
+            source => Error::Storage { op: "get", key: key.to_string(), source },
+        })?;
+        format::decode(&bytes).map_err(|source| Error::Corrupt { key: key.to_string(), source })
+    }
+
+    /// Lists the keys (relative to the repository root) under `relative_prefix`, sorted.
+    pub async fn list(&self, relative_prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+        use futures::TryStreamExt;
+        let prefix = self.key(relative_prefix);
+        let root_parts = self.prefix.parts().count();
+        let items = retry(&self.policy, &format!("list {prefix}"), || async {
+            self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await.map_err(StorageError::from)
+        })
+        .await
+        .map_err(|source| Error::Storage { op: "list", key: prefix.to_string(), source })?;
+        let mut out: Vec<(String, u64)> = items
+            .into_iter()
+            .map(|m| {
+                let rel: Vec<_> = m.location.parts().skip(root_parts).map(|p| p.as_ref().to_string()).collect();
+                (rel.join("/"), m.size)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn repo() -> Repository {
+        Repository::with_store(
+            Arc::new(InMemory::new()),
+            Path::from("some/prefix"),
+            Backend::Local,
+            "memory://test",
+            RetryPolicy::default(),
+            Compression::default(),
+        )
+    }
+
+    fn descriptor(sysid: &str) -> Descriptor {
+        Descriptor {
+            format_version: REPOSITORY_FORMAT,
+            system_identifier: sysid.into(),
+            pg_version: Some(15),
+            wal_page_magic: 0xD110,
+            wal_segment_size: 1 << 24,
+            created_at: 0,
+            created_by: "test".into(),
+        }
+    }
+
+    #[test]
+    fn wal_keys() {
+        let k = |n: &str| Repository::wal_key(&n.parse().unwrap());
+        assert_eq!(k("0000000200000001000000AB"), "wal/00000002/00000001/0000000200000001000000AB");
+        assert_eq!(k("000000010000000000000003.partial"), "wal/00000001/00000000/000000010000000000000003.partial");
+        assert_eq!(
+            k("000000010000000000000002.00000028.backup"),
+            "wal/00000001/00000000/000000010000000000000002.00000028.backup"
+        );
+        assert_eq!(k("00000002.history"), "wal/history/00000002.history");
+        assert_eq!(repo().key("wal/x").as_ref(), "some/prefix/wal/x");
+    }
+
+    #[tokio::test]
+    async fn never_overwrites() {
+        let r = repo();
+        assert!(matches!(r.put_new("a", b"one", Compression::Lz4).await.unwrap(), PutOutcome::Stored { .. }));
+        assert_eq!(r.put_new("a", b"one", Compression::Zstd(3)).await.unwrap(), PutOutcome::AlreadyStored);
+        let e = r.put_new("a", b"two", Compression::Lz4).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e}");
+        assert_eq!(r.get_verified("a").await.unwrap().1, b"one");
+        assert!(matches!(r.get_verified("b").await, Err(Error::NotFound { .. })));
+        assert_eq!(r.list("").await.unwrap(), vec![("a".to_string(), 68)]);
+    }
+
+    #[tokio::test]
+    async fn descriptor_refuses_other_clusters() {
+        let r = repo();
+        assert_eq!(r.descriptor().await.unwrap(), None);
+        assert!(matches!(r.require_descriptor().await, Err(Error::NoRepository { .. })));
+        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
+        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
+        let e = r.ensure_descriptor(&descriptor("2"), "seg").await.unwrap_err();
+        assert!(matches!(e, Error::ForeignCluster { field: "system identifier", .. }), "{e}");
+        let mut other = descriptor("1");
+        other.wal_segment_size = 1 << 20;
+        assert!(matches!(r.ensure_descriptor(&other, "s").await, Err(Error::ForeignCluster { .. })));
+    }
+}

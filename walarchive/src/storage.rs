@@ -1,0 +1,360 @@
+//! Storage backends behind object_store's `ObjectStore` trait, and error classification.
+//!
+//! Every backend is opened from a repository URL into an `Arc<dyn ObjectStore>` plus a key
+//! prefix, so the engine never knows which store it talks to: a new backend (GCS, Swift) is
+//! one more arm in [`open`]. Two things are decided here for all of them:
+//!
+//! - Durability: the local-directory backend fsyncs files and directories before a put
+//!   returns, so `wal-push` exiting 0 means the segment survives a power loss. The cloud
+//!   stores acknowledge a PUT only once it is durable.
+//! - Retries: object_store's internal retry loop is disabled and each request is bounded by
+//!   a timeout, so the single helper in [`crate::retry`] decides what is retried and for how
+//!   long. Errors are classified here into permanent and transient.
+//!
+//! Credentials never pass through this module's error messages: URL query strings (which
+//! may carry SAS tokens or signatures) are redacted from every message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+
+use crate::retry::RetryPolicy;
+
+/// A storage failure, classified for the retry helper.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("object not found")]
+    NotFound,
+    /// A create-only put found an existing object.
+    #[error("object already exists")]
+    AlreadyExists,
+    /// Credentials were refused (401/403).
+    #[error("access denied (check the credentials and their permissions): {0}")]
+    AccessDenied(String),
+    /// A failure retrying cannot fix (bad request, unsupported operation, invalid path).
+    #[error("{0}")]
+    Permanent(String),
+    /// A failure that may pass (5xx, connection reset, throttling).
+    #[error("{0}")]
+    Transient(String),
+    /// One attempt exceeded its time limit.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// Transient failures outlasted the retry bound.
+    #[error("gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: Box<StorageError>,
+    },
+}
+
+impl StorageError {
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StorageError::NotFound
+            | StorageError::AlreadyExists
+            | StorageError::AccessDenied(_)
+            | StorageError::Permanent(_)
+            | StorageError::GaveUp { .. } => true,
+            StorageError::Transient(_) | StorageError::Timeout(_) => false,
+        }
+    }
+
+    /// Whether this is "the object does not exist".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound)
+    }
+}
+
+impl From<object_store::Error> for StorageError {
+    fn from(e: object_store::Error) -> Self {
+        use object_store::Error as E;
+        let msg = redact(&e.to_string());
+        match e {
+            E::NotFound { .. } => StorageError::NotFound,
+            E::AlreadyExists { .. } => StorageError::AlreadyExists,
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => StorageError::AccessDenied(msg),
+            E::Precondition { .. }
+            | E::NotModified { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::InvalidPath { .. }
+            | E::UnknownConfigurationKey { .. } => StorageError::Permanent(msg),
+            E::Generic { ref source, .. } if is_transport_error(source.as_ref()) => StorageError::Transient(msg),
+            _ => classify_by_status(msg),
+        }
+    }
+}
+
+/// A connection-level failure (connect, reset, timeout, truncated body) anywhere in the chain.
+fn is_transport_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<object_store::client::HttpError>() || err.is::<std::io::Error>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// object_store keeps the HTTP status of generic failures private; its message carries it
+/// as "status code: NNN". 4xx (but 408 and 429) is permanent; everything else is transient.
+fn classify_by_status(msg: String) -> StorageError {
+    let status = msg
+        .split("status code: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => StorageError::Permanent(msg),
+        _ => StorageError::Transient(msg),
+    }
+}
+
+/// Removes URL query strings (signatures, SAS tokens) from a message.
+pub fn redact(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(start) = rest.find("http") {
+        let (before, url_on) = rest.split_at(start);
+        out.push_str(before);
+        let end = url_on.find(|c: char| c.is_whitespace()).unwrap_or(url_on.len());
+        let url = &url_on[..end];
+        match url.find('?') {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?<redacted>");
+            }
+            None => out.push_str(url),
+        }
+        rest = &url_on[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Extra backend options (object_store configuration keys such as `aws_endpoint`) from the
+/// configuration file. Values may be secrets, so `Debug` shows only the keys.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "<redacted>"))).finish()
+    }
+}
+
+/// Which backend a repository URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Amazon S3 and S3-compatible stores (`s3://`).
+    S3,
+    /// Azure Blob Storage (`az://`, `azure://`).
+    Azure,
+    /// A local (or mounted) directory (`file://`).
+    Local,
+}
+
+/// A repository URL that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Not a URL, or one without the required parts.
+    #[error("invalid repository URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given (never contains secrets: those come from the environment).
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A scheme walarchive has no backend for.
+    #[error("unsupported repository URL scheme {scheme:?} in {url:?} (supported: s3://, az://, azure://, file://)")]
+    UnknownScheme {
+        /// The scheme.
+        scheme: String,
+        /// The URL.
+        url: String,
+    },
+    /// The backend refused its configuration.
+    #[error("cannot configure the {backend:?} backend: {reason}")]
+    Backend {
+        /// Backend.
+        backend: Backend,
+        /// object_store's message.
+        reason: String,
+    },
+}
+
+/// An opened repository location.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (may be empty).
+    pub prefix: Path,
+    /// Which backend.
+    pub backend: Backend,
+}
+
+/// Opens `url` with credentials from the environment, then `options` (which win).
+pub fn open(url: &str, options: &StorageOptions, policy: &RetryPolicy) -> Result<Location, OpenError> {
+    let bad = |reason: &str| OpenError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("query strings and fragments are not allowed (put credentials in the environment)"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("credentials in the URL are not allowed (put them in the environment)"));
+    }
+    let scheme = parsed.scheme().to_ascii_lowercase();
+    let path = percent_decode(parsed.path()).ok_or_else(|| bad("the path is not valid UTF-8"))?;
+    let client = ClientOptions::new()
+        .with_timeout(policy.attempt_timeout)
+        .with_connect_timeout(Duration::from_secs(10).min(policy.attempt_timeout));
+    // walarchive's own helper retries; object_store must not retry underneath it.
+    let no_retry = RetryConfig { max_retries: 0, ..RetryConfig::default() };
+    let backend_err = |backend: Backend| {
+        move |e: object_store::Error| OpenError::Backend { backend, reason: redact(&e.to_string()) }
+    };
+    let (store, prefix, backend): (Arc<dyn ObjectStore>, &str, Backend) = match scheme.as_str() {
+        "s3" | "s3a" => {
+            let bucket = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("missing bucket name"))?;
+            let mut b = AmazonS3Builder::new().with_client_options(client).with_retry(no_retry);
+            for (k, v) in env_options("AWS_").chain(options_for(options, "aws_")) {
+                if let Ok(key) = k.parse::<AmazonS3ConfigKey>() {
+                    b = b.with_config(key, v);
+                }
+            }
+            let store = b.with_bucket_name(bucket).build().map_err(backend_err(Backend::S3))?;
+            (Arc::new(store), path.as_str(), Backend::S3)
+        }
+        "az" | "azure" | "abfs" => {
+            let container =
+                parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("missing container name"))?;
+            let mut b = MicrosoftAzureBuilder::new().with_client_options(client).with_retry(no_retry);
+            for (k, v) in env_options("AZURE_").chain(options_for(options, "azure_")) {
+                if let Ok(key) = k.parse::<AzureConfigKey>() {
+                    b = b.with_config(key, v);
+                }
+            }
+            let store = b.with_container_name(container).build().map_err(backend_err(Backend::Azure))?;
+            (Arc::new(store), path.as_str(), Backend::Azure)
+        }
+        "file" => {
+            if parsed.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                return Err(bad("file URLs take an absolute path: file:///path/to/repository"));
+            }
+            if path.trim_matches('/').is_empty() {
+                return Err(bad("the repository cannot be the root directory"));
+            }
+            let store = LocalFileSystem::new().with_fsync(true);
+            (Arc::new(store), path.as_str(), Backend::Local)
+        }
+        other => return Err(OpenError::UnknownScheme { scheme: other.to_string(), url: url.to_string() }),
+    };
+    let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| bad(&e.to_string()))?;
+    Ok(Location { store, prefix, backend })
+}
+
+fn env_options(prefix: &'static str) -> impl Iterator<Item = (String, String)> {
+    std::env::vars().filter(move |(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.to_ascii_lowercase(), v))
+}
+
+fn options_for<'a>(options: &'a StorageOptions, prefix: &'static str) -> impl Iterator<Item = (String, String)> + 'a {
+    options.0.iter().filter(move |(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone()))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
+    #[test]
+    fn opens_each_scheme() {
+        let none = StorageOptions::default();
+        let l = open("file:///tmp/some/repo/", &none, &policy()).unwrap();
+        assert_eq!(l.backend, Backend::Local);
+        assert_eq!(l.prefix.as_ref(), "tmp/some/repo");
+        let opts = StorageOptions(
+            [("aws_region", "eu-west-1"), ("azure_storage_account_name", "acct"), ("azure_storage_account_key", "a2V5")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let s = open("s3://bucket/pre/fix", &opts, &policy()).unwrap();
+        assert_eq!((s.backend, s.prefix.as_ref()), (Backend::S3, "pre/fix"));
+        let a = open("az://container", &opts, &policy()).unwrap();
+        assert_eq!((a.backend, a.prefix.as_ref()), (Backend::Azure, ""));
+        assert_eq!(open("azure://c/p", &opts, &policy()).unwrap().backend, Backend::Azure);
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        let none = StorageOptions::default();
+        for url in ["", "/tmp/repo", "file:///", "file://host/x", "s3:///prefix", "s3://b/p?x-amz-signature=1", "s3://user:pw@b/p"] {
+            assert!(matches!(open(url, &none, &policy()), Err(OpenError::BadUrl { .. })), "{url}");
+        }
+        assert!(matches!(open("ftp://x/y", &none, &policy()), Err(OpenError::UnknownScheme { .. })));
+    }
+
+    #[test]
+    fn debug_hides_secret_values() {
+        let opts = StorageOptions([("aws_secret_access_key".to_string(), "hunter2".to_string())].into());
+        let shown = format!("{opts:?}");
+        assert!(shown.contains("aws_secret_access_key") && !shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn redacts_query_strings() {
+        assert_eq!(
+            redact("Error performing GET https://a.blob/c/x?sig=SECRET&se=1 in 3ms - 500"),
+            "Error performing GET https://a.blob/c/x?<redacted> in 3ms - 500"
+        );
+        assert_eq!(redact("no url here"), "no url here");
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let generic = |m: &str| object_store::Error::Generic { store: "S3", source: m.to_string().into() };
+        assert!(!StorageError::from(generic("Server returned non-2xx status code: 503 Service Unavailable")).is_permanent());
+        assert!(StorageError::from(generic("Server returned non-2xx status code: 400 Bad Request")).is_permanent());
+        assert!(!StorageError::from(generic("Server returned non-2xx status code: 429 Slow Down")).is_permanent());
+        assert!(!StorageError::from(generic("something odd")).is_permanent());
+        let nf = object_store::Error::NotFound { path: "x".into(), source: "404".into() };
+        assert!(StorageError::from(nf).is_not_found());
+        let denied = object_store::Error::PermissionDenied { path: "x".into(), source: "403".into() };
+        assert!(matches!(StorageError::from(denied), StorageError::AccessDenied(_)));
+    }
+}
