@@ -81,7 +81,7 @@ impl ConfigFile {
     /// Reads and parses a configuration file.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { context: format!("cannot read configuration file {}", path.display()), source })?;
+            .map_err(|e| Error::Config(format!("cannot read configuration file {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 

@@ -1,0 +1,80 @@
+//! Exit statuses: the contract with PostgreSQL and with operators' scripts.
+//!
+//! `archive_command` only distinguishes zero from non-zero, but `restore_command` does not:
+//! a status of 1..=125 tells PostgreSQL "not available" and ends archive recovery (the server
+//! promotes), while a status above 125 makes it abort. So `wal-fetch` answers 1 only for
+//! "the repository has no such file" and adds [`FETCH_FATAL_OFFSET`] to every other failure.
+
+use std::process::ExitCode;
+
+use walarchive_core::ErrorKind;
+
+/// Success.
+pub const OK: u8 = 0;
+/// `wal-fetch`: the file is not in the repository.
+pub const NOT_FOUND: u8 = 1;
+/// Wrong command-line arguments.
+pub const USAGE: u8 = 2;
+/// Bad input: missing file, a directory, not a WAL file name, wrong size, damaged header.
+pub const BAD_INPUT: u8 = 3;
+/// Already archived with different content.
+pub const CONFLICT: u8 = 4;
+/// WAL of another cluster than the repository's.
+pub const FOREIGN_CLUSTER: u8 = 5;
+/// Configuration: no or bad repository URL, unknown scheme, unreadable config, no repository.
+pub const CONFIG: u8 = 6;
+/// Storage unreachable, refusing the credentials, or failing after retries.
+pub const STORAGE: u8 = 7;
+/// A stored object fails verification.
+pub const CORRUPT: u8 = 8;
+/// A local I/O failure (cannot write the destination, disk full).
+pub const LOCAL_IO: u8 = 9;
+/// An internal error (a bug).
+pub const INTERNAL: u8 = 10;
+/// Added by `wal-fetch` to every failure other than [`NOT_FOUND`], so PostgreSQL aborts recovery.
+pub const FETCH_FATAL_OFFSET: u8 = 200;
+
+/// The status for an error class.
+pub fn for_kind(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::NotFound => NOT_FOUND,
+        ErrorKind::BadInput => BAD_INPUT,
+        ErrorKind::Conflict => CONFLICT,
+        ErrorKind::ForeignCluster => FOREIGN_CLUSTER,
+        ErrorKind::Config => CONFIG,
+        ErrorKind::Storage => STORAGE,
+        ErrorKind::Corrupt => CORRUPT,
+        ErrorKind::LocalIo => LOCAL_IO,
+    }
+}
+
+/// The status `wal-fetch` exits with for `code`: "not found" stays 1, everything else is
+/// made fatal for PostgreSQL.
+pub fn for_fetch(code: u8) -> u8 {
+    match code {
+        OK | NOT_FOUND => code,
+        other => other + FETCH_FATAL_OFFSET,
+    }
+}
+
+/// Converts to a process exit code.
+pub fn code(c: u8) -> ExitCode {
+    ExitCode::from(c)
+}
+
+/// The table printed at the end of `--help`.
+pub const HELP: &str = "\
+Exit status:
+  0    success
+  1    wal-fetch: the file is not in the repository (PostgreSQL ends recovery)
+  2    wrong command-line arguments
+  3    bad input: missing file, a directory, not a WAL file name, wrong size, damaged page header
+  4    already archived with different content (never overwritten)
+  5    the WAL belongs to another cluster than the repository (system identifier, segment size)
+  6    configuration: no or bad repository URL, unknown scheme, unreadable config file, no repository
+  7    storage: unreachable, credentials refused, missing bucket, failing after retries
+  8    a stored object is corrupt (checksum or decoding failure)
+  9    local I/O error (cannot read the input or write the destination)
+  10   internal error
+  wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
+  PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";
