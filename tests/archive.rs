@@ -1,0 +1,179 @@
+//! End to end: a real primary archives through `walarchive wal-push %p` into S3, Azure and
+//! a local directory; every archived segment decodes to the bytes in pg_wal; a standby built
+//! from a base backup taken before the workload replays everything through
+//! `walarchive wal-fetch %f %p` alone (no streaming) and ends up with the primary's data;
+//! promoting it archives a timeline history file into the same repository.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+enum Store {
+    S3,
+    Azure,
+    File,
+}
+
+struct Repo {
+    url: String,
+    env: Vec<(String, String)>,
+    _dir: Option<TestDir>,
+}
+
+impl Store {
+    fn fresh(&self) -> Repo {
+        match self {
+            Store::S3 => Repo { url: format!("s3://{}/cluster", s3().fresh_bucket()), env: s3().env(), _dir: None },
+            Store::Azure => {
+                Repo { url: format!("az://{}/cluster", azurite().fresh_container()), env: azurite().env(), _dir: None }
+            }
+            Store::File => {
+                let dir = TestDir::new_postgres("walarchive-repo-");
+                Repo { url: format!("file://{}/repo", dir.path().display()), env: vec![], _dir: Some(dir) }
+            }
+        }
+    }
+}
+
+fn archive_conf(url: &str) -> String {
+    let bin = walarchive_bin();
+    format!(
+        "archive_mode = on\n\
+         archive_command = '{bin} --repo {url} wal-push %p'\n\
+         wal_keep_size = 512MB\n",
+        bin = bin.display()
+    )
+}
+
+fn restore_conf(url: &str) -> String {
+    format!("restore_command = '{} --repo {url} wal-fetch %f %p'\n", walarchive_bin().display())
+}
+
+fn wal_list(repo: &Repo) -> Vec<serde_json::Value> {
+    let out = run_walarchive(&["--repo", &repo.url, "wal-list", "--json"], &repo.env);
+    serde_json::from_slice::<serde_json::Value>(&assert_success(&out).stdout).unwrap().as_array().unwrap().clone()
+}
+
+const TABLE_DIGEST: &str = "select count(*) || ':' || md5(string_agg(id::text || payload, ',' order by id)) from items";
+
+fn archive_and_replay(store: Store) {
+    let repo = store.fresh();
+    let primary = PgCluster::init(PgOptions { extra_conf: archive_conf(&repo.url), ..Default::default() });
+    primary.start_with_env(&repo.env);
+    // The standby's starting point: a base backup taken before the workload.
+    let standby = primary.basebackup();
+
+    primary.psql("create table items(id bigint primary key, payload text)");
+    for batch in 0..4 {
+        primary.psql(&format!(
+            "insert into items select g, repeat(md5(g::text), 4) from generate_series({}, {}) g",
+            batch * 25_000 + 1,
+            (batch + 1) * 25_000
+        ));
+    }
+    let end_lsn = primary.psql("select pg_current_wal_insert_lsn()");
+    let last = primary.switch_wal();
+    primary.wait_archived(&last, Duration::from_secs(180));
+    let status = primary.archiver_status();
+    assert!(status.ends_with("|0"), "pg_stat_archiver shows failures: {status}");
+
+    // Every archived segment is in the repository and decodes to pg_wal's bytes.
+    let status_dir = primary.wal_dir().join("archive_status");
+    let mut done: Vec<String> = fs::read_dir(&status_dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().unwrap().strip_suffix(".done").map(str::to_string))
+        .filter(|n| n.len() == 24)
+        .collect();
+    done.sort();
+    assert!(done.len() >= 20, "only {} segments archived", done.len());
+    let listed: Vec<String> = wal_list(&repo)
+        .iter()
+        .filter(|e| e["kind"] == "segment")
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    let scratch = TestDir::new("walarchive-e2e-");
+    for name in &done {
+        assert!(listed.contains(name), "{name} not listed in the repository");
+        let dest = scratch.join(name);
+        assert_success(&run_walarchive(&["--repo", &repo.url, "wal-fetch", name, dest.to_str().unwrap()], &repo.env));
+        assert!(fs::read(&dest).unwrap() == fs::read(primary.wal_dir().join(name)).unwrap(), "{name} differs");
+    }
+    // pg_basebackup made PostgreSQL archive a backup history file too.
+    assert!(wal_list(&repo).iter().any(|e| e["kind"] == "backup"), "no backup history file archived");
+
+    // A standby fed only by restore_command replays to the end.
+    standby.append_conf(&restore_conf(&repo.url));
+    standby.touch("standby.signal");
+    standby.start_with_env(&repo.env);
+    standby.wait_until("the standby to replay the archive", Duration::from_secs(180), || {
+        standby
+            .try_psql(&format!("select pg_last_wal_replay_lsn() >= '{end_lsn}'::pg_lsn"))
+            .is_ok_and(|r| r == "t")
+    });
+    assert_eq!(standby.psql(TABLE_DIGEST), primary.psql(TABLE_DIGEST));
+    assert!(standby.psql(TABLE_DIGEST).starts_with("100000:"));
+    assert!(standby.log().contains("restored log file"), "replay did not come from the archive");
+
+    // Promotion: the new timeline's history file lands in the same repository.
+    standby.promote();
+    standby.psql("insert into items values (0, 'after promotion')");
+    let tl2_last = standby.switch_wal();
+    assert!(tl2_last.starts_with("00000002"), "{tl2_last}");
+    standby.wait_archived(&tl2_last, Duration::from_secs(120));
+    let entries = wal_list(&repo);
+    assert!(entries.iter().any(|e| e["name"] == "00000002.history"), "no history file");
+    assert!(entries.iter().any(|e| e["name"] == tl2_last.as_str()), "no timeline 2 segment");
+    let dest = scratch.join("history");
+    assert_success(&run_walarchive(
+        &["--repo", &repo.url, "wal-fetch", "00000002.history", dest.to_str().unwrap()],
+        &repo.env,
+    ));
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(standby.wal_dir().join("00000002.history")).unwrap());
+}
+
+#[test]
+fn archive_and_replay_s3() {
+    archive_and_replay(Store::S3);
+}
+
+#[test]
+fn archive_and_replay_azure() {
+    archive_and_replay(Store::Azure);
+}
+
+#[test]
+fn archive_and_replay_file() {
+    archive_and_replay(Store::File);
+}
+
+/// Segment size is a cluster property the repository records; default and large sizes work.
+fn segment_size(mb: u32) {
+    let repo = Store::File.fresh();
+    let primary = PgCluster::init(PgOptions { wal_segsize_mb: mb, extra_conf: archive_conf(&repo.url), ..Default::default() });
+    primary.start_with_env(&repo.env);
+    primary.psql("create table t as select g from generate_series(1, 1000) g");
+    primary.switch_wal();
+    primary.psql("insert into t select g from generate_series(1, 1000) g");
+    let last = primary.switch_wal();
+    primary.wait_archived(&last, Duration::from_secs(120));
+    let out = run_walarchive(&["--repo", &repo.url, "repo-info", "--json"], &[]);
+    let d: serde_json::Value = serde_json::from_slice(&assert_success(&out).stdout).unwrap();
+    assert_eq!(d["wal_segment_size"], u64::from(mb) << 20);
+    let scratch = TestDir::new("walarchive-seg-");
+    let dest = scratch.join("seg");
+    assert_success(&run_walarchive(&["--repo", &repo.url, "wal-fetch", &last, dest.to_str().unwrap()], &[]));
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(primary.wal_dir().join(&last)).unwrap());
+}
+
+#[test]
+fn segment_size_16mb() {
+    segment_size(16);
+}
+
+#[test]
+fn segment_size_64mb() {
+    segment_size(64);
+}

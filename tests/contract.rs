@@ -1,0 +1,407 @@
+//! The archive/restore contract, driven through the real binary exactly as PostgreSQL calls
+//! it: exit statuses, idempotent re-push, conflict refusal, foreign clusters, corrupted
+//! objects, unreachable stores and every kind of bad input. Segments are real: a PostgreSQL
+//! cluster writes them (see `Source`).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// Real WAL collected from a running cluster by `cp` as archive_command.
+struct Source {
+    _cluster: PgCluster,
+    dir: TestDir,
+    segments: Vec<String>,
+    system_identifier: String,
+}
+
+impl Source {
+    fn new() -> Source {
+        let dir = TestDir::new_postgres("walarchive-src-");
+        let cluster = PgCluster::init(PgOptions {
+            extra_conf: format!("archive_mode = on\narchive_command = 'cp %p {}/%f'\n", dir.path().display()),
+            ..Default::default()
+        });
+        cluster.start();
+        cluster.psql("create table t(id int, v text)");
+        let mut last = String::new();
+        for i in 0..6 {
+            cluster.psql(&format!("insert into t select g, md5(g::text) from generate_series(1, {}) g", 2000 * (i + 1)));
+            last = cluster.switch_wal();
+        }
+        cluster.wait_archived(&last, Duration::from_secs(60));
+        let mut segments: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.len() == 24)
+            .collect();
+        segments.sort();
+        let system_identifier = cluster.psql("select system_identifier from pg_control_system()");
+        Source { _cluster: cluster, dir, segments, system_identifier }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        fs::read(self.path(name)).unwrap()
+    }
+}
+
+/// Two independent clusters (different system identifiers), shared by the tests of this binary.
+fn source() -> &'static Source {
+    static S: OnceLock<Source> = OnceLock::new();
+    S.get_or_init(Source::new)
+}
+
+fn other_source() -> &'static Source {
+    static S: OnceLock<Source> = OnceLock::new();
+    S.get_or_init(Source::new)
+}
+
+/// A fresh local-directory repository and a work directory with copies of WAL files.
+struct Fixture {
+    _dir: TestDir,
+    repo_dir: PathBuf,
+    work: PathBuf,
+    url: String,
+    env: Vec<(String, String)>,
+}
+
+impl Fixture {
+    fn file() -> Fixture {
+        let dir = TestDir::new("walarchive-contract-");
+        let repo_dir = dir.join("repo");
+        let work = dir.join("pg_wal");
+        fs::create_dir_all(&work).unwrap();
+        let url = format!("file://{}", repo_dir.display());
+        Fixture { _dir: dir, repo_dir, work, url, env: quick_retries() }
+    }
+
+    fn s3() -> Fixture {
+        let mut f = Fixture::file();
+        f.url = format!("s3://{}/some/prefix", s3().fresh_bucket());
+        f.env.extend(s3().env());
+        f
+    }
+
+    fn azure() -> Fixture {
+        let mut f = Fixture::file();
+        f.url = format!("az://{}/p", azurite().fresh_container());
+        f.env.extend(azurite().env());
+        f
+    }
+
+    /// Copies `name` from `src` into the work directory as `as_name`.
+    fn stage(&self, src: &Source, name: &str, as_name: &str) -> PathBuf {
+        let p = self.work.join(as_name);
+        fs::copy(src.path(name), &p).unwrap();
+        p
+    }
+
+    fn push(&self, path: &Path) -> std::process::Output {
+        run_walarchive(&["--repo", &self.url, "wal-push", path.to_str().unwrap()], &self.env)
+    }
+
+    fn fetch(&self, name: &str, dest: &Path) -> std::process::Output {
+        run_walarchive(&["--repo", &self.url, "wal-fetch", name, dest.to_str().unwrap()], &self.env)
+    }
+
+    fn object(&self, name: &str) -> PathBuf {
+        let parsed = &name[..24.min(name.len())];
+        self.repo_dir.join(format!("wal/{}/{}/{name}", &parsed[..8], &parsed[8..16]))
+    }
+}
+
+fn quick_retries() -> Vec<(String, String)> {
+    vec![
+        ("WALARCHIVE_RETRIES".into(), "2".into()),
+        ("WALARCHIVE_REQUEST_TIMEOUT".into(), "5".into()),
+    ]
+}
+
+fn round_trip(f: &Fixture) {
+    let src = source();
+    let name = &src.segments[1];
+    let path = f.stage(src, name, name);
+    assert_success(&f.push(&path));
+    // Idempotent: the same content again succeeds and says so.
+    let again = assert_success(&f.push(&path)).clone();
+    assert!(stderr(&again).contains("already archived"), "{}", stderr(&again));
+    let dest = f.work.join("RECOVERYXLOG");
+    assert_success(&f.fetch(name, &dest));
+    assert_eq!(fs::read(&dest).unwrap(), src.bytes(name));
+    // Conflict: same name, different content, refused and nothing overwritten.
+    let mut changed = src.bytes(name);
+    changed[500_000] ^= 0xFF;
+    fs::write(&path, &changed).unwrap();
+    let out = f.push(&path);
+    assert_code(&out, 4);
+    let err = stderr(&out);
+    assert!(err.contains("different content") && err.matches("sha256").count() >= 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_success(&f.fetch(name, &dest));
+    assert_eq!(fs::read(&dest).unwrap(), src.bytes(name), "stored object unchanged");
+    // Missing segment: exit 1, quietly (PostgreSQL probes).
+    let out = f.fetch("0000000100000000000000FE", &dest);
+    assert_code(&out, 1);
+    assert_eq!(stderr(&out).trim(), "", "not found is not an error");
+}
+
+#[test]
+fn round_trip_file() {
+    round_trip(&Fixture::file());
+}
+
+#[test]
+fn round_trip_s3() {
+    round_trip(&Fixture::s3());
+}
+
+#[test]
+fn round_trip_azure() {
+    round_trip(&Fixture::azure());
+}
+
+#[test]
+fn history_backup_and_partial_files() {
+    let f = Fixture::s3();
+    let src = source();
+    let seg = &src.segments[0];
+    // A partial file is a whole segment under another name (the end of an old timeline).
+    let partial = f.stage(src, seg, &format!("{seg}.partial"));
+    let history = f.work.join("00000002.history");
+    fs::write(&history, format!("1\t0/{:X}\tno recovery target specified\n", 0x0300_0000)).unwrap();
+    let backup = f.work.join(format!("{seg}.00000028.backup"));
+    fs::write(&backup, "START WAL LOCATION: 0/1000028 (file 000000010000000000000001)\n").unwrap();
+    for p in [&partial, &history, &backup] {
+        assert_success(&f.push(p));
+        let dest = f.work.join("restored");
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_success(&f.fetch(name, &dest));
+        assert_eq!(fs::read(&dest).unwrap(), fs::read(p).unwrap(), "{name}");
+    }
+    let list = run_walarchive(&["--repo", &f.url, "wal-list", "--json"], &f.env);
+    let entries: serde_json::Value = serde_json::from_slice(&assert_success(&list).stdout).unwrap();
+    let kinds: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["backup", "partial", "history"], "{entries}");
+    // Probing a history file that does not exist is a quiet 1.
+    assert_code(&f.fetch("00000003.history", &f.work.join("x")), 1);
+}
+
+#[test]
+fn foreign_cluster_is_refused() {
+    let f = Fixture::file();
+    let (a, b) = (source(), other_source());
+    assert_ne!(a.system_identifier, b.system_identifier);
+    assert_success(&f.push(&f.stage(a, &a.segments[0], &a.segments[0])));
+    let name = &b.segments[2];
+    let out = f.push(&f.stage(b, name, name));
+    assert_code(&out, 5);
+    let err = stderr(&out);
+    assert!(err.contains("system identifier") && err.contains(&a.system_identifier) && err.contains(&b.system_identifier), "{err}");
+    assert_ne!(name, &a.segments[0]);
+    assert!(!f.object(name).exists(), "nothing stored for the foreign segment");
+    let info = run_walarchive(&["--repo", &f.url, "repo-info", "--json"], &[]);
+    let d: serde_json::Value = serde_json::from_slice(&assert_success(&info).stdout).unwrap();
+    assert_eq!(d["system_identifier"], a.system_identifier.as_str());
+    assert_eq!(d["wal_segment_size"], 1 << 20);
+    assert_eq!(d["pg_version"], 15);
+}
+
+#[test]
+fn corrupted_objects_are_fatal_for_fetch_and_leave_nothing() {
+    let f = Fixture::file();
+    let src = source();
+    let names = &src.segments[..3];
+    for n in names {
+        assert_success(&f.push(&f.stage(src, n, n)));
+    }
+    // A flipped bit in the body, a truncated object, and an object replaced by garbage.
+    let flip = f.object(&names[0]);
+    let mut bytes = fs::read(&flip).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    fs::write(&flip, bytes).unwrap();
+    let trunc = f.object(&names[1]);
+    let bytes = fs::read(&trunc).unwrap();
+    fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    fs::write(f.object(&names[2]), b"this is not a walarchive object, but long enough to have a header......").unwrap();
+    for n in names {
+        let dest = f.work.join("RECOVERYXLOG");
+        let out = f.fetch(n, &dest);
+        assert_code(&out, 208);
+        assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+        assert!(!dest.exists(), "no file left at the destination");
+        let leftovers: Vec<_> = fs::read_dir(&f.work).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(leftovers.iter().all(|n| n.to_str().unwrap().len() == 24), "temp files left: {leftovers:?}");
+    }
+    // A re-push onto a corrupt object does not claim success.
+    assert_code(&f.push(&f.work.join(&names[0])), 8);
+}
+
+#[test]
+fn corrupted_object_on_s3_is_fatal() {
+    let f = Fixture::s3();
+    let src = source();
+    let n = &src.segments[0];
+    assert_success(&f.push(&f.stage(src, n, n)));
+    let bucket = f.url.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+    let key = format!("some/prefix/wal/{}/{}/{n}", &n[..8], &n[8..16]);
+    let mut obj = s3().get_object(&bucket, &key).expect("object stored under the documented key");
+    let at = obj.len() / 2;
+    obj[at] ^= 0x40;
+    s3().put_object(&bucket, &key, &obj);
+    let dest = f.work.join("RECOVERYXLOG");
+    assert_code(&f.fetch(n, &dest), 208);
+    assert!(!dest.exists());
+}
+
+#[test]
+fn unreachable_store() {
+    let src = source();
+    let mut f = Fixture::file();
+    let port = free_port(); // nothing listens there
+    f.url = "s3://bucket/prefix".into();
+    f.env.extend([
+        ("AWS_ACCESS_KEY_ID".to_string(), "x".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "y".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+    ]);
+    let n = &src.segments[0];
+    let out = f.push(&f.stage(src, n, n));
+    assert_code(&out, 7);
+    assert!(stderr(&out).contains("gave up after 2 attempts"), "{}", stderr(&out));
+    let dest = f.work.join("RECOVERYXLOG");
+    let out = f.fetch(n, &dest);
+    assert!(code(&out) > 125, "a storage outage must abort recovery, got {}", code(&out));
+    assert_code(&out, 207);
+    assert!(!dest.exists());
+}
+
+#[test]
+fn wrong_credentials_and_missing_bucket() {
+    let src = source();
+    let n = &src.segments[0];
+    let mut f = Fixture::s3();
+    let secret = "definitely-wrong-secret-value";
+    for (k, v) in f.env.iter_mut() {
+        if k == "AWS_SECRET_ACCESS_KEY" {
+            *v = secret.into();
+        }
+    }
+    let path = f.stage(src, n, n);
+    for args in [vec![], vec!["-vv"]] {
+        let mut a: Vec<&str> = args.clone();
+        a.extend(["--repo", &f.url, "wal-push", path.to_str().unwrap()]);
+        let out = run_walarchive(&a, &f.env);
+        assert_code(&out, 7);
+        assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains(secret), "the secret leaked: {}", stderr(&out));
+    }
+    assert_code(&f.fetch(n, &f.work.join("x")), 207);
+
+    // A missing bucket (s3s-fs creates buckets on PUT, so the push side is proven on Azurite,
+    // which, like real S3 and Azure, refuses writes to a missing container).
+    let mut f = Fixture::s3();
+    f.url = "s3://no-such-bucket-here/p".into();
+    // A fetch from a missing bucket is not "not found": that would end a recovery.
+    assert_code(&f.fetch(n, &f.work.join("x")), 206);
+    let mut f = Fixture::azure();
+    f.url = "az://no-such-container/p".into();
+    let out = f.push(&f.stage(src, n, n));
+    assert_code(&out, 7);
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_code(&f.fetch(n, &f.work.join("x")), 206);
+}
+
+#[test]
+fn bad_input() {
+    let f = Fixture::file();
+    let src = source();
+    let n = &src.segments[0];
+    let one_line = |out: &std::process::Output, needle: &str| {
+        let err = stderr(out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+    };
+    // Missing file, a directory, not a WAL name, empty, truncated.
+    let out = f.push(&f.work.join("000000010000000000000099"));
+    assert_code(&out, 3);
+    one_line(&out, "no such file");
+    let dir = f.work.join("000000010000000000000098");
+    fs::create_dir(&dir).unwrap();
+    one_line(assert_code(&f.push(&dir), 3), "directory");
+    let odd = f.stage(src, n, "RECOVERYXLOG");
+    one_line(assert_code(&f.push(&odd), 3), "not a WAL file name");
+    let empty = f.work.join("000000010000000000000097");
+    fs::write(&empty, b"").unwrap();
+    one_line(assert_code(&f.push(&empty), 3), "empty");
+    let short = f.work.join(n);
+    fs::write(&short, &src.bytes(n)[..700_000]).unwrap();
+    one_line(assert_code(&f.push(&short), 3), "not a whole WAL segment");
+    let renamed = f.stage(src, n, "000000010000000000000096");
+    one_line(assert_code(&f.push(&renamed), 3), "renamed or damaged");
+    let zeros = f.work.join("000000010000000000000095");
+    fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    one_line(assert_code(&f.push(&zeros), 3), "not a PostgreSQL WAL segment");
+    assert!(!f.repo_dir.join("wal").exists(), "nothing was stored");
+    // Bad names for wal-fetch abort recovery rather than end it.
+    assert_code(&f.fetch("../../etc/passwd", &f.work.join("x")), 203);
+    // Configuration.
+    let path = f.stage(src, n, n);
+    let p = path.to_str().unwrap();
+    one_line(assert_code(&run_walarchive(&["--repo", "ftp://host/x", "wal-push", p], &[]), 6), "unsupported repository URL scheme");
+    one_line(assert_code(&run_walarchive(&["wal-push", p], &[]), 6), "no repository configured");
+    one_line(assert_code(&run_walarchive(&["--repo", &f.url, "--compression", "gzip", "wal-push", p], &[]), 6), "unknown compression");
+    assert_code(&run_walarchive(&["--repo", &f.url, "wal-fetch", n], &[]), 202);
+    assert_code(&run_walarchive(&["--repo", &f.url, "wal-push"], &[]), 2);
+    let missing_cfg = f.work.join("nope.toml");
+    one_line(assert_code(&run_walarchive(&["--config", missing_cfg.to_str().unwrap(), "wal-push", p], &[]), 6), "cannot read configuration file");
+}
+
+#[test]
+fn settings_precedence_and_codecs() {
+    let src = source();
+    let f = Fixture::file();
+    let base = f.repo_dir.parent().unwrap().to_path_buf();
+    let url_of = |n: &str| format!("file://{}", base.join(n).display());
+    let cfg = base.join("walarchive.toml");
+    fs::write(&cfg, format!("repo = \"{}\"\ncompression = \"lz4\"\n[retry]\nattempts = 2\n", url_of("from-file"))).unwrap();
+    let seg = &src.segments[0];
+    let path = f.stage(src, seg, seg);
+    let p = path.to_str().unwrap();
+    let c = cfg.to_str().unwrap();
+    let env = |repo: Option<&str>| {
+        let mut e = vec![("WALARCHIVE_CONFIG".to_string(), c.to_string())];
+        if let Some(r) = repo {
+            e.push(("WALARCHIVE_REPO".to_string(), r.to_string()));
+        }
+        e
+    };
+    assert_success(&run_walarchive(&["wal-push", p], &env(None)));
+    assert_success(&run_walarchive(&["wal-push", p], &env(Some(&url_of("from-env")))));
+    assert_success(&run_walarchive(&["--repo", &url_of("from-flag"), "wal-push", p], &env(Some(&url_of("from-env")))));
+    for repo in ["from-file", "from-env", "from-flag"] {
+        let obj = base.join(repo).join(format!("wal/00000001/00000000/{seg}"));
+        let bytes = fs::read(&obj).unwrap_or_else(|e| panic!("{}: {e}", obj.display()));
+        assert_eq!(bytes[10], 1, "the config file's lz4 applies to {repo}");
+    }
+    // Every codec reads back, whatever the reader's own setting.
+    for (i, codec) in ["none", "lz4", "zstd", "zstd:9"].iter().enumerate() {
+        let name = &src.segments[i + 1];
+        let path = f.stage(src, name, name);
+        assert_success(&run_walarchive(&["--repo", &f.url, "--compression", codec, "wal-push", path.to_str().unwrap()], &[]));
+        let dest = f.work.join("out");
+        assert_success(&run_walarchive(&["--repo", &f.url, "--compression", "none", "wal-fetch", name, dest.to_str().unwrap()], &[]));
+        assert_eq!(fs::read(&dest).unwrap(), src.bytes(name), "{codec}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Proves the test harness in tests/common works: PostgreSQL as the postgres
+//! user (including environment reaching archive_command), base backups and
+//! standbys, the walarchive binary copy, s3s-fs/moto and Azurite.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn postgres_cluster_starts_with_1mb_segments() {
+    let pg = PgCluster::init(PgOptions::default());
+    pg.start();
+    assert_eq!(pg.psql("select 1"), "1");
+    assert_eq!(pg.psql("show wal_segment_size"), "1MB");
+    assert_eq!(pg.psql("show port"), pg.port().to_string());
+    assert!(pg.is_running());
+    assert!(pg.wal_dir().is_dir());
+    pg.restart();
+    assert_eq!(pg.psql("select 2"), "2");
+    assert!(pg.try_psql("select * from no_such_table").is_err());
+    assert!(pg
+        .log()
+        .contains("database system is ready to accept connections"));
+    pg.stop();
+    assert!(!pg.is_running());
+}
+
+/// The environment given to `start_with_env` must reach archive_command, and
+/// survive a restart.
+#[test]
+fn start_env_reaches_archive_command() {
+    let pg = PgCluster::init(PgOptions::default());
+    let archive = pg.dir().join("archive");
+    let marker = pg.dir().join("marker");
+    pg.append_conf(&format!(
+        "archive_mode = on\n\
+         archive_command = 'echo \"$WALARCHIVE_TEST_MARKER\" > {marker} && cp %p {archive}/%f'",
+        marker = marker.display(),
+        archive = archive.display()
+    ));
+    std::fs::create_dir(&archive).unwrap();
+    chown_postgres(&archive);
+    pg.start_with_env(&[(
+        "WALARCHIVE_TEST_MARKER".into(),
+        "hello from the harness".into(),
+    )]);
+    let seg = pg.switch_wal();
+    pg.wait_archived(&seg, Duration::from_secs(30));
+    assert!(
+        archive.join(&seg).is_file(),
+        "{seg} not in {}",
+        archive.display()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "hello from the harness"
+    );
+
+    std::fs::remove_file(&marker).unwrap();
+    pg.restart();
+    let seg = pg.switch_wal();
+    pg.wait_archived(&seg, Duration::from_secs(30));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "hello from the harness"
+    );
+}
+
+#[test]
+fn basebackup_standby_and_pgbench() {
+    let primary = PgCluster::init(PgOptions::default());
+    primary.start();
+    primary.pgbench_init(1);
+    let out = primary.pgbench(&["-c", "2", "-t", "50", "-n"]);
+    assert!(
+        out.contains("number of transactions actually processed"),
+        "{out}"
+    );
+
+    let standby = primary.basebackup();
+    assert_ne!(standby.port(), primary.port());
+    standby.append_conf(&format!("primary_conninfo = '{}'", primary.connstr()));
+    standby.touch("standby.signal");
+    standby.start();
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
+
+    primary.psql("create table t (x int); insert into t values (42)");
+    standby.wait_until("row to replicate", Duration::from_secs(30), || {
+        standby.try_psql("select x from t").as_deref() == Ok("42")
+    });
+    standby.promote();
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "f");
+
+    // A copy of a stopped data dir starts on its own port.
+    standby.stop();
+    let copy = PgCluster::from_data_dir(standby.data_dir());
+    copy.start();
+    assert_eq!(copy.psql("select x from t"), "42");
+}
+
+#[test]
+fn walarchive_binary_is_copied_for_postgres() {
+    let bin = walarchive_bin();
+    assert!(bin.starts_with("/tmp"), "{}", bin.display());
+    assert_eq!(bin, walarchive_bin(), "copied once per process");
+    let meta = std::fs::metadata(&bin).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    let orig = std::fs::metadata(env!("CARGO_BIN_EXE_walarchive")).unwrap();
+    assert_eq!(meta.len(), orig.len());
+    let st = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(st.success(), "postgres cannot execute {}", bin.display());
+}
+
+#[test]
+fn free_ports_are_distinct() {
+    let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
+    assert_eq!(ports.len(), 50);
+}
+
+#[test]
+fn s3_bucket_and_signed_requests() {
+    let s3 = s3();
+    let env = s3.env();
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_ENDPOINT",
+            "AWS_ALLOW_HTTP"
+        ]
+    );
+    assert!(env.contains(&("AWS_ENDPOINT".into(), s3.endpoint())));
+
+    let bucket = s3.fresh_bucket();
+    assert_ne!(bucket, s3.fresh_bucket());
+    if s3.kind == S3Kind::S3sFs {
+        assert!(s3.root_dir().join(&bucket).is_dir());
+    }
+    // An unsigned request is answered (and refused) over plain HTTP.
+    let r = http_request(s3.port, "GET", &format!("/{bucket}"), &[], b"").unwrap();
+    if s3.kind == S3Kind::S3sFs {
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+
+    s3.put_object(&bucket, "wal/000000010000000000000001", b"segment");
+    s3.put_object(&bucket, "wal/with space+plus", b"x");
+    s3.put_object(&bucket, "other/file", b"y");
+    assert_eq!(
+        s3.list_objects(&bucket, "wal/"),
+        ["wal/000000010000000000000001", "wal/with space+plus"]
+    );
+    assert_eq!(
+        s3.get_object(&bucket, "wal/000000010000000000000001")
+            .as_deref(),
+        Some(&b"segment"[..])
+    );
+    assert_eq!(
+        s3.get_object(&bucket, "wal/with space+plus").as_deref(),
+        Some(&b"x"[..])
+    );
+    s3.delete_object(&bucket, "other/file");
+    assert_eq!(s3.get_object(&bucket, "other/file"), None);
+    assert_eq!(s3.list_objects(&bucket, "").len(), 2);
+}
+
+#[test]
+fn azurite_container_create_and_conflict() {
+    let az = azurite();
+    let env = az.env();
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "AZURE_STORAGE_USE_EMULATOR",
+            "AZURITE_BLOB_STORAGE_URL",
+            "AZURE_STORAGE_ACCOUNT_NAME",
+            "AZURE_STORAGE_ACCOUNT_KEY"
+        ]
+    );
+
+    let name = format!("smoke-{}", std::process::id());
+    assert_eq!(az.try_create_container(&name), 201);
+    assert_eq!(az.try_create_container(&name), 409);
+
+    let c = az.fresh_container();
+    az.put_blob(&c, "wal/000000010000000000000001", b"segment");
+    az.put_blob(&c, "wal/with space+plus", b"x");
+    az.put_blob(&c, "other/file", b"y");
+    assert_eq!(
+        az.list_blobs(&c, "wal/"),
+        ["wal/000000010000000000000001", "wal/with space+plus"]
+    );
+    assert_eq!(
+        az.get_blob(&c, "wal/with space+plus").as_deref(),
+        Some(&b"x"[..])
+    );
+    az.delete_blob(&c, "other/file");
+    assert_eq!(az.get_blob(&c, "other/file"), None);
+    assert_eq!(az.list_blobs(&c, "").len(), 2);
+}
+
+#[test]
+fn crypto_helpers_match_known_vectors() {
+    // RFC 4231 test case 2.
+    assert_eq!(
+        hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
+    assert_eq!(base64_encode(b"fooba"), "Zm9vYmE=");
+    assert_eq!(base64_decode("Zm9vYmFy"), b"foobar");
+    assert_eq!(
+        base64_decode(&base64_encode(&[0, 255, 1, 254])),
+        [0, 255, 1, 254]
+    );
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+    assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(amz_date(t), "19941106T084937Z");
+}
