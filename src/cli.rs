@@ -34,16 +34,31 @@ pub struct GlobalOpts {
     #[arg(long, global = true, env = "WALARCHIVE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Codec for new objects: zstd, zstd:LEVEL, lz4 or none [default: zstd:1].
-    #[arg(long, global = true, env = "WALARCHIVE_COMPRESSION", value_name = "CODEC")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALARCHIVE_COMPRESSION",
+        value_name = "CODEC"
+    )]
     pub compression: Option<String>,
     /// zstd level, 1-22 (overrides a level given in --compression).
-    #[arg(long, global = true, env = "WALARCHIVE_COMPRESSION_LEVEL", value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALARCHIVE_COMPRESSION_LEVEL",
+        value_name = "N"
+    )]
     pub compression_level: Option<i32>,
     /// Attempts per storage request before giving up on transient failures [default: 6].
     #[arg(long, global = true, env = "WALARCHIVE_RETRIES", value_name = "N")]
     pub retries: Option<u32>,
     /// Time limit of one storage request, in seconds [default: 120].
-    #[arg(long, global = true, env = "WALARCHIVE_REQUEST_TIMEOUT", value_name = "SECONDS")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALARCHIVE_REQUEST_TIMEOUT",
+        value_name = "SECONDS"
+    )]
     pub request_timeout: Option<f64>,
     /// More logging (-v debug, -vv trace). WALARCHIVE_LOG takes a tracing filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

@@ -50,7 +50,10 @@ async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
             started.elapsed()
         ),
         PutOutcome::AlreadyStored => {
-            tracing::info!("{} was already archived with identical content", report.name)
+            tracing::info!(
+                "{} was already archived with identical content",
+                report.name
+            )
         }
     }
     Ok(exit::OK)
@@ -59,7 +62,12 @@ async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
 async fn wal_fetch(repo: &Repository, name: &str, dest: &std::path::Path) -> Result<u8> {
     let started = Instant::now();
     let report = walarchive_restore::fetch_file(repo, name, dest).await?;
-    tracing::info!("restored {} ({} bytes) in {:.0?}", report.name, report.len, started.elapsed());
+    tracing::info!(
+        "restored {} ({} bytes) in {:.0?}",
+        report.name,
+        report.len,
+        started.elapsed()
+    );
     Ok(exit::OK)
 }
 
@@ -74,8 +82,12 @@ struct WalEntry {
 async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Result<u8> {
     let mut entries = Vec::new();
     for (key, size) in repo.list("wal/").await? {
-        let Some(file) = key.rsplit('/').next() else { continue };
-        let Ok(name) = file.parse::<WalFileName>() else { continue };
+        let Some(file) = key.rsplit('/').next() else {
+            continue;
+        };
+        let Ok(name) = file.parse::<WalFileName>() else {
+            continue;
+        };
         if timeline.is_some_and(|t| t != name.timeline().0) {
             continue;
         }
@@ -85,11 +97,19 @@ async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Resul
             WalFileName::History(_) => "history",
             WalFileName::BackupHistory { .. } => "backup",
         };
-        entries.push(WalEntry { name: name.to_string(), timeline: name.timeline().0, kind, stored_bytes: size });
+        entries.push(WalEntry {
+            name: name.to_string(),
+            timeline: name.timeline().0,
+            kind,
+            stored_bytes: size,
+        });
     }
     entries.sort_by(|a, b| (a.timeline, &a.name).cmp(&(b.timeline, &b.name)));
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries).context("cannot print JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).context("cannot print JSON")?
+        );
     } else {
         println!("{:<42} {:>8} {:>12}", "NAME", "KIND", "STORED");
         for e in &entries {
@@ -102,13 +122,22 @@ async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Resul
 async fn repo_info(repo: &Repository, json: bool) -> Result<u8> {
     let d = repo.require_descriptor().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&d).context("cannot print JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&d).context("cannot print JSON")?
+        );
     } else {
         println!("repository:          {}", repo.url());
         println!("format version:      {}", d.format_version);
         println!("system identifier:   {}", d.system_identifier);
-        let version = d.pg_version.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
-        println!("PostgreSQL version:  {version} (WAL page magic 0x{:04X})", d.wal_page_magic);
+        let version = d
+            .pg_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        println!(
+            "PostgreSQL version:  {version} (WAL page magic 0x{:04X})",
+            d.wal_page_magic
+        );
         println!("WAL segment size:    {} MiB", d.wal_segment_size >> 20);
         println!("created by:          {}", d.created_by);
     }

@@ -31,14 +31,21 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { adjust(exit::USAGE) } else { exit::OK };
+            let code = if e.use_stderr() {
+                adjust(exit::USAGE)
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return exit::code(code);
         }
     };
     init_logging(&cli);
     let command = cli.command.name();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walarchive {command}: error: cannot start the runtime: {e}");
@@ -71,7 +78,11 @@ fn init_logging(cli: &Cli) {
     let filter = std::env::var("WALARCHIVE_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(format!("warn,walarchive={default},walarchive_cli={default},walarchive_restore={default}")));
+        .unwrap_or_else(|| {
+            EnvFilter::new(format!(
+                "warn,walarchive={default},walarchive_cli={default},walarchive_restore={default}"
+            ))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -26,7 +26,9 @@ impl Settings {
     pub fn resolve(g: &GlobalOpts) -> Result<Settings> {
         let file = match &g.config {
             Some(p) => ConfigFile::load(p)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => ConfigFile::load(&PathBuf::from(DEFAULT_CONFIG))?,
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                ConfigFile::load(&PathBuf::from(DEFAULT_CONFIG))?
+            }
             None => ConfigFile::default(),
         };
         let repo = g.repo.clone().or(file.repo).ok_or_else(|| {
@@ -37,16 +39,27 @@ impl Settings {
         })?;
         let codec_text = g.compression.clone().or(file.compression);
         let compression = match codec_text {
-            Some(t) => t.parse::<Compression>().map_err(|e| Error::Config(e.to_string()))?,
+            Some(t) => t
+                .parse::<Compression>()
+                .map_err(|e| Error::Config(e.to_string()))?,
             None => Compression::default(),
         };
         let compression = compression
             .with_level(g.compression_level.or(file.compression_level))
             .map_err(|e| Error::Config(e.to_string()))?;
         let policy = file.retry.apply(RetryPolicy::default())?;
-        let policy = RetrySettings { attempts: g.retries, request_timeout: g.request_timeout, ..Default::default() }
-            .apply(policy)?;
-        Ok(Settings { repo, compression, policy, storage: file.storage })
+        let policy = RetrySettings {
+            attempts: g.retries,
+            request_timeout: g.request_timeout,
+            ..Default::default()
+        }
+        .apply(policy)?;
+        Ok(Settings {
+            repo,
+            compression,
+            policy,
+            storage: file.storage,
+        })
     }
 
     pub fn open(&self) -> Result<Repository> {

@@ -26,13 +26,23 @@ struct Repo {
 impl Store {
     fn fresh(&self) -> Repo {
         match self {
-            Store::S3 => Repo { url: format!("s3://{}/cluster", s3().fresh_bucket()), env: s3().env(), _dir: None },
-            Store::Azure => {
-                Repo { url: format!("az://{}/cluster", azurite().fresh_container()), env: azurite().env(), _dir: None }
-            }
+            Store::S3 => Repo {
+                url: format!("s3://{}/cluster", s3().fresh_bucket()),
+                env: s3().env(),
+                _dir: None,
+            },
+            Store::Azure => Repo {
+                url: format!("az://{}/cluster", azurite().fresh_container()),
+                env: azurite().env(),
+                _dir: None,
+            },
             Store::File => {
                 let dir = TestDir::new_postgres("walarchive-repo-");
-                Repo { url: format!("file://{}/repo", dir.path().display()), env: vec![], _dir: Some(dir) }
+                Repo {
+                    url: format!("file://{}/repo", dir.path().display()),
+                    env: vec![],
+                    _dir: Some(dir),
+                }
             }
         }
     }
@@ -49,19 +59,30 @@ fn archive_conf(url: &str) -> String {
 }
 
 fn restore_conf(url: &str) -> String {
-    format!("restore_command = '{} --repo {url} wal-fetch %f %p'\n", walarchive_bin().display())
+    format!(
+        "restore_command = '{} --repo {url} wal-fetch %f %p'\n",
+        walarchive_bin().display()
+    )
 }
 
 fn wal_list(repo: &Repo) -> Vec<serde_json::Value> {
     let out = run_walarchive(&["--repo", &repo.url, "wal-list", "--json"], &repo.env);
-    serde_json::from_slice::<serde_json::Value>(&assert_success(&out).stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<serde_json::Value>(&assert_success(&out).stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
-const TABLE_DIGEST: &str = "select count(*) || ':' || md5(string_agg(id::text || payload, ',' order by id)) from items";
+const TABLE_DIGEST: &str =
+    "select count(*) || ':' || md5(string_agg(id::text || payload, ',' order by id)) from items";
 
 fn archive_and_replay(store: Store) {
     let repo = store.fresh();
-    let primary = PgCluster::init(PgOptions { extra_conf: archive_conf(&repo.url), ..Default::default() });
+    let primary = PgCluster::init(PgOptions {
+        extra_conf: archive_conf(&repo.url),
+        ..Default::default()
+    });
     primary.start_with_env(&repo.env);
     // The standby's starting point: a base backup taken before the workload.
     let standby = primary.basebackup();
@@ -78,13 +99,23 @@ fn archive_and_replay(store: Store) {
     let last = primary.switch_wal();
     primary.wait_archived(&last, Duration::from_secs(180));
     let status = primary.archiver_status();
-    assert!(status.ends_with("|0"), "pg_stat_archiver shows failures: {status}");
+    assert!(
+        status.ends_with("|0"),
+        "pg_stat_archiver shows failures: {status}"
+    );
 
     // Every archived segment is in the repository and decodes to pg_wal's bytes.
     let status_dir = primary.wal_dir().join("archive_status");
     let mut done: Vec<String> = fs::read_dir(&status_dir)
         .unwrap()
-        .filter_map(|e| e.unwrap().file_name().into_string().unwrap().strip_suffix(".done").map(str::to_string))
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .into_string()
+                .unwrap()
+                .strip_suffix(".done")
+                .map(str::to_string)
+        })
         .filter(|n| n.len() == 24)
         .collect();
     done.sort();
@@ -98,24 +129,48 @@ fn archive_and_replay(store: Store) {
     for name in &done {
         assert!(listed.contains(name), "{name} not listed in the repository");
         let dest = scratch.join(name);
-        assert_success(&run_walarchive(&["--repo", &repo.url, "wal-fetch", name, dest.to_str().unwrap()], &repo.env));
-        assert!(fs::read(&dest).unwrap() == fs::read(primary.wal_dir().join(name)).unwrap(), "{name} differs");
+        assert_success(&run_walarchive(
+            &[
+                "--repo",
+                &repo.url,
+                "wal-fetch",
+                name,
+                dest.to_str().unwrap(),
+            ],
+            &repo.env,
+        ));
+        assert!(
+            fs::read(&dest).unwrap() == fs::read(primary.wal_dir().join(name)).unwrap(),
+            "{name} differs"
+        );
     }
     // pg_basebackup made PostgreSQL archive a backup history file too.
-    assert!(wal_list(&repo).iter().any(|e| e["kind"] == "backup"), "no backup history file archived");
+    assert!(
+        wal_list(&repo).iter().any(|e| e["kind"] == "backup"),
+        "no backup history file archived"
+    );
 
     // A standby fed only by restore_command replays to the end.
     standby.append_conf(&restore_conf(&repo.url));
     standby.touch("standby.signal");
     standby.start_with_env(&repo.env);
-    standby.wait_until("the standby to replay the archive", Duration::from_secs(180), || {
-        standby
-            .try_psql(&format!("select pg_last_wal_replay_lsn() >= '{end_lsn}'::pg_lsn"))
-            .is_ok_and(|r| r == "t")
-    });
+    standby.wait_until(
+        "the standby to replay the archive",
+        Duration::from_secs(180),
+        || {
+            standby
+                .try_psql(&format!(
+                    "select pg_last_wal_replay_lsn() >= '{end_lsn}'::pg_lsn"
+                ))
+                .is_ok_and(|r| r == "t")
+        },
+    );
     assert_eq!(standby.psql(TABLE_DIGEST), primary.psql(TABLE_DIGEST));
     assert!(standby.psql(TABLE_DIGEST).starts_with("100000:"));
-    assert!(standby.log().contains("restored log file"), "replay did not come from the archive");
+    assert!(
+        standby.log().contains("restored log file"),
+        "replay did not come from the archive"
+    );
 
     // Promotion: the new timeline's history file lands in the same repository.
     standby.promote();
@@ -124,14 +179,29 @@ fn archive_and_replay(store: Store) {
     assert!(tl2_last.starts_with("00000002"), "{tl2_last}");
     standby.wait_archived(&tl2_last, Duration::from_secs(120));
     let entries = wal_list(&repo);
-    assert!(entries.iter().any(|e| e["name"] == "00000002.history"), "no history file");
-    assert!(entries.iter().any(|e| e["name"] == tl2_last.as_str()), "no timeline 2 segment");
+    assert!(
+        entries.iter().any(|e| e["name"] == "00000002.history"),
+        "no history file"
+    );
+    assert!(
+        entries.iter().any(|e| e["name"] == tl2_last.as_str()),
+        "no timeline 2 segment"
+    );
     let dest = scratch.join("history");
     assert_success(&run_walarchive(
-        &["--repo", &repo.url, "wal-fetch", "00000002.history", dest.to_str().unwrap()],
+        &[
+            "--repo",
+            &repo.url,
+            "wal-fetch",
+            "00000002.history",
+            dest.to_str().unwrap(),
+        ],
         &repo.env,
     ));
-    assert_eq!(fs::read(&dest).unwrap(), fs::read(standby.wal_dir().join("00000002.history")).unwrap());
+    assert_eq!(
+        fs::read(&dest).unwrap(),
+        fs::read(standby.wal_dir().join("00000002.history")).unwrap()
+    );
 }
 
 #[test]
@@ -152,7 +222,11 @@ fn archive_and_replay_file() {
 /// Segment size is a cluster property the repository records; default and large sizes work.
 fn segment_size(mb: u32) {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions { wal_segsize_mb: mb, extra_conf: archive_conf(&repo.url), ..Default::default() });
+    let primary = PgCluster::init(PgOptions {
+        wal_segsize_mb: mb,
+        extra_conf: archive_conf(&repo.url),
+        ..Default::default()
+    });
     primary.start_with_env(&repo.env);
     primary.psql("create table t as select g from generate_series(1, 1000) g");
     primary.switch_wal();
@@ -164,8 +238,20 @@ fn segment_size(mb: u32) {
     assert_eq!(d["wal_segment_size"], u64::from(mb) << 20);
     let scratch = TestDir::new("walarchive-seg-");
     let dest = scratch.join("seg");
-    assert_success(&run_walarchive(&["--repo", &repo.url, "wal-fetch", &last, dest.to_str().unwrap()], &[]));
-    assert_eq!(fs::read(&dest).unwrap(), fs::read(primary.wal_dir().join(&last)).unwrap());
+    assert_success(&run_walarchive(
+        &[
+            "--repo",
+            &repo.url,
+            "wal-fetch",
+            &last,
+            dest.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(
+        fs::read(&dest).unwrap(),
+        fs::read(primary.wal_dir().join(&last)).unwrap()
+    );
 }
 
 #[test]

@@ -24,14 +24,20 @@ impl Source {
     fn new() -> Source {
         let dir = TestDir::new_postgres("walarchive-src-");
         let cluster = PgCluster::init(PgOptions {
-            extra_conf: format!("archive_mode = on\narchive_command = 'cp %p {}/%f'\n", dir.path().display()),
+            extra_conf: format!(
+                "archive_mode = on\narchive_command = 'cp %p {}/%f'\n",
+                dir.path().display()
+            ),
             ..Default::default()
         });
         cluster.start();
         cluster.psql("create table t(id int, v text)");
         let mut last = String::new();
         for i in 0..6 {
-            cluster.psql(&format!("insert into t select g, md5(g::text) from generate_series(1, {}) g", 2000 * (i + 1)));
+            cluster.psql(&format!(
+                "insert into t select g, md5(g::text) from generate_series(1, {}) g",
+                2000 * (i + 1)
+            ));
             last = cluster.switch_wal();
         }
         cluster.wait_archived(&last, Duration::from_secs(60));
@@ -42,7 +48,12 @@ impl Source {
             .collect();
         segments.sort();
         let system_identifier = cluster.psql("select system_identifier from pg_control_system()");
-        Source { _cluster: cluster, dir, segments, system_identifier }
+        Source {
+            _cluster: cluster,
+            dir,
+            segments,
+            system_identifier,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -81,7 +92,13 @@ impl Fixture {
         let work = dir.join("pg_wal");
         fs::create_dir_all(&work).unwrap();
         let url = format!("file://{}", repo_dir.display());
-        Fixture { _dir: dir, repo_dir, work, url, env: quick_retries() }
+        Fixture {
+            _dir: dir,
+            repo_dir,
+            work,
+            url,
+            env: quick_retries(),
+        }
     }
 
     fn s3() -> Fixture {
@@ -106,16 +123,29 @@ impl Fixture {
     }
 
     fn push(&self, path: &Path) -> std::process::Output {
-        run_walarchive(&["--repo", &self.url, "wal-push", path.to_str().unwrap()], &self.env)
+        run_walarchive(
+            &["--repo", &self.url, "wal-push", path.to_str().unwrap()],
+            &self.env,
+        )
     }
 
     fn fetch(&self, name: &str, dest: &Path) -> std::process::Output {
-        run_walarchive(&["--repo", &self.url, "wal-fetch", name, dest.to_str().unwrap()], &self.env)
+        run_walarchive(
+            &[
+                "--repo",
+                &self.url,
+                "wal-fetch",
+                name,
+                dest.to_str().unwrap(),
+            ],
+            &self.env,
+        )
     }
 
     fn object(&self, name: &str) -> PathBuf {
         let parsed = &name[..24.min(name.len())];
-        self.repo_dir.join(format!("wal/{}/{}/{name}", &parsed[..8], &parsed[8..16]))
+        self.repo_dir
+            .join(format!("wal/{}/{}/{name}", &parsed[..8], &parsed[8..16]))
     }
 }
 
@@ -133,7 +163,11 @@ fn round_trip(f: &Fixture) {
     assert_success(&f.push(&path));
     // Idempotent: the same content again succeeds and says so.
     let again = assert_success(&f.push(&path)).clone();
-    assert!(stderr(&again).contains("already archived"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already archived"),
+        "{}",
+        stderr(&again)
+    );
     let dest = f.work.join("RECOVERYXLOG");
     assert_success(&f.fetch(name, &dest));
     assert_eq!(fs::read(&dest).unwrap(), src.bytes(name));
@@ -144,10 +178,17 @@ fn round_trip(f: &Fixture) {
     let out = f.push(&path);
     assert_code(&out, 4);
     let err = stderr(&out);
-    assert!(err.contains("different content") && err.matches("sha256").count() >= 2, "{err}");
+    assert!(
+        err.contains("different content") && err.matches("sha256").count() >= 2,
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert_success(&f.fetch(name, &dest));
-    assert_eq!(fs::read(&dest).unwrap(), src.bytes(name), "stored object unchanged");
+    assert_eq!(
+        fs::read(&dest).unwrap(),
+        src.bytes(name),
+        "stored object unchanged"
+    );
     // Missing segment: exit 1, quietly (PostgreSQL probes).
     let out = f.fetch("0000000100000000000000FE", &dest);
     assert_code(&out, 1);
@@ -177,9 +218,17 @@ fn history_backup_and_partial_files() {
     // A partial file is a whole segment under another name (the end of an old timeline).
     let partial = f.stage(src, seg, &format!("{seg}.partial"));
     let history = f.work.join("00000002.history");
-    fs::write(&history, format!("1\t0/{:X}\tno recovery target specified\n", 0x0300_0000)).unwrap();
+    fs::write(
+        &history,
+        format!("1\t0/{:X}\tno recovery target specified\n", 0x0300_0000),
+    )
+    .unwrap();
     let backup = f.work.join(format!("{seg}.00000028.backup"));
-    fs::write(&backup, "START WAL LOCATION: 0/1000028 (file 000000010000000000000001)\n").unwrap();
+    fs::write(
+        &backup,
+        "START WAL LOCATION: 0/1000028 (file 000000010000000000000001)\n",
+    )
+    .unwrap();
     for p in [&partial, &history, &backup] {
         assert_success(&f.push(p));
         let dest = f.work.join("restored");
@@ -189,7 +238,12 @@ fn history_backup_and_partial_files() {
     }
     let list = run_walarchive(&["--repo", &f.url, "wal-list", "--json"], &f.env);
     let entries: serde_json::Value = serde_json::from_slice(&assert_success(&list).stdout).unwrap();
-    let kinds: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["backup", "partial", "history"], "{entries}");
     // Probing a history file that does not exist is a quiet 1.
     assert_code(&f.fetch("00000003.history", &f.work.join("x")), 1);
@@ -205,9 +259,17 @@ fn foreign_cluster_is_refused() {
     let out = f.push(&f.stage(b, name, name));
     assert_code(&out, 5);
     let err = stderr(&out);
-    assert!(err.contains("system identifier") && err.contains(&a.system_identifier) && err.contains(&b.system_identifier), "{err}");
+    assert!(
+        err.contains("system identifier")
+            && err.contains(&a.system_identifier)
+            && err.contains(&b.system_identifier),
+        "{err}"
+    );
     assert_ne!(name, &a.segments[0]);
-    assert!(!f.object(name).exists(), "nothing stored for the foreign segment");
+    assert!(
+        !f.object(name).exists(),
+        "nothing stored for the foreign segment"
+    );
     let info = run_walarchive(&["--repo", &f.url, "repo-info", "--json"], &[]);
     let d: serde_json::Value = serde_json::from_slice(&assert_success(&info).stdout).unwrap();
     assert_eq!(d["system_identifier"], a.system_identifier.as_str());
@@ -232,15 +294,25 @@ fn corrupted_objects_are_fatal_for_fetch_and_leave_nothing() {
     let trunc = f.object(&names[1]);
     let bytes = fs::read(&trunc).unwrap();
     fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    fs::write(f.object(&names[2]), b"this is not a walarchive object, but long enough to have a header......").unwrap();
+    fs::write(
+        f.object(&names[2]),
+        b"this is not a walarchive object, but long enough to have a header......",
+    )
+    .unwrap();
     for n in names {
         let dest = f.work.join("RECOVERYXLOG");
         let out = f.fetch(n, &dest);
         assert_code(&out, 208);
         assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
         assert!(!dest.exists(), "no file left at the destination");
-        let leftovers: Vec<_> = fs::read_dir(&f.work).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(leftovers.iter().all(|n| n.to_str().unwrap().len() == 24), "temp files left: {leftovers:?}");
+        let leftovers: Vec<_> = fs::read_dir(&f.work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            leftovers.iter().all(|n| n.to_str().unwrap().len() == 24),
+            "temp files left: {leftovers:?}"
+        );
     }
     // A re-push onto a corrupt object does not claim success.
     assert_code(&f.push(&f.work.join(&names[0])), 8);
@@ -252,9 +324,17 @@ fn corrupted_object_on_s3_is_fatal() {
     let src = source();
     let n = &src.segments[0];
     assert_success(&f.push(&f.stage(src, n, n)));
-    let bucket = f.url.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+    let bucket = f
+        .url
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let key = format!("some/prefix/wal/{}/{}/{n}", &n[..8], &n[8..16]);
-    let mut obj = s3().get_object(&bucket, &key).expect("object stored under the documented key");
+    let mut obj = s3()
+        .get_object(&bucket, &key)
+        .expect("object stored under the documented key");
     let at = obj.len() / 2;
     obj[at] ^= 0x40;
     s3().put_object(&bucket, &key, &obj);
@@ -279,10 +359,18 @@ fn unreachable_store() {
     let n = &src.segments[0];
     let out = f.push(&f.stage(src, n, n));
     assert_code(&out, 7);
-    assert!(stderr(&out).contains("gave up after 2 attempts"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gave up after 2 attempts"),
+        "{}",
+        stderr(&out)
+    );
     let dest = f.work.join("RECOVERYXLOG");
     let out = f.fetch(n, &dest);
-    assert!(code(&out) > 125, "a storage outage must abort recovery, got {}", code(&out));
+    assert!(
+        code(&out) > 125,
+        "a storage outage must abort recovery, got {}",
+        code(&out)
+    );
     assert_code(&out, 207);
     assert!(!dest.exists());
 }
@@ -305,7 +393,11 @@ fn wrong_credentials_and_missing_bucket() {
         let out = run_walarchive(&a, &f.env);
         assert_code(&out, 7);
         assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
-        assert!(!stderr(&out).contains(secret), "the secret leaked: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains(secret),
+            "the secret leaked: {}",
+            stderr(&out)
+        );
     }
     assert_code(&f.fetch(n, &f.work.join("x")), 207);
 
@@ -352,20 +444,53 @@ fn bad_input() {
     one_line(assert_code(&f.push(&renamed), 3), "renamed or damaged");
     let zeros = f.work.join("000000010000000000000095");
     fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
-    one_line(assert_code(&f.push(&zeros), 3), "not a PostgreSQL WAL segment");
+    one_line(
+        assert_code(&f.push(&zeros), 3),
+        "not a PostgreSQL WAL segment",
+    );
     assert!(!f.repo_dir.join("wal").exists(), "nothing was stored");
     // Bad names for wal-fetch abort recovery rather than end it.
     assert_code(&f.fetch("../../etc/passwd", &f.work.join("x")), 203);
     // Configuration.
     let path = f.stage(src, n, n);
     let p = path.to_str().unwrap();
-    one_line(assert_code(&run_walarchive(&["--repo", "ftp://host/x", "wal-push", p], &[]), 6), "unsupported repository URL scheme");
-    one_line(assert_code(&run_walarchive(&["wal-push", p], &[]), 6), "no repository configured");
-    one_line(assert_code(&run_walarchive(&["--repo", &f.url, "--compression", "gzip", "wal-push", p], &[]), 6), "unknown compression");
-    assert_code(&run_walarchive(&["--repo", &f.url, "wal-fetch", n], &[]), 202);
+    one_line(
+        assert_code(
+            &run_walarchive(&["--repo", "ftp://host/x", "wal-push", p], &[]),
+            6,
+        ),
+        "unsupported repository URL scheme",
+    );
+    one_line(
+        assert_code(&run_walarchive(&["wal-push", p], &[]), 6),
+        "no repository configured",
+    );
+    one_line(
+        assert_code(
+            &run_walarchive(
+                &["--repo", &f.url, "--compression", "gzip", "wal-push", p],
+                &[],
+            ),
+            6,
+        ),
+        "unknown compression",
+    );
+    assert_code(
+        &run_walarchive(&["--repo", &f.url, "wal-fetch", n], &[]),
+        202,
+    );
     assert_code(&run_walarchive(&["--repo", &f.url, "wal-push"], &[]), 2);
     let missing_cfg = f.work.join("nope.toml");
-    one_line(assert_code(&run_walarchive(&["--config", missing_cfg.to_str().unwrap(), "wal-push", p], &[]), 6), "cannot read configuration file");
+    one_line(
+        assert_code(
+            &run_walarchive(
+                &["--config", missing_cfg.to_str().unwrap(), "wal-push", p],
+                &[],
+            ),
+            6,
+        ),
+        "cannot read configuration file",
+    );
 }
 
 #[test]
@@ -375,7 +500,14 @@ fn settings_precedence_and_codecs() {
     let base = f.repo_dir.parent().unwrap().to_path_buf();
     let url_of = |n: &str| format!("file://{}", base.join(n).display());
     let cfg = base.join("walarchive.toml");
-    fs::write(&cfg, format!("repo = \"{}\"\ncompression = \"lz4\"\n[retry]\nattempts = 2\n", url_of("from-file"))).unwrap();
+    fs::write(
+        &cfg,
+        format!(
+            "repo = \"{}\"\ncompression = \"lz4\"\n[retry]\nattempts = 2\n",
+            url_of("from-file")
+        ),
+    )
+    .unwrap();
     let seg = &src.segments[0];
     let path = f.stage(src, seg, seg);
     let p = path.to_str().unwrap();
@@ -388,8 +520,14 @@ fn settings_precedence_and_codecs() {
         e
     };
     assert_success(&run_walarchive(&["wal-push", p], &env(None)));
-    assert_success(&run_walarchive(&["wal-push", p], &env(Some(&url_of("from-env")))));
-    assert_success(&run_walarchive(&["--repo", &url_of("from-flag"), "wal-push", p], &env(Some(&url_of("from-env")))));
+    assert_success(&run_walarchive(
+        &["wal-push", p],
+        &env(Some(&url_of("from-env"))),
+    ));
+    assert_success(&run_walarchive(
+        &["--repo", &url_of("from-flag"), "wal-push", p],
+        &env(Some(&url_of("from-env"))),
+    ));
     for repo in ["from-file", "from-env", "from-flag"] {
         let obj = base.join(repo).join(format!("wal/00000001/00000000/{seg}"));
         let bytes = fs::read(&obj).unwrap_or_else(|e| panic!("{}: {e}", obj.display()));
@@ -399,9 +537,30 @@ fn settings_precedence_and_codecs() {
     for (i, codec) in ["none", "lz4", "zstd", "zstd:9"].iter().enumerate() {
         let name = &src.segments[i + 1];
         let path = f.stage(src, name, name);
-        assert_success(&run_walarchive(&["--repo", &f.url, "--compression", codec, "wal-push", path.to_str().unwrap()], &[]));
+        assert_success(&run_walarchive(
+            &[
+                "--repo",
+                &f.url,
+                "--compression",
+                codec,
+                "wal-push",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        ));
         let dest = f.work.join("out");
-        assert_success(&run_walarchive(&["--repo", &f.url, "--compression", "none", "wal-fetch", name, dest.to_str().unwrap()], &[]));
+        assert_success(&run_walarchive(
+            &[
+                "--repo",
+                &f.url,
+                "--compression",
+                "none",
+                "wal-fetch",
+                name,
+                dest.to_str().unwrap(),
+            ],
+            &[],
+        ));
         assert_eq!(fs::read(&dest).unwrap(), src.bytes(name), "{codec}");
     }
 }

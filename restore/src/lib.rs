@@ -54,7 +54,11 @@ pub struct FetchReport {
 }
 
 /// Restores WAL file `name` (PostgreSQL's `%f`) from `repo` to `dest` (`%p`).
-pub async fn fetch_file(repo: &Repository, name: &str, dest: &Path) -> Result<FetchReport, FetchError> {
+pub async fn fetch_file(
+    repo: &Repository,
+    name: &str,
+    dest: &Path,
+) -> Result<FetchReport, FetchError> {
     let parsed: WalFileName = name.parse().map_err(walarchive_core::Error::from)?;
     let key = Repository::wal_key(&parsed);
     let raw = match repo.get_verified(&key).await {
@@ -83,8 +87,14 @@ fn write_atomically(dest: &Path, content: &[u8]) -> Result<(), FetchError> {
         _ => PathBuf::from("."),
     };
     let file_name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
-    let tmp = dir.join(format!(".{file_name}.walarchive-{}.tmp", std::process::id()));
-    let fail = |path: &Path, source| FetchError::Write { path: path.to_path_buf(), source };
+    let tmp = dir.join(format!(
+        ".{file_name}.walarchive-{}.tmp",
+        std::process::id()
+    ));
+    let fail = |path: &Path, source| FetchError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| fail(&tmp, e))?;
         f.write_all(content).map_err(|e| fail(&tmp, e))?;
@@ -137,13 +147,27 @@ mod tests {
         r.ensure_descriptor(&d, "test").await.unwrap();
         let e = fetch_file(&r, "00000002.history", &dest).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-        r.put_new("wal/history/00000002.history", b"1\t0/3000000\tno recovery target specified\n", Compression::Lz4)
-            .await
-            .unwrap();
+        r.put_new(
+            "wal/history/00000002.history",
+            b"1\t0/3000000\tno recovery target specified\n",
+            Compression::Lz4,
+        )
+        .await
+        .unwrap();
         let rep = fetch_file(&r, "00000002.history", &dest).await.unwrap();
         assert_eq!(rep.len, 41);
         assert_eq!(std::fs::read(&dest).unwrap().len(), 41);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
-        assert_eq!(fetch_file(&r, "RECOVERYXLOG", &dest).await.unwrap_err().kind(), ErrorKind::BadInput);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        assert_eq!(
+            fetch_file(&r, "RECOVERYXLOG", &dest)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::BadInput
+        );
     }
 }

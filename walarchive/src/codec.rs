@@ -112,14 +112,22 @@ impl Compression {
 
 /// Decompresses `body` written by `codec`, expecting exactly `raw_len` bytes.
 pub fn decode(codec: CodecId, body: &[u8], raw_len: usize) -> Result<Vec<u8>, DecodeError> {
-    let fail = |reason: String| DecodeError { codec: codec.name(), reason };
+    let fail = |reason: String| DecodeError {
+        codec: codec.name(),
+        reason,
+    };
     let out = match codec {
         CodecId::None => body.to_vec(),
-        CodecId::Lz4 => lz4_flex::block::decompress(body, raw_len).map_err(|e| fail(e.to_string()))?,
+        CodecId::Lz4 => {
+            lz4_flex::block::decompress(body, raw_len).map_err(|e| fail(e.to_string()))?
+        }
         CodecId::Zstd => zstd::bulk::decompress(body, raw_len).map_err(|e| fail(e.to_string()))?,
     };
     if out.len() != raw_len {
-        return Err(fail(format!("decoded {} bytes, header says {raw_len}", out.len())));
+        return Err(fail(format!(
+            "decoded {} bytes, header says {raw_len}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -158,13 +166,20 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     #[test]
     fn every_codec_round_trips() {
         let raw = sample();
-        for c in [Compression::None, Compression::Lz4, Compression::Zstd(1), Compression::Zstd(19)] {
+        for c in [
+            Compression::None,
+            Compression::Lz4,
+            Compression::Zstd(1),
+            Compression::Zstd(19),
+        ] {
             let body = c.encode(&raw);
             assert_eq!(decode(c.id(), &body, raw.len()).unwrap(), raw, "{c}");
         }
@@ -176,14 +191,23 @@ mod tests {
         for c in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
             let body = c.encode(&raw);
             assert!(decode(c.id(), &body, raw.len() - 1).is_err(), "{c} short");
-            assert!(decode(c.id(), &body[..body.len() / 2], raw.len()).is_err(), "{c} truncated");
+            assert!(
+                decode(c.id(), &body[..body.len() / 2], raw.len()).is_err(),
+                "{c} truncated"
+            );
         }
     }
 
     #[test]
     fn parses_names() {
-        assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd(DEFAULT_ZSTD_LEVEL));
-        assert_eq!("zstd:7".parse::<Compression>().unwrap(), Compression::Zstd(7));
+        assert_eq!(
+            "zstd".parse::<Compression>().unwrap(),
+            Compression::Zstd(DEFAULT_ZSTD_LEVEL)
+        );
+        assert_eq!(
+            "zstd:7".parse::<Compression>().unwrap(),
+            Compression::Zstd(7)
+        );
         assert_eq!("LZ4".parse::<Compression>().unwrap(), Compression::Lz4);
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         for bad in ["gzip", "zstd:0", "zstd:23", "zstd:x", "lz4:3", ""] {

@@ -55,7 +55,9 @@ impl RetrySettings {
             if v.is_finite() && v > 0.0 && v < 86_400.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(Error::Config(format!("{what} must be a positive number of seconds, got {v}")))
+                Err(Error::Config(format!(
+                    "{what} must be a positive number of seconds, got {v}"
+                )))
             }
         };
         if let Some(a) = self.attempts {
@@ -80,8 +82,12 @@ impl RetrySettings {
 impl ConfigFile {
     /// Reads and parses a configuration file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read configuration file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read configuration file {}: {e}",
+                path.display()
+            ))
+        })?;
         Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
@@ -134,6 +140,10 @@ request_timeout = 2.5
         let e = ConfigFile::parse("repo = \"s3://b\"\npasword = \"hunter2\"\n").unwrap_err();
         assert!(e.contains("line 2") && e.contains("pasword"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(ConfigFile::parse("[retry]\nattempts = 0\n").unwrap().retry.apply(RetryPolicy::default()).is_err());
+        assert!(ConfigFile::parse("[retry]\nattempts = 0\n")
+            .unwrap()
+            .retry
+            .apply(RetryPolicy::default())
+            .is_err());
     }
 }

@@ -80,7 +80,9 @@ pub enum FormatError {
     #[error("not a walarchive object (bad magic)")]
     BadMagic,
     /// A format version this build cannot read.
-    #[error("object format version {0} is newer than this walarchive understands (upgrade walarchive)")]
+    #[error(
+        "object format version {0} is newer than this walarchive understands (upgrade walarchive)"
+    )]
     UnsupportedVersion(u16),
     /// Unknown codec byte.
     #[error("unknown codec byte {0}")]
@@ -165,7 +167,11 @@ pub fn encode(raw: &[u8], compression: Compression) -> EncodedObject {
 }
 
 /// Encodes `raw` whose SHA-256 the caller already computed.
-pub fn encode_with_digest(raw: &[u8], compression: Compression, sha256: Sha256Digest) -> EncodedObject {
+pub fn encode_with_digest(
+    raw: &[u8],
+    compression: Compression,
+    sha256: Sha256Digest,
+) -> EncodedObject {
     let body = compression.encode(raw);
     let header = ObjectHeader {
         version: FORMAT_VERSION,
@@ -186,7 +192,10 @@ pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
     let header = ObjectHeader::parse(object)?;
     let body = &object[header.header_len.min(object.len())..];
     if body.len() as u64 != header.body_len {
-        return Err(FormatError::BodyLength { expected: header.body_len, actual: body.len() as u64 });
+        return Err(FormatError::BodyLength {
+            expected: header.body_len,
+            actual: body.len() as u64,
+        });
     }
     let raw_len = usize::try_from(header.raw_len).map_err(|_| FormatError::BodyLength {
         expected: header.body_len,
@@ -195,7 +204,10 @@ pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
     let raw = codec::decode(header.codec, body, raw_len)?;
     let actual = Sha256Digest::of(&raw);
     if actual != header.sha256 {
-        return Err(FormatError::Checksum { expected: header.sha256, actual });
+        return Err(FormatError::Checksum {
+            expected: header.sha256,
+            actual,
+        });
     }
     Ok((header, raw))
 }
@@ -226,12 +238,18 @@ mod tests {
         let raw = content();
         let obj = encode(&raw, Compression::Zstd(1)).bytes;
         // Truncation.
-        assert!(matches!(decode(&obj[..obj.len() - 1]), Err(FormatError::BodyLength { .. })));
+        assert!(matches!(
+            decode(&obj[..obj.len() - 1]),
+            Err(FormatError::BodyLength { .. })
+        ));
         assert!(matches!(decode(&obj[..10]), Err(FormatError::TooShort(10))));
         // Appended garbage.
         let mut longer = obj.clone();
         longer.push(0);
-        assert!(matches!(decode(&longer), Err(FormatError::BodyLength { .. })));
+        assert!(matches!(
+            decode(&longer),
+            Err(FormatError::BodyLength { .. })
+        ));
         // A flipped bit in the stored checksum.
         let mut bad = obj.clone();
         bad[40] ^= 1;
@@ -242,7 +260,10 @@ mod tests {
         assert!(matches!(decode(&bad), Err(FormatError::BadMagic)));
         let mut bad = obj.clone();
         bad[8] = 9;
-        assert!(matches!(decode(&bad), Err(FormatError::UnsupportedVersion(9))));
+        assert!(matches!(
+            decode(&bad),
+            Err(FormatError::UnsupportedVersion(9))
+        ));
         let mut bad = obj.clone();
         bad[10] = 77;
         assert!(matches!(decode(&bad), Err(FormatError::UnknownCodec(77))));

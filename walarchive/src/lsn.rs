@@ -44,7 +44,8 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || LsnParseError(s.to_string());
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid =
+            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid(hi) || !valid(lo) {
             return Err(err());
         }
@@ -76,7 +77,18 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for text in ["", "/", "1/", "/1", "16B374D848", "x/1", "1/2/3", "123456789/0", "-1/0", " 1/0"] {
+        for text in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "16B374D848",
+            "x/1",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+            " 1/0",
+        ] {
             assert!(text.parse::<Lsn>().is_err(), "{text:?} should not parse");
         }
     }

@@ -28,7 +28,10 @@ pub struct PushReport {
 /// Archives the WAL file at `path` (as PostgreSQL's `%p`) into `repo`.
 pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Error> {
     let shown = path.display().to_string();
-    let bad = |reason: String| Error::BadInput { path: shown.clone(), reason };
+    let bad = |reason: String| Error::BadInput {
+        path: shown.clone(),
+        reason,
+    };
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -37,8 +40,15 @@ pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Err
 
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(bad("no such file".into())),
-        Err(source) => return Err(Error::Io { context: format!("cannot read {shown}"), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("no such file".into()))
+        }
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("cannot read {shown}"),
+                source,
+            })
+        }
     };
     if meta.is_dir() {
         return Err(bad("is a directory, not a WAL file".into()));
@@ -53,7 +63,10 @@ pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Err
     let raw = tokio::task::spawn_blocking(move || std::fs::read(owned))
         .await
         .expect("read task does not panic")
-        .map_err(|source| Error::Io { context: format!("cannot read {shown}"), source })?;
+        .map_err(|source| Error::Io {
+            context: format!("cannot read {shown}"),
+            source,
+        })?;
 
     if name.holds_wal_pages() {
         let wanted = check_segment(&name, &raw).map_err(bad)?;
@@ -63,7 +76,11 @@ pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Err
     let compression = repo.compression;
     let key = Repository::wal_key(&name);
     let outcome = repo.put_new(&key, &raw, compression).await?;
-    Ok(PushReport { name, raw_len: raw.len() as u64, outcome })
+    Ok(PushReport {
+        name,
+        raw_len: raw.len() as u64,
+        outcome,
+    })
 }
 
 /// Checks that `raw` is a whole segment named `name`, returning the cluster properties its
@@ -82,9 +99,14 @@ fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, String> {
             header.segment_size
         ));
     }
-    let seg = name.segment().expect("files holding WAL pages name a segment");
+    let seg = name
+        .segment()
+        .expect("files holding WAL pages name a segment");
     if !seg.fits_segment_size(len) {
-        return Err(format!("the name is out of range for {} MiB segments", len >> 20));
+        return Err(format!(
+            "the name is out of range for {} MiB segments",
+            len >> 20
+        ));
     }
     let expected = seg.start_lsn(len);
     if header.page_address != expected {
@@ -96,7 +118,10 @@ fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, String> {
     // The first page of a new timeline's first segment is copied from the old timeline,
     // so the page's timeline may be lower than the name's, never higher.
     if header.timeline > seg.timeline {
-        return Err(format!("its first page is on timeline {} but the name says {}", header.timeline, seg.timeline));
+        return Err(format!(
+            "its first page is on timeline {} but the name says {}",
+            header.timeline, seg.timeline
+        ));
     }
     Ok(Descriptor {
         format_version: REPOSITORY_FORMAT,
@@ -104,7 +129,10 @@ fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, String> {
         pg_version: header.pg_major_version(),
         wal_page_magic: header.magic,
         wal_segment_size: len,
-        created_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
     })
 }
@@ -139,16 +167,26 @@ mod tests {
     fn refuses_wrong_segments() {
         let name: WalFileName = "000000010000000000000003".parse().unwrap();
         let good = segment("000000010000000000000003", 1 << 20, 42);
-        assert!(check_segment(&name, &good[..good.len() - 8192]).unwrap_err().contains("not a whole WAL segment"));
+        assert!(check_segment(&name, &good[..good.len() - 8192])
+            .unwrap_err()
+            .contains("not a whole WAL segment"));
         let other = segment("000000010000000000000004", 1 << 20, 42);
-        assert!(check_segment(&name, &other).unwrap_err().contains("renamed or damaged"));
-        assert!(check_segment(&name, &vec![0u8; 1 << 20]).unwrap_err().contains("magic"));
+        assert!(check_segment(&name, &other)
+            .unwrap_err()
+            .contains("renamed or damaged"));
+        assert!(check_segment(&name, &vec![0u8; 1 << 20])
+            .unwrap_err()
+            .contains("magic"));
         let mut wrong_size = segment("000000010000000000000003", 1 << 21, 42);
         wrong_size.truncate(1 << 20);
-        assert!(check_segment(&name, &wrong_size).unwrap_err().contains("page header says the segment size"));
+        assert!(check_segment(&name, &wrong_size)
+            .unwrap_err()
+            .contains("page header says the segment size"));
         let higher_tli: WalFileName = "000000010000000000000003".parse().unwrap();
         let tli2 = segment("000000020000000000000003", 1 << 20, 42);
-        assert!(check_segment(&higher_tli, &tli2).unwrap_err().contains("timeline"));
+        assert!(check_segment(&higher_tli, &tli2)
+            .unwrap_err()
+            .contains("timeline"));
         // A new timeline's first segment starts with the old timeline's pages.
         let new_tli: WalFileName = "000000020000000000000003".parse().unwrap();
         assert!(check_segment(&new_tli, &good).is_ok());

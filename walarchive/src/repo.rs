@@ -100,7 +100,14 @@ impl Repository {
         compression: Compression,
     ) -> Result<Self, Error> {
         let loc = storage::open(url, options, &policy)?;
-        Ok(Self::with_store(loc.store, loc.prefix, loc.backend, url, policy, compression))
+        Ok(Self::with_store(
+            loc.store,
+            loc.prefix,
+            loc.backend,
+            url,
+            policy,
+            compression,
+        ))
     }
 
     /// A repository over an already built store (tests, fault injection).
@@ -112,7 +119,14 @@ impl Repository {
         policy: RetryPolicy,
         compression: Compression,
     ) -> Self {
-        Repository { store, prefix, backend, url: url.to_string(), policy, compression }
+        Repository {
+            store,
+            prefix,
+            backend,
+            url: url.to_string(),
+            policy,
+            compression,
+        }
     }
 
     /// The repository URL.
@@ -135,7 +149,9 @@ impl Repository {
         match name {
             WalFileName::History(_) => format!("wal/history/{name}"),
             _ => {
-                let seg = name.segment().expect("non-history WAL files name a segment");
+                let seg = name
+                    .segment()
+                    .expect("non-history WAL files name a segment");
                 format!("wal/{}/{:08X}/{name}", seg.timeline.hex(), seg.log)
             }
         }
@@ -144,13 +160,15 @@ impl Repository {
     /// Reads the descriptor, if the repository has one.
     pub async fn descriptor(&self) -> Result<Option<Descriptor>, Error> {
         match self.get_verified(DESCRIPTOR_KEY).await {
-            Ok((_, raw)) => serde_json::from_slice(&raw).map(Some).map_err(|e| Error::Corrupt {
-                key: DESCRIPTOR_KEY.into(),
-                source: format::FormatError::Decode(crate::codec::DecodeError {
-                    codec: "json",
-                    reason: e.to_string(),
+            Ok((_, raw)) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    key: DESCRIPTOR_KEY.into(),
+                    source: format::FormatError::Decode(crate::codec::DecodeError {
+                        codec: "json",
+                        reason: e.to_string(),
+                    }),
                 }),
-            }),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -158,12 +176,18 @@ impl Repository {
 
     /// Reads the descriptor; a missing one means there is no repository at this URL.
     pub async fn require_descriptor(&self) -> Result<Descriptor, Error> {
-        self.descriptor().await?.ok_or_else(|| Error::NoRepository { url: self.url.clone() })
+        self.descriptor().await?.ok_or_else(|| Error::NoRepository {
+            url: self.url.clone(),
+        })
     }
 
     /// Returns the repository's descriptor, creating it from `wanted` if there is none, and
     /// refuses WAL (`name`) whose cluster properties differ from the stored descriptor.
-    pub async fn ensure_descriptor(&self, wanted: &Descriptor, name: &str) -> Result<Descriptor, Error> {
+    pub async fn ensure_descriptor(
+        &self,
+        wanted: &Descriptor,
+        name: &str,
+    ) -> Result<Descriptor, Error> {
         let existing = match self.descriptor().await? {
             Some(d) => d,
             None => {
@@ -222,7 +246,12 @@ impl Repository {
     /// Stores `raw` under `relative` unless an object is already there. An identical existing
     /// object is success ([`PutOutcome::AlreadyStored`]); a different one is
     /// [`Error::Conflict`]; an existing object that fails verification is [`Error::Corrupt`].
-    pub async fn put_new(&self, relative: &str, raw: &[u8], compression: Compression) -> Result<PutOutcome, Error> {
+    pub async fn put_new(
+        &self,
+        relative: &str,
+        raw: &[u8],
+        compression: Compression,
+    ) -> Result<PutOutcome, Error> {
         let key = self.key(relative);
         let digest = Sha256Digest::of(raw);
         // Look first: a re-push after a crash then costs one small request instead of an
@@ -233,18 +262,29 @@ impl Repository {
         let encoded = format::encode_with_digest(raw, compression, digest);
         let stored_len = encoded.bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(encoded.bytes));
-        let opts = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        let opts = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
         let what = format!("put {key}");
         let put = retry(&self.policy, &what, || {
             let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
-            async move { store.put_opts(&key, payload, opts()).await.map(|_| ()).map_err(StorageError::from) }
+            async move {
+                store
+                    .put_opts(&key, payload, opts())
+                    .await
+                    .map(|_| ())
+                    .map_err(StorageError::from)
+            }
         })
         .await;
         match put {
             Ok(()) => Ok(PutOutcome::Stored { stored_len }),
             // Created meanwhile by someone else, or by our own attempt whose answer was lost.
             Err(StorageError::AlreadyExists) => self.compare_existing(relative, &key, digest).await,
-            Err(StorageError::Permanent(m)) if m.contains("412") || m.to_ascii_lowercase().contains("precondition") => {
+            Err(StorageError::Permanent(m))
+                if m.contains("412") || m.to_ascii_lowercase().contains("precondition") =>
+            {
                 self.compare_existing(relative, &key, digest).await
             }
             Err(StorageError::NotFound) => Err(Error::Storage {
@@ -252,18 +292,31 @@ impl Repository {
                 key: key.to_string(),
                 source: StorageError::Permanent("the bucket or container does not exist".into()),
             }),
-            Err(source) => Err(Error::Storage { op: "put", key: key.to_string(), source }),
+            Err(source) => Err(Error::Storage {
+                op: "put",
+                key: key.to_string(),
+                source,
+            }),
         }
     }
 
-    async fn compare_existing(&self, relative: &str, key: &Path, digest: Sha256Digest) -> Result<PutOutcome, Error> {
+    async fn compare_existing(
+        &self,
+        relative: &str,
+        key: &Path,
+        digest: Sha256Digest,
+    ) -> Result<PutOutcome, Error> {
         let (header, _) = self.get_verified(relative).await?;
         if header.sha256 == digest {
             Ok(PutOutcome::AlreadyStored)
         } else {
             let name = relative.rsplit('/').next().unwrap_or(relative).to_string();
             tracing::debug!("conflict at {key}");
-            Err(Error::Conflict { name, stored: header.sha256, new: digest })
+            Err(Error::Conflict {
+                name,
+                stored: header.sha256,
+                new: digest,
+            })
         }
     }
 
@@ -275,7 +328,11 @@ impl Repository {
         match r {
             Ok(_) => Ok(true),
             Err(StorageError::NotFound) => Ok(false),
-            Err(source) => Err(Error::Storage { op: "head", key: key.to_string(), source }),
+            Err(source) => Err(Error::Storage {
+                op: "head",
+                key: key.to_string(),
+                source,
+            }),
         }
     }
 
@@ -288,10 +345,19 @@ impl Repository {
         })
         .await
         .map_err(|source| match source {
-            StorageError::NotFound => Error::NotFound { key: key.to_string() },
-            source => Error::Storage { op: "get", key: key.to_string(), source },
+            StorageError::NotFound => Error::NotFound {
+                key: key.to_string(),
+            },
+            source => Error::Storage {
+                op: "get",
+                key: key.to_string(),
+                source,
+            },
         })?;
-        format::decode(&bytes).map_err(|source| Error::Corrupt { key: key.to_string(), source })
+        format::decode(&bytes).map_err(|source| Error::Corrupt {
+            key: key.to_string(),
+            source,
+        })
     }
 
     /// Lists the keys (relative to the repository root) under `relative_prefix`, sorted.
@@ -300,14 +366,27 @@ impl Repository {
         let prefix = self.key(relative_prefix);
         let root_parts = self.prefix.parts().count();
         let items = retry(&self.policy, &format!("list {prefix}"), || async {
-            self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await.map_err(StorageError::from)
+            self.store
+                .list(Some(&prefix))
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(StorageError::from)
         })
         .await
-        .map_err(|source| Error::Storage { op: "list", key: prefix.to_string(), source })?;
+        .map_err(|source| Error::Storage {
+            op: "list",
+            key: prefix.to_string(),
+            source,
+        })?;
         let mut out: Vec<(String, u64)> = items
             .into_iter()
             .map(|m| {
-                let rel: Vec<_> = m.location.parts().skip(root_parts).map(|p| p.as_ref().to_string()).collect();
+                let rel: Vec<_> = m
+                    .location
+                    .parts()
+                    .skip(root_parts)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
                 (rel.join("/"), m.size)
             })
             .collect();
@@ -347,8 +426,14 @@ mod tests {
     #[test]
     fn wal_keys() {
         let k = |n: &str| Repository::wal_key(&n.parse().unwrap());
-        assert_eq!(k("0000000200000001000000AB"), "wal/00000002/00000001/0000000200000001000000AB");
-        assert_eq!(k("000000010000000000000003.partial"), "wal/00000001/00000000/000000010000000000000003.partial");
+        assert_eq!(
+            k("0000000200000001000000AB"),
+            "wal/00000002/00000001/0000000200000001000000AB"
+        );
+        assert_eq!(
+            k("000000010000000000000003.partial"),
+            "wal/00000001/00000000/000000010000000000000003.partial"
+        );
         assert_eq!(
             k("000000010000000000000002.00000028.backup"),
             "wal/00000001/00000000/000000010000000000000002.00000028.backup"
@@ -360,12 +445,21 @@ mod tests {
     #[tokio::test]
     async fn never_overwrites() {
         let r = repo();
-        assert!(matches!(r.put_new("a", b"one", Compression::Lz4).await.unwrap(), PutOutcome::Stored { .. }));
-        assert_eq!(r.put_new("a", b"one", Compression::Zstd(3)).await.unwrap(), PutOutcome::AlreadyStored);
+        assert!(matches!(
+            r.put_new("a", b"one", Compression::Lz4).await.unwrap(),
+            PutOutcome::Stored { .. }
+        ));
+        assert_eq!(
+            r.put_new("a", b"one", Compression::Zstd(3)).await.unwrap(),
+            PutOutcome::AlreadyStored
+        );
         let e = r.put_new("a", b"two", Compression::Lz4).await.unwrap_err();
         assert!(matches!(e, Error::Conflict { .. }), "{e}");
         assert_eq!(r.get_verified("a").await.unwrap().1, b"one");
-        assert!(matches!(r.get_verified("b").await, Err(Error::NotFound { .. })));
+        assert!(matches!(
+            r.get_verified("b").await,
+            Err(Error::NotFound { .. })
+        ));
         assert_eq!(r.list("").await.unwrap(), vec![("a".to_string(), 68)]);
     }
 
@@ -373,13 +467,31 @@ mod tests {
     async fn descriptor_refuses_other_clusters() {
         let r = repo();
         assert_eq!(r.descriptor().await.unwrap(), None);
-        assert!(matches!(r.require_descriptor().await, Err(Error::NoRepository { .. })));
+        assert!(matches!(
+            r.require_descriptor().await,
+            Err(Error::NoRepository { .. })
+        ));
         r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
         r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
-        let e = r.ensure_descriptor(&descriptor("2"), "seg").await.unwrap_err();
-        assert!(matches!(e, Error::ForeignCluster { field: "system identifier", .. }), "{e}");
+        let e = r
+            .ensure_descriptor(&descriptor("2"), "seg")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ForeignCluster {
+                    field: "system identifier",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut other = descriptor("1");
         other.wal_segment_size = 1 << 20;
-        assert!(matches!(r.ensure_descriptor(&other, "s").await, Err(Error::ForeignCluster { .. })));
+        assert!(matches!(
+            r.ensure_descriptor(&other, "s").await,
+            Err(Error::ForeignCluster { .. })
+        ));
     }
 }

@@ -39,7 +39,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay before retry number `retry` (1-based), before jitter.
     pub fn delay(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.base_delay.saturating_mul(factor).min(self.max_delay)
     }
 }
@@ -48,7 +50,11 @@ impl RetryPolicy {
 ///
 /// `what` names the operation in logs (never include secrets). Each attempt is bounded by
 /// `attempt_timeout`; a timeout counts as a transient failure.
-pub async fn retry<T, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, StorageError>
+pub async fn retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    what: &str,
+    mut op: F,
+) -> Result<T, StorageError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StorageError>>,
@@ -65,13 +71,18 @@ where
             Err(e) if e.is_permanent() || attempt >= attempts => {
                 if attempt > 1 && !e.is_permanent() {
                     tracing::warn!("{what}: giving up after {attempt} attempts");
-                    return Err(StorageError::GaveUp { attempts: attempt, last: Box::new(e) });
+                    return Err(StorageError::GaveUp {
+                        attempts: attempt,
+                        last: Box::new(e),
+                    });
                 }
                 return Err(e);
             }
             Err(e) => {
                 let delay = jitter(policy.delay(attempt));
-                tracing::warn!("{what}: attempt {attempt}/{attempts} failed, retrying in {delay:?}: {e}");
+                tracing::warn!(
+                    "{what}: attempt {attempt}/{attempts} failed, retrying in {delay:?}: {e}"
+                );
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
@@ -82,7 +93,10 @@ where
 /// Spreads retries of concurrent clients: 75% to 125% of the nominal delay.
 fn jitter(d: Duration) -> Duration {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
     let pct = 75 + (nanos ^ std::process::id()) % 51;
     d * pct / 100
 }
@@ -154,7 +168,11 @@ mod tests {
 
     #[test]
     fn delays_grow_and_are_capped() {
-        let p = RetryPolicy { base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1), ..fast() };
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..fast()
+        };
         assert_eq!(p.delay(1), Duration::from_millis(100));
         assert_eq!(p.delay(2), Duration::from_millis(200));
         assert_eq!(p.delay(4), Duration::from_millis(800));

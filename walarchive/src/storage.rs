@@ -84,14 +84,18 @@ impl From<object_store::Error> for StorageError {
         match e {
             E::NotFound { .. } => StorageError::NotFound,
             E::AlreadyExists { .. } => StorageError::AlreadyExists,
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => StorageError::AccessDenied(msg),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                StorageError::AccessDenied(msg)
+            }
             E::Precondition { .. }
             | E::NotModified { .. }
             | E::NotSupported { .. }
             | E::NotImplemented { .. }
             | E::InvalidPath { .. }
             | E::UnknownConfigurationKey { .. } => StorageError::Permanent(msg),
-            E::Generic { ref source, .. } if is_transport_error(source.as_ref()) => StorageError::Transient(msg),
+            E::Generic { ref source, .. } if is_transport_error(source.as_ref()) => {
+                StorageError::Transient(msg)
+            }
             _ => classify_by_status(msg),
         }
     }
@@ -130,7 +134,9 @@ pub fn redact(msg: &str) -> String {
     while let Some(start) = rest.find("http") {
         let (before, url_on) = rest.split_at(start);
         out.push_str(before);
-        let end = url_on.find(|c: char| c.is_whitespace()).unwrap_or(url_on.len());
+        let end = url_on
+            .find(|c: char| c.is_whitespace())
+            .unwrap_or(url_on.len());
         let url = &url_on[..end];
         match url.find('?') {
             Some(q) => {
@@ -153,7 +159,9 @@ pub struct StorageOptions(pub BTreeMap<String, String>);
 
 impl fmt::Debug for StorageOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.keys().map(|k| (k, "<redacted>"))).finish()
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
     }
 }
 
@@ -209,14 +217,25 @@ pub struct Location {
 }
 
 /// Opens `url` with credentials from the environment, then `options` (which win).
-pub fn open(url: &str, options: &StorageOptions, policy: &RetryPolicy) -> Result<Location, OpenError> {
-    let bad = |reason: &str| OpenError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+pub fn open(
+    url: &str,
+    options: &StorageOptions,
+    policy: &RetryPolicy,
+) -> Result<Location, OpenError> {
+    let bad = |reason: &str| OpenError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(bad("query strings and fragments are not allowed (put credentials in the environment)"));
+        return Err(bad(
+            "query strings and fragments are not allowed (put credentials in the environment)",
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(bad("credentials in the URL are not allowed (put them in the environment)"));
+        return Err(bad(
+            "credentials in the URL are not allowed (put them in the environment)",
+        ));
     }
     let scheme = parsed.scheme().to_ascii_lowercase();
     let path = percent_decode(parsed.path()).ok_or_else(|| bad("the path is not valid UTF-8"))?;
@@ -224,37 +243,71 @@ pub fn open(url: &str, options: &StorageOptions, policy: &RetryPolicy) -> Result
         .with_timeout(policy.attempt_timeout)
         .with_connect_timeout(Duration::from_secs(10).min(policy.attempt_timeout));
     // walarchive's own helper retries; object_store must not retry underneath it.
-    let no_retry = RetryConfig { max_retries: 0, ..RetryConfig::default() };
+    let no_retry = RetryConfig {
+        max_retries: 0,
+        ..RetryConfig::default()
+    };
     let backend_err = |backend: Backend| {
-        move |e: object_store::Error| OpenError::Backend { backend, reason: redact(&e.to_string()) }
+        move |e: object_store::Error| OpenError::Backend {
+            backend,
+            reason: redact(&e.to_string()),
+        }
     };
     let (store, prefix, backend): (Arc<dyn ObjectStore>, &str, Backend) = match scheme.as_str() {
         "s3" | "s3a" => {
-            let bucket = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("missing bucket name"))?;
-            let mut b = AmazonS3Builder::new().with_client_options(client).with_retry(no_retry);
+            let bucket = parsed
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| bad("missing bucket name"))?;
+            let mut b = AmazonS3Builder::new()
+                .with_client_options(client)
+                .with_retry(no_retry);
             for (k, v) in env_options("AWS_").chain(options_for(options, "aws_")) {
                 if let Ok(key) = k.parse::<AmazonS3ConfigKey>() {
                     b = b.with_config(key, v);
                 }
             }
-            let store = b.with_bucket_name(bucket).build().map_err(backend_err(Backend::S3))?;
+            let store = b
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(backend_err(Backend::S3))?;
             (Arc::new(store), path.as_str(), Backend::S3)
         }
         "az" | "azure" | "abfs" => {
-            let container =
-                parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("missing container name"))?;
-            let mut b = MicrosoftAzureBuilder::new().with_client_options(client).with_retry(no_retry);
-            for (k, v) in env_options("AZURE_").chain(options_for(options, "azure_")) {
+            let container = parsed
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| bad("missing container name"))?;
+            let mut b = MicrosoftAzureBuilder::new()
+                .with_client_options(client)
+                .with_retry(no_retry);
+            // As MicrosoftAzureBuilder::from_env: managed identity's endpoint has no AZURE_ name.
+            let msi = std::env::var("IDENTITY_ENDPOINT")
+                .ok()
+                .map(|v| ("azure_msi_endpoint".to_string(), v));
+            for (k, v) in msi
+                .into_iter()
+                .chain(env_options("AZURE_"))
+                .chain(options_for(options, "azure_"))
+            {
                 if let Ok(key) = k.parse::<AzureConfigKey>() {
                     b = b.with_config(key, v);
                 }
             }
-            let store = b.with_container_name(container).build().map_err(backend_err(Backend::Azure))?;
+            let store = b
+                .with_container_name(container)
+                .build()
+                .map_err(backend_err(Backend::Azure))?;
             (Arc::new(store), path.as_str(), Backend::Azure)
         }
         "file" => {
-            if parsed.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
-                return Err(bad("file URLs take an absolute path: file:///path/to/repository"));
+            if parsed
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return Err(bad(
+                    "file URLs take an absolute path: file:///path/to/repository",
+                ));
             }
             if path.trim_matches('/').is_empty() {
                 return Err(bad("the repository cannot be the root directory"));
@@ -262,18 +315,36 @@ pub fn open(url: &str, options: &StorageOptions, policy: &RetryPolicy) -> Result
             let store = LocalFileSystem::new().with_fsync(true);
             (Arc::new(store), path.as_str(), Backend::Local)
         }
-        other => return Err(OpenError::UnknownScheme { scheme: other.to_string(), url: url.to_string() }),
+        other => {
+            return Err(OpenError::UnknownScheme {
+                scheme: other.to_string(),
+                url: url.to_string(),
+            })
+        }
     };
     let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| bad(&e.to_string()))?;
-    Ok(Location { store, prefix, backend })
+    Ok(Location {
+        store,
+        prefix,
+        backend,
+    })
 }
 
 fn env_options(prefix: &'static str) -> impl Iterator<Item = (String, String)> {
-    std::env::vars().filter(move |(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.to_ascii_lowercase(), v))
+    std::env::vars()
+        .filter(move |(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
 }
 
-fn options_for<'a>(options: &'a StorageOptions, prefix: &'static str) -> impl Iterator<Item = (String, String)> + 'a {
-    options.0.iter().filter(move |(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone()))
+fn options_for<'a>(
+    options: &'a StorageOptions,
+    prefix: &'static str,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    options
+        .0
+        .iter()
+        .filter(move |(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -308,32 +379,57 @@ mod tests {
         assert_eq!(l.backend, Backend::Local);
         assert_eq!(l.prefix.as_ref(), "tmp/some/repo");
         let opts = StorageOptions(
-            [("aws_region", "eu-west-1"), ("azure_storage_account_name", "acct"), ("azure_storage_account_key", "a2V5")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            [
+                ("aws_region", "eu-west-1"),
+                ("azure_storage_account_name", "acct"),
+                ("azure_storage_account_key", "a2V5"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         );
         let s = open("s3://bucket/pre/fix", &opts, &policy()).unwrap();
         assert_eq!((s.backend, s.prefix.as_ref()), (Backend::S3, "pre/fix"));
         let a = open("az://container", &opts, &policy()).unwrap();
         assert_eq!((a.backend, a.prefix.as_ref()), (Backend::Azure, ""));
-        assert_eq!(open("azure://c/p", &opts, &policy()).unwrap().backend, Backend::Azure);
+        assert_eq!(
+            open("azure://c/p", &opts, &policy()).unwrap().backend,
+            Backend::Azure
+        );
     }
 
     #[test]
     fn refuses_bad_urls() {
         let none = StorageOptions::default();
-        for url in ["", "/tmp/repo", "file:///", "file://host/x", "s3:///prefix", "s3://b/p?x-amz-signature=1", "s3://user:pw@b/p"] {
-            assert!(matches!(open(url, &none, &policy()), Err(OpenError::BadUrl { .. })), "{url}");
+        for url in [
+            "",
+            "/tmp/repo",
+            "file:///",
+            "file://host/x",
+            "s3:///prefix",
+            "s3://b/p?x-amz-signature=1",
+            "s3://user:pw@b/p",
+        ] {
+            assert!(
+                matches!(open(url, &none, &policy()), Err(OpenError::BadUrl { .. })),
+                "{url}"
+            );
         }
-        assert!(matches!(open("ftp://x/y", &none, &policy()), Err(OpenError::UnknownScheme { .. })));
+        assert!(matches!(
+            open("ftp://x/y", &none, &policy()),
+            Err(OpenError::UnknownScheme { .. })
+        ));
     }
 
     #[test]
     fn debug_hides_secret_values() {
-        let opts = StorageOptions([("aws_secret_access_key".to_string(), "hunter2".to_string())].into());
+        let opts =
+            StorageOptions([("aws_secret_access_key".to_string(), "hunter2".to_string())].into());
         let shown = format!("{opts:?}");
-        assert!(shown.contains("aws_secret_access_key") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("aws_secret_access_key") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -347,14 +443,35 @@ mod tests {
 
     #[test]
     fn classifies_errors() {
-        let generic = |m: &str| object_store::Error::Generic { store: "S3", source: m.to_string().into() };
-        assert!(!StorageError::from(generic("Server returned non-2xx status code: 503 Service Unavailable")).is_permanent());
-        assert!(StorageError::from(generic("Server returned non-2xx status code: 400 Bad Request")).is_permanent());
-        assert!(!StorageError::from(generic("Server returned non-2xx status code: 429 Slow Down")).is_permanent());
+        let generic = |m: &str| object_store::Error::Generic {
+            store: "S3",
+            source: m.to_string().into(),
+        };
+        assert!(!StorageError::from(generic(
+            "Server returned non-2xx status code: 503 Service Unavailable"
+        ))
+        .is_permanent());
+        assert!(StorageError::from(generic(
+            "Server returned non-2xx status code: 400 Bad Request"
+        ))
+        .is_permanent());
+        assert!(!StorageError::from(generic(
+            "Server returned non-2xx status code: 429 Slow Down"
+        ))
+        .is_permanent());
         assert!(!StorageError::from(generic("something odd")).is_permanent());
-        let nf = object_store::Error::NotFound { path: "x".into(), source: "404".into() };
+        let nf = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "404".into(),
+        };
         assert!(StorageError::from(nf).is_not_found());
-        let denied = object_store::Error::PermissionDenied { path: "x".into(), source: "403".into() };
-        assert!(matches!(StorageError::from(denied), StorageError::AccessDenied(_)));
+        let denied = object_store::Error::PermissionDenied {
+            path: "x".into(),
+            source: "403".into(),
+        };
+        assert!(matches!(
+            StorageError::from(denied),
+            StorageError::AccessDenied(_)
+        ));
     }
 }

@@ -66,12 +66,20 @@ impl SegmentName {
     /// The name of segment `segno` on `timeline`.
     pub fn from_segment_number(timeline: TimelineId, segno: u64, wal_segment_size: u64) -> Self {
         let per = Self::segments_per_log(wal_segment_size);
-        SegmentName { timeline, log: (segno / per) as u32, seg: (segno % per) as u32 }
+        SegmentName {
+            timeline,
+            log: (segno / per) as u32,
+            seg: (segno % per) as u32,
+        }
     }
 
     /// The segment that contains `lsn`.
     pub fn containing(timeline: TimelineId, lsn: Lsn, wal_segment_size: u64) -> Self {
-        Self::from_segment_number(timeline, lsn.segment_number(wal_segment_size), wal_segment_size)
+        Self::from_segment_number(
+            timeline,
+            lsn.segment_number(wal_segment_size),
+            wal_segment_size,
+        )
     }
 
     /// The LSN at which the segment starts.
@@ -86,7 +94,11 @@ impl SegmentName {
 
     /// The following segment on the same timeline.
     pub fn next(self, wal_segment_size: u64) -> Self {
-        Self::from_segment_number(self.timeline, self.segment_number(wal_segment_size) + 1, wal_segment_size)
+        Self::from_segment_number(
+            self.timeline,
+            self.segment_number(wal_segment_size) + 1,
+            wal_segment_size,
+        )
     }
 }
 
@@ -120,11 +132,14 @@ pub enum WalFileName {
 pub struct WalNameError(pub String);
 
 fn is_upper_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 fn parse_hex8(s: &str) -> Option<u32> {
-    (s.len() == 8 && is_upper_hex(s)).then(|| u32::from_str_radix(s, 16).ok()).flatten()
+    (s.len() == 8 && is_upper_hex(s))
+        .then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
 }
 
 fn parse_timeline(s: &str) -> Option<TimelineId> {
@@ -156,7 +171,9 @@ impl FromStr for WalFileName {
             return Err(err());
         }
         if let Some(tli) = s.strip_suffix(".history") {
-            return parse_timeline(tli).map(WalFileName::History).ok_or_else(err);
+            return parse_timeline(tli)
+                .map(WalFileName::History)
+                .ok_or_else(err);
         }
         if let Some(seg) = s.strip_suffix(".partial") {
             return seg.parse().map(WalFileName::Partial).map_err(|_| err());
@@ -178,7 +195,9 @@ impl fmt::Display for WalFileName {
             WalFileName::Segment(s) => write!(f, "{s}"),
             WalFileName::Partial(s) => write!(f, "{s}.partial"),
             WalFileName::History(t) => write!(f, "{:08X}.history", t.0),
-            WalFileName::BackupHistory { segment, offset } => write!(f, "{segment}.{offset:08X}.backup"),
+            WalFileName::BackupHistory { segment, offset } => {
+                write!(f, "{segment}.{offset:08X}.backup")
+            }
         }
     }
 }
@@ -281,7 +300,10 @@ impl WalPageHeader {
         }
         let block_ok = h.block_size.is_power_of_two() && (1024..=65536).contains(&h.block_size);
         if !is_valid_segment_size(u64::from(h.segment_size)) || !block_ok {
-            return Err(PageHeaderError::BadSizes { segment_size: h.segment_size, block_size: h.block_size });
+            return Err(PageHeaderError::BadSizes {
+                segment_size: h.segment_size,
+                block_size: h.block_size,
+            });
         }
         Ok(h)
     }
@@ -313,7 +335,11 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip() {
-        for name in ["000000010000000000000001", "0000000A000000FF000000FF", "FFFFFFFFFFFFFFFFFFFFFFFF"] {
+        for name in [
+            "000000010000000000000001",
+            "0000000A000000FF000000FF",
+            "FFFFFFFFFFFFFFFFFFFFFFFF",
+        ] {
             let parsed: WalFileName = name.parse().unwrap();
             assert!(matches!(parsed, WalFileName::Segment(_)));
             assert_eq!(parsed.to_string(), name);
@@ -326,12 +352,20 @@ mod tests {
             ("00000002.history", WalFileName::History(TimelineId(2))),
             (
                 "000000010000000000000003.partial",
-                WalFileName::Partial(SegmentName { timeline: TimelineId(1), log: 0, seg: 3 }),
+                WalFileName::Partial(SegmentName {
+                    timeline: TimelineId(1),
+                    log: 0,
+                    seg: 3,
+                }),
             ),
             (
                 "000000010000000000000002.00000028.backup",
                 WalFileName::BackupHistory {
-                    segment: SegmentName { timeline: TimelineId(1), log: 0, seg: 2 },
+                    segment: SegmentName {
+                        timeline: TimelineId(1),
+                        log: 0,
+                        seg: 2,
+                    },
                     offset: 0x28,
                 },
             ),
@@ -361,7 +395,10 @@ mod tests {
             "00000001/0000000000000001",
             "ＡＡ",
         ] {
-            assert!(name.parse::<WalFileName>().is_err(), "{name:?} should be refused");
+            assert!(
+                name.parse::<WalFileName>().is_err(),
+                "{name:?} should be refused"
+            );
         }
     }
 
@@ -371,14 +408,18 @@ mod tests {
         assert_eq!(s.segment_number(16 << 20), 256 + 2);
         assert_eq!(s.segment_number(1 << 20), 4096 + 2);
         assert_eq!(s.start_lsn(16 << 20), "1/2000000".parse().unwrap());
-        assert_eq!(SegmentName::from_segment_number(TimelineId(1), 258, 16 << 20), s);
+        assert_eq!(
+            SegmentName::from_segment_number(TimelineId(1), 258, 16 << 20),
+            s
+        );
         assert_eq!(s.next(16 << 20).to_string(), "000000010000000100000003");
         let last: SegmentName = "0000000100000001000000FF".parse().unwrap();
         assert_eq!(last.next(16 << 20).to_string(), "000000010000000200000000");
         assert!(last.fits_segment_size(16 << 20));
         assert!(!last.fits_segment_size(1 << 30));
         assert_eq!(
-            SegmentName::containing(TimelineId(3), "0/3FFFFFF".parse().unwrap(), 16 << 20).to_string(),
+            SegmentName::containing(TimelineId(3), "0/3FFFFFF".parse().unwrap(), 16 << 20)
+                .to_string(),
             "000000030000000000000003"
         );
     }
@@ -419,8 +460,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_headers() {
-        assert_eq!(WalPageHeader::parse(&[0; 10]), Err(PageHeaderError::TooShort(10)));
-        assert!(matches!(WalPageHeader::parse(&[0; 64]), Err(PageHeaderError::BadMagic(0))));
+        assert_eq!(
+            WalPageHeader::parse(&[0; 10]),
+            Err(PageHeaderError::TooShort(10))
+        );
+        assert!(matches!(
+            WalPageHeader::parse(&[0; 64]),
+            Err(PageHeaderError::BadMagic(0))
+        ));
         assert!(matches!(
             WalPageHeader::parse(&header_bytes(0xD110, 0x0001, 16 << 20, 8192)),
             Err(PageHeaderError::NotLongHeader(_))
