@@ -564,3 +564,69 @@ fn settings_precedence_and_codecs() {
         assert_eq!(fs::read(&dest).unwrap(), src.bytes(name), "{codec}");
     }
 }
+
+/// A small tmpfs, unmounted on drop: a disk that fills up.
+struct SmallDisk {
+    dir: TestDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = TestDir::new("walarchive-full-");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_success(&out);
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn full_disk() {
+    let src = source();
+    let n = &src.segments[2];
+    // Restoring onto a full pg_wal: fatal for recovery, nothing left behind.
+    let f = Fixture::file();
+    assert_success(&f.push(&f.stage(src, n, n)));
+    let disk = SmallDisk::new("256k");
+    let dest = disk.dir.join("RECOVERYXLOG");
+    let out = f.fetch(n, &dest);
+    assert_code(&out, 209);
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read_dir(disk.dir.path()).unwrap().count(),
+        0,
+        "nothing left on the full disk"
+    );
+    // Archiving into a full local repository: not acknowledged, nothing visible as valid.
+    let mut f = Fixture::file();
+    f.url = format!("file://{}/repo", disk.dir.path().display());
+    // Uncompressed, the 1 MiB segment cannot fit on the 256 KiB disk.
+    f.env.push(("WALARCHIVE_COMPRESSION".into(), "none".into()));
+    let out = f.push(&f.stage(src, n, n));
+    assert_code(&out, 7);
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    let repo_dir = disk.dir.join("repo");
+    let obj = repo_dir.join(format!("wal/{}/{}/{n}", &n[..8], &n[8..16]));
+    assert!(!obj.exists(), "a half-written object is visible");
+    // The repository (its small descriptor fitted) positively lacks the segment.
+    assert_code(&f.fetch(n, &f.work.join("x")), 1);
+}

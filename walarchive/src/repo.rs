@@ -463,6 +463,139 @@ mod tests {
         assert_eq!(r.list("").await.unwrap(), vec![("a".to_string(), 68)]);
     }
 
+    /// Fails its first `failures` requests with a transient (connection-level) error, then
+    /// behaves: proves that the repository's calls go through the retry helper.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: InMemory,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    impl std::fmt::Display for Flaky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Flaky")
+        }
+    }
+
+    impl Flaky {
+        fn fail(&self) -> object_store::Result<()> {
+            use std::sync::atomic::Ordering;
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                let io = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by peer",
+                );
+                return Err(object_store::Error::Generic {
+                    store: "Flaky",
+                    source: Box::new(io),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Flaky {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.fail()?;
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.fail()?;
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.fail()?;
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_within_the_bound() {
+        let quick = RetryPolicy {
+            base_delay: std::time::Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        let flaky = |n: u32| {
+            Repository::with_store(
+                Arc::new(Flaky {
+                    inner: InMemory::new(),
+                    failures: n.into(),
+                }),
+                Path::from("p"),
+                Backend::Local,
+                "flaky://",
+                RetryPolicy {
+                    max_attempts: 3,
+                    ..quick
+                },
+                Compression::default(),
+            )
+        };
+        // The first call fails twice, then succeeds on its third and last attempt.
+        let r = flaky(2);
+        assert!(matches!(
+            r.put_new("k", b"data", Compression::Lz4).await.unwrap(),
+            PutOutcome::Stored { .. }
+        ));
+        assert_eq!(r.get_verified("k").await.unwrap().1, b"data");
+        // One failure more than the bound: a clear "gave up" storage error.
+        let r = flaky(3);
+        let e = r.get_verified("k").await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Storage {
+                    source: StorageError::GaveUp { attempts: 3, .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn descriptor_refuses_other_clusters() {
         let r = repo();

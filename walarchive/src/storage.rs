@@ -93,24 +93,43 @@ impl From<object_store::Error> for StorageError {
             | E::NotImplemented { .. }
             | E::InvalidPath { .. }
             | E::UnknownConfigurationKey { .. } => StorageError::Permanent(msg),
-            E::Generic { ref source, .. } if is_transport_error(source.as_ref()) => {
-                StorageError::Transient(msg)
-            }
+            E::Generic { ref source, .. } => match source_class(source.as_ref()) {
+                Some(Class::Transient) => StorageError::Transient(msg),
+                Some(Class::Permanent) => StorageError::Permanent(msg),
+                None => classify_by_status(msg),
+            },
             _ => classify_by_status(msg),
         }
     }
 }
 
-/// A connection-level failure (connect, reset, timeout, truncated body) anywhere in the chain.
-fn is_transport_error(e: &(dyn std::error::Error + 'static)) -> bool {
+enum Class {
+    Transient,
+    Permanent,
+}
+
+/// Classifies by the first telling error in the chain: connection-level HTTP failures
+/// (connect, reset, timeout, truncated body) are transient; local I/O errors are transient
+/// (a full disk may be freed) except those no retry can change (permissions, read-only).
+fn source_class(e: &(dyn std::error::Error + 'static)) -> Option<Class> {
+    use std::io::ErrorKind as K;
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<object_store::client::HttpError>() || err.is::<std::io::Error>() {
-            return true;
+        if err.is::<object_store::client::HttpError>() {
+            return Some(Class::Transient);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                K::PermissionDenied
+                | K::ReadOnlyFilesystem
+                | K::InvalidInput
+                | K::NotADirectory => Class::Permanent,
+                _ => Class::Transient,
+            });
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 /// object_store keeps the HTTP status of generic failures private; its message carries it
