@@ -98,6 +98,79 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a base backup of a running server (primary or standby).
+    ///
+    /// Connects with libpq's environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) or
+    /// --pg-conn, runs pg_backup_start/pg_backup_stop on one session, streams the data
+    /// directory and tablespaces into the repository, waits until the WAL from the backup's
+    /// start to its stop is archived, and only then writes the manifest that makes it complete.
+    BackupPush {
+        /// Data directory (default: the server's data_directory setting).
+        #[arg(long, env = "PGDATA", value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        /// Connection string (key=value or URI); libpq's PG* variables fill the rest.
+        #[arg(long, value_name = "CONNINFO")]
+        pg_conn: Option<String>,
+        /// Backup label (default: the backup's name).
+        #[arg(long)]
+        label: Option<String>,
+        /// Request an immediate checkpoint instead of waiting for a spread one.
+        #[arg(long)]
+        fast: bool,
+        /// Uncompressed size of one part, in MiB (memory use is a few parts).
+        #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        part_size: u32,
+        /// Seconds to wait for the backup's WAL to be archived.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        wal_timeout: u64,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the base backups.
+    BackupList {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also list incomplete backups (in progress or interrupted), and more columns.
+        #[arg(long)]
+        detail: bool,
+    },
+    /// Restore a base backup and set up point-in-time recovery.
+    ///
+    /// Writes the data directory (mode 0700) and tablespaces, verifies every file, fsyncs,
+    /// writes backup_label, tablespace_map, recovery.signal (or standby.signal) and the
+    /// recovery settings in postgresql.auto.conf, so that `pg_ctl start` performs the
+    /// recovery. With a target, LATEST is the newest backup that ends before it.
+    BackupFetch {
+        /// Destination data directory (missing or empty).
+        dest: PathBuf,
+        /// Backup name, or LATEST.
+        backup: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// recovery_target_timeline: latest, current, or a timeline number.
+        #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
+        target_timeline: Option<String>,
+        /// recovery_target_action once the target is reached.
+        #[arg(long, value_name = "ACTION", value_parser = ["promote", "pause", "shutdown"])]
+        target_action: Option<String>,
+        /// Stop just before the target instead of just after it.
+        #[arg(long, requires = "target_kind")]
+        target_exclusive: bool,
+        /// Write standby.signal (stay a standby) instead of recovery.signal.
+        #[arg(long)]
+        standby: bool,
+        /// Restore tablespace OID into DIR instead of its original location (repeatable).
+        #[arg(long, value_name = "OID=DIR", value_parser = parse_tablespace_map)]
+        tablespace_map: Vec<(u32, PathBuf)>,
+        /// Empty a non-empty destination first.
+        #[arg(long)]
+        force: bool,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the repository's descriptor (cluster, WAL segment size, format).
     RepoInfo {
         /// Print JSON.
@@ -114,6 +187,50 @@ impl Command {
             Command::WalFetch { .. } => "wal-fetch",
             Command::WalList { .. } => "wal-list",
             Command::RepoInfo { .. } => "repo-info",
+            Command::BackupPush { .. } => "backup-push",
+            Command::BackupList { .. } => "backup-list",
+            Command::BackupFetch { .. } => "backup-fetch",
         }
     }
+}
+
+/// The recovery target (at most one).
+#[derive(Debug, Args)]
+#[group(id = "target_kind", multiple = false)]
+pub struct TargetArgs {
+    /// Recover to this time (with a UTC offset, e.g. "2026-11-22 05:30:00+00").
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Recover to this LSN (e.g. 0/3000028).
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction ID.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<u64>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Recover only to the end of the backup (the earliest consistent point).
+    #[arg(long)]
+    pub target_immediate: bool,
+}
+
+fn parse_timeline(s: &str) -> Result<String, String> {
+    match s {
+        "latest" | "current" => Ok(s.to_string()),
+        n if n.parse::<u32>().is_ok_and(|n| n > 0) => Ok(n.to_string()),
+        _ => Err("expected latest, current or a timeline number".into()),
+    }
+}
+
+fn parse_tablespace_map(s: &str) -> Result<(u32, PathBuf), String> {
+    let (oid, dir) = s.split_once('=').ok_or("expected OID=DIR")?;
+    let oid = oid
+        .parse::<u32>()
+        .map_err(|_| format!("{oid:?} is not a tablespace OID"))?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(format!("{} is not an absolute path", dir.display()));
+    }
+    Ok((oid, dir))
 }

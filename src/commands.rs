@@ -1,15 +1,20 @@
 //! The commands' bodies, and the mapping from errors to exit statuses.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use walarchive_core::backup::{self, BackupOptions};
+use walarchive_core::manifest::Manifest;
 use walarchive_core::repo::PutOutcome;
-use walarchive_core::{push, Repository, WalFileName};
+use walarchive_core::{catalog, pg, push, Repository, WalFileName};
+use walarchive_restore::backup::BackupFetchOptions;
+use walarchive_restore::recovery::{self, Recovery, Target};
 use walarchive_restore::FetchError;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, TargetArgs};
 use crate::exit;
+use crate::progress;
 use crate::settings::Settings;
 
 /// Runs the command, returning its exit status on success.
@@ -21,6 +26,331 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         Command::WalFetch { name, dest } => wal_fetch(&repo, name, dest).await,
         Command::WalList { timeline, json } => wal_list(&repo, *timeline, *json).await,
         Command::RepoInfo { json } => repo_info(&repo, *json).await,
+        Command::BackupPush {
+            pgdata,
+            pg_conn,
+            label,
+            fast,
+            part_size,
+            wal_timeout,
+            json,
+        } => {
+            let opts = BackupOptions {
+                pgdata: pgdata.clone(),
+                conn: pg::config(pg_conn.as_deref())?,
+                label: label.clone(),
+                fast_checkpoint: *fast,
+                part_size: (*part_size as usize) << 20,
+                wal_timeout: Duration::from_secs(*wal_timeout),
+            };
+            backup_push(&repo, &opts, *json).await
+        }
+        Command::BackupList { json, detail } => backup_list(&repo, *json, *detail).await,
+        Command::BackupFetch {
+            dest,
+            backup,
+            target,
+            target_timeline,
+            target_action,
+            target_exclusive,
+            standby,
+            tablespace_map,
+            force,
+            json,
+        } => {
+            let recovery = Recovery {
+                target: recovery_target(target)?,
+                timeline: target_timeline.clone(),
+                action: target_action.clone(),
+                exclusive: *target_exclusive,
+                standby: *standby,
+            };
+            let opts = BackupFetchOptions {
+                dest: absolute(dest)?,
+                backup: backup.clone(),
+                recovery,
+                tablespace_map: tablespace_map.iter().cloned().collect(),
+                force: *force,
+                restore_command: restore_command(cli, &settings)?,
+            };
+            backup_fetch(&repo, &opts, *json).await
+        }
+    }
+}
+
+fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(p)
+    })
+}
+
+fn recovery_target(t: &TargetArgs) -> Result<Option<Target>> {
+    let bad = |m: String| walarchive_core::Error::BadInput {
+        path: "recovery target".into(),
+        reason: m,
+    };
+    Ok(if let Some(s) = &t.target_time {
+        Some(Target::Time(
+            s.clone(),
+            recovery::parse_target_time(s).map_err(bad)?,
+        ))
+    } else if let Some(l) = &t.target_lsn {
+        Some(Target::Lsn(l.parse().map_err(
+            |e: walarchive_core::lsn::LsnParseError| bad(e.to_string()),
+        )?))
+    } else if let Some(x) = t.target_xid {
+        Some(Target::Xid(x))
+    } else if let Some(n) = &t.target_name {
+        Some(Target::Name(n.clone()))
+    } else if t.target_immediate {
+        Some(Target::Immediate)
+    } else {
+        None
+    })
+}
+
+/// The restore_command written into a restored data directory: this very binary, with the
+/// same repository (and configuration file, when one was named), so that recovery reads
+/// from exactly where the backup came from. Credentials are not copied: PostgreSQL's
+/// environment or the configuration file must provide them.
+fn restore_command(cli: &Cli, settings: &Settings) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the walarchive executable's path")?;
+    let mut cmd = format!(
+        "{} --repo {}",
+        shell_word(&exe.display().to_string()),
+        shell_word(&settings.repo)
+    );
+    if let Some(cfg) = &cli.global.config {
+        cmd.push_str(&format!(
+            " --config {}",
+            shell_word(&absolute(cfg)?.display().to_string())
+        ));
+    }
+    cmd.push_str(" wal-fetch %f %p");
+    Ok(cmd)
+}
+
+fn shell_word(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+                .replace('`', "\\`")
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct BackupSummary<'a> {
+    name: &'a str,
+    complete: bool,
+    start_time: &'a str,
+    stop_time: Option<&'a str>,
+    start_lsn: Option<String>,
+    stop_lsn: Option<String>,
+    timeline: Option<u32>,
+    pg_version: Option<u32>,
+    original_bytes: Option<u64>,
+    stored_bytes: Option<u64>,
+    from_standby: Option<bool>,
+    label: Option<&'a str>,
+}
+
+impl<'a> BackupSummary<'a> {
+    fn of(m: &'a Manifest) -> Self {
+        BackupSummary {
+            name: &m.name,
+            complete: true,
+            start_time: &m.start_time,
+            stop_time: Some(&m.stop_time),
+            start_lsn: Some(m.start_lsn.to_string()),
+            stop_lsn: Some(m.stop_lsn.to_string()),
+            timeline: Some(m.timeline),
+            pg_version: Some(m.pg_version_num / 10000),
+            original_bytes: Some(m.original_bytes),
+            stored_bytes: Some(m.stored_bytes),
+            from_standby: Some(m.from_standby),
+            label: Some(&m.label),
+        }
+    }
+}
+
+async fn backup_push(repo: &Repository, opts: &BackupOptions, json: bool) -> Result<u8> {
+    let started = Instant::now();
+    let m = backup::backup_push(repo, opts, progress::bytes_bar()).await?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        let mut v = serde_json::to_value(BackupSummary::of(&m)).context("cannot print JSON")?;
+        v["duration_seconds"] = serde_json::json!(secs);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).context("cannot print JSON")?
+        );
+    } else {
+        println!(
+            "backup {} complete: {} -> {} ({}), {:.1}s, {:.1} MiB/s",
+            m.name,
+            human(m.original_bytes),
+            human(m.stored_bytes),
+            m.compression,
+            secs,
+            m.original_bytes as f64 / (1 << 20) as f64 / secs.max(1e-6)
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn backup_list(repo: &Repository, json: bool, detail: bool) -> Result<u8> {
+    let entries = catalog::list_backups(repo, detail).await?;
+    let summaries: Vec<BackupSummary> = entries
+        .iter()
+        .map(|e| match &e.manifest {
+            Some(m) => BackupSummary::of(m),
+            None => BackupSummary {
+                name: &e.name,
+                complete: false,
+                start_time: e
+                    .started
+                    .as_ref()
+                    .map(|s| s.start_time.as_str())
+                    .unwrap_or(""),
+                stop_time: None,
+                start_lsn: None,
+                stop_lsn: None,
+                timeline: None,
+                pg_version: None,
+                original_bytes: None,
+                stored_bytes: None,
+                from_standby: None,
+                label: e.started.as_ref().map(|s| s.label.as_str()),
+            },
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summaries).context("cannot print JSON")?
+        );
+        return Ok(exit::OK);
+    }
+    let dash = || "-".to_string();
+    if detail {
+        println!(
+            "{:<28} {:<10} {:<27} {:<27} {:>12} {:>12} {:>3} {:>4} {:>10} {:>10} {:<7}",
+            "NAME",
+            "STATUS",
+            "START",
+            "STOP",
+            "START LSN",
+            "STOP LSN",
+            "TLI",
+            "PG",
+            "SIZE",
+            "STORED",
+            "SOURCE"
+        );
+    } else {
+        println!(
+            "{:<28} {:<27} {:<27} {:>12} {:>12} {:>3} {:>10} {:>10}",
+            "NAME", "START", "STOP", "START LSN", "STOP LSN", "TLI", "SIZE", "STORED"
+        );
+    }
+    for s in &summaries {
+        let stop = s.stop_time.unwrap_or("-");
+        let start_lsn = s.start_lsn.clone().unwrap_or_else(dash);
+        let stop_lsn = s.stop_lsn.clone().unwrap_or_else(dash);
+        let tli = s.timeline.map(|t| t.to_string()).unwrap_or_else(dash);
+        let size = s.original_bytes.map(human).unwrap_or_else(dash);
+        let stored = s.stored_bytes.map(human).unwrap_or_else(dash);
+        if detail {
+            let status = if s.complete { "complete" } else { "incomplete" };
+            let pg = s.pg_version.map(|v| v.to_string()).unwrap_or_else(dash);
+            let source = match s.from_standby {
+                Some(true) => "standby",
+                Some(false) => "primary",
+                None => "-",
+            };
+            println!(
+                "{:<28} {:<10} {:<27} {:<27} {:>12} {:>12} {:>3} {:>4} {:>10} {:>10} {:<7}",
+                s.name,
+                status,
+                s.start_time,
+                stop,
+                start_lsn,
+                stop_lsn,
+                tli,
+                pg,
+                size,
+                stored,
+                source
+            );
+        } else {
+            println!(
+                "{:<28} {:<27} {:<27} {:>12} {:>12} {:>3} {:>10} {:>10}",
+                s.name, s.start_time, stop, start_lsn, stop_lsn, tli, size, stored
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn backup_fetch(repo: &Repository, opts: &BackupFetchOptions, json: bool) -> Result<u8> {
+    let started = Instant::now();
+    let fetched =
+        walarchive_restore::backup::fetch_backup(repo, opts, progress::bytes_bar()).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let m = &fetched.manifest;
+    if json {
+        let v = serde_json::json!({
+            "name": m.name,
+            "dest": opts.dest,
+            "files": fetched.files,
+            "bytes": fetched.bytes,
+            "start_lsn": m.start_lsn.to_string(),
+            "stop_lsn": m.stop_lsn.to_string(),
+            "timeline": m.timeline,
+            "signal": if opts.recovery.standby { "standby.signal" } else { "recovery.signal" },
+            "duration_seconds": secs,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).context("cannot print JSON")?
+        );
+    } else {
+        println!(
+            "restored backup {} into {} ({} files, {}) in {:.1}s; start PostgreSQL on it to recover",
+            m.name,
+            opts.dest.display(),
+            fetched.files,
+            human(fetched.bytes),
+            secs
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -81,8 +411,9 @@ struct WalEntry {
 
 async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Result<u8> {
     let mut entries = Vec::new();
-    for (key, size) in repo.list("wal/").await? {
-        let Some(file) = key.rsplit('/').next() else {
+    for listed in repo.list("wal/").await? {
+        let size = listed.size;
+        let Some(file) = listed.key.rsplit('/').next() else {
             continue;
         };
         let Ok(name) = file.parse::<WalFileName>() else {

@@ -31,6 +31,10 @@ pub const CORRUPT: u8 = 8;
 pub const LOCAL_IO: u8 = 9;
 /// An internal error (a bug).
 pub const INTERNAL: u8 = 10;
+/// PostgreSQL refused the connection or a query (backup-push).
+pub const POSTGRES: u8 = 11;
+/// WAL a backup needs was not archived in time (backup-push).
+pub const WAL_MISSING: u8 = 12;
 /// Added by `wal-fetch` to every failure other than [`NOT_FOUND`], so PostgreSQL aborts recovery.
 pub const FETCH_FATAL_OFFSET: u8 = 200;
 
@@ -45,6 +49,8 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::Storage => STORAGE,
         ErrorKind::Corrupt => CORRUPT,
         ErrorKind::LocalIo => LOCAL_IO,
+        ErrorKind::Postgres => POSTGRES,
+        ErrorKind::WalMissing => WAL_MISSING,
     }
 }
 
@@ -76,5 +82,7 @@ Exit status:
   8    a stored object is corrupt (checksum or decoding failure)
   9    local I/O error (cannot read the input or write the destination)
   10   internal error
+  11   backup-push: PostgreSQL refused the connection or a query (e.g. pg_backup_stop failed)
+  12   backup-push: WAL the backup needs was not archived in time (the backup is not complete)
   wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
   PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";

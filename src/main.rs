@@ -8,6 +8,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod progress;
 mod settings;
 
 use std::io::IsTerminal;

@@ -11,67 +11,8 @@ use std::time::Duration;
 
 use common::*;
 
-enum Store {
-    S3,
-    Azure,
-    File,
-}
-
-struct Repo {
-    url: String,
-    env: Vec<(String, String)>,
-    _dir: Option<TestDir>,
-}
-
-impl Store {
-    fn fresh(&self) -> Repo {
-        match self {
-            Store::S3 => Repo {
-                url: format!("s3://{}/cluster", s3().fresh_bucket()),
-                env: s3().env(),
-                _dir: None,
-            },
-            Store::Azure => Repo {
-                url: format!("az://{}/cluster", azurite().fresh_container()),
-                env: azurite().env(),
-                _dir: None,
-            },
-            Store::File => {
-                let dir = TestDir::new_postgres("walarchive-repo-");
-                Repo {
-                    url: format!("file://{}/repo", dir.path().display()),
-                    env: vec![],
-                    _dir: Some(dir),
-                }
-            }
-        }
-    }
-}
-
-fn archive_conf(url: &str) -> String {
-    let bin = walarchive_bin();
-    format!(
-        "archive_mode = on\n\
-         archive_command = '{bin} --repo {url} wal-push %p'\n\
-         wal_keep_size = 512MB\n",
-        bin = bin.display()
-    )
-}
-
-fn restore_conf(url: &str) -> String {
-    format!(
-        "restore_command = '{} --repo {url} wal-fetch %f %p'\n",
-        walarchive_bin().display()
-    )
-}
-
-fn wal_list(repo: &Repo) -> Vec<serde_json::Value> {
-    let out = run_walarchive(&["--repo", &repo.url, "wal-list", "--json"], &repo.env);
-    serde_json::from_slice::<serde_json::Value>(&assert_success(&out).stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+fn archive_conf(repo: &Repo) -> String {
+    format!("{}wal_keep_size = 512MB\n", repo.archive_conf())
 }
 
 const TABLE_DIGEST: &str =
@@ -80,7 +21,7 @@ const TABLE_DIGEST: &str =
 fn archive_and_replay(store: Store) {
     let repo = store.fresh();
     let primary = PgCluster::init(PgOptions {
-        extra_conf: archive_conf(&repo.url),
+        extra_conf: archive_conf(&repo),
         ..Default::default()
     });
     primary.start_with_env(&repo.env);
@@ -120,7 +61,8 @@ fn archive_and_replay(store: Store) {
         .collect();
     done.sort();
     assert!(done.len() >= 20, "only {} segments archived", done.len());
-    let listed: Vec<String> = wal_list(&repo)
+    let listed: Vec<String> = repo
+        .wal_list()
         .iter()
         .filter(|e| e["kind"] == "segment")
         .map(|e| e["name"].as_str().unwrap().to_string())
@@ -146,12 +88,12 @@ fn archive_and_replay(store: Store) {
     }
     // pg_basebackup made PostgreSQL archive a backup history file too.
     assert!(
-        wal_list(&repo).iter().any(|e| e["kind"] == "backup"),
+        repo.wal_list().iter().any(|e| e["kind"] == "backup"),
         "no backup history file archived"
     );
 
     // A standby fed only by restore_command replays to the end.
-    standby.append_conf(&restore_conf(&repo.url));
+    standby.append_conf(&repo.restore_conf());
     standby.touch("standby.signal");
     standby.start_with_env(&repo.env);
     standby.wait_until(
@@ -178,7 +120,7 @@ fn archive_and_replay(store: Store) {
     let tl2_last = standby.switch_wal();
     assert!(tl2_last.starts_with("00000002"), "{tl2_last}");
     standby.wait_archived(&tl2_last, Duration::from_secs(120));
-    let entries = wal_list(&repo);
+    let entries = repo.wal_list();
     assert!(
         entries.iter().any(|e| e["name"] == "00000002.history"),
         "no history file"
@@ -224,7 +166,7 @@ fn segment_size(mb: u32) {
     let repo = Store::File.fresh();
     let primary = PgCluster::init(PgOptions {
         wal_segsize_mb: mb,
-        extra_conf: archive_conf(&repo.url),
+        extra_conf: archive_conf(&repo),
         ..Default::default()
     });
     primary.start_with_env(&repo.env);

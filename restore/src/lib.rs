@@ -9,6 +9,9 @@
 //! checksum is verified, through a rename, so a failed fetch leaves nothing behind.
 #![warn(missing_docs)]
 
+pub mod backup;
+pub mod recovery;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +31,18 @@ pub enum FetchError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// No backup matches.
+    #[error("{0}")]
+    NoBackup(String),
+    /// The recovery target cannot be reached from the repository's backups or WAL.
+    #[error("{0}")]
+    BadTarget(String),
+    /// The restore destination is not empty.
+    #[error("{} is not empty (use --force to empty it first)", .0.display())]
+    DestinationNotEmpty(PathBuf),
+    /// The backup's content does not match its manifest.
+    #[error("the backup is damaged: {0}")]
+    BadBackup(String),
     /// Anything the engine reports: storage, corruption, configuration.
     #[error(transparent)]
     Core(#[from] walarchive_core::Error),
@@ -37,7 +52,9 @@ impl FetchError {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            FetchError::NotFound(_) => ErrorKind::NotFound,
+            FetchError::NotFound(_) | FetchError::NoBackup(_) => ErrorKind::NotFound,
+            FetchError::BadTarget(_) | FetchError::DestinationNotEmpty(_) => ErrorKind::BadInput,
+            FetchError::BadBackup(_) => ErrorKind::Corrupt,
             FetchError::Write { .. } => ErrorKind::LocalIo,
             FetchError::Core(e) => e.kind(),
         }

@@ -41,6 +41,10 @@
 //! Everything is synchronous (`std::process`, `std::net`); no tokio.
 #![allow(dead_code)]
 
+mod repos;
+#[allow(unused_imports)]
+pub use repos::{Repo, Store};
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs;

@@ -8,10 +8,14 @@
 //! only once it is durably stored. The read side lives in the `walarchive-restore` crate.
 #![warn(missing_docs)]
 
+pub mod backup;
+pub mod catalog;
 pub mod codec;
 pub mod config;
 pub mod format;
 pub mod lsn;
+pub mod manifest;
+pub mod pg;
 pub mod push;
 pub mod repo;
 pub mod retry;
@@ -99,6 +103,17 @@ pub enum Error {
         /// What verification found.
         source: FormatError,
     },
+    /// PostgreSQL refused a connection or a query.
+    #[error("{0}")]
+    Postgres(String),
+    /// WAL a backup needs did not reach the repository in time.
+    #[error("WAL segment {segment}, which the backup needs, was not archived within {waited:?}: check archive_command and pg_stat_archiver (the backup is incomplete and will not be listed)")]
+    WalMissing {
+        /// The first missing segment.
+        segment: String,
+        /// How long walarchive waited.
+        waited: std::time::Duration,
+    },
     /// A local file-system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -128,6 +143,10 @@ pub enum ErrorKind {
     Corrupt,
     /// A local I/O failure.
     LocalIo,
+    /// PostgreSQL refused a connection or a query.
+    Postgres,
+    /// WAL a backup needs is missing from the repository.
+    WalMissing,
 }
 
 impl Error {
@@ -142,6 +161,8 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Io { .. } => ErrorKind::LocalIo,
+            Error::Postgres(_) => ErrorKind::Postgres,
+            Error::WalMissing { .. } => ErrorKind::WalMissing,
         }
     }
 }

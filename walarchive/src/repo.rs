@@ -252,14 +252,24 @@ impl Repository {
         raw: &[u8],
         compression: Compression,
     ) -> Result<PutOutcome, Error> {
+        self.put_encoded(relative, format::encode(raw, compression))
+            .await
+    }
+
+    /// [`Repository::put_new`] for an object the caller already encoded (off the async
+    /// threads, for large objects).
+    pub async fn put_encoded(
+        &self,
+        relative: &str,
+        encoded: format::EncodedObject,
+    ) -> Result<PutOutcome, Error> {
         let key = self.key(relative);
-        let digest = Sha256Digest::of(raw);
+        let digest = encoded.header.sha256;
         // Look first: a re-push after a crash then costs one small request instead of an
         // upload, and stores that ignore conditional puts still never get overwritten.
         if self.exists(&key).await? {
             return self.compare_existing(relative, &key, digest).await;
         }
-        let encoded = format::encode_with_digest(raw, compression, digest);
         let stored_len = encoded.bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(encoded.bytes));
         let opts = || PutOptions {
@@ -320,7 +330,8 @@ impl Repository {
         }
     }
 
-    async fn exists(&self, key: &Path) -> Result<bool, Error> {
+    /// Whether an object exists at the full key `key`.
+    pub async fn exists(&self, key: &Path) -> Result<bool, Error> {
         let r = retry(&self.policy, &format!("head {key}"), || async {
             self.store.head(key).await.map_err(StorageError::from)
         })
@@ -360,11 +371,10 @@ impl Repository {
         })
     }
 
-    /// Lists the keys (relative to the repository root) under `relative_prefix`, sorted.
-    pub async fn list(&self, relative_prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+    /// Lists the objects under `relative_prefix` (keys relative to the repository root), sorted.
+    pub async fn list(&self, relative_prefix: &str) -> Result<Vec<Listed>, Error> {
         use futures::TryStreamExt;
         let prefix = self.key(relative_prefix);
-        let root_parts = self.prefix.parts().count();
         let items = retry(&self.policy, &format!("list {prefix}"), || async {
             self.store
                 .list(Some(&prefix))
@@ -378,21 +388,62 @@ impl Repository {
             key: prefix.to_string(),
             source,
         })?;
-        let mut out: Vec<(String, u64)> = items
+        let mut out: Vec<Listed> = items
             .into_iter()
-            .map(|m| {
-                let rel: Vec<_> = m
-                    .location
-                    .parts()
-                    .skip(root_parts)
-                    .map(|p| p.as_ref().to_string())
-                    .collect();
-                (rel.join("/"), m.size)
+            .map(|m| Listed {
+                key: self.relative(&m.location),
+                size: m.size,
+                last_modified: m.last_modified,
             })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// The immediate "sub-directories" of `relative_prefix` (relative keys, sorted).
+    pub async fn list_prefixes(&self, relative_prefix: &str) -> Result<Vec<String>, Error> {
+        let prefix = self.key(relative_prefix);
+        let result = retry(&self.policy, &format!("list {prefix}"), || async {
+            self.store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(StorageError::from)
+        })
+        .await
+        .map_err(|source| Error::Storage {
+            op: "list",
+            key: prefix.to_string(),
+            source,
+        })?;
+        let mut out: Vec<String> = result
+            .common_prefixes
+            .iter()
+            .map(|p| self.relative(p))
             .collect();
         out.sort();
         Ok(out)
     }
+
+    fn relative(&self, location: &Path) -> String {
+        let root_parts = self.prefix.parts().count();
+        let rel: Vec<_> = location
+            .parts()
+            .skip(root_parts)
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        rel.join("/")
+    }
+}
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// Stored size.
+    pub size: u64,
+    /// When the store last wrote it.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 #[cfg(test)]
@@ -460,7 +511,9 @@ mod tests {
             r.get_verified("b").await,
             Err(Error::NotFound { .. })
         ));
-        assert_eq!(r.list("").await.unwrap(), vec![("a".to_string(), 68)]);
+        let listed = r.list("").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].key.as_str(), listed[0].size), ("a", 68));
     }
 
     /// Fails its first `failures` requests with a transient (connection-level) error, then

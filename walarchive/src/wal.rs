@@ -329,6 +329,11 @@ pub fn pg_major_for_magic(magic: u16) -> Option<u32> {
     })
 }
 
+/// The WAL page magic of a PostgreSQL major version, when known.
+pub fn magic_for_major(major: u32) -> Option<u16> {
+    (0xD000..=0xD1FF).find(|&m| pg_major_for_magic(m) == Some(major))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,87 @@
+//! The catalog: which backups a repository holds, complete or not.
+//!
+//! Listing reads one "directory" listing of `basebackups/` and one small manifest per
+//! backup, never the parts, so it stays cheap however large the backups are. A backup
+//! without a manifest is incomplete (in progress, or died): it is reported only when asked
+//! for, and never chosen for a restore.
+
+use crate::manifest::{backup_key, Manifest, Started, BACKUPS_PREFIX};
+use crate::repo::Repository;
+use crate::Error;
+
+/// A backup found in the repository.
+#[derive(Clone, Debug)]
+pub struct BackupEntry {
+    /// Backup name.
+    pub name: String,
+    /// The manifest, when the backup is complete.
+    pub manifest: Option<Manifest>,
+    /// The start record, when it could be read.
+    pub started: Option<Started>,
+}
+
+impl BackupEntry {
+    /// Whether the backup is complete (has a manifest).
+    pub fn is_complete(&self) -> bool {
+        self.manifest.is_some()
+    }
+}
+
+/// Reads the manifest of backup `name`.
+pub async fn load_manifest(repo: &Repository, name: &str) -> Result<Manifest, Error> {
+    let key = backup_key(name, "manifest.json");
+    let (_, raw) = repo.get_verified(&key).await?;
+    serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+        key,
+        source: crate::format::FormatError::Decode(crate::codec::DecodeError {
+            codec: "json",
+            reason: e.to_string(),
+        }),
+    })
+}
+
+/// Lists the repository's backups, oldest first. Incomplete ones are included only when
+/// `include_incomplete` is set.
+pub async fn list_backups(
+    repo: &Repository,
+    include_incomplete: bool,
+) -> Result<Vec<BackupEntry>, Error> {
+    let mut out = Vec::new();
+    for prefix in repo.list_prefixes(&format!("{BACKUPS_PREFIX}/")).await? {
+        let Some(name) = prefix.rsplit('/').next().map(str::to_string) else {
+            continue;
+        };
+        match load_manifest(repo, &name).await {
+            Ok(m) => out.push(BackupEntry {
+                name,
+                manifest: Some(m),
+                started: None,
+            }),
+            Err(Error::NotFound { .. }) if include_incomplete => {
+                let started = repo
+                    .get_verified(&backup_key(&name, "started.json"))
+                    .await
+                    .ok()
+                    .and_then(|(_, raw)| serde_json::from_slice(&raw).ok());
+                out.push(BackupEntry {
+                    name,
+                    manifest: None,
+                    started,
+                });
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| {
+        let key = |e: &BackupEntry| {
+            e.manifest
+                .as_ref()
+                .map(|m| m.start_time.clone())
+                .or_else(|| e.started.as_ref().map(|s| s.start_time.clone()))
+                .unwrap_or_default()
+        };
+        key(a).cmp(&key(b)).then(a.name.cmp(&b.name))
+    });
+    Ok(out)
+}

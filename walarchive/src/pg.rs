@@ -1,0 +1,84 @@
+//! Connecting to PostgreSQL the way its own tools do.
+//!
+//! tokio-postgres does not read libpq's environment, and operators expect `PGHOST`,
+//! `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE` to work as they do for psql (cron jobs and
+//! Patroni callbacks set exactly those). A connection string given explicitly wins; the
+//! password never appears in logs because only host, port and user are ever printed.
+
+use std::path::Path;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::Error;
+
+/// Builds the connection configuration: `conn` (a libpq key=value string or URI) if given,
+/// with libpq's environment variables filling what it leaves out.
+pub fn config(conn: Option<&str>) -> Result<Config, Error> {
+    let mut cfg: Config = match conn {
+        Some(c) => c
+            .parse()
+            .map_err(|e| Error::Config(format!("invalid PostgreSQL connection string: {e}")))?,
+        None => Config::new(),
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if cfg.get_hosts().is_empty() {
+        let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into());
+        for h in host.split(',') {
+            if h.starts_with('/') {
+                cfg.host_path(Path::new(h));
+            } else {
+                cfg.host(h);
+            }
+        }
+    }
+    if cfg.get_ports().is_empty() {
+        let port = env("PGPORT").unwrap_or_else(|| "5432".into());
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Error::Config(format!("PGPORT is not a port number: {port:?}")))?;
+        cfg.port(port);
+    }
+    if cfg.get_user().is_none() {
+        let user = env("PGUSER")
+            .or_else(|| env("USER"))
+            .unwrap_or_else(|| "postgres".into());
+        cfg.user(&user);
+    }
+    if cfg.get_password().is_none() {
+        if let Some(p) = env("PGPASSWORD") {
+            cfg.password(p);
+        }
+    }
+    if cfg.get_dbname().is_none() {
+        cfg.dbname(env("PGDATABASE").as_deref().unwrap_or("postgres"));
+    }
+    cfg.application_name("walarchive");
+    Ok(cfg)
+}
+
+/// A printable description of where `cfg` connects (never the password).
+pub fn describe(cfg: &Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "?".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{}@{host}:{port}", cfg.get_user().unwrap_or("?"))
+}
+
+/// Connects (without TLS: backups run next to the server) and drives the connection.
+pub async fn connect(cfg: &Config) -> Result<Client, Error> {
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+        Error::Postgres(format!(
+            "cannot connect to PostgreSQL at {}: {e}",
+            describe(cfg)
+        ))
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("PostgreSQL connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
