@@ -7,6 +7,7 @@ use serde::Serialize;
 use walarchive_core::backup::{self, BackupOptions};
 use walarchive_core::manifest::Manifest;
 use walarchive_core::repo::PutOutcome;
+use walarchive_core::storage::Backend;
 use walarchive_core::{catalog, pg, push, Repository, WalFileName};
 use walarchive_restore::backup::BackupFetchOptions;
 use walarchive_restore::recovery::{self, Recovery, Target};
@@ -21,6 +22,17 @@ use crate::settings::Settings;
 pub async fn run(cli: &Cli) -> Result<u8> {
     let settings = Settings::resolve(&cli.global)?;
     let repo = settings.open()?;
+    let writes = matches!(
+        cli.command,
+        Command::WalPush { .. } | Command::BackupPush { .. }
+    );
+    if writes && repo.backend() == Backend::Local && root_writing_into_foreign_dir(&settings.repo) {
+        tracing::warn!(
+            "running as root: what this creates in the local repository belongs to root, and \
+             archive_command (run by PostgreSQL's OS user) may then be unable to write there; \
+             run walarchive as the database's OS user"
+        );
+    }
     match &cli.command {
         Command::WalPush { path } => wal_push(&repo, path).await,
         Command::WalFetch { name, dest } => wal_fetch(&repo, name, dest).await,
@@ -74,6 +86,24 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 restore_command: restore_command(cli, &settings)?,
             };
             backup_fetch(&repo, &opts, *json).await
+        }
+    }
+}
+
+/// Whether we run as root and the local repository (or its nearest existing ancestor)
+/// belongs to another user, who is then likely the one archive_command runs as.
+fn root_writing_into_foreign_dir(url: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return false;
+    }
+    let mut dir = std::path::PathBuf::from(url.trim_start_matches("file://"));
+    loop {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            return m.uid() != 0;
+        }
+        if !dir.pop() {
+            return false;
         }
     }
 }
@@ -164,6 +194,8 @@ struct BackupSummary<'a> {
     stored_bytes: Option<u64>,
     from_standby: Option<bool>,
     label: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    damaged: bool,
 }
 
 impl<'a> BackupSummary<'a> {
@@ -181,6 +213,7 @@ impl<'a> BackupSummary<'a> {
             stored_bytes: Some(m.stored_bytes),
             from_standby: Some(m.from_standby),
             label: Some(&m.label),
+            damaged: false,
         }
     }
 }
@@ -233,6 +266,7 @@ async fn backup_list(repo: &Repository, json: bool, detail: bool) -> Result<u8> 
                 stored_bytes: None,
                 from_standby: None,
                 label: e.started.as_ref().map(|s| s.label.as_str()),
+                damaged: e.damaged.is_some(),
             },
         })
         .collect();
@@ -273,7 +307,11 @@ async fn backup_list(repo: &Repository, json: bool, detail: bool) -> Result<u8> 
         let size = s.original_bytes.map(human).unwrap_or_else(dash);
         let stored = s.stored_bytes.map(human).unwrap_or_else(dash);
         if detail {
-            let status = if s.complete { "complete" } else { "incomplete" };
+            let status = match (s.complete, s.damaged) {
+                (true, _) => "complete",
+                (false, true) => "damaged",
+                (false, false) => "incomplete",
+            };
             let pg = s.pg_version.map(|v| v.to_string()).unwrap_or_else(dash);
             let source = match s.from_standby {
                 Some(true) => "standby",

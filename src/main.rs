@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                 // PostgreSQL probes for files that may not exist: not an error.
                 tracing::debug!("{e:#}");
             } else {
-                let msg = format!("{e:#}").replace('\n', " ");
+                let msg = one_line(&e);
                 eprintln!("walarchive {command}: error: {msg}");
             }
             exit::code(adjust(code))
@@ -90,4 +90,20 @@ fn init_logging(cli: &Cli) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// The error and its causes on one line, each cause once: library errors already quote
+/// their cause in their own message, so a cause whose text is already there is skipped.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
 }

@@ -57,12 +57,29 @@ pub async fn fetch_backup(
     opts: &BackupFetchOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<FetchedBackup, FetchError> {
-    let manifests: Vec<Manifest> = catalog::list_backups(repo, false)
-        .await?
-        .into_iter()
-        .filter_map(|b| b.manifest)
-        .collect();
-    let manifest = recovery::choose(&manifests, &opts.backup, &opts.recovery)?.clone();
+    let entries = catalog::list_backups(repo, true).await?;
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.name == opts.backup && !e.is_complete())
+    {
+        return Err(match &e.damaged {
+            Some(why) => FetchError::BadBackup(why.clone()),
+            None => FetchError::NoBackup(format!(
+                "backup {} is incomplete (interrupted or still running) and cannot be restored",
+                e.name
+            )),
+        });
+    }
+    let damaged: Vec<String> = entries.iter().filter_map(|e| e.damaged.clone()).collect();
+    let manifests: Vec<Manifest> = entries.into_iter().filter_map(|b| b.manifest).collect();
+    let manifest = match recovery::choose(&manifests, &opts.backup, &opts.recovery) {
+        Ok(m) => m.clone(),
+        // Say so when the backups that would have served are damaged, not merely absent.
+        Err(FetchError::NoBackup(_)) if !damaged.is_empty() => {
+            return Err(FetchError::BadBackup(damaged.join("; ")))
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(t) = &opts.recovery.target {
         check_archive_reaches(repo, &manifest, t).await?;
     }
@@ -85,7 +102,9 @@ pub async fn fetch_backup(
                 None => PathBuf::from(loc.clone().unwrap_or_default()),
             },
         };
-        prepare_dir(&root, opts.force)?;
+        // --force empties the data directory only: a tablespace's directory may belong to a
+        // running cluster, so it must be empty (or remapped with --tablespace-map).
+        prepare_dir(&root, opts.force && s.tablespace_oid.is_none())?;
         roots.insert(s.name.clone(), root);
     }
     std::fs::set_permissions(&opts.dest, std::fs::Permissions::from_mode(0o700))
@@ -201,6 +220,7 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), FetchError> {
                 if !force {
                     return Err(FetchError::DestinationNotEmpty(dir.to_path_buf()));
                 }
+                tracing::warn!("--force: emptying {}", dir.display());
                 for entry in std::fs::read_dir(dir).map_err(|e| write_err(dir, e))? {
                     let p = entry.map_err(|e| write_err(dir, e))?.path();
                     let r = if p.is_dir() && !p.is_symlink() {

@@ -38,7 +38,7 @@ pub enum FetchError {
     #[error("{0}")]
     BadTarget(String),
     /// The restore destination is not empty.
-    #[error("{} is not empty (use --force to empty it first)", .0.display())]
+    #[error("{} is not empty (use --force to empty a data directory first, or --tablespace-map OID=DIR to restore a tablespace elsewhere)", .0.display())]
     DestinationNotEmpty(PathBuf),
     /// The backup's content does not match its manifest.
     #[error("the backup is damaged: {0}")]

@@ -95,12 +95,14 @@ impl Repo {
         serde_json::from_slice(&assert_success(&out).stdout).unwrap()
     }
 
-    /// `backup-push --fast --json` of `pg`, whatever its outcome.
+    /// `backup-push --fast --json` of `pg`, whatever its outcome. Runs as the postgres user,
+    /// as a cron job would: what it creates in a local repository must stay writable by
+    /// archive_command.
     pub fn try_backup_push(&self, pg: &PgCluster, extra: &[&str]) -> Output {
         let conn = format!("host=127.0.0.1 port={} user=postgres", pg.port());
         let mut args = vec!["backup-push", "--pg-conn", &conn, "--fast", "--json"];
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.run_as_postgres(&args, Path::new("/tmp"))
     }
 
     /// `backup-list --json [--detail]`.

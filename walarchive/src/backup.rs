@@ -78,17 +78,7 @@ struct ServerInfo {
 }
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::Postgres(format!("{what}: {}", pg_message(&e)))
-}
-
-fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.hint() {
-            Some(h) => format!("{} ({h})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => e.to_string(),
-    }
+    move |e| Error::Postgres(format!("{what}: {}", pg::error_chain(&e)))
 }
 
 const UTC_NOW: &str =
@@ -131,7 +121,11 @@ pub async fn backup_push(
     if !pgdata.join("PG_VERSION").is_file() {
         return Err(Error::BadInput {
             path: pgdata.display().to_string(),
-            reason: "is not a PostgreSQL data directory (no PG_VERSION); pass --pgdata".into(),
+            reason: if opts.pgdata.is_some() {
+                "is not a PostgreSQL data directory (no PG_VERSION): check --pgdata".into()
+            } else {
+                "is the server's data_directory but is not readable here (no PG_VERSION): run walarchive on the database host or pass --pgdata".into()
+            },
         });
     }
     check_repository(repo, &info).await?;

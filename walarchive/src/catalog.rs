@@ -18,6 +18,8 @@ pub struct BackupEntry {
     pub manifest: Option<Manifest>,
     /// The start record, when it could be read.
     pub started: Option<Started>,
+    /// Why the manifest could not be read, when it exists but is damaged.
+    pub damaged: Option<String>,
 }
 
 impl BackupEntry {
@@ -56,7 +58,20 @@ pub async fn list_backups(
                 name,
                 manifest: Some(m),
                 started: None,
+                damaged: None,
             }),
+            // One damaged manifest must not hide the other backups.
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::warn!("backup {name} is damaged and cannot be restored: {e}");
+                if include_incomplete {
+                    out.push(BackupEntry {
+                        name,
+                        manifest: None,
+                        started: None,
+                        damaged: Some(e.to_string()),
+                    });
+                }
+            }
             Err(Error::NotFound { .. }) if include_incomplete => {
                 let started = repo
                     .get_verified(&backup_key(&name, "started.json"))
@@ -67,6 +82,7 @@ pub async fn list_backups(
                     name,
                     manifest: None,
                     started,
+                    damaged: None,
                 });
             }
             Err(Error::NotFound { .. }) => {}

@@ -71,8 +71,9 @@ pub fn describe(cfg: &Config) -> String {
 pub async fn connect(cfg: &Config) -> Result<Client, Error> {
     let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
         Error::Postgres(format!(
-            "cannot connect to PostgreSQL at {}: {e}",
-            describe(cfg)
+            "cannot connect to PostgreSQL at {}: {}",
+            describe(cfg),
+            error_chain(&e)
         ))
     })?;
     tokio::spawn(async move {
@@ -81,4 +82,26 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         }
     });
     Ok(client)
+}
+
+/// A PostgreSQL client error with its causes ("error connecting to server: Connection
+/// refused"), or the server's message and hint.
+pub fn error_chain(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return match db.hint() {
+            Some(h) => format!("{} ({h})", db.message()),
+            None => db.message().to_string(),
+        };
+    }
+    let mut msg = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cur = c.source();
+    }
+    msg
 }

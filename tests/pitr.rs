@@ -1,0 +1,250 @@
+//! Point-in-time recovery exactness and timelines. One transaction inserts one row with a
+//! sequence number; after a restore to a target, the table must hold exactly the rows
+//! committed before the target (inclusive or exclusive as asked), for times, LSNs,
+//! transaction IDs and named restore points.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// One committed row: its number, transaction ID, commit time, and a time halfway to the
+/// next row's commit.
+struct Row {
+    xid: String,
+    commit: String,
+    midway: String,
+}
+
+struct Source {
+    repo: Repo,
+    _primary: PgCluster,
+    rows: Vec<Row>,
+    lsn_after_30: String,
+}
+
+const ROWS: usize = 60;
+
+fn conf(repo: &Repo) -> String {
+    format!("{}track_commit_timestamp = on\n", repo.archive_conf())
+}
+
+fn archive_everything(pg: &PgCluster) {
+    let last = pg.switch_wal();
+    pg.wait_archived(&last, Duration::from_secs(120));
+}
+
+/// A primary that took a backup, then committed rows 1..=60 one transaction each.
+fn source() -> &'static Source {
+    static S: OnceLock<Source> = OnceLock::new();
+    S.get_or_init(|| {
+        let repo = Store::File.fresh();
+        let primary = PgCluster::init(PgOptions {
+            extra_conf: conf(&repo),
+            ..Default::default()
+        });
+        primary.start_with_env(&repo.env);
+        primary.psql("create table seq(n int primary key)");
+        repo.backup_push(&primary, &[]);
+        let mut lsn_after_30 = String::new();
+        for n in 1..=ROWS {
+            primary.psql(&format!("insert into seq values ({n})"));
+            if n == 30 {
+                lsn_after_30 = primary.psql("select pg_current_wal_insert_lsn()");
+            }
+            if n == 40 {
+                primary.psql("select pg_create_restore_point('after_40')");
+            }
+        }
+        archive_everything(&primary);
+        let fmt = |e: &str| {
+            format!("to_char(({e}) at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+        };
+        let ts = "pg_xact_commit_timestamp(xmin)";
+        let listing = primary.psql(&format!(
+            "select xmin::text || '|' || {} || '|' || coalesce({}, '') from seq order by n",
+            fmt(ts),
+            fmt(&format!("{ts} + (lead({ts}) over (order by n) - {ts}) / 2"))
+        ));
+        let rows: Vec<Row> = listing
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                Row {
+                    xid: f[0].to_string(),
+                    commit: f[1].to_string(),
+                    midway: f[2].to_string(),
+                }
+            })
+            .collect();
+        assert_eq!(rows.len(), ROWS);
+        Source {
+            repo,
+            _primary: primary,
+            rows,
+            lsn_after_30,
+        }
+    })
+}
+
+/// Restores LATEST with `args`, lets recovery finish and promote, returns "count:max".
+fn recover(repo: &Repo, args: &[&str]) -> String {
+    let mut a = args.to_vec();
+    a.extend(["--target-action", "promote"]);
+    let c = repo.restore("LATEST", &a);
+    c.append_conf("archive_mode = off\n");
+    c.start_with_env(&repo.env);
+    c.wait_until("recovery to finish", Duration::from_secs(180), || {
+        c.try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|r| r == "f")
+    });
+    c.psql("select count(*) || ':' || coalesce(max(n), 0) from seq")
+}
+
+fn row(n: usize) -> &'static Row {
+    &source().rows[n - 1]
+}
+
+#[test]
+fn time_inclusive() {
+    assert_eq!(
+        recover(&source().repo, &["--target-time", &row(20).commit]),
+        "20:20"
+    );
+}
+
+#[test]
+fn time_exclusive() {
+    let args = ["--target-time", &row(20).commit, "--target-exclusive"];
+    assert_eq!(recover(&source().repo, &args), "19:19");
+}
+
+#[test]
+fn time_between_commits() {
+    assert_eq!(
+        recover(&source().repo, &["--target-time", &row(15).midway]),
+        "15:15"
+    );
+}
+
+#[test]
+fn xid_inclusive_and_exclusive() {
+    let s = source();
+    assert_eq!(recover(&s.repo, &["--target-xid", &row(25).xid]), "25:25");
+    let args = ["--target-xid", &row(25).xid, "--target-exclusive"];
+    assert_eq!(recover(&s.repo, &args), "24:24");
+}
+
+#[test]
+fn lsn() {
+    let s = source();
+    assert_eq!(
+        recover(&s.repo, &["--target-lsn", &s.lsn_after_30]),
+        "30:30"
+    );
+}
+
+#[test]
+fn restore_point() {
+    assert_eq!(
+        recover(&source().repo, &["--target-name", "after_40"]),
+        "40:40"
+    );
+}
+
+#[test]
+fn immediate_and_no_target() {
+    let s = source();
+    assert_eq!(recover(&s.repo, &["--target-immediate"]), "0:0");
+    assert_eq!(recover(&s.repo, &[]), format!("{ROWS}:{ROWS}"));
+}
+
+#[test]
+fn targets_are_written_for_postgresql() {
+    let s = source();
+    let c = s.repo.restore(
+        "LATEST",
+        &[
+            "--target-xid",
+            &row(5).xid,
+            "--target-timeline",
+            "current",
+            "--target-action",
+            "pause",
+            "--target-exclusive",
+        ],
+    );
+    let auto = std::fs::read_to_string(c.data_dir().join("postgresql.auto.conf")).unwrap();
+    for line in [
+        format!("recovery_target_xid = '{}'", row(5).xid),
+        "recovery_target_inclusive = 'false'".to_string(),
+        "recovery_target_timeline = 'current'".to_string(),
+        "recovery_target_action = 'pause'".to_string(),
+        format!(
+            "restore_command = '{} --repo {} wal-fetch %f %p'",
+            walarchive_bin().display(),
+            s.repo.url
+        ),
+    ] {
+        assert!(auto.contains(&line), "missing {line:?} in:\n{auto}");
+    }
+    assert!(c.data_dir().join("recovery.signal").exists());
+    assert!(c.data_dir().join("backup_label").exists());
+    let standby = s.repo.restore("LATEST", &["--standby"]);
+    assert!(standby.data_dir().join("standby.signal").exists());
+    assert!(!standby.data_dir().join("recovery.signal").exists());
+}
+
+/// Restore to a point, promote (a new timeline, archived into the same repository), write
+/// there; then later restores can follow either the new timeline or the old one.
+#[test]
+fn timelines() {
+    let repo = Store::File.fresh();
+    let primary = PgCluster::init(PgOptions {
+        extra_conf: conf(&repo),
+        ..Default::default()
+    });
+    primary.start_with_env(&repo.env);
+    primary.psql("create table seq(n int primary key)");
+    repo.backup_push(&primary, &[]);
+    let mut xid_10 = String::new();
+    for n in 1..=20 {
+        let xid = primary.psql(&format!("insert into seq values ({n}) returning xmin"));
+        if n == 10 {
+            xid_10 = xid;
+        }
+    }
+    archive_everything(&primary);
+
+    // A clone at row 10 that keeps archiving (its configuration came with the backup).
+    let clone = repo.restore(
+        "LATEST",
+        &["--target-xid", &xid_10, "--target-action", "promote"],
+    );
+    clone.start_with_env(&repo.env);
+    clone.wait_until("the clone to promote", Duration::from_secs(180), || {
+        clone
+            .try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|r| r == "f")
+    });
+    assert_eq!(
+        clone.psql("select count(*) || ':' || max(n) from seq"),
+        "10:10"
+    );
+    clone.psql("insert into seq select g from generate_series(1001, 1005) g");
+    let last = clone.switch_wal();
+    assert!(last.starts_with("00000002"), "{last}");
+    clone.wait_archived(&last, Duration::from_secs(120));
+    let names: Vec<String> = repo
+        .wal_list()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"00000002.history".to_string()), "{names:?}");
+
+    // Following the newest timeline gives the clone's history; timeline 1 the original's.
+    assert_eq!(recover(&repo, &["--target-timeline", "latest"]), "15:1005");
+    assert_eq!(recover(&repo, &["--target-timeline", "1"]), "20:20");
+}
