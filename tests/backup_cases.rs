@@ -694,3 +694,55 @@ fn backup_round_trip_16mb_segments() {
     );
     assert_eq!(restored.psql(PGBENCH_DIGEST), expected);
 }
+
+/// A standby promoted while its backup runs has changed timeline under the backup:
+/// PostgreSQL's pg_backup_stop refuses, and so does walarchive (exit 11), listing nothing.
+#[test]
+fn standby_promoted_during_backup_fails() {
+    let repo = Store::File.fresh();
+    let primary = PgCluster::init(PgOptions {
+        extra_conf: format!("{}archive_timeout = 1\n", repo.archive_conf()),
+        ..Default::default()
+    });
+    primary.start_with_env(&repo.env);
+    primary.pgbench_init(10);
+    archive_everything(&primary);
+    let standby = primary.basebackup_with(&["-R"]);
+    standby.start_with_env(&repo.env);
+    let lsn = primary.psql("select pg_current_wal_lsn()");
+    primary.psql("checkpoint");
+    standby.wait_until("the standby to replay", Duration::from_secs(60), || {
+        standby
+            .try_psql(&format!("select pg_last_wal_replay_lsn() >= '{lsn}'"))
+            .is_ok_and(|r| r == "t")
+    });
+
+    let conn = format!("host=127.0.0.1 port={} user=postgres", standby.port());
+    let (uid, gid) = postgres_ids();
+    let child = Command::new(walarchive_bin())
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/tmp")
+        .args(["--repo", &repo.url, "backup-push", "--pg-conn", &conn])
+        .args(["--fast", "--part-size", "1", "--wal-timeout", "30"])
+        .env("WALARCHIVE_COMPRESSION", "none")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backup-push");
+    let backups = repo.path().join("basebackups");
+    wait_until(
+        "the backup to upload parts",
+        Duration::from_secs(60),
+        || part_files(&backups).len() >= 2,
+    );
+    standby.promote();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 11);
+    let err = stderr(&out);
+    assert!(err.contains("promoted"), "{err}");
+    assert_eq!(repo.backup_list(false), Vec::<serde_json::Value>::new());
+    let detail = repo.backup_list(true);
+    assert_eq!(detail.len(), 1);
+    assert_eq!(detail[0]["complete"], false);
+}
