@@ -570,7 +570,21 @@ fn walk_dir(
         }
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
-        if ft.is_symlink() {
+        // pg_wal on another disk is a symlink: restore it as an empty directory, never as a
+        // link into the original server's WAL.
+        let wal_link =
+            kind == WalkRoot::DataDirectory && at_root && name == "pg_wal" && ft.is_symlink();
+        if wal_link {
+            for rel in ["pg_wal", "pg_wal/archive_status"] {
+                out.push(WalkEntry {
+                    rel: rel.into(),
+                    kind: EntryKind::Dir,
+                    size: 0,
+                    mode: 0o700,
+                    target: None,
+                });
+            }
+        } else if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(io)?;
             out.push(WalkEntry {
                 rel,
@@ -929,6 +943,19 @@ mod tests {
             .into_iter()
             .map(|e| e.rel)
             .collect();
+        // pg_wal on another disk (a symlink) is backed up as an empty directory.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::rename(root.join("pg_wal"), elsewhere.path().join("wal")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("wal"), root.join("pg_wal")).unwrap();
+        let linked = walk(root, WalkRoot::DataDirectory).unwrap();
+        let wal: Vec<_> = linked
+            .iter()
+            .filter(|e| e.rel.starts_with("pg_wal"))
+            .collect();
+        assert_eq!(wal.len(), 2);
+        assert!(wal
+            .iter()
+            .all(|e| e.kind == EntryKind::Dir && e.target.is_none()));
         assert_eq!(
             rels,
             [
