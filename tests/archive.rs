@@ -11,20 +11,19 @@ use std::time::Duration;
 
 use common::*;
 
-fn archive_conf(repo: &Repo) -> String {
-    format!("{}wal_keep_size = 512MB\n", repo.archive_conf())
-}
+/// Keep archived segments in pg_wal, to compare them with the repository's copies.
+const KEEP_WAL: &str = "wal_keep_size = 512MB
+";
 
 const TABLE_DIGEST: &str =
     "select count(*) || ':' || md5(string_agg(id::text || payload, ',' order by id)) from items";
 
 fn archive_and_replay(store: Store) {
     let repo = store.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: archive_conf(&repo),
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: KEEP_WAL.into(),
         ..Default::default()
     });
-    primary.start_with_env(&repo.env);
     // The standby's starting point: a base backup taken before the workload.
     let standby = primary.basebackup();
 
@@ -164,12 +163,11 @@ fn archive_and_replay_file() {
 /// Segment size is a cluster property the repository records; default and large sizes work.
 fn segment_size(mb: u32) {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
+    let primary = repo.start_primary(PgOptions {
         wal_segsize_mb: mb,
-        extra_conf: archive_conf(&repo),
+        extra_conf: KEEP_WAL.into(),
         ..Default::default()
     });
-    primary.start_with_env(&repo.env);
     primary.psql("create table t as select g from generate_series(1, 1000) g");
     primary.switch_wal();
     primary.psql("insert into t select g from generate_series(1, 1000) g");

@@ -14,21 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 
-const PGBENCH_DIGEST: &str = "select (select count(*) || ':' || md5(string_agg(aid || ':' || abalance, ',' order by aid)) from pgbench_accounts) \
-     || '/' || (select count(*) from pgbench_history) || '/' || (select sum(bbalance) from pgbench_branches)";
-
-fn wait_promoted(c: &PgCluster) {
-    c.wait_until("recovery to finish", Duration::from_secs(180), || {
-        c.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|r| r == "f")
-    });
-}
-
-fn archive_everything(pg: &PgCluster) {
-    let last = pg.switch_wal();
-    pg.wait_archived(&last, Duration::from_secs(120));
-}
-
 /// The single `walarchive <command>: error: ...` line of stderr (panics unless exactly one).
 #[track_caller]
 fn error_line(out: &Output) -> String {
@@ -62,7 +47,7 @@ fn restore_and_promote(repo: &Repo, backup: &str, extra: &[&str]) -> PgCluster {
     let restored = repo.restore(backup, &args);
     restored.append_conf("archive_mode = off\n");
     restored.start_with_env(&repo.env);
-    wait_promoted(&restored);
+    restored.wait_promoted();
     restored
 }
 
@@ -130,14 +115,13 @@ fn names_a_segment(text: &str) -> bool {
 #[test]
 fn backup_from_standby() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: format!("{}archive_timeout = 1\n", repo.archive_conf()),
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: "archive_timeout = 1\n".into(),
         ..Default::default()
     });
-    primary.start_with_env(&repo.env);
     primary.psql("create table t (id serial primary key, v text not null)");
     primary.psql("insert into t (v) select 'seed-' || g from generate_series(1, 1000) g");
-    archive_everything(&primary);
+    primary.archive_everything();
 
     let standby = primary.basebackup_with(&["-R"]);
     standby.append_conf(&repo.restore_conf());
@@ -186,7 +170,7 @@ fn backup_from_standby() {
     assert_eq!(list[0]["name"], summary["name"]);
     assert_eq!(list[0]["from_standby"], true, "{list:?}");
 
-    archive_everything(&primary);
+    primary.archive_everything();
     let restored = restore_and_promote(&repo, "LATEST", &[]);
     assert_eq!(
         restored.psql("select count(*) from t where v like 'pre-%'"),
@@ -213,11 +197,7 @@ fn backup_from_standby() {
 #[test]
 fn tablespace_backup_and_remap() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: repo.archive_conf(),
-        ..Default::default()
-    });
-    primary.start_with_env(&repo.env);
+    let primary = repo.start_primary(PgOptions::default());
     let (_old_parent, ts_old) = postgres_subdir("walarchive-ts-", "ts");
     primary.psql(&format!(
         "create tablespace ts location '{}'",
@@ -226,7 +206,7 @@ fn tablespace_backup_and_remap() {
     primary.psql("create table tt (id int primary key, v text not null) tablespace ts");
     primary.psql("insert into tt select g, md5(g::text) from generate_series(1, 5000) g");
     let oid = primary.psql("select oid from pg_tablespace where spcname = 'ts'");
-    archive_everything(&primary);
+    primary.archive_everything();
 
     let summary = repo.backup_push(&primary, &[]);
     assert_eq!(summary["complete"], true);
@@ -236,7 +216,7 @@ fn tablespace_backup_and_remap() {
     let digest_sql =
         "select count(*) || ':' || md5(string_agg(id || ':' || v, ',' order by id)) from tt";
     let expected = primary.psql(digest_sql);
-    archive_everything(&primary);
+    primary.archive_everything();
     // Nothing may touch the original tablespace from here on.
     primary.stop();
     let old_before = snapshot(&ts_old);
@@ -268,7 +248,7 @@ fn tablespace_backup_and_remap() {
 
     restored.append_conf("archive_mode = off\n");
     restored.start_with_env(&repo.env);
-    wait_promoted(&restored);
+    restored.wait_promoted();
     assert_eq!(restored.psql(digest_sql), expected);
     assert_eq!(
         restored.psql(&format!("select pg_tablespace_location({oid})")),
@@ -295,13 +275,9 @@ fn tablespace_backup_and_remap() {
 #[test]
 fn interrupted_backup_is_not_listed() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: repo.archive_conf(),
-        ..Default::default()
-    });
-    primary.start_with_env(&repo.env);
+    let primary = repo.start_primary(PgOptions::default());
     primary.pgbench_init(10);
-    archive_everything(&primary);
+    primary.archive_everything();
 
     let conn = format!("host=127.0.0.1 port={} user=postgres", primary.port());
     // As the postgres user, like the backup that follows (and a cron job); setuid directly
@@ -384,7 +360,7 @@ fn interrupted_backup_is_not_listed() {
     assert_eq!(summary["complete"], true);
     assert_ne!(summary["name"].as_str().unwrap(), killed_name);
     let expected = primary.psql(PGBENCH_DIGEST);
-    archive_everything(&primary);
+    primary.archive_everything();
 
     let list = repo.backup_list(false);
     assert_eq!(list.len(), 1, "{list:?}");
@@ -404,16 +380,12 @@ fn interrupted_backup_is_not_listed() {
 #[test]
 fn tampered_backup_fails_clearly() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: repo.archive_conf(),
-        ..Default::default()
-    });
-    primary.start_with_env(&repo.env);
+    let primary = repo.start_primary(PgOptions::default());
     primary.pgbench_init(2);
-    archive_everything(&primary);
+    primary.archive_everything();
     let summary = repo.backup_push(&primary, &[]);
     let name = summary["name"].as_str().unwrap().to_string();
-    archive_everything(&primary);
+    primary.archive_everything();
     let dir = repo.path().join("basebackups").join(&name);
 
     // One flipped byte in the middle of a part.
@@ -550,17 +522,13 @@ fn backup_push_bad_input() {
 #[test]
 fn backup_fetch_bad_input() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: repo.archive_conf(),
-        ..Default::default()
-    });
-    primary.start_with_env(&repo.env);
+    let primary = repo.start_primary(PgOptions::default());
     primary.psql("create table t as select g as id from generate_series(1, 3000) g");
-    archive_everything(&primary);
+    primary.archive_everything();
     let summary = repo.backup_push(&primary, &[]);
     let name = summary["name"].as_str().unwrap().to_string();
     primary.psql("insert into t select g from generate_series(3001, 4000) g");
-    archive_everything(&primary);
+    primary.archive_everything();
 
     // A non-empty destination.
     let c = PgCluster::empty();
@@ -583,7 +551,7 @@ fn backup_fetch_bad_input() {
     c.adopt_data_dir();
     c.append_conf("archive_mode = off\n");
     c.start_with_env(&repo.env);
-    wait_promoted(&c);
+    c.wait_promoted();
     assert_eq!(c.psql("select count(*) from t"), "4000");
     drop(c);
 
@@ -655,14 +623,12 @@ fn backup_fetch_bad_input() {
 #[test]
 fn backup_round_trip_16mb_segments() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
+    let primary = repo.start_primary(PgOptions {
         wal_segsize_mb: 16,
-        extra_conf: repo.archive_conf(),
         ..Default::default()
     });
-    primary.start_with_env(&repo.env);
     primary.pgbench_init(2);
-    archive_everything(&primary);
+    primary.archive_everything();
     let summary = std::thread::scope(|s| {
         let load = s.spawn(|| primary.pgbench(&["-c", "2", "-T", "5"]));
         let summary = repo.backup_push(&primary, &[]);
@@ -672,7 +638,7 @@ fn backup_round_trip_16mb_segments() {
     assert_eq!(summary["complete"], true);
     primary.pgbench(&["-c", "2", "-t", "200"]);
     let expected = primary.psql(PGBENCH_DIGEST);
-    archive_everything(&primary);
+    primary.archive_everything();
 
     let info = repo.run(&["repo-info", "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&assert_success(&info).stdout).unwrap();
@@ -700,13 +666,12 @@ fn backup_round_trip_16mb_segments() {
 #[test]
 fn standby_promoted_during_backup_fails() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: format!("{}archive_timeout = 1\n", repo.archive_conf()),
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: "archive_timeout = 1\n".into(),
         ..Default::default()
     });
-    primary.start_with_env(&repo.env);
     primary.pgbench_init(10);
-    archive_everything(&primary);
+    primary.archive_everything();
     let standby = primary.basebackup_with(&["-R"]);
     standby.start_with_env(&repo.env);
     let lsn = primary.psql("select pg_current_wal_lsn()");

@@ -27,25 +27,18 @@ struct Source {
 
 const ROWS: usize = 60;
 
-fn conf(repo: &Repo) -> String {
-    format!("{}track_commit_timestamp = on\n", repo.archive_conf())
-}
-
-fn archive_everything(pg: &PgCluster) {
-    let last = pg.switch_wal();
-    pg.wait_archived(&last, Duration::from_secs(120));
-}
+/// Commit timestamps give the exact times to aim at.
+const COMMIT_TIMESTAMPS: &str = "track_commit_timestamp = on\n";
 
 /// A primary that took a backup, then committed rows 1..=60 one transaction each.
 fn source() -> &'static Source {
     static S: OnceLock<Source> = OnceLock::new();
     S.get_or_init(|| {
         let repo = Store::File.fresh();
-        let primary = PgCluster::init(PgOptions {
-            extra_conf: conf(&repo),
+        let primary = repo.start_primary(PgOptions {
+            extra_conf: COMMIT_TIMESTAMPS.into(),
             ..Default::default()
         });
-        primary.start_with_env(&repo.env);
         primary.psql("create table seq(n int primary key)");
         repo.backup_push(&primary, &[]);
         let mut lsn_after_30 = String::new();
@@ -58,7 +51,7 @@ fn source() -> &'static Source {
                 primary.psql("select pg_create_restore_point('after_40')");
             }
         }
-        archive_everything(&primary);
+        primary.archive_everything();
         let fmt = |e: &str| {
             format!("to_char(({e}) at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
         };
@@ -96,10 +89,7 @@ fn recover(repo: &Repo, args: &[&str]) -> String {
     let c = repo.restore("LATEST", &a);
     c.append_conf("archive_mode = off\n");
     c.start_with_env(&repo.env);
-    c.wait_until("recovery to finish", Duration::from_secs(180), || {
-        c.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|r| r == "f")
-    });
+    c.wait_promoted();
     c.psql("select count(*) || ':' || coalesce(max(n), 0) from seq")
 }
 
@@ -202,11 +192,10 @@ fn targets_are_written_for_postgresql() {
 #[test]
 fn timelines() {
     let repo = Store::File.fresh();
-    let primary = PgCluster::init(PgOptions {
-        extra_conf: conf(&repo),
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: COMMIT_TIMESTAMPS.into(),
         ..Default::default()
     });
-    primary.start_with_env(&repo.env);
     primary.psql("create table seq(n int primary key)");
     repo.backup_push(&primary, &[]);
     let mut xid_10 = String::new();
@@ -216,7 +205,7 @@ fn timelines() {
             xid_10 = xid;
         }
     }
-    archive_everything(&primary);
+    primary.archive_everything();
 
     // A clone at row 10 that keeps archiving (its configuration came with the backup).
     let clone = repo.restore(
@@ -224,11 +213,7 @@ fn timelines() {
         &["--target-xid", &xid_10, "--target-action", "promote"],
     );
     clone.start_with_env(&repo.env);
-    clone.wait_until("the clone to promote", Duration::from_secs(180), || {
-        clone
-            .try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|r| r == "f")
-    });
+    clone.wait_promoted();
     assert_eq!(
         clone.psql("select count(*) || ':' || max(n) from seq"),
         "10:10"

@@ -139,22 +139,26 @@ pub async fn fetch_backup(
     let (_, label) = repo
         .get_verified(&backup_key(&manifest.name, "backup_label"))
         .await?;
-    write_file(&opts.dest.join("backup_label"), &label)?;
+    write_durably(&opts.dest.join("backup_label"), &label, false)?;
     if manifest.has_tablespace_map {
         let (_, map) = repo
             .get_verified(&backup_key(&manifest.name, "tablespace_map"))
             .await?;
         let map = remap_tablespaces(&String::from_utf8_lossy(&map), &opts.tablespace_map);
-        write_file(&opts.dest.join("tablespace_map"), map.as_bytes())?;
+        write_durably(&opts.dest.join("tablespace_map"), map.as_bytes(), false)?;
     }
     let settings = recovery::settings(&manifest.name, &opts.restore_command, &opts.recovery);
-    append_file(&opts.dest.join("postgresql.auto.conf"), settings.as_bytes())?;
+    write_durably(
+        &opts.dest.join("postgresql.auto.conf"),
+        settings.as_bytes(),
+        true,
+    )?;
     let signal = if opts.recovery.standby {
         "standby.signal"
     } else {
         "recovery.signal"
     };
-    write_file(&opts.dest.join(signal), b"")?;
+    write_durably(&opts.dest.join(signal), b"", false)?;
     for root in roots.values() {
         sync_tree_dirs(root)?;
     }
@@ -242,22 +246,12 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), FetchError> {
     }
 }
 
-fn write_file(path: &Path, content: &[u8]) -> Result<(), FetchError> {
+/// Writes (or appends) `content` to a 0600 file and fsyncs it.
+fn write_durably(path: &Path, content: &[u8], append: bool) -> Result<(), FetchError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| write_err(path, e))?;
-    f.write_all(content)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| write_err(path, e))
-}
-
-fn append_file(path: &Path, content: &[u8]) -> Result<(), FetchError> {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
+        .append(append)
+        .truncate(!append)
         .create(true)
         .mode(0o600)
         .open(path)

@@ -65,6 +65,10 @@ use sha2::{Digest, Sha256};
 // Process-wide basics: temp dirs, the postgres user, watchdogs
 // ---------------------------------------------------------------------------
 
+/// A digest of the pgbench tables' content, to compare a restored cluster with its source.
+pub const PGBENCH_DIGEST: &str = "select (select count(*) || ':' || md5(string_agg(aid || ':' || abalance, ',' order by aid)) from pgbench_accounts) \
+     || '/' || (select count(*) from pgbench_history) || '/' || (select sum(bbalance) from pgbench_branches)";
+
 /// Default location of the PostgreSQL 15 binaries (override with `WALARCHIVE_PG_BIN`).
 pub const PG_BIN_DEFAULT: &str = "/usr/lib/postgresql/15/bin";
 
@@ -864,6 +868,20 @@ impl PgCluster {
             "select concat_ws('|', coalesce(last_archived_wal, ''), archived_count, \
              coalesce(last_failed_wal, ''), failed_count) from pg_stat_archiver",
         )
+    }
+
+    /// Switches to a new segment and waits until everything written so far is archived.
+    pub fn archive_everything(&self) {
+        let last = self.switch_wal();
+        self.wait_archived(&last, Duration::from_secs(120));
+    }
+
+    /// Waits until recovery has ended and the server accepts writes.
+    pub fn wait_promoted(&self) {
+        self.wait_until("recovery to finish", Duration::from_secs(180), || {
+            self.try_psql("select pg_is_in_recovery()")
+                .is_ok_and(|r| r == "f")
+        });
     }
 
     /// Waits until pg_stat_archiver reports `segment` (a WAL file name) or a

@@ -56,6 +56,15 @@ impl Repo {
         )
     }
 
+    /// A new cluster archiving into this repository, started with the repository's
+    /// environment; `opts.extra_conf` is added after the archive settings.
+    pub fn start_primary(&self, opts: PgOptions) -> PgCluster {
+        let extra_conf = format!("{}{}", self.archive_conf(), opts.extra_conf);
+        let pg = PgCluster::init(PgOptions { extra_conf, ..opts });
+        pg.start_with_env(&self.env);
+        pg
+    }
+
     /// `postgresql.conf` line that restores from this repository.
     pub fn restore_conf(&self) -> String {
         format!(
