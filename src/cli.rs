@@ -123,9 +123,53 @@ pub enum Command {
         /// Seconds to wait for the backup's WAL to be archived.
         #[arg(long, value_name = "SECONDS", default_value_t = 600)]
         wal_timeout: u64,
+        /// Mark the backup permanent: retention never deletes it or the WAL it needs.
+        #[arg(long)]
+        permanent: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Mark a backup permanent (never deleted by retention), or unmark it.
+    BackupMark {
+        /// Backup name.
+        name: String,
+        /// Remove the mark.
+        #[arg(long)]
+        unmark: bool,
+    },
+    /// Delete old backups and the WAL only they needed (a dry run unless --confirm).
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// Verify a backup: every object, every file's checksum, and the WAL from its start to its stop.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+    /// Verify the WAL archive: gaps, missing history files, undecodable objects, and how far
+    /// point-in-time recovery can go from each backup.
+    WalVerify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archiving status and recovery point objective: exits non-zero when the archive lags
+    /// behind more than --rpo.
+    Status {
+        /// Data directory (to count WAL files waiting to be archived).
+        #[arg(long, env = "PGDATA", value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        /// Connection string; libpq's PG* variables fill the rest. Without a reachable
+        /// server, the figures that need one are left out.
+        #[arg(long, value_name = "CONNINFO")]
+        pg_conn: Option<String>,
+        /// The recovery point objective, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        rpo: u64,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print the Prometheus text exposition format.
+        #[arg(long)]
+        prometheus: bool,
     },
     /// List the base backups.
     BackupList {
@@ -190,6 +234,11 @@ impl Command {
             Command::BackupPush { .. } => "backup-push",
             Command::BackupList { .. } => "backup-list",
             Command::BackupFetch { .. } => "backup-fetch",
+            Command::BackupMark { .. } => "backup-mark",
+            Command::Delete(_) => "delete",
+            Command::Verify(_) => "verify",
+            Command::WalVerify { .. } => "wal-verify",
+            Command::Status { .. } => "status",
         }
     }
 }
@@ -233,4 +282,87 @@ fn parse_tablespace_map(s: &str) -> Result<(u32, PathBuf), String> {
         return Err(format!("{} is not an absolute path", dir.display()));
     }
     Ok((oid, dir))
+}
+
+/// What `delete` deletes.
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Keep the newest COUNT complete backups (and permanent ones); delete older backups and
+    /// the WAL only they needed.
+    Retain {
+        /// Backups to keep.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+        /// Count full backups only (all walarchive backups are full; accepted for wal-g users).
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        act: DeleteArgs,
+    },
+    /// Delete the backups older than a backup (kept) or a time, and the WAL only they needed.
+    Before {
+        /// A backup name, or a time with a UTC offset ("2026-11-22 05:00:00+00").
+        target: String,
+        #[command(flatten)]
+        act: DeleteArgs,
+    },
+    /// Delete every backup and all WAL (permanent backups too with --force).
+    Everything {
+        /// Also delete permanent backups.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        act: DeleteArgs,
+    },
+    /// Delete what nothing needs: leftovers of interrupted backups, and WAL older than the
+    /// oldest backup.
+    Garbage {
+        /// Only incomplete backups started longer ago than this (e.g. 30m, 6h, 2d): a younger
+        /// one may still be running.
+        #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_duration)]
+        older_than: std::time::Duration,
+        #[command(flatten)]
+        act: DeleteArgs,
+    },
+}
+
+/// Options of every `delete` command.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Act: without it, only the plan is printed.
+    #[arg(long)]
+    pub confirm: bool,
+    /// Print the plan (and the outcome) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `verify` verifies.
+#[derive(Debug, Subcommand)]
+pub enum VerifyCommand {
+    /// A backup (by name, or LATEST).
+    Backup {
+        /// Backup name or LATEST.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses "90s", "30m", "6h", "2d" (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 6h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?} is not a duration like 30m, 6h or 2d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }

@@ -13,10 +13,11 @@ use walarchive_restore::backup::BackupFetchOptions;
 use walarchive_restore::recovery::{self, Recovery, Target};
 use walarchive_restore::FetchError;
 
-use crate::cli::{Cli, Command, TargetArgs};
+use crate::cli::{Cli, Command, TargetArgs, VerifyCommand};
 use crate::exit;
 use crate::progress;
 use crate::settings::Settings;
+use crate::{cmd_delete, cmd_status, cmd_verify};
 
 /// Runs the command, returning its exit status on success.
 pub async fn run(cli: &Cli) -> Result<u8> {
@@ -45,6 +46,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             fast,
             part_size,
             wal_timeout,
+            permanent,
             json,
         } => {
             let opts = BackupOptions {
@@ -54,10 +56,34 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 fast_checkpoint: *fast,
                 part_size: (*part_size as usize) << 20,
                 wal_timeout: Duration::from_secs(*wal_timeout),
+                permanent: *permanent,
             };
             backup_push(&repo, &opts, *json).await
         }
         Command::BackupList { json, detail } => backup_list(&repo, *json, *detail).await,
+        Command::BackupMark { name, unmark } => cmd_delete::backup_mark(&repo, name, *unmark).await,
+        Command::Delete(what) => cmd_delete::delete(&repo, what).await,
+        Command::Verify(VerifyCommand::Backup { name, json }) => {
+            cmd_verify::verify_backup(&repo, name, *json).await
+        }
+        Command::WalVerify { json } => cmd_verify::wal_verify(&repo, *json).await,
+        Command::Status {
+            pgdata,
+            pg_conn,
+            rpo,
+            json,
+            prometheus,
+        } => {
+            let conn = pg::config(pg_conn.as_deref())?;
+            let args = cmd_status::StatusArgs {
+                pgdata: pgdata.clone(),
+                conn,
+                rpo: Duration::from_secs(*rpo),
+                json: *json,
+                prometheus: *prometheus,
+            };
+            cmd_status::status(&repo, &args).await
+        }
         Command::BackupFetch {
             dest,
             backup,

@@ -6,6 +6,9 @@
 //! decided here, never deep inside the libraries.
 
 mod cli;
+mod cmd_delete;
+mod cmd_status;
+mod cmd_verify;
 mod commands;
 mod exit;
 mod progress;

@@ -120,7 +120,7 @@ pub async fn fetch_backup(
             .filter(|f| f.stream == s.name)
             .map(|f| (f.path.clone(), f.clone()))
             .collect();
-        let root = roots[&s.name].clone();
+        let root = Some(roots[&s.name].clone());
         let (n, b) = restore_stream(
             repo,
             &manifest.name,
@@ -167,6 +167,44 @@ pub async fn fetch_backup(
         files,
         bytes,
     })
+}
+
+/// Reads every part of backup `m`, verifying each part's checksum and every file's SHA-256
+/// and size against the manifest, without writing anything. Returns (files, bytes) checked.
+pub async fn verify_backup_content(
+    repo: &Repository,
+    m: &Manifest,
+    progress: Arc<dyn Progress>,
+) -> Result<(usize, u64), FetchError> {
+    progress.start(m.original_bytes);
+    let (mut files, mut bytes) = (0, 0);
+    for s in &m.streams {
+        let expected: HashMap<String, FileEntry> = m
+            .files
+            .iter()
+            .filter(|f| f.stream == s.name)
+            .map(|f| (f.path.clone(), f.clone()))
+            .collect();
+        let (n, b) = restore_stream(
+            repo,
+            &m.name,
+            &s.name,
+            s.parts,
+            None,
+            expected,
+            progress.clone(),
+        )
+        .await?;
+        files += n;
+        bytes += b;
+    }
+    repo.get_verified(&backup_key(&m.name, "backup_label"))
+        .await?;
+    if m.has_tablespace_map {
+        repo.get_verified(&backup_key(&m.name, "tablespace_map"))
+            .await?;
+    }
+    Ok((files, bytes))
 }
 
 /// Refuses a target the archive cannot reach: past the end of the newest archived WAL.
@@ -297,7 +335,7 @@ async fn restore_stream(
     name: &str,
     stream: &str,
     parts: u32,
-    root: PathBuf,
+    root: Option<PathBuf>,
     expected: HashMap<String, FileEntry>,
     progress: Arc<dyn Progress>,
 ) -> Result<(usize, u64), FetchError> {
@@ -309,7 +347,13 @@ async fn restore_stream(
             current: Vec::new(),
             pos: 0,
         };
-        extract(reader, &root, &stream_name, expected, progress.as_ref())
+        extract(
+            reader,
+            root.as_deref(),
+            &stream_name,
+            expected,
+            progress.as_ref(),
+        )
     });
     let mut download_error = None;
     for i in 1..=parts {
@@ -368,9 +412,57 @@ fn safe_relative(p: &Path) -> bool {
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
+/// Reads one file's content from the tar stream, hashing it and (when given) writing it.
+fn hash_entry(
+    entry: &mut impl Read,
+    stream: &str,
+    rel: &str,
+    mut out: Option<(&mut std::fs::File, &Path)>,
+    progress: &dyn Progress,
+) -> Result<(String, u64), FetchError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| corrupt(stream, format!("{rel}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some((f, path)) = out.as_mut() {
+            f.write_all(&buf[..n]).map_err(|e| write_err(path, e))?;
+        }
+        n_total += n as u64;
+        progress.advance(n as u64);
+    }
+    Ok((hex::encode(hasher.finalize()), n_total))
+}
+
+fn check_file(
+    stream: &str,
+    rel: &str,
+    want: &FileEntry,
+    sha: &str,
+    len: u64,
+) -> Result<(), FetchError> {
+    if len != want.size || Some(sha) != want.sha256.as_deref() {
+        return Err(corrupt(
+            stream,
+            format!(
+                "{rel} does not match the manifest (sha256 {sha}, {len} bytes; expected {}, {} bytes)",
+                want.sha256.as_deref().unwrap_or("?"),
+                want.size
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn extract(
     reader: ChunkReader,
-    root: &Path,
+    root: Option<&Path>,
     stream: &str,
     mut expected: HashMap<String, FileEntry>,
     progress: &dyn Progress,
@@ -398,6 +490,16 @@ fn extract(
         let Some(want) = expected.remove(&rel_str) else {
             return Err(corrupt(stream, format!("{rel_str} is not in the manifest")));
         };
+        // Without a root, only verify: read and hash, write nothing.
+        let Some(root) = root else {
+            if want.kind == EntryKind::File {
+                let (sha, n) = hash_entry(&mut entry, stream, &rel_str, None, progress)?;
+                check_file(stream, &rel_str, &want, &sha, n)?;
+                files += 1;
+                bytes += n;
+            }
+            continue;
+        };
         let path = root.join(&rel);
         match want.kind {
             EntryKind::Dir => {
@@ -419,36 +521,18 @@ fn extract(
                     .create_new(true)
                     .open(&path)
                     .map_err(|e| write_err(&path, e))?;
-                let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut written = 0u64;
-                loop {
-                    let n = entry
-                        .read(&mut buf)
-                        .map_err(|e| corrupt(stream, format!("{rel_str}: {e}")))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(|e| write_err(&path, e))?;
-                    written += n as u64;
-                    progress.advance(n as u64);
-                }
+                let (sha, written) = hash_entry(
+                    &mut entry,
+                    stream,
+                    &rel_str,
+                    Some((&mut out, &path)),
+                    progress,
+                )?;
                 out.sync_all().map_err(|e| write_err(&path, e))?;
                 drop(out);
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want.mode))
                     .map_err(|e| write_err(&path, e))?;
-                let sha = hex::encode(hasher.finalize());
-                if written != want.size || Some(&sha) != want.sha256.as_ref() {
-                    return Err(corrupt(
-                        stream,
-                        format!(
-                            "{rel_str} does not match the manifest (sha256 {sha}, {written} bytes; expected {}, {} bytes)",
-                            want.sha256.as_deref().unwrap_or("?"),
-                            want.size
-                        ),
-                    ));
-                }
+                check_file(stream, &rel_str, &want, &sha, written)?;
                 files += 1;
                 bytes += written;
             }

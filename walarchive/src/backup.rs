@@ -47,6 +47,8 @@ pub struct BackupOptions {
     pub part_size: usize,
     /// How long to wait for the backup's WAL to be archived.
     pub wal_timeout: Duration,
+    /// Mark the backup permanent (see [`crate::manifest::PERMANENT_MARKER`]).
+    pub permanent: bool,
 }
 
 /// Receives progress reports (the CLI draws a bar on a terminal).
@@ -283,6 +285,9 @@ pub async fn backup_push(
         has_tablespace_map: spcmap.is_some(),
         created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
     };
+    if opts.permanent {
+        crate::catalog::set_permanent(repo, &name, true).await?;
+    }
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     repo.put_new(
         &backup_key(&name, "manifest.json"),

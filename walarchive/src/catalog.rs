@@ -5,7 +5,8 @@
 //! without a manifest is incomplete (in progress, or died): it is reported only when asked
 //! for, and never chosen for a restore.
 
-use crate::manifest::{backup_key, Manifest, Started, BACKUPS_PREFIX};
+use crate::codec::Compression;
+use crate::manifest::{backup_key, Manifest, Started, BACKUPS_PREFIX, PERMANENT_MARKER};
 use crate::repo::Repository;
 use crate::Error;
 
@@ -20,6 +21,8 @@ pub struct BackupEntry {
     pub started: Option<Started>,
     /// Why the manifest could not be read, when it exists but is damaged.
     pub damaged: Option<String>,
+    /// Whether the backup is marked permanent.
+    pub permanent: bool,
 }
 
 impl BackupEntry {
@@ -55,6 +58,7 @@ pub async fn list_backups(
         };
         match load_manifest(repo, &name).await {
             Ok(m) => out.push(BackupEntry {
+                permanent: is_permanent(repo, &name).await?,
                 name,
                 manifest: Some(m),
                 started: None,
@@ -65,6 +69,7 @@ pub async fn list_backups(
                 tracing::warn!("backup {name} is damaged and cannot be restored: {e}");
                 if include_incomplete {
                     out.push(BackupEntry {
+                        permanent: is_permanent(repo, &name).await?,
                         name,
                         manifest: None,
                         started: None,
@@ -79,6 +84,7 @@ pub async fn list_backups(
                     .ok()
                     .and_then(|(_, raw)| serde_json::from_slice(&raw).ok());
                 out.push(BackupEntry {
+                    permanent: is_permanent(repo, &name).await?,
                     name,
                     manifest: None,
                     started,
@@ -100,4 +106,22 @@ pub async fn list_backups(
         key(a).cmp(&key(b)).then(a.name.cmp(&b.name))
     });
     Ok(out)
+}
+
+/// Whether backup `name` is marked permanent.
+pub async fn is_permanent(repo: &Repository, name: &str) -> Result<bool, Error> {
+    repo.exists(&repo.key(&backup_key(name, PERMANENT_MARKER)))
+        .await
+}
+
+/// Marks backup `name` permanent, or removes the mark.
+pub async fn set_permanent(repo: &Repository, name: &str, permanent: bool) -> Result<(), Error> {
+    let key = backup_key(name, PERMANENT_MARKER);
+    if permanent {
+        repo.put_new(&key, name.as_bytes(), Compression::None)
+            .await?;
+    } else {
+        repo.delete(&key).await?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! backup_label                      as returned by pg_backup_stop
 //! tablespace_map                    as returned by pg_backup_stop (when there are tablespaces)
 //! manifest.json                     written last, only once the WAL the backup needs is archived
+//! permanent                         present while the backup is marked permanent
 //! ```
 //!
 //! Every object uses the self-describing format of [`crate::format`]. A tar stream is cut
@@ -23,6 +24,10 @@ use crate::lsn::Lsn;
 
 /// Prefix of all backups.
 pub const BACKUPS_PREFIX: &str = "basebackups";
+/// Object whose presence marks a backup permanent: retention never deletes it, nor the
+/// WAL it needs. Kept apart from the manifest because the mark can change.
+pub const PERMANENT_MARKER: &str = "permanent";
+
 /// Manifest format version.
 pub const MANIFEST_VERSION: u32 = 1;
 

@@ -371,6 +371,23 @@ impl Repository {
         })
     }
 
+    /// Deletes the object at `relative` (absent objects are not an error).
+    pub async fn delete(&self, relative: &str) -> Result<(), Error> {
+        let key = self.key(relative);
+        let r = retry(&self.policy, &format!("delete {key}"), || async {
+            self.store.delete(&key).await.map_err(StorageError::from)
+        })
+        .await;
+        match r {
+            Ok(()) | Err(StorageError::NotFound) => Ok(()),
+            Err(source) => Err(Error::Storage {
+                op: "delete",
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Lists the objects under `relative_prefix` (keys relative to the repository root), sorted.
     pub async fn list(&self, relative_prefix: &str) -> Result<Vec<Listed>, Error> {
         use futures::TryStreamExt;
