@@ -78,6 +78,14 @@ pub async fn list_backups(
                 }
             }
             Err(Error::NotFound { .. }) if include_incomplete => {
+                // A local directory left empty by a deletion is not a backup.
+                if repo
+                    .list(&format!("{BACKUPS_PREFIX}/{name}/"))
+                    .await?
+                    .is_empty()
+                {
+                    continue;
+                }
                 let started = repo
                     .get_verified(&backup_key(&name, "started.json"))
                     .await

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod pg;
 pub mod push;
 pub mod repo;
+pub mod retention;
 pub mod retry;
 pub mod storage;
 pub mod wal;
