@@ -103,7 +103,7 @@ fn retain_keeps_permanent_and_newest_across_a_timeline_switch() {
     let before = objects(&repo);
     let plan = json(&repo.run(&["delete", "retain", "2", "--json"]));
     assert_eq!(plan["deleted"], false);
-    assert_eq!(strings(&plan["delete_backups"]), [b2.clone()]);
+    assert_eq!(strings(&plan["delete_backups"]), [b2.as_str()]);
     assert_eq!(
         strings(&plan["keep_backups"]),
         [b1.clone(), b3.clone(), b4.clone()]
@@ -223,7 +223,7 @@ fn garbage_removes_a_killed_backup_and_nothing_else() {
         "--confirm",
         "--json",
     ]));
-    assert_eq!(strings(&done["delete_backups"]), [killed.clone()]);
+    assert_eq!(strings(&done["delete_backups"]), [killed.as_str()]);
     let after = objects(&repo);
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     assert_eq!(
@@ -284,7 +284,7 @@ fn before_everything_and_marks() {
     let done = json(&repo.run(&["delete", "before", &b3, "--confirm", "--json"]));
     assert_eq!(
         strings(&done["delete_backups"]),
-        [b2.clone()],
+        [b2.as_str()],
         "the permanent b1 stays"
     );
     assert_eq!(repo.backup_list(false).len(), 2);
