@@ -403,7 +403,7 @@ async fn backup_fetch(repo: &Repository, opts: &BackupFetchOptions, json: bool) 
     Ok(exit::OK)
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;

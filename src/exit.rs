@@ -35,6 +35,8 @@ pub const INTERNAL: u8 = 10;
 pub const POSTGRES: u8 = 11;
 /// WAL a backup needs was not archived in time (backup-push).
 pub const WAL_MISSING: u8 = 12;
+/// `status`: the recovery point objective is not met (or cannot be measured).
+pub const RPO_NOT_MET: u8 = 13;
 /// Added by `wal-fetch` to every failure other than [`NOT_FOUND`], so PostgreSQL aborts recovery.
 pub const FETCH_FATAL_OFFSET: u8 = 200;
 
@@ -84,5 +86,6 @@ Exit status:
   10   internal error
   11   backup-push: PostgreSQL refused the connection or a query (e.g. pg_backup_stop failed)
   12   backup-push: WAL the backup needs was not archived in time (the backup is not complete)
+  13   status: the archive lags more than --rpo, archiving fails, or the lag cannot be measured
   wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
   PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";

@@ -20,6 +20,7 @@ pub mod push;
 pub mod repo;
 pub mod retention;
 pub mod retry;
+pub mod status;
 pub mod storage;
 pub mod wal;
 
