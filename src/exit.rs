@@ -33,10 +33,14 @@ pub const LOCAL_IO: u8 = 9;
 pub const INTERNAL: u8 = 10;
 /// PostgreSQL refused the connection or a query (backup-push).
 pub const POSTGRES: u8 = 11;
-/// WAL a backup needs was not archived in time (backup-push).
+/// WAL a backup needs is missing from the repository (backup-push after its wait,
+/// verify backup).
 pub const WAL_MISSING: u8 = 12;
 /// `status`: the recovery point objective is not met (or cannot be measured).
 pub const RPO_NOT_MET: u8 = 13;
+/// `wal-verify`: the WAL archive is incomplete (a gap, a timeline without history file, a
+/// backup whose WAL is missing).
+pub const WAL_INCOMPLETE: u8 = 14;
 /// Added by `wal-fetch` to every failure other than [`NOT_FOUND`], so PostgreSQL aborts recovery.
 pub const FETCH_FATAL_OFFSET: u8 = 200;
 
@@ -85,7 +89,9 @@ Exit status:
   9    local I/O error (cannot read the input or write the destination)
   10   internal error
   11   backup-push: PostgreSQL refused the connection or a query (e.g. pg_backup_stop failed)
-  12   backup-push: WAL the backup needs was not archived in time (the backup is not complete)
+  12   WAL a backup needs is missing: backup-push waited --wal-timeout (the backup stays
+       incomplete), or verify backup found a segment missing
   13   status: the archive lags more than --rpo, archiving fails, or the lag cannot be measured
+  14   wal-verify: the WAL archive is incomplete (gap, timeline without history, backup without its WAL)
   wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
   PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";

@@ -22,6 +22,7 @@ pub mod retention;
 pub mod retry;
 pub mod status;
 pub mod storage;
+pub mod verify;
 pub mod wal;
 
 pub use codec::Compression;

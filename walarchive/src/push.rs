@@ -83,9 +83,9 @@ pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Err
     })
 }
 
-/// Checks that `raw` is a whole segment named `name`, returning the cluster properties its
-/// page header declares.
-fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, String> {
+/// Checks that `raw` is a whole segment named `name` (size, long page header, page address
+/// and timeline against the name), returning the cluster properties its page header declares.
+pub fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, String> {
     let len = raw.len() as u64;
     if !is_valid_segment_size(len) {
         return Err(format!(
