@@ -123,6 +123,10 @@ pub async fn status(repo: &Repository, args: &StatusArgs) -> Result<u8> {
         ready,
         backups,
         duration: started.elapsed(),
+        counters: args
+            .pgdata
+            .as_ref()
+            .and_then(|d| walarchive_core::metrics::read(&d.join("pg_wal"))),
     });
 
     if args.json {

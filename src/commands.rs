@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use walarchive_core::backup::{self, BackupOptions};
 use walarchive_core::manifest::Manifest;
+use walarchive_core::metrics::{self, Counters};
 use walarchive_core::repo::PutOutcome;
 use walarchive_core::storage::Backend;
 use walarchive_core::{catalog, pg, push, Repository, WalFileName};
@@ -431,9 +432,45 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
     exit::INTERNAL
 }
 
+/// Adds one call's outcome to the counters in the `pg_wal` directory `wal_path` is in.
+fn count(wal_path: &std::path::Path, change: impl FnOnce(&mut Counters)) {
+    let Some(dir) = metrics::dir_for(wal_path) else {
+        return;
+    };
+    if let Err(e) = metrics::update(&dir, change) {
+        tracing::debug!(
+            "cannot update {}: {e}",
+            dir.join(metrics::FILE_NAME).display()
+        );
+    }
+}
+
+fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
+    c.last_error = Some(e.to_string().replace('\n', " "));
+    c.last_error_time = Some(chrono::Utc::now().to_rfc3339());
+}
+
 async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
     let started = Instant::now();
-    let report = push::push_file(repo, path).await?;
+    let result = push::push_file(repo, path).await;
+    count(path, |c| {
+        c.push_seconds_total += started.elapsed().as_secs_f64();
+        match &result {
+            Ok(r) => match r.outcome {
+                PutOutcome::Stored { stored_len } => {
+                    c.push_total += 1;
+                    c.push_bytes_total += r.raw_len;
+                    c.push_stored_bytes_total += stored_len;
+                }
+                PutOutcome::AlreadyStored => c.push_already_archived_total += 1,
+            },
+            Err(e) => {
+                c.push_errors_total += 1;
+                note_error(c, e);
+            }
+        }
+    });
+    let report = result?;
     match report.outcome {
         PutOutcome::Stored { stored_len } => tracing::info!(
             "archived {} ({} -> {} bytes, {}) in {:.0?}",
@@ -455,7 +492,22 @@ async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
 
 async fn wal_fetch(repo: &Repository, name: &str, dest: &std::path::Path) -> Result<u8> {
     let started = Instant::now();
-    let report = walarchive_restore::fetch_file(repo, name, dest).await?;
+    let result = walarchive_restore::fetch_file(repo, name, dest).await;
+    count(dest, |c| {
+        c.fetch_seconds_total += started.elapsed().as_secs_f64();
+        match &result {
+            Ok(r) => {
+                c.fetch_total += 1;
+                c.fetch_bytes_total += r.len;
+            }
+            Err(FetchError::NotFound(_)) => c.fetch_not_found_total += 1,
+            Err(e) => {
+                c.fetch_errors_total += 1;
+                note_error(c, e);
+            }
+        }
+    });
+    let report = result?;
     tracing::info!(
         "restored {} ({} bytes) in {:.0?}",
         report.name,

@@ -108,6 +108,25 @@ fn archive_and_replay(store: Store) {
     );
     assert_eq!(standby.psql(TABLE_DIGEST), primary.psql(TABLE_DIGEST));
     assert!(standby.psql(TABLE_DIGEST).starts_with("100000:"));
+    // Both sides counted what they did, beside the WAL (status --pgdata reports it).
+    let counters = |pg: &PgCluster| -> serde_json::Value {
+        let text = fs::read_to_string(pg.wal_dir().join("walarchive-metrics.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let pushed = counters(&primary);
+    assert!(
+        pushed["push_total"].as_u64().unwrap() >= done.len() as u64,
+        "{pushed}"
+    );
+    assert_eq!(pushed["push_errors_total"], 0, "{pushed}");
+    assert!(pushed["push_stored_bytes_total"].as_u64().unwrap() > 0);
+    let fetched = counters(&standby);
+    assert!(fetched["fetch_total"].as_u64().unwrap() >= 20, "{fetched}");
+    assert!(
+        fetched["fetch_not_found_total"].as_u64().unwrap() >= 1,
+        "{fetched}"
+    );
+    assert_eq!(fetched["fetch_errors_total"], 0, "{fetched}");
     assert!(
         standby.log().contains("restored log file"),
         "replay did not come from the archive"

@@ -234,9 +234,13 @@ fn healthy_archive_has_no_lag_and_exits_zero() {
         ("walarchive_pg_archive_failing", 0.0),
         ("walarchive_pg_archive_failed_total", 0.0),
         ("walarchive_info", 1.0),
+        ("walarchive_push_errors_total", 0.0),
     ] {
         assert_eq!(m.get(name), Some(&want), "{name} in:\n{text}");
     }
+    // wal-push's own counters, kept in pg_wal.
+    assert!(m["walarchive_push_total"] >= 1.0, "{text}");
+    assert!(m["walarchive_push_bytes_total"] >= 1048576.0, "{text}");
     for name in [
         "walarchive_last_archived_timestamp_seconds",
         "walarchive_last_backup_timestamp_seconds",
@@ -354,6 +358,10 @@ fn lag_while_archive_command_points_at_an_unreachable_store_then_recovery() {
     assert!(m["walarchive_ready_files"] >= 1.0);
     assert!(m["walarchive_archive_lag_seconds"] >= 2.0);
     assert!(m["walarchive_pg_archive_failed_total"] >= 1.0);
+    assert!(
+        m["walarchive_push_errors_total"] >= 1.0,
+        "wal-push counted its failures"
+    );
     let out = run_status(&repo, &conn, Some(data), &["--rpo", "1"]);
     assert_code(&out, RPO_NOT_MET);
     let text = stdout(&out);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod format;
 pub mod lsn;
 pub mod manifest;
+pub mod metrics;
 pub mod pg;
 pub mod push;
 pub mod repo;

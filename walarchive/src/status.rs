@@ -479,6 +479,8 @@ pub struct Inputs {
     pub backups: Backups,
     /// How long gathering took.
     pub duration: Duration,
+    /// wal-push/wal-fetch counters from the data directory's pg_wal, when readable.
+    pub counters: Option<crate::metrics::Counters>,
 }
 
 /// The server part of a [`Report`].
@@ -570,6 +572,9 @@ pub struct Report {
     pub last_backup: Option<LastBackup>,
     /// How long gathering the figures took, in seconds.
     pub duration_seconds: f64,
+    /// wal-push/wal-fetch counters (`pg_wal/walarchive-metrics.json`), when `--pgdata` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<crate::metrics::Counters>,
 }
 
 /// Computes the lags and the verdict.
@@ -585,6 +590,7 @@ pub fn assess(inputs: Inputs) -> Report {
         ready,
         backups,
         duration,
+        counters,
     } = inputs;
     let mut problems = Vec::new();
     let mut notes = Vec::new();
@@ -760,6 +766,7 @@ pub fn assess(inputs: Inputs) -> Report {
         backups: backups.count,
         last_backup,
         duration_seconds: duration.as_secs_f64(),
+        counters,
     }
 }
 
@@ -845,10 +852,10 @@ fn flag(b: bool) -> f64 {
 pub fn prometheus(r: &Report) -> String {
     let mut e = Exposition(String::new());
     e.0.push_str(
-        "# walarchive status: wal-push and wal-fetch run as one process per WAL file, so no\n\
-         # walarchive process keeps counters; push counts and errors are PostgreSQL's own\n\
-         # (pg_stat_archiver, which counts archive_command's outcomes). Restores (wal-fetch) are\n\
-         # counted nowhere by PostgreSQL and have no metrics here.\n",
+        "# walarchive status: wal-push and wal-fetch run as one process per WAL file; they add\n\
+         # their outcomes to pg_wal/walarchive-metrics.json, read here with --pgdata\n\
+         # (walarchive_push_*, walarchive_fetch_*). PostgreSQL's own pg_stat_archiver counts\n\
+         # archive_command's outcomes too (walarchive_pg_*).\n",
     );
     let f = r.server.figures.as_ref();
     e.metric(
@@ -1003,6 +1010,64 @@ pub fn prometheus(r: &Report) -> String {
         "How long gathering these figures took (server queries and repository listings).",
         Some(r.duration_seconds),
     );
+    if let Some(c) = &r.counters {
+        let n = |v: u64| Some(v as f64);
+        e.counter(
+            "walarchive_push_total",
+            "WAL files newly archived by wal-push.",
+            n(c.push_total),
+        );
+        e.counter(
+            "walarchive_push_already_archived_total",
+            "wal-push calls for files already archived with the same content.",
+            n(c.push_already_archived_total),
+        );
+        e.counter(
+            "walarchive_push_errors_total",
+            "wal-push calls that failed.",
+            n(c.push_errors_total),
+        );
+        e.counter(
+            "walarchive_push_bytes_total",
+            "Uncompressed bytes archived by wal-push.",
+            n(c.push_bytes_total),
+        );
+        e.counter(
+            "walarchive_push_stored_bytes_total",
+            "Bytes stored by wal-push (compressed, with headers).",
+            n(c.push_stored_bytes_total),
+        );
+        e.counter(
+            "walarchive_push_seconds_total",
+            "Seconds spent in wal-push.",
+            Some(c.push_seconds_total),
+        );
+        e.counter(
+            "walarchive_fetch_total",
+            "WAL files restored by wal-fetch.",
+            n(c.fetch_total),
+        );
+        e.counter(
+            "walarchive_fetch_not_found_total",
+            "wal-fetch calls for files the repository does not have.",
+            n(c.fetch_not_found_total),
+        );
+        e.counter(
+            "walarchive_fetch_errors_total",
+            "wal-fetch calls that failed.",
+            n(c.fetch_errors_total),
+        );
+        e.counter(
+            "walarchive_fetch_bytes_total",
+            "Bytes restored by wal-fetch.",
+            n(c.fetch_bytes_total),
+        );
+        e.counter(
+            "walarchive_fetch_seconds_total",
+            "Seconds spent in wal-fetch.",
+            Some(c.fetch_seconds_total),
+        );
+    }
     e.0
 }
 
@@ -1071,6 +1136,11 @@ mod tests {
             ready,
             backups: Backups::default(),
             duration: Duration::from_millis(5),
+            counters: Some(crate::metrics::Counters {
+                push_total: 3,
+                push_seconds_total: 0.25,
+                ..Default::default()
+            }),
         }
     }
 
@@ -1262,6 +1332,7 @@ mod tests {
             assert!(v == "NaN" || v.parse::<f64>().is_ok(), "{line}");
         }
         assert!(text.contains("walarchive_archive_lag_seconds 0\n"));
+        assert!(text.contains("# TYPE walarchive_push_total counter\nwalarchive_push_total 3\n"));
         assert!(text.contains(r#"repository="s3://b/p\"x\\y""#));
         assert_eq!(value(f64::INFINITY), "+Inf");
     }
