@@ -17,7 +17,10 @@
 //!    process as reported by wait4; when `/usr/bin/time` is missing, the bench
 //!    polls VmHWM in `/proc/<pid>/status` instead and says so). On the big
 //!    database, the local-directory push and fetch are repeated with
-//!    `--part-size 4` and `--part-size 64`, to show what memory depends on.
+//!    `--part-size 4` and `--part-size 64`, to show what memory depends on,
+//!    and every push and fetch (local directory and S3) with `--parallel 1`
+//!    and `--parallel 4` besides the default 2, to show what moving several
+//!    parts at once buys and costs.
 //!    Each configuration runs three times, round robin (`--reps N`); the
 //!    tables give the median wall time and the largest peak RSS.
 //! 4. References on the same data, as many runs, medians: `tar -cf -
@@ -52,6 +55,10 @@ const SEG_MB: u32 = 16;
 const DEFAULT_PART_MB: u32 = 16;
 /// The part sizes tried on the big database (local directory only).
 const PART_VARIANTS: [u32; 2] = [4, 64];
+/// walarchive's default `--parallel`.
+const DEFAULT_PARALLEL: u32 = 2;
+/// The other parallelisms tried on the big database (every target).
+const PARALLEL_VARIANTS: [u32; 2] = [1, 4];
 const GNU_TIME: &str = "/usr/bin/time";
 
 /// How much to do.
@@ -153,9 +160,9 @@ fn main() {
 
     let mut dbs = Vec::new();
     let mut rows = Vec::new();
-    for (scale, variants) in [
-        (plan.small_scale, &[][..]),
-        (plan.big_scale, &PART_VARIANTS[..]),
+    for (scale, variants, parallels) in [
+        (plan.small_scale, &[][..], &[][..]),
+        (plan.big_scale, &PART_VARIANTS[..], &PARALLEL_VARIANTS[..]),
     ] {
         let db = load(&pg, scale, &log);
         log(&format!(
@@ -166,11 +173,26 @@ fn main() {
         let db = references(&ctx, &pg, plan.reps, db);
         for rep in 1..=plan.reps {
             log(&format!("scale {scale}: run {rep} of {}", plan.reps));
+            // In increasing parallelism, the default (no flag) in its place.
+            let mut parallelisms: Vec<Option<u32>> = vec![None];
+            parallelisms.extend(parallels.iter().map(|&n| Some(n)));
+            parallelisms.sort_by_key(|p| p.unwrap_or(DEFAULT_PARALLEL));
             for t in &targets {
-                run_pair(&ctx, &pg, &db, t, None, &mut rows, &log);
+                for &parallel in &parallelisms {
+                    run_pair(&ctx, &pg, &db, t, None, parallel, &mut rows, &log);
+                }
             }
             for &part in variants {
-                run_pair(&ctx, &pg, &db, &targets[0], Some(part), &mut rows, &log);
+                run_pair(
+                    &ctx,
+                    &pg,
+                    &db,
+                    &targets[0],
+                    Some(part),
+                    None,
+                    &mut rows,
+                    &log,
+                );
             }
         }
         dbs.push(db);
@@ -570,6 +592,7 @@ struct Row {
     scale: u32,
     target: &'static str,
     part_mb: u32,
+    parallel: u32,
     wall: Duration,
     /// Push: original_bytes; fetch: bytes written.
     bytes: u64,
@@ -581,29 +604,37 @@ struct Row {
     note: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_pair(
     ctx: &Ctx,
     pg: &PgCluster,
     db: &Db,
     target: &Target,
     part: Option<u32>,
+    parallel: Option<u32>,
     rows: &mut Vec<Row>,
     log: &dyn Fn(&str),
 ) {
     let part_mb = part.unwrap_or(DEFAULT_PART_MB);
+    let parallel_n = parallel.unwrap_or(DEFAULT_PARALLEL);
+    // `--parallel N` (global) only when it is not the default, as an operator would run it.
+    let parallel_args: Vec<String> = match parallel {
+        Some(n) => vec!["--parallel".into(), n.to_string()],
+        None => Vec::new(),
+    };
     log(&format!(
-        "scale {}: backup-push -> {} (part size {part_mb} MiB) ...",
+        "scale {}: backup-push -> {} (part size {part_mb} MiB, parallel {parallel_n}) ...",
         db.scale, target.label
     ));
-    let mut args: Vec<String> = vec![
-        "--repo".into(),
-        target.repo.url.clone(),
+    let mut args: Vec<String> = vec!["--repo".into(), target.repo.url.clone()];
+    args.extend(parallel_args.iter().cloned());
+    args.extend([
         "backup-push".into(),
         "--pg-conn".into(),
         format!("host=127.0.0.1 port={} user=postgres", pg.port()),
         "--fast".into(),
         "--json".into(),
-    ];
+    ]);
     if let Some(p) = part {
         args.push("--part-size".into());
         args.push(p.to_string());
@@ -614,6 +645,7 @@ fn run_pair(
         scale: db.scale,
         target: target.label,
         part_mb,
+        parallel: parallel_n,
         wall: run.wall,
         bytes: 0,
         stored: None,
@@ -648,20 +680,21 @@ fn run_pair(
         db.scale, target.label
     ));
     let dest = ctx.scratch.join(format!("restore-{}", ctx.next_id()));
-    let args: Vec<String> = vec![
-        "--repo".into(),
-        target.repo.url.clone(),
+    let mut args: Vec<String> = vec!["--repo".into(), target.repo.url.clone()];
+    args.extend(parallel_args);
+    args.extend([
         "backup-fetch".into(),
         dest.to_str().unwrap().into(),
         "LATEST".into(),
         "--json".into(),
-    ];
+    ]);
     let run = run_walarchive(ctx, &args, &target.repo.env);
     let mut fetch = Row {
         op: Op::Fetch,
         scale: db.scale,
         target: target.label,
         part_mb,
+        parallel: parallel_n,
         wall: run.wall,
         bytes: 0,
         stored: None,
@@ -733,11 +766,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// `rows` of `op` grouped by configuration (scale, target, part size), in order.
+/// `rows` of `op` grouped by configuration (scale, target, part size, parallelism), in order.
 fn group(rows: &[Row], op: Op) -> Vec<Group<'_>> {
-    let mut keys: Vec<(u32, &str, u32)> = Vec::new();
+    let mut keys: Vec<(u32, &str, u32, u32)> = Vec::new();
     for r in rows.iter().filter(|r| r.op == op) {
-        let k = (r.scale, r.target, r.part_mb);
+        let k = (r.scale, r.target, r.part_mb, r.parallel);
         if !keys.contains(&k) {
             keys.push(k);
         }
@@ -746,7 +779,7 @@ fn group(rows: &[Row], op: Op) -> Vec<Group<'_>> {
         .map(|k| {
             let runs: Vec<&Row> = rows
                 .iter()
-                .filter(|r| r.op == op && (r.scale, r.target, r.part_mb) == k)
+                .filter(|r| r.op == op && (r.scale, r.target, r.part_mb, r.parallel) == k)
                 .collect();
             let ok: Vec<&Row> = runs
                 .iter()
@@ -911,9 +944,12 @@ fn print_report(
         };
         let _ = writeln!(
             s,
-            "| pgbench scale | target | part size | wall time{runs_note} | MiB/s |{extra_head} CPU s (user+sys) | peak RSS{rss_note} | time vs {ref_name} |"
+            "| pgbench scale | target | part size | parallel | wall time{runs_note} | MiB/s |{extra_head} CPU s (user+sys) | peak RSS{rss_note} | time vs {ref_name} |"
         );
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|{extra_align}---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "|---:|---|---:|---:|---:|---:|{extra_align}---:|---:|---:|"
+        );
         for g in group(rows, op) {
             let r = g.first_ok.unwrap_or(g.first);
             let db = dbs.iter().find(|d| d.scale == r.scale);
@@ -921,10 +957,11 @@ fn print_report(
                 let cols = if op == Op::Push { 6 } else { 5 };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} MiB | **FAILED** after {:.1} s |{}",
+                    "| {} | {} | {} MiB | {} | **FAILED** after {:.1} s |{}",
                     r.scale,
                     r.target,
                     r.part_mb,
+                    r.parallel,
                     r.wall.as_secs_f64(),
                     " |".repeat(cols)
                 );
@@ -953,7 +990,7 @@ fn print_report(
                 .unwrap_or_else(|| "?".into());
             let _ = writeln!(
                 s,
-                "| {} | {}{} | {} MiB{} | {}{} | {:.0} |{extra} {} | {} | {vs} |",
+                "| {} | {}{} | {} MiB{} | {}{} | {}{} | {:.0} |{extra} {} | {} | {vs} |",
                 r.scale,
                 r.target,
                 if g.failed > 0 {
@@ -963,6 +1000,12 @@ fn print_report(
                 },
                 r.part_mb,
                 if r.part_mb == DEFAULT_PART_MB {
+                    " (default)"
+                } else {
+                    ""
+                },
+                r.parallel,
+                if r.parallel == DEFAULT_PARALLEL {
                     " (default)"
                 } else {
                     ""

@@ -60,6 +60,13 @@ pub struct GlobalOpts {
         value_name = "SECONDS"
     )]
     pub request_timeout: Option<f64>,
+    /// Concurrent uploads/downloads: wal-push pushes this many ready segments ahead in
+    /// parallel; backup-push and backup-fetch move this many parts at once [default: 2].
+    #[arg(long, global = true, env = "WALARCHIVE_PARALLEL", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: Option<u32>,
+    /// wal-fetch: segments to download ahead of PostgreSQL's requests [default: 8; 0 disables].
+    #[arg(long, global = true, env = "WALARCHIVE_PREFETCH", value_name = "N", value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub prefetch: Option<u32>,
     /// More logging (-v debug, -vv trace). WALARCHIVE_LOG takes a tracing filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

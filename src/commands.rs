@@ -9,7 +9,7 @@ use walarchive_core::manifest::Manifest;
 use walarchive_core::metrics::{self, Counters};
 use walarchive_core::repo::PutOutcome;
 use walarchive_core::storage::Backend;
-use walarchive_core::{catalog, pg, push, Repository, WalFileName};
+use walarchive_core::{catalog, pg, pushahead, Repository, WalFileName};
 use walarchive_restore::backup::BackupFetchOptions;
 use walarchive_restore::recovery::{self, Recovery, Target};
 use walarchive_restore::FetchError;
@@ -36,8 +36,8 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         );
     }
     match &cli.command {
-        Command::WalPush { path } => wal_push(&repo, path).await,
-        Command::WalFetch { name, dest } => wal_fetch(&repo, name, dest).await,
+        Command::WalPush { path } => wal_push(&repo, path, settings.parallel).await,
+        Command::WalFetch { name, dest } => wal_fetch(&repo, &settings, name, dest).await,
         Command::WalList { timeline, json } => wal_list(&repo, *timeline, *json).await,
         Command::RepoInfo { json } => repo_info(&repo, *json).await,
         Command::BackupPush {
@@ -56,6 +56,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 label: label.clone(),
                 fast_checkpoint: *fast,
                 part_size: (*part_size as usize) << 20,
+                parallel: settings.parallel,
                 wal_timeout: Duration::from_secs(*wal_timeout),
                 permanent: *permanent,
             };
@@ -111,6 +112,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 tablespace_map: tablespace_map.iter().cloned().collect(),
                 force: *force,
                 restore_command: restore_command(cli, &settings)?,
+                parallel: settings.parallel,
             };
             backup_fetch(&repo, &opts, *json).await
         }
@@ -450,12 +452,26 @@ fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
     c.last_error_time = Some(chrono::Utc::now().to_rfc3339());
 }
 
-async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
+async fn wal_push(repo: &Repository, path: &std::path::Path, parallel: usize) -> Result<u8> {
     let started = Instant::now();
-    let result = push::push_file(repo, path).await;
+    let opts = pushahead::Options::with_parallel(parallel);
+    let pushahead::Outcome {
+        requested,
+        from_marker,
+        ahead,
+    } = pushahead::push(repo, path, &opts).await;
     count(path, |c| {
         c.push_seconds_total += started.elapsed().as_secs_f64();
-        match &result {
+        // Segments pushed ahead count once, as uploads, here; PostgreSQL's own call for them
+        // later counts as "already archived".
+        for r in &ahead {
+            if let PutOutcome::Stored { stored_len } = r.outcome {
+                c.push_total += 1;
+                c.push_bytes_total += r.raw_len;
+                c.push_stored_bytes_total += stored_len;
+            }
+        }
+        match &requested {
             Ok(r) => match r.outcome {
                 PutOutcome::Stored { stored_len } => {
                     c.push_total += 1;
@@ -470,10 +486,20 @@ async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
             }
         }
     });
-    let report = result?;
+    let report = requested?;
+    let ahead_note = if ahead.is_empty() {
+        String::new()
+    } else {
+        format!("; pushed {} segments ahead", ahead.len())
+    };
     match report.outcome {
+        _ if from_marker => tracing::info!(
+            "{} was archived ahead by an earlier wal-push (marker, content and repository checked) in {:.0?}",
+            report.name,
+            started.elapsed()
+        ),
         PutOutcome::Stored { stored_len } => tracing::info!(
-            "archived {} ({} -> {} bytes, {}) in {:.0?}",
+            "archived {} ({} -> {} bytes, {}) in {:.0?}{ahead_note}",
             report.name,
             report.raw_len,
             stored_len,
@@ -482,7 +508,7 @@ async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
         ),
         PutOutcome::AlreadyStored => {
             tracing::info!(
-                "{} was already archived with identical content",
+                "{} was already archived with identical content{ahead_note}",
                 report.name
             )
         }
@@ -490,9 +516,26 @@ async fn wal_push(repo: &Repository, path: &std::path::Path) -> Result<u8> {
     Ok(exit::OK)
 }
 
-async fn wal_fetch(repo: &Repository, name: &str, dest: &std::path::Path) -> Result<u8> {
+async fn wal_fetch(
+    repo: &Repository,
+    settings: &Settings,
+    name: &str,
+    dest: &std::path::Path,
+) -> Result<u8> {
+    use walarchive_restore::prefetch::{self, PrefetchOptions};
+    use walarchive_restore::Source;
+    let opts = PrefetchOptions {
+        depth: settings.prefetch,
+        parallel: settings.parallel,
+    };
+    if let Some(job) = prefetch::worker_job(name, dest, &opts) {
+        // A prefetch worker started by the wal-fetch that restored `name`: nobody waits for
+        // it, it restores nothing, and its problems are only logged.
+        prefetch::run_worker(repo, &job).await;
+        return Ok(exit::OK);
+    }
     let started = Instant::now();
-    let result = walarchive_restore::fetch_file(repo, name, dest).await;
+    let result = prefetch::fetch(repo, name, dest, &opts).await;
     count(dest, |c| {
         c.fetch_seconds_total += started.elapsed().as_secs_f64();
         match &result {
@@ -508,12 +551,18 @@ async fn wal_fetch(repo: &Repository, name: &str, dest: &std::path::Path) -> Res
         }
     });
     let report = result?;
+    let from = match report.source {
+        Source::Prefetch => " from the prefetch directory",
+        Source::Repository => "",
+    };
     tracing::info!(
-        "restored {} ({} bytes) in {:.0?}",
+        "restored {}{from} ({} bytes) in {:.0?}",
         report.name,
         report.len,
         started.elapsed()
     );
+    // The answer is in place; downloading ahead never changes it.
+    prefetch::read_ahead(repo, &report, dest, &opts).await;
     Ok(exit::OK)
 }
 

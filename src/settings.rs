@@ -20,6 +20,10 @@ pub struct Settings {
     pub compression: Compression,
     pub policy: RetryPolicy,
     pub storage: StorageOptions,
+    /// Concurrent transfers (push-ahead, backup parts).
+    pub parallel: usize,
+    /// wal-fetch: segments to prefetch.
+    pub prefetch: usize,
 }
 
 impl Settings {
@@ -59,6 +63,8 @@ impl Settings {
             compression,
             policy,
             storage: file.storage,
+            parallel: g.parallel.or(file.parallel).unwrap_or(2) as usize,
+            prefetch: g.prefetch.or(file.prefetch).unwrap_or(8) as usize,
         })
     }
 

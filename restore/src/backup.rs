@@ -1,20 +1,23 @@
 //! Restoring base backups (`backup-fetch`).
 //!
-//! Parts are downloaded in order, each verified against its own checksum, and fed to a tar
-//! extractor running on a blocking thread; every file is checked again against the
-//! manifest's SHA-256 and fsynced, and the manifest's list must be matched exactly, so a
-//! restore either reproduces the backup bit for bit or fails with the reason. Only then are
+//! Up to `parallel` parts are downloaded at once, each verified against its own checksum,
+//! and fed in order through a bounded window to a tar extractor running on a blocking thread
+//! (extraction stays sequential: a tar stream is read front to back); every file is checked
+//! again against the manifest's SHA-256 and fsynced (by `parallel` threads alongside the
+//! extractor), and the manifest's list must be matched exactly, so a restore either
+//! reproduces the backup bit for bit or fails with the reason. Only then are
 //! backup_label, tablespace_map and the recovery settings written: a destination without
 //! them cannot be started by mistake as if it were a consistent cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use walarchive_core::backup::Progress;
 use walarchive_core::catalog;
 use walarchive_core::manifest::{backup_key, part_key, EntryKind, FileEntry, Manifest};
@@ -38,7 +41,13 @@ pub struct BackupFetchOptions {
     pub force: bool,
     /// The `restore_command` to write.
     pub restore_command: String,
+    /// Parts downloaded and decoded at once (1: one at a time, while the previous one is
+    /// extracted).
+    pub parallel: usize,
 }
+
+/// Default number of parts downloaded at once (the CLI's `--parallel` default).
+pub const DEFAULT_PARALLEL: usize = 2;
 
 /// What was restored.
 #[derive(Clone, Debug)]
@@ -83,6 +92,7 @@ pub async fn fetch_backup(
     if let Some(t) = &opts.recovery.target {
         check_archive_reaches(repo, &manifest, t).await?;
     }
+    check_parts_present(repo, &manifest).await?;
     tracing::info!(
         "restoring backup {} ({}..{}, timeline {}) into {}",
         manifest.name,
@@ -126,6 +136,7 @@ pub async fn fetch_backup(
             &manifest.name,
             &s.name,
             s.parts,
+            opts.parallel,
             root,
             expected,
             progress.clone(),
@@ -171,9 +182,20 @@ pub async fn fetch_backup(
 
 /// Reads every part of backup `m`, verifying each part's checksum and every file's SHA-256
 /// and size against the manifest, without writing anything. Returns (files, bytes) checked.
+/// Downloads [`DEFAULT_PARALLEL`] parts at once; see [`verify_backup_content_parallel`].
 pub async fn verify_backup_content(
     repo: &Repository,
     m: &Manifest,
+    progress: Arc<dyn Progress>,
+) -> Result<(usize, u64), FetchError> {
+    verify_backup_content_parallel(repo, m, DEFAULT_PARALLEL, progress).await
+}
+
+/// [`verify_backup_content`] downloading and decoding up to `parallel` parts at once.
+pub async fn verify_backup_content_parallel(
+    repo: &Repository,
+    m: &Manifest,
+    parallel: usize,
     progress: Arc<dyn Progress>,
 ) -> Result<(usize, u64), FetchError> {
     progress.start(m.original_bytes);
@@ -190,6 +212,7 @@ pub async fn verify_backup_content(
             &m.name,
             &s.name,
             s.parts,
+            parallel,
             None,
             expected,
             progress.clone(),
@@ -205,6 +228,37 @@ pub async fn verify_backup_content(
             .await?;
     }
     Ok((files, bytes))
+}
+
+/// Every part the manifest lists must be in the repository: one listing per stream, before
+/// anything is written, so that a backup with a part missing fails before it fills DEST.
+async fn check_parts_present(repo: &Repository, m: &Manifest) -> Result<(), FetchError> {
+    for s in &m.streams {
+        let listed: HashSet<String> = repo
+            .list(&backup_key(&m.name, &format!("{}/", s.name)))
+            .await?
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        if let Some(i) = (1..=s.parts).find(|&i| !listed.contains(&part_key(&m.name, &s.name, i))) {
+            return Err(missing_part(
+                &s.name,
+                i,
+                s.parts,
+                repo.key(&part_key(&m.name, &s.name, i)).as_ref(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A part the manifest lists is not in the repository: the backup is damaged (like a
+/// corrupt part), which is not the same as "no such backup".
+fn missing_part(stream: &str, index: u32, parts: u32, key: &str) -> FetchError {
+    corrupt(
+        stream,
+        format!("part-{index:06} of {parts} is missing ({key} is not in the repository)"),
+    )
 }
 
 /// Refuses a target the archive cannot reach: past the end of the newest archived WAL.
@@ -329,22 +383,44 @@ fn sync_tree_dirs(root: &Path) -> Result<(), FetchError> {
     Ok(())
 }
 
-/// Downloads the parts of one stream in order and extracts them under `root`.
+/// A downloaded, verified part, holding one of the stream's memory permits until the
+/// extractor is done with it.
+struct Part {
+    data: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Downloads the parts of one stream and extracts them, in order, under `root`.
+///
+/// Up to `parallel` parts are downloaded at once, each by a task of its own that also
+/// decodes it and checks its SHA-256 on the async runtime (one thread in the CLI, which
+/// decodes faster than the single extractor consumes; the parts' memory then comes from
+/// one heap, which keeps RSS at the bound instead of a heap per blocking thread).
+/// They are handed to the extractor strictly in order, so a part that arrives early waits
+/// for the ones before it. `parallel + 1` permits bound the parts in memory: downloading,
+/// waiting their turn, and the one being extracted. A failed download stops the stream at
+/// that part (the parts before it are extracted, nothing after) and is the error reported;
+/// the downloads still running are awaited first, so nothing outlives the call.
+#[allow(clippy::too_many_arguments)]
 async fn restore_stream(
     repo: &Repository,
     name: &str,
     stream: &str,
     parts: u32,
+    parallel: usize,
     root: Option<PathBuf>,
     expected: HashMap<String, FileEntry>,
     progress: Arc<dyn Progress>,
 ) -> Result<(usize, u64), FetchError> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(1);
+    let parallel = parallel.max(1);
+    let permits = Arc::new(Semaphore::new(parallel + 1));
+    // Never full: every part in it holds a permit.
+    let (tx, rx) = mpsc::channel::<Part>(parallel + 1);
     let stream_name = stream.to_string();
     let extractor = tokio::task::spawn_blocking(move || {
         let reader = ChunkReader {
             rx,
-            current: Vec::new(),
+            current: None,
             pos: 0,
         };
         extract(
@@ -352,53 +428,100 @@ async fn restore_stream(
             root.as_deref(),
             &stream_name,
             expected,
+            parallel,
             progress.as_ref(),
         )
     });
+    // Downloads in part order; the front is the next part the extractor needs.
+    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive_core::Error>>)> =
+        VecDeque::new();
+    let mut next = 1u32;
     let mut download_error = None;
-    for i in 1..=parts {
-        match repo.get_verified(&part_key(name, stream, i)).await {
-            Ok((_, chunk)) => {
-                if tx.send(chunk).await.is_err() {
-                    break; // the extractor stopped: its error says why
+    while (next <= parts || !window.is_empty()) && !tx.is_closed() {
+        let can_start = next <= parts && window.len() < parallel;
+        tokio::select! {
+            biased;
+            done = async { (&mut window[0].1).await }, if !window.is_empty() => {
+                let (index, _) = window.pop_front().expect("not empty");
+                match done.expect("download tasks do not panic") {
+                    Ok(part) => {
+                        if tx.send(part).await.is_err() {
+                            break; // the extractor stopped: its error says why
+                        }
+                    }
+                    Err(walarchive_core::Error::NotFound { key }) => {
+                        download_error = Some(missing_part(stream, index, parts, &key));
+                        break;
+                    }
+                    Err(e) => {
+                        download_error = Some(e.into());
+                        break;
+                    }
                 }
             }
-            Err(e) => {
-                download_error = Some(e);
-                break;
+            permit = permits.clone().acquire_owned(), if can_start => {
+                let permit = permit.expect("the semaphore is never closed");
+                let key = part_key(name, stream, next);
+                let task = tokio::spawn(download_part(repo.clone(), key, permit));
+                window.push_back((next, task));
+                next += 1;
             }
         }
     }
     drop(tx);
+    // Let the downloads still running finish (their results are not used): they run on
+    // blocking threads that must not outlive the runtime.
+    for (_, task) in window {
+        let _ = task.await;
+    }
     let extracted = extractor.await.expect("extractor does not panic");
     if let Some(e) = download_error {
-        return Err(e.into());
+        return Err(e);
     }
     extracted
 }
 
-/// A `Read` over the parts the downloader sends.
+/// Downloads and verifies one part.
+async fn download_part(
+    repo: Repository,
+    key: String,
+    permit: OwnedSemaphorePermit,
+) -> Result<Part, walarchive_core::Error> {
+    let (_, data) = repo.get_verified(&key).await?;
+    Ok(Part {
+        data,
+        _permit: permit,
+    })
+}
+
+/// A `Read` over the parts the downloader sends, in order. A part (and its permit) is
+/// released as soon as it has been read.
 struct ChunkReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
+    rx: mpsc::Receiver<Part>,
+    current: Option<Part>,
     pos: usize,
 }
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
+        loop {
+            if let Some(part) = &self.current {
+                if self.pos < part.data.len() {
+                    let n = buf.len().min(part.data.len() - self.pos);
+                    buf[..n].copy_from_slice(&part.data[self.pos..self.pos + n]);
+                    self.pos += n;
+                    return Ok(n);
+                }
+            }
+            self.current = None;
             match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.current = chunk;
+                Some(part) => {
+                    self.current = Some(part);
                     self.pos = 0;
                 }
                 None => return Ok(0),
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -460,11 +583,96 @@ fn check_file(
     Ok(())
 }
 
+/// Fsyncs restored files on threads of its own while extraction goes on, several at once
+/// (the file system commits concurrent fsyncs together: a data directory is mostly small
+/// files, and one fsync after another costs a journal commit each). A file is handed over
+/// complete and is closed once synced; [`Syncer::finish`] waits for every one of them.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<(std::fs::File, PathBuf)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    failure: Arc<Mutex<Option<FetchError>>>,
+}
+
+impl Syncer {
+    fn new(threads: usize) -> Syncer {
+        // Bounds the files open and waiting.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(std::fs::File, PathBuf)>(64);
+        let rx = Arc::new(Mutex::new(rx));
+        let failure = Arc::new(Mutex::new(None));
+        let threads = (0..threads)
+            .map(|_| {
+                let (rx, failure) = (rx.clone(), failure.clone());
+                std::thread::spawn(move || loop {
+                    let job = rx.lock().expect("not poisoned").recv();
+                    let Ok((file, path)) = job else {
+                        return;
+                    };
+                    if let Err(e) = file.sync_all() {
+                        failure
+                            .lock()
+                            .expect("not poisoned")
+                            .get_or_insert(write_err(&path, e));
+                    }
+                })
+            })
+            .collect();
+        Syncer {
+            tx,
+            threads,
+            failure,
+        }
+    }
+
+    /// Queues `file` (complete) for its fsync; fails once an earlier fsync failed.
+    fn sync(&self, file: std::fs::File, path: PathBuf) -> Result<(), FetchError> {
+        if let Some(e) = self.failure.lock().expect("not poisoned").take() {
+            return Err(e);
+        }
+        self.tx
+            .send((file, path))
+            .expect("the sync threads run until the sender is dropped");
+        Ok(())
+    }
+
+    /// Waits until every queued file is synced and closed.
+    fn finish(self) -> Result<(), FetchError> {
+        drop(self.tx);
+        for t in self.threads {
+            t.join().expect("sync threads do not panic");
+        }
+        match self.failure.lock().expect("not poisoned").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Extracts (or, without `root`, only verifies) one tar stream, checking every entry
+/// against the manifest. With `sync_threads` > 1, files are fsynced by that many threads
+/// alongside; with 1, each file is fsynced before the next is written.
 fn extract(
     reader: ChunkReader,
     root: Option<&Path>,
     stream: &str,
+    expected: HashMap<String, FileEntry>,
+    sync_threads: usize,
+    progress: &dyn Progress,
+) -> Result<(usize, u64), FetchError> {
+    let syncer = (root.is_some() && sync_threads > 1).then(|| Syncer::new(sync_threads));
+    let extracted = extract_entries(reader, root, stream, expected, syncer.as_ref(), progress);
+    // Every file is durable (or the failure known) before the stream counts as restored.
+    let synced = syncer.map_or(Ok(()), Syncer::finish);
+    let extracted = extracted?;
+    synced?;
+    Ok(extracted)
+}
+
+fn extract_entries(
+    reader: ChunkReader,
+    root: Option<&Path>,
+    stream: &str,
     mut expected: HashMap<String, FileEntry>,
+    syncer: Option<&Syncer>,
     progress: &dyn Progress,
 ) -> Result<(usize, u64), FetchError> {
     let mut archive = tar::Archive::new(reader);
@@ -528,10 +736,13 @@ fn extract(
                     Some((&mut out, &path)),
                     progress,
                 )?;
-                out.sync_all().map_err(|e| write_err(&path, e))?;
-                drop(out);
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want.mode))
+                // On the descriptor, before the fsync, which then covers the mode too.
+                out.set_permissions(std::fs::Permissions::from_mode(want.mode))
                     .map_err(|e| write_err(&path, e))?;
+                match syncer {
+                    Some(syncer) => syncer.sync(out, path)?,
+                    None => out.sync_all().map_err(|e| write_err(&path, e))?,
+                }
                 check_file(stream, &rel_str, &want, &sha, written)?;
                 files += 1;
                 bytes += written;
@@ -570,5 +781,140 @@ mod tests {
         assert!(!safe_relative(Path::new("../etc/passwd")));
         assert!(!safe_relative(Path::new("/etc/passwd")));
         assert!(!safe_relative(Path::new("base/../../x")));
+    }
+
+    use walarchive_core::Compression;
+
+    /// A repository in memory holding backup `b`'s `data` stream: a tar of `files`, cut
+    /// into parts of `part_size` bytes. Returns the repository, the part count and the
+    /// manifest's entries.
+    async fn stream_in_memory(
+        files: &[(String, Vec<u8>)],
+        part_size: usize,
+    ) -> (Repository, u32, HashMap<String, FileEntry>) {
+        let repo = Repository::with_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            object_store::path::Path::from("r"),
+            walarchive_core::storage::Backend::Local,
+            "memory://test",
+            walarchive_core::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            Compression::Zstd(1),
+        );
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut expected = HashMap::new();
+        for (rel, content) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o600);
+            h.set_size(content.len() as u64);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, rel, &content[..]).unwrap();
+            expected.insert(
+                rel.clone(),
+                FileEntry {
+                    stream: "data".into(),
+                    path: rel.clone(),
+                    kind: EntryKind::File,
+                    size: content.len() as u64,
+                    mode: 0o600,
+                    sha256: Some(hex::encode(Sha256::digest(content))),
+                    target: None,
+                },
+            );
+        }
+        let stream = tar.into_inner().unwrap();
+        let mut parts = 0;
+        for chunk in stream.chunks(part_size) {
+            parts += 1;
+            repo.put_new(&part_key("b", "data", parts), chunk, Compression::Zstd(1))
+                .await
+                .unwrap();
+        }
+        (repo, parts, expected)
+    }
+
+    fn sample_files() -> Vec<(String, Vec<u8>)> {
+        (0..12usize)
+            .map(|i| {
+                let size = [0, 1, 777, 20_000, 65_536, 100_003][i % 6] * (1 + i / 6);
+                let content = (0..size).map(|j| ((j * 13 + i) % 253) as u8).collect();
+                (format!("f{i:02}"), content)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn parts_reach_the_extractor_in_order_at_any_parallelism() {
+        let files = sample_files();
+        let (repo, parts, expected) = stream_in_memory(&files, 8 << 10).await;
+        assert!(parts > 30, "{parts} parts");
+        for parallel in [1, 2, 4, 16] {
+            let (n, bytes) = restore_stream(
+                &repo,
+                "b",
+                "data",
+                parts,
+                parallel,
+                None,
+                expected.clone(),
+                Arc::new(walarchive_core::backup::NoProgress),
+            )
+            .await
+            .unwrap();
+            assert_eq!(n, files.len(), "parallel {parallel}");
+            assert_eq!(bytes, files.iter().map(|f| f.1.len() as u64).sum::<u64>());
+        }
+        let dest = tempfile::tempdir().unwrap();
+        restore_stream(
+            &repo,
+            "b",
+            "data",
+            parts,
+            3,
+            Some(dest.path().to_path_buf()),
+            expected,
+            Arc::new(walarchive_core::backup::NoProgress),
+        )
+        .await
+        .unwrap();
+        for (rel, content) in &files {
+            assert!(
+                std::fs::read(dest.path().join(rel)).unwrap() == *content,
+                "{rel}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_part_fails_the_stream_naming_it() {
+        let files = sample_files();
+        let (repo, parts, expected) = stream_in_memory(&files, 8 << 10).await;
+        repo.delete(&part_key("b", "data", 3)).await.unwrap();
+        for parallel in [1, 4] {
+            let dest = tempfile::tempdir().unwrap();
+            let e = restore_stream(
+                &repo,
+                "b",
+                "data",
+                parts,
+                parallel,
+                Some(dest.path().to_path_buf()),
+                expected.clone(),
+                Arc::new(walarchive_core::backup::NoProgress),
+            )
+            .await
+            .unwrap_err();
+            let text = e.to_string();
+            assert!(
+                matches!(&e, FetchError::BadBackup(_))
+                    && text.contains(&format!("part-000003 of {parts} is missing"))
+                    && text.contains("r/basebackups/b/data/part-000003 is not in the repository"),
+                "parallel {parallel}: {text}"
+            );
+            // Nothing beyond the missing part was extracted.
+            assert!(!dest.path().join("f11").exists(), "parallel {parallel}");
+        }
     }
 }

@@ -7,9 +7,13 @@
 //! failure (unreachable store, refused credentials, corrupt object, wrong URL): only the
 //! first may ever end a recovery. A fetched file appears at its destination only after its
 //! checksum is verified, through a rename, so a failed fetch leaves nothing behind.
+//!
+//! [`prefetch`] downloads the segments after the one asked for while PostgreSQL replays it,
+//! and serves them from the local disk once they are verified again.
 #![warn(missing_docs)]
 
 pub mod backup;
+pub mod prefetch;
 pub mod recovery;
 
 use std::io::Write;
@@ -61,6 +65,15 @@ impl FetchError {
     }
 }
 
+/// Where a restored file came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Downloaded from the repository for this request.
+    Repository,
+    /// Downloaded ahead into the prefetch directory and verified again ([`prefetch`]).
+    Prefetch,
+}
+
 /// What a fetch restored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchReport {
@@ -68,6 +81,8 @@ pub struct FetchReport {
     pub name: WalFileName,
     /// Bytes written to the destination.
     pub len: u64,
+    /// Where it came from.
+    pub source: Source,
 }
 
 /// Restores WAL file `name` (PostgreSQL's `%f`) from `repo` to `dest` (`%p`).
@@ -93,7 +108,11 @@ pub async fn fetch_file(
     tokio::task::spawn_blocking(move || write_atomically(&dest, &raw))
         .await
         .expect("write task does not panic")?;
-    Ok(FetchReport { name: parsed, len })
+    Ok(FetchReport {
+        name: parsed,
+        len,
+        source: Source::Repository,
+    })
 }
 
 /// Writes `content` to a temporary file beside `dest` and renames it into place. PostgreSQL

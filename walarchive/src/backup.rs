@@ -3,20 +3,21 @@
 //! The non-exclusive backup API ties a backup to one database session: if walarchive dies,
 //! the session ends and PostgreSQL forgets the backup, so nothing on the server is left
 //! half-done. The data directory is read file by file into a tar stream that is cut into
-//! fixed-size parts, each compressed and uploaded while the next is being read; memory stays
-//! at a few parts whatever the database size. A backup only counts once every WAL segment
+//! fixed-size parts; up to `parallel` parts are compressed (on the blocking pool) and
+//! uploaded at once while the next ones are read, and part buffers are reused, so memory
+//! stays at `parallel + 2` parts whatever the database size. A backup only counts once every WAL segment
 //! from its start to its stop LSN is in the repository: the manifest, written last, is the
 //! proof of that, and nothing without a manifest is ever listed or restored.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::codec::Compression;
 use crate::format;
@@ -31,6 +32,8 @@ use crate::{pg, Error};
 
 /// Default uncompressed size of one backup part.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
+/// Default number of parts compressed and uploaded at once.
+pub const DEFAULT_PARALLEL: usize = 2;
 
 /// How to take a backup.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct BackupOptions {
     pub fast_checkpoint: bool,
     /// Uncompressed bytes per part.
     pub part_size: usize,
+    /// Parts compressed and uploaded at once (1: one at a time, while the next is read).
+    pub parallel: usize,
     /// How long to wait for the backup's WAL to be archived.
     pub wal_timeout: Duration,
     /// Mark the backup permanent (see [`crate::manifest::PERMANENT_MARKER`]).
@@ -183,6 +188,7 @@ pub async fn backup_push(
             &root,
             entries,
             opts.part_size,
+            opts.parallel,
             progress.clone(),
         )
         .await?;
@@ -647,7 +653,17 @@ struct StreamResult {
     stored_bytes: u64,
 }
 
-/// Writes `entries` as one tar stream, cut into parts uploaded as they fill.
+/// Writes `entries` as one tar stream, cut into parts that are compressed and uploaded as
+/// they fill, up to `parallel` at once.
+///
+/// The tar writer runs on a blocking thread and hands each full part over a channel of one
+/// slot; every part gets its number as it leaves the writer, so the parts are numbered in
+/// stream order (`part-000001` onwards, contiguous) whatever order their uploads finish in.
+/// Each part is compressed on the blocking pool and uploaded by a task of its own; its
+/// buffer goes back to the writer as soon as it is compressed. In memory at any time: one
+/// part being filled (or waiting to be handed over), one queued, and `parallel` being
+/// compressed and uploaded (with their compressed copies).
+#[allow(clippy::too_many_arguments)]
 async fn upload_stream(
     repo: &Repository,
     name: &str,
@@ -655,10 +671,14 @@ async fn upload_stream(
     root: &Path,
     entries: Vec<WalkEntry>,
     part_size: usize,
+    parallel: usize,
     progress: Arc<dyn Progress>,
 ) -> Result<StreamResult, Error> {
-    // One part being filled, one queued, one being compressed and uploaded.
+    let parallel = parallel.max(1);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+    // Part buffers come back here once compressed: at most `parallel + 2` are ever
+    // allocated, so the heap stays flat instead of keeping a trail of freed parts.
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let root = root.to_path_buf();
     let stream_name = stream.to_string();
     let writer = tokio::task::spawn_blocking(move || {
@@ -666,32 +686,79 @@ async fn upload_stream(
             buf: Vec::with_capacity(part_size),
             part_size,
             tx,
+            free: free_rx,
             total: 0,
         };
         write_tar(&root, &stream_name, entries, sink, progress.as_ref())
     });
-    let stored_total = AtomicU64::new(0);
+    let mut uploads: JoinSet<Result<u64, Error>> = JoinSet::new();
+    let mut stored_total = 0u64;
     let mut parts = 0u32;
     let mut upload_error = None;
-    while let Some(chunk) = rx.recv().await {
+    let mut reaped = |done: Result<Result<u64, Error>, tokio::task::JoinError>| match done
+        .expect("upload tasks do not panic and are not aborted while awaited")
+    {
+        Ok(n) => {
+            stored_total += n;
+            None
+        }
+        Err(e) => Some(e),
+    };
+    loop {
+        // A free upload slot first: the writer meanwhile fills the next part and the queue.
+        let chunk = if uploads.len() >= parallel {
+            let done = uploads.join_next().await.expect("uploads are running");
+            upload_error = reaped(done);
+            if upload_error.is_some() {
+                break;
+            }
+            continue;
+        } else if uploads.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                biased;
+                Some(done) = uploads.join_next() => {
+                    upload_error = reaped(done);
+                    if upload_error.is_some() {
+                        break;
+                    }
+                    continue;
+                }
+                chunk = rx.recv() => chunk,
+            }
+        };
+        let Some(chunk) = chunk else {
+            break; // the writer is done (or failed: its result says why)
+        };
         parts += 1;
         let key = part_key(name, stream, parts);
         let compression = repo.compression;
-        let encoded = tokio::task::spawn_blocking(move || format::encode(&chunk, compression))
+        let (repo, free_tx) = (repo.clone(), free_tx.clone());
+        uploads.spawn(async move {
+            let encoded = tokio::task::spawn_blocking(move || {
+                let encoded = format::encode(&chunk, compression);
+                let _ = free_tx.send(chunk); // the writer may be gone: then it is dropped
+                encoded
+            })
             .await
             .expect("encoding does not panic");
-        match repo.put_encoded(&key, encoded).await {
-            Ok(o) => {
-                stored_total.fetch_add(stored(o), Ordering::Relaxed);
-            }
-            Err(e) => {
-                upload_error = Some(e);
+            repo.put_encoded(&key, encoded).await.map(stored)
+        });
+    }
+    // The writer stops at its next hand-over once the receiver is gone.
+    drop(rx);
+    let written = writer.await.expect("tar writer does not panic");
+    if upload_error.is_none() && written.is_ok() {
+        while let Some(done) = uploads.join_next().await {
+            upload_error = reaped(done);
+            if upload_error.is_some() {
                 break;
             }
         }
     }
-    drop(rx);
-    let written = writer.await.expect("tar writer does not panic");
+    // Whatever still runs after a failure is abandoned: the backup gets no manifest.
+    uploads.abort_all();
     if let Some(e) = upload_error {
         return Err(e);
     }
@@ -700,25 +767,36 @@ async fn upload_stream(
         files,
         parts,
         tar_bytes,
-        stored_bytes: stored_total.load(Ordering::Relaxed),
+        stored_bytes: stored_total,
     })
 }
 
 /// A `Write` that cuts what it receives into parts of `part_size` bytes and hands each full
-/// part to the uploader.
+/// part to the uploader, taking its next buffer from those the uploader gave back.
 struct PartWriter {
     buf: Vec<u8>,
     part_size: usize,
     tx: mpsc::Sender<Vec<u8>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
     total: u64,
 }
 
 impl PartWriter {
     fn send(&mut self) -> std::io::Result<()> {
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+        let full = std::mem::take(&mut self.buf);
         self.tx
             .blocking_send(full)
-            .map_err(|_| std::io::Error::other("the upload failed"))
+            .map_err(|_| std::io::Error::other("the upload failed"))?;
+        // Only once the part is handed over, so that a recycled (resident) buffer is not
+        // held while waiting: one part being filled, one queued, the rest uploading.
+        self.buf = match self.free.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(self.part_size),
+        };
+        Ok(())
     }
 
     fn finish(mut self) -> std::io::Result<u64> {
@@ -977,5 +1055,215 @@ mod tests {
                 "global/pg_control"
             ]
         );
+    }
+
+    /// A store that refuses to store one key (and delays the others a little, so that
+    /// uploads overlap and finish out of order).
+    #[derive(Debug)]
+    struct RefusesOne {
+        inner: object_store::memory::InMemory,
+        refused: String,
+    }
+
+    impl std::fmt::Display for RefusesOne {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("RefusesOne")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for RefusesOne {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            let delay = location.as_ref().bytes().map(u64::from).sum::<u64>() % 7;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if location.as_ref().ends_with(&self.refused) {
+                return Err(object_store::Error::PermissionDenied {
+                    path: location.to_string(),
+                    source: "refused by the test".into(),
+                });
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<
+                'static,
+                object_store::Result<object_store::path::Path>,
+            >,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+        {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn test_repo(refused: &str, compression: Compression) -> Repository {
+        Repository::with_store(
+            Arc::new(RefusesOne {
+                inner: object_store::memory::InMemory::new(),
+                refused: refused.into(),
+            }),
+            object_store::path::Path::from("r"),
+            crate::storage::Backend::Local,
+            "memory://test",
+            crate::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            compression,
+        )
+    }
+
+    /// A directory of files whose content differs from file to file and spans many parts.
+    fn sample_tree() -> (tempfile::TempDir, Vec<(String, Vec<u8>)>) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("base/1")).unwrap();
+        let mut files = Vec::new();
+        for (i, size) in [0usize, 1, 511, 4096, 70_000, 200_001, 9_999]
+            .iter()
+            .enumerate()
+        {
+            let rel = format!("base/1/{}", 16384 + i);
+            let content: Vec<u8> = (0..*size)
+                .map(|j| ((j * 31 + i * 7) % 251) as u8 ^ (j / 1000) as u8)
+                .collect();
+            std::fs::write(d.path().join(&rel), &content).unwrap();
+            files.push((rel, content));
+        }
+        (d, files)
+    }
+
+    /// Uploads the sample tree as one stream with `parallel` and small parts, then checks
+    /// the parts: numbered from 1 without a gap, and decoding to the tar stream, in order.
+    async fn upload_and_check(parallel: usize, compression: Compression) {
+        let (d, files) = sample_tree();
+        let repo = test_repo("no such part", compression);
+        let entries = walk(d.path(), WalkRoot::Tablespace).unwrap();
+        let part_size = 16 << 10;
+        let r = upload_stream(
+            &repo,
+            "b",
+            "data",
+            d.path(),
+            entries,
+            part_size,
+            parallel,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+        let listed = repo.list("basebackups/b/data/").await.unwrap();
+        let keys: Vec<String> = listed.iter().map(|l| l.key.clone()).collect();
+        let want: Vec<String> = (1..=r.parts).map(|i| part_key("b", "data", i)).collect();
+        assert_eq!(keys, want, "parallel {parallel}");
+        assert!(r.parts > 10, "{} parts", r.parts);
+        assert_eq!(r.stored_bytes, listed.iter().map(|l| l.size).sum::<u64>());
+        let mut tar_stream = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (_, raw) = repo.get_verified(key).await.unwrap();
+            if i + 1 < keys.len() {
+                assert_eq!(raw.len(), part_size, "{key}");
+            }
+            tar_stream.extend_from_slice(&raw);
+        }
+        assert_eq!(tar_stream.len() as u64, r.tar_bytes);
+        let mut archive = tar::Archive::new(&tar_stream[..]);
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            seen.push((path.trim_end_matches('/').to_string(), content));
+        }
+        for (rel, content) in &files {
+            let got = seen
+                .iter()
+                .find(|(p, _)| p == rel)
+                .expect("file in the stream");
+            assert!(got.1 == *content, "{rel} differs");
+            let entry = r.files.iter().find(|f| &f.path == rel).unwrap();
+            assert_eq!(
+                entry.sha256.as_deref(),
+                Some(hex::encode(Sha256::digest(content)).as_str())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_are_numbered_in_stream_order_at_any_parallelism() {
+        for parallel in [1, 2, 5] {
+            upload_and_check(parallel, Compression::Zstd(1)).await;
+        }
+        upload_and_check(4, Compression::None).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_fails_the_stream() {
+        let (d, _) = sample_tree();
+        for parallel in [1, 4] {
+            let repo = test_repo("part-000003", Compression::Zstd(1));
+            let entries = walk(d.path(), WalkRoot::Tablespace).unwrap();
+            let e = upload_stream(
+                &repo,
+                "b",
+                "data",
+                d.path(),
+                entries,
+                16 << 10,
+                parallel,
+                Arc::new(NoProgress),
+            )
+            .await
+            .err()
+            .expect("the upload of part 3 fails");
+            let text = e.to_string();
+            assert!(
+                matches!(e, Error::Storage { op: "put", .. }) && text.contains("part-000003"),
+                "parallel {parallel}: {text}"
+            );
+            // It stopped: not every part was stored.
+            let stored = repo.list("basebackups/b/data/").await.unwrap().len();
+            assert!(stored < 10, "parallel {parallel}: {stored} parts stored");
+        }
     }
 }

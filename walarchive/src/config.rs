@@ -25,6 +25,10 @@ pub struct ConfigFile {
     pub compression: Option<String>,
     /// zstd level (1-22).
     pub compression_level: Option<i32>,
+    /// Concurrent transfers (push-ahead, backup parts).
+    pub parallel: Option<u32>,
+    /// wal-fetch: segments to prefetch.
+    pub prefetch: Option<u32>,
     /// Backend options, as object_store configuration keys (`aws_endpoint`,
     /// `azure_storage_account_key`, ...). Values are never printed.
     #[serde(default)]

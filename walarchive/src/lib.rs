@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod pg;
 pub mod push;
+pub mod pushahead;
 pub mod repo;
 pub mod retention;
 pub mod retry;

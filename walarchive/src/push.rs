@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::format::{self, Sha256Digest};
 use crate::repo::{Descriptor, PutOutcome, Repository, REPOSITORY_FORMAT};
 use crate::wal::{is_valid_segment_size, WalFileName, WalPageHeader};
 use crate::Error;
@@ -23,10 +24,20 @@ pub struct PushReport {
     pub raw_len: u64,
     /// Newly stored, or already there with the same content.
     pub outcome: PutOutcome,
+    /// SHA-256 of the file's content (what the stored object holds).
+    pub sha256: Sha256Digest,
 }
 
 /// Archives the WAL file at `path` (as PostgreSQL's `%p`) into `repo`.
 pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Error> {
+    let (name, raw) = read_wal_file(path).await?;
+    check_against_repository(repo, path, &name, &raw).await?;
+    store(repo, name, raw).await
+}
+
+/// Reads the WAL file at `path`: its name must be a WAL file name and it must be a
+/// non-empty regular file. Nothing is checked about its content yet.
+pub async fn read_wal_file(path: &Path) -> Result<(WalFileName, Vec<u8>), Error> {
     let shown = path.display().to_string();
     let bad = |reason: String| Error::BadInput {
         path: shown.clone(),
@@ -67,19 +78,53 @@ pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Err
             context: format!("cannot read {shown}"),
             source,
         })?;
+    Ok((name, raw))
+}
 
-    if name.holds_wal_pages() {
-        let wanted = check_segment(&name, &raw).map_err(bad)?;
-        repo.ensure_descriptor(&wanted, file_name).await?;
+/// Checks a file that holds WAL pages (see [`check_segment`]) and that its cluster is the
+/// repository's (creating the descriptor on the first push); returns the repository's
+/// descriptor, or `None` for files without WAL pages (history and backup history files).
+pub async fn check_against_repository(
+    repo: &Repository,
+    path: &Path,
+    name: &WalFileName,
+    raw: &[u8],
+) -> Result<Option<Descriptor>, Error> {
+    if !name.holds_wal_pages() {
+        return Ok(None);
     }
+    let wanted = check_segment(name, raw).map_err(|reason| Error::BadInput {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    let stored = repo.ensure_descriptor(&wanted, &name.to_string()).await?;
+    Ok(Some(stored))
+}
 
+/// Stores already checked content as WAL file `name`. Hashing and compression run on
+/// tokio's blocking pool, so that several pushes in one process (see [`crate::pushahead`])
+/// use every core while their uploads are in flight.
+pub async fn store(
+    repo: &Repository,
+    name: WalFileName,
+    raw: Vec<u8>,
+) -> Result<PushReport, Error> {
     let compression = repo.compression;
-    let key = Repository::wal_key(&name);
-    let outcome = repo.put_new(&key, &raw, compression).await?;
+    let raw_len = raw.len() as u64;
+    // `raw` moves into the task and is freed there: only the encoded copy stays in memory
+    // while it uploads.
+    let encoded = tokio::task::spawn_blocking(move || format::encode(&raw, compression))
+        .await
+        .expect("encoding does not panic");
+    let sha256 = encoded.header.sha256;
+    let outcome = repo
+        .put_encoded(&Repository::wal_key(&name), encoded)
+        .await?;
     Ok(PushReport {
         name,
-        raw_len: raw.len() as u64,
+        raw_len,
         outcome,
+        sha256,
     })
 }
 
