@@ -45,7 +45,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{postgres_ids, PgCluster, PgOptions, Repo, S3Kind, Store, TestDir};
+use common::{machine, postgres_ids, PgCluster, PgOptions, Repo, S3Kind, Store, TestDir};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -835,28 +835,6 @@ fn size_text(bytes: u64) -> String {
     }
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
-
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 fn print_report(
     plan: &Plan,
     ctx: &Ctx,
@@ -867,25 +845,15 @@ fn print_report(
     elapsed: Duration,
 ) {
     let mut s = String::new();
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kib| format!("{:.0} GiB RAM", kib as f64 / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "? RAM".into());
     let _ = writeln!(s, "\n## backup benchmark\n");
     let _ = writeln!(
         s,
-        "{} UTC; {} (`nproc` = {nproc}, {mem}); PostgreSQL {pg_version} (16 MiB WAL segments); \
+        "{} UTC; {} (`nproc` = {}, {}); PostgreSQL {pg_version} (16 MiB WAL segments); \
          walarchive {}, default compression (zstd:1){}.",
-        command_line("date", &["-u", "+%Y-%m-%d %H:%M"]),
-        cpu_model(),
+        machine::utc_now(),
+        machine::cpu_model(),
+        machine::nproc(),
+        machine::mem_total(),
         env!("CARGO_PKG_VERSION"),
         if plan.quick { "; **--quick run**" } else { "" }
     );

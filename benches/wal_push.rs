@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PgCluster, PgOptions, S3Kind, TestDir};
+use common::{machine, PgCluster, PgOptions, S3Kind, TestDir};
 use walarchive_core::codec::{self, Compression, DEFAULT_ZSTD_LEVEL};
 use walarchive_core::format;
 
@@ -569,28 +569,6 @@ fn stored_bytes(dir: &Path, names: &[String]) -> u64 {
 // 4. Report
 // ---------------------------------------------------------------------------
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
-
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 fn print_report(
     plan: &Plan,
     wal: &Wal,
@@ -599,9 +577,6 @@ fn print_report(
     elapsed: Duration,
 ) {
     let mut s = String::new();
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
     let n = wal.names.len();
     let tps = if wal.pgbench_tps.is_empty() {
         "?".to_string()
@@ -614,9 +589,10 @@ fn print_report(
     let _ = writeln!(s, "\n## wal_push benchmark\n");
     let _ = writeln!(
         s,
-        "{} UTC; {} (`nproc` = {nproc}); PostgreSQL {}; walarchive {}{}.",
-        command_line("date", &["-u", "+%Y-%m-%d %H:%M"]),
-        cpu_model(),
+        "{} UTC; {} (`nproc` = {}); PostgreSQL {}; walarchive {}{}.",
+        machine::utc_now(),
+        machine::cpu_model(),
+        machine::nproc(),
         wal.pg_version,
         env!("CARGO_PKG_VERSION"),
         if plan.quick { "; **--quick run**" } else { "" }

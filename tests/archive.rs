@@ -45,46 +45,9 @@ fn archive_and_replay(store: Store) {
     );
 
     // Every archived segment is in the repository and decodes to pg_wal's bytes.
-    let status_dir = primary.wal_dir().join("archive_status");
-    let mut done: Vec<String> = fs::read_dir(&status_dir)
-        .unwrap()
-        .filter_map(|e| {
-            e.unwrap()
-                .file_name()
-                .into_string()
-                .unwrap()
-                .strip_suffix(".done")
-                .map(str::to_string)
-        })
-        .filter(|n| n.len() == 24)
-        .collect();
-    done.sort();
+    let done = primary.done_segments();
     assert!(done.len() >= 20, "only {} segments archived", done.len());
-    let listed: Vec<String> = repo
-        .wal_list()
-        .iter()
-        .filter(|e| e["kind"] == "segment")
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
-    let scratch = TestDir::new("walarchive-e2e-");
-    for name in &done {
-        assert!(listed.contains(name), "{name} not listed in the repository");
-        let dest = scratch.join(name);
-        assert_success(&run_walarchive(
-            &[
-                "--repo",
-                &repo.url,
-                "wal-fetch",
-                name,
-                dest.to_str().unwrap(),
-            ],
-            &repo.env,
-        ));
-        assert!(
-            fs::read(&dest).unwrap() == fs::read(primary.wal_dir().join(name)).unwrap(),
-            "{name} differs"
-        );
-    }
+    repo.assert_archived_intact(&primary, &done);
     // pg_basebackup made PostgreSQL archive a backup history file too.
     assert!(
         repo.wal_list().iter().any(|e| e["kind"] == "backup"),
@@ -147,6 +110,7 @@ fn archive_and_replay(store: Store) {
         entries.iter().any(|e| e["name"] == tl2_last.as_str()),
         "no timeline 2 segment"
     );
+    let scratch = TestDir::new("walarchive-e2e-");
     let dest = scratch.join("history");
     assert_success(&run_walarchive(
         &[

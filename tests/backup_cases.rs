@@ -8,26 +8,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-
-/// The single `walarchive <command>: error: ...` line of stderr (panics unless exactly one).
-#[track_caller]
-fn error_line(out: &Output) -> String {
-    let err = stderr(out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains(": error:")).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one error line\n--- stdout ---\n{}\n--- stderr ---\n{err}",
-        stdout(out)
-    );
-    eprintln!("error line: {}", lines[0]);
-    lines[0].to_string()
-}
 
 /// Asserts that `needle` occurs exactly once in `line` (a reason is not repeated).
 #[track_caller]

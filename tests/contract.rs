@@ -1,79 +1,25 @@
 //! The archive/restore contract, driven through the real binary exactly as PostgreSQL calls
 //! it: exit statuses, idempotent re-push, conflict refusal, foreign clusters, corrupted
 //! objects, unreachable stores and every kind of bad input. Segments are real: a PostgreSQL
-//! cluster writes them (see `Source`).
+//! cluster writes them (see `WalSource`).
 
 mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use common::*;
 
-/// Real WAL collected from a running cluster by `cp` as archive_command.
-struct Source {
-    _cluster: PgCluster,
-    dir: TestDir,
-    segments: Vec<String>,
-    system_identifier: String,
-}
-
-impl Source {
-    fn new() -> Source {
-        let dir = TestDir::new_postgres("walarchive-src-");
-        let cluster = PgCluster::init(PgOptions {
-            extra_conf: format!(
-                "archive_mode = on\narchive_command = 'cp %p {}/%f'\n",
-                dir.path().display()
-            ),
-            ..Default::default()
-        });
-        cluster.start();
-        cluster.psql("create table t(id int, v text)");
-        let mut last = String::new();
-        for i in 0..6 {
-            cluster.psql(&format!(
-                "insert into t select g, md5(g::text) from generate_series(1, {}) g",
-                2000 * (i + 1)
-            ));
-            last = cluster.switch_wal();
-        }
-        cluster.wait_archived(&last, Duration::from_secs(60));
-        let mut segments: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.len() == 24)
-            .collect();
-        segments.sort();
-        let system_identifier = cluster.psql("select system_identifier from pg_control_system()");
-        Source {
-            _cluster: cluster,
-            dir,
-            segments,
-            system_identifier,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn bytes(&self, name: &str) -> Vec<u8> {
-        fs::read(self.path(name)).unwrap()
-    }
-}
-
 /// Two independent clusters (different system identifiers), shared by the tests of this binary.
-fn source() -> &'static Source {
-    static S: OnceLock<Source> = OnceLock::new();
-    S.get_or_init(Source::new)
+fn source() -> &'static WalSource {
+    static S: OnceLock<WalSource> = OnceLock::new();
+    S.get_or_init(|| WalSource::collect(6, 2000))
 }
 
-fn other_source() -> &'static Source {
-    static S: OnceLock<Source> = OnceLock::new();
-    S.get_or_init(Source::new)
+fn other_source() -> &'static WalSource {
+    static S: OnceLock<WalSource> = OnceLock::new();
+    S.get_or_init(|| WalSource::collect(6, 2000))
 }
 
 /// A fresh local-directory repository and a work directory with copies of WAL files.
@@ -116,7 +62,7 @@ impl Fixture {
     }
 
     /// Copies `name` from `src` into the work directory as `as_name`.
-    fn stage(&self, src: &Source, name: &str, as_name: &str) -> PathBuf {
+    fn stage(&self, src: &WalSource, name: &str, as_name: &str) -> PathBuf {
         let p = self.work.join(as_name);
         fs::copy(src.path(name), &p).unwrap();
         p

@@ -124,6 +124,58 @@ fn free_ports_are_distinct() {
     assert_eq!(ports.len(), 50);
 }
 
+/// The proxy forwards both ways, holds each request back by its delay, and once dropped
+/// closes what it still forwards and accepts nothing more.
+#[test]
+fn proxy_delays_requests_and_stops_on_drop() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut rx = conn.try_clone().unwrap();
+                let mut tx = conn;
+                let _ = std::io::copy(&mut rx, &mut tx);
+            });
+        }
+    });
+    let delay = Duration::from_millis(150);
+    let proxy = Proxy::start(target, delay);
+    let port = proxy.port();
+    assert_eq!(proxy.url(), format!("http://127.0.0.1:{port}"));
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for request in [&b"ping"[..], b"pong"] {
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        c.write_all(request).unwrap();
+        let mut answer = [0u8; 4];
+        c.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer[..], request);
+        assert!(t.elapsed() >= delay, "answered in {:?}", t.elapsed());
+    }
+    drop(proxy);
+    let mut rest = Vec::new();
+    if let Err(e) = c.read_to_end(&mut rest) {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the connection stays open after the proxy is dropped"
+        );
+    }
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the proxy still accepts connections"
+    );
+}
+
 #[test]
 fn s3_bucket_and_signed_requests() {
     let s3 = s3();

@@ -12,15 +12,6 @@ use common::*;
 
 const MIB: u64 = 1 << 20;
 
-/// The single `walarchive <command>: error: ...` line of stderr (panics unless exactly one).
-#[track_caller]
-fn error_line(out: &std::process::Output) -> String {
-    let err = stderr(out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains(": error:")).collect();
-    assert_eq!(lines.len(), 1, "expected exactly one error line:\n{err}");
-    lines[0].to_string()
-}
-
 /// The bucket and key prefix of an `s3://BUCKET/PREFIX` repository.
 fn s3_location(repo: &Repo) -> (String, String) {
     let rest = repo.url.strip_prefix("s3://").expect("an S3 repository");

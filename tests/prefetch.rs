@@ -9,8 +9,6 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -430,43 +428,6 @@ fn prefetch_off_or_outside_recovery_changes_nothing() {
 // Measurement: replay of ~60 segments from S3, with and without prefetching
 // ---------------------------------------------------------------------------------------
 
-/// A TCP proxy to `upstream` that holds every chunk the client sends for `delay`: with
-/// HTTP, each request then takes `delay` longer, as over a long-distance link.
-fn delaying_proxy(upstream: u16, delay: Duration) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                continue;
-            };
-            // No Nagle stalls added by the proxy itself.
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut s_in, mut c_out) = (server, client);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n) = c_in.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    std::thread::sleep(delay);
-                    if s_out.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s_out.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_in, &mut c_out);
-                let _ = c_out.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
 #[test]
 fn measure_replay_time() {
     let repo = Store::S3.fresh();
@@ -487,7 +448,8 @@ fn measure_replay_time() {
     assert!(segments >= 55, "{segments}");
 
     let direct_port = s3().port;
-    let slow_port = delaying_proxy(direct_port, Duration::from_millis(20));
+    let slow = Proxy::start(direct_port, Duration::from_millis(20));
+    let slow_port = slow.port();
     // The whole matrix with WALARCHIVE_MEASURE_PREFETCH=1 (best with --release); by default
     // only the default settings against none, over the slow link.
     let full = std::env::var("WALARCHIVE_MEASURE_PREFETCH").is_ok_and(|v| v == "1");

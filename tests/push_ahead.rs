@@ -51,21 +51,6 @@ fn primary(repo: &Repo, parallel: Option<u32>) -> PgCluster {
     primary_with(repo, &archive_command(repo, parallel))
 }
 
-/// The plain segments PostgreSQL has archived (`.done`), sorted.
-fn done_segments(pg: &PgCluster) -> Vec<String> {
-    let mut done: Vec<String> = fs::read_dir(pg.wal_dir().join("archive_status"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".done")
-                .filter(|n| n.len() == 24)
-                .map(str::to_string)
-        })
-        .collect();
-    done.sort();
-    done
-}
-
 /// Segment names of the uploads walarchive logged (into PostgreSQL's log): `archived NAME (`
 /// for PostgreSQL's own request, `pushed ahead NAME (` for segments pushed ahead.
 fn uploads(log: &str) -> Vec<String> {
@@ -97,27 +82,6 @@ fn counters(pg: &PgCluster) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Every segment in `names` is in the repository and decodes (through `wal-fetch`) to the
-/// bytes in pg_wal.
-fn assert_archived_intact(repo: &Repo, pg: &PgCluster, names: &[String]) {
-    let listed: Vec<String> = repo
-        .wal_list()
-        .iter()
-        .filter(|e| e["kind"] == "segment")
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
-    let scratch = TestDir::new("walarchive-pafetch-");
-    for name in names {
-        assert!(listed.contains(name), "{name} is not in the repository");
-        let dest = scratch.join(name);
-        assert_success(&repo.run(&["wal-fetch", name, dest.to_str().unwrap()]));
-        assert!(
-            fs::read(&dest).unwrap() == fs::read(pg.wal_dir().join(name)).unwrap(),
-            "{name}: the archived copy differs from pg_wal's"
-        );
-    }
-}
-
 /// A burst of WAL is archived exactly once per segment, with correct content, no failure,
 /// and most of PostgreSQL's calls answered from markers.
 fn burst(store: Store) {
@@ -136,14 +100,14 @@ fn burst(store: Store) {
         "pg_stat_archiver failures: {status}"
     );
 
-    let done = done_segments(&pg);
+    let done = pg.done_segments();
     let first = pg.psql(&format!("select pg_walfile_name('{first_lsn}')"));
     let in_burst = done.iter().filter(|n| **n >= first).count();
     assert!(
         in_burst >= 50,
         "the burst produced only {in_burst} segments"
     );
-    assert_archived_intact(&repo, &pg, &done);
+    repo.assert_archived_intact(&pg, &done);
 
     // Each segment was uploaded exactly once, and the uploads are what the counters say.
     let log = pg.log();
@@ -291,7 +255,7 @@ fn killed_at_random_points_loses_nothing() {
     );
 
     // Every segment from the first to the last is archived and intact.
-    let done = done_segments(&pg);
+    let done = pg.done_segments();
     let expected: Vec<String> = {
         // 1 MiB segments: 4096 of them per 4 GiB "log".
         let segno = |s: &str| {
@@ -307,45 +271,17 @@ fn killed_at_random_points_loses_nothing() {
         assert!(done.contains(name), "{name} is not archived (.done)");
     }
     assert!(expected.len() >= 150, "only {} segments", expected.len());
-    assert_archived_intact(&repo, &pg, &expected);
+    repo.assert_archived_intact(&pg, &expected);
 }
 
 // ---------------------------------------------------------------------------
 // Contract: a fake data directory, the binary run from it as PostgreSQL does
 // ---------------------------------------------------------------------------
 
-/// Real 1 MiB segments, collected from a cluster by `cp` as archive_command.
-fn real_segments() -> &'static (TestDir, Vec<String>) {
-    static S: OnceLock<(TestDir, Vec<String>)> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = TestDir::new_postgres("walarchive-pasrc-");
-        let pg = PgCluster::init(PgOptions {
-            extra_conf: format!(
-                "archive_mode = on\narchive_command = 'cp %p {}/%f'\n",
-                dir.path().display()
-            ),
-            ..Default::default()
-        });
-        pg.start();
-        pg.psql("create table t(id int, v text)");
-        let mut last = String::new();
-        for i in 0..8 {
-            pg.psql(&format!(
-                "insert into t select g, md5(g::text) from generate_series(1, {}) g",
-                1000 * (i + 1)
-            ));
-            last = pg.switch_wal();
-        }
-        pg.wait_archived(&last, Duration::from_secs(60));
-        let mut names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.len() == 24)
-            .collect();
-        names.sort();
-        assert!(names.len() >= 8, "{names:?}");
-        (dir, names)
-    })
+/// Real segments, shared by the tests of this binary.
+fn real_segments() -> &'static WalSource {
+    static S: OnceLock<WalSource> = OnceLock::new();
+    S.get_or_init(|| WalSource::collect(8, 1000))
 }
 
 /// A data directory with `pg_wal/` holding real segments, each `.ready`, and a fresh
@@ -358,13 +294,13 @@ struct FakeData {
 
 impl FakeData {
     fn new(count: usize) -> FakeData {
-        let (src, all) = real_segments();
+        let src = real_segments();
         let dir = TestDir::new("walarchive-padata-");
         let wal = dir.join("data/pg_wal");
         fs::create_dir_all(wal.join("archive_status")).unwrap();
-        let names: Vec<String> = all[..count].to_vec();
+        let names: Vec<String> = src.segments[..count].to_vec();
         for n in &names {
-            fs::copy(src.join(n), wal.join(n)).unwrap();
+            fs::copy(src.path(n), wal.join(n)).unwrap();
             fs::write(wal.join(format!("archive_status/{n}.ready")), b"").unwrap();
         }
         let url = format!("file://{}", dir.join("repo").display());
@@ -572,49 +508,6 @@ fn overlapping_calls_upload_each_segment_once() {
     );
 }
 
-/// Forwards TCP connections to `target`, holding each request back by `delay`: a stand-in
-/// for the round trip to a remote object store. A chunk from the client that follows a
-/// pause (a new request on a kept-alive connection) waits `delay`; the rest of a request
-/// body, and responses, pass at once.
-fn latency_proxy(target: u16, delay: Duration) -> u16 {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                continue;
-            };
-            let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut s_in, mut c_out) = (server, client);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 256 << 10];
-                let mut last = Instant::now() - delay;
-                while let Ok(n) = c_in.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if last.elapsed() > Duration::from_millis(2) {
-                        std::thread::sleep(delay);
-                    }
-                    if s_out.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    last = Instant::now();
-                }
-                let _ = s_out.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_in, &mut c_out);
-                let _ = c_out.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
 /// Time to archive a backlog of ~60 ready segments with --parallel 1, 2 and 4, into a local
 /// directory, the local S3 server, and that server behind 20 ms of latency per request.
 /// Printed, not asserted (timings on shared machines vary); run it on its own, in release:
@@ -622,12 +515,12 @@ fn latency_proxy(target: u16, delay: Duration) -> u16 {
 #[test]
 #[ignore = "a measurement: run it on its own"]
 fn throughput_by_parallelism() {
-    let far_s3 = latency_proxy(s3().port, Duration::from_millis(20));
+    let far_s3 = Proxy::start(s3().port, Duration::from_millis(20));
     let fresh = |store: Store, far: bool| {
         let mut repo = store.fresh();
         for (k, v) in repo.env.iter_mut() {
             if far && k == "AWS_ENDPOINT" {
-                *v = format!("http://127.0.0.1:{far_s3}");
+                *v = far_s3.url();
             }
         }
         repo

@@ -63,21 +63,6 @@ fn flip_byte_in_the_middle(path: &PathBuf) -> Vec<u8> {
     original
 }
 
-/// The single `walarchive <command>: error: ...` line of stderr (panics unless exactly one).
-#[track_caller]
-fn error_line(out: &Output) -> String {
-    let err = stderr(out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains(": error:")).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one error line\n--- stdout ---\n{}\n--- stderr ---\n{err}",
-        stdout(out)
-    );
-    eprintln!("error line: {}", lines[0]);
-    lines[0].to_string()
-}
-
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

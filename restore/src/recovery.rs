@@ -178,27 +178,10 @@ mod tests {
 
     fn manifest(name: &str, stop_lsn: &str, stop_time: &str, xid: u64, tli: u32) -> Manifest {
         Manifest {
-            format_version: 1,
-            name: name.into(),
-            label: name.into(),
-            start_lsn: Lsn(0),
-            stop_lsn: stop_lsn.parse().unwrap(),
-            timeline: tli,
             start_time: stop_time.into(),
             stop_time: stop_time.into(),
             stop_next_xid: xid,
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            wal_segment_size: 1 << 24,
-            from_standby: false,
-            original_bytes: 0,
-            stored_bytes: 0,
-            compression: "zstd:1".into(),
-            part_size: 1,
-            streams: vec![],
-            files: vec![],
-            has_tablespace_map: false,
-            created_by: "t".into(),
+            ..Manifest::for_tests(name, tli, Lsn(0), stop_lsn.parse().unwrap())
         }
     }
 

@@ -41,9 +41,16 @@
 //! Everything is synchronous (`std::process`, `std::net`); no tokio.
 #![allow(dead_code)]
 
+pub mod machine;
+mod proxy;
 mod repos;
+mod wal_source;
+#[allow(unused_imports)]
+pub use proxy::{Fault, Proxy};
 #[allow(unused_imports)]
 pub use repos::{Repo, Store};
+#[allow(unused_imports)]
+pub use wal_source::WalSource;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -348,6 +355,21 @@ pub fn assert_code(out: &Output, expected: i32) -> &Output {
         stderr(out)
     );
     out
+}
+
+/// The single `walarchive <command>: error: ...` line of stderr (panics unless exactly one).
+#[track_caller]
+pub fn error_line(out: &Output) -> String {
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(": error:")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one error line\n--- stdout ---\n{}\n--- stderr ---\n{err}",
+        stdout(out)
+    );
+    eprintln!("error line: {}", lines[0]);
+    lines[0].to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -894,6 +916,22 @@ impl PgCluster {
                 .unwrap_or_default();
             last.len() >= 24 && last[..24] >= seg[..seg.len().min(24)]
         });
+    }
+
+    /// The WAL segments PostgreSQL has archived (`archive_status/NAME.done`; not history or
+    /// backup history files), sorted.
+    pub fn done_segments(&self) -> Vec<String> {
+        let mut done: Vec<String> = fs::read_dir(self.wal_dir().join("archive_status"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".done")
+                    .filter(|n| n.len() == 24)
+                    .map(str::to_string)
+            })
+            .collect();
+        done.sort();
+        done
     }
 
     /// `pg_basebackup -X stream --checkpoint=fast` of this (running) cluster

@@ -98,6 +98,29 @@ impl Repo {
         json_array(&self.run(&["wal-list", "--json"]))
     }
 
+    /// Asserts that every segment in `names` is in the repository (`wal-list`) and decodes,
+    /// through `wal-fetch`, to the bytes in `pg`'s pg_wal (keep them there with
+    /// `wal_keep_size`).
+    #[track_caller]
+    pub fn assert_archived_intact(&self, pg: &PgCluster, names: &[String]) {
+        let listed: Vec<String> = self
+            .wal_list()
+            .iter()
+            .filter(|e| e["kind"] == "segment")
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
+        let scratch = TestDir::new("walarchive-intact-");
+        for name in names {
+            assert!(listed.contains(name), "{name} is not in the repository");
+            let dest = scratch.join(name);
+            assert_success(&self.run(&["wal-fetch", name, dest.to_str().unwrap()]));
+            assert!(
+                fs::read(&dest).unwrap() == fs::read(pg.wal_dir().join(name)).unwrap(),
+                "{name}: the archived copy differs from pg_wal's"
+            );
+        }
+    }
+
     /// `backup-push --fast --json` of `pg` (over TCP); panics on failure.
     pub fn backup_push(&self, pg: &PgCluster, extra: &[&str]) -> serde_json::Value {
         let out = self.try_backup_push(pg, extra);

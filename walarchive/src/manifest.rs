@@ -158,6 +158,40 @@ pub struct Manifest {
     pub created_by: String,
 }
 
+impl Manifest {
+    /// Test support, not for production use: a minimal manifest of backup `name` (also its
+    /// label) taken on `timeline` from `start_lsn` to `stop_lsn`, with 1 MiB WAL segments,
+    /// no streams or files, empty times and `stop_next_xid` 0. Tests set what else they
+    /// need with struct update syntax. Public (not `cfg(test)`) because walarchive-restore's
+    /// unit tests use it too.
+    #[doc(hidden)]
+    pub fn for_tests(name: &str, timeline: u32, start_lsn: Lsn, stop_lsn: Lsn) -> Manifest {
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            name: name.into(),
+            label: name.into(),
+            start_lsn,
+            stop_lsn,
+            timeline,
+            start_time: String::new(),
+            stop_time: String::new(),
+            stop_next_xid: 0,
+            pg_version_num: 150000,
+            system_identifier: "1".into(),
+            wal_segment_size: 1 << 20,
+            from_standby: false,
+            original_bytes: 0,
+            stored_bytes: 0,
+            compression: "zstd:1".into(),
+            part_size: 1,
+            streams: vec![],
+            files: vec![],
+            has_tablespace_map: false,
+            created_by: "t".into(),
+        }
+    }
+}
+
 /// Parsing helpers for RFC 3339 times stored in manifests.
 pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(s)

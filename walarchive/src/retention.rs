@@ -276,29 +276,7 @@ mod tests {
     use super::*;
 
     fn manifest(name: &str, tli: u32, start: &str, stop: &str) -> Manifest {
-        Manifest {
-            format_version: 1,
-            name: name.into(),
-            label: name.into(),
-            start_lsn: start.parse().unwrap(),
-            stop_lsn: stop.parse().unwrap(),
-            timeline: tli,
-            start_time: String::new(),
-            stop_time: String::new(),
-            stop_next_xid: 0,
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            wal_segment_size: 1 << 20,
-            from_standby: false,
-            original_bytes: 0,
-            stored_bytes: 0,
-            compression: "zstd:1".into(),
-            part_size: 1,
-            streams: vec![],
-            files: vec![],
-            has_tablespace_map: false,
-            created_by: "t".into(),
-        }
+        Manifest::for_tests(name, tli, start.parse().unwrap(), stop.parse().unwrap())
     }
 
     fn n(s: &str) -> WalFileName {
