@@ -44,11 +44,14 @@
 pub mod machine;
 mod proxy;
 mod repos;
+pub mod swift;
 mod wal_source;
 #[allow(unused_imports)]
 pub use proxy::{Fault, Proxy};
 #[allow(unused_imports)]
 pub use repos::{Repo, Store};
+#[allow(unused_imports)]
+pub use swift::{swift, SwiftServer};
 #[allow(unused_imports)]
 pub use wal_source::WalSource;
 

@@ -10,6 +10,7 @@ use super::*;
 pub enum Store {
     S3,
     Azure,
+    Swift,
     File,
 }
 
@@ -32,6 +33,11 @@ impl Store {
             Store::Azure => Repo {
                 url: format!("az://{}/db", azurite().fresh_container()),
                 env: azurite().env(),
+                dir: None,
+            },
+            Store::Swift => Repo {
+                url: format!("swift://{}/db", swift().fresh_container()),
+                env: swift().env(),
                 dir: None,
             },
             Store::File => {

@@ -1,8 +1,10 @@
 //! Storage backends behind object_store's `ObjectStore` trait, and error classification.
 //!
 //! Every backend is opened from a repository URL into an `Arc<dyn ObjectStore>` plus a key
-//! prefix, so the engine never knows which store it talks to: a new backend (GCS, Swift) is
-//! one more arm in [`open`]. Two things are decided here for all of them:
+//! prefix, so the engine never knows which store it talks to: a new backend (GCS) is one
+//! more arm in [`open`]. object_store has no OpenStack Swift backend, so [`swift`]
+//! implements its `ObjectStore` trait over Swift's native API. Two things are decided here
+//! for all of them:
 //!
 //! - Durability: the local-directory backend fsyncs files and directories before a put
 //!   returns, so `wal-push` exiting 0 means the segment survives a power loss. The cloud
@@ -26,6 +28,11 @@ use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use crate::retry::RetryPolicy;
+
+pub mod swift;
+
+/// The object_store crate, for code that drives a store directly (tests, tools).
+pub use object_store;
 
 /// A storage failure, classified for the retry helper.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,13 @@ fn source_class(e: &(dyn std::error::Error + 'static)) -> Option<Class> {
     use std::io::ErrorKind as K;
     let mut cur = Some(e);
     while let Some(err) = cur {
+        if let Some(s) = err.downcast_ref::<swift::SwiftError>() {
+            return Some(if s.is_transient() {
+                Class::Transient
+            } else {
+                Class::Permanent
+            });
+        }
         if err.is::<object_store::client::HttpError>() {
             return Some(Class::Transient);
         }
@@ -193,6 +207,8 @@ pub enum Backend {
     Azure,
     /// A local (or mounted) directory (`file://`).
     Local,
+    /// OpenStack Swift (`swift://`).
+    Swift,
 }
 
 /// A repository URL that cannot be opened.
@@ -207,7 +223,7 @@ pub enum OpenError {
         reason: String,
     },
     /// A scheme walarchive has no backend for.
-    #[error("unsupported repository URL scheme {scheme:?} in {url:?} (supported: s3://, az://, azure://, file://)")]
+    #[error("unsupported repository URL scheme {scheme:?} in {url:?} (supported: s3://, az://, azure://, swift://, file://)")]
     UnknownScheme {
         /// The scheme.
         scheme: String,
@@ -318,6 +334,33 @@ pub fn open(
                 .build()
                 .map_err(backend_err(Backend::Azure))?;
             (Arc::new(store), path.as_str(), Backend::Azure)
+        }
+        "swift" => {
+            let container = parsed
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| bad("missing container name"))?;
+            let container =
+                percent_decode(container).ok_or_else(|| bad("the container is not valid UTF-8"))?;
+            // Settings by their OpenStack names; the file's [storage] keys (lower case) win.
+            let get = |name: &str| {
+                options
+                    .0
+                    .get(&name.to_ascii_lowercase())
+                    .cloned()
+                    .or_else(|| std::env::var(name).ok())
+            };
+            let store = swift::SwiftStore::from_settings(
+                &container,
+                &get,
+                policy.attempt_timeout,
+                Duration::from_secs(10).min(policy.attempt_timeout),
+            )
+            .map_err(|e| OpenError::Backend {
+                backend: Backend::Swift,
+                reason: redact(&e.to_string()),
+            })?;
+            (Arc::new(store), path.as_str(), Backend::Swift)
         }
         "file" => {
             if parsed
@@ -438,6 +481,84 @@ mod tests {
             open("ftp://x/y", &none, &policy()),
             Err(OpenError::UnknownScheme { .. })
         ));
+    }
+
+    #[test]
+    fn opens_swift_urls() {
+        let opts = StorageOptions(
+            [
+                ("os_storage_url", "http://127.0.0.1:9/v1/AUTH_test"),
+                ("os_auth_token", "AUTH_tk0"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let l = open("swift://backups/pg/main/", &opts, &policy()).unwrap();
+        assert_eq!((l.backend, l.prefix.as_ref()), (Backend::Swift, "pg/main"));
+        assert!(!format!("{:?}", l.store).contains("AUTH_tk0"));
+        // Container names keep their case (Swift's are case-sensitive).
+        let upper = open("swift://PG_Archive/x", &opts, &policy()).unwrap();
+        assert!(
+            format!("{:?}", upper.store).contains("\"PG_Archive\""),
+            "{:?}",
+            upper.store
+        );
+        assert!(matches!(
+            open("swift:///pg", &opts, &policy()),
+            Err(OpenError::BadUrl { .. })
+        ));
+        // Settings that name no auth version are a configuration error.
+        let unversioned = StorageOptions(
+            [
+                ("os_auth_url", "http://127.0.0.1:9/auth/v1.0"),
+                ("os_username", "test:tester"),
+                ("os_password", "testing"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        if std::env::var_os("OS_AUTH_TYPE").is_none()
+            && std::env::var_os("OS_IDENTITY_API_VERSION").is_none()
+            && std::env::var_os("OS_AUTH_VERSION").is_none()
+            && std::env::var_os("SWIFT_AUTH_VERSION").is_none()
+        {
+            match open("swift://backups", &unversioned, &policy()) {
+                Err(OpenError::Backend {
+                    backend: Backend::Swift,
+                    reason,
+                }) => assert!(reason.contains("does not guess"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn classifies_swift_errors() {
+        use swift::SwiftError;
+        let generic = |e: SwiftError| object_store::Error::Generic {
+            store: "Swift",
+            source: Box::new(e),
+        };
+        let status = |code: u16| SwiftError::Status {
+            what: "PUT".into(),
+            url: "http://s/v1/AUTH_t/c/o?multipart-manifest=put".into(),
+            status: code,
+            reason: String::new(),
+            detail: String::new(),
+        };
+        // 422 is Swift's answer to an ETag mismatch: damaged in transit, worth retrying.
+        assert!(!StorageError::from(generic(status(422))).is_permanent());
+        assert!(!StorageError::from(generic(status(503))).is_permanent());
+        assert!(StorageError::from(generic(status(400))).is_permanent());
+        assert!(!StorageError::from(generic(SwiftError::Transport("reset".into()))).is_permanent());
+        assert!(StorageError::from(generic(SwiftError::Catalog("none".into()))).is_permanent());
+        let msg = StorageError::from(generic(status(500))).to_string();
+        assert!(
+            msg.contains("?<redacted>") && !msg.contains("multipart-manifest"),
+            "{msg}"
+        );
     }
 
     #[test]
