@@ -20,14 +20,14 @@ const LONG_HELP: &str = concat!(
     "  archive_command = 'walarchive --config /etc/walarchive.toml wal-push %p'\n",
     "  restore_command = 'walarchive --config /etc/walarchive.toml wal-fetch %f %p'\n",
     "  archive_timeout = 60   # bounds data loss when the server and its disk are lost\n\n",
-    "Repository URLs: s3://BUCKET/PREFIX, az://CONTAINER/PREFIX (or azure://), file:///ABS/PATH.\n",
-    "Credentials come from the environment (AWS_*, AZURE_*) or the config file's [storage] table.\n\n",
+    "Repository URLs: s3://BUCKET/PREFIX, az://CONTAINER/PREFIX (or azure://), swift://CONTAINER/PREFIX, file:///ABS/PATH.\n",
+    "Credentials come from the environment (AWS_*, AZURE_*, OS_* for Swift) or the config file's [storage] table.\n\n",
 );
 
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
-    /// Repository URL (s3://, az://, azure://, file://).
+    /// Repository URL (s3://, az://, azure://, swift://, file://).
     #[arg(long, global = true, env = "WALARCHIVE_REPO", value_name = "URL")]
     pub repo: Option<String>,
     /// Configuration file (TOML). Default: /etc/walarchive.toml when it exists.
@@ -67,6 +67,12 @@ pub struct GlobalOpts {
     /// wal-fetch: segments to download ahead of PostgreSQL's requests [default: 8; 0 disables].
     #[arg(long, global = true, env = "WALARCHIVE_PREFETCH", value_name = "N", value_parser = clap::value_parser!(u32).range(0..=256))]
     pub prefetch: Option<u32>,
+    /// wal-push: hand segments to a resident `walarchive daemon` that pushes every `.ready`
+    /// segment as soon as it appears, starting one when none runs (it stops with PostgreSQL,
+    /// or after a minute of idleness). A running daemon is used even without this
+    /// [default: false].
+    #[arg(long, global = true, env = "WALARCHIVE_DAEMON", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub daemon: Option<bool>,
     /// More logging (-v debug, -vv trace). WALARCHIVE_LOG takes a tracing filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -85,6 +91,21 @@ pub enum Command {
     WalPush {
         /// Path of the WAL file (PostgreSQL's %p, relative to the data directory).
         path: PathBuf,
+    },
+    /// Archive continuously: push every `.ready` segment of a data directory as soon as it
+    /// appears, and answer wal-push over a Unix socket in pg_wal.
+    ///
+    /// archive_command stays `walarchive wal-push %p`: when this daemon runs, wal-push only
+    /// asks it and returns as soon as its segment is durably stored (same checks, same exit
+    /// statuses); without it, wal-push pushes by itself. `--daemon` on wal-push starts one
+    /// on demand instead of running this by hand.
+    Daemon {
+        /// The data directory (its pg_wal is watched).
+        #[arg(long, env = "PGDATA", value_name = "DIR")]
+        pgdata: PathBuf,
+        /// Stop after this many seconds with nothing to push [default: never].
+        #[arg(long, value_name = "SECONDS")]
+        idle_exit: Option<u64>,
     },
     /// Restore one WAL file: PostgreSQL's restore_command (`wal-fetch %f %p`).
     ///
@@ -235,6 +256,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::WalPush { .. } => "wal-push",
+            Command::Daemon { .. } => "daemon",
             Command::WalFetch { .. } => "wal-fetch",
             Command::WalList { .. } => "wal-list",
             Command::RepoInfo { .. } => "repo-info",

@@ -18,12 +18,32 @@ use crate::cli::{Cli, Command, TargetArgs, VerifyCommand};
 use crate::exit;
 use crate::progress;
 use crate::settings::Settings;
-use crate::{cmd_delete, cmd_status, cmd_verify};
+use crate::{cmd_daemon, cmd_delete, cmd_status, cmd_verify};
 
 /// Runs the command, returning its exit status on success.
 pub async fn run(cli: &Cli) -> Result<u8> {
     let settings = Settings::resolve(&cli.global)?;
+    let spawned = matches!(cli.command, Command::WalPush { .. })
+        .then(cmd_daemon::spawned_for)
+        .flatten();
+    if let (Command::WalPush { path }, None) = (&cli.command, &spawned) {
+        // Before opening the repository: a daemon's answer needs nothing else.
+        if let Some(answered) = cmd_daemon::push_via_daemon(&settings, path) {
+            return answered;
+        }
+    }
     let repo = settings.open()?;
+    if let Some(pg_wal) = spawned {
+        // A daemon this program started from wal-push: it follows PostgreSQL's life.
+        return cmd_daemon::run(
+            &repo,
+            &settings,
+            &pg_wal,
+            Some(walarchive_core::daemon::SPAWNED_IDLE_EXIT),
+            true,
+        )
+        .await;
+    }
     let writes = matches!(
         cli.command,
         Command::WalPush { .. } | Command::BackupPush { .. }
@@ -37,6 +57,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     }
     match &cli.command {
         Command::WalPush { path } => wal_push(&repo, path, settings.parallel).await,
+        Command::Daemon { pgdata, idle_exit } => {
+            let idle = idle_exit.map(Duration::from_secs);
+            cmd_daemon::run(&repo, &settings, &pgdata.join("pg_wal"), idle, false).await
+        }
         Command::WalFetch { name, dest } => wal_fetch(&repo, &settings, name, dest).await,
         Command::WalList { timeline, json } => wal_list(&repo, *timeline, *json).await,
         Command::RepoInfo { json } => repo_info(&repo, *json).await,
@@ -435,7 +459,7 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
 }
 
 /// Adds one call's outcome to the counters in the `pg_wal` directory `wal_path` is in.
-fn count(wal_path: &std::path::Path, change: impl FnOnce(&mut Counters)) {
+pub(crate) fn count(wal_path: &std::path::Path, change: impl FnOnce(&mut Counters)) {
     let Some(dir) = metrics::dir_for(wal_path) else {
         return;
     };
@@ -447,7 +471,7 @@ fn count(wal_path: &std::path::Path, change: impl FnOnce(&mut Counters)) {
     }
 }
 
-fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
+pub(crate) fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
     c.last_error = Some(e.to_string().replace('\n', " "));
     c.last_error_time = Some(chrono::Utc::now().to_rfc3339());
 }

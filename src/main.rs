@@ -6,6 +6,7 @@
 //! decided here, never deep inside the libraries.
 
 mod cli;
+mod cmd_daemon;
 mod cmd_delete;
 mod cmd_status;
 mod cmd_verify;

@@ -24,6 +24,8 @@ pub struct Settings {
     pub parallel: usize,
     /// wal-fetch: segments to prefetch.
     pub prefetch: usize,
+    /// wal-push: start the resident daemon when none runs.
+    pub daemon: bool,
 }
 
 impl Settings {
@@ -65,6 +67,7 @@ impl Settings {
             storage: file.storage,
             parallel: g.parallel.or(file.parallel).unwrap_or(2) as usize,
             prefetch: g.prefetch.or(file.prefetch).unwrap_or(8) as usize,
+            daemon: g.daemon.or(file.daemon).unwrap_or(false),
         })
     }
 

@@ -29,6 +29,8 @@ pub struct ConfigFile {
     pub parallel: Option<u32>,
     /// wal-fetch: segments to prefetch.
     pub prefetch: Option<u32>,
+    /// wal-push: start the resident `walarchive daemon` when none runs.
+    pub daemon: Option<bool>,
     /// Backend options, as object_store configuration keys (`aws_endpoint`,
     /// `azure_storage_account_key`, ...). Values are never printed.
     #[serde(default)]

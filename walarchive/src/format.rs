@@ -187,6 +187,92 @@ pub fn encode_with_digest(
     EncodedObject { bytes, header }
 }
 
+/// Encodes content read from `reader`, which must yield exactly `len` bytes, with
+/// `compression`. With zstd the content streams through in chunks of `chunk.len()` bytes
+/// (hashed and compressed as it comes, into the object's final buffer, the header filled in
+/// last), so memory holds one chunk and the compressed object, never the whole content:
+/// what keeps many segments in flight cheap. lz4's block format and `none` need the whole
+/// content, which is read first. `first` sees the first chunk before anything is encoded
+/// (to refuse a file early); an error from it is returned as is.
+pub fn encode_reader<R: std::io::Read>(
+    reader: &mut R,
+    len: u64,
+    compression: Compression,
+    chunk: &mut [u8],
+    first: impl FnOnce(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<EncodedObject> {
+    use std::io::{Error, ErrorKind, Read, Write};
+    let changed = || {
+        Error::new(
+            ErrorKind::UnexpectedEof,
+            "the file changed size while being read",
+        )
+    };
+    let Compression::Zstd(level) = compression else {
+        let mut raw = Vec::with_capacity(len as usize);
+        reader.take(len + 1).read_to_end(&mut raw)?;
+        if raw.len() as u64 != len {
+            return Err(changed());
+        }
+        first(&raw[..raw.len().min(chunk.len())])?;
+        return Ok(encode(&raw, compression));
+    };
+    let read_full = |reader: &mut R, buf: &mut [u8]| -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match reader.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + (len as usize) / 8);
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+    encoder.set_pledged_src_size(Some(len))?;
+    encoder.include_contentsize(true)?;
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut is_first = true;
+    let mut first = Some(first);
+    loop {
+        let n = read_full(reader, chunk)?;
+        if is_first {
+            is_first = false;
+            (first.take().expect("called once"))(&chunk[..n])?;
+        }
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > len {
+            return Err(changed());
+        }
+        hasher.update(&chunk[..n]);
+        encoder.write_all(&chunk[..n])?;
+        if n < chunk.len() {
+            break;
+        }
+    }
+    if total != len {
+        return Err(changed());
+    }
+    let mut bytes = encoder.finish()?;
+    let header = ObjectHeader {
+        version: FORMAT_VERSION,
+        codec: compression.id(),
+        header_len: HEADER_LEN,
+        raw_len: len,
+        body_len: (bytes.len() - HEADER_LEN) as u64,
+        sha256: Sha256Digest(hasher.finalize().into()),
+    };
+    bytes[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok(EncodedObject { bytes, header })
+}
+
 /// Decodes and verifies a whole stored object, returning its content.
 pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
     let header = ObjectHeader::parse(object)?;
@@ -215,6 +301,64 @@ pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_objects_decode_like_whole_ones() {
+        let raw: Vec<u8> = (0..3_000_000u32).map(|i| (i / 7 % 251) as u8).collect();
+        for compression in [
+            Compression::Zstd(1),
+            Compression::Zstd(3),
+            Compression::Lz4,
+            Compression::None,
+        ] {
+            let mut chunk = vec![0u8; 1 << 16];
+            let mut seen = 0;
+            let obj = encode_reader(
+                &mut &raw[..],
+                raw.len() as u64,
+                compression,
+                &mut chunk,
+                |head| {
+                    seen = head.len();
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, 1 << 16);
+            let (header, back) = decode(&obj.bytes).unwrap();
+            assert_eq!(back, raw, "{compression}");
+            assert_eq!(header.sha256, Sha256Digest::of(&raw));
+            assert_eq!(header, obj.header);
+            if let Compression::Zstd(_) = compression {
+                let whole = encode(&raw, compression);
+                let (a, b) = (obj.bytes.len() as f64, whole.bytes.len() as f64);
+                assert!((a / b - 1.0).abs() < 0.02, "streamed {a} vs whole {b}");
+            }
+        }
+        // Shorter or longer than announced: refused.
+        let mut chunk = vec![0u8; 1 << 16];
+        for claimed in [raw.len() as u64 + 1, raw.len() as u64 - 1] {
+            let e = encode_reader(
+                &mut &raw[..],
+                claimed,
+                Compression::Zstd(1),
+                &mut chunk,
+                |_| Ok(()),
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{claimed}");
+        }
+        // The first chunk can refuse before anything is encoded.
+        let e = encode_reader(
+            &mut &raw[..],
+            raw.len() as u64,
+            Compression::Zstd(1),
+            &mut chunk,
+            |_| Err(std::io::Error::other("no")),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "no");
+    }
 
     fn content() -> Vec<u8> {
         b"WAL bytes ".repeat(5000)

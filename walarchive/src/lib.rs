@@ -12,6 +12,7 @@ pub mod backup;
 pub mod catalog;
 pub mod codec;
 pub mod config;
+pub mod daemon;
 pub mod format;
 pub mod lsn;
 pub mod manifest;
@@ -127,6 +128,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A failure reported by the resident `walarchive daemon` that did the work.
+    #[error("{message}")]
+    Remote {
+        /// The class of the daemon's error.
+        kind: ErrorKind,
+        /// The daemon's one-line message.
+        message: String,
+    },
 }
 
 /// Coarse classes of [`Error`], which the CLI maps to exit statuses.
@@ -168,6 +177,43 @@ impl Error {
             Error::Io { .. } => ErrorKind::LocalIo,
             Error::Postgres(_) => ErrorKind::Postgres,
             Error::WalMissing { .. } => ErrorKind::WalMissing,
+            Error::Remote { kind, .. } => *kind,
         }
+    }
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 10] = [
+        ErrorKind::BadInput,
+        ErrorKind::Conflict,
+        ErrorKind::ForeignCluster,
+        ErrorKind::Config,
+        ErrorKind::Storage,
+        ErrorKind::NotFound,
+        ErrorKind::Corrupt,
+        ErrorKind::LocalIo,
+        ErrorKind::Postgres,
+        ErrorKind::WalMissing,
+    ];
+
+    /// A stable name (what the daemon's protocol carries).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadInput => "bad-input",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::ForeignCluster => "foreign-cluster",
+            ErrorKind::Config => "config",
+            ErrorKind::Storage => "storage",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::LocalIo => "local-io",
+            ErrorKind::Postgres => "postgres",
+            ErrorKind::WalMissing => "wal-missing",
+        }
+    }
+
+    /// The kind named `name` by [`ErrorKind::as_str`].
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }

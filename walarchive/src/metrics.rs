@@ -58,6 +58,11 @@ pub fn dir_for(wal_path: &Path) -> Option<PathBuf> {
     } else {
         parent
     };
+    // The path as given first: a pg_wal that is a symlink (`initdb --waldir`) resolves to
+    // a directory with another name.
+    if parent.file_name().is_some_and(|n| n == "pg_wal") && parent.is_dir() {
+        return Some(parent.to_path_buf());
+    }
     let canonical = parent.canonicalize().ok()?;
     (canonical.file_name()? == "pg_wal").then_some(canonical)
 }
@@ -106,9 +111,19 @@ mod tests {
         std::fs::create_dir(&wal).unwrap();
         assert_eq!(
             dir_for(&wal.join("000000010000000000000001")),
-            Some(wal.canonicalize().unwrap())
+            Some(wal.clone())
         );
         assert_eq!(dir_for(&d.path().join("x")), None);
+        // initdb --waldir: pg_wal is a symlink to a directory with another name.
+        let elsewhere = d.path().join("wal-disk");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, data.join("pg_wal")).unwrap();
+        assert_eq!(
+            dir_for(&data.join("pg_wal/000000010000000000000001")),
+            Some(data.join("pg_wal"))
+        );
         for _ in 0..3 {
             update(&wal, |c| {
                 c.push_total += 1;

@@ -30,92 +30,54 @@ pub struct PushReport {
 
 /// Archives the WAL file at `path` (as PostgreSQL's `%p`) into `repo`.
 pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Error> {
-    let (name, raw) = read_wal_file(path).await?;
-    check_against_repository(repo, path, &name, &raw).await?;
-    store(repo, name, raw).await
+    let prepared = prepare(path, repo.compression).await?;
+    if let Some(found) = &prepared.found {
+        repo.ensure_descriptor(found, &prepared.name.to_string())
+            .await?;
+    }
+    store_prepared(repo, prepared).await
 }
 
-/// Reads the WAL file at `path`: its name must be a WAL file name and it must be a
-/// non-empty regular file. Nothing is checked about its content yet.
-pub async fn read_wal_file(path: &Path) -> Result<(WalFileName, Vec<u8>), Error> {
-    let shown = path.display().to_string();
-    let bad = |reason: String| Error::BadInput {
-        path: shown.clone(),
-        reason,
-    };
+/// A WAL file read, checked and encoded, ready to store.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Its name.
+    pub name: WalFileName,
+    /// For files holding WAL pages, the cluster properties their page header declares
+    /// (to check against the repository's descriptor before storing).
+    pub found: Option<Descriptor>,
+    /// The object to store.
+    pub encoded: format::EncodedObject,
+}
+
+/// Reads the WAL file at `path` (its name must be a WAL file name; it must be a non-empty
+/// regular file), checks a file holding WAL pages as [`check_segment`] does, and encodes it,
+/// streaming: see [`read_and_encode`]. Runs on tokio's blocking pool.
+pub async fn prepare(path: &Path, compression: crate::Compression) -> Result<Prepared, Error> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| bad("has no file name".into()))?;
-    let name: WalFileName = file_name.parse()?;
-
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(bad("no such file".into()))
-        }
-        Err(source) => {
-            return Err(Error::Io {
-                context: format!("cannot read {shown}"),
-                source,
-            })
-        }
-    };
-    if meta.is_dir() {
-        return Err(bad("is a directory, not a WAL file".into()));
-    }
-    if !meta.is_file() {
-        return Err(bad("is not a regular file".into()));
-    }
-    if meta.len() == 0 {
-        return Err(bad("is empty".into()));
-    }
-    let owned = path.to_path_buf();
-    let raw = tokio::task::spawn_blocking(move || std::fs::read(owned))
-        .await
-        .expect("read task does not panic")
-        .map_err(|source| Error::Io {
-            context: format!("cannot read {shown}"),
-            source,
+        .ok_or_else(|| Error::BadInput {
+            path: path.display().to_string(),
+            reason: "has no file name".into(),
         })?;
-    Ok((name, raw))
+    let name: WalFileName = file_name.parse()?;
+    let (owned, n) = (path.to_path_buf(), name);
+    let (found, encoded) =
+        tokio::task::spawn_blocking(move || read_and_encode(&owned, &n, compression))
+            .await
+            .expect("encoding does not panic")?;
+    Ok(Prepared {
+        name,
+        found,
+        encoded,
+    })
 }
 
-/// Checks a file that holds WAL pages (see [`check_segment`]) and that its cluster is the
-/// repository's (creating the descriptor on the first push); returns the repository's
-/// descriptor, or `None` for files without WAL pages (history and backup history files).
-pub async fn check_against_repository(
-    repo: &Repository,
-    path: &Path,
-    name: &WalFileName,
-    raw: &[u8],
-) -> Result<Option<Descriptor>, Error> {
-    if !name.holds_wal_pages() {
-        return Ok(None);
-    }
-    let wanted = check_segment(name, raw).map_err(|reason| Error::BadInput {
-        path: path.display().to_string(),
-        reason,
-    })?;
-    let stored = repo.ensure_descriptor(&wanted, &name.to_string()).await?;
-    Ok(Some(stored))
-}
-
-/// Stores already checked content as WAL file `name`. Hashing and compression run on
-/// tokio's blocking pool, so that several pushes in one process (see [`crate::pushahead`])
-/// use every core while their uploads are in flight.
-pub async fn store(
-    repo: &Repository,
-    name: WalFileName,
-    raw: Vec<u8>,
-) -> Result<PushReport, Error> {
-    let compression = repo.compression;
-    let raw_len = raw.len() as u64;
-    // `raw` moves into the task and is freed there: only the encoded copy stays in memory
-    // while it uploads.
-    let encoded = tokio::task::spawn_blocking(move || format::encode(&raw, compression))
-        .await
-        .expect("encoding does not panic");
+/// Stores a prepared file (whose cluster the caller checked against the repository).
+pub async fn store_prepared(repo: &Repository, prepared: Prepared) -> Result<PushReport, Error> {
+    let Prepared { name, encoded, .. } = prepared;
+    let raw_len = encoded.header.raw_len;
     let sha256 = encoded.header.sha256;
     let outcome = repo
         .put_encoded(&Repository::wal_key(&name), encoded)
@@ -131,7 +93,17 @@ pub async fn store(
 /// Checks that `raw` is a whole segment named `name` (size, long page header, page address
 /// and timeline against the name), returning the cluster properties its page header declares.
 pub fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, String> {
-    let len = raw.len() as u64;
+    check_segment_start(name, raw, raw.len() as u64)
+}
+
+/// [`check_segment`] for a segment of `len` bytes that starts with `head` (its first page,
+/// at least).
+pub fn check_segment_start(
+    name: &WalFileName,
+    head: &[u8],
+    len: u64,
+) -> Result<Descriptor, String> {
+    let raw = head;
     if !is_valid_segment_size(len) {
         return Err(format!(
             "is {len} bytes: not a whole WAL segment (segments are a power of two from 1 MiB to 1 GiB; truncated?)"
@@ -180,6 +152,103 @@ pub fn check_segment(name: &WalFileName, raw: &[u8]) -> Result<Descriptor, Strin
             .unwrap_or(0),
         created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
     })
+}
+
+/// Size of the chunks [`read_and_encode`] reads.
+pub const CHUNK: usize = 1 << 20;
+
+thread_local! {
+    /// One read buffer per (blocking-pool) thread, reused from segment to segment.
+    static CHUNK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads the WAL file at `path` (named `name`), checks it as [`check_segment`] does from its
+/// first chunk when it holds WAL pages, and encodes it for the repository, streaming (see
+/// [`format::encode_reader`]: with zstd, memory holds one chunk and the compressed object,
+/// never the whole segment). Returns the cluster properties a segment's page header
+/// declares, and the object. Blocking.
+pub fn read_and_encode(
+    path: &Path,
+    name: &WalFileName,
+    compression: crate::Compression,
+) -> Result<(Option<Descriptor>, format::EncodedObject), Error> {
+    let shown = path.display().to_string();
+    let bad = |reason: String| Error::BadInput {
+        path: shown.clone(),
+        reason,
+    };
+    let io = |source: std::io::Error| Error::Io {
+        context: format!("cannot read {shown}"),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("no such file".into()))
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let meta = file.metadata().map_err(io)?;
+    if meta.is_dir() {
+        return Err(bad("is a directory, not a WAL file".into()));
+    }
+    if !meta.is_file() {
+        return Err(bad("is not a regular file".into()));
+    }
+    let len = meta.len();
+    if len == 0 {
+        return Err(bad("is empty".into()));
+    }
+    let mut found = None;
+    let mut refused = None;
+    let encoded = CHUNK_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(CHUNK, 0);
+        format::encode_reader(&mut file, len, compression, &mut buf, |head| {
+            if !name.holds_wal_pages() {
+                return Ok(());
+            }
+            match check_segment_start(name, head, len) {
+                Ok(d) => {
+                    found = Some(d);
+                    Ok(())
+                }
+                Err(reason) => {
+                    refused = Some(reason);
+                    Err(std::io::Error::other("refused"))
+                }
+            }
+        })
+    });
+    if let Some(reason) = refused {
+        return Err(bad(reason));
+    }
+    let encoded = encoded.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad(e.to_string()),
+        _ => io(e),
+    })?;
+    Ok((found, encoded))
+}
+
+/// SHA-256 of the file at `path`, read in chunks. Blocking.
+pub fn hash_file(path: &Path) -> std::io::Result<Sha256Digest> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    CHUNK_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(CHUNK, 0);
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })?;
+    Ok(Sha256Digest(hasher.finalize().into()))
 }
 
 #[cfg(test)]

@@ -72,7 +72,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
-use crate::format::Sha256Digest;
 use crate::push::{self, PushReport};
 use crate::repo::{Descriptor, PutOutcome, Repository};
 use crate::wal::{SegmentName, WalFileName};
@@ -351,13 +350,16 @@ impl WalDir {
     ) -> Outcome {
         // The requested segment is read and checked first: nothing is pushed ahead for a
         // file that is refused, or into a repository that refuses this cluster.
-        let (name, raw) = match push::read_wal_file(path).await {
-            Ok(r) => r,
+        let prepared = match push::prepare(path, repo.compression).await {
+            Ok(p) => p,
             Err(e) => return Outcome::alone(Err(e)),
         };
-        let descriptor = match push::check_against_repository(repo, path, &name, &raw).await {
-            Ok(Some(d)) => d,
-            Ok(None) => unreachable!("{seg} is a segment"),
+        let found = prepared.found.clone().expect("a segment holds WAL pages");
+        let descriptor = match repo
+            .ensure_descriptor(&found, &prepared.name.to_string())
+            .await
+        {
+            Ok(d) => d,
             Err(e) => return Outcome::alone(Err(e)),
         };
         self.remove_stale_markers();
@@ -382,7 +384,7 @@ impl WalDir {
         });
         let mut running: FuturesUnordered<LocalBoxFuture<'_, Done>> = FuturesUnordered::new();
         running.push(
-            push::store(repo, name, raw)
+            push::store_prepared(repo, prepared)
                 .map(Done::Requested)
                 .boxed_local(),
         );
@@ -444,15 +446,12 @@ impl WalDir {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let (name, raw) = push::read_wal_file(&path).await?;
         // The checks PostgreSQL's own call would make, against the descriptor the
         // requested segment was checked with.
-        let found = push::check_segment(&name, &raw).map_err(|reason| Error::BadInput {
-            path: path.display().to_string(),
-            reason,
-        })?;
-        same_cluster(descriptor, &found, &name)?;
-        let report = push::store(repo, name, raw).await?;
+        let prepared = push::prepare(&path, repo.compression).await?;
+        let found = prepared.found.clone().expect("a segment holds WAL pages");
+        same_cluster(descriptor, &found, &prepared.name)?;
+        let report = push::store_prepared(repo, prepared).await?;
         let marker = Marker {
             name: seg.to_string(),
             repository: repo.url().to_string(),
@@ -566,11 +565,10 @@ async fn check_marker(
         )));
     }
     let owned = path.to_path_buf();
-    let digest =
-        tokio::task::spawn_blocking(move || fs::read(owned).map(|raw| Sha256Digest::of(&raw)))
-            .await
-            .expect("hashing does not panic")
-            .map_err(|e| Refusal::Unchecked(format!("cannot read {}: {e}", path.display())))?;
+    let digest = tokio::task::spawn_blocking(move || push::hash_file(&owned))
+        .await
+        .expect("hashing does not panic")
+        .map_err(|e| Refusal::Unchecked(format!("cannot read {}: {e}", path.display())))?;
     if digest.to_string() != marker.sha256 {
         return Err(Refusal::Mismatch(format!(
             "the file's content (sha256 {digest}) is not what was pushed ahead (sha256 {})",
@@ -594,7 +592,11 @@ async fn check_marker(
 }
 
 /// Refuses a segment whose cluster is not the repository's (as `ensure_descriptor` does).
-fn same_cluster(repo: &Descriptor, found: &Descriptor, name: &WalFileName) -> Result<(), Error> {
+pub(crate) fn same_cluster(
+    repo: &Descriptor,
+    found: &Descriptor,
+    name: &WalFileName,
+) -> Result<(), Error> {
     let mismatch = |field: &'static str, repo: String, wal: String| {
         Err(Error::ForeignCluster {
             name: name.to_string(),
@@ -629,7 +631,7 @@ fn same_cluster(repo: &Descriptor, found: &Descriptor, name: &WalFileName) -> Re
 
 /// Writes a marker atomically: a temporary file, fsynced, renamed into place. (The
 /// directory is not fsynced: a marker lost in a crash only costs a check of the repository.)
-fn write_marker(dir: &Path, marker: &Marker) -> std::io::Result<()> {
+pub(crate) fn write_marker(dir: &Path, marker: &Marker) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}.tmp", marker.name, std::process::id()));
     let mut f = File::create(&tmp)?;
@@ -639,7 +641,7 @@ fn write_marker(dir: &Path, marker: &Marker) -> std::io::Result<()> {
     fs::rename(&tmp, dir.join(&marker.name))
 }
 
-fn remove(path: &Path) {
+pub(crate) fn remove(path: &Path) {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -651,6 +653,7 @@ fn remove(path: &Path) {
 mod tests {
     use super::*;
     use crate::codec::Compression;
+    use crate::format::Sha256Digest;
     use crate::retry::RetryPolicy;
     use crate::storage::Backend;
     use object_store::memory::InMemory;

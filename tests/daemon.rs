@@ -1,0 +1,507 @@
+//! The resident archiver (`walarchive daemon`, and `wal-push --daemon` as its thin client),
+//! end to end: a real primary with 1 MiB segments archives bursts of WAL through a daemon
+//! that `wal-push` starts itself, into a local directory and into S3, each segment exactly
+//! once and intact; killing the daemon and its clients at random loses nothing; the daemon
+//! stops with PostgreSQL; and in a fake data directory, every refusal `wal-push` makes
+//! alone (bad file, conflict, foreign cluster) comes back through the daemon with the same
+//! exit status, and a file changed after the daemon pushed it is never acknowledged from
+//! the daemon's record.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+/// Keep archived segments in pg_wal, to compare them with the repository's copies.
+const KEEP_WAL: &str = "wal_keep_size = 1024MB\n";
+
+/// About 60 MiB of WAL in one statement (≈ 60 segments of 1 MiB).
+const BURST: &str = "insert into burst select g, repeat(md5(g::text), 4) \
+                     from generate_series(1, 330000) g";
+
+fn archive_command(repo: &Repo) -> String {
+    format!(
+        "{} --repo {} --daemon wal-push %p",
+        walarchive_bin().display(),
+        repo.url
+    )
+}
+
+fn primary_with(repo: &Repo, command: &str) -> PgCluster {
+    let pg = PgCluster::init(PgOptions {
+        extra_conf: format!("archive_mode = on\narchive_command = '{command}'\n{KEEP_WAL}"),
+        ..Default::default()
+    });
+    pg.start_with_env(&repo.env);
+    pg.psql("create table burst(id bigint, payload text)");
+    pg
+}
+
+/// PIDs of this test binary's walarchive processes whose working directory is `data`, with
+/// `daemon` telling whether they are daemons (started by wal-push) or wal-push calls.
+fn walarchive_pids(data: &Path, daemon: bool) -> Vec<u32> {
+    let bin = walarchive_bin().display().to_string();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first() != Some(&bin.as_bytes()) {
+            continue;
+        }
+        if !fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == data) {
+            continue;
+        }
+        let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
+        let is_daemon = environ
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(b"WALARCHIVE_DAEMON_FOR="));
+        if is_daemon == daemon {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Segment names uploaded, from the log: the daemon's `pushed NAME (` and the clients'
+/// own uploads (`archived NAME (` when they pushed without the daemon, `archived NAME
+/// through the walarchive daemon (` when the daemon stored it for their request).
+fn uploads(log: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in log.lines() {
+        let Some((_, msg)) = line.split_once(" INFO ") else {
+            continue;
+        };
+        let rest = msg
+            .strip_prefix("pushed ahead ")
+            .or_else(|| msg.strip_prefix("pushed "))
+            .or_else(|| msg.strip_prefix("archived "));
+        if let Some(rest) = rest {
+            if rest.len() > 26 && (&rest[24..26] == " (" || rest[24..].starts_with(" through")) {
+                names.push(rest[..24].to_string());
+            }
+        }
+    }
+    names
+}
+
+fn counters(pg: &PgCluster) -> serde_json::Value {
+    let text = fs::read_to_string(pg.wal_dir().join("walarchive-metrics.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A burst archived through a daemon `wal-push` starts: every segment once, intact, no
+/// failure, nearly every call answered by the daemon; the daemon stops with PostgreSQL.
+fn burst(store: Store) {
+    let started = Instant::now();
+    let repo = store.fresh();
+    let pg = primary_with(&repo, &archive_command(&repo));
+    let first_lsn = pg.psql("select pg_current_wal_lsn()");
+    // The first call starts the daemon.
+    let warm = pg.switch_wal();
+    pg.wait_archived(&warm, Duration::from_secs(60));
+    wait_until("the daemon to run", Duration::from_secs(10), || {
+        !walarchive_pids(pg.data_dir(), true).is_empty()
+    });
+    let t = Instant::now();
+    pg.psql(BURST);
+    let burst_time = t.elapsed();
+    let last = pg.switch_wal();
+    pg.wait_archived(&last, Duration::from_secs(300));
+    let status = pg.archiver_status();
+    assert!(
+        status.ends_with("|0"),
+        "pg_stat_archiver failures: {status}"
+    );
+
+    let done = pg.done_segments();
+    let first = pg.psql(&format!("select pg_walfile_name('{first_lsn}')"));
+    let in_burst = done.iter().filter(|n| **n >= first).count();
+    assert!(
+        in_burst >= 50,
+        "the burst produced only {in_burst} segments"
+    );
+    repo.assert_archived_intact(&pg, &done);
+
+    let log = pg.log();
+    let mut times: BTreeMap<String, usize> = BTreeMap::new();
+    for name in uploads(&log) {
+        *times.entry(name).or_default() += 1;
+    }
+    for name in &done {
+        assert_eq!(times.get(name), Some(&1), "{name} uploads: {times:?}");
+    }
+    let answered = log.matches("was archived by the walarchive daemon").count();
+    let m = counters(&pg);
+    eprintln!(
+        "{store:?}: {} segments ({in_burst} from the burst, written in {burst_time:.1?}); \
+         {answered} calls answered by the daemon; counters {m}; test took {:.1?}",
+        done.len(),
+        started.elapsed()
+    );
+    assert!(
+        answered + 3 >= in_burst,
+        "only {answered} of {in_burst} calls were answered by the daemon"
+    );
+    let total: usize = times.values().sum();
+    assert_eq!(m["push_total"], total as u64, "{m}");
+    assert_eq!(m["push_errors_total"], 0, "{m}");
+
+    // The daemon stops with PostgreSQL, and removes its socket.
+    assert_eq!(walarchive_pids(pg.data_dir(), true).len(), 1);
+    pg.stop();
+    wait_until("the daemon to stop", Duration::from_secs(10), || {
+        walarchive_pids(pg.data_dir(), true).is_empty()
+    });
+    assert!(!pg.wal_dir().join("walarchive-daemon.sock").exists());
+}
+
+#[test]
+fn burst_file() {
+    burst(Store::File);
+}
+
+#[test]
+fn burst_s3() {
+    burst(Store::S3);
+}
+
+/// Killing the daemon and the `wal-push` calls (`kill -9`) at random points during bursts
+/// loses nothing: clients fall back to pushing themselves, the next call starts a new
+/// daemon, PostgreSQL retries, and every segment ends up stored and intact.
+#[test]
+fn killed_at_random_points_loses_nothing() {
+    let repo = Store::File.fresh();
+    // See push_ahead.rs: the shell turns a killed wal-push into status 1, which PostgreSQL
+    // retries after a second instead of restarting its archiver 10 s later.
+    let command = format!("{} || exit 1", archive_command(&repo));
+    let pg = Arc::new(primary_with(&repo, &command));
+    let first = pg.psql("select pg_walfile_name(pg_current_wal_lsn())");
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (pg, writing) = (pg.clone(), writing.clone());
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                pg.psql(BURST);
+            }
+            writing.store(false, Ordering::SeqCst);
+        })
+    };
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    eprintln!("kill schedule seed {seed}");
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let mut fate: BTreeMap<u32, Option<Instant>> = BTreeMap::new();
+    let (mut daemon_kills, mut client_kills) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(12);
+    while writing.load(Ordering::SeqCst) || Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+        for daemon in [true, false] {
+            let pids = walarchive_pids(pg.data_dir(), daemon);
+            for pid in pids {
+                let when = *fate.entry(pid).or_insert_with(|| {
+                    // Daemons live up to a second; a third of the clients die.
+                    let spared = !daemon && random(3) != 0;
+                    (!spared).then(|| {
+                        Instant::now()
+                            + Duration::from_millis(random(if daemon { 1000 } else { 300 }))
+                    })
+                });
+                if when.is_some_and(|t| Instant::now() >= t) {
+                    let st = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap();
+                    if st.success() {
+                        if daemon {
+                            daemon_kills += 1;
+                        } else {
+                            client_kills += 1;
+                        }
+                    }
+                    fate.insert(pid, None);
+                }
+            }
+        }
+    }
+    writer.join().unwrap();
+    let last = pg.switch_wal();
+    pg.wait_archived(&last, Duration::from_secs(400));
+    let status = pg.archiver_status();
+    let log = pg.log();
+    eprintln!(
+        "{daemon_kills} daemons and {client_kills} wal-push calls killed; {} calls answered by a daemon; pg_stat_archiver: {status}",
+        log.matches("was archived by the walarchive daemon").count()
+    );
+    assert!(
+        daemon_kills >= 2,
+        "only {daemon_kills} daemons killed: the test proved little"
+    );
+
+    let done = pg.done_segments();
+    let segno = |s: &str| {
+        let part = |r: std::ops::Range<usize>| u64::from_str_radix(&s[r], 16).unwrap();
+        part(8..16) * 4096 + part(16..24)
+    };
+    let tli = &first[..8];
+    let expected: Vec<String> = (segno(&first)..=segno(&last))
+        .map(|i| format!("{tli}{:08X}{:08X}", i / 4096, i % 4096))
+        .collect();
+    for name in &expected {
+        assert!(done.contains(name), "{name} is not archived (.done)");
+    }
+    assert!(expected.len() >= 150, "only {} segments", expected.len());
+    repo.assert_archived_intact(&pg, &expected);
+}
+
+// ---------------------------------------------------------------------------
+// Contract: a fake data directory, a daemon started by hand, wal-push as its client
+// ---------------------------------------------------------------------------
+
+fn real_segments() -> &'static WalSource {
+    static S: OnceLock<WalSource> = OnceLock::new();
+    S.get_or_init(|| WalSource::collect(6, 1000))
+}
+
+/// A data directory with real segments in pg_wal (not `.ready`: each test decides), a
+/// `postmaster.pid` (the daemon needs none when started by hand), and a fresh repository.
+struct FakeData {
+    dir: TestDir,
+    url: String,
+    names: Vec<String>,
+}
+
+impl FakeData {
+    fn new() -> FakeData {
+        let src = real_segments();
+        let dir = TestDir::new("walarchive-dmdata-");
+        let wal = dir.join("data/pg_wal");
+        fs::create_dir_all(wal.join("archive_status")).unwrap();
+        let names: Vec<String> = src.segments[..4].to_vec();
+        for n in &names {
+            fs::copy(src.path(n), wal.join(n)).unwrap();
+        }
+        let url = format!("file://{}", dir.join("repo").display());
+        FakeData { dir, url, names }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn wal(&self, name: &str) -> PathBuf {
+        self.data().join("pg_wal").join(name)
+    }
+
+    fn ready(&self, name: &str) {
+        fs::write(self.wal(&format!("archive_status/{name}.ready")), b"").unwrap();
+    }
+
+    /// `walarchive daemon` for this data directory, running until killed.
+    fn daemon(&self) -> Daemon {
+        let child = walarchive_cmd()
+            .args(["--repo", &self.url, "daemon", "--pgdata"])
+            .arg(self.data())
+            .current_dir(self.data())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let socket = self.wal("walarchive-daemon.sock");
+        wait_until("the daemon's socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        Daemon(Some(child))
+    }
+
+    fn push(&self, name: &str) -> Output {
+        walarchive_cmd()
+            .args(["--repo", &self.url, "wal-push", &format!("pg_wal/{name}")])
+            .current_dir(self.data())
+            .env("WALARCHIVE_RETRIES", "2")
+            .output()
+            .unwrap()
+    }
+}
+
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    /// Kills it; returns what it logged.
+    fn stop(mut self) -> String {
+        let mut child = self.0.take().unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a segment's object holds, decoded by `wal-fetch`.
+fn fetched(d: &FakeData, name: &str) -> Vec<u8> {
+    let dest = d.dir.join(format!("fetched-{name}"));
+    let out = walarchive_cmd()
+        .args(["--repo", &d.url, "wal-fetch", name])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    fs::read(dest).unwrap()
+}
+
+#[test]
+fn daemon_pushes_ready_segments_and_answers_its_clients() {
+    let d = FakeData::new();
+    let daemon = d.daemon();
+    // Segments made ready are pushed without anyone asking.
+    for n in &d.names[..3] {
+        d.ready(n);
+    }
+    let repo_seg = |n: &str| {
+        d.dir
+            .join(format!("repo/wal/{}/{}/{n}", &n[..8], &n[8..16]))
+    };
+    wait_until(
+        "the daemon to push the ready segments",
+        Duration::from_secs(30),
+        || d.names[..3].iter().all(|n| repo_seg(n).exists()),
+    );
+    // PostgreSQL's calls are answered from the daemon's record, quickly and correctly.
+    for n in &d.names[..3] {
+        let out = d.push(n);
+        assert_success(&out);
+        assert!(
+            stderr(&out).contains("was archived by the walarchive daemon"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(fetched(&d, n), fs::read(d.wal(n)).unwrap());
+    }
+    // A segment nobody made ready is pushed for the request itself.
+    let n = &d.names[3];
+    let out = d.push(n);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("through the walarchive daemon"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fetched(&d, n), fs::read(d.wal(n)).unwrap());
+    // A second daemon for the same directory refuses to start (status 4).
+    let second = walarchive_cmd()
+        .args(["--repo", &d.url, "daemon", "--pgdata"])
+        .arg(d.data())
+        .output()
+        .unwrap();
+    assert_code(&second, 4);
+    assert!(
+        error_line(&second).contains("already serves"),
+        "{}",
+        stderr(&second)
+    );
+    // Counters: the daemon counts its uploads, the clients what it answered.
+    let m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.wal("walarchive-metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["push_total"], 4, "{m}");
+    assert_eq!(m["push_already_archived_total"], 3, "{m}");
+    let log = daemon.stop();
+    assert!(log.contains("walarchive daemon serving"), "{log}");
+}
+
+#[test]
+fn refusals_come_back_with_the_same_status_through_the_daemon() {
+    let d = FakeData::new();
+    let _daemon = d.daemon();
+    let (a, b) = (&d.names[0], &d.names[1]);
+    // Not a whole segment: bad input (3), the same message as without a daemon.
+    let truncated = d.wal("000000010000000000000099");
+    fs::write(&truncated, &fs::read(d.wal(a)).unwrap()[..1000]).unwrap();
+    let out = d.push("000000010000000000000099");
+    assert_code(&out, 3);
+    assert!(
+        error_line(&out).contains("not a whole WAL segment"),
+        "{}",
+        stderr(&out)
+    );
+    // No such file: bad input.
+    assert_code(&d.push("000000010000000000000098"), 3);
+    // Stored once; the same name with other content is a conflict (4).
+    assert_success(&d.push(a));
+    let mut other = fs::read(d.wal(b)).unwrap();
+    let own = fs::read(d.wal(a)).unwrap();
+    other[..64].copy_from_slice(&own[..64]);
+    fs::write(d.wal(a), &other).unwrap();
+    let out = d.push(a);
+    assert_code(&out, 4);
+    assert!(
+        error_line(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fetched(&d, a), own, "the stored segment is untouched");
+}
+
+#[test]
+fn a_file_changed_after_the_daemon_pushed_it_is_never_acknowledged_from_its_record() {
+    let d = FakeData::new();
+    let _daemon = d.daemon();
+    let (a, b) = (&d.names[0], &d.names[1]);
+    d.ready(a);
+    let stored = fs::read(d.wal(a)).unwrap();
+    let marker = d.wal(&format!("walarchive-pushed/{a}"));
+    wait_until("the daemon to push it", Duration::from_secs(30), || {
+        marker.exists()
+    });
+    // Replaced (as a restore into the same directory could), same size and name: the
+    // daemon must look again, find another content, and refuse it.
+    let mut other = fs::read(d.wal(b)).unwrap();
+    other[..64].copy_from_slice(&stored[..64]);
+    let tmp = d.wal("replacement.tmp");
+    fs::write(&tmp, &other).unwrap();
+    fs::rename(&tmp, d.wal(a)).unwrap();
+    let out = d.push(a);
+    assert_code(&out, 4);
+    assert_eq!(fetched(&d, a), stored);
+}
+
+#[test]
+fn without_a_daemon_wal_push_pushes_itself_and_a_dead_daemons_socket_is_harmless() {
+    let d = FakeData::new();
+    let a = &d.names[0];
+    // A socket file nobody listens on (a daemon killed with -9 leaves one).
+    let _ = std::os::unix::net::UnixListener::bind(d.wal("walarchive-daemon.sock")).unwrap();
+    let out = d.push(a);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("daemon"), "{}", stderr(&out));
+    assert_eq!(fetched(&d, a), fs::read(d.wal(a)).unwrap());
+}
