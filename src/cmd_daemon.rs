@@ -24,7 +24,7 @@ pub const SPAWNED_ENV: &str = "WALARCHIVE_DAEMON_FOR";
 pub fn push_via_daemon(settings: &Settings, path: &Path) -> Option<Result<u8>> {
     let pg_wal = daemon::pg_wal_of(path)?;
     let started = Instant::now();
-    match daemon::ask(&pg_wal, path) {
+    match daemon::ask(&pg_wal, path, &settings.daemon_key()) {
         Ok(Answer::Archived {
             how,
             raw_len,
@@ -111,6 +111,7 @@ pub async fn run(
     let opts = daemon::Options {
         idle_exit,
         follow_postmaster,
+        key: settings.daemon_key(),
         ..daemon::Options::with_parallel(settings.parallel)
     };
     match daemon::run(repo, pg_wal, opts).await? {

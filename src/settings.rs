@@ -71,6 +71,39 @@ impl Settings {
         })
     }
 
+    /// A digest of everything that decides where and how a segment is archived: repository
+    /// URL, codec, storage options and the storage variables of the environment (not
+    /// retries, parallelism or logging, which a daemon may keep its own of). `wal-push` uses
+    /// a running daemon only when the daemon's is the same (a
+    /// daemon started before a configuration change must not archive into the old
+    /// repository, or with old credentials). Secrets go into the digest only.
+    pub fn daemon_key(&self) -> String {
+        let mut h = Vec::new();
+        let mut field = |k: &str, v: &str| {
+            h.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            h.extend_from_slice(k.as_bytes());
+            h.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            h.extend_from_slice(v.as_bytes());
+        };
+        field("repo", &self.repo);
+        field("compression", &self.compression.to_string());
+        for (k, v) in &self.storage.0 {
+            field(&format!("storage.{k}"), v);
+        }
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| {
+                ["AWS_", "AZURE_", "GOOGLE_", "OS_", "SWIFT_", "ST_"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            })
+            .collect();
+        env.sort();
+        for (k, v) in &env {
+            field(&format!("env.{k}"), v);
+        }
+        walarchive_core::format::Sha256Digest::of(&h).to_string()
+    }
+
     pub fn open(&self) -> Result<Repository> {
         Repository::open(&self.repo, &self.storage, self.policy, self.compression)
             .with_context(|| "cannot open the repository".to_string())

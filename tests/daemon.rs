@@ -505,3 +505,38 @@ fn without_a_daemon_wal_push_pushes_itself_and_a_dead_daemons_socket_is_harmless
     assert!(!stderr(&out).contains("daemon"), "{}", stderr(&out));
     assert_eq!(fetched(&d, a), fs::read(d.wal(a)).unwrap());
 }
+
+/// A daemon started with other settings (here another repository: the configuration
+/// changed since it started) never archives for a client: the client pushes into its own
+/// repository, and the daemon stops so that the next call can start a current one.
+#[test]
+fn a_daemon_with_other_settings_is_not_used_and_stops() {
+    let d = FakeData::new();
+    let daemon = d.daemon();
+    let a = &d.names[0];
+    let other = format!("file://{}", d.dir.join("other-repo").display());
+    let out = walarchive_cmd()
+        .args(["--repo", &other, "wal-push", &format!("pg_wal/{a}")])
+        .current_dir(d.data())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(stderr(&out).contains("other settings"), "{}", stderr(&out));
+    let in_other = d
+        .dir
+        .join(format!("other-repo/wal/{}/{}/{a}", &a[..8], &a[8..16]));
+    assert!(
+        in_other.exists(),
+        "not archived into the client's repository"
+    );
+    assert!(
+        !d.dir.join("repo/wal").exists(),
+        "the old daemon archived into its own repository"
+    );
+    let mut daemon = daemon;
+    let child = daemon.0.as_mut().unwrap();
+    wait_until("the stale daemon to stop", Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(!d.wal("walarchive-daemon.sock").exists());
+}

@@ -98,6 +98,9 @@ pub struct Options {
     /// How long a segment whose push failed waits before the daemon tries it again (a
     /// request from PostgreSQL retries it at once).
     pub retry_after: Duration,
+    /// A digest of the settings that decide where and how segments are archived (repository,
+    /// codec, credentials): a client whose settings differ is not served (see [`ask`]).
+    pub key: String,
 }
 
 impl Options {
@@ -111,6 +114,7 @@ impl Options {
             follow_postmaster: false,
             poll: Duration::from_millis(20),
             retry_after: Duration::from_secs(5),
+            key: String::new(),
         }
     }
 }
@@ -198,10 +202,13 @@ pub enum Answer {
     Refused(Error),
 }
 
-/// Asks the daemon serving `pg_wal` to archive `path` and waits for its answer. An `Err`
-/// means the daemon could not answer (none runs, it died, it said something this client
-/// does not understand): the caller then pushes the file itself.
-pub fn ask(pg_wal: &Path, path: &Path) -> std::io::Result<Answer> {
+/// Asks the daemon serving `pg_wal` to archive `path` and waits for its answer. `key` is the
+/// client's settings digest ([`Options::key`]): a daemon started with other settings (the
+/// configuration changed since it started) does not archive for this client, and stops so
+/// that the next call can start one with the new settings. An `Err` means the daemon could
+/// not answer (none runs, it died, its settings differ, it said something this client does
+/// not understand): the caller then pushes the file itself.
+pub fn ask(pg_wal: &Path, path: &Path, key: &str) -> std::io::Result<Answer> {
     use std::os::unix::net::UnixStream as StdStream;
     let socket = socket_path(pg_wal).ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "socket path too long")
@@ -217,9 +224,14 @@ pub fn ask(pg_wal: &Path, path: &Path) -> std::io::Result<Answer> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "unusual path"))?;
     let mut stream = StdStream::connect(&socket)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.write_all(format!("PUSH\t{path}\n").as_bytes())?;
+    stream.write_all(format!("PUSH\t{key}\t{path}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
+    if line.starts_with("STALE") {
+        return Err(std::io::Error::other(
+            "it was started with other settings (repository, codec or credentials) and stops now",
+        ));
+    }
     parse_reply(line.trim_end_matches('\n')).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -307,6 +319,8 @@ struct State {
     last_activity: Instant,
     clients: usize,
     stats: Stats,
+    /// A client with other settings asked: stop.
+    stale: bool,
 }
 
 struct Daemon<'a> {
@@ -381,6 +395,7 @@ pub async fn run(repo: &Repository, pg_wal: &Path, opts: Options) -> Result<Opti
             last_activity: Instant::now(),
             clients: 0,
             stats: Stats::default(),
+            stale: false,
         }),
         changed: Notify::new(),
     };
@@ -451,6 +466,9 @@ impl Daemon<'_> {
     }
 
     fn reason_to_stop(&self, idle: bool) -> Option<&'static str> {
+        if self.state.borrow().stale {
+            return Some("the settings changed");
+        }
         if self.opts.follow_postmaster {
             let datadir = self.pg_wal.parent().unwrap_or(Path::new("/"));
             if !datadir.join("postmaster.pid").exists() {
@@ -669,8 +687,18 @@ impl Daemon<'_> {
         let (rd, mut wr) = stream.into_split();
         let mut lines = tokio::io::BufReader::new(rd).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let reply = match line.strip_prefix("PUSH\t") {
-                Some(path) => self.answer(Path::new(path)).await,
+            let request = line
+                .strip_prefix("PUSH\t")
+                .and_then(|rest| rest.split_once('\t'));
+            let reply = match request {
+                Some((key, _)) if key != self.opts.key => {
+                    tracing::info!(
+                        "a wal-push with other settings (repository, codec or credentials) asked: this daemon stops, the next call starts one with the new settings"
+                    );
+                    self.state.borrow_mut().stale = true;
+                    "STALE\n".to_string()
+                }
+                Some((_, path)) => self.answer(Path::new(path)).await,
                 None => err_reply(&Error::BadInput {
                     path: "request".into(),
                     reason: format!("unknown request {line:?}"),
