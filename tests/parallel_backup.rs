@@ -43,7 +43,7 @@ fn data_stream_objects(repo: &Repo, store: Store, name: &str) -> Vec<(String, Ve
                 out.push((file, bytes[..bytes.len().min(64)].to_vec()));
             }
         }
-        Store::Azure | Store::Swift => unreachable!("not used here"),
+        Store::Azure | Store::Swift | Store::SwiftS3 | Store::Gcs => unreachable!("not used here"),
     }
     out.sort();
     out

@@ -41,11 +41,14 @@
 //! Everything is synchronous (`std::process`, `std::net`); no tokio.
 #![allow(dead_code)]
 
+pub mod gcs;
 pub mod machine;
 mod proxy;
 mod repos;
 pub mod swift;
 mod wal_source;
+#[allow(unused_imports)]
+pub use gcs::{gcs, GcsServer};
 #[allow(unused_imports)]
 pub use proxy::{Fault, Proxy};
 #[allow(unused_imports)]

@@ -11,6 +11,10 @@ pub enum Store {
     S3,
     Azure,
     Swift,
+    /// Swift through its S3 API (the s3api middleware) and walarchive's S3 backend.
+    SwiftS3,
+    /// Google Cloud Storage (fake-gcs-server; see tests/common/gcs.rs).
+    Gcs,
     File,
 }
 
@@ -38,6 +42,17 @@ impl Store {
             Store::Swift => Repo {
                 url: format!("swift://{}/db", swift().fresh_container()),
                 env: swift().env(),
+                dir: None,
+            },
+            Store::SwiftS3 => Repo {
+                // A Swift container is an s3api bucket.
+                url: format!("s3://{}/db", swift().fresh_container()),
+                env: swift().s3_env(),
+                dir: None,
+            },
+            Store::Gcs => Repo {
+                url: format!("gs://{}/db", gcs().fresh_bucket()),
+                env: gcs().env(),
                 dir: None,
             },
             Store::File => {

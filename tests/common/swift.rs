@@ -14,7 +14,8 @@
 //!   replica count 1, `workers = 0` (no forking: one process per server, killed cleanly),
 //!   `user = root` (the daemons drop privileges to `user`; root owns the temp dir). The
 //!   proxy runs tempauth (`test:tester` / `testing`, admin of `AUTH_test`), slo, dlo,
-//!   bulk and copy, with memcached (tempauth keeps its tokens there) on its own port.
+//!   bulk, copy and s3api (Swift's S3 API: [`SwiftServer::s3_env`]), with memcached
+//!   (tempauth keeps its tokens there) on its own port.
 //! * **Rings** are built by the ring builder library that `swift-ring-builder` wraps
 //!   (`create 10 1 1`, `add r1z1-127.0.0.1:PORT/d1 1`, `rebalance`), in one Python process:
 //!   nine `swift-ring-builder` runs take ~15 s on a busy 2-core machine, this takes ~1 s.
@@ -38,6 +39,9 @@ use crate::common::{free_port, http_request, proc_dir, sh_quote};
 pub const SWIFT_ACCOUNT: &str = "test";
 pub const SWIFT_USER: &str = "test:tester";
 pub const SWIFT_KEY: &str = "testing";
+
+/// The region Swift's s3api endpoint answers for (its `location`; SigV4 signs with it).
+pub const SWIFT_S3_REGION: &str = "us-east-1";
 
 const DAEMONS: [&str; 4] = ["account", "container", "object", "proxy"];
 
@@ -142,8 +146,9 @@ fn write_configs(dir: &Path, ports: &[u16; 5]) {
             "[DEFAULT]\nbind_ip = 127.0.0.1\nbind_port = {port}\nworkers = 0\nuser = root\n\
              swift_dir = {d}\nlog_name = proxy-server\nlog_level = WARNING\n\n\
              [pipeline:main]\npipeline = catch_errors gatekeeper healthcheck proxy-logging cache \
-             listing_formats bulk tempauth copy slo dlo proxy-logging proxy-server\n\n\
+             listing_formats bulk s3api tempauth copy slo dlo proxy-logging proxy-server\n\n\
              [app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n\n\
+             [filter:s3api]\nuse = egg:swift#s3api\nlocation = {region}\n\n\
              [filter:tempauth]\nuse = egg:swift#tempauth\nuser_{acct}_tester = {key} .admin\n\n\
              [filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{mport}\n\n\
              {filters}",
@@ -151,6 +156,7 @@ fn write_configs(dir: &Path, ports: &[u16; 5]) {
             mport = ports[4],
             acct = SWIFT_ACCOUNT,
             key = SWIFT_KEY,
+            region = SWIFT_S3_REGION,
         ),
     );
     let st = Command::new("/usr/bin/python3")
@@ -313,6 +319,22 @@ impl SwiftServer {
             ("OS_AUTH_URL", self.auth_url()),
             ("OS_USERNAME", SWIFT_USER.to_string()),
             ("OS_PASSWORD", SWIFT_KEY.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The environment walarchive needs for Swift's S3 API (the s3api middleware in the
+    /// proxy pipeline) through its S3 backend: with TempAuth, s3api takes `account:user` as
+    /// the access key and the user's key as the secret. Buckets are Swift containers.
+    pub fn s3_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", SWIFT_USER.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SWIFT_KEY.to_string()),
+            ("AWS_REGION", SWIFT_S3_REGION.to_string()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -361,6 +361,11 @@ async fn claim_name(
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let claim = format!("{}-{nanos:x}", std::process::id());
     for attempt in 0..100 {
         let name = if attempt == 0 {
             base.clone()
@@ -372,14 +377,16 @@ async fn claim_name(
             label: label.unwrap_or(&name).to_string(),
             start_time: now.clone(),
             host: host.clone(),
+            claim: claim.clone(),
         };
         let json = serde_json::to_vec_pretty(&started).expect("serializes");
         match repo
             .put_new(&backup_key(&name, "started.json"), &json, Compression::None)
             .await
         {
-            Ok(PutOutcome::Stored { .. }) => return Ok((name, now)),
-            Ok(PutOutcome::AlreadyStored) | Err(Error::Conflict { .. }) => continue,
+            // Identical content carries our own claim: a retry whose first answer was lost.
+            Ok(PutOutcome::Stored { .. } | PutOutcome::AlreadyStored) => return Ok((name, now)),
+            Err(Error::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }
     }

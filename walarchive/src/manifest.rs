@@ -57,6 +57,10 @@ pub struct Started {
     pub start_time: String,
     /// Host that ran backup-push.
     pub host: String,
+    /// Unique to the backup-push that wrote it (process id and a nonce): a retried upload
+    /// whose first answer was lost then finds its own claim, not somebody else's.
+    #[serde(default)]
+    pub claim: String,
 }
 
 /// What kind of entry a manifest line is.

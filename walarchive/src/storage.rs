@@ -1,8 +1,8 @@
 //! Storage backends behind object_store's `ObjectStore` trait, and error classification.
 //!
 //! Every backend is opened from a repository URL into an `Arc<dyn ObjectStore>` plus a key
-//! prefix, so the engine never knows which store it talks to: a new backend (GCS) is one
-//! more arm in [`open`]. object_store has no OpenStack Swift backend, so [`swift`]
+//! prefix, so the engine never knows which store it talks to: a new backend is one more
+//! arm in [`open`]. object_store has no OpenStack Swift backend, so [`swift`]
 //! implements its `ObjectStore` trait over Swift's native API. Two things are decided here
 //! for all of them:
 //!
@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
@@ -30,6 +31,7 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use crate::retry::RetryPolicy;
 
 pub mod swift;
+pub mod unreliable;
 
 /// The object_store crate, for code that drives a store directly (tests, tools).
 pub use object_store;
@@ -156,6 +158,9 @@ fn classify_by_status(msg: String) -> StorageError {
         .and_then(|code| code.parse::<u16>().ok());
     match status {
         Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => StorageError::Permanent(msg),
+        // Not Implemented: the store lacks the feature (a conditional put, say); no retry
+        // will change that.
+        Some(501) => StorageError::Permanent(msg),
         _ => StorageError::Transient(msg),
     }
 }
@@ -209,6 +214,8 @@ pub enum Backend {
     Local,
     /// OpenStack Swift (`swift://`).
     Swift,
+    /// Google Cloud Storage (`gs://`).
+    Gcs,
 }
 
 /// A repository URL that cannot be opened.
@@ -223,7 +230,7 @@ pub enum OpenError {
         reason: String,
     },
     /// A scheme walarchive has no backend for.
-    #[error("unsupported repository URL scheme {scheme:?} in {url:?} (supported: s3://, az://, azure://, swift://, file://)")]
+    #[error("unsupported repository URL scheme {scheme:?} in {url:?} (supported: s3://, az://, azure://, gs://, swift://, file://)")]
     UnknownScheme {
         /// The scheme.
         scheme: String,
@@ -335,6 +342,40 @@ pub fn open(
                 .map_err(backend_err(Backend::Azure))?;
             (Arc::new(store), path.as_str(), Backend::Azure)
         }
+        "gs" => {
+            let bucket = parsed
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| bad("missing bucket name"))?;
+            // object_store's own default for GCS: plain HTTP is allowed, for emulators (the
+            // endpoint only changes through the credential's gcs_base_url or google_base_url).
+            let mut b = GoogleCloudStorageBuilder::new()
+                .with_client_options(client.with_allow_http(true))
+                .with_retry(no_retry);
+            // As GoogleCloudStorageBuilder::from_env: SERVICE_ACCOUNT is its one name without
+            // GOOGLE_ (GOOGLE_APPLICATION_CREDENTIALS is a configuration key by itself).
+            let sa = std::env::var("SERVICE_ACCOUNT")
+                .ok()
+                .map(|v| ("google_service_account".to_string(), v));
+            let parse = |(k, v): (String, String)| k.parse::<GoogleConfigKey>().ok().zip(Some(v));
+            let file: Vec<_> = options_for(options, "google_").filter_map(parse).collect();
+            // A credential in the file replaces the environment's: object_store refuses a
+            // service-account path and key together.
+            let file_has_credential = file.iter().any(|(k, _)| is_gcs_credential(k));
+            let env = sa
+                .into_iter()
+                .chain(env_options("GOOGLE_"))
+                .filter_map(parse)
+                .filter(|(k, _)| !(file_has_credential && is_gcs_credential(k)));
+            for (key, v) in env.chain(file) {
+                b = b.with_config(key, v);
+            }
+            let store = b
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(backend_err(Backend::Gcs))?;
+            (Arc::new(store), path.as_str(), Backend::Gcs)
+        }
         "swift" => {
             let container = parsed
                 .host_str()
@@ -385,6 +426,9 @@ pub fn open(
         }
     };
     let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| bad(&e.to_string()))?;
+    // Testing hook: WALARCHIVE_FAULTS wraps the store in a fault injector (inert when unset).
+    let store = unreliable::from_env(store, policy.attempt_timeout)
+        .map_err(|reason| OpenError::Backend { backend, reason })?;
     Ok(Location {
         store,
         prefix,
@@ -396,6 +440,17 @@ fn env_options(prefix: &'static str) -> impl Iterator<Item = (String, String)> {
     std::env::vars()
         .filter(move |(k, _)| k.starts_with(prefix))
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
+}
+
+/// The configuration keys that choose how GCS requests are authenticated.
+fn is_gcs_credential(key: &GoogleConfigKey) -> bool {
+    matches!(
+        key,
+        GoogleConfigKey::ServiceAccount
+            | GoogleConfigKey::ServiceAccountKey
+            | GoogleConfigKey::ApplicationCredentials
+            | GoogleConfigKey::BearerToken
+    )
 }
 
 fn options_for<'a>(
@@ -558,6 +613,78 @@ mod tests {
         assert!(
             msg.contains("?<redacted>") && !msg.contains("multipart-manifest"),
             "{msg}"
+        );
+    }
+
+    fn gcs_key(base_url: &str) -> String {
+        format!(
+            r#"{{"gcs_base_url": "{base_url}", "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}}"#
+        )
+    }
+
+    #[test]
+    fn opens_gcs_urls() {
+        let opts = StorageOptions(
+            [(
+                "google_service_account_key".to_string(),
+                gcs_key("http://127.0.0.1:9"),
+            )]
+            .into(),
+        );
+        let l = open("gs://backups/pg/main/", &opts, &policy()).unwrap();
+        assert_eq!((l.backend, l.prefix.as_ref()), (Backend::Gcs, "pg/main"));
+        let root = open("gs://backups", &opts, &policy()).unwrap();
+        assert_eq!((root.backend, root.prefix.as_ref()), (Backend::Gcs, ""));
+        for url in ["gs:///pg", "gs://b/p?X-Goog-Signature=1", "gs://u:p@b/p"] {
+            assert!(
+                matches!(open(url, &opts, &policy()), Err(OpenError::BadUrl { .. })),
+                "{url}"
+            );
+        }
+        // A credential the backend cannot use is a configuration error; the key's content
+        // is not in the message, the path of a missing file is.
+        for (key, value, shown, hidden) in [
+            (
+                "google_service_account_key",
+                "{\"private_key\": \"s3cr3t-material",
+                "credential",
+                "s3cr3t",
+            ),
+            (
+                "google_service_account",
+                "/nonexistent/sa.json",
+                "/nonexistent/sa.json",
+                "\u{0}",
+            ),
+        ] {
+            let bad = StorageOptions([(key.to_string(), value.to_string())].into());
+            match open("gs://backups/pg", &bad, &policy()) {
+                Err(OpenError::Backend {
+                    backend: Backend::Gcs,
+                    reason,
+                }) => assert!(
+                    reason.contains(shown) && !reason.contains(hidden),
+                    "{key}: {reason}"
+                ),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        // The URL names the bucket, whatever google_bucket says.
+        let both = StorageOptions(
+            [
+                (
+                    "google_service_account_key".to_string(),
+                    gcs_key("http://127.0.0.1:9"),
+                ),
+                ("google_bucket".to_string(), "ignored".to_string()),
+            ]
+            .into(),
+        );
+        let l = open("gs://url-bucket/p", &both, &policy()).unwrap();
+        assert!(
+            format!("{:?}", l.store).contains("url-bucket"),
+            "{:?}",
+            l.store
         );
     }
 
