@@ -18,6 +18,7 @@
 //! Objects are only ever created, never replaced: a second push of the same name is
 //! compared with what is stored, and a difference is an error naming both checksums.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -68,6 +69,13 @@ pub enum PutOutcome {
     AlreadyStored,
 }
 
+/// Whether a put's failure says the store does not support create-only puts (Swift's S3
+/// API: 501 "Conditional object PUTs are not supported").
+fn conditional_put_refused(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("status code: 501") || m.contains("notimplemented") || m.contains("not implemented")
+}
+
 /// An opened repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -79,6 +87,9 @@ pub struct Repository {
     pub policy: RetryPolicy,
     /// Codec for new objects.
     pub compression: Compression,
+    /// Whether the store takes create-only puts; cleared when it answers that it does not
+    /// (see `put_checked_after`).
+    conditional_puts: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -126,6 +137,7 @@ impl Repository {
             url: url.to_string(),
             policy,
             compression,
+            conditional_puts: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -272,6 +284,11 @@ impl Repository {
         }
         let stored_len = encoded.bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(encoded.bytes));
+        if !self.conditional_puts.load(Ordering::Relaxed) {
+            return self
+                .put_checked_after(relative, &key, payload, digest, stored_len)
+                .await;
+        }
         let opts = || PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -297,6 +314,15 @@ impl Repository {
             {
                 self.compare_existing(relative, &key, digest).await
             }
+            Err(StorageError::Permanent(m)) if conditional_put_refused(&m) => {
+                tracing::warn!(
+                    "{} does not support create-only puts ({m}): checking for an existing object before each put and reading each object back after it instead",
+                    self.url
+                );
+                self.conditional_puts.store(false, Ordering::Relaxed);
+                self.put_checked_after(relative, &key, payload, digest, stored_len)
+                    .await
+            }
             Err(StorageError::NotFound) => Err(Error::Storage {
                 op: "put",
                 key: key.to_string(),
@@ -307,6 +333,44 @@ impl Repository {
                 key: key.to_string(),
                 source,
             }),
+        }
+    }
+
+    /// A put for stores without create-only puts (Swift's S3 API answers 501 to them): the
+    /// object was just found absent; it is put, then read back, and only our own content
+    /// counts as stored. Another writer racing between the check and the put makes one of
+    /// the two fail with a conflict instead of both succeeding silently.
+    async fn put_checked_after(
+        &self,
+        relative: &str,
+        key: &Path,
+        payload: PutPayload,
+        digest: Sha256Digest,
+        stored_len: u64,
+    ) -> Result<PutOutcome, Error> {
+        if self.exists(key).await? {
+            return self.compare_existing(relative, key, digest).await;
+        }
+        let what = format!("put {key}");
+        retry(&self.policy, &what, || {
+            let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
+            async move {
+                store
+                    .put(&key, payload)
+                    .await
+                    .map(|_| ())
+                    .map_err(StorageError::from)
+            }
+        })
+        .await
+        .map_err(|source| Error::Storage {
+            op: "put",
+            key: key.to_string(),
+            source,
+        })?;
+        match self.compare_existing(relative, key, digest).await? {
+            PutOutcome::AlreadyStored => Ok(PutOutcome::Stored { stored_len }),
+            stored => Ok(stored),
         }
     }
 

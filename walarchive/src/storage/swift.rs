@@ -620,7 +620,12 @@ impl SwiftStore {
         let md5 = md5_hex(data.clone()).await;
         let md5_ref = md5.as_str();
         let build = |r: RequestBuilder| {
-            let mut r = r.header("ETag", md5_ref).body(data.clone());
+            // Explicit: an empty body would otherwise go without Content-Length, which
+            // Swift refuses (411).
+            let mut r = r
+                .header("ETag", md5_ref)
+                .header("Content-Length", data.len().to_string())
+                .body(data.clone());
             for (k, v) in headers {
                 r = r.header(k.as_str(), v.as_str());
             }
