@@ -102,8 +102,12 @@ pub async fn fetch_backup(
         opts.dest.display()
     );
 
-    // Destinations: the data directory and each tablespace's directory.
+    // Destinations: the data directory and each tablespace's directory. Each is empty (or
+    // emptied by --force) before anything is written; when the restore fails, what it wrote
+    // is removed again, so a failed backup-fetch leaves no file behind (and no directory it
+    // created).
     let mut roots = BTreeMap::new();
+    let mut prepared: Vec<(PathBuf, bool)> = Vec::new();
     for s in &manifest.streams {
         let root = match (s.tablespace_oid, &s.tablespace_location) {
             (None, _) => opts.dest.clone(),
@@ -112,11 +116,75 @@ pub async fn fetch_backup(
                 None => PathBuf::from(loc.clone().unwrap_or_default()),
             },
         };
+        let existed = root.exists();
         // --force empties the data directory only: a tablespace's directory may belong to a
         // running cluster, so it must be empty (or remapped with --tablespace-map).
-        prepare_dir(&root, opts.force && s.tablespace_oid.is_none())?;
+        if let Err(e) = prepare_dir(&root, opts.force && s.tablespace_oid.is_none()) {
+            clean_up(&prepared);
+            return Err(e);
+        }
+        prepared.push((root.clone(), !existed));
         roots.insert(s.name.clone(), root);
     }
+    match restore_prepared(repo, opts, manifest, &roots, progress).await {
+        Ok(fetched) => Ok(fetched),
+        Err(e) => {
+            clean_up(&prepared);
+            Err(e)
+        }
+    }
+}
+
+/// Removes what a failed restore wrote into directories that were empty before it: their
+/// contents, and the directories it created.
+fn clean_up(prepared: &[(PathBuf, bool)]) {
+    for (dir, created) in prepared.iter().rev() {
+        let emptied = std::fs::read_dir(dir).map(|rd| {
+            for entry in rd.flatten() {
+                let p = entry.path();
+                let r = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if let Err(e) = r {
+                    tracing::warn!("cannot remove {} after the failed restore: {e}", p.display());
+                }
+            }
+        });
+        if let Err(e) = emptied {
+            tracing::warn!("cannot empty {} after the failed restore: {e}", dir.display());
+        } else if *created {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    tracing::info!("the failed restore's files were removed");
+}
+
+/// Restores `manifest` into its prepared (empty) destinations.
+async fn restore_prepared(
+    repo: &Repository,
+    opts: &BackupFetchOptions,
+    manifest: Manifest,
+    roots: &BTreeMap<String, PathBuf>,
+    progress: Arc<dyn Progress>,
+) -> Result<FetchedBackup, FetchError> {
+    // backup_label and tablespace_map come from pg_backup_stop, never from the copy: read
+    // first, so that a restore that cannot have them fails before writing gigabytes.
+    let (_, label) = repo
+        .get_verified(&backup_key(&manifest.name, "backup_label"))
+        .await?;
+    let map = if manifest.has_tablespace_map {
+        let (_, map) = repo
+            .get_verified(&backup_key(&manifest.name, "tablespace_map"))
+            .await?;
+        Some(remap_tablespaces(
+            &String::from_utf8_lossy(&map),
+            &opts.tablespace_map,
+        ))
+    } else {
+        None
+    };
     std::fs::set_permissions(&opts.dest, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| write_err(&opts.dest, e))?;
 
@@ -146,16 +214,8 @@ pub async fn fetch_backup(
         bytes += b;
     }
 
-    // backup_label and tablespace_map come from pg_backup_stop, never from the copy.
-    let (_, label) = repo
-        .get_verified(&backup_key(&manifest.name, "backup_label"))
-        .await?;
     write_durably(&opts.dest.join("backup_label"), &label, false)?;
-    if manifest.has_tablespace_map {
-        let (_, map) = repo
-            .get_verified(&backup_key(&manifest.name, "tablespace_map"))
-            .await?;
-        let map = remap_tablespaces(&String::from_utf8_lossy(&map), &opts.tablespace_map);
+    if let Some(map) = map {
         write_durably(&opts.dest.join("tablespace_map"), map.as_bytes(), false)?;
     }
     let settings = recovery::settings(&manifest.name, &opts.restore_command, &opts.recovery);
