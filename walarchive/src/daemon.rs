@@ -57,7 +57,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -645,21 +645,7 @@ impl Daemon<'_> {
         };
         // A marker lets a client that cannot reach this daemon (it died, say) answer
         // without uploading, after checking the content itself.
-        let marker = ahead.then(|| Marker {
-            name: name.to_string(),
-            repository: self.repo.url().to_string(),
-            sha256: report.sha256.to_string(),
-            size: report.raw_len,
-            mtime_ns: 0,
-            stored_len: match report.outcome {
-                PutOutcome::Stored { stored_len } => Some(stored_len),
-                PutOutcome::AlreadyStored => None,
-            },
-            written_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        });
+        let marker = ahead.then(|| Marker::of(self.repo, report, 0));
         let (markers, pg_wal, report) = (self.markers.clone(), self.pg_wal.clone(), report.clone());
         tokio::task::spawn_blocking(move || {
             if let Some(m) = marker {
@@ -725,17 +711,8 @@ impl Daemon<'_> {
         let Some(seg) = ours else {
             // History, .partial and .backup files, or a file elsewhere: pushed as asked.
             let _slot = self.uploads.acquire().await.expect("never closed");
-            return match push::push_file(self.repo, path).await {
-                Ok(r) => {
-                    self.state.borrow_mut().stats.answered += 1;
-                    let how = match r.outcome {
-                        PutOutcome::Stored { .. } => How::Stored,
-                        PutOutcome::AlreadyStored => How::Already,
-                    };
-                    ok_reply(how, &r)
-                }
-                Err(e) => err_reply(&e),
-            };
+            let result = push::push_file(self.repo, path).await;
+            return self.reply_for(result.as_ref());
         };
         let name = seg.to_string();
         loop {
@@ -765,16 +742,21 @@ impl Daemon<'_> {
         let result = self.push_segment(path, seg).await;
         drop(slot);
         self.record(&name, &result, false).await;
+        self.reply_for(result.as_ref().map(|(r, _)| r))
+    }
+
+    /// The reply to a request this daemon pushed for.
+    fn reply_for(&self, result: Result<&PushReport, &Error>) -> String {
         match result {
-            Ok((r, _)) => {
+            Ok(r) => {
                 self.state.borrow_mut().stats.answered += 1;
                 let how = match r.outcome {
                     PutOutcome::Stored { .. } => How::Stored,
                     PutOutcome::AlreadyStored => How::Already,
                 };
-                ok_reply(how, &r)
+                ok_reply(how, r)
             }
-            Err(e) => err_reply(&e),
+            Err(e) => err_reply(e),
         }
     }
 }

@@ -136,6 +136,27 @@ pub struct Marker {
     pub written_at: u64,
 }
 
+impl Marker {
+    /// The marker of a segment `repo` durably stores, as `report` says.
+    pub fn of(repo: &Repository, report: &PushReport, mtime_ns: u64) -> Marker {
+        Marker {
+            name: report.name.to_string(),
+            repository: repo.url().to_string(),
+            sha256: report.sha256.to_string(),
+            size: report.raw_len,
+            mtime_ns,
+            stored_len: match report.outcome {
+                PutOutcome::Stored { stored_len } => Some(stored_len),
+                PutOutcome::AlreadyStored => None,
+            },
+            written_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// What one `wal-push` did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -452,21 +473,7 @@ impl WalDir {
         let found = prepared.found.clone().expect("a segment holds WAL pages");
         same_cluster(descriptor, &found, &prepared.name)?;
         let report = push::store_prepared(repo, prepared).await?;
-        let marker = Marker {
-            name: seg.to_string(),
-            repository: repo.url().to_string(),
-            sha256: report.sha256.to_string(),
-            size: report.raw_len,
-            mtime_ns,
-            stored_len: match report.outcome {
-                PutOutcome::Stored { stored_len } => Some(stored_len),
-                PutOutcome::AlreadyStored => None,
-            },
-            written_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
+        let marker = Marker::of(repo, &report, mtime_ns);
         let markers = self.markers.clone();
         let written = tokio::task::spawn_blocking(move || write_marker(&markers, &marker))
             .await
