@@ -148,12 +148,18 @@ fn clean_up(prepared: &[(PathBuf, bool)]) {
                     std::fs::remove_file(&p)
                 };
                 if let Err(e) = r {
-                    tracing::warn!("cannot remove {} after the failed restore: {e}", p.display());
+                    tracing::warn!(
+                        "cannot remove {} after the failed restore: {e}",
+                        p.display()
+                    );
                 }
             }
         });
         if let Err(e) = emptied {
-            tracing::warn!("cannot empty {} after the failed restore: {e}", dir.display());
+            tracing::warn!(
+                "cannot empty {} after the failed restore: {e}",
+                dir.display()
+            );
         } else if *created {
             let _ = std::fs::remove_dir(dir);
         }
