@@ -29,6 +29,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use common::stores::{create, data};
 use common::*;
 use walarchive_core::repo::PutOutcome;
 use walarchive_core::storage::object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -38,7 +39,7 @@ use walarchive_core::storage::object_store::list::{PaginatedListOptions, Paginat
 use walarchive_core::storage::object_store::memory::InMemory;
 use walarchive_core::storage::object_store::path::Path as StorePath;
 use walarchive_core::storage::object_store::{
-    self, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    self, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
 };
 use walarchive_core::storage::swift::SwiftStore;
 use walarchive_core::storage::{self, Backend, StorageOptions};
@@ -130,20 +131,6 @@ conformance!(gcs: Target::Repo(Store::Gcs), ignore {
 // ---------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------
-
-/// Deterministic, incompressible-looking bytes.
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2] ^ seed)
-        .collect()
-}
-
-fn create() -> PutOptions {
-    PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    }
-}
 
 /// Few, short retries: a failing check fails in seconds, not minutes.
 fn policy() -> RetryPolicy {
@@ -298,30 +285,24 @@ mod objects {
                 (Target::Memory, _) => Pager::None("InMemory lists a BTreeMap in one go"),
                 (_, Backend::Local) => Pager::None("the local directory is walked in one go"),
                 (_, Backend::S3) => {
-                    let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
-                    for (k, v) in &self.options.0 {
-                        if let Ok(key) = k.parse::<AmazonS3ConfigKey>() {
-                            b = b.with_config(key, v);
-                        }
-                    }
+                    let b = config_keys::<AmazonS3ConfigKey>(&self.options).fold(
+                        AmazonS3Builder::new().with_bucket_name(bucket),
+                        |b, (k, v)| b.with_config(k, v),
+                    );
                     Pager::MaxKeys(Box::new(b.build().unwrap()))
                 }
                 (_, Backend::Azure) => {
-                    let mut b = MicrosoftAzureBuilder::new().with_container_name(bucket);
-                    for (k, v) in &self.options.0 {
-                        if let Ok(key) = k.parse::<AzureConfigKey>() {
-                            b = b.with_config(key, v);
-                        }
-                    }
+                    let b = config_keys::<AzureConfigKey>(&self.options).fold(
+                        MicrosoftAzureBuilder::new().with_container_name(bucket),
+                        |b, (k, v)| b.with_config(k, v),
+                    );
                     Pager::MaxKeys(Box::new(b.build().unwrap()))
                 }
                 (_, Backend::Gcs) => {
-                    let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
-                    for (k, v) in &self.options.0 {
-                        if let Ok(key) = k.parse::<GoogleConfigKey>() {
-                            b = b.with_config(key, v);
-                        }
-                    }
+                    let b = config_keys::<GoogleConfigKey>(&self.options).fold(
+                        GoogleCloudStorageBuilder::new().with_bucket_name(bucket),
+                        |b, (k, v)| b.with_config(k, v),
+                    );
                     Pager::MaxKeys(Box::new(b.build().unwrap()))
                 }
                 (_, Backend::Swift) => {
@@ -340,6 +321,16 @@ mod objects {
                 (_, other) => panic!("no pager for {other:?}: add one in Objects::pager"),
             }
         }
+    }
+
+    /// The options that are configuration keys `K` of an object_store builder.
+    fn config_keys<K: std::str::FromStr>(
+        options: &StorageOptions,
+    ) -> impl Iterator<Item = (K, &String)> {
+        options
+            .0
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse::<K>().ok()?, v)))
     }
 
     /// How a store's listing pages are exercised.
@@ -947,13 +938,7 @@ mod binary {
         let mut changed = source().bytes(name);
         changed[300_000] ^= 0xFF;
         fs::write(&path, &changed).unwrap();
-        let out = f.push(&path);
-        assert_code(&out, 4);
-        let err = stderr(&out);
-        assert!(
-            err.contains("different content") && err.matches("sha256").count() >= 2,
-            "{err}"
-        );
+        assert_conflict(&f.push(&path));
         let (out, dest) = f.fetch(name);
         assert_success(&out);
         assert!(

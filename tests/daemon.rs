@@ -11,20 +11,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::bursts::*;
 use common::*;
-
-/// Keep archived segments in pg_wal, to compare them with the repository's copies.
-const KEEP_WAL: &str = "wal_keep_size = 1024MB\n";
-
-/// About 60 MiB of WAL in one statement (≈ 60 segments of 1 MiB).
-const BURST: &str = "insert into burst select g, repeat(md5(g::text), 4) \
-                     from generate_series(1, 330000) g";
 
 fn archive_command(repo: &Repo) -> String {
     format!(
@@ -32,16 +26,6 @@ fn archive_command(repo: &Repo) -> String {
         walarchive_bin().display(),
         repo.url
     )
-}
-
-fn primary_with(repo: &Repo, command: &str) -> PgCluster {
-    let pg = PgCluster::init(PgOptions {
-        extra_conf: format!("archive_mode = on\narchive_command = '{command}'\n{KEEP_WAL}"),
-        ..Default::default()
-    });
-    pg.start_with_env(&repo.env);
-    pg.psql("create table burst(id bigint, payload text)");
-    pg
 }
 
 /// PIDs of this test binary's walarchive processes whose working directory is `data`, with
@@ -74,33 +58,6 @@ fn walarchive_pids(data: &Path, daemon: bool) -> Vec<u32> {
     pids
 }
 
-/// Segment names uploaded, from the log: the daemon's `pushed NAME (` and the clients'
-/// own uploads (`archived NAME (` when they pushed without the daemon, `archived NAME
-/// through the walarchive daemon (` when the daemon stored it for their request).
-fn uploads(log: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in log.lines() {
-        let Some((_, msg)) = line.split_once(" INFO ") else {
-            continue;
-        };
-        let rest = msg
-            .strip_prefix("pushed ahead ")
-            .or_else(|| msg.strip_prefix("pushed "))
-            .or_else(|| msg.strip_prefix("archived "));
-        if let Some(rest) = rest {
-            if rest.len() > 26 && (&rest[24..26] == " (" || rest[24..].starts_with(" through")) {
-                names.push(rest[..24].to_string());
-            }
-        }
-    }
-    names
-}
-
-fn counters(pg: &PgCluster) -> serde_json::Value {
-    let text = fs::read_to_string(pg.wal_dir().join("walarchive-metrics.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 /// A burst archived through a daemon `wal-push` starts: every segment once, intact, no
 /// failure, nearly every call answered by the daemon; the daemon stops with PostgreSQL.
 fn burst(store: Store) {
@@ -114,34 +71,14 @@ fn burst(store: Store) {
     wait_until("the daemon to run", Duration::from_secs(10), || {
         !walarchive_pids(pg.data_dir(), true).is_empty()
     });
-    let t = Instant::now();
-    pg.psql(BURST);
-    let burst_time = t.elapsed();
-    let last = pg.switch_wal();
-    pg.wait_archived(&last, Duration::from_secs(300));
-    let status = pg.archiver_status();
-    assert!(
-        status.ends_with("|0"),
-        "pg_stat_archiver failures: {status}"
-    );
+    let Burst {
+        done,
+        in_burst,
+        burst_time,
+        log,
+        times,
+    } = archive_burst(&repo, &pg, &first_lsn);
 
-    let done = pg.done_segments();
-    let first = pg.psql(&format!("select pg_walfile_name('{first_lsn}')"));
-    let in_burst = done.iter().filter(|n| **n >= first).count();
-    assert!(
-        in_burst >= 50,
-        "the burst produced only {in_burst} segments"
-    );
-    repo.assert_archived_intact(&pg, &done);
-
-    let log = pg.log();
-    let mut times: BTreeMap<String, usize> = BTreeMap::new();
-    for name in uploads(&log) {
-        *times.entry(name).or_default() += 1;
-    }
-    for name in &done {
-        assert_eq!(times.get(name), Some(&1), "{name} uploads: {times:?}");
-    }
     let answered = log.matches("was archived by the walarchive daemon").count();
     let m = counters(&pg);
     eprintln!(
@@ -188,28 +125,8 @@ fn killed_at_random_points_loses_nothing() {
     let command = format!("{} || exit 1", archive_command(&repo));
     let pg = Arc::new(primary_with(&repo, &command));
     let first = pg.psql("select pg_walfile_name(pg_current_wal_lsn())");
-    let writing = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (pg, writing) = (pg.clone(), writing.clone());
-        std::thread::spawn(move || {
-            for _ in 0..3 {
-                pg.psql(BURST);
-            }
-            writing.store(false, Ordering::SeqCst);
-        })
-    };
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    eprintln!("kill schedule seed {seed}");
-    let mut random = move |below: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % below
-    };
+    let (writer, writing) = write_bursts(&pg);
+    let mut random = kill_schedule();
     let mut fate: BTreeMap<u32, Option<Instant>> = BTreeMap::new();
     let (mut daemon_kills, mut client_kills) = (0, 0);
     let until = Instant::now() + Duration::from_secs(12);
@@ -227,12 +144,7 @@ fn killed_at_random_points_loses_nothing() {
                     })
                 });
                 if when.is_some_and(|t| Instant::now() >= t) {
-                    let st = std::process::Command::new("kill")
-                        .args(["-9", &pid.to_string()])
-                        .stderr(Stdio::null())
-                        .status()
-                        .unwrap();
-                    if st.success() {
+                    if kill9(pid) {
                         if daemon {
                             daemon_kills += 1;
                         } else {
@@ -244,11 +156,7 @@ fn killed_at_random_points_loses_nothing() {
             }
         }
     }
-    writer.join().unwrap();
-    let last = pg.switch_wal();
-    pg.wait_archived(&last, Duration::from_secs(400));
-    let status = pg.archiver_status();
-    let log = pg.log();
+    let (last, status, log) = catch_up(writer, &pg);
     eprintln!(
         "{daemon_kills} daemons and {client_kills} wal-push calls killed; {} calls answered by a daemon; pg_stat_archiver: {status}",
         log.matches("was archived by the walarchive daemon").count()
@@ -258,20 +166,7 @@ fn killed_at_random_points_loses_nothing() {
         "only {daemon_kills} daemons killed: the test proved little"
     );
 
-    let done = pg.done_segments();
-    let segno = |s: &str| {
-        let part = |r: std::ops::Range<usize>| u64::from_str_radix(&s[r], 16).unwrap();
-        part(8..16) * 4096 + part(16..24)
-    };
-    let tli = &first[..8];
-    let expected: Vec<String> = (segno(&first)..=segno(&last))
-        .map(|i| format!("{tli}{:08X}{:08X}", i / 4096, i % 4096))
-        .collect();
-    for name in &expected {
-        assert!(done.contains(name), "{name} is not archived (.done)");
-    }
-    assert!(expected.len() >= 150, "only {} segments", expected.len());
-    repo.assert_archived_intact(&pg, &expected);
+    assert_all_archived(&repo, &pg, &first, &last);
 }
 
 // ---------------------------------------------------------------------------
@@ -283,38 +178,11 @@ fn real_segments() -> &'static WalSource {
     S.get_or_init(|| WalSource::collect(6, 1000))
 }
 
-/// A data directory with real segments in pg_wal (not `.ready`: each test decides), a
-/// `postmaster.pid` (the daemon needs none when started by hand), and a fresh repository.
-struct FakeData {
-    dir: TestDir,
-    url: String,
-    names: Vec<String>,
-}
-
 impl FakeData {
+    /// Four real segments in pg_wal (not `.ready`: each test decides), no `postmaster.pid`
+    /// (the daemon needs none when started by hand), and a fresh repository.
     fn new() -> FakeData {
-        let src = real_segments();
-        let dir = TestDir::new("walarchive-dmdata-");
-        let wal = dir.join("data/pg_wal");
-        fs::create_dir_all(wal.join("archive_status")).unwrap();
-        let names: Vec<String> = src.segments[..4].to_vec();
-        for n in &names {
-            fs::copy(src.path(n), wal.join(n)).unwrap();
-        }
-        let url = format!("file://{}", dir.join("repo").display());
-        FakeData { dir, url, names }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    fn wal(&self, name: &str) -> PathBuf {
-        self.data().join("pg_wal").join(name)
-    }
-
-    fn ready(&self, name: &str) {
-        fs::write(self.wal(&format!("archive_status/{name}.ready")), b"").unwrap();
+        FakeData::with_segments("dmdata", real_segments(), 4, false)
     }
 
     /// `walarchive daemon` for this data directory, running until killed.

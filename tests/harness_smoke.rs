@@ -129,20 +129,10 @@ fn free_ports_are_distinct() {
 #[test]
 fn proxy_delays_requests_and_stops_on_drop() {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::time::Instant;
 
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = echo.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut rx = conn.try_clone().unwrap();
-                let mut tx = conn;
-                let _ = std::io::copy(&mut rx, &mut tx);
-            });
-        }
-    });
+    let target = echo_server();
     let delay = Duration::from_millis(150);
     let proxy = Proxy::start(target, delay);
     let port = proxy.port();

@@ -11,18 +11,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::bursts::*;
 use common::*;
-
-/// Keep archived segments in pg_wal, to compare them with the repository's copies.
-const KEEP_WAL: &str = "wal_keep_size = 1024MB\n";
-
-/// About 60 MiB of WAL in one statement (≈ 60 segments of 1 MiB).
-const BURST: &str = "insert into burst select g, repeat(md5(g::text), 4) \
-                     from generate_series(1, 330000) g";
 
 fn archive_command(repo: &Repo, parallel: Option<u32>) -> String {
     let parallel = parallel
@@ -35,51 +29,15 @@ fn archive_command(repo: &Repo, parallel: Option<u32>) -> String {
     )
 }
 
-/// A primary archiving into `repo` with `command` as archive_command.
-fn primary_with(repo: &Repo, command: &str) -> PgCluster {
-    let pg = PgCluster::init(PgOptions {
-        extra_conf: format!("archive_mode = on\narchive_command = '{command}'\n{KEEP_WAL}"),
-        ..Default::default()
-    });
-    pg.start_with_env(&repo.env);
-    pg.psql("create table burst(id bigint, payload text)");
-    pg
-}
-
 /// A primary archiving into `repo` (with `--parallel` when given, else the default).
 fn primary(repo: &Repo, parallel: Option<u32>) -> PgCluster {
     primary_with(repo, &archive_command(repo, parallel))
-}
-
-/// Segment names of the uploads walarchive logged (into PostgreSQL's log): `archived NAME (`
-/// for PostgreSQL's own request, `pushed ahead NAME (` for segments pushed ahead.
-fn uploads(log: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in log.lines() {
-        let Some((_, msg)) = line.split_once(" INFO ") else {
-            continue;
-        };
-        let rest = msg
-            .strip_prefix("archived ")
-            .or_else(|| msg.strip_prefix("pushed ahead "));
-        if let Some(rest) = rest {
-            if rest.len() > 26 && &rest[24..26] == " (" {
-                names.push(rest[..24].to_string());
-            }
-        }
-    }
-    names
 }
 
 /// How many of PostgreSQL's calls were answered from a push-ahead marker.
 fn marker_answers(log: &str) -> usize {
     log.matches("was archived ahead by an earlier wal-push")
         .count()
-}
-
-fn counters(pg: &PgCluster) -> serde_json::Value {
-    let text = fs::read_to_string(pg.wal_dir().join("walarchive-metrics.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 /// A burst of WAL is archived exactly once per segment, with correct content, no failure,
@@ -89,35 +47,15 @@ fn burst(store: Store) {
     let repo = store.fresh();
     let pg = primary(&repo, None);
     let first_lsn = pg.psql("select pg_current_wal_lsn()");
-    let t = Instant::now();
-    pg.psql(BURST);
-    let burst_time = t.elapsed();
-    let last = pg.switch_wal();
-    pg.wait_archived(&last, Duration::from_secs(300));
-    let status = pg.archiver_status();
-    assert!(
-        status.ends_with("|0"),
-        "pg_stat_archiver failures: {status}"
-    );
+    let Burst {
+        done,
+        in_burst,
+        burst_time,
+        log,
+        times,
+    } = archive_burst(&repo, &pg, &first_lsn);
 
-    let done = pg.done_segments();
-    let first = pg.psql(&format!("select pg_walfile_name('{first_lsn}')"));
-    let in_burst = done.iter().filter(|n| **n >= first).count();
-    assert!(
-        in_burst >= 50,
-        "the burst produced only {in_burst} segments"
-    );
-    repo.assert_archived_intact(&pg, &done);
-
-    // Each segment was uploaded exactly once, and the uploads are what the counters say.
-    let log = pg.log();
-    let mut times: BTreeMap<String, usize> = BTreeMap::new();
-    for name in uploads(&log) {
-        *times.entry(name).or_default() += 1;
-    }
-    for name in &done {
-        assert_eq!(times.get(name), Some(&1), "{name} uploads: {times:?}");
-    }
+    // The uploads are what the counters say.
     let total_uploads: usize = times.values().sum();
     let m = counters(&pg);
     assert_eq!(m["push_total"], total_uploads as u64, "{m}");
@@ -191,28 +129,8 @@ fn killed_at_random_points_loses_nothing() {
     let command = format!("{} || exit 1", archive_command(&repo, Some(4)));
     let pg = Arc::new(primary_with(&repo, &command));
     let first = pg.psql("select pg_walfile_name(pg_current_wal_lsn())");
-    let writing = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (pg, writing) = (pg.clone(), writing.clone());
-        std::thread::spawn(move || {
-            for _ in 0..3 {
-                pg.psql(BURST);
-            }
-            writing.store(false, Ordering::SeqCst);
-        })
-    };
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    eprintln!("kill schedule seed {seed}");
-    let mut random = move |below: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % below
-    };
+    let (writer, writing) = write_bursts(&pg);
+    let mut random = kill_schedule();
     // Each wal-push seen is either spared (so that archiving moves on) or killed at a
     // random moment of its life: before, during or after its uploads and markers.
     let mut fate: BTreeMap<u32, Option<Instant>> = BTreeMap::new();
@@ -227,24 +145,14 @@ fn killed_at_random_points_loses_nothing() {
                 (random(3) != 0).then(|| Instant::now() + Duration::from_millis(random(300)))
             });
             if when.is_some_and(|t| Instant::now() >= t) {
-                let st = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status()
-                    .unwrap();
-                if st.success() {
+                if kill9(pid) {
                     kills += 1;
                 }
                 fate.insert(pid, None);
             }
         }
     }
-    writer.join().unwrap();
-    // No more kills: PostgreSQL catches up on its own (a switch wakes the archiver).
-    let last = pg.switch_wal();
-    pg.wait_archived(&last, Duration::from_secs(400));
-    let status = pg.archiver_status();
-    let log = pg.log();
+    let (last, status, log) = catch_up(writer, &pg);
     eprintln!(
         "{kills} wal-push processes killed; {} segments pushed ahead; pg_stat_archiver: {status}",
         log.matches(" INFO pushed ahead ").count()
@@ -255,23 +163,7 @@ fn killed_at_random_points_loses_nothing() {
     );
 
     // Every segment from the first to the last is archived and intact.
-    let done = pg.done_segments();
-    let expected: Vec<String> = {
-        // 1 MiB segments: 4096 of them per 4 GiB "log".
-        let segno = |s: &str| {
-            let part = |r: std::ops::Range<usize>| u64::from_str_radix(&s[r], 16).unwrap();
-            part(8..16) * 4096 + part(16..24)
-        };
-        let tli = &first[..8];
-        (segno(&first)..=segno(&last))
-            .map(|i| format!("{tli}{:08X}{:08X}", i / 4096, i % 4096))
-            .collect()
-    };
-    for name in &expected {
-        assert!(done.contains(name), "{name} is not archived (.done)");
-    }
-    assert!(expected.len() >= 150, "only {} segments", expected.len());
-    repo.assert_archived_intact(&pg, &expected);
+    assert_all_archived(&repo, &pg, &first, &last);
 }
 
 // ---------------------------------------------------------------------------
@@ -284,35 +176,10 @@ fn real_segments() -> &'static WalSource {
     S.get_or_init(|| WalSource::collect(8, 1000))
 }
 
-/// A data directory with `pg_wal/` holding real segments, each `.ready`, and a fresh
-/// local-directory repository.
-struct FakeData {
-    dir: TestDir,
-    url: String,
-    names: Vec<String>,
-}
-
 impl FakeData {
+    /// `count` real segments in pg_wal, each `.ready`, and a fresh local-directory repository.
     fn new(count: usize) -> FakeData {
-        let src = real_segments();
-        let dir = TestDir::new("walarchive-padata-");
-        let wal = dir.join("data/pg_wal");
-        fs::create_dir_all(wal.join("archive_status")).unwrap();
-        let names: Vec<String> = src.segments[..count].to_vec();
-        for n in &names {
-            fs::copy(src.path(n), wal.join(n)).unwrap();
-            fs::write(wal.join(format!("archive_status/{n}.ready")), b"").unwrap();
-        }
-        let url = format!("file://{}", dir.join("repo").display());
-        FakeData { dir, url, names }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    fn wal(&self, name: &str) -> PathBuf {
-        self.data().join("pg_wal").join(name)
+        FakeData::with_segments("padata", real_segments(), count, true)
     }
 
     fn marker(&self, name: &str) -> PathBuf {
@@ -491,10 +358,7 @@ fn overlapping_calls_upload_each_segment_once() {
     for out in &outs {
         all.push_str(&stderr(assert_success(out)));
     }
-    let mut times: BTreeMap<String, usize> = BTreeMap::new();
-    for name in uploads(&all) {
-        *times.entry(name).or_default() += 1;
-    }
+    let times = upload_counts(&all);
     for name in n {
         assert_eq!(times.get(name), Some(&1), "{name}: {all}");
         assert_eq!(

@@ -34,14 +34,15 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{free_port, http_request, proc_dir, sh_quote, HttpResponse};
+use crate::common::{
+    await_ready, free_port, http_request, proc_dir, sh_quote, spawn_watchdog, HttpResponse,
+};
 
 /// The shared emulator of this test process.
 pub struct GcsServer {
@@ -110,49 +111,36 @@ impl GcsServer {
                 d = sh_quote(dir.to_str().unwrap()),
                 bin = sh_quote(bin.to_str().unwrap()),
             );
-            let mut child: Child = Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("spawn the fake-gcs-server watchdog");
-            let started = Instant::now();
+            let watchdog = spawn_watchdog("fake-gcs-server", &script);
             let log = || fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last_log = log();
-                    eprintln!("fake-gcs-server exited early ({status}); retrying on another port");
-                    break;
-                }
-                let ready = http_request(port, "GET", "/storage/v1/b", &[], b"")
+            let ready = || {
+                let up = http_request(port, "GET", "/storage/v1/b", &[], b"")
                     .is_ok_and(|r| r.status == 200);
-                if ready {
-                    drop(child); // the watchdog outlives us
-                    let server = GcsServer {
-                        emulator_port: port,
-                        port: Adapter::start(port, false),
-                        refusing_port: Adapter::start(port, true),
-                        dir: dir.clone(),
-                        counter: AtomicU64::new(0),
-                    };
+                up.then(|| GcsServer {
+                    emulator_port: port,
+                    port: Adapter::start(port, false),
+                    refusing_port: Adapter::start(port, true),
+                    dir: dir.clone(),
+                    counter: AtomicU64::new(0),
+                })
+            };
+            let poll = Duration::from_millis(100);
+            match await_ready(
+                "fake-gcs-server",
+                watchdog,
+                Duration::from_secs(60),
+                poll,
+                log,
+                ready,
+            ) {
+                Ok(server) => {
                     eprintln!(
-                        "fake-gcs-server on 127.0.0.1:{port} ready in {:.1} s (adapter on :{})",
-                        started.elapsed().as_secs_f64(),
+                        "fake-gcs-server on 127.0.0.1:{port}, adapter on :{}",
                         server.port
                     );
                     return server;
                 }
-                if started.elapsed() > Duration::from_secs(60) {
-                    let _ = child.kill();
-                    panic!(
-                        "fake-gcs-server did not become ready within 60 s\n{}",
-                        log()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
+                Err(log) => last_log = log,
             }
         }
         panic!("fake-gcs-server failed to start 3 times\n{last_log}");

@@ -41,10 +41,12 @@
 //! Everything is synchronous (`std::process`, `std::net`); no tokio.
 #![allow(dead_code)]
 
+pub mod bursts;
 pub mod gcs;
 pub mod machine;
 mod proxy;
 mod repos;
+pub mod stores;
 pub mod swift;
 mod wal_source;
 #[allow(unused_imports)]
@@ -361,6 +363,19 @@ pub fn assert_code(out: &Output, expected: i32) -> &Output {
         stderr(out)
     );
     out
+}
+
+/// A refused conflicting push: exit status 4, a message that says "different content" and
+/// names both checksums (sha256). Returns stderr.
+#[track_caller]
+pub fn assert_conflict(out: &Output) -> String {
+    assert_code(out, 4);
+    let err = stderr(out);
+    assert!(
+        err.contains("different content") && err.matches("sha256").count() >= 2,
+        "{err}"
+    );
+    err
 }
 
 /// The single `walarchive <command>: error: ...` line of stderr (panics unless exactly one).
@@ -1307,6 +1322,72 @@ fn find_program(name: &str) -> Option<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join(name))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// A TCP echo server on 127.0.0.1 (a thread per connection, for the rest of the process):
+/// its port. What the proxy's tests forward to.
+pub fn echo_server() -> u16 {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut rx = conn.try_clone().unwrap();
+                let mut tx = conn;
+                let _ = std::io::copy(&mut rx, &mut tx);
+            });
+        }
+    });
+    port
+}
+
+/// Spawns the watchdog shell `script` of server `what` (`sh -c`, in its own process group,
+/// no stdio): it starts the server and kills it once this test process is gone.
+pub fn spawn_watchdog(what: &str, script: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn the {what} watchdog: {e}"))
+}
+
+/// Polls `ready` every `poll` until it gives the server that `watchdog` started: `Ok` with
+/// it (the watchdog is never waited for; it outlives us). `Err` with the server's `logs`
+/// when the watchdog exits early (the caller retries on other ports); a panic with them
+/// when the server is not ready within `timeout`.
+pub fn await_ready<T>(
+    what: &str,
+    mut watchdog: Child,
+    timeout: Duration,
+    poll: Duration,
+    logs: impl Fn() -> String,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = watchdog.try_wait() {
+            eprintln!("{what} exited early ({status}); retrying on other ports");
+            return Err(logs());
+        }
+        if let Some(server) = ready() {
+            drop(watchdog);
+            eprintln!("{what} ready in {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(server);
+        }
+        if started.elapsed() > timeout {
+            let _ = watchdog.kill();
+            panic!(
+                "{what} did not become ready within {} s\n{}",
+                timeout.as_secs(),
+                logs()
+            );
+        }
+        std::thread::sleep(poll);
+    }
 }
 
 /// Starts `program args` (with `{port}` in args replaced by a free port) in

@@ -26,14 +26,13 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{free_port, http_request, proc_dir, sh_quote};
+use crate::common::{await_ready, free_port, http_request, proc_dir, sh_quote, spawn_watchdog};
 
 /// The account, user and key tempauth is configured with.
 pub const SWIFT_ACCOUNT: &str = "test";
@@ -232,17 +231,7 @@ impl SwiftServer {
                  done\n\
                  kill $all 2>/dev/null; sleep 1; kill -9 $all 2>/dev/null; exit 0\n"
             ));
-            let mut child: Child = Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("spawn the Swift watchdog");
-            let started = Instant::now();
-            let deadline = started + Duration::from_secs(90);
+            let watchdog = spawn_watchdog("Swift all-in-one", &script);
             let logs = || {
                 ["memcached"]
                     .iter()
@@ -255,26 +244,14 @@ impl SwiftServer {
                     })
                     .collect::<String>()
             };
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last_logs = logs();
-                    eprintln!("Swift all-in-one exited early ({status}); retrying on other ports");
-                    break;
-                }
-                if let Some(server) = Self::ready(ports[3], &dir) {
-                    drop(child); // the watchdog outlives us
-                    eprintln!(
-                        "Swift all-in-one on 127.0.0.1:{} ready in {:.1} s",
-                        ports[3],
-                        started.elapsed().as_secs_f64()
-                    );
+            let ready = || Self::ready(ports[3], &dir);
+            let (timeout, poll) = (Duration::from_secs(90), Duration::from_millis(200));
+            match await_ready("Swift all-in-one", watchdog, timeout, poll, logs, ready) {
+                Ok(server) => {
+                    eprintln!("Swift all-in-one on 127.0.0.1:{}", ports[3]);
                     return server;
                 }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    panic!("Swift did not become ready within 90 s\n{}", logs());
-                }
-                std::thread::sleep(Duration::from_millis(200));
+                Err(logs) => last_logs = logs,
             }
         }
         panic!("Swift failed to start 3 times\n{last_logs}");
