@@ -70,7 +70,7 @@ use crate::metrics;
 use crate::push::{self, PushReport};
 use crate::pushahead::{self, Marker, LOCK_NAME, MARKER_DIR};
 use crate::repo::{Descriptor, PutOutcome, Repository};
-use crate::wal::{SegmentName, WalFileName};
+use crate::wal::SegmentName;
 use crate::{Error, ErrorKind};
 
 /// The daemon's socket, inside `pg_wal`.
@@ -490,7 +490,7 @@ impl Daemon<'_> {
     /// Starts pushes for the `.ready` segments not pushed yet, oldest first, as far as
     /// upload slots allow; forgets segments PostgreSQL is done with.
     fn scan(&self) -> Vec<LocalBoxFuture<'_, ()>> {
-        let ready = match self.ready_segments() {
+        let ready = match pushahead::ready_segments(&self.status) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot list {}: {e}", self.status.display());
@@ -548,18 +548,6 @@ impl Daemon<'_> {
         started
     }
 
-    /// Plain segments with a `.ready` file and a file in pg_wal, in order.
-    fn ready_segments(&self) -> std::io::Result<Vec<SegmentName>> {
-        let mut ready: Vec<SegmentName> = fs::read_dir(&self.status)?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".ready")?.parse::<SegmentName>().ok()
-            })
-            .collect();
-        ready.sort();
-        Ok(ready)
-    }
-
     /// Reads, checks, compresses and stores one segment of pg_wal; returns the file's
     /// fingerprint when it did not change while being read.
     async fn push_segment(
@@ -569,17 +557,11 @@ impl Daemon<'_> {
     ) -> Result<(PushReport, Option<Fingerprint>), Error> {
         let before = fingerprint(path);
         let cpu = self.cpu.acquire().await.expect("never closed");
-        let name = WalFileName::Segment(seg);
-        let compression = self.repo.compression;
-        let (owned, n) = (path.to_path_buf(), name);
-        let (found, encoded) =
-            tokio::task::spawn_blocking(move || push::read_and_encode(&owned, &n, compression))
-                .await
-                .expect("encoding does not panic")?;
-        let found = found.expect("a segment holds WAL pages");
+        let prepared = push::prepare(path, self.repo.compression).await?;
+        let found = prepared.found.clone().expect("a segment holds WAL pages");
         let cached = self.state.borrow().descriptor.clone();
         match cached {
-            Some(d) => pushahead::same_cluster(&d, &found, &name)?,
+            Some(d) => pushahead::same_cluster(&d, &found, &prepared.name)?,
             None => {
                 let d = self
                     .repo
@@ -588,24 +570,11 @@ impl Daemon<'_> {
                 self.state.borrow_mut().descriptor = Some(d);
             }
         }
-        let raw_len = encoded.header.raw_len;
         drop(cpu);
         let after = fingerprint(path);
         let stable = before.filter(|b| Some(*b) == after);
-        let sha256 = encoded.header.sha256;
-        let outcome = self
-            .repo
-            .put_encoded(&Repository::wal_key(&name), encoded)
-            .await?;
-        Ok((
-            PushReport {
-                name,
-                raw_len,
-                outcome,
-                sha256,
-            },
-            stable,
-        ))
+        let report = push::store_prepared(self.repo, prepared).await?;
+        Ok((report, stable))
     }
 
     /// Records a push's result, writes its marker and counters, and wakes waiting clients.

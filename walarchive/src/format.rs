@@ -236,13 +236,11 @@ pub fn encode_reader<R: std::io::Read>(
     encoder.include_contentsize(true)?;
     let mut hasher = Sha256::new();
     let mut total = 0u64;
-    let mut is_first = true;
     let mut first = Some(first);
     loop {
         let n = read_full(reader, chunk)?;
-        if is_first {
-            is_first = false;
-            (first.take().expect("called once"))(&chunk[..n])?;
+        if let Some(first) = first.take() {
+            first(&chunk[..n])?;
         }
         if n == 0 {
             break;

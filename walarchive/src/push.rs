@@ -62,9 +62,9 @@ pub async fn prepare(path: &Path, compression: crate::Compression) -> Result<Pre
             reason: "has no file name".into(),
         })?;
     let name: WalFileName = file_name.parse()?;
-    let (owned, n) = (path.to_path_buf(), name);
+    let owned = path.to_path_buf();
     let (found, encoded) =
-        tokio::task::spawn_blocking(move || read_and_encode(&owned, &n, compression))
+        tokio::task::spawn_blocking(move || read_and_encode(&owned, &name, compression))
             .await
             .expect("encoding does not panic")?;
     Ok(Prepared {
@@ -103,13 +103,12 @@ pub fn check_segment_start(
     head: &[u8],
     len: u64,
 ) -> Result<Descriptor, String> {
-    let raw = head;
     if !is_valid_segment_size(len) {
         return Err(format!(
             "is {len} bytes: not a whole WAL segment (segments are a power of two from 1 MiB to 1 GiB; truncated?)"
         ));
     }
-    let header = WalPageHeader::parse(raw).map_err(|e| e.to_string())?;
+    let header = WalPageHeader::parse(head).map_err(|e| e.to_string())?;
     if u64::from(header.segment_size) != len {
         return Err(format!(
             "its page header says the segment size is {} bytes but the file has {len} (truncated or not a WAL segment)",

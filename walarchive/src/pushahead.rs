@@ -488,8 +488,8 @@ impl WalDir {
     /// The `.ready` plain segments of `seg`'s timeline after it (the first `lookahead` of
     /// them), minus those already marked.
     fn candidates(&self, seg: SegmentName, lookahead: usize) -> Vec<SegmentName> {
-        let entries = match fs::read_dir(&self.status) {
-            Ok(e) => e,
+        let mut ready = match ready_segments(&self.status) {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(
                     "cannot push ahead: cannot list {}: {e}",
@@ -498,14 +498,7 @@ impl WalDir {
                 return Vec::new();
             }
         };
-        let mut ready: Vec<SegmentName> = entries
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".ready")?.parse::<SegmentName>().ok()
-            })
-            .filter(|s| s.timeline == seg.timeline && *s > seg)
-            .collect();
-        ready.sort();
+        ready.retain(|s| s.timeline == seg.timeline && *s > seg);
         ready.truncate(lookahead);
         ready.retain(|s| {
             !self.marker_path(*s).exists() && self.pg_wal.join(s.to_string()).is_file()
@@ -596,6 +589,18 @@ async fn check_marker(
         )),
         Err(e) => Err(Refusal::Unchecked(e.to_string())),
     }
+}
+
+/// The plain segments with a `.ready` file in `archive_status`, in order.
+pub(crate) fn ready_segments(archive_status: &Path) -> std::io::Result<Vec<SegmentName>> {
+    let mut ready: Vec<SegmentName> = fs::read_dir(archive_status)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".ready")?.parse::<SegmentName>().ok()
+        })
+        .collect();
+    ready.sort();
+    Ok(ready)
 }
 
 /// Refuses a segment whose cluster is not the repository's (as `ensure_descriptor` does).

@@ -289,23 +289,7 @@ impl Repository {
                 .put_checked_after(relative, &key, payload, digest, stored_len)
                 .await;
         }
-        let opts = || PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let what = format!("put {key}");
-        let put = retry(&self.policy, &what, || {
-            let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
-            async move {
-                store
-                    .put_opts(&key, payload, opts())
-                    .await
-                    .map(|_| ())
-                    .map_err(StorageError::from)
-            }
-        })
-        .await;
-        match put {
+        match self.put_retrying(&key, &payload, PutMode::Create).await {
             Ok(()) => Ok(PutOutcome::Stored { stored_len }),
             // Created meanwhile by someone else, or by our own attempt whose answer was lost.
             Err(StorageError::AlreadyExists) => self.compare_existing(relative, &key, digest).await,
@@ -336,6 +320,30 @@ impl Repository {
         }
     }
 
+    /// One put with `mode`, retried by the retry helper.
+    async fn put_retrying(
+        &self,
+        key: &Path,
+        payload: &PutPayload,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        retry(&self.policy, &format!("put {key}"), || {
+            let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
+            let opts = PutOptions {
+                mode: mode.clone(),
+                ..Default::default()
+            };
+            async move {
+                store
+                    .put_opts(&key, payload, opts)
+                    .await
+                    .map(|_| ())
+                    .map_err(StorageError::from)
+            }
+        })
+        .await
+    }
+
     /// A put for stores without create-only puts (Swift's S3 API answers 501 to them): the
     /// object was just found absent; it is put, then read back, and only our own content
     /// counts as stored. Another writer racing between the check and the put makes one of
@@ -351,23 +359,13 @@ impl Repository {
         if self.exists(key).await? {
             return self.compare_existing(relative, key, digest).await;
         }
-        let what = format!("put {key}");
-        retry(&self.policy, &what, || {
-            let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
-            async move {
-                store
-                    .put(&key, payload)
-                    .await
-                    .map(|_| ())
-                    .map_err(StorageError::from)
-            }
-        })
-        .await
-        .map_err(|source| Error::Storage {
-            op: "put",
-            key: key.to_string(),
-            source,
-        })?;
+        self.put_retrying(key, &payload, PutMode::Overwrite)
+            .await
+            .map_err(|source| Error::Storage {
+                op: "put",
+                key: key.to_string(),
+                source,
+            })?;
         match self.compare_existing(relative, key, digest).await? {
             PutOutcome::AlreadyStored => Ok(PutOutcome::Stored { stored_len }),
             stored => Ok(stored),
