@@ -722,12 +722,18 @@ fn postgres_archives_through_a_faulty_link() {
         ..Default::default()
     });
     primary.psql("create table items(id bigint primary key, payload text)");
-    for batch in 0..6 {
+    // Six batches at least; more (up to 20) until the link has both dropped and stalled a
+    // connection: which connections carry uploads depends on timing (calls answered from
+    // push-ahead markers only send a HEAD), so a fixed amount of WAL could miss them all.
+    for batch in 0..20 {
         primary.psql(&format!(
             "insert into items select g, repeat(md5(g::text), 4) from generate_series({}, {}) g",
             batch * 25_000 + 1,
             (batch + 1) * 25_000
         ));
+        if batch >= 5 && proxy.dropped() >= 1 && proxy.stalled() >= 1 {
+            break;
+        }
     }
     let last = primary.switch_wal();
     primary.wait_archived(&last, Duration::from_secs(300));
