@@ -233,6 +233,7 @@ pub fn encode_reader<R: std::io::Read>(
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
     encoder.set_pledged_src_size(Some(len))?;
+    encoder.window_log(stream_window_log(len))?;
     encoder.include_contentsize(true)?;
     let mut hasher = Sha256::new();
     let mut total = 0u64;
@@ -271,6 +272,25 @@ pub fn encode_reader<R: std::io::Read>(
     Ok(EncodedObject { bytes, header })
 }
 
+/// The zstd window for streaming `len` bytes: the whole content up to 16 MiB (a default
+/// WAL segment).
+///
+/// Fed in chunks, zstd keeps its input in a ring buffer of the window's size; with the
+/// level's own small window (512 KiB at level 1) the ring wraps every few chunks and most
+/// blocks are compressed in "external dictionary" mode, measured here at about two thirds
+/// of the speed of compressing contiguous input (`zstd -b1` on real segments: 176 vs
+/// 270 MiB/s on one core), for the same output size. A window that holds the whole
+/// segment keeps the input contiguous. It costs its size in memory per segment being
+/// compressed (what a one-shot compression of the read segment would hold too), so it is
+/// capped at 16 MiB: larger segments stream through a 16 MiB window. Every zstd decoder
+/// accepts windows up to 128 MiB by default.
+fn stream_window_log(len: u64) -> u32 {
+    const MIN: u32 = 10; // zstd's ZSTD_WINDOWLOG_MIN
+    const MAX: u32 = 24;
+    let needed = 64 - len.saturating_sub(1).leading_zeros();
+    needed.clamp(MIN, MAX)
+}
+
 /// Decodes and verifies a whole stored object, returning its content.
 pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
     let header = ObjectHeader::parse(object)?;
@@ -298,6 +318,16 @@ pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stream_window_covers_the_content_up_to_16_mib() {
+        use super::stream_window_log as w;
+        assert_eq!(w(0), 10);
+        assert_eq!(w(1 << 20), 20);
+        assert_eq!(w((1 << 20) + 1), 21);
+        assert_eq!(w(16 << 20), 24);
+        assert_eq!(w(1 << 30), 24);
+    }
+
     use super::*;
 
     #[test]
