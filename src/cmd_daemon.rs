@@ -24,7 +24,18 @@ pub const SPAWNED_ENV: &str = "WALARCHIVE_DAEMON_FOR";
 pub fn push_via_daemon(settings: &Settings, path: &Path) -> Option<Result<u8>> {
     let pg_wal = daemon::pg_wal_of(path)?;
     let started = Instant::now();
-    match daemon::ask(&pg_wal, path, &settings.daemon_key()) {
+    let key = settings.daemon_key();
+    let mut answer = daemon::ask(&pg_wal, path, &key);
+    if matches!(&answer, Err(e) if is_absent(e)) && settings.daemon {
+        match spawn(&pg_wal) {
+            Ok(()) => {
+                tracing::info!("started a walarchive daemon for {}", pg_wal.display());
+                answer = ask_once_up(&pg_wal, path, &key);
+            }
+            Err(e) => tracing::warn!("cannot start a walarchive daemon: {e}"),
+        }
+    }
+    match answer {
         Ok(Answer::Archived {
             how,
             raw_len,
@@ -60,22 +71,37 @@ pub fn push_via_daemon(settings: &Settings, path: &Path) -> Option<Result<u8>> {
             Some(Err(e.into()))
         }
         Err(e) => {
-            let absent = matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            );
-            if !absent {
+            if !is_absent(&e) {
                 tracing::warn!("the walarchive daemon did not answer ({e}): pushing without it");
             }
-            if absent && settings.daemon {
-                match spawn(&pg_wal) {
-                    Ok(()) => {
-                        tracing::info!("started a walarchive daemon for {}", pg_wal.display())
-                    }
-                    Err(e) => tracing::warn!("cannot start a walarchive daemon: {e}"),
-                }
-            }
             None
+        }
+    }
+}
+
+/// No daemon listens (rather than one that failed to answer).
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// How long a `wal-push` that just started a daemon waits for it to listen before pushing
+/// by itself. A daemon listens within tens of milliseconds (runtime, repository handle,
+/// lock, socket); pushing alongside it meanwhile would only make both read, compress and
+/// store the same segments (measured: the first call's push-ahead and the new daemon
+/// re-checking its work cost about a second of a 64-segment backlog).
+const SPAWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Asks the daemon just started, as soon as it listens (for at most [`SPAWN_WAIT`]).
+fn ask_once_up(pg_wal: &Path, path: &Path, key: &str) -> std::io::Result<Answer> {
+    let deadline = Instant::now() + SPAWN_WAIT;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        match daemon::ask(pg_wal, path, key) {
+            Err(e) if is_absent(&e) && Instant::now() < deadline => continue,
+            other => return other,
         }
     }
 }
