@@ -427,6 +427,9 @@ async fn wait_for_wal(
     timeout: Duration,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
+    // The last segment is usually archived within milliseconds of pg_backup_stop (its
+    // switch wakes the archiver): poll often at first, then every half second.
+    let mut pause = Duration::from_millis(10);
     for seg in needed_segments(timeline, start, stop, wal_segment_size) {
         let key = repo.key(&Repository::wal_key(&WalFileName::Segment(seg)));
         loop {
@@ -439,7 +442,8 @@ async fn wait_for_wal(
                     waited: timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
     Ok(())
