@@ -1,0 +1,1411 @@
+//! The cell agent: runs the Patroni nodes the broker places on one machine.
+//!
+//! The broker never starts processes itself; it asks the cell agent of each machine (a
+//! "cell") over HTTP to create, inspect, back up and remove nodes. Keeping process management
+//! in one small agent per machine means the broker can run anywhere, and a machine's nodes
+//! live and die with that machine's agent:
+//!
+//! * **Patroni dies with the agent.** Each Patroni is started with `PR_SET_PDEATHSIG`
+//!   (SIGKILL), from one dedicated thread that never exits (the signal fires when the *thread*
+//!   that forked the child ends, so tokio's worker or blocking threads would not do). Patroni
+//!   starts PostgreSQL in a session of its own, so a small shell watchdog, started by the
+//!   agent in its own process group, kills the PostgreSQL process groups (and any Patroni
+//!   left) as soon as the agent's PID is gone. Killing an agent with SIGKILL thus takes its
+//!   whole machine's databases down, which is what tests use to simulate a lost machine;
+//!   Patroni then elects another leader.
+//! * **Nodes are re-adopted.** Everything about a node lives in `<data_root>/<node>/`
+//!   (`node.json` with its spec, ports and REST API password, mode 0600; `patroni.yml`;
+//!   the data directory; `patroni.log`). An agent that starts again restarts Patroni for every
+//!   node there, on the same ports, and Patroni rejoins as a replica (pg_rewind or re-clone).
+//! * **Supervision with backoff.** A Patroni that exits is restarted after 1 s, doubling up to
+//!   30 s, reset after a minute of running.
+//! * **Secrets** (database passwords, storage credentials, the API token) are only in files of
+//!   mode 0600, in Patroni's environment, and in memory wrapped in [`Secret`]: never on a
+//!   command line, in a log line or in `Debug` output.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+pub use crate::patroni::{DcsTiming, Secret};
+use crate::patroni::{NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, SUPERUSER};
+
+/// Environment variable holding the agent's API token (else `token_file` in the config).
+pub const TOKEN_ENV: &str = "WALARCHIVE_CELL_TOKEN";
+
+/// Errors of the cell agent and its client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration file is not valid.
+    #[error("invalid cell configuration {}: {message}", path.display())]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Neither the environment nor the configuration provide an API token.
+    #[error("no API token: set {TOKEN_ENV} or `token_file` in the cell configuration")]
+    NoToken,
+    /// The `postgres` OS user (or the configured one) does not exist.
+    #[error("OS user {0:?} not found")]
+    NoUser(String),
+    /// A request was malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// No node of that name.
+    #[error("no node named {0:?}")]
+    NotFound(String),
+    /// A program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A base backup failed.
+    #[error("backup of node {node} failed (exit status {code:?}): {stderr}")]
+    Backup {
+        /// The node.
+        node: String,
+        /// walarchive's exit code.
+        code: Option<i32>,
+        /// The end of walarchive's error output.
+        stderr: String,
+    },
+    /// The agent cannot listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An HTTP request to a cell agent or to Patroni failed.
+    #[error("request to {url} failed: {source}")]
+    Http {
+        /// The URL (never holds credentials).
+        url: String,
+        /// The client error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A cell agent answered with an error status.
+    #[error("cell agent answered {status}: {message}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The error message it gave.
+        message: String,
+    },
+    /// A response or stored file could not be decoded.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Configuration and API types
+// ---------------------------------------------------------------------------
+
+/// The agent's configuration file (`walarchive-broker cell --config cell.toml`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellConfig {
+    /// Address of the HTTP API, e.g. `127.0.0.1:7100`.
+    pub listen: SocketAddr,
+    /// Directory holding one sub-directory per node (traversable by the postgres user).
+    pub data_root: PathBuf,
+    /// File holding the API token (when the environment variable `WALARCHIVE_CELL_TOKEN`
+    /// is not set).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The Patroni executable.
+    #[serde(default = "default_patroni")]
+    pub patroni: PathBuf,
+    /// PostgreSQL's binaries.
+    #[serde(default = "default_pg_bin_dir")]
+    pub pg_bin_dir: PathBuf,
+    /// The OS user PostgreSQL and Patroni run as.
+    #[serde(default = "default_user")]
+    pub user: String,
+}
+
+fn default_patroni() -> PathBuf {
+    "/usr/bin/patroni".into()
+}
+fn default_pg_bin_dir() -> PathBuf {
+    "/usr/lib/postgresql/15/bin".into()
+}
+fn default_user() -> String {
+    "postgres".into()
+}
+
+impl CellConfig {
+    /// Reads a TOML configuration file.
+    pub fn load(path: &Path) -> Result<CellConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
+        toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The API token: `WALARCHIVE_CELL_TOKEN`, else the content of `token_file` (trimmed).
+    pub fn token(&self) -> Result<Secret, Error> {
+        if let Ok(t) = std::env::var(TOKEN_ENV) {
+            if !t.is_empty() {
+                return Ok(Secret::new(t));
+            }
+        }
+        let Some(path) = &self.token_file else {
+            return Err(Error::NoToken);
+        };
+        let t = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
+        let t = t.trim();
+        if t.is_empty() {
+            return Err(Error::NoToken);
+        }
+        Ok(Secret::new(t))
+    }
+}
+
+fn default_archive_timeout() -> u32 {
+    60
+}
+
+/// What the broker asks a cell to run: one Patroni node of an instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The instance (Patroni `scope`).
+    pub instance_id: String,
+    /// Patroni's etcd key prefix, e.g. `/walarchive-broker/patroni/`.
+    pub namespace: String,
+    /// etcd client endpoints, `host:port`.
+    pub etcd_hosts: Vec<String>,
+    /// The instance's walarchive repository URL (`<base>/<instance_id>`).
+    pub repository: String,
+    /// The walarchive executable on the cell (executable by the postgres user).
+    pub walarchive: PathBuf,
+    /// Environment for walarchive (storage credentials: `AWS_*`, ...).
+    #[serde(default)]
+    pub walarchive_env: BTreeMap<String, Secret>,
+    /// `archive_timeout` in seconds.
+    #[serde(default = "default_archive_timeout")]
+    pub archive_timeout: u32,
+    /// Password of the `postgres` superuser.
+    pub superuser_password: Secret,
+    /// Password of the `replicator` user.
+    pub replication_password: Secret,
+    /// Patroni `synchronous_mode`.
+    #[serde(default)]
+    pub synchronous: bool,
+    /// Address at which other cells and routers reach this cell.
+    pub host: String,
+    /// Hosts of the instance's other nodes (allowed to replicate).
+    #[serde(default)]
+    pub peer_hosts: Vec<String>,
+    /// Failure-detection timing.
+    #[serde(default)]
+    pub timing: DcsTiming,
+    /// `initdb --wal-segsize` in MiB (16 when absent).
+    #[serde(default)]
+    pub wal_segsize_mb: Option<u32>,
+}
+
+/// The two ports the cell allocated to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePorts {
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// Patroni's REST API port.
+    pub api_port: u16,
+}
+
+/// A node's state as reported by `GET /v1/nodes/{name}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's name.
+    pub name: String,
+    /// Its instance.
+    pub instance_id: String,
+    /// Whether its Patroni process is running.
+    pub running: bool,
+    /// Patroni's PID.
+    pub pid: Option<u32>,
+    /// How often Patroni was restarted after exiting.
+    pub restarts: u32,
+    /// The node's ports.
+    pub ports: NodePorts,
+    /// Patroni's own `GET /patroni` answer, when it is reachable.
+    pub patroni: Option<serde_json::Value>,
+}
+
+impl NodeStatus {
+    /// Patroni's role (`master`, `primary`, `replica`, ...), when known.
+    pub fn role(&self) -> Option<&str> {
+        self.patroni.as_ref()?.get("role")?.as_str()
+    }
+
+    /// PostgreSQL's state according to Patroni (`running`, `starting`, ...), when known.
+    pub fn pg_state(&self) -> Option<&str> {
+        self.patroni.as_ref()?.get("state")?.as_str()
+    }
+
+    /// Whether this node is its instance's leader (a running primary).
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role(), Some("master" | "primary")) && self.pg_state() == Some("running")
+    }
+}
+
+/// Result of `POST /v1/nodes/{name}/backup`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupOutcome {
+    /// walarchive's `--json` summary of the backup (its `name`, LSNs, sizes).
+    pub summary: serde_json::Value,
+    /// How long the backup took, in seconds.
+    pub seconds: f64,
+}
+
+/// What `node.json` holds.
+#[derive(Clone, Serialize, Deserialize)]
+struct NodeRecord {
+    spec: NodeSpec,
+    ports: NodePorts,
+    restapi_password: Secret,
+}
+
+/// Node names become directory names, Patroni member names and slot names.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+}
+
+fn validate_spec(spec: &NodeSpec) -> Result<(), Error> {
+    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
+    if spec.instance_id.is_empty() || spec.instance_id.contains('/') {
+        return bad("instance_id must be non-empty without '/'");
+    }
+    if !spec.namespace.starts_with('/') {
+        return bad("namespace must start with '/'");
+    }
+    if spec.etcd_hosts.is_empty() {
+        return bad("etcd_hosts is empty");
+    }
+    if !spec.walarchive.is_absolute() {
+        return bad("walarchive must be an absolute path");
+    }
+    if spec.repository.is_empty() || spec.host.is_empty() {
+        return bad("repository and host are required");
+    }
+    let t = &spec.timing;
+    if t.loop_wait == 0 || t.loop_wait + 2 * t.retry_timeout > t.ttl {
+        return bad("timing needs loop_wait > 0 and loop_wait + 2 * retry_timeout <= ttl");
+    }
+    for k in spec.walarchive_env.keys() {
+        if k.is_empty() || k.contains('=') || k.starts_with("PATRONI") {
+            return bad("walarchive_env has an invalid variable name");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Processes tied to the agent's life
+// ---------------------------------------------------------------------------
+
+type SpawnRequest = (
+    std::process::Command,
+    oneshot::Sender<io::Result<std::process::Child>>,
+);
+
+/// Spawns `cmd` so that it gets SIGKILL when this process dies (see the module docs), from a
+/// thread that lives as long as the process.
+pub(crate) async fn spawn_tied(cmd: std::process::Command) -> io::Result<std::process::Child> {
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+            std::thread::Builder::new()
+                .name("child-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let _ = reply.send(spawn_with_pdeathsig(&mut cmd));
+                    }
+                })
+                .expect("start the child-spawner thread");
+            Mutex::new(tx)
+        })
+        .lock()
+        .expect("spawner lock")
+        .clone();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    tx.send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("child-spawner thread is gone"))?;
+    reply_rx
+        .await
+        .map_err(|_| io::Error::other("child-spawner thread is gone"))?
+}
+
+fn spawn_with_pdeathsig(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid, _exit).
+    // It runs after the uid change, which would otherwise clear the death signal.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+fn process_comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The postmaster's PID from `postmaster.pid`, when that process is a live `postgres`.
+fn live_postmaster(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    (process_comm(pid).as_deref() == Some("postgres")).then_some(pid)
+}
+
+/// Makes sure no PostgreSQL runs in `data_dir`: immediate shutdown, then SIGKILL (its
+/// children exit on their own once the postmaster is gone).
+async fn kill_postgres(data_dir: &Path) {
+    let Some(pid) = live_postmaster(data_dir) else {
+        return;
+    };
+    warn!(data_dir = %data_dir.display(), pid, "PostgreSQL still running: immediate shutdown");
+    signal(pid, libc::SIGQUIT);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if live_postmaster(data_dir).is_none() {
+            return;
+        }
+    }
+    signal(pid, libc::SIGKILL);
+}
+
+/// The shell watchdog that takes the agent's PostgreSQL servers down when the agent dies.
+fn watchdog_script(agent_pid: u32, data_root: &Path) -> String {
+    format!(
+        r#"agent={agent_pid}
+root={root}
+while kill -0 "$agent" 2>/dev/null; do sleep 0.3; done
+for d in "$root"/*/; do
+    f="$d/patroni.pid"
+    if [ -f "$f" ]; then
+        p=$(cat "$f")
+        [ "$(cat /proc/"$p"/comm 2>/dev/null)" = patroni ] && kill -9 "$p"
+    fi
+    f="$d/data/postmaster.pid"
+    if [ -f "$f" ]; then
+        p=$(head -n 1 "$f")
+        if [ "$(cat /proc/"$p"/comm 2>/dev/null)" = postgres ]; then
+            # All at once, like a lost machine: freeze the postmaster, kill its children
+            # (the archiver, backends...), then the postmaster itself.
+            kill -STOP "$p"
+            for c in $(ps -o pid= --ppid "$p"); do kill -9 "$c"; done
+            kill -9 "$p"
+        fi
+    fi
+done
+"#,
+        root = crate::patroni::sh_quote(&data_root.display().to_string())
+    )
+}
+
+async fn start_watchdog(data_root: &Path) -> Result<(), Error> {
+    let pid_file = data_root.join("watchdog.pid");
+    // A previous agent's watchdog may still be about to clean up: let it finish first, so
+    // that it does not kill the servers this agent is going to start.
+    if let Ok(text) = std::fs::read_to_string(&pid_file) {
+        if let Ok(pid) = text.trim().parse::<u32>() {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while process_comm(pid).as_deref() == Some("sh") && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(watchdog_script(std::process::id(), data_root))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: "sh (watchdog)".into(),
+            source,
+        })?;
+    std::fs::write(&pid_file, child.id().to_string()).map_err(io_err("cannot write", &pid_file))?;
+    // Not waited for: it outlives this process by design.
+    std::mem::forget(child);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Nodes
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Runtime {
+    pid: Option<u32>,
+    restarts: u32,
+}
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    record: Mutex<NodeRecord>,
+    runtime: Arc<Mutex<Runtime>>,
+    stop: watch::Sender<bool>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Node {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn record(&self) -> NodeRecord {
+        self.record.lock().expect("node lock").clone()
+    }
+
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+        kill_postgres(&self.data_dir()).await;
+    }
+}
+
+struct Agent {
+    config: CellConfig,
+    token: Secret,
+    uid: u32,
+    gid: u32,
+    nodes: Mutex<BTreeMap<String, Arc<Node>>>,
+    /// Serialises creations, updates and removals.
+    ops: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+}
+
+fn user_ids(user: &str) -> Result<(u32, u32), Error> {
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[0] == user {
+            if let (Ok(u), Ok(g)) = (f[2].parse(), f[3].parse()) {
+                return Ok((u, g));
+            }
+        }
+    }
+    Err(Error::NoUser(user.to_string()))
+}
+
+fn write_file(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write as _;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err("cannot create", &tmp))?;
+        f.write_all(content).map_err(io_err("cannot write", &tmp))?;
+        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    }
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(u), Some(g)).map_err(io_err("cannot chown", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err("cannot rename", path))
+}
+
+impl Agent {
+    fn owner(&self) -> Option<(u32, u32)> {
+        Some((self.uid, self.gid))
+    }
+
+    fn node(&self, name: &str) -> Result<Arc<Node>, Error> {
+        self.nodes
+            .lock()
+            .expect("nodes lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    fn node_config(&self, name: &str, dir: &Path, rec: &NodeRecord) -> NodeConfig {
+        let s = &rec.spec;
+        NodeConfig {
+            instance_id: s.instance_id.clone(),
+            namespace: s.namespace.clone(),
+            node_name: name.to_string(),
+            etcd_hosts: s.etcd_hosts.clone(),
+            host: s.host.clone(),
+            peer_hosts: s.peer_hosts.clone(),
+            pg_port: rec.ports.pg_port,
+            api_port: rec.ports.api_port,
+            node_dir: dir.to_path_buf(),
+            pg_bin_dir: self.config.pg_bin_dir.clone(),
+            walarchive: s.walarchive.clone(),
+            repository: s.repository.clone(),
+            archive_timeout: s.archive_timeout,
+            synchronous: s.synchronous,
+            timing: s.timing,
+            wal_segsize_mb: s.wal_segsize_mb,
+            superuser_password: s.superuser_password.clone(),
+            replication_password: s.replication_password.clone(),
+            restapi_password: rec.restapi_password.clone(),
+        }
+    }
+
+    /// Writes node.json, patroni.yml and the replica-fetch script.
+    fn write_node_files(&self, name: &str, dir: &Path, rec: &NodeRecord) -> Result<(), Error> {
+        let cfg = self.node_config(name, dir, rec);
+        let json = serde_json::to_vec_pretty(rec).expect("node records serialize");
+        write_file(&dir.join("node.json"), &json, 0o600, None)?;
+        write_file(
+            &dir.join("patroni.yml"),
+            cfg.render().as_bytes(),
+            0o600,
+            self.owner(),
+        )?;
+        write_file(
+            &dir.join(REPLICA_FETCH_SCRIPT),
+            cfg.replica_fetch_script().as_bytes(),
+            0o700,
+            self.owner(),
+        )
+    }
+
+    /// Two free ports not used by another node of this cell.
+    fn allocate_ports(&self) -> Result<NodePorts, Error> {
+        let used: Vec<u16> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .flat_map(|n| {
+                let p = n.record().ports;
+                [p.pg_port, p.api_port]
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut listeners = Vec::new();
+        while got.len() < 2 {
+            let l = std::net::TcpListener::bind("0.0.0.0:0")
+                .map_err(io_err("cannot allocate a port", Path::new("0.0.0.0:0")))?;
+            let port = l
+                .local_addr()
+                .map_err(io_err("cannot allocate a port", Path::new("")))?
+                .port();
+            if !used.contains(&port) && !got.contains(&port) {
+                got.push(port);
+            }
+            listeners.push(l);
+        }
+        Ok(NodePorts {
+            pg_port: got[0],
+            api_port: got[1],
+        })
+    }
+
+    fn start_supervisor(self: &Arc<Self>, node: &Arc<Node>) {
+        let agent = self.clone();
+        let n = node.clone();
+        let rx = node.stop.subscribe();
+        let handle = tokio::spawn(async move { agent.supervise(n, rx).await });
+        // The lock is free: the node was just created or its previous task was awaited.
+        if let Ok(mut t) = node.task.try_lock() {
+            *t = Some(handle);
+        }
+    }
+
+    fn patroni_command(&self, node: &Node) -> std::process::Command {
+        let rec = node.record();
+        let log_path = node.dir.join("patroni.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path);
+        let mut cmd = std::process::Command::new(&self.config.patroni);
+        cmd.arg(node.dir.join("patroni.yml"))
+            .current_dir(&node.dir)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &node.dir)
+            .env("LC_ALL", "C.UTF-8")
+            .env("LANG", "C.UTF-8")
+            .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
+            .stdin(std::process::Stdio::null());
+        match log {
+            Ok(f) => {
+                let _ = std::os::unix::fs::chown(&log_path, Some(self.uid), Some(self.gid));
+                if let Ok(f2) = f.try_clone() {
+                    cmd.stdout(f2);
+                }
+                cmd.stderr(f);
+            }
+            Err(e) => warn!(node = node.name, "cannot open {}: {e}", log_path.display()),
+        }
+        cmd
+    }
+
+    async fn supervise(self: Arc<Self>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+        let mut delay = Duration::from_secs(1);
+        let pid_file = node.dir.join("patroni.pid");
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match spawn_tied(self.patroni_command(&node)).await {
+                Ok(mut child) => {
+                    let pid = child.id();
+                    info!(node = node.name, pid, "Patroni started");
+                    node.runtime.lock().expect("runtime lock").pid = Some(pid);
+                    let _ = std::fs::write(&pid_file, pid.to_string());
+                    let (done_tx, mut done_rx) = oneshot::channel();
+                    // A plain thread, not tokio's blocking pool: a runtime being dropped
+                    // waits for its blocking tasks.
+                    std::thread::spawn(move || {
+                        let _ = done_tx.send(child.wait());
+                    });
+                    let stopping = tokio::select! {
+                        status = &mut done_rx => {
+                            warn!(node = node.name, "Patroni exited: {:?}", status.ok());
+                            false
+                        }
+                        _ = stop.changed() => true,
+                    };
+                    if stopping {
+                        info!(node = node.name, pid, "stopping Patroni");
+                        signal(pid, libc::SIGTERM);
+                        if tokio::time::timeout(Duration::from_secs(120), &mut done_rx)
+                            .await
+                            .is_err()
+                        {
+                            warn!(node = node.name, pid, "Patroni did not stop: SIGKILL");
+                            signal(pid, libc::SIGKILL);
+                            let _ = done_rx.await;
+                        }
+                    }
+                    let _ = std::fs::remove_file(&pid_file);
+                    let mut rt = node.runtime.lock().expect("runtime lock");
+                    rt.pid = None;
+                    if stopping {
+                        return;
+                    }
+                    rt.restarts += 1;
+                }
+                Err(e) => {
+                    error!(node = node.name, "cannot start Patroni: {e}");
+                    node.runtime.lock().expect("runtime lock").restarts += 1;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = Duration::from_secs(1);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Re-adopts the nodes found in data_root.
+    fn adopt(self: &Arc<Self>) -> Result<(), Error> {
+        let root = &self.config.data_root;
+        let entries = std::fs::read_dir(root).map_err(io_err("cannot read", root))?;
+        for e in entries.flatten() {
+            let dir = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let file = dir.join("node.json");
+            if !valid_node_name(&name) || !file.is_file() {
+                continue;
+            }
+            let text = std::fs::read(&file).map_err(io_err("cannot read", &file))?;
+            let rec: NodeRecord =
+                serde_json::from_slice(&text).map_err(|source| Error::Decode {
+                    what: file.display().to_string(),
+                    source,
+                })?;
+            // A Patroni left over from a previous agent would fight the new one.
+            if let Ok(p) = std::fs::read_to_string(dir.join("patroni.pid")) {
+                if let Ok(pid) = p.trim().parse::<u32>() {
+                    if process_comm(pid).as_deref() == Some("patroni") {
+                        warn!(
+                            node = name,
+                            pid, "killing a Patroni left by a previous agent"
+                        );
+                        signal(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            self.write_node_files(&name, &dir, &rec)?;
+            info!(node = name, "re-adopting node");
+            let node = self.insert_node(&name, dir, rec);
+            self.start_supervisor(&node);
+        }
+        Ok(())
+    }
+
+    fn insert_node(&self, name: &str, dir: PathBuf, rec: NodeRecord) -> Arc<Node> {
+        let (stop, _) = watch::channel(false);
+        let node = Arc::new(Node {
+            name: name.to_string(),
+            dir,
+            record: Mutex::new(rec),
+            runtime: Arc::new(Mutex::new(Runtime::default())),
+            stop,
+            task: tokio::sync::Mutex::new(None),
+        });
+        self.nodes
+            .lock()
+            .expect("nodes lock")
+            .insert(name.to_string(), node.clone());
+        node
+    }
+
+    async fn put_node(self: &Arc<Self>, name: &str, spec: NodeSpec) -> Result<NodePorts, Error> {
+        if !valid_node_name(name) {
+            return Err(Error::Invalid(format!("invalid node name {name:?}")));
+        }
+        validate_spec(&spec)?;
+        let _guard = self.ops.lock().await;
+        if let Ok(node) = self.node(name) {
+            let old = node.record();
+            if old.spec.instance_id != spec.instance_id {
+                return Err(Error::Invalid(format!(
+                    "node {name} belongs to another instance"
+                )));
+            }
+            if old.spec == spec {
+                return Ok(old.ports);
+            }
+            let rec = NodeRecord {
+                spec: spec.clone(),
+                ..old.clone()
+            };
+            self.write_node_files(name, &node.dir, &rec)?;
+            *node.record.lock().expect("node lock") = rec.clone();
+            info!(node = name, "node spec changed");
+            if old.spec.walarchive_env != spec.walarchive_env {
+                // Patroni's environment only changes with a new process.
+                node.stop().await;
+                let (stop, _) = watch::channel(false);
+                let fresh = Arc::new(Node {
+                    name: name.to_string(),
+                    dir: node.dir.clone(),
+                    record: Mutex::new(rec.clone()),
+                    runtime: node.runtime.clone(),
+                    stop,
+                    task: tokio::sync::Mutex::new(None),
+                });
+                self.nodes
+                    .lock()
+                    .expect("nodes lock")
+                    .insert(name.to_string(), fresh.clone());
+                self.start_supervisor(&fresh);
+            } else {
+                if let Some(pid) = node.runtime.lock().expect("runtime lock").pid {
+                    signal(pid, libc::SIGHUP);
+                }
+                if dynamic_changed(&old.spec, &spec) {
+                    self.patch_dynamic(&rec).await?;
+                }
+            }
+            return Ok(rec.ports);
+        }
+        let dir = self.config.data_root.join(name);
+        std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot chmod", &dir))?;
+        std::os::unix::fs::chown(&dir, Some(self.uid), Some(self.gid))
+            .map_err(io_err("cannot chown", &dir))?;
+        let rec = NodeRecord {
+            spec,
+            ports: self.allocate_ports()?,
+            restapi_password: Secret::generate(),
+        };
+        self.write_node_files(name, &dir, &rec)?;
+        info!(
+            node = name,
+            pg_port = rec.ports.pg_port,
+            api_port = rec.ports.api_port,
+            "node created"
+        );
+        let ports = rec.ports;
+        let node = self.insert_node(name, dir, rec);
+        self.start_supervisor(&node);
+        Ok(ports)
+    }
+
+    /// Applies changed cluster-wide settings through Patroni's `PATCH /config`.
+    async fn patch_dynamic(&self, rec: &NodeRecord) -> Result<(), Error> {
+        let t = &rec.spec.timing;
+        let body = serde_json::json!({
+            "ttl": t.ttl,
+            "loop_wait": t.loop_wait,
+            "retry_timeout": t.retry_timeout,
+            "maximum_lag_on_failover": t.maximum_lag_on_failover,
+            "synchronous_mode": rec.spec.synchronous,
+            "postgresql": {"parameters": {"archive_timeout": rec.spec.archive_timeout}},
+        });
+        let url = format!("http://127.0.0.1:{}/config", rec.ports.api_port);
+        let resp = self
+            .http
+            .patch(&url)
+            .basic_auth(RESTAPI_USER, Some(rec.restapi_password.expose()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            return Err(Error::Status {
+                status: resp.status().as_u16(),
+                message: format!("Patroni refused PATCH {url}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn delete_node(&self, name: &str) -> Result<(), Error> {
+        let _guard = self.ops.lock().await;
+        let node = self.node(name)?;
+        node.stop().await;
+        self.nodes.lock().expect("nodes lock").remove(name);
+        std::fs::remove_dir_all(&node.dir).map_err(io_err("cannot remove", &node.dir))?;
+        info!(node = name, "node removed");
+        Ok(())
+    }
+
+    async fn status(&self, node: &Node) -> NodeStatus {
+        let rec = node.record();
+        let (pid, restarts) = {
+            let rt = node.runtime.lock().expect("runtime lock");
+            (rt.pid, rt.restarts)
+        };
+        let patroni = if pid.is_some() {
+            self.patroni_state(rec.ports.api_port).await
+        } else {
+            None
+        };
+        NodeStatus {
+            name: node.name.clone(),
+            instance_id: rec.spec.instance_id.clone(),
+            running: pid.is_some(),
+            pid,
+            restarts,
+            ports: rec.ports,
+            patroni,
+        }
+    }
+
+    async fn patroni_state(&self, api_port: u16) -> Option<serde_json::Value> {
+        let resp = self
+            .http
+            .get(format!("http://127.0.0.1:{api_port}/patroni"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        // Patroni answers 503 with the same document when PostgreSQL is not running.
+        let bytes = resp.bytes().await.ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn backup(&self, name: &str) -> Result<BackupOutcome, Error> {
+        let node = self.node(name)?;
+        let rec = node.record();
+        let started = Instant::now();
+        let conn = format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres",
+            rec.ports.pg_port
+        );
+        let mut cmd = tokio::process::Command::new(&rec.spec.walarchive);
+        cmd.arg("--repo")
+            .arg(&rec.spec.repository)
+            .arg("backup-push")
+            .arg("--pgdata")
+            .arg(node.data_dir())
+            .arg("--pg-conn")
+            .arg(&conn)
+            .arg("--json")
+            .current_dir(&node.dir)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &node.dir)
+            .env("PGPASSWORD", rec.spec.superuser_password.expose())
+            .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        info!(node = name, "backup-push started");
+        let out = cmd.output().await.map_err(|source| Error::Spawn {
+            program: rec.spec.walarchive.display().to_string(),
+            source,
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(Error::Backup {
+                node: name.to_string(),
+                code: out.status.code(),
+                stderr: tail.join("\n"),
+            });
+        }
+        let summary = serde_json::from_slice(&out.stdout).map_err(|source| Error::Decode {
+            what: "walarchive backup-push --json output".into(),
+            source,
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        info!(node = name, seconds, "backup-push done");
+        Ok(BackupOutcome { summary, seconds })
+    }
+
+    async fn shutdown(&self) {
+        let nodes: Vec<Arc<Node>> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .cloned()
+            .collect();
+        futures::future::join_all(nodes.iter().map(|n| n.stop())).await;
+    }
+}
+
+fn dynamic_changed(a: &NodeSpec, b: &NodeSpec) -> bool {
+    a.timing != b.timing || a.synchronous != b.synchronous || a.archive_timeout != b.archive_timeout
+}
+
+// ---------------------------------------------------------------------------
+// HTTP API
+// ---------------------------------------------------------------------------
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            error!("{self}");
+        }
+        let body = serde_json::json!({"error": self.to_string()}).to_string();
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    let body = serde_json::to_string(value).expect("API types serialize");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), agent.token.expose().as_bytes()));
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            r#"{"error":"missing or wrong bearer token"}"#,
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+async fn list_nodes(State(agent): State<Arc<Agent>>) -> Response {
+    let nodes: Vec<Arc<Node>> = agent
+        .nodes
+        .lock()
+        .expect("nodes lock")
+        .values()
+        .cloned()
+        .collect();
+    let statuses = futures::future::join_all(nodes.iter().map(|n| agent.status(n))).await;
+    json_response(&statuses)
+}
+
+async fn get_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.node(&name) {
+        Ok(node) => json_response(&agent.status(&node).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn put_node(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let spec: NodeSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return Error::Invalid(format!("node spec: {e}")).into_response(),
+    };
+    match agent.put_node(&name, spec).await {
+        Ok(ports) => json_response(&ports),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.delete_node(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.backup(&name).await {
+        Ok(outcome) => json_response(&outcome),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route(
+            "/v1/nodes/{name}",
+            get(get_node).put(put_node).delete(delete_node),
+        )
+        .route("/v1/nodes/{name}/backup", post(backup_node))
+        .layer(middleware::from_fn_with_state(agent.clone(), auth))
+        .with_state(agent)
+}
+
+/// Runs the cell agent until `shutdown` completes, then stops every node's Patroni (which
+/// stops its PostgreSQL) and returns. Nodes found in `data_root` are restarted first.
+pub async fn run(
+    config: CellConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let token = config.token()?;
+    let (uid, gid) = user_ids(&config.user)?;
+    let root = config.data_root.clone();
+    std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("cannot chmod", &root))?;
+    start_watchdog(&root).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|source| Error::Http {
+            url: String::new(),
+            source,
+        })?;
+    let agent = Arc::new(Agent {
+        config,
+        token,
+        uid,
+        gid,
+        nodes: Mutex::new(BTreeMap::new()),
+        ops: tokio::sync::Mutex::new(()),
+        http,
+    });
+    agent.adopt()?;
+    info!(addr = %agent.config.listen, data_root = %root.display(), "cell agent listening");
+    let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+    let serve = axum::serve(listener, router(agent.clone())).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopped_tx.send(());
+    });
+    let server = tokio::spawn(async move { serve.await });
+    let _ = stopped_rx.await;
+    info!("cell agent stopping its nodes");
+    agent.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
+/// Reads `config_path` and runs the agent until SIGTERM or SIGINT (what
+/// `walarchive-broker cell --config FILE` does).
+pub async fn main(config_path: &Path) -> Result<(), Error> {
+    let config = CellConfig::load(config_path)?;
+    run(config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// The broker's client for one cell agent.
+#[derive(Clone, Debug)]
+pub struct CellClient {
+    base: String,
+    token: Secret,
+    http: reqwest::Client,
+}
+
+impl CellClient {
+    /// A client for the agent at `base_url` (e.g. `http://10.0.0.5:7100`).
+    pub fn new(base_url: &str, token: Secret) -> Result<CellClient, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| Error::Http {
+                url: base_url.to_string(),
+                source,
+            })?;
+        Ok(CellClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+        timeout: Duration,
+    ) -> Result<(u16, bytes::Bytes), Error> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(self.token.expose())
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.header(header::CONTENT_TYPE, "application/json").body(b);
+        }
+        let http_err = |source| Error::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(http_err)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(http_err)?;
+        if status >= 400 && status != 404 {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(Error::Status { status, message });
+        }
+        Ok((status, bytes))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+            what: what.to_string(),
+            source,
+        })
+    }
+
+    /// Creates or updates node `name` and starts it; returns its ports.
+    pub async fn put_node(&self, name: &str, spec: &NodeSpec) -> Result<NodePorts, Error> {
+        let body = serde_json::to_string(spec).expect("specs serialize");
+        let (status, bytes) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/nodes/{name}"),
+                Some(body),
+                Duration::from_secs(180),
+            )
+            .await?;
+        if status == 404 {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Self::decode("node ports", &bytes)
+    }
+
+    /// The state of node `name`, or `None` when the cell has no such node.
+    pub async fn node(&self, name: &str) -> Result<Option<NodeStatus>, Error> {
+        let (status, bytes) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/nodes/{name}"),
+                None,
+                Duration::from_secs(30),
+            )
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        Self::decode("node status", &bytes).map(Some)
+    }
+
+    /// The state of every node of the cell.
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, Error> {
+        let (_, bytes) = self
+            .call(
+                reqwest::Method::GET,
+                "/v1/nodes",
+                None,
+                Duration::from_secs(30),
+            )
+            .await?;
+        Self::decode("node list", &bytes)
+    }
+
+    /// Stops and removes node `name`; `false` when it did not exist.
+    pub async fn delete_node(&self, name: &str) -> Result<bool, Error> {
+        let (status, _) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/nodes/{name}"),
+                None,
+                Duration::from_secs(300),
+            )
+            .await?;
+        Ok(status != 404)
+    }
+
+    /// Takes a base backup of node `name` into its repository (waits until it is complete).
+    pub async fn backup(&self, name: &str) -> Result<BackupOutcome, Error> {
+        let (status, bytes) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{name}/backup"),
+                None,
+                Duration::from_secs(24 * 3600),
+            )
+            .await?;
+        if status == 404 {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Self::decode("backup outcome", &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node_name("inst-1_node0"));
+        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(64)] {
+            assert!(!valid_node_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_debug_hides_secrets() {
+        let spec: NodeSpec = serde_json::from_value(serde_json::json!({
+            "instance_id": "i", "namespace": "/n/", "etcd_hosts": ["127.0.0.1:2379"],
+            "repository": "file:///tmp/r/i", "walarchive": "/usr/bin/walarchive",
+            "walarchive_env": {"AWS_SECRET_ACCESS_KEY": "s3cr3t"},
+            "superuser_password": "pw1", "replication_password": "pw2", "host": "127.0.0.1",
+        }))
+        .unwrap();
+        let dbg = format!("{spec:?}");
+        assert!(
+            !dbg.contains("s3cr3t") && !dbg.contains("pw1") && !dbg.contains("pw2"),
+            "{dbg}"
+        );
+        assert_eq!(spec.archive_timeout, 60);
+        validate_spec(&spec).unwrap();
+    }
+}

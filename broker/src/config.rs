@@ -1,0 +1,715 @@
+//! The broker's TOML configuration.
+//!
+//! Why secrets are never inline: the configuration file is copied around, checked into
+//! configuration management and shown in support tickets. The broker password and the cell
+//! tokens are therefore named by an environment variable (`password_env`) or a file
+//! (`password_file`), read once at load time into [`Secret`], whose `Debug` is redacted so that
+//! logging a configuration (or an error holding one) cannot leak them. Storage credentials for
+//! the repositories stay in walarchive's own configuration or environment, which the broker
+//! only points to.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a misspelt setting silently falling back
+//! to its default is worse than refusing to start.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors loading the configuration. Messages name the file and the offending setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the expected structure.
+    #[error("invalid configuration {origin}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        origin: String,
+        /// toml's message (with line and column).
+        message: String,
+    },
+    /// A setting has an invalid value.
+    #[error("invalid configuration {origin}: {setting}: {message}")]
+    Invalid {
+        /// The file (or `<string>`).
+        origin: String,
+        /// The setting, e.g. `router.port_min`.
+        setting: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A secret cannot be read from its environment variable or file.
+    #[error("invalid configuration {origin}: {setting}: {message}")]
+    Secret {
+        /// The file (or `<string>`).
+        origin: String,
+        /// The setting, e.g. `credentials.password_env`.
+        setting: String,
+        /// What is wrong (never the secret itself).
+        message: String,
+    },
+}
+
+/// A secret string (password, token). `Debug` and `Display` print `[redacted]`; use
+/// [`Secret::expose`] where the value is needed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret value. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A duration written as `"90s"`, `"5m"`, `"1h"`, `"7d"` or a bare number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"90s"`, `"5m"`, `"1h"`, `"7d"`, `"250ms"` or `"60"` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {text:?} (expected e.g. \"60s\", \"5m\", \"1h\", \"7d\")")
+    })?;
+    let secs = |mult: u64| Duration::from_secs(n.saturating_mul(mult));
+    Ok(match unit.trim() {
+        "" | "s" => secs(1),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (expected ms, s, m, h or d)"
+            ))
+        }
+    })
+}
+
+/// The whole broker configuration (`broker.example.toml` documents every setting).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address the OSB API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The platform's credentials for HTTP basic authentication.
+    pub credentials: Credentials,
+    /// The one service offering.
+    pub service: ServiceConfig,
+    /// Where the instances' WAL and base backups go.
+    pub repository: RepositoryConfig,
+    /// The etcd cluster holding the broker's state.
+    pub etcd: EtcdConfig,
+    /// The machines (cell agents) that run the clusters' nodes.
+    #[serde(default)]
+    pub cells: Vec<CellConfig>,
+    /// The HAProxy router in front of the clusters.
+    pub router: RouterConfig,
+    /// PostgreSQL's `archive_timeout`: bounds the data lost with a whole cluster.
+    #[serde(default = "default_archive_timeout")]
+    pub archive_timeout: HumanDuration,
+    /// Base backup schedule and retention.
+    #[serde(default)]
+    pub backups: BackupConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid address")
+}
+
+fn default_archive_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// The platform's basic-auth credentials.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (one trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The password, read from `password_env` or `password_file` at load time.
+    #[serde(skip)]
+    pub password: Secret,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// The service offering advertised in the catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Globally unique id (a GUID is recommended).
+    pub id: String,
+    /// CLI-friendly name.
+    pub name: String,
+    /// Short description.
+    pub description: String,
+    /// Tags shown by the platform.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Whether instances can be bound.
+    #[serde(default = "yes")]
+    pub bindable: bool,
+    /// Whether `GET /v2/service_instances/:id` is supported.
+    #[serde(default = "yes")]
+    pub instances_retrievable: bool,
+    /// Whether `GET .../service_bindings/:id` is supported.
+    #[serde(default = "yes")]
+    pub bindings_retrievable: bool,
+    /// Whether instances may change plans.
+    #[serde(default = "yes")]
+    pub plan_updateable: bool,
+    /// The plans (at least one).
+    pub plans: Vec<PlanConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One service plan.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Globally unique id.
+    pub id: String,
+    /// CLI-friendly name, unique within the service.
+    pub name: String,
+    /// Short description.
+    pub description: String,
+    /// PostgreSQL nodes of an instance of this plan unless `node-count` says otherwise.
+    #[serde(default = "one")]
+    pub node_count: u8,
+    /// Whether the plan is free of charge.
+    #[serde(default = "yes")]
+    pub free: bool,
+}
+
+fn one() -> u8 {
+    1
+}
+
+/// Where repositories go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Base repository URL; each instance archives to `<base>/<instance_id>`.
+    pub base: String,
+    /// walarchive configuration file (storage credentials) used by the nodes.
+    #[serde(default)]
+    pub walarchive_config: Option<PathBuf>,
+    /// Names of environment variables (storage credentials) passed on to the nodes.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+impl RepositoryConfig {
+    /// The repository URL of one instance: `<base>/<instance_id>`.
+    pub fn for_instance(&self, instance_id: &str) -> String {
+        format!("{}/{instance_id}", self.base.trim_end_matches('/'))
+    }
+}
+
+/// The etcd cluster holding the broker's state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix of all the broker's keys (no trailing slash).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Timeout of one request.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_prefix() -> String {
+    "/walarchive-broker".into()
+}
+
+fn default_etcd_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+/// One cell: a machine whose agent runs PostgreSQL nodes.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellConfig {
+    /// Unique name.
+    pub name: String,
+    /// The agent's URL.
+    pub url: String,
+    /// Failure zone: the nodes of one instance go to different zones where possible.
+    pub zone: String,
+    /// Name of the environment variable holding the agent's token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding the agent's token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The token, read at load time.
+    #[serde(skip)]
+    pub token: Secret,
+}
+
+impl fmt::Debug for CellConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CellConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("zone", &self.zone)
+            .field("token_env", &self.token_env)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// The HAProxy router: one TCP port per instance, forwarding to the current primary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Host name applications connect to (goes into binding credentials).
+    pub host: String,
+    /// First port handed out to instances.
+    pub port_min: u16,
+    /// Last port handed out to instances (inclusive).
+    pub port_max: u16,
+    /// The HAProxy configuration file the broker writes.
+    #[serde(default = "default_haproxy_config")]
+    pub haproxy_config: PathBuf,
+    /// The HAProxy binary.
+    #[serde(default = "default_haproxy_binary")]
+    pub haproxy_binary: PathBuf,
+}
+
+fn default_haproxy_config() -> PathBuf {
+    PathBuf::from("/etc/haproxy/haproxy.cfg")
+}
+
+fn default_haproxy_binary() -> PathBuf {
+    PathBuf::from("/usr/sbin/haproxy")
+}
+
+/// Base backup schedule and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Time between two base backups of an instance.
+    #[serde(default = "default_backup_interval")]
+    pub interval: HumanDuration,
+    /// Base backups kept (older ones and the WAL only they need are deleted).
+    #[serde(default = "default_retain")]
+    pub retain: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            interval: default_backup_interval(),
+            retain: default_retain(),
+        }
+    }
+}
+
+fn default_backup_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(86400))
+}
+
+fn default_retain() -> u32 {
+    7
+}
+
+/// Largest `node-count` an instance may have.
+pub const MAX_NODES: u8 = 5;
+
+impl BrokerConfig {
+    /// Reads, validates and resolves (secrets) the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        BrokerConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses, validates and resolves the configuration `text`; `origin` names it in errors.
+    /// Relative `*_file` paths are taken as they are (relative to the working directory).
+    pub fn parse(text: &str, origin: &str) -> Result<BrokerConfig, ConfigError> {
+        let mut c: BrokerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        c.validate(origin)?;
+        c.credentials.password = resolve_secret(
+            origin,
+            "credentials",
+            "password",
+            c.credentials.password_env.as_deref(),
+            c.credentials.password_file.as_deref(),
+        )?;
+        for (i, cell) in c.cells.iter_mut().enumerate() {
+            cell.token = resolve_secret(
+                origin,
+                &format!("cells[{i}]"),
+                "token",
+                cell.token_env.as_deref(),
+                cell.token_file.as_deref(),
+            )?;
+        }
+        Ok(c)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            setting: setting.to_string(),
+            message,
+        };
+        if self.credentials.username.is_empty() || self.credentials.username.contains(':') {
+            return Err(invalid(
+                "credentials.username",
+                "must be non-empty and contain no ':'".into(),
+            ));
+        }
+        let s = &self.service;
+        for (name, v) in [
+            ("service.id", &s.id),
+            ("service.name", &s.name),
+            ("service.description", &s.description),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(name, "must not be empty".into()));
+            }
+        }
+        if s.plans.is_empty() {
+            return Err(invalid(
+                "service.plans",
+                "at least one plan is required".into(),
+            ));
+        }
+        let (mut ids, mut names) = (HashSet::new(), HashSet::new());
+        for (i, p) in s.plans.iter().enumerate() {
+            let at = |f: &str| format!("service.plans[{i}].{f}");
+            if p.id.trim().is_empty() || p.name.trim().is_empty() || p.description.trim().is_empty()
+            {
+                return Err(invalid(
+                    &at("id"),
+                    "id, name and description must not be empty".into(),
+                ));
+            }
+            if p.id == s.id {
+                return Err(invalid(&at("id"), "must differ from the service id".into()));
+            }
+            if !ids.insert(&p.id) {
+                return Err(invalid(&at("id"), format!("duplicate plan id {:?}", p.id)));
+            }
+            if !names.insert(&p.name) {
+                return Err(invalid(
+                    &at("name"),
+                    format!("duplicate plan name {:?}", p.name),
+                ));
+            }
+            if !(1..=MAX_NODES).contains(&p.node_count) {
+                return Err(invalid(
+                    &at("node_count"),
+                    format!("must be between 1 and {MAX_NODES}"),
+                ));
+            }
+        }
+        if url::Url::parse(&self.repository.base).is_err() {
+            return Err(invalid(
+                "repository.base",
+                format!(
+                    "{:?} is not a URL (e.g. s3://bucket/prefix or file:///srv/archive)",
+                    self.repository.base
+                ),
+            ));
+        }
+        if self.etcd.endpoints.is_empty() {
+            return Err(invalid(
+                "etcd.endpoints",
+                "at least one endpoint is required".into(),
+            ));
+        }
+        for e in &self.etcd.endpoints {
+            match url::Url::parse(e) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "etcd.endpoints",
+                        format!("{e:?} is not an http(s)://HOST:PORT URL"),
+                    ))
+                }
+            }
+        }
+        let p = &self.etcd.prefix;
+        if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
+            return Err(invalid(
+                "etcd.prefix",
+                format!("{p:?} must start with '/' and not end with '/'"),
+            ));
+        }
+        if self.etcd.timeout.0.is_zero() {
+            return Err(invalid("etcd.timeout", "must be positive".into()));
+        }
+        let mut cells = HashSet::new();
+        for (i, c) in self.cells.iter().enumerate() {
+            if c.name.is_empty() || !cells.insert(&c.name) {
+                return Err(invalid(
+                    &format!("cells[{i}].name"),
+                    format!("empty or duplicate cell name {:?}", c.name),
+                ));
+            }
+            if url::Url::parse(&c.url).is_err() {
+                return Err(invalid(
+                    &format!("cells[{i}].url"),
+                    format!("{:?} is not a URL", c.url),
+                ));
+            }
+        }
+        let r = &self.router;
+        if r.host.is_empty() {
+            return Err(invalid("router.host", "must not be empty".into()));
+        }
+        if r.port_min == 0 || r.port_min > r.port_max {
+            return Err(invalid(
+                "router.port_min",
+                format!(
+                    "need 0 < port_min <= port_max, got {}..{}",
+                    r.port_min, r.port_max
+                ),
+            ));
+        }
+        if self.archive_timeout.0.is_zero() {
+            return Err(invalid("archive_timeout", "must be positive".into()));
+        }
+        if self.backups.interval.0.is_zero() {
+            return Err(invalid("backups.interval", "must be positive".into()));
+        }
+        if self.backups.retain == 0 {
+            return Err(invalid("backups.retain", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The plan with id `plan_id`.
+    pub fn plan(&self, plan_id: &str) -> Option<&PlanConfig> {
+        self.service.plans.iter().find(|p| p.id == plan_id)
+    }
+}
+
+/// Reads a secret from exactly one of `env` (variable name) and `file`.
+fn resolve_secret(
+    origin: &str,
+    section: &str,
+    what: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Secret, ConfigError> {
+    let err = |setting: String, message: String| ConfigError::Secret {
+        origin: origin.to_string(),
+        setting,
+        message,
+    };
+    let value = match (env, file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{section}.{what}_env"),
+                format!("set either {what}_env or {what}_file, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(err(
+                format!("{section}.{what}_env"),
+                format!("set {what}_env (an environment variable name) or {what}_file (a file path); the {what} itself is never written in the configuration"),
+            ))
+        }
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            err(
+                format!("{section}.{what}_env"),
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?,
+        (None, Some(path)) => {
+            let mut v = std::fs::read_to_string(path).map_err(|e| {
+                err(
+                    format!("{section}.{what}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if v.ends_with('\n') {
+                v.pop();
+                if v.ends_with('\r') {
+                    v.pop();
+                }
+            }
+            v
+        }
+    };
+    if value.is_empty() {
+        return Err(err(
+            format!("{section}.{what}"),
+            format!("the {what} is empty"),
+        ));
+    }
+    Ok(Secret(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/broker.example.toml"))
+            .unwrap()
+    }
+
+    fn with_password_file(text: &str) -> (tempfile::NamedTempFile, String) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "s3cret-pw\n").unwrap();
+        let text = text.replace(
+            "password_env = \"WALARCHIVE_BROKER_PASSWORD\"",
+            &format!("password_file = {:?}", f.path().display().to_string()),
+        );
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("token_env"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("[[cells]]", "[[cells]]\ntoken_file = \"__TOKEN__\"")
+            .replace("__TOKEN__", &f.path().display().to_string());
+        (f, text)
+    }
+
+    #[test]
+    fn the_example_loads_and_secrets_are_redacted() {
+        let (_f, text) = with_password_file(&example());
+        let c = BrokerConfig::parse(&text, "example").unwrap();
+        assert_eq!(c.credentials.password.expose(), "s3cret-pw");
+        assert_eq!(c.service.plans.len(), 2);
+        assert_eq!(c.service.plans[0].node_count, 1);
+        assert_eq!(c.service.plans[1].node_count, 2);
+        assert_eq!(c.etcd.prefix, "/walarchive-broker");
+        assert_eq!(c.archive_timeout.0, Duration::from_secs(60));
+        assert!(c.cells.iter().all(|c| c.token.expose() == "s3cret-pw"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+        assert_eq!(
+            c.repository.for_instance("abc"),
+            format!("{}/abc", c.repository.base.trim_end_matches('/'))
+        );
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let (_f, text) = with_password_file(&example());
+        let bad = text.replace("listen =", "lisen =");
+        let e = BrokerConfig::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("x.toml") && e.contains("lisen"), "{e}");
+
+        let e = BrokerConfig::parse(&text.replace("port_min = 30000", "port_min = 40000"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("router.port_min"), "{e}");
+
+        let e = BrokerConfig::parse(&example(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("WALARCHIVE_BROKER_PASSWORD") || e.contains("token"),
+            "{e}"
+        );
+
+        let e = BrokerConfig::parse(&text.replace("node_count = 2", "node_count = 9"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node_count"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! The walarchive service broker: an Open Service Broker (API 2.17) that provisions highly
+//! available PostgreSQL clusters (Patroni, etcd, HAProxy) whose WAL and base backups go to
+//! walarchive repositories.
+//!
+//! The OSB API ([`api`]) only validates requests and records decisions in etcd ([`state`],
+//! over the small gateway client [`etcd`]); a provisioning worker executes the recorded
+//! operations. Keeping every decision in etcd, changed by compare-and-swap, is what lets
+//! several broker processes and a restarted worker agree without a coordinator.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cell;
+pub mod config;
+pub mod error;
+pub mod etcd;
+pub mod patroni;
+pub mod router;
+pub mod state;
+
+pub use api::{app, AppState, BindError, Binder, NoBinder};
+pub use config::BrokerConfig;
+pub use error::ApiError;
+pub use etcd::{EtcdClient, EtcdError};
+pub use state::{Store, StoreError};
+
+/// The real etcd the unit tests run against (the same file as the integration tests').
+#[cfg(test)]
+#[path = "../tests/common/etcd.rs"]
+mod test_etcd;

@@ -1,0 +1,395 @@
+//! Patroni configuration for one PostgreSQL node of an instance.
+//!
+//! Patroni (3.0.2 here) does the hard part of high availability: leader election through etcd,
+//! promotion, pg_rewind and re-cloning. The broker's job is to hand it a configuration in which
+//! every node of an instance archives into the instance's walarchive repository, and in which a
+//! new replica is cloned from that repository's newest base backup (walarchive `backup-fetch`)
+//! before falling back to `pg_basebackup` from the leader, so that adding a node does not load
+//! the leader when a backup exists.
+//!
+//! The file is written as JSON, which YAML parsers read as YAML, so no YAML library is needed.
+//! It holds the database passwords, so the cell writes it with mode 0600 for the postgres user:
+//! passwords never travel on a command line.
+//!
+//! Settings that are the same on every node (timeouts, `wal_level`, synchronous mode...) go
+//! into `bootstrap.dcs`, which Patroni stores in etcd when the first node initialises the
+//! cluster; settings that name paths on the node's own machine (`archive_command`,
+//! `restore_command`) go into the local `postgresql` section, which Patroni merges over them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// A password or token: serialized as a plain string, but never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// A fresh random secret (32 bytes from the OS, base64url without padding).
+    pub fn generate() -> Secret {
+        use base64::Engine as _;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random number generator is available");
+        Secret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The secret value itself; call only where it must be used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Patroni's failure-detection timing (seconds), stored in etcd at bootstrap.
+///
+/// Patroni requires `loop_wait + 2 * retry_timeout <= ttl`; a leader is replaced about `ttl`
+/// seconds after it vanished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcsTiming {
+    /// Leader key lease time.
+    pub ttl: u32,
+    /// Seconds between two runs of Patroni's HA loop.
+    pub loop_wait: u32,
+    /// How long Patroni retries etcd and PostgreSQL operations before giving up.
+    pub retry_timeout: u32,
+    /// A replica lagging more bytes than this is not promoted.
+    pub maximum_lag_on_failover: u64,
+}
+
+impl Default for DcsTiming {
+    fn default() -> Self {
+        DcsTiming {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+            maximum_lag_on_failover: 1 << 20,
+        }
+    }
+}
+
+/// Everything needed to write one node's Patroni configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Patroni `scope`: the instance id (all nodes of an instance share it).
+    pub instance_id: String,
+    /// Patroni `namespace`: etcd key prefix, e.g. `/walarchive-broker/patroni/`.
+    pub namespace: String,
+    /// Patroni `name`: this node's member name.
+    pub node_name: String,
+    /// etcd client endpoints (`host:port`).
+    pub etcd_hosts: Vec<String>,
+    /// Address the other nodes and the routers reach this node at.
+    pub host: String,
+    /// Other hosts allowed to replicate from this node (the instance's other cells).
+    pub peer_hosts: Vec<String>,
+    /// PostgreSQL port.
+    pub pg_port: u16,
+    /// Patroni REST API port.
+    pub api_port: u16,
+    /// The node directory (`<data_root>/<node_name>`).
+    pub node_dir: PathBuf,
+    /// PostgreSQL binaries (`pg_ctl`, `initdb`, ...).
+    pub pg_bin_dir: PathBuf,
+    /// The walarchive executable (must be executable by the postgres user).
+    pub walarchive: PathBuf,
+    /// The instance's repository URL.
+    pub repository: String,
+    /// `archive_timeout` in seconds.
+    pub archive_timeout: u32,
+    /// Patroni `synchronous_mode`.
+    pub synchronous: bool,
+    /// Failure-detection timing.
+    pub timing: DcsTiming,
+    /// `initdb --wal-segsize` in MiB (PostgreSQL's default, 16, when `None`).
+    pub wal_segsize_mb: Option<u32>,
+    /// Password of the `postgres` superuser.
+    pub superuser_password: Secret,
+    /// Password of the `replicator` replication user.
+    pub replication_password: Secret,
+    /// Password protecting Patroni's REST API's unsafe endpoints (user `patroni`).
+    pub restapi_password: Secret,
+}
+
+/// The superuser's name.
+pub const SUPERUSER: &str = "postgres";
+/// The replication user's name.
+pub const REPLICATION_USER: &str = "replicator";
+/// The REST API user's name.
+pub const RESTAPI_USER: &str = "patroni";
+/// File name of the replica-creation wrapper in the node directory.
+pub const REPLICA_FETCH_SCRIPT: &str = "replica-fetch.sh";
+
+impl NodeConfig {
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.node_dir.join("data")
+    }
+
+    /// `archive_command` for PostgreSQL.
+    pub fn archive_command(&self) -> String {
+        format!(
+            "{} --repo {} wal-push %p",
+            sh_quote(&self.walarchive.display().to_string()),
+            sh_quote(&self.repository)
+        )
+    }
+
+    /// `restore_command` for PostgreSQL.
+    pub fn restore_command(&self) -> String {
+        format!(
+            "{} --repo {} wal-fetch %f %p",
+            sh_quote(&self.walarchive.display().to_string()),
+            sh_quote(&self.repository)
+        )
+    }
+
+    /// The `listen` value: the node's host and, when that is not loopback, 127.0.0.1 too
+    /// (Patroni connects to its PostgreSQL through the first address).
+    fn listen(&self, port: u16) -> String {
+        if is_loopback(&self.host) {
+            format!("127.0.0.1:{port}")
+        } else {
+            format!("127.0.0.1,{}:{port}", self.host)
+        }
+    }
+
+    /// pg_hba.conf lines: replication from loopback, the node's host and its peers;
+    /// everything else with a password (clients come through routers whose addresses the
+    /// cell does not know).
+    pub fn pg_hba(&self) -> Vec<String> {
+        let mut hba = vec![format!("local all {SUPERUSER} peer")];
+        let mut hosts = vec!["127.0.0.1".to_string(), self.host.clone()];
+        hosts.extend(self.peer_hosts.iter().cloned());
+        hosts.sort();
+        hosts.dedup();
+        for h in &hosts {
+            let cidr = host_cidr(h);
+            hba.push(format!(
+                "host replication {REPLICATION_USER} {cidr} scram-sha-256"
+            ));
+        }
+        hba.push("host all all 0.0.0.0/0 scram-sha-256".into());
+        hba.push("host all all ::/0 scram-sha-256".into());
+        hba
+    }
+
+    /// The Patroni configuration document.
+    pub fn to_value(&self) -> Value {
+        let t = &self.timing;
+        let mut initdb = vec![json!({"encoding": "UTF8"}), json!("data-checksums")];
+        if let Some(mb) = self.wal_segsize_mb {
+            initdb.push(json!({"wal-segsize": mb.to_string()}));
+        }
+        let node_dir = self.node_dir.display().to_string();
+        json!({
+            "scope": self.instance_id,
+            "namespace": self.namespace,
+            "name": self.node_name,
+            "log": {"level": "INFO"},
+            "restapi": {
+                "listen": self.listen(self.api_port),
+                "connect_address": format!("{}:{}", self.host, self.api_port),
+                "authentication": {
+                    "username": RESTAPI_USER,
+                    "password": self.restapi_password.expose(),
+                },
+            },
+            "etcd3": {"hosts": self.etcd_hosts},
+            "bootstrap": {
+                "dcs": {
+                    "ttl": t.ttl,
+                    "loop_wait": t.loop_wait,
+                    "retry_timeout": t.retry_timeout,
+                    "maximum_lag_on_failover": t.maximum_lag_on_failover,
+                    "synchronous_mode": self.synchronous,
+                    "postgresql": {
+                        "use_pg_rewind": true,
+                        "use_slots": true,
+                        "remove_data_directory_on_rewind_failure": true,
+                        "remove_data_directory_on_diverged_timelines": true,
+                        "parameters": {
+                            "wal_level": "replica",
+                            "archive_mode": "on",
+                            "archive_timeout": self.archive_timeout,
+                            "max_wal_senders": 10,
+                            "max_replication_slots": 10,
+                            "hot_standby": "on",
+                            "wal_log_hints": "on",
+                        },
+                    },
+                },
+                "initdb": initdb,
+            },
+            "postgresql": {
+                "listen": self.listen(self.pg_port),
+                "connect_address": format!("{}:{}", self.host, self.pg_port),
+                "data_dir": self.data_dir().display().to_string(),
+                "bin_dir": self.pg_bin_dir.display().to_string(),
+                "pgpass": format!("{node_dir}/pgpass"),
+                "authentication": {
+                    "superuser": {"username": SUPERUSER, "password": self.superuser_password.expose()},
+                    "replication": {"username": REPLICATION_USER, "password": self.replication_password.expose()},
+                },
+                "parameters": {
+                    "archive_command": self.archive_command(),
+                    "unix_socket_directories": node_dir,
+                },
+                "recovery_conf": {"restore_command": self.restore_command()},
+                "pg_hba": self.pg_hba(),
+                "create_replica_methods": ["walarchive", "basebackup"],
+                "walarchive": {
+                    "command": format!("{node_dir}/{REPLICA_FETCH_SCRIPT}"),
+                    "no_leader": true,
+                },
+                "basebackup": [{"checkpoint": "fast"}],
+            },
+            "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
+        })
+    }
+
+    /// The configuration file's text (JSON, which is valid YAML).
+    pub fn render(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).expect("JSON values serialize") + "\n"
+    }
+
+    /// The replica-creation wrapper Patroni runs as its `walarchive` replica method, with
+    /// `--scope= --role= --datadir= --connstring=` arguments: it restores the repository's
+    /// newest base backup into the data directory as a standby and exits non-zero when there
+    /// is none (or it fails), so that Patroni falls back to `pg_basebackup`.
+    pub fn replica_fetch_script(&self) -> String {
+        replica_fetch_script(&self.walarchive, &self.repository)
+    }
+}
+
+/// See [`NodeConfig::replica_fetch_script`].
+pub fn replica_fetch_script(walarchive: &Path, repository: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by walarchive-broker: Patroni's "walarchive" replica method.
+datadir=
+for arg; do
+    case "$arg" in
+        --datadir=*) datadir="${{arg#--datadir=}}" ;;
+    esac
+done
+if [ -z "$datadir" ]; then
+    echo "replica-fetch: no --datadir argument" >&2
+    exit 2
+fi
+{walarchive} --repo {repo} backup-fetch --force --standby "$datadir" LATEST
+status=$?
+if [ "$status" -eq 0 ]; then
+    exit 0
+fi
+# Leave nothing behind for pg_basebackup, which wants an empty or missing directory.
+rm -rf "$datadir"
+exit $status
+"#,
+        walarchive = sh_quote(&walarchive.display().to_string()),
+        repo = sh_quote(repository),
+    )
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.starts_with("127.") || host == "::1"
+}
+
+fn host_cidr(host: &str) -> String {
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        format!("{host}/32")
+    } else if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("{host}/128")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Single-quotes `s` for `sh` (PostgreSQL runs archive/restore commands through `sh -c`).
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            instance_id: "inst-1".into(),
+            namespace: "/walarchive-broker/patroni/".into(),
+            node_name: "inst-1-0".into(),
+            etcd_hosts: vec!["127.0.0.1:2379".into()],
+            host: "10.0.0.5".into(),
+            peer_hosts: vec!["10.0.0.6".into()],
+            pg_port: 5433,
+            api_port: 8009,
+            node_dir: "/var/lib/cell/inst-1-0".into(),
+            pg_bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            walarchive: "/usr/local/bin/walarchive".into(),
+            repository: "s3://bucket/base/inst-1".into(),
+            archive_timeout: 60,
+            synchronous: true,
+            timing: DcsTiming::default(),
+            wal_segsize_mb: Some(1),
+            superuser_password: Secret::new("su'pw"),
+            replication_password: Secret::new("repl"),
+            restapi_password: Secret::new("rest"),
+        }
+    }
+
+    #[test]
+    fn renders_the_documented_keys() {
+        let v = config().to_value();
+        assert_eq!(v["scope"], "inst-1");
+        assert_eq!(v["etcd3"]["hosts"][0], "127.0.0.1:2379");
+        assert_eq!(v["postgresql"]["listen"], "127.0.0.1,10.0.0.5:5433");
+        assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:5433");
+        assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
+        assert_eq!(
+            v["postgresql"]["parameters"]["archive_command"],
+            "/usr/local/bin/walarchive --repo s3://bucket/base/inst-1 wal-push %p"
+        );
+        assert_eq!(
+            v["postgresql"]["authentication"]["superuser"]["password"],
+            "su'pw"
+        );
+        assert_eq!(v["bootstrap"]["initdb"][2]["wal-segsize"], "1");
+        let hba = config().pg_hba();
+        assert!(hba.contains(&"host replication replicator 10.0.0.6/32 scram-sha-256".into()));
+        // The rendered text is JSON (hence YAML).
+        let text = config().render();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let dbg = format!("{:?}", config());
+        assert!(!dbg.contains("su'pw") && !dbg.contains("repl\""), "{dbg}");
+    }
+
+    #[test]
+    fn script_maps_datadir() {
+        let s = replica_fetch_script(Path::new("/opt/wa bin/walarchive"), "file:///r");
+        assert!(s.contains("\n'/opt/wa bin/walarchive' --repo file:///r backup-fetch --force --standby \"$datadir\" LATEST\n"), "{s}");
+    }
+}

@@ -1,0 +1,354 @@
+//! HAProxy routing: one stable port per instance that always leads to its current leader.
+//!
+//! Applications get one address per instance and must keep it across failovers. HAProxy
+//! health-checks every node's Patroni REST API with `GET /primary`, which answers 200 only on
+//! the leader (Patroni 3.0.2 calls it `master` internally and still answers 200), so the
+//! listen block sends connections to whichever node is the leader now. A node marked down has
+//! its sessions shut (`on-marked-down shutdown-sessions`): clients of a demoted or dead leader
+//! reconnect instead of hanging.
+//!
+//! HAProxy runs in master-worker mode; a changed configuration is validated (`haproxy -c`)
+//! before it replaces the old one, and the master is told to reload with SIGUSR2. The old
+//! worker keeps serving its established connections until they end, so changing one
+//! instance's routes does not cut the others' connections.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// Errors of the router.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// HAProxy could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `haproxy -c` rejected a configuration.
+    #[error("HAProxy rejects the configuration: {0}")]
+    Invalid(String),
+    /// HAProxy exited.
+    #[error("HAProxy exited: {0}")]
+    Exited(String),
+}
+
+/// One node a route can lead to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// Server name in HAProxy (the node name).
+    pub name: String,
+    /// The node's host.
+    pub host: String,
+    /// Its PostgreSQL port.
+    pub pg_port: u16,
+    /// Its Patroni REST API port.
+    pub api_port: u16,
+}
+
+/// One instance's route: a port leading to the instance's leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The instance id.
+    pub instance_id: String,
+    /// The port HAProxy listens on for this instance.
+    pub port: u16,
+    /// The instance's nodes.
+    pub backends: Vec<Backend>,
+}
+
+/// Settings common to every route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterOptions {
+    /// Address HAProxy binds the instance ports to (e.g. `0.0.0.0`).
+    pub bind_address: String,
+    /// Client and server inactivity timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            bind_address: "0.0.0.0".into(),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A name HAProxy accepts for a proxy or server.
+fn haproxy_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Renders the HAProxy configuration for `routes` (sorted by instance for stable output).
+pub fn render(routes: &[Route], opts: &RouterOptions) -> String {
+    let idle = opts.idle_timeout.as_millis();
+    let mut out = format!(
+        "# Written by walarchive-broker; changes are overwritten.\n\
+         global\n    master-worker\n\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client {idle}ms\n    \
+         timeout server {idle}ms\n    timeout check 2s\n\n"
+    );
+    let mut routes: Vec<&Route> = routes.iter().collect();
+    routes.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    for r in routes {
+        let _ = write!(
+            out,
+            "listen pg_{name}\n    bind {bind}:{port}\n    option httpchk GET /primary\n    \
+             http-check expect status 200\n    \
+             default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
+            name = haproxy_name(&r.instance_id),
+            bind = opts.bind_address,
+            port = r.port,
+        );
+        for b in &r.backends {
+            let _ = writeln!(
+                out,
+                "    server {} {}:{} check port {}",
+                haproxy_name(&b.name),
+                b.host,
+                b.pg_port,
+                b.api_port
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Checks a configuration file with `haproxy -c`.
+pub async fn validate(haproxy: &Path, config: &Path) -> Result<(), Error> {
+    let out = tokio::process::Command::new(haproxy)
+        .arg("-c")
+        .arg("-q")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            program: haproxy.display().to_string(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// A running HAProxy (master-worker mode) serving [`Route`]s from a configuration file in
+/// its own directory. It is killed when this process dies.
+#[derive(Debug)]
+pub struct Haproxy {
+    bin: PathBuf,
+    dir: PathBuf,
+    opts: RouterOptions,
+    current: Option<String>,
+    pid: Option<u32>,
+}
+
+impl Haproxy {
+    /// A manager for HAProxy `bin` keeping its files (`haproxy.cfg`, `haproxy.log`) in `dir`.
+    /// HAProxy starts with the first [`Haproxy::apply`].
+    pub fn new(bin: impl Into<PathBuf>, dir: impl Into<PathBuf>, opts: RouterOptions) -> Haproxy {
+        Haproxy {
+            bin: bin.into(),
+            dir: dir.into(),
+            opts,
+            current: None,
+            pid: None,
+        }
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("haproxy.cfg")
+    }
+
+    /// The master process's PID, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Makes HAProxy serve exactly `routes`: writes and validates the configuration, then
+    /// starts HAProxy or reloads it. Returns `false` when nothing changed.
+    pub async fn apply(&mut self, routes: &[Route]) -> Result<bool, Error> {
+        let text = render(routes, &self.opts);
+        if self.current.as_deref() == Some(text.as_str()) && self.is_running() {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
+            what: "cannot create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let candidate = self.dir.join("haproxy.cfg.new");
+        std::fs::write(&candidate, &text).map_err(|source| Error::Io {
+            what: "cannot write",
+            path: candidate.clone(),
+            source,
+        })?;
+        validate(&self.bin, &candidate).await?;
+        let path = self.config_path();
+        std::fs::rename(&candidate, &path).map_err(|source| Error::Io {
+            what: "cannot rename",
+            path: path.clone(),
+            source,
+        })?;
+        self.current = Some(text);
+        match self.pid.filter(|_| self.is_running()) {
+            Some(pid) => {
+                info!(pid, routes = routes.len(), "reloading HAProxy");
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR2) };
+            }
+            None => self.start().await?,
+        }
+        Ok(true)
+    }
+
+    async fn start(&mut self) -> Result<(), Error> {
+        let log_path = self.dir.join("haproxy.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| Error::Io {
+                what: "cannot open",
+                path: log_path.clone(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| Error::Io {
+            what: "cannot open",
+            path: log_path.clone(),
+            source,
+        })?;
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.arg("-W")
+            .arg("-f")
+            .arg(self.config_path())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = crate::cell::spawn_tied(cmd)
+            .await
+            .map_err(|source| Error::Spawn {
+                program: self.bin.display().to_string(),
+                source,
+            })?;
+        let pid = child.id();
+        info!(pid, "HAProxy started");
+        self.pid = Some(pid);
+        // Reaped by a plain thread (a runtime being dropped waits for its blocking-pool
+        // tasks, and this one only ends with HAProxy); `is_running` looks at /proc.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let status = child.wait();
+            warn!(pid, "HAProxy master exited: {status:?}");
+        });
+        Ok(())
+    }
+
+    /// Whether the HAProxy master process is alive.
+    pub fn is_running(&self) -> bool {
+        let Some(pid) = self.pid else {
+            return false;
+        };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // A reaped process is gone; a zombie (state Z) has exited.
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops HAProxy (SIGTERM to the master, which stops its workers).
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            for _ in 0..50 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_listen_block_per_instance() {
+        let routes = vec![Route {
+            instance_id: "inst 1".into(),
+            port: 6432,
+            backends: vec![
+                Backend {
+                    name: "n1".into(),
+                    host: "10.0.0.1".into(),
+                    pg_port: 5432,
+                    api_port: 8008,
+                },
+                Backend {
+                    name: "n2".into(),
+                    host: "10.0.0.2".into(),
+                    pg_port: 5433,
+                    api_port: 8009,
+                },
+            ],
+        }];
+        let cfg = render(&routes, &RouterOptions::default());
+        assert!(
+            cfg.contains("listen pg_inst_1\n    bind 0.0.0.0:6432\n"),
+            "{cfg}"
+        );
+        assert!(cfg.contains("option httpchk GET /primary"));
+        assert!(
+            cfg.contains("    server n2 10.0.0.2:5433 check port 8009\n"),
+            "{cfg}"
+        );
+    }
+}

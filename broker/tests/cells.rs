@@ -1,0 +1,387 @@
+//! End-to-end test of the cell agents, Patroni, etcd and HAProxy: a two-node cluster on two
+//! cells, archived into a local-directory walarchive repository, survives the loss of its
+//! leader's cell without losing synchronously committed rows, and the lost node rejoins.
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::cells::{free_port, test_root, wait_for, walarchive, walarchive_copy, Cell};
+use common::etcd::etcd;
+use walarchive_broker::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
+use walarchive_broker::router::{Backend, Haproxy, Route, RouterOptions};
+
+async fn connect(port: u16, password: &str) -> Option<tokio_postgres::Client> {
+    let conn = format!(
+        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=3"
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Some(client)
+}
+
+/// A connection through the router to a writable primary.
+async fn primary(port: u16, password: &str) -> Option<tokio_postgres::Client> {
+    let c = connect(port, password).await?;
+    let row = c.query_one("select pg_is_in_recovery()", &[]).await.ok()?;
+    (!row.get::<_, bool>(0)).then_some(c)
+}
+
+async fn status(client: &CellClient, node: &str) -> Option<NodeStatus> {
+    client.node(node).await.ok().flatten()
+}
+
+/// Whether `leader` streams to `replica` (synchronously when `sync`).
+fn streams_to(leader: &NodeStatus, replica: &str, sync: bool) -> bool {
+    let Some(reps) = leader
+        .patroni
+        .as_ref()
+        .and_then(|p| p.get("replication"))
+        .and_then(|r| r.as_array())
+    else {
+        return false;
+    };
+    reps.iter().any(|r| {
+        r.get("application_name").and_then(|v| v.as_str()) == Some(replica)
+            && r.get("state").and_then(|v| v.as_str()) == Some("streaming")
+            && (!sync || r.get("sync_state").and_then(|v| v.as_str()) == Some("sync"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cells_fail_over_and_rejoin() {
+    let t0 = Instant::now();
+    let etcd = etcd();
+    let root = test_root("cells");
+    let bin = walarchive_copy(&root);
+    let repo_dir = root.join("repo");
+    std::fs::create_dir(&repo_dir).unwrap();
+    common::cells::chown_postgres(&repo_dir);
+    let instance = "inst1";
+    let repo = format!("file://{}/{instance}", repo_dir.display());
+    let su_password = Secret::generate();
+
+    let mut cells = [Cell::start(&root, "a"), Cell::start(&root, "b")];
+    for c in &cells {
+        c.wait_ready().await;
+    }
+    let clients: Vec<CellClient> = cells.iter().map(Cell::client).collect();
+    let names = ["node1", "node2"];
+
+    let spec = NodeSpec {
+        instance_id: instance.into(),
+        namespace: format!("{}/patroni/", etcd.fresh_prefix()),
+        etcd_hosts: vec![format!("127.0.0.1:{}", etcd.client_port)],
+        repository: repo.clone(),
+        walarchive: bin.clone(),
+        walarchive_env: BTreeMap::new(),
+        archive_timeout: 60,
+        superuser_password: su_password.clone(),
+        replication_password: Secret::generate(),
+        synchronous: true,
+        host: "127.0.0.1".into(),
+        peer_hosts: vec![],
+        timing: DcsTiming {
+            ttl: 10,
+            loop_wait: 2,
+            retry_timeout: 4,
+            maximum_lag_on_failover: 16 << 20,
+        },
+        wal_segsize_mb: Some(1),
+    };
+    let mut ports = Vec::new();
+    for (client, name) in clients.iter().zip(names) {
+        let p = client.put_node(name, &spec).await.expect("PUT node");
+        // Idempotent: the same spec again answers the same ports.
+        assert_eq!(client.put_node(name, &spec).await.unwrap(), p);
+        ports.push(p);
+    }
+    let logs: Vec<(String, std::path::PathBuf, std::path::PathBuf)> = cells
+        .iter()
+        .zip(names)
+        .map(|(c, n)| {
+            (
+                c.name.clone(),
+                c.log.clone(),
+                c.data_root.join(n).join("patroni.log"),
+            )
+        })
+        .collect();
+    let diag = || {
+        logs.iter()
+            .map(|(cell, log, patroni)| {
+                format!(
+                    "--- cell {cell} ---\n{}\n--- {} ---\n{}\n",
+                    common::cells::tail(log, 30),
+                    patroni.display(),
+                    common::cells::tail(patroni, 60)
+                )
+            })
+            .collect::<String>()
+    };
+
+    // A leader and a synchronous streaming replica.
+    let leader_idx = wait_for(
+        "leader and synchronous replica",
+        Duration::from_secs(180),
+        || async {
+            let s0 = status(&clients[0], names[0]).await?;
+            let s1 = status(&clients[1], names[1]).await?;
+            if s0.is_leader() && streams_to(&s0, names[1], true) {
+                Some(0)
+            } else if s1.is_leader() && streams_to(&s1, names[0], true) {
+                Some(1)
+            } else {
+                None
+            }
+        },
+        diag,
+    )
+    .await;
+    let replica_idx = 1 - leader_idx;
+    eprintln!(
+        "leader: {} on cell {}",
+        names[leader_idx], cells[leader_idx].name
+    );
+
+    // HAProxy routes to the leader.
+    let router_dir = root.join("haproxy");
+    let mut haproxy = Haproxy::new(
+        "/usr/sbin/haproxy",
+        &router_dir,
+        RouterOptions {
+            bind_address: "127.0.0.1".into(),
+            ..RouterOptions::default()
+        },
+    );
+    let route_port = free_port();
+    let route = Route {
+        instance_id: instance.into(),
+        port: route_port,
+        backends: names
+            .iter()
+            .zip(&ports)
+            .map(|(n, p)| Backend {
+                name: n.to_string(),
+                host: "127.0.0.1".into(),
+                pg_port: p.pg_port,
+                api_port: p.api_port,
+            })
+            .collect(),
+    };
+    assert!(haproxy
+        .apply(std::slice::from_ref(&route))
+        .await
+        .expect("start HAProxy"));
+    assert!(
+        !haproxy.apply(std::slice::from_ref(&route)).await.unwrap(),
+        "unchanged routes"
+    );
+    let pw = su_password.expose().to_string();
+    let db = wait_for(
+        "a primary through HAProxy",
+        Duration::from_secs(30),
+        || primary(route_port, &pw),
+        || common::cells::tail(&router_dir.join("haproxy.log"), 20),
+    )
+    .await;
+    db.batch_execute("create table t (id int primary key, v text); insert into t select g, 'before' from generate_series(1, 100) g")
+        .await
+        .unwrap();
+
+    // WAL reaches the repository.
+    let last: String = db
+        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(
+        "switched WAL segment in the repository",
+        Duration::from_secs(30),
+        || {
+            let (bin, repo, last) = (bin.clone(), repo.clone(), last.clone());
+            async move {
+                let out = walarchive(&bin, &["--repo", &repo, "wal-list"]).ok()?;
+                out.contains(&last).then_some(())
+            }
+        },
+        || walarchive(&bin, &["--repo", &repo, "wal-list"]).unwrap_or_else(|e| e),
+    )
+    .await;
+
+    // A base backup through the leader's cell.
+    let backup = clients[leader_idx]
+        .backup(names[leader_idx])
+        .await
+        .expect("backup through the cell");
+    let backup_name = backup.summary["name"]
+        .as_str()
+        .expect("backup name")
+        .to_string();
+    let list = walarchive(&bin, &["--repo", &repo, "backup-list"]).unwrap();
+    assert!(list.contains(&backup_name), "{backup_name} not in:\n{list}");
+    eprintln!("backup {backup_name} in {:.1} s", backup.seconds);
+
+    // Rows committed synchronously right before the leader's cell dies.
+    db.batch_execute("insert into t select g, 'last' from generate_series(101, 200) g")
+        .await
+        .unwrap();
+    drop(db);
+
+    // Kill the leader's cell: Patroni and PostgreSQL die with it.
+    let killed_at = Instant::now();
+    cells[leader_idx].kill();
+    // The replica becomes the leader, and HAProxy sends writes to it. (Until the dead
+    // leader's watchdog has killed its PostgreSQL, a connection may still reach it: hence
+    // the promotion check first and `on conflict`.)
+    let new_db = wait_for(
+        "writes through HAProxy on the promoted replica after the leader's cell died",
+        Duration::from_secs(60),
+        || async {
+            if !status(&clients[replica_idx], names[replica_idx])
+                .await?
+                .is_leader()
+            {
+                return None;
+            }
+            let c = primary(route_port, &pw).await?;
+            c.batch_execute("insert into t values (1000, 'after') on conflict do nothing")
+                .await
+                .ok()?;
+            let port: i32 = c
+                .query_one("select current_setting('port')::int", &[])
+                .await
+                .ok()?
+                .get(0);
+            (port == i32::from(ports[replica_idx].pg_port)).then_some(c)
+        },
+        diag,
+    )
+    .await;
+    let failover = killed_at.elapsed();
+    eprintln!("failover took {:.1} s", failover.as_secs_f64());
+    let n: i64 = new_db
+        .query_one("select count(*) from t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 201, "rows written before the kill must survive");
+    // Archive the new timeline's first segment now rather than after archive_timeout.
+    // Otherwise a replica cloned from the backup meanwhile finds only the old timeline's
+    // full segment, which Patroni archives from the old leader before pg_rewind
+    // (`_archive_ready_wals`), replays it past the fork point and then waits for the
+    // new timeline's segment.
+    new_db
+        .batch_execute("select pg_switch_wal()")
+        .await
+        .unwrap();
+    let new_leader = status(&clients[replica_idx], names[replica_idx])
+        .await
+        .unwrap();
+    assert!(new_leader.is_leader(), "{new_leader:?}");
+
+    // The killed cell comes back and its node rejoins as a replica.
+    cells[leader_idx].restart();
+    cells[leader_idx].wait_ready().await;
+    wait_for(
+        "old leader rejoined as a streaming replica",
+        Duration::from_secs(120),
+        || async {
+            let old = status(&clients[leader_idx], names[leader_idx]).await?;
+            let new = status(&clients[replica_idx], names[replica_idx]).await?;
+            (old.role() == Some("replica")
+                && old.pg_state() == Some("running")
+                && streams_to(&new, names[leader_idx], false))
+            .then_some(())
+        },
+        diag,
+    )
+    .await;
+    let rejoined = connect(ports[leader_idx].pg_port, &pw)
+        .await
+        .expect("connect to the rejoined node");
+    wait_for(
+        "the row written after failover replicated to the rejoined node",
+        Duration::from_secs(30),
+        || async {
+            let row = rejoined
+                .query_one("select count(*) from t", &[])
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) == 201).then_some(())
+        },
+        String::new,
+    )
+    .await;
+
+    let old_log = cells[leader_idx]
+        .data_root
+        .join(names[leader_idx])
+        .join("patroni.log");
+    let how: Vec<String> = std::fs::read_to_string(&old_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.contains("rewind") || l.contains("replica has been created") || l.contains("reinit")
+        })
+        .map(str::to_string)
+        .collect();
+    eprintln!("how the old leader rejoined:\n{}", how.join("\n"));
+
+    let _ = std::fs::copy(
+        &old_log,
+        root.join(format!("{}-before-delete.log", names[leader_idx])),
+    );
+
+    // Removing a node stops its PostgreSQL and removes its directory.
+    let old_pg_port = ports[leader_idx].pg_port;
+    assert!(clients[leader_idx]
+        .delete_node(names[leader_idx])
+        .await
+        .unwrap());
+    assert!(status(&clients[leader_idx], names[leader_idx])
+        .await
+        .is_none());
+    assert!(!cells[leader_idx].data_root.join(names[leader_idx]).exists());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", old_pg_port)).is_err(),
+        "PostgreSQL still listening after DELETE"
+    );
+    assert!(!clients[leader_idx]
+        .delete_node(names[leader_idx])
+        .await
+        .unwrap());
+
+    // A node created afresh now that a backup exists is cloned from the repository
+    // (the walarchive replica method), not from the leader.
+    clients[leader_idx]
+        .put_node(names[leader_idx], &spec)
+        .await
+        .unwrap();
+    wait_for(
+        "a fresh node cloned from the backup streams from the leader",
+        Duration::from_secs(120),
+        || async {
+            let fresh = status(&clients[leader_idx], names[leader_idx]).await?;
+            let leader = status(&clients[replica_idx], names[replica_idx]).await?;
+            (fresh.role() == Some("replica")
+                && fresh.pg_state() == Some("running")
+                && streams_to(&leader, names[leader_idx], false))
+            .then_some(())
+        },
+        diag,
+    )
+    .await;
+    let log = std::fs::read_to_string(&old_log).unwrap();
+    assert!(
+        log.contains("replica has been created using walarchive"),
+        "fresh node not cloned from the backup:\n{log}"
+    );
+
+    haproxy.stop().await;
+    eprintln!("total {:.1} s", t0.elapsed().as_secs_f64());
+}

@@ -1,0 +1,283 @@
+//! Harness for tests that run cell agents, Patroni, PostgreSQL and HAProxy for real.
+//!
+//! Why it looks like this: PostgreSQL (hence Patroni) runs as the `postgres` user, which
+//! cannot traverse `/root`, so everything it touches — the cells' data roots, the repository,
+//! the copy of the walarchive binary it executes — lives in one directory under `/tmp` (mode
+//! 0755). Cell agents are separate processes (the `walarchive-broker` binary) started with
+//! `PR_SET_PDEATHSIG`, so they die with the test; each agent's own watchdog then kills its
+//! Patroni and PostgreSQL processes, and a shell watchdog removes the directory once the test
+//! process is gone (unless `WALARCHIVE_KEEP_TEST_DIRS=1`).
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walarchive_broker::cell::{CellClient, Secret};
+
+/// True when `WALARCHIVE_KEEP_TEST_DIRS=1`.
+pub fn keep_dirs() -> bool {
+    std::env::var("WALARCHIVE_KEEP_TEST_DIRS").is_ok_and(|v| v == "1")
+}
+
+/// Single-quotes `s` for `sh`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A port on 127.0.0.1 that is free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// uid and gid of the `postgres` user.
+pub fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "no `postgres` user: run scripts/setup"
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Makes `path` owned by postgres.
+pub fn chown_postgres(path: &Path) {
+    let (u, g) = postgres_ids();
+    std::os::unix::fs::chown(path, Some(u), Some(g)).expect("chown");
+}
+
+/// A fresh directory `/tmp/walarchive-broker-<kind>-<pid>-XXXX` (mode 0755), removed by a
+/// watchdog a few seconds after this process exits.
+pub fn test_root(kind: &str) -> PathBuf {
+    let pid = std::process::id();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("walarchive-broker-{kind}-{pid}-"))
+        .tempdir_in("/tmp")
+        .expect("temp dir under /tmp")
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if keep_dirs() {
+        eprintln!("WALARCHIVE_KEEP_TEST_DIRS: keeping {}", dir.display());
+    } else {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 5; rm -rf {}",
+            sh_quote(&dir.to_string_lossy())
+        );
+        // Not waited for: it outlives this process by design.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn the cleanup watchdog");
+    }
+    dir
+}
+
+/// The walarchive binary of this target directory (built when missing), copied into `dir`
+/// with mode 0755 so that the postgres user can execute it.
+pub fn walarchive_copy(dir: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/cells-HASH -> target/<profile>/walarchive
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let src = profile_dir.join("walarchive");
+    if !src.exists() {
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--bin", "walarchive"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --bin walarchive");
+        assert!(st.success(), "cargo build --bin walarchive failed");
+    }
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dst = bin_dir.join("walarchive");
+    std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+/// Runs the walarchive copy (as root, read-only commands) and returns its stdout.
+pub fn walarchive(bin: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .expect("run walarchive");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A cell agent running as a child process of the test.
+pub struct Cell {
+    /// Its name (`a`, `b`, ...).
+    pub name: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its data root.
+    pub data_root: PathBuf,
+    /// Its API address.
+    pub url: String,
+    /// Its log (stderr), appended to across restarts.
+    pub log: PathBuf,
+    /// The API token.
+    pub token: Secret,
+    child: Option<Child>,
+}
+
+impl Cell {
+    /// Writes the configuration of cell `name` under `root` and starts the agent.
+    pub fn start(root: &Path, name: &str) -> Cell {
+        let port = free_port();
+        let data_root = root.join(format!("cell-{name}"));
+        let config = root.join(format!("cell-{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\n",
+                data_root.display()
+            ),
+        )
+        .unwrap();
+        let mut cell = Cell {
+            name: name.to_string(),
+            config,
+            data_root,
+            url: format!("http://127.0.0.1:{port}"),
+            log: root.join(format!("cell-{name}.log")),
+            token: Secret::generate(),
+            child: None,
+        };
+        cell.spawn();
+        cell
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walarchive-broker"));
+        cmd.arg("cell")
+            .arg("--config")
+            .arg(&self.config)
+            .env("WALARCHIVE_CELL_TOKEN", self.token.expose())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("start walarchive-broker cell"));
+    }
+
+    /// A client for this agent.
+    pub fn client(&self) -> CellClient {
+        CellClient::new(&self.url, self.token.clone()).unwrap()
+    }
+
+    /// Waits until the agent answers.
+    pub async fn wait_ready(&self) {
+        let client = self.client();
+        let start = Instant::now();
+        while client.nodes().await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "cell {} not ready:\n{}",
+                self.name,
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs the agent (its watchdog then takes its nodes down).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again with the same configuration and token.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The last `n` lines of the agent's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+
+    /// The last `n` lines of node `node`'s Patroni log.
+    pub fn patroni_log_tail(&self, node: &str, n: usize) -> String {
+        tail(&self.data_root.join(node).join("patroni.log"), n)
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` and `diag()` after
+/// `timeout`.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut f: F,
+    diag: impl Fn() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", diag());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
