@@ -43,7 +43,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 pub use crate::patroni::{DcsTiming, Secret};
-use crate::patroni::{NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, SUPERUSER};
+use crate::patroni::{
+    NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
+};
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
 pub const TOKEN_ENV: &str = "WALARCHIVE_CELL_TOKEN";
@@ -632,7 +634,7 @@ impl Agent {
         }
     }
 
-    /// Writes node.json, patroni.yml and the replica-fetch script.
+    /// Writes node.json, patroni.yml, the replica-fetch script and the role-change callback.
     fn write_node_files(&self, name: &str, dir: &Path, rec: &NodeRecord) -> Result<(), Error> {
         let cfg = self.node_config(name, dir, rec);
         let json = serde_json::to_vec_pretty(rec).expect("node records serialize");
@@ -646,6 +648,12 @@ impl Agent {
         write_file(
             &dir.join(REPLICA_FETCH_SCRIPT),
             cfg.replica_fetch_script().as_bytes(),
+            0o700,
+            self.owner(),
+        )?;
+        write_file(
+            &dir.join(ROLE_CHANGE_SCRIPT),
+            cfg.role_change_script().as_bytes(),
             0o700,
             self.owner(),
         )

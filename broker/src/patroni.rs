@@ -131,6 +131,8 @@ pub const REPLICATION_USER: &str = "replicator";
 pub const RESTAPI_USER: &str = "patroni";
 /// File name of the replica-creation wrapper in the node directory.
 pub const REPLICA_FETCH_SCRIPT: &str = "replica-fetch.sh";
+/// File name of Patroni's `on_role_change` callback in the node directory.
+pub const ROLE_CHANGE_SCRIPT: &str = "on-role-change.sh";
 
 impl NodeConfig {
     /// The data directory.
@@ -255,6 +257,7 @@ impl NodeConfig {
                     "no_leader": true,
                 },
                 "basebackup": [{"checkpoint": "fast"}],
+                "callbacks": {"on_role_change": format!("{node_dir}/{ROLE_CHANGE_SCRIPT}")},
             },
             "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
         })
@@ -271,6 +274,45 @@ impl NodeConfig {
     /// is none (or it fails), so that Patroni falls back to `pg_basebackup`.
     pub fn replica_fetch_script(&self) -> String {
         replica_fetch_script(&self.walarchive, &self.repository)
+    }
+
+    /// Patroni's `on_role_change` callback (`ACTION ROLE SCOPE` arguments): on becoming the
+    /// leader, switch to a new WAL segment as soon as the promotion is done.
+    ///
+    /// Why: a promotion starts a new timeline inside the current segment, and until that
+    /// segment of the new timeline is archived (when full, or after `archive_timeout`), the
+    /// repository's only copy of that segment number may be the old timeline's: a former
+    /// leader archives its finished segments before pg_rewind, including WAL written after
+    /// the fork. A replica restored from the archive in that window (`recovery_target_timeline
+    /// = latest`) asks for the new timeline's segment, does not find it, and takes the old
+    /// timeline's, replaying WAL the new leader never had. Switching at once shrinks the
+    /// window to one archive_command.
+    pub fn role_change_script(&self) -> String {
+        format!(
+            r#"#!/bin/sh
+# Written by walarchive-broker: Patroni's on_role_change callback.
+# Patroni runs it without waiting for the promotion to finish: wait until the server
+# accepts writes (at most a minute), then switch to a new WAL segment.
+case "$2" in
+    master|primary) ;;
+    *) exit 0 ;;
+esac
+q() {{ {psql} -X -A -t -q -h {socket} -p {port} -U {SUPERUSER} -d postgres -c "$1"; }}
+i=0
+while [ $i -lt 120 ]; do
+    if [ "$(q 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; then
+        q 'SELECT pg_switch_wal()' >/dev/null && exit 0
+    fi
+    sleep 0.5
+    i=$((i + 1))
+done
+echo "on-role-change: could not switch WAL on the new leader" >&2
+exit 0
+"#,
+            psql = sh_quote(&self.pg_bin_dir.join("psql").display().to_string()),
+            socket = sh_quote(&self.node_dir.display().to_string()),
+            port = self.pg_port,
+        )
     }
 }
 

@@ -270,15 +270,31 @@ async fn two_cells_fail_over_and_rejoin() {
         .unwrap()
         .get(0);
     assert_eq!(n, 201, "rows written before the kill must survive");
-    // Archive the new timeline's first segment now rather than after archive_timeout.
+    // The new leader's on_role_change callback switches WAL at once, so the new timeline's
+    // first segment is archived now rather than after archive_timeout (60 s here).
     // Otherwise a replica cloned from the backup meanwhile finds only the old timeline's
     // full segment, which Patroni archives from the old leader before pg_rewind
     // (`_archive_ready_wals`), replays it past the fork point and then waits for the
     // new timeline's segment.
-    new_db
-        .batch_execute("select pg_switch_wal()")
-        .await
-        .unwrap();
+    wait_for(
+        "the new timeline's first segment in the repository (on_role_change switch)",
+        Duration::from_secs(20),
+        || {
+            let (bin, repo) = (bin.clone(), repo.clone());
+            async move {
+                let out = walarchive(&bin, &["--repo", &repo, "wal-list"]).ok()?;
+                out.split_whitespace()
+                    .any(|w| {
+                        w.len() == 24
+                            && w.starts_with("00000002")
+                            && w.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+                    .then_some(())
+            }
+        },
+        || walarchive(&bin, &["--repo", &repo, "wal-list"]).unwrap_or_else(|e| e),
+    )
+    .await;
     let new_leader = status(&clients[replica_idx], names[replica_idx])
         .await
         .unwrap();
