@@ -497,13 +497,13 @@ async fn provision(
 
     for _ in 0..ATTEMPTS {
         let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
-        if let Some(inst) = inst {
+        // A deleted id is provisioned again as a new incarnation (see `state`).
+        let previous = inst
+            .as_ref()
+            .filter(|i| i.value.state == InstanceState::Deleted)
+            .cloned();
+        if let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) {
             let i = &inst.value;
-            if i.state == InstanceState::Deleted {
-                return Err(ApiError::conflict(
-                    "An instance with this id existed and was deprovisioned; instance ids cannot be reused.",
-                ));
-            }
             let same = i.service_id == service_id
                 && i.plan_id == plan_id
                 && i.parameters == parameters
@@ -537,6 +537,14 @@ async fn provision(
             return Err(ApiError::async_required());
         }
         let now = Timestamp::now();
+        let (incarnation, previous_repositories) = match &previous {
+            Some(p) => {
+                let mut repos = p.value.previous_repositories.clone();
+                repos.push(p.value.repository.clone());
+                (p.value.incarnation + 1, repos)
+            }
+            None => (1, Vec::new()),
+        };
         let ctx_str = |k: &str| context.get(k).and_then(Value::as_str).map(str::to_string);
         let record = InstanceRecord {
             id: instance_id.clone(),
@@ -552,7 +560,13 @@ async fn provision(
                 raw: context.clone(),
             },
             port: 0,
-            repository: st.config.repository.for_instance(&instance_id),
+            repository: st
+                .config
+                .repository
+                .for_incarnation(&instance_id, incarnation),
+            incarnation,
+            previous_repositories,
+            last_backup_at: None,
             state: InstanceState::Provisioning,
             nodes: Vec::new(),
             created_at: now,
@@ -568,16 +582,25 @@ async fn provision(
                 node_count,
             },
             "Provisioning accepted; waiting for the provisioning worker.",
-            None,
+            previous.as_ref().and(op.as_ref()).map(|o| &o.value),
         );
         let range = st.config.router.port_min..=st.config.router.port_max;
-        match st.store.create_instance(record, operation, range).await {
+        let created = match &previous {
+            None => st.store.create_instance(record, operation, range).await,
+            Some(p) => {
+                st.store
+                    .reincarnate_instance(record, operation, range, p, op.as_ref())
+                    .await
+            }
+        };
+        match created {
             Ok(CreateInstance::Created {
                 operation,
                 instance,
             }) => {
                 info!(instance = %instance_id, operation = %operation.value.id,
-                      port = instance.value.port, node_count, "provision accepted");
+                      port = instance.value.port, node_count,
+                      incarnation = instance.value.incarnation, "provision accepted");
                 st.wake_worker();
                 return Ok(accepted(&operation.value.id));
             }

@@ -165,6 +165,100 @@ pub struct BrokerConfig {
     /// Base backup schedule and retention.
     #[serde(default)]
     pub backups: BackupConfig,
+    /// How the nodes are configured (walarchive path, Patroni timing).
+    #[serde(default)]
+    pub nodes: NodesConfig,
+    /// The provisioning worker.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// Settings of every node the broker places (the same on all cells).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesConfig {
+    /// The walarchive executable, at this path on every cell and on the broker's machine
+    /// (the broker runs retention with it).
+    #[serde(default = "default_walarchive")]
+    pub walarchive: PathBuf,
+    /// Patroni's etcd key prefix (`namespace`); default `<etcd.prefix>/patroni/`.
+    #[serde(default)]
+    pub patroni_namespace: Option<String>,
+    /// Patroni `synchronous_mode`: commits wait for a replica (no loss on failover).
+    #[serde(default)]
+    pub synchronous: bool,
+    /// Patroni leader key TTL in seconds (`loop_wait + 2 * retry_timeout <= ttl`).
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Patroni HA loop interval in seconds.
+    #[serde(default = "default_loop_wait")]
+    pub loop_wait: u32,
+    /// Patroni retry timeout in seconds.
+    #[serde(default = "default_retry_timeout")]
+    pub retry_timeout: u32,
+    /// `initdb --wal-segsize` in MiB (PostgreSQL's 16 when absent).
+    #[serde(default)]
+    pub wal_segsize_mb: Option<u32>,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            walarchive: default_walarchive(),
+            patroni_namespace: None,
+            synchronous: false,
+            ttl: default_ttl(),
+            loop_wait: default_loop_wait(),
+            retry_timeout: default_retry_timeout(),
+            wal_segsize_mb: None,
+        }
+    }
+}
+
+fn default_walarchive() -> PathBuf {
+    PathBuf::from("/usr/local/bin/walarchive")
+}
+
+fn default_ttl() -> u32 {
+    30
+}
+
+fn default_loop_wait() -> u32 {
+    10
+}
+
+fn default_retry_timeout() -> u32 {
+    10
+}
+
+/// The provisioning worker's pacing and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// How often the worker looks for operations recorded by other broker processes (it is
+    /// woken at once for this process's own).
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// A provision, update or deprovision not finished after this long fails.
+    #[serde(default = "default_operation_timeout")]
+    pub operation_timeout: HumanDuration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            poll_interval: default_poll_interval(),
+            operation_timeout: default_operation_timeout(),
+        }
+    }
+}
+
+fn default_poll_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+fn default_operation_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 
 fn default_listen() -> SocketAddr {
@@ -273,9 +367,20 @@ pub struct RepositoryConfig {
 }
 
 impl RepositoryConfig {
-    /// The repository URL of one instance: `<base>/<instance_id>`.
+    /// The repository URL of one instance's first incarnation: `<base>/<instance_id>`.
     pub fn for_instance(&self, instance_id: &str) -> String {
         format!("{}/{instance_id}", self.base.trim_end_matches('/'))
+    }
+
+    /// The repository URL of incarnation `n` of an instance: `<base>/<instance_id>` for the
+    /// first, `<base>/<instance_id>.<n>` after re-provisions (an earlier incarnation's
+    /// archive is kept, and a new cluster, with another system identifier, cannot share it).
+    pub fn for_incarnation(&self, instance_id: &str, n: u32) -> String {
+        if n <= 1 {
+            self.for_instance(instance_id)
+        } else {
+            format!("{}.{n}", self.for_instance(instance_id))
+        }
     }
 }
 
@@ -311,6 +416,10 @@ pub struct CellConfig {
     pub url: String,
     /// Failure zone: the nodes of one instance go to different zones where possible.
     pub zone: String,
+    /// Address at which other cells and the router reach this cell's nodes; default: the
+    /// host of `url`.
+    #[serde(default)]
+    pub host: Option<String>,
     /// Name of the environment variable holding the agent's token.
     #[serde(default)]
     pub token_env: Option<String>,
@@ -328,10 +437,23 @@ impl fmt::Debug for CellConfig {
             .field("name", &self.name)
             .field("url", &self.url)
             .field("zone", &self.zone)
+            .field("host", &self.host)
             .field("token_env", &self.token_env)
             .field("token_file", &self.token_file)
             .field("token", &self.token)
             .finish()
+    }
+}
+
+impl CellConfig {
+    /// The address of this cell's nodes: `host`, else the host of `url`.
+    pub fn node_host(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            url::Url::parse(&self.url)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+                .unwrap_or_else(|| "127.0.0.1".into())
+        })
     }
 }
 
@@ -345,9 +467,13 @@ pub struct RouterConfig {
     pub port_min: u16,
     /// Last port handed out to instances (inclusive).
     pub port_max: u16,
-    /// The HAProxy configuration file the broker writes.
+    /// The HAProxy configuration file the broker writes. Its directory is HAProxy's own:
+    /// the file is `haproxy.cfg` there, next to `haproxy.log`.
     #[serde(default = "default_haproxy_config")]
     pub haproxy_config: PathBuf,
+    /// Address HAProxy binds the instance ports to.
+    #[serde(default = "default_bind_address")]
+    pub bind_address: String,
     /// The HAProxy binary.
     #[serde(default = "default_haproxy_binary")]
     pub haproxy_binary: PathBuf,
@@ -355,6 +481,10 @@ pub struct RouterConfig {
 
 fn default_haproxy_config() -> PathBuf {
     PathBuf::from("/etc/haproxy/haproxy.cfg")
+}
+
+fn default_bind_address() -> String {
+    "0.0.0.0".into()
 }
 
 fn default_haproxy_binary() -> PathBuf {
@@ -557,10 +687,39 @@ impl BrokerConfig {
         if self.backups.interval.0.is_zero() {
             return Err(invalid("backups.interval", "must be positive".into()));
         }
+        let n = &self.nodes;
+        if n.loop_wait == 0 || n.loop_wait + 2 * n.retry_timeout > n.ttl {
+            return Err(invalid(
+                "nodes.ttl",
+                "need loop_wait > 0 and loop_wait + 2 * retry_timeout <= ttl".into(),
+            ));
+        }
+        if !n.walarchive.is_absolute() {
+            return Err(invalid(
+                "nodes.walarchive",
+                "must be an absolute path".into(),
+            ));
+        }
+        if let Some(ns) = &n.patroni_namespace {
+            if !ns.starts_with('/') || !ns.ends_with('/') {
+                return Err(invalid(
+                    "nodes.patroni_namespace",
+                    format!("{ns:?} must start and end with '/'"),
+                ));
+            }
+        }
         if self.backups.retain == 0 {
             return Err(invalid("backups.retain", "must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// Patroni's etcd namespace (`nodes.patroni_namespace`, else `<etcd.prefix>/patroni/`).
+    pub fn patroni_namespace(&self) -> String {
+        self.nodes
+            .patroni_namespace
+            .clone()
+            .unwrap_or_else(|| format!("{}/patroni/", self.etcd.prefix))
     }
 
     /// The plan with id `plan_id`.

@@ -3,25 +3,29 @@
 //! walarchive repositories.
 //!
 //! The OSB API ([`api`]) only validates requests and records decisions in etcd ([`state`],
-//! over the small gateway client [`etcd`]); a provisioning worker executes the recorded
-//! operations. Keeping every decision in etcd, changed by compare-and-swap, is what lets
+//! over the small gateway client [`etcd`]); the provisioning [`worker`] executes the
+//! recorded operations on the cells ([`cell`]) and routes to the clusters ([`router`]). Keeping every decision in etcd, changed by compare-and-swap, is what lets
 //! several broker processes and a restarted worker agree without a coordinator.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod binder;
 pub mod cell;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod etcd;
 pub mod patroni;
 pub mod router;
 pub mod state;
+pub mod worker;
 
 pub use api::{app, AppState, BindError, Binder, NoBinder};
 pub use config::BrokerConfig;
 pub use error::ApiError;
 pub use etcd::{EtcdClient, EtcdError};
-pub use state::{Store, StoreError};
+pub use state::{InstanceSecrets, Store, StoreError};
+pub use worker::{Worker, WorkerError};
 
 /// The real etcd the unit tests run against (the same file as the integration tests').
 #[cfg(test)]

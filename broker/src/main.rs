@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, NoBinder, Store};
+use walarchive_broker::binder::{BinderOptions, PgBinder, StorePasswords};
+use walarchive_broker::dev::{Dev, DevOptions};
+use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
 #[derive(Parser)]
 #[command(name = "walarchive-broker", version, about)]
@@ -28,6 +30,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run everything on this machine (etcd, cell agents, the broker) until Ctrl-C.
+    Dev {
+        /// Directory of everything (default: a fresh one under /tmp, removed on exit).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Number of cell agents (zones z1..zN).
+        #[arg(long, default_value_t = 3)]
+        cells: usize,
+        /// Provision a two-node instance through the OSB API, bind it and print a psql
+        /// command.
+        #[arg(long)]
+        demo: bool,
+        /// The walarchive executable (default: next to this one).
+        #[arg(long, value_name = "PATH", env = "WALARCHIVE_BIN")]
+        walarchive: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +60,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Cell { config } => cell(&config),
+        Command::Dev {
+            dir,
+            cells,
+            demo,
+            walarchive,
+        } => dev(
+            DevOptions {
+                dir,
+                cells,
+                walarchive,
+                ..DevOptions::default()
+            },
+            demo,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,17 +94,71 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let etcd = EtcdClient::new(&config.etcd.endpoints, config.etcd.timeout.0)?;
         let store = Store::new(etcd, config.etcd.prefix.clone());
         let listen = config.listen;
-        // The real binder (a PostgreSQL role per binding) and the provisioning worker are
-        // not wired in yet: bindings are refused and operations stay recorded.
-        let state = AppState::new(config, store, Arc::new(NoBinder));
+        let binder = PgBinder::new(
+            config.router.host.clone(),
+            Arc::new(StorePasswords(store.clone())),
+            BinderOptions::default(),
+        );
+        let state = AppState::new(config, store.clone(), Arc::new(binder));
+        let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())
+            .context("start the provisioning worker")?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listen on {listen}"))?;
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(worker.run(async move {
+            let _ = stop_rx.changed().await;
+        }));
         tracing::info!(%listen, "serving the Open Service Broker API");
-        axum::serve(listener, app(state))
+        let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown())
             .await
-            .context("serve the OSB API")
+            .context("serve the OSB API");
+        // The worker stops between steps; an operation it was on resumes at the next start.
+        let _ = stop_tx.send(true);
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "the provisioning worker panicked");
+        }
+        served
+    })
+}
+
+fn dev(opts: DevOptions, demo: bool) -> anyhow::Result<()> {
+    // A current-thread runtime: the children's death signal is tied to the thread that
+    // started them, which must live as long as the process (see walarchive_broker::dev).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let mut dev = Dev::prepare(&opts)?;
+        eprintln!(
+            "walarchive-broker dev: starting etcd, {} cell agents and the broker in {}",
+            opts.cells,
+            dev.dir.display()
+        );
+        let outcome = tokio::select! {
+            r = async {
+                dev.start().await?;
+                println!("{}", dev.banner());
+                if demo {
+                    walarchive_broker::dev::demo(&dev).await?;
+                }
+                Ok::<bool, anyhow::Error>(true)
+            } => r,
+            _ = shutdown() => Ok(false),
+        };
+        let outcome = match outcome {
+            Ok(true) => {
+                shutdown().await;
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        eprintln!("walarchive-broker dev: stopping the broker, the cells (PostgreSQL) and etcd");
+        dev.stop().await;
+        outcome
     })
 }
 

@@ -15,7 +15,9 @@
 //! | `operations/<instance_id>` | [`OperationRecord`]: the one current operation, with a short history |
 //! | `bindings/<instance_id>/<binding_id>` | [`BindingRecord`] |
 //! | `ports/<port>` | the owning instance id (plain text) |
-//! | `catalog/<org>/<space>/<name>/<instance_id>` | [`CatalogEntry`] |
+//! | `secrets/<instance_id>` | [`InstanceSecrets`] of the current incarnation |
+//! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance |
+//! | `catalog/<org>/<space>/<name>/<instance_id>[%2F<n>]` | [`CatalogEntry`] (one per incarnation) |
 //!
 //! Path components are percent-encoded outside RFC 3986's unreserved characters (the API
 //! only accepts ids made of those, so ids appear as they are).
@@ -23,17 +25,21 @@
 //! Port policy: a port is reserved (create-if-absent on `ports/<port>`) in the same
 //! transaction that creates the instance, so the API can answer with a complete record and
 //! two concurrent provisions can never share a port. The instance keeps it through updates
-//! and failures; it is released only when a deprovision succeeds. Instance ids are never
-//! reused (the API refuses to provision an id whose instance was deleted, since its
-//! repository `<base>/<instance_id>` is kept for restores and clones), so a port never has to
-//! survive a re-provision.
+//! and failures; it is released only when a deprovision succeeds.
+//!
+//! Re-provisioning a deleted id starts a new *incarnation* (a fresh port, secrets and
+//! cluster). Its predecessors' archives are kept for restores and clones, and a new cluster
+//! (another system identifier) cannot archive into them, so incarnation `n >= 2` gets the
+//! repository `<base>/<instance_id>.<n>`; each incarnation has its own catalog entry naming
+//! its repository.
 //!
 //! The catalog key includes the instance id (rather than mapping a name to one id) so that a
 //! name reused after a deprovision does not hide the deleted instance: clones of deleted
 //! instances are found by name, and there may be several.
 //!
 //! Instance records are kept as tombstones (`state: deleted`) after deprovisioning: they
-//! answer `410 Gone`, keep the id from being reused, and say where the repository is.
+//! answer `410 Gone`, say where the repository is, and give a re-provision the next
+//! incarnation number.
 
 use std::ops::RangeInclusive;
 
@@ -42,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::etcd::{Compare, EtcdClient, EtcdError, KeyValue, TxnOp, TxnOpResponse};
+use crate::patroni::Secret;
 
 /// How many earlier operations an [`OperationRecord`] remembers.
 pub const HISTORY: usize = 10;
@@ -215,6 +222,12 @@ pub struct NodePlacement {
     pub cell: String,
     /// The cell's zone.
     pub zone: String,
+    /// PostgreSQL's port on the cell (0 until the cell created the node).
+    #[serde(default)]
+    pub pg_port: u16,
+    /// Patroni's REST API port on the cell (0 until the cell created the node).
+    #[serde(default)]
+    pub api_port: u16,
 }
 
 /// `instances/<id>`: one service instance.
@@ -234,8 +247,19 @@ pub struct InstanceRecord {
     pub context: InstanceContext,
     /// The router port (reserved under `ports/<port>`).
     pub port: u16,
-    /// The walarchive repository URL, `<base>/<id>`.
+    /// The walarchive repository URL of this incarnation: `<base>/<id>` for the first,
+    /// `<base>/<id>.<n>` for incarnation `n` (see [`crate::config::RepositoryConfig::for_incarnation`]).
     pub repository: String,
+    /// 1 for the first provision of this id, incremented by each re-provision after a
+    /// deprovision.
+    #[serde(default = "first_incarnation")]
+    pub incarnation: u32,
+    /// The repositories of earlier incarnations, oldest first (kept for restores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_repositories: Vec<String>,
+    /// When the last scheduled (or first) base backup completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_at: Option<Timestamp>,
     /// Lifecycle state.
     pub state: InstanceState,
     /// Node placement.
@@ -248,6 +272,10 @@ pub struct InstanceRecord {
     /// When the deprovision succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+}
+
+fn first_incarnation() -> u32 {
+    1
 }
 
 /// The kind of an operation.
@@ -481,6 +509,47 @@ pub struct CatalogEntry {
     /// When it was deprovisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+    /// The incarnation of the instance id (see [`InstanceRecord::incarnation`]).
+    #[serde(default = "first_incarnation")]
+    pub incarnation: u32,
+    /// The incarnation's repository URL (where its archive stays after deletion).
+    #[serde(default)]
+    pub repository: String,
+}
+
+/// `secrets/<instance_id>`: the database passwords of an instance's current incarnation.
+///
+/// Kept apart from [`InstanceRecord`] so that nothing that serves or logs instance records
+/// (the API, `Debug` output) can carry them; [`Secret`] redacts itself in `Debug`. Written
+/// once per incarnation by the worker (create-if-absent, so a restarted worker reuses them)
+/// and removed when a deprovision succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSecrets {
+    /// Password of the `postgres` superuser (the binder connects with it).
+    pub superuser_password: Secret,
+    /// Password of the `replicator` replication user.
+    pub replication_password: Secret,
+}
+
+impl InstanceSecrets {
+    /// Fresh random passwords.
+    pub fn generate() -> InstanceSecrets {
+        InstanceSecrets {
+            superuser_password: Secret::generate(),
+            replication_password: Secret::generate(),
+        }
+    }
+}
+
+/// `claims/<instance_id>`: which worker works on an instance, and until when (renewed while
+/// it works). Lets several broker processes share one etcd without two workers driving the
+/// same instance; a crashed worker's claim simply expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The worker's random id.
+    pub owner: String,
+    /// When the claim lapses unless renewed.
+    pub until: Timestamp,
 }
 
 /// The outcome of [`Store::create_instance`].
@@ -585,6 +654,16 @@ impl Store {
         )
     }
 
+    /// `<prefix>/secrets/<instance_id>`
+    pub fn secrets_key(&self, instance_id: &str) -> String {
+        format!("{}/secrets/{}", self.prefix, encode_component(instance_id))
+    }
+
+    /// `<prefix>/claims/<instance_id>`
+    pub fn claim_key(&self, instance_id: &str) -> String {
+        format!("{}/claims/{}", self.prefix, encode_component(instance_id))
+    }
+
     /// `<prefix>/ports/<port>`
     pub fn port_key(&self, port: u16) -> String {
         format!("{}/ports/{port}", self.prefix)
@@ -601,12 +680,24 @@ impl Store {
         )
     }
 
-    fn catalog_key(&self, ctx: &InstanceContext, instance_id: &str) -> Option<String> {
+    /// `.../<instance_id>` for the first incarnation, `.../<instance_id>%2F<n>` for later ones
+    /// (ids cannot contain `/`, so the keys of different ids and incarnations never collide).
+    fn catalog_key(
+        &self,
+        ctx: &InstanceContext,
+        instance_id: &str,
+        incarnation: u32,
+    ) -> Option<String> {
         let name = ctx.instance_name.as_deref()?;
+        let id = if incarnation <= 1 {
+            instance_id.to_string()
+        } else {
+            format!("{instance_id}/{incarnation}")
+        };
         Some(format!(
             "{}{}",
             self.catalog_prefix(&ctx.organization_guid, &ctx.space_guid, name),
-            encode_component(instance_id)
+            encode_component(&id)
         ))
     }
 
@@ -650,6 +741,82 @@ impl Store {
         id: &str,
     ) -> Result<Option<Versioned<InstanceRecord>>, StoreError> {
         self.read(&self.instance_key(id)).await
+    }
+
+    /// The secrets of an instance's current incarnation, once the worker generated them.
+    pub async fn instance_secrets(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<InstanceSecrets>, StoreError> {
+        Ok(self
+            .read(&self.secrets_key(instance_id))
+            .await?
+            .map(|v: Versioned<InstanceSecrets>| v.value))
+    }
+
+    /// Stores `secrets` for an instance unless it has some already; returns the stored ones
+    /// (so that concurrent or restarted workers all use the first).
+    pub async fn put_instance_secrets(
+        &self,
+        instance_id: &str,
+        secrets: &InstanceSecrets,
+    ) -> Result<InstanceSecrets, StoreError> {
+        let key = self.secrets_key(instance_id);
+        let json = serde_json::to_vec(secrets).expect("JSON");
+        match self.etcd.create(key.as_bytes(), &json).await? {
+            crate::etcd::CreateOutcome::Created(_) => Ok(secrets.clone()),
+            crate::etcd::CreateOutcome::Exists(kv) => {
+                Ok(Self::decode::<InstanceSecrets>(&kv)?.value)
+            }
+        }
+    }
+
+    /// Claims (or renews the claim of) `instance_id` for worker `owner` for `ttl`: true when
+    /// `owner` holds it now, false when another worker's claim is still valid.
+    pub async fn claim(
+        &self,
+        instance_id: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.claim_key(instance_id);
+        for _ in 0..CAS_ATTEMPTS {
+            let cur: Option<Versioned<Claim>> = self.read(&key).await?;
+            let now = Utc::now();
+            if let Some(c) = &cur {
+                if c.value.owner != owner && c.value.until.0 > now {
+                    return Ok(false);
+                }
+            }
+            let next = Claim {
+                owner: owner.to_string(),
+                until: Timestamp(
+                    now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+                ),
+            };
+            let json = serde_json::to_vec(&next).expect("JSON");
+            if let crate::etcd::CasOutcome::Swapped(_) = self
+                .etcd
+                .compare_and_swap(key.as_bytes(), &json, cur.map_or(0, |c| c.mod_revision))
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Contention { key })
+    }
+
+    /// Gives up `owner`'s claim of `instance_id` (nothing when another worker holds it).
+    pub async fn release_claim(&self, instance_id: &str, owner: &str) -> Result<(), StoreError> {
+        let key = self.claim_key(instance_id);
+        if let Some(c) = self.read::<Claim>(&key).await? {
+            if c.value.owner == owner {
+                self.etcd
+                    .delete_if_revision(key.as_bytes(), c.mod_revision)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads an instance's current operation.
@@ -775,19 +942,56 @@ impl Store {
     /// instance with this id exists.
     pub async fn create_instance(
         &self,
+        instance: InstanceRecord,
+        operation: OperationRecord,
+        ports: RangeInclusive<u16>,
+    ) -> Result<CreateInstance, StoreError> {
+        self.create_incarnation(instance, operation, ports, None)
+            .await
+    }
+
+    /// Re-provisions a deleted instance: replaces its tombstone `previous` (and its last
+    /// operation `previous_operation`, whose history the new operation should carry) with
+    /// `instance`, a new incarnation, like [`Store::create_instance`] does for a new id.
+    /// [`CreateInstance::Exists`] when either record changed since it was read.
+    pub async fn reincarnate_instance(
+        &self,
+        instance: InstanceRecord,
+        operation: OperationRecord,
+        ports: RangeInclusive<u16>,
+        previous: &Versioned<InstanceRecord>,
+        previous_operation: Option<&Versioned<OperationRecord>>,
+    ) -> Result<CreateInstance, StoreError> {
+        self.create_incarnation(
+            instance,
+            operation,
+            ports,
+            Some((
+                previous.mod_revision,
+                previous_operation.map_or(0, |o| o.mod_revision),
+            )),
+        )
+        .await
+    }
+
+    async fn create_incarnation(
+        &self,
         mut instance: InstanceRecord,
         operation: OperationRecord,
         ports: RangeInclusive<u16>,
+        previous: Option<(i64, i64)>,
     ) -> Result<CreateInstance, StoreError> {
         let ik = self.instance_key(&instance.id);
         let ok = self.operation_key(&instance.id);
         let op_json = serde_json::to_vec(&operation).expect("JSON");
-        let catalog = self.catalog_key(&instance.context, &instance.id);
+        let catalog = self.catalog_key(&instance.context, &instance.id, instance.incarnation);
         let entry = CatalogEntry {
             instance_id: instance.id.clone(),
             deleted: false,
             created_at: instance.created_at,
             deleted_at: None,
+            incarnation: instance.incarnation,
+            repository: instance.repository.clone(),
         };
         let mut used = self.used_ports(&ports).await?;
         for port in ports.clone() {
@@ -807,19 +1011,25 @@ impl Store {
                     serde_json::to_vec(&entry).expect("JSON"),
                 ));
             }
+            let mut compares = vec![Compare::absent(pk.as_bytes())];
+            match previous {
+                None => compares.push(Compare::absent(ik.as_bytes())),
+                Some((irev, orev)) => {
+                    compares.push(Compare::mod_revision(ik.as_bytes(), irev));
+                    compares.push(Compare::mod_revision(ok.as_bytes(), orev));
+                }
+            }
             let r = self
                 .etcd
                 .txn(
-                    &[
-                        Compare::absent(ik.as_bytes()),
-                        Compare::absent(pk.as_bytes()),
-                    ],
+                    &compares,
                     &ops,
-                    &[TxnOp::get(ik.as_bytes())],
+                    &[TxnOp::get(ik.as_bytes()), TxnOp::get(ok.as_bytes())],
                 )
                 .await?;
             if r.succeeded {
-                info!(instance = %instance.id, port, operation = %operation.id, "instance recorded");
+                info!(instance = %instance.id, port, operation = %operation.id,
+                      incarnation = instance.incarnation, "instance recorded");
                 return Ok(CreateInstance::Created {
                     instance: Box::new(Versioned {
                         value: instance,
@@ -831,7 +1041,15 @@ impl Store {
                     }),
                 });
             }
-            if matches!(r.responses.first(), Some(TxnOpResponse::Get(Some(_)))) {
+            let rev = |i: usize| match r.responses.get(i) {
+                Some(TxnOpResponse::Get(Some(kv))) => kv.mod_revision,
+                _ => 0,
+            };
+            let changed = match previous {
+                None => rev(0) != 0,
+                Some((irev, orev)) => rev(0) != irev || rev(1) != orev,
+            };
+            if changed {
                 return Ok(CreateInstance::Exists);
             }
             debug!(port, "port taken concurrently; trying the next one");
@@ -1017,7 +1235,8 @@ impl Store {
                     ops.push(TxnOp::DeletePrefix(
                         self.bindings_prefix(instance_id).into_bytes(),
                     ));
-                    if let Some(ck) = self.catalog_key(&ni.context, instance_id) {
+                    ops.push(TxnOp::delete(self.secrets_key(instance_id).as_bytes()));
+                    if let Some(ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation) {
                         let current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;
                         let mut entry = current.as_ref().map_or_else(
                             || CatalogEntry {
@@ -1025,6 +1244,8 @@ impl Store {
                                 deleted: true,
                                 created_at: ni.created_at,
                                 deleted_at: None,
+                                incarnation: ni.incarnation,
+                                repository: ni.repository.clone(),
                             },
                             |c| c.value.clone(),
                         );
@@ -1209,6 +1430,9 @@ mod tests {
                 },
                 port: 0,
                 repository: format!("file:///r/{id}"),
+                incarnation: 1,
+                previous_repositories: vec![],
+                last_backup_at: None,
                 state: InstanceState::Provisioning,
                 nodes: vec![],
                 created_at: now,
@@ -1397,6 +1621,8 @@ mod tests {
                     name: "n1".into(),
                     cell: "a".into(),
                     zone: "za".into(),
+                    pg_port: 0,
+                    api_port: 0,
                 });
                 Ok(())
             }),
@@ -1405,6 +1631,8 @@ mod tests {
                     name: "n2".into(),
                     cell: "b".into(),
                     zone: "zb".into(),
+                    pg_port: 0,
+                    api_port: 0,
                 });
                 op.description = "two nodes".into();
                 Ok(())
@@ -1416,6 +1644,42 @@ mod tests {
         let mut names: Vec<_> = r.nodes.iter().map(|n| n.name.clone()).collect();
         names.sort();
         assert_eq!(names, ["n1", "n2"]);
+    }
+
+    #[tokio::test]
+    async fn claims_exclude_other_workers_until_they_lapse() {
+        let s = store();
+        let ttl = Duration::from_millis(800);
+        assert!(s.claim("i", "w1", ttl).await.unwrap());
+        assert!(s.claim("i", "w1", ttl).await.unwrap(), "renewal");
+        assert!(!s.claim("i", "w2", ttl).await.unwrap());
+        // Releasing someone else's claim does nothing; a lapsed claim can be taken.
+        s.release_claim("i", "w2").await.unwrap();
+        assert!(!s.claim("i", "w2", ttl).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(s.claim("i", "w2", ttl).await.unwrap());
+        s.release_claim("i", "w2").await.unwrap();
+        assert!(s.claim("i", "w1", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn secrets_are_created_once_and_removed_with_the_instance() {
+        let s = store();
+        let first = s
+            .put_instance_secrets("sec", &InstanceSecrets::generate())
+            .await
+            .unwrap();
+        let again = s
+            .put_instance_secrets("sec", &InstanceSecrets::generate())
+            .await
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            s.instance_secrets("sec").await.unwrap(),
+            Some(first.clone())
+        );
+        let dbg = format!("{first:?}");
+        assert!(!dbg.contains(first.superuser_password.expose()), "{dbg}");
     }
 
     #[test]

@@ -767,9 +767,7 @@ async fn deprovisioning_and_orphan_mitigation() {
     let r = c.deprovision("dep", true).await;
     assert_eq!(r.status, StatusCode::GONE);
     assert_eq!(c.store.port_owner(port).await.unwrap(), None);
-    // The id cannot be reused (its repository is kept), and it is still found by name.
-    let r = c.provision("dep", provision_body(PLAN1, None), true).await;
-    assert_eq!(r.status, StatusCode::CONFLICT);
+    // The deleted incarnation is still found by name, with its repository.
     let found = c
         .store
         .find_by_name("org-1", "space-1", "orders-db")
@@ -777,6 +775,57 @@ async fn deprovisioning_and_orphan_mitigation() {
         .unwrap();
     assert_eq!(found.len(), 1);
     assert!(found[0].deleted);
+    assert_eq!(found[0].incarnation, 1);
+    assert_eq!(found[0].repository, "s3://bucket/instances/dep");
+    let r = c.call(Method::GET, "/v2/service_instances/dep", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // The id can be provisioned again: a new incarnation with its own repository (the old
+    // archive is kept), whose history follows the old operations.
+    let r = c.provision("dep", provision_body(PLAN1, None), false).await;
+    assert_eq!(r.body["error"], "AsyncRequired");
+    let r = c.provision("dep", provision_body(PLAN1, None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let prov2 = r.body["operation"].as_str().unwrap().to_string();
+    let rec = c.store.instance("dep").await.unwrap().unwrap().value;
+    assert_eq!(rec.state, InstanceState::Provisioning);
+    assert_eq!(rec.incarnation, 2);
+    assert_eq!(rec.repository, "s3://bucket/instances/dep.2");
+    assert_eq!(rec.previous_repositories, ["s3://bucket/instances/dep"]);
+    assert_eq!(rec.deleted_at, None);
+    assert_eq!(
+        c.store.port_owner(rec.port).await.unwrap().as_deref(),
+        Some("dep")
+    );
+    let op = c.store.operation("dep").await.unwrap().unwrap().value;
+    assert_eq!(op.id, prov2);
+    assert!(op.find(&dep).is_some());
+    // Re-sent: the same operation.
+    let r = c.provision("dep", provision_body(PLAN1, None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.body["operation"], prov2.as_str());
+    let found = c
+        .store
+        .find_by_name("org-1", "space-1", "orders-db")
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert!(found[0].deleted && !found[1].deleted);
+    assert_eq!(found[1].repository, "s3://bucket/instances/dep.2");
+    // Its deprovision marks only its own catalog entry deleted.
+    c.finish("dep", true, "ready").await;
+    let r = c.deprovision("dep", true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    c.finish("dep", true, "Deleted").await;
+    let found = c
+        .store
+        .find_by_name("org-1", "space-1", "orders-db")
+        .await
+        .unwrap();
+    assert!(found.iter().all(|e| e.deleted), "{found:?}");
+    let r = c.provision("dep", provision_body(PLAN1, None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let rec = c.store.instance("dep").await.unwrap().unwrap().value;
+    assert_eq!(rec.repository, "s3://bucket/instances/dep.3");
     let r = c.call(Method::GET, "/v2/service_instances/dep", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 

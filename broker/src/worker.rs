@@ -1,0 +1,1339 @@
+//! The provisioning worker: executes the operations the API records.
+//!
+//! Why it is built around re-running idempotent steps: a provision takes minutes, and the
+//! broker may be restarted (or crash) at any point of it. Nothing the worker knows lives only
+//! in memory. Each pass of an operation reads the instance and its operation from etcd,
+//! compares the world (the cells' nodes, Patroni's view of them, the router) with what the
+//! operation asks for, and does the next thing that is missing: generate the secrets (once,
+//! create-if-absent), choose cells and record them *before* creating nodes there (so a
+//! restarted worker, or a deprovision, finds every node it may have created), PUT the nodes
+//! (the cell agent answers the same ports for the same spec), wait for Patroni, route, back
+//! up. A new worker on the same etcd therefore resumes where the old one stopped.
+//!
+//! Every write goes through [`Store::transition`] or [`Store::finish_operation`], which fail
+//! with [`StoreError::Superseded`] once a DELETE replaced the operation: the pass stops there
+//! and the deprovision, which removes every node of the instance on every cell (recorded or
+//! not), cleans up after it (OSB orphan mitigation).
+//!
+//! One operation task per instance at a time, several instances concurrently. Scheduled
+//! backups run in tasks of their own, so that a long backup never holds up an update or a
+//! deprovision (removing the nodes simply makes that backup fail). Across broker processes
+//! sharing the etcd, a task first claims its instance (`claims/<id>`, renewed while it
+//! works, lapsing when its worker dies), so two workers never drive one instance; a
+//! restarted worker waits for its predecessor's claims to lapse (at least 10 s).
+//!
+//! The worker also owns this broker host's HAProxy: it is started with the routes of every
+//! instance recorded in etcd and re-applied on every pass, so a restarted broker keeps
+//! routing and a HAProxy that died is started again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
+use crate::config::BrokerConfig;
+use crate::router::{Backend, Haproxy, Route, RouterOptions};
+use crate::state::{
+    InstanceRecord, InstanceSecrets, InstanceState, NodePlacement, OperationKind, OperationRecord,
+    Outcome, Store, StoreError, Timestamp,
+};
+
+/// Errors of the [`Worker`].
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A cell client cannot be built.
+    #[error("cell {cell}: {source}")]
+    Cell {
+        /// The cell.
+        cell: String,
+        /// The error.
+        #[source]
+        source: crate::cell::Error,
+    },
+    /// An environment variable named in `repository.env` is not set.
+    #[error("repository.env names {0}, which is not set in the broker's environment")]
+    MissingEnv(String),
+    /// A backup failed.
+    #[error("backup of {instance}: {message}")]
+    Backup {
+        /// The instance.
+        instance: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// How one pass of an operation ended (other than done).
+#[derive(Debug)]
+enum Step {
+    /// The operation is no longer current or no longer in progress: stop working on it.
+    Stop(StoreError),
+    /// Give up: the operation fails with this user-facing reason.
+    Fail(String),
+    /// Not there yet (progress description); try again shortly.
+    Pending(String),
+}
+
+impl From<StoreError> for Step {
+    fn from(e: StoreError) -> Step {
+        match e {
+            StoreError::Superseded { .. } | StoreError::Finished { .. } => Step::Stop(e),
+            StoreError::Corrupt { .. } => Step::Fail(format!("Internal error: {e}")),
+            other => Step::Pending(format!("Waiting for the broker's state store ({other}).")),
+        }
+    }
+}
+
+/// One configured cell.
+#[derive(Debug, Clone)]
+struct CellInfo {
+    name: String,
+    zone: String,
+    host: String,
+    client: CellClient,
+}
+
+struct Inner {
+    /// This worker's random id (the owner of its [`crate::state::Claim`]s).
+    id: String,
+    config: Arc<BrokerConfig>,
+    store: Store,
+    cells: Vec<CellInfo>,
+    router: Mutex<Haproxy>,
+    /// Storage credentials (and `WALARCHIVE_CONFIG`) for the nodes and for retention.
+    storage_env: BTreeMap<String, Secret>,
+}
+
+/// Executes provisions, updates and deprovisions recorded by the API, runs the scheduled
+/// base backups with their retention, and keeps this host's HAProxy routing every instance.
+pub struct Worker {
+    inner: Arc<Inner>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("cells", &self.inner.cells.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for `config` over `store`, woken through `wake` (the API's
+    /// [`crate::AppState::provisioner`]). Reads the storage credentials named by
+    /// `repository.env` from the environment.
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        store: Store,
+        wake: Arc<Notify>,
+    ) -> Result<Worker, WorkerError> {
+        let cells = config
+            .cells
+            .iter()
+            .map(|c| {
+                Ok(CellInfo {
+                    name: c.name.clone(),
+                    zone: c.zone.clone(),
+                    host: c.node_host(),
+                    client: CellClient::new(&c.url, Secret::new(c.token.expose())).map_err(
+                        |source| WorkerError::Cell {
+                            cell: c.name.clone(),
+                            source,
+                        },
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, WorkerError>>()?;
+        let mut storage_env = BTreeMap::new();
+        for name in &config.repository.env {
+            let v = std::env::var(name).map_err(|_| WorkerError::MissingEnv(name.clone()))?;
+            storage_env.insert(name.clone(), Secret::new(v));
+        }
+        if let Some(path) = &config.repository.walarchive_config {
+            storage_env.insert(
+                "WALARCHIVE_CONFIG".into(),
+                Secret::new(path.display().to_string()),
+            );
+        }
+        let r = &config.router;
+        let dir = r
+            .haproxy_config
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| ".".into());
+        if r.haproxy_config.file_name() != Some(std::ffi::OsStr::new("haproxy.cfg")) {
+            warn!(path = %r.haproxy_config.display(),
+                  "router.haproxy_config is not named haproxy.cfg; HAProxy's configuration is {}/haproxy.cfg",
+                  dir.display());
+        }
+        let router = Haproxy::new(
+            &r.haproxy_binary,
+            dir,
+            RouterOptions {
+                bind_address: r.bind_address.clone(),
+                ..RouterOptions::default()
+            },
+        );
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                id: crate::state::new_id(),
+                config,
+                store,
+                cells,
+                router: Mutex::new(router),
+                storage_env,
+            }),
+            wake,
+        })
+    }
+
+    /// Runs until `shutdown` completes: starts HAProxy with the recorded routes, then drives
+    /// every operation in progress (woken by the API, and every `worker.poll_interval` for
+    /// operations recorded by other broker processes) and runs the scheduled backups. When
+    /// `shutdown` completes (or this future is dropped) the tasks are aborted, where they
+    /// stand, and HAProxy is stopped; a new worker resumes them.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let inner = self.inner;
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        // Task -> (instance, is a backup). Backups run beside operations (a long backup must
+        // not hold up a deprovision), one of each kind per instance.
+        let mut running: HashMap<tokio::task::Id, (String, bool)> = HashMap::new();
+        let mut backup_retry: HashMap<String, Instant> = HashMap::new();
+        let poll = inner.config.worker.poll_interval.0;
+        info!(cells = inner.cells.len(), "provisioning worker started");
+        loop {
+            while let Some(r) = tasks.try_join_next_with_id() {
+                let id = match &r {
+                    Ok((id, ())) => *id,
+                    Err(e) => {
+                        if e.is_panic() {
+                            warn!("a worker task panicked: {e}");
+                        }
+                        e.id()
+                    }
+                };
+                running.remove(&id);
+            }
+            if let Err(e) = inner.sync_router().await {
+                warn!("cannot update the router: {e}");
+            }
+            let busy = |backup: bool, running: &HashMap<tokio::task::Id, (String, bool)>| {
+                running
+                    .values()
+                    .filter(|(_, b)| *b == backup)
+                    .map(|(i, _)| i.clone())
+                    .collect::<HashSet<String>>()
+            };
+            let busy_ops = busy(false, &running);
+            match inner.store.operations_in_progress().await {
+                Ok(ops) => {
+                    for op in ops {
+                        let op = op.value;
+                        if busy_ops.contains(&op.instance_id) {
+                            continue;
+                        }
+                        let iid = op.instance_id.clone();
+                        let i2 = inner.clone();
+                        let h = tasks.spawn(async move {
+                            let iid = op.instance_id.clone();
+                            let i3 = i2.clone();
+                            i2.claimed(&iid, i3.drive(op)).await;
+                        });
+                        running.insert(h.id(), (iid, false));
+                    }
+                }
+                Err(e) => warn!("cannot read the operations in progress: {e}"),
+            }
+            let busy_backups = busy(true, &running);
+            match inner.due_backups(&busy_backups, &backup_retry).await {
+                Ok(due) => {
+                    for iid in due {
+                        let interval = inner.config.backups.interval.0;
+                        backup_retry.insert(
+                            iid.clone(),
+                            Instant::now() + interval.min(Duration::from_secs(300)),
+                        );
+                        let i2 = inner.clone();
+                        let id2 = iid.clone();
+                        let h = tasks.spawn(async move {
+                            let work = async {
+                                if let Err(e) = i2.backup(&id2).await {
+                                    warn!(instance = %id2, "scheduled backup failed: {e}");
+                                }
+                            };
+                            // Ids contain no '/': this claim is apart from the operations'.
+                            i2.claimed(&format!("{id2}/backup"), work).await;
+                        });
+                        running.insert(h.id(), (iid, true));
+                    }
+                }
+                Err(e) => warn!("cannot read the instances for backups: {e}"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                Some(r) = tasks.join_next_with_id() => {
+                    let id = match &r { Ok((id, ())) => *id, Err(e) => e.id() };
+                    running.remove(&id);
+                }
+            }
+        }
+        tasks.shutdown().await;
+        inner.router.lock().await.stop().await;
+        info!("provisioning worker stopped");
+    }
+}
+
+/// Patroni `members` and replication as seen from the cells.
+struct Observed {
+    /// Per recorded node: its status, when its cell answered and has it.
+    status: Vec<(NodePlacement, Option<NodeStatus>)>,
+}
+
+impl Observed {
+    fn leader(&self) -> Option<&NodeStatus> {
+        self.status
+            .iter()
+            .filter_map(|(_, s)| s.as_ref())
+            .find(|s| s.is_leader())
+    }
+
+    /// Whether the leader streams to `name`.
+    fn streams(&self, name: &str) -> bool {
+        self.leader().is_some_and(|l| streams_to(l, name))
+    }
+
+    /// True when there is a leader and every other node streams from it.
+    fn healthy(&self) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        self.status
+            .iter()
+            .all(|(p, _)| p.name == leader.name || streams_to(leader, &p.name))
+    }
+
+    /// "leader running; replicas streaming, starting" (in the manner of the issue).
+    fn describe(&self) -> String {
+        let state = |s: &Option<NodeStatus>| -> String {
+            match s {
+                None => "creating".into(),
+                Some(s) if !s.running => "stopped".into(),
+                Some(s) => s.pg_state().unwrap_or("starting").replace(' ', "-"),
+            }
+        };
+        let leader = self.leader().map(|l| l.name.clone());
+        let mut parts = Vec::new();
+        let replicas: Vec<String> = self
+            .status
+            .iter()
+            .filter(|(p, _)| Some(&p.name) != leader.as_ref())
+            .map(|(p, s)| {
+                if self.streams(&p.name) {
+                    "streaming".to_string()
+                } else {
+                    state(s)
+                }
+            })
+            .collect();
+        match &leader {
+            Some(_) => parts.push("leader running".to_string()),
+            None => parts.push("no leader yet".to_string()),
+        }
+        if !replicas.is_empty() {
+            let label = if leader.is_some() {
+                "replicas"
+            } else {
+                "nodes"
+            };
+            parts.push(format!("{label} {}", replicas.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Whether `leader` reports `replica` as a streaming standby.
+fn streams_to(leader: &NodeStatus, replica: &str) -> bool {
+    leader
+        .patroni
+        .as_ref()
+        .and_then(|p| p.get("replication"))
+        .and_then(|r| r.as_array())
+        .is_some_and(|reps| {
+            reps.iter().any(|r| {
+                r.get("application_name").and_then(|v| v.as_str()) == Some(replica)
+                    && r.get("state").and_then(|v| v.as_str()) == Some("streaming")
+            })
+        })
+}
+
+/// The Patroni member name of node `k` of an instance: readable, unique per instance id and
+/// incarnation, and valid as a directory, member and slot name (at most 63 characters of
+/// `[A-Za-z0-9_-]`).
+pub fn node_name(instance_id: &str, incarnation: u32, k: usize) -> String {
+    let mut readable: String = instance_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    if !readable.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        readable.insert(0, 'n');
+    }
+    let digest = Sha256::digest(format!("{instance_id}/{incarnation}").as_bytes());
+    format!(
+        "{readable}-{:02x}{:02x}{:02x}{:02x}-{k}",
+        digest[0], digest[1], digest[2], digest[3]
+    )
+}
+
+/// Chooses cells for `count` new nodes of an instance whose nodes are `existing`: distinct
+/// cells always, zones the instance does not use yet first, then the least loaded cells
+/// (`load`: nodes per cell over all instances), then by name for determinism.
+fn choose_cells<'a>(
+    cells: &'a [CellInfo],
+    load: &HashMap<String, usize>,
+    existing: &[NodePlacement],
+    count: usize,
+) -> Result<Vec<&'a CellInfo>, String> {
+    let mut used: HashSet<&str> = existing.iter().map(|p| p.cell.as_str()).collect();
+    let mut zones: HashMap<&str, usize> = HashMap::new();
+    for p in existing {
+        *zones.entry(p.zone.as_str()).or_default() += 1;
+    }
+    let mut load = load.clone();
+    let mut chosen = Vec::new();
+    for _ in 0..count {
+        let best = cells
+            .iter()
+            .filter(|c| !used.contains(c.name.as_str()))
+            .min_by_key(|c| {
+                (
+                    zones.get(c.zone.as_str()).copied().unwrap_or(0),
+                    load.get(&c.name).copied().unwrap_or(0),
+                    c.name.clone(),
+                )
+            })
+            .ok_or_else(|| {
+                format!(
+                    "Not enough cells: {} nodes need {} distinct cells, and {} are configured.",
+                    existing.len() + count,
+                    existing.len() + count,
+                    cells.len()
+                )
+            })?;
+        used.insert(&best.name);
+        *zones.entry(best.zone.as_str()).or_default() += 1;
+        *load.entry(best.name.clone()).or_default() += 1;
+        chosen.push(best);
+    }
+    Ok(chosen)
+}
+
+/// The routes of every instance that has nodes and is not being (or was not) deleted.
+pub fn routes(instances: &[InstanceRecord], cell_hosts: &HashMap<String, String>) -> Vec<Route> {
+    instances
+        .iter()
+        .filter(|i| {
+            !matches!(
+                i.state,
+                InstanceState::Deprovisioning | InstanceState::Deleted
+            )
+        })
+        .filter_map(|i| {
+            let backends: Vec<Backend> = i
+                .nodes
+                .iter()
+                .filter(|n| n.pg_port != 0)
+                .filter_map(|n| {
+                    Some(Backend {
+                        name: n.name.clone(),
+                        host: cell_hosts.get(&n.cell)?.clone(),
+                        pg_port: n.pg_port,
+                        api_port: n.api_port,
+                    })
+                })
+                .collect();
+            (!backends.is_empty()).then(|| Route {
+                instance_id: i.id.clone(),
+                port: i.port,
+                backends,
+            })
+        })
+        .collect()
+}
+
+impl Inner {
+    /// How long a claim lasts without renewal: a few polls, at least 10 s.
+    fn claim_ttl(&self) -> Duration {
+        (self.config.worker.poll_interval.0 * 3).max(Duration::from_secs(10))
+    }
+
+    /// Runs `work` while holding the claim `iid` (an instance id), renewed every third of its lifetime;
+    /// does nothing when another worker holds it, and abandons `work` (dropping it where it
+    /// stands, as a crash would) when the claim is lost or cannot be renewed in time.
+    async fn claimed(&self, iid: &str, work: impl Future<Output = ()>) {
+        let ttl = self.claim_ttl();
+        match self.store.claim(iid, &self.id, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(instance = %iid, "another worker is working on this instance");
+                return;
+            }
+            Err(e) => {
+                warn!(instance = %iid, "cannot claim the instance: {e}");
+                return;
+            }
+        }
+        let renew = async {
+            let mut renewed = Instant::now();
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match self.store.claim(iid, &self.id, ttl).await {
+                    Ok(true) => renewed = Instant::now(),
+                    Ok(false) => return "taken by another worker".to_string(),
+                    Err(e) if renewed.elapsed() >= ttl * 2 / 3 => {
+                        return format!("cannot be renewed ({e})")
+                    }
+                    Err(e) => warn!(instance = %iid, "cannot renew the claim yet: {e}"),
+                }
+            }
+        };
+        tokio::select! {
+            _ = work => {
+                if let Err(e) = self.store.release_claim(iid, &self.id).await {
+                    debug!(instance = %iid, "cannot release the claim: {e}");
+                }
+            }
+            why = renew => warn!(instance = %iid, "claim lost: {why}; work abandoned"),
+        }
+    }
+
+    fn cell(&self, name: &str) -> Option<&CellInfo> {
+        self.cells.iter().find(|c| c.name == name)
+    }
+
+    /// Makes HAProxy serve the routes of every instance recorded in etcd.
+    async fn sync_router(&self) -> Result<(), String> {
+        let instances: Vec<InstanceRecord> = self
+            .store
+            .instances()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        let hosts: HashMap<String, String> = self
+            .cells
+            .iter()
+            .map(|c| (c.name.clone(), c.host.clone()))
+            .collect();
+        let routes = routes(&instances, &hosts);
+        let mut router = self.router.lock().await;
+        match router.apply(&routes).await {
+            Ok(true) => {
+                info!(routes = routes.len(), "router updated");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Drives `op` until it is finished, superseded, or this task is aborted.
+    async fn drive(self: Arc<Self>, op: OperationRecord) {
+        let deadline = op.started_at.0
+            + chrono::Duration::from_std(self.config.worker.operation_timeout.0)
+                .unwrap_or(chrono::Duration::MAX);
+        info!(instance = %op.instance_id, operation = %op.id, kind = ?op.kind,
+              "working on operation");
+        let mut pass = Pass::default();
+        let mut last_description = op.description.clone();
+        loop {
+            let result = match op.kind {
+                OperationKind::Provision => self.provision_pass(&op, &mut pass).await,
+                OperationKind::Update => self.update_pass(&op, &mut pass).await,
+                OperationKind::Deprovision => self.deprovision_pass(&op).await,
+            };
+            let outcome = match result {
+                Ok(description) => Some(Outcome {
+                    succeeded: true,
+                    description,
+                    instance_usable: None,
+                }),
+                Err(Step::Stop(e)) => {
+                    info!(instance = %op.instance_id, operation = %op.id, "stopping: {e}");
+                    return;
+                }
+                Err(Step::Fail(reason)) => Some(self.failure(&op, reason)),
+                Err(Step::Pending(description)) => {
+                    if chrono::Utc::now() > deadline {
+                        Some(self.failure(
+                            &op,
+                            format!(
+                                "Timed out after {} s; last state: {description}",
+                                self.config.worker.operation_timeout.0.as_secs()
+                            ),
+                        ))
+                    } else {
+                        if description != last_description {
+                            debug!(instance = %op.instance_id, "{description}");
+                            match self
+                                .store
+                                .set_progress(&op.instance_id, &op.id, &description)
+                                .await
+                            {
+                                Ok(()) => last_description = description,
+                                Err(
+                                    e @ (StoreError::Superseded { .. }
+                                    | StoreError::Finished { .. }),
+                                ) => {
+                                    info!(instance = %op.instance_id, operation = %op.id,
+                                          "stopping: {e}");
+                                    return;
+                                }
+                                Err(e) => warn!(instance = %op.instance_id, "progress: {e}"),
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        None
+                    }
+                }
+            };
+            if let Some(outcome) = outcome {
+                let succeeded = outcome.succeeded;
+                match self
+                    .store
+                    .finish_operation(&op.instance_id, &op.id, outcome.clone())
+                    .await
+                {
+                    Ok(_) => {
+                        if succeeded {
+                            info!(instance = %op.instance_id, operation = %op.id,
+                                  "{}", outcome.description);
+                        } else {
+                            warn!(instance = %op.instance_id, operation = %op.id,
+                                  "operation failed: {}", outcome.description);
+                        }
+                        if let Err(e) = self.sync_router().await {
+                            warn!("cannot update the router: {e}");
+                        }
+                        return;
+                    }
+                    Err(e) if e.is_transient() => {
+                        warn!(instance = %op.instance_id, "cannot finish the operation yet: {e}");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        info!(instance = %op.instance_id, operation = %op.id, "stopping: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn failure(&self, op: &OperationRecord, reason: String) -> Outcome {
+        Outcome {
+            succeeded: false,
+            description: reason,
+            // A failed update leaves the nodes it had; the instance stays usable.
+            instance_usable: (op.kind == OperationKind::Update).then_some(true),
+        }
+    }
+
+    /// Reads the instance of `op`, checking that `op` is still its current operation and in
+    /// progress (without writing: passes run every second).
+    async fn current(&self, op: &OperationRecord) -> Result<InstanceRecord, Step> {
+        let (inst, cur) = self.store.instance_and_operation(&op.instance_id).await?;
+        let not_found = |what| {
+            Step::Stop(StoreError::NotFound {
+                what,
+                id: op.instance_id.clone(),
+            })
+        };
+        let inst = inst.ok_or_else(|| not_found("instance"))?.value;
+        let cur = cur.ok_or_else(|| not_found("operation"))?.value;
+        if cur.id != op.id {
+            return Err(Step::Stop(StoreError::Superseded {
+                instance: op.instance_id.clone(),
+                operation: op.id.clone(),
+                current: cur.id,
+            }));
+        }
+        if cur.state != crate::state::OperationState::InProgress {
+            return Err(Step::Stop(StoreError::Finished {
+                instance: op.instance_id.clone(),
+                operation: op.id.clone(),
+                state: cur.state,
+            }));
+        }
+        Ok(inst)
+    }
+
+    /// Nodes per cell over every live instance.
+    async fn cell_load(&self) -> Result<HashMap<String, usize>, Step> {
+        let mut load = HashMap::new();
+        for i in self.store.instances().await? {
+            if i.value.state == InstanceState::Deleted {
+                continue;
+            }
+            for n in &i.value.nodes {
+                *load.entry(n.cell.clone()).or_default() += 1;
+            }
+        }
+        Ok(load)
+    }
+
+    /// Records cells for the nodes `inst` lacks to reach `target` nodes (before any is
+    /// created, so that whatever a pass creates is recorded).
+    async fn place(
+        &self,
+        op: &OperationRecord,
+        inst: &InstanceRecord,
+        target: usize,
+    ) -> Result<InstanceRecord, Step> {
+        if inst.nodes.len() >= target {
+            return Ok(inst.clone());
+        }
+        let load = self.cell_load().await?;
+        let chosen = choose_cells(&self.cells, &load, &inst.nodes, target - inst.nodes.len())
+            .map_err(Step::Fail)?;
+        let (ni, _) = self
+            .store
+            .transition(&op.instance_id, &op.id, |i, o| {
+                let mut k = 0;
+                for c in &chosen {
+                    if i.nodes.len() >= target {
+                        break;
+                    }
+                    if i.nodes.iter().any(|n| n.cell == c.name) {
+                        continue;
+                    }
+                    let name = loop {
+                        let n = node_name(&i.id, i.incarnation, k);
+                        k += 1;
+                        if !i.nodes.iter().any(|p| p.name == n) {
+                            break n;
+                        }
+                    };
+                    i.nodes.push(NodePlacement {
+                        name,
+                        cell: c.name.clone(),
+                        zone: c.zone.clone(),
+                        pg_port: 0,
+                        api_port: 0,
+                    });
+                }
+                o.description = format!("Placing {target} node(s).");
+                Ok(())
+            })
+            .await?;
+        info!(instance = %ni.id, nodes = ?ni.nodes.iter().map(|n| (&n.name, &n.cell)).collect::<Vec<_>>(),
+              "nodes placed");
+        Ok(ni)
+    }
+
+    fn spec(
+        &self,
+        inst: &InstanceRecord,
+        secrets: &InstanceSecrets,
+        node: &NodePlacement,
+    ) -> Result<NodeSpec, Step> {
+        let cell = self.cell(&node.cell).ok_or_else(|| {
+            Step::Fail(format!(
+                "Cell {} of node {} is no longer configured.",
+                node.cell, node.name
+            ))
+        })?;
+        let mut peer_hosts: Vec<String> = inst
+            .nodes
+            .iter()
+            .filter(|n| n.name != node.name)
+            .filter_map(|n| self.cell(&n.cell).map(|c| c.host.clone()))
+            .collect();
+        peer_hosts.sort();
+        peer_hosts.dedup();
+        let n = &self.config.nodes;
+        Ok(NodeSpec {
+            instance_id: inst.id.clone(),
+            namespace: self.config.patroni_namespace(),
+            etcd_hosts: self
+                .config
+                .etcd
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let u = url::Url::parse(e).ok()?;
+                    Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
+                })
+                .collect(),
+            repository: inst.repository.clone(),
+            walarchive: n.walarchive.clone(),
+            walarchive_env: self.storage_env.clone(),
+            archive_timeout: self.config.archive_timeout.0.as_secs().max(1) as u32,
+            superuser_password: secrets.superuser_password.clone(),
+            replication_password: secrets.replication_password.clone(),
+            synchronous: n.synchronous,
+            host: cell.host.clone(),
+            peer_hosts,
+            timing: DcsTiming {
+                ttl: n.ttl,
+                loop_wait: n.loop_wait,
+                retry_timeout: n.retry_timeout,
+                ..DcsTiming::default()
+            },
+            wal_segsize_mb: n.wal_segsize_mb,
+        })
+    }
+
+    /// PUTs every recorded node of `inst` on its cell (idempotent: the same spec answers
+    /// the same ports) and records the ports of nodes that had none.
+    async fn ensure_nodes(
+        &self,
+        op: &OperationRecord,
+        inst: &InstanceRecord,
+        secrets: &InstanceSecrets,
+        pass: &mut Pass,
+    ) -> Result<InstanceRecord, Step> {
+        let mut ports = HashMap::new();
+        for node in &inst.nodes {
+            let spec = self.spec(inst, secrets, node)?;
+            if node.pg_port != 0 && pass.put.get(&node.name) == Some(&spec.peer_hosts) {
+                continue;
+            }
+            let cell = self.cell(&node.cell).expect("checked by spec()");
+            match cell.client.put_node(&node.name, &spec).await {
+                Ok(p) => {
+                    pass.put.insert(node.name.clone(), spec.peer_hosts.clone());
+                    if node.pg_port != p.pg_port || node.api_port != p.api_port {
+                        ports.insert(node.name.clone(), p);
+                    }
+                }
+                Err(crate::cell::Error::Invalid(m)) => {
+                    return Err(Step::Fail(format!(
+                        "Cell {} refused node {}: {m}",
+                        cell.name, node.name
+                    )))
+                }
+                Err(e) => {
+                    return Err(Step::Pending(format!(
+                        "Creating node {} on cell {}: {e}",
+                        node.name, cell.name
+                    )))
+                }
+            }
+        }
+        if ports.is_empty() {
+            return Ok(inst.clone());
+        }
+        let (ni, _) = self
+            .store
+            .transition(&op.instance_id, &op.id, |i, _| {
+                for n in &mut i.nodes {
+                    if let Some(p) = ports.get(&n.name) {
+                        n.pg_port = p.pg_port;
+                        n.api_port = p.api_port;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(ni)
+    }
+
+    async fn observe(&self, inst: &InstanceRecord) -> Observed {
+        let futs = inst.nodes.iter().map(|n| async move {
+            let s = match self.cell(&n.cell) {
+                Some(c) => c.client.node(&n.name).await.ok().flatten(),
+                None => None,
+            };
+            (n.clone(), s)
+        });
+        Observed {
+            status: futures::future::join_all(futs).await,
+        }
+    }
+
+    async fn secrets(&self, iid: &str) -> Result<InstanceSecrets, Step> {
+        Ok(match self.store.instance_secrets(iid).await? {
+            Some(s) => s,
+            None => {
+                self.store
+                    .put_instance_secrets(iid, &InstanceSecrets::generate())
+                    .await?
+            }
+        })
+    }
+
+    /// A connection through the router to a writable primary works.
+    async fn route_works(&self, inst: &InstanceRecord, secrets: &InstanceSecrets) -> bool {
+        let host = match self.config.router.bind_address.as_str() {
+            "0.0.0.0" | "" => "127.0.0.1".to_string(),
+            "::" => "::1".to_string(),
+            h => h.to_string(),
+        };
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&host)
+            .port(inst.port)
+            .user(crate::patroni::SUPERUSER)
+            .password(secrets.superuser_password.expose())
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(3));
+        let attempt = async {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let row = client
+                .query_one("select pg_is_in_recovery()", &[])
+                .await
+                .ok()?;
+            Some(!row.get::<_, bool>(0))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), attempt).await,
+            Ok(Some(true))
+        )
+    }
+
+    async fn provision_pass(&self, op: &OperationRecord, pass: &mut Pass) -> Result<String, Step> {
+        let inst = self.current(op).await?;
+        if inst.nodes.is_empty() {
+            // Before anything is created: the repository must be new. (An id `x.2` and the
+            // second incarnation of `x` would share one, for instance.)
+            match self.repository_is_empty(&inst.repository).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Step::Fail(format!(
+                        "The repository {} already holds an archive; a new cluster cannot archive into it.",
+                        inst.repository
+                    )))
+                }
+                Err(e) => {
+                    return Err(Step::Pending(format!(
+                        "Checking the repository {}: {e}",
+                        inst.repository
+                    )))
+                }
+            }
+        }
+        let secrets = self.secrets(&inst.id).await?;
+        let target = op.request.node_count as usize;
+        let inst = self.place(op, &inst, target).await?;
+        let inst = self.ensure_nodes(op, &inst, &secrets, pass).await?;
+        let seen = self.observe(&inst).await;
+        if !seen.healthy() {
+            return Err(Step::Pending(seen.describe()));
+        }
+        self.sync_router()
+            .await
+            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
+        if !self.route_works(&inst, &secrets).await {
+            return Err(Step::Pending(format!(
+                "{}; waiting for the router",
+                seen.describe()
+            )));
+        }
+        if !pass.backed_up {
+            self.store
+                .set_progress(
+                    &op.instance_id,
+                    &op.id,
+                    &format!("{}; taking the first base backup", seen.describe()),
+                )
+                .await?;
+            let leader = seen.leader().expect("healthy").name.clone();
+            let node = inst
+                .nodes
+                .iter()
+                .find(|n| n.name == leader)
+                .expect("observed");
+            let cell = self.cell(&node.cell).expect("observed");
+            match cell.client.backup(&leader).await {
+                Ok(b) => {
+                    info!(instance = %inst.id, backup = %b.summary["name"], seconds = b.seconds,
+                          "first base backup taken");
+                    pass.backed_up = true;
+                    let now = Timestamp::now();
+                    self.store
+                        .transition(&op.instance_id, &op.id, |i, _| {
+                            i.last_backup_at = Some(now);
+                            Ok(())
+                        })
+                        .await?;
+                }
+                Err(e) => {
+                    return Err(Step::Pending(format!(
+                        "{}; first base backup failed ({e}), retrying",
+                        seen.describe()
+                    )))
+                }
+            }
+        }
+        Ok(format!(
+            "The PostgreSQL cluster is ready ({} node{}).",
+            inst.nodes.len(),
+            if inst.nodes.len() == 1 { "" } else { "s" }
+        ))
+    }
+
+    async fn update_pass(&self, op: &OperationRecord, pass: &mut Pass) -> Result<String, Step> {
+        let inst = self.current(op).await?;
+        let secrets = self.secrets(&inst.id).await?;
+        let target = op.request.node_count as usize;
+        let mut inst = self.place(op, &inst, target).await?;
+        if inst.nodes.len() > target {
+            // Scale down: remove replicas only; the leader stays (at least one node remains).
+            let seen = self.observe(&inst).await;
+            let Some(leader) = seen.leader().map(|l| l.name.clone()) else {
+                return Err(Step::Pending(format!(
+                    "{}; waiting for a leader before removing nodes",
+                    seen.describe()
+                )));
+            };
+            // Replicas that do not stream go first, then the newest.
+            let mut victims: Vec<&NodePlacement> =
+                inst.nodes.iter().filter(|n| n.name != leader).collect();
+            victims.sort_by_key(|n| (seen.streams(&n.name), std::cmp::Reverse(n.name.clone())));
+            let victims: Vec<NodePlacement> = victims
+                .into_iter()
+                .take(inst.nodes.len() - target)
+                .cloned()
+                .collect();
+            for v in &victims {
+                if let Some(cell) = self.cell(&v.cell) {
+                    cell.client.delete_node(&v.name).await.map_err(|e| {
+                        Step::Pending(format!("Removing node {} on cell {}: {e}", v.name, v.cell))
+                    })?;
+                }
+                info!(instance = %inst.id, node = %v.name, cell = %v.cell, "node removed");
+            }
+            let gone: HashSet<String> = victims.iter().map(|v| v.name.clone()).collect();
+            let (ni, _) = self
+                .store
+                .transition(&op.instance_id, &op.id, |i, _| {
+                    i.nodes.retain(|n| !gone.contains(&n.name));
+                    Ok(())
+                })
+                .await?;
+            inst = ni;
+            if let Err(e) = self.sync_router().await {
+                warn!("cannot update the router: {e}");
+            }
+        }
+        let inst = self.ensure_nodes(op, &inst, &secrets, pass).await?;
+        let seen = self.observe(&inst).await;
+        if !seen.healthy() {
+            return Err(Step::Pending(seen.describe()));
+        }
+        self.sync_router()
+            .await
+            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
+        Ok(format!(
+            "Updated: {} node{}.",
+            inst.nodes.len(),
+            if inst.nodes.len() == 1 { "" } else { "s" }
+        ))
+    }
+
+    async fn deprovision_pass(&self, op: &OperationRecord) -> Result<String, Step> {
+        let inst = self.current(op).await?;
+        // The route goes first (the instance is deprovisioning, so it has none any more).
+        if let Err(e) = self.sync_router().await {
+            return Err(Step::Pending(format!("Removing the route: {e}")));
+        }
+        // Every node of the instance on every cell, recorded or not (a provision may have
+        // been interrupted between a PUT and recording its ports).
+        let mut problems = Vec::new();
+        for cell in &self.cells {
+            let nodes = match cell.client.nodes().await {
+                Ok(n) => n,
+                Err(e) => {
+                    problems.push(format!("cell {} unreachable ({e})", cell.name));
+                    continue;
+                }
+            };
+            for n in nodes.iter().filter(|n| n.instance_id == inst.id) {
+                match cell.client.delete_node(&n.name).await {
+                    Ok(_) => info!(instance = %inst.id, node = %n.name, cell = %cell.name,
+                                   "node removed"),
+                    Err(e) => problems.push(format!("node {} on cell {}: {e}", n.name, cell.name)),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Step::Pending(format!(
+                "Removing nodes: {}",
+                problems.join("; ")
+            )));
+        }
+        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.id);
+        self.store
+            .etcd()
+            .delete_prefix(patroni.as_bytes())
+            .await
+            .map_err(|e| Step::Pending(format!("Removing the cluster's etcd keys: {e}")))?;
+        self.store
+            .transition(&op.instance_id, &op.id, |i, _| {
+                i.nodes.clear();
+                Ok(())
+            })
+            .await?;
+        Ok(format!(
+            "Deleted; the archive is kept at {}.",
+            inst.repository
+        ))
+    }
+
+    /// Ready instances whose last base backup is older than `backups.interval`.
+    async fn due_backups(
+        &self,
+        busy: &HashSet<String>,
+        retry: &HashMap<String, Instant>,
+    ) -> Result<Vec<String>, StoreError> {
+        let interval = chrono::Duration::from_std(self.config.backups.interval.0)
+            .unwrap_or(chrono::Duration::MAX);
+        let now = chrono::Utc::now();
+        Ok(self
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|i| i.state == InstanceState::Ready && !busy.contains(&i.id))
+            .filter(|i| retry.get(&i.id).is_none_or(|t| *t <= Instant::now()))
+            .filter(|i| i.last_backup_at.is_none_or(|t| now - t.0 >= interval))
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Takes a base backup of a ready instance on its leader, then applies retention.
+    async fn backup(&self, iid: &str) -> Result<(), WorkerError> {
+        let err = |message: String| WorkerError::Backup {
+            instance: iid.to_string(),
+            message,
+        };
+        let Some(inst) = self.store.instance(iid).await? else {
+            return Ok(());
+        };
+        let inst = inst.value;
+        let seen = self.observe(&inst).await;
+        let leader = seen
+            .leader()
+            .ok_or_else(|| err(format!("no leader ({})", seen.describe())))?;
+        let node = inst
+            .nodes
+            .iter()
+            .find(|n| n.name == leader.name)
+            .expect("observed");
+        let cell = self
+            .cell(&node.cell)
+            .ok_or_else(|| err(format!("cell {} not configured", node.cell)))?;
+        let b = cell
+            .client
+            .backup(&leader.name)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        info!(instance = %iid, backup = %b.summary["name"], seconds = b.seconds,
+              "scheduled base backup taken");
+        self.apply_retention(&inst.repository).await.map_err(err)?;
+        let now = Timestamp::now();
+        self.store
+            .update_instance(iid, |i| {
+                i.last_backup_at = Some(now);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the broker's walarchive on `repository` with the storage environment; its
+    /// stdout, or why it failed.
+    async fn walarchive(&self, repository: &str, args: &[&str]) -> Result<String, String> {
+        let bin = &self.config.nodes.walarchive;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("--repo")
+            .arg(repository)
+            .arg("--quiet")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in &self.storage_env {
+            cmd.env(k, v.expose());
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "walarchive {} failed: {}",
+                args.first().unwrap_or(&""),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Whether `repository` holds no WAL and no backup (a new cluster must not archive into
+    /// another cluster's archive).
+    async fn repository_is_empty(&self, repository: &str) -> Result<bool, String> {
+        for what in ["wal-list", "backup-list"] {
+            let out = self.walarchive(repository, &[what, "--json"]).await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
+            if v.as_array().is_none_or(|a| !a.is_empty()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// `walarchive --repo REPO delete retain N --confirm` with the storage environment.
+    async fn apply_retention(&self, repository: &str) -> Result<(), String> {
+        let retain = self.config.backups.retain.to_string();
+        self.walarchive(repository, &["delete", "retain", &retain, "--confirm"])
+            .await?;
+        info!(
+            repository,
+            retain = self.config.backups.retain,
+            "retention applied"
+        );
+        Ok(())
+    }
+}
+
+/// What one task remembers between passes of an operation (lost with the task, which only
+/// costs a repeated, idempotent step).
+#[derive(Default)]
+struct Pass {
+    /// Nodes PUT by this task, with the peer hosts they got.
+    put: HashMap<String, Vec<String>>,
+    /// Whether the first base backup was taken by this task.
+    backed_up: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(name: &str, zone: &str) -> CellInfo {
+        CellInfo {
+            name: name.into(),
+            zone: zone.into(),
+            host: "127.0.0.1".into(),
+            client: CellClient::new("http://127.0.0.1:1", Secret::new("t")).unwrap(),
+        }
+    }
+
+    fn placed(name: &str, cell: &str, zone: &str) -> NodePlacement {
+        NodePlacement {
+            name: name.into(),
+            cell: cell.into(),
+            zone: zone.into(),
+            pg_port: 0,
+            api_port: 0,
+        }
+    }
+
+    #[test]
+    fn placement_prefers_new_zones_then_light_cells() {
+        let cells = [
+            cell("a1", "za"),
+            cell("a2", "za"),
+            cell("b1", "zb"),
+            cell("c1", "zc"),
+        ];
+        let mut load = HashMap::new();
+        load.insert("b1".to_string(), 3);
+        // Three nodes: three zones, even though b1 is loaded.
+        let names: Vec<&str> = choose_cells(&cells, &load, &[], 3)
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a1", "c1", "b1"]);
+        // A fourth node of an instance on a1, b1, c1 goes to a2 (the only cell left).
+        let existing = [
+            placed("n0", "a1", "za"),
+            placed("n1", "b1", "zb"),
+            placed("n2", "c1", "zc"),
+        ];
+        let c = choose_cells(&cells, &load, &existing, 1).unwrap();
+        assert_eq!(c[0].name, "a2");
+        // More nodes than cells.
+        assert!(choose_cells(&cells, &load, &existing, 2).is_err());
+    }
+
+    #[test]
+    fn node_names_are_valid_and_distinct() {
+        let a = node_name("inst-1", 1, 0);
+        assert!(a.starts_with("inst-1-") && a.ends_with("-0"), "{a}");
+        assert_ne!(a, node_name("inst-1", 2, 0));
+        assert_ne!(a, node_name("inst.1", 1, 0));
+        let long = node_name(&format!("~{}", "x".repeat(200)), 1, 4);
+        assert!(crate::cell::valid_node_name(&long), "{long}");
+    }
+
+    #[test]
+    fn progress_descriptions() {
+        let leader = NodeStatus {
+            name: "n0".into(),
+            instance_id: "i".into(),
+            running: true,
+            pid: Some(1),
+            restarts: 0,
+            ports: crate::cell::NodePorts {
+                pg_port: 1,
+                api_port: 2,
+            },
+            patroni: Some(serde_json::json!({
+                "role": "master", "state": "running",
+                "replication": [{"application_name": "n1", "state": "streaming"}]
+            })),
+        };
+        let mut starting = leader.clone();
+        starting.name = "n2".into();
+        starting.patroni = Some(serde_json::json!({"role": "replica", "state": "starting"}));
+        let mut stopped = starting.clone();
+        stopped.name = "n1".into();
+        stopped.running = false;
+        let seen = Observed {
+            status: vec![
+                (placed("n0", "a", "za"), Some(leader.clone())),
+                (placed("n2", "b", "zb"), Some(starting)),
+                (placed("n3", "c", "zc"), Some(stopped)),
+            ],
+        };
+        assert_eq!(
+            seen.describe(),
+            "leader running; replicas starting, stopped"
+        );
+        assert!(!seen.healthy());
+        let seen = Observed {
+            status: vec![
+                (placed("n0", "a", "za"), Some(leader)),
+                (placed("n1", "b", "zb"), None),
+            ],
+        };
+        assert_eq!(seen.describe(), "leader running; replicas streaming");
+        assert!(seen.healthy());
+        let seen = Observed {
+            status: vec![(placed("n0", "a", "za"), None)],
+        };
+        assert_eq!(seen.describe(), "no leader yet; nodes creating");
+    }
+}
