@@ -65,7 +65,7 @@ async fn two_cells_fail_over_and_rejoin() {
     let repo = format!("file://{}/{instance}", repo_dir.display());
     let su_password = Secret::generate();
 
-    let mut cells = [Cell::start(&root, "a"), Cell::start(&root, "b")];
+    let cells = [Cell::start(&root, "a"), Cell::start(&root, "b")];
     for c in &cells {
         c.wait_ready().await;
     }

@@ -272,6 +272,7 @@ interval = "30s"
 retain = 1
 [nodes]
 walarchive = "{bin}"
+synchronous = true
 ttl = 10
 loop_wait = 2
 retry_timeout = 4
@@ -434,6 +435,12 @@ operation_timeout = "4m"
     assert!(patroni_keys.is_empty(), "Patroni keys of db2 left");
     assert_eq!(c.store.instance_secrets("db2").await.unwrap(), None);
 
+    // HAProxy was reloaded meanwhile (db1's backends changed, db2's route came and went):
+    // a connection opened through the router before is still served.
+    db.query_one("select 1", &[])
+        .await
+        .expect("a connection through the router survives the router's reloads");
+
     let db = wait_for(
         "writes after scale-up",
         Duration::from_secs(20),
@@ -444,6 +451,98 @@ operation_timeout = "4m"
     db.batch_execute("insert into t select generate_series(101, 200)")
         .await
         .unwrap();
+
+    // --- Failover of the provisioned instance: the leader's whole cell dies. The same
+    // router port takes writes on a promoted replica, with every committed row (synchronous
+    // replication); the cell comes back and its node rejoins. ---
+    let leader = leader_of(&cells, "db1").await.expect("a leader");
+    let victim = {
+        let mut found = None;
+        for (i, cell) in cells.iter().enumerate() {
+            let names = cell.client().nodes().await.expect("cell answers");
+            if names.iter().any(|n| n.name == leader) {
+                found = Some(i);
+            }
+        }
+        found.expect("the leader's cell")
+    };
+    let old_port = c
+        .store
+        .instance("db1")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .nodes
+        .iter()
+        .find(|n| n.name == leader)
+        .expect("the leader is placed")
+        .pg_port;
+    drop(db);
+    cells[victim].kill();
+    let killed = Instant::now();
+    let db = wait_for(
+        "writes through the router on the promoted replica",
+        Duration::from_secs(60),
+        || async {
+            let db = primary(port, &pw).await?;
+            let served_by: i32 = db
+                .query_one("select current_setting('port')::int", &[])
+                .await
+                .ok()?
+                .get(0);
+            if served_by == i32::from(old_port) {
+                return None; // the old leader, still dying
+            }
+            db.batch_execute("create table if not exists failover (x int)")
+                .await
+                .ok()?;
+            Some(db)
+        },
+        diag,
+    )
+    .await;
+    eprintln!(
+        "failover of a provisioned instance: {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    let n: i64 = db
+        .query_one("select count(*) from t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 200, "rows committed before the leader's cell died");
+    let mut new_leader = None;
+    for (i, cell) in cells.iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        for n in cell.client().nodes().await.expect("cell answers") {
+            if n.instance_id == "db1" && n.is_leader() {
+                new_leader = Some(n.name);
+            }
+        }
+    }
+    assert!(
+        new_leader.is_some() && new_leader.as_deref() != Some(leader.as_str()),
+        "{new_leader:?}"
+    );
+    db.batch_execute("drop table failover").await.unwrap();
+    cells[victim].restart();
+    cells[victim].wait_ready().await;
+    wait_for(
+        "the old leader back as a replica",
+        Duration::from_secs(120),
+        || async {
+            let nodes = cells[victim].client().nodes().await.ok()?;
+            nodes
+                .iter()
+                .any(|n| n.name == leader && n.role() == Some("replica"))
+                .then_some(())
+        },
+        diag,
+    )
+    .await;
 
     // Scaling down removes replicas only: the leader stays.
     let leader_before = leader_of(&cells, "db1").await;

@@ -141,7 +141,9 @@ pub struct Cell {
     pub log: PathBuf,
     /// The API token.
     pub token: Secret,
-    child: Option<Child>,
+    /// The agent's process (behind a lock so that a test can kill and restart it while
+    /// other code holds `&Cell`).
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 impl Cell {
@@ -158,20 +160,20 @@ impl Cell {
             ),
         )
         .unwrap();
-        let mut cell = Cell {
+        let cell = Cell {
             name: name.to_string(),
             config,
             data_root,
             url: format!("http://127.0.0.1:{port}"),
             log: root.join(format!("cell-{name}.log")),
             token: Secret::generate(),
-            child: None,
+            child: std::sync::Mutex::new(None),
         };
         cell.spawn();
         cell
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -196,7 +198,7 @@ impl Cell {
                 Ok(())
             });
         }
-        self.child = Some(cmd.spawn().expect("start walarchive-broker cell"));
+        *self.child.lock().unwrap() = Some(cmd.spawn().expect("start walarchive-broker cell"));
     }
 
     /// A client for this agent.
@@ -220,15 +222,16 @@ impl Cell {
     }
 
     /// SIGKILLs the agent (its watchdog then takes its nodes down).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn kill(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// Starts the agent again with the same configuration and token.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.kill();
         self.spawn();
     }
