@@ -366,9 +366,32 @@ impl Repository {
                 key: key.to_string(),
                 source,
             })?;
-        match self.compare_existing(relative, key, digest).await? {
-            PutOutcome::AlreadyStored => Ok(PutOutcome::Stored { stored_len }),
-            stored => Ok(stored),
+        // Read back what the store now returns. Stores without create-only puts (Swift's
+        // S3 API) may take a moment to show a new object: seen here once in a few hundred
+        // puts under load, a GET answering 404 right after the put's 200. Wait for it (about
+        // 10 s at most) rather than report the object missing.
+        let mut pause = std::time::Duration::from_millis(50);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.compare_existing(relative, key, digest).await {
+                Ok(PutOutcome::AlreadyStored) => return Ok(PutOutcome::Stored { stored_len }),
+                Ok(stored) => return Ok(stored),
+                Err(Error::NotFound { .. }) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("{key} not visible yet after its put; reading again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(Error::NotFound { .. }) => {
+                    return Err(Error::Storage {
+                        op: "put",
+                        key: key.to_string(),
+                        source: StorageError::Transient(
+                            "the store acknowledged the put but does not return the object".into(),
+                        ),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -539,6 +562,31 @@ mod tests {
             RetryPolicy::default(),
             Compression::default(),
         )
+    }
+
+    /// A store refusing create-only puts (501, as Swift's S3 API does) whose first reads
+    /// after a put answer 404 (an object not visible yet): the put waits for the object to
+    /// show instead of reporting it missing.
+    #[tokio::test]
+    async fn a_put_waits_for_its_object_to_show_on_stores_without_create_only_puts() {
+        let plan = "op=put fault=501 first=1; op=get fault=404 first=2";
+        let store =
+            crate::storage::unreliable::Unreliable::new(InMemory::new(), plan.parse().unwrap());
+        let repo = Repository::with_store(
+            Arc::new(store),
+            Path::from("p"),
+            Backend::Local,
+            "memory://test",
+            RetryPolicy::default(),
+            Compression::default(),
+        );
+        let outcome = repo
+            .put_new("wal/x", b"content", Compression::default())
+            .await
+            .expect("stored once visible");
+        assert!(matches!(outcome, PutOutcome::Stored { .. }), "{outcome:?}");
+        let (_, raw) = repo.get_verified("wal/x").await.unwrap();
+        assert_eq!(raw, b"content");
     }
 
     fn descriptor(sysid: &str) -> Descriptor {
