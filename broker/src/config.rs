@@ -477,6 +477,14 @@ pub struct RouterConfig {
     /// The HAProxy binary.
     #[serde(default = "default_haproxy_binary")]
     pub haproxy_binary: PathBuf,
+    /// HAProxy keeps routing when the broker stops or crashes, and the next broker adopts
+    /// it (default). `false` ties it to the broker process (single-machine mode).
+    #[serde(default = "default_true")]
+    pub outlive_broker: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_haproxy_config() -> PathBuf {

@@ -411,6 +411,7 @@ port_min = {pmin}
 port_max = {pmax}
 bind_address = "127.0.0.1"
 haproxy_config = {haproxy:?}
+outlive_broker = false
 
 [nodes]
 walarchive = {walarchive:?}

@@ -11,6 +11,13 @@
 //! before it replaces the old one, and the master is told to reload with SIGUSR2. The old
 //! worker keeps serving its established connections until they end, so changing one
 //! instance's routes does not cut the others' connections.
+//!
+//! The router is what applications depend on at every moment; the broker is only needed
+//! when instances change. So, unless told otherwise ([`RouterOptions::outlive`]), HAProxy
+//! runs in a process group of its own and keeps routing when the broker stops, crashes or
+//! is upgraded; the next broker finds it through its pid file (`haproxy.pid`, checked
+//! against `/proc/PID/cmdline`) and reloads it instead of starting a second one, which could
+//! not bind the same ports.
 
 use std::fmt::Write as _;
 use std::io;
@@ -82,6 +89,9 @@ pub struct RouterOptions {
     pub bind_address: String,
     /// Client and server inactivity timeout.
     pub idle_timeout: Duration,
+    /// HAProxy keeps running when this process ends, and is adopted by the next one. When
+    /// false it is tied to this process (killed with it: single-machine mode, tests).
+    pub outlive: bool,
 }
 
 impl Default for RouterOptions {
@@ -89,6 +99,7 @@ impl Default for RouterOptions {
         RouterOptions {
             bind_address: "0.0.0.0".into(),
             idle_timeout: Duration::from_secs(3600),
+            outlive: false,
         }
     }
 }
@@ -165,7 +176,7 @@ pub async fn validate(haproxy: &Path, config: &Path) -> Result<(), Error> {
 }
 
 /// A running HAProxy (master-worker mode) serving [`Route`]s from a configuration file in
-/// its own directory. It is killed when this process dies.
+/// its own directory. Tied to this process, or outliving it ([`RouterOptions::outlive`]).
 #[derive(Debug)]
 pub struct Haproxy {
     bin: PathBuf,
@@ -191,6 +202,29 @@ impl Haproxy {
     /// The configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("haproxy.cfg")
+    }
+
+    /// HAProxy's pid file (the master's PID, written by HAProxy itself).
+    pub fn pid_path(&self) -> PathBuf {
+        self.dir.join("haproxy.pid")
+    }
+
+    /// The PID of a HAProxy master left running by an earlier process for this
+    /// configuration, if there is one.
+    fn running_from_pid_file(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let config = self.config_path();
+        let ours = args.first().is_some_and(|a| a.ends_with(b"haproxy"))
+            && args
+                .iter()
+                .any(|a| *a == config.as_os_str().as_encoded_bytes());
+        (ours && process_alive(pid)).then_some(pid)
     }
 
     /// The master process's PID, once started.
@@ -224,6 +258,12 @@ impl Haproxy {
             source,
         })?;
         self.current = Some(text);
+        if self.pid.is_none() {
+            if let Some(pid) = self.running_from_pid_file() {
+                info!(pid, "adopting the running HAProxy");
+                self.pid = Some(pid);
+            }
+        }
         match self.pid.filter(|_| self.is_running()) {
             Some(pid) => {
                 info!(pid, routes = routes.len(), "reloading HAProxy");
@@ -253,17 +293,25 @@ impl Haproxy {
         })?;
         let mut cmd = std::process::Command::new(&self.bin);
         cmd.arg("-W")
+            .arg("-p")
+            .arg(self.pid_path())
             .arg("-f")
             .arg(self.config_path())
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2);
-        let child = crate::cell::spawn_tied(cmd)
-            .await
-            .map_err(|source| Error::Spawn {
-                program: self.bin.display().to_string(),
-                source,
-            })?;
+        let spawned = if self.opts.outlive {
+            use std::os::unix::process::CommandExt;
+            // Its own process group: a Ctrl-C or SIGTERM to the broker's group spares it.
+            cmd.process_group(0);
+            cmd.spawn()
+        } else {
+            crate::cell::spawn_tied(cmd).await
+        };
+        let child = spawned.map_err(|source| Error::Spawn {
+            program: self.bin.display().to_string(),
+            source,
+        })?;
         let pid = child.id();
         info!(pid, "HAProxy started");
         self.pid = Some(pid);
@@ -279,16 +327,18 @@ impl Haproxy {
 
     /// Whether the HAProxy master process is alive.
     pub fn is_running(&self) -> bool {
-        let Some(pid) = self.pid else {
-            return false;
-        };
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // A reaped process is gone; a zombie (state Z) has exited.
-            Ok(stat) => !stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-            Err(_) => false,
+        self.pid.is_some_and(process_alive)
+    }
+
+    /// Lets go of HAProxy: stops it when it is tied to this process, leaves it routing
+    /// (for the next broker to adopt) when it outlives it.
+    pub async fn release(&mut self) {
+        if self.opts.outlive {
+            if let Some(pid) = self.pid.take() {
+                info!(pid, "leaving HAProxy running for the next broker");
+            }
+        } else {
+            self.stop().await;
         }
     }
 
@@ -307,8 +357,22 @@ impl Haproxy {
     }
 }
 
+/// Whether process `pid` exists and has not exited (a zombie, state Z, has).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 impl Drop for Haproxy {
     fn drop(&mut self) {
+        if self.opts.outlive {
+            return;
+        }
         if let Some(pid) = self.pid.take() {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };

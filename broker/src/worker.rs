@@ -181,6 +181,7 @@ impl Worker {
             dir,
             RouterOptions {
                 bind_address: r.bind_address.clone(),
+                outlive: r.outlive_broker,
                 ..RouterOptions::default()
             },
         );
@@ -291,7 +292,7 @@ impl Worker {
             }
         }
         tasks.shutdown().await;
-        inner.router.lock().await.stop().await;
+        inner.router.lock().await.release().await;
         info!("provisioning worker stopped");
     }
 }

@@ -208,6 +208,13 @@ fn spawn_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_update_backup_deprovision_reprovision() {
+    // Bounded, so that a hang (a query waiting forever, say) fails here instead of CI's limit.
+    tokio::time::timeout(Duration::from_secs(480), scenario())
+        .await
+        .expect("the scenario finishes within 8 minutes");
+}
+
+async fn scenario() {
     let t0 = Instant::now();
     let etcd = etcd();
     let root = test_root("provision");
@@ -272,7 +279,6 @@ interval = "30s"
 retain = 1
 [nodes]
 walarchive = "{bin}"
-synchronous = true
 ttl = 10
 loop_wait = 2
 retry_timeout = 4
@@ -381,6 +387,34 @@ operation_timeout = "4m"
     let first_backup_at = inst.last_backup_at.expect("first backup recorded");
     eprintln!("provisioned at {:.1} s", t0.elapsed().as_secs_f64());
 
+    // --- The broker goes away: HAProxy keeps routing (it outlives the broker), and the next
+    // broker adopts it (pid file) instead of starting a second one. ---
+    let pid_file = root.join("haproxy").join("haproxy.pid");
+    let haproxy_pid = std::fs::read_to_string(&pid_file)
+        .expect("haproxy.pid")
+        .trim()
+        .to_string();
+    worker.abort();
+    let _ = worker.await;
+    db.query_one("select 1", &[])
+        .await
+        .expect("routing goes on without the broker");
+    assert!(
+        primary(port, &pw).await.is_some(),
+        "new connections are routed without the broker"
+    );
+    let worker = spawn_worker(config.clone(), store.clone(), wake.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        haproxy_pid,
+        "the new broker adopted HAProxy"
+    );
+    assert!(std::path::Path::new(&format!("/proc/{haproxy_pid}")).exists());
+    db.query_one("select 1", &[])
+        .await
+        .expect("the same connection after the new broker's reload");
+
     // --- Scale 2 -> 3 -> 1. ---
     let op = c.update("db1", 3).await;
     // --- Meanwhile, a DELETE during another instance's provision cleans up what it
@@ -453,8 +487,8 @@ operation_timeout = "4m"
         .unwrap();
 
     // --- Failover of the provisioned instance: the leader's whole cell dies. The same
-    // router port takes writes on a promoted replica, with every committed row (synchronous
-    // replication); the cell comes back and its node rejoins. ---
+    // router port takes writes on a promoted replica, with every replicated row; the cell
+    // comes back and its node rejoins. ---
     let leader = leader_of(&cells, "db1").await.expect("a leader");
     let victim = {
         let mut found = None;
@@ -478,6 +512,33 @@ operation_timeout = "4m"
         .find(|n| n.name == leader)
         .expect("the leader is placed")
         .pg_port;
+    // Asynchronous replication here (tests/cells.rs covers synchronous mode): kill only once
+    // both replicas have replayed every row, then none may be missing.
+    let lsn: String = db
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(
+        "both replicas replayed the last insert",
+        Duration::from_secs(30),
+        || {
+            let (db, lsn) = (&db, lsn.clone());
+            async move {
+                let row = db
+                    .query_one(
+                        "select count(*) from pg_stat_replication \
+                         where replay_lsn >= $1::text::pg_lsn",
+                        &[&lsn],
+                    )
+                    .await
+                    .ok()?;
+                (row.get::<_, i64>(0) >= 2).then_some(())
+            }
+        },
+        diag,
+    )
+    .await;
     drop(db);
     cells[victim].kill();
     let killed = Instant::now();
@@ -681,6 +742,13 @@ operation_timeout = "4m"
 
     worker.abort();
     let _ = worker.await;
+    // The router outlives the broker by design: stop it here.
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
     // Leave no nodes running.
     for cell in &cells {
         for n in cell.client().nodes().await.unwrap() {
@@ -726,6 +794,7 @@ bind_address = "127.0.0.1"
 port_min = {port_min}
 port_max = {port_min}
 haproxy_config = "{haproxy}/haproxy.cfg"
+outlive_broker = false
 [nodes]
 walarchive = "{bin}"
 [worker]

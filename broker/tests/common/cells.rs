@@ -59,7 +59,8 @@ pub fn chown_postgres(path: &Path) {
 }
 
 /// A fresh directory `/tmp/walarchive-broker-<kind>-<pid>-XXXX` (mode 0755), removed by a
-/// watchdog a few seconds after this process exits.
+/// watchdog a few seconds after this process exits (which also stops a HAProxy left running
+/// there: the broker's router outlives its process by default).
 pub fn test_root(kind: &str) -> PathBuf {
     let pid = std::process::id();
     let dir = tempfile::Builder::new()
@@ -72,8 +73,10 @@ pub fn test_root(kind: &str) -> PathBuf {
         eprintln!("WALARCHIVE_KEEP_TEST_DIRS: keeping {}", dir.display());
     } else {
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 5; rm -rf {}",
-            sh_quote(&dir.to_string_lossy())
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 5; \
+             for f in {d}/*/haproxy.pid; do [ -f \"$f\" ] && kill $(cat \"$f\") 2>/dev/null; done; \
+             rm -rf {d}",
+            d = sh_quote(&dir.to_string_lossy())
         );
         // Not waited for: it outlives this process by design.
         #[allow(clippy::zombie_processes)]
