@@ -368,30 +368,26 @@ impl Repository {
             })?;
         // Read back what the store now returns. Stores without create-only puts (Swift's
         // S3 API) may take a moment to show a new object: seen here once in a few hundred
-        // puts under load, a GET answering 404 right after the put's 200. Wait for it (about
-        // 10 s at most) rather than report the object missing.
-        let mut pause = std::time::Duration::from_millis(50);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
+        // puts under load, a GET answering 404 right after the put's 200. Such a 404 is
+        // retried like a transient failure (the retry policy's bound), rather than reported
+        // as the object missing.
+        let read_back = retry(&self.policy, &format!("read back {key}"), || async {
             match self.compare_existing(relative, key, digest).await {
-                Ok(PutOutcome::AlreadyStored) => return Ok(PutOutcome::Stored { stored_len }),
-                Ok(stored) => return Ok(stored),
-                Err(Error::NotFound { .. }) if std::time::Instant::now() < deadline => {
-                    tracing::debug!("{key} not visible yet after its put; reading again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
-                }
-                Err(Error::NotFound { .. }) => {
-                    return Err(Error::Storage {
-                        op: "put",
-                        key: key.to_string(),
-                        source: StorageError::Transient(
-                            "the store acknowledged the put but does not return the object".into(),
-                        ),
-                    })
-                }
-                Err(e) => return Err(e),
+                Err(Error::NotFound { .. }) => Err(StorageError::Transient(
+                    "the store acknowledged the put but does not return the object (yet)".into(),
+                )),
+                other => Ok(other),
             }
+        })
+        .await
+        .map_err(|source| Error::Storage {
+            op: "put",
+            key: key.to_string(),
+            source,
+        })?;
+        match read_back? {
+            PutOutcome::AlreadyStored => Ok(PutOutcome::Stored { stored_len }),
+            stored => Ok(stored),
         }
     }
 
