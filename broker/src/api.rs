@@ -287,6 +287,13 @@ fn query_get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A query parameter DELETE requests must carry (`service_id`, `plan_id`), not empty.
+fn required_query<'a>(pairs: &'a [(String, String)], name: &str) -> Result<&'a str, ApiError> {
+    query_get(pairs, name)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("The {name} query parameter is required.")))
+}
+
 fn accepts_incomplete(pairs: &[(String, String)]) -> bool {
     query_get(pairs, "accepts_incomplete") == Some("true")
 }
@@ -728,12 +735,8 @@ async fn deprovision(
 ) -> Result<Response, ApiError> {
     validate_id(&instance_id, "instance_id")?;
     let q = query_pairs(&q);
-    let service_id = query_get(&q, "service_id")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("The service_id query parameter is required."))?;
-    let plan_id = query_get(&q, "plan_id")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("The plan_id query parameter is required."))?;
+    let service_id = required_query(&q, "service_id")?;
+    let plan_id = required_query(&q, "plan_id")?;
     check_service(&st, service_id)?;
     check_plan(&st, plan_id)?;
 
@@ -1032,12 +1035,8 @@ async fn unbind(
     validate_id(&instance_id, "instance_id")?;
     validate_id(&binding_id, "binding_id")?;
     let q = query_pairs(&q);
-    let service_id = query_get(&q, "service_id")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("The service_id query parameter is required."))?;
-    let plan_id = query_get(&q, "plan_id")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("The plan_id query parameter is required."))?;
+    let service_id = required_query(&q, "service_id")?;
+    let plan_id = required_query(&q, "plan_id")?;
     check_service(&st, service_id)?;
     check_plan(&st, plan_id)?;
 

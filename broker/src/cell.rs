@@ -639,24 +639,16 @@ impl Agent {
         let cfg = self.node_config(name, dir, rec);
         let json = serde_json::to_vec_pretty(rec).expect("node records serialize");
         write_file(&dir.join("node.json"), &json, 0o600, None)?;
-        write_file(
-            &dir.join("patroni.yml"),
-            cfg.render().as_bytes(),
-            0o600,
-            self.owner(),
-        )?;
-        write_file(
-            &dir.join(REPLICA_FETCH_SCRIPT),
-            cfg.replica_fetch_script().as_bytes(),
-            0o700,
-            self.owner(),
-        )?;
-        write_file(
-            &dir.join(ROLE_CHANGE_SCRIPT),
-            cfg.role_change_script().as_bytes(),
-            0o700,
-            self.owner(),
-        )
+        // Read (and the scripts run) by Patroni, as the node's OS user.
+        let files = [
+            ("patroni.yml", cfg.render(), 0o600),
+            (REPLICA_FETCH_SCRIPT, cfg.replica_fetch_script(), 0o700),
+            (ROLE_CHANGE_SCRIPT, cfg.role_change_script(), 0o700),
+        ];
+        for (file, text, mode) in files {
+            write_file(&dir.join(file), text.as_bytes(), mode, self.owner())?;
+        }
+        Ok(())
     }
 
     /// Two free ports not used by another node of this cell.

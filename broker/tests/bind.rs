@@ -6,13 +6,12 @@
 mod common;
 
 use std::io::BufRead as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cells::{chown_postgres, free_port, sh_quote, test_root};
+use common::cells::{chown_postgres, free_port, sh_quote, spawn_watchdog, test_root};
 use walarchive_broker::binder::{role_name, BinderOptions, FixedPassword, PgBinder};
 use walarchive_broker::config::Secret;
 use walarchive_broker::state::InstanceRecord;
@@ -85,16 +84,7 @@ impl Postgres {
             ctl = sh_quote(&pg_ctl.to_string_lossy()),
             data = sh_quote(&data.to_string_lossy()),
         );
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        spawn_watchdog(&script);
         let st = as_postgres(&pg_ctl)
             .arg("-D")
             .arg(&data)

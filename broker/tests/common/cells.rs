@@ -78,19 +78,25 @@ pub fn test_root(kind: &str) -> PathBuf {
              rm -rf {d}",
             d = sh_quote(&dir.to_string_lossy())
         );
-        // Not waited for: it outlives this process by design.
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("spawn the cleanup watchdog");
+        spawn_watchdog(&script);
     }
     dir
+}
+
+/// Runs `script` with `sh -c` in a process group of its own (a Ctrl-C on the tests spares
+/// it), detached: a watchdog that cleans up after this process once it is gone.
+pub fn spawn_watchdog(script: &str) {
+    // Not waited for: it outlives this process by design.
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn a cleanup watchdog");
 }
 
 /// The walarchive binary of this target directory (built when missing), copied into `dir`
