@@ -127,7 +127,9 @@ fn killed_at_random_points_loses_nothing() {
     let first = pg.psql("select pg_walfile_name(pg_current_wal_lsn())");
     let (writer, writing) = write_bursts(&pg);
     let mut random = kill_schedule();
-    let mut fate: BTreeMap<u32, Option<Instant>> = BTreeMap::new();
+    // Keyed by PID and kind: a daemon seen between its fork and its exec still looks like
+    // the wal-push that starts it, and must get a daemon's fate once it is one.
+    let mut fate: BTreeMap<(u32, bool), Option<Instant>> = BTreeMap::new();
     let (mut daemon_kills, mut client_kills) = (0, 0);
     let until = Instant::now() + Duration::from_secs(12);
     while writing.load(Ordering::SeqCst) || Instant::now() < until {
@@ -135,7 +137,7 @@ fn killed_at_random_points_loses_nothing() {
         for daemon in [true, false] {
             let pids = walarchive_pids(pg.data_dir(), daemon);
             for pid in pids {
-                let when = *fate.entry(pid).or_insert_with(|| {
+                let when = *fate.entry((pid, daemon)).or_insert_with(|| {
                     // Daemons live up to a second; a third of the clients die.
                     let spared = !daemon && random(3) != 0;
                     (!spared).then(|| {
@@ -151,7 +153,7 @@ fn killed_at_random_points_loses_nothing() {
                             client_kills += 1;
                         }
                     }
-                    fate.insert(pid, None);
+                    fate.insert((pid, daemon), None);
                 }
             }
         }
