@@ -371,7 +371,7 @@ impl PgBinder {
                 admin
                     .execute(
                         &format!(
-                            "create role {r} login password {} in role {g}",
+                            "create role {r} login password {}",
                             quote_literal(&verifier)
                         ),
                         &[],

@@ -1,0 +1,356 @@
+//! The real `walarchive-broker serve` process, SIGKILLed in the middle of a provision.
+//!
+//! Why a process and not a task: an aborted in-process worker (tests/provision.rs) leaves
+//! the runtime, its HTTP client pools and HAProxy's owner alive. Here nothing of the first
+//! broker survives but what it wrote to etcd and the HAProxy it left running, which is the
+//! case an operator meets after a crash or an OOM kill. The second broker must resume the
+//! operation from etcd (after the first one's claim lapses), adopt that HAProxy rather than
+//! start another, and then serve bindings whose URI reaches the new cluster's leader.
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::cells::{chown_postgres, free_port, tail, test_root, wait_for, walarchive_copy, Cell};
+use common::etcd::etcd;
+
+const SERVICE: &str = "svc-serve";
+const PLAN: &str = "plan-single";
+const PASSWORD: &str = "platform-pw";
+
+/// A `walarchive-broker serve` child that dies with the test (PDEATHSIG); its log is
+/// appended to across restarts.
+fn spawn_broker(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walarchive-broker"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info,walarchive_broker=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start walarchive-broker serve")
+}
+
+/// The broker's API over real HTTP.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth("platform", Some(PASSWORD))
+            .header("X-Broker-API-Version", "2.17");
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    async fn ready(&self) -> Option<()> {
+        let answer = self.call(reqwest::Method::GET, "/v2/catalog", None).await;
+        matches!(answer, Ok((200, _))).then_some(())
+    }
+
+    async fn last_operation(&self, id: &str, op: &str) -> Option<Value> {
+        let (s, b) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v2/service_instances/{id}/last_operation?operation={op}"),
+                None,
+            )
+            .await
+            .ok()?;
+        (s == 200).then_some(b)
+    }
+}
+
+async fn connect(uri: &str) -> Option<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(uri, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Some(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_during_a_provision_is_resumed_by_the_next_one() {
+    tokio::time::timeout(Duration::from_secs(300), scenario())
+        .await
+        .expect("the scenario finishes within 5 minutes");
+}
+
+async fn scenario() {
+    let t0 = Instant::now();
+    let etcd = etcd();
+    let root = test_root("serve");
+    let bin = walarchive_copy(&root);
+    let repo_dir = root.join("repo");
+    std::fs::create_dir(&repo_dir).unwrap();
+    chown_postgres(&repo_dir);
+    let base = format!("file://{}", repo_dir.display());
+    let cell = Cell::start(&root, "a");
+    cell.wait_ready().await;
+
+    let pw_file = root.join("password");
+    std::fs::write(&pw_file, PASSWORD).unwrap();
+    let token_file = root.join("token-a");
+    std::fs::write(&token_file, cell.token.expose()).unwrap();
+    let listen = free_port();
+    let port_min = free_port();
+    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let config = root.join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:{listen}"
+archive_timeout = "60s"
+[credentials]
+username = "platform"
+password_file = "{pw}"
+[service]
+id = "{SERVICE}"
+name = "pg"
+description = "PostgreSQL"
+[[service.plans]]
+id = "{PLAN}"
+name = "single"
+description = "one node"
+node_count = 1
+[repository]
+base = "{base}"
+[etcd]
+endpoints = ["{endpoint}"]
+prefix = "{prefix}"
+[[cells]]
+name = "a"
+url = "{cell_url}"
+zone = "za"
+host = "127.0.0.1"
+token_file = "{token}"
+[router]
+host = "127.0.0.1"
+bind_address = "127.0.0.1"
+port_min = {port_min}
+port_max = {port_max}
+haproxy_config = "{haproxy}/haproxy.cfg"
+[backups]
+interval = "1h"
+retain = 2
+[nodes]
+walarchive = "{bin}"
+ttl = 10
+loop_wait = 2
+retry_timeout = 4
+wal_segsize_mb = 1
+[worker]
+poll_interval = "1s"
+operation_timeout = "4m"
+"#,
+            pw = pw_file.display(),
+            endpoint = etcd.endpoint(),
+            cell_url = cell.url,
+            token = token_file.display(),
+            port_max = port_min + 3,
+            haproxy = root.join("haproxy").display(),
+            bin = bin.display(),
+        ),
+    )
+    .unwrap();
+    let log = root.join("broker.log");
+    let diag = || {
+        format!(
+            "--- broker ---\n{}\n--- cell ---\n{}\n--- haproxy ---\n{}",
+            tail(&log, 40),
+            cell.log_tail(20),
+            tail(&root.join("haproxy").join("haproxy.log"), 10)
+        )
+    };
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{listen}"),
+    };
+
+    let mut broker = spawn_broker(&config, &log);
+    wait_for(
+        "the broker answers",
+        Duration::from_secs(20),
+        || api.ready(),
+        diag,
+    )
+    .await;
+    let (s, b) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v2/service_instances/db1?accepts_incomplete=true",
+            Some(json!({
+                "service_id": SERVICE, "plan_id": PLAN,
+                "organization_guid": "org", "space_guid": "space",
+                "context": {"platform": "test", "instance_name": "db1"},
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{b}");
+    let op = b["operation"].as_str().unwrap().to_string();
+
+    // Kill it once the node exists but before the operation is done: Patroni's bootstrap
+    // (initdb, first start), the route and the first backup are still ahead.
+    let described = wait_for(
+        "the node is being created",
+        Duration::from_secs(60),
+        || async {
+            let b = api.last_operation("db1", &op).await?;
+            assert_eq!(
+                b["state"], "in progress",
+                "the provision ended before the kill: {b}"
+            );
+            let nodes = cell.client().nodes().await.ok()?;
+            nodes
+                .iter()
+                .any(|n| n.instance_id == "db1")
+                .then(|| b["description"].as_str().unwrap_or_default().to_string())
+        },
+        diag,
+    )
+    .await;
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eprintln!(
+        "broker SIGKILLed at {:.1} s during \"{described}\"",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        api.call(reqwest::Method::GET, "/v2/catalog", None)
+            .await
+            .is_err(),
+        "the first broker is gone"
+    );
+
+    // The next broker resumes the operation from etcd.
+    let mut broker = spawn_broker(&config, &log);
+    wait_for(
+        "the second broker answers",
+        Duration::from_secs(20),
+        || api.ready(),
+        diag,
+    )
+    .await;
+    let done = wait_for(
+        "the provision to end",
+        Duration::from_secs(180),
+        || async {
+            let b = api.last_operation("db1", &op).await?;
+            (b["state"] != "in progress").then_some(b)
+        },
+        diag,
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", diag());
+    let resumed = std::fs::read_to_string(&log).unwrap();
+    let second = resumed
+        .rsplit("serving the Open Service Broker API")
+        .next()
+        .unwrap();
+    assert!(
+        !second.contains("panicked"),
+        "the second broker panicked:\n{}",
+        diag()
+    );
+
+    // One HAProxy: the one the first broker started, adopted by the second.
+    let pid = std::fs::read_to_string(root.join("haproxy").join("haproxy.pid"))
+        .expect("haproxy.pid")
+        .trim()
+        .to_string();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "HAProxy {pid} runs"
+    );
+    let haproxies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| {
+            let program = c.split(' ').next().unwrap_or_default();
+            program.ends_with("haproxy") && c.contains(&*root.to_string_lossy())
+        })
+        .collect();
+    // master-worker: one master and its current worker (a previous worker lingers only
+    // while it still serves a connection: none here).
+    assert!(haproxies.len() <= 2, "HAProxy processes: {haproxies:#?}");
+
+    // Bind through the second broker and write through the route it returned.
+    let (s, b) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v2/service_instances/db1/service_bindings/b1",
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{b}");
+    let uri = b["credentials"]["uri"].as_str().expect("uri").to_string();
+    let db = wait_for(
+        "a connection with the binding's URI",
+        Duration::from_secs(20),
+        || connect(&uri),
+        diag,
+    )
+    .await;
+    db.batch_execute("create table t (id int); insert into t values (1)")
+        .await
+        .expect("write with the binding's role");
+
+    // The first base backup of the instance is in its repository.
+    let out = common::cells::walarchive(
+        &bin,
+        &["--repo", &format!("{base}/db1"), "backup-list", "--json"],
+    )
+    .unwrap();
+    assert!(out.contains("base_"), "no first backup: {out}");
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());
+}
