@@ -27,7 +27,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Compression;
-use crate::format::{self, ObjectHeader, Sha256Digest};
+use crate::format::{self, ObjectHeader};
 use crate::retry::{retry, RetryPolicy};
 use crate::storage::{self, Backend, StorageError, StorageOptions};
 use crate::wal::WalFileName;
@@ -276,27 +276,29 @@ impl Repository {
         encoded: format::EncodedObject,
     ) -> Result<PutOutcome, Error> {
         let key = self.key(relative);
-        let digest = encoded.header.sha256;
+        // What an object already there must match: the same ours of the same kind (a
+        // version-2 ours covers the stored body, a version-1 ours the content).
+        let ours = encoded.header;
         // Look first: a re-push after a crash then costs one small request instead of an
         // upload, and stores that ignore conditional puts still never get overwritten.
         if self.exists(&key).await? {
-            return self.compare_existing(relative, &key, digest).await;
+            return self.compare_existing(relative, &key, ours).await;
         }
         let stored_len = encoded.bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(encoded.bytes));
         if !self.conditional_puts.load(Ordering::Relaxed) {
             return self
-                .put_checked_after(relative, &key, payload, digest, stored_len)
+                .put_checked_after(relative, &key, payload, ours, stored_len)
                 .await;
         }
         match self.put_retrying(&key, &payload, PutMode::Create).await {
             Ok(()) => Ok(PutOutcome::Stored { stored_len }),
             // Created meanwhile by someone else, or by our own attempt whose answer was lost.
-            Err(StorageError::AlreadyExists) => self.compare_existing(relative, &key, digest).await,
+            Err(StorageError::AlreadyExists) => self.compare_existing(relative, &key, ours).await,
             Err(StorageError::Permanent(m))
                 if m.contains("412") || m.to_ascii_lowercase().contains("precondition") =>
             {
-                self.compare_existing(relative, &key, digest).await
+                self.compare_existing(relative, &key, ours).await
             }
             Err(StorageError::Permanent(m)) if conditional_put_refused(&m) => {
                 tracing::warn!(
@@ -304,7 +306,7 @@ impl Repository {
                     self.url
                 );
                 self.conditional_puts.store(false, Ordering::Relaxed);
-                self.put_checked_after(relative, &key, payload, digest, stored_len)
+                self.put_checked_after(relative, &key, payload, ours, stored_len)
                     .await
             }
             Err(StorageError::NotFound) => Err(Error::Storage {
@@ -353,11 +355,11 @@ impl Repository {
         relative: &str,
         key: &Path,
         payload: PutPayload,
-        digest: Sha256Digest,
+        ours: ObjectHeader,
         stored_len: u64,
     ) -> Result<PutOutcome, Error> {
         if self.exists(key).await? {
-            return self.compare_existing(relative, key, digest).await;
+            return self.compare_existing(relative, key, ours).await;
         }
         self.put_retrying(key, &payload, PutMode::Overwrite)
             .await
@@ -372,7 +374,7 @@ impl Repository {
         // retried like a transient failure (the retry policy's bound), rather than reported
         // as the object missing.
         let read_back = retry(&self.policy, &format!("read back {key}"), || async {
-            match self.compare_existing(relative, key, digest).await {
+            match self.compare_existing(relative, key, ours).await {
                 Err(Error::NotFound { .. }) => Err(StorageError::Transient(
                     "the store acknowledged the put but does not return the object (yet)".into(),
                 )),
@@ -395,10 +397,10 @@ impl Repository {
         &self,
         relative: &str,
         key: &Path,
-        digest: Sha256Digest,
+        ours: ObjectHeader,
     ) -> Result<PutOutcome, Error> {
         let (header, _) = self.get_verified(relative).await?;
-        if header.sha256 == digest {
+        if header.version == ours.version && header.sha256 == ours.sha256 {
             Ok(PutOutcome::AlreadyStored)
         } else {
             let name = relative.rsplit('/').next().unwrap_or(relative).to_string();
@@ -406,7 +408,7 @@ impl Repository {
             Err(Error::Conflict {
                 name,
                 stored: header.sha256,
-                new: digest,
+                new: ours.sha256,
             })
         }
     }
