@@ -601,32 +601,184 @@ fn safe_relative(p: &Path) -> bool {
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-/// Reads one file's content from the tar stream, hashing it and (when given) writing it.
-fn hash_entry(
+/// Reads one file's content from the tar stream, writes it (when given a file) and hands
+/// it to `hasher`, which checks it against `want` once the file is complete.
+fn copy_entry(
     entry: &mut impl Read,
     stream: &str,
     rel: &str,
+    want: &FileEntry,
     mut out: Option<(&mut std::fs::File, &Path)>,
+    hasher: &mut Hasher,
     progress: &dyn Progress,
-) -> Result<(String, u64), FetchError> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
+) -> Result<u64, FetchError> {
     let mut n_total = 0u64;
+    let mut unflushed = 0u64;
     loop {
+        let mut buf = hasher.buffer()?;
         let n = entry
             .read(&mut buf)
             .map_err(|e| corrupt(stream, format!("{rel}: {e}")))?;
         if n == 0 {
+            hasher.spare(buf);
             break;
         }
-        hasher.update(&buf[..n]);
+        buf.truncate(n);
         if let Some((f, path)) = out.as_mut() {
-            f.write_all(&buf[..n]).map_err(|e| write_err(path, e))?;
+            f.write_all(&buf).map_err(|e| write_err(path, e))?;
+            unflushed += n as u64;
+            if unflushed >= WRITEBACK_AFTER {
+                start_writeback(f, n_total + n as u64 - unflushed, unflushed);
+                unflushed = 0;
+            }
         }
         n_total += n as u64;
         progress.advance(n as u64);
+        hasher.send(HashJob::Data(buf))?;
     }
-    Ok((hex::encode(hasher.finalize()), n_total))
+    hasher.send(HashJob::End {
+        rel: rel.to_string(),
+        want: want.clone(),
+        len: n_total,
+    })?;
+    Ok(n_total)
+}
+
+/// Bytes of a file written before their write-back to disk is started.
+const WRITEBACK_AFTER: u64 = 8 << 20;
+
+/// Starts writing `len` bytes of `file` from `offset` back to disk, without waiting.
+///
+/// A restored data directory is far smaller than the dirty page cache the kernel lets pile
+/// up (10% of memory before background write-back starts), so without this nothing reached
+/// the disk until the files' fsyncs, and the restore then waited for the whole gigabyte to
+/// be written after its CPU work was done (about 0.8 s of a 2 s restore, measured). Started
+/// as the data is written, the disk works while the extractor does; the fsync that makes
+/// each file durable is unchanged. PostgreSQL does the same (`*_flush_after`). A failure
+/// here is only a lost hint: the fsync reports real errors.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor and plain integers; the call only schedules I/O.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// What the extractor sends the hashing thread: a file's content in order, then its end.
+enum HashJob {
+    Data(Vec<u8>),
+    End {
+        rel: String,
+        want: FileEntry,
+        len: u64,
+    },
+}
+
+/// Checks restored files against the manifest's SHA-256 on a thread of its own while the
+/// extractor goes on writing: on one thread, hashing took as long as reading, decoding and
+/// writing together (about half of backup-fetch's CPU, measured), and the extractor was
+/// what the whole restore waited for. Content goes over in the extractor's own buffers, in
+/// order, and comes back for reuse: at most [`Hasher::BUFFERS`] of [`Hasher::CHUNK`] bytes
+/// are ever allocated. The first mismatch ends the thread; the extractor learns it at its
+/// next hand-over, and [`Hasher::finish`] reports it otherwise.
+struct Hasher {
+    tx: Option<std::sync::mpsc::SyncSender<HashJob>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: Option<Vec<u8>>,
+    allocated: usize,
+    thread: Option<std::thread::JoinHandle<Result<(), FetchError>>>,
+}
+
+impl Hasher {
+    const CHUNK: usize = 256 * 1024;
+    const BUFFERS: usize = 16;
+
+    fn new(stream: &str) -> Hasher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(Self::BUFFERS);
+        let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
+        let stream = stream.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut sha = Sha256::new();
+            for job in rx {
+                match job {
+                    HashJob::Data(buf) => {
+                        sha.update(&buf);
+                        let _ = free_tx.send(buf); // the extractor may be done
+                    }
+                    HashJob::End { rel, want, len } => {
+                        let digest = hex::encode(sha.finalize_reset());
+                        check_file(&stream, &rel, &want, &digest, len)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        Hasher {
+            tx: Some(tx),
+            free,
+            spare: None,
+            allocated: 0,
+            thread: Some(thread),
+        }
+    }
+
+    /// A buffer of [`Hasher::CHUNK`] bytes: one the hashing thread gave back, a new one
+    /// while fewer than [`Hasher::BUFFERS`] exist, or else the next one given back.
+    fn buffer(&mut self) -> Result<Vec<u8>, FetchError> {
+        let mut buf = match self.spare.take().or_else(|| self.free.try_recv().ok()) {
+            Some(b) => b,
+            None if self.allocated < Self::BUFFERS => {
+                self.allocated += 1;
+                Vec::with_capacity(Self::CHUNK)
+            }
+            None => match self.free.recv() {
+                Ok(b) => b,
+                // The thread ended: a mismatch.
+                Err(_) => return Err(self.failure()),
+            },
+        };
+        buf.resize(Self::CHUNK, 0);
+        Ok(buf)
+    }
+
+    /// Keeps `buf` for the next [`Hasher::buffer`].
+    fn spare(&mut self, buf: Vec<u8>) {
+        self.spare = Some(buf);
+    }
+
+    fn send(&mut self, job: HashJob) -> Result<(), FetchError> {
+        let tx = self.tx.as_ref().expect("present until finished");
+        tx.send(job).map_err(|_| self.failure())
+    }
+
+    /// The error the hashing thread ended with (it only ends early on one).
+    fn failure(&mut self) -> FetchError {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => FetchError::BadBackup("the checksum thread stopped".into()),
+        }
+    }
+
+    /// Waits until every file handed over is checked.
+    fn finish(mut self) -> Result<(), FetchError> {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(FetchError::BadBackup("the checksum thread panicked".into())),
+            None => Ok(()), // its error was already returned
+        }
+    }
 }
 
 fn check_file(
@@ -725,10 +877,22 @@ fn extract(
     progress: &dyn Progress,
 ) -> Result<(usize, u64), FetchError> {
     let syncer = (root.is_some() && sync_threads > 1).then(|| Syncer::new(sync_threads));
-    let extracted = extract_entries(reader, root, stream, expected, syncer.as_ref(), progress);
-    // Every file is durable (or the failure known) before the stream counts as restored.
+    let mut hasher = Hasher::new(stream);
+    let extracted = extract_entries(
+        reader,
+        root,
+        stream,
+        expected,
+        syncer.as_ref(),
+        &mut hasher,
+        progress,
+    );
+    // Every file is checked and durable (or the failure known) before the stream counts
+    // as restored.
+    let hashed = hasher.finish();
     let synced = syncer.map_or(Ok(()), Syncer::finish);
     let extracted = extracted?;
+    hashed?;
     synced?;
     Ok(extracted)
 }
@@ -739,6 +903,7 @@ fn extract_entries(
     stream: &str,
     mut expected: HashMap<String, FileEntry>,
     syncer: Option<&Syncer>,
+    hasher: &mut Hasher,
     progress: &dyn Progress,
 ) -> Result<(usize, u64), FetchError> {
     let mut archive = tar::Archive::new(reader);
@@ -767,8 +932,7 @@ fn extract_entries(
         // Without a root, only verify: read and hash, write nothing.
         let Some(root) = root else {
             if want.kind == EntryKind::File {
-                let (sha, n) = hash_entry(&mut entry, stream, &rel_str, None, progress)?;
-                check_file(stream, &rel_str, &want, &sha, n)?;
+                let n = copy_entry(&mut entry, stream, &rel_str, &want, None, hasher, progress)?;
                 files += 1;
                 bytes += n;
             }
@@ -795,11 +959,13 @@ fn extract_entries(
                     .create_new(true)
                     .open(&path)
                     .map_err(|e| write_err(&path, e))?;
-                let (sha, written) = hash_entry(
+                let written = copy_entry(
                     &mut entry,
                     stream,
                     &rel_str,
+                    &want,
                     Some((&mut out, &path)),
+                    hasher,
                     progress,
                 )?;
                 // On the descriptor, before the fsync, which then covers the mode too.
@@ -809,7 +975,6 @@ fn extract_entries(
                     Some(syncer) => syncer.sync(out, path)?,
                     None => out.sync_all().map_err(|e| write_err(&path, e))?,
                 }
-                check_file(stream, &rel_str, &want, &sha, written)?;
                 files += 1;
                 bytes += written;
             }
@@ -982,5 +1147,58 @@ mod tests {
             // Nothing beyond the missing part was extracted.
             assert!(!dest.path().join("f11").exists(), "parallel {parallel}");
         }
+    }
+
+    #[tokio::test]
+    async fn every_file_is_checked_against_the_manifest() {
+        let mut files = sample_files();
+        // Larger than the checksum thread's buffers together: they are reused as it streams.
+        let big: Vec<u8> = (0..5_000_000usize).map(|j| (j * 7 % 241) as u8).collect();
+        files.push(("big".into(), big.clone()));
+        let (repo, parts, mut expected) = stream_in_memory(&files, 1 << 20).await;
+        let run = |expected: HashMap<String, FileEntry>, root: Option<PathBuf>| {
+            let repo = repo.clone();
+            async move {
+                restore_stream(
+                    &repo,
+                    "b",
+                    "data",
+                    parts,
+                    2,
+                    root,
+                    expected,
+                    Arc::new(walarchive_core::backup::NoProgress),
+                )
+                .await
+            }
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let (n, _) = run(expected.clone(), Some(dest.path().to_path_buf()))
+            .await
+            .unwrap();
+        assert_eq!(n, files.len());
+        assert!(std::fs::read(dest.path().join("big")).unwrap() == big);
+
+        // One file's content is not what the manifest recorded (its size is): the stream
+        // fails naming it, whether restoring or only verifying.
+        expected.get_mut("f04").unwrap().sha256 = Some("00".repeat(32));
+        for restoring in [false, true] {
+            let dest = tempfile::tempdir().unwrap();
+            let root = restoring.then(|| dest.path().to_path_buf());
+            let e = run(expected.clone(), root).await.unwrap_err();
+            assert!(
+                matches!(&e, FetchError::BadBackup(_))
+                    && e.to_string().contains("f04 does not match the manifest"),
+                "restoring {restoring}: {e}"
+            );
+        }
+        // The last file, the big one, is checked too before the stream counts as restored.
+        expected.get_mut("f04").unwrap().sha256 = Some(hex::encode(Sha256::digest(&files[4].1)));
+        expected.get_mut("big").unwrap().sha256 = Some("00".repeat(32));
+        let e = run(expected, None).await.unwrap_err();
+        assert!(
+            e.to_string().contains("big does not match the manifest"),
+            "{e}"
+        );
     }
 }
