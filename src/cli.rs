@@ -146,7 +146,7 @@ pub enum Command {
         #[arg(long)]
         fast: bool,
         /// Uncompressed size of one part, in MiB (memory use is a few parts).
-        #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
         part_size: u32,
         /// Seconds to wait for the backup's WAL to be archived.
         #[arg(long, value_name = "SECONDS", default_value_t = 600)]
