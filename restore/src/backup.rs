@@ -614,6 +614,9 @@ fn copy_entry(
 ) -> Result<u64, FetchError> {
     let mut n_total = 0u64;
     let mut unflushed = 0u64;
+    hasher.send(HashJob::Start {
+        blake3: want.blake3.is_some(),
+    })?;
     loop {
         let mut buf = hasher.buffer()?;
         let n = entry
@@ -674,8 +677,12 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
-/// What the extractor sends the hashing thread: a file's content in order, then its end.
+/// What the extractor sends the hashing thread: a file's start (with the digest its
+/// manifest entry has), its content in order, then its end.
 enum HashJob {
+    Start {
+        blake3: bool,
+    },
     Data(Vec<u8>),
     End {
         rel: String,
@@ -684,7 +691,13 @@ enum HashJob {
     },
 }
 
-/// Checks restored files against the manifest's SHA-256 on a thread of its own while the
+/// A file's digest being computed: the one its manifest entry records.
+enum FileDigest {
+    Sha256(Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+/// Checks restored files against the manifest's digests on a thread of its own while the
 /// extractor goes on writing: on one thread, hashing took as long as reading, decoding and
 /// writing together (about half of backup-fetch's CPU, measured), and the extractor was
 /// what the whole restore waited for. Content goes over in the extractor's own buffers, in
@@ -708,16 +721,31 @@ impl Hasher {
         let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
         let stream = stream.to_string();
         let thread = std::thread::spawn(move || {
-            let mut sha = Sha256::new();
+            let mut digest = FileDigest::Sha256(Sha256::new());
             for job in rx {
                 match job {
+                    HashJob::Start { blake3 } => {
+                        digest = if blake3 {
+                            FileDigest::Blake3(Box::default())
+                        } else {
+                            FileDigest::Sha256(Sha256::new())
+                        };
+                    }
                     HashJob::Data(buf) => {
-                        sha.update(&buf);
+                        match &mut digest {
+                            FileDigest::Sha256(h) => h.update(&buf),
+                            FileDigest::Blake3(h) => {
+                                h.update(&buf);
+                            }
+                        }
                         let _ = free_tx.send(buf); // the extractor may be done
                     }
                     HashJob::End { rel, want, len } => {
-                        let digest = hex::encode(sha.finalize_reset());
-                        check_file(&stream, &rel, &want, &digest, len)?;
+                        let hex = match &mut digest {
+                            FileDigest::Sha256(h) => hex::encode(h.finalize_reset()),
+                            FileDigest::Blake3(h) => h.finalize().to_hex().to_string(),
+                        };
+                        check_file(&stream, &rel, &want, &hex, len)?;
                     }
                 }
             }
@@ -781,19 +809,25 @@ impl Hasher {
     }
 }
 
+/// Checks a restored file's size and digest (hex, of the kind its entry records: BLAKE3,
+/// or SHA-256 in a version-1 manifest) against its manifest entry.
 fn check_file(
     stream: &str,
     rel: &str,
     want: &FileEntry,
-    sha: &str,
+    digest: &str,
     len: u64,
 ) -> Result<(), FetchError> {
-    if len != want.size || Some(sha) != want.sha256.as_deref() {
+    let (kind, expected) = match (&want.blake3, &want.sha256) {
+        (Some(b), _) => ("blake3", Some(b.as_str())),
+        (None, s) => ("sha256", s.as_deref()),
+    };
+    if len != want.size || Some(digest) != expected {
         return Err(corrupt(
             stream,
             format!(
-                "{rel} does not match the manifest (sha256 {sha}, {len} bytes; expected {}, {} bytes)",
-                want.sha256.as_deref().unwrap_or("?"),
+                "{rel} does not match the manifest ({kind} {digest}, {len} bytes; expected {}, {} bytes)",
+                expected.unwrap_or("?"),
                 want.size
             ),
         ));
@@ -1018,7 +1052,8 @@ mod tests {
 
     /// A repository in memory holding backup `b`'s `data` stream: a tar of `files`, cut
     /// into parts of `part_size` bytes. Returns the repository, the part count and the
-    /// manifest's entries.
+    /// manifest's entries: every other file with a BLAKE3 (manifest version 2), the others
+    /// with a SHA-256 (version 1), so that both are read.
     async fn stream_in_memory(
         files: &[(String, Vec<u8>)],
         part_size: usize,
@@ -1036,7 +1071,7 @@ mod tests {
         );
         let mut tar = tar::Builder::new(Vec::new());
         let mut expected = HashMap::new();
-        for (rel, content) in files {
+        for (i, (rel, content)) in files.iter().enumerate() {
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o600);
             h.set_size(content.len() as u64);
@@ -1050,7 +1085,8 @@ mod tests {
                     kind: EntryKind::File,
                     size: content.len() as u64,
                     mode: 0o600,
-                    sha256: Some(hex::encode(Sha256::digest(content))),
+                    sha256: (i % 2 == 0).then(|| hex::encode(Sha256::digest(content))),
+                    blake3: (i % 2 == 1).then(|| blake3::hash(content).to_hex().to_string()),
                     target: None,
                 },
             );
@@ -1180,20 +1216,30 @@ mod tests {
         assert!(std::fs::read(dest.path().join("big")).unwrap() == big);
 
         // One file's content is not what the manifest recorded (its size is): the stream
-        // fails naming it, whether restoring or only verifying.
-        expected.get_mut("f04").unwrap().sha256 = Some("00".repeat(32));
-        for restoring in [false, true] {
-            let dest = tempfile::tempdir().unwrap();
-            let root = restoring.then(|| dest.path().to_path_buf());
-            let e = run(expected.clone(), root).await.unwrap_err();
-            assert!(
-                matches!(&e, FetchError::BadBackup(_))
-                    && e.to_string().contains("f04 does not match the manifest"),
-                "restoring {restoring}: {e}"
-            );
+        // fails naming it, whether restoring or only verifying, with either digest.
+        for (file, kind) in [("f04", "sha256"), ("f03", "blake3")] {
+            let mut expected = expected.clone();
+            let entry = expected.get_mut(file).unwrap();
+            let digest = if kind == "sha256" {
+                &mut entry.sha256
+            } else {
+                &mut entry.blake3
+            };
+            assert!(digest.is_some(), "{file} has a {kind}");
+            *digest = Some("00".repeat(32));
+            for restoring in [false, true] {
+                let dest = tempfile::tempdir().unwrap();
+                let root = restoring.then(|| dest.path().to_path_buf());
+                let e = run(expected.clone(), root).await.unwrap_err();
+                assert!(
+                    matches!(&e, FetchError::BadBackup(_))
+                        && e.to_string()
+                            .contains(&format!("{file} does not match the manifest ({kind} ")),
+                    "restoring {restoring}: {e}"
+                );
+            }
         }
         // The last file, the big one, is checked too before the stream counts as restored.
-        expected.get_mut("f04").unwrap().sha256 = Some(hex::encode(Sha256::digest(&files[4].1)));
         expected.get_mut("big").unwrap().sha256 = Some("00".repeat(32));
         let e = run(expected, None).await.unwrap_err();
         assert!(

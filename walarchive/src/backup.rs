@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -836,11 +835,11 @@ impl Write for PartWriter {
 
 /// Reads exactly `remaining` bytes of a file that may change while it is read: a file that
 /// shrank is padded with zeros (WAL replay rewrites it), one that grew is cut. Hashes what
-/// it returns.
+/// it returns (BLAKE3: see [`crate::manifest::MANIFEST_VERSION`]).
 struct SnapshotReader<'a> {
     file: std::fs::File,
     remaining: u64,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     progress: &'a dyn Progress,
 }
 
@@ -880,7 +879,7 @@ fn write_tar(
         header.set_uid(0);
         header.set_gid(0);
         let ctx = || format!("cannot archive {}", root.join(&e.rel).display());
-        let sha = match e.kind {
+        let digest = match e.kind {
             EntryKind::Dir => {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_size(0);
@@ -912,12 +911,12 @@ fn write_tar(
                 let mut reader = SnapshotReader {
                     file,
                     remaining: e.size,
-                    hasher: Sha256::new(),
+                    hasher: blake3::Hasher::new(),
                     progress,
                 };
                 tar.append_data(&mut header, &e.rel, &mut reader)
                     .map_err(io(ctx()))?;
-                Some(hex::encode(reader.hasher.finalize()))
+                Some(reader.hasher.finalize().to_hex().to_string())
             }
         };
         files.push(FileEntry {
@@ -926,7 +925,8 @@ fn write_tar(
             kind: e.kind,
             size: e.size,
             mode: e.mode,
-            sha256: sha,
+            sha256: None,
+            blake3: digest,
             target: e.target,
         });
     }
@@ -1233,9 +1233,10 @@ mod tests {
                 .expect("file in the stream");
             assert!(got.1 == *content, "{rel} differs");
             let entry = r.files.iter().find(|f| &f.path == rel).unwrap();
+            assert_eq!(entry.sha256, None);
             assert_eq!(
-                entry.sha256.as_deref(),
-                Some(hex::encode(Sha256::digest(content)).as_str())
+                entry.blake3.as_deref(),
+                Some(blake3::hash(content).to_hex().as_str())
             );
         }
     }

@@ -36,13 +36,24 @@ impl BackupEntry {
 pub async fn load_manifest(repo: &Repository, name: &str) -> Result<Manifest, Error> {
     let key = backup_key(name, "manifest.json");
     let (_, raw) = repo.get_verified(&key).await?;
-    serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+    let bad = |key: String, reason: String| Error::Corrupt {
         key,
         source: crate::format::FormatError::Decode(crate::codec::DecodeError {
             codec: "json",
-            reason: e.to_string(),
+            reason,
         }),
-    })
+    };
+    let m: Manifest = serde_json::from_slice(&raw).map_err(|e| bad(key.clone(), e.to_string()))?;
+    if m.format_version > crate::manifest::MANIFEST_VERSION {
+        return Err(bad(
+            key,
+            format!(
+                "manifest format version {} is newer than this walarchive understands (upgrade walarchive)",
+                m.format_version
+            ),
+        ));
+    }
+    Ok(m)
 }
 
 /// Lists the repository's backups, oldest first. Incomplete ones are included only when
@@ -132,4 +143,51 @@ pub async fn set_permanent(repo: &Repository, name: &str, permanent: bool) -> Re
         repo.delete(&key).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::lsn::Lsn;
+
+    #[tokio::test]
+    async fn manifests_of_either_version_load_and_newer_ones_are_refused() {
+        let repo = Repository::with_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            object_store::path::Path::from("r"),
+            crate::storage::Backend::Local,
+            "memory://test",
+            crate::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            Compression::Zstd(1),
+        );
+        for version in [1, crate::manifest::MANIFEST_VERSION, 99] {
+            let name = format!("base_v{version}");
+            let m = Manifest {
+                format_version: version,
+                ..Manifest::for_tests(&name, 1, Lsn(0x100_0028), Lsn(0x100_0100))
+            };
+            repo.put_new(
+                &backup_key(&name, "manifest.json"),
+                &serde_json::to_vec(&m).unwrap(),
+                Compression::Zstd(1),
+            )
+            .await
+            .unwrap();
+            let loaded = load_manifest(&repo, &name).await;
+            if version <= crate::manifest::MANIFEST_VERSION {
+                assert_eq!(loaded.unwrap(), m);
+            } else {
+                let e = loaded.unwrap_err().to_string();
+                assert!(
+                    e.contains("manifest format version 99 is newer than this walarchive"),
+                    "{e}"
+                );
+            }
+        }
+    }
 }
