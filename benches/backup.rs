@@ -52,7 +52,7 @@ const GIB: f64 = 1024.0 * MIB;
 /// WAL segment size of the cluster (PostgreSQL's default).
 const SEG_MB: u32 = 16;
 /// walarchive's default `--part-size`, in MiB.
-const DEFAULT_PART_MB: u32 = 16;
+const DEFAULT_PART_MB: u32 = 8;
 /// The part sizes tried on the big database (local directory only).
 const PART_VARIANTS: [u32; 2] = [4, 64];
 /// walarchive's default `--parallel`.
@@ -890,7 +890,7 @@ fn print_report(
     for (op, title) in [
         (
             Op::Push,
-            "`backup-push --fast` (reads the data directory, tar, zstd:1, SHA-256, upload; waits for the WAL)",
+            "`backup-push --fast` (reads the data directory, tar, zstd:1, BLAKE3 per file, upload; waits for the WAL)",
         ),
         (
             Op::Fetch,
@@ -1039,7 +1039,7 @@ fn print_report(
          reference's on the same database. The data directory is in the page cache for every run, and the \
          S3 server runs on the same machine. backup-push's wall time includes the immediate \
          checkpoint and waiting until the backup's last WAL segment is archived (walarchive \
-         polls every 0.5 s). Peak RSS is of the whole walarchive process, runtime included.\n"
+         polls from 10 ms up to every 0.5 s). Peak RSS is of the whole walarchive process, runtime included.\n"
     );
     for (label, size) in repo_sizes {
         if let Some(size) = size {
