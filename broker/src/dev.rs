@@ -196,6 +196,26 @@ fn user_ids(user: &str) -> Result<(u32, u32), DevError> {
     Ok((id("-u")?, id("-g")?))
 }
 
+/// Makes the process `cmd` starts get SIGKILL when its parent goes, and not start at all
+/// if the parent is already gone by then (`PR_SET_PDEATHSIG`, then a check of the parent).
+///
+/// The death signal is tied to the spawning thread, not the process: spawn from a thread
+/// that lives as long as the process (the main thread, or a current-thread runtime's).
+/// Shared with the tests, whose agents and brokers must not outlive a killed test run.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts `cmd` in its own process group, killed when this process dies.
 fn spawn_child(mut cmd: Command, log: &Path) -> Result<Child, DevError> {
     let out = std::fs::OpenOptions::new()
@@ -210,19 +230,7 @@ fn spawn_child(mut cmd: Command, log: &Path) -> Result<Child, DevError> {
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls in the child. The death signal is tied to the
-    // spawning thread: call this from a thread that lives as long as the process (the main
-    // thread, or a current-thread runtime's).
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     cmd.spawn()
         .map_err(io_err(format!("start {:?}", cmd.get_program())))
 }

@@ -58,11 +58,8 @@ async fn two_cells_fail_over_and_rejoin() {
     let etcd = etcd();
     let root = test_root("cells");
     let bin = walarchive_copy(&root);
-    let repo_dir = root.join("repo");
-    std::fs::create_dir(&repo_dir).unwrap();
-    common::cells::chown_postgres(&repo_dir);
     let instance = "inst1";
-    let repo = format!("file://{}/{instance}", repo_dir.display());
+    let repo = format!("{}/{instance}", common::cells::file_repository(&root));
     let su_password = Secret::generate();
 
     let cells = [Cell::start(&root, "a"), Cell::start(&root, "b")];

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use common::cells::{
-    chown_postgres, free_port, test_root, wait_for, walarchive, walarchive_copy, Cell,
+    file_repository, free_port, test_root, wait_for, walarchive, walarchive_copy, Cell,
 };
 use common::etcd::etcd;
 use walarchive_broker::state::InstanceState;
@@ -219,10 +219,7 @@ async fn scenario() {
     let etcd = etcd();
     let root = test_root("provision");
     let bin = walarchive_copy(&root);
-    let repo_dir = root.join("repo");
-    std::fs::create_dir(&repo_dir).unwrap();
-    chown_postgres(&repo_dir);
-    let base = format!("file://{}", repo_dir.display());
+    let base = file_repository(&root);
 
     let cells = vec![
         Cell::start(&root, "a"),

@@ -8,14 +8,13 @@
 //! start another, and then serve bindings whose URI reaches the new cluster's leader.
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::cells::{chown_postgres, free_port, tail, test_root, wait_for, walarchive_copy, Cell};
+use common::cells::{file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell};
 use common::etcd::etcd;
 
 const SERVICE: &str = "svc-serve";
@@ -38,17 +37,7 @@ fn spawn_broker(config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    walarchive_broker::dev::die_with_parent(&mut cmd);
     cmd.spawn().expect("start walarchive-broker serve")
 }
 
@@ -121,10 +110,7 @@ async fn scenario() {
     let etcd = etcd();
     let root = test_root("serve");
     let bin = walarchive_copy(&root);
-    let repo_dir = root.join("repo");
-    std::fs::create_dir(&repo_dir).unwrap();
-    chown_postgres(&repo_dir);
-    let base = format!("file://{}", repo_dir.display());
+    let base = file_repository(&root);
     let cell = Cell::start(&root, "a");
     cell.wait_ready().await;
 

@@ -1058,17 +1058,7 @@ mod tests {
         files: &[(String, Vec<u8>)],
         part_size: usize,
     ) -> (Repository, u32, HashMap<String, FileEntry>) {
-        let repo = Repository::with_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            object_store::path::Path::from("r"),
-            walarchive_core::storage::Backend::Local,
-            "memory://test",
-            walarchive_core::RetryPolicy {
-                max_attempts: 1,
-                ..Default::default()
-            },
-            Compression::Zstd(1),
-        );
+        let repo = Repository::in_memory_for_tests("r", Compression::Zstd(1));
         let mut tar = tar::Builder::new(Vec::new());
         let mut expected = HashMap::new();
         for (i, (rel, content)) in files.iter().enumerate() {

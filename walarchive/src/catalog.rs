@@ -147,24 +147,12 @@ pub async fn set_permanent(repo: &Repository, name: &str, permanent: bool) -> Re
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::lsn::Lsn;
 
     #[tokio::test]
     async fn manifests_of_either_version_load_and_newer_ones_are_refused() {
-        let repo = Repository::with_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            object_store::path::Path::from("r"),
-            crate::storage::Backend::Local,
-            "memory://test",
-            crate::RetryPolicy {
-                max_attempts: 1,
-                ..Default::default()
-            },
-            Compression::Zstd(1),
-        );
+        let repo = Repository::in_memory_for_tests("r", Compression::Zstd(1));
         for version in [1, crate::manifest::MANIFEST_VERSION, 99] {
             let name = format!("base_v{version}");
             let m = Manifest {

@@ -193,34 +193,44 @@ pub fn encode_with_digest(
     compression: Compression,
     sha256: Sha256Digest,
 ) -> EncodedObject {
-    let body = compression.encode(raw);
-    let header = ObjectHeader {
-        version: FORMAT_VERSION,
-        codec: compression.id(),
-        header_len: HEADER_LEN,
-        raw_len: raw.len() as u64,
-        body_len: body.len() as u64,
-        sha256,
-    };
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
-    bytes.extend_from_slice(&header.to_bytes());
-    bytes.extend_from_slice(&body);
-    EncodedObject { bytes, header }
+    assemble(
+        raw.len(),
+        compression,
+        compression.encode(raw),
+        FORMAT_VERSION,
+        |_| sha256,
+    )
 }
 
 /// Encodes `raw` with `compression` into a version-2 object: its SHA-256 covers the body
 /// as stored, for content whose integrity is also checked another way (the files of a
-/// backup part, each with its SHA-256 in the manifest). Hashes the (small) compressed body
+/// backup part, each with its digest in the manifest). Hashes the (small) compressed body
 /// instead of the content.
 pub fn encode_body_digest(raw: &[u8], compression: Compression) -> EncodedObject {
-    let body = compression.encode(raw);
+    assemble(
+        raw.len(),
+        compression,
+        compression.encode(raw),
+        FORMAT_VERSION_BODY_DIGEST,
+        Sha256Digest::of,
+    )
+}
+
+/// Header (with the digest `digest` gives for the body) followed by `body`.
+fn assemble(
+    raw_len: usize,
+    compression: Compression,
+    body: Vec<u8>,
+    version: u16,
+    digest: impl FnOnce(&[u8]) -> Sha256Digest,
+) -> EncodedObject {
     let header = ObjectHeader {
-        version: FORMAT_VERSION_BODY_DIGEST,
+        version,
         codec: compression.id(),
         header_len: HEADER_LEN,
-        raw_len: raw.len() as u64,
+        raw_len: raw_len as u64,
         body_len: body.len() as u64,
-        sha256: Sha256Digest::of(&body),
+        sha256: digest(&body),
     };
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(&header.to_bytes());

@@ -121,6 +121,24 @@ impl Repository {
         ))
     }
 
+    /// Test support, not for production use: a repository in process memory under
+    /// `prefix` that tries every request once. Public (not `cfg(test)`) because
+    /// walarchive-restore's unit tests use it too.
+    #[doc(hidden)]
+    pub fn in_memory_for_tests(prefix: &str, compression: Compression) -> Self {
+        Repository::with_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            Path::from(prefix),
+            Backend::Local,
+            "memory://test",
+            RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            compression,
+        )
+    }
+
     /// A repository over an already built store (tests, fault injection).
     pub fn with_store(
         store: Arc<dyn ObjectStore>,

@@ -99,6 +99,15 @@ pub fn spawn_watchdog(script: &str) {
         .expect("spawn a cleanup watchdog");
 }
 
+/// A directory `repo` under `root` owned by postgres, and its `file://` URL: where the
+/// nodes' walarchive archives.
+pub fn file_repository(root: &Path) -> String {
+    let dir = root.join("repo");
+    std::fs::create_dir(&dir).unwrap();
+    chown_postgres(&dir);
+    format!("file://{}", dir.display())
+}
+
 /// The walarchive binary of this target directory (built when missing), copied into `dir`
 /// with mode 0755 so that the postgres user can execute it.
 pub fn walarchive_copy(dir: &Path) -> PathBuf {
@@ -196,17 +205,7 @@ impl Cell {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        walarchive_broker::dev::die_with_parent(&mut cmd);
         *self.child.lock().unwrap() = Some(cmd.spawn().expect("start walarchive-broker cell"));
     }
 
