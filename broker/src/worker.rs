@@ -1013,7 +1013,21 @@ impl Inner {
                 .take(inst.nodes.len() - target)
                 .cloned()
                 .collect();
-            for v in &victims {
+            for (k, v) in victims.iter().enumerate() {
+                self.store
+                    .set_progress(
+                        &op.instance_id,
+                        &op.id,
+                        &format!(
+                            "{}; removing replica {} on cell {} ({} of {})",
+                            seen.describe(),
+                            v.name,
+                            v.cell,
+                            k + 1,
+                            victims.len()
+                        ),
+                    )
+                    .await?;
                 if let Some(cell) = self.cell(&v.cell) {
                     cell.client.delete_node(&v.name).await.map_err(|e| {
                         Step::Pending(format!("Removing node {} on cell {}: {e}", v.name, v.cell))

@@ -605,11 +605,15 @@ operation_timeout = "4m"
     // Scaling down removes replicas only: the leader stays.
     let leader_before = leader_of(&cells, "db1").await;
     let op = c.update("db1", 1).await;
-    let (_, s, b) = c.wait_op("db1", &op, Duration::from_secs(120), &diag).await;
+    let (seen, s, b) = c.wait_op("db1", &op, Duration::from_secs(120), &diag).await;
     assert_eq!(
         (s, b["state"].as_str()),
         (StatusCode::OK, Some("succeeded")),
         "{b}"
+    );
+    assert!(
+        seen.iter().any(|d| d.contains("removing replica")),
+        "no progress while removing replicas: {seen:?}"
     );
     let on_cells = nodes_on_cells(&cells, "db1").await;
     assert_eq!(
