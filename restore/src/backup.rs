@@ -615,7 +615,8 @@ fn copy_entry(
     let mut n_total = 0u64;
     let mut unflushed = 0u64;
     hasher.send(HashJob::Start {
-        blake3: want.blake3.is_some(),
+        rel: rel.to_string(),
+        want: want.clone(),
     })?;
     loop {
         let mut buf = hasher.buffer()?;
@@ -639,11 +640,7 @@ fn copy_entry(
         progress.advance(n as u64);
         hasher.send(HashJob::Data(buf))?;
     }
-    hasher.send(HashJob::End {
-        rel: rel.to_string(),
-        want: want.clone(),
-        len: n_total,
-    })?;
+    hasher.send(HashJob::End { len: n_total })?;
     Ok(n_total)
 }
 
@@ -677,24 +674,45 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
-/// What the extractor sends the hashing thread: a file's start (with the digest its
-/// manifest entry has), its content in order, then its end.
+/// What the extractor sends the hashing thread: a file's start (its path and manifest
+/// entry), its content in order, then its end (the bytes read).
 enum HashJob {
-    Start {
-        blake3: bool,
-    },
+    Start { rel: String, want: FileEntry },
     Data(Vec<u8>),
-    End {
-        rel: String,
-        want: FileEntry,
-        len: u64,
-    },
+    End { len: u64 },
 }
 
-/// A file's digest being computed: the one its manifest entry records.
+/// A file's digest being computed: the one its manifest entry records (BLAKE3, or SHA-256
+/// in a version-1 manifest).
 enum FileDigest {
     Sha256(Sha256),
     Blake3(Box<blake3::Hasher>),
+}
+
+impl FileDigest {
+    fn for_entry(want: &FileEntry) -> FileDigest {
+        if want.blake3.is_some() {
+            FileDigest::Blake3(Box::default())
+        } else {
+            FileDigest::Sha256(Sha256::new())
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            FileDigest::Sha256(h) => h.update(data),
+            FileDigest::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    fn hex(self) -> String {
+        match self {
+            FileDigest::Sha256(h) => hex::encode(h.finalize()),
+            FileDigest::Blake3(h) => h.finalize().to_hex().to_string(),
+        }
+    }
 }
 
 /// Checks restored files against the manifest's digests on a thread of its own while the
@@ -721,31 +739,22 @@ impl Hasher {
         let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
         let stream = stream.to_string();
         let thread = std::thread::spawn(move || {
-            let mut digest = FileDigest::Sha256(Sha256::new());
+            // The file being hashed: its path, manifest entry and digest so far.
+            let mut current = None;
             for job in rx {
                 match job {
-                    HashJob::Start { blake3 } => {
-                        digest = if blake3 {
-                            FileDigest::Blake3(Box::default())
-                        } else {
-                            FileDigest::Sha256(Sha256::new())
-                        };
+                    HashJob::Start { rel, want } => {
+                        let digest = FileDigest::for_entry(&want);
+                        current = Some((rel, want, digest));
                     }
                     HashJob::Data(buf) => {
-                        match &mut digest {
-                            FileDigest::Sha256(h) => h.update(&buf),
-                            FileDigest::Blake3(h) => {
-                                h.update(&buf);
-                            }
-                        }
+                        let (_, _, digest) = current.as_mut().expect("a file was started");
+                        digest.update(&buf);
                         let _ = free_tx.send(buf); // the extractor may be done
                     }
-                    HashJob::End { rel, want, len } => {
-                        let hex = match &mut digest {
-                            FileDigest::Sha256(h) => hex::encode(h.finalize_reset()),
-                            FileDigest::Blake3(h) => h.finalize().to_hex().to_string(),
-                        };
-                        check_file(&stream, &rel, &want, &hex, len)?;
+                    HashJob::End { len } => {
+                        let (rel, want, digest) = current.take().expect("a file was started");
+                        check_file(&stream, &rel, &want, &digest.hex(), len)?;
                     }
                 }
             }
