@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::api::{BindError, Binder, BoxFuture};
 use crate::config::Secret;
-use crate::state::{Credentials, InstanceRecord, Store};
+use crate::state::{encode_component, Credentials, InstanceRecord, Store};
 
 /// The superuser the binder connects as.
 pub const SUPERUSER: &str = "postgres";
@@ -149,19 +149,6 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters (for URI user info).
-fn pct(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The credentials object of a role on `host:port`.
 pub fn credentials(
     host: &str,
@@ -175,7 +162,7 @@ pub fn credentials(
     } else {
         host.to_string()
     };
-    let db = pct(database);
+    let db = encode_component(database);
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("user", user)
         .append_pair("password", password)
@@ -183,8 +170,8 @@ pub fn credentials(
     Credentials {
         uri: format!(
             "postgres://{}:{}@{host_in_url}:{port}/{db}",
-            pct(user),
-            pct(password)
+            encode_component(user),
+            encode_component(password)
         ),
         jdbc_url: format!("jdbc:postgresql://{host_in_url}:{port}/{db}?{query}"),
         hostname: host.to_string(),

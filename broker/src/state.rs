@@ -585,7 +585,8 @@ pub fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Percent-encodes a key component outside RFC 3986's unreserved characters.
+/// Percent-encodes everything outside RFC 3986's unreserved characters: for etcd key
+/// components here, and for the user info and database of the URIs bindings return.
 pub fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
