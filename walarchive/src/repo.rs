@@ -327,16 +327,10 @@ impl Repository {
                 self.put_checked_after(relative, &key, payload, ours, stored_len)
                     .await
             }
-            Err(StorageError::NotFound) => Err(Error::Storage {
-                op: "put",
-                key: key.to_string(),
-                source: StorageError::Permanent("the bucket or container does not exist".into()),
-            }),
-            Err(source) => Err(Error::Storage {
-                op: "put",
-                key: key.to_string(),
-                source,
-            }),
+            Err(StorageError::NotFound) => Err(storage_error("put", &key)(
+                StorageError::Permanent("the bucket or container does not exist".into()),
+            )),
+            Err(source) => Err(storage_error("put", &key)(source)),
         }
     }
 
@@ -381,11 +375,7 @@ impl Repository {
         }
         self.put_retrying(key, &payload, PutMode::Overwrite)
             .await
-            .map_err(|source| Error::Storage {
-                op: "put",
-                key: key.to_string(),
-                source,
-            })?;
+            .map_err(storage_error("put", key))?;
         // Read back what the store now returns. Stores without create-only puts (Swift's
         // S3 API) may take a moment to show a new object: seen here once in a few hundred
         // puts under load, a GET answering 404 right after the put's 200. Such a 404 is
@@ -400,11 +390,7 @@ impl Repository {
             }
         })
         .await
-        .map_err(|source| Error::Storage {
-            op: "put",
-            key: key.to_string(),
-            source,
-        })?;
+        .map_err(storage_error("put", key))?;
         match read_back? {
             PutOutcome::AlreadyStored => Ok(PutOutcome::Stored { stored_len }),
             stored => Ok(stored),
@@ -440,11 +426,7 @@ impl Repository {
         match r {
             Ok(_) => Ok(true),
             Err(StorageError::NotFound) => Ok(false),
-            Err(source) => Err(Error::Storage {
-                op: "head",
-                key: key.to_string(),
-                source,
-            }),
+            Err(source) => Err(storage_error("head", key)(source)),
         }
     }
 
@@ -460,11 +442,7 @@ impl Repository {
             StorageError::NotFound => Error::NotFound {
                 key: key.to_string(),
             },
-            source => Error::Storage {
-                op: "get",
-                key: key.to_string(),
-                source,
-            },
+            source => storage_error("get", &key)(source),
         })?;
         format::decode(&bytes).map_err(|source| Error::Corrupt {
             key: key.to_string(),
@@ -481,11 +459,7 @@ impl Repository {
         .await;
         match r {
             Ok(()) | Err(StorageError::NotFound) => Ok(()),
-            Err(source) => Err(Error::Storage {
-                op: "delete",
-                key: key.to_string(),
-                source,
-            }),
+            Err(source) => Err(storage_error("delete", &key)(source)),
         }
     }
 
@@ -501,11 +475,7 @@ impl Repository {
                 .map_err(StorageError::from)
         })
         .await
-        .map_err(|source| Error::Storage {
-            op: "list",
-            key: prefix.to_string(),
-            source,
-        })?;
+        .map_err(storage_error("list", &prefix))?;
         let mut out: Vec<Listed> = items
             .into_iter()
             .map(|m| Listed {
@@ -528,11 +498,7 @@ impl Repository {
                 .map_err(StorageError::from)
         })
         .await
-        .map_err(|source| Error::Storage {
-            op: "list",
-            key: prefix.to_string(),
-            source,
-        })?;
+        .map_err(storage_error("list", &prefix))?;
         let mut out: Vec<String> = result
             .common_prefixes
             .iter()
@@ -562,6 +528,15 @@ pub struct Listed {
     pub size: u64,
     /// When the store last wrote it.
     pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// Turns a storage failure of `op` on `key` into the library's error.
+fn storage_error(
+    op: &'static str,
+    key: &impl std::fmt::Display,
+) -> impl FnOnce(StorageError) -> Error {
+    let key = key.to_string();
+    move |source| Error::Storage { op, key, source }
 }
 
 #[cfg(test)]
