@@ -854,6 +854,26 @@ impl Inner {
         Ok(ni)
     }
 
+    /// Puts every node of `inst` on its cell, waits (as a pending step) until the cluster
+    /// is healthy, then routes to it: what a provision and an update both end with.
+    async fn nodes_up_and_routed(
+        &self,
+        op: &OperationRecord,
+        inst: &InstanceRecord,
+        secrets: &InstanceSecrets,
+        pass: &mut Pass,
+    ) -> Result<(InstanceRecord, Observed), Step> {
+        let inst = self.ensure_nodes(op, inst, secrets, pass).await?;
+        let seen = self.observe(&inst).await;
+        if !seen.healthy() {
+            return Err(Step::Pending(seen.describe()));
+        }
+        self.sync_router()
+            .await
+            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
+        Ok((inst, seen))
+    }
+
     async fn observe(&self, inst: &InstanceRecord) -> Observed {
         let futs = inst.nodes.iter().map(|n| async move {
             let s = match self.cell(&n.cell) {
@@ -933,14 +953,7 @@ impl Inner {
         let secrets = self.secrets(&inst.id).await?;
         let target = op.request.node_count as usize;
         let inst = self.place(op, &inst, target).await?;
-        let inst = self.ensure_nodes(op, &inst, &secrets, pass).await?;
-        let seen = self.observe(&inst).await;
-        if !seen.healthy() {
-            return Err(Step::Pending(seen.describe()));
-        }
-        self.sync_router()
-            .await
-            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
+        let (inst, seen) = self.nodes_up_and_routed(op, &inst, &secrets, pass).await?;
         if !self.route_works(&inst, &secrets).await {
             return Err(Step::Pending(format!(
                 "{}; waiting for the router",
@@ -984,9 +997,8 @@ impl Inner {
             }
         }
         Ok(format!(
-            "The PostgreSQL cluster is ready ({} node{}).",
-            inst.nodes.len(),
-            if inst.nodes.len() == 1 { "" } else { "s" }
+            "The PostgreSQL cluster is ready ({}).",
+            nodes(inst.nodes.len())
         ))
     }
 
@@ -1048,19 +1060,8 @@ impl Inner {
                 warn!("cannot update the router: {e}");
             }
         }
-        let inst = self.ensure_nodes(op, &inst, &secrets, pass).await?;
-        let seen = self.observe(&inst).await;
-        if !seen.healthy() {
-            return Err(Step::Pending(seen.describe()));
-        }
-        self.sync_router()
-            .await
-            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
-        Ok(format!(
-            "Updated: {} node{}.",
-            inst.nodes.len(),
-            if inst.nodes.len() == 1 { "" } else { "s" }
-        ))
+        let (inst, _) = self.nodes_up_and_routed(op, &inst, &secrets, pass).await?;
+        Ok(format!("Updated: {}.", nodes(inst.nodes.len())))
     }
 
     async fn deprovision_pass(&self, op: &OperationRecord) -> Result<String, Step> {
@@ -1239,6 +1240,11 @@ struct Pass {
     put: HashMap<String, Vec<String>>,
     /// Whether the first base backup was taken by this task.
     backed_up: bool,
+}
+
+/// "1 node", "3 nodes".
+fn nodes(n: usize) -> String {
+    format!("{n} node{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
