@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cells::{chown_postgres, free_port, sh_quote, spawn_watchdog, test_root};
+use common::cells::{chown_postgres, connect, free_port, sh_quote, spawn_watchdog, test_root};
 use walarchive_broker::binder::{role_name, BinderOptions, FixedPassword, PgBinder};
 use walarchive_broker::config::Secret;
 use walarchive_broker::state::InstanceRecord;
@@ -131,14 +131,6 @@ fn instance(port: u16) -> InstanceRecord {
         "updated_at": "2026-01-01T00:00:00.000Z",
     }))
     .expect("an instance record")
-}
-
-async fn connect(uri: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(uri, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,30 +6,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cells::{free_port, test_root, wait_for, walarchive, walarchive_copy, Cell};
+use common::cells::{
+    connect, free_port, primary, superuser, test_root, wait_for, walarchive, walarchive_copy, Cell,
+};
 use common::etcd::etcd;
 use walarchive_broker::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
 use walarchive_broker::router::{Backend, Haproxy, Route, RouterOptions};
-
-async fn connect(port: u16, password: &str) -> Option<tokio_postgres::Client> {
-    let conn = format!(
-        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=3"
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Some(client)
-}
-
-/// A connection through the router to a writable primary.
-async fn primary(port: u16, password: &str) -> Option<tokio_postgres::Client> {
-    let c = connect(port, password).await?;
-    let row = c.query_one("select pg_is_in_recovery()", &[]).await.ok()?;
-    (!row.get::<_, bool>(0)).then_some(c)
-}
 
 async fn status(client: &CellClient, node: &str) -> Option<NodeStatus> {
     client.node(node).await.ok().flatten()
@@ -314,7 +296,7 @@ async fn two_cells_fail_over_and_rejoin() {
         diag,
     )
     .await;
-    let rejoined = connect(ports[leader_idx].pg_port, &pw)
+    let rejoined = connect(&superuser(ports[leader_idx].pg_port, &pw))
         .await
         .expect("connect to the rejoined node");
     wait_for(

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use common::cells::{
-    file_repository, free_port, test_root, wait_for, walarchive, walarchive_copy, Cell,
+    file_repository, free_port, primary, test_root, wait_for, walarchive, walarchive_copy, Cell,
 };
 use common::etcd::etcd;
 use walarchive_broker::state::InstanceState;
@@ -41,6 +41,22 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The API (without a binder) and the store of a broker configured by `text`, with its
+    /// state under `prefix` in etcd.
+    fn new(text: &str, prefix: &str) -> Ctx {
+        let config = BrokerConfig::parse(text, "test").expect("configuration");
+        let store = Store::new(
+            EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap(),
+            prefix.to_string(),
+        );
+        let state = AppState::new(config, store.clone(), Arc::new(NoBinder));
+        Ctx {
+            app: app(state.clone()),
+            state,
+            store,
+        }
+    }
+
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
         let auth = format!(
             "Basic {}",
@@ -149,24 +165,6 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-}
-
-/// A connection through the router to a writable primary.
-async fn primary(port: u16, password: &str) -> Option<tokio_postgres::Client> {
-    let conn = format!(
-        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=3"
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let row = client
-        .query_one("select pg_is_in_recovery()", &[])
-        .await
-        .ok()?;
-    (!row.get::<_, bool>(0)).then_some(client)
 }
 
 /// The names of `instance`'s nodes on each cell.
@@ -290,17 +288,8 @@ operation_timeout = "4m"
         haproxy = root.join("haproxy").display(),
         bin = bin.display(),
     );
-    let config = BrokerConfig::parse(&text, "test").expect("configuration");
-    let store = Store::new(
-        EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap(),
-        prefix.clone(),
-    );
-    let state = AppState::new(config, store.clone(), Arc::new(NoBinder));
-    let c = Ctx {
-        app: app(state.clone()),
-        state,
-        store: store.clone(),
-    };
+    let c = Ctx::new(&text, &prefix);
+    let store = c.store.clone();
     let config = c.state.config.clone();
     let wake = c.state.provisioner.clone();
     let diag = || {
@@ -806,17 +795,7 @@ poll_interval = "1s"
         endpoint = etcd.endpoint(),
         haproxy = dir.path().join("haproxy").display(),
     );
-    let config = BrokerConfig::parse(&text, "test").expect("configuration");
-    let store = Store::new(
-        EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap(),
-        prefix,
-    );
-    let state = AppState::new(config, store.clone(), Arc::new(NoBinder));
-    let c = Ctx {
-        app: app(state.clone()),
-        state,
-        store,
-    };
+    let c = Ctx::new(&text, &prefix);
     let worker = spawn_worker(
         c.state.config.clone(),
         c.store.clone(),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::cells::{file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell};
+use common::cells::{
+    connect, file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell,
+};
 use common::etcd::etcd;
 
 const SERVICE: &str = "svc-serve";
@@ -86,16 +88,6 @@ impl Api {
             .ok()?;
         (s == 200).then_some(b)
     }
-}
-
-async fn connect(uri: &str) -> Option<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(uri, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Some(client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,7 +312,7 @@ operation_timeout = "4m"
     let db = wait_for(
         "a connection with the binding's URI",
         Duration::from_secs(20),
-        || connect(&uri),
+        || async { connect(&uri).await.ok() },
         diag,
     )
     .await;

@@ -268,6 +268,32 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A session on `conninfo` (key=value or URI), its connection driven in the background.
+pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The superuser's connection string for 127.0.0.1:`port`.
+pub fn superuser(port: u16, password: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=3"
+    )
+}
+
+/// A superuser session through `port` on a writable primary (none while there is none).
+pub async fn primary(port: u16, password: &str) -> Option<tokio_postgres::Client> {
+    let client = connect(&superuser(port, password)).await.ok()?;
+    let row = client
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .ok()?;
+    (!row.get::<_, bool>(0)).then_some(client)
+}
+
 /// Polls `f` every 200 ms until it returns `Some`, panicking with `what` and `diag()` after
 /// `timeout`.
 pub async fn wait_for<T, F, Fut>(
