@@ -36,22 +36,19 @@ impl BackupEntry {
 pub async fn load_manifest(repo: &Repository, name: &str) -> Result<Manifest, Error> {
     let key = backup_key(name, "manifest.json");
     let (_, raw) = repo.get_verified(&key).await?;
-    let bad = |key: String, reason: String| Error::Corrupt {
-        key,
+    let bad = |reason: String| Error::Corrupt {
+        key: key.clone(),
         source: crate::format::FormatError::Decode(crate::codec::DecodeError {
             codec: "json",
             reason,
         }),
     };
-    let m: Manifest = serde_json::from_slice(&raw).map_err(|e| bad(key.clone(), e.to_string()))?;
+    let m: Manifest = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
     if m.format_version > crate::manifest::MANIFEST_VERSION {
-        return Err(bad(
-            key,
-            format!(
-                "manifest format version {} is newer than this walarchive understands (upgrade walarchive)",
-                m.format_version
-            ),
-        ));
+        return Err(bad(format!(
+            "manifest format version {} is newer than this walarchive understands (upgrade walarchive)",
+            m.format_version
+        )));
     }
     Ok(m)
 }
