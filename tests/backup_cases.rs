@@ -395,8 +395,32 @@ fn tampered_backup_fails_clearly() {
     let target = PgCluster::empty();
     assert_success(&repo.try_restore_into(&target, "LATEST", &[]));
 
-    // A manifest replaced by garbage.
+    // A manifest from a newer walarchive (a valid object whose format_version this build
+    // does not know): refused with the reason, nothing written, and intact once put back.
     let manifest = dir.join("manifest.json");
+    let stored = fs::read(&manifest).unwrap();
+    let (_, raw) = walarchive_core::format::decode(&stored).unwrap();
+    let mut newer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    newer["format_version"] = 99.into();
+    let newer = serde_json::to_vec(&newer).unwrap();
+    fs::write(
+        &manifest,
+        walarchive_core::format::encode(&newer, walarchive_core::Compression::Zstd(1)).bytes,
+    )
+    .unwrap();
+    let target = PgCluster::empty();
+    let out = repo.try_restore_into(&target, &name, &[]);
+    assert_code(&out, 8);
+    let newer_line = error_line(&out);
+    assert!(
+        newer_line.contains("manifest format version 99 is newer than this walarchive")
+            && newer_line.contains("upgrade walarchive"),
+        "{newer_line}"
+    );
+    assert!(!target.data_dir().join("PG_VERSION").exists());
+    fs::write(&manifest, &stored).unwrap();
+
+    // A manifest replaced by garbage.
     fs::write(
         &manifest,
         "this is not a walarchive manifest ".repeat(10).as_bytes(),
