@@ -101,7 +101,7 @@ impl Settings {
         for (k, v) in &env {
             field(&format!("env.{k}"), v);
         }
-        walarchive_core::format::Sha256Digest::of(&h).to_string()
+        walarchive_core::format::Digest::sha256(&h).to_string()
     }
 
     pub fn open(&self) -> Result<Repository> {

@@ -225,8 +225,10 @@ impl FakeData {
         }
     }
 
-    fn sha256(&self, name: &str) -> String {
-        sha256_hex(&fs::read(self.wal(name)).unwrap())
+    fn blake3(&self, name: &str) -> String {
+        blake3::hash(&fs::read(self.wal(name)).unwrap())
+            .to_hex()
+            .to_string()
     }
 
     /// Writes a marker as walarchive does, with `tweak` applied.
@@ -234,7 +236,7 @@ impl FakeData {
         let mut m = serde_json::json!({
             "name": name,
             "repository": self.url,
-            "sha256": self.sha256(name),
+            "blake3": self.blake3(name),
             "size": fs::metadata(self.wal(name)).unwrap().len(),
             "mtime_ns": 0,
             "stored_len": null,
@@ -282,7 +284,7 @@ fn markers_that_do_not_match_never_answer() {
     let n = &f.names;
     // Nothing is stored yet; every marker below is wrong in one way.
     f.write_marker(&n[0], |_| {}); // right content, but the object is not in the repository
-    f.write_marker(&n[1], |m| m["sha256"] = "00".repeat(32).into());
+    f.write_marker(&n[1], |m| m["blake3"] = "00".repeat(32).into());
     f.write_marker(&n[2], |m| m["repository"] = "file:///elsewhere".into());
     f.write_marker(&n[3], |m| m["name"] = n[4].clone().into());
     fs::write(f.marker(&n[4]), b"{ truncated").unwrap();
@@ -301,6 +303,23 @@ fn markers_that_do_not_match_never_answer() {
         );
         assert!(!f.marker(name).exists(), "the bogus marker of {name} stays");
     }
+
+    // A marker as walarchive wrote them before WAL objects carried BLAKE3 (a "sha256" of
+    // the content instead), for a segment that is stored: not trusted, the segment is
+    // pushed as usual and found already stored.
+    assert_success(&f.push(&n[6], &["--parallel", "1"]));
+    f.write_marker(&n[6], |m| {
+        let m = m.as_object_mut().unwrap();
+        m.remove("blake3");
+        m.insert(
+            "sha256".into(),
+            sha256_hex(&fs::read(f.wal(&n[6])).unwrap()).into(),
+        );
+    });
+    let err = stderr(assert_success(&f.push(&n[6], &["--parallel", "1"])));
+    assert!(!err.contains("archived ahead by an earlier"), "{err}");
+    assert!(err.contains("unreadable marker"), "{err}");
+    assert!(!f.marker(&n[6]).exists(), "the old marker stays");
 
     // A correct marker for another repository URL: that repository gets the segment.
     let other = format!("file://{}", f.dir.join("other-repo").display());

@@ -36,10 +36,11 @@
 //! file is a leftover and is not waited for.
 //!
 //! **Nothing unverified is ever served.** A worker downloads an object, which the repository
-//! verifies (length and SHA-256 of the content, see `walarchive_core::format`), writes the
+//! verifies (length and digest of the content, see `walarchive_core::format`), writes the
 //! content to a temporary name, and renames it to its final name only then: `SEGMENT.KEY`,
-//! where KEY is a SHA-256 over a domain tag, the segment's name and the content's verified
-//! SHA-256. So a file under a final name was complete when it was named, and its name binds its
+//! where KEY is a SHA-256 over a domain tag, the segment's name and the content's BLAKE3
+//! (the object's own digest since format version 3; computed from the verified content for
+//! older objects). So a file under a final name was complete when it was named, and its name binds its
 //! content to the segment it is for. Before serving a file, the request hashes it again (cheap
 //! next to a download: 1 to 16 MiB from the page cache) and compares with the name: a file
 //! truncated, damaged or replaced after its download, or renamed to another segment or
@@ -73,8 +74,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
-use walarchive_core::format::Sha256Digest;
+use sha2::{Digest as _, Sha256};
+use walarchive_core::format::{Digest, DigestKind};
 use walarchive_core::wal::is_valid_segment_size;
 use walarchive_core::{Repository, SegmentName, WalFileName};
 
@@ -98,7 +99,7 @@ const PURGE_NAME: &str = ".purge";
 const POSITION_NAME: &str = ".position";
 const END_NAME: &str = ".end";
 const TEMP_SUFFIX: &str = ".tmp";
-const KEY_DOMAIN: &[u8] = b"walarchive prefetch v1\0";
+const KEY_DOMAIN: &[u8] = b"walarchive prefetch v2 blake3\0";
 const POLL: Duration = Duration::from_millis(5);
 /// A worker exits when PostgreSQL has asked for nothing for this long.
 pub const FOLLOW_IDLE: Duration = Duration::from_secs(3);
@@ -264,8 +265,8 @@ fn final_name_parts(name: &str) -> Option<(SegmentName, &str)> {
     Some((seg.parse().ok()?, key))
 }
 
-/// The key in a prefetched file's name: binds the segment's name to its content's SHA-256.
-fn key_for(seg: SegmentName, content: &Sha256Digest) -> String {
+/// The key in a prefetched file's name: binds the segment's name to its content's BLAKE3.
+fn key_for(seg: SegmentName, content: &Digest) -> String {
     let mut h = Sha256::new();
     h.update(KEY_DOMAIN);
     h.update(seg.to_string().as_bytes());
@@ -393,7 +394,7 @@ fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
             meta.len()
         ));
     }
-    let mut hasher = Sha256::new();
+    let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
@@ -407,10 +408,10 @@ fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
     if len != meta.len() {
         return Err("changed while being read".into());
     }
-    let content = Sha256Digest(hasher.finalize().into());
+    let content = Digest(*hasher.finalize().as_bytes());
     if key_for(seg, &content) != key {
         return Err(format!(
-            "its content (sha256 {content}) does not match its name (checksum mismatch)"
+            "its content (blake3 {content}) does not match its name (checksum mismatch)"
         ));
     }
     Ok(len)
@@ -864,7 +865,11 @@ async fn download(
             ),
         }));
     }
-    let final_path = dir.join(format!("{seg}.{}", key_for(seg, &header.sha256)));
+    let content = match header.digest_kind() {
+        DigestKind::Blake3 => header.digest,
+        _ => Digest::blake3(&raw),
+    };
+    let final_path = dir.join(format!("{seg}.{}", key_for(seg, &content)));
     tokio::task::spawn_blocking(move || {
         let result = (|| {
             let mut f = OpenOptions::new()
@@ -987,7 +992,7 @@ mod tests {
     #[test]
     fn names() {
         let s = seg(1, 5);
-        let key = key_for(s, &Sha256Digest::of(b"x"));
+        let key = key_for(s, &Digest::blake3(b"x"));
         assert_eq!(classify(&format!("{s}.{key}")), Entry::Final(s));
         assert_eq!(classify(&format!(".{s}.123.tmp")), Entry::Temp(s, 123));
         assert_eq!(classify(".position"), Entry::Position);
@@ -1005,7 +1010,7 @@ mod tests {
             assert_eq!(classify(&other), Entry::Other, "{other}");
         }
         // The key binds the name: the same content under another segment or timeline differs.
-        let d = Sha256Digest::of(b"x");
+        let d = Digest::blake3(b"x");
         assert_ne!(key_for(seg(1, 5), &d), key_for(seg(2, 5), &d));
         assert_ne!(key_for(seg(1, 5), &d), key_for(seg(1, 6), &d));
         assert_eq!(
@@ -1214,7 +1219,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             let c = content(s);
             fs::write(&tmp, &c).unwrap();
-            let key = key_for(s, &Sha256Digest::of(&c));
+            let key = key_for(s, &Digest::blake3(&c));
             fs::rename(&tmp, tmp.with_file_name(format!("{s}.{key}"))).unwrap();
             drop(lock);
         });

@@ -747,7 +747,8 @@ async fn upload_stream(
         let (repo, free_tx) = (repo.clone(), free_tx.clone());
         uploads.spawn(async move {
             let encoded = tokio::task::spawn_blocking(move || {
-                let encoded = format::encode_body_digest(&chunk, compression);
+                let encoded =
+                    format::encode_as(&chunk, compression, format::DigestKind::Sha256OfBody);
                 let _ = free_tx.send(chunk); // the writer may be gone: then it is dropped
                 encoded
             })

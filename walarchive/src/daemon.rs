@@ -740,7 +740,7 @@ mod tests {
             name: "000000010000000000000001".parse().unwrap(),
             raw_len: 16,
             outcome: PutOutcome::Stored { stored_len: 9 },
-            sha256: crate::format::Sha256Digest::of(b"x"),
+            blake3: crate::format::Digest::blake3(b"x"),
         };
         let line = ok_reply(How::Stored, &r);
         match parse_reply(line.trim_end()) {

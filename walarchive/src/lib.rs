@@ -34,7 +34,7 @@ pub use repo::{Descriptor, Repository};
 pub use retry::RetryPolicy;
 pub use wal::{SegmentName, TimelineId, WalFileName};
 
-use format::{FormatError, Sha256Digest};
+use format::FormatError;
 use storage::{OpenError, StorageError};
 
 /// Everything that can go wrong in the engine.
@@ -52,14 +52,14 @@ pub enum Error {
     #[error(transparent)]
     BadName(#[from] wal::WalNameError),
     /// The object exists with different content.
-    #[error("{name} is already archived with different content (stored sha256 {stored}, new sha256 {new}); refusing to overwrite it: is another server archiving into this repository?")]
+    #[error("{name} is already archived with different content (stored {stored}, new {new}); refusing to overwrite it: is another server archiving into this repository?")]
     Conflict {
         /// WAL file name.
         name: String,
-        /// Digest of the stored content.
-        stored: Sha256Digest,
-        /// Digest of the content offered.
-        new: Sha256Digest,
+        /// Digest of the stored content, named by its kind ("blake3 HEX").
+        stored: String,
+        /// Digest of the content offered, named by its kind.
+        new: String,
     },
     /// The WAL belongs to another cluster (or another WAL format) than the repository.
     #[error("{name} does not belong to this repository: its {field} is {wal} but the repository's is {repo} (another cluster's WAL? refusing it)")]

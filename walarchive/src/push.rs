@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::format::{self, Sha256Digest};
+use crate::format::{self, Digest};
 use crate::repo::{Descriptor, PutOutcome, Repository, REPOSITORY_FORMAT};
 use crate::wal::{is_valid_segment_size, WalFileName, WalPageHeader};
 use crate::Error;
@@ -24,8 +24,9 @@ pub struct PushReport {
     pub raw_len: u64,
     /// Newly stored, or already there with the same content.
     pub outcome: PutOutcome,
-    /// SHA-256 of the file's content (what the stored object holds).
-    pub sha256: Sha256Digest,
+    /// BLAKE3 of the file's content (what the stored object holds): what push-ahead
+    /// markers record.
+    pub blake3: Digest,
 }
 
 /// Archives the WAL file at `path` (as PostgreSQL's `%p`) into `repo`.
@@ -78,7 +79,8 @@ pub async fn prepare(path: &Path, compression: crate::Compression) -> Result<Pre
 pub async fn store_prepared(repo: &Repository, prepared: Prepared) -> Result<PushReport, Error> {
     let Prepared { name, encoded, .. } = prepared;
     let raw_len = encoded.header.raw_len;
-    let sha256 = encoded.header.sha256;
+    debug_assert_eq!(encoded.header.digest_kind(), format::DigestKind::Blake3);
+    let blake3 = encoded.header.digest;
     let outcome = repo
         .put_encoded(&Repository::wal_key(&name), encoded)
         .await?;
@@ -86,7 +88,7 @@ pub async fn store_prepared(repo: &Repository, prepared: Prepared) -> Result<Pus
         name,
         raw_len,
         outcome,
-        sha256,
+        blake3,
     })
 }
 
@@ -229,25 +231,26 @@ pub fn read_and_encode(
     Ok((found, encoded))
 }
 
-/// SHA-256 of the file at `path`, read in chunks. Blocking.
-pub fn hash_file(path: &Path) -> std::io::Result<Sha256Digest> {
-    use sha2::{Digest, Sha256};
+/// BLAKE3 of the file at `path`, read in chunks. Blocking.
+pub fn hash_file(path: &Path) -> std::io::Result<Digest> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = blake3::Hasher::new();
     CHUNK_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.resize(CHUNK, 0);
         loop {
             match file.read(&mut buf) {
                 Ok(0) => return Ok(()),
-                Ok(n) => hasher.update(&buf[..n]),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
     })?;
-    Ok(Sha256Digest(hasher.finalize().into()))
+    Ok(Digest(*hasher.finalize().as_bytes()))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //!   local-directory backend fsyncs), with a write, an fsync and a rename, so it is complete
 //!   or absent. When PostgreSQL later asks for that segment, the call answers 0 only if the
 //!   marker names this segment and this repository URL, the file has the marker's size, the
-//!   SHA-256 of the file's *current* content is the marker's (reading and hashing a segment
+//!   BLAKE3 of the file's *current* content is the marker's (reading and hashing a segment
 //!   costs milliseconds), and the repository still has the object (one HEAD request: a
 //!   repository wiped and recreated at the same URL is caught). Anything else (no marker, an
 //!   unreadable one, a mismatch, an error while checking) means the segment is pushed as
@@ -123,12 +123,14 @@ pub struct Marker {
     pub name: String,
     /// The repository URL it was stored into.
     pub repository: String,
-    /// SHA-256 of the content stored (hex).
-    pub sha256: String,
+    /// BLAKE3 of the content stored (hex). A marker written by an older walarchive has a
+    /// `sha256` instead: unreadable here, so its segment is pushed as usual (and found
+    /// already stored).
+    pub blake3: String,
     /// Size of the content stored.
     pub size: u64,
     /// Modification time of the file when it was read (nanoseconds since the epoch; for
-    /// diagnosis only: the content's SHA-256 is what is checked).
+    /// diagnosis only: the content's digest is what is checked).
     pub mtime_ns: u64,
     /// Bytes stored, when this push stored the object (absent when it was already there).
     pub stored_len: Option<u64>,
@@ -142,7 +144,7 @@ impl Marker {
         Marker {
             name: report.name.to_string(),
             repository: repo.url().to_string(),
-            sha256: report.sha256.to_string(),
+            blake3: report.blake3.to_string(),
             size: report.raw_len,
             mtime_ns,
             stored_len: match report.outcome {
@@ -569,10 +571,10 @@ async fn check_marker(
         .await
         .expect("hashing does not panic")
         .map_err(|e| Refusal::Unchecked(format!("cannot read {}: {e}", path.display())))?;
-    if digest.to_string() != marker.sha256 {
+    if digest.to_string() != marker.blake3 {
         return Err(Refusal::Mismatch(format!(
-            "the file's content (sha256 {digest}) is not what was pushed ahead (sha256 {})",
-            marker.sha256
+            "the file's content (blake3 {digest}) is not what was pushed ahead (blake3 {})",
+            marker.blake3
         )));
     }
     let name = WalFileName::Segment(seg);
@@ -582,7 +584,7 @@ async fn check_marker(
             name,
             raw_len: meta.len(),
             outcome: PutOutcome::AlreadyStored,
-            sha256: digest,
+            blake3: digest,
         }),
         Ok(false) => Err(Refusal::Mismatch(
             "the repository does not have it (deleted or recreated since?)".into(),
@@ -665,7 +667,7 @@ pub(crate) fn remove(path: &Path) {
 mod tests {
     use super::*;
     use crate::codec::Compression;
-    use crate::format::Sha256Digest;
+    use crate::format::Digest;
     use crate::retry::RetryPolicy;
     use crate::storage::Backend;
     use object_store::memory::InMemory;
@@ -779,7 +781,7 @@ mod tests {
             let m: Marker = serde_json::from_slice(&fs::read(w.marker(&n(i))).unwrap()).unwrap();
             assert_eq!((m.name.as_str(), m.size), (n(i).as_str(), SEG as u64));
             assert_eq!(m.repository, "memory://test");
-            assert_eq!(m.sha256, Sha256Digest::of(&segment(&n(i), 42)).to_string());
+            assert_eq!(m.blake3, Digest::blake3(&segment(&n(i), 42)).to_string());
         }
         assert!(
             !w.marker(&n(1)).exists(),
@@ -878,7 +880,7 @@ mod tests {
             let mut marker = Marker {
                 name: name.into(),
                 repository: "memory://test".into(),
-                sha256: Sha256Digest::of(&segment(name, 42)).to_string(),
+                blake3: Digest::blake3(&segment(name, 42)).to_string(),
                 size: SEG as u64,
                 mtime_ns: 0,
                 stored_len: None,
@@ -891,7 +893,7 @@ mod tests {
         for (i, tweak) in [
             (
                 5,
-                &(|m: &mut Marker| m.sha256 = "00".repeat(32)) as &dyn Fn(&mut Marker),
+                &(|m: &mut Marker| m.blake3 = "00".repeat(32)) as &dyn Fn(&mut Marker),
             ),
             (6, &|m: &mut Marker| m.name = n(7)),
             (7, &|m: &mut Marker| m.size = 8192),

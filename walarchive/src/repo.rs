@@ -294,8 +294,8 @@ impl Repository {
         encoded: format::EncodedObject,
     ) -> Result<PutOutcome, Error> {
         let key = self.key(relative);
-        // What an object already there must match: the same ours of the same kind (a
-        // version-2 ours covers the stored body, a version-1 ours the content).
+        // What an object already there must match: the same content (or, for a body
+        // digest, the same object): see compare_existing.
         let ours = encoded.header;
         // Look first: a re-push after a crash then costs one small request instead of an
         // upload, and stores that ignore conditional puts still never get overwritten.
@@ -403,16 +403,28 @@ impl Repository {
         key: &Path,
         ours: ObjectHeader,
     ) -> Result<PutOutcome, Error> {
-        let (header, _) = self.get_verified(relative).await?;
-        if header.version == ours.version && header.sha256 == ours.sha256 {
+        let (header, content) = self.get_verified(relative).await?;
+        let kind = ours.digest_kind();
+        // Content digests compare the content, whatever digest the stored object carries (a
+        // segment archived as version 1, SHA-256, re-pushed as version 3, BLAKE3): the
+        // stored content was just decoded and verified. A body digest (backup parts)
+        // compares the object itself: same version, same digest.
+        let (stored_kind, stored) = if header.digest_kind() == kind {
+            (kind, header.digest)
+        } else if kind.of_content() {
+            (kind, kind.digest(&content))
+        } else {
+            (header.digest_kind(), header.digest)
+        };
+        if stored_kind == kind && stored == ours.digest {
             Ok(PutOutcome::AlreadyStored)
         } else {
             let name = relative.rsplit('/').next().unwrap_or(relative).to_string();
             tracing::debug!("conflict at {key}");
             Err(Error::Conflict {
                 name,
-                stored: header.sha256,
-                new: ours.sha256,
+                stored: format!("{stored_kind} {stored}"),
+                new: format!("{kind} {}", ours.digest),
             })
         }
     }
@@ -632,6 +644,49 @@ mod tests {
         let listed = r.list("").await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].key.as_str(), listed[0].size), ("a", 68));
+    }
+
+    /// WAL archived as version 1 (SHA-256) and pushed again as version 3 (BLAKE3), or the
+    /// other way round: compared by content, so the same content is already stored and
+    /// other content is a conflict, named with digests of one kind.
+    #[tokio::test]
+    async fn content_digests_of_either_hash_compare_by_content() {
+        use format::DigestKind;
+        let r = repo();
+        let v1 = |raw: &[u8]| format::encode_as(raw, Compression::Lz4, DigestKind::Sha256);
+        let v3 = |raw: &[u8]| format::encode_as(raw, Compression::Zstd(1), DigestKind::Blake3);
+        r.put_encoded("old", v1(b"segment")).await.unwrap();
+        r.put_encoded("new", v3(b"segment")).await.unwrap();
+        assert_eq!(
+            r.put_encoded("old", v3(b"segment")).await.unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        assert_eq!(
+            r.put_encoded("new", v1(b"segment")).await.unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        let e = r.put_encoded("old", v3(b"other")).await.unwrap_err();
+        let want = format!(
+            "(stored blake3 {}, new blake3 {})",
+            format::Digest::blake3(b"segment"),
+            format::Digest::blake3(b"other")
+        );
+        assert!(e.to_string().contains(&want), "{e}");
+        let e = r.put_encoded("new", v1(b"other")).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e}");
+        assert!(e.to_string().contains("(stored sha256 "), "{e}");
+        // Body digests (backup parts) compare the object: the same content under another
+        // version is not taken for it.
+        let part = |raw: &[u8]| format::encode_as(raw, Compression::Lz4, DigestKind::Sha256OfBody);
+        r.put_encoded("part", part(b"files")).await.unwrap();
+        assert_eq!(
+            r.put_encoded("part", part(b"files")).await.unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        r.put_encoded("v1", v1(b"files")).await.unwrap();
+        let e = r.put_encoded("v1", part(b"files")).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e}");
+        assert_eq!(r.get_verified("old").await.unwrap().1, b"segment");
     }
 
     /// Fails its first `failures` requests with a transient (connection-level) error, then

@@ -17,7 +17,7 @@
 //!   timeline N; a timeline (> 1) with WAL but no history file is unreachable. A history
 //!   file must parse, list strictly older ancestors, and extend its parent's history.
 //! - **Does every object decode?** Each object is downloaded and verified (header,
-//!   decompression, SHA-256), and each segment's first page header is checked against its
+//!   decompression, digest), and each segment's first page header is checked against its
 //!   name and the repository's cluster. This reads the whole archive: its cost is one
 //!   download and one decompression of every WAL object, so run it where bandwidth is
 //!   cheap, or rarely.
