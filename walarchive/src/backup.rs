@@ -5,7 +5,7 @@
 //! half-done. The data directory is read file by file into a tar stream that is cut into
 //! fixed-size parts; up to `parallel` parts are compressed (on the blocking pool) and
 //! uploaded at once while the next ones are read, and part buffers are reused, so memory
-//! stays at `parallel + 2` parts whatever the database size. A backup only counts once every WAL segment
+//! stays at `parallel + 1` parts whatever the database size. A backup only counts once every WAL segment
 //! from its start to its stop LSN is in the repository: the manifest, written last, is the
 //! proof of that, and nothing without a manifest is ever listed or restored.
 
@@ -670,9 +670,11 @@ struct StreamResult {
 /// slot; every part gets its number as it leaves the writer, so the parts are numbered in
 /// stream order (`part-000001` onwards, contiguous) whatever order their uploads finish in.
 /// Each part is compressed on the blocking pool and uploaded by a task of its own; its
-/// buffer goes back to the writer as soon as it is compressed. In memory at any time: one
-/// part being filled (or waiting to be handed over), one queued, and `parallel` being
-/// compressed and uploaded (with their compressed copies).
+/// buffer goes back to the writer as soon as it is compressed. In memory at any time:
+/// `parallel + 1` part buffers (filled, queued or compressing; the writer waits for one to
+/// come back rather than allocate more) and the compressed copies being uploaded. A
+/// `parallel + 2`nd buffer (one filled while another waits in the queue) bought no speed on
+/// two cores and cost a part's size of RSS.
 #[allow(clippy::too_many_arguments)]
 async fn upload_stream(
     repo: &Repository,
@@ -686,7 +688,7 @@ async fn upload_stream(
 ) -> Result<StreamResult, Error> {
     let parallel = parallel.max(1);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
-    // Part buffers come back here once compressed: at most `parallel + 2` are ever
+    // Part buffers come back here once compressed: at most `parallel + 1` are ever
     // allocated, so the heap stays flat instead of keeping a trail of freed parts.
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let root = root.to_path_buf();
@@ -695,6 +697,8 @@ async fn upload_stream(
         let sink = PartWriter {
             buf: Vec::with_capacity(part_size),
             part_size,
+            allocated: 1,
+            max_buffers: parallel + 1,
             tx,
             free: free_rx,
             total: 0,
@@ -787,6 +791,10 @@ async fn upload_stream(
 struct PartWriter {
     buf: Vec<u8>,
     part_size: usize,
+    /// Part buffers allocated so far (the one being filled included), and the most there
+    /// may be.
+    allocated: usize,
+    max_buffers: usize,
     tx: mpsc::Sender<Vec<u8>>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
     total: u64,
@@ -799,14 +807,35 @@ impl PartWriter {
             .blocking_send(full)
             .map_err(|_| std::io::Error::other("the upload failed"))?;
         // Only once the part is handed over, so that a recycled (resident) buffer is not
-        // held while waiting: one part being filled, one queued, the rest uploading.
-        self.buf = match self.free.try_recv() {
-            Ok(mut b) => {
-                b.clear();
-                b
+        // held while waiting. At most `max_buffers` are ever allocated: with all of them out
+        // (one queued, the rest compressing), the next part waits for one to come back.
+        let mut b = loop {
+            match self.free.try_recv() {
+                Ok(b) => break b,
+                Err(_) if self.allocated < self.max_buffers => {
+                    self.allocated += 1;
+                    break Vec::with_capacity(self.part_size);
+                }
+                Err(_) => {}
             }
-            Err(_) => Vec::with_capacity(self.part_size),
+            match self
+                .free
+                .recv_timeout(std::time::Duration::from_millis(100))
+            {
+                Ok(b) => break b,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if self.tx.is_closed() => {
+                    return Err(std::io::Error::other("the upload failed"));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // Nobody can give one back: a fresh one rather than waiting forever.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.allocated += 1;
+                    break Vec::with_capacity(self.part_size);
+                }
+            }
         };
+        b.clear();
+        self.buf = b;
         Ok(())
     }
 
