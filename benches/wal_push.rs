@@ -12,7 +12,7 @@
 //! 2. Codec throughput, single-threaded and in process, on whole 16 MiB
 //!    segments: none, lz4 and zstd levels 1, 2, 3 and 6 (encode and decode
 //!    MiB/s of raw WAL, compression ratio), plus the full object format
-//!    (codec + SHA-256 + header) at the default level.
+//!    (codec + BLAKE3 + header, as WAL is stored) at the default level.
 //! 3. Whole-process `wal-push`, one process per segment, sequentially, with the
 //!    working directory holding `pg_wal/NAME` as PostgreSQL's archiver does,
 //!    into a fresh local-directory repository and a fresh bucket on the
@@ -701,7 +701,7 @@ fn print_report(
         s,
         "\n\"time vs cp\" is mean time per push divided by the mean of the two `cp` + `sync FILE` reference runs \
          ({cp_mean:.1} ms); it is the number to compare across machines. Push times include process start-up, \
-         reading and checking the segment, SHA-256, compression and the durable write/upload. \
+         reading and checking the segment, BLAKE3, compression and the durable write/upload. \
          The S3 server runs on the same machine.\n"
     );
     for r in pushes {
