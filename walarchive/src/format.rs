@@ -289,11 +289,7 @@ pub fn encode_as(raw: &[u8], compression: Compression, kind: DigestKind) -> Enco
 /// blocks of every thread that ever compressed: backup-push's peak RSS was 10 MiB above its
 /// part buffers.
 fn with_zstd_body<T>(raw: &[u8], level: i32, then: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
-    let mut body = ZSTD_BODIES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .pop()
-        .unwrap_or_default();
+    let mut body = ZSTD_BODIES.take();
     let result = (|| {
         let mut ctx = ZstdContext::take();
         let cctx = ctx.get();
@@ -307,16 +303,41 @@ fn with_zstd_body<T>(raw: &[u8], level: i32, then: impl FnOnce(&[u8]) -> T) -> s
         cctx.compress2(&mut body, raw).map_err(zstd_err)?;
         Ok(then(&body))
     })();
-    ZSTD_BODIES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(body);
+    ZSTD_BODIES.give(body);
     result
 }
 
 /// Compression buffers of [`with_zstd_body`], reused: as many as objects were ever
 /// compressed at once.
-static ZSTD_BODIES: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+static ZSTD_BODIES: Pool<Vec<u8>> = Pool::new();
+
+/// Values (buffers, compression contexts) reused from one object to the next: a pool keeps
+/// as many as were ever in use at once, instead of leaving the allocator to keep what each
+/// thread freed.
+struct Pool<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T: Default> Pool<T> {
+    const fn new() -> Pool<T> {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// A pooled value, or a new one.
+    fn take(&self) -> T {
+        let mut pooled = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pooled.pop().unwrap_or_default()
+    }
+
+    fn give(&self, value: T) {
+        let mut pooled = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pooled.push(value);
+    }
+}
 
 /// Header (with `digest`) followed by `body`.
 fn assemble(
@@ -458,7 +479,7 @@ const ONE_SHOT_MAX: u64 = 16 << 20;
 
 /// Read buffers of [`encode_one_shot`], reused: as many as segments were ever encoded at
 /// once.
-static ONE_SHOT_INPUTS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+static ONE_SHOT_INPUTS: Pool<Vec<u8>> = Pool::new();
 
 /// The one-call path of [`encode_reader`] for zstd: the first `head_len` bytes go to `first`.
 fn encode_one_shot<R: std::io::Read>(
@@ -469,11 +490,7 @@ fn encode_one_shot<R: std::io::Read>(
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<EncodedObject> {
     use std::io::{Error, ErrorKind, Read};
-    let mut input = ONE_SHOT_INPUTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .pop()
-        .unwrap_or_default();
+    let mut input = ONE_SHOT_INPUTS.take();
     let result = (|| {
         input.clear();
         input.reserve(len as usize + 1);
@@ -497,10 +514,7 @@ fn encode_one_shot<R: std::io::Read>(
             )
         })
     })();
-    ONE_SHOT_INPUTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(input);
+    ONE_SHOT_INPUTS.give(input);
     result
 }
 
@@ -513,16 +527,11 @@ fn encode_one_shot<R: std::io::Read>(
 /// segments were ever compressed at once (`--parallel`).
 struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
 
-static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::CCtx<'static>>> =
-    std::sync::Mutex::new(Vec::new());
+static ZSTD_CONTEXTS: Pool<zstd::zstd_safe::CCtx<'static>> = Pool::new();
 
 impl ZstdContext {
     fn take() -> ZstdContext {
-        let pooled = ZSTD_CONTEXTS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        let mut ctx = pooled.unwrap_or_default();
+        let mut ctx = ZSTD_CONTEXTS.take();
         // Parameters from the previous user (level, window) are set again by the caller.
         let _ = ctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters);
         ZstdContext(Some(ctx))
@@ -536,10 +545,7 @@ impl ZstdContext {
 impl Drop for ZstdContext {
     fn drop(&mut self) {
         if let Some(ctx) = self.0.take() {
-            ZSTD_CONTEXTS
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(ctx);
+            ZSTD_CONTEXTS.give(ctx);
         }
     }
 }
