@@ -394,25 +394,17 @@ fn encode_reader_up_to<R: std::io::Read>(
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
     one_shot_max: u64,
 ) -> std::io::Result<EncodedObject> {
-    use std::io::{Error, ErrorKind, Read, Write};
+    use std::io::{Error, ErrorKind, Write};
     let changed = || {
         Error::new(
             ErrorKind::UnexpectedEof,
             "the file changed size while being read",
         )
     };
-    let Compression::Zstd(level) = compression else {
-        let mut raw = Vec::with_capacity(len as usize);
-        reader.take(len + 1).read_to_end(&mut raw)?;
-        if raw.len() as u64 != len {
-            return Err(changed());
-        }
-        first(&raw[..raw.len().min(chunk.len())])?;
-        return Ok(encode_as(&raw, compression, DigestKind::Blake3));
+    let level = match compression {
+        Compression::Zstd(level) if len > one_shot_max => level,
+        _ => return encode_whole(reader, len, compression, chunk.len(), first),
     };
-    if len <= one_shot_max {
-        return encode_one_shot(reader, len, level, chunk.len(), first);
-    }
     let read_full = |reader: &mut R, buf: &mut [u8]| -> std::io::Result<usize> {
         let mut n = 0;
         while n < buf.len() {
@@ -477,20 +469,28 @@ fn encode_reader_up_to<R: std::io::Read>(
 /// [`encode_reader`]); larger content streams.
 const ONE_SHOT_MAX: u64 = 16 << 20;
 
-/// Read buffers of [`encode_one_shot`], reused: as many as segments were ever encoded at
-/// once.
-static ONE_SHOT_INPUTS: Pool<Vec<u8>> = Pool::new();
+/// Read buffers of [`encode_whole`] (content up to [`ONE_SHOT_MAX`]), reused: as many as
+/// segments were ever encoded at once.
+static WHOLE_INPUTS: Pool<Vec<u8>> = Pool::new();
 
-/// The one-call path of [`encode_reader`] for zstd: the first `head_len` bytes go to `first`.
-fn encode_one_shot<R: std::io::Read>(
+/// The path of [`encode_reader`] that reads the content whole (zstd up to the one-call
+/// threshold, lz4 and none always), then encodes it with [`encode_as`]: the first
+/// `head_len` bytes go to `first` before anything is hashed or encoded.
+fn encode_whole<R: std::io::Read>(
     reader: &mut R,
     len: u64,
-    level: i32,
+    compression: Compression,
     head_len: usize,
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<EncodedObject> {
     use std::io::{Error, ErrorKind, Read};
-    let mut input = ONE_SHOT_INPUTS.take();
+    // Only buffers of at most a default segment are kept for the next one.
+    let pooled = len <= ONE_SHOT_MAX;
+    let mut input = if pooled {
+        WHOLE_INPUTS.take()
+    } else {
+        Vec::new()
+    };
     let result = (|| {
         input.clear();
         input.reserve(len as usize + 1);
@@ -502,19 +502,11 @@ fn encode_one_shot<R: std::io::Read>(
             ));
         }
         first(&input[..input.len().min(head_len)])?;
-        let digest = Digest(*blake3::hash(&input).as_bytes());
-        with_zstd_body(&input, level, |body| {
-            let compression = Compression::Zstd(level);
-            assemble(
-                input.len(),
-                compression,
-                body,
-                FORMAT_VERSION_BLAKE3,
-                digest,
-            )
-        })
+        Ok(encode_as(&input, compression, DigestKind::Blake3))
     })();
-    ONE_SHOT_INPUTS.give(input);
+    if pooled {
+        WHOLE_INPUTS.give(input);
+    }
     result
 }
 
