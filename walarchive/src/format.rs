@@ -236,6 +236,18 @@ impl ObjectHeader {
         DigestKind::of_version(self.version).expect("parse accepts known versions only")
     }
 
+    /// The `kind` digest (a content digest) of this object, whose verified content is
+    /// `content`: the header's own when it is of that kind, computed otherwise (an object
+    /// written with another hash).
+    pub fn content_digest(&self, kind: DigestKind, content: &[u8]) -> Digest {
+        debug_assert!(kind.of_content(), "{kind} does not cover the content");
+        if self.digest_kind() == kind {
+            self.digest
+        } else {
+            kind.digest(content)
+        }
+    }
+
     fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);

@@ -409,10 +409,8 @@ impl Repository {
         // segment archived as version 1, SHA-256, re-pushed as version 3, BLAKE3): the
         // stored content was just decoded and verified. A body digest (backup parts)
         // compares the object itself: same version, same digest.
-        let (stored_kind, stored) = if header.digest_kind() == kind {
-            (kind, header.digest)
-        } else if kind.of_content() {
-            (kind, kind.digest(&content))
+        let (stored_kind, stored) = if kind.of_content() {
+            (kind, header.content_digest(kind, &content))
         } else {
             (header.digest_kind(), header.digest)
         };
