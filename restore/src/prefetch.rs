@@ -76,6 +76,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 use walarchive_core::format::{Digest, DigestKind};
+use walarchive_core::push;
 use walarchive_core::wal::is_valid_segment_size;
 use walarchive_core::{Repository, SegmentName, WalFileName};
 
@@ -394,21 +395,10 @@ fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
             meta.len()
         ));
     }
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
+    let (content, len) = push::hash_reader(&mut f).map_err(|e| e.to_string())?;
     if len != meta.len() {
         return Err("changed while being read".into());
     }
-    let content = Digest(*hasher.finalize().as_bytes());
     if key_for(seg, &content) != key {
         return Err(format!(
             "its content (blake3 {content}) does not match its name (checksum mismatch)"
@@ -865,10 +855,7 @@ async fn download(
             ),
         }));
     }
-    let content = match header.digest_kind() {
-        DigestKind::Blake3 => header.digest,
-        _ => Digest::blake3(&raw),
-    };
+    let content = header.content_digest(DigestKind::Blake3, &raw);
     let final_path = dir.join(format!("{seg}.{}", key_for(seg, &content)));
     tokio::task::spawn_blocking(move || {
         let result = (|| {

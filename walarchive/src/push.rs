@@ -233,24 +233,31 @@ pub fn read_and_encode(
 
 /// BLAKE3 of the file at `path`, read in chunks. Blocking.
 pub fn hash_file(path: &Path) -> std::io::Result<Digest> {
-    use std::io::Read;
     let mut file = std::fs::File::open(path)?;
+    Ok(hash_reader(&mut file)?.0)
+}
+
+/// BLAKE3 of everything `reader` yields, and how many bytes that was, read in chunks of a
+/// per-thread buffer. Blocking.
+pub fn hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<(Digest, u64)> {
     let mut hasher = blake3::Hasher::new();
+    let mut len = 0u64;
     CHUNK_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.resize(CHUNK, 0);
         loop {
-            match file.read(&mut buf) {
+            match reader.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     hasher.update(&buf[..n]);
+                    len += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
     })?;
-    Ok(Digest(*hasher.finalize().as_bytes()))
+    Ok((Digest(*hasher.finalize().as_bytes()), len))
 }
 
 #[cfg(test)]
