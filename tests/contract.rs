@@ -218,6 +218,64 @@ fn foreign_cluster_is_refused() {
     assert_eq!(d["pg_version"], 15);
 }
 
+/// WAL archived by a walarchive from before object format version 3 (SHA-256 of the
+/// content) is restored and recognised on a re-push; WAL from a newer walarchive (a format
+/// version this one does not know) is refused as such, never served.
+#[test]
+fn objects_of_other_format_versions() {
+    use walarchive_core::format::{self, DigestKind};
+    let f = Fixture::file();
+    let src = source();
+    let names = &src.segments[..2];
+    for n in names {
+        assert_success(&f.push(&f.stage(src, n, n)));
+        let stored = fs::read(f.object(n)).unwrap();
+        assert_eq!(&stored[8..10], &[3, 0], "{n} is stored as version 3");
+    }
+    let dest = f.work.join("RECOVERYXLOG");
+    // Version 1, as older walarchives stored WAL.
+    let old = &names[0];
+    let v1 = format::encode_as(
+        &src.bytes(old),
+        walarchive_core::Compression::Zstd(1),
+        DigestKind::Sha256,
+    );
+    fs::write(f.object(old), &v1.bytes).unwrap();
+    assert_success(&f.fetch(old, &dest));
+    assert_eq!(fs::read(&dest).unwrap(), src.bytes(old));
+    fs::remove_file(&dest).unwrap();
+    let again = f.push(&f.work.join(old));
+    assert!(
+        stderr(assert_success(&again)).contains("already archived"),
+        "{}",
+        stderr(&again)
+    );
+    // Different content under that name: a conflict naming BLAKE3 digests of both.
+    let mut changed = src.bytes(old);
+    changed[300_000] ^= 0xFF;
+    fs::write(f.work.join(old), &changed).unwrap();
+    assert_conflict(&f.push(&f.work.join(old)));
+    assert_eq!(
+        fs::read(f.object(old)).unwrap(),
+        v1.bytes,
+        "stored object unchanged"
+    );
+    // Version 4: too new for this walarchive.
+    let new = &names[1];
+    let mut v4 = fs::read(f.object(new)).unwrap();
+    v4[8..10].copy_from_slice(&4u16.to_le_bytes());
+    fs::write(f.object(new), &v4).unwrap();
+    let out = f.fetch(new, &dest);
+    assert_code(&out, 208);
+    let line = error_line(&out);
+    assert!(
+        line.contains("object format version 4 is newer than this walarchive understands")
+            && line.contains("upgrade walarchive"),
+        "{line}"
+    );
+    assert!(!dest.exists(), "nothing written");
+}
+
 #[test]
 fn corrupted_objects_are_fatal_for_fetch_and_leave_nothing() {
     let f = Fixture::file();
