@@ -341,13 +341,28 @@ impl Repository {
         payload: &PutPayload,
         mode: PutMode,
     ) -> Result<(), StorageError> {
+        // A create-only put that failed may still have been carried out (its answer lost):
+        // before uploading again, one HEAD looks. Re-sending the body only to hear 412 cost
+        // the upload, and a store answering 412 before reading the body leaves the
+        // connection unusable for the next request (a GET failing with "error sending
+        // request" right after, seen with s3s-fs).
+        let attempts = std::sync::atomic::AtomicU32::new(0);
         retry(&self.policy, &format!("put {key}"), || {
             let (payload, store, key) = (payload.clone(), self.store.clone(), key.clone());
+            let look_first =
+                attempts.fetch_add(1, Ordering::Relaxed) > 0 && mode == PutMode::Create;
             let opts = PutOptions {
                 mode: mode.clone(),
                 ..Default::default()
             };
             async move {
+                if look_first {
+                    match store.head(&key).await.map_err(StorageError::from) {
+                        Ok(_) => return Err(StorageError::AlreadyExists),
+                        Err(StorageError::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 store
                     .put_opts(&key, payload, opts)
                     .await
