@@ -391,22 +391,9 @@ impl Repository {
         self.put_retrying(key, &payload, PutMode::Overwrite)
             .await
             .map_err(storage_error("put", key))?;
-        // Read back what the store now returns. Stores without create-only puts (Swift's
-        // S3 API) may take a moment to show a new object: seen here once in a few hundred
-        // puts under load, a GET answering 404 right after the put's 200. Such a 404 is
-        // retried like a transient failure (the retry policy's bound), rather than reported
-        // as the object missing.
-        let read_back = retry(&self.policy, &format!("read back {key}"), || async {
-            match self.compare_existing(relative, key, ours).await {
-                Err(Error::NotFound { .. }) => Err(StorageError::Transient(
-                    "the store acknowledged the put but does not return the object (yet)".into(),
-                )),
-                other => Ok(other),
-            }
-        })
-        .await
-        .map_err(storage_error("put", key))?;
-        match read_back? {
+        // Read back what the store now returns: only our own content counts as stored
+        // (compare_existing waits within the retry bound for an object not shown yet).
+        match self.compare_existing(relative, key, ours).await? {
             PutOutcome::AlreadyStored => Ok(PutOutcome::Stored { stored_len }),
             stored => Ok(stored),
         }
@@ -418,7 +405,23 @@ impl Repository {
         key: &Path,
         ours: ObjectHeader,
     ) -> Result<PutOutcome, Error> {
-        let (header, content) = self.get_verified(relative).await?;
+        // Every caller has just seen the object (a HEAD answering 200, a create-only put
+        // refused, our own put acknowledged), so a GET answering 404 now is a store not
+        // showing it yet, not a missing object: Swift's S3 API does that under load, seen
+        // once in a few hundred puts both right after its own 200 to a put and right after a
+        // HEAD answering 200. Such a 404 is retried like a transient failure, within the
+        // retry policy's bound, and reported as a storage error when it persists.
+        let fetched = retry(&self.policy, &format!("compare with {key}"), || async {
+            match self.get_verified(relative).await {
+                Err(Error::NotFound { .. }) => Err(StorageError::Transient(
+                    "the store said the object exists but does not return it (yet)".into(),
+                )),
+                other => Ok(other),
+            }
+        })
+        .await
+        .map_err(storage_error("get", key))?;
+        let (header, content) = fetched?;
         let kind = ours.digest_kind();
         // Content digests compare the content, whatever digest the stored object carries (a
         // segment archived as version 1, SHA-256, re-pushed as version 3, BLAKE3): the
@@ -603,6 +606,60 @@ mod tests {
         assert!(matches!(outcome, PutOutcome::Stored { .. }), "{outcome:?}");
         let (_, raw) = repo.get_verified("wal/x").await.unwrap();
         assert_eq!(raw, b"content");
+    }
+
+    /// A re-push finds the object with a HEAD, then the store answers its GETs with 404 for
+    /// a while (Swift's S3 API under load): the comparison waits for the object within the
+    /// retry bound, and a 404 that persists is a storage error, never "not in the
+    /// repository".
+    #[tokio::test]
+    async fn a_comparison_waits_for_an_object_the_store_said_exists() {
+        let inner = Arc::new(InMemory::new());
+        let repo_with = |plan: &str, policy: RetryPolicy| {
+            let store = crate::storage::unreliable::Unreliable::from_arc(
+                inner.clone(),
+                plan.parse().unwrap(),
+            );
+            Repository::with_store(
+                Arc::new(store),
+                Path::from("p"),
+                Backend::Local,
+                "memory://test",
+                policy,
+                Compression::default(),
+            )
+        };
+        let clean = repo_with("", RetryPolicy::default());
+        clean
+            .put_new("wal/x", b"content", Compression::Lz4)
+            .await
+            .unwrap();
+
+        let flaky = repo_with("op=get fault=404 first=2", RetryPolicy::default());
+        let outcome = flaky
+            .put_new("wal/x", b"content", Compression::Zstd(1))
+            .await;
+        assert_eq!(outcome.unwrap(), PutOutcome::AlreadyStored);
+        let flaky = repo_with("op=get fault=404 first=2", RetryPolicy::default());
+        let e = flaky
+            .put_new("wal/x", b"other", Compression::Lz4)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e}");
+
+        let quick = RetryPolicy {
+            max_attempts: 3,
+            base_delay: std::time::Duration::from_millis(1),
+            max_delay: std::time::Duration::from_millis(2),
+            ..RetryPolicy::default()
+        };
+        let broken = repo_with("op=get fault=404", quick);
+        let e = broken
+            .put_new("wal/x", b"content", Compression::Lz4)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Storage { .. }), "{e:?}");
+        assert!(e.to_string().contains("does not return it"), "{e}");
     }
 
     fn descriptor(sysid: &str) -> Descriptor {
