@@ -376,17 +376,18 @@ fn assemble(
 /// Encodes content read from `reader`, which must yield exactly `len` bytes, with
 /// `compression`, into an object of version 3 (BLAKE3 of the content): how WAL is stored.
 ///
-/// With zstd, content up to 16 MiB (a default WAL segment, and every smaller segment size)
-/// is read whole into a reused buffer, hashed, and compressed in one call: measured on a
-/// pgbench burst, 10% less CPU than streaming it through a compression context, for output
-/// 0.3% larger (the level's own window instead of one holding the whole segment; no copy of
-/// the input into the context's window; smaller tables). Memory per segment being encoded
-/// is the same as streaming's: the read buffer takes the place of the 16 MiB window.
-/// Larger content (segments of 32 MiB to 1 GiB) streams through in chunks of `chunk.len()`
-/// bytes, hashed and compressed as it comes, so memory holds one chunk, a 16 MiB window and
-/// the compressed object, never the whole content. lz4's block format and `none` need the
-/// whole content, which is read first. `first` sees the first chunk before anything is
-/// hashed or encoded (to refuse a file early); an error from it is returned as is.
+/// zstd at level 1 (the default) streams the content through in chunks of `chunk.len()`
+/// bytes, hashed and compressed as they come, with the level's own window (512 KiB): memory
+/// per segment being encoded is one chunk, the window and the compressed object. At higher
+/// levels, content up to 16 MiB (a default WAL segment, and every smaller segment size) is
+/// read whole into a reused buffer, hashed, and compressed in one call; larger content
+/// streams. Measured on pgbench WAL (sum of per-segment best times over 15 rounds, 25
+/// segments of 16 MiB): at level 1 streaming costs 2% against one call and saves the 16 MiB
+/// read buffer per segment (a default wal-push pushing ahead peaked at 56 MiB, 22 MiB
+/// streaming); at level 3 it costs 7%, so there one call is kept. lz4's block format and
+/// `none` need the whole content, which is read first. `first` sees the first chunk before
+/// anything is hashed or encoded (to refuse a file early); an error from it is returned as
+/// is.
 pub fn encode_reader<R: std::io::Read>(
     reader: &mut R,
     len: u64,
@@ -394,8 +395,15 @@ pub fn encode_reader<R: std::io::Read>(
     chunk: &mut [u8],
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<EncodedObject> {
-    encode_reader_up_to(reader, len, compression, chunk, first, ONE_SHOT_MAX)
+    let one_shot_max = match compression {
+        Compression::Zstd(level) if level <= STREAMED_LEVEL_MAX => 0,
+        _ => ONE_SHOT_MAX,
+    };
+    encode_reader_up_to(reader, len, compression, chunk, first, one_shot_max)
 }
+
+/// zstd levels up to this one always stream (see [`encode_reader`]).
+const STREAMED_LEVEL_MAX: i32 = 1;
 
 /// [`encode_reader`], compressing content up to `one_shot_max` bytes in one call.
 fn encode_reader_up_to<R: std::io::Read>(
@@ -434,8 +442,9 @@ fn encode_reader_up_to<R: std::io::Read>(
     let mut ctx = ZstdContext::take();
     let mut encoder = zstd::stream::write::Encoder::with_context(out, ctx.get());
     encoder.set_parameter(zstd::stream::raw::CParameter::CompressionLevel(level))?;
+    // The level's own parameters for this size (window, tables), as a one-call compression
+    // of the same content would choose them.
     encoder.set_pledged_src_size(Some(len))?;
-    encoder.window_log(stream_window_log(len))?;
     encoder.include_contentsize(true)?;
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
@@ -524,9 +533,9 @@ fn encode_whole<R: std::io::Read>(
 
 /// A zstd compression context, taken from a pool and given back when dropped.
 ///
-/// Streaming with a 16 MiB window, a context is about 17 MiB (compressing in one call, its
-/// tables only), allocated on first use. Creating one per segment had the allocator keep
-/// those freed blocks around in its per-thread arenas (a daemon's peak RSS rose from 69 to
+/// A context holds the level's tables and, streaming, its window, allocated on first use.
+/// Creating one per segment had the allocator keep those freed blocks around in its
+/// per-thread arenas (when streams used a 16 MiB window, a daemon's peak RSS rose from 69 to
 /// 153 MiB); reusing contexts (and [`encode_reader`]'s buffers) keeps exactly as many as
 /// segments were ever compressed at once (`--parallel`).
 struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
@@ -552,25 +561,6 @@ impl Drop for ZstdContext {
             ZSTD_CONTEXTS.give(ctx);
         }
     }
-}
-
-/// The zstd window for streaming `len` bytes: the whole content up to 16 MiB (a default
-/// WAL segment).
-///
-/// Fed in chunks, zstd keeps its input in a ring buffer of the window's size; with the
-/// level's own small window (512 KiB at level 1) the ring wraps every few chunks and most
-/// blocks are compressed in "external dictionary" mode, measured here at about two thirds
-/// of the speed of compressing contiguous input (`zstd -b1` on real segments: 176 vs
-/// 270 MiB/s on one core), for the same output size. A window that holds the whole
-/// segment keeps the input contiguous. It costs its size in memory per segment being
-/// compressed (what a one-shot compression of the read segment would hold too), so it is
-/// capped at 16 MiB: larger segments stream through a 16 MiB window. Every zstd decoder
-/// accepts windows up to 128 MiB by default.
-fn stream_window_log(len: u64) -> u32 {
-    const MIN: u32 = 10; // zstd's ZSTD_WINDOWLOG_MIN
-    const MAX: u32 = 24;
-    let needed = 64 - len.saturating_sub(1).leading_zeros();
-    needed.clamp(MIN, MAX)
 }
 
 /// Decodes and verifies a whole stored object, returning its content.
@@ -612,16 +602,6 @@ pub fn decode(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn stream_window_covers_the_content_up_to_16_mib() {
-        use super::stream_window_log as w;
-        assert_eq!(w(0), 10);
-        assert_eq!(w(1 << 20), 20);
-        assert_eq!(w((1 << 20) + 1), 21);
-        assert_eq!(w(16 << 20), 24);
-        assert_eq!(w(1 << 30), 24);
-    }
-
     use super::*;
 
     /// Both zstd paths (one call up to the threshold, streaming above it), lz4 and none.
@@ -632,7 +612,7 @@ mod tests {
         for (one_shot_max, path) in [(0, "streamed"), (ONE_SHOT_MAX, "one call")] {
             let encode = |claimed: u64, first: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| {
                 let mut chunk = vec![0u8; 1 << 16];
-                let c = Compression::Zstd(1);
+                let c = Compression::Zstd(3);
                 encode_reader_up_to(&mut &raw[..], claimed, c, &mut chunk, first, one_shot_max)
             };
             for compression in [

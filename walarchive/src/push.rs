@@ -155,8 +155,9 @@ pub fn check_segment_start(
     })
 }
 
-/// Size of the chunks [`read_and_encode`] reads.
-pub const CHUNK: usize = 1 << 20;
+/// Size of the chunks [`read_and_encode`] reads (as fast as 1 MiB chunks to compress from,
+/// measured, and small enough to stay in the CPU's caches).
+pub const CHUNK: usize = 256 << 10;
 
 thread_local! {
     /// One read buffer per (blocking-pool) thread, reused from segment to segment.
@@ -164,9 +165,9 @@ thread_local! {
 }
 
 /// Reads the WAL file at `path` (named `name`), checks it as [`check_segment`] does from its
-/// first chunk when it holds WAL pages, and encodes it for the repository, streaming (see
-/// [`format::encode_reader`]: with zstd, memory holds one chunk and the compressed object,
-/// never the whole segment). Returns the cluster properties a segment's page header
+/// first chunk when it holds WAL pages, and encodes it for the repository (see
+/// [`format::encode_reader`]: at the default zstd level 1, memory holds one chunk, the
+/// compression window and the compressed object, never the whole segment). Returns the cluster properties a segment's page header
 /// declares, and the object. Blocking.
 pub fn read_and_encode(
     path: &Path,
