@@ -980,6 +980,62 @@ fn write_tar(
 mod tests {
     use super::*;
 
+    /// With every part buffer out (handed over, none given back), the tar writer waits for
+    /// one to come back instead of allocating another: at most `parallel + 1` ever exist.
+    #[test]
+    fn part_buffers_never_exceed_parallel_plus_one() {
+        let (parallel, part_size) = (2, 1024);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::spawn(move || {
+            let mut sink = PartWriter {
+                buf: Vec::with_capacity(part_size),
+                part_size,
+                allocated: 1,
+                max_buffers: parallel + 1,
+                tx,
+                free: free_rx,
+                total: 0,
+            };
+            for i in 0..20u8 {
+                sink.write_all(&[i; 1024]).unwrap();
+                assert!(sink.allocated <= parallel + 1, "{} buffers", sink.allocated);
+            }
+            let allocated = sink.allocated;
+            (sink.finish().unwrap(), allocated)
+        });
+        // Two parts taken (compressing) and a third queued, none given back: the writer
+        // has all three buffers out and must wait.
+        let held: Vec<Vec<u8>> = (0..2).map(|_| rx.blocking_recv().unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !writer.is_finished(),
+            "the writer went on without a buffer back"
+        );
+        let mut pointers: std::collections::HashSet<usize> =
+            held.iter().map(|b| b.as_ptr() as usize).collect();
+        for b in held {
+            free_tx.send(b).unwrap();
+        }
+        // From now on every part comes back as soon as it is taken.
+        let mut parts = 2;
+        while let Some(b) = rx.blocking_recv() {
+            assert_eq!(b.len(), part_size);
+            assert!(b.iter().all(|&x| x == parts), "parts arrive in order");
+            pointers.insert(b.as_ptr() as usize);
+            parts += 1;
+            let _ = free_tx.send(b);
+        }
+        let (total, allocated) = writer.join().unwrap();
+        assert_eq!((parts, total), (20, 20 * 1024));
+        assert_eq!(allocated, parallel + 1);
+        assert!(
+            pointers.len() <= parallel + 1,
+            "{} distinct buffers",
+            pointers.len()
+        );
+    }
+
     #[test]
     fn temp_relations() {
         for yes in [
