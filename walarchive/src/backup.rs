@@ -694,15 +694,7 @@ async fn upload_stream(
     let root = root.to_path_buf();
     let stream_name = stream.to_string();
     let writer = tokio::task::spawn_blocking(move || {
-        let sink = PartWriter {
-            buf: Vec::with_capacity(part_size),
-            part_size,
-            allocated: 1,
-            max_buffers: parallel + 1,
-            tx,
-            free: free_rx,
-            total: 0,
-        };
+        let sink = PartWriter::new(part_size, parallel + 1, tx, free_rx);
         write_tar(&root, &stream_name, entries, sink, progress.as_ref())
     });
     let mut uploads: JoinSet<Result<u64, Error>> = JoinSet::new();
@@ -801,6 +793,25 @@ struct PartWriter {
 }
 
 impl PartWriter {
+    /// A writer of parts of `part_size` bytes, handed to `tx`, with at most `max_buffers`
+    /// part buffers, which come back through `free`.
+    fn new(
+        part_size: usize,
+        max_buffers: usize,
+        tx: mpsc::Sender<Vec<u8>>,
+        free: std::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> PartWriter {
+        PartWriter {
+            buf: Vec::with_capacity(part_size),
+            part_size,
+            allocated: 1,
+            max_buffers,
+            tx,
+            free,
+            total: 0,
+        }
+    }
+
     fn send(&mut self) -> std::io::Result<()> {
         let full = std::mem::take(&mut self.buf);
         self.tx
@@ -988,15 +999,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
         let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let writer = std::thread::spawn(move || {
-            let mut sink = PartWriter {
-                buf: Vec::with_capacity(part_size),
-                part_size,
-                allocated: 1,
-                max_buffers: parallel + 1,
-                tx,
-                free: free_rx,
-                total: 0,
-            };
+            let mut sink = PartWriter::new(part_size, parallel + 1, tx, free_rx);
             for i in 0..20u8 {
                 sink.write_all(&[i; 1024]).unwrap();
                 assert!(sink.allocated <= parallel + 1, "{} buffers", sink.allocated);
