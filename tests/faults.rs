@@ -276,6 +276,45 @@ fn push_fails_cleanly_s3() {
     push_fails_cleanly(Store::S3);
 }
 
+/// A re-push finds its segment with a HEAD, then the store answers GETs of it with 404 for
+/// a while (Swift's S3 API under load did): the comparison waits for the object within the
+/// retry bound and says "already archived". A 404 that never ends is a storage error
+/// (status 7: PostgreSQL retries), never "not in the repository", and the stored segment
+/// stays as it was.
+fn repush_waits_for_an_object_the_store_said_exists(store: Store) {
+    let f = Fixture::new(store);
+    let name = &source().segments[2];
+    assert_success(&f.push("", name).0);
+    let (out, _) = f.push("op=get key=/wal/ fault=404 first=2", name);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("already archived"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(injected(&out), 2, "{}", stderr(&out));
+    assert_eq!(retried(&out), 2, "{}", stderr(&out));
+
+    let (out, _) = f.push_env("op=get key=/wal/ fault=404", THREE_ATTEMPTS, name);
+    assert_code(&out, 7);
+    let line = error_line(&out);
+    assert!(line.starts_with("walarchive wal-push: error: "), "{line}");
+    assert!(line.contains("does not return it"), "{line}");
+    assert!(!line.contains("not in the repository"), "{line}");
+    assert_eq!(injected(&out), 3, "{}", stderr(&out));
+    f.assert_intact(name);
+}
+
+#[test]
+fn repush_waits_for_an_object_the_store_said_exists_file() {
+    repush_waits_for_an_object_the_store_said_exists(Store::File);
+}
+
+#[test]
+fn repush_waits_for_an_object_the_store_said_exists_s3() {
+    repush_waits_for_an_object_the_store_said_exists(Store::S3);
+}
+
 /// A malformed plan is a configuration error (status 6), before anything is stored.
 #[test]
 fn bad_fault_plan_is_a_configuration_error() {
