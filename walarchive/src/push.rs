@@ -167,8 +167,8 @@ thread_local! {
 /// Reads the WAL file at `path` (named `name`), checks it as [`check_segment`] does from its
 /// first chunk when it holds WAL pages, and encodes it for the repository (see
 /// [`format::encode_reader`]: at the default zstd level 1, memory holds one chunk, the
-/// compression window and the compressed object, never the whole segment). Returns the cluster properties a segment's page header
-/// declares, and the object. Blocking.
+/// compression window and the compressed object, never the whole segment). Returns the
+/// cluster properties a segment's page header declares, and the object. Blocking.
 pub fn read_and_encode(
     path: &Path,
     name: &WalFileName,

@@ -583,22 +583,26 @@ mod tests {
         )
     }
 
+    /// A repository on `inner` behind fault plan `plan`.
+    fn unreliable_repo(inner: Arc<InMemory>, plan: &str, policy: RetryPolicy) -> Repository {
+        let store = crate::storage::unreliable::Unreliable::from_arc(inner, plan.parse().unwrap());
+        Repository::with_store(
+            Arc::new(store),
+            Path::from("p"),
+            Backend::Local,
+            "memory://test",
+            policy,
+            Compression::default(),
+        )
+    }
+
     /// A store refusing create-only puts (501, as Swift's S3 API does) whose first reads
     /// after a put answer 404 (an object not visible yet): the put waits for the object to
     /// show instead of reporting it missing.
     #[tokio::test]
     async fn a_put_waits_for_its_object_to_show_on_stores_without_create_only_puts() {
         let plan = "op=put fault=501 first=1; op=get fault=404 first=2";
-        let store =
-            crate::storage::unreliable::Unreliable::new(InMemory::new(), plan.parse().unwrap());
-        let repo = Repository::with_store(
-            Arc::new(store),
-            Path::from("p"),
-            Backend::Local,
-            "memory://test",
-            RetryPolicy::default(),
-            Compression::default(),
-        );
+        let repo = unreliable_repo(Arc::new(InMemory::new()), plan, RetryPolicy::default());
         let outcome = repo
             .put_new("wal/x", b"content", Compression::default())
             .await
@@ -615,20 +619,7 @@ mod tests {
     #[tokio::test]
     async fn a_comparison_waits_for_an_object_the_store_said_exists() {
         let inner = Arc::new(InMemory::new());
-        let repo_with = |plan: &str, policy: RetryPolicy| {
-            let store = crate::storage::unreliable::Unreliable::from_arc(
-                inner.clone(),
-                plan.parse().unwrap(),
-            );
-            Repository::with_store(
-                Arc::new(store),
-                Path::from("p"),
-                Backend::Local,
-                "memory://test",
-                policy,
-                Compression::default(),
-            )
-        };
+        let repo_with = |plan: &str, policy| unreliable_repo(inner.clone(), plan, policy);
         let clean = repo_with("", RetryPolicy::default());
         clean
             .put_new("wal/x", b"content", Compression::Lz4)
