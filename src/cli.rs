@@ -91,6 +91,11 @@ pub enum Command {
     WalPush {
         /// Path of the WAL file (PostgreSQL's %p, relative to the data directory).
         path: PathBuf,
+        /// The data directory the file belongs to, whose global/pg_control says which
+        /// cluster wrote it [default: the parent of %p's pg_wal, else $PGDATA, else the
+        /// current directory, as archive_command runs in the data directory].
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
     },
     /// Archive continuously: push every `.ready` segment of a data directory as soon as it
     /// appears, and answer wal-push over a Unix socket in pg_wal.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use walarchive_core::backup::{self, BackupOptions};
+use walarchive_core::control::{self, ClusterIdentity};
 use walarchive_core::manifest::Manifest;
 use walarchive_core::metrics::{self, Counters};
 use walarchive_core::repo::PutOutcome;
@@ -26,7 +27,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     let spawned = matches!(cli.command, Command::WalPush { .. })
         .then(cmd_daemon::spawned_for)
         .flatten();
-    if let (Command::WalPush { path }, None) = (&cli.command, &spawned) {
+    if let (Command::WalPush { path, .. }, None) = (&cli.command, &spawned) {
         // Before opening the repository: a daemon's answer needs nothing else.
         if let Some(answered) = cmd_daemon::push_via_daemon(&settings, path) {
             return answered;
@@ -56,7 +57,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         );
     }
     match &cli.command {
-        Command::WalPush { path } => wal_push(&repo, path, settings.parallel).await,
+        Command::WalPush { path, pgdata } => {
+            let identity = push_identity(pgdata.as_deref(), path)?;
+            wal_push(&repo, path, identity.as_ref(), settings.parallel).await
+        }
         Command::Daemon { pgdata, idle_exit } => {
             let idle = idle_exit.map(Duration::from_secs);
             cmd_daemon::run(&repo, &settings, &pgdata.join("pg_wal"), idle, false).await
@@ -476,14 +480,44 @@ pub(crate) fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
     c.last_error_time = Some(chrono::Utc::now().to_rfc3339());
 }
 
-async fn wal_push(repo: &Repository, path: &std::path::Path, parallel: usize) -> Result<u8> {
+/// The cluster `wal-push` pushes `path` for: the pg_control of its data directory (see
+/// `control::locate_data_dir`), or none when there is no data directory to be found (a
+/// segment is then identified by its page header alone).
+pub(crate) fn push_identity(
+    pgdata: Option<&std::path::Path>,
+    path: &std::path::Path,
+) -> Result<Option<ClusterIdentity>> {
+    let Some(dir) = control::locate_data_dir(pgdata, path) else {
+        tracing::debug!(
+            "no data directory (global/pg_control) found for {}: a segment is identified by its page header alone",
+            path.display()
+        );
+        return Ok(None);
+    };
+    if !dir.join(control::CONTROL_FILE).is_file() {
+        return Err(walarchive_core::Error::Config(format!(
+            "{} is not a PostgreSQL data directory (no {}): check --pgdata",
+            dir.display(),
+            control::CONTROL_FILE
+        ))
+        .into());
+    }
+    Ok(Some(control::read_identity(&dir)?))
+}
+
+async fn wal_push(
+    repo: &Repository,
+    path: &std::path::Path,
+    identity: Option<&ClusterIdentity>,
+    parallel: usize,
+) -> Result<u8> {
     let started = Instant::now();
     let opts = pushahead::Options::with_parallel(parallel);
     let pushahead::Outcome {
         requested,
         from_marker,
         ahead,
-    } = pushahead::push(repo, path, &opts).await;
+    } = pushahead::push(repo, path, identity, &opts).await;
     count(path, |c| {
         c.push_seconds_total += started.elapsed().as_secs_f64();
         // Segments pushed ahead count once, as uploads, here; PostgreSQL's own call for them

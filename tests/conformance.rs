@@ -923,7 +923,12 @@ mod binary {
         // History files go both ways too.
         let history = f.work.join("00000002.history");
         fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
-        assert_success(&f.push(&history));
+        // Pushed for the data directory of the cluster that wrote the segments.
+        let pgdata = source().cluster.data_dir().to_str().unwrap();
+        assert_success(
+            &f.repo
+                .run(&["wal-push", "--pgdata", pgdata, history.to_str().unwrap()]),
+        );
         let (out, dest) = f.fetch("00000002.history");
         assert_success(&out);
         assert_eq!(fs::read(&dest).unwrap(), fs::read(&history).unwrap());

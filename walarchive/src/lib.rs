@@ -12,8 +12,10 @@ pub mod backup;
 pub mod catalog;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod format;
+pub mod history;
 pub mod lsn;
 pub mod manifest;
 pub mod metrics;
@@ -72,6 +74,21 @@ pub enum Error {
         repo: String,
         /// The WAL file's value.
         wal: String,
+    },
+    /// A segment whose page header contradicts the pg_control of the data directory it is
+    /// pushed from.
+    #[error("{path}: its {field} is {file} but {data_dir}/global/pg_control says {control} (another cluster's WAL in this data directory, or the wrong --pgdata? refusing it)")]
+    NotFromDataDir {
+        /// The file pushed.
+        path: String,
+        /// Which property differs.
+        field: &'static str,
+        /// The file's value.
+        file: String,
+        /// pg_control's value.
+        control: String,
+        /// The data directory.
+        data_dir: String,
     },
     /// The repository URL or configuration cannot be used.
     #[error(transparent)]
@@ -169,7 +186,9 @@ impl Error {
         match self {
             Error::BadInput { .. } | Error::BadName(_) => ErrorKind::BadInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
-            Error::ForeignCluster { .. } => ErrorKind::ForeignCluster,
+            Error::ForeignCluster { .. } | Error::NotFromDataDir { .. } => {
+                ErrorKind::ForeignCluster
+            }
             Error::Open(_) | Error::Config(_) | Error::NoRepository { .. } => ErrorKind::Config,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::NotFound { .. } => ErrorKind::NotFound,
