@@ -254,6 +254,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a lost descriptor from the repository's own objects (their headers, WAL page
+    /// headers, backup manifests), refusing when they disagree. A dry run unless --confirm.
+    RepoRepair {
+        /// Also take the cluster's identity from this data directory's pg_control (needed
+        /// when no object states the segment size, and checked against the objects).
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        /// Write the rebuilt descriptor.
+        #[arg(long)]
+        confirm: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -265,6 +279,7 @@ impl Command {
             Command::WalFetch { .. } => "wal-fetch",
             Command::WalList { .. } => "wal-list",
             Command::RepoInfo { .. } => "repo-info",
+            Command::RepoRepair { .. } => "repo-repair",
             Command::BackupPush { .. } => "backup-push",
             Command::BackupList { .. } => "backup-list",
             Command::BackupFetch { .. } => "backup-fetch",

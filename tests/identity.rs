@@ -198,3 +198,143 @@ fn another_clusters_history_and_backup_files_are_refused() {
         "{line}"
     );
 }
+
+/// Item 3: a server restored from a backup and promoted into a new repository pushes its
+/// `00000002.history` first. That push creates the repository's descriptor (from the data
+/// directory's pg_control), so a file missing from the new repository answers 1, and a
+/// standby restoring from it keeps waiting for WAL instead of stopping (before, every
+/// missing file answered 206, "no repository", until a segment was pushed).
+#[test]
+fn a_repository_whose_first_file_is_a_history_file_serves_a_standby() {
+    let old = Store::File.fresh();
+    let primary = old.start_primary(PgOptions::default());
+    primary.psql("create table t(id int, v text)");
+    primary.psql("insert into t select g, md5(g::text) from generate_series(1, 1000) g");
+    old.backup_push(&primary, &[]);
+    primary.archive_everything();
+
+    // The restored server archives into a new repository; segments are held back (a store
+    // outage, say) so that its history file is the new repository's first object.
+    let new = Store::File.fresh();
+    let clone = old.restore("LATEST", &[]);
+    let push = format!(
+        "{} --repo {} wal-push %p",
+        walarchive_bin().display(),
+        new.url
+    );
+    clone.append_conf(&format!(
+        "archive_mode = on\narchive_command = 'case %f in *.history) {push};; *) exit 1;; esac'\n"
+    ));
+    clone.start_with_env(&new.env);
+    clone.wait_promoted();
+    clone.wait_until(
+        "00000002.history to be archived",
+        Duration::from_secs(60),
+        || keys(&new, "wal/history") == ["wal/history/00000002.history"],
+    );
+    assert_eq!(keys(&new, "wal"), ["wal/history/00000002.history"]);
+    let info = new.run(&["repo-info", "--json"]);
+    let d: serde_json::Value = serde_json::from_slice(&assert_success(&info).stdout).unwrap();
+    assert_eq!(
+        d["system_identifier"].as_str().unwrap(),
+        primary.psql("select system_identifier from pg_control_system()")
+    );
+    assert_eq!(d["wal_segment_size"], 1 << 20);
+    let scratch = TestDir::new("walarchive-identity-");
+    for missing in ["00000003.history", "000000020000000000000009"] {
+        let dest = scratch.join("x");
+        let out = new.run(&["wal-fetch", missing, dest.to_str().unwrap()]);
+        assert_code(&out, 1);
+        assert_eq!(
+            stderr(&out).trim(),
+            "",
+            "{missing}: not found is not an error"
+        );
+    }
+
+    // A standby of the clone fed only by the new repository waits for WAL...
+    let standby = clone.basebackup();
+    // postgresql.auto.conf came with the copy, naming the old repository (backup-fetch
+    // wrote it): the new one replaces it there.
+    let auto = standby.data_dir().join("postgresql.auto.conf");
+    let mut text = fs::read_to_string(&auto).unwrap();
+    text.push_str(&new.restore_conf());
+    fs::write(&auto, text).unwrap();
+    standby.append_conf("archive_mode = off\n");
+    standby.touch("standby.signal");
+    standby.start_with_env(&new.env);
+    clone.psql("insert into t select g, md5(g::text) from generate_series(1, 2000) g");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(standby.is_running(), "{}", standby.log_tail(20));
+    // ...and replays it once the clone archives again.
+    clone.append_conf(&new.archive_conf());
+    clone.psql("select pg_reload_conf()");
+    clone.archive_everything();
+    let expected = rows(&clone);
+    standby.wait_until("the standby to replay", Duration::from_secs(120), || {
+        standby.try_psql("select count(*) from t").ok().as_ref() == Some(&expected)
+    });
+    assert!(!standby.log().contains("FATAL"), "{}", standby.log_tail(30));
+}
+
+/// Item 3: a repository whose descriptor was deleted is not claimed by the next cluster that
+/// pushes (another one, or its own): every push is refused with 6, naming repo-repair;
+/// `repo-repair` rebuilds the descriptor from the objects (a dry run first, then
+/// `--confirm`), after which the cluster archives again and another cluster is foreign (5).
+#[test]
+fn a_repository_without_its_descriptor_is_refused_and_repaired() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions::default());
+    primary.psql("create table t(id int, v text)");
+    primary.archive_everything();
+    let sysid = primary.psql("select system_identifier from pg_control_system()");
+    fs::remove_file(repo.path().join("walarchive.repo")).unwrap();
+
+    // PostgreSQL's next segment is refused, and so is another cluster's.
+    let seg = primary.switch_wal();
+    primary.wait_until("the archiver to fail", Duration::from_secs(60), || {
+        archiver_failed(&primary) == seg
+    });
+    let out = push_as_archiver(&repo, &primary, &seg);
+    assert_code(&out, CONFIG);
+    let line = error_line(&out);
+    assert!(
+        line.contains("no descriptor") && line.contains("repo-repair"),
+        "{line}"
+    );
+    let other = PgCluster::init(PgOptions::default());
+    other.start();
+    let other_seg = other.switch_wal();
+    assert_code(&push_as_archiver(&repo, &other, &other_seg), CONFIG);
+    assert!(!repo.path().join("walarchive.repo").exists());
+
+    // A dry run says what it would write, and writes nothing.
+    let out = assert_success(&repo.run(&["repo-repair"])).clone();
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "would write the descriptor for system identifier {sysid}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("dry run"), "{text}");
+    assert!(!repo.path().join("walarchive.repo").exists());
+    let out = assert_success(&repo.run(&["repo-repair", "--confirm", "--json"])).clone();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["written"], true, "{r:#}");
+    assert_eq!(r["rebuilt"]["system_identifier"].as_str().unwrap(), sysid);
+    chown_postgres(&repo.path());
+
+    // The cluster archives again; the other one is foreign.
+    primary.wait_archived(&seg, Duration::from_secs(120));
+    assert_code(
+        &push_as_archiver(&repo, &other, &other_seg),
+        FOREIGN_CLUSTER,
+    );
+    let out = assert_success(&repo.run(&["repo-repair"])).clone();
+    assert!(
+        stdout(&out).contains("nothing to repair"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -16,12 +16,14 @@ pub mod control;
 pub mod daemon;
 pub mod format;
 pub mod history;
+pub mod layout;
 pub mod lsn;
 pub mod manifest;
 pub mod metrics;
 pub mod pg;
 pub mod push;
 pub mod pushahead;
+pub mod repair;
 pub mod repo;
 pub mod retention;
 pub mod retry;
@@ -118,6 +120,24 @@ pub enum Error {
         /// The repository URL.
         url: String,
     },
+    /// The prefix holds the repository's objects but not its descriptor.
+    #[error("{url} holds walarchive objects ({example}, ...) but no descriptor (walarchive.repo): it was deleted or lost, and the repository is not handed to whichever cluster pushes next; rebuild it from the objects with `walarchive --repo {url} repo-repair` (a dry run; add --confirm to write it)")]
+    DescriptorMissing {
+        /// The repository URL.
+        url: String,
+        /// One of the objects found.
+        example: String,
+    },
+    /// `repo-repair`: the repository's objects disagree about its cluster.
+    #[error("the repository's objects belong to more than one cluster: their {field} differs ({first}; {second}): not rebuilding its descriptor (remove the other cluster's objects first)")]
+    RepairConflict {
+        /// Which property differs.
+        field: &'static str,
+        /// One source and what it says.
+        first: String,
+        /// Another source and what it says.
+        second: String,
+    },
     /// A stored object fails verification.
     #[error("{key} is corrupt: {source}")]
     Corrupt {
@@ -186,10 +206,13 @@ impl Error {
         match self {
             Error::BadInput { .. } | Error::BadName(_) => ErrorKind::BadInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
-            Error::ForeignCluster { .. } | Error::NotFromDataDir { .. } => {
-                ErrorKind::ForeignCluster
-            }
-            Error::Open(_) | Error::Config(_) | Error::NoRepository { .. } => ErrorKind::Config,
+            Error::ForeignCluster { .. }
+            | Error::NotFromDataDir { .. }
+            | Error::RepairConflict { .. } => ErrorKind::ForeignCluster,
+            Error::Open(_)
+            | Error::Config(_)
+            | Error::NoRepository { .. }
+            | Error::DescriptorMissing { .. } => ErrorKind::Config,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,

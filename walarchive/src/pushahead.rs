@@ -618,36 +618,7 @@ pub(crate) fn same_cluster(
     found: &Descriptor,
     name: &WalFileName,
 ) -> Result<(), Error> {
-    let mismatch = |field: &'static str, repo: String, wal: String| {
-        Err(Error::ForeignCluster {
-            name: name.to_string(),
-            field,
-            repo,
-            wal,
-        })
-    };
-    if repo.system_identifier != found.system_identifier {
-        return mismatch(
-            "system identifier",
-            repo.system_identifier.clone(),
-            found.system_identifier.clone(),
-        );
-    }
-    if repo.wal_segment_size != found.wal_segment_size {
-        return mismatch(
-            "WAL segment size",
-            repo.wal_segment_size.to_string(),
-            found.wal_segment_size.to_string(),
-        );
-    }
-    if repo.wal_page_magic != found.wal_page_magic {
-        return mismatch(
-            "WAL format (page magic)",
-            format!("0x{:04X}", repo.wal_page_magic),
-            format!("0x{:04X}", found.wal_page_magic),
-        );
-    }
-    Ok(())
+    crate::repo::same_cluster(repo, found, &name.to_string())
 }
 
 /// Writes a marker atomically: a temporary file, fsynced, renamed into place. (The

@@ -220,6 +220,9 @@ impl Repository {
     ) -> Result<Descriptor, Error> {
         let existing = match self.descriptor().await? {
             Some(d) => d,
+            None if self.before_creating().await? == Prefix::DescriptorAppeared => {
+                self.require_descriptor().await?
+            }
             None => {
                 let json = serde_json::to_vec_pretty(wanted).expect("descriptor serializes");
                 match self.put_new(DESCRIPTOR_KEY, &json, Compression::None).await {
@@ -243,34 +246,69 @@ impl Repository {
                 self.url, existing.format_version, REPOSITORY_FORMAT
             )));
         }
-        let mismatch = |field: &'static str, repo: String, wal: String| Error::ForeignCluster {
-            name: name.to_string(),
-            field,
-            repo,
-            wal,
-        };
-        if existing.system_identifier != wanted.system_identifier {
-            return Err(mismatch(
-                "system identifier",
-                existing.system_identifier.clone(),
-                wanted.system_identifier.clone(),
-            ));
-        }
-        if existing.wal_segment_size != wanted.wal_segment_size {
-            return Err(mismatch(
-                "WAL segment size",
-                existing.wal_segment_size.to_string(),
-                wanted.wal_segment_size.to_string(),
-            ));
-        }
-        if existing.wal_page_magic != wanted.wal_page_magic {
-            return Err(mismatch(
-                "WAL format (page magic)",
-                format!("0x{:04X}", existing.wal_page_magic),
-                format!("0x{:04X}", wanted.wal_page_magic),
-            ));
-        }
+        same_cluster(&existing, wanted, name)?;
         Ok(existing)
+    }
+
+    /// Creates the descriptor `d` where there is none, without looking at what the prefix
+    /// holds (`repo-repair`, which rebuilt it from those very objects): `true` when this
+    /// call wrote it; a descriptor written meanwhile must describe the same cluster.
+    pub async fn create_descriptor(&self, d: &Descriptor, name: &str) -> Result<bool, Error> {
+        let json = serde_json::to_vec_pretty(d).expect("descriptor serializes");
+        match self.put_new(DESCRIPTOR_KEY, &json, Compression::None).await {
+            Ok(PutOutcome::Stored { .. }) => Ok(true),
+            Ok(PutOutcome::AlreadyStored) => Ok(false),
+            Err(Error::Conflict { .. }) => {
+                let existing = self.require_descriptor().await?;
+                same_cluster(&existing, d, name)?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The content of the object at `relative`, verified, for a repository that may have
+    /// no descriptor (`repo-repair`).
+    pub async fn get_without_descriptor(&self, relative: &str) -> Result<Vec<u8>, Error> {
+        Ok(self.get_verified(relative).await?.1)
+    }
+
+    /// Looks at the prefix before a descriptor is created there: a prefix that holds this
+    /// repository's objects but no descriptor (deleted, lost) is not claimed by whichever
+    /// cluster pushes next ([`Error::DescriptorMissing`]: `repo-repair` rebuilds it from the
+    /// objects). A descriptor seen meanwhile was created concurrently (another push of the
+    /// same cluster): the caller compares with it. Creation is rare, so one listing of the
+    /// prefix (stopping at the first object of ours) is affordable.
+    async fn before_creating(&self) -> Result<Prefix, Error> {
+        use futures::StreamExt;
+        let prefix = self.key("");
+        let found = retry(&self.policy, &format!("list {prefix}"), || async {
+            let mut listing = self.store.list(Some(&prefix));
+            let mut descriptor = false;
+            while let Some(meta) = listing.next().await {
+                let relative = self.relative(&meta.map_err(StorageError::from)?.location);
+                match crate::layout::parse_key(&relative) {
+                    Some(crate::layout::OwnKey::Descriptor) => descriptor = true,
+                    Some(_) => return Ok(Some(relative)),
+                    None => {}
+                }
+            }
+            Ok(descriptor.then(|| DESCRIPTOR_KEY.to_string()))
+        })
+        .await
+        .map_err(storage_error("list", &prefix))?;
+        match found {
+            None => Ok(Prefix::Empty),
+            Some(key) if key == DESCRIPTOR_KEY => Ok(Prefix::DescriptorAppeared),
+            // Our objects may be a concurrent creator's, whose descriptor came first.
+            Some(_) if self.exists(&self.key(DESCRIPTOR_KEY)).await? => {
+                Ok(Prefix::DescriptorAppeared)
+            }
+            Some(key) => Err(Error::DescriptorMissing {
+                url: self.url.clone(),
+                example: key,
+            }),
+        }
     }
 
     /// Stores `raw` under `relative` unless an object is already there. An identical existing
@@ -545,6 +583,50 @@ impl Repository {
             .collect();
         rel.join("/")
     }
+}
+
+/// Refuses `found` (what file `name` belongs to) when it is not the cluster `repo`
+/// describes.
+pub(crate) fn same_cluster(repo: &Descriptor, found: &Descriptor, name: &str) -> Result<(), Error> {
+    let mismatch = |field: &'static str, repo: String, wal: String| {
+        Err(Error::ForeignCluster {
+            name: name.to_string(),
+            field,
+            repo,
+            wal,
+        })
+    };
+    if repo.system_identifier != found.system_identifier {
+        return mismatch(
+            "system identifier",
+            repo.system_identifier.clone(),
+            found.system_identifier.clone(),
+        );
+    }
+    if repo.wal_segment_size != found.wal_segment_size {
+        return mismatch(
+            "WAL segment size",
+            repo.wal_segment_size.to_string(),
+            found.wal_segment_size.to_string(),
+        );
+    }
+    if repo.wal_page_magic != found.wal_page_magic {
+        return mismatch(
+            "WAL format (page magic)",
+            format!("0x{:04X}", repo.wal_page_magic),
+            format!("0x{:04X}", found.wal_page_magic),
+        );
+    }
+    Ok(())
+}
+
+/// What a prefix without a descriptor holds (see `Repository::before_creating`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prefix {
+    /// None of this repository's objects: a repository may be created.
+    Empty,
+    /// A descriptor was created meanwhile.
+    DescriptorAppeared,
 }
 
 /// One listed object.
@@ -913,5 +995,44 @@ mod tests {
             r.ensure_descriptor(&other, "s").await,
             Err(Error::ForeignCluster { .. })
         ));
+    }
+
+    /// A prefix holding this repository's objects but no descriptor is refused to every
+    /// cluster (status 6, naming repo-repair), its own included; stray objects that are not
+    /// walarchive's do not stop a repository from being created.
+    #[tokio::test]
+    async fn a_repository_whose_descriptor_is_gone_is_not_claimed() {
+        let r = repo();
+        r.put_new("notes/README", b"not ours", Compression::None)
+            .await
+            .unwrap();
+        r.put_new("wal/walarchive.repo", b"a nested one", Compression::None)
+            .await
+            .unwrap();
+        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
+        let seg = Repository::wal_key(&"000000010000000000000003".parse().unwrap());
+        r.put_new(&seg, b"segment", Compression::None)
+            .await
+            .unwrap();
+        r.delete(DESCRIPTOR_KEY).await.unwrap();
+        for sysid in ["1", "2"] {
+            let e = r
+                .ensure_descriptor(&descriptor(sysid), "00000002.history")
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::DescriptorMissing { .. }), "{e}");
+            assert_eq!(e.kind(), crate::ErrorKind::Config);
+            let text = e.to_string();
+            assert!(
+                text.contains("repo-repair") && text.contains(&seg),
+                "{text}"
+            );
+        }
+        assert_eq!(r.descriptor().await.unwrap(), None);
+        // What a descriptor created meanwhile looks like to a second creator: compared.
+        r.create_descriptor(&descriptor("1"), "repair")
+            .await
+            .unwrap();
+        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
     }
 }
