@@ -744,7 +744,7 @@ async fn repo_repair(
     }
     let d = r.rebuilt.as_ref().expect("rebuilt when there was none");
     let what = format!(
-        "descriptor for system identifier {}, WAL segment size {}, WAL page magic 0x{:04X} ({} objects agree)",
+        "descriptor for system identifier {}, WAL segment size {}, WAL page magic 0x{:04X} (from {} objects)",
         d.system_identifier, d.wal_segment_size, d.wal_page_magic, r.objects
     );
     if r.written {

@@ -814,6 +814,10 @@ mod objects {
     /// is a Conflict, and the stored object stays.
     pub async fn repository_put_new(o: Objects) {
         let repo = o.repository();
+        // Objects are bound to the repository's cluster: it needs its descriptor.
+        repo.ensure_descriptor(&walarchive_core::Descriptor::for_tests("1"), "test")
+            .await
+            .unwrap();
         let key = "wal/00000001/00000000/000000010000000000000003";
         let stored = repo.put_new(key, b"one", Compression::Lz4).await.unwrap();
         assert!(matches!(stored, PutOutcome::Stored { .. }), "{stored:?}");

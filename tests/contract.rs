@@ -255,12 +255,13 @@ fn objects_of_other_format_versions() {
         assert_eq!(&stored[8..10], &[3, 0], "{n} is stored as version 3");
     }
     let dest = f.work.join("RECOVERYXLOG");
-    // Version 1, as older walarchives stored WAL.
+    // Version 1, as older walarchives stored WAL (before objects were bound to their name).
     let old = &names[0];
     let v1 = format::encode_as(
         &src.bytes(old),
         walarchive_core::Compression::Zstd(1),
         DigestKind::Sha256,
+        None,
     );
     fs::write(f.object(old), &v1.bytes).unwrap();
     assert_success(&f.fetch(old, &dest));

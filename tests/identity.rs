@@ -338,3 +338,148 @@ fn a_repository_without_its_descriptor_is_refused_and_repaired() {
         stdout(&out)
     );
 }
+
+const CORRUPT: i32 = 8;
+
+/// The stored object of WAL file `name` in a file repository.
+fn wal_object(repo: &Repo, name: &str) -> std::path::PathBuf {
+    repo.path()
+        .join(format!("wal/{}/{}/{name}", &name[..8], &name[8..16]))
+}
+
+/// Restores backup `name` of `repo` into a new cluster and starts its recovery (to the end
+/// of the archive), without waiting for it.
+fn start_recovery(repo: &Repo, name: &str) -> PgCluster {
+    let c = repo.restore(name, &[]);
+    c.append_conf("archive_mode = off\n");
+    c.start_no_wait(&repo.env);
+    c
+}
+
+/// Item 1: an intact object under the wrong name (segment N's replaced by N-1's) or of
+/// another cluster (its own N) is never handed to PostgreSQL. wal-fetch exits 208 and writes
+/// nothing; a real point-in-time recovery through restore_command stops instead of ending
+/// early and promoting with data missing; the prefetch worker does not place it; a re-push
+/// finds the stored object corrupt (8) rather than "different content"; wal-verify reports
+/// it (8); a swapped backup part fails verify and backup-fetch (8), naming both parts. With
+/// the object put back, the same recovery reaches the end.
+#[test]
+fn an_object_under_another_name_or_of_another_cluster_is_never_served() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: "wal_keep_size = 64MB\n".into(),
+        ..Default::default()
+    });
+    primary.psql("create table t(id int, v text)");
+    let backup = repo.backup_push(&primary, &["--part-size", "1"]);
+    let backup = backup["name"].as_str().unwrap().to_string();
+    let mut after = Vec::new();
+    for i in 0..4 {
+        primary.psql(&format!(
+            "insert into t select g, md5(g::text) from generate_series(1, {}) g",
+            2000 * (i + 1)
+        ));
+        after.push(primary.switch_wal());
+    }
+    let expected = rows(&primary);
+    primary.archive_everything();
+    let (prev, n) = (after[1].clone(), after[2].clone());
+    let object = wal_object(&repo, &n);
+    let original = fs::read(&object).unwrap();
+
+    // Another cluster's segment N, archived into its own repository.
+    let other_repo = Store::File.fresh();
+    let other = other_repo.start_primary(PgOptions::default());
+    while other.switch_wal() < n {}
+    other.archive_everything();
+    let foreign = fs::read(wal_object(&other_repo, &n)).unwrap();
+    other.stop_immediate();
+
+    let scratch = TestDir::new("walarchive-identity-");
+    let dest = scratch.join("RECOVERYXLOG");
+    for (what, bytes, says) in [
+        (
+            "N-1's object",
+            fs::read(wal_object(&repo, &prev)).unwrap(),
+            format!("it is the object of wal/00000001/{}/{prev}", &prev[8..16]),
+        ),
+        (
+            "another cluster's N",
+            foreign.clone(),
+            "belongs to the repository of system identifier".to_string(),
+        ),
+    ] {
+        fs::write(&object, &bytes).unwrap();
+        let out = repo.run(&["wal-fetch", &n, dest.to_str().unwrap()]);
+        assert_code(&out, 200 + CORRUPT);
+        let line = error_line(&out);
+        assert!(line.contains(&n) && line.contains(&says), "{what}: {line}");
+        assert!(!dest.exists(), "{what}: something was written");
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+        let out = repo.run(&["wal-verify", "--json"]);
+        assert_code(&out, CORRUPT);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["problems"][0]["kind"], "corrupt", "{report:#}");
+        assert_eq!(report["problems"][0]["name"], n.as_str(), "{report:#}");
+
+        // PostgreSQL's own archiver pushing N again: the stored object is refused.
+        let out = push_as_archiver(&repo, &primary, &n);
+        assert_code(&out, CORRUPT);
+        assert!(error_line(&out).contains(&says), "{what}");
+    }
+
+    // A recovery through restore_command (prefetching, by default) stops at N.
+    let recovering = start_recovery(&repo, &backup);
+    recovering.wait_until("the recovery to stop", Duration::from_secs(120), || {
+        !recovering.is_running() && recovering.log().contains("exit code 208")
+    });
+    let log = recovering.log();
+    assert!(
+        !log.contains("ready to accept connections") && !log.contains("selected new timeline"),
+        "recovery ended and promoted:\n{}",
+        recovering.log_tail(30)
+    );
+    let prefetched = recovering.wal_dir().join("walarchive-prefetch");
+    if let Ok(entries) = fs::read_dir(&prefetched) {
+        for e in entries {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(!name.starts_with(&n), "the prefetch worker placed {name}");
+        }
+    }
+
+    // Put back, the same recovery reaches the end of the archive, all rows there.
+    fs::write(&object, &original).unwrap();
+    assert_success(&repo.run(&["wal-verify"]));
+    let recovered = repo.restore(&backup, &[]);
+    recovered.append_conf("archive_mode = off\n");
+    recovered.start_with_env(&repo.env);
+    recovered.wait_promoted();
+    assert_eq!(rows(&recovered), expected);
+    recovered.stop();
+
+    // Two parts of the backup swapped: verify and backup-fetch refuse, naming both.
+    let parts = repo.path().join(format!("basebackups/{backup}/data"));
+    let (p2, p3) = (parts.join("part-000002"), parts.join("part-000003"));
+    let (b2, b3) = (fs::read(&p2).unwrap(), fs::read(&p3).unwrap());
+    fs::write(&p2, &b3).unwrap();
+    fs::write(&p3, &b2).unwrap();
+    let out = repo.run(&["verify", "backup", &backup]);
+    assert_code(&out, CORRUPT);
+    let line = error_line(&out);
+    assert!(
+        line.contains("part-000002")
+            && line.contains("it is the object of")
+            && line.contains("part-000003"),
+        "{line}"
+    );
+    let target = PgCluster::empty();
+    let out = repo.try_restore_into(&target, &backup, &[]);
+    assert_code(&out, CORRUPT);
+    let line = error_line(&out);
+    assert!(
+        line.contains("part-000003, stored under another name"),
+        "{line}"
+    );
+    assert!(!target.data_dir().join("PG_VERSION").exists());
+}

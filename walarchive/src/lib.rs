@@ -2,9 +2,10 @@
 //! names, LSNs and timelines, and the push side of PostgreSQL's archive contract.
 //!
 //! The crate is split so that every decision that protects an archive lives in one place:
-//! [`wal`] refuses anything that is not a WAL file before it reaches the store, [`format`]
-//! makes every object verifiable on its own, [`repo`] never overwrites and refuses another
-//! cluster's WAL, [`retry`] bounds every storage call, and [`push`] acknowledges a segment
+//! [`wal`] refuses anything that is not a WAL file before it reaches the store, [`control`]
+//! says which cluster a pushed file comes from, [`format`] makes every object verifiable on
+//! its own and bound to its name and repository, [`repo`] never overwrites and refuses
+//! another cluster's WAL, [`layout`] says which keys are the repository's own, [`retry`] bounds every storage call, and [`push`] acknowledges a segment
 //! only once it is durably stored. The read side lives in the `walarchive-restore` crate.
 #![warn(missing_docs)]
 

@@ -269,41 +269,62 @@ pub fn read_and_encode(
         )
         .map_err(io)?;
         crate::history::check_text_file(name, &raw, id.wal_segment_size).map_err(bad)?;
-        let encoded = format::encode_as(&raw, compression, format::DigestKind::Blake3);
+        let binding = format::Binding::new(id.system_identifier, &Repository::wal_key(name));
+        let kind = format::DigestKind::Blake3;
+        let encoded = format::encode_as(&raw, compression, kind, Some(&binding));
         return Ok((descriptor_of(id), encoded));
     }
     let mut found = None;
     let mut refused = None;
+    // Bound to its key and its cluster: the data directory's, or (without one) its page
+    // header's, known once the first chunk is read (the header is rewritten then).
+    let binding = format::Binding::new(
+        identity.map_or(0, |id| id.system_identifier),
+        &Repository::wal_key(name),
+    );
     let encoded = CHUNK_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.resize(CHUNK, 0);
-        format::encode_reader(&mut file, len, compression, &mut buf, |head| {
-            let checked = check_segment_start(name, head, len)
-                .map_err(&bad)
-                .and_then(|d| match identity {
-                    Some(id) => same_as_data_dir(&shown, &d, id).map(|()| descriptor_of(id)),
-                    None => Ok(d),
-                });
-            match checked {
-                Ok(d) => {
-                    found = Some(d);
-                    Ok(())
+        format::encode_reader(
+            &mut file,
+            len,
+            compression,
+            &mut buf,
+            Some(&binding),
+            |head| {
+                let checked = check_segment_start(name, head, len)
+                    .map_err(&bad)
+                    .and_then(|d| match identity {
+                        Some(id) => same_as_data_dir(&shown, &d, id).map(|()| descriptor_of(id)),
+                        None => Ok(d),
+                    });
+                match checked {
+                    Ok(d) => {
+                        found = Some(d);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        Err(std::io::Error::other("refused"))
+                    }
                 }
-                Err(e) => {
-                    refused = Some(e);
-                    Err(std::io::Error::other("refused"))
-                }
-            }
-        })
+            },
+        )
     });
     if let Some(e) = refused {
         return Err(e);
     }
-    let encoded = encoded.map_err(|e| match e.kind() {
+    let mut encoded = encoded.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => bad(e.to_string()),
         _ => io(e),
     })?;
-    Ok((found.expect("the first chunk was checked"), encoded))
+    let found: Descriptor = found.expect("the first chunk was checked");
+    let sysid = found
+        .system_identifier
+        .parse()
+        .expect("formatted from a u64");
+    encoded.set_system_identifier(sysid);
+    Ok((found, encoded))
 }
 
 /// Longest history or backup history file accepted (PostgreSQL's are a few hundred bytes;

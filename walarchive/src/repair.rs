@@ -91,16 +91,25 @@ pub async fn repair(
             pg_version: id.pg_version,
         });
     }
+    evidence.extend(bound_identities(repo, &own).await?);
     for key in sample_segments(&own) {
         evidence.push(segment_evidence(repo, &key).await?);
     }
     for (key, k) in &own {
         if let OwnKey::Backup {
-            name,
             object: BackupObject::Manifest,
+            ..
         } = k
         {
-            let m = crate::catalog::load_manifest(repo, name).await?;
+            let raw = repo.get_without_descriptor(key).await?;
+            let m: crate::manifest::Manifest =
+                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+                    key: repo.key(key).to_string(),
+                    source: crate::format::FormatError::Decode(crate::codec::DecodeError {
+                        codec: "json",
+                        reason: e.to_string(),
+                    }),
+                })?;
             let major = m.pg_version_num / 10000;
             evidence.push(Evidence {
                 source: key.clone(),
@@ -121,6 +130,54 @@ pub async fn repair(
         objects: own.len(),
         written,
     })
+}
+
+/// Objects whose headers [`repair`] reads at once.
+const HEADER_READS: usize = 16;
+
+/// The system identifiers bound objects state in their headers: every object's header is
+/// read (one ranged read each), and each identifier is reported once, with the first object
+/// stating it and how many do.
+async fn bound_identities(
+    repo: &Repository,
+    own: &[(String, OwnKey)],
+) -> Result<Vec<Evidence>, Error> {
+    use futures::{StreamExt, TryStreamExt};
+    let keys = own
+        .iter()
+        .filter(|(_, k)| *k != OwnKey::Descriptor)
+        .map(|(key, _)| key.clone());
+    let bound: Vec<(String, Option<u64>)> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let sysid = repo.bound_system_identifier(&key).await?;
+            Ok::<_, Error>((key, sysid))
+        })
+        .buffer_unordered(HEADER_READS)
+        .try_collect()
+        .await?;
+    let mut by_sysid: std::collections::BTreeMap<u64, (String, usize)> = Default::default();
+    for (key, sysid) in bound {
+        if let Some(s) = sysid {
+            let e = by_sysid.entry(s).or_insert_with(|| (key.clone(), 0));
+            if key < e.0 {
+                e.0 = key;
+            }
+            e.1 += 1;
+        }
+    }
+    Ok(by_sysid
+        .into_iter()
+        .map(|(sysid, (first, count))| Evidence {
+            source: match count {
+                1 => format!("{first} (its header)"),
+                n => format!("{first} and {} more objects (their headers)", n - 1),
+            },
+            system_identifier: Some(sysid.to_string()),
+            wal_segment_size: None,
+            wal_page_magic: None,
+            pg_version: None,
+        })
+        .collect())
 }
 
 /// The segments whose page headers are read: the first and the last of each timeline
@@ -306,9 +363,17 @@ mod tests {
             ),
             ("42", SEG, 0xD110)
         );
-        // First and last segment of the timeline, and the manifest.
+        // Every object's header, the first and last segment of the timeline, the manifest.
         let sources: Vec<&str> = dry.evidence.iter().map(|e| e.source.as_str()).collect();
-        assert_eq!(sources.len(), 3, "{sources:?}");
+        assert_eq!(
+            sources,
+            [
+                "basebackups/base_1/manifest.json and 4 more objects (their headers)",
+                "wal/00000001/00000000/000000010000000000000001 (its page header)",
+                "wal/00000001/00000000/000000010000000000000004 (its page header)",
+                "basebackups/base_1/manifest.json",
+            ]
+        );
         let done = repair(&r, None, true).await.unwrap();
         assert!(done.written);
         let written = r.require_descriptor().await.unwrap();
@@ -330,6 +395,23 @@ mod tests {
         assert_eq!(e.kind(), crate::ErrorKind::ForeignCluster);
         assert!(e.to_string().contains("system identifier differs"), "{e}");
         assert_eq!(r.descriptor().await.unwrap(), None);
+
+        // An object bound to another cluster (copied from its repository), even one whose
+        // content says nothing of its cluster.
+        let r = Repository::in_memory_for_tests("b", Compression::Lz4);
+        r.ensure_descriptor(&descriptor(42), "t").await.unwrap();
+        put_segment(&r, "000000010000000000000001", 42).await;
+        let key = "wal/history/00000002.history";
+        let foreign = crate::format::Binding::new(7, key);
+        let obj = crate::format::encode(b"1\t0/3000000\tx\n", Compression::None, Some(&foreign));
+        r.put_encoded(key, obj).await.unwrap();
+        r.delete(DESCRIPTOR_KEY).await.unwrap();
+        let e = repair(&r, None, true).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("wal/history/00000002.history (its header) says 7"),
+            "{e}"
+        );
 
         // Only a history file: its cluster's data directory must say the rest.
         let r = Repository::in_memory_for_tests("h", Compression::Lz4);

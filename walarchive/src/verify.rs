@@ -96,6 +96,22 @@ pub fn check_wal_content(name: &WalFileName, raw: &[u8], d: &Descriptor) -> Resu
     }
 }
 
+/// [`check_wal_content`] for WAL file `name` read from `repo` (its content `raw`), before
+/// it is handed to PostgreSQL: a mismatch is [`Error::Corrupt`], naming the object and what
+/// its content says. For a segment this catches an intact object of another segment, or
+/// of another cluster, stored under this name, whatever format version wrote it.
+pub fn check_fetched(
+    repo: &Repository,
+    name: &WalFileName,
+    raw: &[u8],
+    d: &Descriptor,
+) -> Result<(), Error> {
+    check_wal_content(name, raw, d).map_err(|reason| Error::Corrupt {
+        key: repo.key(&Repository::wal_key(name)).to_string(),
+        source: crate::format::FormatError::Content(reason),
+    })
+}
+
 /// What the analysis needs to know about a complete backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupRange {
