@@ -641,10 +641,10 @@ async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Resul
     let mut entries = Vec::new();
     for listed in repo.list("wal/").await? {
         let size = listed.size;
-        let Some(file) = listed.key.rsplit('/').next() else {
-            continue;
-        };
-        let Ok(name) = file.parse::<WalFileName>() else {
+        // Only this repository's own WAL (not another repository's nested in it).
+        let Some(walarchive_core::layout::OwnKey::Wal(name)) =
+            walarchive_core::layout::parse_key(&listed.key)
+        else {
             continue;
         };
         if timeline.is_some_and(|t| t != name.timeline().0) {

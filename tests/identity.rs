@@ -483,3 +483,160 @@ fn an_object_under_another_name_or_of_another_cluster_is_never_served() {
     );
     assert!(!target.data_dir().join("PG_VERSION").exists());
 }
+
+/// The files of a directory tree, relative to it, with their content, sorted.
+fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Item 5: another repository stored inside this one at `R/wal` (copied there, or created
+/// by an older walarchive: its keys end like WAL file names) is never touched by `delete
+/// retain`, `delete garbage` or `delete everything` on R, which report it; it stays a
+/// valid repository. A repository is not created inside another one, nor around one (6).
+#[test]
+fn a_nested_repository_survives_retention_and_repositories_do_not_nest() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions::default());
+    primary.psql("create table t(id int, v text)");
+    repo.backup_push(&primary, &[]);
+    for _ in 0..4 {
+        primary.psql("insert into t select g, md5(g::text) from generate_series(1, 2000) g");
+        primary.switch_wal();
+    }
+    repo.backup_push(&primary, &[]);
+    primary.archive_everything();
+
+    // Another cluster's repository, beside R; creating one inside R, or around it, fails.
+    let other_repo = Store::File.fresh();
+    let other = other_repo.start_primary(PgOptions::default());
+    other.psql("create table t(id int, v text)");
+    other.archive_everything();
+    let inside = Repo {
+        url: format!("{}/wal", repo.url),
+        env: repo.env.clone(),
+        dir: None,
+    };
+    let seg = other.switch_wal();
+    let out = push_as_archiver(&inside, &other, &seg);
+    assert_code(&out, CONFIG);
+    assert!(
+        error_line(&out).contains("inside another repository"),
+        "{}",
+        stderr(&out)
+    );
+    let around = Repo {
+        url: format!("file://{}", repo.path().parent().unwrap().display()),
+        env: repo.env.clone(),
+        dir: None,
+    };
+    let out = push_as_archiver(&around, &other, &seg);
+    assert_code(&out, CONFIG);
+    assert!(
+        error_line(&out).contains("another repository is stored under it, at repo"),
+        "{}",
+        stderr(&out)
+    );
+    other.archive_everything();
+    other.stop();
+
+    // ...but one copied there is what retention must leave alone.
+    let nested_dir = repo.path().join("wal");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", other_repo.path().display()))
+        .arg(&nested_dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let nested = tree(&other_repo.path());
+    let nested_in_r = || {
+        let mut t: Vec<(String, Vec<u8>)> = tree(&nested_dir)
+            .into_iter()
+            .filter(|(k, _)| {
+                k == "walarchive.repo" || k.starts_with("wal/") || k.starts_with("basebackups/")
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(nested_in_r(), nested);
+    let own_wal_before = keys(&repo, "wal/00000001").len();
+
+    let out = repo.run(&["delete", "retain", "1", "--confirm", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&assert_success(&out).stdout).unwrap();
+    let not_ours: Vec<&str> = plan["not_ours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(not_ours.contains(&"wal/walarchive.repo"), "{plan:#}");
+    assert_eq!(not_ours.len(), nested.len(), "{plan:#}");
+    assert!(
+        plan["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| !k.as_str().unwrap().starts_with("wal/wal/")),
+        "{plan:#}"
+    );
+    assert_eq!(
+        plan["delete_backups"].as_array().unwrap().len(),
+        1,
+        "{plan:#}"
+    );
+    assert!(
+        keys(&repo, "wal/00000001").len() < own_wal_before,
+        "R's own old WAL went"
+    );
+    assert_eq!(
+        nested_in_r(),
+        nested,
+        "delete retain touched the nested repository"
+    );
+
+    let out = assert_success(&repo.run(&["delete", "garbage", "--older-than", "0s", "--confirm"]))
+        .clone();
+    assert!(
+        stdout(&out).contains("that are not this repository's"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        nested_in_r(),
+        nested,
+        "delete garbage touched the nested repository"
+    );
+
+    assert_success(&repo.run(&["delete", "everything", "--force", "--confirm"]));
+    assert_eq!(
+        nested_in_r(),
+        nested,
+        "delete everything touched the nested repository"
+    );
+    assert_eq!(keys(&repo, "wal/00000001"), Vec::<String>::new());
+    assert_eq!(keys(&repo, "basebackups"), Vec::<String>::new());
+    // The nested repository is intact and valid, there too (objects are bound to their
+    // names relative to the repository's root, so a copied repository stays valid).
+    assert_success(&other_repo.run(&["wal-verify"]));
+    let out = assert_success(&inside.run(&["wal-verify", "--json"])).clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["objects_checked"].as_u64().unwrap() >= 2,
+        "{report:#}"
+    );
+}

@@ -129,6 +129,14 @@ pub enum Error {
         /// One of the objects found.
         example: String,
     },
+    /// A repository would be created inside another one, or around one.
+    #[error("cannot create a repository at {url}: {relation} (repositories must not nest: the retention of one would take the other's objects for its own); choose another prefix")]
+    NestedRepository {
+        /// The repository URL.
+        url: String,
+        /// Where the other repository is.
+        relation: String,
+    },
     /// `repo-repair`: the repository's objects disagree about its cluster.
     #[error("the repository's objects belong to more than one cluster: their {field} differs ({first}; {second}): not rebuilding its descriptor (remove the other cluster's objects first)")]
     RepairConflict {
@@ -213,7 +221,8 @@ impl Error {
             Error::Open(_)
             | Error::Config(_)
             | Error::NoRepository { .. }
-            | Error::DescriptorMissing { .. } => ErrorKind::Config,
+            | Error::DescriptorMissing { .. }
+            | Error::NestedRepository { .. } => ErrorKind::Config,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,

@@ -403,42 +403,95 @@ impl Repository {
         Ok(header.binding.map(|b| b.system_identifier))
     }
 
-    /// Looks at the prefix before a descriptor is created there: a prefix that holds this
+    /// Looks at the prefix before a descriptor is created there. A prefix that holds this
     /// repository's objects but no descriptor (deleted, lost) is not claimed by whichever
     /// cluster pushes next ([`Error::DescriptorMissing`]: `repo-repair` rebuilds it from the
-    /// objects). A descriptor seen meanwhile was created concurrently (another push of the
+    /// objects). Repositories do not nest ([`Error::NestedRepository`]): not inside another
+    /// (a descriptor at an ancestor prefix, one HEAD per level) nor around one (a descriptor
+    /// deeper under this prefix), since each one's retention would take the other's objects
+    /// for its own. A descriptor seen meanwhile was created concurrently (another push of the
     /// same cluster): the caller compares with it. Creation is rare, so one listing of the
     /// prefix (stopping at the first object of ours) is affordable.
     async fn before_creating(&self) -> Result<Prefix, Error> {
+        use crate::layout::{parse_key, OwnKey};
         use futures::StreamExt;
+        enum Seen {
+            Nothing,
+            Descriptor,
+            Ours(String),
+            Nested(String),
+        }
         let prefix = self.key("");
-        let found = retry(&self.policy, &format!("list {prefix}"), || async {
+        let seen = retry(&self.policy, &format!("list {prefix}"), || async {
             let mut listing = self.store.list(Some(&prefix));
-            let mut descriptor = false;
+            let mut seen = Seen::Nothing;
             while let Some(meta) = listing.next().await {
                 let relative = self.relative(&meta.map_err(StorageError::from)?.location);
-                match crate::layout::parse_key(&relative) {
-                    Some(crate::layout::OwnKey::Descriptor) => descriptor = true,
-                    Some(_) => return Ok(Some(relative)),
+                match parse_key(&relative) {
+                    Some(OwnKey::Descriptor) => seen = Seen::Descriptor,
+                    Some(_) => return Ok(Seen::Ours(relative)),
+                    None if relative.ends_with(&format!("/{DESCRIPTOR_KEY}")) => {
+                        return Ok(Seen::Nested(relative))
+                    }
                     None => {}
                 }
             }
-            Ok(descriptor.then(|| DESCRIPTOR_KEY.to_string()))
+            Ok(seen)
         })
         .await
         .map_err(storage_error("list", &prefix))?;
-        match found {
-            None => Ok(Prefix::Empty),
-            Some(key) if key == DESCRIPTOR_KEY => Ok(Prefix::DescriptorAppeared),
+        match seen {
+            Seen::Descriptor => return Ok(Prefix::DescriptorAppeared),
             // Our objects may be a concurrent creator's, whose descriptor came first.
-            Some(_) if self.exists(&self.key(DESCRIPTOR_KEY)).await? => {
-                Ok(Prefix::DescriptorAppeared)
+            Seen::Ours(_) if self.exists(&self.key(DESCRIPTOR_KEY)).await? => {
+                return Ok(Prefix::DescriptorAppeared)
             }
-            Some(key) => Err(Error::DescriptorMissing {
-                url: self.url.clone(),
-                example: key,
-            }),
+            Seen::Ours(key) => {
+                return Err(Error::DescriptorMissing {
+                    url: self.url.clone(),
+                    example: key,
+                })
+            }
+            Seen::Nested(key) => {
+                let inner = key.trim_end_matches(DESCRIPTOR_KEY).trim_end_matches('/');
+                return Err(Error::NestedRepository {
+                    url: self.url.clone(),
+                    relation: format!(
+                        "another repository is stored under it, at {inner} (its {key})"
+                    ),
+                });
+            }
+            Seen::Nothing => {}
         }
+        // Every prefix above this one, the store's root included.
+        let parts: Vec<_> = self.prefix.parts().collect();
+        for depth in (0..parts.len()).rev() {
+            let above = Path::from_iter(parts[..depth].iter().cloned());
+            let key = Path::from_iter(above.parts().chain(Path::from(DESCRIPTOR_KEY).parts()));
+            let found = retry(&self.policy, &format!("head {key}"), || async {
+                self.store.head(&key).await.map_err(StorageError::from)
+            })
+            .await;
+            match found {
+                Ok(_) => {
+                    return Err(Error::NestedRepository {
+                        url: self.url.clone(),
+                        relation: format!(
+                            "it is inside another repository, whose descriptor is {key}"
+                        ),
+                    })
+                }
+                Err(StorageError::NotFound) => {}
+                // Credentials limited to this prefix cannot look above it.
+                Err(e @ (StorageError::AccessDenied(_) | StorageError::Permanent(_))) => {
+                    tracing::warn!(
+                        "cannot check whether {key} exists ({e}): creating the repository without knowing whether it is inside another one"
+                    );
+                }
+                Err(e) => return Err(storage_error("head", &key)(e)),
+            }
+        }
+        Ok(Prefix::Empty)
     }
 
     /// Stores `raw` under `relative` unless an object is already there, bound to its name
@@ -1210,9 +1263,6 @@ mod tests {
         r.put_new("notes/README", b"not ours", Compression::None)
             .await
             .unwrap();
-        r.put_new("wal/walarchive.repo", b"a nested one", Compression::None)
-            .await
-            .unwrap();
         r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
         let seg = Repository::wal_key(&"000000010000000000000003".parse().unwrap());
         r.put_new(&seg, b"segment", Compression::None)
@@ -1319,5 +1369,83 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(r.descriptor().await, Err(Error::Corrupt { .. })));
+    }
+
+    /// A repository is not created inside another one, nor around one; siblings are fine.
+    #[tokio::test]
+    async fn repositories_do_not_nest() {
+        let store = Arc::new(InMemory::new());
+        let at = |prefix: &str| {
+            Repository::with_store(
+                store.clone(),
+                Path::from(prefix),
+                Backend::Local,
+                &format!("memory://{prefix}"),
+                RetryPolicy::default(),
+                Compression::default(),
+            )
+        };
+        at("a/b/c")
+            .ensure_descriptor(&descriptor("1"), "x")
+            .await
+            .unwrap();
+        at("a/b/d")
+            .ensure_descriptor(&descriptor("2"), "x")
+            .await
+            .unwrap();
+        let e = at("a/b")
+            .ensure_descriptor(&descriptor("3"), "x")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NestedRepository { .. }), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .contains("another repository is stored under it, at c"),
+            "{e}"
+        );
+        for inside in ["a/b/c/wal", "a/b/c/x/y"] {
+            let e = at(inside)
+                .ensure_descriptor(&descriptor("1"), "x")
+                .await
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(
+                    "it is inside another repository, whose descriptor is a/b/c/walarchive.repo"
+                ),
+                "{e}"
+            );
+        }
+        // At the store's root, too.
+        at("")
+            .ensure_descriptor(&descriptor("4"), "x")
+            .await
+            .unwrap_err();
+        let root = Arc::new(InMemory::new());
+        let r = Repository::with_store(
+            root.clone(),
+            Path::from(""),
+            Backend::Local,
+            "memory://",
+            RetryPolicy::default(),
+            Compression::default(),
+        );
+        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
+        let e = Repository::with_store(
+            root,
+            Path::from("sub"),
+            Backend::Local,
+            "memory://sub",
+            RetryPolicy::default(),
+            Compression::default(),
+        )
+        .ensure_descriptor(&descriptor("1"), "x")
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("descriptor is walarchive.repo"),
+            "{e}"
+        );
+        assert!(at("a/b/e").descriptor().await.unwrap().is_none());
     }
 }
