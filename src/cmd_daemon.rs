@@ -134,9 +134,9 @@ pub async fn run(
     idle_exit: Option<std::time::Duration>,
     follow_postmaster: bool,
 ) -> Result<u8> {
-    // Every file the daemon pushes is of the cluster whose pg_wal it serves.
-    let data_dir = pg_wal.parent().unwrap_or(Path::new("."));
-    let identity = crate::commands::push_identity(Some(data_dir), &pg_wal.join("x"))?;
+    // Every file the daemon pushes is checked against the cluster whose pg_wal it serves,
+    // found as wal-push finds it for a file in that pg_wal.
+    let identity = crate::commands::push_identity(None, &pg_wal.join("x"))?;
     let opts = daemon::Options {
         idle_exit,
         follow_postmaster,
