@@ -85,7 +85,8 @@ Exit status:
   4    already archived with different content (never overwritten)
   5    the file belongs to another cluster than the repository (system identifier, segment size),
        or a segment to another cluster than its data directory's pg_control
-  6    configuration: no or bad repository URL, unknown scheme, unreadable config file, no repository;
+  6    configuration: no or bad repository URL, unknown scheme, unreadable config file, no repository,
+       a repository whose descriptor is gone (see repo-repair), one created inside or around another;
        wal-push: a history or backup history file with no data directory (--pgdata) to vouch for it
   7    storage: unreachable, credentials refused, missing bucket, failing after retries
   8    a stored object is corrupt (checksum or decoding failure)
