@@ -334,7 +334,12 @@ fn bench_codecs(plan: &Plan, work: &Path, names: &[String]) -> Vec<CodecRow> {
                 row.raw += raw.len() as u64;
                 row.stored += body.len() as u64;
             }
-            // The path wal-push takes (push::read_and_encode), from memory instead of a file.
+            // The path wal-push takes (push::read_and_encode), from memory instead of a file,
+            // bound to its name and cluster as wal-push binds it.
+            let binding = format::Binding::new(
+                7_312_345_678_901_234_567,
+                "wal/00000001/00000000/000000010000000000000058",
+            );
             let t = Instant::now();
             let obj = black_box(
                 format::encode_reader(
@@ -342,6 +347,7 @@ fn bench_codecs(plan: &Plan, work: &Path, names: &[String]) -> Vec<CodecRow> {
                     raw.len() as u64,
                     default,
                     &mut chunk,
+                    Some(&binding),
                     |_| Ok(()),
                 )
                 .expect("encode"),

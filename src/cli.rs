@@ -91,6 +91,11 @@ pub enum Command {
     WalPush {
         /// Path of the WAL file (PostgreSQL's %p, relative to the data directory).
         path: PathBuf,
+        /// The data directory the file belongs to, whose global/pg_control says which
+        /// cluster wrote it [default: the parent of %p's pg_wal, else $PGDATA, else the
+        /// current directory, as archive_command runs in the data directory].
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
     },
     /// Archive continuously: push every `.ready` segment of a data directory as soon as it
     /// appears, and answer wal-push over a Unix socket in pg_wal.
@@ -249,6 +254,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a lost descriptor from the repository's own objects (their headers, WAL page
+    /// headers, backup manifests), refusing when they disagree. A dry run unless --confirm.
+    RepoRepair {
+        /// Also take the cluster's identity from this data directory's pg_control (needed
+        /// when no object states the segment size, and checked against the objects).
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        /// Write the rebuilt descriptor.
+        #[arg(long)]
+        confirm: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -260,6 +279,7 @@ impl Command {
             Command::WalFetch { .. } => "wal-fetch",
             Command::WalList { .. } => "wal-list",
             Command::RepoInfo { .. } => "repo-info",
+            Command::RepoRepair { .. } => "repo-repair",
             Command::BackupPush { .. } => "backup-push",
             Command::BackupList { .. } => "backup-list",
             Command::BackupFetch { .. } => "backup-fetch",

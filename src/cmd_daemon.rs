@@ -134,10 +134,14 @@ pub async fn run(
     idle_exit: Option<std::time::Duration>,
     follow_postmaster: bool,
 ) -> Result<u8> {
+    // Every file the daemon pushes is checked against the cluster whose pg_wal it serves,
+    // found as wal-push finds it for a file in that pg_wal.
+    let identity = crate::commands::push_identity(None, &pg_wal.join("x"))?;
     let opts = daemon::Options {
         idle_exit,
         follow_postmaster,
         key: settings.daemon_key(),
+        identity,
         ..daemon::Options::with_parallel(settings.parallel)
     };
     match daemon::run(repo, pg_wal, opts).await? {

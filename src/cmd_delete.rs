@@ -97,6 +97,16 @@ fn report(plan: &Plan, act: &DeleteArgs, done: bool) -> Result<()> {
     for l in &plan.left_alone {
         println!("leaving {l}");
     }
+    if !plan.not_ours.is_empty() {
+        let shown: Vec<&str> = plan.not_ours.iter().take(5).map(String::as_str).collect();
+        let more = plan.not_ours.len() - shown.len();
+        println!(
+            "leaving {} object(s) that are not this repository's (another repository nested in it? stray files?): {}{}",
+            plan.not_ours.len(),
+            shown.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
+    }
     if !act.confirm {
         println!("dry run: nothing was deleted; run again with --confirm to delete");
     }

@@ -7,9 +7,10 @@
 //! - `verify backup`: 1 no such complete backup (or LATEST with none); 8 a part, file,
 //!   label or WAL segment is corrupt or a part is missing (the backup is damaged);
 //!   12 ([`exit::WAL_MISSING`]) a WAL segment the backup needs is not in the repository.
-//! - `wal-verify`: 8 any object is corrupt or a history file is invalid (this wins, being
-//!   the more alarming); otherwise [`exit::WAL_INCOMPLETE`] (14) for gaps, timelines without a
-//!   history file, or a backup whose own WAL is missing.
+//! - `wal-verify`: 8 any object is corrupt or a history file is invalid or contradicts the
+//!   archive (this wins, being the more alarming); otherwise [`exit::WAL_INCOMPLETE`] (14)
+//!   for gaps, timelines without a history file, a backup whose own WAL is missing, or a
+//!   backup that cannot recover to the latest timeline.
 //!
 //! Storage and configuration failures stop either command with their usual statuses.
 //! The analysis lives in `walarchive_core::verify`; this file only does the printing.

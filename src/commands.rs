@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use walarchive_core::backup::{self, BackupOptions};
+use walarchive_core::control::{self, ClusterIdentity};
 use walarchive_core::manifest::Manifest;
 use walarchive_core::metrics::{self, Counters};
 use walarchive_core::repo::PutOutcome;
@@ -26,7 +27,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     let spawned = matches!(cli.command, Command::WalPush { .. })
         .then(cmd_daemon::spawned_for)
         .flatten();
-    if let (Command::WalPush { path }, None) = (&cli.command, &spawned) {
+    if let (Command::WalPush { path, .. }, None) = (&cli.command, &spawned) {
         // Before opening the repository: a daemon's answer needs nothing else.
         if let Some(answered) = cmd_daemon::push_via_daemon(&settings, path) {
             return answered;
@@ -56,7 +57,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         );
     }
     match &cli.command {
-        Command::WalPush { path } => wal_push(&repo, path, settings.parallel).await,
+        Command::WalPush { path, pgdata } => {
+            let identity = push_identity(pgdata.as_deref(), path)?;
+            wal_push(&repo, path, identity.as_ref(), settings.parallel).await
+        }
         Command::Daemon { pgdata, idle_exit } => {
             let idle = idle_exit.map(Duration::from_secs);
             cmd_daemon::run(&repo, &settings, &pgdata.join("pg_wal"), idle, false).await
@@ -64,6 +68,11 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         Command::WalFetch { name, dest } => wal_fetch(&repo, &settings, name, dest).await,
         Command::WalList { timeline, json } => wal_list(&repo, *timeline, *json).await,
         Command::RepoInfo { json } => repo_info(&repo, *json).await,
+        Command::RepoRepair {
+            pgdata,
+            confirm,
+            json,
+        } => repo_repair(&repo, pgdata.as_deref(), *confirm, *json).await,
         Command::BackupPush {
             pgdata,
             pg_conn,
@@ -476,14 +485,44 @@ pub(crate) fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
     c.last_error_time = Some(chrono::Utc::now().to_rfc3339());
 }
 
-async fn wal_push(repo: &Repository, path: &std::path::Path, parallel: usize) -> Result<u8> {
+/// The cluster `wal-push` pushes `path` for: the pg_control of its data directory (see
+/// `control::locate_data_dir`), or none when there is no data directory to be found (a
+/// segment is then identified by its page header alone).
+pub(crate) fn push_identity(
+    pgdata: Option<&std::path::Path>,
+    path: &std::path::Path,
+) -> Result<Option<ClusterIdentity>> {
+    let Some(dir) = control::locate_data_dir(pgdata, path) else {
+        tracing::debug!(
+            "no data directory (global/pg_control) found for {}: a segment is identified by its page header alone",
+            path.display()
+        );
+        return Ok(None);
+    };
+    if !dir.join(control::CONTROL_FILE).is_file() {
+        return Err(walarchive_core::Error::Config(format!(
+            "{} is not a PostgreSQL data directory (no {}): check --pgdata",
+            dir.display(),
+            control::CONTROL_FILE
+        ))
+        .into());
+    }
+    Ok(Some(control::read_identity(&dir)?))
+}
+
+async fn wal_push(
+    repo: &Repository,
+    path: &std::path::Path,
+    identity: Option<&ClusterIdentity>,
+    parallel: usize,
+) -> Result<u8> {
     let started = Instant::now();
     let opts = pushahead::Options::with_parallel(parallel);
     let pushahead::Outcome {
         requested,
         from_marker,
         ahead,
-    } = pushahead::push(repo, path, &opts).await;
+    } = pushahead::push(repo, path, identity, &opts).await;
     count(path, |c| {
         c.push_seconds_total += started.elapsed().as_secs_f64();
         // Segments pushed ahead count once, as uploads, here; PostgreSQL's own call for them
@@ -602,10 +641,10 @@ async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Resul
     let mut entries = Vec::new();
     for listed in repo.list("wal/").await? {
         let size = listed.size;
-        let Some(file) = listed.key.rsplit('/').next() else {
-            continue;
-        };
-        let Ok(name) = file.parse::<WalFileName>() else {
+        // Only this repository's own WAL (not another repository's nested in it).
+        let Some(walarchive_core::layout::OwnKey::Wal(name)) =
+            walarchive_core::layout::parse_key(&listed.key)
+        else {
             continue;
         };
         if timeline.is_some_and(|t| t != name.timeline().0) {
@@ -660,6 +699,63 @@ async fn repo_info(repo: &Repository, json: bool) -> Result<u8> {
         );
         println!("WAL segment size:    {} MiB", d.wal_segment_size >> 20);
         println!("created by:          {}", d.created_by);
+    }
+    Ok(exit::OK)
+}
+
+async fn repo_repair(
+    repo: &Repository,
+    pgdata: Option<&std::path::Path>,
+    confirm: bool,
+    json: bool,
+) -> Result<u8> {
+    let identity = match pgdata {
+        Some(dir) => push_identity(Some(dir), dir)?,
+        None => None,
+    };
+    let r = walarchive_core::repair::repair(repo, identity.as_ref(), confirm).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).context("cannot print JSON")?
+        );
+        return Ok(exit::OK);
+    }
+    if let Some(d) = &r.existing {
+        println!(
+            "{} has a descriptor (system identifier {}): nothing to repair",
+            repo.url(),
+            d.system_identifier
+        );
+        return Ok(exit::OK);
+    }
+    for e in &r.evidence {
+        let mut said = Vec::new();
+        if let Some(s) = &e.system_identifier {
+            said.push(format!("system identifier {s}"));
+        }
+        if let Some(s) = e.wal_segment_size {
+            said.push(format!("WAL segment size {s}"));
+        }
+        if let Some(m) = e.wal_page_magic {
+            said.push(format!("WAL page magic 0x{m:04X}"));
+        }
+        println!("{}: {}", e.source, said.join(", "));
+    }
+    let d = r.rebuilt.as_ref().expect("rebuilt when there was none");
+    let what = format!(
+        "descriptor for system identifier {}, WAL segment size {}, WAL page magic 0x{:04X} (from {} objects)",
+        d.system_identifier, d.wal_segment_size, d.wal_page_magic, r.objects
+    );
+    if r.written {
+        println!("wrote the {what}");
+    } else if confirm {
+        println!(
+            "a descriptor was written meanwhile, describing the same cluster: nothing written"
+        );
+    } else {
+        println!("would write the {what}");
+        println!("dry run: nothing was written; run again with --confirm to write it");
     }
     Ok(exit::OK)
 }

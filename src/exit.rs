@@ -80,10 +80,14 @@ Exit status:
   0    success
   1    wal-fetch: the file is not in the repository (PostgreSQL ends recovery)
   2    wrong command-line arguments
-  3    bad input: missing file, a directory, not a WAL file name, wrong size, damaged page header
+  3    bad input: missing file, a directory, not a WAL file name, wrong size, damaged page header,
+       a history or backup history file that does not parse
   4    already archived with different content (never overwritten)
-  5    the WAL belongs to another cluster than the repository (system identifier, segment size)
-  6    configuration: no or bad repository URL, unknown scheme, unreadable config file, no repository
+  5    the file belongs to another cluster than the repository (system identifier, segment size),
+       or a segment to another cluster than its data directory's pg_control
+  6    configuration: no or bad repository URL, unknown scheme, unreadable config file, no repository,
+       a repository whose descriptor is gone (see repo-repair), one created inside or around another;
+       wal-push: a history or backup history file with no data directory (--pgdata) to vouch for it
   7    storage: unreachable, credentials refused, missing bucket, failing after retries
   8    a stored object is corrupt (checksum or decoding failure)
   9    local I/O error (cannot read the input or write the destination)
@@ -92,6 +96,7 @@ Exit status:
   12   WAL a backup needs is missing: backup-push waited --wal-timeout (the backup stays
        incomplete), or verify backup found a segment missing
   13   status: the archive lags more than --rpo, archiving fails, or the lag cannot be measured
-  14   wal-verify: the WAL archive is incomplete (gap, timeline without history, backup without its WAL)
+  14   wal-verify: the WAL archive is incomplete (gap, timeline without history, backup without its WAL,
+       backup that cannot recover to the latest timeline)
   wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
   PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";

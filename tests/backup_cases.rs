@@ -399,13 +399,16 @@ fn tampered_backup_fails_clearly() {
     // does not know): refused with the reason, nothing written, and intact once put back.
     let manifest = dir.join("manifest.json");
     let stored = fs::read(&manifest).unwrap();
-    let (_, raw) = walarchive_core::format::decode(&stored).unwrap();
+    let (header, raw) = walarchive_core::format::decode(&stored).unwrap();
     let mut newer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     newer["format_version"] = 99.into();
     let newer = serde_json::to_vec(&newer).unwrap();
+    // Bound to its name and cluster, as walarchive writes it.
+    let bound = header.binding.as_ref();
+    assert!(bound.is_some(), "manifests are bound to their name");
     fs::write(
         &manifest,
-        walarchive_core::format::encode(&newer, walarchive_core::Compression::Zstd(1)).bytes,
+        walarchive_core::format::encode(&newer, walarchive_core::Compression::Zstd(1), bound).bytes,
     )
     .unwrap();
     let target = PgCluster::empty();

@@ -814,6 +814,10 @@ mod objects {
     /// is a Conflict, and the stored object stays.
     pub async fn repository_put_new(o: Objects) {
         let repo = o.repository();
+        // Objects are bound to the repository's cluster: it needs its descriptor.
+        repo.ensure_descriptor(&walarchive_core::Descriptor::for_tests("1"), "test")
+            .await
+            .unwrap();
         let key = "wal/00000001/00000000/000000010000000000000003";
         let stored = repo.put_new(key, b"one", Compression::Lz4).await.unwrap();
         assert!(matches!(stored, PutOutcome::Stored { .. }), "{stored:?}");
@@ -923,7 +927,12 @@ mod binary {
         // History files go both ways too.
         let history = f.work.join("00000002.history");
         fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
-        assert_success(&f.push(&history));
+        // Pushed for the data directory of the cluster that wrote the segments.
+        let pgdata = source().cluster.data_dir().to_str().unwrap();
+        assert_success(
+            &f.repo
+                .run(&["wal-push", "--pgdata", pgdata, history.to_str().unwrap()]),
+        );
         let (out, dest) = f.fetch("00000002.history");
         assert_success(&out);
         assert_eq!(fs::read(&dest).unwrap(), fs::read(&history).unwrap());

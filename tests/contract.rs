@@ -151,6 +151,25 @@ fn round_trip_azure() {
     round_trip(&Fixture::azure());
 }
 
+/// A backup history file as PostgreSQL writes it, for a backup that started at offset 0x28
+/// of (1 MiB) segment `seg` and stopped in the same segment.
+fn backup_history(seg: &str) -> String {
+    let segno = u64::from_str_radix(&seg[16..], 16).unwrap();
+    let at = |offset: u64| {
+        let lsn = (segno << 20) + offset;
+        format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+    };
+    format!(
+        "START WAL LOCATION: {} (file {seg})\nSTOP WAL LOCATION: {} (file {seg})\n\
+         CHECKPOINT LOCATION: {}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+         START TIME: 2026-12-07 03:58:34 UTC\nLABEL: test\nSTART TIMELINE: 1\n\
+         STOP TIME: 2026-12-07 03:58:35 UTC\nSTOP TIMELINE: 1\n",
+        at(0x28),
+        at(0x100),
+        at(0x60)
+    )
+}
+
 #[test]
 fn history_backup_and_partial_files() {
     let f = Fixture::s3();
@@ -165,13 +184,16 @@ fn history_backup_and_partial_files() {
     )
     .unwrap();
     let backup = f.work.join(format!("{seg}.00000028.backup"));
-    fs::write(
-        &backup,
-        "START WAL LOCATION: 0/1000028 (file 000000010000000000000001)\n",
-    )
-    .unwrap();
+    fs::write(&backup, backup_history(seg)).unwrap();
+    // Files without WAL pages say nothing of their cluster: they are pushed for the data
+    // directory of the cluster that wrote the segments (as archive_command runs in it).
+    let pgdata = src.cluster.data_dir().to_str().unwrap();
     for p in [&partial, &history, &backup] {
-        assert_success(&f.push(p));
+        let path = p.to_str().unwrap();
+        assert_success(&run_walarchive(
+            &["--repo", &f.url, "wal-push", "--pgdata", pgdata, path],
+            &f.env,
+        ));
         let dest = f.work.join("restored");
         let name = p.file_name().unwrap().to_str().unwrap();
         assert_success(&f.fetch(name, &dest));
@@ -233,12 +255,13 @@ fn objects_of_other_format_versions() {
         assert_eq!(&stored[8..10], &[3, 0], "{n} is stored as version 3");
     }
     let dest = f.work.join("RECOVERYXLOG");
-    // Version 1, as older walarchives stored WAL.
+    // Version 1, as older walarchives stored WAL (before objects were bound to their name).
     let old = &names[0];
     let v1 = format::encode_as(
         &src.bytes(old),
         walarchive_core::Compression::Zstd(1),
         DigestKind::Sha256,
+        None,
     );
     fs::write(f.object(old), &v1.bytes).unwrap();
     assert_success(&f.fetch(old, &dest));

@@ -333,9 +333,13 @@ fn damaged_renamed_and_partial_files_are_never_served() {
     );
     assert!(!two.exists(), "the damaged file is removed");
 
-    // Garbage of the right length under the final name: not served.
+    // Garbage of the right length under the final name, behind the segment's own page
+    // header (garbage from the first byte is refused by its page header already): not
+    // served.
     let three = d.prefetched(&segs[3]).unwrap();
-    fs::write(&three, vec![0x5a; len as usize]).unwrap();
+    let mut garbage = vec![0x5a; len as usize];
+    garbage[..64].copy_from_slice(&fs::read(&three).unwrap()[..64]);
+    fs::write(&three, garbage).unwrap();
     let err = fetch(&segs[3]);
     assert!(
         err.contains("checksum mismatch") && !err.contains(SERVED),

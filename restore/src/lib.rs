@@ -93,16 +93,25 @@ pub async fn fetch_file(
 ) -> Result<FetchReport, FetchError> {
     let parsed: WalFileName = name.parse().map_err(walarchive_core::Error::from)?;
     let key = Repository::wal_key(&parsed);
-    let raw = match repo.get_verified(&key).await {
-        Ok((_, raw)) => raw,
+    // The object and the descriptor at once: the descriptor says what the object must be.
+    let (got, descriptor) = tokio::join!(repo.get_decoded(&key), repo.cached_descriptor());
+    let (header, raw) = match got {
+        Ok(got) => got,
         Err(walarchive_core::Error::NotFound { .. }) => {
             // "Not found" ends a recovery, so it must be a real answer from a real
             // repository, not the symptom of a wrong URL or an emptied bucket.
-            repo.require_descriptor().await?;
+            descriptor?;
             return Err(FetchError::NotFound(name.to_string()));
         }
         Err(e) => return Err(e.into()),
     };
+    let descriptor = descriptor?;
+    // Nothing reaches PostgreSQL that is not what its name says: a bound object must be
+    // this repository's, and the content (a segment's first page header: page address,
+    // system identifier, segment size) must match the name and the repository, for objects
+    // of every format version.
+    repo.check_system(&key, &header).await?;
+    walarchive_core::verify::check_fetched(repo, &parsed, &raw, &descriptor)?;
     let len = raw.len() as u64;
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || write_atomically(&dest, &raw))
@@ -205,5 +214,105 @@ mod tests {
                 .kind(),
             ErrorKind::BadInput
         );
+    }
+
+    /// A segment of cluster `sysid`: a valid long page header for `name`, then a pattern.
+    fn segment(name: &str, sysid: u64) -> Vec<u8> {
+        let seg: walarchive_core::SegmentName = name.parse().unwrap();
+        let size = 1u64 << 20;
+        let mut b: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        b[..40].fill(0);
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        b[4..8].copy_from_slice(&seg.timeline.0.to_le_bytes());
+        b[8..16].copy_from_slice(&seg.start_lsn(size).0.to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    /// An intact object under the wrong name, or of another cluster, bound or written
+    /// before binding: refused as corrupt (208 for wal-fetch), and nothing is written.
+    #[tokio::test]
+    async fn never_hands_postgresql_another_segment_or_another_clusters() {
+        use object_store::ObjectStoreExt;
+        use walarchive_core::format::{encode_as, Binding, DigestKind};
+        let store = Arc::new(InMemory::new());
+        let r = Repository::with_store(
+            store.clone(),
+            ObjPath::from("p"),
+            Backend::Local,
+            "memory://t",
+            RetryPolicy::default(),
+            Compression::default(),
+        );
+        r.ensure_descriptor(&walarchive_core::Descriptor::for_tests("1"), "t")
+            .await
+            .unwrap();
+        let (n57, n58) = ("000000010000000000000057", "000000010000000000000058");
+        let key = |n: &str| Repository::wal_key(&n.parse().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let refused = |e: FetchError, want: &str| {
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains(want), "{want:?} not in {e}");
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "nothing written"
+            );
+        };
+        let put = |name: &str, raw: Vec<u8>, binding: Option<Binding>| {
+            let (r, k) = (r.clone(), key(name));
+            async move {
+                r.delete(&k).await.unwrap();
+                let o = encode_as(&raw, Compression::Lz4, DigestKind::Blake3, binding.as_ref());
+                r.put_encoded(&k, o).await.unwrap();
+            }
+        };
+        // ...57's intact object copied over ...58's (as a copy in the bucket would).
+        put(n57, segment(n57, 1), Some(Binding::new(1, &key(n57)))).await;
+        let bytes = store
+            .get(&r.key(&key(n57)))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        store.put(&r.key(&key(n58)), bytes.into()).await.unwrap();
+        let e = fetch_file(&r, n58, &dest).await.unwrap_err();
+        refused(
+            e,
+            "it is the object of wal/00000001/00000000/000000010000000000000057, stored under another name",
+        );
+        // ...57's content, bound to 58's name: its page header says it is 57.
+        put(n58, segment(n57, 1), Some(Binding::new(1, &key(n58)))).await;
+        let e = fetch_file(&r, n58, &dest).await.unwrap_err();
+        refused(
+            e,
+            "its first page is for LSN 0/5700000 but the name says the segment starts at 0/5800000",
+        );
+        // Another cluster's 58, bound to its repository.
+        put(n58, segment(n58, 7), Some(Binding::new(7, &key(n58)))).await;
+        let e = fetch_file(&r, n58, &dest).await.unwrap_err();
+        refused(
+            e,
+            "belongs to the repository of system identifier 7, but this repository's is 1",
+        );
+        // Written before binding: the page header still tells.
+        put(n58, segment(n57, 1), None).await;
+        let e = fetch_file(&r, n58, &dest).await.unwrap_err();
+        refused(e, "renamed or damaged");
+        put(n58, segment(n58, 7), None).await;
+        let e = fetch_file(&r, n58, &dest).await.unwrap_err();
+        refused(e, "system identifier is 7, the repository's is 1");
+        // The real one, bound or not, is served.
+        for binding in [Some(Binding::new(1, &key(n58))), None] {
+            put(n58, segment(n58, 1), binding).await;
+            fetch_file(&r, n58, &dest).await.unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), segment(n58, 1));
+            std::fs::remove_file(&dest).unwrap();
+        }
     }
 }

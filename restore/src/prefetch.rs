@@ -69,7 +69,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -395,6 +395,13 @@ fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
             meta.len()
         ));
     }
+    // The first page header against the name (page address, segment size), as the
+    // worker checked it against the repository before naming the file.
+    let mut head = [0u8; walarchive_core::wal::LONG_PAGE_HEADER_SIZE];
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    push::check_segment_start(&WalFileName::Segment(seg), &head, meta.len())?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| e.to_string())?;
     let (content, len) = push::hash_reader(&mut f).map_err(|e| e.to_string())?;
     if len != meta.len() {
         return Err("changed while being read".into());
@@ -855,6 +862,16 @@ async fn download(
             ),
         }));
     }
+    // What the request would check before handing it to PostgreSQL: its page header
+    // against its name and the repository (the object's binding was checked by the read).
+    let checked = match repo.cached_descriptor().await {
+        Ok(d) => walarchive_core::verify::check_fetched(repo, &WalFileName::Segment(seg), &raw, &d),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     let content = header.content_digest(DigestKind::Blake3, &raw);
     let final_path = dir.join(format!("{seg}.{}", key_for(seg, &content)));
     tokio::task::spawn_blocking(move || {
@@ -915,9 +932,19 @@ mod tests {
         SegmentName::from_segment_number(TimelineId(tli), n, SIZE)
     }
 
+    /// A segment of cluster 1: a valid long page header for `s`, then a pattern.
     fn content(s: SegmentName) -> Vec<u8> {
         let tag = s.to_string().into_bytes();
-        tag.iter().copied().cycle().take(SIZE as usize).collect()
+        let mut b: Vec<u8> = tag.iter().copied().cycle().take(SIZE as usize).collect();
+        b[..40].fill(0);
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        b[4..8].copy_from_slice(&s.timeline.0.to_le_bytes());
+        b[8..16].copy_from_slice(&s.start_lsn(SIZE).0.to_le_bytes());
+        b[24..32].copy_from_slice(&1u64.to_le_bytes());
+        b[32..36].copy_from_slice(&(SIZE as u32).to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
     }
 
     async fn archive(r: &Repository, s: SegmentName) {
@@ -1082,6 +1109,24 @@ mod tests {
             .unwrap();
         assert_eq!(rep.source, Source::Repository);
         assert_eq!(fs::read(d.dest()).unwrap(), content(seg(1, 4)));
+
+        // A file whose name and key match its content, but whose content is another
+        // segment's (what a worker that checked nothing would leave): its page header
+        // says so, and it is not served.
+        let six = content(seg(1, 7));
+        let digest = walarchive_core::format::Digest::blake3(&six);
+        let planted = d
+            .dir()
+            .path()
+            .join(format!("{}.{}", seg(1, 6), key_for(seg(1, 6), &digest)));
+        fs::write(&planted, &six).unwrap();
+        archive(&r, seg(1, 6)).await;
+        let rep = fetch(&r, &seg(1, 6).to_string(), &d.dest(), &ON)
+            .await
+            .unwrap();
+        assert_eq!(rep.source, Source::Repository);
+        assert_eq!(fs::read(d.dest()).unwrap(), content(seg(1, 6)));
+        assert!(!planted.exists());
 
         // A complete copy under a temporary name is never served.
         let five = d.dir().path().join(temp_name(seg(1, 5), 1));

@@ -786,6 +786,22 @@ impl PgCluster {
         }
     }
 
+    /// Starts the server without waiting for it to accept connections (`pg_ctl -W start`),
+    /// for a server expected to stop by itself (a recovery that must fail).
+    pub fn start_no_wait(&self, env: &[(String, String)]) {
+        let out = runuser_cmd(&pg_bin("pg_ctl"), env)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-W", "start"])
+            .current_dir(self.dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl start");
+        assert!(out.status.success(), "pg_ctl -W start: {}", stderr(&out));
+    }
+
     fn pg_ctl_stop(&self, mode: &str) -> Output {
         runuser_cmd(&pg_bin("pg_ctl"), &[])
             .arg("-D")

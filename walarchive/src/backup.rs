@@ -687,6 +687,8 @@ async fn upload_stream(
     progress: Arc<dyn Progress>,
 ) -> Result<StreamResult, Error> {
     let parallel = parallel.max(1);
+    // Every part is bound to its key and the repository's cluster (see format.rs).
+    let system_identifier = repo.system_identifier().await?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
     // Part buffers come back here once compressed: at most `parallel + 1` are ever
     // allocated, so the heap stays flat instead of keeping a trail of freed parts.
@@ -742,9 +744,10 @@ async fn upload_stream(
         let compression = repo.compression;
         let (repo, free_tx) = (repo.clone(), free_tx.clone());
         uploads.spawn(async move {
+            let binding = format::Binding::new(system_identifier, &key);
             let encoded = tokio::task::spawn_blocking(move || {
-                let encoded =
-                    format::encode_as(&chunk, compression, format::DigestKind::Sha256OfBody);
+                let kind = format::DigestKind::Sha256OfBody;
+                let encoded = format::encode_as(&chunk, compression, kind, Some(&binding));
                 let _ = free_tx.send(chunk); // the writer may be gone: then it is dropped
                 encoded
             })
@@ -1237,7 +1240,7 @@ mod tests {
     }
 
     fn test_repo(refused: &str, compression: Compression) -> Repository {
-        Repository::with_store(
+        let r = Repository::with_store(
             Arc::new(RefusesOne {
                 inner: object_store::memory::InMemory::new(),
                 refused: refused.into(),
@@ -1250,7 +1253,9 @@ mod tests {
                 ..Default::default()
             },
             compression,
-        )
+        );
+        r.assume_descriptor_for_tests(Descriptor::for_tests("1"));
+        r
     }
 
     /// A directory of files whose content differs from file to file and spans many parts.

@@ -64,6 +64,9 @@ pub async fn list_backups(
         let Some(name) = prefix.rsplit('/').next().map(str::to_string) else {
             continue;
         };
+        if !crate::layout::is_backup_name(&name) {
+            continue;
+        }
         match load_manifest(repo, &name).await {
             Ok(m) => out.push(BackupEntry {
                 permanent: is_permanent(repo, &name).await?,
@@ -86,11 +89,13 @@ pub async fn list_backups(
                 }
             }
             Err(Error::NotFound { .. }) if include_incomplete => {
-                // A local directory left empty by a deletion is not a backup.
-                if repo
+                // A local directory left empty by a deletion is not a backup, nor one that
+                // holds none of a backup's objects (another repository nested here, say).
+                if !repo
                     .list(&format!("{BACKUPS_PREFIX}/{name}/"))
                     .await?
-                    .is_empty()
+                    .iter()
+                    .any(|o| crate::layout::parse_key(&o.key).is_some())
                 {
                     continue;
                 }

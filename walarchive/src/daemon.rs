@@ -66,6 +66,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::control::ClusterIdentity;
 use crate::metrics;
 use crate::push::{self, PushReport};
 use crate::pushahead::{self, Marker, LOCK_NAME, MARKER_DIR};
@@ -103,6 +104,9 @@ pub struct Options {
     /// A digest of the settings that decide where and how segments are archived (repository,
     /// codec, credentials): a client whose settings differ is not served (see [`ask`]).
     pub key: String,
+    /// The cluster of the data directory served (its pg_control): what every file pushed is
+    /// checked against, as `wal-push` checks it.
+    pub identity: Option<ClusterIdentity>,
 }
 
 impl Options {
@@ -117,6 +121,7 @@ impl Options {
             poll: Duration::from_millis(20),
             retry_after: Duration::from_secs(5),
             key: String::new(),
+            identity: None,
         }
     }
 }
@@ -583,15 +588,15 @@ impl Daemon<'_> {
     ) -> Result<(PushReport, Option<Fingerprint>), Error> {
         let before = fingerprint(path);
         let cpu = self.cpu.acquire().await.expect("never closed");
-        let prepared = push::prepare(path, self.repo.compression).await?;
-        let found = prepared.found.clone().expect("a segment holds WAL pages");
+        let prepared =
+            push::prepare(path, self.repo.compression, self.opts.identity.as_ref()).await?;
         let cached = self.state.borrow().descriptor.clone();
         match cached {
-            Some(d) => pushahead::same_cluster(&d, &found, &prepared.name)?,
+            Some(d) => pushahead::same_cluster(&d, &prepared.found, &prepared.name)?,
             None => {
                 let d = self
                     .repo
-                    .ensure_descriptor(&found, &seg.to_string())
+                    .ensure_descriptor(&prepared.found, &seg.to_string())
                     .await?;
                 self.state.borrow_mut().descriptor = Some(d);
             }
@@ -706,7 +711,7 @@ impl Daemon<'_> {
         let Some(seg) = ours else {
             // History, .partial and .backup files, or a file elsewhere: pushed as asked.
             let _slot = self.uploads.acquire().await.expect("never closed");
-            let result = push::push_file(self.repo, path).await;
+            let result = push::push_file(self.repo, path, self.opts.identity.as_ref()).await;
             return self.reply_for(result.as_ref());
         };
         let name = seg.to_string();

@@ -41,6 +41,31 @@
 //! A reader that does not know a version refuses its objects as too new (upgrade
 //! walarchive) instead of calling them corrupt: readers must be upgraded before writers
 //! (a standby's restore_command before its primary's archive_command).
+//!
+//! # Binding: what an object is, not only what it holds
+//!
+//! A digest proves an object intact, not that it is the object its name says: segment
+//! …57's intact object copied over …58's, or another cluster's …58, verified, and
+//! PostgreSQL, handed it, ended recovery early and promoted with data missing. So every
+//! object walarchive writes is *bound*: flag bit 0 (`0x01`) is set and the header goes on
+//! after the 64 bytes (its length is in `header length`, which was made for this):
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 64 | 8 | the repository's system identifier (little-endian u64) |
+//! | 72 | 2 | name length N (little-endian u16) |
+//! | 74 | N | the object's name: its key relative to the repository root (UTF-8), e.g. `wal/00000001/00000000/000000010000000000000058` |
+//! | 74 + N | 32 | BLAKE3 of the header's bytes 0 .. 74 + N |
+//!
+//! The header digest covers the whole header, the content digest at offset 32 included, so
+//! name, cluster and content are bound together: an object read under another key, or in a
+//! repository of another cluster, is refused as corrupt ([`FormatError::WrongName`],
+//! [`FormatError::WrongSystem`]: the repository checks both on every read). The name is
+//! relative, so a repository copied to another prefix or bucket stays valid. The body still
+//! starts at `header length`, so readers that predate binding read bound objects as before
+//! (without the new checks); objects written before binding (flag 0) stay readable with the
+//! checks they allow (for WAL, the first page header is checked against the name and the
+//! repository on every restore). A flag bit this build does not know is refused as too new.
 
 use sha2::{Digest as _, Sha256};
 
@@ -55,8 +80,40 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const FORMAT_VERSION_BODY_DIGEST: u16 = 2;
 /// Format version whose digest is the BLAKE3 of the uncompressed content (WAL).
 pub const FORMAT_VERSION_BLAKE3: u16 = 3;
-/// Header size written by this version.
+/// Size of the fixed header; a bound object's header goes on after it.
 pub const HEADER_LEN: usize = 64;
+/// Flag bit: the header carries a [`Binding`] after the fixed 64 bytes.
+pub const FLAG_BOUND: u8 = 0x01;
+/// Longest header accepted (a bound object's name is at most this minus the fixed parts).
+pub const MAX_HEADER_LEN: usize = 4096;
+/// Bytes a binding adds to the header besides its name: system identifier, name length,
+/// header digest.
+const BINDING_FIXED: usize = 8 + 2 + 32;
+
+/// What a bound object is: its name (key relative to the repository root) in the
+/// repository of a cluster (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Binding {
+    /// The repository's system identifier.
+    pub system_identifier: u64,
+    /// The object's key relative to the repository root.
+    pub name: String,
+}
+
+impl Binding {
+    /// The binding of the object `name` in the repository of `system_identifier`.
+    pub fn new(system_identifier: u64, name: &str) -> Binding {
+        Binding {
+            system_identifier,
+            name: name.to_string(),
+        }
+    }
+
+    /// The header length of an object bound so.
+    fn header_len(&self) -> usize {
+        HEADER_LEN + BINDING_FIXED + self.name.len()
+    }
+}
 
 /// A 32-byte digest (SHA-256 or BLAKE3: see [`DigestKind`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,7 +201,7 @@ impl std::fmt::Display for DigestKind {
 }
 
 /// The parsed header of a stored object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectHeader {
     /// Format version.
     pub version: u16,
@@ -158,6 +215,8 @@ pub struct ObjectHeader {
     pub body_len: u64,
     /// The digest [`ObjectHeader::digest_kind`] says.
     pub digest: Digest,
+    /// What the object is bound to (none for objects written before binding).
+    pub binding: Option<Binding>,
 }
 
 /// Why bytes are not a valid walarchive object.
@@ -191,6 +250,32 @@ pub enum FormatError {
     /// The body does not decode.
     #[error(transparent)]
     Decode(#[from] codec::DecodeError),
+    /// Flag bits this build does not know.
+    #[error(
+        "object flags 0x{0:02X} are newer than this walarchive understands (upgrade walarchive)"
+    )]
+    UnsupportedFlags(u8),
+    /// A bound header whose own digest does not match: damaged (or altered) header.
+    #[error("its header (name, system identifier, lengths, digest) fails its checksum: damaged or altered")]
+    HeaderChecksum,
+    /// A bound object read under another name than its own.
+    #[error("it is the object of {stored}, stored under another name (copied or renamed?)")]
+    WrongName {
+        /// The name the object is bound to.
+        stored: String,
+    },
+    /// A bound object of another cluster's repository.
+    #[error("it belongs to the repository of system identifier {object}, but this repository's is {repository} (another cluster's object?)")]
+    WrongSystem {
+        /// The system identifier the object is bound to.
+        object: u64,
+        /// The repository's.
+        repository: u64,
+    },
+    /// Content that is not what its name says (a WAL segment whose page header disagrees with
+    /// its name or the repository, a history file that does not parse).
+    #[error("{0}")]
+    Content(String),
     /// Checksum mismatch.
     #[error("checksum mismatch: header says {kind} {expected}, the object has {actual}")]
     Checksum {
@@ -217,17 +302,58 @@ impl ObjectHeader {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let codec = CodecId::from_byte(buf[10]).ok_or(FormatError::UnknownCodec(buf[10]))?;
+        let flags = buf[11];
+        if flags & !FLAG_BOUND != 0 {
+            return Err(FormatError::UnsupportedFlags(flags));
+        }
         let header_len = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes"));
-        if (header_len as usize) < HEADER_LEN || header_len > 4096 {
+        if (header_len as usize) < HEADER_LEN || header_len as usize > MAX_HEADER_LEN {
             return Err(FormatError::BadHeaderLength(header_len));
         }
+        let header_len = header_len as usize;
+        let binding = if flags & FLAG_BOUND != 0 {
+            Some(Self::parse_binding(buf, header_len)?)
+        } else if header_len != HEADER_LEN {
+            // No version ever wrote an unbound header of another length: a bound object
+            // whose flag was damaged.
+            return Err(FormatError::BadHeaderLength(header_len as u32));
+        } else {
+            None
+        };
         Ok(ObjectHeader {
             version,
             codec,
-            header_len: header_len as usize,
+            header_len,
             raw_len: u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes")),
             body_len: u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes")),
             digest: Digest(buf[32..64].try_into().expect("32 bytes")),
+            binding,
+        })
+    }
+
+    /// The binding after the fixed header of a bound object whose header is `header_len`
+    /// bytes: its fields must fill the header exactly and its digest must match.
+    fn parse_binding(buf: &[u8], header_len: usize) -> Result<Binding, FormatError> {
+        if header_len < HEADER_LEN + BINDING_FIXED {
+            return Err(FormatError::BadHeaderLength(header_len as u32));
+        }
+        if buf.len() < header_len {
+            return Err(FormatError::TooShort(buf.len()));
+        }
+        let name_len = usize::from(u16::from_le_bytes([buf[72], buf[73]]));
+        if HEADER_LEN + BINDING_FIXED + name_len != header_len {
+            return Err(FormatError::BadHeaderLength(header_len as u32));
+        }
+        let covered = 74 + name_len;
+        if *blake3::hash(&buf[..covered]).as_bytes() != buf[covered..header_len] {
+            return Err(FormatError::HeaderChecksum);
+        }
+        let name = std::str::from_utf8(&buf[74..covered])
+            .map_err(|_| FormatError::HeaderChecksum)?
+            .to_string();
+        Ok(Binding {
+            system_identifier: u64::from_le_bytes(buf[64..72].try_into().expect("8 bytes")),
+            name,
         })
     }
 
@@ -248,16 +374,41 @@ impl ObjectHeader {
         }
     }
 
-    fn to_bytes(self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
+    /// The header's bytes (`header_len` of them).
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut h = vec![0u8; self.header_len];
+        self.write_to(&mut h);
+        h
+    }
+
+    /// Writes the header into `h`, which is `header_len` bytes long.
+    fn write_to(&self, h: &mut [u8]) {
+        debug_assert_eq!(h.len(), self.header_len);
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&self.version.to_le_bytes());
         h[10] = self.codec as u8;
+        h[11] = if self.binding.is_some() {
+            FLAG_BOUND
+        } else {
+            0
+        };
         h[12..16].copy_from_slice(&(self.header_len as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.raw_len.to_le_bytes());
         h[24..32].copy_from_slice(&self.body_len.to_le_bytes());
         h[32..64].copy_from_slice(&self.digest.0);
-        h
+        if let Some(b) = &self.binding {
+            let covered = 74 + b.name.len();
+            h[64..72].copy_from_slice(&b.system_identifier.to_le_bytes());
+            h[72..74].copy_from_slice(&(b.name.len() as u16).to_le_bytes());
+            h[74..covered].copy_from_slice(b.name.as_bytes());
+            let digest = blake3::hash(&h[..covered]);
+            h[covered..].copy_from_slice(digest.as_bytes());
+        }
+    }
+
+    /// The header length of an object bound by `binding` (or not).
+    fn len_for(binding: Option<&Binding>) -> usize {
+        binding.map_or(HEADER_LEN, Binding::header_len)
     }
 }
 
@@ -270,29 +421,48 @@ pub struct EncodedObject {
     pub header: ObjectHeader,
 }
 
-/// Encodes `raw` with `compression` into a self-describing object of version 1 (SHA-256 of
-/// the content): descriptors, manifests, backup labels.
-pub fn encode(raw: &[u8], compression: Compression) -> EncodedObject {
-    encode_as(raw, compression, DigestKind::Sha256)
+impl EncodedObject {
+    /// Binds the object to the repository of `system_identifier` instead (its header is
+    /// rewritten in place; a push learns a segment's cluster from its page header while the
+    /// object is being encoded). No effect on an unbound object.
+    pub fn set_system_identifier(&mut self, system_identifier: u64) {
+        if let Some(b) = &mut self.header.binding {
+            b.system_identifier = system_identifier;
+            let len = self.header.header_len;
+            self.header.write_to(&mut self.bytes[..len]);
+        }
+    }
 }
 
-/// Encodes `raw` with `compression` into an object whose digest is of `kind`: the version
-/// follows from it. [`DigestKind::Sha256OfBody`] is for content whose integrity is also
-/// checked another way (the files of a backup part, each with its digest in the manifest):
-/// it hashes the (small) compressed body instead of the content.
-pub fn encode_as(raw: &[u8], compression: Compression, kind: DigestKind) -> EncodedObject {
+/// Encodes `raw` with `compression` into a self-describing object of version 1 (SHA-256 of
+/// the content), bound by `binding`: descriptors, manifests, backup labels.
+pub fn encode(raw: &[u8], compression: Compression, binding: Option<&Binding>) -> EncodedObject {
+    encode_as(raw, compression, DigestKind::Sha256, binding)
+}
+
+/// Encodes `raw` with `compression` into an object whose digest is of `kind`, bound by
+/// `binding` (none: an object as written before binding, for tests of older repositories):
+/// the version follows from the kind. [`DigestKind::Sha256OfBody`] is for content whose
+/// integrity is also checked another way (the files of a backup part, each with its digest
+/// in the manifest): it hashes the (small) compressed body instead of the content.
+pub fn encode_as(
+    raw: &[u8],
+    compression: Compression,
+    kind: DigestKind,
+    binding: Option<&Binding>,
+) -> EncodedObject {
     let version = kind.version();
     if let Compression::Zstd(level) = compression {
         let content = kind.of_content().then(|| kind.digest(raw));
         return with_zstd_body(raw, level, |body| {
             let digest = content.unwrap_or_else(|| kind.digest(body));
-            assemble(raw.len(), compression, body, version, digest)
+            assemble(raw.len(), compression, body, version, digest, binding)
         })
         .expect("zstd compression of a memory buffer");
     }
     let body = compression.encode(raw);
     let digest = kind.digest(if kind.of_content() { raw } else { &body });
-    assemble(raw.len(), compression, &body, version, digest)
+    assemble(raw.len(), compression, &body, version, digest, binding)
 }
 
 /// Compresses `raw` with zstd at `level` in one call, with a pooled context into a pooled
@@ -351,23 +521,26 @@ impl<T: Default> Pool<T> {
     }
 }
 
-/// Header (with `digest`) followed by `body`.
+/// Header (with `digest` and `binding`) followed by `body`.
 fn assemble(
     raw_len: usize,
     compression: Compression,
     body: &[u8],
     version: u16,
     digest: Digest,
+    binding: Option<&Binding>,
 ) -> EncodedObject {
+    let header_len = ObjectHeader::len_for(binding);
     let header = ObjectHeader {
         version,
         codec: compression.id(),
-        header_len: HEADER_LEN,
+        header_len,
         raw_len: raw_len as u64,
         body_len: body.len() as u64,
         digest,
+        binding: binding.cloned(),
     };
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+    let mut bytes = Vec::with_capacity(header_len + body.len());
     bytes.extend_from_slice(&header.to_bytes());
     bytes.extend_from_slice(body);
     EncodedObject { bytes, header }
@@ -388,18 +561,30 @@ fn assemble(
 /// `none` need the whole content, which is read first. `first` sees the first chunk before
 /// anything is hashed or encoded (to refuse a file early); an error from it is returned as
 /// is.
+///
+/// The object is bound by `binding`; its header's space is reserved before the body is
+/// written, so binding costs no copy of the object.
 pub fn encode_reader<R: std::io::Read>(
     reader: &mut R,
     len: u64,
     compression: Compression,
     chunk: &mut [u8],
+    binding: Option<&Binding>,
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<EncodedObject> {
     let one_shot_max = match compression {
         Compression::Zstd(level) if level <= STREAMED_LEVEL_MAX => 0,
         _ => ONE_SHOT_MAX,
     };
-    encode_reader_up_to(reader, len, compression, chunk, first, one_shot_max)
+    encode_reader_up_to(
+        reader,
+        len,
+        compression,
+        chunk,
+        binding,
+        first,
+        one_shot_max,
+    )
 }
 
 /// zstd levels up to this one always stream (see [`encode_reader`]).
@@ -411,6 +596,7 @@ fn encode_reader_up_to<R: std::io::Read>(
     len: u64,
     compression: Compression,
     chunk: &mut [u8],
+    binding: Option<&Binding>,
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
     one_shot_max: u64,
 ) -> std::io::Result<EncodedObject> {
@@ -423,7 +609,7 @@ fn encode_reader_up_to<R: std::io::Read>(
     };
     let level = match compression {
         Compression::Zstd(level) if len > one_shot_max => level,
-        _ => return encode_whole(reader, len, compression, chunk.len(), first),
+        _ => return encode_whole(reader, len, compression, chunk.len(), binding, first),
     };
     let read_full = |reader: &mut R, buf: &mut [u8]| -> std::io::Result<usize> {
         let mut n = 0;
@@ -437,8 +623,9 @@ fn encode_reader_up_to<R: std::io::Read>(
         }
         Ok(n)
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + (len as usize) / 8);
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let header_len = ObjectHeader::len_for(binding);
+    let mut out = Vec::with_capacity(header_len + (len as usize) / 8);
+    out.resize(header_len, 0);
     let mut ctx = ZstdContext::take();
     let mut encoder = zstd::stream::write::Encoder::with_context(out, ctx.get());
     encoder.set_parameter(zstd::stream::raw::CParameter::CompressionLevel(level))?;
@@ -477,12 +664,13 @@ fn encode_reader_up_to<R: std::io::Read>(
     let header = ObjectHeader {
         version: FORMAT_VERSION_BLAKE3,
         codec: compression.id(),
-        header_len: HEADER_LEN,
+        header_len,
         raw_len: len,
-        body_len: (bytes.len() - HEADER_LEN) as u64,
+        body_len: (bytes.len() - header_len) as u64,
         digest: Digest(*hasher.finalize().as_bytes()),
+        binding: binding.cloned(),
     };
-    bytes[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    header.write_to(&mut bytes[..header_len]);
     Ok(EncodedObject { bytes, header })
 }
 
@@ -502,6 +690,7 @@ fn encode_whole<R: std::io::Read>(
     len: u64,
     compression: Compression,
     head_len: usize,
+    binding: Option<&Binding>,
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<EncodedObject> {
     use std::io::{Error, ErrorKind, Read};
@@ -523,7 +712,7 @@ fn encode_whole<R: std::io::Read>(
             ));
         }
         first(&input[..input.len().min(head_len)])?;
-        Ok(encode_as(&input, compression, DigestKind::Blake3))
+        Ok(encode_as(&input, compression, DigestKind::Blake3, binding))
     })();
     if pooled {
         WHOLE_INPUTS.give(input);
@@ -613,7 +802,15 @@ mod tests {
             let encode = |claimed: u64, first: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| {
                 let mut chunk = vec![0u8; 1 << 16];
                 let c = Compression::Zstd(3);
-                encode_reader_up_to(&mut &raw[..], claimed, c, &mut chunk, first, one_shot_max)
+                encode_reader_up_to(
+                    &mut &raw[..],
+                    claimed,
+                    c,
+                    &mut chunk,
+                    None,
+                    first,
+                    one_shot_max,
+                )
             };
             for compression in [
                 Compression::Zstd(1),
@@ -628,6 +825,7 @@ mod tests {
                     len,
                     compression,
                     &mut chunk,
+                    None,
                     |head| {
                         seen = head.len();
                         Ok(())
@@ -643,7 +841,7 @@ mod tests {
                 assert_eq!(header, obj.header);
                 assert_eq!(obj.bytes.len(), HEADER_LEN + header.body_len as usize);
                 if let Compression::Zstd(_) = compression {
-                    let whole = super::encode(&raw, compression);
+                    let whole = super::encode(&raw, compression, None);
                     let (a, b) = (obj.bytes.len() as f64, whole.bytes.len() as f64);
                     assert!((a / b - 1.0).abs() < 0.02, "{path} {a} vs whole {b}");
                 }
@@ -673,7 +871,7 @@ mod tests {
     fn round_trip_every_codec() {
         let raw = content();
         for c in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
-            let obj = encode(&raw, c);
+            let obj = encode(&raw, c, None);
             assert_eq!(obj.bytes.len(), HEADER_LEN + obj.header.body_len as usize);
             let (h, back) = decode(&obj.bytes).unwrap();
             assert_eq!(back, raw);
@@ -685,7 +883,7 @@ mod tests {
     #[test]
     fn detects_corruption_anywhere() {
         let raw = content();
-        let obj = encode(&raw, Compression::Zstd(1)).bytes;
+        let obj = encode(&raw, Compression::Zstd(1), None).bytes;
         // Truncation.
         assert!(matches!(
             decode(&obj[..obj.len() - 1]),
@@ -717,7 +915,7 @@ mod tests {
         bad[10] = 77;
         assert!(matches!(decode(&bad), Err(FormatError::UnknownCodec(77))));
         // A flipped bit in an uncompressed body is caught by the checksum.
-        let mut plain = encode(&raw, Compression::None).bytes;
+        let mut plain = encode(&raw, Compression::None, None).bytes;
         let n = plain.len();
         plain[n - 3] ^= 0x10;
         assert!(matches!(decode(&plain), Err(FormatError::Checksum { .. })));
@@ -725,7 +923,7 @@ mod tests {
 
     #[test]
     fn header_layout_is_stable() {
-        let obj = encode(b"abc", Compression::None);
+        let obj = encode(b"abc", Compression::None, None);
         assert_eq!(&obj.bytes[0..8], b"WALARCH\0");
         assert_eq!(&obj.bytes[8..10], &[1, 0]);
         assert_eq!(obj.bytes[10], 0);
@@ -743,7 +941,7 @@ mod tests {
     fn body_digest_objects_check_the_body_before_decoding() {
         let raw: Vec<u8> = (0..1_000_000u32).map(|i| (i / 5 % 199) as u8).collect();
         for compression in [Compression::Zstd(1), Compression::Lz4, Compression::None] {
-            let obj = encode_as(&raw, compression, DigestKind::Sha256OfBody);
+            let obj = encode_as(&raw, compression, DigestKind::Sha256OfBody, None);
             assert_eq!(obj.header.version, FORMAT_VERSION_BODY_DIGEST);
             assert_eq!(obj.header.digest_kind(), DigestKind::Sha256OfBody);
             assert_eq!(obj.header.digest, Digest::sha256(&obj.bytes[HEADER_LEN..]));
@@ -766,7 +964,7 @@ mod tests {
             );
         }
         // Version 1 hashes the content.
-        let v1 = encode(&raw, Compression::Zstd(1));
+        let v1 = encode(&raw, Compression::Zstd(1), None);
         assert_eq!(v1.header.digest_kind(), DigestKind::Sha256);
         assert_eq!(v1.header.digest, Digest::sha256(&raw));
     }
@@ -775,7 +973,7 @@ mod tests {
     fn blake3_objects_check_the_content() {
         let raw: Vec<u8> = (0..1_000_000u32).map(|i| (i / 3 % 211) as u8).collect();
         for compression in [Compression::Zstd(3), Compression::Lz4, Compression::None] {
-            let obj = encode_as(&raw, compression, DigestKind::Blake3);
+            let obj = encode_as(&raw, compression, DigestKind::Blake3, None);
             assert_eq!(&obj.bytes[8..10], &[3, 0]);
             assert_eq!(obj.header.digest_kind(), DigestKind::Blake3);
             assert_eq!(obj.header.digest, Digest::blake3(&raw));
@@ -814,7 +1012,7 @@ mod tests {
             ));
         }
         // A version this build does not know is refused as too new.
-        let mut v4 = encode_as(&raw, Compression::Zstd(1), DigestKind::Blake3).bytes;
+        let mut v4 = encode_as(&raw, Compression::Zstd(1), DigestKind::Blake3, None).bytes;
         v4[8..10].copy_from_slice(&4u16.to_le_bytes());
         let e = decode(&v4).unwrap_err();
         assert!(matches!(e, FormatError::UnsupportedVersion(4)));
@@ -833,5 +1031,146 @@ mod tests {
         assert_eq!(DigestKind::of_version(0), None);
         assert!(!DigestKind::Sha256OfBody.of_content());
         assert!(DigestKind::Blake3.of_content() && DigestKind::Sha256.of_content());
+    }
+
+    fn bound(name: &str) -> Binding {
+        Binding::new(7_312_345_678_901_234_567, name)
+    }
+
+    /// Bound objects of every kind and codec carry their name and cluster, through every
+    /// encoding path, and decode to their content.
+    #[test]
+    fn bound_objects_carry_their_name_and_cluster() {
+        let raw: Vec<u8> = (0..2_000_000u32).map(|i| (i / 9 % 233) as u8).collect();
+        let b = bound("wal/00000001/00000000/000000010000000000000058");
+        let check = |obj: &EncodedObject| {
+            let (header, back) = decode(&obj.bytes).unwrap();
+            assert!(back == raw);
+            assert_eq!(header.binding.as_ref(), Some(&b));
+            assert_eq!(header.header_len, HEADER_LEN + 42 + b.name.len());
+            assert_eq!(obj.bytes[11], FLAG_BOUND);
+            assert_eq!(header, obj.header);
+            // The header alone (as a ranged read gets it) parses.
+            assert_eq!(
+                ObjectHeader::parse(&obj.bytes[..header.header_len]).unwrap(),
+                header
+            );
+        };
+        for kind in [
+            DigestKind::Sha256,
+            DigestKind::Sha256OfBody,
+            DigestKind::Blake3,
+        ] {
+            for c in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
+                check(&encode_as(&raw, c, kind, Some(&b)));
+            }
+        }
+        for (one_shot_max, c) in [
+            (0, Compression::Zstd(1)),
+            (ONE_SHOT_MAX, Compression::Zstd(1)),
+            (ONE_SHOT_MAX, Compression::Lz4),
+        ] {
+            let mut chunk = vec![0u8; 1 << 16];
+            let obj = encode_reader_up_to(
+                &mut &raw[..],
+                raw.len() as u64,
+                c,
+                &mut chunk,
+                Some(&b),
+                |_| Ok(()),
+                one_shot_max,
+            )
+            .unwrap();
+            check(&obj);
+        }
+        // Rebinding to another cluster rewrites the header in place.
+        let mut obj = encode_as(
+            &raw,
+            Compression::Lz4,
+            DigestKind::Blake3,
+            Some(&bound("x")),
+        );
+        obj.set_system_identifier(42);
+        let (header, _) = decode(&obj.bytes).unwrap();
+        assert_eq!(header.binding, Some(Binding::new(42, "x")));
+    }
+
+    /// Every byte of a bound header is covered: damage anywhere in it, a flag this build does
+    /// not know, inconsistent lengths, or a bound flag cleared are refused.
+    #[test]
+    fn bound_headers_refuse_hostile_input() {
+        let raw = content();
+        let obj = encode(&raw, Compression::None, Some(&bound("walarchive.repo"))).bytes;
+        let header_len = obj.header_len_for_tests();
+        for at in 0..header_len {
+            let mut bad = obj.clone();
+            bad[at] ^= 0x04;
+            assert!(
+                decode(&bad).is_err(),
+                "a flipped bit at {at} went unnoticed"
+            );
+        }
+        let name_at = 74;
+        let mut bad = obj.clone();
+        bad[name_at] ^= 0x01;
+        assert!(matches!(decode(&bad), Err(FormatError::HeaderChecksum)));
+        let mut bad = obj.clone();
+        bad[64] ^= 0x01;
+        assert!(matches!(decode(&bad), Err(FormatError::HeaderChecksum)));
+        let mut bad = obj.clone();
+        bad[40] ^= 0x01; // the content digest
+        assert!(matches!(decode(&bad), Err(FormatError::HeaderChecksum)));
+        // An unknown flag.
+        let mut bad = obj.clone();
+        bad[11] |= 0x80;
+        let e = decode(&bad).unwrap_err();
+        assert!(matches!(e, FormatError::UnsupportedFlags(0x81)));
+        assert!(e.to_string().contains("upgrade walarchive"), "{e}");
+        // The bound flag cleared: the header length gives it away.
+        let mut bad = obj.clone();
+        bad[11] = 0;
+        assert!(matches!(decode(&bad), Err(FormatError::BadHeaderLength(_))));
+        // A name length that does not fill the header, and a header too short to be bound.
+        let mut bad = obj.clone();
+        bad[72] = bad[72].wrapping_add(1);
+        assert!(matches!(decode(&bad), Err(FormatError::BadHeaderLength(_))));
+        let mut bad = obj.clone();
+        bad[12..16].copy_from_slice(&80u32.to_le_bytes());
+        assert!(matches!(
+            decode(&bad),
+            Err(FormatError::BadHeaderLength(80))
+        ));
+        let mut bad = obj.clone();
+        bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(matches!(
+            decode(&bad),
+            Err(FormatError::BadHeaderLength(5000))
+        ));
+        // Cut inside the binding.
+        assert!(matches!(
+            ObjectHeader::parse(&obj[..100]),
+            Err(FormatError::TooShort(100))
+        ));
+        // A name that is not UTF-8, with a matching header digest.
+        let mut bad = obj.clone();
+        bad[name_at] = 0xFF;
+        let covered = 74 + "walarchive.repo".len();
+        let digest = blake3::hash(&bad[..covered]);
+        bad[covered..covered + 32].copy_from_slice(digest.as_bytes());
+        assert!(matches!(decode(&bad), Err(FormatError::HeaderChecksum)));
+        // Unbound objects keep their 64-byte header and still decode.
+        let old = encode(&raw, Compression::Lz4, None);
+        assert_eq!(old.header.header_len, HEADER_LEN);
+        assert_eq!(decode(&old.bytes).unwrap().0.binding, None);
+    }
+
+    trait HeaderLen {
+        fn header_len_for_tests(&self) -> usize;
+    }
+
+    impl HeaderLen for Vec<u8> {
+        fn header_len_for_tests(&self) -> usize {
+            u32::from_le_bytes(self[12..16].try_into().unwrap()) as usize
+        }
     }
 }

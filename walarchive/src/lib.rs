@@ -2,9 +2,10 @@
 //! names, LSNs and timelines, and the push side of PostgreSQL's archive contract.
 //!
 //! The crate is split so that every decision that protects an archive lives in one place:
-//! [`wal`] refuses anything that is not a WAL file before it reaches the store, [`format`]
-//! makes every object verifiable on its own, [`repo`] never overwrites and refuses another
-//! cluster's WAL, [`retry`] bounds every storage call, and [`push`] acknowledges a segment
+//! [`wal`] refuses anything that is not a WAL file before it reaches the store, [`control`]
+//! says which cluster a pushed file comes from, [`format`] makes every object verifiable on
+//! its own and bound to its name and repository, [`repo`] never overwrites and refuses
+//! another cluster's WAL, [`layout`] says which keys are the repository's own, [`retry`] bounds every storage call, and [`push`] acknowledges a segment
 //! only once it is durably stored. The read side lives in the `walarchive-restore` crate.
 #![warn(missing_docs)]
 
@@ -12,14 +13,18 @@ pub mod backup;
 pub mod catalog;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod format;
+pub mod history;
+pub mod layout;
 pub mod lsn;
 pub mod manifest;
 pub mod metrics;
 pub mod pg;
 pub mod push;
 pub mod pushahead;
+pub mod repair;
 pub mod repo;
 pub mod retention;
 pub mod retry;
@@ -73,6 +78,21 @@ pub enum Error {
         /// The WAL file's value.
         wal: String,
     },
+    /// A segment whose page header contradicts the pg_control of the data directory it is
+    /// pushed from.
+    #[error("{path}: its {field} is {file} but {data_dir}/global/pg_control says {control} (another cluster's WAL in this data directory, or the wrong --pgdata? refusing it)")]
+    NotFromDataDir {
+        /// The file pushed.
+        path: String,
+        /// Which property differs.
+        field: &'static str,
+        /// The file's value.
+        file: String,
+        /// pg_control's value.
+        control: String,
+        /// The data directory.
+        data_dir: String,
+    },
     /// The repository URL or configuration cannot be used.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -100,6 +120,32 @@ pub enum Error {
     NoRepository {
         /// The repository URL.
         url: String,
+    },
+    /// The prefix holds the repository's objects but not its descriptor.
+    #[error("{url} holds walarchive objects ({example}, ...) but no descriptor (walarchive.repo): it was deleted or lost, and the repository is not handed to whichever cluster pushes next; rebuild it from the objects with `walarchive --repo {url} repo-repair` (a dry run; add --confirm to write it)")]
+    DescriptorMissing {
+        /// The repository URL.
+        url: String,
+        /// One of the objects found.
+        example: String,
+    },
+    /// A repository would be created inside another one, or around one.
+    #[error("cannot create a repository at {url}: {relation} (repositories must not nest: the retention of one would take the other's objects for its own); choose another prefix")]
+    NestedRepository {
+        /// The repository URL.
+        url: String,
+        /// Where the other repository is.
+        relation: String,
+    },
+    /// `repo-repair`: the repository's objects disagree about its cluster.
+    #[error("the repository's objects belong to more than one cluster: their {field} differs ({first}; {second}): not rebuilding its descriptor (remove the other cluster's objects first)")]
+    RepairConflict {
+        /// Which property differs.
+        field: &'static str,
+        /// One source and what it says.
+        first: String,
+        /// Another source and what it says.
+        second: String,
     },
     /// A stored object fails verification.
     #[error("{key} is corrupt: {source}")]
@@ -169,8 +215,14 @@ impl Error {
         match self {
             Error::BadInput { .. } | Error::BadName(_) => ErrorKind::BadInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
-            Error::ForeignCluster { .. } => ErrorKind::ForeignCluster,
-            Error::Open(_) | Error::Config(_) | Error::NoRepository { .. } => ErrorKind::Config,
+            Error::ForeignCluster { .. }
+            | Error::NotFromDataDir { .. }
+            | Error::RepairConflict { .. } => ErrorKind::ForeignCluster,
+            Error::Open(_)
+            | Error::Config(_)
+            | Error::NoRepository { .. }
+            | Error::DescriptorMissing { .. }
+            | Error::NestedRepository { .. } => ErrorKind::Config,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,

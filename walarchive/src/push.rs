@@ -2,14 +2,23 @@
 //!
 //! PostgreSQL recycles a segment as soon as `archive_command` exits 0, so a push succeeds
 //! only after the object is durably stored, and everything that could make a stored
-//! segment useless is checked first: the name, the size, the page header (cluster, segment
-//! size, page address) and the repository's descriptor. A file that fails any check is
-//! refused with a reason instead of being archived, because archiving garbage silently is
-//! how restores fail months later.
+//! file useless is checked first: the name, the size, the page header (cluster, segment
+//! size, page address), the content of history and backup history files, the cluster of
+//! the data directory the file comes from, and the repository's descriptor. A file that
+//! fails any check is refused with a reason instead of being archived, because archiving
+//! garbage silently is how restores fail months later.
+//!
+//! Which cluster a file belongs to comes from its data directory's `global/pg_control`
+//! ([`crate::control`]), for every file kind: history and backup history files carry no
+//! system identifier of their own, and a segment's page header must agree with it. Without
+//! a data directory (a file pushed by hand from elsewhere, no `--pgdata`), a segment is
+//! still identified by its page header; a file without WAL pages is then refused, since
+//! nothing would say whose it is.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::control::ClusterIdentity;
 use crate::format::{self, Digest};
 use crate::repo::{Descriptor, PutOutcome, Repository, REPOSITORY_FORMAT};
 use crate::wal::{is_valid_segment_size, WalFileName, WalPageHeader};
@@ -29,13 +38,16 @@ pub struct PushReport {
     pub blake3: Digest,
 }
 
-/// Archives the WAL file at `path` (as PostgreSQL's `%p`) into `repo`.
-pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Error> {
-    let prepared = prepare(path, repo.compression).await?;
-    if let Some(found) = &prepared.found {
-        repo.ensure_descriptor(found, &prepared.name.to_string())
-            .await?;
-    }
+/// Archives the WAL file at `path` (as PostgreSQL's `%p`) into `repo`, as a file of the
+/// cluster `identity` (from its data directory's pg_control; `None` when there is none).
+pub async fn push_file(
+    repo: &Repository,
+    path: &Path,
+    identity: Option<&ClusterIdentity>,
+) -> Result<PushReport, Error> {
+    let prepared = prepare(path, repo.compression, identity).await?;
+    repo.ensure_descriptor(&prepared.found, &prepared.name.to_string())
+        .await?;
     store_prepared(repo, prepared).await
 }
 
@@ -44,17 +56,42 @@ pub async fn push_file(repo: &Repository, path: &Path) -> Result<PushReport, Err
 pub struct Prepared {
     /// Its name.
     pub name: WalFileName,
-    /// For files holding WAL pages, the cluster properties their page header declares
-    /// (to check against the repository's descriptor before storing).
-    pub found: Option<Descriptor>,
+    /// The cluster properties it belongs to (its data directory's, or its page header's), to
+    /// check against the repository's descriptor before storing.
+    pub found: Descriptor,
     /// The object to store.
     pub encoded: format::EncodedObject,
 }
 
+/// The descriptor a repository of the cluster `id` has.
+pub fn descriptor_of(id: &ClusterIdentity) -> Descriptor {
+    Descriptor {
+        format_version: REPOSITORY_FORMAT,
+        system_identifier: id.system_identifier.to_string(),
+        pg_version: id.pg_version,
+        wal_page_magic: id.wal_page_magic,
+        wal_segment_size: id.wal_segment_size,
+        created_at: now_secs(),
+        created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Reads the WAL file at `path` (its name must be a WAL file name; it must be a non-empty
-/// regular file), checks a file holding WAL pages as [`check_segment`] does, and encodes it,
-/// streaming: see [`read_and_encode`]. Runs on tokio's blocking pool.
-pub async fn prepare(path: &Path, compression: crate::Compression) -> Result<Prepared, Error> {
+/// regular file), checks it (a file holding WAL pages as [`check_segment`] does, and against
+/// `identity`; a history or backup history file's content, which needs `identity`), and
+/// encodes it, streaming: see [`read_and_encode`]. Runs on tokio's blocking pool.
+pub async fn prepare(
+    path: &Path,
+    compression: crate::Compression,
+    identity: Option<&ClusterIdentity>,
+) -> Result<Prepared, Error> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -63,11 +100,23 @@ pub async fn prepare(path: &Path, compression: crate::Compression) -> Result<Pre
             reason: "has no file name".into(),
         })?;
     let name: WalFileName = file_name.parse()?;
+    if identity.is_none() && !name.holds_wal_pages() {
+        return Err(Error::Config(format!(
+            "{}: cannot tell which cluster this {} belongs to: no data directory (global/pg_control) found; run wal-push from the data directory (as archive_command does) or pass --pgdata",
+            path.display(),
+            match name {
+                WalFileName::History(_) => "timeline history file",
+                _ => "backup history file",
+            }
+        )));
+    }
     let owned = path.to_path_buf();
-    let (found, encoded) =
-        tokio::task::spawn_blocking(move || read_and_encode(&owned, &name, compression))
-            .await
-            .expect("encoding does not panic")?;
+    let id = identity.cloned();
+    let (found, encoded) = tokio::task::spawn_blocking(move || {
+        read_and_encode(&owned, &name, compression, id.as_ref())
+    })
+    .await
+    .expect("encoding does not panic")?;
     Ok(Prepared {
         name,
         found,
@@ -147,10 +196,7 @@ pub fn check_segment_start(
         pg_version: header.pg_major_version(),
         wal_page_magic: header.magic,
         wal_segment_size: len,
-        created_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created_at: now_secs(),
         created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
     })
 }
@@ -164,16 +210,19 @@ thread_local! {
     static CHUNK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Reads the WAL file at `path` (named `name`), checks it as [`check_segment`] does from its
-/// first chunk when it holds WAL pages, and encodes it for the repository (see
-/// [`format::encode_reader`]: at the default zstd level 1, memory holds one chunk, the
-/// compression window and the compressed object, never the whole segment). Returns the
-/// cluster properties a segment's page header declares, and the object. Blocking.
+/// Reads the WAL file at `path` (named `name`) of the cluster `identity`, checks it and
+/// encodes it for the repository. A file holding WAL pages is checked as [`check_segment`]
+/// does from its first chunk, and against `identity` when given; it is encoded streaming
+/// (see [`format::encode_reader`]: at the default zstd level 1, memory holds one chunk, the
+/// compression window and the compressed object, never the whole segment). A history or
+/// backup history file (small) is read whole and must parse ([`crate::history`]). Returns
+/// the cluster properties the file belongs to, and the object. Blocking.
 pub fn read_and_encode(
     path: &Path,
     name: &WalFileName,
     compression: crate::Compression,
-) -> Result<(Option<Descriptor>, format::EncodedObject), Error> {
+    identity: Option<&ClusterIdentity>,
+) -> Result<(Descriptor, format::EncodedObject), Error> {
     let shown = path.display().to_string();
     let bad = |reason: String| Error::BadInput {
         path: shown.clone(),
@@ -201,35 +250,121 @@ pub fn read_and_encode(
     if len == 0 {
         return Err(bad("is empty".into()));
     }
+    if !name.holds_wal_pages() {
+        let id = identity.expect("prepare refuses files without WAL pages and without identity");
+        if len > MAX_TEXT_FILE {
+            return Err(bad(format!(
+                "is {len} bytes: too long for a {}",
+                if matches!(name, WalFileName::History(_)) {
+                    "timeline history file"
+                } else {
+                    "backup history file"
+                }
+            )));
+        }
+        let mut raw = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut file, MAX_TEXT_FILE + 1),
+            &mut raw,
+        )
+        .map_err(io)?;
+        crate::history::check_text_file(name, &raw, id.wal_segment_size).map_err(bad)?;
+        let binding = format::Binding::new(id.system_identifier, &Repository::wal_key(name));
+        let kind = format::DigestKind::Blake3;
+        let encoded = format::encode_as(&raw, compression, kind, Some(&binding));
+        return Ok((descriptor_of(id), encoded));
+    }
     let mut found = None;
     let mut refused = None;
+    // Bound to its key and its cluster: the data directory's, or (without one) its page
+    // header's, known once the first chunk is read (the header is rewritten then).
+    let binding = format::Binding::new(
+        identity.map_or(0, |id| id.system_identifier),
+        &Repository::wal_key(name),
+    );
     let encoded = CHUNK_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.resize(CHUNK, 0);
-        format::encode_reader(&mut file, len, compression, &mut buf, |head| {
-            if !name.holds_wal_pages() {
-                return Ok(());
-            }
-            match check_segment_start(name, head, len) {
-                Ok(d) => {
-                    found = Some(d);
-                    Ok(())
+        format::encode_reader(
+            &mut file,
+            len,
+            compression,
+            &mut buf,
+            Some(&binding),
+            |head| {
+                let checked = check_segment_start(name, head, len)
+                    .map_err(&bad)
+                    .and_then(|d| match identity {
+                        Some(id) => same_as_data_dir(&shown, &d, id).map(|()| descriptor_of(id)),
+                        None => Ok(d),
+                    });
+                match checked {
+                    Ok(d) => {
+                        found = Some(d);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        Err(std::io::Error::other("refused"))
+                    }
                 }
-                Err(reason) => {
-                    refused = Some(reason);
-                    Err(std::io::Error::other("refused"))
-                }
-            }
-        })
+            },
+        )
     });
-    if let Some(reason) = refused {
-        return Err(bad(reason));
+    if let Some(e) = refused {
+        return Err(e);
     }
-    let encoded = encoded.map_err(|e| match e.kind() {
+    let mut encoded = encoded.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => bad(e.to_string()),
         _ => io(e),
     })?;
+    let found: Descriptor = found.expect("the first chunk was checked");
+    let sysid = found
+        .system_identifier
+        .parse()
+        .expect("formatted from a u64");
+    encoded.set_system_identifier(sysid);
     Ok((found, encoded))
+}
+
+/// Longest history or backup history file accepted (PostgreSQL's are a few hundred bytes;
+/// a history file grows by one line per timeline).
+const MAX_TEXT_FILE: u64 = 16 << 20;
+
+/// Refuses a segment (at `path`, with the properties `page` its page header declares) that
+/// is not of the cluster whose data directory it is pushed from.
+fn same_as_data_dir(path: &str, page: &Descriptor, id: &ClusterIdentity) -> Result<(), Error> {
+    let differs = |field: &'static str, file: String, control: String| {
+        Err(Error::NotFromDataDir {
+            path: path.to_string(),
+            field,
+            file,
+            control,
+            data_dir: id.data_dir.display().to_string(),
+        })
+    };
+    if page.system_identifier != id.system_identifier.to_string() {
+        return differs(
+            "system identifier",
+            page.system_identifier.clone(),
+            id.system_identifier.to_string(),
+        );
+    }
+    if page.wal_segment_size != id.wal_segment_size {
+        return differs(
+            "WAL segment size",
+            page.wal_segment_size.to_string(),
+            id.wal_segment_size.to_string(),
+        );
+    }
+    if page.wal_page_magic != id.wal_page_magic {
+        return differs(
+            "WAL page magic",
+            format!("0x{:04X}", page.wal_page_magic),
+            format!("0x{:04X}", id.wal_page_magic),
+        );
+    }
+    Ok(())
 }
 
 /// BLAKE3 of the file at `path`, read in chunks. Blocking.
@@ -314,5 +449,115 @@ mod tests {
         // A new timeline's first segment starts with the old timeline's pages.
         let new_tli: WalFileName = "000000020000000000000003".parse().unwrap();
         assert!(check_segment(&new_tli, &good).is_ok());
+    }
+
+    fn identity(sysid: u64) -> ClusterIdentity {
+        ClusterIdentity {
+            data_dir: "/nonexistent/data".into(),
+            system_identifier: sysid,
+            wal_segment_size: 1 << 20,
+            wal_page_magic: 0xD110,
+            pg_version: Some(15),
+        }
+    }
+
+    const HISTORY: &str = "1\t0/3000090\tno recovery target specified\n";
+
+    /// History and backup history files: only with the cluster of a data directory, only
+    /// when they parse, and only into that cluster's repository; nothing stored otherwise.
+    #[tokio::test]
+    async fn files_without_wal_pages_are_pushed_for_their_data_directory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::in_memory_for_tests("r", crate::Compression::Lz4);
+        let history = dir.path().join("00000002.history");
+        std::fs::write(&history, HISTORY).unwrap();
+        // No data directory: nothing says whose it is.
+        let e = push_file(&repo, &history, None).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config, "{e}");
+        assert!(e.to_string().contains("or pass --pgdata"), "{e}");
+        assert!(repo.list("").await.unwrap().is_empty());
+        // Garbage, as either kind: bad input, nothing stored.
+        let garbage = dir.path().join("00000003.history");
+        std::fs::write(&garbage, "this is not a history file\n").unwrap();
+        let e = push_file(&repo, &garbage, Some(&identity(42)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::BadInput, "{e}");
+        assert!(
+            e.to_string().contains("is not a valid timeline history"),
+            "{e}"
+        );
+        let backup = dir.path().join("000000010000000000000002.00000028.backup");
+        std::fs::write(&backup, "START WAL LOCATION: 0/2000028\n").unwrap();
+        let e = push_file(&repo, &backup, Some(&identity(42)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::BadInput, "{e}");
+        assert!(repo.list("").await.unwrap().is_empty());
+        // A history file of cluster 42: the repository is created for it.
+        let r = push_file(&repo, &history, Some(&identity(42)))
+            .await
+            .unwrap();
+        assert!(matches!(r.outcome, PutOutcome::Stored { .. }));
+        let d = repo.require_descriptor().await.unwrap();
+        assert_eq!(d.system_identifier, "42");
+        assert_eq!((d.wal_segment_size, d.wal_page_magic), (1 << 20, 0xD110));
+        // Another cluster's history file: refused as foreign, nothing stored.
+        let other = dir.path().join("00000004.history");
+        std::fs::write(&other, "1\t0/5000000\tpromoted\n").unwrap();
+        let e = push_file(&repo, &other, Some(&identity(43)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ForeignCluster {
+                    field: "system identifier",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let keys: Vec<String> = repo
+            .list("wal/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        assert_eq!(keys, ["wal/history/00000002.history"]);
+    }
+
+    /// A segment whose page header is not of the data directory's cluster is refused (status
+    /// 5), whatever the repository says.
+    #[tokio::test]
+    async fn a_segment_must_be_of_its_data_directorys_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::in_memory_for_tests("r", crate::Compression::Lz4);
+        let name = "000000010000000000000003";
+        let path = dir.path().join(name);
+        std::fs::write(&path, segment(name, 1 << 20, 7)).unwrap();
+        let e = push_file(&repo, &path, Some(&identity(42)))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NotFromDataDir { .. }), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::ForeignCluster);
+        assert!(
+            e.to_string().contains(
+                "its system identifier is 7 but /nonexistent/data/global/pg_control says 42"
+            ),
+            "{e}"
+        );
+        assert!(repo.list("").await.unwrap().is_empty());
+        // Its own cluster's, or one pushed without a data directory: identified by it.
+        std::fs::write(&path, segment(name, 1 << 20, 42)).unwrap();
+        push_file(&repo, &path, Some(&identity(42))).await.unwrap();
+        let next = dir.path().join("000000010000000000000004");
+        std::fs::write(&next, segment("000000010000000000000004", 1 << 20, 42)).unwrap();
+        push_file(&repo, &next, None).await.unwrap();
+        assert_eq!(
+            repo.require_descriptor().await.unwrap().system_identifier,
+            "42"
+        );
     }
 }

@@ -72,6 +72,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use crate::control::ClusterIdentity;
 use crate::push::{self, PushReport};
 use crate::repo::{Descriptor, PutOutcome, Repository};
 use crate::wal::{SegmentName, WalFileName};
@@ -188,23 +189,29 @@ impl Outcome {
     }
 }
 
-/// Archives the WAL file at `path` (PostgreSQL's `%p`) and pushes ahead the ready segments
-/// after it (see the module documentation).
-pub async fn push(repo: &Repository, path: &Path, opts: &Options) -> Outcome {
+/// Archives the WAL file at `path` (PostgreSQL's `%p`) of the cluster `identity` (see
+/// [`push::push_file`]) and pushes ahead the ready segments after it (see the module
+/// documentation), checked against the same identity.
+pub async fn push(
+    repo: &Repository,
+    path: &Path,
+    identity: Option<&ClusterIdentity>,
+    opts: &Options,
+) -> Outcome {
     let Some((dir, seg)) = WalDir::of(path) else {
-        return Outcome::alone(push::push_file(repo, path).await);
+        return Outcome::alone(push::push_file(repo, path, identity).await);
     };
     if let Some(report) = dir.answer(repo, path, seg).await {
         return Outcome::from_marker(report);
     }
     if opts.parallel <= 1 || opts.lookahead == 0 {
-        return Outcome::alone(push::push_file(repo, path).await);
+        return Outcome::alone(push::push_file(repo, path, identity).await);
     }
     match dir.lock(repo, path, seg, opts.lock_wait).await {
         Lock::Answered(report) => Outcome::from_marker(report),
-        Lock::Unavailable => Outcome::alone(push::push_file(repo, path).await),
+        Lock::Unavailable => Outcome::alone(push::push_file(repo, path, identity).await),
         Lock::Held(lock) => {
-            let outcome = dir.push_with_ahead(repo, path, seg, opts).await;
+            let outcome = dir.push_with_ahead(repo, path, seg, identity, opts).await;
             drop(lock);
             outcome
         }
@@ -369,17 +376,17 @@ impl WalDir {
         repo: &Repository,
         path: &Path,
         seg: SegmentName,
+        identity: Option<&ClusterIdentity>,
         opts: &Options,
     ) -> Outcome {
         // The requested segment is read and checked first: nothing is pushed ahead for a
         // file that is refused, or into a repository that refuses this cluster.
-        let prepared = match push::prepare(path, repo.compression).await {
+        let prepared = match push::prepare(path, repo.compression, identity).await {
             Ok(p) => p,
             Err(e) => return Outcome::alone(Err(e)),
         };
-        let found = prepared.found.clone().expect("a segment holds WAL pages");
         let descriptor = match repo
-            .ensure_descriptor(&found, &prepared.name.to_string())
+            .ensure_descriptor(&prepared.found, &prepared.name.to_string())
             .await
         {
             Ok(d) => d,
@@ -401,7 +408,7 @@ impl WalDir {
         }
         let descriptor = &descriptor;
         let mut queue = ahead.into_iter().map(|s| {
-            self.push_one_ahead(repo, s, descriptor)
+            self.push_one_ahead(repo, s, identity, descriptor)
                 .map(move |r| Done::Ahead(s, r))
                 .boxed_local()
         });
@@ -460,6 +467,7 @@ impl WalDir {
         &self,
         repo: &Repository,
         seg: SegmentName,
+        identity: Option<&ClusterIdentity>,
         descriptor: &Descriptor,
     ) -> Result<PushReport, Error> {
         let path = self.pg_wal.join(seg.to_string());
@@ -471,9 +479,8 @@ impl WalDir {
             .unwrap_or(0);
         // The checks PostgreSQL's own call would make, against the descriptor the
         // requested segment was checked with.
-        let prepared = push::prepare(&path, repo.compression).await?;
-        let found = prepared.found.clone().expect("a segment holds WAL pages");
-        same_cluster(descriptor, &found, &prepared.name)?;
+        let prepared = push::prepare(&path, repo.compression, identity).await?;
+        same_cluster(descriptor, &prepared.found, &prepared.name)?;
         let report = push::store_prepared(repo, prepared).await?;
         let marker = Marker::of(repo, &report, mtime_ns);
         let markers = self.markers.clone();
@@ -611,36 +618,7 @@ pub(crate) fn same_cluster(
     found: &Descriptor,
     name: &WalFileName,
 ) -> Result<(), Error> {
-    let mismatch = |field: &'static str, repo: String, wal: String| {
-        Err(Error::ForeignCluster {
-            name: name.to_string(),
-            field,
-            repo,
-            wal,
-        })
-    };
-    if repo.system_identifier != found.system_identifier {
-        return mismatch(
-            "system identifier",
-            repo.system_identifier.clone(),
-            found.system_identifier.clone(),
-        );
-    }
-    if repo.wal_segment_size != found.wal_segment_size {
-        return mismatch(
-            "WAL segment size",
-            repo.wal_segment_size.to_string(),
-            found.wal_segment_size.to_string(),
-        );
-    }
-    if repo.wal_page_magic != found.wal_page_magic {
-        return mismatch(
-            "WAL format (page magic)",
-            format!("0x{:04X}", repo.wal_page_magic),
-            format!("0x{:04X}", found.wal_page_magic),
-        );
-    }
-    Ok(())
+    crate::repo::same_cluster(repo, found, &name.to_string())
 }
 
 /// Writes a marker atomically: a temporary file, fsynced, renamed into place. (The
@@ -769,7 +747,7 @@ mod tests {
     async fn pushes_ready_segments_ahead_and_answers_from_their_markers() {
         let (r, w) = (repo(), PgWal::new());
         let paths: Vec<PathBuf> = (1..=6).map(|i| w.add(&n(i), "ready")).collect();
-        let out = push(&r, &paths[0], &opts(2)).await;
+        let out = push(&r, &paths[0], None, &opts(2)).await;
         let report = out.requested.unwrap();
         assert!(!out.from_marker);
         assert!(matches!(report.outcome, PutOutcome::Stored { .. }));
@@ -793,13 +771,13 @@ mod tests {
             w.wal.join(format!("archive_status/{}.done", n(1))),
         )
         .unwrap();
-        let out = push(&r, &paths[1], &opts(2)).await;
+        let out = push(&r, &paths[1], None, &opts(2)).await;
         assert!(out.from_marker);
         assert_eq!(out.requested.unwrap().outcome, PutOutcome::AlreadyStored);
         assert!(out.ahead.is_empty());
         assert!(!w.marker(&n(2)).exists());
         // A marker answers with parallel 1 too.
-        let out = push(&r, &paths[2], &opts(1)).await;
+        let out = push(&r, &paths[2], None, &opts(1)).await;
         assert!(out.from_marker && out.requested.is_ok());
     }
 
@@ -820,7 +798,7 @@ mod tests {
         for i in 8..=20 {
             w.add(&n(i), "ready");
         }
-        let out = push(&r, &asked, &opts(2)).await;
+        let out = push(&r, &asked, None, &opts(2)).await;
         out.requested.unwrap();
         let mut ahead: Vec<String> = out.ahead.iter().map(|r| r.name.to_string()).collect();
         ahead.sort();
@@ -836,7 +814,7 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let (r, w) = (repo_at("memory://test", store.clone()), PgWal::new());
         let paths: Vec<PathBuf> = (1..=4).map(|i| w.add(&n(i), "ready")).collect();
-        push(&r, &paths[0], &opts(2)).await.requested.unwrap();
+        push(&r, &paths[0], None, &opts(2)).await.requested.unwrap();
         for i in 2..=4 {
             assert!(w.marker(&n(i)).exists());
         }
@@ -845,7 +823,7 @@ mod tests {
         let mut changed = segment(&n(2), 42);
         changed[SEG / 2] ^= 0xFF;
         fs::write(&paths[1], &changed).unwrap();
-        let out = push(&r, &paths[1], &opts(2)).await;
+        let out = push(&r, &paths[1], None, &opts(2)).await;
         assert!(!out.from_marker);
         assert!(
             matches!(out.requested, Err(Error::Conflict { .. })),
@@ -856,7 +834,7 @@ mod tests {
 
         // Another repository at another URL: pushed there.
         let other = repo_at("memory://other", Arc::new(InMemory::new()));
-        let out = push(&other, &paths[2], &opts(1)).await;
+        let out = push(&other, &paths[2], None, &opts(1)).await;
         assert!(!out.from_marker);
         assert!(matches!(
             out.requested.unwrap().outcome,
@@ -867,7 +845,7 @@ mod tests {
         // Same URL, but the object is gone (repository wiped): pushed again.
         let key = Repository::wal_key(&n(4).parse().unwrap());
         r.delete(&key).await.unwrap();
-        let out = push(&r, &paths[3], &opts(1)).await;
+        let out = push(&r, &paths[3], None, &opts(1)).await;
         assert!(!out.from_marker);
         assert!(matches!(
             out.requested.unwrap().outcome,
@@ -902,7 +880,7 @@ mod tests {
             let p = w.add(&n(i), "ready");
             bogus(&n(i), tweak);
             // Not in the repository, whatever the marker says.
-            let out = push(&r, &p, &opts(1)).await;
+            let out = push(&r, &p, None, &opts(1)).await;
             assert!(!out.from_marker, "{i}");
             assert!(matches!(
                 out.requested.unwrap().outcome,
@@ -913,7 +891,7 @@ mod tests {
         }
         let p = w.add(&n(9), "ready");
         fs::write(w.marker(&n(9)), b"{not json").unwrap();
-        let out = push(&r, &p, &opts(1)).await;
+        let out = push(&r, &p, None, &opts(1)).await;
         assert!(!out.from_marker && out.requested.is_ok());
     }
 
@@ -925,7 +903,7 @@ mod tests {
         let held = File::create(w.wal.join(LOCK_NAME)).unwrap();
         held.lock().unwrap();
         let started = Instant::now();
-        let out = push(&r, &paths[0], &opts(2)).await;
+        let out = push(&r, &paths[0], None, &opts(2)).await;
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(matches!(
             out.requested.unwrap().outcome,
@@ -934,7 +912,7 @@ mod tests {
         assert!(out.ahead.is_empty());
         assert!(stored(&r, &n(2)).await.is_none());
         held.unlock().unwrap();
-        let out = push(&r, &paths[1], &opts(2)).await;
+        let out = push(&r, &paths[1], None, &opts(2)).await;
         assert_eq!(out.ahead.len(), 1);
     }
 
@@ -949,7 +927,7 @@ mod tests {
             fs::write(dir.join(f), b"{}").unwrap();
         }
         w.add(&n(6), "ready");
-        push(&r, &asked, &opts(2)).await.requested.unwrap();
+        push(&r, &asked, None, &opts(2)).await.requested.unwrap();
         let mut left: Vec<String> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -964,7 +942,7 @@ mod tests {
         let asked = w.add(&n(1), "ready");
         w.add(&n(2), "ready");
         fs::write(&asked, &segment(&n(1), 42)[..SEG / 2]).unwrap();
-        let out = push(&r, &asked, &opts(2)).await;
+        let out = push(&r, &asked, None, &opts(2)).await;
         assert!(matches!(out.requested, Err(Error::BadInput { .. })));
         assert!(out.ahead.is_empty());
         assert!(stored(&r, &n(2)).await.is_none());
@@ -974,7 +952,7 @@ mod tests {
         w2.add(&n(2), "ready");
         fs::write(w2.wal.join(n(2)), segment(&n(2), 7)).unwrap();
         w2.add(&n(3), "ready");
-        let out = push(&r, &asked, &opts(2)).await;
+        let out = push(&r, &asked, None, &opts(2)).await;
         out.requested.unwrap();
         let names: Vec<String> = out.ahead.iter().map(|r| r.name.to_string()).collect();
         assert_eq!(names, vec![n(3)]);

@@ -17,6 +17,12 @@
 //!
 //! Objects are only ever created, never replaced: a second push of the same name is
 //! compared with what is stored, and a difference is an error naming both checksums.
+//!
+//! Every object is bound to its key and the repository's system identifier (see
+//! [`crate::format`]): the repository binds what it writes to the descriptor's cluster and
+//! refuses, on every read, an object bound to another key or another cluster. The
+//! descriptor is read once per process and remembered; it is never replaced, and a prefix
+//! that lost it is refused to every push until `repo-repair` rebuilds it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +30,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use serde::{Deserialize, Serialize};
 
 use crate::codec::Compression;
 use crate::format::{self, ObjectHeader};
@@ -33,29 +38,15 @@ use crate::storage::{self, Backend, StorageError, StorageOptions};
 use crate::wal::WalFileName;
 use crate::Error;
 
+mod identity;
+
+pub(crate) use identity::same_cluster;
+pub use identity::Descriptor;
+
 /// Name of the descriptor object.
 pub const DESCRIPTOR_KEY: &str = "walarchive.repo";
 /// The repository layout version this build writes and reads.
 pub const REPOSITORY_FORMAT: u32 = 1;
-
-/// What the repository archives: one PostgreSQL cluster's WAL.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor {
-    /// Repository layout version.
-    pub format_version: u32,
-    /// The cluster's system identifier, as decimal text (as `pg_controldata` prints it).
-    pub system_identifier: String,
-    /// PostgreSQL major version, when the WAL page magic is a known one.
-    pub pg_version: Option<u32>,
-    /// The WAL page magic (`XLOG_PAGE_MAGIC`) of the cluster's WAL format.
-    pub wal_page_magic: u16,
-    /// WAL segment size in bytes.
-    pub wal_segment_size: u64,
-    /// When the repository was created (seconds since the Unix epoch).
-    pub created_at: u64,
-    /// The walarchive version that created it.
-    pub created_by: String,
-}
 
 /// Result of storing an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +81,10 @@ pub struct Repository {
     /// Whether the store takes create-only puts; cleared when it answers that it does not
     /// (see `put_checked_after`).
     conditional_puts: Arc<AtomicBool>,
+    /// The descriptor, once read or created: what every object written is bound to and
+    /// every bound object read must be bound to (a descriptor is never replaced, only
+    /// deleted, and then nothing is written until `repo-repair` restores the same one).
+    identity: Arc<std::sync::Mutex<Option<Descriptor>>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -122,11 +117,12 @@ impl Repository {
     }
 
     /// Test support, not for production use: a repository in process memory under
-    /// `prefix` that tries every request once. Public (not `cfg(test)`) because
-    /// walarchive-restore's unit tests use it too.
+    /// `prefix` that tries every request once, taking [`Descriptor::for_tests`] of cluster
+    /// 1 as its own without one stored (until one is created). Public (not `cfg(test)`)
+    /// because walarchive-restore's unit tests use it too.
     #[doc(hidden)]
     pub fn in_memory_for_tests(prefix: &str, compression: Compression) -> Self {
-        Repository::with_store(
+        let r = Repository::with_store(
             Arc::new(object_store::memory::InMemory::new()),
             Path::from(prefix),
             Backend::Local,
@@ -136,7 +132,9 @@ impl Repository {
                 ..Default::default()
             },
             compression,
-        )
+        );
+        r.assume_descriptor_for_tests(Descriptor::for_tests("1"));
+        r
     }
 
     /// A repository over an already built store (tests, fault injection).
@@ -156,6 +154,7 @@ impl Repository {
             policy,
             compression,
             conditional_puts: Arc::new(AtomicBool::new(true)),
+            identity: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -187,102 +186,60 @@ impl Repository {
         }
     }
 
-    /// Reads the descriptor, if the repository has one.
-    pub async fn descriptor(&self) -> Result<Option<Descriptor>, Error> {
-        match self.get_verified(DESCRIPTOR_KEY).await {
-            Ok((_, raw)) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    key: DESCRIPTOR_KEY.into(),
-                    source: format::FormatError::Decode(crate::codec::DecodeError {
-                        codec: "json",
-                        reason: e.to_string(),
-                    }),
-                }),
-            Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The content of the object at `relative`, verified and checked against its name but
+    /// not against the repository's system identifier: for a repository that may have no
+    /// descriptor (`repo-repair`).
+    pub async fn get_without_descriptor(&self, relative: &str) -> Result<Vec<u8>, Error> {
+        Ok(self.get_decoded(relative).await?.1)
     }
 
-    /// Reads the descriptor; a missing one means there is no repository at this URL.
-    pub async fn require_descriptor(&self) -> Result<Descriptor, Error> {
-        self.descriptor().await?.ok_or_else(|| Error::NoRepository {
-            url: self.url.clone(),
+    /// The system identifier the object at `relative` is bound to (none for an object
+    /// written before binding), from its header alone (one ranged read); an object bound to
+    /// another name is [`Error::Corrupt`].
+    pub async fn bound_system_identifier(&self, relative: &str) -> Result<Option<u64>, Error> {
+        use object_store::{GetOptions, GetRange};
+        let key = self.key(relative);
+        let head = retry(&self.policy, &format!("get {key}"), || async {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(0..format::MAX_HEADER_LEN as u64)),
+                ..Default::default()
+            };
+            let r = self
+                .store
+                .get_opts(&key, opts)
+                .await
+                .map_err(StorageError::from)?;
+            r.bytes().await.map_err(StorageError::from)
         })
+        .await
+        .map_err(|source| match source {
+            StorageError::NotFound => Error::NotFound {
+                key: key.to_string(),
+            },
+            source => storage_error("get", &key)(source),
+        })?;
+        let corrupt = |source| Error::Corrupt {
+            key: key.to_string(),
+            source,
+        };
+        let header = ObjectHeader::parse(&head).map_err(corrupt)?;
+        check_name(relative, &header).map_err(corrupt)?;
+        Ok(header.binding.map(|b| b.system_identifier))
     }
 
-    /// Returns the repository's descriptor, creating it from `wanted` if there is none, and
-    /// refuses WAL (`name`) whose cluster properties differ from the stored descriptor.
-    pub async fn ensure_descriptor(
-        &self,
-        wanted: &Descriptor,
-        name: &str,
-    ) -> Result<Descriptor, Error> {
-        let existing = match self.descriptor().await? {
-            Some(d) => d,
-            None => {
-                let json = serde_json::to_vec_pretty(wanted).expect("descriptor serializes");
-                match self.put_new(DESCRIPTOR_KEY, &json, Compression::None).await {
-                    Ok(_) => {
-                        tracing::info!(
-                            "created repository {} for system identifier {}",
-                            self.url,
-                            wanted.system_identifier
-                        );
-                        return Ok(wanted.clone());
-                    }
-                    // Another process created it first: compare with theirs.
-                    Err(Error::Conflict { .. }) => self.require_descriptor().await?,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        if existing.format_version > REPOSITORY_FORMAT {
-            return Err(Error::Config(format!(
-                "repository {} has format version {}, newer than this walarchive understands ({}): upgrade walarchive",
-                self.url, existing.format_version, REPOSITORY_FORMAT
-            )));
-        }
-        let mismatch = |field: &'static str, repo: String, wal: String| Error::ForeignCluster {
-            name: name.to_string(),
-            field,
-            repo,
-            wal,
-        };
-        if existing.system_identifier != wanted.system_identifier {
-            return Err(mismatch(
-                "system identifier",
-                existing.system_identifier.clone(),
-                wanted.system_identifier.clone(),
-            ));
-        }
-        if existing.wal_segment_size != wanted.wal_segment_size {
-            return Err(mismatch(
-                "WAL segment size",
-                existing.wal_segment_size.to_string(),
-                wanted.wal_segment_size.to_string(),
-            ));
-        }
-        if existing.wal_page_magic != wanted.wal_page_magic {
-            return Err(mismatch(
-                "WAL format (page magic)",
-                format!("0x{:04X}", existing.wal_page_magic),
-                format!("0x{:04X}", wanted.wal_page_magic),
-            ));
-        }
-        Ok(existing)
-    }
-
-    /// Stores `raw` under `relative` unless an object is already there. An identical existing
-    /// object is success ([`PutOutcome::AlreadyStored`]); a different one is
-    /// [`Error::Conflict`]; an existing object that fails verification is [`Error::Corrupt`].
+    /// Stores `raw` under `relative` unless an object is already there, bound to its name
+    /// and the repository's system identifier (so the repository must have a descriptor).
+    /// An identical existing object is success ([`PutOutcome::AlreadyStored`]); a different
+    /// one is [`Error::Conflict`]; an existing object that fails verification is
+    /// [`Error::Corrupt`].
     pub async fn put_new(
         &self,
         relative: &str,
         raw: &[u8],
         compression: Compression,
     ) -> Result<PutOutcome, Error> {
-        self.put_encoded(relative, format::encode(raw, compression))
+        let binding = self.binding(relative).await?;
+        self.put_encoded(relative, format::encode(raw, compression, Some(&binding)))
             .await
     }
 
@@ -294,6 +251,11 @@ impl Repository {
         encoded: format::EncodedObject,
     ) -> Result<PutOutcome, Error> {
         let key = self.key(relative);
+        // An object bound to another name would be refused by every read: never store one.
+        check_name(relative, &encoded.header).map_err(|source| Error::Corrupt {
+            key: key.to_string(),
+            source,
+        })?;
         // What an object already there must match: the same content (or, for a body
         // digest, the same object): see compare_existing.
         let ours = encoded.header;
@@ -458,8 +420,18 @@ impl Repository {
         }
     }
 
-    /// Downloads the object at `relative`, verifies it, and returns its header and content.
+    /// Downloads the object at `relative`, verifies it (digest; for a bound object, its name
+    /// and the repository's system identifier: see [`format`]), and returns its header and
+    /// content.
     pub async fn get_verified(&self, relative: &str) -> Result<(ObjectHeader, Vec<u8>), Error> {
+        let got = self.get_decoded(relative).await?;
+        self.check_system(relative, &got.0).await?;
+        Ok(got)
+    }
+
+    /// Downloads the object at `relative`, verifies its digest and, when bound, its name
+    /// (not the system identifier: see [`Repository::get_verified`]).
+    pub async fn get_decoded(&self, relative: &str) -> Result<(ObjectHeader, Vec<u8>), Error> {
         let key = self.key(relative);
         let bytes = retry(&self.policy, &format!("get {key}"), || async {
             let r = self.store.get(&key).await.map_err(StorageError::from)?;
@@ -472,10 +444,13 @@ impl Repository {
             },
             source => storage_error("get", &key)(source),
         })?;
-        format::decode(&bytes).map_err(|source| Error::Corrupt {
+        let corrupt = |source| Error::Corrupt {
             key: key.to_string(),
             source,
-        })
+        };
+        let (header, raw) = format::decode(&bytes).map_err(corrupt)?;
+        check_name(relative, &header).map_err(corrupt)?;
+        Ok((header, raw))
     }
 
     /// Deletes the object at `relative` (absent objects are not an error).
@@ -547,6 +522,16 @@ impl Repository {
     }
 }
 
+/// Refuses a bound object read at `relative` that is bound to another name.
+fn check_name(relative: &str, header: &ObjectHeader) -> Result<(), format::FormatError> {
+    match &header.binding {
+        Some(b) if b.name != relative => Err(format::FormatError::WrongName {
+            stored: b.name.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// One listed object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -572,28 +557,34 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
+    /// A repository in memory, taking the descriptor of cluster 1 as its own without one
+    /// stored (objects are bound to it).
     fn repo() -> Repository {
-        Repository::with_store(
+        let r = Repository::with_store(
             Arc::new(InMemory::new()),
             Path::from("some/prefix"),
             Backend::Local,
             "memory://test",
             RetryPolicy::default(),
             Compression::default(),
-        )
+        );
+        r.assume_descriptor_for_tests(descriptor("1"));
+        r
     }
 
     /// A repository on `inner` behind fault plan `plan`.
     fn unreliable_repo(inner: Arc<InMemory>, plan: &str, policy: RetryPolicy) -> Repository {
         let store = crate::storage::unreliable::Unreliable::from_arc(inner, plan.parse().unwrap());
-        Repository::with_store(
+        let r = Repository::with_store(
             Arc::new(store),
             Path::from("p"),
             Backend::Local,
             "memory://test",
             policy,
             Compression::default(),
-        )
+        );
+        r.assume_descriptor_for_tests(descriptor("1"));
+        r
     }
 
     /// A store refusing create-only puts (501, as Swift's S3 API does) whose first reads
@@ -704,7 +695,8 @@ mod tests {
         ));
         let listed = r.list("").await.unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].key.as_str(), listed[0].size), ("a", 68));
+        // The header (64 bytes and the binding to "a": 42 + 1), then lz4's 4 bytes.
+        assert_eq!((listed[0].key.as_str(), listed[0].size), ("a", 64 + 43 + 4));
     }
 
     /// WAL archived as version 1 (SHA-256) and pushed again as version 3 (BLAKE3), or the
@@ -714,8 +706,9 @@ mod tests {
     async fn content_digests_of_either_hash_compare_by_content() {
         use format::DigestKind;
         let r = repo();
-        let v1 = |raw: &[u8]| format::encode_as(raw, Compression::Lz4, DigestKind::Sha256);
-        let v3 = |raw: &[u8]| format::encode_as(raw, Compression::Zstd(1), DigestKind::Blake3);
+        let v1 = |raw: &[u8]| format::encode_as(raw, Compression::Lz4, DigestKind::Sha256, None);
+        let v3 =
+            |raw: &[u8]| format::encode_as(raw, Compression::Zstd(1), DigestKind::Blake3, None);
         r.put_encoded("old", v1(b"segment")).await.unwrap();
         r.put_encoded("new", v3(b"segment")).await.unwrap();
         assert_eq!(
@@ -738,7 +731,8 @@ mod tests {
         assert!(e.to_string().contains("(stored sha256 "), "{e}");
         // Body digests (backup parts) compare the object: the same content under another
         // version is not taken for it.
-        let part = |raw: &[u8]| format::encode_as(raw, Compression::Lz4, DigestKind::Sha256OfBody);
+        let part =
+            |raw: &[u8]| format::encode_as(raw, Compression::Lz4, DigestKind::Sha256OfBody, None);
         r.put_encoded("part", part(b"files")).await.unwrap();
         assert_eq!(
             r.put_encoded("part", part(b"files")).await.unwrap(),
@@ -846,7 +840,7 @@ mod tests {
             ..RetryPolicy::default()
         };
         let flaky = |n: u32| {
-            Repository::with_store(
+            let r = Repository::with_store(
                 Arc::new(Flaky {
                     inner: InMemory::new(),
                     failures: n.into(),
@@ -859,7 +853,9 @@ mod tests {
                     ..quick
                 },
                 Compression::default(),
-            )
+            );
+            r.assume_descriptor_for_tests(descriptor("1"));
+            r
         };
         // The first call fails twice, then succeeds on its third and last attempt.
         let r = flaky(2);
@@ -883,35 +879,84 @@ mod tests {
         );
     }
 
+    /// Every read refuses a bound object under another key or of another cluster, re-push
+    /// comparison included, naming both; objects written before binding stay readable.
     #[tokio::test]
-    async fn descriptor_refuses_other_clusters() {
-        let r = repo();
-        assert_eq!(r.descriptor().await.unwrap(), None);
-        assert!(matches!(
-            r.require_descriptor().await,
-            Err(Error::NoRepository { .. })
-        ));
-        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
-        r.ensure_descriptor(&descriptor("1"), "x").await.unwrap();
+    async fn reads_refuse_objects_under_another_name_or_of_another_cluster() {
+        use format::{Binding, DigestKind};
+        let store = Arc::new(InMemory::new());
+        let r = Repository::with_store(
+            store.clone(),
+            Path::from("p"),
+            Backend::Local,
+            "memory://test",
+            RetryPolicy::default(),
+            Compression::Lz4,
+        );
+        r.ensure_descriptor(&descriptor("1"), "t").await.unwrap();
+        let (k57, k58) = (
+            "wal/00000001/00000000/000000010000000000000057",
+            "wal/00000001/00000000/000000010000000000000058",
+        );
+        r.put_new(k57, b"fifty-seven", Compression::Lz4)
+            .await
+            .unwrap();
+        assert_eq!(r.bound_system_identifier(k57).await.unwrap(), Some(1));
+        // A copy of 57's object at 58's key.
+        let bytes = store.get(&r.key(k57)).await.unwrap().bytes().await.unwrap();
+        store.put(&r.key(k58), bytes.into()).await.unwrap();
+        let e = r.get_verified(k58).await.unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("p/wal/00000001/00000000/000000010000000000000058 is corrupt")
+                && text
+                    .contains("it is the object of wal/00000001/00000000/000000010000000000000057"),
+            "{text}"
+        );
+        assert!(r.bound_system_identifier(k58).await.is_err());
+        // Pushing 58 with 57's content again: the stored object is refused, not "identical".
         let e = r
-            .ensure_descriptor(&descriptor("2"), "seg")
+            .put_new(k58, b"fifty-seven", Compression::Lz4)
             .await
             .unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        // put_encoded never stores an object bound to another key.
+        let other = format::encode(b"x", Compression::None, Some(&Binding::new(1, k57)));
+        r.delete(k58).await.unwrap();
+        assert!(matches!(
+            r.put_encoded(k58, other).await,
+            Err(Error::Corrupt { .. })
+        ));
+        // Another cluster's object under the right key.
+        let foreign = format::encode(b"x", Compression::None, Some(&Binding::new(2, k58)));
+        store.put(&r.key(k58), foreign.bytes.into()).await.unwrap();
+        let e = r.get_verified(k58).await.unwrap_err();
         assert!(
-            matches!(
-                e,
-                Error::ForeignCluster {
-                    field: "system identifier",
-                    ..
-                }
+            e.to_string().contains(
+                "belongs to the repository of system identifier 2, but this repository's is 1"
             ),
             "{e}"
         );
-        let mut other = descriptor("1");
-        other.wal_segment_size = 1 << 20;
-        assert!(matches!(
-            r.ensure_descriptor(&other, "s").await,
-            Err(Error::ForeignCluster { .. })
-        ));
+        // ...which a repository of that cluster, and repo-repair, read.
+        assert_eq!(r.get_without_descriptor(k58).await.unwrap(), b"x");
+        assert_eq!(r.bound_system_identifier(k58).await.unwrap(), Some(2));
+        // Written before binding: read as before.
+        let old = format::encode_as(b"old", Compression::None, DigestKind::Blake3, None);
+        store.put(&r.key(k58), old.bytes.into()).await.unwrap();
+        assert_eq!(r.get_verified(k58).await.unwrap().1, b"old");
+        assert_eq!(r.bound_system_identifier(k58).await.unwrap(), None);
+        // A descriptor bound to another system identifier than it states is corrupt.
+        let d = serde_json::to_vec(&descriptor("1")).unwrap();
+        let wrong = format::encode(
+            &d,
+            Compression::None,
+            Some(&Binding::new(9, DESCRIPTOR_KEY)),
+        );
+        store
+            .put(&r.key(DESCRIPTOR_KEY), wrong.bytes.into())
+            .await
+            .unwrap();
+        assert!(matches!(r.descriptor().await, Err(Error::Corrupt { .. })));
     }
 }

@@ -12,8 +12,12 @@
 //! - Deletion removes a backup's manifest first, so an interrupted deletion leaves an
 //!   incomplete backup (never listed, never restored) rather than a complete-looking one
 //!   with missing parts; WAL goes oldest first, so what remains is still contiguous.
+//! - Only the repository's own objects are ever deleted: a key must parse as exactly the key
+//!   walarchive writes ([`crate::layout`]). Anything else under the prefix (another
+//!   repository stored inside this one, say at `wal/`, whose keys end like WAL file names;
+//!   stray files) is left alone and reported.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,8 +25,9 @@ use serde::Serialize;
 
 use crate::backup::needed_segments;
 use crate::catalog::{self, BackupEntry};
-use crate::manifest::{backup_key, parse_time, Manifest, BACKUPS_PREFIX};
-use crate::repo::Repository;
+use crate::layout::{parse_key, OwnKey};
+use crate::manifest::{backup_key, parse_time, Manifest};
+use crate::repo::{Listed, Repository};
 use crate::wal::{SegmentName, TimelineId, WalFileName};
 use crate::Error;
 
@@ -64,6 +69,9 @@ pub struct Plan {
     pub bytes: u64,
     /// Damaged or young incomplete backups left alone, with the reason.
     pub left_alone: Vec<String>,
+    /// Keys under the prefix that are not the repository's own objects (another repository
+    /// nested in it, stray files): never deleted.
+    pub not_ours: Vec<String>,
 }
 
 fn backup_time(e: &BackupEntry) -> Option<DateTime<Utc>> {
@@ -153,9 +161,29 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: DateTime<Utc>) -> Res
         }
     }
 
+    // One listing of the whole prefix: what is ours, and what is not (reported, kept).
+    let mut wal_objects = Vec::new();
+    let mut backup_objects: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
+    for o in repo.list("").await? {
+        match parse_key(&o.key) {
+            Some(OwnKey::Wal(name)) => wal_objects.push((name, o)),
+            Some(OwnKey::Backup { name, .. }) => backup_objects.entry(name).or_default().push(o),
+            Some(OwnKey::Descriptor) => {}
+            None => plan.not_ours.push(o.key),
+        }
+    }
+    if !plan.not_ours.is_empty() {
+        tracing::warn!(
+            "{} object(s) under {} are not this repository's and are left alone (another repository nested in it? stray files?), e.g. {}",
+            plan.not_ours.len(),
+            repo.url(),
+            plan.not_ours[0]
+        );
+    }
+
     // Backups: manifest first, then the rest.
     for name in &delete {
-        let mut objects = repo.list(&format!("{BACKUPS_PREFIX}/{name}/")).await?;
+        let mut objects = backup_objects.remove(name).unwrap_or_default();
         let manifest = backup_key(name, "manifest.json");
         objects.sort_by_key(|o| (o.key != manifest, o.key.clone()));
         for o in objects {
@@ -181,15 +209,7 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: DateTime<Utc>) -> Res
             .collect();
         let keeper = WalKeeper::new(&kept, &permanent);
         let mut wal: Vec<(SegmentKey, String, u64)> = Vec::new();
-        for o in repo.list("wal/").await? {
-            let Some(name) = o
-                .key
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.parse::<WalFileName>().ok())
-            else {
-                continue;
-            };
+        for (name, o) in wal_objects {
             if everything || !keeper.keeps(&name) {
                 wal.push((SegmentKey::of(&name, keeper.segsize), o.key, o.size));
             }
@@ -329,5 +349,104 @@ mod tests {
         keys.sort();
         assert_eq!(keys[0], SegmentKey::of(&n("000000010000000000000001"), seg));
         assert_eq!(keys[2], SegmentKey::of(&n("00000002.history"), seg));
+    }
+
+    /// Another repository stored inside this one (at `wal/`, whose keys end like WAL file
+    /// names; or under `basebackups/`), and stray files: never planned for deletion,
+    /// whatever the policy, and reported.
+    #[tokio::test]
+    async fn only_the_repositorys_own_objects_are_deleted() {
+        use crate::codec::Compression;
+        let repo = Repository::in_memory_for_tests("r", Compression::None);
+        repo.ensure_descriptor(&crate::repo::Descriptor::for_tests("1"), "t")
+            .await
+            .unwrap();
+        let seg = |n: u32| Repository::wal_key(&n_seg(n));
+        for n in 1..=8 {
+            repo.put_new(&seg(n), b"wal", Compression::None)
+                .await
+                .unwrap();
+        }
+        for (name, start) in [("base_1", "0/200028"), ("base_2", "0/600028")] {
+            let m = Manifest {
+                start_time: format!("2026-01-0{}T00:00:00Z", &name[5..]),
+                stop_time: format!("2026-01-0{}T00:01:00Z", &name[5..]),
+                ..manifest(name, 1, start, start)
+            };
+            repo.put_new(
+                &backup_key(name, "manifest.json"),
+                &serde_json::to_vec(&m).unwrap(),
+                Compression::None,
+            )
+            .await
+            .unwrap();
+            repo.put_new(
+                &backup_key(name, "data/part-000001"),
+                b"p",
+                Compression::None,
+            )
+            .await
+            .unwrap();
+        }
+        let foreign = [
+            "wal/walarchive.repo".to_string(),
+            format!("wal/{}", seg(1)),
+            format!("wal/{}", seg(2)),
+            "basebackups/base_1/walarchive.repo".to_string(),
+            "basebackups/nested/walarchive.repo".to_string(),
+            format!("basebackups/nested/{}", seg(1)),
+            "notes.txt".to_string(),
+        ];
+        for k in &foreign {
+            repo.put_new(k, b"not ours", Compression::None)
+                .await
+                .unwrap();
+        }
+        let now = chrono::Utc::now();
+        for policy in [
+            Policy::Retain(1),
+            Policy::Garbage {
+                older_than: Duration::from_secs(0),
+            },
+            Policy::Everything { force: true },
+        ] {
+            let p = plan(&repo, &policy, now).await.unwrap();
+            for k in &foreign {
+                assert!(!p.objects.contains(k), "{policy:?} plans to delete {k}");
+            }
+            let mut not_ours = p.not_ours.clone();
+            not_ours.sort();
+            let mut want = foreign.to_vec();
+            want.sort();
+            assert_eq!(not_ours, want, "{policy:?}");
+            assert!(
+                !p.delete_backups.contains(&"nested".to_string()),
+                "{policy:?}"
+            );
+        }
+        let p = plan(&repo, &Policy::Retain(1), now).await.unwrap();
+        assert_eq!(p.delete_backups, ["base_1"]);
+        assert_eq!(p.delete_wal.len(), 5, "{:?}", p.delete_wal);
+        execute(&repo, &p).await.unwrap();
+        let everything = plan(&repo, &Policy::Everything { force: true }, now)
+            .await
+            .unwrap();
+        execute(&repo, &everything).await.unwrap();
+        let mut left: Vec<String> = repo
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        left.sort();
+        let mut want = foreign.to_vec();
+        want.push("walarchive.repo".into());
+        want.sort();
+        assert_eq!(left, want);
+    }
+
+    fn n_seg(n: u32) -> WalFileName {
+        format!("0000000100000000{n:08X}").parse().unwrap()
     }
 }

@@ -116,10 +116,8 @@ pub struct ArchivedWal {
 pub fn summarize_wal(listing: &[Listed], max_timeline: Option<TimelineId>) -> ArchivedWal {
     let mut out = ArchivedWal::default();
     for l in listing {
-        let Some(file) = l.key.rsplit('/').next() else {
-            continue;
-        };
-        let Ok(name) = file.parse::<WalFileName>() else {
+        // Only this repository's own WAL (not another repository's nested in it).
+        let Some(crate::layout::OwnKey::Wal(name)) = crate::layout::parse_key(&l.key) else {
             continue;
         };
         out.files += 1;
@@ -1123,7 +1121,10 @@ mod tests {
         ready: Option<Result<ReadyFiles, String>>,
     ) -> Inputs {
         let listing: Vec<Listed> = newest
-            .map(|(n, at)| vec![listed(&format!("wal/x/y/{n}"), at)])
+            .map(|(n, at)| {
+                let key = crate::repo::Repository::wal_key(&n.parse().unwrap());
+                vec![listed(&key, at)]
+            })
             .unwrap_or_default();
         Inputs {
             repository: "file:///r".into(),

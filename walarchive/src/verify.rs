@@ -16,6 +16,15 @@
 //! - **Can recovery follow every timeline?** PostgreSQL needs `N.history` to switch to
 //!   timeline N; a timeline (> 1) with WAL but no history file is unreachable. A history
 //!   file must parse, list strictly older ancestors, and extend its parent's history.
+//! - **Is every history file this repository's?** A history file carries no system
+//!   identifier, so one of another cluster (stored by an older walarchive) is told by what
+//!   it contradicts: a segment of its timeline older than its switch point (PostgreSQL starts
+//!   a timeline in the segment of its switch point), or a backup taken on its timeline before
+//!   it began. And a backup is reported when PostgreSQL's default recovery, toward the newest
+//!   timeline (found as PostgreSQL finds it), would refuse it: that timeline forks off the
+//!   backup's before the backup started, or does not descend from it. Only certain
+//!   contradictions are reported: an old primary that kept archiving past a standby's
+//!   promotion is normal.
 //! - **Does every object decode?** Each object is downloaded and verified (header,
 //!   decompression, digest), and each segment's first page header is checked against its
 //!   name and the repository's cluster. This reads the whole archive: its cost is one
@@ -44,66 +53,7 @@ use crate::repo::{Descriptor, Repository};
 use crate::wal::{SegmentName, TimelineId, WalFileName};
 use crate::Error;
 
-/// One line of a timeline history file: an ancestor timeline and where it ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
-    /// The ancestor timeline.
-    pub timeline: TimelineId,
-    /// The LSN at which the next timeline of the chain branched off it.
-    pub switchpoint: Lsn,
-    /// PostgreSQL's free-text reason (may be empty).
-    pub reason: String,
-}
-
-/// Parses the content of `<timeline>.history`: lines `<parentTLI>\t<switchpoint X/Y>\t<reason>`,
-/// blank lines and `#` comments ignored, as PostgreSQL's `readTimeLineHistory` reads it.
-/// The entries must name timelines older than `timeline`, in increasing order, with
-/// non-decreasing switch points, and there must be at least one.
-pub fn parse_history(timeline: TimelineId, text: &str) -> Result<Vec<HistoryEntry>, String> {
-    let mut out: Vec<HistoryEntry> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let bad = |why: &str| format!("line {}: {why}: {raw:?}", i + 1);
-        // Fields are separated by a tab, but sscanf("%u\t%X/%X") takes any whitespace.
-        let (tli, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let rest = rest.trim_start();
-        let (switchpoint, reason) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-        let tli = tli
-            .parse::<u32>()
-            .ok()
-            .filter(|&t| t != 0)
-            .ok_or_else(|| bad("no timeline ID"))?;
-        let switchpoint: Lsn = switchpoint
-            .parse()
-            .map_err(|_| bad("no switch point LSN"))?;
-        let reason = reason.trim().to_string();
-        if tli >= timeline.0 {
-            return Err(bad(&format!(
-                "timeline {tli} cannot be an ancestor of timeline {timeline}"
-            )));
-        }
-        if let Some(prev) = out.last() {
-            if tli <= prev.timeline.0 {
-                return Err(bad("timeline IDs do not increase"));
-            }
-            if switchpoint < prev.switchpoint {
-                return Err(bad("switch points go backwards"));
-            }
-        }
-        out.push(HistoryEntry {
-            timeline: TimelineId(tli),
-            switchpoint,
-            reason,
-        });
-    }
-    if out.is_empty() && timeline.0 > 1 {
-        return Err("no entries: a history file lists at least the parent timeline".into());
-    }
-    Ok(out)
-}
+pub use crate::history::{parse_history, HistoryEntry};
 
 /// Checks the decoded content of WAL object `name` against the repository's cluster: a
 /// segment (or `.partial`) must be one whole segment whose first page header is PostgreSQL's
@@ -140,21 +90,26 @@ pub fn check_wal_content(name: &WalFileName, raw: &[u8], d: &Descriptor) -> Resu
             }
             Ok(())
         }
-        WalFileName::History(t) => {
-            let text = std::str::from_utf8(raw).map_err(|_| "is not text".to_string())?;
-            parse_history(*t, text)
-                .map(|_| ())
-                .map_err(|e| format!("is not a valid timeline history: {e}"))
-        }
-        WalFileName::BackupHistory { .. } => {
-            let text = std::str::from_utf8(raw).map_err(|_| "is not text".to_string())?;
-            if text.contains("START WAL LOCATION") {
-                Ok(())
-            } else {
-                Err("is not a backup history file (no START WAL LOCATION)".into())
-            }
+        WalFileName::History(_) | WalFileName::BackupHistory { .. } => {
+            crate::history::check_text_file(name, raw, d.wal_segment_size)
         }
     }
+}
+
+/// [`check_wal_content`] for WAL file `name` read from `repo` (its content `raw`), before
+/// it is handed to PostgreSQL: a mismatch is [`Error::Corrupt`], naming the object and what
+/// its content says. For a segment this catches an intact object of another segment, or
+/// of another cluster, stored under this name, whatever format version wrote it.
+pub fn check_fetched(
+    repo: &Repository,
+    name: &WalFileName,
+    raw: &[u8],
+    d: &Descriptor,
+) -> Result<(), Error> {
+    check_wal_content(name, raw, d).map_err(|reason| Error::Corrupt {
+        key: repo.key(&Repository::wal_key(name)).to_string(),
+        source: crate::format::FormatError::Content(reason),
+    })
 }
 
 /// What the analysis needs to know about a complete backup.
@@ -230,6 +185,26 @@ pub enum Problem {
         /// What verification found.
         reason: String,
     },
+    /// Recovery from a backup cannot follow the newest timeline, which PostgreSQL follows
+    /// by default (`recovery_target_timeline = latest`): that timeline forks off the
+    /// backup's before the backup started, or does not descend from it at all.
+    ForkBeforeBackup {
+        /// The backup.
+        backup: String,
+        /// The backup's timeline.
+        #[serde(serialize_with = "ser_tli")]
+        timeline: TimelineId,
+        /// Its start LSN.
+        #[serde(serialize_with = "ser_display")]
+        start: Lsn,
+        /// The newest timeline recovery would follow.
+        #[serde(serialize_with = "ser_tli")]
+        latest: TimelineId,
+        /// Where that timeline's history forks off the backup's (none: it does not
+        /// descend from it).
+        #[serde(serialize_with = "ser_opt_display")]
+        switchpoint: Option<Lsn>,
+    },
     /// A backup's own WAL (start to stop LSN) cannot be read: the backup cannot be restored.
     BackupWal {
         /// The backup.
@@ -248,7 +223,9 @@ impl Problem {
         match self {
             Problem::Corrupt { .. } | Problem::BadHistory { .. } => true,
             Problem::BackupWal { corrupt, .. } => *corrupt,
-            Problem::Gap { .. } | Problem::MissingHistory { .. } => false,
+            Problem::Gap { .. }
+            | Problem::MissingHistory { .. }
+            | Problem::ForkBeforeBackup { .. } => false,
         }
     }
 }
@@ -293,6 +270,34 @@ impl fmt::Display for Problem {
                 write!(f, "{}: {reason}", WalFileName::History(*timeline))
             }
             Problem::Corrupt { name, reason } => write!(f, "{name} is corrupt: {reason}"),
+            Problem::ForkBeforeBackup {
+                backup,
+                timeline,
+                start,
+                latest,
+                switchpoint,
+            } => {
+                write!(
+                    f,
+                    "backup {backup} (timeline {timeline}, started at {start}) cannot recover to the latest timeline, {latest}: "
+                )?;
+                match switchpoint {
+                    Some(sp) => write!(
+                        f,
+                        "{} says it forked off timeline {timeline} at {sp}, before the backup started",
+                        WalFileName::History(*latest)
+                    )?,
+                    None => write!(
+                        f,
+                        "{} does not descend from timeline {timeline}",
+                        WalFileName::History(*latest)
+                    )?,
+                }
+                write!(
+                    f,
+                    " (was timeline {latest} created by another cluster, by a restore test archiving here, or by promoting a standby by mistake?); restore it with --target-timeline current"
+                )
+            }
             Problem::BackupWal {
                 backup,
                 segment,
@@ -462,6 +467,14 @@ pub fn analyze(a: &Archive) -> Analysis {
                 });
             }
         }
+        if let (Some(sp), Some(parent)) = (switchpoint, parent) {
+            if let Some(reason) = history_contradicts_archive(a, tli, parent, sp, first) {
+                problems.push(Problem::BadHistory {
+                    timeline: tli,
+                    reason,
+                });
+            }
+        }
 
         // Gaps: from the switch point (or the first archived segment) to the last one.
         let (Some(first), Some(last), Some(floor)) = (first, last, floor) else {
@@ -500,6 +513,7 @@ pub fn analyze(a: &Archive) -> Analysis {
         .collect();
     let mut pitr = Vec::new();
     for b in &a.backups {
+        problems.extend(fork_before_backup(a, b));
         let (range, blocked) = reach(a, b, &usable);
         if let Some(segment) = blocked {
             problems.push(Problem::BackupWal {
@@ -526,6 +540,60 @@ fn gap(tli: TimelineId, lo: u64, hi: u64, partial_only: Vec<SegmentName>, segsiz
         count: hi - lo + 1,
         partial_only,
     }
+}
+
+/// Why the history of `tli` (branching off `parent` at `sp`) contradicts the archive, if it
+/// does: PostgreSQL creates a timeline's first segment at its switch point (copying the
+/// parent's segment up to it), so no segment of the timeline is older than that one, and no
+/// backup is taken on a timeline before it began. Either means the history file is not the
+/// one of the timeline archived here (another cluster's, say).
+fn history_contradicts_archive(
+    a: &Archive,
+    tli: TimelineId,
+    parent: TimelineId,
+    sp: Lsn,
+    first: Option<u64>,
+) -> Option<String> {
+    let segsize = a.segment_size;
+    let begins = sp.segment_number(segsize);
+    if let Some(first) = first.filter(|&n| n < begins) {
+        return Some(format!(
+            "it says timeline {tli} branched off timeline {parent} at {sp}, but segment {} of timeline {tli} is archived, from before that point (another cluster's history file?)",
+            SegmentName::from_segment_number(tli, first, segsize)
+        ));
+    }
+    if let Some(b) = a.backups.iter().find(|b| b.timeline == tli && b.start < sp) {
+        return Some(format!(
+            "it says timeline {tli} branched off timeline {parent} at {sp}, but backup {} was taken on timeline {tli} at {}, before that point (another cluster's history file?)",
+            b.name, b.start
+        ));
+    }
+    None
+}
+
+/// Whether recovery from `b` toward the newest timeline fails at once (PostgreSQL's "requested
+/// timeline N is not a child of this server's history"). The newest timeline is found as
+/// PostgreSQL finds it: the history files of the timelines after the backup's, one after
+/// the other, as long as they exist. Reported only when certain: the fork is before the
+/// backup's start (its checkpoint, which PostgreSQL compares, is at or after the start).
+fn fork_before_backup(a: &Archive, b: &BackupRange) -> Option<Problem> {
+    let latest = (b.timeline.0 + 1..)
+        .map(TimelineId)
+        .take_while(|t| a.files.contains(&WalFileName::History(*t)))
+        .last()?;
+    let history = a.histories.get(&latest)?;
+    let switchpoint = match history.iter().find(|e| e.timeline == b.timeline) {
+        Some(e) if e.switchpoint < b.start => Some(e.switchpoint),
+        Some(_) => return None,
+        None => None,
+    };
+    Some(Problem::ForkBeforeBackup {
+        backup: b.name.clone(),
+        timeline: b.timeline,
+        start: b.start,
+        latest,
+        switchpoint,
+    })
 }
 
 /// Why the history of `tli` contradicts its parent's (PostgreSQL writes a child's history
@@ -874,58 +942,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_history_files() {
-        let h = parse_history(
-            TimelineId(3),
-            "1\t0/3000090\tno recovery target specified\n\n# comment\n  2\t0/5000000\tbefore 2026-11-22 05:30:00+00\n",
-        )
-        .unwrap();
-        assert_eq!(
-            h,
-            vec![
-                HistoryEntry {
-                    timeline: TimelineId(1),
-                    switchpoint: lsn("0/3000090"),
-                    reason: "no recovery target specified".into()
-                },
-                HistoryEntry {
-                    timeline: TimelineId(2),
-                    switchpoint: lsn("0/5000000"),
-                    reason: "before 2026-11-22 05:30:00+00".into()
-                },
-            ]
-        );
-        assert_eq!(
-            parse_history(TimelineId(2), "1\t0/3000090").unwrap()[0].reason,
-            ""
-        );
-        assert_eq!(
-            parse_history(TimelineId(2), "1  0/3000090 \t two words ").unwrap()[0],
-            HistoryEntry {
-                timeline: TimelineId(1),
-                switchpoint: lsn("0/3000090"),
-                reason: "two words".into()
-            }
-        );
-        for bad in [
-            "",
-            "# only a comment\n",
-            "x\t0/1\treason",
-            "1\tnot-an-lsn\treason",
-            "2\t0/1\tnot an ancestor of 2",
-            "1\t0/5\ta\n1\t0/6\tb",
-            "1\t0/5\ta\n2\t0/4\tb",
-            "0\t0/5\tzero",
-        ] {
-            let tli = if bad.contains("\n2\t") { 3 } else { 2 };
-            assert!(
-                parse_history(TimelineId(tli), bad).is_err(),
-                "{bad:?} should be refused"
-            );
-        }
-    }
-
-    #[test]
     fn a_continuous_timeline_is_clean() {
         let mut a = archive(&[(1, 1..=9)]);
         a.backups.push(backup("b1", 1, "0/2000028", "0/2000100"));
@@ -1019,7 +1035,14 @@ mod tests {
         a.backups.push(backup("b1", 1, "0/2000028", "0/2000100"));
         a.backups.push(backup("b2", 1, "0/6000028", "0/6000100"));
         let an = analyze(&a);
-        assert_eq!(messages(&an), Vec::<String>::new());
+        // b2 started after timeline 2 forked off: PostgreSQL's default recovery, toward the
+        // latest timeline, refuses it ("not a child of this server's history"). Said, but
+        // not as corruption.
+        assert_eq!(
+            messages(&an),
+            vec!["backup b2 (timeline 1, started at 0/6000028) cannot recover to the latest timeline, 2: 00000002.history says it forked off timeline 1 at 0/5000090, before the backup started (was timeline 2 created by another cluster, by a restore test archiving here, or by promoting a standby by mistake?); restore it with --target-timeline current"]
+        );
+        assert!(!an.problems[0].is_corrupt());
         // b1 ends before the branch: recovery can follow timeline 2, which goes further.
         assert_eq!(an.pitr[0].to_lsn, Some(lsn("0/D000000")));
         assert_eq!(an.pitr[0].to_timeline, Some(TimelineId(2)));
@@ -1037,13 +1060,72 @@ mod tests {
         a.files.remove(&WalFileName::Segment(seg(2, 6)));
         let an = analyze(&a);
         assert_eq!(
-            messages(&an),
-            vec!["timeline 2: WAL segments 000000020000000000000005 to 000000020000000000000006 (2) are missing"]
+            messages(&an)[0],
+            "timeline 2: WAL segments 000000020000000000000005 to 000000020000000000000006 (2) are missing"
         );
+        assert_eq!(an.problems.len(), 2, "and the fork before b2");
         // Recovery from b1 cannot cross to timeline 2 any more (segment 5 is read from
         // timeline 2), but still reaches the end of timeline 1.
         assert_eq!(an.pitr[0].to_lsn, Some(lsn("0/A000000")));
         assert_eq!(an.pitr[0].to_timeline, Some(TimelineId(1)));
+    }
+
+    /// A history file whose switch point contradicts the timeline's own segments or backups
+    /// is not the history of the timeline archived here (another cluster's, say): reported
+    /// as a bad history file. Conservative: a timeline starting at its switch point, or a
+    /// parent going on after it (an old primary that kept archiving), is fine.
+    #[test]
+    fn history_files_that_contradict_the_archive() {
+        // Timeline 2's segments start in segment 3, but its history says it began in 5.
+        let mut a = archive(&[(1, 1..=9), (2, 3..=12)]);
+        add_history(&mut a, 2, "1\t0/5000090\tno recovery target specified\n");
+        let an = analyze(&a);
+        assert_eq!(
+            messages(&an),
+            vec!["00000002.history: it says timeline 2 branched off timeline 1 at 0/5000090, but segment 000000020000000000000003 of timeline 2 is archived, from before that point (another cluster's history file?)"]
+        );
+        assert!(an.problems[0].is_corrupt());
+        // A backup taken on timeline 2 before its switch point.
+        let mut a = branched();
+        a.backups.push(backup("b2", 2, "0/4000028", "0/4000100"));
+        let an = analyze(&a);
+        assert!(
+            messages(&an)[0].starts_with("00000002.history: it says timeline 2 branched off timeline 1 at 0/5000090, but backup b2 was taken on timeline 2 at 0/4000028"),
+            "{:?}",
+            messages(&an)
+        );
+        // A switch point exactly at a segment boundary: the timeline starts in that segment.
+        let mut a = archive(&[(1, 1..=9), (2, 5..=12)]);
+        add_history(&mut a, 2, "1\t0/5000000\tno recovery target specified\n");
+        a.backups.push(backup("b2", 2, "0/6000028", "0/6000100"));
+        assert_eq!(messages(&analyze(&a)), Vec::<String>::new());
+    }
+
+    /// The newest timeline does not descend from the backup's at all: PostgreSQL's default
+    /// recovery cannot reach it. PostgreSQL looks for the history files after the backup's
+    /// timeline one after the other, so a later one past a missing one does not count.
+    #[test]
+    fn the_latest_timeline_must_descend_from_the_backups() {
+        let mut a = archive(&[(1, 1..=9), (2, 5..=9), (3, 7..=12)]);
+        add_history(&mut a, 2, "1\t0/5000090\ta\n");
+        add_history(&mut a, 3, "1\t0/5000090\ta\n2\t0/7000090\tb\n");
+        a.backups.push(backup("on2", 2, "0/6000028", "0/6000100"));
+        a.backups.push(backup("on1", 1, "0/2000028", "0/2000100"));
+        assert_eq!(messages(&analyze(&a)), Vec::<String>::new());
+        // A timeline 3 that forked off timeline 1 instead.
+        a.histories.remove(&TimelineId(3));
+        add_history(&mut a, 3, "1\t0/7000090\tb\n");
+        let m = messages(&analyze(&a));
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].starts_with("backup on2 (timeline 2, started at 0/6000028) cannot recover to the latest timeline, 3: 00000003.history does not descend from timeline 2"),
+            "{m:?}"
+        );
+        // Timeline 5 after a missing 4 is not what PostgreSQL would follow.
+        let mut a = archive(&[(1, 1..=9)]);
+        add_history(&mut a, 5, "1\t0/3000090\ta\n");
+        a.backups.push(backup("b", 1, "0/6000028", "0/6000100"));
+        assert_eq!(messages(&analyze(&a)), Vec::<String>::new());
     }
 
     #[test]
@@ -1199,10 +1281,19 @@ mod tests {
         let b: WalFileName = "000000010000000000000002.00000028.backup".parse().unwrap();
         check_wal_content(
             &b,
-            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n",
+            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+              STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\n\
+              CHECKPOINT LOCATION: 0/2000060\n",
             &d,
         )
         .unwrap();
+        assert!(check_wal_content(
+            &b,
+            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n",
+            &d,
+        )
+        .unwrap_err()
+        .contains("not a valid backup history file: no STOP WAL LOCATION"));
         assert!(check_wal_content(&b, &[0xff, 0xfe], &d).is_err());
     }
 
