@@ -173,6 +173,16 @@ pub struct CellConfig {
     /// The OS user PostgreSQL and Patroni run as.
     #[serde(default = "default_user")]
     pub user: String,
+    /// PostgreSQL's Unix-socket directory, shared by the cell's nodes (default
+    /// `<data_root>/.run`). A socket's path is limited to 107 bytes: with a deep `data_root`,
+    /// set a short one here.
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    /// The nodes' ports (PostgreSQL, Patroni's API) are chosen in this inclusive range,
+    /// `[min, max]`; default: any port the kernel hands out. Cells that share a machine (the
+    /// single-machine mode, tests) need disjoint ranges, or two may pick one port.
+    #[serde(default)]
+    pub ports: Option<[u16; 2]>,
 }
 
 fn default_patroni() -> PathBuf {
@@ -185,7 +195,20 @@ fn default_user() -> String {
     "postgres".into()
 }
 
+/// The longest socket name PostgreSQL adds to the socket directory: `/.s.PGSQL.65535`.
+const SOCKET_NAME_MAX: usize = 16;
+/// Longest Unix socket path (`sun_path`, with its terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 impl CellConfig {
+    /// PostgreSQL's socket directory: `socket_dir`, else `<data_root>/.run` (not a node name,
+    /// which never holds a `.`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.socket_dir
+            .clone()
+            .unwrap_or_else(|| self.data_root.join(".run"))
+    }
+
     /// Reads a TOML configuration file.
     pub fn load(path: &Path) -> Result<CellConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
@@ -222,13 +245,17 @@ fn default_archive_timeout() -> u32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
-    /// The instance (Patroni `scope`).
+    /// The instance.
     pub instance_id: String,
+    /// Patroni's `scope` (the instance's [`crate::names::path_name`]); absent in specs of
+    /// instances recorded before names existed, whose scope is their id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Patroni's etcd key prefix, e.g. `/walarchive-broker/patroni/`.
     pub namespace: String,
     /// etcd client endpoints, `host:port`.
     pub etcd_hosts: Vec<String>,
-    /// The instance's walarchive repository URL (`<base>/<instance_id>`).
+    /// The instance's walarchive repository URL (`<base>/<name>`).
     pub repository: String,
     /// The walarchive executable on the cell (executable by the postgres user).
     pub walarchive: PathBuf,
@@ -330,10 +357,21 @@ pub fn valid_node_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+impl NodeSpec {
+    /// Patroni's scope: [`NodeSpec::scope`], else the instance id.
+    pub fn scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(&self.instance_id)
+    }
+}
+
 fn validate_spec(spec: &NodeSpec) -> Result<(), Error> {
     let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if spec.instance_id.is_empty() || spec.instance_id.contains('/') {
-        return bad("instance_id must be non-empty without '/'");
+    if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
+        return bad("instance_id must be 1 to 255 bytes without control characters");
+    }
+    // The scope is a prefix of etcd keys: `/` would put one cluster's keys inside another's.
+    if !crate::names::is_safe_name(spec.scope()) {
+        return bad("scope must be made of A-Z, a-z, 0-9, '-', '_', '.' and '~' (not '.' or '..')");
     }
     if !spec.namespace.starts_with('/') {
         return bad("namespace must start with '/'");
@@ -612,7 +650,7 @@ impl Agent {
     fn node_config(&self, name: &str, dir: &Path, rec: &NodeRecord) -> NodeConfig {
         let s = &rec.spec;
         NodeConfig {
-            instance_id: s.instance_id.clone(),
+            scope: s.scope().to_string(),
             namespace: s.namespace.clone(),
             node_name: name.to_string(),
             etcd_hosts: s.etcd_hosts.clone(),
@@ -621,6 +659,7 @@ impl Agent {
             pg_port: rec.ports.pg_port,
             api_port: rec.ports.api_port,
             node_dir: dir.to_path_buf(),
+            socket_dir: self.config.socket_dir(),
             pg_bin_dir: self.config.pg_bin_dir.clone(),
             walarchive: s.walarchive.clone(),
             repository: s.repository.clone(),
@@ -665,6 +704,32 @@ impl Agent {
             .collect();
         let mut got = Vec::new();
         let mut listeners = Vec::new();
+        if let Some([min, max]) = self.config.ports {
+            // From a random point of the range, the first ports no node of this cell has
+            // and nothing listens on now.
+            let span = u32::from(max - min) + 1;
+            let mut r = [0u8; 4];
+            getrandom::fill(&mut r).expect("the OS random number generator");
+            let start = u32::from_le_bytes(r) % span;
+            for i in 0..span {
+                let port = (u32::from(min) + (start + i) % span) as u16;
+                if used.contains(&port) {
+                    continue;
+                }
+                if let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+                    got.push(port);
+                    listeners.push(l);
+                    if got.len() == 2 {
+                        break;
+                    }
+                }
+            }
+            if got.len() < 2 {
+                return Err(Error::Invalid(format!(
+                    "no two free ports left in the cell's range {min}-{max}"
+                )));
+            }
+        }
         while got.len() < 2 {
             let l = std::net::TcpListener::bind("0.0.0.0:0")
                 .map_err(io_err("cannot allocate a port", Path::new("0.0.0.0:0")))?;
@@ -1181,6 +1246,20 @@ pub async fn run(
     std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("cannot chmod", &root))?;
+    let sockets = config.socket_dir();
+    if sockets.as_os_str().len() + SOCKET_NAME_MAX > SOCKET_PATH_MAX {
+        return Err(Error::Config {
+            path: sockets,
+            message: format!(
+                "PostgreSQL's socket paths in this directory would be longer than {SOCKET_PATH_MAX} bytes: set a shorter socket_dir in the cell configuration"
+            ),
+        });
+    }
+    std::fs::create_dir_all(&sockets).map_err(io_err("cannot create", &sockets))?;
+    std::os::unix::fs::chown(&sockets, Some(uid), Some(gid))
+        .map_err(io_err("cannot chown", &sockets))?;
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err("cannot chmod", &sockets))?;
     start_watchdog(&root).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

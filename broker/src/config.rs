@@ -356,7 +356,8 @@ fn one() -> u8 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
-    /// Base repository URL; each instance archives to `<base>/<instance_id>`.
+    /// Base repository URL; each instance archives to `<base>/<name>` (see
+    /// [`RepositoryConfig::for_instance`]).
     pub base: String,
     /// walarchive configuration file (storage credentials) used by the nodes.
     #[serde(default)]
@@ -367,19 +368,21 @@ pub struct RepositoryConfig {
 }
 
 impl RepositoryConfig {
-    /// The repository URL of one instance's first incarnation: `<base>/<instance_id>`.
-    pub fn for_instance(&self, instance_id: &str) -> String {
-        format!("{}/{instance_id}", self.base.trim_end_matches('/'))
+    /// The repository URL of an instance's first incarnation: `<base>/<name>`, where `name`
+    /// is the instance's [`crate::names::path_name`] (never `.`, `..` or holding `/`).
+    pub fn for_instance(&self, name: &str) -> String {
+        format!("{}/{name}", self.base.trim_end_matches('/'))
     }
 
-    /// The repository URL of incarnation `n` of an instance: `<base>/<instance_id>` for the
-    /// first, `<base>/<instance_id>.<n>` after re-provisions (an earlier incarnation's
-    /// archive is kept, and a new cluster, with another system identifier, cannot share it).
-    pub fn for_incarnation(&self, instance_id: &str, n: u32) -> String {
+    /// The repository URL of incarnation `n` of an instance named `name`: `<base>/<name>` for
+    /// the first, `<base>/<name>.<n>` after re-provisions (an earlier incarnation's archive is
+    /// kept, and a new cluster, with another system identifier, cannot share it). Names hold
+    /// no `.`, so no incarnation's repository is another instance's.
+    pub fn for_incarnation(&self, name: &str, n: u32) -> String {
         if n <= 1 {
-            self.for_instance(instance_id)
+            self.for_instance(name)
         } else {
-            format!("{}.{n}", self.for_instance(instance_id))
+            format!("{}.{n}", self.for_instance(name))
         }
     }
 }

@@ -161,7 +161,9 @@ fn free_range(n: u16) -> Result<(u16, u16), DevError> {
         }
         base = 40000 + (base - 40000 + 97 * n) % 15000;
     }
-    Err(DevError::Failed("no free port range for the router".into()))
+    Err(DevError::Failed(format!(
+        "no range of {n} free ports found"
+    )))
 }
 
 fn write_secret(path: &Path, value: &str) -> Result<(), DevError> {
@@ -345,10 +347,15 @@ impl Dev {
         write_secret(&dir.join("secrets/broker-password"), password.expose())?;
         let broker_port = free_port()?;
         let etcd_port = free_port()?;
-        let router_ports = free_range(20)?;
+        // The router's 20 ports, then a range of 100 for each cell's nodes: the cells share
+        // this machine, and two picking one port would break both nodes.
+        let ports = free_range(20 + 100 * opts.cells as u16)?;
+        let router_ports = (ports.0, ports.0 + 19);
+        let node_ports = (ports.0 + 20, ports.1);
         let mut cells = Vec::new();
         let mut cells_toml = String::new();
         for i in 1..=opts.cells {
+            let ports = node_ports.0 + 100 * (i as u16 - 1);
             let zone = format!("z{i}");
             let name = format!("cell-{zone}");
             let port = free_port()?;
@@ -357,10 +364,11 @@ impl Dev {
             write_secret(&token_file, token.expose())?;
             let config = dir.join(format!("{name}.toml"));
             let text = format!(
-                "# walarchive-broker dev: cell agent {name}\nlisten = \"127.0.0.1:{port}\"\ndata_root = {:?}\ntoken_file = {:?}\nuser = {:?}\n",
+                "# walarchive-broker dev: cell agent {name}\nlisten = \"127.0.0.1:{port}\"\ndata_root = {:?}\ntoken_file = {:?}\nuser = {:?}\nports = [{ports}, {}]\n",
                 dir.join(&name).display().to_string(),
                 token_file.display().to_string(),
                 cell_user,
+                ports + 99,
             );
             std::fs::write(&config, text).map_err(io_err(format!("write {}", config.display())))?;
             let url = format!("http://127.0.0.1:{port}");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod etcd;
+pub mod names;
 pub mod patroni;
 pub mod router;
 pub mod state;

@@ -83,8 +83,8 @@ impl Default for DcsTiming {
 /// Everything needed to write one node's Patroni configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// Patroni `scope`: the instance id (all nodes of an instance share it).
-    pub instance_id: String,
+    /// Patroni `scope`: the instance's name (all nodes of an instance share it).
+    pub scope: String,
     /// Patroni `namespace`: etcd key prefix, e.g. `/walarchive-broker/patroni/`.
     pub namespace: String,
     /// Patroni `name`: this node's member name.
@@ -101,6 +101,9 @@ pub struct NodeConfig {
     pub api_port: u16,
     /// The node directory (`<data_root>/<node_name>`).
     pub node_dir: PathBuf,
+    /// PostgreSQL's Unix-socket directory: short and the same for every node of the cell
+    /// (socket paths are limited to 107 bytes; the socket's name holds the port).
+    pub socket_dir: PathBuf,
     /// PostgreSQL binaries (`pg_ctl`, `initdb`, ...).
     pub pg_bin_dir: PathBuf,
     /// The walarchive executable (must be executable by the postgres user).
@@ -197,7 +200,7 @@ impl NodeConfig {
         }
         let node_dir = self.node_dir.display().to_string();
         json!({
-            "scope": self.instance_id,
+            "scope": self.scope,
             "namespace": self.namespace,
             "name": self.node_name,
             "log": {"level": "INFO"},
@@ -247,7 +250,7 @@ impl NodeConfig {
                 },
                 "parameters": {
                     "archive_command": self.archive_command(),
-                    "unix_socket_directories": node_dir,
+                    "unix_socket_directories": self.socket_dir.display().to_string(),
                 },
                 "recovery_conf": {"restore_command": self.restore_command()},
                 "pg_hba": self.pg_hba(),
@@ -310,7 +313,7 @@ echo "on-role-change: could not switch WAL on the new leader" >&2
 exit 0
 "#,
             psql = sh_quote(&self.pg_bin_dir.join("psql").display().to_string()),
-            socket = sh_quote(&self.node_dir.display().to_string()),
+            socket = sh_quote(&self.socket_dir.display().to_string()),
             port = self.pg_port,
         )
     }
@@ -377,7 +380,7 @@ mod tests {
 
     fn config() -> NodeConfig {
         NodeConfig {
-            instance_id: "inst-1".into(),
+            scope: "inst-1".into(),
             namespace: "/walarchive-broker/patroni/".into(),
             node_name: "inst-1-0".into(),
             etcd_hosts: vec!["127.0.0.1:2379".into()],
@@ -386,6 +389,7 @@ mod tests {
             pg_port: 5433,
             api_port: 8009,
             node_dir: "/var/lib/cell/inst-1-0".into(),
+            socket_dir: "/var/lib/cell/.run".into(),
             pg_bin_dir: "/usr/lib/postgresql/15/bin".into(),
             walarchive: "/usr/local/bin/walarchive".into(),
             repository: "s3://bucket/base/inst-1".into(),

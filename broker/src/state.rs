@@ -16,7 +16,8 @@
 //! | `bindings/<instance_id>/<binding_id>` | [`BindingRecord`] |
 //! | `ports/<port>` | the owning instance id (plain text) |
 //! | `secrets/<instance_id>` | [`InstanceSecrets`] of the current incarnation |
-//! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance |
+//! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance's operations |
+//! | `claims/<instance_id>/backup` | [`Claim`]: the worker taking its scheduled backups |
 //! | `catalog/<org>/<space>/<name>/<instance_id>[%2F<n>]` | [`CatalogEntry`] (one per incarnation) |
 //!
 //! Path components are percent-encoded outside RFC 3986's unreserved characters (the API
@@ -247,6 +248,11 @@ pub struct InstanceRecord {
     pub context: InstanceContext,
     /// The router port (reserved under `ports/<port>`).
     pub port: u16,
+    /// The instance's name in repository paths, Patroni's scope and HAProxy's configuration
+    /// ([`crate::names::path_name`] of the id). Absent from records written before names
+    /// existed, whose ids were used as they were ([`InstanceRecord::scope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_name: Option<String>,
     /// The walarchive repository URL of this incarnation: `<base>/<id>` for the first,
     /// `<base>/<id>.<n>` for incarnation `n` (see [`crate::config::RepositoryConfig::for_incarnation`]).
     pub repository: String,
@@ -276,6 +282,15 @@ pub struct InstanceRecord {
 
 fn first_incarnation() -> u32 {
     1
+}
+
+impl InstanceRecord {
+    /// Patroni's scope for the instance's nodes: its [`InstanceRecord::path_name`], or for
+    /// records written before names existed the id itself (their clusters were bootstrapped
+    /// under it, and a scope cannot change).
+    pub fn scope(&self) -> &str {
+        self.path_name.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// The kind of an operation.
@@ -552,6 +567,16 @@ pub struct Claim {
     pub until: Timestamp,
 }
 
+/// What a [`Claim`] is on: an instance's operations, or its scheduled backups (which run
+/// beside them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// Provisions, updates, deprovisions.
+    Operations,
+    /// Scheduled base backups and retention.
+    Backups,
+}
+
 /// The outcome of [`Store::create_instance`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateInstance {
@@ -660,9 +685,14 @@ impl Store {
         format!("{}/secrets/{}", self.prefix, encode_component(instance_id))
     }
 
-    /// `<prefix>/claims/<instance_id>`
-    pub fn claim_key(&self, instance_id: &str) -> String {
-        format!("{}/claims/{}", self.prefix, encode_component(instance_id))
+    /// `<prefix>/claims/<instance_id>` (operations) or `.../<instance_id>/backup` (backups:
+    /// encoded ids hold no `/`, so no instance's key is another's).
+    pub fn claim_key(&self, instance_id: &str, kind: ClaimKind) -> String {
+        let key = format!("{}/claims/{}", self.prefix, encode_component(instance_id));
+        match kind {
+            ClaimKind::Operations => key,
+            ClaimKind::Backups => key + "/backup",
+        }
     }
 
     /// `<prefix>/ports/<port>`
@@ -681,8 +711,8 @@ impl Store {
         )
     }
 
-    /// `.../<instance_id>` for the first incarnation, `.../<instance_id>%2F<n>` for later ones
-    /// (ids cannot contain `/`, so the keys of different ids and incarnations never collide).
+    /// `.../<instance_id>` for the first incarnation, `.../<instance_id>/<n>` for later ones
+    /// (encoded ids hold no `/`, so the keys of different ids and incarnations never collide).
     fn catalog_key(
         &self,
         ctx: &InstanceContext,
@@ -690,16 +720,33 @@ impl Store {
         incarnation: u32,
     ) -> Option<String> {
         let name = ctx.instance_name.as_deref()?;
-        let id = if incarnation <= 1 {
-            instance_id.to_string()
-        } else {
-            format!("{instance_id}/{incarnation}")
-        };
-        Some(format!(
+        let mut key = format!(
             "{}{}",
             self.catalog_prefix(&ctx.organization_guid, &ctx.space_guid, name),
-            encode_component(&id)
-        ))
+            encode_component(instance_id)
+        );
+        if incarnation > 1 {
+            key.push_str(&format!("/{incarnation}"));
+        }
+        Some(key)
+    }
+
+    /// Where earlier versions kept the entry of incarnation `n >= 2`: `.../<instance_id>%2F<n>`
+    /// (unambiguous only while ids could not hold `/`, which they could not then).
+    fn legacy_catalog_key(
+        &self,
+        ctx: &InstanceContext,
+        instance_id: &str,
+        incarnation: u32,
+    ) -> Option<String> {
+        let name = ctx.instance_name.as_deref()?;
+        (incarnation > 1 && !instance_id.contains('/')).then(|| {
+            format!(
+                "{}{}",
+                self.catalog_prefix(&ctx.organization_guid, &ctx.space_guid, name),
+                encode_component(&format!("{instance_id}/{incarnation}"))
+            )
+        })
     }
 
     fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>, StoreError> {
@@ -777,10 +824,11 @@ impl Store {
     pub async fn claim(
         &self,
         instance_id: &str,
+        kind: ClaimKind,
         owner: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.claim_key(instance_id);
+        let key = self.claim_key(instance_id, kind);
         for _ in 0..CAS_ATTEMPTS {
             let cur: Option<Versioned<Claim>> = self.read(&key).await?;
             let now = Utc::now();
@@ -808,8 +856,13 @@ impl Store {
     }
 
     /// Gives up `owner`'s claim of `instance_id` (nothing when another worker holds it).
-    pub async fn release_claim(&self, instance_id: &str, owner: &str) -> Result<(), StoreError> {
-        let key = self.claim_key(instance_id);
+    pub async fn release_claim(
+        &self,
+        instance_id: &str,
+        kind: ClaimKind,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.claim_key(instance_id, kind);
         if let Some(c) = self.read::<Claim>(&key).await? {
             if c.value.owner == owner {
                 self.etcd
@@ -1237,8 +1290,18 @@ impl Store {
                         self.bindings_prefix(instance_id).into_bytes(),
                     ));
                     ops.push(TxnOp::delete(self.secrets_key(instance_id).as_bytes()));
-                    if let Some(ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation) {
-                        let current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;
+                    if let Some(mut ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation)
+                    {
+                        let mut current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;
+                        if current.is_none() {
+                            if let Some(lk) =
+                                self.legacy_catalog_key(&ni.context, instance_id, ni.incarnation)
+                            {
+                                if let Some(entry) = self.read(&lk).await? {
+                                    (ck, current) = (lk, Some(entry));
+                                }
+                            }
+                        }
                         let mut entry = current.as_ref().map_or_else(
                             || CatalogEntry {
                                 instance_id: instance_id.to_string(),
@@ -1430,6 +1493,7 @@ mod tests {
                     raw: serde_json::Value::Null,
                 },
                 port: 0,
+                path_name: None,
                 repository: format!("file:///r/{id}"),
                 incarnation: 1,
                 previous_repositories: vec![],
@@ -1610,6 +1674,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn catalog_keys_of_ids_and_incarnations_never_collide() {
+        let s = store();
+        // The first incarnation of `x/2` and the second of `x`, with one name.
+        let (a, ao) = instance("x/2", Some("db"));
+        let (mut b, bo) = instance("x", Some("db"));
+        b.incarnation = 2;
+        s.create_instance(a, ao, 35000..=35010).await.unwrap();
+        s.create_instance(b, bo, 35000..=35010).await.unwrap();
+        let mut found: Vec<(String, u32)> = s
+            .find_by_name("org", "space", "db")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.instance_id, e.incarnation))
+            .collect();
+        found.sort();
+        assert_eq!(found, [("x".to_string(), 2), ("x/2".to_string(), 1)]);
+    }
+
+    #[tokio::test]
     async fn concurrent_transitions_both_apply() {
         let s = store();
         let (i, o) = instance("race", None);
@@ -1651,16 +1735,20 @@ mod tests {
     async fn claims_exclude_other_workers_until_they_lapse() {
         let s = store();
         let ttl = Duration::from_millis(800);
-        assert!(s.claim("i", "w1", ttl).await.unwrap());
-        assert!(s.claim("i", "w1", ttl).await.unwrap(), "renewal");
-        assert!(!s.claim("i", "w2", ttl).await.unwrap());
+        let ops = ClaimKind::Operations;
+        assert!(s.claim("i", ops, "w1", ttl).await.unwrap());
+        assert!(s.claim("i", ops, "w1", ttl).await.unwrap(), "renewal");
+        assert!(!s.claim("i", ops, "w2", ttl).await.unwrap());
+        // The backups of "i", and the operations of an instance "i/backup", are apart.
+        assert!(s.claim("i", ClaimKind::Backups, "w2", ttl).await.unwrap());
+        assert!(s.claim("i/backup", ops, "w3", ttl).await.unwrap());
         // Releasing someone else's claim does nothing; a lapsed claim can be taken.
-        s.release_claim("i", "w2").await.unwrap();
-        assert!(!s.claim("i", "w2", ttl).await.unwrap());
+        s.release_claim("i", ops, "w2").await.unwrap();
+        assert!(!s.claim("i", ops, "w2", ttl).await.unwrap());
         tokio::time::sleep(Duration::from_millis(900)).await;
-        assert!(s.claim("i", "w2", ttl).await.unwrap());
-        s.release_claim("i", "w2").await.unwrap();
-        assert!(s.claim("i", "w1", ttl).await.unwrap());
+        assert!(s.claim("i", ops, "w2", ttl).await.unwrap());
+        s.release_claim("i", ops, "w2").await.unwrap();
+        assert!(s.claim("i", ops, "w1", ttl).await.unwrap());
     }
 
     #[tokio::test]

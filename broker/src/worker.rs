@@ -40,8 +40,8 @@ use crate::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
 use crate::config::BrokerConfig;
 use crate::router::{Backend, Haproxy, Route, RouterOptions};
 use crate::state::{
-    InstanceRecord, InstanceSecrets, InstanceState, NodePlacement, OperationKind, OperationRecord,
-    Outcome, Store, StoreError, Timestamp,
+    ClaimKind, InstanceRecord, InstanceSecrets, InstanceState, NodePlacement, OperationKind,
+    OperationRecord, Outcome, Store, StoreError, Timestamp,
 };
 
 /// Errors of the [`Worker`].
@@ -249,7 +249,7 @@ impl Worker {
                         let h = tasks.spawn(async move {
                             let iid = op.instance_id.clone();
                             let i3 = i2.clone();
-                            i2.claimed(&iid, i3.drive(op)).await;
+                            i2.claimed(&iid, ClaimKind::Operations, i3.drive(op)).await;
                         });
                         running.insert(h.id(), (iid, false));
                     }
@@ -273,8 +273,7 @@ impl Worker {
                                     warn!(instance = %id2, "scheduled backup failed: {e}");
                                 }
                             };
-                            // Ids contain no '/': this claim is apart from the operations'.
-                            i2.claimed(&format!("{id2}/backup"), work).await;
+                            i2.claimed(&id2, ClaimKind::Backups, work).await;
                         });
                         running.insert(h.id(), (iid, true));
                     }
@@ -467,7 +466,7 @@ pub fn routes(instances: &[InstanceRecord], cell_hosts: &HashMap<String, String>
                 })
                 .collect();
             (!backends.is_empty()).then(|| Route {
-                instance_id: i.id.clone(),
+                name: crate::names::path_name(&i.id),
                 port: i.port,
                 backends,
             })
@@ -481,12 +480,12 @@ impl Inner {
         (self.config.worker.poll_interval.0 * 3).max(Duration::from_secs(10))
     }
 
-    /// Runs `work` while holding the claim `iid` (an instance id), renewed every third of its lifetime;
+    /// Runs `work` while holding the claim `kind` on instance `iid`, renewed every third of its lifetime;
     /// does nothing when another worker holds it, and abandons `work` (dropping it where it
     /// stands, as a crash would) when the claim is lost or cannot be renewed in time.
-    async fn claimed(&self, iid: &str, work: impl Future<Output = ()>) {
+    async fn claimed(&self, iid: &str, kind: ClaimKind, work: impl Future<Output = ()>) {
         let ttl = self.claim_ttl();
-        match self.store.claim(iid, &self.id, ttl).await {
+        match self.store.claim(iid, kind, &self.id, ttl).await {
             Ok(true) => {}
             Ok(false) => {
                 debug!(instance = %iid, "another worker is working on this instance");
@@ -501,7 +500,7 @@ impl Inner {
             let mut renewed = Instant::now();
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                match self.store.claim(iid, &self.id, ttl).await {
+                match self.store.claim(iid, kind, &self.id, ttl).await {
                     Ok(true) => renewed = Instant::now(),
                     Ok(false) => return "taken by another worker".to_string(),
                     Err(e) if renewed.elapsed() >= ttl * 2 / 3 => {
@@ -513,7 +512,7 @@ impl Inner {
         };
         tokio::select! {
             _ = work => {
-                if let Err(e) = self.store.release_claim(iid, &self.id).await {
+                if let Err(e) = self.store.release_claim(iid, kind, &self.id).await {
                     debug!(instance = %iid, "cannot release the claim: {e}");
                 }
             }
@@ -769,6 +768,7 @@ impl Inner {
         let n = &self.config.nodes;
         Ok(NodeSpec {
             instance_id: inst.id.clone(),
+            scope: inst.path_name.clone(),
             namespace: self.config.patroni_namespace(),
             etcd_hosts: self
                 .config
@@ -1095,7 +1095,7 @@ impl Inner {
                 problems.join("; ")
             )));
         }
-        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.id);
+        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.scope());
         self.store
             .etcd()
             .delete_prefix(patroni.as_bytes())
@@ -1307,6 +1307,35 @@ mod tests {
         assert_ne!(a, node_name("inst.1", 1, 0));
         let long = node_name(&format!("~{}", "x".repeat(200)), 1, 4);
         assert!(crate::cell::valid_node_name(&long), "{long}");
+    }
+
+    #[test]
+    fn routes_of_hostile_ids_have_distinct_names() {
+        let ids = ["a/b", "a_b", ".", "..", "a b", "a.b"];
+        let instances: Vec<InstanceRecord> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                serde_json::from_value(serde_json::json!({
+                    "id": id, "service_id": "s", "plan_id": "p", "parameters": {},
+                    "node_count": 1, "context": {"organization_guid": "o", "space_guid": "s"},
+                    "port": 30000 + k, "repository": "file:///r", "state": "ready",
+                    "nodes": [{"name": format!("n{k}"), "cell": "c", "zone": "z",
+                               "pg_port": 1, "api_port": 2}],
+                    "created_at": "2026-01-01T00:00:00.000Z",
+                    "updated_at": "2026-01-01T00:00:00.000Z",
+                }))
+                .unwrap()
+            })
+            .collect();
+        let hosts = HashMap::from([("c".to_string(), "127.0.0.1".to_string())]);
+        let names: HashSet<String> = routes(&instances, &hosts)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        let cfg = crate::router::render(&routes(&instances, &hosts), &Default::default());
+        assert!(cfg.contains("listen pg__a_2Fb\n") && cfg.contains("listen pg_a_b\n"), "{cfg}");
     }
 
     #[test]

@@ -53,6 +53,7 @@ async fn two_cells_fail_over_and_rejoin() {
 
     let spec = NodeSpec {
         instance_id: instance.into(),
+        scope: None,
         namespace: format!("{}/patroni/", etcd.fresh_prefix()),
         etcd_hosts: vec![format!("127.0.0.1:{}", etcd.client_port)],
         repository: repo.clone(),
@@ -139,7 +140,7 @@ async fn two_cells_fail_over_and_rejoin() {
     );
     let route_port = free_port();
     let route = Route {
-        instance_id: instance.into(),
+        name: instance.into(),
         port: route_port,
         backends: names
             .iter()

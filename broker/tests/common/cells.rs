@@ -145,6 +145,17 @@ pub fn walarchive(bin: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// A range of 100 ports for one cell's nodes, disjoint from every other cell's of this
+/// process (cells on one machine must not pick the same port) and below the kernel's
+/// ephemeral ports (where `free_port` and the routers' ports are).
+fn node_ports() -> [u16; 2] {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = (std::process::id() * 13 + k) % 120;
+    let min = 20000 + 100 * slot as u16;
+    [min, min + 99]
+}
+
 /// A cell agent running as a child process of the test.
 pub struct Cell {
     /// Its name (`a`, `b`, ...).
@@ -170,10 +181,11 @@ impl Cell {
         let port = free_port();
         let data_root = root.join(format!("cell-{name}"));
         let config = root.join(format!("cell-{name}.toml"));
+        let [min, max] = node_ports();
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\n",
+                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\nports = [{min}, {max}]\n",
                 data_root.display()
             ),
         )

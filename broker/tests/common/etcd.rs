@@ -83,9 +83,16 @@ impl EtcdServer {
         let pid = std::process::id();
         let mut last_log = String::new();
         for _attempt in 0..3 {
+            // On tmpfs when there is one: etcd fsyncs every write, and a disk shared with
+            // busy builds makes it slow enough for Patroni's requests to time out.
+            let parent = if std::path::Path::new("/dev/shm").is_dir() {
+                "/dev/shm"
+            } else {
+                "/tmp"
+            };
             let dir = tempfile::Builder::new()
                 .prefix(&format!("walarchive-etcd-{pid}-"))
-                .tempdir_in("/tmp")
+                .tempdir_in(parent)
                 .expect("create etcd temp dir")
                 .keep();
             let (client_port, peer_port) = (free_port(), free_port());
