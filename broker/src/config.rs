@@ -242,6 +242,10 @@ pub struct WorkerConfig {
     /// A provision, update or deprovision not finished after this long fails.
     #[serde(default = "default_operation_timeout")]
     pub operation_timeout: HumanDuration,
+    /// Longest wait between two attempts of a failing step (a first base backup, a cell that
+    /// does not answer): 1 s after the first failure, doubling up to this.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
 }
 
 impl Default for WorkerConfig {
@@ -249,6 +253,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             poll_interval: default_poll_interval(),
             operation_timeout: default_operation_timeout(),
+            backoff_max: default_backoff_max(),
         }
     }
 }
@@ -259,6 +264,10 @@ fn default_poll_interval() -> HumanDuration {
 
 fn default_operation_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
+}
+
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_listen() -> SocketAddr {
@@ -694,6 +703,9 @@ impl BrokerConfig {
         }
         if self.archive_timeout.0.is_zero() {
             return Err(invalid("archive_timeout", "must be positive".into()));
+        }
+        if self.worker.backoff_max.0 < Duration::from_secs(1) {
+            return Err(invalid("worker.backoff_max", "must be at least 1s".into()));
         }
         if self.backups.interval.0.is_zero() {
             return Err(invalid("backups.interval", "must be positive".into()));

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backoff;
 pub mod binder;
 pub mod cell;
 pub mod config;

@@ -36,6 +36,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
 use crate::config::BrokerConfig;
 use crate::router::{Backend, Haproxy, Route, RouterOptions};
@@ -73,22 +74,52 @@ pub enum WorkerError {
 }
 
 /// How one pass of an operation ended (other than done).
+///
+/// Descriptions (`Fail`, `Pending`, `Retry`'s `state` and `what`) are shown to the platform's
+/// user by `last_operation`: they say what happens in words that help that user, and never
+/// hold paths, host names, cell names or internal errors, which go to the broker's log.
 #[derive(Debug)]
 enum Step {
     /// The operation is no longer current or no longer in progress: stop working on it.
     Stop(StoreError),
     /// Give up: the operation fails with this user-facing reason.
     Fail(String),
-    /// Not there yet (progress description); try again shortly.
+    /// Not there yet (progress description); look again in a second.
     Pending(String),
+    /// A step failed: try again after a backoff ([`Backoff`]).
+    Retry {
+        /// Where the operation stands (e.g. "leader running"), if worth saying.
+        state: Option<String>,
+        /// What failed, for the user: "the first base backup failed".
+        what: &'static str,
+        /// The internal error, for the log only.
+        detail: String,
+    },
 }
+
+impl Step {
+    fn retry(state: Option<String>, what: &'static str, detail: impl std::fmt::Display) -> Step {
+        Step::Retry {
+            state,
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The reason given for failures whose details are only for the operator.
+const INTERNAL: &str =
+    "The broker failed internally; the operator can find the details in its log.";
 
 impl From<StoreError> for Step {
     fn from(e: StoreError) -> Step {
         match e {
             StoreError::Superseded { .. } | StoreError::Finished { .. } => Step::Stop(e),
-            StoreError::Corrupt { .. } => Step::Fail(format!("Internal error: {e}")),
-            other => Step::Pending(format!("Waiting for the broker's state store ({other}).")),
+            StoreError::Corrupt { .. } => {
+                warn!("{e}");
+                Step::Fail(INTERNAL.into())
+            }
+            other => Step::retry(None, "the broker's state store is unavailable", other),
         }
     }
 }
@@ -560,55 +591,89 @@ impl Inner {
               "working on operation");
         let mut pass = Pass::default();
         let mut last_description = op.description.clone();
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.config.worker.backoff_max.0);
+        // What is failing now: the backoff grows while the same step keeps failing, however
+        // many passes that wait for something else come in between.
+        let mut failing: Option<&'static str> = None;
         loop {
             let result = match op.kind {
                 OperationKind::Provision => self.provision_pass(&op, &mut pass).await,
                 OperationKind::Update => self.update_pass(&op, &mut pass).await,
                 OperationKind::Deprovision => self.deprovision_pass(&op).await,
             };
-            let outcome = match result {
-                Ok(description) => Some(Outcome {
-                    succeeded: true,
-                    description,
-                    instance_usable: None,
-                }),
+            let (description, delay) = match result {
+                Ok(description) => {
+                    let done = Outcome {
+                        succeeded: true,
+                        description,
+                        instance_usable: None,
+                    };
+                    (done.description.clone(), Err(done))
+                }
                 Err(Step::Stop(e)) => {
                     info!(instance = %op.instance_id, operation = %op.id, "stopping: {e}");
                     return;
                 }
-                Err(Step::Fail(reason)) => Some(self.failure(&op, reason)),
-                Err(Step::Pending(description)) => {
-                    if chrono::Utc::now() > deadline {
-                        Some(self.failure(
-                            &op,
-                            format!(
-                                "Timed out after {} s; last state: {description}",
-                                self.config.worker.operation_timeout.0.as_secs()
-                            ),
-                        ))
-                    } else {
-                        if description != last_description {
-                            debug!(instance = %op.instance_id, "{description}");
-                            match self
-                                .store
-                                .set_progress(&op.instance_id, &op.id, &description)
-                                .await
-                            {
-                                Ok(()) => last_description = description,
-                                Err(
-                                    e @ (StoreError::Superseded { .. }
-                                    | StoreError::Finished { .. }),
-                                ) => {
-                                    info!(instance = %op.instance_id, operation = %op.id,
-                                          "stopping: {e}");
-                                    return;
-                                }
-                                Err(e) => warn!(instance = %op.instance_id, "progress: {e}"),
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        None
+                Err(Step::Fail(reason)) => {
+                    let done = self.failure(&op, reason);
+                    (done.description.clone(), Err(done))
+                }
+                Err(Step::Pending(description)) => (description, Ok(Duration::from_secs(1))),
+                Err(Step::Retry {
+                    state,
+                    what,
+                    detail,
+                }) => {
+                    if failing != Some(what) {
+                        failing = Some(what);
+                        backoff.reset();
                     }
+                    let delay = backoff.failed();
+                    let attempt = backoff.attempts();
+                    warn!(instance = %op.instance_id, operation = %op.id, attempt,
+                          retry_in = ?delay, "{what}: {detail}");
+                    let state = state.map(|s| s + "; ").unwrap_or_default();
+                    (
+                        format!(
+                            "{state}{what}; retrying (attempt {attempt}, next in {} s)",
+                            delay.as_secs_f64().round().max(1.0)
+                        ),
+                        Ok(delay),
+                    )
+                }
+            };
+            let outcome = match delay {
+                Err(done) => Some(done),
+                Ok(_) if chrono::Utc::now() > deadline => Some(self.failure(
+                    &op,
+                    format!(
+                        "Timed out after {} s; last state: {description}",
+                        self.config.worker.operation_timeout.0.as_secs()
+                    ),
+                )),
+                Ok(delay) => {
+                    if description != last_description {
+                        debug!(instance = %op.instance_id, "{description}");
+                        match self
+                            .store
+                            .set_progress(&op.instance_id, &op.id, &description)
+                            .await
+                        {
+                            Ok(()) => last_description = description,
+                            Err(
+                                e @ (StoreError::Superseded { .. } | StoreError::Finished { .. }),
+                            ) => {
+                                info!(instance = %op.instance_id, operation = %op.id,
+                                      "stopping: {e}");
+                                return;
+                            }
+                            Err(e) => warn!(instance = %op.instance_id, "progress: {e}"),
+                        }
+                    }
+                    if !self.wait(&op, delay, deadline).await {
+                        return;
+                    }
+                    None
                 }
             };
             if let Some(outcome) = outcome {
@@ -639,6 +704,43 @@ impl Inner {
                         info!(instance = %op.instance_id, operation = %op.id, "stopping: {e}");
                         return;
                     }
+                }
+            }
+        }
+    }
+
+    /// Sleeps `delay` (at most until `deadline`), looking every poll interval whether `op` is
+    /// still current: a deprovision need not wait out a provision's long backoff. False when
+    /// the operation was superseded or finished meanwhile.
+    async fn wait(
+        &self,
+        op: &OperationRecord,
+        delay: Duration,
+        deadline: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let until = Instant::now()
+            + delay.min((deadline - chrono::Utc::now()).to_std().unwrap_or_default());
+        let step = self
+            .config
+            .worker
+            .poll_interval
+            .0
+            .min(Duration::from_secs(2));
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            tokio::time::sleep(left.min(step)).await;
+            if left <= step {
+                return true;
+            }
+            if let Ok(Some(cur)) = self.store.operation(&op.instance_id).await {
+                let cur = cur.value;
+                if cur.id != op.id || cur.state != crate::state::OperationState::InProgress {
+                    info!(instance = %op.instance_id, operation = %op.id,
+                          "stopping: superseded while waiting to retry");
+                    return false;
                 }
             }
         }
@@ -752,10 +854,12 @@ impl Inner {
         node: &NodePlacement,
     ) -> Result<NodeSpec, Step> {
         let cell = self.cell(&node.cell).ok_or_else(|| {
-            Step::Fail(format!(
-                "Cell {} of node {} is no longer configured.",
-                node.cell, node.name
-            ))
+            warn!(instance = %inst.id, node = %node.name, cell = %node.cell,
+                  "the cell of a node is no longer configured");
+            Step::Fail(
+                "A machine this instance's nodes run on is no longer configured; the operator can find the details in the broker's log."
+                    .into(),
+            )
         })?;
         let mut peer_hosts: Vec<String> = inst
             .nodes
@@ -823,16 +927,19 @@ impl Inner {
                     }
                 }
                 Err(crate::cell::Error::Invalid(m)) => {
-                    return Err(Step::Fail(format!(
-                        "Cell {} refused node {}: {m}",
-                        cell.name, node.name
-                    )))
+                    warn!(instance = %inst.id, node = %node.name, cell = %cell.name,
+                          "the cell refused the node: {m}");
+                    return Err(Step::Fail(
+                        "A machine refused the configuration of one of the nodes; the operator can find the details in the broker's log."
+                            .into(),
+                    ));
                 }
                 Err(e) => {
-                    return Err(Step::Pending(format!(
-                        "Creating node {} on cell {}: {e}",
-                        node.name, cell.name
-                    )))
+                    return Err(Step::retry(
+                        None,
+                        "a node could not be created (its machine did not answer as expected)",
+                        format_args!("node {} on cell {}: {e}", node.name, cell.name),
+                    ))
                 }
             }
         }
@@ -868,9 +975,9 @@ impl Inner {
         if !seen.healthy() {
             return Err(Step::Pending(seen.describe()));
         }
-        self.sync_router()
-            .await
-            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
+        self.sync_router().await.map_err(|e| {
+            Step::retry(Some(seen.describe()), "the router could not be updated", e)
+        })?;
         Ok((inst, seen))
     }
 
@@ -937,16 +1044,19 @@ impl Inner {
             match self.repository_is_empty(&inst.repository).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(Step::Fail(format!(
-                        "The repository {} already holds an archive; a new cluster cannot archive into it.",
-                        inst.repository
-                    )))
+                    warn!(instance = %inst.id, repository = %inst.repository,
+                          "the repository of a new instance already holds an archive");
+                    return Err(Step::Fail(
+                        "This instance's repository already holds an archive; a new cluster cannot archive into it. The operator can find the details in the broker's log."
+                            .into(),
+                    ));
                 }
                 Err(e) => {
-                    return Err(Step::Pending(format!(
-                        "Checking the repository {}: {e}",
-                        inst.repository
-                    )))
+                    return Err(Step::retry(
+                        None,
+                        "the instance's backup repository could not be checked",
+                        format_args!("{}: {e}", inst.repository),
+                    ))
                 }
             }
         }
@@ -989,10 +1099,11 @@ impl Inner {
                         .await?;
                 }
                 Err(e) => {
-                    return Err(Step::Pending(format!(
-                        "{}; first base backup failed ({e}), retrying",
-                        seen.describe()
-                    )))
+                    return Err(Step::retry(
+                        Some(seen.describe()),
+                        "the first base backup failed",
+                        format_args!("node {leader}: {e}"),
+                    ))
                 }
             }
         }
@@ -1031,10 +1142,8 @@ impl Inner {
                         &op.instance_id,
                         &op.id,
                         &format!(
-                            "{}; removing replica {} on cell {} ({} of {})",
+                            "{}; removing replica {} of {}",
                             seen.describe(),
-                            v.name,
-                            v.cell,
                             k + 1,
                             victims.len()
                         ),
@@ -1042,7 +1151,11 @@ impl Inner {
                     .await?;
                 if let Some(cell) = self.cell(&v.cell) {
                     cell.client.delete_node(&v.name).await.map_err(|e| {
-                        Step::Pending(format!("Removing node {} on cell {}: {e}", v.name, v.cell))
+                        Step::retry(
+                            Some(seen.describe()),
+                            "a replica could not be removed (its machine did not answer as expected)",
+                            format_args!("node {} on cell {}: {e}", v.name, v.cell),
+                        )
                     })?;
                 }
                 info!(instance = %inst.id, node = %v.name, cell = %v.cell, "node removed");
@@ -1068,7 +1181,7 @@ impl Inner {
         let inst = self.current(op).await?;
         // The route goes first (the instance is deprovisioning, so it has none any more).
         if let Err(e) = self.sync_router().await {
-            return Err(Step::Pending(format!("Removing the route: {e}")));
+            return Err(Step::retry(None, "the route could not be removed", e));
         }
         // Every node of the instance on every cell, recorded or not (a provision may have
         // been interrupted between a PUT and recording its ports).
@@ -1090,27 +1203,32 @@ impl Inner {
             }
         }
         if !problems.is_empty() {
-            return Err(Step::Pending(format!(
-                "Removing nodes: {}",
-                problems.join("; ")
-            )));
+            return Err(Step::retry(
+                None,
+                "some nodes could not be removed yet (their machines did not answer as expected)",
+                problems.join("; "),
+            ));
         }
         let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.scope());
         self.store
             .etcd()
             .delete_prefix(patroni.as_bytes())
             .await
-            .map_err(|e| Step::Pending(format!("Removing the cluster's etcd keys: {e}")))?;
+            .map_err(|e| {
+                Step::retry(
+                    None,
+                    "the cluster's coordination keys could not be removed",
+                    e,
+                )
+            })?;
         self.store
             .transition(&op.instance_id, &op.id, |i, _| {
                 i.nodes.clear();
                 Ok(())
             })
             .await?;
-        Ok(format!(
-            "Deleted; the archive is kept at {}.",
-            inst.repository
-        ))
+        info!(instance = %inst.id, repository = %inst.repository, "deleted; the archive is kept");
+        Ok("Deleted; the archive is kept.".into())
     }
 
     /// Ready instances whose last base backup is older than `backups.interval`.
@@ -1335,7 +1453,10 @@ mod tests {
             .collect();
         assert_eq!(names.len(), ids.len(), "{names:?}");
         let cfg = crate::router::render(&routes(&instances, &hosts), &Default::default());
-        assert!(cfg.contains("listen pg__a_2Fb\n") && cfg.contains("listen pg_a_b\n"), "{cfg}");
+        assert!(
+            cfg.contains("listen pg__a_2Fb\n") && cfg.contains("listen pg_a_b\n"),
+            "{cfg}"
+        );
     }
 
     #[test]

@@ -541,6 +541,7 @@ async fn scenario() {
             .contains("already holds an archive"),
         "{b}"
     );
+    assert!(!b["description"].as_str().unwrap().contains('/'), "{b}");
     assert!(nodes_on_cells(&cells, "occupied")
         .await
         .iter()

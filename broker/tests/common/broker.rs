@@ -42,6 +42,8 @@ pub struct BrokerToml<'a> {
     pub worker: (&'a str, &'a str),
     /// Whether HAProxy outlives the broker.
     pub outlive_router: bool,
+    /// `worker.backoff_max`.
+    pub backoff_max: &'a str,
     /// Patroni's `ttl`, `loop_wait` and `retry_timeout` (quick failover by default).
     pub timing: (u32, u32, u32),
 }
@@ -65,6 +67,7 @@ impl<'a> BrokerToml<'a> {
             backups: ("1d", 7),
             worker: ("2s", "4m"),
             outlive_router: true,
+            backoff_max: "5m",
             timing: (10, 2, 4),
         }
     }
@@ -134,6 +137,7 @@ wal_segsize_mb = 1
 [worker]
 poll_interval = "{poll}"
 operation_timeout = "{timeout}"
+backoff_max = "{backoff_max}"
 "#,
             user = super::osb::USER,
             pw = pw.display(),
@@ -150,6 +154,7 @@ operation_timeout = "{timeout}"
             bin = self.walarchive.display(),
             poll = self.worker.0,
             timeout = self.worker.1,
+            backoff_max = self.backoff_max,
             ttl = self.timing.0,
             loop_wait = self.timing.1,
             retry_timeout = self.timing.2,
