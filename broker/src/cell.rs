@@ -44,7 +44,7 @@ use tracing::{error, info, warn};
 
 pub use crate::patroni::{DcsTiming, Secret};
 use crate::patroni::{
-    NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
+    EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
 };
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
@@ -103,6 +103,9 @@ pub enum Error {
         /// The end of walarchive's error output.
         stderr: String,
     },
+    /// The TLS certificate, key or CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The agent cannot listen on its address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -158,6 +161,15 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 pub struct CellConfig {
     /// Address of the HTTP API, e.g. `127.0.0.1:7100`.
     pub listen: SocketAddr,
+    /// TLS of the API: its certificate, and the CA the broker's client certificate must be
+    /// signed by (mutual TLS: a client without such a certificate is refused before its
+    /// token is even read).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Serve plain HTTP on a non-loopback `listen` address (the token and the nodes'
+    /// passwords would cross the network in clear).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Directory holding one sub-directory per node (traversable by the postgres user).
     pub data_root: PathBuf,
     /// File holding the API token (when the environment variable `WALARCHIVE_CELL_TOKEN`
@@ -209,13 +221,23 @@ impl CellConfig {
             .unwrap_or_else(|| self.data_root.join(".run"))
     }
 
-    /// Reads a TOML configuration file.
+    /// Reads and checks a TOML configuration file.
     pub fn load(path: &Path) -> Result<CellConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
-        toml::from_str(&text).map_err(|e| Error::Config {
+        let config: CellConfig = toml::from_str(&text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.allow_plaintext {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "listen: {} is not a loopback address and [tls] is not configured: the token and the nodes' passwords would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true",
+                    config.listen
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// The API token: `WALARCHIVE_CELL_TOKEN`, else the content of `token_file` (trimmed).
@@ -255,6 +277,9 @@ pub struct NodeSpec {
     pub namespace: String,
     /// etcd client endpoints, `host:port`.
     pub etcd_hosts: Vec<String>,
+    /// TLS towards etcd (files on this cell), when etcd speaks TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_tls: Option<EtcdTls>,
     /// The instance's walarchive repository URL (`<base>/<name>`).
     pub repository: String,
     /// The walarchive executable on the cell (executable by the postgres user).
@@ -654,6 +679,7 @@ impl Agent {
             namespace: s.namespace.clone(),
             node_name: name.to_string(),
             etcd_hosts: s.etcd_hosts.clone(),
+            etcd_tls: s.etcd_tls.clone(),
             host: s.host.clone(),
             peer_hosts: s.peer_hosts.clone(),
             pg_port: rec.ports.pg_port,
@@ -1260,8 +1286,12 @@ pub async fn run(
         .map_err(io_err("cannot chown", &sockets))?;
     std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
         .map_err(io_err("cannot chmod", &sockets))?;
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::server_config(files, true)?),
+        None => None,
+    };
     start_watchdog(&root).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = crate::tls::Incoming::bind(config.listen, tls)
         .await
         .map_err(|source| Error::Listen {
             addr: config.listen,
@@ -1326,15 +1356,21 @@ pub struct CellClient {
 }
 
 impl CellClient {
-    /// A client for the agent at `base_url` (e.g. `http://10.0.0.5:7100`).
-    pub fn new(base_url: &str, token: Secret) -> Result<CellClient, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| Error::Http {
-                url: base_url.to_string(),
-                source,
-            })?;
+    /// A client for the agent at `base_url` (e.g. `https://10.0.0.5:7100`), trusting only
+    /// `tls.ca_file` and presenting `tls`' certificate when given.
+    pub fn new(
+        base_url: &str,
+        token: Secret,
+        tls: Option<&crate::tls::TlsFiles>,
+    ) -> Result<CellClient, Error> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(files) = tls {
+            builder = crate::tls::client_builder(builder, files)?;
+        }
+        let http = builder.build().map_err(|source| Error::Http {
+            url: base_url.to_string(),
+            source,
+        })?;
         Ok(CellClient {
             base: base_url.trim_end_matches('/').to_string(),
             token,

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::tls::{is_loopback_host, TlsFiles};
+
 /// Errors loading the configuration. Messages name the file and the offending setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -146,6 +148,15 @@ pub struct BrokerConfig {
     /// Address the OSB API listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// TLS: the certificate the OSB API serves (and presents to the cells as a client), and
+    /// the CA the cells' certificates must be signed by.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Accept plain HTTP off the loopback interface: the API's `listen` address, `http://`
+    /// cells and etcd endpoints. Off by default: the platform's password, the cells' tokens
+    /// and every database password would cross the network in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// The platform's credentials for HTTP basic authentication.
     pub credentials: Credentials,
     /// The one service offering.
@@ -199,6 +210,17 @@ pub struct NodesConfig {
     /// `initdb --wal-segsize` in MiB (PostgreSQL's 16 when absent).
     #[serde(default)]
     pub wal_segsize_mb: Option<u32>,
+    /// Patroni's TLS towards etcd (required when etcd's endpoints are `https://`): the CA of
+    /// etcd's certificate, at this path on every cell.
+    #[serde(default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Patroni's client certificate for etcd, at this path on every cell (readable by the
+    /// nodes' OS user).
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Its key, at this path on every cell (readable by the nodes' OS user only).
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
 }
 
 impl Default for NodesConfig {
@@ -211,6 +233,9 @@ impl Default for NodesConfig {
             loop_wait: default_loop_wait(),
             retry_timeout: default_retry_timeout(),
             wal_segsize_mb: None,
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
         }
     }
 }
@@ -400,8 +425,17 @@ impl RepositoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
-    /// Client URLs, e.g. `http://10.0.0.1:2379`.
+    /// Client URLs, e.g. `https://10.0.0.1:2379`.
     pub endpoints: Vec<String>,
+    /// CA that etcd's server certificate must be signed by (required for `https://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate presented to etcd (when it requires one: `--client-cert-auth`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Key prefix of all the broker's keys (no trailing slash).
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -654,7 +688,23 @@ impl BrokerConfig {
         }
         for e in &self.etcd.endpoints {
             match url::Url::parse(e) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                    let host = u.host_str().unwrap_or_default();
+                    if u.scheme() == "http" && !is_loopback_host(host) && !self.allow_plaintext {
+                        return Err(invalid(
+                            "etcd.endpoints",
+                            format!("{e:?} is plain HTTP to another machine: use https:// (with etcd.ca_file), or set allow_plaintext = true"),
+                        ));
+                    }
+                    if u.scheme() == "https" && self.etcd.ca_file.is_none() {
+                        return Err(invalid(
+                            "etcd.ca_file",
+                            format!(
+                                "{e:?} is https: set etcd.ca_file to the CA of etcd's certificate"
+                            ),
+                        ));
+                    }
+                }
                 _ => {
                     return Err(invalid(
                         "etcd.endpoints",
@@ -662,6 +712,31 @@ impl BrokerConfig {
                     ))
                 }
             }
+        }
+        let https = self.etcd.endpoints.iter().any(|e| e.starts_with("https:"));
+        if https && self.nodes.etcd_ca_file.is_none() {
+            return Err(invalid(
+                "nodes.etcd_ca_file",
+                "etcd is https: set the path of etcd's CA on the cells, for Patroni".into(),
+            ));
+        }
+        if self.nodes.etcd_cert_file.is_some() != self.nodes.etcd_key_file.is_some() {
+            return Err(invalid(
+                "nodes.etcd_cert_file",
+                "nodes.etcd_cert_file and nodes.etcd_key_file go together".into(),
+            ));
+        }
+        if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
+            return Err(invalid(
+                "etcd.cert_file",
+                "etcd.cert_file and etcd.key_file go together".into(),
+            ));
+        }
+        if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.allow_plaintext {
+            return Err(invalid(
+                "listen",
+                format!("{} is not a loopback address and [tls] is not configured: the platform's password would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true", self.listen),
+            ));
         }
         let p = &self.etcd.prefix;
         if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
@@ -681,10 +756,28 @@ impl BrokerConfig {
                     format!("empty or duplicate cell name {:?}", c.name),
                 ));
             }
-            if url::Url::parse(&c.url).is_err() {
+            let url = match url::Url::parse(&c.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+                _ => {
+                    return Err(invalid(
+                        &format!("cells[{i}].url"),
+                        format!("{:?} is not an http(s)://HOST:PORT URL", c.url),
+                    ))
+                }
+            };
+            if url.scheme() == "https" && self.tls.is_none() {
                 return Err(invalid(
                     &format!("cells[{i}].url"),
-                    format!("{:?} is not a URL", c.url),
+                    format!("{:?} is https: configure [tls] (the CA of the cells' certificates, and the broker's client certificate)", c.url),
+                ));
+            }
+            if url.scheme() == "http"
+                && !is_loopback_host(url.host_str().unwrap_or_default())
+                && !self.allow_plaintext
+            {
+                return Err(invalid(
+                    &format!("cells[{i}].url"),
+                    format!("{:?} is plain HTTP to another machine (its token and the nodes' passwords would cross the network in clear): use https://, or set allow_plaintext = true", c.url),
                 ));
             }
         }
@@ -878,6 +971,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("node_count"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_off_the_loopback_interface_is_refused() {
+        let (_f, text) = with_password_file(&example());
+        let no_tls = |t: &str| {
+            let start = t.find("\n[tls]\n").unwrap();
+            let end = t[start..].find("\n[credentials]").unwrap() + start;
+            format!("{}{}", &t[..start], &t[end..])
+        };
+        let e = BrokerConfig::parse(&no_tls(&text), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid configuration x.toml: listen: 0.0.0.0:8443 is not a loopback address and [tls] is not configured: the platform's password would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true"
+        );
+        let http_cell = text.replace("https://10.0.1.10:7500", "http://10.0.1.10:7500");
+        let e = BrokerConfig::parse(&http_cell, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cells[0].url: \"http://10.0.1.10:7500\" is plain HTTP to another machine"),
+            "{e}"
+        );
+        let http_etcd = text.replace("https://10.0.0.21:2379", "http://10.0.0.21:2379");
+        let e = BrokerConfig::parse(&http_etcd, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "etcd.endpoints: \"http://10.0.0.21:2379\" is plain HTTP to another machine"
+            ),
+            "{e}"
+        );
+        let no_etcd_ca = text.replace("ca_file = \"/etc/walarchive-broker/tls/etcd-ca.crt\"", "");
+        let e = BrokerConfig::parse(&no_etcd_ca, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("etcd.ca_file: \"https://10.0.0.21:2379\" is https"),
+            "{e}"
+        );
+        let https_cells_without_tls =
+            no_tls(&text).replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
+        let e = BrokerConfig::parse(&https_cells_without_tls, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cells[0].url: \"https://10.0.1.10:7500\" is https: configure [tls]"),
+            "{e}"
+        );
+        // Everything plain, explicitly allowed.
+        let plain = no_tls(&text).replace("https://", "http://").replace(
+            "listen = \"0.0.0.0:8443\"",
+            "listen = \"0.0.0.0:8443\"\nallow_plaintext = true",
+        );
+        BrokerConfig::parse(&plain, "x").unwrap();
+        // Plain HTTP on the loopback interface is fine.
+        let local = no_tls(&text)
+            .replace("https://10.0.", "http://127.0.")
+            .replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
+        BrokerConfig::parse(&local, "x").unwrap();
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use crate::cell::{CellClient, NodeStatus};
 use crate::config::Secret;
 use crate::state::Credentials;
+use crate::tls::{ThrowawayCa, TlsFiles};
 
 /// The service id of the single-machine mode.
 pub const SERVICE_ID: &str = "walarchive-dev-service";
@@ -107,13 +108,14 @@ pub struct DevCell {
     /// Its log.
     pub log: PathBuf,
     token: crate::cell::Secret,
+    tls: TlsFiles,
     child: Option<Child>,
 }
 
 impl DevCell {
-    /// A client for the agent.
+    /// A client for the agent (over TLS, presenting the broker's certificate).
     pub fn client(&self) -> Result<CellClient, DevError> {
-        CellClient::new(&self.url, self.token.clone())
+        CellClient::new(&self.url, self.token.clone(), Some(&self.tls))
             .map_err(|e| DevError::Failed(format!("cell {}: {e}", self.name)))
     }
 }
@@ -133,6 +135,9 @@ pub struct Dev {
     pub router_ports: (u16, u16),
     /// The cells.
     pub cells: Vec<DevCell>,
+    /// The broker's certificate, and the throwaway CA every certificate here is signed by.
+    pub tls: TlsFiles,
+    etcd_tls: TlsFiles,
     remove_dir: bool,
     broker_exe: PathBuf,
     etcd_bin: PathBuf,
@@ -343,6 +348,17 @@ impl Dev {
         std::fs::set_permissions(&walarchive, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err("chmod walarchive"))?;
 
+        // TLS everywhere, with a CA made for this run: the broker's API and its client
+        // certificate, each cell's API, etcd, and Patroni's client certificate for etcd.
+        let tls_dir = dir.join("tls");
+        mkdir(&tls_dir, 0o755)?;
+        let tls_err = |e: crate::tls::TlsError| DevError::Failed(e.to_string());
+        let ca = ThrowawayCa::new(&tls_dir, "walarchive-broker dev CA").map_err(tls_err)?;
+        let broker_tls = ca.issue("broker").map_err(tls_err)?;
+        let etcd_tls = ca.issue("etcd-server").map_err(tls_err)?;
+        let patroni_tls = ca.issue("patroni").map_err(tls_err)?;
+        std::os::unix::fs::chown(&patroni_tls.key_file, Some(uid), Some(gid))
+            .map_err(io_err(format!("chown {}", patroni_tls.key_file.display())))?;
         let password = Secret::new(crate::patroni::Secret::generate().expose());
         write_secret(&dir.join("secrets/broker-password"), password.expose())?;
         let broker_port = free_port()?;
@@ -363,15 +379,21 @@ impl Dev {
             let token_file = dir.join(format!("secrets/{name}.token"));
             write_secret(&token_file, token.expose())?;
             let config = dir.join(format!("{name}.toml"));
+            let cell_tls = ca.issue(&name).map_err(tls_err)?;
             let text = format!(
                 "# walarchive-broker dev: cell agent {name}\nlisten = \"127.0.0.1:{port}\"\ndata_root = {:?}\ntoken_file = {:?}\nuser = {:?}\nports = [{ports}, {}]\n",
                 dir.join(&name).display().to_string(),
                 token_file.display().to_string(),
                 cell_user,
                 ports + 99,
+            ) + &format!(
+                "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
+                cell_tls.cert_file.display().to_string(),
+                cell_tls.key_file.display().to_string(),
+                cell_tls.ca_file.display().to_string(),
             );
             std::fs::write(&config, text).map_err(io_err(format!("write {}", config.display())))?;
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("https://127.0.0.1:{port}");
             let _ = write!(
                 cells_toml,
                 "\n[[cells]]\nname = \"{name}\"\nurl = \"{url}\"\nzone = \"{zone}\"\ntoken_file = {:?}\n",
@@ -384,6 +406,7 @@ impl Dev {
                 config,
                 log: dir.join(format!("{name}.log")),
                 token,
+                tls: broker_tls.clone(),
                 child: None,
             });
         }
@@ -395,6 +418,11 @@ archive_timeout = "60s"
 [credentials]
 username = "broker"
 password_file = {pw:?}
+
+[tls]
+cert_file = {broker_cert:?}
+key_file = {broker_key:?}
+ca_file = {ca:?}
 
 [service]
 id = "{SERVICE_ID}"
@@ -418,8 +446,11 @@ node_count = 2
 base = "file://{repo}"
 
 [etcd]
-endpoints = ["http://127.0.0.1:{etcd_port}"]
+endpoints = ["https://127.0.0.1:{etcd_port}"]
 prefix = "/walarchive-broker"
+ca_file = {ca:?}
+cert_file = {broker_cert:?}
+key_file = {broker_key:?}
 
 [router]
 host = "127.0.0.1"
@@ -436,6 +467,9 @@ ttl = 10
 loop_wait = 2
 retry_timeout = 4
 wal_segsize_mb = 1
+etcd_ca_file = {ca:?}
+etcd_cert_file = {patroni_cert:?}
+etcd_key_file = {patroni_key:?}
 
 [worker]
 poll_interval = "2s"
@@ -446,6 +480,11 @@ poll_interval = "2s"
             pmax = router_ports.1,
             haproxy = dir.join("haproxy/haproxy.cfg").display().to_string(),
             walarchive = walarchive.display().to_string(),
+            ca = ca.ca_file().display().to_string(),
+            broker_cert = broker_tls.cert_file.display().to_string(),
+            broker_key = broker_tls.key_file.display().to_string(),
+            patroni_cert = patroni_tls.cert_file.display().to_string(),
+            patroni_key = patroni_tls.key_file.display().to_string(),
         );
         let broker_config = dir.join("broker.toml");
         std::fs::write(&broker_config, &broker_toml)
@@ -456,7 +495,9 @@ poll_interval = "2s"
             .map_err(io_err("write etcd.port"))?;
         Ok(Dev {
             dir,
-            broker_url: format!("http://127.0.0.1:{broker_port}"),
+            broker_url: format!("https://127.0.0.1:{broker_port}"),
+            tls: broker_tls,
+            etcd_tls,
             username: "broker".into(),
             password,
             router_ports,
@@ -480,14 +521,20 @@ poll_interval = "2s"
 
     /// Starts etcd, the cell agents and the broker, and waits until each answers.
     pub async fn start(&mut self) -> Result<(), DevError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| DevError::Failed(e.to_string()))?;
-        // etcd
+        let http = crate::tls::client_builder(
+            reqwest::Client::builder().timeout(Duration::from_secs(5)),
+            &self.tls,
+        )
+        .and_then(|b| {
+            b.build()
+                .map_err(|e| crate::tls::TlsError::Config(e.to_string()))
+        })
+        .map_err(|e| DevError::Failed(e.to_string()))?;
+        // etcd: TLS for clients, who must present a certificate of the dev CA.
         let port = self.etcd_port();
         let peer = free_port()?;
-        let client_url = format!("http://127.0.0.1:{port}");
+        let client_url = format!("https://127.0.0.1:{port}");
+
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = Command::new(&self.etcd_bin);
         cmd.args(["--name", "dev"])
@@ -499,6 +546,13 @@ poll_interval = "2s"
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("dev={peer_url}")])
             .args(["--initial-cluster-state", "new"])
+            .arg("--cert-file")
+            .arg(&self.etcd_tls.cert_file)
+            .arg("--key-file")
+            .arg(&self.etcd_tls.key_file)
+            .arg("--trusted-ca-file")
+            .arg(&self.tls.ca_file)
+            .arg("--client-cert-auth")
             .args(["--logger", "zap", "--log-level", "warn"])
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
         let log = self.dir.join("etcd.log");
@@ -592,10 +646,13 @@ poll_interval = "2s"
     /// A client of the broker's OSB API.
     pub fn osb(&self) -> Osb {
         Osb {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("an HTTP client"),
+            http: crate::tls::client_builder(
+                reqwest::Client::builder().timeout(Duration::from_secs(30)),
+                &self.tls,
+            )
+            .expect("the dev certificates")
+            .build()
+            .expect("an HTTP client"),
             base: self.broker_url.clone(),
             username: self.username.clone(),
             password: self.password.clone(),
@@ -701,8 +758,10 @@ poll_interval = "2s"
         );
         let _ = writeln!(
             s,
-            "  try: curl -su '{}:{pw}' -H 'X-Broker-API-Version: {OSB_VERSION}' {}/v2/catalog",
-            self.username, self.broker_url
+            "  try: curl --cacert {} -su '{}:{pw}' -H 'X-Broker-API-Version: {OSB_VERSION}' {}/v2/catalog",
+            self.tls.ca_file.display(),
+            self.username,
+            self.broker_url
         );
         s
     }

@@ -46,6 +46,9 @@ pub enum EtcdError {
     /// The HTTP client could not be built.
     #[error("cannot build the etcd HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// A TLS file (CA, client certificate or key) cannot be used.
+    #[error("etcd TLS: {0}")]
+    Tls(String),
     /// The connection could not be established: the request was never sent.
     #[error("cannot connect to etcd at {endpoint}: {source}")]
     Connect {
@@ -462,10 +465,48 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// How a client reaches etcd besides its endpoints.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Time limit of one request.
+    pub timeout: Duration,
+    /// CA of etcd's server certificate (`https://` endpoints): the only one trusted.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key, for an etcd that requires one.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdOptions {
+    /// Plain options: `timeout`, nothing else.
+    pub fn new(timeout: Duration) -> EtcdOptions {
+        EtcdOptions {
+            timeout,
+            ca_file: None,
+            identity: None,
+        }
+    }
+}
+
 impl EtcdClient {
+    /// A client for the etcd of the broker's configuration.
+    pub fn from_config(config: &crate::config::EtcdConfig) -> Result<EtcdClient, EtcdError> {
+        let mut opts = EtcdOptions::new(config.timeout.0);
+        opts.ca_file = config.ca_file.clone();
+        if let (Some(c), Some(k)) = (&config.cert_file, &config.key_file) {
+            opts.identity = Some((c.clone(), k.clone()));
+        }
+        EtcdClient::with_options(&config.endpoints, opts)
+    }
+
     /// A client for `endpoints` (e.g. `http://127.0.0.1:2379`), each request bounded by
     /// `timeout`. Endpoints are tried in order; the last one that answered is tried first.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<EtcdClient, EtcdError> {
+        EtcdClient::with_options(endpoints, EtcdOptions::new(timeout))
+    }
+
+    /// A client for `endpoints` with `opts` (TLS).
+    pub fn with_options(endpoints: &[String], opts: EtcdOptions) -> Result<EtcdClient, EtcdError> {
+        let timeout = opts.timeout;
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
@@ -483,11 +524,29 @@ impl EtcdClient {
             }
             urls.push(url);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .build()
-            .map_err(EtcdError::Client)?;
+            .connect_timeout(timeout.min(Duration::from_secs(3)));
+        if let Some(ca) = &opts.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| EtcdError::Tls(format!("{}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| EtcdError::Tls(format!("{}: {e}", ca.display())))?;
+            http = http.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &opts.identity {
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| EtcdError::Tls(format!("{}: {e}", cert.display())))?;
+            pem.push(b'\n');
+            pem.extend(
+                std::fs::read(key)
+                    .map_err(|e| EtcdError::Tls(format!("{}: {e}", key.display())))?,
+            );
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| EtcdError::Tls(format!("{}: {e}", cert.display())))?;
+            http = http.identity(id);
+        }
+        let http = http.build().map_err(EtcdError::Client)?;
         Ok(EtcdClient {
             inner: Arc::new(Inner {
                 http,
@@ -844,7 +903,7 @@ mod tests {
     use crate::test_etcd::etcd;
 
     fn client() -> EtcdClient {
-        EtcdClient::new(&[etcd().endpoint()], Duration::from_secs(5)).unwrap()
+        etcd().client()
     }
 
     #[test]
@@ -964,7 +1023,7 @@ mod tests {
             format!("http://{}", l.local_addr().unwrap())
         };
         let c =
-            EtcdClient::new(&[dead.clone(), etcd().endpoint()], Duration::from_secs(5)).unwrap();
+            EtcdClient::with_options(&[dead.clone(), etcd().endpoint()], etcd().options()).unwrap();
         let key = format!("{}/f", etcd().fresh_prefix());
         // A transaction with comparisons is failed over too, as the first attempt was not sent.
         assert!(matches!(
@@ -973,7 +1032,7 @@ mod tests {
         ));
         assert_eq!(c.get(key.as_bytes()).await.unwrap().unwrap().value, b"1");
 
-        let only_dead = EtcdClient::new(&[dead], Duration::from_secs(5)).unwrap();
+        let only_dead = EtcdClient::with_options(&[dead], etcd().options()).unwrap();
         let e = only_dead.get(b"x").await.unwrap_err();
         assert!(e.is_transient(), "{e}");
         assert!(matches!(e, EtcdError::Connect { .. }), "{e:?}");

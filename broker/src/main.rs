@@ -94,9 +94,17 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
-        let etcd = EtcdClient::new(&config.etcd.endpoints, config.etcd.timeout.0)?;
+        let etcd = EtcdClient::from_config(&config.etcd)?;
         let store = Store::new(etcd, config.etcd.prefix.clone());
         let listen = config.listen;
+        let tls = match &config.tls {
+            Some(files) => Some(
+                walarchive_broker::tls::server_config(files, false)
+                    .context("the OSB API's TLS certificate")?,
+            ),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let binder = PgBinder::new(
             config.router.host.clone(),
             Arc::new(StorePasswords(store.clone())),
@@ -105,14 +113,14 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let state = AppState::new(config, store.clone(), Arc::new(binder));
         let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())
             .context("start the provisioning worker")?;
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = walarchive_broker::tls::Incoming::bind(listen, tls)
             .await
             .with_context(|| format!("listen on {listen}"))?;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(worker.run(async move {
             let _ = stop_rx.changed().await;
         }));
-        tracing::info!(%listen, "serving the Open Service Broker API");
+        tracing::info!(%listen, scheme, "serving the Open Service Broker API");
         let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown())
             .await

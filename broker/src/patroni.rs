@@ -80,6 +80,21 @@ impl Default for DcsTiming {
     }
 }
 
+/// How Patroni reaches an etcd that speaks TLS: files on the node's machine, readable by
+/// the node's OS user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// CA of etcd's server certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate (when etcd requires one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
 /// Everything needed to write one node's Patroni configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -91,6 +106,8 @@ pub struct NodeConfig {
     pub node_name: String,
     /// etcd client endpoints (`host:port`).
     pub etcd_hosts: Vec<String>,
+    /// TLS towards etcd (`https`), if etcd speaks it.
+    pub etcd_tls: Option<EtcdTls>,
     /// Address the other nodes and the routers reach this node at.
     pub host: String,
     /// Other hosts allowed to replicate from this node (the instance's other cells).
@@ -161,6 +178,20 @@ impl NodeConfig {
         )
     }
 
+    /// Patroni's `etcd3` section.
+    fn etcd3(&self) -> Value {
+        let mut etcd = json!({"hosts": self.etcd_hosts});
+        if let Some(t) = &self.etcd_tls {
+            etcd["protocol"] = "https".into();
+            etcd["cacert"] = t.ca_file.display().to_string().into();
+            if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
+                etcd["cert"] = c.display().to_string().into();
+                etcd["key"] = k.display().to_string().into();
+            }
+        }
+        etcd
+    }
+
     /// The `listen` value: the node's host and, when that is not loopback, 127.0.0.1 too
     /// (Patroni connects to its PostgreSQL through the first address).
     fn listen(&self, port: u16) -> String {
@@ -212,7 +243,7 @@ impl NodeConfig {
                     "password": self.restapi_password.expose(),
                 },
             },
-            "etcd3": {"hosts": self.etcd_hosts},
+            "etcd3": self.etcd3(),
             "bootstrap": {
                 "dcs": {
                     "ttl": t.ttl,
@@ -384,6 +415,11 @@ mod tests {
             namespace: "/walarchive-broker/patroni/".into(),
             node_name: "inst-1-0".into(),
             etcd_hosts: vec!["127.0.0.1:2379".into()],
+            etcd_tls: Some(EtcdTls {
+                ca_file: "/etc/cell/etcd-ca.crt".into(),
+                cert_file: Some("/etc/cell/patroni.crt".into()),
+                key_file: Some("/etc/cell/patroni.key".into()),
+            }),
             host: "10.0.0.5".into(),
             peer_hosts: vec!["10.0.0.6".into()],
             pg_port: 5433,
@@ -408,6 +444,9 @@ mod tests {
         let v = config().to_value();
         assert_eq!(v["scope"], "inst-1");
         assert_eq!(v["etcd3"]["hosts"][0], "127.0.0.1:2379");
+        assert_eq!(v["etcd3"]["protocol"], "https");
+        assert_eq!(v["etcd3"]["cacert"], "/etc/cell/etcd-ca.crt");
+        assert_eq!(v["etcd3"]["key"], "/etc/cell/patroni.key");
         assert_eq!(v["postgresql"]["listen"], "127.0.0.1,10.0.0.5:5433");
         assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:5433");
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);

@@ -1467,8 +1467,7 @@ mod tests {
     use std::time::Duration;
 
     fn store() -> Store {
-        let c = EtcdClient::new(&[etcd().endpoint()], Duration::from_secs(5)).unwrap();
-        Store::new(c, etcd().fresh_prefix())
+        Store::new(etcd().client(), etcd().fresh_prefix())
     }
 
     fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {

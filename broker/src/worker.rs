@@ -176,12 +176,15 @@ impl Worker {
                     name: c.name.clone(),
                     zone: c.zone.clone(),
                     host: c.node_host(),
-                    client: CellClient::new(&c.url, Secret::new(c.token.expose())).map_err(
-                        |source| WorkerError::Cell {
-                            cell: c.name.clone(),
-                            source,
-                        },
-                    )?,
+                    client: CellClient::new(
+                        &c.url,
+                        Secret::new(c.token.expose()),
+                        config.tls.as_ref(),
+                    )
+                    .map_err(|source| WorkerError::Cell {
+                        cell: c.name.clone(),
+                        source,
+                    })?,
                 })
             })
             .collect::<Result<Vec<_>, WorkerError>>()?;
@@ -884,6 +887,11 @@ impl Inner {
                     Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
                 })
                 .collect(),
+            etcd_tls: n.etcd_ca_file.as_ref().map(|ca| crate::patroni::EtcdTls {
+                ca_file: ca.clone(),
+                cert_file: n.etcd_cert_file.clone(),
+                key_file: n.etcd_key_file.clone(),
+            }),
             repository: inst.repository.clone(),
             walarchive: n.walarchive.clone(),
             walarchive_env: self.storage_env.clone(),
@@ -1374,7 +1382,7 @@ mod tests {
             name: name.into(),
             zone: zone.into(),
             host: "127.0.0.1".into(),
-            client: CellClient::new("http://127.0.0.1:1", Secret::new("t")).unwrap(),
+            client: CellClient::new("http://127.0.0.1:1", Secret::new("t"), None).unwrap(),
         }
     }
 

@@ -119,14 +119,16 @@ node_count = 2
 [repository]
 base = "s3://bucket/instances/"
 [etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
+{etcd}prefix = "{prefix}"
 [router]
 host = "router.test"
 port_min = 40000
 port_max = 40009
+[nodes]
+etcd_ca_file = "{ca}"
 "#,
-        endpoint = etcd().endpoint()
+        etcd = etcd().config_lines(),
+        ca = common::etcd::pki().ca_file().display(),
     )
 }
 
@@ -137,7 +139,7 @@ fn ctx() -> Ctx {
     let prefix = format!("/broker{}", etcd().fresh_prefix());
     let config = BrokerConfig::parse(&config_text(&pw.display().to_string(), &prefix), "test")
         .expect("test configuration");
-    let client = EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap();
+    let client = EtcdClient::from_config(&config.etcd).unwrap();
     let store = Store::new(client, prefix);
     let binder = Arc::new(RecordingBinder::default());
     let state = AppState::new(config, store.clone(), binder.clone());

@@ -56,6 +56,7 @@ async fn two_cells_fail_over_and_rejoin() {
         scope: None,
         namespace: format!("{}/patroni/", etcd.fresh_prefix()),
         etcd_hosts: vec![format!("127.0.0.1:{}", etcd.client_port)],
+        etcd_tls: Some(common::cells::patroni_etcd_tls()),
         repository: repo.clone(),
         walarchive: bin.clone(),
         walarchive_env: BTreeMap::new(),

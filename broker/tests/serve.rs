@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::broker::BrokerToml;
 use common::cells::{
     connect, file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell,
 };
-use common::etcd::etcd;
+use common::etcd::{etcd, pki};
+use common::osb::PASSWORD;
 
 const SERVICE: &str = "svc-serve";
 const PLAN: &str = "plan-single";
-const PASSWORD: &str = "platform-pw";
 
 /// A `walarchive-broker serve` child that dies with the test (PDEATHSIG); its log is
 /// appended to across restarts.
@@ -106,72 +107,19 @@ async fn scenario() {
     let cell = Cell::start(&root, "a");
     cell.wait_ready().await;
 
-    let pw_file = root.join("password");
-    std::fs::write(&pw_file, PASSWORD).unwrap();
-    let token_file = root.join("token-a");
-    std::fs::write(&token_file, cell.token.expose()).unwrap();
     let listen = free_port();
-    let port_min = free_port();
+    let mut t = BrokerToml::new(&root, &base, &bin);
+    t.cells = vec![(&cell, "za")];
+    t.service = SERVICE.into();
+    t.plan = PLAN.into();
+    t.node_count = 1;
+    t.listen = Some(listen);
+    t.router_ports = 4;
+    t.backups = ("1h", 2);
+    t.worker = ("1s", "4m");
     let prefix = format!("/broker{}", etcd.fresh_prefix());
     let config = root.join("broker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:{listen}"
-archive_timeout = "60s"
-[credentials]
-username = "platform"
-password_file = "{pw}"
-[service]
-id = "{SERVICE}"
-name = "pg"
-description = "PostgreSQL"
-[[service.plans]]
-id = "{PLAN}"
-name = "single"
-description = "one node"
-node_count = 1
-[repository]
-base = "{base}"
-[etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
-[[cells]]
-name = "a"
-url = "{cell_url}"
-zone = "za"
-host = "127.0.0.1"
-token_file = "{token}"
-[router]
-host = "127.0.0.1"
-bind_address = "127.0.0.1"
-port_min = {port_min}
-port_max = {port_max}
-haproxy_config = "{haproxy}/haproxy.cfg"
-[backups]
-interval = "1h"
-retain = 2
-[nodes]
-walarchive = "{bin}"
-ttl = 10
-loop_wait = 2
-retry_timeout = 4
-wal_segsize_mb = 1
-[worker]
-poll_interval = "1s"
-operation_timeout = "4m"
-"#,
-            pw = pw_file.display(),
-            endpoint = etcd.endpoint(),
-            cell_url = cell.url,
-            token = token_file.display(),
-            port_max = port_min + 3,
-            haproxy = root.join("haproxy").display(),
-            bin = bin.display(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, t.render(&prefix)).unwrap();
     let log = root.join("broker.log");
     let diag = || {
         format!(
@@ -181,12 +129,15 @@ operation_timeout = "4m"
             tail(&root.join("haproxy").join("haproxy.log"), 10)
         )
     };
+    // Over TLS, trusting the tests' CA only, as a platform configured with it would.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     let api = Api {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .tls_certs_only([ca])
             .build()
             .unwrap(),
-        base: format!("http://127.0.0.1:{listen}"),
+        base: format!("https://127.0.0.1:{listen}"),
     };
 
     let mut broker = spawn_broker(&config, &log);

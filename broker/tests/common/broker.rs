@@ -98,8 +98,14 @@ impl<'a> BrokerToml<'a> {
             .map(|p| format!("walarchive_config = \"{}\"\n", p.display()))
             .unwrap_or_default();
         let port_min = self.port_min.unwrap_or_else(free_port);
+        let pki = super::etcd::pki();
+        let patroni = super::cells::patroni_etcd_tls();
         format!(
             r#"{listen}archive_timeout = "60s"
+[tls]
+cert_file = "{broker_cert}"
+key_file = "{broker_key}"
+ca_file = "{ca}"
 [credentials]
 username = "{user}"
 password_file = "{pw}"
@@ -115,8 +121,7 @@ node_count = {node_count}
 [repository]
 base = "{base}"
 {walarchive_config}[etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
+{etcd}prefix = "{prefix}"
 {cells}
 [router]
 host = "127.0.0.1"
@@ -134,6 +139,9 @@ ttl = {ttl}
 loop_wait = {loop_wait}
 retry_timeout = {retry_timeout}
 wal_segsize_mb = 1
+etcd_ca_file = "{ca}"
+etcd_cert_file = "{patroni_cert}"
+etcd_key_file = "{patroni_key}"
 [worker]
 poll_interval = "{poll}"
 operation_timeout = "{timeout}"
@@ -145,7 +153,12 @@ backoff_max = "{backoff_max}"
             plan = self.plan,
             node_count = self.node_count,
             base = self.base,
-            endpoint = etcd().endpoint(),
+            etcd = etcd().config_lines(),
+            broker_cert = pki.broker.cert_file.display(),
+            broker_key = pki.broker.key_file.display(),
+            ca = pki.ca_file().display(),
+            patroni_cert = patroni.cert_file.as_ref().unwrap().display(),
+            patroni_key = patroni.key_file.as_ref().unwrap().display(),
             port_max = port_min + self.router_ports - 1,
             haproxy = self.dir.join("haproxy").display(),
             outlive = self.outlive_router,

@@ -145,6 +145,23 @@ pub fn walarchive(bin: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Patroni's TLS towards the tests' etcd: the CA, and a client certificate whose key the
+/// postgres user reads (made once per process).
+pub fn patroni_etcd_tls() -> walarchive_broker::patroni::EtcdTls {
+    static TLS: std::sync::OnceLock<walarchive_broker::patroni::EtcdTls> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let files = super::etcd::pki().issue("patroni");
+        chown_postgres(&files.key_file);
+        walarchive_broker::patroni::EtcdTls {
+            ca_file: files.ca_file,
+            cert_file: Some(files.cert_file),
+            key_file: Some(files.key_file),
+        }
+    })
+    .clone()
+}
+
 /// A range of 100 ports for one cell's nodes, disjoint from every other cell's of this
 /// process (cells on one machine must not pick the same port) and below the kernel's
 /// ephemeral ports (where `free_port` and the routers' ports are).
@@ -182,11 +199,16 @@ impl Cell {
         let data_root = root.join(format!("cell-{name}"));
         let config = root.join(format!("cell-{name}.toml"));
         let [min, max] = node_ports();
+        let tls = super::etcd::pki().issue(&format!("cell-{name}-{port}"));
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\nports = [{min}, {max}]\n",
-                data_root.display()
+                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\nports = [{min}, {max}]\n\
+                 [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+                data_root.display(),
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.ca_file.display(),
             ),
         )
         .unwrap();
@@ -194,7 +216,7 @@ impl Cell {
             name: name.to_string(),
             config,
             data_root,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{port}"),
             log: root.join(format!("cell-{name}.log")),
             token: Secret::generate(),
             child: std::sync::Mutex::new(None),
@@ -223,7 +245,12 @@ impl Cell {
 
     /// A client for this agent.
     pub fn client(&self) -> CellClient {
-        CellClient::new(&self.url, self.token.clone()).unwrap()
+        CellClient::new(
+            &self.url,
+            self.token.clone(),
+            Some(&super::etcd::pki().broker),
+        )
+        .unwrap()
     }
 
     /// Waits until the agent answers.

@@ -42,7 +42,7 @@ impl Api {
     pub fn new(text: &str, service: &str, plan: &str) -> Api {
         let config = BrokerConfig::parse(text, "test").expect("configuration");
         let store = Store::new(
-            EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap(),
+            EtcdClient::from_config(&config.etcd).unwrap(),
             config.etcd.prefix.clone(),
         );
         let state = AppState::new(config, store.clone(), Arc::new(NoBinder));
