@@ -36,15 +36,17 @@ use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::binder::RoleRequest;
 pub use crate::patroni::{DcsTiming, Secret};
 use crate::patroni::{
-    EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
+    EtcdCredentials, EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT,
+    SUPERUSER,
 };
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
@@ -93,6 +95,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// PostgreSQL refused a connection or a statement (or the node is not the leader).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// A base backup failed.
     #[error("backup of node {node} failed (exit status {code:?}): {stderr}")]
     Backup {
@@ -280,6 +285,9 @@ pub struct NodeSpec {
     /// TLS towards etcd (files on this cell), when etcd speaks TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_tls: Option<EtcdTls>,
+    /// Patroni's etcd user, when etcd's authentication is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_credentials: Option<EtcdCredentials>,
     /// The instance's walarchive repository URL (`<base>/<name>`).
     pub repository: String,
     /// The walarchive executable on the cell (executable by the postgres user).
@@ -294,6 +302,10 @@ pub struct NodeSpec {
     pub superuser_password: Secret,
     /// Password of the `replicator` user.
     pub replication_password: Secret,
+    /// Password of the `rewinder` user (pg_rewind); absent in specs of instances created
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_password: Option<Secret>,
     /// Patroni `synchronous_mode`.
     #[serde(default)]
     pub synchronous: bool,
@@ -613,10 +625,24 @@ struct Agent {
     token: Secret,
     uid: u32,
     gid: u32,
+    /// This agent's OS user, which may act as the nodes' superuser over their socket.
+    agent_user: String,
     nodes: Mutex<BTreeMap<String, Arc<Node>>>,
     /// Serialises creations, updates and removals.
     ops: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+}
+
+/// The name of OS user `uid`.
+fn user_name(uid: u32) -> Result<String, Error> {
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2].parse() == Ok(uid))
+        .map(|f| f[0].to_string())
+        .ok_or_else(|| Error::NoUser(format!("uid {uid}")))
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32), Error> {
@@ -680,6 +706,7 @@ impl Agent {
             node_name: name.to_string(),
             etcd_hosts: s.etcd_hosts.clone(),
             etcd_tls: s.etcd_tls.clone(),
+            etcd_credentials: s.etcd_credentials.clone(),
             host: s.host.clone(),
             peer_hosts: s.peer_hosts.clone(),
             pg_port: rec.ports.pg_port,
@@ -695,6 +722,8 @@ impl Agent {
             wal_segsize_mb: s.wal_segsize_mb,
             superuser_password: s.superuser_password.clone(),
             replication_password: s.replication_password.clone(),
+            rewind_password: s.rewind_password.clone(),
+            ident_users: vec![self.config.user.clone(), self.agent_user.clone()],
             restapi_password: rec.restapi_password.clone(),
         }
     }
@@ -1091,8 +1120,10 @@ impl Agent {
         let node = self.node(name)?;
         let rec = node.record();
         let started = Instant::now();
+        // Over the socket: the superuser is not reachable over the network.
         let conn = format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres",
+            "host={} port={} user={SUPERUSER} dbname=postgres",
+            self.config.socket_dir().display(),
             rec.ports.pg_port
         );
         let mut cmd = tokio::process::Command::new(&rec.spec.walarchive);
@@ -1110,7 +1141,6 @@ impl Agent {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &node.dir)
-            .env("PGPASSWORD", rec.spec.superuser_password.expose())
             .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -1138,6 +1168,61 @@ impl Agent {
         Ok(BackupOutcome { summary, seconds })
     }
 
+    /// A superuser session on node `name`'s PostgreSQL, database `db`, over its Unix socket
+    /// (peer authentication as this agent's OS user).
+    async fn local_superuser(&self, name: &str, db: &str) -> Result<tokio_postgres::Client, Error> {
+        let node = self.node(name)?;
+        let rec = node.record();
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(self.config.socket_dir())
+            .port(rec.ports.pg_port)
+            .user(SUPERUSER)
+            .dbname(db)
+            .application_name("walarchive-cell")
+            .connect_timeout(Duration::from_secs(10));
+        let (client, connection) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| Error::Postgres(format!("connecting to node {name}: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Creates or resets a binding's role on node `name`, which must be the leader.
+    async fn put_role(&self, name: &str, role: &str, req: RoleRequest) -> Result<(), Error> {
+        if !crate::binder::valid_role_name(role) {
+            return Err(Error::Invalid(format!("invalid role name {role:?}")));
+        }
+        req.validate().map_err(Error::Invalid)?;
+        let admin = self.local_superuser(name, "postgres").await?;
+        crate::binder::create_role(&admin, role, &req)
+            .await
+            .map_err(|e| Error::Postgres(e.to_string()))?;
+        info!(node = name, role, "binding role ready");
+        Ok(())
+    }
+
+    /// Drops a binding's role on node `name` (nothing when it does not exist).
+    async fn delete_role(&self, name: &str, role: &str, group: &str) -> Result<(), Error> {
+        if !crate::binder::valid_role_name(role) || !crate::binder::valid_object_name(group) {
+            return Err(Error::Invalid(format!(
+                "invalid role names {role:?}, {group:?}"
+            )));
+        }
+        let admin = self.local_superuser(name, "postgres").await?;
+        crate::binder::drop_role(&admin, group, role, |db| async move {
+            self.local_superuser(name, &db)
+                .await
+                .map_err(|e| crate::api::BindError::new(e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Postgres(e.to_string()))?;
+        info!(node = name, role, "binding role dropped");
+        Ok(())
+    }
+
     async fn shutdown(&self) {
         let nodes: Vec<Arc<Node>> = self
             .nodes
@@ -1163,6 +1248,8 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            // Not the leader (any more), or PostgreSQL refused: the broker tries again.
+            Error::Postgres(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -1248,6 +1335,36 @@ async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<Str
     }
 }
 
+async fn put_role(
+    State(agent): State<Arc<Agent>>,
+    UrlPath((name, role)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: RoleRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return Error::Invalid(format!("role request: {e}")).into_response(),
+    };
+    match agent.put_role(&name, &role, req).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete_role(
+    State(agent): State<Arc<Agent>>,
+    UrlPath((name, role)): UrlPath<(String, String)>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let group = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "group")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    match agent.delete_role(&name, &role, &group).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/nodes", get(list_nodes))
@@ -1256,6 +1373,10 @@ fn router(agent: Arc<Agent>) -> Router {
             get(get_node).put(put_node).delete(delete_node),
         )
         .route("/v1/nodes/{name}/backup", post(backup_node))
+        .route(
+            "/v1/nodes/{name}/roles/{role}",
+            put(put_role).delete(delete_role),
+        )
         .layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent)
 }
@@ -1268,6 +1389,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let token = config.token()?;
     let (uid, gid) = user_ids(&config.user)?;
+    // SAFETY: geteuid has no preconditions.
+    let agent_user = user_name(unsafe { libc::geteuid() })?;
     let root = config.data_root.clone();
     std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
@@ -1309,6 +1432,7 @@ pub async fn run(
         token,
         uid,
         gid,
+        agent_user,
         nodes: Mutex::new(BTreeMap::new()),
         ops: tokio::sync::Mutex::new(()),
         http,
@@ -1475,6 +1599,44 @@ impl CellClient {
             )
             .await?;
         Ok(status != 404)
+    }
+
+    /// Creates or resets a binding's role on node `name` (which must be its instance's
+    /// leader: 409 otherwise).
+    pub async fn put_role(&self, name: &str, role: &str, req: &RoleRequest) -> Result<(), Error> {
+        let body = serde_json::to_string(req).expect("role requests serialize");
+        let (status, _) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/nodes/{name}/roles/{role}"),
+                Some(body),
+                Duration::from_secs(60),
+            )
+            .await?;
+        if status == 404 {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Drops a binding's role on node `name` (which must be its instance's leader), handing
+    /// what it owns to `group`.
+    pub async fn delete_role(&self, name: &str, role: &str, group: &str) -> Result<(), Error> {
+        let (status, _) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!(
+                    "/v1/nodes/{name}/roles/{role}?group={}",
+                    crate::state::encode_component(group)
+                ),
+                None,
+                Duration::from_secs(120),
+            )
+            .await?;
+        if status == 404 {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Ok(())
     }
 
     /// Takes a base backup of node `name` into its repository (waits until it is complete).

@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::secrets::{Keyring, SecretsConfig};
 use crate::tls::{is_loopback_host, TlsFiles};
 
 /// Errors loading the configuration. Messages name the file and the offending setting.
@@ -165,6 +168,12 @@ pub struct BrokerConfig {
     pub repository: RepositoryConfig,
     /// The etcd cluster holding the broker's state.
     pub etcd: EtcdConfig,
+    /// The key sealing the secrets kept in etcd (required).
+    #[serde(default)]
+    pub secrets: Option<SecretsConfig>,
+    /// The keyring of `secrets`, loaded at load time.
+    #[serde(skip)]
+    pub keyring: Option<Arc<Keyring>>,
     /// The machines (cell agents) that run the clusters' nodes.
     #[serde(default)]
     pub cells: Vec<CellConfig>,
@@ -221,6 +230,19 @@ pub struct NodesConfig {
     /// Its key, at this path on every cell (readable by the nodes' OS user only).
     #[serde(default)]
     pub etcd_key_file: Option<PathBuf>,
+    /// Patroni's etcd user, when etcd's authentication is on (a role limited to Patroni's
+    /// namespace is enough).
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    /// Environment variable holding its password (sent to the cells over TLS).
+    #[serde(default)]
+    pub etcd_password_env: Option<String>,
+    /// File holding its password.
+    #[serde(default)]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The password, read at load time.
+    #[serde(skip)]
+    pub etcd_password: Secret,
 }
 
 impl Default for NodesConfig {
@@ -236,6 +258,10 @@ impl Default for NodesConfig {
             etcd_ca_file: None,
             etcd_cert_file: None,
             etcd_key_file: None,
+            etcd_username: None,
+            etcd_password_env: None,
+            etcd_password_file: None,
+            etcd_password: Secret::default(),
         }
     }
 }
@@ -436,6 +462,19 @@ pub struct EtcdConfig {
     /// Key of `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// etcd user of the broker, when etcd's authentication is on (a role limited to
+    /// `prefix` is enough: it covers Patroni's default namespace).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding that user's password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding that user's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The password, read at load time.
+    #[serde(skip)]
+    pub password: Secret,
     /// Key prefix of all the broker's keys (no trailing slash).
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -520,6 +559,12 @@ pub struct RouterConfig {
     /// Address HAProxy binds the instance ports to.
     #[serde(default = "default_bind_address")]
     pub bind_address: String,
+    /// Address HAProxy connects to the nodes from. Set it when the router runs on a machine
+    /// that also runs nodes (an address of that machine that no cell uses as its `host`):
+    /// the nodes accept their replication role only from the instance's other nodes, and a
+    /// router connecting from a node's own address would pass for it.
+    #[serde(default)]
+    pub source_address: Option<String>,
     /// The HAProxy binary.
     #[serde(default = "default_haproxy_binary")]
     pub haproxy_binary: PathBuf,
@@ -578,6 +623,13 @@ fn default_retain() -> u32 {
 pub const MAX_NODES: u8 = 5;
 
 impl BrokerConfig {
+    /// The keyring sealing the secrets kept in etcd (loaded by [`BrokerConfig::parse`]).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .clone()
+            .expect("BrokerConfig::parse loads the keyring")
+    }
+
     /// Reads, validates and resolves (secrets) the configuration file at `path`.
     pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -602,6 +654,36 @@ impl BrokerConfig {
             c.credentials.password_env.as_deref(),
             c.credentials.password_file.as_deref(),
         )?;
+        let secrets = c.secrets.as_ref().ok_or_else(|| ConfigError::Secret {
+            origin: origin.to_string(),
+            setting: "secrets".into(),
+            message: "the key sealing the passwords the broker keeps in etcd is required: set secrets.key_file (or secrets.key_env) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`".into(),
+        })?;
+        c.keyring = Some(Arc::new(Keyring::load(secrets).map_err(|e| {
+            ConfigError::Secret {
+                origin: origin.to_string(),
+                setting: "secrets".into(),
+                message: e.to_string(),
+            }
+        })?));
+        if c.etcd.username.is_some() {
+            c.etcd.password = resolve_secret(
+                origin,
+                "etcd",
+                "password",
+                c.etcd.password_env.as_deref(),
+                c.etcd.password_file.as_deref(),
+            )?;
+        }
+        if c.nodes.etcd_username.is_some() {
+            c.nodes.etcd_password = resolve_secret(
+                origin,
+                "nodes",
+                "etcd_password",
+                c.nodes.etcd_password_env.as_deref(),
+                c.nodes.etcd_password_file.as_deref(),
+            )?;
+        }
         for (i, cell) in c.cells.iter_mut().enumerate() {
             cell.token = resolve_secret(
                 origin,
@@ -724,6 +806,22 @@ impl BrokerConfig {
             return Err(invalid(
                 "nodes.etcd_cert_file",
                 "nodes.etcd_cert_file and nodes.etcd_key_file go together".into(),
+            ));
+        }
+        if self.etcd.username.is_none()
+            && (self.etcd.password_env.is_some() || self.etcd.password_file.is_some())
+        {
+            return Err(invalid(
+                "etcd.username",
+                "a password is set but no user: set etcd.username".into(),
+            ));
+        }
+        if self.nodes.etcd_username.is_none()
+            && (self.nodes.etcd_password_env.is_some() || self.nodes.etcd_password_file.is_some())
+        {
+            return Err(invalid(
+                "nodes.etcd_username",
+                "a password is set but no user: set nodes.etcd_username".into(),
             ));
         }
         if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
@@ -913,6 +1011,21 @@ mod tests {
     fn with_password_file(text: &str) -> (tempfile::NamedTempFile, String) {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "s3cret-pw\n").unwrap();
+        let key = f.path().with_extension("key");
+        std::fs::write(&key, crate::secrets::Keyring::generate_key()).unwrap();
+        let text = text
+            .replace(
+                "/etc/walarchive-broker/secrets.key\"",
+                &format!("{}\"", key.display()),
+            )
+            .replace(
+                "\"/etc/walarchive-broker/etcd.password\"",
+                &format!("{:?}", f.path().display().to_string()),
+            )
+            .replace(
+                "\"/etc/walarchive-broker/etcd-patroni.password\"",
+                &format!("{:?}", f.path().display().to_string()),
+            );
         let text = text.replace(
             "password_env = \"WALARCHIVE_BROKER_PASSWORD\"",
             &format!("password_file = {:?}", f.path().display().to_string()),
@@ -971,6 +1084,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("node_count"), "{e}");
+
+        let start = text.find("\n[secrets]").unwrap();
+        let end = text[start..].find("\n[credentials]").unwrap() + start;
+        let e = BrokerConfig::parse(&format!("{}{}", &text[..start], &text[end..]), "x")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "invalid configuration x: secrets: the key sealing the passwords the broker keeps in etcd is required: set secrets.key_file (or secrets.key_env) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`");
     }
 
     #[test]
@@ -978,7 +1098,7 @@ mod tests {
         let (_f, text) = with_password_file(&example());
         let no_tls = |t: &str| {
             let start = t.find("\n[tls]\n").unwrap();
-            let end = t[start..].find("\n[credentials]").unwrap() + start;
+            let end = t[start..].find("\n[secrets]").unwrap() + start;
             format!("{}{}", &t[..start], &t[end..])
         };
         let e = BrokerConfig::parse(&no_tls(&text), "x.toml")

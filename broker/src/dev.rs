@@ -154,17 +154,25 @@ fn free_port() -> Result<u16, DevError> {
         .map_err(io_err("find a free port"))
 }
 
-/// `n` consecutive ports that are free now.
+/// `n` consecutive ports that are free now, below the kernel's ephemeral ports: a port in
+/// that range may be taken, between this choice and the server binding it, by any outgoing
+/// connection of the machine.
 fn free_range(n: u16) -> Result<(u16, u16), DevError> {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20000u16, ephemeral.max(20000 + 2 * n));
+    let span = high - low - n;
     let mut seed = [0u8; 2];
     getrandom::fill(&mut seed).map_err(|e| DevError::Failed(e.to_string()))?;
-    let mut base = 40000 + u16::from_le_bytes(seed) % 15000;
+    let mut base = low + u16::from_le_bytes(seed) % span;
     for _ in 0..50 {
         let free = (base..base + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
         if free {
             return Ok((base, base + n - 1));
         }
-        base = 40000 + (base - 40000 + 97 * n) % 15000;
+        base = low + (base - low + 97 * n) % span;
     }
     Err(DevError::Failed(format!(
         "no range of {n} free ports found"
@@ -361,6 +369,17 @@ impl Dev {
             .map_err(io_err(format!("chown {}", patroni_tls.key_file.display())))?;
         let password = Secret::new(crate::patroni::Secret::generate().expose());
         write_secret(&dir.join("secrets/broker-password"), password.expose())?;
+        write_secret(
+            &dir.join("secrets/secrets.key"),
+            &crate::secrets::Keyring::generate_key(),
+        )?;
+        // etcd's users (authentication goes on when etcd has started).
+        for user in ["root", "broker", "patroni"] {
+            write_secret(
+                &dir.join(format!("secrets/etcd-{user}.password")),
+                crate::patroni::Secret::generate().expose(),
+            )?;
+        }
         let broker_port = free_port()?;
         let etcd_port = free_port()?;
         // The router's 20 ports, then a range of 100 for each cell's nodes: the cells share
@@ -419,6 +438,9 @@ archive_timeout = "60s"
 username = "broker"
 password_file = {pw:?}
 
+[secrets]
+key_file = {key:?}
+
 [tls]
 cert_file = {broker_cert:?}
 key_file = {broker_key:?}
@@ -451,12 +473,16 @@ prefix = "/walarchive-broker"
 ca_file = {ca:?}
 cert_file = {broker_cert:?}
 key_file = {broker_key:?}
+username = "walarchive-broker"
+password_file = {etcd_broker_pw:?}
 
 [router]
 host = "127.0.0.1"
 port_min = {pmin}
 port_max = {pmax}
 bind_address = "127.0.0.1"
+# The cells are on this machine too: the router connects from an address of its own.
+source_address = "127.0.0.2"
 haproxy_config = {haproxy:?}
 outlive_broker = false
 
@@ -470,11 +496,22 @@ wal_segsize_mb = 1
 etcd_ca_file = {ca:?}
 etcd_cert_file = {patroni_cert:?}
 etcd_key_file = {patroni_key:?}
+etcd_username = "patroni"
+etcd_password_file = {etcd_patroni_pw:?}
 
 [worker]
 poll_interval = "2s"
 {cells_toml}"#,
             pw = dir.join("secrets/broker-password").display().to_string(),
+            key = dir.join("secrets/secrets.key").display().to_string(),
+            etcd_broker_pw = dir
+                .join("secrets/etcd-broker.password")
+                .display()
+                .to_string(),
+            etcd_patroni_pw = dir
+                .join("secrets/etcd-patroni.password")
+                .display()
+                .to_string(),
             repo = repo.display(),
             pmin = router_ports.0,
             pmax = router_ports.1,
@@ -567,6 +604,39 @@ poll_interval = "2s"
             }
         })
         .await?;
+
+        // etcd's authentication: the broker's user reaches the broker's prefix (Patroni's
+        // namespace included, to remove a deleted instance's keys), Patroni's only its
+        // namespace.
+        let read = |user: &str| -> Result<crate::patroni::Secret, DevError> {
+            let f = self.dir.join(format!("secrets/etcd-{user}.password"));
+            Ok(crate::patroni::Secret::new(
+                std::fs::read_to_string(&f).map_err(io_err(format!("read {}", f.display())))?,
+            ))
+        };
+        let (root, broker, patroni) = (read("root")?, read("broker")?, read("patroni")?);
+        let mut opts = crate::etcd::EtcdOptions::new(Duration::from_secs(5));
+        opts.ca_file = Some(self.tls.ca_file.clone());
+        opts.identity = Some((self.tls.cert_file.clone(), self.tls.key_file.clone()));
+        crate::etcd::EtcdClient::with_options(std::slice::from_ref(&client_url), opts)
+            .map_err(|e| DevError::Failed(e.to_string()))?
+            .enable_auth(
+                &root,
+                &[
+                    crate::etcd::EtcdUser {
+                        name: "walarchive-broker",
+                        password: &broker,
+                        prefixes: &["/walarchive-broker/"],
+                    },
+                    crate::etcd::EtcdUser {
+                        name: "patroni",
+                        password: &patroni,
+                        prefixes: &["/walarchive-broker/patroni/"],
+                    },
+                ],
+            )
+            .await
+            .map_err(|e| DevError::Failed(format!("enable etcd's authentication: {e}")))?;
 
         // cells
         for i in 0..self.cells.len() {

@@ -19,6 +19,7 @@ pub mod etcd;
 pub mod names;
 pub mod patroni;
 pub mod router;
+pub mod secrets;
 pub mod state;
 pub mod tls;
 pub mod worker;

@@ -95,6 +95,16 @@ pub struct EtcdTls {
     pub key_file: Option<PathBuf>,
 }
 
+/// Patroni's etcd user, when etcd's authentication is on. `Debug` hides the password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdCredentials {
+    /// The user.
+    pub username: String,
+    /// Its password.
+    pub password: Secret,
+}
+
 /// Everything needed to write one node's Patroni configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -108,6 +118,8 @@ pub struct NodeConfig {
     pub etcd_hosts: Vec<String>,
     /// TLS towards etcd (`https`), if etcd speaks it.
     pub etcd_tls: Option<EtcdTls>,
+    /// Patroni's etcd user, if etcd's authentication is on.
+    pub etcd_credentials: Option<EtcdCredentials>,
     /// Address the other nodes and the routers reach this node at.
     pub host: String,
     /// Other hosts allowed to replicate from this node (the instance's other cells).
@@ -139,6 +151,13 @@ pub struct NodeConfig {
     pub superuser_password: Secret,
     /// Password of the `replicator` replication user.
     pub replication_password: Secret,
+    /// Password of the `rewinder` user pg_rewind connects to the leader as (instances
+    /// created before it existed have none: they rewind as the superuser, which the network
+    /// no longer reaches, so a failed-over node of theirs is cloned afresh instead).
+    pub rewind_password: Option<Secret>,
+    /// OS users that may act as the superuser over the Unix socket (peer authentication):
+    /// the nodes' user and the cell agent's.
+    pub ident_users: Vec<String>,
     /// Password protecting Patroni's REST API's unsafe endpoints (user `patroni`).
     pub restapi_password: Secret,
 }
@@ -149,6 +168,10 @@ pub const SUPERUSER: &str = "postgres";
 pub const REPLICATION_USER: &str = "replicator";
 /// The REST API user's name.
 pub const RESTAPI_USER: &str = "patroni";
+/// The user pg_rewind connects to the leader as (Patroni grants it what pg_rewind reads).
+pub const REWIND_USER: &str = "rewinder";
+/// The pg_ident.conf map of the OS users that may act as the superuser locally.
+pub const IDENT_MAP: &str = "walarchive";
 /// File name of the replica-creation wrapper in the node directory.
 pub const REPLICA_FETCH_SCRIPT: &str = "replica-fetch.sh";
 /// File name of Patroni's `on_role_change` callback in the node directory.
@@ -189,6 +212,10 @@ impl NodeConfig {
                 etcd["key"] = k.display().to_string().into();
             }
         }
+        if let Some(c) = &self.etcd_credentials {
+            etcd["username"] = c.username.clone().into();
+            etcd["password"] = c.password.expose().into();
+        }
         etcd
     }
 
@@ -202,24 +229,68 @@ impl NodeConfig {
         }
     }
 
-    /// pg_hba.conf lines: replication from loopback, the node's host and its peers;
-    /// everything else with a password (clients come through routers whose addresses the
-    /// cell does not know).
+    /// pg_hba.conf lines (first match wins):
+    ///
+    /// * the superuser only over the Unix socket, for the node's own OS user and the cell
+    ///   agent (peer authentication): Patroni, backups and the cell's binding requests run
+    ///   there. No password opens it over the network, through the router least of all:
+    ///   `COPY ... TO PROGRAM` would run anything as the node's OS user;
+    /// * replication, and pg_rewind's user, only from the instance's other nodes;
+    /// * those roles refused from anywhere else, and every other role (the bindings', which
+    ///   come through routers whose addresses the cell does not know) with a password.
+    ///
+    /// A router on the same machine as a node must connect from an address of its own
+    /// (`router.source_address`), or it would pass for that node.
     pub fn pg_hba(&self) -> Vec<String> {
-        let mut hba = vec![format!("local all {SUPERUSER} peer")];
-        let mut hosts = vec!["127.0.0.1".to_string(), self.host.clone()];
-        hosts.extend(self.peer_hosts.iter().cloned());
-        hosts.sort();
-        hosts.dedup();
-        for h in &hosts {
+        let mut hba = vec![
+            format!("local all {SUPERUSER} peer map={IDENT_MAP}"),
+            format!("local replication {SUPERUSER} peer map={IDENT_MAP}"),
+            "local all all reject".to_string(),
+        ];
+        let mut peers = self.peer_hosts.clone();
+        peers.sort();
+        peers.dedup();
+        for h in &peers {
             let cidr = host_cidr(h);
             hba.push(format!(
                 "host replication {REPLICATION_USER} {cidr} scram-sha-256"
             ));
+            if self.rewind_password.is_some() {
+                hba.push(format!("host postgres {REWIND_USER} {cidr} scram-sha-256"));
+            }
         }
-        hba.push("host all all 0.0.0.0/0 scram-sha-256".into());
-        hba.push("host all all ::/0 scram-sha-256".into());
+        for net in ["0.0.0.0/0", "::/0"] {
+            hba.push(format!(
+                "host all {SUPERUSER},{REPLICATION_USER},{REWIND_USER} {net} reject"
+            ));
+            hba.push(format!("host replication all {net} reject"));
+        }
+        for net in ["0.0.0.0/0", "::/0"] {
+            hba.push(format!("host all all {net} scram-sha-256"));
+        }
         hba
+    }
+
+    /// pg_ident.conf lines: the OS users that act as the superuser over the socket.
+    pub fn pg_ident(&self) -> Vec<String> {
+        let mut users = self.ident_users.clone();
+        users.sort();
+        users.dedup();
+        users
+            .iter()
+            .map(|u| format!("{IDENT_MAP} {u} {SUPERUSER}"))
+            .collect()
+    }
+
+    fn authentication(&self) -> Value {
+        let mut a = json!({
+            "superuser": {"username": SUPERUSER, "password": self.superuser_password.expose()},
+            "replication": {"username": REPLICATION_USER, "password": self.replication_password.expose()},
+        });
+        if let Some(pw) = &self.rewind_password {
+            a["rewind"] = json!({"username": REWIND_USER, "password": pw.expose()});
+        }
+        a
     }
 
     /// The Patroni configuration document.
@@ -275,16 +346,15 @@ impl NodeConfig {
                 "data_dir": self.data_dir().display().to_string(),
                 "bin_dir": self.pg_bin_dir.display().to_string(),
                 "pgpass": format!("{node_dir}/pgpass"),
-                "authentication": {
-                    "superuser": {"username": SUPERUSER, "password": self.superuser_password.expose()},
-                    "replication": {"username": REPLICATION_USER, "password": self.replication_password.expose()},
-                },
+                "authentication": self.authentication(),
+                "use_unix_socket": true,
                 "parameters": {
                     "archive_command": self.archive_command(),
                     "unix_socket_directories": self.socket_dir.display().to_string(),
                 },
                 "recovery_conf": {"restore_command": self.restore_command()},
                 "pg_hba": self.pg_hba(),
+                "pg_ident": self.pg_ident(),
                 "create_replica_methods": ["walarchive", "basebackup"],
                 "walarchive": {
                     "command": format!("{node_dir}/{REPLICA_FETCH_SCRIPT}"),
@@ -420,6 +490,10 @@ mod tests {
                 cert_file: Some("/etc/cell/patroni.crt".into()),
                 key_file: Some("/etc/cell/patroni.key".into()),
             }),
+            etcd_credentials: Some(EtcdCredentials {
+                username: "patroni".into(),
+                password: Secret::new("etcd-pw"),
+            }),
             host: "10.0.0.5".into(),
             peer_hosts: vec!["10.0.0.6".into()],
             pg_port: 5433,
@@ -435,6 +509,8 @@ mod tests {
             wal_segsize_mb: Some(1),
             superuser_password: Secret::new("su'pw"),
             replication_password: Secret::new("repl"),
+            rewind_password: Some(Secret::new("rew")),
+            ident_users: vec!["postgres".into(), "root".into()],
             restapi_password: Secret::new("rest"),
         }
     }
@@ -447,6 +523,8 @@ mod tests {
         assert_eq!(v["etcd3"]["protocol"], "https");
         assert_eq!(v["etcd3"]["cacert"], "/etc/cell/etcd-ca.crt");
         assert_eq!(v["etcd3"]["key"], "/etc/cell/patroni.key");
+        assert_eq!(v["etcd3"]["username"], "patroni");
+        assert_eq!(v["etcd3"]["password"], "etcd-pw");
         assert_eq!(v["postgresql"]["listen"], "127.0.0.1,10.0.0.5:5433");
         assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:5433");
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
@@ -460,7 +538,31 @@ mod tests {
         );
         assert_eq!(v["bootstrap"]["initdb"][2]["wal-segsize"], "1");
         let hba = config().pg_hba();
-        assert!(hba.contains(&"host replication replicator 10.0.0.6/32 scram-sha-256".into()));
+        assert_eq!(
+            hba,
+            [
+                "local all postgres peer map=walarchive",
+                "local replication postgres peer map=walarchive",
+                "local all all reject",
+                "host replication replicator 10.0.0.6/32 scram-sha-256",
+                "host postgres rewinder 10.0.0.6/32 scram-sha-256",
+                "host all postgres,replicator,rewinder 0.0.0.0/0 reject",
+                "host replication all 0.0.0.0/0 reject",
+                "host all postgres,replicator,rewinder ::/0 reject",
+                "host replication all ::/0 reject",
+                "host all all 0.0.0.0/0 scram-sha-256",
+                "host all all ::/0 scram-sha-256",
+            ]
+        );
+        assert_eq!(
+            v["postgresql"]["pg_ident"],
+            json!(["walarchive postgres postgres", "walarchive root postgres"])
+        );
+        assert_eq!(v["postgresql"]["use_unix_socket"], true);
+        assert_eq!(
+            v["postgresql"]["authentication"]["rewind"],
+            json!({"username": "rewinder", "password": "rew"})
+        );
         // The rendered text is JSON (hence YAML).
         let text = config().render();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
@@ -469,7 +571,10 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let dbg = format!("{:?}", config());
-        assert!(!dbg.contains("su'pw") && !dbg.contains("repl\""), "{dbg}");
+        assert!(
+            !dbg.contains("su'pw") && !dbg.contains("repl\"") && !dbg.contains("etcd-pw"),
+            "{dbg}"
+        );
     }
 
     #[test]

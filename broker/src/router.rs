@@ -93,6 +93,10 @@ pub struct RouterOptions {
     /// HAProxy keeps running when this process ends, and is adopted by the next one. When
     /// false it is tied to this process (killed with it: single-machine mode, tests).
     pub outlive: bool,
+    /// Address HAProxy connects to the nodes from (`source`), when the router shares a
+    /// machine with nodes: the nodes accept their replication role only from the instance's
+    /// other nodes' addresses, and must not take the router for one.
+    pub source: Option<String>,
 }
 
 impl Default for RouterOptions {
@@ -101,6 +105,7 @@ impl Default for RouterOptions {
             bind_address: "0.0.0.0".into(),
             idle_timeout: Duration::from_secs(3600),
             outlive: false,
+            source: None,
         }
     }
 }
@@ -125,8 +130,12 @@ pub fn render(routes: &[Route], opts: &RouterOptions) -> String {
         "# Written by walarchive-broker; changes are overwritten.\n\
          global\n    master-worker\n\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client {idle}ms\n    \
-         timeout server {idle}ms\n    timeout check 2s\n\n"
+         timeout server {idle}ms\n    timeout check 2s\n"
     );
+    if let Some(src) = &opts.source {
+        let _ = writeln!(out, "    source {src}");
+    }
+    out.push('\n');
     let mut routes: Vec<&Route> = routes.iter().collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     for r in routes {

@@ -48,8 +48,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use std::sync::Arc;
+
 use crate::etcd::{Compare, EtcdClient, EtcdError, KeyValue, TxnOp, TxnOpResponse};
 use crate::patroni::Secret;
+use crate::secrets::{Keyring, SecretsError};
 
 /// How many earlier operations an [`OperationRecord`] remembers.
 pub const HISTORY: usize = 10;
@@ -117,6 +120,14 @@ pub enum StoreError {
     /// A transition closure refused the change.
     #[error("{0}")]
     Refused(String),
+    /// A sealed secret does not open.
+    #[error("cannot open the secret at {key}: {reason}")]
+    Secret {
+        /// The key.
+        key: String,
+        /// Why (in the message: not a `source`, so that it is printed once).
+        reason: SecretsError,
+    },
 }
 
 impl StoreError {
@@ -540,10 +551,15 @@ pub struct CatalogEntry {
 /// and removed when a deprovision succeeds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSecrets {
-    /// Password of the `postgres` superuser (the binder connects with it).
+    /// Password of the `postgres` superuser (only Patroni uses it: the superuser is reached
+    /// over the nodes' Unix sockets only).
     pub superuser_password: Secret,
     /// Password of the `replicator` replication user.
     pub replication_password: Secret,
+    /// Password of the `rewinder` user pg_rewind uses (absent for instances created before
+    /// it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_password: Option<Secret>,
 }
 
 impl InstanceSecrets {
@@ -552,6 +568,7 @@ impl InstanceSecrets {
         InstanceSecrets {
             superuser_password: Secret::generate(),
             replication_password: Secret::generate(),
+            rewind_password: Some(Secret::generate()),
         }
     }
 }
@@ -625,17 +642,46 @@ pub fn encode_component(s: &str) -> String {
 }
 
 /// Typed access to the broker's records in etcd. Cheap to clone.
+///
+/// The instances' secrets and the bindings' credentials are sealed with `keyring` (see
+/// [`crate::secrets`]) before they are written, and opened when read: etcd never holds them
+/// in clear. Records written in clear by earlier versions are still read, and
+/// [`Store::reseal_all`] seals them.
 #[derive(Debug, Clone)]
 pub struct Store {
     etcd: EtcdClient,
     prefix: String,
+    keyring: Arc<Keyring>,
+}
+
+/// The stored form of [`InstanceSecrets`]: sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedRecord {
+    sealed: String,
+}
+
+/// What [`Store::reseal_all`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Values sealed again with the current key (they were sealed with an old one).
+    pub rekeyed: usize,
+    /// Values that were in clear (written by an earlier version), now sealed.
+    pub were_clear: usize,
+    /// Values already sealed with the current key.
+    pub current: usize,
 }
 
 impl Store {
-    /// A store keeping its records under `prefix` (e.g. `/walarchive-broker`).
-    pub fn new(etcd: EtcdClient, prefix: impl Into<String>) -> Store {
+    /// A store keeping its records under `prefix` (e.g. `/walarchive-broker`), sealing
+    /// secrets with `keyring`.
+    pub fn new(etcd: EtcdClient, prefix: impl Into<String>, keyring: Arc<Keyring>) -> Store {
         let prefix = prefix.into().trim_end_matches('/').to_string();
-        Store { etcd, prefix }
+        Store {
+            etcd,
+            prefix,
+            keyring,
+        }
     }
 
     /// The etcd client.
@@ -796,10 +842,56 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<InstanceSecrets>, StoreError> {
-        Ok(self
-            .read(&self.secrets_key(instance_id))
+        match self
+            .etcd
+            .get(self.secrets_key(instance_id).as_bytes())
             .await?
-            .map(|v: Versioned<InstanceSecrets>| v.value))
+        {
+            Some(kv) => Ok(Some(self.open_secrets(&kv)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where a record's sealed value belongs: its key without the store's prefix (encoded
+    /// components hold no `/`, so no two records share it).
+    fn purpose<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(&self.prefix).unwrap_or(key)
+    }
+
+    fn secret_err(key: &str) -> impl FnOnce(SecretsError) -> StoreError + '_ {
+        move |reason| StoreError::Secret {
+            key: key.to_string(),
+            reason,
+        }
+    }
+
+    /// The secrets of a `secrets/<id>` record, and whether they are sealed with the current
+    /// key (false: sealed with an old key, or in clear).
+    fn open_secrets(&self, kv: &KeyValue) -> Result<(InstanceSecrets, bool), StoreError> {
+        let key = kv.key_str();
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            key: key.clone(),
+            message: e.to_string(),
+        };
+        match serde_json::from_slice::<SealedRecord>(&kv.value) {
+            Ok(r) => {
+                let (plain, current) = self
+                    .keyring
+                    .open(self.purpose(&key), &r.sealed)
+                    .map_err(Self::secret_err(&key))?;
+                Ok((serde_json::from_slice(&plain).map_err(corrupt)?, current))
+            }
+            // Written in clear by an earlier version.
+            Err(_) => Ok((serde_json::from_slice(&kv.value).map_err(corrupt)?, false)),
+        }
+    }
+
+    fn seal_secrets(&self, key: &str, secrets: &InstanceSecrets) -> Vec<u8> {
+        let plain = serde_json::to_vec(secrets).expect("JSON");
+        serde_json::to_vec(&SealedRecord {
+            sealed: self.keyring.seal(self.purpose(key), &plain),
+        })
+        .expect("JSON")
     }
 
     /// Stores `secrets` for an instance unless it has some already; returns the stored ones
@@ -810,12 +902,10 @@ impl Store {
         secrets: &InstanceSecrets,
     ) -> Result<InstanceSecrets, StoreError> {
         let key = self.secrets_key(instance_id);
-        let json = serde_json::to_vec(secrets).expect("JSON");
+        let json = self.seal_secrets(&key, secrets);
         match self.etcd.create(key.as_bytes(), &json).await? {
             crate::etcd::CreateOutcome::Created(_) => Ok(secrets.clone()),
-            crate::etcd::CreateOutcome::Exists(kv) => {
-                Ok(Self::decode::<InstanceSecrets>(&kv)?.value)
-            }
+            crate::etcd::CreateOutcome::Exists(kv) => Ok(self.open_secrets(&kv)?.0),
         }
     }
 
@@ -1393,7 +1483,14 @@ impl Store {
         instance_id: &str,
         binding_id: &str,
     ) -> Result<Option<Versioned<BindingRecord>>, StoreError> {
-        self.read(&self.binding_key(instance_id, binding_id)).await
+        match self
+            .etcd
+            .get(self.binding_key(instance_id, binding_id).as_bytes())
+            .await?
+        {
+            Some(kv) => Ok(Some(self.open_binding(&kv)?.0)),
+            None => Ok(None),
+        }
     }
 
     /// The bindings of an instance.
@@ -1401,7 +1498,130 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Vec<Versioned<BindingRecord>>, StoreError> {
-        self.read_prefix(&self.bindings_prefix(instance_id)).await
+        self.etcd
+            .get_prefix(self.bindings_prefix(instance_id).as_bytes())
+            .await?
+            .iter()
+            .map(|kv| Ok(self.open_binding(kv)?.0))
+            .collect()
+    }
+
+    /// A binding record as stored: its credentials sealed (`sealed_credentials`) in place of
+    /// `credentials`.
+    fn seal_binding(&self, key: &str, record: &BindingRecord) -> Vec<u8> {
+        let mut v = serde_json::to_value(record).expect("JSON");
+        let m = v.as_object_mut().expect("an object");
+        if let Some(c) = m.remove("credentials") {
+            let plain = serde_json::to_vec(&c).expect("JSON");
+            m.insert(
+                "sealed_credentials".into(),
+                self.keyring.seal(self.purpose(key), &plain).into(),
+            );
+        }
+        serde_json::to_vec(&v).expect("JSON")
+    }
+
+    /// A stored binding record, its credentials opened; and whether they are sealed with the
+    /// current key (or there are none).
+    fn open_binding(&self, kv: &KeyValue) -> Result<(Versioned<BindingRecord>, bool), StoreError> {
+        let key = kv.key_str();
+        let corrupt = |message: String| StoreError::Corrupt {
+            key: key.clone(),
+            message,
+        };
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+        let m = v
+            .as_object_mut()
+            .ok_or_else(|| corrupt("not an object".into()))?;
+        let mut current = !m.contains_key("credentials");
+        if let Some(sealed) = m.remove("sealed_credentials") {
+            let sealed = sealed
+                .as_str()
+                .ok_or_else(|| corrupt("sealed_credentials is not a string".into()))?;
+            let (plain, cur) = self
+                .keyring
+                .open(self.purpose(&key), sealed)
+                .map_err(Self::secret_err(&key))?;
+            current = cur;
+            let c: serde_json::Value =
+                serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
+            m.insert("credentials".into(), c);
+        }
+        let value = serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))?;
+        Ok((
+            Versioned {
+                value,
+                mod_revision: kv.mod_revision,
+            },
+            current,
+        ))
+    }
+
+    /// Seals again, with the current key, every secret and binding credentials sealed with an
+    /// old key or written in clear (by compare-and-swap: a record changed meanwhile is read
+    /// again). Fails on a value no key of the keyring opens.
+    pub async fn reseal_all(&self) -> Result<Resealed, StoreError> {
+        let mut done = Resealed::default();
+        for (prefix, binding) in [
+            (format!("{}/secrets/", self.prefix), false),
+            (format!("{}/bindings/", self.prefix), true),
+        ] {
+            for kv in self.etcd.get_prefix(prefix.as_bytes()).await? {
+                let mut kv = kv;
+                for attempt in 0..CAS_ATTEMPTS {
+                    let key = kv.key_str();
+                    let clear = if binding {
+                        serde_json::from_slice::<serde_json::Value>(&kv.value)
+                            .is_ok_and(|v| v.get("credentials").is_some())
+                    } else {
+                        serde_json::from_slice::<SealedRecord>(&kv.value).is_err()
+                    };
+                    let (value, current) = if binding {
+                        let (b, current) = self.open_binding(&kv)?;
+                        (self.seal_binding(&key, &b.value), current)
+                    } else {
+                        let (s, current) = self.open_secrets(&kv)?;
+                        (self.seal_secrets(&key, &s), current)
+                    };
+                    if current {
+                        done.current += 1;
+                        break;
+                    }
+                    match self
+                        .etcd
+                        .compare_and_swap(kv.key.as_slice(), &value, kv.mod_revision)
+                        .await?
+                    {
+                        crate::etcd::CasOutcome::Swapped(_) => {
+                            if clear {
+                                done.were_clear += 1;
+                            } else {
+                                done.rekeyed += 1;
+                            }
+                            break;
+                        }
+                        crate::etcd::CasOutcome::Conflict(Some(now))
+                            if attempt + 1 < CAS_ATTEMPTS =>
+                        {
+                            kv = now;
+                        }
+                        // Deleted meanwhile: nothing left to seal.
+                        crate::etcd::CasOutcome::Conflict(None) => break,
+                        crate::etcd::CasOutcome::Conflict(Some(_)) => {
+                            return Err(StoreError::Contention { key })
+                        }
+                    }
+                }
+            }
+        }
+        info!(
+            rekeyed = done.rekeyed,
+            were_clear = done.were_clear,
+            key = self.keyring.current_id(),
+            "secrets sealed with the current key"
+        );
+        Ok(done)
     }
 
     /// Writes a binding if its key's mod revision is still `expected` (0: must not exist);
@@ -1412,7 +1632,7 @@ impl Store {
         expected: i64,
     ) -> Result<Option<i64>, StoreError> {
         let key = self.binding_key(&record.instance_id, &record.binding_id);
-        let json = serde_json::to_vec(record).expect("JSON");
+        let json = self.seal_binding(&key, record);
         Ok(
             match self
                 .etcd
@@ -1467,7 +1687,11 @@ mod tests {
     use std::time::Duration;
 
     fn store() -> Store {
-        Store::new(etcd().client(), etcd().fresh_prefix())
+        Store::new(
+            etcd().client(),
+            etcd().fresh_prefix(),
+            Arc::new(Keyring::from_base64(&Keyring::generate_key()).unwrap()),
+        )
     }
 
     fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
@@ -1768,6 +1992,157 @@ mod tests {
         );
         let dbg = format!("{first:?}");
         assert!(!dbg.contains(first.superuser_password.expose()), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn secrets_are_sealed_at_rest_bound_to_their_record_and_rotated() {
+        let (k1, k2) = (Keyring::generate_key(), Keyring::generate_key());
+        let prefix = etcd().fresh_prefix();
+        let ring = |k: &str| Arc::new(Keyring::from_base64(k).unwrap());
+        let s1 = Store::new(etcd().client(), &prefix, ring(&k1));
+        let sec = s1
+            .put_instance_secrets("a/b", &InstanceSecrets::generate())
+            .await
+            .unwrap();
+        let now = Timestamp::now();
+        let binding = BindingRecord {
+            instance_id: "a/b".into(),
+            binding_id: "b1".into(),
+            service_id: "svc".into(),
+            plan_id: "plan".into(),
+            request: serde_json::Value::Null,
+            state: BindingState::Created,
+            credentials: Some(Credentials {
+                uri: "postgres://b_b1:binding-pw-1234@h:1/app".into(),
+                jdbc_url: "jdbc:postgresql://h:1/app?password=binding-pw-1234".into(),
+                hostname: "h".into(),
+                port: 1,
+                name: "app".into(),
+                username: "b_b1".into(),
+                password: "binding-pw-1234".into(),
+            }),
+            created_at: now,
+            updated_at: now,
+        };
+        s1.put_binding(&binding, 0).await.unwrap().unwrap();
+        let raw = |prefix: String| async move {
+            etcd()
+                .client()
+                .get_prefix(prefix.as_bytes())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|kv| (kv.key_str(), String::from_utf8(kv.value).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let clear = [
+            sec.superuser_password.expose(),
+            sec.replication_password.expose(),
+            "binding-pw-1234",
+        ];
+        let stored = raw(format!("{prefix}/")).await;
+        assert_eq!(stored.len(), 2, "{stored:?}");
+        for (k, v) in &stored {
+            for c in clear {
+                assert!(!v.contains(c), "{k} holds a password in clear: {v}");
+            }
+        }
+        assert_eq!(s1.instance_secrets("a/b").await.unwrap(), Some(sec.clone()));
+        let b = s1.binding("a/b", "b1").await.unwrap().unwrap().value;
+        assert_eq!(b.credentials, binding.credentials);
+        assert_eq!(
+            s1.bindings("a/b").await.unwrap()[0].value.credentials,
+            binding.credentials
+        );
+
+        // A sealed value copied into another instance's record does not open there.
+        let (_, sealed) = stored
+            .iter()
+            .find(|(k, _)| k.contains("/secrets/"))
+            .unwrap()
+            .clone();
+        let c = etcd().client();
+        c.put(s1.secrets_key("c").as_bytes(), sealed.as_bytes())
+            .await
+            .unwrap();
+        let e = s1.instance_secrets("c").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Secret {
+                    reason: SecretsError::Tampered(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        c.delete(s1.secrets_key("c").as_bytes()).await.unwrap();
+        // Written in clear by an earlier version: still read.
+        let legacy = InstanceSecrets::generate();
+        c.put(
+            s1.secrets_key("legacy").as_bytes(),
+            &serde_json::to_vec(&legacy).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s1.instance_secrets("legacy").await.unwrap(),
+            Some(legacy.clone())
+        );
+
+        // Rotation: the new key seals, the old one still opens; re-sealing leaves nothing
+        // to the old key (nor in clear).
+        let s2 = Store::new(
+            etcd().client(),
+            &prefix,
+            Arc::new(Keyring::from_base64(&k2).unwrap().with_old(&k1).unwrap()),
+        );
+        assert_eq!(s2.instance_secrets("a/b").await.unwrap(), Some(sec.clone()));
+        let done = s2.reseal_all().await.unwrap();
+        assert_eq!(
+            done,
+            Resealed {
+                rekeyed: 2,
+                were_clear: 1,
+                current: 0
+            }
+        );
+        assert_eq!(s2.reseal_all().await.unwrap().current, 3);
+        let s3 = Store::new(etcd().client(), &prefix, ring(&k2));
+        assert_eq!(s3.instance_secrets("a/b").await.unwrap(), Some(sec.clone()));
+        assert_eq!(
+            s3.instance_secrets("legacy").await.unwrap(),
+            Some(legacy.clone())
+        );
+        assert_eq!(
+            s3.binding("a/b", "b1")
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .credentials,
+            binding.credentials
+        );
+        let k2_id = Keyring::from_base64(&k2).unwrap().current_id().to_string();
+        for (k, v) in raw(format!("{prefix}/")).await {
+            assert!(v.contains(&format!("wa1:{k2_id}:")), "{k}: {v}");
+            assert!(!v.contains(legacy.superuser_password.expose()), "{k}: {v}");
+        }
+        // The old key alone opens nothing any more.
+        let e = Store::new(etcd().client(), &prefix, ring(&k1))
+            .instance_secrets("a/b")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Secret {
+                    reason: SecretsError::UnknownKey(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

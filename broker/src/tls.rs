@@ -355,7 +355,8 @@ impl ThrowawayCa {
         self.dir.join("ca.crt")
     }
 
-    /// A certificate for `name` (its common name; also a DNS name in it) signed by this CA,
+    /// A certificate for `name` (a DNS name in it, and its organizational unit; no common
+    /// name) signed by this CA,
     /// written to `<dir>/<name>.crt` and `<dir>/<name>.key` (mode 0600); the files, with the
     /// CA's.
     pub fn issue(&self, name: &str) -> Result<TlsFiles, TlsError> {
@@ -367,9 +368,16 @@ impl ThrowawayCa {
             "::1".to_string(),
         ])
         .map_err(gen)?;
+        // No common name: with client certificates and authentication on, etcd's gateway
+        // refuses a client certificate that has one (it cannot map it to a user), and every
+        // peer here is known by its subject alternative names anyway.
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+            .push(rcgen::DnType::OrganizationName, "walarchive-broker");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, name);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::DigitalSignature,
             rcgen::KeyUsagePurpose::KeyEncipherment,

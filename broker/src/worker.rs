@@ -216,6 +216,7 @@ impl Worker {
             RouterOptions {
                 bind_address: r.bind_address.clone(),
                 outlive: r.outlive_broker,
+                source: r.source_address.clone(),
                 ..RouterOptions::default()
             },
         );
@@ -892,12 +893,20 @@ impl Inner {
                 cert_file: n.etcd_cert_file.clone(),
                 key_file: n.etcd_key_file.clone(),
             }),
+            etcd_credentials: n
+                .etcd_username
+                .as_ref()
+                .map(|u| crate::patroni::EtcdCredentials {
+                    username: u.clone(),
+                    password: Secret::new(n.etcd_password.expose()),
+                }),
             repository: inst.repository.clone(),
             walarchive: n.walarchive.clone(),
             walarchive_env: self.storage_env.clone(),
             archive_timeout: self.config.archive_timeout.0.as_secs().max(1) as u32,
             superuser_password: secrets.superuser_password.clone(),
             replication_password: secrets.replication_password.clone(),
+            rewind_password: secrets.rewind_password.clone(),
             synchronous: n.synchronous,
             host: cell.host.clone(),
             peer_hosts,
@@ -1013,34 +1022,33 @@ impl Inner {
         })
     }
 
-    /// A connection through the router to a writable primary works.
-    async fn route_works(&self, inst: &InstanceRecord, secrets: &InstanceSecrets) -> bool {
+    /// Whether the router port leads to a PostgreSQL server. HAProxy forwards only to the
+    /// node Patroni reports as the primary and closes the connection without one, so a server
+    /// answering an SSLRequest through it (one byte, `S` or `N`, before any authentication)
+    /// is the primary. No credentials: the superuser is not reachable through the router,
+    /// by design.
+    async fn route_works(&self, inst: &InstanceRecord) -> bool {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let host = match self.config.router.bind_address.as_str() {
             "0.0.0.0" | "" => "127.0.0.1".to_string(),
             "::" => "::1".to_string(),
             h => h.to_string(),
         };
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&host)
-            .port(inst.port)
-            .user(crate::patroni::SUPERUSER)
-            .password(secrets.superuser_password.expose())
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(3));
         let attempt = async {
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let row = client
-                .query_one("select pg_is_in_recovery()", &[])
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), inst.port))
                 .await
                 .ok()?;
-            Some(!row.get::<_, bool>(0))
+            // SSLRequest: length 8, code 80877103.
+            s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+                .await
+                .ok()?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+            matches!(b[0], b'S' | b'N').then_some(())
         };
         matches!(
             tokio::time::timeout(Duration::from_secs(5), attempt).await,
-            Ok(Some(true))
+            Ok(Some(()))
         )
     }
 
@@ -1072,7 +1080,7 @@ impl Inner {
         let target = op.request.node_count as usize;
         let inst = self.place(op, &inst, target).await?;
         let (inst, seen) = self.nodes_up_and_routed(op, &inst, &secrets, pass).await?;
-        if !self.route_works(&inst, &secrets).await {
+        if !self.route_works(&inst).await {
             return Err(Step::Pending(format!(
                 "{}; waiting for the router",
                 seen.describe()

@@ -98,6 +98,8 @@ fn config_text(password_file: &str, prefix: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
+[secrets]
+key_file = "{password_file}.key"
 [credentials]
 username = "platform"
 password_file = "{password_file}"
@@ -136,11 +138,16 @@ fn ctx() -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("password.key"),
+        walarchive_broker::secrets::Keyring::generate_key(),
+    )
+    .unwrap();
     let prefix = format!("/broker{}", etcd().fresh_prefix());
     let config = BrokerConfig::parse(&config_text(&pw.display().to_string(), &prefix), "test")
         .expect("test configuration");
     let client = EtcdClient::from_config(&config.etcd).unwrap();
-    let store = Store::new(client, prefix);
+    let store = Store::new(client, prefix, config.keyring());
     let binder = Arc::new(RecordingBinder::default());
     let state = AppState::new(config, store.clone(), binder.clone());
     Ctx {

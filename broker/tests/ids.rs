@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::broker::BrokerToml;
-use common::cells::{chown_postgres, free_port, test_root, wait_for, walarchive_copy, Cell};
+use common::cells::{chown_postgres, test_root, wait_for, walarchive_copy, Cell};
 use common::etcd::etcd;
 use common::osb::Api;
 use common::s3::{files_under, s3};
@@ -96,7 +96,7 @@ async fn scenario() {
             .collect::<String>()
     };
 
-    let port_min = free_port();
+    let port_min = common::cells::router_ports(32);
     let mut brokers = Vec::new();
     let mut workers = Vec::new();
     for (k, (base, ids, config)) in [

@@ -20,12 +20,34 @@ use serde_json::Value;
 
 use common::broker::BrokerToml;
 use common::cells::{
-    file_repository, primary, test_root, wait_for, walarchive, walarchive_copy, Cell,
+    file_repository, local_sql, primary_as, test_root, wait_for, walarchive, walarchive_copy, Cell,
 };
 use common::etcd::etcd;
 use common::osb::Api;
+use walarchive_broker::state::InstanceRecord;
 use walarchive_broker::state::InstanceState;
 use walarchive_broker::{BrokerConfig, Store, Worker};
+
+/// Switches WAL on `inst`'s leader (as the superuser, over its cell's socket): the segment
+/// it switched from.
+async fn switch_wal(cells: &[Cell], inst: &InstanceRecord) -> String {
+    let leader = leader_of(cells, &inst.id).await.expect("a leader");
+    let node = inst
+        .nodes
+        .iter()
+        .find(|n| n.name == leader)
+        .expect("placed");
+    let cell = cells
+        .iter()
+        .find(|c| c.name == node.cell)
+        .expect("its cell");
+    local_sql(
+        cell,
+        node.pg_port,
+        "select pg_walfile_name(pg_switch_wal())",
+    )
+    .unwrap()
+}
 
 /// The names of `instance`'s nodes on each cell.
 async fn nodes_on_cells(cells: &[Cell], instance: &str) -> Vec<Vec<String>> {
@@ -139,12 +161,13 @@ async fn scenario() {
     assert_eq!(zones.len(), 2, "{:?}", inst.nodes);
     let secrets = c.store.instance_secrets("db1").await.unwrap().unwrap();
     assert_eq!(secrets, secrets_before, "secrets are generated once");
-    let pw = secrets.superuser_password.expose().to_string();
     let port = inst.port;
+    // An application's binding: what connects through the router (the superuser does not).
+    let uri = c.bind("db1", "app-1").await;
     let db = wait_for(
         "writes through the router",
         Duration::from_secs(20),
-        || primary(port, &pw),
+        || primary_as(uri.clone()),
         diag,
     )
     .await;
@@ -153,11 +176,7 @@ async fn scenario() {
     )
     .await
     .unwrap();
-    let last: String = db
-        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let last = switch_wal(&cells, &inst).await;
     let repo1 = inst.repository.clone();
     wait_for(
         "WAL in the repository",
@@ -190,7 +209,7 @@ async fn scenario() {
         .await
         .expect("routing goes on without the broker");
     assert!(
-        primary(port, &pw).await.is_some(),
+        primary_as(uri.clone()).await.is_some(),
         "new connections are routed without the broker"
     );
     let worker = spawn_worker(config.clone(), store.clone(), wake.clone());
@@ -268,7 +287,7 @@ async fn scenario() {
     let db = wait_for(
         "writes after scale-up",
         Duration::from_secs(20),
-        || primary(port, &pw),
+        || primary_as(uri.clone()),
         diag,
     )
     .await;
@@ -309,21 +328,18 @@ async fn scenario() {
         .await
         .unwrap()
         .get(0);
+    // (Replication's progress is the superuser's to see: on the leader's socket.)
     wait_for(
         "both replicas replayed the last insert",
         Duration::from_secs(30),
         || {
-            let (db, lsn) = (&db, lsn.clone());
+            let sql = format!(
+                "select count(*) from pg_stat_replication where replay_lsn >= '{lsn}'::pg_lsn"
+            );
+            let cell = &cells[victim];
             async move {
-                let row = db
-                    .query_one(
-                        "select count(*) from pg_stat_replication \
-                         where replay_lsn >= $1::text::pg_lsn",
-                        &[&lsn],
-                    )
-                    .await
-                    .ok()?;
-                (row.get::<_, i64>(0) >= 2).then_some(())
+                let n: i64 = local_sql(cell, old_port, &sql).ok()?.parse().ok()?;
+                (n >= 2).then_some(())
             }
         },
         diag,
@@ -336,7 +352,7 @@ async fn scenario() {
         "writes through the router on the promoted replica",
         Duration::from_secs(60),
         || async {
-            let db = primary(port, &pw).await?;
+            let db = primary_as(uri.clone()).await?;
             let served_by: i32 = db
                 .query_one("select current_setting('port')::int", &[])
                 .await
@@ -420,7 +436,7 @@ async fn scenario() {
     let db = wait_for(
         "writes after scale-down",
         Duration::from_secs(30),
-        || primary(port, &pw),
+        || primary_as(uri.clone()),
         diag,
     )
     .await;
@@ -494,11 +510,12 @@ async fn scenario() {
     assert_eq!(inst.repository, format!("{base}/db1.2"));
     assert_eq!(inst.incarnation, 2);
     let pw2 = c.store.instance_secrets("db1").await.unwrap().unwrap();
-    assert_ne!(pw2.superuser_password.expose(), pw);
+    assert_ne!(pw2.superuser_password, secrets.superuser_password);
+    let uri2 = c.bind("db1", "app-2").await;
     let db = wait_for(
         "writes to the new incarnation",
         Duration::from_secs(20),
-        || primary(inst.port, pw2.superuser_password.expose()),
+        || primary_as(uri2.clone()),
         diag,
     )
     .await;

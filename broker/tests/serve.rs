@@ -271,6 +271,59 @@ async fn scenario() {
         .await
         .expect("write with the binding's role");
 
+    // The binding's role is unprivileged: no programs, no server files.
+    for sql in [
+        "copy (select 1) to program 'id'",
+        "select pg_read_file('/etc/passwd')",
+    ] {
+        let e = db.batch_execute(sql).await.expect_err(sql);
+        let m = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        assert!(
+            m.contains("permission denied") || m.contains("must be superuser"),
+            "{sql}: {m}"
+        );
+    }
+    // The instance's superuser and replication passwords do not open the router's port.
+    let c = walarchive_broker::BrokerConfig::load(&config).unwrap();
+    let store = walarchive_broker::Store::new(
+        walarchive_broker::EtcdClient::from_config(&c.etcd).unwrap(),
+        &prefix,
+        c.keyring(),
+    );
+    let secrets = store.instance_secrets("db1").await.unwrap().unwrap();
+    let port = b["credentials"]["port"].as_u64().unwrap() as u16;
+    for (user, pw) in [
+        ("postgres", secrets.superuser_password.expose()),
+        ("replicator", secrets.replication_password.expose()),
+    ] {
+        let e = connect(&common::cells::conninfo(user, port, pw))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} got in through the router"));
+        let m = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        assert!(m.contains("pg_hba.conf rejects connection"), "{user}: {m}");
+    }
+    // And etcd holds none of the passwords in clear.
+    let binding_pw = b["credentials"]["password"].as_str().unwrap();
+    for kv in store.etcd().get_prefix(prefix.as_bytes()).await.unwrap() {
+        let v = String::from_utf8_lossy(&kv.value);
+        for pw in [
+            secrets.superuser_password.expose(),
+            secrets.replication_password.expose(),
+            binding_pw,
+        ] {
+            assert!(
+                !v.contains(pw),
+                "{} holds a password in clear",
+                kv.key_str()
+            );
+        }
+    }
+
     // The first base backup of the instance is in its repository.
     let out = common::cells::walarchive(
         &bin,

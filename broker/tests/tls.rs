@@ -218,7 +218,8 @@ async fn the_broker_serves_https_and_etcd_requires_a_client_certificate() {
         format!("{e:?}").to_lowercase().contains("certificate"),
         "{e:?}"
     );
-    assert!(etcd().client().get(b"/x").await.is_ok());
+    let key = format!("{}/x", etcd().fresh_prefix());
+    assert!(etcd().client().get(key.as_bytes()).await.is_ok());
 }
 
 #[test]
@@ -232,7 +233,7 @@ fn plain_http_off_the_loopback_interface_is_refused_at_start() {
     let prefix = format!("/broker{}", etcd().fresh_prefix());
     let text = t.render(&prefix);
     let start = text.find("[tls]\n").unwrap();
-    let end = text[start..].find("[credentials]").unwrap() + start;
+    let end = text[start..].find("[secrets]").unwrap() + start;
     let text = format!("{}{}", &text[..start], &text[end..])
         .replace(&format!("127.0.0.1:{port}"), &format!("0.0.0.0:{port}"));
     let config = root.join("broker.toml");

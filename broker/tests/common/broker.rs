@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::cells::{free_port, Cell};
+use super::cells::Cell;
 use super::etcd::etcd;
 use super::osb::PASSWORD;
 
@@ -76,6 +76,10 @@ impl<'a> BrokerToml<'a> {
     pub fn render(&self, prefix: &str) -> String {
         let pw = self.dir.join("password");
         std::fs::write(&pw, PASSWORD).unwrap();
+        let key = self.dir.join("secrets.key");
+        if !key.exists() {
+            std::fs::write(&key, walarchive_broker::secrets::Keyring::generate_key()).unwrap();
+        }
         let mut cells = String::new();
         for (c, zone) in &self.cells {
             let tf = self.dir.join(format!("token-{}", c.name));
@@ -97,7 +101,9 @@ impl<'a> BrokerToml<'a> {
             .as_ref()
             .map(|p| format!("walarchive_config = \"{}\"\n", p.display()))
             .unwrap_or_default();
-        let port_min = self.port_min.unwrap_or_else(free_port);
+        let port_min = self
+            .port_min
+            .unwrap_or_else(|| super::cells::router_ports(self.router_ports));
         let pki = super::etcd::pki();
         let patroni = super::cells::patroni_etcd_tls();
         format!(
@@ -106,6 +112,8 @@ impl<'a> BrokerToml<'a> {
 cert_file = "{broker_cert}"
 key_file = "{broker_key}"
 ca_file = "{ca}"
+[secrets]
+key_file = "{key}"
 [credentials]
 username = "{user}"
 password_file = "{pw}"
@@ -126,6 +134,7 @@ base = "{base}"
 [router]
 host = "127.0.0.1"
 bind_address = "127.0.0.1"
+source_address = "127.0.0.2"
 port_min = {port_min}
 port_max = {port_max}
 haproxy_config = "{haproxy}/haproxy.cfg"
@@ -142,6 +151,8 @@ wal_segsize_mb = 1
 etcd_ca_file = "{ca}"
 etcd_cert_file = "{patroni_cert}"
 etcd_key_file = "{patroni_key}"
+etcd_username = "patroni"
+etcd_password_file = "{patroni_password}"
 [worker]
 poll_interval = "{poll}"
 operation_timeout = "{timeout}"
@@ -149,6 +160,7 @@ backoff_max = "{backoff_max}"
 "#,
             user = super::osb::USER,
             pw = pw.display(),
+            key = key.display(),
             service = self.service,
             plan = self.plan,
             node_count = self.node_count,
@@ -159,6 +171,7 @@ backoff_max = "{backoff_max}"
             ca = pki.ca_file().display(),
             patroni_cert = patroni.cert_file.as_ref().unwrap().display(),
             patroni_key = patroni.key_file.as_ref().unwrap().display(),
+            patroni_password = etcd().password_file("patroni").display(),
             port_max = port_min + self.router_ports - 1,
             haproxy = self.dir.join("haproxy").display(),
             outlive = self.outlive_router,

@@ -145,6 +145,21 @@ pub fn walarchive(bin: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The first of `n` consecutive ports free now for a router, in 10000-19999: below the
+/// kernel's ephemeral ports (which any outgoing connection may take before HAProxy binds
+/// them) and the cells' node ports (20000-31999).
+pub fn router_ports(n: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..200 {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 10000 + ((std::process::id() * 7919 + k * 97) % u32::from(10000 - n)) as u16;
+        if (base..base + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free consecutive ports in 10000-19999");
+}
+
 /// Patroni's TLS towards the tests' etcd: the CA, and a client certificate whose key the
 /// postgres user reads (made once per process).
 pub fn patroni_etcd_tls() -> walarchive_broker::patroni::EtcdTls {
@@ -160,6 +175,14 @@ pub fn patroni_etcd_tls() -> walarchive_broker::patroni::EtcdTls {
         }
     })
     .clone()
+}
+
+/// Patroni's etcd user in the tests' etcd.
+pub fn patroni_etcd_credentials() -> walarchive_broker::patroni::EtcdCredentials {
+    walarchive_broker::patroni::EtcdCredentials {
+        username: "patroni".into(),
+        password: super::etcd::etcd().patroni_password.clone(),
+    }
 }
 
 /// A range of 100 ports for one cell's nodes, disjoint from every other cell's of this
@@ -316,16 +339,49 @@ pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_pos
     Ok(client)
 }
 
-/// The superuser's connection string for 127.0.0.1:`port`.
-pub fn superuser(port: u16, password: &str) -> String {
+/// The connection string of `user` on 127.0.0.1:`port`, database `postgres`.
+pub fn conninfo(user: &str, port: u16, password: &str) -> String {
     format!(
-        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=3"
+        "host=127.0.0.1 port={port} user={user} password={password} dbname=postgres connect_timeout=3"
     )
 }
 
-/// A superuser session through `port` on a writable primary (none while there is none).
-pub async fn primary(port: u16, password: &str) -> Option<tokio_postgres::Client> {
-    let client = connect(&superuser(port, password)).await.ok()?;
+/// The superuser's connection string for 127.0.0.1:`port` (which no node accepts: the
+/// superuser only exists on the nodes' Unix sockets).
+pub fn superuser(port: u16, password: &str) -> String {
+    conninfo("postgres", port, password)
+}
+
+/// Runs `sql` as the superuser on the node of `cell` listening on `port`, over the cell's
+/// Unix socket as the postgres OS user (the only way to the superuser).
+pub fn local_sql(cell: &Cell, port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+        ])
+        .arg("-h")
+        .arg(cell.data_root.join(".run"))
+        .args(["-p", &port.to_string(), "-d", "postgres", "-c", sql])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A session of `conninfo` (key=value or URI) on a writable primary (none while there is
+/// none).
+pub async fn primary_as(conninfo: String) -> Option<tokio_postgres::Client> {
+    let client = connect(&conninfo).await.ok()?;
     let row = client
         .query_one("select pg_is_in_recovery()", &[])
         .await

@@ -4,7 +4,8 @@
 //! state lives in etcd and its concurrency rests on etcd's transactions, so the tests run the
 //! real server (`/usr/bin/etcd`, Debian's etcd-server; `WALARCHIVE_ETCD` overrides), not a
 //! mock, configured as production should be: clients must speak TLS and present a certificate
-//! of the tests' throwaway CA ([`pki`]). It is started lazily, once per test binary, in a
+//! of the tests' throwaway CA ([`pki`]), and authentication is on, with a user for the broker
+//! and one for Patroni whose roles reach only the key prefixes the tests use. It is started lazily, once per test binary, in a
 //! `OnceLock`; tests share it and each uses its own key prefix ([`EtcdServer::fresh_prefix`]).
 //! Statics are never dropped and a killed test process runs no destructors, so etcd runs under
 //! a `sh -c` watchdog in its own process group that kills it and removes its directories once
@@ -22,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use walarchive_broker::etcd::{EtcdClient, EtcdOptions};
+use walarchive_broker::etcd::{EtcdClient, EtcdOptions, EtcdUser};
+use walarchive_broker::patroni::Secret;
 use walarchive_broker::tls::{ThrowawayCa, TlsFiles};
 
 /// The tests' throwaway CA and the certificates every test shares.
@@ -84,8 +86,18 @@ pub struct EtcdServer {
     pub peer_port: u16,
     /// Data directory (removed by the watchdog).
     pub dir: PathBuf,
+    /// The root user's password.
+    pub root_password: Secret,
+    /// The broker's etcd password (user `broker`), also in [`EtcdServer::password_file`].
+    pub broker_password: Secret,
+    /// Patroni's etcd password (user `patroni`), also in [`EtcdServer::password_file`].
+    pub patroni_password: Secret,
     counter: AtomicU64,
 }
+
+/// The key prefixes the tests' users may read and write: every test's state (`/test-<n>`,
+/// `/broker/test-<n>`) and Patroni namespace below them.
+pub const TEST_PREFIXES: &[&str] = &["/test-", "/broker/"];
 
 /// The etcd server of this test process (started on first use).
 pub fn etcd() -> &'static EtcdServer {
@@ -233,17 +245,22 @@ impl EtcdServer {
                     .status()
                     .is_ok_and(|s| s.success());
                 if healthy {
-                    eprintln!(
-                        "etcd on 127.0.0.1:{client_port} ready in {:.1} s ({})",
-                        started.elapsed().as_secs_f64(),
-                        dir.display()
-                    );
-                    return EtcdServer {
+                    let server = EtcdServer {
                         client_port,
                         peer_port,
                         dir,
+                        root_password: Secret::generate(),
+                        broker_password: Secret::generate(),
+                        patroni_password: Secret::generate(),
                         counter: AtomicU64::new(0),
                     };
+                    server.enable_auth();
+                    eprintln!(
+                        "etcd on 127.0.0.1:{client_port} ready in {:.1} s ({})",
+                        started.elapsed().as_secs_f64(),
+                        server.dir.display()
+                    );
+                    return server;
                 }
                 if started.elapsed() > Duration::from_secs(60) {
                     let _ = watchdog.kill();
@@ -258,6 +275,62 @@ impl EtcdServer {
         panic!("etcd failed to start three times; last log:\n{last_log}");
     }
 
+    /// Turns authentication on, with the users `broker` and `patroni` (the password files
+    /// beside the data, mode 0600, Patroni's owned by postgres when there is such a user).
+    fn enable_auth(&self) {
+        for (user, pw) in [
+            ("broker", &self.broker_password),
+            ("patroni", &self.patroni_password),
+        ] {
+            let f = self.password_file(user);
+            std::fs::write(&f, pw.expose()).unwrap();
+            std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
+        // A runtime of its own, on a thread of its own: this may run inside a test's runtime.
+        let mut opts = self.options();
+        opts.credentials = None;
+        let endpoint = self.endpoint();
+        let (root, broker, patroni) = (
+            self.root_password.clone(),
+            self.broker_password.clone(),
+            self.patroni_password.clone(),
+        );
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let c = EtcdClient::with_options(&[endpoint], opts).unwrap();
+                    c.enable_auth(
+                        &root,
+                        &[
+                            EtcdUser {
+                                name: "broker",
+                                password: &broker,
+                                prefixes: TEST_PREFIXES,
+                            },
+                            EtcdUser {
+                                name: "patroni",
+                                password: &patroni,
+                                prefixes: TEST_PREFIXES,
+                            },
+                        ],
+                    )
+                    .await
+                })
+        })
+        .join()
+        .unwrap()
+        .expect("enable etcd's authentication");
+    }
+
+    /// The file holding `user`'s password.
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("{user}.password"))
+    }
+
     /// The client URL, `https://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.client_port)
@@ -269,6 +342,7 @@ impl EtcdServer {
         let mut o = EtcdOptions::new(Duration::from_secs(5));
         o.ca_file = Some(pki.ca_file());
         o.identity = Some((pki.broker.cert_file.clone(), pki.broker.key_file.clone()));
+        o.credentials = Some(("broker".into(), self.broker_password.clone()));
         o
     }
 
@@ -282,11 +356,13 @@ impl EtcdServer {
     pub fn config_lines(&self) -> String {
         let pki = pki();
         format!(
-            "endpoints = [\"{}\"]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "endpoints = [\"{}\"]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             username = \"broker\"\npassword_file = \"{}\"\n",
             self.endpoint(),
             pki.ca_file().display(),
             pki.broker.cert_file.display(),
-            pki.broker.key_file.display()
+            pki.broker.key_file.display(),
+            self.password_file("broker").display(),
         )
     }
 

@@ -15,7 +15,8 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, NoBinder, Store, Worker};
+use walarchive_broker::binder::CellBinder;
+use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
 /// The platform's credentials in every test configuration.
 pub const USER: &str = "platform";
@@ -37,15 +38,17 @@ pub struct Api {
 }
 
 impl Api {
-    /// The API (without a binder) of a broker configured by `text`, offering `service` with
-    /// `plan`.
+    /// The API of a broker configured by `text` (binding through its cells), offering
+    /// `service` with `plan`.
     pub fn new(text: &str, service: &str, plan: &str) -> Api {
         let config = BrokerConfig::parse(text, "test").expect("configuration");
         let store = Store::new(
             EtcdClient::from_config(&config.etcd).unwrap(),
             config.etcd.prefix.clone(),
+            config.keyring(),
         );
-        let state = AppState::new(config, store.clone(), Arc::new(NoBinder));
+        let binder = CellBinder::from_config(&config).expect("the cells' clients");
+        let state = AppState::new(config, store.clone(), Arc::new(binder));
         Api {
             app: app(state.clone()),
             state,
@@ -127,6 +130,19 @@ impl Api {
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "update {id}: {b}");
         b["operation"].as_str().unwrap().to_string()
+    }
+
+    /// Binds `binding` to `id`: the credentials' URI.
+    pub async fn bind(&self, id: &str, binding: &str) -> String {
+        let (s, b) = self
+            .call(
+                Method::PUT,
+                &format!("/v2/service_instances/{id}/service_bindings/{binding}"),
+                Some(json!({"service_id": self.service, "plan_id": self.plan})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "bind {id}: {b}");
+        b["credentials"]["uri"].as_str().unwrap().to_string()
     }
 
     /// Deprovisions `id`; the operation id.
