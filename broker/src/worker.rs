@@ -1312,6 +1312,17 @@ impl Inner {
     /// Runs the broker's walarchive on `repository` with the storage environment; its
     /// stdout, or why it failed.
     async fn walarchive(&self, repository: &str, args: &[&str]) -> Result<String, String> {
+        self.walarchive_output(repository, args)
+            .await
+            .map_err(|(_, message)| message)
+    }
+
+    /// [`Inner::walarchive`], with walarchive's exit status beside the error.
+    async fn walarchive_output(
+        &self,
+        repository: &str,
+        args: &[&str],
+    ) -> Result<String, (Option<i32>, String)> {
         let bin = &self.config.nodes.walarchive;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("--repo")
@@ -1326,14 +1337,17 @@ impl Inner {
         let out = cmd
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+            .map_err(|e| (None, format!("cannot run {}: {e}", bin.display())))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!(
-                "walarchive {} failed: {}",
-                args.first().unwrap_or(&""),
-                String::from_utf8_lossy(&out.stderr).trim()
+            Err((
+                out.status.code(),
+                format!(
+                    "walarchive {} failed: {}",
+                    args.first().unwrap_or(&""),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             ))
         }
     }
@@ -1342,10 +1356,8 @@ impl Inner {
     /// another cluster's archive).
     async fn repository_is_empty(&self, repository: &str) -> Result<bool, String> {
         for what in ["wal-list", "backup-list"] {
-            let out = self.walarchive(repository, &[what, "--json"]).await?;
-            let v: serde_json::Value =
-                serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
-            if v.as_array().is_none_or(|a| !a.is_empty()) {
+            let listing = self.walarchive_output(repository, &[what, "--json"]).await;
+            if !listing_is_empty(what, listing)? {
                 return Ok(false);
             }
         }
@@ -1363,6 +1375,25 @@ impl Inner {
             "retention applied"
         );
         Ok(())
+    }
+}
+
+/// Whether a `wal-list`/`backup-list --json` answer means "nothing there": an empty list, or
+/// walarchive saying there is no repository at the URL at all (status 6, as a fresh prefix
+/// answers). Any other failure (a prefix holding objects without a repository descriptor
+/// among them) is an error, not an empty repository.
+fn listing_is_empty(
+    what: &str,
+    listing: Result<String, (Option<i32>, String)>,
+) -> Result<bool, String> {
+    match listing {
+        Ok(out) => {
+            let v: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
+            Ok(v.as_array().is_some_and(Vec::is_empty))
+        }
+        Err((Some(6), message)) if message.contains("no repository at") => Ok(true),
+        Err((_, message)) => Err(message),
     }
 }
 
@@ -1441,6 +1472,39 @@ mod tests {
         assert_ne!(a, node_name("inst.1", 1, 0));
         let long = node_name(&format!("~{}", "x".repeat(200)), 1, 4);
         assert!(crate::cell::valid_node_name(&long), "{long}");
+    }
+
+    #[test]
+    fn an_absent_repository_is_an_empty_one() {
+        assert_eq!(listing_is_empty("wal-list", Ok("[]".into())), Ok(true));
+        assert_eq!(
+            listing_is_empty("wal-list", Ok("[{\"name\": \"x\"}]".into())),
+            Ok(false)
+        );
+        assert_eq!(
+            listing_is_empty(
+                "wal-list",
+                Err((
+                    Some(6),
+                    "walarchive wal-list failed: no repository at file:///r/x".into()
+                ))
+            ),
+            Ok(true)
+        );
+        // Objects without a descriptor, an unreachable store: not "empty".
+        for (code, m) in [
+            (
+                Some(6),
+                "walarchive wal-list failed: objects but no repository descriptor",
+            ),
+            (Some(7), "walarchive wal-list failed: storage unreachable"),
+            (None, "cannot run /x: not found"),
+        ] {
+            assert_eq!(
+                listing_is_empty("wal-list", Err((code, m.into()))),
+                Err(m.into())
+            );
+        }
     }
 
     #[test]
