@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -298,20 +299,46 @@ fn accepts_incomplete(pairs: &[(String, String)]) -> bool {
     query_get(pairs, "accepts_incomplete") == Some("true")
 }
 
-/// Ids go into etcd keys and URLs: RFC 3986 unreserved characters only, as OSB recommends.
-fn validate_id(id: &str, what: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 255
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{what} must be 1 to 255 characters from A-Z, a-z, 0-9, '-', '.', '_' and '~'."
-        )))
+/// Checks an id from the URL or body: see [`crate::names::check_id`] (anything else is
+/// mapped to safe names wherever it is used outside the broker's records).
+fn validate_id(id: &str, what: &'static str) -> Result<(), ApiError> {
+    crate::names::check_id(id, what).map_err(|e| ApiError::bad_request(format!("{e}.")))
+}
+
+/// The instance id of the URL, percent-decoded and checked (400 in the OSB shape when it is
+/// not UTF-8, empty, too long or holds control characters).
+struct InstanceId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for InstanceId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| bad_path())?;
+        validate_id(&id, "instance_id")?;
+        Ok(InstanceId(id))
     }
+}
+
+/// The instance and binding ids of the URL, decoded and checked like [`InstanceId`].
+struct BindingIds(String, String);
+
+impl<S: Send + Sync> FromRequestParts<S> for BindingIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((instance, binding)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| bad_path())?;
+        validate_id(&instance, "instance_id")?;
+        validate_id(&binding, "binding_id")?;
+        Ok(BindingIds(instance, binding))
+    }
+}
+
+fn bad_path() -> ApiError {
+    ApiError::bad_request("The ids in the URL must be percent-encoded UTF-8.")
 }
 
 fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
@@ -481,11 +508,10 @@ async fn catalog(State(st): State<AppState>) -> Response {
 
 async fn provision(
     State(st): State<AppState>,
-    Path(instance_id): Path<String>,
+    InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
     let q = query_pairs(&q);
     let m = parse_body(&body)?;
     let service_id = req_str(&m, "service_id")?;
@@ -502,6 +528,7 @@ async fn provision(
     let parameters = parse_parameters(m.get("parameters"))?.unwrap_or_default();
     let node_count = parameters.node_count.unwrap_or(plan.node_count);
 
+    let path_name = crate::names::path_name(&instance_id);
     for _ in 0..ATTEMPTS {
         let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
         // A deleted id is provisioned again as a new incarnation (see `state`).
@@ -567,10 +594,11 @@ async fn provision(
                 raw: context.clone(),
             },
             port: 0,
+            path_name: Some(path_name.clone()),
             repository: st
                 .config
                 .repository
-                .for_incarnation(&instance_id, incarnation),
+                .for_incarnation(&path_name, incarnation),
             incarnation,
             previous_repositories,
             last_backup_at: None,
@@ -629,11 +657,10 @@ async fn provision(
 
 async fn update(
     State(st): State<AppState>,
-    Path(instance_id): Path<String>,
+    InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
     let q = query_pairs(&q);
     let m = parse_body(&body)?;
     let service_id = req_str(&m, "service_id")?;
@@ -730,10 +757,9 @@ async fn update(
 
 async fn deprovision(
     State(st): State<AppState>,
-    Path(instance_id): Path<String>,
+    InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
     let q = query_pairs(&q);
     let service_id = required_query(&q, "service_id")?;
     let plan_id = required_query(&q, "plan_id")?;
@@ -817,10 +843,9 @@ async fn deprovision(
 
 async fn last_operation(
     State(st): State<AppState>,
-    Path(instance_id): Path<String>,
+    InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
     let q = query_pairs(&q);
     let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
     let (Some(_), Some(op)) = (inst, op) else {
@@ -849,9 +874,8 @@ async fn last_operation(
 
 async fn fetch_instance(
     State(st): State<AppState>,
-    Path(instance_id): Path<String>,
+    InstanceId(instance_id): InstanceId,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
     if !st.config.service.instances_retrievable {
         return Err(ApiError::not_found("Instances are not retrievable."));
     }
@@ -892,11 +916,9 @@ fn stale(b: &BindingRecord) -> bool {
 
 async fn bind(
     State(st): State<AppState>,
-    Path((instance_id, binding_id)): Path<(String, String)>,
+    BindingIds(instance_id, binding_id): BindingIds,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
-    validate_id(&binding_id, "binding_id")?;
     let m = parse_body(&body)?;
     let service_id = req_str(&m, "service_id")?;
     let plan_id = req_str(&m, "plan_id")?;
@@ -1029,11 +1051,9 @@ async fn bind(
 
 async fn unbind(
     State(st): State<AppState>,
-    Path((instance_id, binding_id)): Path<(String, String)>,
+    BindingIds(instance_id, binding_id): BindingIds,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
-    validate_id(&binding_id, "binding_id")?;
     let q = query_pairs(&q);
     let service_id = required_query(&q, "service_id")?;
     let plan_id = required_query(&q, "plan_id")?;
@@ -1085,10 +1105,8 @@ async fn unbind(
 
 async fn fetch_binding(
     State(st): State<AppState>,
-    Path((instance_id, binding_id)): Path<(String, String)>,
+    BindingIds(instance_id, binding_id): BindingIds,
 ) -> Result<Response, ApiError> {
-    validate_id(&instance_id, "instance_id")?;
-    validate_id(&binding_id, "binding_id")?;
     if !st.config.service.bindings_retrievable {
         return Err(ApiError::not_found("Bindings are not retrievable."));
     }

@@ -1,85 +1,56 @@
-//! [`PgBinder`]: binding credentials as PostgreSQL roles, created through the router.
+//! Binding credentials as PostgreSQL roles, created on the instance's leader by its cell.
 //!
 //! Why this shape:
 //!
-//! * **Through the router.** The binder connects exactly where applications will connect (the
-//!   router host and the instance's port), so it always talks to the current primary and needs
-//!   no knowledge of nodes or failovers. A connection that lands on a replica (a failover in
-//!   progress) is refused and retried.
+//! * **Through the leader's cell, never as the superuser over the network.** The superuser
+//!   only exists on each node's Unix socket (see [`crate::patroni::NodeConfig::pg_hba`]): a
+//!   superuser password that worked through the router would let anyone holding it run
+//!   programs as the node's OS user (`COPY ... TO PROGRAM`). So the broker asks the cell of
+//!   the current leader (found through the cells, as the worker finds it) to create or drop
+//!   the role, and the cell runs the SQL over the socket ([`create_role`], [`drop_role`]). A
+//!   cell whose node is no longer the leader (a failover in progress) answers 409 and the
+//!   broker tries again.
 //! * **One database, one owner group.** Each instance gets one application database owned by
 //!   a `NOLOGIN` group role. Every binding role is a member of the group and logs in with
 //!   `role` set to the group (`ALTER ROLE ... SET role`), so tables created by one binding
 //!   belong to the group: later bindings can use them, and dropping a binding never drops the
 //!   application's data (`REASSIGN OWNED` hands anything left over to the group).
-//! * **The password never reaches the server in clear.** The role's password is sent as a
-//!   SCRAM-SHA-256 verifier computed here, so statement logs (`log_statement = ddl`) and
-//!   `pg_stat_activity` only ever show the verifier. The plain password exists in the broker's
-//!   memory and in the credentials returned to the platform, never in a log line.
+//! * **Unprivileged.** Binding roles and the group are `NOSUPERUSER NOCREATEDB NOCREATEROLE
+//!   NOREPLICATION NOBYPASSRLS` and members of none of PostgreSQL's server-access roles
+//!   (`pg_execute_server_program`, `pg_read_server_files`, `pg_write_server_files`), every
+//!   time a binding is (re)created.
+//! * **The password never leaves the broker in clear.** The role's password is sent to the
+//!   cell, and to the server, as a SCRAM-SHA-256 verifier computed here, so statement logs
+//!   (`log_statement = ddl`) and `pg_stat_activity` only ever show the verifier. The plain
+//!   password exists in the broker's memory and in the credentials returned to the platform
+//!   (sealed in etcd), never in a log line.
 //! * **Idempotent.** Binding again (after a failure or a lost answer) resets the role's
 //!   password; unbinding a role that does not exist succeeds. Concurrent binds of one instance
 //!   race only on creating the group and the database, and "already exists" is success.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tracing::{info, warn};
 
 use crate::api::{BindError, Binder, BoxFuture};
+use crate::cell::CellClient;
 use crate::config::Secret;
-use crate::state::{encode_component, Credentials, InstanceRecord, Store};
+use crate::state::{encode_component, Credentials, InstanceRecord};
 
-/// The superuser the binder connects as.
-pub const SUPERUSER: &str = "postgres";
+/// PostgreSQL's roles that reach the server's files and programs: never granted to a binding.
+pub const SERVER_ROLES: &[&str] = &[
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+];
 
-/// Where the binder finds an instance's superuser password.
-pub trait SuperuserPassword: Send + Sync + 'static {
-    /// The password of `instance`'s `postgres` superuser.
-    fn superuser_password<'a>(
-        &'a self,
-        instance: &'a InstanceRecord,
-    ) -> BoxFuture<'a, Result<Secret, BindError>>;
-}
-
-/// One password for every instance (tests, or a site with a single shared cluster).
-#[derive(Clone)]
-pub struct FixedPassword(pub Secret);
-
-impl SuperuserPassword for FixedPassword {
-    fn superuser_password<'a>(
-        &'a self,
-        _instance: &'a InstanceRecord,
-    ) -> BoxFuture<'a, Result<Secret, BindError>> {
-        Box::pin(async move { Ok(self.0.clone()) })
-    }
-}
-
-/// The superuser passwords the provisioning worker stored for each instance
-/// ([`Store::instance_secrets`]).
-#[derive(Clone)]
-pub struct StorePasswords(pub Store);
-
-impl SuperuserPassword for StorePasswords {
-    fn superuser_password<'a>(
-        &'a self,
-        instance: &'a InstanceRecord,
-    ) -> BoxFuture<'a, Result<Secret, BindError>> {
-        Box::pin(async move {
-            match self.0.instance_secrets(&instance.id).await {
-                Ok(Some(s)) => Ok(Secret::new(s.superuser_password.expose())),
-                Ok(None) => Err(BindError::new(format!(
-                    "instance {} has no stored secrets",
-                    instance.id
-                ))),
-                Err(e) => Err(BindError {
-                    message: format!("reading the secrets of instance {}: {e}", instance.id),
-                    source: Some(Box::new(e)),
-                }),
-            }
-        })
-    }
-}
+/// The attributes of every role the binder creates.
+const UNPRIVILEGED: &str = "nosuperuser nocreatedb nocreaterole noreplication nobypassrls";
 
 /// Naming of the objects the binder creates in each instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +59,6 @@ pub struct BinderOptions {
     pub database: String,
     /// The `NOLOGIN` role owning it; binding roles are its members.
     pub group_role: String,
-    /// Connection timeout of one attempt.
-    pub connect_timeout: Duration,
     /// Attempts of one bind or unbind (one second apart), for failovers in progress.
     pub attempts: u32,
 }
@@ -99,25 +68,8 @@ impl Default for BinderOptions {
         BinderOptions {
             database: "app".into(),
             group_role: "app_owner".into(),
-            connect_timeout: Duration::from_secs(10),
             attempts: 5,
         }
-    }
-}
-
-/// The [`Binder`] of a real broker: a PostgreSQL role per binding (see the module docs).
-pub struct PgBinder {
-    host: String,
-    options: BinderOptions,
-    passwords: Arc<dyn SuperuserPassword>,
-}
-
-impl std::fmt::Debug for PgBinder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgBinder")
-            .field("host", &self.host)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
     }
 }
 
@@ -214,18 +166,306 @@ fn exists_ok(r: Result<u64, tokio_postgres::Error>, what: &str) -> Result<(), Bi
     }
 }
 
-impl PgBinder {
-    /// A binder reaching instances at `host` (the router host) on their ports.
+/// Whether `name` is a name [`role_name`] gives (`b_...` or `h_...`, at most 63 bytes of
+/// lowercase letters, digits, `-` and `_`): what a cell accepts.
+pub fn valid_role_name(name: &str) -> bool {
+    (name.starts_with("b_") || name.starts_with("h_"))
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Whether `name` is a plain SQL name (`[a-z_][a-z0-9_]*`, at most 63 bytes): the database
+/// and the group role.
+pub fn valid_object_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// What the broker asks the leader's cell to create: a binding's role.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    /// The instance's application database.
+    pub database: String,
+    /// The `NOLOGIN` role owning it, of which the binding's role becomes a member.
+    pub group: String,
+    /// The role's password as a SCRAM-SHA-256 verifier.
+    pub verifier: String,
+    /// The role's comment (which binding of which instance).
+    pub comment: String,
+}
+
+impl std::fmt::Debug for RoleRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleRequest")
+            .field("database", &self.database)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoleRequest {
+    /// Checks what a cell receives: names it can put into SQL unquoted-safe.
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_object_name(&self.database) || !valid_object_name(&self.group) {
+            return Err("database and group must be [a-z_][a-z0-9_]*, at most 63 bytes".into());
+        }
+        if !self.verifier.starts_with("SCRAM-SHA-256$") {
+            return Err("the password must be a SCRAM-SHA-256 verifier".into());
+        }
+        Ok(())
+    }
+}
+
+/// A binding's role on an instance: the request for its cell, and its plain password (for
+/// the credentials).
+pub fn new_role(
+    options: &BinderOptions,
+    instance: &InstanceRecord,
+    binding_id: &str,
+) -> (String, RoleRequest, Secret) {
+    let password = Secret::new(crate::patroni::Secret::generate().expose());
+    let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+    let req = RoleRequest {
+        database: options.database.clone(),
+        group: options.group_role.clone(),
+        verifier,
+        comment: format!(
+            "walarchive-broker binding {binding_id} of instance {}",
+            instance.id
+        ),
+    };
+    (role_name(binding_id), req, password)
+}
+
+/// Creates (or resets) binding role `role` as `req` says, on the session `admin` (a
+/// superuser on the primary), with the group role and the database when missing.
+pub async fn create_role(
+    admin: &tokio_postgres::Client,
+    role: &str,
+    req: &RoleRequest,
+) -> Result<(), BindError> {
+    let (db, group) = (&req.database, &req.group);
+    let in_recovery: bool = admin
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .map_err(db_err("checking the server role"))?
+        .get(0);
+    if in_recovery {
+        return Err(BindError::new("the server is a replica"));
+    }
+    // The group role and the database, once per instance.
+    let has_group = admin
+        .query_opt("select 1 from pg_roles where rolname = $1", &[group])
+        .await
+        .map_err(db_err("looking up the group role"))?
+        .is_some();
+    if !has_group {
+        exists_ok(
+            admin
+                .execute(
+                    &format!("create role {} nologin {UNPRIVILEGED}", quote_ident(group)),
+                    &[],
+                )
+                .await,
+            "creating the group role",
+        )?;
+    }
+    let has_db = admin
+        .query_opt("select 1 from pg_database where datname = $1", &[db])
+        .await
+        .map_err(db_err("looking up the database"))?
+        .is_some();
+    if !has_db {
+        exists_ok(
+            admin
+                .execute(
+                    &format!(
+                        "create database {} owner {}",
+                        quote_ident(db),
+                        quote_ident(group)
+                    ),
+                    &[],
+                )
+                .await,
+            "creating the database",
+        )?;
+    }
+    // Only the group's members (and superusers) may connect; idempotent, so it also
+    // completes a bind interrupted right after creating the database.
+    admin
+        .batch_execute(&format!(
+            "revoke all on database {} from public",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(db_err("setting the database's privileges"))?;
+
+    let exists = admin
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
+        .await
+        .map_err(db_err("looking up the binding role"))?
+        .is_some();
+    let (r, g) = (quote_ident(role), quote_ident(group));
+    let pw = quote_literal(&req.verifier);
+    if !exists {
+        exists_ok(
+            admin
+                .execute(
+                    &format!("create role {r} login {UNPRIVILEGED} password {pw}"),
+                    &[],
+                )
+                .await,
+            "creating the binding role",
+        )?;
+    }
+    let server_roles: Vec<String> = SERVER_ROLES.iter().map(|s| quote_ident(s)).collect();
+    admin
+        .batch_execute(&format!(
+            "alter role {r} with login {UNPRIVILEGED} password {pw}; \
+             alter role {g} with nologin {UNPRIVILEGED}; \
+             revoke {sr} from {r}, {g}; grant {g} to {r}; \
+             alter role {r} set role = {gl}; comment on role {r} is {comment}",
+            sr = server_roles.join(", "),
+            gl = quote_literal(group),
+            comment = quote_literal(&req.comment),
+        ))
+        .await
+        .map_err(db_err("configuring the binding role"))?;
+    Ok(())
+}
+
+/// Drops binding role `role` (success when it does not exist): no new sessions, the current
+/// ones ended, what it owns in every database handed to `group` (when it exists), then the
+/// role. `connect(db)` gives a superuser session on database `db` of the same server.
+pub async fn drop_role<C, Fut>(
+    admin: &tokio_postgres::Client,
+    group: &str,
+    role: &str,
+    connect: C,
+) -> Result<(), BindError>
+where
+    C: Fn(String) -> Fut,
+    Fut: Future<Output = Result<tokio_postgres::Client, BindError>>,
+{
+    let exists = admin
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
+        .await
+        .map_err(db_err("looking up the binding role"))?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
+    let (r, g) = (quote_ident(role), quote_ident(group));
+    // No new sessions, then end the current ones (and wait for them to be gone).
+    admin
+        .batch_execute(&format!("alter role {r} nologin"))
+        .await
+        .map_err(db_err("disabling the binding role"))?;
+    for _ in 0..50 {
+        let left = admin
+            .query(
+                "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1",
+                &[&role],
+            )
+            .await
+            .map_err(db_err("terminating the binding's sessions"))?;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ownership and privileges are per database: hand over and drop in each of them.
+    let has_group = admin
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&group])
+        .await
+        .map_err(db_err("looking up the group role"))?
+        .is_some();
+    let dbs = admin
+        .query(
+            "select datname from pg_database where datallowconn order by datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing the databases"))?;
+    for row in dbs {
+        let name: String = row.get(0);
+        let c = if name == "postgres" {
+            None
+        } else {
+            Some(connect(name).await?)
+        };
+        let c = c.as_ref().unwrap_or(admin);
+        let reassign = if has_group {
+            format!("reassign owned by {r} to {g}; ")
+        } else {
+            String::new()
+        };
+        c.batch_execute(&format!("{reassign}drop owned by {r}"))
+            .await
+            .map_err(db_err("dropping what the binding role owns"))?;
+    }
+    admin
+        .batch_execute(&format!("drop role if exists {r}"))
+        .await
+        .map_err(db_err("dropping the binding role"))
+}
+
+/// The [`Binder`] of a real broker: a role per binding, made on the leader by its cell.
+pub struct CellBinder {
+    host: String,
+    options: BinderOptions,
+    cells: BTreeMap<String, CellClient>,
+}
+
+impl std::fmt::Debug for CellBinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellBinder")
+            .field("host", &self.host)
+            .field("options", &self.options)
+            .field("cells", &self.cells.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl CellBinder {
+    /// A binder whose credentials name `host` (the router) and the instance's port, reaching
+    /// the instances' nodes through `cells` (by cell name).
     pub fn new(
         host: impl Into<String>,
-        passwords: Arc<dyn SuperuserPassword>,
+        cells: BTreeMap<String, CellClient>,
         options: BinderOptions,
-    ) -> PgBinder {
-        PgBinder {
+    ) -> CellBinder {
+        CellBinder {
             host: host.into(),
             options,
-            passwords,
+            cells,
         }
+    }
+
+    /// The binder of a broker's configuration (its cells, over TLS, and its router host).
+    pub fn from_config(config: &crate::BrokerConfig) -> Result<CellBinder, crate::cell::Error> {
+        let mut cells = BTreeMap::new();
+        for c in &config.cells {
+            cells.insert(
+                c.name.clone(),
+                CellClient::new(
+                    &c.url,
+                    crate::cell::Secret::new(c.token.expose()),
+                    config.tls.as_ref(),
+                )?,
+            );
+        }
+        Ok(CellBinder::new(
+            config.router.host.clone(),
+            cells,
+            BinderOptions::default(),
+        ))
     }
 
     /// The options.
@@ -233,47 +473,31 @@ impl PgBinder {
         &self.options
     }
 
-    async fn connect(
-        &self,
-        instance: &InstanceRecord,
-        password: &Secret,
-        dbname: &str,
-    ) -> Result<tokio_postgres::Client, BindError> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&self.host)
-            .port(instance.port)
-            .user(SUPERUSER)
-            .password(password.expose())
-            .dbname(dbname)
-            .application_name("walarchive-broker")
-            .connect_timeout(self.options.connect_timeout);
-        let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-            db_err(&format!(
-                "connecting to {}:{} as {SUPERUSER}",
-                self.host, instance.port
-            ))(e)
-        })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let in_recovery: bool = client
-            .query_one("select pg_is_in_recovery()", &[])
-            .await
-            .map_err(db_err("checking the server role"))?
-            .get(0);
-        if in_recovery {
-            return Err(BindError::new(format!(
-                "{}:{} leads to a replica (failover in progress?)",
-                self.host, instance.port
-            )));
+    /// The cell and name of the instance's leader, as its cells report it.
+    async fn leader<'a>(
+        &'a self,
+        instance: &'a InstanceRecord,
+    ) -> Result<(&'a CellClient, &'a str), BindError> {
+        for n in &instance.nodes {
+            let Some(cell) = self.cells.get(&n.cell) else {
+                continue;
+            };
+            if let Ok(Some(s)) = cell.node(&n.name).await {
+                if s.is_leader() {
+                    return Ok((cell, &n.name));
+                }
+            }
         }
-        Ok(client)
+        Err(BindError::new(format!(
+            "instance {} has no leader now (failover in progress?)",
+            instance.id
+        )))
     }
 
     async fn retrying<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, BindError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, BindError>>,
+        Fut: Future<Output = Result<T, BindError>>,
     {
         let attempts = self.options.attempts.max(1);
         let mut n = 1;
@@ -289,194 +513,38 @@ impl PgBinder {
             }
         }
     }
+}
 
-    async fn bind_once(
-        &self,
-        instance: &InstanceRecord,
-        binding_id: &str,
-    ) -> Result<Credentials, BindError> {
-        let su = self.passwords.superuser_password(instance).await?;
-        let o = &self.options;
-        let (db, group, role) = (&o.database, &o.group_role, role_name(binding_id));
-        let admin = self.connect(instance, &su, "postgres").await?;
-
-        // The group role and the database, once per instance.
-        let has_group = admin
-            .query_opt("select 1 from pg_roles where rolname = $1", &[group])
-            .await
-            .map_err(db_err("looking up the group role"))?
-            .is_some();
-        if !has_group {
-            exists_ok(
-                admin
-                    .execute(&format!("create role {} nologin", quote_ident(group)), &[])
-                    .await,
-                "creating the group role",
-            )?;
-        }
-        let has_db = admin
-            .query_opt("select 1 from pg_database where datname = $1", &[db])
-            .await
-            .map_err(db_err("looking up the database"))?
-            .is_some();
-        if !has_db {
-            exists_ok(
-                admin
-                    .execute(
-                        &format!(
-                            "create database {} owner {}",
-                            quote_ident(db),
-                            quote_ident(group)
-                        ),
-                        &[],
-                    )
-                    .await,
-                "creating the database",
-            )?;
-        }
-        // Only the group's members (and superusers) may connect; idempotent, so it also
-        // completes a bind interrupted right after creating the database.
-        admin
-            .batch_execute(&format!(
-                "revoke all on database {} from public",
-                quote_ident(db)
-            ))
-            .await
-            .map_err(db_err("setting the database's privileges"))?;
-
-        // The binding's role, with a fresh password (re-binding resets it).
-        let password = crate::patroni::Secret::generate();
-        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
-        let exists = admin
-            .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
-            .await
-            .map_err(db_err("looking up the binding role"))?
-            .is_some();
-        let (r, g) = (quote_ident(&role), quote_ident(group));
-        if !exists {
-            exists_ok(
-                admin
-                    .execute(
-                        &format!(
-                            "create role {r} login password {}",
-                            quote_literal(&verifier)
-                        ),
-                        &[],
-                    )
-                    .await,
-                "creating the binding role",
-            )?;
-        }
-        admin
-            .batch_execute(&format!(
-                "alter role {r} with login password {pw}; grant {g} to {r}; \
-                 alter role {r} set role = {gl}; comment on role {r} is {comment}",
-                pw = quote_literal(&verifier),
-                gl = quote_literal(group),
-                comment = quote_literal(&format!(
-                    "walarchive-broker binding {binding_id} of instance {}",
-                    instance.id
-                )),
-            ))
-            .await
-            .map_err(db_err("configuring the binding role"))?;
-        Ok(credentials(
-            &self.host,
-            instance.port,
-            db,
-            &role,
-            password.expose(),
-        ))
-    }
-
-    async fn unbind_once(
-        &self,
-        instance: &InstanceRecord,
-        binding_id: &str,
-    ) -> Result<(), BindError> {
-        let su = self.passwords.superuser_password(instance).await?;
-        let role = role_name(binding_id);
-        let group = &self.options.group_role;
-        let admin = self.connect(instance, &su, "postgres").await?;
-        let exists = admin
-            .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
-            .await
-            .map_err(db_err("looking up the binding role"))?
-            .is_some();
-        if !exists {
-            return Ok(());
-        }
-        let (r, g) = (quote_ident(&role), quote_ident(group));
-        // No new sessions, then end the current ones (and wait for them to be gone).
-        admin
-            .batch_execute(&format!("alter role {r} nologin"))
-            .await
-            .map_err(db_err("disabling the binding role"))?;
-        for _ in 0..50 {
-            let left = admin
-                .query(
-                    "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1",
-                    &[&role],
-                )
-                .await
-                .map_err(db_err("terminating the binding's sessions"))?;
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Ownership and privileges are per database: hand over and drop in each of them.
-        let has_group = admin
-            .query_opt("select 1 from pg_roles where rolname = $1", &[group])
-            .await
-            .map_err(db_err("looking up the group role"))?
-            .is_some();
-        let dbs = admin
-            .query(
-                "select datname from pg_database where datallowconn order by datname",
-                &[],
-            )
-            .await
-            .map_err(db_err("listing the databases"))?;
-        for row in dbs {
-            let name: String = row.get(0);
-            let c = if name == "postgres" {
-                None
-            } else {
-                Some(self.connect(instance, &su, &name).await?)
-            };
-            let c = c.as_ref().unwrap_or(&admin);
-            let reassign = if has_group {
-                format!("reassign owned by {r} to {g}; ")
-            } else {
-                String::new()
-            };
-            c.batch_execute(&format!("{reassign}drop owned by {r}"))
-                .await
-                .map_err(db_err("dropping what the binding role owns"))?;
-        }
-        match admin
-            .batch_execute(&format!("drop role if exists {r}"))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => Err(db_err("dropping the binding role")(e)),
-        }
+fn cell_err(what: &'static str) -> impl FnOnce(crate::cell::Error) -> BindError {
+    move |e| BindError {
+        message: format!("{what}: {e}"),
+        source: Some(Box::new(e)),
     }
 }
 
-impl Binder for PgBinder {
+impl Binder for CellBinder {
     fn bind<'a>(
         &'a self,
         instance: &'a InstanceRecord,
         binding_id: &'a str,
     ) -> BoxFuture<'a, Result<Credentials, BindError>> {
         Box::pin(async move {
-            let c = self
-                .retrying("bind", || self.bind_once(instance, binding_id))
-                .await?;
-            info!(instance = %instance.id, binding = %binding_id, role = %c.username, "binding role ready");
-            Ok(c)
+            let (role, req, password) = new_role(&self.options, instance, binding_id);
+            self.retrying("bind", || async {
+                let (cell, node) = self.leader(instance).await?;
+                cell.put_role(node, &role, &req)
+                    .await
+                    .map_err(cell_err("creating the binding's role"))
+            })
+            .await?;
+            info!(instance = %instance.id, binding = %binding_id, role = %role, "binding role ready");
+            Ok(credentials(
+                &self.host,
+                instance.port,
+                &self.options.database,
+                &role,
+                password.expose(),
+            ))
         })
     }
 
@@ -486,8 +554,14 @@ impl Binder for PgBinder {
         binding_id: &'a str,
     ) -> BoxFuture<'a, Result<(), BindError>> {
         Box::pin(async move {
-            self.retrying("unbind", || self.unbind_once(instance, binding_id))
-                .await?;
+            let role = role_name(binding_id);
+            self.retrying("unbind", || async {
+                let (cell, node) = self.leader(instance).await?;
+                cell.delete_role(node, &role, &self.options.group_role)
+                    .await
+                    .map_err(cell_err("dropping the binding's role"))
+            })
+            .await?;
             info!(instance = %instance.id, binding = %binding_id, "binding role dropped");
             Ok(())
         })

@@ -36,15 +36,17 @@ use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::binder::RoleRequest;
 pub use crate::patroni::{DcsTiming, Secret};
 use crate::patroni::{
-    NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
+    EtcdCredentials, EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT,
+    SUPERUSER,
 };
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
@@ -93,6 +95,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// PostgreSQL refused a connection or a statement (or the node is not the leader).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// A base backup failed.
     #[error("backup of node {node} failed (exit status {code:?}): {stderr}")]
     Backup {
@@ -103,6 +108,9 @@ pub enum Error {
         /// The end of walarchive's error output.
         stderr: String,
     },
+    /// The TLS certificate, key or CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The agent cannot listen on its address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -158,6 +166,15 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 pub struct CellConfig {
     /// Address of the HTTP API, e.g. `127.0.0.1:7100`.
     pub listen: SocketAddr,
+    /// TLS of the API: its certificate, and the CA the broker's client certificate must be
+    /// signed by (mutual TLS: a client without such a certificate is refused before its
+    /// token is even read).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Serve plain HTTP on a non-loopback `listen` address (the token and the nodes'
+    /// passwords would cross the network in clear).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Directory holding one sub-directory per node (traversable by the postgres user).
     pub data_root: PathBuf,
     /// File holding the API token (when the environment variable `WALARCHIVE_CELL_TOKEN`
@@ -173,6 +190,16 @@ pub struct CellConfig {
     /// The OS user PostgreSQL and Patroni run as.
     #[serde(default = "default_user")]
     pub user: String,
+    /// PostgreSQL's Unix-socket directory, shared by the cell's nodes (default
+    /// `<data_root>/.run`). A socket's path is limited to 107 bytes: with a deep `data_root`,
+    /// set a short one here.
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    /// The nodes' ports (PostgreSQL, Patroni's API) are chosen in this inclusive range,
+    /// `[min, max]`; default: any port the kernel hands out. Cells that share a machine (the
+    /// single-machine mode, tests) need disjoint ranges, or two may pick one port.
+    #[serde(default)]
+    pub ports: Option<[u16; 2]>,
 }
 
 fn default_patroni() -> PathBuf {
@@ -185,14 +212,37 @@ fn default_user() -> String {
     "postgres".into()
 }
 
+/// The longest socket name PostgreSQL adds to the socket directory: `/.s.PGSQL.65535`.
+const SOCKET_NAME_MAX: usize = 16;
+/// Longest Unix socket path (`sun_path`, with its terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 impl CellConfig {
-    /// Reads a TOML configuration file.
+    /// PostgreSQL's socket directory: `socket_dir`, else `<data_root>/.run` (not a node name,
+    /// which never holds a `.`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.socket_dir
+            .clone()
+            .unwrap_or_else(|| self.data_root.join(".run"))
+    }
+
+    /// Reads and checks a TOML configuration file.
     pub fn load(path: &Path) -> Result<CellConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
-        toml::from_str(&text).map_err(|e| Error::Config {
+        let config: CellConfig = toml::from_str(&text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.allow_plaintext {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "listen: {} is not a loopback address and [tls] is not configured: the token and the nodes' passwords would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true",
+                    config.listen
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// The API token: `WALARCHIVE_CELL_TOKEN`, else the content of `token_file` (trimmed).
@@ -222,13 +272,23 @@ fn default_archive_timeout() -> u32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
-    /// The instance (Patroni `scope`).
+    /// The instance.
     pub instance_id: String,
+    /// Patroni's `scope` (the instance's [`crate::names::path_name`]); absent in specs of
+    /// instances recorded before names existed, whose scope is their id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Patroni's etcd key prefix, e.g. `/walarchive-broker/patroni/`.
     pub namespace: String,
     /// etcd client endpoints, `host:port`.
     pub etcd_hosts: Vec<String>,
-    /// The instance's walarchive repository URL (`<base>/<instance_id>`).
+    /// TLS towards etcd (files on this cell), when etcd speaks TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_tls: Option<EtcdTls>,
+    /// Patroni's etcd user, when etcd's authentication is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_credentials: Option<EtcdCredentials>,
+    /// The instance's walarchive repository URL (`<base>/<name>`).
     pub repository: String,
     /// The walarchive executable on the cell (executable by the postgres user).
     pub walarchive: PathBuf,
@@ -242,6 +302,10 @@ pub struct NodeSpec {
     pub superuser_password: Secret,
     /// Password of the `replicator` user.
     pub replication_password: Secret,
+    /// Password of the `rewinder` user (pg_rewind); absent in specs of instances created
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_password: Option<Secret>,
     /// Patroni `synchronous_mode`.
     #[serde(default)]
     pub synchronous: bool,
@@ -330,10 +394,21 @@ pub fn valid_node_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+impl NodeSpec {
+    /// Patroni's scope: [`NodeSpec::scope`], else the instance id.
+    pub fn scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(&self.instance_id)
+    }
+}
+
 fn validate_spec(spec: &NodeSpec) -> Result<(), Error> {
     let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if spec.instance_id.is_empty() || spec.instance_id.contains('/') {
-        return bad("instance_id must be non-empty without '/'");
+    if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
+        return bad("instance_id must be 1 to 255 bytes without control characters");
+    }
+    // The scope is a prefix of etcd keys: `/` would put one cluster's keys inside another's.
+    if !crate::names::is_safe_name(spec.scope()) {
+        return bad("scope must be made of A-Z, a-z, 0-9, '-', '_', '.' and '~' (not '.' or '..')");
     }
     if !spec.namespace.starts_with('/') {
         return bad("namespace must start with '/'");
@@ -550,10 +625,24 @@ struct Agent {
     token: Secret,
     uid: u32,
     gid: u32,
+    /// This agent's OS user, which may act as the nodes' superuser over their socket.
+    agent_user: String,
     nodes: Mutex<BTreeMap<String, Arc<Node>>>,
     /// Serialises creations, updates and removals.
     ops: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+}
+
+/// The name of OS user `uid`.
+fn user_name(uid: u32) -> Result<String, Error> {
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2].parse() == Ok(uid))
+        .map(|f| f[0].to_string())
+        .ok_or_else(|| Error::NoUser(format!("uid {uid}")))
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32), Error> {
@@ -612,15 +701,18 @@ impl Agent {
     fn node_config(&self, name: &str, dir: &Path, rec: &NodeRecord) -> NodeConfig {
         let s = &rec.spec;
         NodeConfig {
-            instance_id: s.instance_id.clone(),
+            scope: s.scope().to_string(),
             namespace: s.namespace.clone(),
             node_name: name.to_string(),
             etcd_hosts: s.etcd_hosts.clone(),
+            etcd_tls: s.etcd_tls.clone(),
+            etcd_credentials: s.etcd_credentials.clone(),
             host: s.host.clone(),
             peer_hosts: s.peer_hosts.clone(),
             pg_port: rec.ports.pg_port,
             api_port: rec.ports.api_port,
             node_dir: dir.to_path_buf(),
+            socket_dir: self.config.socket_dir(),
             pg_bin_dir: self.config.pg_bin_dir.clone(),
             walarchive: s.walarchive.clone(),
             repository: s.repository.clone(),
@@ -630,6 +722,8 @@ impl Agent {
             wal_segsize_mb: s.wal_segsize_mb,
             superuser_password: s.superuser_password.clone(),
             replication_password: s.replication_password.clone(),
+            rewind_password: s.rewind_password.clone(),
+            ident_users: vec![self.config.user.clone(), self.agent_user.clone()],
             restapi_password: rec.restapi_password.clone(),
         }
     }
@@ -665,6 +759,32 @@ impl Agent {
             .collect();
         let mut got = Vec::new();
         let mut listeners = Vec::new();
+        if let Some([min, max]) = self.config.ports {
+            // From a random point of the range, the first ports no node of this cell has
+            // and nothing listens on now.
+            let span = u32::from(max - min) + 1;
+            let mut r = [0u8; 4];
+            getrandom::fill(&mut r).expect("the OS random number generator");
+            let start = u32::from_le_bytes(r) % span;
+            for i in 0..span {
+                let port = (u32::from(min) + (start + i) % span) as u16;
+                if used.contains(&port) {
+                    continue;
+                }
+                if let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+                    got.push(port);
+                    listeners.push(l);
+                    if got.len() == 2 {
+                        break;
+                    }
+                }
+            }
+            if got.len() < 2 {
+                return Err(Error::Invalid(format!(
+                    "no two free ports left in the cell's range {min}-{max}"
+                )));
+            }
+        }
         while got.len() < 2 {
             let l = std::net::TcpListener::bind("0.0.0.0:0")
                 .map_err(io_err("cannot allocate a port", Path::new("0.0.0.0:0")))?;
@@ -1000,8 +1120,10 @@ impl Agent {
         let node = self.node(name)?;
         let rec = node.record();
         let started = Instant::now();
+        // Over the socket: the superuser is not reachable over the network.
         let conn = format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres",
+            "host={} port={} user={SUPERUSER} dbname=postgres",
+            self.config.socket_dir().display(),
             rec.ports.pg_port
         );
         let mut cmd = tokio::process::Command::new(&rec.spec.walarchive);
@@ -1019,7 +1141,6 @@ impl Agent {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &node.dir)
-            .env("PGPASSWORD", rec.spec.superuser_password.expose())
             .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -1047,6 +1168,61 @@ impl Agent {
         Ok(BackupOutcome { summary, seconds })
     }
 
+    /// A superuser session on node `name`'s PostgreSQL, database `db`, over its Unix socket
+    /// (peer authentication as this agent's OS user).
+    async fn local_superuser(&self, name: &str, db: &str) -> Result<tokio_postgres::Client, Error> {
+        let node = self.node(name)?;
+        let rec = node.record();
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(self.config.socket_dir())
+            .port(rec.ports.pg_port)
+            .user(SUPERUSER)
+            .dbname(db)
+            .application_name("walarchive-cell")
+            .connect_timeout(Duration::from_secs(10));
+        let (client, connection) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| Error::Postgres(format!("connecting to node {name}: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Creates or resets a binding's role on node `name`, which must be the leader.
+    async fn put_role(&self, name: &str, role: &str, req: RoleRequest) -> Result<(), Error> {
+        if !crate::binder::valid_role_name(role) {
+            return Err(Error::Invalid(format!("invalid role name {role:?}")));
+        }
+        req.validate().map_err(Error::Invalid)?;
+        let admin = self.local_superuser(name, "postgres").await?;
+        crate::binder::create_role(&admin, role, &req)
+            .await
+            .map_err(|e| Error::Postgres(e.to_string()))?;
+        info!(node = name, role, "binding role ready");
+        Ok(())
+    }
+
+    /// Drops a binding's role on node `name` (nothing when it does not exist).
+    async fn delete_role(&self, name: &str, role: &str, group: &str) -> Result<(), Error> {
+        if !crate::binder::valid_role_name(role) || !crate::binder::valid_object_name(group) {
+            return Err(Error::Invalid(format!(
+                "invalid role names {role:?}, {group:?}"
+            )));
+        }
+        let admin = self.local_superuser(name, "postgres").await?;
+        crate::binder::drop_role(&admin, group, role, |db| async move {
+            self.local_superuser(name, &db)
+                .await
+                .map_err(|e| crate::api::BindError::new(e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Postgres(e.to_string()))?;
+        info!(node = name, role, "binding role dropped");
+        Ok(())
+    }
+
     async fn shutdown(&self) {
         let nodes: Vec<Arc<Node>> = self
             .nodes
@@ -1072,6 +1248,8 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            // Not the leader (any more), or PostgreSQL refused: the broker tries again.
+            Error::Postgres(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -1157,6 +1335,36 @@ async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<Str
     }
 }
 
+async fn put_role(
+    State(agent): State<Arc<Agent>>,
+    UrlPath((name, role)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: RoleRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return Error::Invalid(format!("role request: {e}")).into_response(),
+    };
+    match agent.put_role(&name, &role, req).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete_role(
+    State(agent): State<Arc<Agent>>,
+    UrlPath((name, role)): UrlPath<(String, String)>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let group = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "group")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    match agent.delete_role(&name, &role, &group).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/nodes", get(list_nodes))
@@ -1165,6 +1373,10 @@ fn router(agent: Arc<Agent>) -> Router {
             get(get_node).put(put_node).delete(delete_node),
         )
         .route("/v1/nodes/{name}/backup", post(backup_node))
+        .route(
+            "/v1/nodes/{name}/roles/{role}",
+            put(put_role).delete(delete_role),
+        )
         .layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent)
 }
@@ -1177,12 +1389,32 @@ pub async fn run(
 ) -> Result<(), Error> {
     let token = config.token()?;
     let (uid, gid) = user_ids(&config.user)?;
+    // SAFETY: geteuid has no preconditions.
+    let agent_user = user_name(unsafe { libc::geteuid() })?;
     let root = config.data_root.clone();
     std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("cannot chmod", &root))?;
+    let sockets = config.socket_dir();
+    if sockets.as_os_str().len() + SOCKET_NAME_MAX > SOCKET_PATH_MAX {
+        return Err(Error::Config {
+            path: sockets,
+            message: format!(
+                "PostgreSQL's socket paths in this directory would be longer than {SOCKET_PATH_MAX} bytes: set a shorter socket_dir in the cell configuration"
+            ),
+        });
+    }
+    std::fs::create_dir_all(&sockets).map_err(io_err("cannot create", &sockets))?;
+    std::os::unix::fs::chown(&sockets, Some(uid), Some(gid))
+        .map_err(io_err("cannot chown", &sockets))?;
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err("cannot chmod", &sockets))?;
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::server_config(files, true)?),
+        None => None,
+    };
     start_watchdog(&root).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = crate::tls::Incoming::bind(config.listen, tls)
         .await
         .map_err(|source| Error::Listen {
             addr: config.listen,
@@ -1200,6 +1432,7 @@ pub async fn run(
         token,
         uid,
         gid,
+        agent_user,
         nodes: Mutex::new(BTreeMap::new()),
         ops: tokio::sync::Mutex::new(()),
         http,
@@ -1247,15 +1480,21 @@ pub struct CellClient {
 }
 
 impl CellClient {
-    /// A client for the agent at `base_url` (e.g. `http://10.0.0.5:7100`).
-    pub fn new(base_url: &str, token: Secret) -> Result<CellClient, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| Error::Http {
-                url: base_url.to_string(),
-                source,
-            })?;
+    /// A client for the agent at `base_url` (e.g. `https://10.0.0.5:7100`), trusting only
+    /// `tls.ca_file` and presenting `tls`' certificate when given.
+    pub fn new(
+        base_url: &str,
+        token: Secret,
+        tls: Option<&crate::tls::TlsFiles>,
+    ) -> Result<CellClient, Error> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(files) = tls {
+            builder = crate::tls::client_builder(builder, files)?;
+        }
+        let http = builder.build().map_err(|source| Error::Http {
+            url: base_url.to_string(),
+            source,
+        })?;
         Ok(CellClient {
             base: base_url.trim_end_matches('/').to_string(),
             token,
@@ -1360,6 +1599,44 @@ impl CellClient {
             )
             .await?;
         Ok(status != 404)
+    }
+
+    /// Creates or resets a binding's role on node `name` (which must be its instance's
+    /// leader: 409 otherwise).
+    pub async fn put_role(&self, name: &str, role: &str, req: &RoleRequest) -> Result<(), Error> {
+        let body = serde_json::to_string(req).expect("role requests serialize");
+        let (status, _) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/nodes/{name}/roles/{role}"),
+                Some(body),
+                Duration::from_secs(60),
+            )
+            .await?;
+        if status == 404 {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Drops a binding's role on node `name` (which must be its instance's leader), handing
+    /// what it owns to `group`.
+    pub async fn delete_role(&self, name: &str, role: &str, group: &str) -> Result<(), Error> {
+        let (status, _) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!(
+                    "/v1/nodes/{name}/roles/{role}?group={}",
+                    crate::state::encode_component(group)
+                ),
+                None,
+                Duration::from_secs(120),
+            )
+            .await?;
+        if status == 404 {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Ok(())
     }
 
     /// Takes a base backup of node `name` into its repository (waits until it is complete).

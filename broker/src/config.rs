@@ -19,6 +19,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::secrets::{Keyring, SecretsConfig};
+use crate::tls::{is_loopback_host, TlsFiles};
+
 /// Errors loading the configuration. Messages name the file and the offending setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -146,6 +151,15 @@ pub struct BrokerConfig {
     /// Address the OSB API listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// TLS: the certificate the OSB API serves (and presents to the cells as a client), and
+    /// the CA the cells' certificates must be signed by.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Accept plain HTTP off the loopback interface: the API's `listen` address, `http://`
+    /// cells and etcd endpoints. Off by default: the platform's password, the cells' tokens
+    /// and every database password would cross the network in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// The platform's credentials for HTTP basic authentication.
     pub credentials: Credentials,
     /// The one service offering.
@@ -154,6 +168,12 @@ pub struct BrokerConfig {
     pub repository: RepositoryConfig,
     /// The etcd cluster holding the broker's state.
     pub etcd: EtcdConfig,
+    /// The key sealing the secrets kept in etcd (required).
+    #[serde(default)]
+    pub secrets: Option<SecretsConfig>,
+    /// The keyring of `secrets`, loaded at load time.
+    #[serde(skip)]
+    pub keyring: Option<Arc<Keyring>>,
     /// The machines (cell agents) that run the clusters' nodes.
     #[serde(default)]
     pub cells: Vec<CellConfig>,
@@ -199,6 +219,30 @@ pub struct NodesConfig {
     /// `initdb --wal-segsize` in MiB (PostgreSQL's 16 when absent).
     #[serde(default)]
     pub wal_segsize_mb: Option<u32>,
+    /// Patroni's TLS towards etcd (required when etcd's endpoints are `https://`): the CA of
+    /// etcd's certificate, at this path on every cell.
+    #[serde(default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Patroni's client certificate for etcd, at this path on every cell (readable by the
+    /// nodes' OS user).
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Its key, at this path on every cell (readable by the nodes' OS user only).
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
+    /// Patroni's etcd user, when etcd's authentication is on (a role limited to Patroni's
+    /// namespace is enough).
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    /// Environment variable holding its password (sent to the cells over TLS).
+    #[serde(default)]
+    pub etcd_password_env: Option<String>,
+    /// File holding its password.
+    #[serde(default)]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The password, read at load time.
+    #[serde(skip)]
+    pub etcd_password: Secret,
 }
 
 impl Default for NodesConfig {
@@ -211,6 +255,13 @@ impl Default for NodesConfig {
             loop_wait: default_loop_wait(),
             retry_timeout: default_retry_timeout(),
             wal_segsize_mb: None,
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
+            etcd_username: None,
+            etcd_password_env: None,
+            etcd_password_file: None,
+            etcd_password: Secret::default(),
         }
     }
 }
@@ -242,6 +293,10 @@ pub struct WorkerConfig {
     /// A provision, update or deprovision not finished after this long fails.
     #[serde(default = "default_operation_timeout")]
     pub operation_timeout: HumanDuration,
+    /// Longest wait between two attempts of a failing step (a first base backup, a cell that
+    /// does not answer): 1 s after the first failure, doubling up to this.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
 }
 
 impl Default for WorkerConfig {
@@ -249,6 +304,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             poll_interval: default_poll_interval(),
             operation_timeout: default_operation_timeout(),
+            backoff_max: default_backoff_max(),
         }
     }
 }
@@ -259,6 +315,10 @@ fn default_poll_interval() -> HumanDuration {
 
 fn default_operation_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
+}
+
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_listen() -> SocketAddr {
@@ -356,7 +416,8 @@ fn one() -> u8 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
-    /// Base repository URL; each instance archives to `<base>/<instance_id>`.
+    /// Base repository URL; each instance archives to `<base>/<name>` (see
+    /// [`RepositoryConfig::for_instance`]).
     pub base: String,
     /// walarchive configuration file (storage credentials) used by the nodes.
     #[serde(default)]
@@ -367,19 +428,21 @@ pub struct RepositoryConfig {
 }
 
 impl RepositoryConfig {
-    /// The repository URL of one instance's first incarnation: `<base>/<instance_id>`.
-    pub fn for_instance(&self, instance_id: &str) -> String {
-        format!("{}/{instance_id}", self.base.trim_end_matches('/'))
+    /// The repository URL of an instance's first incarnation: `<base>/<name>`, where `name`
+    /// is the instance's [`crate::names::path_name`] (never `.`, `..` or holding `/`).
+    pub fn for_instance(&self, name: &str) -> String {
+        format!("{}/{name}", self.base.trim_end_matches('/'))
     }
 
-    /// The repository URL of incarnation `n` of an instance: `<base>/<instance_id>` for the
-    /// first, `<base>/<instance_id>.<n>` after re-provisions (an earlier incarnation's
-    /// archive is kept, and a new cluster, with another system identifier, cannot share it).
-    pub fn for_incarnation(&self, instance_id: &str, n: u32) -> String {
+    /// The repository URL of incarnation `n` of an instance named `name`: `<base>/<name>` for
+    /// the first, `<base>/<name>.<n>` after re-provisions (an earlier incarnation's archive is
+    /// kept, and a new cluster, with another system identifier, cannot share it). Names hold
+    /// no `.`, so no incarnation's repository is another instance's.
+    pub fn for_incarnation(&self, name: &str, n: u32) -> String {
         if n <= 1 {
-            self.for_instance(instance_id)
+            self.for_instance(name)
         } else {
-            format!("{}.{n}", self.for_instance(instance_id))
+            format!("{}.{n}", self.for_instance(name))
         }
     }
 }
@@ -388,8 +451,30 @@ impl RepositoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
-    /// Client URLs, e.g. `http://10.0.0.1:2379`.
+    /// Client URLs, e.g. `https://10.0.0.1:2379`.
     pub endpoints: Vec<String>,
+    /// CA that etcd's server certificate must be signed by (required for `https://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate presented to etcd (when it requires one: `--client-cert-auth`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// etcd user of the broker, when etcd's authentication is on (a role limited to
+    /// `prefix` is enough: it covers Patroni's default namespace).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding that user's password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding that user's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The password, read at load time.
+    #[serde(skip)]
+    pub password: Secret,
     /// Key prefix of all the broker's keys (no trailing slash).
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -474,6 +559,12 @@ pub struct RouterConfig {
     /// Address HAProxy binds the instance ports to.
     #[serde(default = "default_bind_address")]
     pub bind_address: String,
+    /// Address HAProxy connects to the nodes from. Set it when the router runs on a machine
+    /// that also runs nodes (an address of that machine that no cell uses as its `host`):
+    /// the nodes accept their replication role only from the instance's other nodes, and a
+    /// router connecting from a node's own address would pass for it.
+    #[serde(default)]
+    pub source_address: Option<String>,
     /// The HAProxy binary.
     #[serde(default = "default_haproxy_binary")]
     pub haproxy_binary: PathBuf,
@@ -532,6 +623,13 @@ fn default_retain() -> u32 {
 pub const MAX_NODES: u8 = 5;
 
 impl BrokerConfig {
+    /// The keyring sealing the secrets kept in etcd (loaded by [`BrokerConfig::parse`]).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .clone()
+            .expect("BrokerConfig::parse loads the keyring")
+    }
+
     /// Reads, validates and resolves (secrets) the configuration file at `path`.
     pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -556,6 +654,36 @@ impl BrokerConfig {
             c.credentials.password_env.as_deref(),
             c.credentials.password_file.as_deref(),
         )?;
+        let secrets = c.secrets.as_ref().ok_or_else(|| ConfigError::Secret {
+            origin: origin.to_string(),
+            setting: "secrets".into(),
+            message: "the key sealing the passwords the broker keeps in etcd is required: set secrets.key_file (or secrets.key_env) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`".into(),
+        })?;
+        c.keyring = Some(Arc::new(Keyring::load(secrets).map_err(|e| {
+            ConfigError::Secret {
+                origin: origin.to_string(),
+                setting: "secrets".into(),
+                message: e.to_string(),
+            }
+        })?));
+        if c.etcd.username.is_some() {
+            c.etcd.password = resolve_secret(
+                origin,
+                "etcd",
+                "password",
+                c.etcd.password_env.as_deref(),
+                c.etcd.password_file.as_deref(),
+            )?;
+        }
+        if c.nodes.etcd_username.is_some() {
+            c.nodes.etcd_password = resolve_secret(
+                origin,
+                "nodes",
+                "etcd_password",
+                c.nodes.etcd_password_env.as_deref(),
+                c.nodes.etcd_password_file.as_deref(),
+            )?;
+        }
         for (i, cell) in c.cells.iter_mut().enumerate() {
             cell.token = resolve_secret(
                 origin,
@@ -642,7 +770,23 @@ impl BrokerConfig {
         }
         for e in &self.etcd.endpoints {
             match url::Url::parse(e) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                    let host = u.host_str().unwrap_or_default();
+                    if u.scheme() == "http" && !is_loopback_host(host) && !self.allow_plaintext {
+                        return Err(invalid(
+                            "etcd.endpoints",
+                            format!("{e:?} is plain HTTP to another machine: use https:// (with etcd.ca_file), or set allow_plaintext = true"),
+                        ));
+                    }
+                    if u.scheme() == "https" && self.etcd.ca_file.is_none() {
+                        return Err(invalid(
+                            "etcd.ca_file",
+                            format!(
+                                "{e:?} is https: set etcd.ca_file to the CA of etcd's certificate"
+                            ),
+                        ));
+                    }
+                }
                 _ => {
                     return Err(invalid(
                         "etcd.endpoints",
@@ -650,6 +794,47 @@ impl BrokerConfig {
                     ))
                 }
             }
+        }
+        let https = self.etcd.endpoints.iter().any(|e| e.starts_with("https:"));
+        if https && self.nodes.etcd_ca_file.is_none() {
+            return Err(invalid(
+                "nodes.etcd_ca_file",
+                "etcd is https: set the path of etcd's CA on the cells, for Patroni".into(),
+            ));
+        }
+        if self.nodes.etcd_cert_file.is_some() != self.nodes.etcd_key_file.is_some() {
+            return Err(invalid(
+                "nodes.etcd_cert_file",
+                "nodes.etcd_cert_file and nodes.etcd_key_file go together".into(),
+            ));
+        }
+        if self.etcd.username.is_none()
+            && (self.etcd.password_env.is_some() || self.etcd.password_file.is_some())
+        {
+            return Err(invalid(
+                "etcd.username",
+                "a password is set but no user: set etcd.username".into(),
+            ));
+        }
+        if self.nodes.etcd_username.is_none()
+            && (self.nodes.etcd_password_env.is_some() || self.nodes.etcd_password_file.is_some())
+        {
+            return Err(invalid(
+                "nodes.etcd_username",
+                "a password is set but no user: set nodes.etcd_username".into(),
+            ));
+        }
+        if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
+            return Err(invalid(
+                "etcd.cert_file",
+                "etcd.cert_file and etcd.key_file go together".into(),
+            ));
+        }
+        if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.allow_plaintext {
+            return Err(invalid(
+                "listen",
+                format!("{} is not a loopback address and [tls] is not configured: the platform's password would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true", self.listen),
+            ));
         }
         let p = &self.etcd.prefix;
         if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
@@ -669,10 +854,28 @@ impl BrokerConfig {
                     format!("empty or duplicate cell name {:?}", c.name),
                 ));
             }
-            if url::Url::parse(&c.url).is_err() {
+            let url = match url::Url::parse(&c.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+                _ => {
+                    return Err(invalid(
+                        &format!("cells[{i}].url"),
+                        format!("{:?} is not an http(s)://HOST:PORT URL", c.url),
+                    ))
+                }
+            };
+            if url.scheme() == "https" && self.tls.is_none() {
                 return Err(invalid(
                     &format!("cells[{i}].url"),
-                    format!("{:?} is not a URL", c.url),
+                    format!("{:?} is https: configure [tls] (the CA of the cells' certificates, and the broker's client certificate)", c.url),
+                ));
+            }
+            if url.scheme() == "http"
+                && !is_loopback_host(url.host_str().unwrap_or_default())
+                && !self.allow_plaintext
+            {
+                return Err(invalid(
+                    &format!("cells[{i}].url"),
+                    format!("{:?} is plain HTTP to another machine (its token and the nodes' passwords would cross the network in clear): use https://, or set allow_plaintext = true", c.url),
                 ));
             }
         }
@@ -691,6 +894,9 @@ impl BrokerConfig {
         }
         if self.archive_timeout.0.is_zero() {
             return Err(invalid("archive_timeout", "must be positive".into()));
+        }
+        if self.worker.backoff_max.0 < Duration::from_secs(1) {
+            return Err(invalid("worker.backoff_max", "must be at least 1s".into()));
         }
         if self.backups.interval.0.is_zero() {
             return Err(invalid("backups.interval", "must be positive".into()));
@@ -805,6 +1011,21 @@ mod tests {
     fn with_password_file(text: &str) -> (tempfile::NamedTempFile, String) {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "s3cret-pw\n").unwrap();
+        let key = f.path().with_extension("key");
+        std::fs::write(&key, crate::secrets::Keyring::generate_key()).unwrap();
+        let text = text
+            .replace(
+                "/etc/walarchive-broker/secrets.key\"",
+                &format!("{}\"", key.display()),
+            )
+            .replace(
+                "\"/etc/walarchive-broker/etcd.password\"",
+                &format!("{:?}", f.path().display().to_string()),
+            )
+            .replace(
+                "\"/etc/walarchive-broker/etcd-patroni.password\"",
+                &format!("{:?}", f.path().display().to_string()),
+            );
         let text = text.replace(
             "password_env = \"WALARCHIVE_BROKER_PASSWORD\"",
             &format!("password_file = {:?}", f.path().display().to_string()),
@@ -863,6 +1084,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("node_count"), "{e}");
+
+        let start = text.find("\n[secrets]").unwrap();
+        let end = text[start..].find("\n[credentials]").unwrap() + start;
+        let e = BrokerConfig::parse(&format!("{}{}", &text[..start], &text[end..]), "x")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "invalid configuration x: secrets: the key sealing the passwords the broker keeps in etcd is required: set secrets.key_file (or secrets.key_env) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`");
+    }
+
+    #[test]
+    fn plain_http_off_the_loopback_interface_is_refused() {
+        let (_f, text) = with_password_file(&example());
+        let no_tls = |t: &str| {
+            let start = t.find("\n[tls]\n").unwrap();
+            let end = t[start..].find("\n[secrets]").unwrap() + start;
+            format!("{}{}", &t[..start], &t[end..])
+        };
+        let e = BrokerConfig::parse(&no_tls(&text), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid configuration x.toml: listen: 0.0.0.0:8443 is not a loopback address and [tls] is not configured: the platform's password would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true"
+        );
+        let http_cell = text.replace("https://10.0.1.10:7500", "http://10.0.1.10:7500");
+        let e = BrokerConfig::parse(&http_cell, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cells[0].url: \"http://10.0.1.10:7500\" is plain HTTP to another machine"),
+            "{e}"
+        );
+        let http_etcd = text.replace("https://10.0.0.21:2379", "http://10.0.0.21:2379");
+        let e = BrokerConfig::parse(&http_etcd, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "etcd.endpoints: \"http://10.0.0.21:2379\" is plain HTTP to another machine"
+            ),
+            "{e}"
+        );
+        let no_etcd_ca = text.replace("ca_file = \"/etc/walarchive-broker/tls/etcd-ca.crt\"", "");
+        let e = BrokerConfig::parse(&no_etcd_ca, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("etcd.ca_file: \"https://10.0.0.21:2379\" is https"),
+            "{e}"
+        );
+        let https_cells_without_tls =
+            no_tls(&text).replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
+        let e = BrokerConfig::parse(&https_cells_without_tls, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cells[0].url: \"https://10.0.1.10:7500\" is https: configure [tls]"),
+            "{e}"
+        );
+        // Everything plain, explicitly allowed.
+        let plain = no_tls(&text).replace("https://", "http://").replace(
+            "listen = \"0.0.0.0:8443\"",
+            "listen = \"0.0.0.0:8443\"\nallow_plaintext = true",
+        );
+        BrokerConfig::parse(&plain, "x").unwrap();
+        // Plain HTTP on the loopback interface is fine.
+        let local = no_tls(&text)
+            .replace("https://10.0.", "http://127.0.")
+            .replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
+        BrokerConfig::parse(&local, "x").unwrap();
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use crate::cell::{CellClient, NodeStatus};
 use crate::config::Secret;
 use crate::state::Credentials;
+use crate::tls::{ThrowawayCa, TlsFiles};
 
 /// The service id of the single-machine mode.
 pub const SERVICE_ID: &str = "walarchive-dev-service";
@@ -107,13 +108,14 @@ pub struct DevCell {
     /// Its log.
     pub log: PathBuf,
     token: crate::cell::Secret,
+    tls: TlsFiles,
     child: Option<Child>,
 }
 
 impl DevCell {
-    /// A client for the agent.
+    /// A client for the agent (over TLS, presenting the broker's certificate).
     pub fn client(&self) -> Result<CellClient, DevError> {
-        CellClient::new(&self.url, self.token.clone())
+        CellClient::new(&self.url, self.token.clone(), Some(&self.tls))
             .map_err(|e| DevError::Failed(format!("cell {}: {e}", self.name)))
     }
 }
@@ -133,6 +135,9 @@ pub struct Dev {
     pub router_ports: (u16, u16),
     /// The cells.
     pub cells: Vec<DevCell>,
+    /// The broker's certificate, and the throwaway CA every certificate here is signed by.
+    pub tls: TlsFiles,
+    etcd_tls: TlsFiles,
     remove_dir: bool,
     broker_exe: PathBuf,
     etcd_bin: PathBuf,
@@ -149,19 +154,29 @@ fn free_port() -> Result<u16, DevError> {
         .map_err(io_err("find a free port"))
 }
 
-/// `n` consecutive ports that are free now.
+/// `n` consecutive ports that are free now, below the kernel's ephemeral ports: a port in
+/// that range may be taken, between this choice and the server binding it, by any outgoing
+/// connection of the machine.
 fn free_range(n: u16) -> Result<(u16, u16), DevError> {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20000u16, ephemeral.max(20000 + 2 * n));
+    let span = high - low - n;
     let mut seed = [0u8; 2];
     getrandom::fill(&mut seed).map_err(|e| DevError::Failed(e.to_string()))?;
-    let mut base = 40000 + u16::from_le_bytes(seed) % 15000;
+    let mut base = low + u16::from_le_bytes(seed) % span;
     for _ in 0..50 {
         let free = (base..base + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
         if free {
             return Ok((base, base + n - 1));
         }
-        base = 40000 + (base - 40000 + 97 * n) % 15000;
+        base = low + (base - low + 97 * n) % span;
     }
-    Err(DevError::Failed("no free port range for the router".into()))
+    Err(DevError::Failed(format!(
+        "no range of {n} free ports found"
+    )))
 }
 
 fn write_secret(path: &Path, value: &str) -> Result<(), DevError> {
@@ -341,14 +356,41 @@ impl Dev {
         std::fs::set_permissions(&walarchive, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err("chmod walarchive"))?;
 
+        // TLS everywhere, with a CA made for this run: the broker's API and its client
+        // certificate, each cell's API, etcd, and Patroni's client certificate for etcd.
+        let tls_dir = dir.join("tls");
+        mkdir(&tls_dir, 0o755)?;
+        let tls_err = |e: crate::tls::TlsError| DevError::Failed(e.to_string());
+        let ca = ThrowawayCa::new(&tls_dir, "walarchive-broker dev CA").map_err(tls_err)?;
+        let broker_tls = ca.issue("broker").map_err(tls_err)?;
+        let etcd_tls = ca.issue("etcd-server").map_err(tls_err)?;
+        let patroni_tls = ca.issue("patroni").map_err(tls_err)?;
+        std::os::unix::fs::chown(&patroni_tls.key_file, Some(uid), Some(gid))
+            .map_err(io_err(format!("chown {}", patroni_tls.key_file.display())))?;
         let password = Secret::new(crate::patroni::Secret::generate().expose());
         write_secret(&dir.join("secrets/broker-password"), password.expose())?;
+        write_secret(
+            &dir.join("secrets/secrets.key"),
+            &crate::secrets::Keyring::generate_key(),
+        )?;
+        // etcd's users (authentication goes on when etcd has started).
+        for user in ["root", "broker", "patroni"] {
+            write_secret(
+                &dir.join(format!("secrets/etcd-{user}.password")),
+                crate::patroni::Secret::generate().expose(),
+            )?;
+        }
         let broker_port = free_port()?;
         let etcd_port = free_port()?;
-        let router_ports = free_range(20)?;
+        // The router's 20 ports, then a range of 100 for each cell's nodes: the cells share
+        // this machine, and two picking one port would break both nodes.
+        let ports = free_range(20 + 100 * opts.cells as u16)?;
+        let router_ports = (ports.0, ports.0 + 19);
+        let node_ports = (ports.0 + 20, ports.1);
         let mut cells = Vec::new();
         let mut cells_toml = String::new();
         for i in 1..=opts.cells {
+            let ports = node_ports.0 + 100 * (i as u16 - 1);
             let zone = format!("z{i}");
             let name = format!("cell-{zone}");
             let port = free_port()?;
@@ -356,14 +398,21 @@ impl Dev {
             let token_file = dir.join(format!("secrets/{name}.token"));
             write_secret(&token_file, token.expose())?;
             let config = dir.join(format!("{name}.toml"));
+            let cell_tls = ca.issue(&name).map_err(tls_err)?;
             let text = format!(
-                "# walarchive-broker dev: cell agent {name}\nlisten = \"127.0.0.1:{port}\"\ndata_root = {:?}\ntoken_file = {:?}\nuser = {:?}\n",
+                "# walarchive-broker dev: cell agent {name}\nlisten = \"127.0.0.1:{port}\"\ndata_root = {:?}\ntoken_file = {:?}\nuser = {:?}\nports = [{ports}, {}]\n",
                 dir.join(&name).display().to_string(),
                 token_file.display().to_string(),
                 cell_user,
+                ports + 99,
+            ) + &format!(
+                "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
+                cell_tls.cert_file.display().to_string(),
+                cell_tls.key_file.display().to_string(),
+                cell_tls.ca_file.display().to_string(),
             );
             std::fs::write(&config, text).map_err(io_err(format!("write {}", config.display())))?;
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("https://127.0.0.1:{port}");
             let _ = write!(
                 cells_toml,
                 "\n[[cells]]\nname = \"{name}\"\nurl = \"{url}\"\nzone = \"{zone}\"\ntoken_file = {:?}\n",
@@ -376,6 +425,7 @@ impl Dev {
                 config,
                 log: dir.join(format!("{name}.log")),
                 token,
+                tls: broker_tls.clone(),
                 child: None,
             });
         }
@@ -387,6 +437,14 @@ archive_timeout = "60s"
 [credentials]
 username = "broker"
 password_file = {pw:?}
+
+[secrets]
+key_file = {key:?}
+
+[tls]
+cert_file = {broker_cert:?}
+key_file = {broker_key:?}
+ca_file = {ca:?}
 
 [service]
 id = "{SERVICE_ID}"
@@ -410,14 +468,21 @@ node_count = 2
 base = "file://{repo}"
 
 [etcd]
-endpoints = ["http://127.0.0.1:{etcd_port}"]
+endpoints = ["https://127.0.0.1:{etcd_port}"]
 prefix = "/walarchive-broker"
+ca_file = {ca:?}
+cert_file = {broker_cert:?}
+key_file = {broker_key:?}
+username = "walarchive-broker"
+password_file = {etcd_broker_pw:?}
 
 [router]
 host = "127.0.0.1"
 port_min = {pmin}
 port_max = {pmax}
 bind_address = "127.0.0.1"
+# The cells are on this machine too: the router connects from an address of its own.
+source_address = "127.0.0.2"
 haproxy_config = {haproxy:?}
 outlive_broker = false
 
@@ -428,16 +493,35 @@ ttl = 10
 loop_wait = 2
 retry_timeout = 4
 wal_segsize_mb = 1
+etcd_ca_file = {ca:?}
+etcd_cert_file = {patroni_cert:?}
+etcd_key_file = {patroni_key:?}
+etcd_username = "patroni"
+etcd_password_file = {etcd_patroni_pw:?}
 
 [worker]
 poll_interval = "2s"
 {cells_toml}"#,
             pw = dir.join("secrets/broker-password").display().to_string(),
+            key = dir.join("secrets/secrets.key").display().to_string(),
+            etcd_broker_pw = dir
+                .join("secrets/etcd-broker.password")
+                .display()
+                .to_string(),
+            etcd_patroni_pw = dir
+                .join("secrets/etcd-patroni.password")
+                .display()
+                .to_string(),
             repo = repo.display(),
             pmin = router_ports.0,
             pmax = router_ports.1,
             haproxy = dir.join("haproxy/haproxy.cfg").display().to_string(),
             walarchive = walarchive.display().to_string(),
+            ca = ca.ca_file().display().to_string(),
+            broker_cert = broker_tls.cert_file.display().to_string(),
+            broker_key = broker_tls.key_file.display().to_string(),
+            patroni_cert = patroni_tls.cert_file.display().to_string(),
+            patroni_key = patroni_tls.key_file.display().to_string(),
         );
         let broker_config = dir.join("broker.toml");
         std::fs::write(&broker_config, &broker_toml)
@@ -448,7 +532,9 @@ poll_interval = "2s"
             .map_err(io_err("write etcd.port"))?;
         Ok(Dev {
             dir,
-            broker_url: format!("http://127.0.0.1:{broker_port}"),
+            broker_url: format!("https://127.0.0.1:{broker_port}"),
+            tls: broker_tls,
+            etcd_tls,
             username: "broker".into(),
             password,
             router_ports,
@@ -472,14 +558,20 @@ poll_interval = "2s"
 
     /// Starts etcd, the cell agents and the broker, and waits until each answers.
     pub async fn start(&mut self) -> Result<(), DevError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| DevError::Failed(e.to_string()))?;
-        // etcd
+        let http = crate::tls::client_builder(
+            reqwest::Client::builder().timeout(Duration::from_secs(5)),
+            &self.tls,
+        )
+        .and_then(|b| {
+            b.build()
+                .map_err(|e| crate::tls::TlsError::Config(e.to_string()))
+        })
+        .map_err(|e| DevError::Failed(e.to_string()))?;
+        // etcd: TLS for clients, who must present a certificate of the dev CA.
         let port = self.etcd_port();
         let peer = free_port()?;
-        let client_url = format!("http://127.0.0.1:{port}");
+        let client_url = format!("https://127.0.0.1:{port}");
+
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = Command::new(&self.etcd_bin);
         cmd.args(["--name", "dev"])
@@ -491,6 +583,13 @@ poll_interval = "2s"
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("dev={peer_url}")])
             .args(["--initial-cluster-state", "new"])
+            .arg("--cert-file")
+            .arg(&self.etcd_tls.cert_file)
+            .arg("--key-file")
+            .arg(&self.etcd_tls.key_file)
+            .arg("--trusted-ca-file")
+            .arg(&self.tls.ca_file)
+            .arg("--client-cert-auth")
             .args(["--logger", "zap", "--log-level", "warn"])
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
         let log = self.dir.join("etcd.log");
@@ -505,6 +604,39 @@ poll_interval = "2s"
             }
         })
         .await?;
+
+        // etcd's authentication: the broker's user reaches the broker's prefix (Patroni's
+        // namespace included, to remove a deleted instance's keys), Patroni's only its
+        // namespace.
+        let read = |user: &str| -> Result<crate::patroni::Secret, DevError> {
+            let f = self.dir.join(format!("secrets/etcd-{user}.password"));
+            Ok(crate::patroni::Secret::new(
+                std::fs::read_to_string(&f).map_err(io_err(format!("read {}", f.display())))?,
+            ))
+        };
+        let (root, broker, patroni) = (read("root")?, read("broker")?, read("patroni")?);
+        let mut opts = crate::etcd::EtcdOptions::new(Duration::from_secs(5));
+        opts.ca_file = Some(self.tls.ca_file.clone());
+        opts.identity = Some((self.tls.cert_file.clone(), self.tls.key_file.clone()));
+        crate::etcd::EtcdClient::with_options(std::slice::from_ref(&client_url), opts)
+            .map_err(|e| DevError::Failed(e.to_string()))?
+            .enable_auth(
+                &root,
+                &[
+                    crate::etcd::EtcdUser {
+                        name: "walarchive-broker",
+                        password: &broker,
+                        prefixes: &["/walarchive-broker/"],
+                    },
+                    crate::etcd::EtcdUser {
+                        name: "patroni",
+                        password: &patroni,
+                        prefixes: &["/walarchive-broker/patroni/"],
+                    },
+                ],
+            )
+            .await
+            .map_err(|e| DevError::Failed(format!("enable etcd's authentication: {e}")))?;
 
         // cells
         for i in 0..self.cells.len() {
@@ -584,10 +716,13 @@ poll_interval = "2s"
     /// A client of the broker's OSB API.
     pub fn osb(&self) -> Osb {
         Osb {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("an HTTP client"),
+            http: crate::tls::client_builder(
+                reqwest::Client::builder().timeout(Duration::from_secs(30)),
+                &self.tls,
+            )
+            .expect("the dev certificates")
+            .build()
+            .expect("an HTTP client"),
             base: self.broker_url.clone(),
             username: self.username.clone(),
             password: self.password.clone(),
@@ -693,8 +828,10 @@ poll_interval = "2s"
         );
         let _ = writeln!(
             s,
-            "  try: curl -su '{}:{pw}' -H 'X-Broker-API-Version: {OSB_VERSION}' {}/v2/catalog",
-            self.username, self.broker_url
+            "  try: curl --cacert {} -su '{}:{pw}' -H 'X-Broker-API-Version: {OSB_VERSION}' {}/v2/catalog",
+            self.tls.ca_file.display(),
+            self.username,
+            self.broker_url
         );
         s
     }

@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::patroni::Secret;
+
 /// How many keys one page of [`EtcdClient::get_prefix`] asks for.
 const PAGE: i64 = 500;
 
@@ -46,6 +48,9 @@ pub enum EtcdError {
     /// The HTTP client could not be built.
     #[error("cannot build the etcd HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// A TLS file (CA, client certificate or key) cannot be used.
+    #[error("etcd TLS: {0}")]
+    Tls(String),
     /// The connection could not be established: the request was never sent.
     #[error("cannot connect to etcd at {endpoint}: {source}")]
     Connect {
@@ -118,6 +123,17 @@ impl EtcdError {
     fn not_sent(&self) -> bool {
         matches!(self, EtcdError::Connect { .. })
     }
+}
+
+/// A user for [`EtcdClient::enable_auth`].
+#[derive(Debug, Clone, Copy)]
+pub struct EtcdUser<'a> {
+    /// Its name (also its role's).
+    pub name: &'a str,
+    /// Its password.
+    pub password: &'a Secret,
+    /// The key prefixes its role reads and writes.
+    pub prefixes: &'a [&'a str],
 }
 
 /// One key with its value and revisions, as etcd stores it.
@@ -348,6 +364,10 @@ struct Inner {
     endpoints: Vec<Url>,
     preferred: AtomicUsize,
     timeout: Duration,
+    /// User and password, when etcd's authentication is on.
+    credentials: Option<(String, Secret)>,
+    /// The token of each endpoint (tokens are issued by a member), once authenticated.
+    tokens: std::sync::Mutex<Vec<Option<Secret>>>,
 }
 
 impl std::fmt::Debug for EtcdClient {
@@ -430,6 +450,12 @@ struct RawOpResponse {
 }
 
 #[derive(Deserialize)]
+struct RawAuth {
+    #[serde(default)]
+    token: String,
+}
+
+#[derive(Deserialize)]
 struct RawLease {
     #[serde(rename = "ID", default, deserialize_with = "de_i64")]
     id: i64,
@@ -462,10 +488,54 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// How a client reaches etcd besides its endpoints. `Debug` hides the password.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// User name and password, when etcd's authentication is on.
+    pub credentials: Option<(String, Secret)>,
+    /// Time limit of one request.
+    pub timeout: Duration,
+    /// CA of etcd's server certificate (`https://` endpoints): the only one trusted.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key, for an etcd that requires one.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdOptions {
+    /// Plain options: `timeout`, nothing else.
+    pub fn new(timeout: Duration) -> EtcdOptions {
+        EtcdOptions {
+            credentials: None,
+            timeout,
+            ca_file: None,
+            identity: None,
+        }
+    }
+}
+
 impl EtcdClient {
+    /// A client for the etcd of the broker's configuration.
+    pub fn from_config(config: &crate::config::EtcdConfig) -> Result<EtcdClient, EtcdError> {
+        let mut opts = EtcdOptions::new(config.timeout.0);
+        opts.ca_file = config.ca_file.clone();
+        if let (Some(c), Some(k)) = (&config.cert_file, &config.key_file) {
+            opts.identity = Some((c.clone(), k.clone()));
+        }
+        if let Some(user) = &config.username {
+            opts.credentials = Some((user.clone(), Secret::new(config.password.expose())));
+        }
+        EtcdClient::with_options(&config.endpoints, opts)
+    }
+
     /// A client for `endpoints` (e.g. `http://127.0.0.1:2379`), each request bounded by
     /// `timeout`. Endpoints are tried in order; the last one that answered is tried first.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<EtcdClient, EtcdError> {
+        EtcdClient::with_options(endpoints, EtcdOptions::new(timeout))
+    }
+
+    /// A client for `endpoints` with `opts` (TLS).
+    pub fn with_options(endpoints: &[String], opts: EtcdOptions) -> Result<EtcdClient, EtcdError> {
+        let timeout = opts.timeout;
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
@@ -483,17 +553,38 @@ impl EtcdClient {
             }
             urls.push(url);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .build()
-            .map_err(EtcdError::Client)?;
+            .connect_timeout(timeout.min(Duration::from_secs(3)));
+        if let Some(ca) = &opts.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| EtcdError::Tls(format!("{}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| EtcdError::Tls(format!("{}: {e}", ca.display())))?;
+            http = http.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &opts.identity {
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| EtcdError::Tls(format!("{}: {e}", cert.display())))?;
+            pem.push(b'\n');
+            pem.extend(
+                std::fs::read(key)
+                    .map_err(|e| EtcdError::Tls(format!("{}: {e}", key.display())))?,
+            );
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| EtcdError::Tls(format!("{}: {e}", cert.display())))?;
+            http = http.identity(id);
+        }
+        let http = http.build().map_err(EtcdError::Client)?;
+        let tokens = std::sync::Mutex::new(vec![None; urls.len()]);
         Ok(EtcdClient {
             inner: Arc::new(Inner {
                 http,
                 endpoints: urls,
                 preferred: AtomicUsize::new(0),
                 timeout,
+                credentials: opts.credentials,
+                tokens,
             }),
         })
     }
@@ -525,7 +616,52 @@ impl EtcdClient {
         Err(last.expect("at least one endpoint"))
     }
 
+    /// One request to endpoint `idx`, authenticated when credentials are configured: with
+    /// the endpoint's token, obtained first if there is none, and obtained again once if
+    /// etcd says it is no longer valid (it expires after `--auth-token-ttl` idle seconds, and
+    /// with a restart). etcd checks the token before anything else, so the request was not
+    /// applied and can be sent again.
     async fn call_one(&self, idx: usize, path: &str, body: &Value) -> Result<Vec<u8>, EtcdError> {
+        let Some((user, password)) = &self.inner.credentials else {
+            return self.post(idx, path, body, None).await;
+        };
+        for attempt in 0..2 {
+            let token = self.inner.tokens.lock().expect("tokens lock")[idx].clone();
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let answer = self
+                        .post(
+                            idx,
+                            "/v3/auth/authenticate",
+                            &json!({ "name": user, "password": password.expose() }),
+                            None,
+                        )
+                        .await?;
+                    let raw: RawAuth = self.parse(&answer)?;
+                    let t = Secret::new(raw.token);
+                    self.inner.tokens.lock().expect("tokens lock")[idx] = Some(t.clone());
+                    t
+                }
+            };
+            match self.post(idx, path, body, Some(&token)).await {
+                Err(EtcdError::Rejected { status: 401, .. }) if attempt == 0 => {
+                    debug!("etcd token no longer valid; authenticating again");
+                    self.inner.tokens.lock().expect("tokens lock")[idx] = None;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    async fn post(
+        &self,
+        idx: usize,
+        path: &str,
+        body: &Value,
+        token: Option<&Secret>,
+    ) -> Result<Vec<u8>, EtcdError> {
         let base = &self.inner.endpoints[idx];
         let endpoint = base.as_str().trim_end_matches('/').to_string();
         let url = format!("{endpoint}{path}");
@@ -548,15 +684,16 @@ impl EtcdClient {
                 }
             }
         };
-        let resp = self
+        let mut req = self
             .inner
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(body).expect("JSON"))
-            .send()
-            .await
-            .map_err(|e| classify(e, &endpoint))?;
+            .body(serde_json::to_vec(body).expect("JSON"));
+        if let Some(t) = token {
+            req = req.header(reqwest::header::AUTHORIZATION, t.expose());
+        }
+        let resp = req.send().await.map_err(|e| classify(e, &endpoint))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| classify(e, &endpoint))?;
         if status.is_success() {
@@ -830,6 +967,55 @@ impl EtcdClient {
         Ok(r.succeeded)
     }
 
+    /// Sets up etcd's authentication and turns it on: the user `root` (with `root_password`
+    /// and the root role), then each of `users` with a role of the same name that reads and
+    /// writes its key prefixes. What an operator does with `etcdctl user add`, `role
+    /// grant-permission --prefix` and `auth enable`; used by the single-machine mode and the
+    /// tests, on an etcd whose authentication is still off (this client has no credentials).
+    pub async fn enable_auth(
+        &self,
+        root_password: &Secret,
+        users: &[EtcdUser<'_>],
+    ) -> Result<(), EtcdError> {
+        let add =
+            |name: &str, password: &Secret| json!({ "name": name, "password": password.expose() });
+        self.call("/v3/auth/user/add", &add("root", root_password), false)
+            .await?;
+        self.call(
+            "/v3/auth/user/grant",
+            &json!({ "user": "root", "role": "root" }),
+            false,
+        )
+        .await?;
+        for u in users {
+            self.call("/v3/auth/user/add", &add(u.name, u.password), false)
+                .await?;
+            self.call("/v3/auth/role/add", &json!({ "name": u.name }), false)
+                .await?;
+            for p in u.prefixes {
+                let perm = json!({
+                    "permType": "READWRITE",
+                    "key": B64.encode(p.as_bytes()),
+                    "range_end": B64.encode(prefix_end(p.as_bytes())),
+                });
+                self.call(
+                    "/v3/auth/role/grant",
+                    &json!({ "name": u.name, "perm": perm }),
+                    false,
+                )
+                .await?;
+            }
+            self.call(
+                "/v3/auth/user/grant",
+                &json!({ "user": u.name, "role": u.name }),
+                false,
+            )
+            .await?;
+        }
+        self.call("/v3/auth/enable", &json!({}), false).await?;
+        Ok(())
+    }
+
     /// Grants a lease of `ttl` seconds; returns its id.
     pub async fn grant_lease(&self, ttl: i64) -> Result<i64, EtcdError> {
         let body = json!({ "TTL": ttl.to_string() });
@@ -844,7 +1030,7 @@ mod tests {
     use crate::test_etcd::etcd;
 
     fn client() -> EtcdClient {
-        EtcdClient::new(&[etcd().endpoint()], Duration::from_secs(5)).unwrap()
+        etcd().client()
     }
 
     #[test]
@@ -957,6 +1143,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn authentication_is_required_limited_and_renewed() {
+        let p = etcd().fresh_prefix();
+        let key = format!("{p}/k");
+        let c = client();
+        c.put(key.as_bytes(), b"v").await.unwrap();
+        // A client certificate alone (no user) is not enough, nor a wrong password.
+        let mut anonymous = etcd().options();
+        anonymous.credentials = None;
+        let e = EtcdClient::with_options(&[etcd().endpoint()], anonymous)
+            .unwrap()
+            .get(key.as_bytes())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, EtcdError::Rejected { .. }), "{e:?}");
+        let mut wrong = etcd().options();
+        wrong.credentials = Some(("broker".into(), Secret::new("not-the-password")));
+        let e = EtcdClient::with_options(&[etcd().endpoint()], wrong)
+            .unwrap()
+            .get(key.as_bytes())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, EtcdError::Rejected { .. }), "{e:?}");
+        assert!(!e.to_string().contains("not-the-password"), "{e}");
+        // The broker's role reaches its prefixes only.
+        let e = c.get(b"/elsewhere/k").await.unwrap_err();
+        assert!(
+            matches!(e, EtcdError::Rejected { ref message, .. } if message.contains("permission denied")),
+            "{e:?}"
+        );
+        // A token that is no longer valid (expired, or etcd restarted) is replaced.
+        for t in c.inner.tokens.lock().unwrap().iter_mut() {
+            *t = Some(Secret::new("expired.token.1234"));
+        }
+        assert_eq!(c.get(key.as_bytes()).await.unwrap().unwrap().value, b"v");
+        // Nothing of the token or the password in Debug.
+        let dbg = format!("{c:?} {:?}", etcd().options());
+        assert!(!dbg.contains(etcd().broker_password.expose()), "{dbg}");
+    }
+
+    #[tokio::test]
     async fn failover_skips_a_dead_endpoint_and_errors_are_classified() {
         // A port nobody listens on: connection refused, never sent, so failover is safe.
         let dead = {
@@ -964,7 +1190,7 @@ mod tests {
             format!("http://{}", l.local_addr().unwrap())
         };
         let c =
-            EtcdClient::new(&[dead.clone(), etcd().endpoint()], Duration::from_secs(5)).unwrap();
+            EtcdClient::with_options(&[dead.clone(), etcd().endpoint()], etcd().options()).unwrap();
         let key = format!("{}/f", etcd().fresh_prefix());
         // A transaction with comparisons is failed over too, as the first attempt was not sent.
         assert!(matches!(
@@ -973,7 +1199,7 @@ mod tests {
         ));
         assert_eq!(c.get(key.as_bytes()).await.unwrap().unwrap().value, b"1");
 
-        let only_dead = EtcdClient::new(&[dead], Duration::from_secs(5)).unwrap();
+        let only_dead = EtcdClient::with_options(&[dead], etcd().options()).unwrap();
         let e = only_dead.get(b"x").await.unwrap_err();
         assert!(e.is_transient(), "{e}");
         assert!(matches!(e, EtcdError::Connect { .. }), "{e:?}");

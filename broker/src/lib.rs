@@ -9,15 +9,19 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backoff;
 pub mod binder;
 pub mod cell;
 pub mod config;
 pub mod dev;
 pub mod error;
 pub mod etcd;
+pub mod names;
 pub mod patroni;
 pub mod router;
+pub mod secrets;
 pub mod state;
+pub mod tls;
 pub mod worker;
 
 pub use api::{app, AppState, BindError, Binder, NoBinder};
@@ -27,7 +31,10 @@ pub use etcd::{EtcdClient, EtcdError};
 pub use state::{InstanceSecrets, Store, StoreError};
 pub use worker::{Worker, WorkerError};
 
-/// The real etcd the unit tests run against (the same file as the integration tests').
+/// The real etcd the unit tests run against (the same file as the integration tests', which
+/// names this library `walarchive_broker`).
 #[cfg(test)]
 #[path = "../tests/common/etcd.rs"]
 mod test_etcd;
+#[cfg(test)]
+extern crate self as walarchive_broker;

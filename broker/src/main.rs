@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use walarchive_broker::binder::{BinderOptions, PgBinder, StorePasswords};
+use walarchive_broker::binder::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
@@ -22,6 +22,13 @@ enum Command {
     /// Serve the Open Service Broker API.
     Serve {
         /// The broker's configuration file (see broker.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Seal every secret kept in etcd with the current key (`secrets.key_file`), after a key
+    /// rotation: the old key goes to `secrets.old_key_files` until this has run.
+    RotateSecrets {
+        /// The broker's configuration file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Cell { config } => cell(&config),
+        Command::RotateSecrets { config } => rotate_secrets(&config),
         Command::Dev {
             dir,
             cells,
@@ -94,25 +102,29 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
-        let etcd = EtcdClient::new(&config.etcd.endpoints, config.etcd.timeout.0)?;
-        let store = Store::new(etcd, config.etcd.prefix.clone());
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
         let listen = config.listen;
-        let binder = PgBinder::new(
-            config.router.host.clone(),
-            Arc::new(StorePasswords(store.clone())),
-            BinderOptions::default(),
-        );
+        let tls = match &config.tls {
+            Some(files) => Some(
+                walarchive_broker::tls::server_config(files, false)
+                    .context("the OSB API's TLS certificate")?,
+            ),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let binder = CellBinder::from_config(&config).context("the cells' clients")?;
         let state = AppState::new(config, store.clone(), Arc::new(binder));
         let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())
             .context("start the provisioning worker")?;
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = walarchive_broker::tls::Incoming::bind(listen, tls)
             .await
             .with_context(|| format!("listen on {listen}"))?;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(worker.run(async move {
             let _ = stop_rx.changed().await;
         }));
-        tracing::info!(%listen, "serving the Open Service Broker API");
+        tracing::info!(%listen, scheme, "serving the Open Service Broker API");
         let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown())
             .await
@@ -123,6 +135,28 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the provisioning worker panicked");
         }
         served
+    })
+}
+
+fn rotate_secrets(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let keyring = config.keyring();
+        let store = Store::new(etcd, config.etcd.prefix.clone(), keyring.clone());
+        let done = store.reseal_all().await?;
+        println!(
+            "every secret is sealed with key {}: {} sealed again from an older key, {} were in clear, {} already were",
+            keyring.current_id(),
+            done.rekeyed,
+            done.were_clear,
+            done.current
+        );
+        Ok(())
     })
 }
 

@@ -80,17 +80,46 @@ impl Default for DcsTiming {
     }
 }
 
+/// How Patroni reaches an etcd that speaks TLS: files on the node's machine, readable by
+/// the node's OS user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// CA of etcd's server certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate (when etcd requires one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Patroni's etcd user, when etcd's authentication is on. `Debug` hides the password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdCredentials {
+    /// The user.
+    pub username: String,
+    /// Its password.
+    pub password: Secret,
+}
+
 /// Everything needed to write one node's Patroni configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// Patroni `scope`: the instance id (all nodes of an instance share it).
-    pub instance_id: String,
+    /// Patroni `scope`: the instance's name (all nodes of an instance share it).
+    pub scope: String,
     /// Patroni `namespace`: etcd key prefix, e.g. `/walarchive-broker/patroni/`.
     pub namespace: String,
     /// Patroni `name`: this node's member name.
     pub node_name: String,
     /// etcd client endpoints (`host:port`).
     pub etcd_hosts: Vec<String>,
+    /// TLS towards etcd (`https`), if etcd speaks it.
+    pub etcd_tls: Option<EtcdTls>,
+    /// Patroni's etcd user, if etcd's authentication is on.
+    pub etcd_credentials: Option<EtcdCredentials>,
     /// Address the other nodes and the routers reach this node at.
     pub host: String,
     /// Other hosts allowed to replicate from this node (the instance's other cells).
@@ -101,6 +130,9 @@ pub struct NodeConfig {
     pub api_port: u16,
     /// The node directory (`<data_root>/<node_name>`).
     pub node_dir: PathBuf,
+    /// PostgreSQL's Unix-socket directory: short and the same for every node of the cell
+    /// (socket paths are limited to 107 bytes; the socket's name holds the port).
+    pub socket_dir: PathBuf,
     /// PostgreSQL binaries (`pg_ctl`, `initdb`, ...).
     pub pg_bin_dir: PathBuf,
     /// The walarchive executable (must be executable by the postgres user).
@@ -119,6 +151,13 @@ pub struct NodeConfig {
     pub superuser_password: Secret,
     /// Password of the `replicator` replication user.
     pub replication_password: Secret,
+    /// Password of the `rewinder` user pg_rewind connects to the leader as (instances
+    /// created before it existed have none: they rewind as the superuser, which the network
+    /// no longer reaches, so a failed-over node of theirs is cloned afresh instead).
+    pub rewind_password: Option<Secret>,
+    /// OS users that may act as the superuser over the Unix socket (peer authentication):
+    /// the nodes' user and the cell agent's.
+    pub ident_users: Vec<String>,
     /// Password protecting Patroni's REST API's unsafe endpoints (user `patroni`).
     pub restapi_password: Secret,
 }
@@ -129,6 +168,10 @@ pub const SUPERUSER: &str = "postgres";
 pub const REPLICATION_USER: &str = "replicator";
 /// The REST API user's name.
 pub const RESTAPI_USER: &str = "patroni";
+/// The user pg_rewind connects to the leader as (Patroni grants it what pg_rewind reads).
+pub const REWIND_USER: &str = "rewinder";
+/// The pg_ident.conf map of the OS users that may act as the superuser locally.
+pub const IDENT_MAP: &str = "walarchive";
 /// File name of the replica-creation wrapper in the node directory.
 pub const REPLICA_FETCH_SCRIPT: &str = "replica-fetch.sh";
 /// File name of Patroni's `on_role_change` callback in the node directory.
@@ -158,6 +201,24 @@ impl NodeConfig {
         )
     }
 
+    /// Patroni's `etcd3` section.
+    fn etcd3(&self) -> Value {
+        let mut etcd = json!({"hosts": self.etcd_hosts});
+        if let Some(t) = &self.etcd_tls {
+            etcd["protocol"] = "https".into();
+            etcd["cacert"] = t.ca_file.display().to_string().into();
+            if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
+                etcd["cert"] = c.display().to_string().into();
+                etcd["key"] = k.display().to_string().into();
+            }
+        }
+        if let Some(c) = &self.etcd_credentials {
+            etcd["username"] = c.username.clone().into();
+            etcd["password"] = c.password.expose().into();
+        }
+        etcd
+    }
+
     /// The `listen` value: the node's host and, when that is not loopback, 127.0.0.1 too
     /// (Patroni connects to its PostgreSQL through the first address).
     fn listen(&self, port: u16) -> String {
@@ -168,24 +229,68 @@ impl NodeConfig {
         }
     }
 
-    /// pg_hba.conf lines: replication from loopback, the node's host and its peers;
-    /// everything else with a password (clients come through routers whose addresses the
-    /// cell does not know).
+    /// pg_hba.conf lines (first match wins):
+    ///
+    /// * the superuser only over the Unix socket, for the node's own OS user and the cell
+    ///   agent (peer authentication): Patroni, backups and the cell's binding requests run
+    ///   there. No password opens it over the network, through the router least of all:
+    ///   `COPY ... TO PROGRAM` would run anything as the node's OS user;
+    /// * replication, and pg_rewind's user, only from the instance's other nodes;
+    /// * those roles refused from anywhere else, and every other role (the bindings', which
+    ///   come through routers whose addresses the cell does not know) with a password.
+    ///
+    /// A router on the same machine as a node must connect from an address of its own
+    /// (`router.source_address`), or it would pass for that node.
     pub fn pg_hba(&self) -> Vec<String> {
-        let mut hba = vec![format!("local all {SUPERUSER} peer")];
-        let mut hosts = vec!["127.0.0.1".to_string(), self.host.clone()];
-        hosts.extend(self.peer_hosts.iter().cloned());
-        hosts.sort();
-        hosts.dedup();
-        for h in &hosts {
+        let mut hba = vec![
+            format!("local all {SUPERUSER} peer map={IDENT_MAP}"),
+            format!("local replication {SUPERUSER} peer map={IDENT_MAP}"),
+            "local all all reject".to_string(),
+        ];
+        let mut peers = self.peer_hosts.clone();
+        peers.sort();
+        peers.dedup();
+        for h in &peers {
             let cidr = host_cidr(h);
             hba.push(format!(
                 "host replication {REPLICATION_USER} {cidr} scram-sha-256"
             ));
+            if self.rewind_password.is_some() {
+                hba.push(format!("host postgres {REWIND_USER} {cidr} scram-sha-256"));
+            }
         }
-        hba.push("host all all 0.0.0.0/0 scram-sha-256".into());
-        hba.push("host all all ::/0 scram-sha-256".into());
+        for net in ["0.0.0.0/0", "::/0"] {
+            hba.push(format!(
+                "host all {SUPERUSER},{REPLICATION_USER},{REWIND_USER} {net} reject"
+            ));
+            hba.push(format!("host replication all {net} reject"));
+        }
+        for net in ["0.0.0.0/0", "::/0"] {
+            hba.push(format!("host all all {net} scram-sha-256"));
+        }
         hba
+    }
+
+    /// pg_ident.conf lines: the OS users that act as the superuser over the socket.
+    pub fn pg_ident(&self) -> Vec<String> {
+        let mut users = self.ident_users.clone();
+        users.sort();
+        users.dedup();
+        users
+            .iter()
+            .map(|u| format!("{IDENT_MAP} {u} {SUPERUSER}"))
+            .collect()
+    }
+
+    fn authentication(&self) -> Value {
+        let mut a = json!({
+            "superuser": {"username": SUPERUSER, "password": self.superuser_password.expose()},
+            "replication": {"username": REPLICATION_USER, "password": self.replication_password.expose()},
+        });
+        if let Some(pw) = &self.rewind_password {
+            a["rewind"] = json!({"username": REWIND_USER, "password": pw.expose()});
+        }
+        a
     }
 
     /// The Patroni configuration document.
@@ -197,7 +302,7 @@ impl NodeConfig {
         }
         let node_dir = self.node_dir.display().to_string();
         json!({
-            "scope": self.instance_id,
+            "scope": self.scope,
             "namespace": self.namespace,
             "name": self.node_name,
             "log": {"level": "INFO"},
@@ -209,7 +314,7 @@ impl NodeConfig {
                     "password": self.restapi_password.expose(),
                 },
             },
-            "etcd3": {"hosts": self.etcd_hosts},
+            "etcd3": self.etcd3(),
             "bootstrap": {
                 "dcs": {
                     "ttl": t.ttl,
@@ -241,16 +346,15 @@ impl NodeConfig {
                 "data_dir": self.data_dir().display().to_string(),
                 "bin_dir": self.pg_bin_dir.display().to_string(),
                 "pgpass": format!("{node_dir}/pgpass"),
-                "authentication": {
-                    "superuser": {"username": SUPERUSER, "password": self.superuser_password.expose()},
-                    "replication": {"username": REPLICATION_USER, "password": self.replication_password.expose()},
-                },
+                "authentication": self.authentication(),
+                "use_unix_socket": true,
                 "parameters": {
                     "archive_command": self.archive_command(),
-                    "unix_socket_directories": node_dir,
+                    "unix_socket_directories": self.socket_dir.display().to_string(),
                 },
                 "recovery_conf": {"restore_command": self.restore_command()},
                 "pg_hba": self.pg_hba(),
+                "pg_ident": self.pg_ident(),
                 "create_replica_methods": ["walarchive", "basebackup"],
                 "walarchive": {
                     "command": format!("{node_dir}/{REPLICA_FETCH_SCRIPT}"),
@@ -310,7 +414,7 @@ echo "on-role-change: could not switch WAL on the new leader" >&2
 exit 0
 "#,
             psql = sh_quote(&self.pg_bin_dir.join("psql").display().to_string()),
-            socket = sh_quote(&self.node_dir.display().to_string()),
+            socket = sh_quote(&self.socket_dir.display().to_string()),
             port = self.pg_port,
         )
     }
@@ -377,15 +481,25 @@ mod tests {
 
     fn config() -> NodeConfig {
         NodeConfig {
-            instance_id: "inst-1".into(),
+            scope: "inst-1".into(),
             namespace: "/walarchive-broker/patroni/".into(),
             node_name: "inst-1-0".into(),
             etcd_hosts: vec!["127.0.0.1:2379".into()],
+            etcd_tls: Some(EtcdTls {
+                ca_file: "/etc/cell/etcd-ca.crt".into(),
+                cert_file: Some("/etc/cell/patroni.crt".into()),
+                key_file: Some("/etc/cell/patroni.key".into()),
+            }),
+            etcd_credentials: Some(EtcdCredentials {
+                username: "patroni".into(),
+                password: Secret::new("etcd-pw"),
+            }),
             host: "10.0.0.5".into(),
             peer_hosts: vec!["10.0.0.6".into()],
             pg_port: 5433,
             api_port: 8009,
             node_dir: "/var/lib/cell/inst-1-0".into(),
+            socket_dir: "/var/lib/cell/.run".into(),
             pg_bin_dir: "/usr/lib/postgresql/15/bin".into(),
             walarchive: "/usr/local/bin/walarchive".into(),
             repository: "s3://bucket/base/inst-1".into(),
@@ -395,6 +509,8 @@ mod tests {
             wal_segsize_mb: Some(1),
             superuser_password: Secret::new("su'pw"),
             replication_password: Secret::new("repl"),
+            rewind_password: Some(Secret::new("rew")),
+            ident_users: vec!["postgres".into(), "root".into()],
             restapi_password: Secret::new("rest"),
         }
     }
@@ -404,6 +520,11 @@ mod tests {
         let v = config().to_value();
         assert_eq!(v["scope"], "inst-1");
         assert_eq!(v["etcd3"]["hosts"][0], "127.0.0.1:2379");
+        assert_eq!(v["etcd3"]["protocol"], "https");
+        assert_eq!(v["etcd3"]["cacert"], "/etc/cell/etcd-ca.crt");
+        assert_eq!(v["etcd3"]["key"], "/etc/cell/patroni.key");
+        assert_eq!(v["etcd3"]["username"], "patroni");
+        assert_eq!(v["etcd3"]["password"], "etcd-pw");
         assert_eq!(v["postgresql"]["listen"], "127.0.0.1,10.0.0.5:5433");
         assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:5433");
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
@@ -417,7 +538,31 @@ mod tests {
         );
         assert_eq!(v["bootstrap"]["initdb"][2]["wal-segsize"], "1");
         let hba = config().pg_hba();
-        assert!(hba.contains(&"host replication replicator 10.0.0.6/32 scram-sha-256".into()));
+        assert_eq!(
+            hba,
+            [
+                "local all postgres peer map=walarchive",
+                "local replication postgres peer map=walarchive",
+                "local all all reject",
+                "host replication replicator 10.0.0.6/32 scram-sha-256",
+                "host postgres rewinder 10.0.0.6/32 scram-sha-256",
+                "host all postgres,replicator,rewinder 0.0.0.0/0 reject",
+                "host replication all 0.0.0.0/0 reject",
+                "host all postgres,replicator,rewinder ::/0 reject",
+                "host replication all ::/0 reject",
+                "host all all 0.0.0.0/0 scram-sha-256",
+                "host all all ::/0 scram-sha-256",
+            ]
+        );
+        assert_eq!(
+            v["postgresql"]["pg_ident"],
+            json!(["walarchive postgres postgres", "walarchive root postgres"])
+        );
+        assert_eq!(v["postgresql"]["use_unix_socket"], true);
+        assert_eq!(
+            v["postgresql"]["authentication"]["rewind"],
+            json!({"username": "rewinder", "password": "rew"})
+        );
         // The rendered text is JSON (hence YAML).
         let text = config().render();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
@@ -426,7 +571,10 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let dbg = format!("{:?}", config());
-        assert!(!dbg.contains("su'pw") && !dbg.contains("repl\""), "{dbg}");
+        assert!(
+            !dbg.contains("su'pw") && !dbg.contains("repl\"") && !dbg.contains("etcd-pw"),
+            "{dbg}"
+        );
     }
 
     #[test]

@@ -74,8 +74,9 @@ pub struct Backend {
 /// One instance's route: a port leading to the instance's leader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    /// The instance id.
-    pub instance_id: String,
+    /// The instance's name ([`crate::names::path_name`]: unique, made of `[A-Za-z0-9_-]`),
+    /// which names its `listen` block.
+    pub name: String,
     /// The port HAProxy listens on for this instance.
     pub port: u16,
     /// The instance's nodes.
@@ -92,6 +93,10 @@ pub struct RouterOptions {
     /// HAProxy keeps running when this process ends, and is adopted by the next one. When
     /// false it is tied to this process (killed with it: single-machine mode, tests).
     pub outlive: bool,
+    /// Address HAProxy connects to the nodes from (`source`), when the router shares a
+    /// machine with nodes: the nodes accept their replication role only from the instance's
+    /// other nodes' addresses, and must not take the router for one.
+    pub source: Option<String>,
 }
 
 impl Default for RouterOptions {
@@ -100,6 +105,7 @@ impl Default for RouterOptions {
             bind_address: "0.0.0.0".into(),
             idle_timeout: Duration::from_secs(3600),
             outlive: false,
+            source: None,
         }
     }
 }
@@ -124,17 +130,21 @@ pub fn render(routes: &[Route], opts: &RouterOptions) -> String {
         "# Written by walarchive-broker; changes are overwritten.\n\
          global\n    master-worker\n\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client {idle}ms\n    \
-         timeout server {idle}ms\n    timeout check 2s\n\n"
+         timeout server {idle}ms\n    timeout check 2s\n"
     );
+    if let Some(src) = &opts.source {
+        let _ = writeln!(out, "    source {src}");
+    }
+    out.push('\n');
     let mut routes: Vec<&Route> = routes.iter().collect();
-    routes.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
     for r in routes {
         let _ = write!(
             out,
             "listen pg_{name}\n    bind {bind}:{port}\n    option httpchk GET /primary\n    \
              http-check expect status 200\n    \
              default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
-            name = haproxy_name(&r.instance_id),
+            name = haproxy_name(&r.name),
             bind = opts.bind_address,
             port = r.port,
         );
@@ -387,7 +397,7 @@ mod tests {
     #[test]
     fn renders_a_listen_block_per_instance() {
         let routes = vec![Route {
-            instance_id: "inst 1".into(),
+            name: "inst_1".into(),
             port: 6432,
             backends: vec![
                 Backend {

@@ -16,7 +16,8 @@
 //! | `bindings/<instance_id>/<binding_id>` | [`BindingRecord`] |
 //! | `ports/<port>` | the owning instance id (plain text) |
 //! | `secrets/<instance_id>` | [`InstanceSecrets`] of the current incarnation |
-//! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance |
+//! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance's operations |
+//! | `claims/<instance_id>/backup` | [`Claim`]: the worker taking its scheduled backups |
 //! | `catalog/<org>/<space>/<name>/<instance_id>[%2F<n>]` | [`CatalogEntry`] (one per incarnation) |
 //!
 //! Path components are percent-encoded outside RFC 3986's unreserved characters (the API
@@ -47,8 +48,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use std::sync::Arc;
+
 use crate::etcd::{Compare, EtcdClient, EtcdError, KeyValue, TxnOp, TxnOpResponse};
 use crate::patroni::Secret;
+use crate::secrets::{Keyring, SecretsError};
 
 /// How many earlier operations an [`OperationRecord`] remembers.
 pub const HISTORY: usize = 10;
@@ -116,6 +120,14 @@ pub enum StoreError {
     /// A transition closure refused the change.
     #[error("{0}")]
     Refused(String),
+    /// A sealed secret does not open.
+    #[error("cannot open the secret at {key}: {reason}")]
+    Secret {
+        /// The key.
+        key: String,
+        /// Why (in the message: not a `source`, so that it is printed once).
+        reason: SecretsError,
+    },
 }
 
 impl StoreError {
@@ -247,6 +259,11 @@ pub struct InstanceRecord {
     pub context: InstanceContext,
     /// The router port (reserved under `ports/<port>`).
     pub port: u16,
+    /// The instance's name in repository paths, Patroni's scope and HAProxy's configuration
+    /// ([`crate::names::path_name`] of the id). Absent from records written before names
+    /// existed, whose ids were used as they were ([`InstanceRecord::scope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_name: Option<String>,
     /// The walarchive repository URL of this incarnation: `<base>/<id>` for the first,
     /// `<base>/<id>.<n>` for incarnation `n` (see [`crate::config::RepositoryConfig::for_incarnation`]).
     pub repository: String,
@@ -276,6 +293,15 @@ pub struct InstanceRecord {
 
 fn first_incarnation() -> u32 {
     1
+}
+
+impl InstanceRecord {
+    /// Patroni's scope for the instance's nodes: its [`InstanceRecord::path_name`], or for
+    /// records written before names existed the id itself (their clusters were bootstrapped
+    /// under it, and a scope cannot change).
+    pub fn scope(&self) -> &str {
+        self.path_name.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// The kind of an operation.
@@ -525,10 +551,15 @@ pub struct CatalogEntry {
 /// and removed when a deprovision succeeds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSecrets {
-    /// Password of the `postgres` superuser (the binder connects with it).
+    /// Password of the `postgres` superuser (only Patroni uses it: the superuser is reached
+    /// over the nodes' Unix sockets only).
     pub superuser_password: Secret,
     /// Password of the `replicator` replication user.
     pub replication_password: Secret,
+    /// Password of the `rewinder` user pg_rewind uses (absent for instances created before
+    /// it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_password: Option<Secret>,
 }
 
 impl InstanceSecrets {
@@ -537,6 +568,7 @@ impl InstanceSecrets {
         InstanceSecrets {
             superuser_password: Secret::generate(),
             replication_password: Secret::generate(),
+            rewind_password: Some(Secret::generate()),
         }
     }
 }
@@ -550,6 +582,16 @@ pub struct Claim {
     pub owner: String,
     /// When the claim lapses unless renewed.
     pub until: Timestamp,
+}
+
+/// What a [`Claim`] is on: an instance's operations, or its scheduled backups (which run
+/// beside them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// Provisions, updates, deprovisions.
+    Operations,
+    /// Scheduled base backups and retention.
+    Backups,
 }
 
 /// The outcome of [`Store::create_instance`].
@@ -600,17 +642,46 @@ pub fn encode_component(s: &str) -> String {
 }
 
 /// Typed access to the broker's records in etcd. Cheap to clone.
+///
+/// The instances' secrets and the bindings' credentials are sealed with `keyring` (see
+/// [`crate::secrets`]) before they are written, and opened when read: etcd never holds them
+/// in clear. Records written in clear by earlier versions are still read, and
+/// [`Store::reseal_all`] seals them.
 #[derive(Debug, Clone)]
 pub struct Store {
     etcd: EtcdClient,
     prefix: String,
+    keyring: Arc<Keyring>,
+}
+
+/// The stored form of [`InstanceSecrets`]: sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedRecord {
+    sealed: String,
+}
+
+/// What [`Store::reseal_all`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Values sealed again with the current key (they were sealed with an old one).
+    pub rekeyed: usize,
+    /// Values that were in clear (written by an earlier version), now sealed.
+    pub were_clear: usize,
+    /// Values already sealed with the current key.
+    pub current: usize,
 }
 
 impl Store {
-    /// A store keeping its records under `prefix` (e.g. `/walarchive-broker`).
-    pub fn new(etcd: EtcdClient, prefix: impl Into<String>) -> Store {
+    /// A store keeping its records under `prefix` (e.g. `/walarchive-broker`), sealing
+    /// secrets with `keyring`.
+    pub fn new(etcd: EtcdClient, prefix: impl Into<String>, keyring: Arc<Keyring>) -> Store {
         let prefix = prefix.into().trim_end_matches('/').to_string();
-        Store { etcd, prefix }
+        Store {
+            etcd,
+            prefix,
+            keyring,
+        }
     }
 
     /// The etcd client.
@@ -660,9 +731,14 @@ impl Store {
         format!("{}/secrets/{}", self.prefix, encode_component(instance_id))
     }
 
-    /// `<prefix>/claims/<instance_id>`
-    pub fn claim_key(&self, instance_id: &str) -> String {
-        format!("{}/claims/{}", self.prefix, encode_component(instance_id))
+    /// `<prefix>/claims/<instance_id>` (operations) or `.../<instance_id>/backup` (backups:
+    /// encoded ids hold no `/`, so no instance's key is another's).
+    pub fn claim_key(&self, instance_id: &str, kind: ClaimKind) -> String {
+        let key = format!("{}/claims/{}", self.prefix, encode_component(instance_id));
+        match kind {
+            ClaimKind::Operations => key,
+            ClaimKind::Backups => key + "/backup",
+        }
     }
 
     /// `<prefix>/ports/<port>`
@@ -681,8 +757,8 @@ impl Store {
         )
     }
 
-    /// `.../<instance_id>` for the first incarnation, `.../<instance_id>%2F<n>` for later ones
-    /// (ids cannot contain `/`, so the keys of different ids and incarnations never collide).
+    /// `.../<instance_id>` for the first incarnation, `.../<instance_id>/<n>` for later ones
+    /// (encoded ids hold no `/`, so the keys of different ids and incarnations never collide).
     fn catalog_key(
         &self,
         ctx: &InstanceContext,
@@ -690,16 +766,33 @@ impl Store {
         incarnation: u32,
     ) -> Option<String> {
         let name = ctx.instance_name.as_deref()?;
-        let id = if incarnation <= 1 {
-            instance_id.to_string()
-        } else {
-            format!("{instance_id}/{incarnation}")
-        };
-        Some(format!(
+        let mut key = format!(
             "{}{}",
             self.catalog_prefix(&ctx.organization_guid, &ctx.space_guid, name),
-            encode_component(&id)
-        ))
+            encode_component(instance_id)
+        );
+        if incarnation > 1 {
+            key.push_str(&format!("/{incarnation}"));
+        }
+        Some(key)
+    }
+
+    /// Where earlier versions kept the entry of incarnation `n >= 2`: `.../<instance_id>%2F<n>`
+    /// (unambiguous only while ids could not hold `/`, which they could not then).
+    fn legacy_catalog_key(
+        &self,
+        ctx: &InstanceContext,
+        instance_id: &str,
+        incarnation: u32,
+    ) -> Option<String> {
+        let name = ctx.instance_name.as_deref()?;
+        (incarnation > 1 && !instance_id.contains('/')).then(|| {
+            format!(
+                "{}{}",
+                self.catalog_prefix(&ctx.organization_guid, &ctx.space_guid, name),
+                encode_component(&format!("{instance_id}/{incarnation}"))
+            )
+        })
     }
 
     fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>, StoreError> {
@@ -749,10 +842,56 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<InstanceSecrets>, StoreError> {
-        Ok(self
-            .read(&self.secrets_key(instance_id))
+        match self
+            .etcd
+            .get(self.secrets_key(instance_id).as_bytes())
             .await?
-            .map(|v: Versioned<InstanceSecrets>| v.value))
+        {
+            Some(kv) => Ok(Some(self.open_secrets(&kv)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where a record's sealed value belongs: its key without the store's prefix (encoded
+    /// components hold no `/`, so no two records share it).
+    fn purpose<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(&self.prefix).unwrap_or(key)
+    }
+
+    fn secret_err(key: &str) -> impl FnOnce(SecretsError) -> StoreError + '_ {
+        move |reason| StoreError::Secret {
+            key: key.to_string(),
+            reason,
+        }
+    }
+
+    /// The secrets of a `secrets/<id>` record, and whether they are sealed with the current
+    /// key (false: sealed with an old key, or in clear).
+    fn open_secrets(&self, kv: &KeyValue) -> Result<(InstanceSecrets, bool), StoreError> {
+        let key = kv.key_str();
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            key: key.clone(),
+            message: e.to_string(),
+        };
+        match serde_json::from_slice::<SealedRecord>(&kv.value) {
+            Ok(r) => {
+                let (plain, current) = self
+                    .keyring
+                    .open(self.purpose(&key), &r.sealed)
+                    .map_err(Self::secret_err(&key))?;
+                Ok((serde_json::from_slice(&plain).map_err(corrupt)?, current))
+            }
+            // Written in clear by an earlier version.
+            Err(_) => Ok((serde_json::from_slice(&kv.value).map_err(corrupt)?, false)),
+        }
+    }
+
+    fn seal_secrets(&self, key: &str, secrets: &InstanceSecrets) -> Vec<u8> {
+        let plain = serde_json::to_vec(secrets).expect("JSON");
+        serde_json::to_vec(&SealedRecord {
+            sealed: self.keyring.seal(self.purpose(key), &plain),
+        })
+        .expect("JSON")
     }
 
     /// Stores `secrets` for an instance unless it has some already; returns the stored ones
@@ -763,12 +902,10 @@ impl Store {
         secrets: &InstanceSecrets,
     ) -> Result<InstanceSecrets, StoreError> {
         let key = self.secrets_key(instance_id);
-        let json = serde_json::to_vec(secrets).expect("JSON");
+        let json = self.seal_secrets(&key, secrets);
         match self.etcd.create(key.as_bytes(), &json).await? {
             crate::etcd::CreateOutcome::Created(_) => Ok(secrets.clone()),
-            crate::etcd::CreateOutcome::Exists(kv) => {
-                Ok(Self::decode::<InstanceSecrets>(&kv)?.value)
-            }
+            crate::etcd::CreateOutcome::Exists(kv) => Ok(self.open_secrets(&kv)?.0),
         }
     }
 
@@ -777,10 +914,11 @@ impl Store {
     pub async fn claim(
         &self,
         instance_id: &str,
+        kind: ClaimKind,
         owner: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.claim_key(instance_id);
+        let key = self.claim_key(instance_id, kind);
         for _ in 0..CAS_ATTEMPTS {
             let cur: Option<Versioned<Claim>> = self.read(&key).await?;
             let now = Utc::now();
@@ -808,8 +946,13 @@ impl Store {
     }
 
     /// Gives up `owner`'s claim of `instance_id` (nothing when another worker holds it).
-    pub async fn release_claim(&self, instance_id: &str, owner: &str) -> Result<(), StoreError> {
-        let key = self.claim_key(instance_id);
+    pub async fn release_claim(
+        &self,
+        instance_id: &str,
+        kind: ClaimKind,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.claim_key(instance_id, kind);
         if let Some(c) = self.read::<Claim>(&key).await? {
             if c.value.owner == owner {
                 self.etcd
@@ -1237,8 +1380,18 @@ impl Store {
                         self.bindings_prefix(instance_id).into_bytes(),
                     ));
                     ops.push(TxnOp::delete(self.secrets_key(instance_id).as_bytes()));
-                    if let Some(ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation) {
-                        let current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;
+                    if let Some(mut ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation)
+                    {
+                        let mut current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;
+                        if current.is_none() {
+                            if let Some(lk) =
+                                self.legacy_catalog_key(&ni.context, instance_id, ni.incarnation)
+                            {
+                                if let Some(entry) = self.read(&lk).await? {
+                                    (ck, current) = (lk, Some(entry));
+                                }
+                            }
+                        }
                         let mut entry = current.as_ref().map_or_else(
                             || CatalogEntry {
                                 instance_id: instance_id.to_string(),
@@ -1330,7 +1483,14 @@ impl Store {
         instance_id: &str,
         binding_id: &str,
     ) -> Result<Option<Versioned<BindingRecord>>, StoreError> {
-        self.read(&self.binding_key(instance_id, binding_id)).await
+        match self
+            .etcd
+            .get(self.binding_key(instance_id, binding_id).as_bytes())
+            .await?
+        {
+            Some(kv) => Ok(Some(self.open_binding(&kv)?.0)),
+            None => Ok(None),
+        }
     }
 
     /// The bindings of an instance.
@@ -1338,7 +1498,130 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Vec<Versioned<BindingRecord>>, StoreError> {
-        self.read_prefix(&self.bindings_prefix(instance_id)).await
+        self.etcd
+            .get_prefix(self.bindings_prefix(instance_id).as_bytes())
+            .await?
+            .iter()
+            .map(|kv| Ok(self.open_binding(kv)?.0))
+            .collect()
+    }
+
+    /// A binding record as stored: its credentials sealed (`sealed_credentials`) in place of
+    /// `credentials`.
+    fn seal_binding(&self, key: &str, record: &BindingRecord) -> Vec<u8> {
+        let mut v = serde_json::to_value(record).expect("JSON");
+        let m = v.as_object_mut().expect("an object");
+        if let Some(c) = m.remove("credentials") {
+            let plain = serde_json::to_vec(&c).expect("JSON");
+            m.insert(
+                "sealed_credentials".into(),
+                self.keyring.seal(self.purpose(key), &plain).into(),
+            );
+        }
+        serde_json::to_vec(&v).expect("JSON")
+    }
+
+    /// A stored binding record, its credentials opened; and whether they are sealed with the
+    /// current key (or there are none).
+    fn open_binding(&self, kv: &KeyValue) -> Result<(Versioned<BindingRecord>, bool), StoreError> {
+        let key = kv.key_str();
+        let corrupt = |message: String| StoreError::Corrupt {
+            key: key.clone(),
+            message,
+        };
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+        let m = v
+            .as_object_mut()
+            .ok_or_else(|| corrupt("not an object".into()))?;
+        let mut current = !m.contains_key("credentials");
+        if let Some(sealed) = m.remove("sealed_credentials") {
+            let sealed = sealed
+                .as_str()
+                .ok_or_else(|| corrupt("sealed_credentials is not a string".into()))?;
+            let (plain, cur) = self
+                .keyring
+                .open(self.purpose(&key), sealed)
+                .map_err(Self::secret_err(&key))?;
+            current = cur;
+            let c: serde_json::Value =
+                serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
+            m.insert("credentials".into(), c);
+        }
+        let value = serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))?;
+        Ok((
+            Versioned {
+                value,
+                mod_revision: kv.mod_revision,
+            },
+            current,
+        ))
+    }
+
+    /// Seals again, with the current key, every secret and binding credentials sealed with an
+    /// old key or written in clear (by compare-and-swap: a record changed meanwhile is read
+    /// again). Fails on a value no key of the keyring opens.
+    pub async fn reseal_all(&self) -> Result<Resealed, StoreError> {
+        let mut done = Resealed::default();
+        for (prefix, binding) in [
+            (format!("{}/secrets/", self.prefix), false),
+            (format!("{}/bindings/", self.prefix), true),
+        ] {
+            for kv in self.etcd.get_prefix(prefix.as_bytes()).await? {
+                let mut kv = kv;
+                for attempt in 0..CAS_ATTEMPTS {
+                    let key = kv.key_str();
+                    let clear = if binding {
+                        serde_json::from_slice::<serde_json::Value>(&kv.value)
+                            .is_ok_and(|v| v.get("credentials").is_some())
+                    } else {
+                        serde_json::from_slice::<SealedRecord>(&kv.value).is_err()
+                    };
+                    let (value, current) = if binding {
+                        let (b, current) = self.open_binding(&kv)?;
+                        (self.seal_binding(&key, &b.value), current)
+                    } else {
+                        let (s, current) = self.open_secrets(&kv)?;
+                        (self.seal_secrets(&key, &s), current)
+                    };
+                    if current {
+                        done.current += 1;
+                        break;
+                    }
+                    match self
+                        .etcd
+                        .compare_and_swap(kv.key.as_slice(), &value, kv.mod_revision)
+                        .await?
+                    {
+                        crate::etcd::CasOutcome::Swapped(_) => {
+                            if clear {
+                                done.were_clear += 1;
+                            } else {
+                                done.rekeyed += 1;
+                            }
+                            break;
+                        }
+                        crate::etcd::CasOutcome::Conflict(Some(now))
+                            if attempt + 1 < CAS_ATTEMPTS =>
+                        {
+                            kv = now;
+                        }
+                        // Deleted meanwhile: nothing left to seal.
+                        crate::etcd::CasOutcome::Conflict(None) => break,
+                        crate::etcd::CasOutcome::Conflict(Some(_)) => {
+                            return Err(StoreError::Contention { key })
+                        }
+                    }
+                }
+            }
+        }
+        info!(
+            rekeyed = done.rekeyed,
+            were_clear = done.were_clear,
+            key = self.keyring.current_id(),
+            "secrets sealed with the current key"
+        );
+        Ok(done)
     }
 
     /// Writes a binding if its key's mod revision is still `expected` (0: must not exist);
@@ -1349,7 +1632,7 @@ impl Store {
         expected: i64,
     ) -> Result<Option<i64>, StoreError> {
         let key = self.binding_key(&record.instance_id, &record.binding_id);
-        let json = serde_json::to_vec(record).expect("JSON");
+        let json = self.seal_binding(&key, record);
         Ok(
             match self
                 .etcd
@@ -1404,8 +1687,11 @@ mod tests {
     use std::time::Duration;
 
     fn store() -> Store {
-        let c = EtcdClient::new(&[etcd().endpoint()], Duration::from_secs(5)).unwrap();
-        Store::new(c, etcd().fresh_prefix())
+        Store::new(
+            etcd().client(),
+            etcd().fresh_prefix(),
+            Arc::new(Keyring::from_base64(&Keyring::generate_key()).unwrap()),
+        )
     }
 
     fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
@@ -1430,6 +1716,7 @@ mod tests {
                     raw: serde_json::Value::Null,
                 },
                 port: 0,
+                path_name: None,
                 repository: format!("file:///r/{id}"),
                 incarnation: 1,
                 previous_repositories: vec![],
@@ -1610,6 +1897,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn catalog_keys_of_ids_and_incarnations_never_collide() {
+        let s = store();
+        // The first incarnation of `x/2` and the second of `x`, with one name.
+        let (a, ao) = instance("x/2", Some("db"));
+        let (mut b, bo) = instance("x", Some("db"));
+        b.incarnation = 2;
+        s.create_instance(a, ao, 35000..=35010).await.unwrap();
+        s.create_instance(b, bo, 35000..=35010).await.unwrap();
+        let mut found: Vec<(String, u32)> = s
+            .find_by_name("org", "space", "db")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.instance_id, e.incarnation))
+            .collect();
+        found.sort();
+        assert_eq!(found, [("x".to_string(), 2), ("x/2".to_string(), 1)]);
+    }
+
+    #[tokio::test]
     async fn concurrent_transitions_both_apply() {
         let s = store();
         let (i, o) = instance("race", None);
@@ -1651,16 +1958,20 @@ mod tests {
     async fn claims_exclude_other_workers_until_they_lapse() {
         let s = store();
         let ttl = Duration::from_millis(800);
-        assert!(s.claim("i", "w1", ttl).await.unwrap());
-        assert!(s.claim("i", "w1", ttl).await.unwrap(), "renewal");
-        assert!(!s.claim("i", "w2", ttl).await.unwrap());
+        let ops = ClaimKind::Operations;
+        assert!(s.claim("i", ops, "w1", ttl).await.unwrap());
+        assert!(s.claim("i", ops, "w1", ttl).await.unwrap(), "renewal");
+        assert!(!s.claim("i", ops, "w2", ttl).await.unwrap());
+        // The backups of "i", and the operations of an instance "i/backup", are apart.
+        assert!(s.claim("i", ClaimKind::Backups, "w2", ttl).await.unwrap());
+        assert!(s.claim("i/backup", ops, "w3", ttl).await.unwrap());
         // Releasing someone else's claim does nothing; a lapsed claim can be taken.
-        s.release_claim("i", "w2").await.unwrap();
-        assert!(!s.claim("i", "w2", ttl).await.unwrap());
+        s.release_claim("i", ops, "w2").await.unwrap();
+        assert!(!s.claim("i", ops, "w2", ttl).await.unwrap());
         tokio::time::sleep(Duration::from_millis(900)).await;
-        assert!(s.claim("i", "w2", ttl).await.unwrap());
-        s.release_claim("i", "w2").await.unwrap();
-        assert!(s.claim("i", "w1", ttl).await.unwrap());
+        assert!(s.claim("i", ops, "w2", ttl).await.unwrap());
+        s.release_claim("i", ops, "w2").await.unwrap();
+        assert!(s.claim("i", ops, "w1", ttl).await.unwrap());
     }
 
     #[tokio::test]
@@ -1681,6 +1992,157 @@ mod tests {
         );
         let dbg = format!("{first:?}");
         assert!(!dbg.contains(first.superuser_password.expose()), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn secrets_are_sealed_at_rest_bound_to_their_record_and_rotated() {
+        let (k1, k2) = (Keyring::generate_key(), Keyring::generate_key());
+        let prefix = etcd().fresh_prefix();
+        let ring = |k: &str| Arc::new(Keyring::from_base64(k).unwrap());
+        let s1 = Store::new(etcd().client(), &prefix, ring(&k1));
+        let sec = s1
+            .put_instance_secrets("a/b", &InstanceSecrets::generate())
+            .await
+            .unwrap();
+        let now = Timestamp::now();
+        let binding = BindingRecord {
+            instance_id: "a/b".into(),
+            binding_id: "b1".into(),
+            service_id: "svc".into(),
+            plan_id: "plan".into(),
+            request: serde_json::Value::Null,
+            state: BindingState::Created,
+            credentials: Some(Credentials {
+                uri: "postgres://b_b1:binding-pw-1234@h:1/app".into(),
+                jdbc_url: "jdbc:postgresql://h:1/app?password=binding-pw-1234".into(),
+                hostname: "h".into(),
+                port: 1,
+                name: "app".into(),
+                username: "b_b1".into(),
+                password: "binding-pw-1234".into(),
+            }),
+            created_at: now,
+            updated_at: now,
+        };
+        s1.put_binding(&binding, 0).await.unwrap().unwrap();
+        let raw = |prefix: String| async move {
+            etcd()
+                .client()
+                .get_prefix(prefix.as_bytes())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|kv| (kv.key_str(), String::from_utf8(kv.value).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let clear = [
+            sec.superuser_password.expose(),
+            sec.replication_password.expose(),
+            "binding-pw-1234",
+        ];
+        let stored = raw(format!("{prefix}/")).await;
+        assert_eq!(stored.len(), 2, "{stored:?}");
+        for (k, v) in &stored {
+            for c in clear {
+                assert!(!v.contains(c), "{k} holds a password in clear: {v}");
+            }
+        }
+        assert_eq!(s1.instance_secrets("a/b").await.unwrap(), Some(sec.clone()));
+        let b = s1.binding("a/b", "b1").await.unwrap().unwrap().value;
+        assert_eq!(b.credentials, binding.credentials);
+        assert_eq!(
+            s1.bindings("a/b").await.unwrap()[0].value.credentials,
+            binding.credentials
+        );
+
+        // A sealed value copied into another instance's record does not open there.
+        let (_, sealed) = stored
+            .iter()
+            .find(|(k, _)| k.contains("/secrets/"))
+            .unwrap()
+            .clone();
+        let c = etcd().client();
+        c.put(s1.secrets_key("c").as_bytes(), sealed.as_bytes())
+            .await
+            .unwrap();
+        let e = s1.instance_secrets("c").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Secret {
+                    reason: SecretsError::Tampered(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        c.delete(s1.secrets_key("c").as_bytes()).await.unwrap();
+        // Written in clear by an earlier version: still read.
+        let legacy = InstanceSecrets::generate();
+        c.put(
+            s1.secrets_key("legacy").as_bytes(),
+            &serde_json::to_vec(&legacy).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s1.instance_secrets("legacy").await.unwrap(),
+            Some(legacy.clone())
+        );
+
+        // Rotation: the new key seals, the old one still opens; re-sealing leaves nothing
+        // to the old key (nor in clear).
+        let s2 = Store::new(
+            etcd().client(),
+            &prefix,
+            Arc::new(Keyring::from_base64(&k2).unwrap().with_old(&k1).unwrap()),
+        );
+        assert_eq!(s2.instance_secrets("a/b").await.unwrap(), Some(sec.clone()));
+        let done = s2.reseal_all().await.unwrap();
+        assert_eq!(
+            done,
+            Resealed {
+                rekeyed: 2,
+                were_clear: 1,
+                current: 0
+            }
+        );
+        assert_eq!(s2.reseal_all().await.unwrap().current, 3);
+        let s3 = Store::new(etcd().client(), &prefix, ring(&k2));
+        assert_eq!(s3.instance_secrets("a/b").await.unwrap(), Some(sec.clone()));
+        assert_eq!(
+            s3.instance_secrets("legacy").await.unwrap(),
+            Some(legacy.clone())
+        );
+        assert_eq!(
+            s3.binding("a/b", "b1")
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .credentials,
+            binding.credentials
+        );
+        let k2_id = Keyring::from_base64(&k2).unwrap().current_id().to_string();
+        for (k, v) in raw(format!("{prefix}/")).await {
+            assert!(v.contains(&format!("wa1:{k2_id}:")), "{k}: {v}");
+            assert!(!v.contains(legacy.superuser_password.expose()), "{k}: {v}");
+        }
+        // The old key alone opens nothing any more.
+        let e = Store::new(etcd().client(), &prefix, ring(&k1))
+            .instance_secrets("a/b")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Secret {
+                    reason: SecretsError::UnknownKey(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

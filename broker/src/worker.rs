@@ -36,12 +36,13 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
 use crate::config::BrokerConfig;
 use crate::router::{Backend, Haproxy, Route, RouterOptions};
 use crate::state::{
-    InstanceRecord, InstanceSecrets, InstanceState, NodePlacement, OperationKind, OperationRecord,
-    Outcome, Store, StoreError, Timestamp,
+    ClaimKind, InstanceRecord, InstanceSecrets, InstanceState, NodePlacement, OperationKind,
+    OperationRecord, Outcome, Store, StoreError, Timestamp,
 };
 
 /// Errors of the [`Worker`].
@@ -73,22 +74,52 @@ pub enum WorkerError {
 }
 
 /// How one pass of an operation ended (other than done).
+///
+/// Descriptions (`Fail`, `Pending`, `Retry`'s `state` and `what`) are shown to the platform's
+/// user by `last_operation`: they say what happens in words that help that user, and never
+/// hold paths, host names, cell names or internal errors, which go to the broker's log.
 #[derive(Debug)]
 enum Step {
     /// The operation is no longer current or no longer in progress: stop working on it.
     Stop(StoreError),
     /// Give up: the operation fails with this user-facing reason.
     Fail(String),
-    /// Not there yet (progress description); try again shortly.
+    /// Not there yet (progress description); look again in a second.
     Pending(String),
+    /// A step failed: try again after a backoff ([`Backoff`]).
+    Retry {
+        /// Where the operation stands (e.g. "leader running"), if worth saying.
+        state: Option<String>,
+        /// What failed, for the user: "the first base backup failed".
+        what: &'static str,
+        /// The internal error, for the log only.
+        detail: String,
+    },
 }
+
+impl Step {
+    fn retry(state: Option<String>, what: &'static str, detail: impl std::fmt::Display) -> Step {
+        Step::Retry {
+            state,
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The reason given for failures whose details are only for the operator.
+const INTERNAL: &str =
+    "The broker failed internally; the operator can find the details in its log.";
 
 impl From<StoreError> for Step {
     fn from(e: StoreError) -> Step {
         match e {
             StoreError::Superseded { .. } | StoreError::Finished { .. } => Step::Stop(e),
-            StoreError::Corrupt { .. } => Step::Fail(format!("Internal error: {e}")),
-            other => Step::Pending(format!("Waiting for the broker's state store ({other}).")),
+            StoreError::Corrupt { .. } => {
+                warn!("{e}");
+                Step::Fail(INTERNAL.into())
+            }
+            other => Step::retry(None, "the broker's state store is unavailable", other),
         }
     }
 }
@@ -145,12 +176,15 @@ impl Worker {
                     name: c.name.clone(),
                     zone: c.zone.clone(),
                     host: c.node_host(),
-                    client: CellClient::new(&c.url, Secret::new(c.token.expose())).map_err(
-                        |source| WorkerError::Cell {
-                            cell: c.name.clone(),
-                            source,
-                        },
-                    )?,
+                    client: CellClient::new(
+                        &c.url,
+                        Secret::new(c.token.expose()),
+                        config.tls.as_ref(),
+                    )
+                    .map_err(|source| WorkerError::Cell {
+                        cell: c.name.clone(),
+                        source,
+                    })?,
                 })
             })
             .collect::<Result<Vec<_>, WorkerError>>()?;
@@ -182,6 +216,7 @@ impl Worker {
             RouterOptions {
                 bind_address: r.bind_address.clone(),
                 outlive: r.outlive_broker,
+                source: r.source_address.clone(),
                 ..RouterOptions::default()
             },
         );
@@ -249,7 +284,7 @@ impl Worker {
                         let h = tasks.spawn(async move {
                             let iid = op.instance_id.clone();
                             let i3 = i2.clone();
-                            i2.claimed(&iid, i3.drive(op)).await;
+                            i2.claimed(&iid, ClaimKind::Operations, i3.drive(op)).await;
                         });
                         running.insert(h.id(), (iid, false));
                     }
@@ -273,8 +308,7 @@ impl Worker {
                                     warn!(instance = %id2, "scheduled backup failed: {e}");
                                 }
                             };
-                            // Ids contain no '/': this claim is apart from the operations'.
-                            i2.claimed(&format!("{id2}/backup"), work).await;
+                            i2.claimed(&id2, ClaimKind::Backups, work).await;
                         });
                         running.insert(h.id(), (iid, true));
                     }
@@ -467,7 +501,7 @@ pub fn routes(instances: &[InstanceRecord], cell_hosts: &HashMap<String, String>
                 })
                 .collect();
             (!backends.is_empty()).then(|| Route {
-                instance_id: i.id.clone(),
+                name: crate::names::path_name(&i.id),
                 port: i.port,
                 backends,
             })
@@ -481,12 +515,12 @@ impl Inner {
         (self.config.worker.poll_interval.0 * 3).max(Duration::from_secs(10))
     }
 
-    /// Runs `work` while holding the claim `iid` (an instance id), renewed every third of its lifetime;
+    /// Runs `work` while holding the claim `kind` on instance `iid`, renewed every third of its lifetime;
     /// does nothing when another worker holds it, and abandons `work` (dropping it where it
     /// stands, as a crash would) when the claim is lost or cannot be renewed in time.
-    async fn claimed(&self, iid: &str, work: impl Future<Output = ()>) {
+    async fn claimed(&self, iid: &str, kind: ClaimKind, work: impl Future<Output = ()>) {
         let ttl = self.claim_ttl();
-        match self.store.claim(iid, &self.id, ttl).await {
+        match self.store.claim(iid, kind, &self.id, ttl).await {
             Ok(true) => {}
             Ok(false) => {
                 debug!(instance = %iid, "another worker is working on this instance");
@@ -501,7 +535,7 @@ impl Inner {
             let mut renewed = Instant::now();
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                match self.store.claim(iid, &self.id, ttl).await {
+                match self.store.claim(iid, kind, &self.id, ttl).await {
                     Ok(true) => renewed = Instant::now(),
                     Ok(false) => return "taken by another worker".to_string(),
                     Err(e) if renewed.elapsed() >= ttl * 2 / 3 => {
@@ -513,7 +547,7 @@ impl Inner {
         };
         tokio::select! {
             _ = work => {
-                if let Err(e) = self.store.release_claim(iid, &self.id).await {
+                if let Err(e) = self.store.release_claim(iid, kind, &self.id).await {
                     debug!(instance = %iid, "cannot release the claim: {e}");
                 }
             }
@@ -561,55 +595,89 @@ impl Inner {
               "working on operation");
         let mut pass = Pass::default();
         let mut last_description = op.description.clone();
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.config.worker.backoff_max.0);
+        // What is failing now: the backoff grows while the same step keeps failing, however
+        // many passes that wait for something else come in between.
+        let mut failing: Option<&'static str> = None;
         loop {
             let result = match op.kind {
                 OperationKind::Provision => self.provision_pass(&op, &mut pass).await,
                 OperationKind::Update => self.update_pass(&op, &mut pass).await,
                 OperationKind::Deprovision => self.deprovision_pass(&op).await,
             };
-            let outcome = match result {
-                Ok(description) => Some(Outcome {
-                    succeeded: true,
-                    description,
-                    instance_usable: None,
-                }),
+            let (description, delay) = match result {
+                Ok(description) => {
+                    let done = Outcome {
+                        succeeded: true,
+                        description,
+                        instance_usable: None,
+                    };
+                    (done.description.clone(), Err(done))
+                }
                 Err(Step::Stop(e)) => {
                     info!(instance = %op.instance_id, operation = %op.id, "stopping: {e}");
                     return;
                 }
-                Err(Step::Fail(reason)) => Some(self.failure(&op, reason)),
-                Err(Step::Pending(description)) => {
-                    if chrono::Utc::now() > deadline {
-                        Some(self.failure(
-                            &op,
-                            format!(
-                                "Timed out after {} s; last state: {description}",
-                                self.config.worker.operation_timeout.0.as_secs()
-                            ),
-                        ))
-                    } else {
-                        if description != last_description {
-                            debug!(instance = %op.instance_id, "{description}");
-                            match self
-                                .store
-                                .set_progress(&op.instance_id, &op.id, &description)
-                                .await
-                            {
-                                Ok(()) => last_description = description,
-                                Err(
-                                    e @ (StoreError::Superseded { .. }
-                                    | StoreError::Finished { .. }),
-                                ) => {
-                                    info!(instance = %op.instance_id, operation = %op.id,
-                                          "stopping: {e}");
-                                    return;
-                                }
-                                Err(e) => warn!(instance = %op.instance_id, "progress: {e}"),
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        None
+                Err(Step::Fail(reason)) => {
+                    let done = self.failure(&op, reason);
+                    (done.description.clone(), Err(done))
+                }
+                Err(Step::Pending(description)) => (description, Ok(Duration::from_secs(1))),
+                Err(Step::Retry {
+                    state,
+                    what,
+                    detail,
+                }) => {
+                    if failing != Some(what) {
+                        failing = Some(what);
+                        backoff.reset();
                     }
+                    let delay = backoff.failed();
+                    let attempt = backoff.attempts();
+                    warn!(instance = %op.instance_id, operation = %op.id, attempt,
+                          retry_in = ?delay, "{what}: {detail}");
+                    let state = state.map(|s| s + "; ").unwrap_or_default();
+                    (
+                        format!(
+                            "{state}{what}; retrying (attempt {attempt}, next in {} s)",
+                            delay.as_secs_f64().round().max(1.0)
+                        ),
+                        Ok(delay),
+                    )
+                }
+            };
+            let outcome = match delay {
+                Err(done) => Some(done),
+                Ok(_) if chrono::Utc::now() > deadline => Some(self.failure(
+                    &op,
+                    format!(
+                        "Timed out after {} s; last state: {description}",
+                        self.config.worker.operation_timeout.0.as_secs()
+                    ),
+                )),
+                Ok(delay) => {
+                    if description != last_description {
+                        debug!(instance = %op.instance_id, "{description}");
+                        match self
+                            .store
+                            .set_progress(&op.instance_id, &op.id, &description)
+                            .await
+                        {
+                            Ok(()) => last_description = description,
+                            Err(
+                                e @ (StoreError::Superseded { .. } | StoreError::Finished { .. }),
+                            ) => {
+                                info!(instance = %op.instance_id, operation = %op.id,
+                                      "stopping: {e}");
+                                return;
+                            }
+                            Err(e) => warn!(instance = %op.instance_id, "progress: {e}"),
+                        }
+                    }
+                    if !self.wait(&op, delay, deadline).await {
+                        return;
+                    }
+                    None
                 }
             };
             if let Some(outcome) = outcome {
@@ -640,6 +708,43 @@ impl Inner {
                         info!(instance = %op.instance_id, operation = %op.id, "stopping: {e}");
                         return;
                     }
+                }
+            }
+        }
+    }
+
+    /// Sleeps `delay` (at most until `deadline`), looking every poll interval whether `op` is
+    /// still current: a deprovision need not wait out a provision's long backoff. False when
+    /// the operation was superseded or finished meanwhile.
+    async fn wait(
+        &self,
+        op: &OperationRecord,
+        delay: Duration,
+        deadline: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let until = Instant::now()
+            + delay.min((deadline - chrono::Utc::now()).to_std().unwrap_or_default());
+        let step = self
+            .config
+            .worker
+            .poll_interval
+            .0
+            .min(Duration::from_secs(2));
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            tokio::time::sleep(left.min(step)).await;
+            if left <= step {
+                return true;
+            }
+            if let Ok(Some(cur)) = self.store.operation(&op.instance_id).await {
+                let cur = cur.value;
+                if cur.id != op.id || cur.state != crate::state::OperationState::InProgress {
+                    info!(instance = %op.instance_id, operation = %op.id,
+                          "stopping: superseded while waiting to retry");
+                    return false;
                 }
             }
         }
@@ -753,10 +858,12 @@ impl Inner {
         node: &NodePlacement,
     ) -> Result<NodeSpec, Step> {
         let cell = self.cell(&node.cell).ok_or_else(|| {
-            Step::Fail(format!(
-                "Cell {} of node {} is no longer configured.",
-                node.cell, node.name
-            ))
+            warn!(instance = %inst.id, node = %node.name, cell = %node.cell,
+                  "the cell of a node is no longer configured");
+            Step::Fail(
+                "A machine this instance's nodes run on is no longer configured; the operator can find the details in the broker's log."
+                    .into(),
+            )
         })?;
         let mut peer_hosts: Vec<String> = inst
             .nodes
@@ -769,6 +876,7 @@ impl Inner {
         let n = &self.config.nodes;
         Ok(NodeSpec {
             instance_id: inst.id.clone(),
+            scope: inst.path_name.clone(),
             namespace: self.config.patroni_namespace(),
             etcd_hosts: self
                 .config
@@ -780,12 +888,25 @@ impl Inner {
                     Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
                 })
                 .collect(),
+            etcd_tls: n.etcd_ca_file.as_ref().map(|ca| crate::patroni::EtcdTls {
+                ca_file: ca.clone(),
+                cert_file: n.etcd_cert_file.clone(),
+                key_file: n.etcd_key_file.clone(),
+            }),
+            etcd_credentials: n
+                .etcd_username
+                .as_ref()
+                .map(|u| crate::patroni::EtcdCredentials {
+                    username: u.clone(),
+                    password: Secret::new(n.etcd_password.expose()),
+                }),
             repository: inst.repository.clone(),
             walarchive: n.walarchive.clone(),
             walarchive_env: self.storage_env.clone(),
             archive_timeout: self.config.archive_timeout.0.as_secs().max(1) as u32,
             superuser_password: secrets.superuser_password.clone(),
             replication_password: secrets.replication_password.clone(),
+            rewind_password: secrets.rewind_password.clone(),
             synchronous: n.synchronous,
             host: cell.host.clone(),
             peer_hosts,
@@ -823,16 +944,19 @@ impl Inner {
                     }
                 }
                 Err(crate::cell::Error::Invalid(m)) => {
-                    return Err(Step::Fail(format!(
-                        "Cell {} refused node {}: {m}",
-                        cell.name, node.name
-                    )))
+                    warn!(instance = %inst.id, node = %node.name, cell = %cell.name,
+                          "the cell refused the node: {m}");
+                    return Err(Step::Fail(
+                        "A machine refused the configuration of one of the nodes; the operator can find the details in the broker's log."
+                            .into(),
+                    ));
                 }
                 Err(e) => {
-                    return Err(Step::Pending(format!(
-                        "Creating node {} on cell {}: {e}",
-                        node.name, cell.name
-                    )))
+                    return Err(Step::retry(
+                        None,
+                        "a node could not be created (its machine did not answer as expected)",
+                        format_args!("node {} on cell {}: {e}", node.name, cell.name),
+                    ))
                 }
             }
         }
@@ -868,9 +992,9 @@ impl Inner {
         if !seen.healthy() {
             return Err(Step::Pending(seen.describe()));
         }
-        self.sync_router()
-            .await
-            .map_err(|e| Step::Pending(format!("{}; router: {e}", seen.describe())))?;
+        self.sync_router().await.map_err(|e| {
+            Step::retry(Some(seen.describe()), "the router could not be updated", e)
+        })?;
         Ok((inst, seen))
     }
 
@@ -898,34 +1022,33 @@ impl Inner {
         })
     }
 
-    /// A connection through the router to a writable primary works.
-    async fn route_works(&self, inst: &InstanceRecord, secrets: &InstanceSecrets) -> bool {
+    /// Whether the router port leads to a PostgreSQL server. HAProxy forwards only to the
+    /// node Patroni reports as the primary and closes the connection without one, so a server
+    /// answering an SSLRequest through it (one byte, `S` or `N`, before any authentication)
+    /// is the primary. No credentials: the superuser is not reachable through the router,
+    /// by design.
+    async fn route_works(&self, inst: &InstanceRecord) -> bool {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let host = match self.config.router.bind_address.as_str() {
             "0.0.0.0" | "" => "127.0.0.1".to_string(),
             "::" => "::1".to_string(),
             h => h.to_string(),
         };
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&host)
-            .port(inst.port)
-            .user(crate::patroni::SUPERUSER)
-            .password(secrets.superuser_password.expose())
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(3));
         let attempt = async {
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let row = client
-                .query_one("select pg_is_in_recovery()", &[])
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), inst.port))
                 .await
                 .ok()?;
-            Some(!row.get::<_, bool>(0))
+            // SSLRequest: length 8, code 80877103.
+            s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+                .await
+                .ok()?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+            matches!(b[0], b'S' | b'N').then_some(())
         };
         matches!(
             tokio::time::timeout(Duration::from_secs(5), attempt).await,
-            Ok(Some(true))
+            Ok(Some(()))
         )
     }
 
@@ -937,16 +1060,19 @@ impl Inner {
             match self.repository_is_empty(&inst.repository).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(Step::Fail(format!(
-                        "The repository {} already holds an archive; a new cluster cannot archive into it.",
-                        inst.repository
-                    )))
+                    warn!(instance = %inst.id, repository = %inst.repository,
+                          "the repository of a new instance already holds an archive");
+                    return Err(Step::Fail(
+                        "This instance's repository already holds an archive; a new cluster cannot archive into it. The operator can find the details in the broker's log."
+                            .into(),
+                    ));
                 }
                 Err(e) => {
-                    return Err(Step::Pending(format!(
-                        "Checking the repository {}: {e}",
-                        inst.repository
-                    )))
+                    return Err(Step::retry(
+                        None,
+                        "the instance's backup repository could not be checked",
+                        format_args!("{}: {e}", inst.repository),
+                    ))
                 }
             }
         }
@@ -954,7 +1080,7 @@ impl Inner {
         let target = op.request.node_count as usize;
         let inst = self.place(op, &inst, target).await?;
         let (inst, seen) = self.nodes_up_and_routed(op, &inst, &secrets, pass).await?;
-        if !self.route_works(&inst, &secrets).await {
+        if !self.route_works(&inst).await {
             return Err(Step::Pending(format!(
                 "{}; waiting for the router",
                 seen.describe()
@@ -989,10 +1115,11 @@ impl Inner {
                         .await?;
                 }
                 Err(e) => {
-                    return Err(Step::Pending(format!(
-                        "{}; first base backup failed ({e}), retrying",
-                        seen.describe()
-                    )))
+                    return Err(Step::retry(
+                        Some(seen.describe()),
+                        "the first base backup failed",
+                        format_args!("node {leader}: {e}"),
+                    ))
                 }
             }
         }
@@ -1031,10 +1158,8 @@ impl Inner {
                         &op.instance_id,
                         &op.id,
                         &format!(
-                            "{}; removing replica {} on cell {} ({} of {})",
+                            "{}; removing replica {} of {}",
                             seen.describe(),
-                            v.name,
-                            v.cell,
                             k + 1,
                             victims.len()
                         ),
@@ -1042,7 +1167,11 @@ impl Inner {
                     .await?;
                 if let Some(cell) = self.cell(&v.cell) {
                     cell.client.delete_node(&v.name).await.map_err(|e| {
-                        Step::Pending(format!("Removing node {} on cell {}: {e}", v.name, v.cell))
+                        Step::retry(
+                            Some(seen.describe()),
+                            "a replica could not be removed (its machine did not answer as expected)",
+                            format_args!("node {} on cell {}: {e}", v.name, v.cell),
+                        )
                     })?;
                 }
                 info!(instance = %inst.id, node = %v.name, cell = %v.cell, "node removed");
@@ -1068,7 +1197,7 @@ impl Inner {
         let inst = self.current(op).await?;
         // The route goes first (the instance is deprovisioning, so it has none any more).
         if let Err(e) = self.sync_router().await {
-            return Err(Step::Pending(format!("Removing the route: {e}")));
+            return Err(Step::retry(None, "the route could not be removed", e));
         }
         // Every node of the instance on every cell, recorded or not (a provision may have
         // been interrupted between a PUT and recording its ports).
@@ -1090,27 +1219,32 @@ impl Inner {
             }
         }
         if !problems.is_empty() {
-            return Err(Step::Pending(format!(
-                "Removing nodes: {}",
-                problems.join("; ")
-            )));
+            return Err(Step::retry(
+                None,
+                "some nodes could not be removed yet (their machines did not answer as expected)",
+                problems.join("; "),
+            ));
         }
-        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.id);
+        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.scope());
         self.store
             .etcd()
             .delete_prefix(patroni.as_bytes())
             .await
-            .map_err(|e| Step::Pending(format!("Removing the cluster's etcd keys: {e}")))?;
+            .map_err(|e| {
+                Step::retry(
+                    None,
+                    "the cluster's coordination keys could not be removed",
+                    e,
+                )
+            })?;
         self.store
             .transition(&op.instance_id, &op.id, |i, _| {
                 i.nodes.clear();
                 Ok(())
             })
             .await?;
-        Ok(format!(
-            "Deleted; the archive is kept at {}.",
-            inst.repository
-        ))
+        info!(instance = %inst.id, repository = %inst.repository, "deleted; the archive is kept");
+        Ok("Deleted; the archive is kept.".into())
     }
 
     /// Ready instances whose last base backup is older than `backups.interval`.
@@ -1178,6 +1312,17 @@ impl Inner {
     /// Runs the broker's walarchive on `repository` with the storage environment; its
     /// stdout, or why it failed.
     async fn walarchive(&self, repository: &str, args: &[&str]) -> Result<String, String> {
+        self.walarchive_output(repository, args)
+            .await
+            .map_err(|(_, message)| message)
+    }
+
+    /// [`Inner::walarchive`], with walarchive's exit status beside the error.
+    async fn walarchive_output(
+        &self,
+        repository: &str,
+        args: &[&str],
+    ) -> Result<String, (Option<i32>, String)> {
         let bin = &self.config.nodes.walarchive;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("--repo")
@@ -1192,14 +1337,17 @@ impl Inner {
         let out = cmd
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+            .map_err(|e| (None, format!("cannot run {}: {e}", bin.display())))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!(
-                "walarchive {} failed: {}",
-                args.first().unwrap_or(&""),
-                String::from_utf8_lossy(&out.stderr).trim()
+            Err((
+                out.status.code(),
+                format!(
+                    "walarchive {} failed: {}",
+                    args.first().unwrap_or(&""),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             ))
         }
     }
@@ -1208,10 +1356,8 @@ impl Inner {
     /// another cluster's archive).
     async fn repository_is_empty(&self, repository: &str) -> Result<bool, String> {
         for what in ["wal-list", "backup-list"] {
-            let out = self.walarchive(repository, &[what, "--json"]).await?;
-            let v: serde_json::Value =
-                serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
-            if v.as_array().is_none_or(|a| !a.is_empty()) {
+            let listing = self.walarchive_output(repository, &[what, "--json"]).await;
+            if !listing_is_empty(what, listing)? {
                 return Ok(false);
             }
         }
@@ -1229,6 +1375,25 @@ impl Inner {
             "retention applied"
         );
         Ok(())
+    }
+}
+
+/// Whether a `wal-list`/`backup-list --json` answer means "nothing there": an empty list, or
+/// walarchive saying there is no repository at the URL at all (status 6, as a fresh prefix
+/// answers). Any other failure (a prefix holding objects without a repository descriptor
+/// among them) is an error, not an empty repository.
+fn listing_is_empty(
+    what: &str,
+    listing: Result<String, (Option<i32>, String)>,
+) -> Result<bool, String> {
+    match listing {
+        Ok(out) => {
+            let v: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
+            Ok(v.as_array().is_some_and(Vec::is_empty))
+        }
+        Err((Some(6), message)) if message.contains("no repository at") => Ok(true),
+        Err((_, message)) => Err(message),
     }
 }
 
@@ -1256,7 +1421,7 @@ mod tests {
             name: name.into(),
             zone: zone.into(),
             host: "127.0.0.1".into(),
-            client: CellClient::new("http://127.0.0.1:1", Secret::new("t")).unwrap(),
+            client: CellClient::new("http://127.0.0.1:1", Secret::new("t"), None).unwrap(),
         }
     }
 
@@ -1307,6 +1472,71 @@ mod tests {
         assert_ne!(a, node_name("inst.1", 1, 0));
         let long = node_name(&format!("~{}", "x".repeat(200)), 1, 4);
         assert!(crate::cell::valid_node_name(&long), "{long}");
+    }
+
+    #[test]
+    fn an_absent_repository_is_an_empty_one() {
+        assert_eq!(listing_is_empty("wal-list", Ok("[]".into())), Ok(true));
+        assert_eq!(
+            listing_is_empty("wal-list", Ok("[{\"name\": \"x\"}]".into())),
+            Ok(false)
+        );
+        assert_eq!(
+            listing_is_empty(
+                "wal-list",
+                Err((
+                    Some(6),
+                    "walarchive wal-list failed: no repository at file:///r/x".into()
+                ))
+            ),
+            Ok(true)
+        );
+        // Objects without a descriptor, an unreachable store: not "empty".
+        for (code, m) in [
+            (
+                Some(6),
+                "walarchive wal-list failed: objects but no repository descriptor",
+            ),
+            (Some(7), "walarchive wal-list failed: storage unreachable"),
+            (None, "cannot run /x: not found"),
+        ] {
+            assert_eq!(
+                listing_is_empty("wal-list", Err((code, m.into()))),
+                Err(m.into())
+            );
+        }
+    }
+
+    #[test]
+    fn routes_of_hostile_ids_have_distinct_names() {
+        let ids = ["a/b", "a_b", ".", "..", "a b", "a.b"];
+        let instances: Vec<InstanceRecord> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                serde_json::from_value(serde_json::json!({
+                    "id": id, "service_id": "s", "plan_id": "p", "parameters": {},
+                    "node_count": 1, "context": {"organization_guid": "o", "space_guid": "s"},
+                    "port": 30000 + k, "repository": "file:///r", "state": "ready",
+                    "nodes": [{"name": format!("n{k}"), "cell": "c", "zone": "z",
+                               "pg_port": 1, "api_port": 2}],
+                    "created_at": "2026-01-01T00:00:00.000Z",
+                    "updated_at": "2026-01-01T00:00:00.000Z",
+                }))
+                .unwrap()
+            })
+            .collect();
+        let hosts = HashMap::from([("c".to_string(), "127.0.0.1".to_string())]);
+        let names: HashSet<String> = routes(&instances, &hosts)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        let cfg = crate::router::render(&routes(&instances, &hosts), &Default::default());
+        assert!(
+            cfg.contains("listen pg__a_2Fb\n") && cfg.contains("listen pg_a_b\n"),
+            "{cfg}"
+        );
     }
 
     #[test]

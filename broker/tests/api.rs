@@ -98,6 +98,8 @@ fn config_text(password_file: &str, prefix: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
+[secrets]
+key_file = "{password_file}.key"
 [credentials]
 username = "platform"
 password_file = "{password_file}"
@@ -119,14 +121,16 @@ node_count = 2
 [repository]
 base = "s3://bucket/instances/"
 [etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
+{etcd}prefix = "{prefix}"
 [router]
 host = "router.test"
 port_min = 40000
 port_max = 40009
+[nodes]
+etcd_ca_file = "{ca}"
 "#,
-        endpoint = etcd().endpoint()
+        etcd = etcd().config_lines(),
+        ca = common::etcd::pki().ca_file().display(),
     )
 }
 
@@ -134,11 +138,16 @@ fn ctx() -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("password.key"),
+        walarchive_broker::secrets::Keyring::generate_key(),
+    )
+    .unwrap();
     let prefix = format!("/broker{}", etcd().fresh_prefix());
     let config = BrokerConfig::parse(&config_text(&pw.display().to_string(), &prefix), "test")
         .expect("test configuration");
-    let client = EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap();
-    let store = Store::new(client, prefix);
+    let client = EtcdClient::from_config(&config.etcd).unwrap();
+    let store = Store::new(client, prefix, config.keyring());
     let binder = Arc::new(RecordingBinder::default());
     let state = AppState::new(config, store.clone(), binder.clone());
     Ctx {
@@ -576,11 +585,31 @@ async fn bad_requests_change_nothing() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    // An id with characters outside RFC 3986's unreserved set.
+    // Ids that cannot be used: not UTF-8, control characters (log lines), too long.
+    let long = "x".repeat(256);
+    for (id, message) in [
+        ("%FF", "The ids in the URL must be percent-encoded UTF-8."),
+        ("a%0Ab", "instance_id must not contain control characters."),
+        ("nul%00", "instance_id must not contain control characters."),
+        (long.as_str(), "instance_id must be at most 255 bytes long."),
+    ] {
+        let r = c.provision(id, provision_body(PLAN1, None), true).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id}: {}", r.body);
+        assert_eq!(r.body["error"], "BadRequest", "{id}");
+        assert_eq!(r.body["description"], message, "{id}");
+    }
     let r = c
-        .provision("a%2Fb", provision_body(PLAN1, None), true)
+        .call(
+            Method::PUT,
+            "/v2/service_instances/ok/service_bindings/b%0A1",
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN1})),
+        )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        r.body["description"],
+        "binding_id must not contain control characters."
+    );
     assert!(c.store.instances().await.unwrap().is_empty());
     assert!(c.store.operations_in_progress().await.unwrap().is_empty());
 
@@ -595,6 +624,57 @@ async fn bad_requests_change_nothing() {
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     }
+}
+
+/// Ids are the platform's: any of them gets a repository of its own under the base, named
+/// safely (`.` is not the base, `..` not above it, `a/b` not inside `a`, and `x.2` is not the
+/// second incarnation of `x`).
+#[tokio::test]
+async fn hostile_ids_get_repositories_of_their_own() {
+    let c = ctx();
+    let base = "s3://bucket/instances";
+    let cases = [
+        ("%2E", ".", "__2E"),
+        ("%2E%2E", "..", "__2E_2E"),
+        ("%252e%252e", "%2e%2e", "__252e_252e"),
+        ("wal", "wal", "wal"),
+        ("a%2Fb", "a/b", "_a_2Fb"),
+        ("a", "a", "a"),
+        ("%E6%95%B0-%C3%BC", "数-ü", "__E6_95_B0-_C3_BC"),
+        ("x.2", "x.2", "_x_2E2"),
+        ("x", "x", "x"),
+    ];
+    let mut repos = std::collections::HashSet::new();
+    for (in_url, id, name) in cases {
+        let r = c.provision(in_url, provision_body(PLAN1, None), true).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{id}: {}", r.body);
+        let i = c.store.instance(id).await.unwrap().expect(id).value;
+        assert_eq!(i.repository, format!("{base}/{name}"), "{id}");
+        assert_eq!(i.path_name.as_deref(), Some(name), "{id}");
+        assert!(repos.insert(i.repository), "{id}");
+    }
+    // The second incarnation of `x` is `x.2`'s neighbour, not `x.2`'s repository.
+    c.finish("x", true, "ready").await;
+    assert_eq!(c.deprovision("x", true).await.status, StatusCode::ACCEPTED);
+    c.finish("x", true, "deleted").await;
+    let r = c.provision("x", provision_body(PLAN1, None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let i = c.store.instance("x").await.unwrap().unwrap().value;
+    assert_eq!(
+        (i.incarnation, i.repository.as_str()),
+        (2, "s3://bucket/instances/x.2")
+    );
+    assert!(repos.insert(i.repository));
+    // A 255-byte id that escapes too long is hashed.
+    let long = format!("L.{}", "x".repeat(253));
+    let r = c.provision(&long, provision_body(PLAN1, None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let i = c.store.instance(&long).await.unwrap().unwrap().value;
+    let name = i.repository.strip_prefix("s3://bucket/instances/").unwrap();
+    assert!(name.starts_with("__sha256-") && name.len() == 49, "{name}");
+    // The platform reads them back under the ids it chose.
+    let r = c.last_op("a%2Fb", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
 #[tokio::test]

@@ -1,21 +1,22 @@
-//! [`PgBinder`] against a real PostgreSQL 15, and the single-machine mode end to end.
+//! The binder's roles against a real PostgreSQL 15, and the single-machine mode end to end.
 //!
-//! The binder only needs a host, a port and the superuser's password, so its test runs one
-//! plain PostgreSQL cluster (initdb as `postgres`, SCRAM authentication) rather than a
-//! Patroni cluster: what is tested is the roles, privileges and ownership, not failover.
+//! The roles are made by [`create_role`] and [`drop_role`] on a superuser session (a cell
+//! runs them on its node's socket), so their test runs one plain PostgreSQL cluster (initdb
+//! as `postgres`, SCRAM authentication) rather than a Patroni cluster: what is tested is the
+//! roles, privileges and ownership, not failover.
 mod common;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cells::{chown_postgres, connect, free_port, sh_quote, spawn_watchdog, test_root};
-use walarchive_broker::binder::{role_name, BinderOptions, FixedPassword, PgBinder};
+use walarchive_broker::binder::{
+    create_role, credentials, drop_role, new_role, role_name, BinderOptions,
+};
 use walarchive_broker::config::Secret;
-use walarchive_broker::state::InstanceRecord;
-use walarchive_broker::Binder;
+use walarchive_broker::state::{Credentials, InstanceRecord};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -133,16 +134,54 @@ fn instance(port: u16) -> InstanceRecord {
     .expect("an instance record")
 }
 
+/// What the broker and the leader's cell do together for a binding, on `admin_uri`'s server.
+struct Roles {
+    admin_uri: String,
+    options: BinderOptions,
+}
+
+impl Roles {
+    async fn bind(&self, inst: &InstanceRecord, binding_id: &str) -> Credentials {
+        let (role, req, password) = new_role(&self.options, inst, binding_id);
+        assert!(!format!("{req:?}").contains("SCRAM"), "{req:?}");
+        let admin = connect(&self.admin_uri).await.expect("superuser connects");
+        create_role(&admin, &role, &req)
+            .await
+            .expect("create the role");
+        credentials(
+            "127.0.0.1",
+            inst.port,
+            &self.options.database,
+            &role,
+            password.expose(),
+        )
+    }
+
+    async fn unbind(&self, binding_id: &str) {
+        let admin = connect(&self.admin_uri).await.expect("superuser connects");
+        let base = self.admin_uri.trim_end_matches("/postgres").to_string();
+        drop_role(
+            &admin,
+            &self.options.group_role,
+            &role_name(binding_id),
+            |db| {
+                let uri = format!("{base}/{db}");
+                async move {
+                    connect(&uri)
+                        .await
+                        .map_err(|e| walarchive_broker::BindError::new(e.to_string()))
+                }
+            },
+        )
+        .await
+        .expect("drop the role");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_are_roles_sharing_one_database() {
     let root = test_root("bind");
     let pg = Postgres::start(&root);
-    let binder = PgBinder::new(
-        "127.0.0.1",
-        Arc::new(FixedPassword(pg.password.clone())),
-        BinderOptions::default(),
-    );
-    assert!(!format!("{binder:?}").contains(pg.password.expose()));
     let inst = instance(pg.port);
     let admin_uri = format!(
         "postgres://postgres:{}@127.0.0.1:{}/postgres",
@@ -150,10 +189,14 @@ async fn bindings_are_roles_sharing_one_database() {
         pg.port
     );
     let admin = connect(&admin_uri).await.expect("superuser connects");
+    let binder = Roles {
+        admin_uri: admin_uri.clone(),
+        options: BinderOptions::default(),
+    };
 
     let id1 = "3f2a6c1e-2b7d-4c39-9a0e-5d6f7a8b9c01";
     let id2 = "Binding.Two~";
-    let c1 = binder.bind(&inst, id1).await.expect("bind 1");
+    let c1 = binder.bind(&inst, id1).await;
     assert_eq!(c1.username, role_name(id1));
     assert_eq!((c1.hostname.as_str(), c1.port), ("127.0.0.1", pg.port));
     assert_eq!(c1.name, "app");
@@ -193,7 +236,7 @@ async fn bindings_are_roles_sharing_one_database() {
         .get(0);
     assert_eq!(owner, "app_owner");
 
-    let c2 = binder.bind(&inst, id2).await.expect("bind 2");
+    let c2 = binder.bind(&inst, id2).await;
     assert_ne!(c2.username, c1.username);
     assert!(c2.username.starts_with("h_"));
     let s2 = connect(&c2.uri).await.expect("binding 2 connects");
@@ -212,8 +255,58 @@ async fn bindings_are_roles_sharing_one_database() {
         .await
         .expect("binding 1 uses binding 2's table");
 
+    // Binding roles reach no server files or programs, and hold no privilege attribute,
+    // even when one had been granted to them meanwhile: binding again takes it away.
+    admin
+        .batch_execute(&format!(
+            "alter role {0} superuser createrole; grant pg_execute_server_program, pg_read_server_files to {0}",
+            c2.username
+        ))
+        .await
+        .unwrap();
+    let c2 = binder.bind(&inst, id2).await;
+    let s2 = connect(&c2.uri).await.expect("binding 2 connects again");
+    let attrs = admin
+        .query_one(
+            "select rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, \
+             pg_has_role(rolname, 'pg_execute_server_program', 'member'), \
+             pg_has_role(rolname, 'pg_read_server_files', 'member'), \
+             pg_has_role(rolname, 'pg_write_server_files', 'member') \
+             from pg_roles where rolname = $1",
+            &[&c2.username],
+        )
+        .await
+        .unwrap();
+    for i in 0..8 {
+        assert!(!attrs.get::<_, bool>(i), "column {i} of {:?}", attrs);
+    }
+    for (what, sql) in [
+        (
+            "COPY ... TO PROGRAM",
+            "copy (select 1) to program 'id > /tmp/walarchive-pwned'",
+        ),
+        ("COPY ... FROM PROGRAM", "copy t2 from program 'id'"),
+        (
+            "reading a server file",
+            "select pg_read_file('/etc/passwd')",
+        ),
+        ("creating roles", "create role intruder superuser"),
+    ] {
+        let e = s2.batch_execute(sql).await.expect_err(what);
+        let m = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        assert!(
+            m.contains("permission denied")
+                || m.contains("must be superuser")
+                || m.contains("Only roles with"),
+            "{what}: {m}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/walarchive-pwned").exists());
+
     // Binding again resets the password of the same role.
-    let c1b = binder.bind(&inst, id1).await.expect("re-bind 1");
+    let c1b = binder.bind(&inst, id1).await;
     assert_eq!(c1b.username, c1.username);
     assert_ne!(c1b.password, c1.password);
     assert!(
@@ -223,7 +316,7 @@ async fn bindings_are_roles_sharing_one_database() {
     connect(&c1b.uri).await.expect("the new password works");
 
     // Unbinding ends the role's sessions and drops it; the data stays.
-    binder.unbind(&inst, id1).await.expect("unbind 1");
+    binder.unbind(id1).await;
     assert!(
         s1.query_one("select 1", &[]).await.is_err(),
         "binding 1's session survived"
@@ -240,12 +333,9 @@ async fn bindings_are_roles_sharing_one_database() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
-    binder.unbind(&inst, id1).await.expect("unbind again is ok");
-    binder
-        .unbind(&inst, "never-bound")
-        .await
-        .expect("unbind unknown");
-    binder.unbind(&inst, id2).await.expect("unbind 2");
+    binder.unbind(id1).await;
+    binder.unbind("never-bound").await;
+    binder.unbind(id2).await;
 
     let log = std::fs::read_to_string(root.join("pg/postgres.log")).unwrap_or_default();
     for pw in [&c1.password, &c1b.password, &c2.password] {

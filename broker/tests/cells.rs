@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::cells::{
-    connect, free_port, primary, superuser, test_root, wait_for, walarchive, walarchive_copy, Cell,
+    connect, conninfo, free_port, local_sql, primary_as, superuser, test_root, wait_for,
+    walarchive, walarchive_copy, Cell,
 };
 use common::etcd::etcd;
 use walarchive_broker::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
@@ -53,17 +54,22 @@ async fn two_cells_fail_over_and_rejoin() {
 
     let spec = NodeSpec {
         instance_id: instance.into(),
+        scope: None,
         namespace: format!("{}/patroni/", etcd.fresh_prefix()),
         etcd_hosts: vec![format!("127.0.0.1:{}", etcd.client_port)],
+        etcd_tls: Some(common::cells::patroni_etcd_tls()),
+        etcd_credentials: Some(common::cells::patroni_etcd_credentials()),
         repository: repo.clone(),
         walarchive: bin.clone(),
         walarchive_env: BTreeMap::new(),
         archive_timeout: 60,
         superuser_password: su_password.clone(),
         replication_password: Secret::generate(),
+        rewind_password: Some(Secret::generate()),
         synchronous: true,
         host: "127.0.0.1".into(),
-        peer_hosts: vec![],
+        // The other node's cell (both here): replication is accepted from it only.
+        peer_hosts: vec!["127.0.0.1".into()],
         timing: DcsTiming {
             ttl: 10,
             loop_wait: 2,
@@ -134,12 +140,13 @@ async fn two_cells_fail_over_and_rejoin() {
         &router_dir,
         RouterOptions {
             bind_address: "127.0.0.1".into(),
+            source: Some("127.0.0.2".into()),
             ..RouterOptions::default()
         },
     );
     let route_port = free_port();
     let route = Route {
-        instance_id: instance.into(),
+        name: instance.into(),
         port: route_port,
         backends: names
             .iter()
@@ -160,24 +167,57 @@ async fn two_cells_fail_over_and_rejoin() {
         !haproxy.apply(std::slice::from_ref(&route)).await.unwrap(),
         "unchanged routes"
     );
-    let pw = su_password.expose().to_string();
+    // The superuser exists on the leader's socket only: an application role made there
+    // (replicated to the other node) is what connects through HAProxy.
+    let pw = Secret::generate().expose().to_string();
+    local_sql(
+        &cells[leader_idx],
+        ports[leader_idx].pg_port,
+        &format!("create role tester login password '{pw}'; grant all on schema public to tester"),
+    )
+    .expect("an application role");
+    let tester = |port: u16| conninfo("tester", port, &pw);
     let db = wait_for(
         "a primary through HAProxy",
         Duration::from_secs(30),
-        || primary(route_port, &pw),
+        || primary_as(tester(route_port)),
         || common::cells::tail(&router_dir.join("haproxy.log"), 20),
     )
     .await;
+    // Neither the superuser nor the replication role gets in through the router, or over
+    // the network at all for the superuser, whatever the password.
+    let su = su_password.expose();
+    for (who, c) in [
+        ("superuser through the router", superuser(route_port, su)),
+        (
+            "superuser on the node's port",
+            superuser(ports[leader_idx].pg_port, su),
+        ),
+        (
+            "replication role through the router",
+            conninfo("replicator", route_port, spec.replication_password.expose()),
+        ),
+    ] {
+        let e = connect(&c)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{who} got in"));
+        let m = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        assert!(m.contains("pg_hba.conf rejects connection"), "{who}: {m}");
+    }
     db.batch_execute("create table t (id int primary key, v text); insert into t select g, 'before' from generate_series(1, 100) g")
         .await
         .unwrap();
 
-    // WAL reaches the repository.
-    let last: String = db
-        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
+    // WAL reaches the repository (switching WAL takes the superuser, on the socket).
+    let last = local_sql(
+        &cells[leader_idx],
+        ports[leader_idx].pg_port,
+        "select pg_walfile_name(pg_switch_wal())",
+    )
+    .unwrap();
     wait_for(
         "switched WAL segment in the repository",
         Duration::from_secs(30),
@@ -227,7 +267,7 @@ async fn two_cells_fail_over_and_rejoin() {
             {
                 return None;
             }
-            let c = primary(route_port, &pw).await?;
+            let c = primary_as(tester(route_port)).await?;
             c.batch_execute("insert into t values (1000, 'after') on conflict do nothing")
                 .await
                 .ok()?;
@@ -296,7 +336,7 @@ async fn two_cells_fail_over_and_rejoin() {
         diag,
     )
     .await;
-    let rejoined = connect(&superuser(ports[leader_idx].pg_port, &pw))
+    let rejoined = connect(&tester(ports[leader_idx].pg_port))
         .await
         .expect("connect to the rejoined node");
     wait_for(

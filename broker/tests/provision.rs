@@ -15,156 +15,38 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use base64::Engine as _;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use axum::http::{Method, StatusCode};
+use serde_json::Value;
 
+use common::broker::BrokerToml;
 use common::cells::{
-    file_repository, free_port, primary, test_root, wait_for, walarchive, walarchive_copy, Cell,
+    file_repository, local_sql, primary_as, test_root, wait_for, walarchive, walarchive_copy, Cell,
 };
 use common::etcd::etcd;
+use common::osb::Api;
+use walarchive_broker::state::InstanceRecord;
 use walarchive_broker::state::InstanceState;
-use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, NoBinder, Store, Worker};
+use walarchive_broker::{BrokerConfig, Store, Worker};
 
-const SERVICE: &str = "svc-1";
-const PLAN: &str = "plan-ha";
-const PASSWORD: &str = "platform-pw";
-
-struct Ctx {
-    app: Router,
-    state: AppState,
-    store: Store,
-}
-
-impl Ctx {
-    /// The API (without a binder) and the store of a broker configured by `text`, with its
-    /// state under `prefix` in etcd.
-    fn new(text: &str, prefix: &str) -> Ctx {
-        let config = BrokerConfig::parse(text, "test").expect("configuration");
-        let store = Store::new(
-            EtcdClient::new(&config.etcd.endpoints, Duration::from_secs(5)).unwrap(),
-            prefix.to_string(),
-        );
-        let state = AppState::new(config, store.clone(), Arc::new(NoBinder));
-        Ctx {
-            app: app(state.clone()),
-            state,
-            store,
-        }
-    }
-
-    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let auth = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("platform:{PASSWORD}"))
-        );
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, auth)
-            .header("X-Broker-API-Version", "2.17")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(match body {
-                Some(b) => Body::from(b.to_string()),
-                None => Body::empty(),
-            })
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn provision(&self, id: &str, nodes: u8) -> String {
-        let (s, b) = self
-            .call(
-                Method::PUT,
-                &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
-                Some(json!({
-                    "service_id": SERVICE, "plan_id": PLAN,
-                    "organization_guid": "org", "space_guid": "space",
-                    "context": {"platform": "test", "instance_name": id},
-                    "parameters": {"node-count": nodes},
-                })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-        b["operation"].as_str().unwrap().to_string()
-    }
-
-    async fn update(&self, id: &str, nodes: u8) -> String {
-        let (s, b) = self
-            .call(
-                Method::PATCH,
-                &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
-                Some(json!({"service_id": SERVICE, "parameters": {"node-count": nodes}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-        b["operation"].as_str().unwrap().to_string()
-    }
-
-    async fn deprovision(&self, id: &str) -> String {
-        let (s, b) = self
-            .call(
-                Method::DELETE,
-                &format!(
-                    "/v2/service_instances/{id}?accepts_incomplete=true&service_id={SERVICE}&plan_id={PLAN}"
-                ),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-        b["operation"].as_str().unwrap().to_string()
-    }
-
-    /// Polls last_operation until it is no longer in progress; the descriptions seen and
-    /// the final (status, body).
-    async fn wait_op(
-        &self,
-        id: &str,
-        op: &str,
-        timeout: Duration,
-        diag: &dyn Fn() -> String,
-    ) -> (Vec<String>, StatusCode, Value) {
-        let start = Instant::now();
-        let mut seen = Vec::new();
-        loop {
-            let (s, b) = self
-                .call(
-                    Method::GET,
-                    &format!("/v2/service_instances/{id}/last_operation?operation={op}"),
-                    None,
-                )
-                .await;
-            if s == StatusCode::OK && b["state"] == "in progress" {
-                let d = b["description"].as_str().unwrap_or_default().to_string();
-                if seen.last() != Some(&d) {
-                    eprintln!("  {id}: {d}");
-                    seen.push(d);
-                }
-            } else {
-                eprintln!(
-                    "{id} operation done in {:.1} s: {s} {b}",
-                    start.elapsed().as_secs_f64()
-                );
-                return (seen, s, b);
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "operation {op} of {id} timed out\n{}",
-                diag()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
+/// Switches WAL on `inst`'s leader (as the superuser, over its cell's socket): the segment
+/// it switched from.
+async fn switch_wal(cells: &[Cell], inst: &InstanceRecord) -> String {
+    let leader = leader_of(cells, &inst.id).await.expect("a leader");
+    let node = inst
+        .nodes
+        .iter()
+        .find(|n| n.name == leader)
+        .expect("placed");
+    let cell = cells
+        .iter()
+        .find(|c| c.name == node.cell)
+        .expect("its cell");
+    local_sql(
+        cell,
+        node.pg_port,
+        "select pg_walfile_name(pg_switch_wal())",
+    )
+    .unwrap()
 }
 
 /// The names of `instance`'s nodes on each cell.
@@ -227,68 +109,12 @@ async fn scenario() {
     for c in &cells {
         c.wait_ready().await;
     }
-    let pw_file = root.join("password");
-    std::fs::write(&pw_file, PASSWORD).unwrap();
-    let mut cells_toml = String::new();
-    for (c, zone) in cells.iter().zip(["za", "zb", "zc"]) {
-        let tf = root.join(format!("token-{}", c.name));
-        std::fs::write(&tf, c.token.expose()).unwrap();
-        cells_toml += &format!(
-            "[[cells]]\nname = \"{}\"\nurl = \"{}\"\nzone = \"{zone}\"\nhost = \"127.0.0.1\"\ntoken_file = \"{}\"\n",
-            c.name,
-            c.url,
-            tf.display()
-        );
-    }
-    let port_min = free_port();
+    let mut t = BrokerToml::new(&root, &base, &bin);
+    t.cells = cells.iter().zip(["za", "zb", "zc"]).collect();
+    t.plan = "plan-ha".into();
+    t.backups = ("30s", 1);
     let prefix = format!("/broker{}", etcd.fresh_prefix());
-    let text = format!(
-        r#"
-archive_timeout = "60s"
-[credentials]
-username = "platform"
-password_file = "{pw}"
-[service]
-id = "{SERVICE}"
-name = "pg"
-description = "HA PostgreSQL"
-[[service.plans]]
-id = "{PLAN}"
-name = "ha"
-description = "two nodes"
-node_count = 2
-[repository]
-base = "{base}"
-[etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
-{cells_toml}
-[router]
-host = "127.0.0.1"
-bind_address = "127.0.0.1"
-port_min = {port_min}
-port_max = {port_max}
-haproxy_config = "{haproxy}/haproxy.cfg"
-[backups]
-interval = "30s"
-retain = 1
-[nodes]
-walarchive = "{bin}"
-ttl = 10
-loop_wait = 2
-retry_timeout = 4
-wal_segsize_mb = 1
-[worker]
-poll_interval = "2s"
-operation_timeout = "4m"
-"#,
-        pw = pw_file.display(),
-        endpoint = etcd.endpoint(),
-        port_max = port_min + 5,
-        haproxy = root.join("haproxy").display(),
-        bin = bin.display(),
-    );
-    let c = Ctx::new(&text, &prefix);
+    let c = Api::new(&t.render(&prefix), &t.service, &t.plan);
     let store = c.store.clone();
     let config = c.state.config.clone();
     let wake = c.state.provisioner.clone();
@@ -335,12 +161,13 @@ operation_timeout = "4m"
     assert_eq!(zones.len(), 2, "{:?}", inst.nodes);
     let secrets = c.store.instance_secrets("db1").await.unwrap().unwrap();
     assert_eq!(secrets, secrets_before, "secrets are generated once");
-    let pw = secrets.superuser_password.expose().to_string();
     let port = inst.port;
+    // An application's binding: what connects through the router (the superuser does not).
+    let uri = c.bind("db1", "app-1").await;
     let db = wait_for(
         "writes through the router",
         Duration::from_secs(20),
-        || primary(port, &pw),
+        || primary_as(uri.clone()),
         diag,
     )
     .await;
@@ -349,11 +176,7 @@ operation_timeout = "4m"
     )
     .await
     .unwrap();
-    let last: String = db
-        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let last = switch_wal(&cells, &inst).await;
     let repo1 = inst.repository.clone();
     wait_for(
         "WAL in the repository",
@@ -386,7 +209,7 @@ operation_timeout = "4m"
         .await
         .expect("routing goes on without the broker");
     assert!(
-        primary(port, &pw).await.is_some(),
+        primary_as(uri.clone()).await.is_some(),
         "new connections are routed without the broker"
     );
     let worker = spawn_worker(config.clone(), store.clone(), wake.clone());
@@ -464,7 +287,7 @@ operation_timeout = "4m"
     let db = wait_for(
         "writes after scale-up",
         Duration::from_secs(20),
-        || primary(port, &pw),
+        || primary_as(uri.clone()),
         diag,
     )
     .await;
@@ -505,21 +328,18 @@ operation_timeout = "4m"
         .await
         .unwrap()
         .get(0);
+    // (Replication's progress is the superuser's to see: on the leader's socket.)
     wait_for(
         "both replicas replayed the last insert",
         Duration::from_secs(30),
         || {
-            let (db, lsn) = (&db, lsn.clone());
+            let sql = format!(
+                "select count(*) from pg_stat_replication where replay_lsn >= '{lsn}'::pg_lsn"
+            );
+            let cell = &cells[victim];
             async move {
-                let row = db
-                    .query_one(
-                        "select count(*) from pg_stat_replication \
-                         where replay_lsn >= $1::text::pg_lsn",
-                        &[&lsn],
-                    )
-                    .await
-                    .ok()?;
-                (row.get::<_, i64>(0) >= 2).then_some(())
+                let n: i64 = local_sql(cell, old_port, &sql).ok()?.parse().ok()?;
+                (n >= 2).then_some(())
             }
         },
         diag,
@@ -532,7 +352,7 @@ operation_timeout = "4m"
         "writes through the router on the promoted replica",
         Duration::from_secs(60),
         || async {
-            let db = primary(port, &pw).await?;
+            let db = primary_as(uri.clone()).await?;
             let served_by: i32 = db
                 .query_one("select current_setting('port')::int", &[])
                 .await
@@ -616,7 +436,7 @@ operation_timeout = "4m"
     let db = wait_for(
         "writes after scale-down",
         Duration::from_secs(30),
-        || primary(port, &pw),
+        || primary_as(uri.clone()),
         diag,
     )
     .await;
@@ -690,11 +510,12 @@ operation_timeout = "4m"
     assert_eq!(inst.repository, format!("{base}/db1.2"));
     assert_eq!(inst.incarnation, 2);
     let pw2 = c.store.instance_secrets("db1").await.unwrap().unwrap();
-    assert_ne!(pw2.superuser_password.expose(), pw);
+    assert_ne!(pw2.superuser_password, secrets.superuser_password);
+    let uri2 = c.bind("db1", "app-2").await;
     let db = wait_for(
         "writes to the new incarnation",
         Duration::from_secs(20),
-        || primary(inst.port, pw2.superuser_password.expose()),
+        || primary_as(uri2.clone()),
         diag,
     )
     .await;
@@ -707,11 +528,23 @@ operation_timeout = "4m"
     let backups = walarchive(&bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
     assert!(backups.contains("base_"), "{backups}");
 
-    // An id whose repository already holds an archive (here: the second incarnation of
-    // db1's) cannot be provisioned.
-    let op = c.provision("db1.2", 1).await;
+    // A new id whose repository already holds an archive (left by another broker, or a
+    // broker that lost its etcd) cannot be provisioned: a new cluster would archive into
+    // another cluster's archive. (`db1.2` is not such an id: its repository is `_db1_2E2`,
+    // apart from the second incarnation of `db1`, see tests/ids.rs.)
+    let occupied = base.strip_prefix("file://").unwrap();
+    let st = std::process::Command::new("cp")
+        .args([
+            "-a",
+            &format!("{occupied}/db1"),
+            &format!("{occupied}/occupied"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let op = c.provision("occupied", 1).await;
     let (_, s, b) = c
-        .wait_op("db1.2", &op, Duration::from_secs(30), &diag)
+        .wait_op("occupied", &op, Duration::from_secs(30), &diag)
         .await;
     assert_eq!(
         (s, b["state"].as_str()),
@@ -725,7 +558,8 @@ operation_timeout = "4m"
             .contains("already holds an archive"),
         "{b}"
     );
-    assert!(nodes_on_cells(&cells, "db1.2")
+    assert!(!b["description"].as_str().unwrap().contains('/'), "{b}");
+    assert!(nodes_on_cells(&cells, "occupied")
         .await
         .iter()
         .all(Vec::is_empty));
@@ -754,48 +588,13 @@ operation_timeout = "4m"
 async fn a_provision_without_enough_cells_fails_with_a_reason() {
     let etcd = etcd();
     let dir = tempfile::tempdir().unwrap();
-    let pw_file = dir.path().join("password");
-    std::fs::write(&pw_file, PASSWORD).unwrap();
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
-    let port_min = free_port();
     let bin = walarchive_copy(dir.path());
-    let text = format!(
-        r#"
-[credentials]
-username = "platform"
-password_file = "{pw}"
-[service]
-id = "{SERVICE}"
-name = "pg"
-description = "HA PostgreSQL"
-[[service.plans]]
-id = "{PLAN}"
-name = "ha"
-description = "two nodes"
-node_count = 2
-[repository]
-base = "file:///nonexistent"
-[etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
-[router]
-host = "127.0.0.1"
-bind_address = "127.0.0.1"
-port_min = {port_min}
-port_max = {port_min}
-haproxy_config = "{haproxy}/haproxy.cfg"
-outlive_broker = false
-[nodes]
-walarchive = "{bin}"
-[worker]
-poll_interval = "1s"
-"#,
-        bin = bin.display(),
-        pw = pw_file.display(),
-        endpoint = etcd.endpoint(),
-        haproxy = dir.path().join("haproxy").display(),
-    );
-    let c = Ctx::new(&text, &prefix);
+    let mut t = BrokerToml::new(dir.path(), "file:///nonexistent", &bin);
+    t.router_ports = 1;
+    t.worker = ("1s", "10m");
+    t.outlive_router = false;
+    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let c = Api::new(&t.render(&prefix), &t.service, &t.plan);
     let worker = spawn_worker(
         c.state.config.clone(),
         c.store.clone(),

@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::broker::BrokerToml;
 use common::cells::{
     connect, file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell,
 };
-use common::etcd::etcd;
+use common::etcd::{etcd, pki};
+use common::osb::PASSWORD;
 
 const SERVICE: &str = "svc-serve";
 const PLAN: &str = "plan-single";
-const PASSWORD: &str = "platform-pw";
 
 /// A `walarchive-broker serve` child that dies with the test (PDEATHSIG); its log is
 /// appended to across restarts.
@@ -106,72 +107,19 @@ async fn scenario() {
     let cell = Cell::start(&root, "a");
     cell.wait_ready().await;
 
-    let pw_file = root.join("password");
-    std::fs::write(&pw_file, PASSWORD).unwrap();
-    let token_file = root.join("token-a");
-    std::fs::write(&token_file, cell.token.expose()).unwrap();
     let listen = free_port();
-    let port_min = free_port();
+    let mut t = BrokerToml::new(&root, &base, &bin);
+    t.cells = vec![(&cell, "za")];
+    t.service = SERVICE.into();
+    t.plan = PLAN.into();
+    t.node_count = 1;
+    t.listen = Some(listen);
+    t.router_ports = 4;
+    t.backups = ("1h", 2);
+    t.worker = ("1s", "4m");
     let prefix = format!("/broker{}", etcd.fresh_prefix());
     let config = root.join("broker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:{listen}"
-archive_timeout = "60s"
-[credentials]
-username = "platform"
-password_file = "{pw}"
-[service]
-id = "{SERVICE}"
-name = "pg"
-description = "PostgreSQL"
-[[service.plans]]
-id = "{PLAN}"
-name = "single"
-description = "one node"
-node_count = 1
-[repository]
-base = "{base}"
-[etcd]
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
-[[cells]]
-name = "a"
-url = "{cell_url}"
-zone = "za"
-host = "127.0.0.1"
-token_file = "{token}"
-[router]
-host = "127.0.0.1"
-bind_address = "127.0.0.1"
-port_min = {port_min}
-port_max = {port_max}
-haproxy_config = "{haproxy}/haproxy.cfg"
-[backups]
-interval = "1h"
-retain = 2
-[nodes]
-walarchive = "{bin}"
-ttl = 10
-loop_wait = 2
-retry_timeout = 4
-wal_segsize_mb = 1
-[worker]
-poll_interval = "1s"
-operation_timeout = "4m"
-"#,
-            pw = pw_file.display(),
-            endpoint = etcd.endpoint(),
-            cell_url = cell.url,
-            token = token_file.display(),
-            port_max = port_min + 3,
-            haproxy = root.join("haproxy").display(),
-            bin = bin.display(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, t.render(&prefix)).unwrap();
     let log = root.join("broker.log");
     let diag = || {
         format!(
@@ -181,12 +129,15 @@ operation_timeout = "4m"
             tail(&root.join("haproxy").join("haproxy.log"), 10)
         )
     };
+    // Over TLS, trusting the tests' CA only, as a platform configured with it would.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     let api = Api {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .tls_certs_only([ca])
             .build()
             .unwrap(),
-        base: format!("http://127.0.0.1:{listen}"),
+        base: format!("https://127.0.0.1:{listen}"),
     };
 
     let mut broker = spawn_broker(&config, &log);
@@ -319,6 +270,59 @@ operation_timeout = "4m"
     db.batch_execute("create table t (id int); insert into t values (1)")
         .await
         .expect("write with the binding's role");
+
+    // The binding's role is unprivileged: no programs, no server files.
+    for sql in [
+        "copy (select 1) to program 'id'",
+        "select pg_read_file('/etc/passwd')",
+    ] {
+        let e = db.batch_execute(sql).await.expect_err(sql);
+        let m = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        assert!(
+            m.contains("permission denied") || m.contains("must be superuser"),
+            "{sql}: {m}"
+        );
+    }
+    // The instance's superuser and replication passwords do not open the router's port.
+    let c = walarchive_broker::BrokerConfig::load(&config).unwrap();
+    let store = walarchive_broker::Store::new(
+        walarchive_broker::EtcdClient::from_config(&c.etcd).unwrap(),
+        &prefix,
+        c.keyring(),
+    );
+    let secrets = store.instance_secrets("db1").await.unwrap().unwrap();
+    let port = b["credentials"]["port"].as_u64().unwrap() as u16;
+    for (user, pw) in [
+        ("postgres", secrets.superuser_password.expose()),
+        ("replicator", secrets.replication_password.expose()),
+    ] {
+        let e = connect(&common::cells::conninfo(user, port, pw))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} got in through the router"));
+        let m = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        assert!(m.contains("pg_hba.conf rejects connection"), "{user}: {m}");
+    }
+    // And etcd holds none of the passwords in clear.
+    let binding_pw = b["credentials"]["password"].as_str().unwrap();
+    for kv in store.etcd().get_prefix(prefix.as_bytes()).await.unwrap() {
+        let v = String::from_utf8_lossy(&kv.value);
+        for pw in [
+            secrets.superuser_password.expose(),
+            secrets.replication_password.expose(),
+            binding_pw,
+        ] {
+            assert!(
+                !v.contains(pw),
+                "{} holds a password in clear",
+                kv.key_str()
+            );
+        }
+    }
 
     // The first base backup of the instance is in its repository.
     let out = common::cells::walarchive(

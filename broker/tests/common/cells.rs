@@ -145,6 +145,57 @@ pub fn walarchive(bin: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The first of `n` consecutive ports free now for a router, in 10000-19999: below the
+/// kernel's ephemeral ports (which any outgoing connection may take before HAProxy binds
+/// them) and the cells' node ports (20000-31999).
+pub fn router_ports(n: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..200 {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 10000 + ((std::process::id() * 7919 + k * 97) % u32::from(10000 - n)) as u16;
+        if (base..base + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free consecutive ports in 10000-19999");
+}
+
+/// Patroni's TLS towards the tests' etcd: the CA, and a client certificate whose key the
+/// postgres user reads (made once per process).
+pub fn patroni_etcd_tls() -> walarchive_broker::patroni::EtcdTls {
+    static TLS: std::sync::OnceLock<walarchive_broker::patroni::EtcdTls> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let files = super::etcd::pki().issue("patroni");
+        chown_postgres(&files.key_file);
+        walarchive_broker::patroni::EtcdTls {
+            ca_file: files.ca_file,
+            cert_file: Some(files.cert_file),
+            key_file: Some(files.key_file),
+        }
+    })
+    .clone()
+}
+
+/// Patroni's etcd user in the tests' etcd.
+pub fn patroni_etcd_credentials() -> walarchive_broker::patroni::EtcdCredentials {
+    walarchive_broker::patroni::EtcdCredentials {
+        username: "patroni".into(),
+        password: super::etcd::etcd().patroni_password.clone(),
+    }
+}
+
+/// A range of 100 ports for one cell's nodes, disjoint from every other cell's of this
+/// process (cells on one machine must not pick the same port) and below the kernel's
+/// ephemeral ports (where `free_port` and the routers' ports are).
+fn node_ports() -> [u16; 2] {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = (std::process::id() * 13 + k) % 120;
+    let min = 20000 + 100 * slot as u16;
+    [min, min + 99]
+}
+
 /// A cell agent running as a child process of the test.
 pub struct Cell {
     /// Its name (`a`, `b`, ...).
@@ -170,11 +221,17 @@ impl Cell {
         let port = free_port();
         let data_root = root.join(format!("cell-{name}"));
         let config = root.join(format!("cell-{name}.toml"));
+        let [min, max] = node_ports();
+        let tls = super::etcd::pki().issue(&format!("cell-{name}-{port}"));
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\n",
-                data_root.display()
+                "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\nports = [{min}, {max}]\n\
+                 [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+                data_root.display(),
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.ca_file.display(),
             ),
         )
         .unwrap();
@@ -182,7 +239,7 @@ impl Cell {
             name: name.to_string(),
             config,
             data_root,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{port}"),
             log: root.join(format!("cell-{name}.log")),
             token: Secret::generate(),
             child: std::sync::Mutex::new(None),
@@ -211,7 +268,12 @@ impl Cell {
 
     /// A client for this agent.
     pub fn client(&self) -> CellClient {
-        CellClient::new(&self.url, self.token.clone()).unwrap()
+        CellClient::new(
+            &self.url,
+            self.token.clone(),
+            Some(&super::etcd::pki().broker),
+        )
+        .unwrap()
     }
 
     /// Waits until the agent answers.
@@ -277,16 +339,49 @@ pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_pos
     Ok(client)
 }
 
-/// The superuser's connection string for 127.0.0.1:`port`.
-pub fn superuser(port: u16, password: &str) -> String {
+/// The connection string of `user` on 127.0.0.1:`port`, database `postgres`.
+pub fn conninfo(user: &str, port: u16, password: &str) -> String {
     format!(
-        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=3"
+        "host=127.0.0.1 port={port} user={user} password={password} dbname=postgres connect_timeout=3"
     )
 }
 
-/// A superuser session through `port` on a writable primary (none while there is none).
-pub async fn primary(port: u16, password: &str) -> Option<tokio_postgres::Client> {
-    let client = connect(&superuser(port, password)).await.ok()?;
+/// The superuser's connection string for 127.0.0.1:`port` (which no node accepts: the
+/// superuser only exists on the nodes' Unix sockets).
+pub fn superuser(port: u16, password: &str) -> String {
+    conninfo("postgres", port, password)
+}
+
+/// Runs `sql` as the superuser on the node of `cell` listening on `port`, over the cell's
+/// Unix socket as the postgres OS user (the only way to the superuser).
+pub fn local_sql(cell: &Cell, port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+        ])
+        .arg("-h")
+        .arg(cell.data_root.join(".run"))
+        .args(["-p", &port.to_string(), "-d", "postgres", "-c", sql])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A session of `conninfo` (key=value or URI) on a writable primary (none while there is
+/// none).
+pub async fn primary_as(conninfo: String) -> Option<tokio_postgres::Client> {
+    let client = connect(&conninfo).await.ok()?;
     let row = client
         .query_one("select pg_is_in_recovery()", &[])
         .await

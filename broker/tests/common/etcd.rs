@@ -1,25 +1,82 @@
-//! One real etcd per test process, for the broker's tests.
+//! One real etcd per test process, for the broker's tests, speaking TLS only.
 //!
 //! Why it looks like this (the same reasoning as the workspace's `tests/common`): the broker's
 //! state lives in etcd and its concurrency rests on etcd's transactions, so the tests run the
 //! real server (`/usr/bin/etcd`, Debian's etcd-server; `WALARCHIVE_ETCD` overrides), not a
-//! mock. It is started lazily, once per test binary, in a `OnceLock`; tests share it and each
-//! uses its own key prefix ([`EtcdServer::fresh_prefix`]). Statics are never dropped and a
-//! killed test process runs no destructors, so etcd runs under a `sh -c` watchdog in its own
-//! process group that kills it and removes its data directory once this process is gone.
+//! mock, configured as production should be: clients must speak TLS and present a certificate
+//! of the tests' throwaway CA ([`pki`]), and authentication is on, with a user for the broker
+//! and one for Patroni whose roles reach only the key prefixes the tests use. It is started lazily, once per test binary, in a
+//! `OnceLock`; tests share it and each uses its own key prefix ([`EtcdServer::fresh_prefix`]).
+//! Statics are never dropped and a killed test process runs no destructors, so etcd runs under
+//! a `sh -c` watchdog in its own process group that kills it and removes its directories once
+//! this process is gone.
 //!
-//! This file is self-contained (std and tempfile only) because the library's unit tests
-//! include it too (`#[path]` in `src/lib.rs`).
+//! The library's unit tests include this file too (`#[path]` in `src/lib.rs`, where the
+//! library names itself `walarchive_broker`), so it uses nothing but the library, std and
+//! tempfile.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use walarchive_broker::etcd::{EtcdClient, EtcdOptions, EtcdUser};
+use walarchive_broker::patroni::Secret;
+use walarchive_broker::tls::{ThrowawayCa, TlsFiles};
+
+/// The tests' throwaway CA and the certificates every test shares.
+pub struct Pki {
+    /// Where the certificates are (mode 0755, so that the postgres user reads them).
+    pub dir: PathBuf,
+    ca: std::sync::Mutex<ThrowawayCa>,
+    /// The broker's certificate (its API, and its client certificate for cells and etcd).
+    pub broker: TlsFiles,
+    /// etcd's server certificate.
+    pub etcd_server: TlsFiles,
+}
+
+/// The throwaway CA of this test process (made on first use).
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let pid = std::process::id();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("walarchive-broker-pki-{pid}-"))
+            .tempdir_in("/tmp")
+            .expect("temp dir under /tmp")
+            .keep();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        watchdog(&format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 5; rm -rf {}",
+            sh_quote(&dir.to_string_lossy())
+        ));
+        let ca = ThrowawayCa::new(&dir, "walarchive-broker tests CA").expect("a CA");
+        let broker = ca.issue("broker").expect("a certificate");
+        let etcd_server = ca.issue("etcd-server").expect("a certificate");
+        Pki {
+            dir,
+            ca: std::sync::Mutex::new(ca),
+            broker,
+            etcd_server,
+        }
+    })
+}
+
+impl Pki {
+    /// A certificate for `name` signed by the tests' CA.
+    pub fn issue(&self, name: &str) -> TlsFiles {
+        self.ca.lock().unwrap().issue(name).expect("a certificate")
+    }
+
+    /// The CA's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.broker.ca_file.clone()
+    }
+}
 
 /// The etcd server shared by the tests of this process.
 pub struct EtcdServer {
@@ -29,8 +86,18 @@ pub struct EtcdServer {
     pub peer_port: u16,
     /// Data directory (removed by the watchdog).
     pub dir: PathBuf,
+    /// The root user's password.
+    pub root_password: Secret,
+    /// The broker's etcd password (user `broker`), also in [`EtcdServer::password_file`].
+    pub broker_password: Secret,
+    /// Patroni's etcd password (user `patroni`), also in [`EtcdServer::password_file`].
+    pub patroni_password: Secret,
     counter: AtomicU64,
 }
+
+/// The key prefixes the tests' users may read and write: every test's state (`/test-<n>`,
+/// `/broker/test-<n>`) and Patroni namespace below them.
+pub const TEST_PREFIXES: &[&str] = &["/test-", "/broker/"];
 
 /// The etcd server of this test process (started on first use).
 pub fn etcd() -> &'static EtcdServer {
@@ -48,28 +115,46 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Runs `script` with `sh -c`, detached in its own process group (it outlives this process).
+fn watchdog(script: &str) {
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn a watchdog");
+}
+
 /// A port on 127.0.0.1 that is free right now (the kernel's choice).
 fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
 }
 
-/// `GET path` on 127.0.0.1:port; the status code and body (None when unreachable).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+/// `etcdctl` against the server at `endpoint`, over TLS with the broker's certificate.
+fn etcdctl(endpoint: &str) -> Command {
+    let pki = pki();
+    let bin = binary()
+        .parent()
+        .map(|d| d.join("etcdctl"))
+        .unwrap_or_else(|| Path::new("/usr/bin/etcdctl").to_path_buf());
+    let mut c = Command::new(bin);
+    c.env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint])
+        .arg("--cacert")
+        .arg(pki.ca_file())
+        .arg("--cert")
+        .arg(&pki.broker.cert_file)
+        .arg("--key")
+        .arg(&pki.broker.key_file)
+        .args(["--dial-timeout", "2s", "--command-timeout", "5s"]);
+    c
 }
 
 impl EtcdServer {
@@ -80,18 +165,26 @@ impl EtcdServer {
             "{} not found: run scripts/setup (apt: etcd-server)",
             bin.display()
         );
+        let pki = pki();
         let pid = std::process::id();
         let mut last_log = String::new();
         for _attempt in 0..3 {
+            // On tmpfs when there is one: etcd fsyncs every write, and a disk shared with
+            // busy builds makes it slow enough for Patroni's requests to time out.
+            let parent = if Path::new("/dev/shm").is_dir() {
+                "/dev/shm"
+            } else {
+                "/tmp"
+            };
             let dir = tempfile::Builder::new()
                 .prefix(&format!("walarchive-etcd-{pid}-"))
-                .tempdir_in("/tmp")
+                .tempdir_in(parent)
                 .expect("create etcd temp dir")
                 .keep();
             let (client_port, peer_port) = (free_port(), free_port());
             let data = dir.join("data");
             let log = dir.join("etcd.log");
-            let client = format!("http://127.0.0.1:{client_port}");
+            let client = format!("https://127.0.0.1:{client_port}");
             let peer = format!("http://127.0.0.1:{peer_port}");
             let keep = std::env::var("WALARCHIVE_KEEP_TEST_DIRS").is_ok_and(|v| v == "1");
             let rm = if keep {
@@ -123,6 +216,13 @@ impl EtcdServer {
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &format!("test={peer}")])
                 .args(["--initial-cluster-state", "new"])
+                .arg("--cert-file")
+                .arg(&pki.etcd_server.cert_file)
+                .arg("--key-file")
+                .arg(&pki.etcd_server.key_file)
+                .arg("--trusted-ca-file")
+                .arg(pki.ca_file())
+                .arg("--client-cert-auth")
                 .args(["--logger", "zap", "--log-level", "warn"])
                 .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
                 .stdin(Stdio::null())
@@ -138,20 +238,29 @@ impl EtcdServer {
                     eprintln!("etcd exited early ({st}); retrying on other ports");
                     break;
                 }
-                if http_get(client_port, "/health")
-                    .is_some_and(|(s, b)| s == 200 && b.contains("true"))
-                {
-                    eprintln!(
-                        "etcd on 127.0.0.1:{client_port} ready in {:.1} s ({})",
-                        started.elapsed().as_secs_f64(),
-                        dir.display()
-                    );
-                    return EtcdServer {
+                let healthy = etcdctl(&client)
+                    .args(["endpoint", "health"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if healthy {
+                    let server = EtcdServer {
                         client_port,
                         peer_port,
                         dir,
+                        root_password: Secret::generate(),
+                        broker_password: Secret::generate(),
+                        patroni_password: Secret::generate(),
                         counter: AtomicU64::new(0),
                     };
+                    server.enable_auth();
+                    eprintln!(
+                        "etcd on 127.0.0.1:{client_port} ready in {:.1} s ({})",
+                        started.elapsed().as_secs_f64(),
+                        server.dir.display()
+                    );
+                    return server;
                 }
                 if started.elapsed() > Duration::from_secs(60) {
                     let _ = watchdog.kill();
@@ -160,15 +269,101 @@ impl EtcdServer {
                         std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
         panic!("etcd failed to start three times; last log:\n{last_log}");
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// Turns authentication on, with the users `broker` and `patroni` (the password files
+    /// beside the data, mode 0600, Patroni's owned by postgres when there is such a user).
+    fn enable_auth(&self) {
+        for (user, pw) in [
+            ("broker", &self.broker_password),
+            ("patroni", &self.patroni_password),
+        ] {
+            let f = self.password_file(user);
+            std::fs::write(&f, pw.expose()).unwrap();
+            std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
+        // A runtime of its own, on a thread of its own: this may run inside a test's runtime.
+        let mut opts = self.options();
+        opts.credentials = None;
+        let endpoint = self.endpoint();
+        let (root, broker, patroni) = (
+            self.root_password.clone(),
+            self.broker_password.clone(),
+            self.patroni_password.clone(),
+        );
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let c = EtcdClient::with_options(&[endpoint], opts).unwrap();
+                    c.enable_auth(
+                        &root,
+                        &[
+                            EtcdUser {
+                                name: "broker",
+                                password: &broker,
+                                prefixes: TEST_PREFIXES,
+                            },
+                            EtcdUser {
+                                name: "patroni",
+                                password: &patroni,
+                                prefixes: TEST_PREFIXES,
+                            },
+                        ],
+                    )
+                    .await
+                })
+        })
+        .join()
+        .unwrap()
+        .expect("enable etcd's authentication");
+    }
+
+    /// The file holding `user`'s password.
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("{user}.password"))
+    }
+
+    /// The client URL, `https://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    /// How the broker reaches this etcd: TLS with the broker's certificate.
+    pub fn options(&self) -> EtcdOptions {
+        let pki = pki();
+        let mut o = EtcdOptions::new(Duration::from_secs(5));
+        o.ca_file = Some(pki.ca_file());
+        o.identity = Some((pki.broker.cert_file.clone(), pki.broker.key_file.clone()));
+        o.credentials = Some(("broker".into(), self.broker_password.clone()));
+        o
+    }
+
+    /// A client of this etcd, as the broker's.
+    pub fn client(&self) -> EtcdClient {
+        EtcdClient::with_options(&[self.endpoint()], self.options()).expect("an etcd client")
+    }
+
+    /// The settings of a broker configuration's `[etcd]` table for this server (without
+    /// `prefix`).
+    pub fn config_lines(&self) -> String {
+        let pki = pki();
+        format!(
+            "endpoints = [\"{}\"]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             username = \"broker\"\npassword_file = \"{}\"\n",
+            self.endpoint(),
+            pki.ca_file().display(),
+            pki.broker.cert_file.display(),
+            pki.broker.key_file.display(),
+            self.password_file("broker").display(),
+        )
     }
 
     /// A key prefix no other test of this process uses (`/test-<n>`, no trailing slash).
