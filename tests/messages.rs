@@ -1,0 +1,109 @@
+//! Configuration and messages, through the real binary: credentials typed into a repository
+//! URL are never echoed (at any log level), a URL with no repository behind it is a
+//! configuration error (status 6) for every command that reads one, and file URLs must
+//! name an absolute path.
+
+mod common;
+
+use std::fs;
+use std::process::Output;
+
+use common::*;
+
+/// An access key ID and a secret, as an operator might paste them into a URL.
+const KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+const SECRET: &str = "SuperSecret123";
+
+/// Panics if stderr shows the key ID (in any case: URL schemes and hosts are lower-cased)
+/// or the secret.
+#[track_caller]
+fn assert_no_credentials(what: &str, out: &Output) {
+    let err = stderr(out);
+    assert!(
+        !err.to_lowercase().contains(&KEY_ID.to_lowercase()) && !err.contains(SECRET),
+        "{what}: a credential leaked:\n{err}"
+    );
+}
+
+/// Every command that takes a repository, as (arguments, the status it exits with when the
+/// URL cannot be used: 6, wal-fetch's 206).
+fn commands(scratch: &TestDir) -> Vec<(Vec<String>, i32)> {
+    let seg = scratch.join("000000010000000000000001");
+    fs::write(&seg, b"not really WAL").unwrap();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    vec![
+        (s(&["wal-push", seg.to_str().unwrap()]), 6),
+        (
+            s(&[
+                "wal-fetch",
+                "000000010000000000000001",
+                scratch.join("RECOVERYXLOG").to_str().unwrap(),
+            ]),
+            206,
+        ),
+        (s(&["wal-list"]), 6),
+        (s(&["backup-list"]), 6),
+        (s(&["status", "--pg-conn", "host=127.0.0.1 port=1"]), 6),
+        (s(&["repo-info"]), 6),
+        (s(&["wal-verify"]), 6),
+    ]
+}
+
+#[test]
+fn credentials_in_a_repository_url_are_never_echoed() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let urls = [
+        format!("s3://{KEY_ID}:{SECRET}@bucket/x"),
+        format!("s3://{KEY_ID}@bucket/x"),
+        format!("s3:{KEY_ID}:{SECRET}@bucket/x"),
+        format!("{KEY_ID}:{SECRET}@bucket"),
+        format!("s3://{KEY_ID}:{SECRET} @bucket/x"),
+        format!("s3://bucket/x?X-Amz-Credential={KEY_ID}&X-Amz-Signature={SECRET}"),
+        format!("az://container/x#{SECRET}"),
+        format!("ftp://{KEY_ID}:{SECRET}@host/x"),
+    ];
+    for url in &urls {
+        for (args, status) in commands(&scratch) {
+            let mut a = vec!["-vv", "--repo", url.as_str()];
+            a.extend(args.iter().map(String::as_str));
+            let out = run_walarchive(&a, &[]);
+            let what = format!("{url} {args:?}");
+            assert_code(&out, status);
+            assert_no_credentials(&what, &out);
+            let line = error_line(&out);
+            assert!(line.contains("<redacted>"), "{what}: {line}");
+        }
+    }
+    // The same URL from a configuration file.
+    let config = scratch.join("walarchive.toml");
+    fs::write(&config, format!("repo = \"{}\"\n", urls[0])).unwrap();
+    let out = run_walarchive(
+        &["-vv", "--config", config.to_str().unwrap(), "wal-list"],
+        &[],
+    );
+    assert_code(&out, 6);
+    assert_no_credentials("config file", &out);
+
+    // An endpoint with user info that cannot be reached: the storage errors, retried and
+    // logged at every level, do not show its credentials either (nor those of the
+    // environment).
+    let env = vec![
+        (
+            "AWS_ENDPOINT".to_string(),
+            format!("http://{KEY_ID}:{SECRET}@127.0.0.1:{}", free_port()),
+        ),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID".into(), KEY_ID.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), SECRET.into()),
+        ("WALARCHIVE_RETRIES".into(), "2".into()),
+    ];
+    for args in [vec!["wal-list"], vec!["backup-list"]] {
+        let mut a = vec!["-vv", "--repo", "s3://bucket/x"];
+        a.extend(args);
+        let out = run_walarchive(&a, &env);
+        assert_code(&out, 7);
+        assert_no_credentials("an endpoint with user info", &out);
+        assert!(stderr(&out).contains("<redacted>"), "{}", stderr(&out));
+    }
+}
