@@ -55,6 +55,11 @@ pub async fn run(cli: &Cli) -> Result<u8> {
              run walarchive as the database's OS user"
         );
     }
+    if reads_an_existing_repository(&cli.command) {
+        // An empty table from a wrong URL would read as an empty archive: say there is no
+        // repository there instead (status 6), as wal-fetch does.
+        repo.require_descriptor().await?;
+    }
     match &cli.command {
         Command::WalPush { path } => wal_push(&repo, path, settings.parallel).await,
         Command::Daemon { pgdata, idle_exit } => {
@@ -140,6 +145,27 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             };
             backup_fetch(&repo, &opts, *json).await
         }
+    }
+}
+
+/// The commands that only make sense on a repository that exists: everything but the
+/// writers that create one (wal-push, the daemon, backup-push) and wal-fetch, which looks
+/// for the descriptor only when an object is missing (one request less per segment).
+fn reads_an_existing_repository(command: &Command) -> bool {
+    match command {
+        Command::WalPush { .. }
+        | Command::Daemon { .. }
+        | Command::BackupPush { .. }
+        | Command::WalFetch { .. } => false,
+        Command::WalList { .. }
+        | Command::BackupList { .. }
+        | Command::BackupFetch { .. }
+        | Command::BackupMark { .. }
+        | Command::Delete(_)
+        | Command::Verify(_)
+        | Command::WalVerify { .. }
+        | Command::Status { .. }
+        | Command::RepoInfo { .. } => true,
     }
 }
 

@@ -457,6 +457,15 @@ fn backup_push_bad_input() {
         ..Default::default()
     });
     pg.start();
+    // The repository exists (one segment pushed by hand): listing it is then meaningful
+    // (on a URL with no repository, backup-list exits 6).
+    let first = fs::read_dir(pg.wal_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24)
+        .min()
+        .expect("a segment in pg_wal");
+    assert_success(&repo.run_as_postgres(&["wal-push", &format!("pg_wal/{first}")], pg.data_dir()));
     let empty_list = |what: &str| {
         let out = repo.run(&["backup-list", "--json"]);
         assert_success(&out);

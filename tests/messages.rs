@@ -107,3 +107,87 @@ fn credentials_in_a_repository_url_are_never_echoed() {
         assert!(stderr(&out).contains("<redacted>"), "{}", stderr(&out));
     }
 }
+
+/// Every command that reads a repository, on a URL where there is none.
+fn read_commands(scratch: &TestDir) -> Vec<Vec<String>> {
+    let dest = scratch.join("restored");
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    vec![
+        s(&["wal-list"]),
+        s(&["wal-list", "--json"]),
+        s(&["backup-list", "--detail"]),
+        s(&[
+            "status",
+            "--pg-conn",
+            "host=127.0.0.1 port=1",
+            "--prometheus",
+        ]),
+        s(&["repo-info"]),
+        s(&["wal-verify"]),
+        s(&["verify", "backup", "LATEST"]),
+        s(&["backup-mark", "base_20260101T000000Z"]),
+        s(&["delete", "retain", "1"]),
+        s(&["delete", "everything", "--confirm"]),
+        s(&["backup-fetch", dest.to_str().unwrap(), "LATEST"]),
+    ]
+}
+
+#[test]
+fn read_commands_on_a_url_without_a_repository_exit_6() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let file_url = format!("file://{}/nothing-here", scratch.path().display());
+    let s3_url = format!("s3://{}/nothing-here", s3().fresh_bucket());
+    for (url, env) in [(file_url, vec![]), (s3_url, s3().env())] {
+        for args in read_commands(&scratch) {
+            let mut a = vec!["--repo", url.as_str()];
+            a.extend(args.iter().map(String::as_str));
+            let out = run_walarchive(&a, &env);
+            let what = format!("{url} {args:?}");
+            assert_code(&out, 6);
+            assert_eq!(stdout(&out), "", "{what}: printed a result");
+            let line = error_line(&out);
+            assert!(
+                line.contains(&format!("no walarchive repository at {url}")),
+                "{what}: {line}"
+            );
+        }
+        assert!(!scratch.join("restored").exists(), "{url}: wrote a restore");
+    }
+    assert!(!scratch.join("nothing-here").exists());
+}
+
+#[test]
+fn file_urls_must_name_an_absolute_path() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let seg = scratch.join("000000010000000000000001");
+    fs::write(&seg, b"not really WAL").unwrap();
+    // A name no one else uses: the parser would have made it /<name>/repo.
+    let name = format!("walarchive-relative-{}", std::process::id());
+    for url in [
+        format!("file:{name}/repo"),
+        format!("file:./{name}/repo"),
+        format!("FILE:{name}"),
+    ] {
+        for args in [
+            vec!["wal-push", seg.to_str().unwrap()],
+            vec!["wal-list"],
+            vec!["backup-list"],
+        ] {
+            let mut a = vec!["--repo", url.as_str()];
+            a.extend(args.iter().copied());
+            let out = walarchive_cmd()
+                .args(&a)
+                .current_dir(scratch.path())
+                .output()
+                .unwrap();
+            assert_code(&out, 6);
+            let line = error_line(&out);
+            assert!(
+                line.contains("absolute path") && line.contains(&url),
+                "{url} {args:?}: {line}"
+            );
+        }
+        assert!(!std::path::Path::new("/").join(&name).exists(), "{url}");
+        assert!(!scratch.join(&name).exists(), "{url}");
+    }
+}

@@ -438,6 +438,14 @@ pub fn open(
             (Arc::new(store), path.as_str(), Backend::Swift)
         }
         "file" => {
+            // The URL parser makes every file URL's path absolute: `file:relative/path`
+            // would be read as `/relative/path`. Only an absolute path, as typed, is taken.
+            let after_scheme = &url[url.find(':').map_or(0, |i| i + 1)..];
+            if !after_scheme.starts_with('/') {
+                return Err(bad(
+                    "a file URL takes an absolute path (file:///path/to/repository), not a relative one",
+                ));
+            }
             if parsed
                 .host_str()
                 .is_some_and(|h| !h.is_empty() && h != "localhost")
@@ -529,6 +537,10 @@ mod tests {
         let l = open("file:///tmp/some/repo/", &none, &policy()).unwrap();
         assert_eq!(l.backend, Backend::Local);
         assert_eq!(l.prefix.as_ref(), "tmp/some/repo");
+        for url in ["file:/tmp/some/repo", "file://localhost/tmp/some/repo"] {
+            let l = open(url, &none, &policy()).unwrap();
+            assert_eq!(l.prefix.as_ref(), "tmp/some/repo", "{url}");
+        }
         let opts = StorageOptions(
             [
                 ("aws_region", "eu-west-1"),
@@ -557,6 +569,10 @@ mod tests {
             "/tmp/repo",
             "file:///",
             "file://host/x",
+            "file:relative/path",
+            "file:./repo",
+            "FILE:repo",
+            "file:~/repo",
             "s3:///prefix",
             "s3://b/p?x-amz-signature=1",
             "s3://user:pw@b/p",
