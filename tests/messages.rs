@@ -191,3 +191,62 @@ fn file_urls_must_name_an_absolute_path() {
         assert!(!scratch.join(&name).exists(), "{url}");
     }
 }
+
+#[test]
+fn unknown_configuration_keys_are_errors_naming_the_key() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let repo = format!("file://{}/repo", scratch.path().display());
+    let cases = [
+        (
+            // A typo that used to send signed requests to AWS instead of the endpoint.
+            format!(
+                "repo = \"{repo}\"\n[storage]\naws_region = \"us-east-1\"\n\
+                 aws_endpont = \"http://127.0.0.1:1\"\naws_secret_access_key = \"{SECRET}\"\n"
+            ),
+            vec![
+                "line 4",
+                "unknown key \"aws_endpont\" in [storage]",
+                "did you mean \"aws_endpoint\"?",
+            ],
+        ),
+        (
+            format!("repo = \"{repo}\"\n[storage]\nAWS_SECRET_ACCESS_KEY = \"{SECRET}\"\n"),
+            vec!["line 3", "did you mean \"aws_secret_access_key\"?"],
+        ),
+        (
+            format!("repo = \"{repo}\"\n[storage]\nregion = \"eu-west-1\"\n"),
+            vec![
+                "unknown key \"region\" in [storage]",
+                "aws_*, azure_*, google_*",
+            ],
+        ),
+        (
+            format!("repo = \"{repo}\"\ncompresion = \"lz4\"\n"),
+            vec!["line 2", "unknown field `compresion`", "`compression`"],
+        ),
+        (
+            format!("repo = \"{repo}\"\n[retry]\nattempt = 3\n"),
+            vec!["line 3", "unknown field `attempt`", "`attempts`"],
+        ),
+        (
+            format!("repo = \"{repo}\"\n[strage]\naws_region = \"x\"\n"),
+            vec!["unknown field `strage`", "`storage`"],
+        ),
+    ];
+    let config = scratch.join("walarchive.toml");
+    for (text, wanted) in cases {
+        fs::write(&config, &text).unwrap();
+        for args in [vec!["wal-list"], vec!["-vv", "backup-list"]] {
+            let mut a = vec!["--config", config.to_str().unwrap()];
+            a.extend(args.iter().copied());
+            let out = run_walarchive(&a, &[]);
+            assert_code(&out, 6);
+            let line = error_line(&out);
+            for w in &wanted {
+                assert!(line.contains(w), "{text}: {w:?} not in: {line}");
+            }
+            assert!(line.contains(config.to_str().unwrap()), "{line}");
+            assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
+        }
+    }
+}

@@ -97,12 +97,13 @@ impl ConfigFile {
         Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Parses configuration text.
+    /// Parses configuration text. Unknown keys, in every table, are errors naming the key
+    /// (and the valid ones, or the nearest).
     pub fn parse(text: &str) -> Result<Self, String> {
         // toml's messages quote the offending line, which may hold a secret: keep only the
-        // first line of the message (what and where).
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let msg = e.message().to_string();
+        // first line of the message (what and where), without the value it quotes.
+        let file: ConfigFile = toml::from_str(text).map_err(|e: toml::de::Error| {
+            let msg = without_quoted_value(e.message());
             match e.span() {
                 Some(span) => {
                     let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -110,8 +111,44 @@ impl ConfigFile {
                 }
                 None => msg,
             }
-        })
+        })?;
+        file.storage
+            .check_keys()
+            .map_err(|e| match line_of_key(text, &e.key) {
+                Some(line) => format!("line {line}: {e}"),
+                None => e.to_string(),
+            })?;
+        Ok(file)
     }
+}
+
+/// serde's "invalid type: string \"hunter2\", expected u32" without the value (which may
+/// be a secret): "invalid type: string, expected u32".
+fn without_quoted_value(msg: &str) -> String {
+    let msg = msg.trim_end();
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            if let Some((what, expected)) = rest.split_once(", expected ") {
+                let kind = what.split(['`', '"']).next().unwrap_or(what).trim_end();
+                return format!("{prefix}{kind}, expected {expected}");
+            }
+        }
+    }
+    msg.to_string()
+}
+
+/// The line (from 1) that sets `key`, e.g. `aws_endpont = "..."`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix('"')
+                .and_then(|r| r.strip_prefix(key)?.strip_prefix('"'))
+                .or_else(|| l.strip_prefix(key));
+            l.is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -139,6 +176,29 @@ request_timeout = 2.5
         assert_eq!(p.max_attempts, 3);
         assert_eq!(p.attempt_timeout, Duration::from_millis(2500));
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn refuses_unknown_storage_keys_naming_the_nearest() {
+        let text =
+            "repo = \"s3://b/p\"\n[storage]\naws_region = \"x\"\naws_endpont = \"http://h\"\n";
+        let e = ConfigFile::parse(text).unwrap_err();
+        assert!(
+            e.starts_with(
+                "line 4: unknown key \"aws_endpont\" in [storage]: did you mean \"aws_endpoint\"?"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("http://h"), "{e}");
+        // Values of the wrong type are not echoed either.
+        for text in [
+            "[storage]\naws_secret_access_key = 123456789\n",
+            "parallel = \"hunter2\"\n",
+        ] {
+            let e = ConfigFile::parse(text).unwrap_err();
+            assert!(e.contains("invalid type"), "{e}");
+            assert!(!e.contains("123456789") && !e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]
