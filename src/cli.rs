@@ -73,6 +73,10 @@ pub struct GlobalOpts {
     /// [default: false].
     #[arg(long, global = true, env = "WALARCHIVE_DAEMON", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub daemon: Option<bool>,
+    /// Mode of the objects walarchive writes to a file:// repository (directories get the
+    /// matching search bits), whatever the umask: 0600, 0640, 0660 or 0644 [default: 0600].
+    #[arg(long, global = true, env = "WALARCHIVE_FILE_MODE", value_name = "MODE")]
+    pub file_mode: Option<String>,
     /// More logging (-v debug, -vv trace). WALARCHIVE_LOG takes a tracing filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use walarchive_core::config::{ConfigFile, RetrySettings};
-use walarchive_core::storage::StorageOptions;
+use walarchive_core::config::{ConfigFile, FileMode, RetrySettings};
+use walarchive_core::storage::{Backend, StorageOptions};
 use walarchive_core::{Compression, Error, Repository, RetryPolicy};
 
 use crate::cli::GlobalOpts;
@@ -26,6 +26,8 @@ pub struct Settings {
     pub prefetch: usize,
     /// wal-push: start the resident daemon when none runs.
     pub daemon: bool,
+    /// Mode of objects (and directories) in a `file://` repository.
+    pub file_mode: FileMode,
 }
 
 impl Settings {
@@ -68,6 +70,10 @@ impl Settings {
             parallel: g.parallel.or(file.parallel).unwrap_or(2) as usize,
             prefetch: g.prefetch.or(file.prefetch).unwrap_or(8) as usize,
             daemon: g.daemon.or(file.daemon).unwrap_or(false),
+            file_mode: match g.file_mode.as_ref().or(file.file_mode.as_ref()) {
+                Some(text) => FileMode::parse(text)?,
+                None => FileMode::default(),
+            },
         })
     }
 
@@ -87,6 +93,7 @@ impl Settings {
         };
         field("repo", &self.repo);
         field("compression", &self.compression.to_string());
+        field("file_mode", &self.file_mode.to_string());
         for (k, v) in &self.storage.0 {
             field(&format!("storage.{k}"), v);
         }
@@ -105,7 +112,26 @@ impl Settings {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        Repository::open(&self.repo, &self.storage, self.policy, self.compression)
-            .with_context(|| "cannot open the repository".to_string())
+        let repo = Repository::open(&self.repo, &self.storage, self.policy, self.compression)
+            .with_context(|| "cannot open the repository".to_string())?;
+        if repo.backend() == Backend::Local {
+            restrict_umask(self.file_mode);
+        }
+        Ok(repo)
+    }
+}
+
+/// Sets this process's umask so that what object_store's local store creates (files 0666,
+/// directories 0777, through a temporary file and a rename) gets exactly `mode`, whatever
+/// umask walarchive was started with (cron's 022 made base-backup parts, `pg_authid`
+/// included, world-readable). A umask rather than a chmod after the fact: no object or
+/// directory is ever visible, even for an instant, with wider permissions. Exactly `mode`,
+/// not merely narrower than the inherited umask: an operator's `file_mode = "0640"` must
+/// hold under PostgreSQL's umask 077 too. What else the process creates (restored files,
+/// counters, sockets) sets its mode explicitly or is the owner's anyway.
+fn restrict_umask(mode: FileMode) {
+    // SAFETY: umask only swaps the process's file-mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(mode.umask() as libc::mode_t);
     }
 }
