@@ -97,7 +97,8 @@ pub enum Command {
         path: PathBuf,
     },
     /// Archive continuously: push every `.ready` segment of a data directory as soon as it
-    /// appears, and answer wal-push over a Unix socket in pg_wal.
+    /// appears, and answer wal-push over a Unix socket (in pg_wal, or in /tmp/walarchive.UID
+    /// when that path is too long).
     ///
     /// archive_command stays `walarchive wal-push %p`: when this daemon runs, wal-push only
     /// asks it and returns as soon as its segment is durably stored (same checks, same exit
