@@ -220,7 +220,7 @@ pub enum Command {
     /// recovery settings in postgresql.auto.conf, so that `pg_ctl start` performs the
     /// recovery. With a target, LATEST is the newest backup that ends before it.
     BackupFetch {
-        /// Destination data directory (missing or empty).
+        /// Destination data directory (missing or empty, or a data directory with --force).
         dest: PathBuf,
         /// Backup name, or LATEST.
         backup: String,
@@ -241,7 +241,9 @@ pub enum Command {
         /// Restore tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long, value_name = "OID=DIR", value_parser = parse_tablespace_map)]
         tablespace_map: Vec<(u32, PathBuf)>,
-        /// Empty a non-empty destination first.
+        /// Replace DEST when it is a stopped PostgreSQL data directory (refused while a
+        /// postmaster.pid is there, and for any other non-empty directory); its contents are
+        /// moved aside, deleted once the restore is complete, and put back if it fails.
         #[arg(long)]
         force: bool,
         /// Print a JSON summary.

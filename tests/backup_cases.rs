@@ -560,10 +560,20 @@ fn backup_fetch_bad_input() {
     assert!(line.contains("--force"), "{line}");
     assert!(line.contains(c.data_dir().to_str().unwrap()), "{line}");
     assert!(c.data_dir().join("junk").exists(), "refused, yet changed");
+    // --force replaces a data directory only (tests/restore_safety.rs replaces one): this is
+    // not one, and stays as it is.
     let out = repo.try_restore_into(&c, "LATEST", &["--force", "--target-action", "promote"]);
+    assert_code(&out, 3);
+    assert!(
+        error_line(&out).contains("not a PostgreSQL data directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(c.data_dir().join("junk").exists() && c.data_dir().join("junkdir").exists());
+    fs::remove_file(c.data_dir().join("junk")).unwrap();
+    fs::remove_dir(c.data_dir().join("junkdir")).unwrap();
+    let out = repo.try_restore_into(&c, "LATEST", &["--target-action", "promote"]);
     assert_success(&out);
-    assert!(!c.data_dir().join("junk").exists());
-    assert!(!c.data_dir().join("junkdir").exists());
     assert!(c.data_dir().join("PG_VERSION").is_file());
     assert!(c.data_dir().join("backup_label").is_file());
     c.adopt_data_dir();
