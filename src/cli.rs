@@ -115,12 +115,19 @@ pub enum Command {
     /// Restore one WAL file: PostgreSQL's restore_command (`wal-fetch %f %p`).
     ///
     /// Exits 0 when restored, 1 when the repository does not have the file, and above 200
-    /// for any other failure, so that PostgreSQL aborts recovery rather than promoting early.
+    /// for any other failure, so that PostgreSQL aborts recovery rather than promoting early;
+    /// except on a standby (standby.signal), where a storage failure exits 1 so that
+    /// PostgreSQL keeps waiting and asks again (a standby never promotes by itself).
     WalFetch {
         /// WAL file name (PostgreSQL's %f).
         name: String,
         /// Destination path (PostgreSQL's %p).
         dest: PathBuf,
+        /// The data directory being recovered [default: the one %p is in, else the current
+        /// directory, which PostgreSQL makes the data directory]. With standby.signal there,
+        /// a storage failure exits 1 (PostgreSQL keeps waiting) instead of 207.
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
     },
     /// List the archived WAL files.
     WalList {

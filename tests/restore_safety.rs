@@ -1,8 +1,14 @@
-//! Restores that must not destroy what they were not asked to replace, on real PostgreSQL
-//! clusters: `backup-fetch --force` refuses a running cluster's data directory, a directory
-//! holding a `postmaster.pid`, and any directory that is not a data directory; it replaces
-//! a stopped data directory without following its tablespace links; a restore that fails
-//! midway leaves the old data directory exactly as it was (and it still starts).
+//! Restores that must not destroy what they were not asked to replace, and recovery through
+//! a store outage, on real PostgreSQL clusters.
+//!
+//! - `backup-fetch --force` refuses a running cluster's data directory, a directory holding a
+//!   `postmaster.pid`, and any directory that is not a data directory; it replaces a stopped
+//!   data directory without following its tablespace links; a restore that fails midway
+//!   leaves the old data directory exactly as it was (and it still starts).
+//! - A standby (standby.signal, restore_command only) whose store goes away keeps running,
+//!   logging and counting the errors, and catches up once the store is back; a point-in-time
+//!   recovery (recovery.signal, a target) started while the store is away aborts instead of
+//!   promoting, and completes once the store is back.
 
 mod common;
 
@@ -10,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 
@@ -214,4 +220,135 @@ fn a_forced_restore_that_fails_midway_leaves_the_old_data_directory_as_it_was() 
         old.try_psql("select count(*) from pg_class where relname = 't'"),
         Ok("0".into())
     );
+}
+
+/// A fresh S3 repository reached through a proxy that can take the store away
+/// ([`Proxy::set_down`]), with few and quick retries.
+fn s3_through_a_proxy() -> (Repo, Proxy) {
+    let proxy = Proxy::start(s3().port, Duration::ZERO);
+    let mut repo = Store::S3.fresh();
+    for (k, v) in repo.env.iter_mut() {
+        if k == "AWS_ENDPOINT" {
+            *v = proxy.url();
+        }
+    }
+    repo.env.extend([
+        ("WALARCHIVE_RETRIES".to_string(), "2".to_string()),
+        ("WALARCHIVE_REQUEST_TIMEOUT".to_string(), "5".to_string()),
+    ]);
+    (repo, proxy)
+}
+
+fn count(pg: &PgCluster) -> String {
+    pg.try_psql("select count(*) from t").unwrap_or_default()
+}
+
+#[test]
+fn a_standby_rides_out_a_store_outage() {
+    let (repo, proxy) = s3_through_a_proxy();
+    let primary = repo.start_primary(PgOptions::default());
+    primary.psql("create table t as select g as id from generate_series(1, 1000) g");
+    primary.archive_everything();
+    // A standby fed by the archive only (no primary_conninfo).
+    let standby = primary.basebackup();
+    standby.append_conf(&format!("archive_mode = off\n{}", repo.restore_conf()));
+    standby.touch("standby.signal");
+    standby.start_with_env(&repo.env);
+    standby.wait_until("the standby to replay t", Duration::from_secs(60), || {
+        count(&standby) == "1000"
+    });
+
+    // The store goes away while the standby waits for a segment not archived yet.
+    proxy.set_down(true);
+    primary.psql("insert into t select g from generate_series(1001, 2000) g");
+    primary.switch_wal();
+    let said = "this is a standby (standby.signal)";
+    standby.wait_until(
+        "the standby to log three storage failures",
+        Duration::from_secs(120),
+        || standby.log().matches(said).count() >= 3,
+    );
+    assert!(standby.is_running(), "{}", standby.log_tail(30));
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
+    assert_eq!(count(&standby), "1000");
+    let log = standby.log();
+    assert!(log.contains("walarchive wal-fetch: error:"), "{log}");
+    assert!(!log.contains("FATAL"), "{log}");
+
+    // The store is back: the primary archives what waited, the standby catches up and is
+    // still a standby.
+    proxy.set_down(false);
+    primary.archive_everything();
+    standby.wait_until("the standby to catch up", Duration::from_secs(120), || {
+        count(&standby) == "2000"
+    });
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
+
+    // Counted, and shown by status and its metrics.
+    let data = standby.data_dir().to_str().unwrap().to_string();
+    let conn = standby.connstr();
+    let out = repo.run(&["status", "--pgdata", &data, "--pg-conn", &conn, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    let waits = v["counters"]["fetch_standby_waits_total"].as_u64().unwrap();
+    assert!(waits >= 3, "{v}");
+    assert!(
+        v["counters"]["fetch_errors_total"].as_u64().unwrap() >= waits,
+        "{v}"
+    );
+    let out = repo.run(&[
+        "status",
+        "--pgdata",
+        &data,
+        "--pg-conn",
+        &conn,
+        "--prometheus",
+    ]);
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("walarchive_fetch_standby_waits_total "))
+        .unwrap_or_else(|| panic!("{}", stdout(&out)))
+        .to_string();
+    assert_eq!(
+        line,
+        format!("walarchive_fetch_standby_waits_total {waits}")
+    );
+}
+
+#[test]
+fn a_point_in_time_recovery_aborts_during_a_store_outage_and_completes_after() {
+    let (repo, proxy) = s3_through_a_proxy();
+    let primary = repo.start_primary(PgOptions::default());
+    primary.psql("create table t as select g as id from generate_series(1, 1000) g");
+    primary.archive_everything();
+    let name = repo.backup_push(&primary, &[])["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    primary.psql("insert into t select g from generate_series(1001, 2000) g");
+    let target = primary.psql("select pg_current_wal_lsn()");
+    primary.psql("insert into t select g from generate_series(2001, 3000) g");
+    primary.archive_everything();
+    let restored = repo.restore(
+        &name,
+        &["--target-lsn", &target, "--target-action", "promote"],
+    );
+    restored.append_conf("archive_mode = off\n");
+
+    // The store is away: recovery toward the target aborts (status above 125) rather than
+    // ending early and promoting.
+    proxy.set_down(true);
+    let failed = restored.try_start_with_env(&repo.env);
+    assert!(failed.is_err(), "started while the store was away");
+    assert!(!restored.is_running());
+    let log = restored.log();
+    assert!(log.contains("exit code 207"), "{log}");
+    assert!(restored.data_dir().join("recovery.signal").exists());
+    assert!(!restored.wal_dir().join("00000002.history").exists());
+
+    // Back: the same cluster recovers to the target and promotes.
+    proxy.set_down(false);
+    restored.start_with_env(&repo.env);
+    restored.wait_promoted();
+    assert_eq!(count(&restored), "2000");
 }
