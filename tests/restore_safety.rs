@@ -352,3 +352,72 @@ fn a_point_in_time_recovery_aborts_during_a_store_outage_and_completes_after() {
     restored.wait_promoted();
     assert_eq!(count(&restored), "2000");
 }
+
+/// A small tmpfs, unmounted on drop: a disk that fills up (as in tests/contract.rs).
+struct SmallDisk {
+    dir: TestDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = TestDir::new("walarchive-full-");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_success(&out);
+        chown_postgres(dir.path());
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Restoring onto a disk that fills up: local I/O error (9), nothing left behind in a new
+/// destination, and a data directory replaced with --force is put back as it was.
+#[test]
+fn a_restore_onto_a_full_disk_fails_cleanly() {
+    let (repo, _primary, name) = primary_with_backup();
+    let disk = SmallDisk::new("6m");
+    let restore_into = |dest: &Path, extra: &[&str]| {
+        let mut a = vec!["backup-fetch", dest.to_str().unwrap(), name.as_str()];
+        a.extend_from_slice(extra);
+        repo.run_as_postgres(&a, disk.dir.path())
+    };
+    let new = disk.dir.join("new");
+    let out = restore_into(&new, &[]);
+    assert_code(&out, 9);
+    assert!(
+        error_line(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_dir(disk.dir.path()).unwrap().count(), 0);
+
+    // A (small, stopped) data directory on that disk.
+    let old = disk.dir.join("old");
+    fs::create_dir_all(old.join("global")).unwrap();
+    fs::create_dir_all(old.join("base/1")).unwrap();
+    fs::write(old.join("PG_VERSION"), "15\n").unwrap();
+    fs::write(old.join("global/pg_control"), vec![7u8; 8192]).unwrap();
+    fs::write(old.join("base/1/16384"), vec![1u8; 1 << 20]).unwrap();
+    chown_postgres(&old);
+    chmod(&old, 0o700);
+    let before = snapshot(&old);
+    let out = restore_into(&old, &["--force"]);
+    assert_code(&out, 9);
+    assert!(stderr(&out).contains("is as it was"), "{}", stderr(&out));
+    assert_eq!(snapshot(&old), before);
+    assert_eq!(
+        fs::read(old.join("base/1/16384")).unwrap(),
+        vec![1u8; 1 << 20]
+    );
+}
