@@ -178,7 +178,15 @@ fn root_writing_into_foreign_dir(url: &str) -> bool {
     if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
         return false;
     }
-    let mut dir = std::path::PathBuf::from(url.trim_start_matches("file://"));
+    let rest = url
+        .get(5..)
+        .filter(|_| url[..5].eq_ignore_ascii_case("file:"));
+    let rest = rest.unwrap_or(url);
+    let rest = rest
+        .strip_prefix("//localhost")
+        .or_else(|| rest.strip_prefix("//"))
+        .unwrap_or(rest);
+    let mut dir = std::path::PathBuf::from(rest);
     loop {
         if let Ok(m) = std::fs::metadata(&dir) {
             return m.uid() != 0;

@@ -13,8 +13,8 @@ use crate::cli::GlobalOpts;
 /// The default configuration file, read when it exists and no other is named.
 pub const DEFAULT_CONFIG: &str = "/etc/walarchive.toml";
 
-/// Everything needed to open the repository.
-#[derive(Debug)]
+/// Everything needed to open the repository. `Debug` shows the URL redacted and the storage
+/// options' keys only.
 pub struct Settings {
     pub repo: String,
     pub compression: Compression,
@@ -28,6 +28,20 @@ pub struct Settings {
     pub daemon: bool,
     /// Mode of objects (and directories) in a `file://` repository.
     pub file_mode: FileMode,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("repo", &walarchive_core::storage::redact_url(&self.repo))
+            .field("compression", &self.compression)
+            .field("storage", &self.storage)
+            .field("parallel", &self.parallel)
+            .field("prefetch", &self.prefetch)
+            .field("daemon", &self.daemon)
+            .field("file_mode", &self.file_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -133,5 +147,29 @@ fn restrict_umask(mode: FileMode) {
     // SAFETY: umask only swaps the process's file-mode creation mask; it cannot fail.
     unsafe {
         libc::umask(mode.umask() as libc::mode_t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_credentials() {
+        let s = Settings {
+            repo: "s3://AKIAKEY:Secret123@bucket/x".into(),
+            compression: Compression::default(),
+            policy: RetryPolicy::default(),
+            storage: StorageOptions([("aws_secret_access_key".into(), "Secret456".into())].into()),
+            parallel: 2,
+            prefetch: 8,
+            daemon: false,
+            file_mode: FileMode::default(),
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("AKIAKEY") && !shown.contains("Secret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }
