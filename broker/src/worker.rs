@@ -1208,7 +1208,12 @@ impl Inner {
     /// another cluster's archive).
     async fn repository_is_empty(&self, repository: &str) -> Result<bool, String> {
         for what in ["wal-list", "backup-list"] {
-            let out = self.walarchive(repository, &[what, "--json"]).await?;
+            let out = match self.walarchive(repository, &[what, "--json"]).await {
+                Ok(out) => out,
+                // Nothing was ever archived there (walarchive exits 6 and says so).
+                Err(e) if e.contains("no walarchive repository at") => return Ok(true),
+                Err(e) => return Err(e),
+            };
             let v: serde_json::Value =
                 serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
             if v.as_array().is_none_or(|a| !a.is_empty()) {
