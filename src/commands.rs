@@ -8,7 +8,6 @@ use walarchive_core::backup::{self, BackupOptions};
 use walarchive_core::manifest::Manifest;
 use walarchive_core::metrics::{self, Counters};
 use walarchive_core::repo::PutOutcome;
-use walarchive_core::storage::Backend;
 use walarchive_core::{catalog, pg, pushahead, ErrorKind, Repository, WalFileName};
 use walarchive_restore::backup::BackupFetchOptions;
 use walarchive_restore::recovery::{self, Recovery, Target};
@@ -43,17 +42,6 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             true,
         )
         .await;
-    }
-    let writes = matches!(
-        cli.command,
-        Command::WalPush { .. } | Command::BackupPush { .. }
-    );
-    if writes && repo.backend() == Backend::Local && root_writing_into_foreign_dir(&settings.repo) {
-        tracing::warn!(
-            "running as root: what this creates in the local repository belongs to root, and \
-             archive_command (run by PostgreSQL's OS user) may then be unable to write there; \
-             run walarchive as the database's OS user"
-        );
     }
     if reads_an_existing_repository(&cli.command) {
         // An empty table from a wrong URL would read as an empty archive: say there is no
@@ -168,32 +156,6 @@ fn reads_an_existing_repository(command: &Command) -> bool {
         | Command::WalVerify { .. }
         | Command::Status { .. }
         | Command::RepoInfo { .. } => true,
-    }
-}
-
-/// Whether we run as root and the local repository (or its nearest existing ancestor)
-/// belongs to another user, who is then likely the one archive_command runs as.
-fn root_writing_into_foreign_dir(url: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        return false;
-    }
-    let rest = url
-        .get(5..)
-        .filter(|_| url[..5].eq_ignore_ascii_case("file:"));
-    let rest = rest.unwrap_or(url);
-    let rest = rest
-        .strip_prefix("//localhost")
-        .or_else(|| rest.strip_prefix("//"))
-        .unwrap_or(rest);
-    let mut dir = std::path::PathBuf::from(rest);
-    loop {
-        if let Ok(m) = std::fs::metadata(&dir) {
-            return m.uid() != 0;
-        }
-        if !dir.pop() {
-            return false;
-        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! File modes in a `file://` repository: objects 0600 and directories 0700 whatever the
 //! umask of whoever runs walarchive (PostgreSQL's archive_command, a cron job's backup-push,
 //! root by hand), or the mode `file_mode` asks for (0640: directories 0750). Base-backup
-//! parts hold the whole database, `pg_authid` included.
+//! parts hold the whole database, `pg_authid` included. What root writes into the postgres
+//! user's repository becomes that user's.
 
 mod common;
 
@@ -166,10 +167,29 @@ fn objects_are_private_whatever_the_umask() {
         let by_root = push_as_root(umask, &pg, &[]);
         let all = modes(&by_root.path());
         assert!(all.iter().any(|(_, d, _)| !d), "nothing pushed by root");
+        // Root wrote into the postgres user's repository: what it created is that user's
+        // (else archive_command could neither read nor write there).
+        let (uid, gid) = postgres_ids();
         for (p, is_dir, m) in all {
             let want = if is_dir { 0o700 } else { 0o600 };
             assert_eq!(m, want, "root, umask {umask}: {} is {m:04o}", p.display());
+            let meta = fs::metadata(&p).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", p.display());
         }
+        // And the postgres user can push into it afterwards.
+        let seg = pg
+            .done_segments()
+            .into_iter()
+            .nth(1)
+            .expect("a second segment");
+        let scratch = TestDir::new_postgres("walarchive-modes-");
+        fs::copy(pg.wal_dir().join(&seg), scratch.join(&seg)).unwrap();
+        chown_postgres(scratch.path());
+        assert_success(&by_root.run_as_postgres(
+            &["wal-push", scratch.join(&seg).to_str().unwrap()],
+            scratch.path(),
+        ));
     }
 }
 

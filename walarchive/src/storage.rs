@@ -30,6 +30,7 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use crate::retry::RetryPolicy;
 
+pub mod owned;
 pub mod swift;
 pub mod unreliable;
 
@@ -623,8 +624,14 @@ pub fn open(
             if path.trim_matches('/').is_empty() {
                 return Err(bad("the repository cannot be the root directory"));
             }
-            let store = LocalFileSystem::new().with_fsync(true);
-            (Arc::new(store), path.as_str(), Backend::Local)
+            let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new().with_fsync(true));
+            // Root writing into another user's repository hands what it creates to that user.
+            let dir = std::path::PathBuf::from(&path);
+            let store: Arc<dyn ObjectStore> = match owned::foreign_owner(&dir) {
+                Some((uid, gid)) => Arc::new(owned::OwnedBy::new(store, dir, uid, gid)),
+                None => store,
+            };
+            (store, path.as_str(), Backend::Local)
         }
         other => {
             return Err(OpenError::UnknownScheme {
