@@ -18,7 +18,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result, UploadPart,
 };
 
 /// The owner root's writes go to, when root writes into another user's local repository:
@@ -39,45 +39,41 @@ pub fn foreign_owner(repository: &FsPath) -> Option<(u32, u32)> {
     }
 }
 
-/// A local store whose puts are handed to `uid`:`gid` (see the module documentation).
-#[derive(Debug)]
-pub struct OwnedBy {
-    inner: Arc<dyn ObjectStore>,
+/// Who root's writes are handed to, and up to which directory.
+#[derive(Clone, Debug)]
+struct Owner {
     /// The repository's directory: ownership is fixed up to it, never above.
     root: PathBuf,
     uid: u32,
     gid: u32,
 }
 
-impl OwnedBy {
-    /// Wraps `inner`, a `LocalFileSystem` rooted at `/`, for the repository at `root`.
-    pub fn new(inner: Arc<dyn ObjectStore>, root: PathBuf, uid: u32, gid: u32) -> OwnedBy {
-        OwnedBy {
-            inner,
-            root,
-            uid,
-            gid,
-        }
+impl Owner {
+    fn chown(&self, p: &FsPath) -> Result<()> {
+        std::os::unix::fs::lchown(p, Some(self.uid), Some(self.gid)).map_err(|e| {
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: format!("cannot hand {} to its repository's owner: {e}", p.display())
+                    .into(),
+            }
+        })
     }
 
-    /// Hands `location` and the directories above it, up to the repository's, that are
-    /// still root's to the owner.
+    /// Hands the object at `location` and the directories above it to the owner.
     fn hand_over(&self, location: &Path) -> Result<()> {
         let file = FsPath::new("/").join(location.as_ref());
-        let chown = |p: &FsPath| {
-            std::os::unix::fs::lchown(p, Some(self.uid), Some(self.gid)).map_err(|e| {
-                object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("cannot hand {} to its repository's owner: {e}", p.display())
-                        .into(),
-                }
-            })
-        };
-        chown(&file)?;
+        self.chown(&file)?;
+        self.hand_over_dirs(location)
+    }
+
+    /// Hands the directories above `location`, up to the repository's, that are still
+    /// root's to the owner (also after a failed put, which may have created them).
+    fn hand_over_dirs(&self, location: &Path) -> Result<()> {
+        let file = FsPath::new("/").join(location.as_ref());
         let mut dir = file.parent();
         while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
             match std::fs::symlink_metadata(d) {
-                Ok(m) if m.uid() == 0 => chown(d)?,
+                Ok(m) if m.uid() == 0 => self.chown(d)?,
                 _ => break,
             }
             dir = d.parent();
@@ -86,9 +82,65 @@ impl OwnedBy {
     }
 }
 
+/// A local store whose puts are handed to `uid`:`gid` (see the module documentation).
+#[derive(Debug)]
+pub struct OwnedBy {
+    inner: Arc<dyn ObjectStore>,
+    owner: Owner,
+}
+
+impl OwnedBy {
+    /// Wraps `inner`, a `LocalFileSystem` rooted at `/`, for the repository at `root`.
+    pub fn new(inner: Arc<dyn ObjectStore>, root: PathBuf, uid: u32, gid: u32) -> OwnedBy {
+        OwnedBy {
+            inner,
+            owner: Owner { root, uid, gid },
+        }
+    }
+}
+
 impl std::fmt::Display for OwnedBy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (owned by {}:{})", self.inner, self.uid, self.gid)
+        write!(
+            f,
+            "{} (owned by {}:{})",
+            self.inner, self.owner.uid, self.owner.gid
+        )
+    }
+}
+
+/// A multipart upload whose object is handed over once complete.
+#[derive(Debug)]
+struct OwnedUpload {
+    inner: Box<dyn MultipartUpload>,
+    owner: Owner,
+    location: Path,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for OwnedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        let r = self.inner.complete().await;
+        match r {
+            Ok(r) => {
+                self.owner.hand_over(&self.location)?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = self.owner.hand_over_dirs(&self.location);
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        let r = self.inner.abort().await;
+        let _ = self.owner.hand_over_dirs(&self.location);
+        r
     }
 }
 
@@ -100,9 +152,16 @@ impl ObjectStore for OwnedBy {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        let r = self.inner.put_opts(location, payload, opts).await?;
-        self.hand_over(location)?;
-        Ok(r)
+        match self.inner.put_opts(location, payload, opts).await {
+            Ok(r) => {
+                self.owner.hand_over(location)?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = self.owner.hand_over_dirs(location);
+                Err(e)
+            }
+        }
     }
 
     async fn put_multipart_opts(
@@ -110,13 +169,12 @@ impl ObjectStore for OwnedBy {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        // walarchive stores every object with one put; a multipart upload would not be
-        // handed over, so it is refused rather than left to root.
-        let _ = opts;
-        Err(object_store::Error::NotImplemented {
-            operation: format!("multipart upload of {location} into another user's repository"),
-            implementer: "walarchive".into(),
-        })
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(OwnedUpload {
+            inner,
+            owner: self.owner.clone(),
+            location: location.clone(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -140,7 +198,7 @@ impl ObjectStore for OwnedBy {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await?;
-        self.hand_over(to)
+        self.owner.hand_over(to)
     }
 }
 
@@ -172,6 +230,17 @@ mod tests {
             .await
             .unwrap();
         for p in ["wal", "wal/a", "wal/a/b", "wal/a/b/object"] {
+            let m = std::fs::metadata(repo.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+        }
+        // A multipart upload too, once complete.
+        let big = Path::from(format!("{}/basebackups/b/part", repo.display()));
+        let mut up = store.put_multipart(&big).await.unwrap();
+        up.put_part(PutPayload::from_static(b"part one"))
+            .await
+            .unwrap();
+        up.complete().await.unwrap();
+        for p in ["basebackups", "basebackups/b", "basebackups/b/part"] {
             let m = std::fs::metadata(repo.join(p)).unwrap();
             assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
         }
