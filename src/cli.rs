@@ -73,6 +73,10 @@ pub struct GlobalOpts {
     /// [default: false].
     #[arg(long, global = true, env = "WALARCHIVE_DAEMON", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub daemon: Option<bool>,
+    /// Mode of the objects walarchive writes to a file:// repository (directories get the
+    /// matching search bits), whatever the umask: 0600, 0640, 0660 or 0644 [default: 0600].
+    #[arg(long, global = true, env = "WALARCHIVE_FILE_MODE", value_name = "MODE")]
+    pub file_mode: Option<String>,
     /// More logging (-v debug, -vv trace). WALARCHIVE_LOG takes a tracing filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -98,7 +102,8 @@ pub enum Command {
         pgdata: Option<PathBuf>,
     },
     /// Archive continuously: push every `.ready` segment of a data directory as soon as it
-    /// appears, and answer wal-push over a Unix socket in pg_wal.
+    /// appears, and answer wal-push over a Unix socket (in pg_wal, or in /tmp/walarchive.UID
+    /// when that path is too long).
     ///
     /// archive_command stays `walarchive wal-push %p`: when this daemon runs, wal-push only
     /// asks it and returns as soon as its segment is durably stored (same checks, same exit
@@ -115,12 +120,19 @@ pub enum Command {
     /// Restore one WAL file: PostgreSQL's restore_command (`wal-fetch %f %p`).
     ///
     /// Exits 0 when restored, 1 when the repository does not have the file, and above 200
-    /// for any other failure, so that PostgreSQL aborts recovery rather than promoting early.
+    /// for any other failure, so that PostgreSQL aborts recovery rather than promoting early;
+    /// except on a standby (standby.signal), where a storage failure exits 1 so that
+    /// PostgreSQL keeps waiting and asks again (a standby never promotes by itself).
     WalFetch {
         /// WAL file name (PostgreSQL's %f).
         name: String,
         /// Destination path (PostgreSQL's %p).
         dest: PathBuf,
+        /// The data directory being recovered [default: the one %p is in, else the current
+        /// directory, which PostgreSQL makes the data directory]. With standby.signal there,
+        /// a storage failure exits 1 (PostgreSQL keeps waiting) instead of 207.
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
     },
     /// List the archived WAL files.
     WalList {
@@ -220,7 +232,7 @@ pub enum Command {
     /// recovery settings in postgresql.auto.conf, so that `pg_ctl start` performs the
     /// recovery. With a target, LATEST is the newest backup that ends before it.
     BackupFetch {
-        /// Destination data directory (missing or empty).
+        /// Destination data directory (missing or empty, or a data directory with --force).
         dest: PathBuf,
         /// Backup name, or LATEST.
         backup: String,
@@ -241,7 +253,9 @@ pub enum Command {
         /// Restore tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long, value_name = "OID=DIR", value_parser = parse_tablespace_map)]
         tablespace_map: Vec<(u32, PathBuf)>,
-        /// Empty a non-empty destination first.
+        /// Replace DEST when it is a stopped PostgreSQL data directory (refused while a
+        /// postmaster.pid is there, and for any other non-empty directory); its contents are
+        /// moved aside, deleted once the restore is complete, and put back if it fails.
         #[arg(long)]
         force: bool,
         /// Print a JSON summary.

@@ -71,8 +71,13 @@ pub fn push_via_daemon(settings: &Settings, path: &Path) -> Option<Result<u8>> {
             Some(Err(e.into()))
         }
         Err(e) => {
-            if !is_absent(&e) {
+            // A daemon that ran and failed to answer is worth a warning; a socket this call
+            // will not trust (see daemon::socket_path) only when a daemon was asked for.
+            if is_absent(&e) {
+            } else if settings.daemon || e.kind() != std::io::ErrorKind::PermissionDenied {
                 tracing::warn!("the walarchive daemon did not answer ({e}): pushing without it");
+            } else {
+                tracing::debug!("not using a walarchive daemon: {e}");
             }
             None
         }

@@ -9,8 +9,7 @@ use walarchive_core::control::{self, ClusterIdentity};
 use walarchive_core::manifest::Manifest;
 use walarchive_core::metrics::{self, Counters};
 use walarchive_core::repo::PutOutcome;
-use walarchive_core::storage::Backend;
-use walarchive_core::{catalog, pg, pushahead, Repository, WalFileName};
+use walarchive_core::{catalog, pg, pushahead, ErrorKind, Repository, WalFileName};
 use walarchive_restore::backup::BackupFetchOptions;
 use walarchive_restore::recovery::{self, Recovery, Target};
 use walarchive_restore::FetchError;
@@ -45,16 +44,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         )
         .await;
     }
-    let writes = matches!(
-        cli.command,
-        Command::WalPush { .. } | Command::BackupPush { .. }
-    );
-    if writes && repo.backend() == Backend::Local && root_writing_into_foreign_dir(&settings.repo) {
-        tracing::warn!(
-            "running as root: what this creates in the local repository belongs to root, and \
-             archive_command (run by PostgreSQL's OS user) may then be unable to write there; \
-             run walarchive as the database's OS user"
-        );
+    if reads_an_existing_repository(&cli.command) {
+        // An empty table from a wrong URL would read as an empty archive: say there is no
+        // repository there instead (status 6), as wal-fetch does.
+        repo.require_descriptor().await?;
     }
     match &cli.command {
         Command::WalPush { path, pgdata } => {
@@ -65,7 +58,9 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             let idle = idle_exit.map(Duration::from_secs);
             cmd_daemon::run(&repo, &settings, &pgdata.join("pg_wal"), idle, false).await
         }
-        Command::WalFetch { name, dest } => wal_fetch(&repo, &settings, name, dest).await,
+        Command::WalFetch { name, dest, pgdata } => {
+            wal_fetch(&repo, &settings, name, dest, pgdata.as_deref()).await
+        }
         Command::WalList { timeline, json } => wal_list(&repo, *timeline, *json).await,
         Command::RepoInfo { json } => repo_info(&repo, *json).await,
         Command::RepoRepair {
@@ -152,21 +147,24 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     }
 }
 
-/// Whether we run as root and the local repository (or its nearest existing ancestor)
-/// belongs to another user, who is then likely the one archive_command runs as.
-fn root_writing_into_foreign_dir(url: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        return false;
-    }
-    let mut dir = std::path::PathBuf::from(url.trim_start_matches("file://"));
-    loop {
-        if let Ok(m) = std::fs::metadata(&dir) {
-            return m.uid() != 0;
-        }
-        if !dir.pop() {
-            return false;
-        }
+/// The commands that only make sense on a repository that exists: everything but the
+/// writers that create one (wal-push, the daemon, backup-push) and wal-fetch, which looks
+/// for the descriptor only when an object is missing (one request less per segment).
+fn reads_an_existing_repository(command: &Command) -> bool {
+    match command {
+        Command::WalPush { .. }
+        | Command::Daemon { .. }
+        | Command::BackupPush { .. }
+        | Command::WalFetch { .. } => false,
+        Command::WalList { .. }
+        | Command::BackupList { .. }
+        | Command::BackupFetch { .. }
+        | Command::BackupMark { .. }
+        | Command::Delete(_)
+        | Command::Verify(_)
+        | Command::WalVerify { .. }
+        | Command::Status { .. }
+        | Command::RepoInfo { .. } => true,
     }
 }
 
@@ -454,8 +452,35 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
+/// A storage failure of `wal-fetch` on a standby, answered "not available" (status 1) so
+/// that PostgreSQL keeps waiting and asks again, instead of stopping the standby: a standby
+/// never promotes by itself, so this answer cannot end a recovery early, and an outage of
+/// the store must not take every standby down with it. Archive recovery toward a target
+/// (recovery.signal) has no such luxury: there, "not available" ends recovery and promotes,
+/// so a storage failure stays fatal (above 125). Corrupt objects, another cluster's WAL and
+/// configuration errors stay fatal on a standby too: they never go away by waiting.
+#[derive(Debug)]
+pub struct StandbyWaits;
+
+impl std::fmt::Display for StandbyWaits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the repository is unavailable; this is a standby (standby.signal), so wal-fetch \
+             answers 'not available' (status 1) and PostgreSQL will ask again",
+        )
+    }
+}
+
+/// Whether `e` carries [`StandbyWaits`] (as its context).
+pub fn standby_waits(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<StandbyWaits>().is_some()
+}
+
 /// The exit status for an error: the class of the first typed error in the chain.
 pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if standby_waits(e) {
+        return exit::NOT_FOUND;
+    }
     for cause in e.chain() {
         if let Some(e) = cause.downcast_ref::<walarchive_core::Error>() {
             return exit::for_kind(e.kind());
@@ -579,11 +604,30 @@ async fn wal_push(
     Ok(exit::OK)
 }
 
+/// Whether `wal-fetch` serves a standby: `standby.signal` in the data directory being
+/// recovered (`--pgdata`, else the one `%p` is in, else the current directory, which
+/// PostgreSQL makes the data directory when it runs restore_command).
+fn serves_a_standby(dest: &std::path::Path, pgdata: Option<&std::path::Path>) -> bool {
+    let data_dir = match pgdata {
+        Some(d) => d.to_path_buf(),
+        None => match dest.parent() {
+            Some(wal) if wal.file_name().is_some_and(|n| n == "pg_wal") => wal
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| ".".into()),
+            _ => ".".into(),
+        },
+    };
+    data_dir.join("standby.signal").exists()
+}
+
 async fn wal_fetch(
     repo: &Repository,
     settings: &Settings,
     name: &str,
     dest: &std::path::Path,
+    pgdata: Option<&std::path::Path>,
 ) -> Result<u8> {
     use walarchive_restore::prefetch::{self, PrefetchOptions};
     use walarchive_restore::Source;
@@ -599,6 +643,8 @@ async fn wal_fetch(
     }
     let started = Instant::now();
     let result = prefetch::fetch(repo, name, dest, &opts).await;
+    let standby_waits = matches!(&result, Err(e) if e.kind() == ErrorKind::Storage)
+        && serves_a_standby(dest, pgdata);
     count(dest, |c| {
         c.fetch_seconds_total += started.elapsed().as_secs_f64();
         match &result {
@@ -609,11 +655,18 @@ async fn wal_fetch(
             Err(FetchError::NotFound(_)) => c.fetch_not_found_total += 1,
             Err(e) => {
                 c.fetch_errors_total += 1;
+                if standby_waits {
+                    c.fetch_standby_waits_total += 1;
+                }
                 note_error(c, e);
             }
         }
     });
-    let report = result?;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) if standby_waits => return Err(anyhow::Error::new(e).context(StandbyWaits)),
+        Err(e) => return Err(e.into()),
+    };
     let from = match report.source {
         Source::Prefetch => " from the prefetch directory",
         Source::Repository => "",

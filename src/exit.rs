@@ -3,7 +3,9 @@
 //! `archive_command` only distinguishes zero from non-zero, but `restore_command` does not:
 //! a status of 1..=125 tells PostgreSQL "not available" and ends archive recovery (the server
 //! promotes), while a status above 125 makes it abort. So `wal-fetch` answers 1 only for
-//! "the repository has no such file" and adds [`FETCH_FATAL_OFFSET`] to every other failure.
+//! "the repository has no such file" and adds [`FETCH_FATAL_OFFSET`] to every other failure;
+//! the one exception is a storage failure on a standby, which never promotes by itself and
+//! must keep waiting through an outage (see `commands::StandbyWaits`).
 
 use std::process::ExitCode;
 
@@ -78,7 +80,8 @@ pub fn code(c: u8) -> ExitCode {
 pub const HELP: &str = "\
 Exit status:
   0    success
-  1    wal-fetch: the file is not in the repository (PostgreSQL ends recovery)
+  1    wal-fetch: the file is not in the repository (PostgreSQL ends recovery); on a
+       standby (standby.signal), also: the store is unavailable (PostgreSQL keeps waiting)
   2    wrong command-line arguments
   3    bad input: missing file, a directory, not a WAL file name, wrong size, damaged page header,
        a history or backup history file that does not parse

@@ -61,7 +61,10 @@ fn main() -> ExitCode {
         Ok(code) => exit::code(code),
         Err(e) => {
             let code = commands::exit_status(&e);
-            if code == exit::NOT_FOUND && matches!(cli.command, Command::WalFetch { .. }) {
+            if code == exit::NOT_FOUND
+                && matches!(cli.command, Command::WalFetch { .. })
+                && !commands::standby_waits(&e)
+            {
                 // PostgreSQL probes for files that may not exist: not an error.
                 tracing::debug!("{e:#}");
             } else {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use walarchive_core::config::{ConfigFile, RetrySettings};
-use walarchive_core::storage::StorageOptions;
+use walarchive_core::config::{ConfigFile, FileMode, RetrySettings};
+use walarchive_core::storage::{Backend, StorageOptions};
 use walarchive_core::{Compression, Error, Repository, RetryPolicy};
 
 use crate::cli::GlobalOpts;
@@ -13,8 +13,8 @@ use crate::cli::GlobalOpts;
 /// The default configuration file, read when it exists and no other is named.
 pub const DEFAULT_CONFIG: &str = "/etc/walarchive.toml";
 
-/// Everything needed to open the repository.
-#[derive(Debug)]
+/// Everything needed to open the repository. `Debug` shows the URL redacted and the storage
+/// options' keys only.
 pub struct Settings {
     pub repo: String,
     pub compression: Compression,
@@ -26,6 +26,22 @@ pub struct Settings {
     pub prefetch: usize,
     /// wal-push: start the resident daemon when none runs.
     pub daemon: bool,
+    /// Mode of objects (and directories) in a `file://` repository.
+    pub file_mode: FileMode,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("repo", &walarchive_core::storage::redact_url(&self.repo))
+            .field("compression", &self.compression)
+            .field("storage", &self.storage)
+            .field("parallel", &self.parallel)
+            .field("prefetch", &self.prefetch)
+            .field("daemon", &self.daemon)
+            .field("file_mode", &self.file_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -68,6 +84,10 @@ impl Settings {
             parallel: g.parallel.or(file.parallel).unwrap_or(2) as usize,
             prefetch: g.prefetch.or(file.prefetch).unwrap_or(8) as usize,
             daemon: g.daemon.or(file.daemon).unwrap_or(false),
+            file_mode: match g.file_mode.as_ref().or(file.file_mode.as_ref()) {
+                Some(text) => FileMode::parse(text)?,
+                None => FileMode::default(),
+            },
         })
     }
 
@@ -87,6 +107,7 @@ impl Settings {
         };
         field("repo", &self.repo);
         field("compression", &self.compression.to_string());
+        field("file_mode", &self.file_mode.to_string());
         for (k, v) in &self.storage.0 {
             field(&format!("storage.{k}"), v);
         }
@@ -105,7 +126,50 @@ impl Settings {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        Repository::open(&self.repo, &self.storage, self.policy, self.compression)
-            .with_context(|| "cannot open the repository".to_string())
+        let repo = Repository::open(&self.repo, &self.storage, self.policy, self.compression)
+            .with_context(|| "cannot open the repository".to_string())?;
+        if repo.backend() == Backend::Local {
+            restrict_umask(self.file_mode);
+        }
+        Ok(repo)
+    }
+}
+
+/// Sets this process's umask so that what object_store's local store creates (files 0666,
+/// directories 0777, through a temporary file and a rename) gets exactly `mode`, whatever
+/// umask walarchive was started with (cron's 022 made base-backup parts, `pg_authid`
+/// included, world-readable). A umask rather than a chmod after the fact: no object or
+/// directory is ever visible, even for an instant, with wider permissions. Exactly `mode`,
+/// not merely narrower than the inherited umask: an operator's `file_mode = "0640"` must
+/// hold under PostgreSQL's umask 077 too. What else the process creates (restored files,
+/// counters, sockets) sets its mode explicitly or is the owner's anyway.
+fn restrict_umask(mode: FileMode) {
+    // SAFETY: umask only swaps the process's file-mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(mode.umask() as libc::mode_t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_credentials() {
+        let s = Settings {
+            repo: "s3://AKIAKEY:Secret123@bucket/x".into(),
+            compression: Compression::default(),
+            policy: RetryPolicy::default(),
+            storage: StorageOptions([("aws_secret_access_key".into(), "Secret456".into())].into()),
+            parallel: 2,
+            prefetch: 8,
+            daemon: false,
+            file_mode: FileMode::default(),
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("AKIAKEY") && !shown.contains("Secret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }

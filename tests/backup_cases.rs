@@ -460,6 +460,15 @@ fn backup_push_bad_input() {
         ..Default::default()
     });
     pg.start();
+    // The repository exists (one segment pushed by hand): listing it is then meaningful
+    // (on a URL with no repository, backup-list exits 6).
+    let first = fs::read_dir(pg.wal_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24)
+        .min()
+        .expect("a segment in pg_wal");
+    assert_success(&repo.run_as_postgres(&["wal-push", &format!("pg_wal/{first}")], pg.data_dir()));
     let empty_list = |what: &str| {
         let out = repo.run(&["backup-list", "--json"]);
         assert_success(&out);
@@ -554,10 +563,20 @@ fn backup_fetch_bad_input() {
     assert!(line.contains("--force"), "{line}");
     assert!(line.contains(c.data_dir().to_str().unwrap()), "{line}");
     assert!(c.data_dir().join("junk").exists(), "refused, yet changed");
+    // --force replaces a data directory only (tests/restore_safety.rs replaces one): this is
+    // not one, and stays as it is.
     let out = repo.try_restore_into(&c, "LATEST", &["--force", "--target-action", "promote"]);
+    assert_code(&out, 3);
+    assert!(
+        error_line(&out).contains("not a PostgreSQL data directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(c.data_dir().join("junk").exists() && c.data_dir().join("junkdir").exists());
+    fs::remove_file(c.data_dir().join("junk")).unwrap();
+    fs::remove_dir(c.data_dir().join("junkdir")).unwrap();
+    let out = repo.try_restore_into(&c, "LATEST", &["--target-action", "promote"]);
     assert_success(&out);
-    assert!(!c.data_dir().join("junk").exists());
-    assert!(!c.data_dir().join("junkdir").exists());
     assert!(c.data_dir().join("PG_VERSION").is_file());
     assert!(c.data_dir().join("backup_label").is_file());
     c.adopt_data_dir();

@@ -401,6 +401,107 @@ fn unreachable_store() {
     assert!(!dest.exists());
 }
 
+/// On a standby (standby.signal in the data directory PostgreSQL runs restore_command in,
+/// or in `--pgdata`), a storage failure answers "not available" (1) with an error line, so
+/// that PostgreSQL keeps waiting; archive recovery (recovery.signal) and a plain directory
+/// keep 207; a corrupt object and a missing repository stay fatal on a standby too.
+#[test]
+fn a_standby_waits_out_storage_failures_only() {
+    let src = source();
+    let n = &src.segments[0];
+    let mut down = Fixture::file();
+    down.url = "s3://bucket/prefix".into();
+    down.env.extend([
+        ("AWS_ACCESS_KEY_ID".to_string(), "x".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "y".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        (
+            "AWS_ENDPOINT".into(),
+            format!("http://127.0.0.1:{}", free_port()),
+        ),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+    ]);
+    // The data directory is pg_wal's parent (as PostgreSQL's %p, pg_wal/RECOVERYXLOG, says).
+    let data = down.work.parent().unwrap().to_path_buf();
+    let dest = down.work.join("RECOVERYXLOG");
+    let fetch_in = |f: &Fixture, extra: &[&str]| {
+        let mut a = vec![
+            "--repo",
+            f.url.as_str(),
+            "wal-fetch",
+            n,
+            "pg_wal/RECOVERYXLOG",
+        ];
+        a.extend_from_slice(extra);
+        walarchive_cmd()
+            .args(&a)
+            .envs(f.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&data)
+            .output()
+            .unwrap()
+    };
+    assert_code(&fetch_in(&down, &[]), 207);
+    fs::write(data.join("recovery.signal"), b"").unwrap();
+    assert_code(&fetch_in(&down, &[]), 207);
+    fs::write(data.join("standby.signal"), b"").unwrap();
+    let out = fetch_in(&down, &[]);
+    assert_code(&out, 1);
+    let line = error_line(&out);
+    assert!(
+        line.contains("this is a standby (standby.signal)")
+            && line.contains("gave up after 2 attempts"),
+        "{line}"
+    );
+    assert!(!dest.exists());
+    let counters: serde_json::Value =
+        serde_json::from_slice(&fs::read(down.work.join("walarchive-metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(counters["fetch_standby_waits_total"], 1, "{counters}");
+    assert_eq!(counters["fetch_errors_total"], 3, "{counters}");
+    // --pgdata names the data directory when %p says nothing about it.
+    let elsewhere = data.join("elsewhere");
+    let out = run_walarchive(
+        &[
+            "--repo",
+            &down.url,
+            "wal-fetch",
+            n,
+            elsewhere.to_str().unwrap(),
+        ],
+        &down.env,
+    );
+    assert_code(&out, 207);
+    let out = run_walarchive(
+        &[
+            "--repo",
+            &down.url,
+            "wal-fetch",
+            n,
+            elsewhere.to_str().unwrap(),
+            "--pgdata",
+            data.to_str().unwrap(),
+        ],
+        &down.env,
+    );
+    assert_code(&out, 1);
+
+    // A corrupt object never gets better by waiting: fatal on a standby too.
+    let mut f = Fixture::file();
+    f.work = down.work.clone();
+    f.repo_dir = down.work.join("repo");
+    f.url = format!("file://{}", f.repo_dir.display());
+    assert_success(&f.push(&f.stage(src, n, n)));
+    let obj = f.object(n);
+    let mut bytes = fs::read(&obj).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    fs::write(&obj, bytes).unwrap();
+    assert_code(&fetch_in(&f, &[]), 208);
+    // Nor does a URL with no repository behind it.
+    f.url = format!("file://{}", down.work.join("no-repo-here").display());
+    assert_code(&fetch_in(&f, &[]), 206);
+}
+
 #[test]
 fn wrong_credentials_and_missing_bucket() {
     let src = source();

@@ -410,3 +410,98 @@ fn a_daemon_with_other_settings_is_not_used_and_stops() {
     });
     assert!(!d.wal("walarchive-daemon.sock").exists());
 }
+
+/// A data directory whose path is too long for a socket beside its pg_wal (150+
+/// characters): wal-push without a daemon says nothing about one (it used to warn "socket
+/// path too long" on every call); `--daemon` starts one, listening in the user's private
+/// runtime directory, which answers that call and the next ones.
+#[test]
+fn a_long_data_directory_path_still_gets_a_daemon() {
+    let src = real_segments();
+    let dir = TestDir::new("walarchive-dmlong-");
+    let mut data = dir.path().to_path_buf();
+    for i in 0..3 {
+        data.push(format!("a-directory-name-long-enough-to-matter-{i}"));
+    }
+    data.push("data");
+    assert!(data.as_os_str().len() >= 150, "{}", data.display());
+    fs::create_dir_all(data.join("pg_wal/archive_status")).unwrap();
+    let names = &src.segments[..3];
+    for n in names {
+        fs::copy(src.path(n), data.join("pg_wal").join(n)).unwrap();
+    }
+    let url = format!("file://{}", dir.join("repo").display());
+    // stderr goes to a file, as PostgreSQL's log: a daemon started by the call inherits it,
+    // and a pipe would stay open until the daemon exits.
+    let log = dir.join("push.log");
+    let push = |name: &str, extra: &[&str]| {
+        let status = walarchive_cmd()
+            .args(["--repo", &url])
+            .args(extra)
+            .args(["wal-push", &format!("pg_wal/{name}")])
+            .current_dir(&data)
+            .env("WALARCHIVE_RETRIES", "2")
+            .stderr(fs::File::create(&log).unwrap())
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: fs::read(&log).unwrap(),
+        }
+    };
+
+    // No daemon asked for, none running: not a word about one.
+    let out = push(&names[0], &[]);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("daemon"), "{}", stderr(&out));
+
+    // --daemon: one is started (it follows postmaster.pid) and answers.
+    fs::write(data.join("postmaster.pid"), "1\n").unwrap();
+    let out = push(&names[1], &["--daemon"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("started a walarchive daemon")
+            && err.contains("through the walarchive daemon")
+            && !err.contains("did not answer"),
+        "{err}"
+    );
+    let socket = walarchive_core::daemon::socket_path(&data.join("pg_wal")).unwrap();
+    assert!(socket.as_os_str().len() <= 103, "{}", socket.display());
+    assert!(!data.join("pg_wal/walarchive-daemon.sock").exists());
+    let runtime = socket.parent().unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(runtime).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{}",
+        runtime.display()
+    );
+    assert_eq!(meta.uid(), fs::metadata("/proc/self").unwrap().uid());
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+
+    // The next call, without --daemon, is answered by the running daemon.
+    let out = push(&names[2], &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("through the walarchive daemon"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The daemon stops with "PostgreSQL", taking its socket with it.
+    fs::remove_file(data.join("postmaster.pid")).unwrap();
+    wait_until("the daemon to stop", Duration::from_secs(20), || {
+        !socket.exists()
+    });
+    let d = FakeData {
+        dir,
+        url: url.clone(),
+        names: names.to_vec(),
+    };
+    for n in names {
+        assert_eq!(fetched(&d, n), src.bytes(n), "{n}");
+    }
+}

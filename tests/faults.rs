@@ -326,7 +326,9 @@ fn bad_fault_plan_is_a_configuration_error() {
         "{}",
         stderr(&out)
     );
-    assert!(f.listed().is_empty());
+    // Nothing stored, not even the descriptor: there is no repository there (status 6).
+    assert!(!f.repo.path().exists());
+    assert_code(&f.repo.run(&["wal-list"]), 6);
 }
 
 // ---------------------------------------------------------------------------

@@ -418,6 +418,37 @@ fn a_standby_is_measured_from_its_replay_position() {
 #[test]
 fn an_empty_repository_fails() {
     let repo = Store::File.fresh();
+    // No repository at all (a wrong URL): a configuration error, nothing printed.
+    for args in [&["--json"][..], &["--prometheus"], &[]] {
+        let out = run_status(&repo, &closed_port_conn(), None, args);
+        assert_code(&out, 6);
+        assert_eq!(stdout(&out), "");
+        assert!(
+            error_line(&out).contains(&format!("no walarchive repository at {}", repo.url)),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // A repository (its descriptor) that holds no WAL yet.
+    let descriptor = serde_json::json!({
+        "format_version": 1,
+        "system_identifier": "7000000000000000001",
+        "pg_version": 15,
+        "wal_page_magic": 0xD110,
+        "wal_segment_size": 1 << 20,
+        "created_at": 0,
+        "created_by": "tests/status.rs",
+    });
+    std::fs::create_dir_all(repo.path()).unwrap();
+    std::fs::write(
+        repo.path().join("walarchive.repo"),
+        walarchive_core::format::encode(
+            &serde_json::to_vec(&descriptor).unwrap(),
+            walarchive_core::Compression::None,
+        )
+        .bytes,
+    )
+    .unwrap();
     let v = status_json(&repo, &closed_port_conn(), None, &[], RPO_NOT_MET);
     assert_eq!(v["newest_archived_segment"], Value::Null);
     assert_eq!(v["archived_wal_files"], 0);

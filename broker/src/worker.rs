@@ -1392,7 +1392,7 @@ fn listing_is_empty(
                 serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
             Ok(v.as_array().is_some_and(Vec::is_empty))
         }
-        Err((Some(6), message)) if message.contains("no repository at") => Ok(true),
+        Err((Some(6), message)) if message.contains("no walarchive repository at") => Ok(true),
         Err((_, message)) => Err(message),
     }
 }
@@ -1486,7 +1486,7 @@ mod tests {
                 "wal-list",
                 Err((
                     Some(6),
-                    "walarchive wal-list failed: no repository at file:///r/x".into()
+                    "walarchive wal-list: error: no walarchive repository at file:///r/x (no walarchive.repo object): wrong URL or bucket, or nothing was archived there yet".into()
                 ))
             ),
             Ok(true)

@@ -23,13 +23,15 @@ use walarchive_core::catalog;
 use walarchive_core::manifest::{backup_key, part_key, EntryKind, FileEntry, Manifest};
 use walarchive_core::{Lsn, Repository, SegmentName, WalFileName};
 
+use crate::destination::DataDir;
 use crate::recovery::{self, Recovery, Target};
 use crate::FetchError;
 
 /// How to restore.
 #[derive(Clone, Debug)]
 pub struct BackupFetchOptions {
-    /// Destination data directory (missing or empty, unless `force`).
+    /// Destination data directory (missing or empty, unless `force` replaces a data
+    /// directory).
     pub dest: PathBuf,
     /// Backup name, or `LATEST`.
     pub backup: String,
@@ -37,7 +39,7 @@ pub struct BackupFetchOptions {
     pub recovery: Recovery,
     /// Where each tablespace goes (default: where it was).
     pub tablespace_map: BTreeMap<u32, PathBuf>,
-    /// Empty non-empty destinations first.
+    /// Replace the destination when it is a (stopped) data directory.
     pub force: bool,
     /// The `restore_command` to write.
     pub restore_command: String,
@@ -102,35 +104,46 @@ pub async fn fetch_backup(
         opts.dest.display()
     );
 
-    // Destinations: the data directory and each tablespace's directory. Each is empty (or
-    // emptied by --force) before anything is written; when the restore fails, what it wrote
-    // is removed again, so a failed backup-fetch leaves no file behind (and no directory it
-    // created).
+    // Destinations: each tablespace's directory, which must be missing or empty (it may
+    // belong to a running cluster: --force never replaces one; remap it with
+    // --tablespace-map), then the data directory, which --force may replace (see
+    // crate::destination: nothing is deleted before the restore is complete). When the
+    // restore fails, what it wrote is removed again and the data directory's previous
+    // contents are put back, so a failed backup-fetch leaves everything as it found it.
     let mut roots = BTreeMap::new();
     let mut prepared: Vec<(PathBuf, bool)> = Vec::new();
     for s in &manifest.streams {
-        let root = match (s.tablespace_oid, &s.tablespace_location) {
-            (None, _) => opts.dest.clone(),
-            (Some(oid), loc) => match opts.tablespace_map.get(&oid) {
-                Some(dir) => dir.clone(),
-                None => PathBuf::from(loc.clone().unwrap_or_default()),
-            },
+        let Some(oid) = s.tablespace_oid else {
+            roots.insert(s.name.clone(), opts.dest.clone());
+            continue;
+        };
+        let root = match opts.tablespace_map.get(&oid) {
+            Some(dir) => dir.clone(),
+            None => PathBuf::from(s.tablespace_location.clone().unwrap_or_default()),
         };
         let existed = root.exists();
-        // --force empties the data directory only: a tablespace's directory may belong to a
-        // running cluster, so it must be empty (or remapped with --tablespace-map).
-        if let Err(e) = prepare_dir(&root, opts.force && s.tablespace_oid.is_none()) {
+        if let Err(e) = prepare_dir(&root) {
             clean_up(&prepared);
             return Err(e);
         }
         prepared.push((root.clone(), !existed));
         roots.insert(s.name.clone(), root);
     }
-    match restore_prepared(repo, opts, manifest, &roots, progress).await {
-        Ok(fetched) => Ok(fetched),
+    let data_dir = match DataDir::prepare(&opts.dest, opts.force) {
+        Ok(d) => d,
         Err(e) => {
             clean_up(&prepared);
-            Err(e)
+            return Err(e);
+        }
+    };
+    match restore_prepared(repo, opts, manifest, &roots, progress).await {
+        Ok(fetched) => {
+            data_dir.commit()?;
+            Ok(fetched)
+        }
+        Err(e) => {
+            clean_up(&prepared);
+            Err(data_dir.roll_back(e))
         }
     }
 }
@@ -138,6 +151,9 @@ pub async fn fetch_backup(
 /// Removes what a failed restore wrote into directories that were empty before it: their
 /// contents, and the directories it created.
 fn clean_up(prepared: &[(PathBuf, bool)]) {
+    if prepared.is_empty() {
+        return;
+    }
     for (dir, created) in prepared.iter().rev() {
         let emptied = std::fs::read_dir(dir).map(|rd| {
             for entry in rd.flatten() {
@@ -164,7 +180,7 @@ fn clean_up(prepared: &[(PathBuf, bool)]) {
             let _ = std::fs::remove_dir(dir);
         }
     }
-    tracing::info!("the failed restore's files were removed");
+    tracing::info!("the failed restore's files were removed from the tablespace directories");
 }
 
 /// Restores `manifest` into its prepared (empty) destinations.
@@ -374,24 +390,12 @@ fn write_err(path: &Path, source: std::io::Error) -> FetchError {
     }
 }
 
-/// A destination must be missing or empty; `force` empties it.
-fn prepare_dir(dir: &Path, force: bool) -> Result<(), FetchError> {
+/// A tablespace's destination must be missing (it is created 0700) or empty.
+fn prepare_dir(dir: &Path) -> Result<(), FetchError> {
     match std::fs::read_dir(dir) {
         Ok(mut rd) => {
             if rd.next().is_some() {
-                if !force {
-                    return Err(FetchError::DestinationNotEmpty(dir.to_path_buf()));
-                }
-                tracing::warn!("--force: emptying {}", dir.display());
-                for entry in std::fs::read_dir(dir).map_err(|e| write_err(dir, e))? {
-                    let p = entry.map_err(|e| write_err(dir, e))?.path();
-                    let r = if p.is_dir() && !p.is_symlink() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                    r.map_err(|e| write_err(&p, e))?;
-                }
+                return Err(FetchError::DestinationNotEmpty(dir.to_path_buf()));
             }
             Ok(())
         }

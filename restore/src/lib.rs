@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod backup;
+pub mod destination;
 pub mod prefetch;
 pub mod recovery;
 
@@ -42,11 +43,23 @@ pub enum FetchError {
     #[error("{0}")]
     BadTarget(String),
     /// The restore destination is not empty.
-    #[error("{} is not empty (use --force to empty a data directory first, or --tablespace-map OID=DIR to restore a tablespace elsewhere)", .0.display())]
+    #[error("{} is not empty (use --force to replace a data directory, or --tablespace-map OID=DIR to restore a tablespace elsewhere)", .0.display())]
     DestinationNotEmpty(PathBuf),
+    /// The destination may not be restored into (a server holds it, it is not a data
+    /// directory, an interrupted restore left it): nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// The backup's content does not match its manifest.
     #[error("the backup is damaged: {0}")]
     BadBackup(String),
+    /// A restore failed and the destination could not be put back as it was.
+    #[error("{error}; {detail}")]
+    NotUndone {
+        /// Why the restore failed.
+        error: Box<FetchError>,
+        /// What could not be undone, and where the previous contents are.
+        detail: String,
+    },
     /// Anything the engine reports: storage, corruption, configuration.
     #[error(transparent)]
     Core(#[from] walarchive_core::Error),
@@ -57,7 +70,10 @@ impl FetchError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FetchError::NotFound(_) | FetchError::NoBackup(_) => ErrorKind::NotFound,
-            FetchError::BadTarget(_) | FetchError::DestinationNotEmpty(_) => ErrorKind::BadInput,
+            FetchError::BadTarget(_)
+            | FetchError::DestinationNotEmpty(_)
+            | FetchError::Refused(_) => ErrorKind::BadInput,
+            FetchError::NotUndone { error, .. } => error.kind(),
             FetchError::BadBackup(_) => ErrorKind::Corrupt,
             FetchError::Write { .. } => ErrorKind::LocalIo,
             FetchError::Core(e) => e.kind(),

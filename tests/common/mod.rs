@@ -745,6 +745,34 @@ impl PgCluster {
         self.start_with_env(&[]);
     }
 
+    /// Starts the server with extra environment variables (remembered for `restart`), as
+    /// [`PgCluster::start_with_env`] does, but returns pg_ctl's output and the server log's
+    /// tail instead of panicking when the server does not come up (e.g. recovery aborted).
+    pub fn try_start_with_env(&self, env: &[(String, String)]) -> Result<(), String> {
+        *self.env.lock().unwrap_or_else(|e| e.into_inner()) = env.to_vec();
+        let out = runuser_cmd(&pg_bin("pg_ctl"), env)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "60", "start"])
+            .current_dir(self.dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl start");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}
+{}",
+                stdout(&out),
+                stderr(&out),
+                self.log_tail(30)
+            ))
+        }
+    }
+
     /// Starts the server with extra environment variables, which the
     /// postmaster passes on to archive_command/restore_command. Remembered
     /// for `restart`.

@@ -73,6 +73,8 @@ struct Shared {
     dropped: AtomicU64,
     /// Connections stalled by [`Fault::Stall`].
     stalled: AtomicU64,
+    /// An outage ([`Proxy::set_down`]): every connection is closed as soon as it is accepted.
+    down: AtomicBool,
 }
 
 impl Proxy {
@@ -98,6 +100,7 @@ impl Proxy {
             connections: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
             stalled: AtomicU64::new(0),
+            down: AtomicBool::new(false),
         });
         let acceptor = {
             let shared = shared.clone();
@@ -133,6 +136,19 @@ impl Proxy {
     /// Connections stalled so far ([`Fault::Stall`]).
     pub fn stalled(&self) -> u64 {
         self.shared.stalled.load(Ordering::SeqCst)
+    }
+
+    /// Starts (`true`) or ends an outage of the store behind the proxy: while it lasts, the
+    /// connections being forwarded are closed and every new one is closed as soon as it is
+    /// accepted, as a store that went away does to its clients.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+        if down {
+            for (client, server) in self.shared.connections.lock().unwrap().values() {
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -170,6 +186,10 @@ fn accept(listener: TcpListener, target: u16, faults: Vec<Fault>, shared: Arc<Sh
             break;
         }
         let Ok(client) = client else { continue };
+        if shared.down.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
         let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
             continue;
         };

@@ -505,8 +505,16 @@ const CONTENTS_EXCLUDED: &[&str] = &[
     "pg_subtrans",
 ];
 
+/// While `backup-fetch` restores into a data directory, the directory holding what it
+/// replaces (see `walarchive_restore::destination`).
+pub const RESTORE_WORK_DIR: &str = ".walarchive-restore";
+/// [`RESTORE_WORK_DIR`] once the restore is complete, while it is being deleted.
+pub const RESTORE_DONE_DIR: &str = ".walarchive-restore-done";
+
 /// Files in the data directory's root that are never backed up.
 const ROOT_FILES_EXCLUDED: &[&str] = &[
+    RESTORE_WORK_DIR,
+    RESTORE_DONE_DIR,
     "postmaster.pid",
     "postmaster.opts",
     "recovery.signal",
@@ -1106,6 +1114,8 @@ mod tests {
             "pg_stat_tmp",
             "pg_tblspc",
             "base/pgsql_tmp",
+            ".walarchive-restore/old/base",
+            ".walarchive-restore-done",
         ] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }

@@ -33,7 +33,7 @@
 //!   error's class and message, the client prints the message and exits with the same
 //!   status `wal-push` would.
 //! * **The daemon is only ever a shortcut.** A client that cannot reach it (not running,
-//!   killed mid-request, socket path too long, a reply it does not understand) pushes the
+//!   killed mid-request, a socket it does not trust, a reply it does not understand) pushes the
 //!   segment itself, with push-ahead, as if there were no daemon. The daemon holds the
 //!   push-ahead lock for its whole life, so such a client waits for the daemon's marker
 //!   instead of uploading the same segments alongside it, and the daemon writes the same
@@ -74,10 +74,10 @@ use crate::repo::{Descriptor, PutOutcome, Repository};
 use crate::wal::SegmentName;
 use crate::{Error, ErrorKind};
 
-/// The daemon's socket, inside `pg_wal`.
-pub const SOCKET_NAME: &str = "walarchive-daemon.sock";
-/// Longest socket path the platform takes (`sun_path` is 108 bytes on Linux, 104 on BSDs).
-const MAX_SOCKET_PATH: usize = 103;
+mod socket;
+use socket::ours;
+pub use socket::{private_dir, socket_path, SOCKET_NAME};
+
 /// How long a client waits for an answer before pushing the segment itself.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Idle time after which a daemon started by `wal-push` stops.
@@ -176,12 +176,6 @@ pub fn pg_wal_of(path: &Path) -> Option<PathBuf> {
         .then(|| parent.to_path_buf())
 }
 
-/// The daemon's socket for `pg_wal`, unless that path is too long for a Unix socket.
-pub fn socket_path(pg_wal: &Path) -> Option<PathBuf> {
-    let p = pg_wal.join(SOCKET_NAME);
-    (p.as_os_str().len() <= MAX_SOCKET_PATH).then_some(p)
-}
-
 /// How the daemon archived the segment a client asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum How {
@@ -233,9 +227,9 @@ pub enum Answer {
 /// not understand): the caller then pushes the file itself.
 pub fn ask(pg_wal: &Path, path: &Path, key: &str) -> std::io::Result<Answer> {
     use std::os::unix::net::UnixStream as StdStream;
-    let socket = socket_path(pg_wal).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "socket path too long")
-    })?;
+    let socket = socket_path(pg_wal)?;
+    private_dir(&socket, false)?;
+    ours(&socket)?;
     let path = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -369,12 +363,14 @@ pub async fn run(repo: &Repository, pg_wal: &Path, opts: Options) -> Result<Opti
             reason: "is not a pg_wal directory (it has no archive_status)".into(),
         });
     }
-    let socket = socket_path(pg_wal).ok_or_else(|| {
-        Error::Config(format!(
-            "{}/{SOCKET_NAME} is too long a path for a Unix socket",
-            pg_wal.display()
-        ))
-    })?;
+    let socket = socket_path(pg_wal)
+        .and_then(|socket| private_dir(&socket, true).map(|()| socket))
+        .map_err(|e| {
+            Error::Config(format!(
+                "no socket for the daemon of {}: {e}",
+                pg_wal.display()
+            ))
+        })?;
     let markers = pg_wal.join(MARKER_DIR);
     fs::create_dir_all(&markers).map_err(io(format!("cannot create {}", markers.display())))?;
     let lock_path = pg_wal.join(LOCK_NAME);
@@ -824,7 +820,7 @@ mod tests {
     }
 
     #[test]
-    fn pg_wal_and_socket_paths() {
+    fn pg_wal_paths() {
         let d = tempfile::tempdir().unwrap();
         let wal = d.path().join("pg_wal");
         fs::create_dir_all(wal.join("archive_status")).unwrap();
@@ -834,8 +830,5 @@ mod tests {
             pg_wal_of(&d.path().join("x/000000010000000000000001")),
             None
         );
-        assert!(socket_path(&wal).is_some());
-        let long = Path::new("/").join("x".repeat(120)).join("pg_wal");
-        assert!(socket_path(&long).is_none());
     }
 }

@@ -39,6 +39,9 @@ pub struct Counters {
     pub fetch_not_found_total: u64,
     /// Fetches that failed otherwise.
     pub fetch_errors_total: u64,
+    /// Of those, storage failures on a standby, answered "not available" so that PostgreSQL
+    /// kept waiting (a store outage a standby is riding out).
+    pub fetch_standby_waits_total: u64,
     /// Bytes restored.
     pub fetch_bytes_total: u64,
     /// Seconds spent in fetches.

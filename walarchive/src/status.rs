@@ -1056,6 +1056,12 @@ pub fn prometheus(r: &Report) -> String {
             n(c.fetch_errors_total),
         );
         e.counter(
+            "walarchive_fetch_standby_waits_total",
+            "wal-fetch storage failures on a standby, answered 'not available' so that \
+             PostgreSQL kept waiting (the store was unreachable).",
+            n(c.fetch_standby_waits_total),
+        );
+        e.counter(
             "walarchive_fetch_bytes_total",
             "Bytes restored by wal-fetch.",
             n(c.fetch_bytes_total),

@@ -30,6 +30,8 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use crate::retry::RetryPolicy;
 
+mod keys;
+pub mod owned;
 pub mod swift;
 pub mod unreliable;
 
@@ -165,7 +167,8 @@ fn classify_by_status(msg: String) -> StorageError {
     }
 }
 
-/// Removes URL query strings (signatures, SAS tokens) from a message.
+/// Removes credentials from the URLs in a message: query strings (signatures, SAS tokens)
+/// and user info (`http://user:password@host/`, an endpoint with credentials in it).
 pub fn redact(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
@@ -175,18 +178,40 @@ pub fn redact(msg: &str) -> String {
         let end = url_on
             .find(|c: char| c.is_whitespace())
             .unwrap_or(url_on.len());
-        let url = &url_on[..end];
-        match url.find('?') {
-            Some(q) => {
-                out.push_str(&url[..q]);
-                out.push_str("?<redacted>");
-            }
-            None => out.push_str(url),
-        }
+        out.push_str(&redact_url(&url_on[..end]));
         rest = &url_on[end..];
     }
     out.push_str(rest);
     out
+}
+
+/// A URL (or something meant as one) as it may be shown: without user info (everything
+/// before the `@` of the authority, e.g. `s3://KEYID:SECRET@bucket/x` becomes
+/// `s3://<redacted>@bucket/x`), query string or fragment. Works on text that does not parse
+/// as a URL too, since that is when it is quoted in an error.
+pub fn redact_url(url: &str) -> String {
+    let (base, tail) = match url.find(['?', '#']) {
+        Some(i) => (&url[..i], "?<redacted>"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = match base.find("://") {
+        Some(i)
+            if i > 0
+                && base[..i]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            base.split_at(i + 3)
+        }
+        // No authority marker: whatever comes before an `@` in the first path segment may
+        // be credentials (`s3:KEY:SECRET@bucket`), the would-be scheme included.
+        _ => ("", base),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}<redacted>{}{tail}", &rest[at..]),
+        None => format!("{base}{tail}"),
+    }
 }
 
 /// Extra backend options (object_store configuration keys such as `aws_endpoint`) from the
@@ -202,6 +227,8 @@ impl fmt::Debug for StorageOptions {
             .finish()
     }
 }
+
+pub use keys::UnknownKey;
 
 /// Which backend a repository URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +251,7 @@ pub enum OpenError {
     /// Not a URL, or one without the required parts.
     #[error("invalid repository URL {url:?}: {reason}")]
     BadUrl {
-        /// The URL as given (never contains secrets: those come from the environment).
+        /// The URL as given, redacted ([`redact_url`]).
         url: String,
         /// What is wrong.
         reason: String,
@@ -264,10 +291,21 @@ pub fn open(
     options: &StorageOptions,
     policy: &RetryPolicy,
 ) -> Result<Location, OpenError> {
+    // The URL is quoted in every error about it, and it may hold credentials (a key pair as
+    // user info, a signature in a query string): only its redacted form is ever shown, and a
+    // URL that needed redacting is refused before anything else looks at it.
+    let shown = redact_url(url);
     let bad = |reason: &str| OpenError::BadUrl {
-        url: url.to_string(),
+        url: shown.clone(),
         reason: reason.to_string(),
     };
+    if shown != url {
+        return Err(bad(if url.contains(['?', '#']) {
+            "query strings and fragments are not allowed (put credentials in the environment)"
+        } else {
+            "credentials in the URL are not allowed (put them in the environment)"
+        }));
+    }
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(bad(
@@ -404,6 +442,14 @@ pub fn open(
             (Arc::new(store), path.as_str(), Backend::Swift)
         }
         "file" => {
+            // The URL parser makes every file URL's path absolute: `file:relative/path`
+            // would be read as `/relative/path`. Only an absolute path, as typed, is taken.
+            let after_scheme = &url[url.find(':').map_or(0, |i| i + 1)..];
+            if !after_scheme.starts_with('/') {
+                return Err(bad(
+                    "a file URL takes an absolute path (file:///path/to/repository), not a relative one",
+                ));
+            }
             if parsed
                 .host_str()
                 .is_some_and(|h| !h.is_empty() && h != "localhost")
@@ -415,13 +461,19 @@ pub fn open(
             if path.trim_matches('/').is_empty() {
                 return Err(bad("the repository cannot be the root directory"));
             }
-            let store = LocalFileSystem::new().with_fsync(true);
-            (Arc::new(store), path.as_str(), Backend::Local)
+            let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new().with_fsync(true));
+            // Root writing into another user's repository hands what it creates to that user.
+            let dir = std::path::PathBuf::from(&path);
+            let store: Arc<dyn ObjectStore> = match owned::foreign_owner(&dir) {
+                Some((uid, gid)) => Arc::new(owned::OwnedBy::new(store, dir, uid, gid)),
+                None => store,
+            };
+            (store, path.as_str(), Backend::Local)
         }
         other => {
             return Err(OpenError::UnknownScheme {
                 scheme: other.to_string(),
-                url: url.to_string(),
+                url: shown.clone(),
             })
         }
     };
@@ -495,6 +547,10 @@ mod tests {
         let l = open("file:///tmp/some/repo/", &none, &policy()).unwrap();
         assert_eq!(l.backend, Backend::Local);
         assert_eq!(l.prefix.as_ref(), "tmp/some/repo");
+        for url in ["file:/tmp/some/repo", "file://localhost/tmp/some/repo"] {
+            let l = open(url, &none, &policy()).unwrap();
+            assert_eq!(l.prefix.as_ref(), "tmp/some/repo", "{url}");
+        }
         let opts = StorageOptions(
             [
                 ("aws_region", "eu-west-1"),
@@ -523,6 +579,10 @@ mod tests {
             "/tmp/repo",
             "file:///",
             "file://host/x",
+            "file:relative/path",
+            "file:./repo",
+            "FILE:repo",
+            "file:~/repo",
             "s3:///prefix",
             "s3://b/p?x-amz-signature=1",
             "s3://user:pw@b/p",
@@ -700,10 +760,56 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_shown_without_credentials() {
+        for (url, shown) in [
+            (
+                "s3://AKIAKEY:Secret123@bucket/x",
+                "s3://<redacted>@bucket/x",
+            ),
+            ("s3://AKIAKEY@bucket/x", "s3://<redacted>@bucket/x"),
+            ("s3://K:S@b", "s3://<redacted>@b"),
+            ("s3:AKIAKEY:Secret123@bucket/x", "<redacted>@bucket/x"),
+            ("AKIAKEY:Secret123@bucket", "<redacted>@bucket"),
+            ("s3://b/p?X-Amz-Signature=Secret123", "s3://b/p?<redacted>"),
+            ("az://c/p#Secret123", "az://c/p?<redacted>"),
+            (
+                "http://u:Secret123@127.0.0.1:9/b?sig=1",
+                "http://<redacted>@127.0.0.1:9/b?<redacted>",
+            ),
+            ("file:///tmp/a@b/repo", "file:///tmp/a@b/repo"),
+            ("s3://bucket/pre@fix", "s3://bucket/pre@fix"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let none = StorageOptions::default();
+        for url in [
+            "s3://AKIAKEY:Secret123@bucket/x",
+            "s3:AKIAKEY:Secret123@bucket/x",
+            "AKIAKEY:Secret123@bucket",
+            "akiakey:Secret123@bucket",
+            "s3://b/x?X-Amz-Signature=Secret123",
+            "ftp://AKIAKEY:Secret123@host/x",
+            "s3://AKIAKEY:Secret 123@bucket/x",
+        ] {
+            let e = open(url, &none, &policy()).unwrap_err().to_string();
+            assert!(
+                !e.to_lowercase().contains("akiakey") && !e.contains("Secret"),
+                "{url}: {e}"
+            );
+            assert!(e.contains("<redacted>"), "{url}: {e}");
+        }
+    }
+
+    #[test]
     fn redacts_query_strings() {
         assert_eq!(
             redact("Error performing GET https://a.blob/c/x?sig=SECRET&se=1 in 3ms - 500"),
             "Error performing GET https://a.blob/c/x?<redacted> in 3ms - 500"
+        );
+        assert_eq!(
+            redact("error sending request for url (http://key:pw@127.0.0.1:9/b/k): refused"),
+            "error sending request for url (http://<redacted>@127.0.0.1:9/b/k): refused"
         );
         assert_eq!(redact("no url here"), "no url here");
     }

@@ -1,0 +1,228 @@
+//! File modes in a `file://` repository: objects 0600 and directories 0700 whatever the
+//! umask of whoever runs walarchive (PostgreSQL's archive_command, a cron job's backup-push,
+//! root by hand), or the mode `file_mode` asks for (0640: directories 0750). Base-backup
+//! parts hold the whole database, `pg_authid` included. What root writes into the postgres
+//! user's repository becomes that user's.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// Runs walarchive as the postgres user under `umask` (through `sh`), with `env`.
+fn run_with_umask(umask: &str, args: &[&str], env: &[(String, String)], cwd: &Path) -> Output {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--", "env"]);
+    for (k, v) in env {
+        c.arg(format!("{k}={v}"));
+    }
+    c.args(["sh", "-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+        .arg(walarchive_bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    c.output().expect("run walarchive under a umask")
+}
+
+/// Every file and directory under `root` (root included) with its permission bits.
+fn modes(root: &Path) -> Vec<(PathBuf, bool, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        out.push((dir.clone(), true, mode_of(&dir)));
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let m = mode_of(&p);
+                out.push((p, false, m));
+            }
+        }
+    }
+    out
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Asserts that every object under the repository has `file` and every directory `dir`,
+/// and that the repository holds what was asked of it: the descriptor, WAL, a backup's
+/// parts and manifest.
+#[track_caller]
+fn assert_modes(repo: &Path, file: u32, dir: u32) {
+    let all = modes(repo);
+    let names: Vec<String> = all
+        .iter()
+        .map(|(p, _, _)| p.display().to_string())
+        .collect();
+    for wanted in [
+        "walarchive.repo",
+        "/part-000001",
+        "/manifest.json",
+        "/wal/00000001/",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(wanted)),
+            "no {wanted} in the repository: {names:#?}"
+        );
+    }
+    for (p, is_dir, m) in &all {
+        let want = if *is_dir { dir } else { file };
+        assert_eq!(*m, want, "{} is {m:04o}, expected {want:04o}", p.display());
+    }
+}
+
+/// A cluster archiving under `umask` (archive_command runs `sh -c`) and a backup taken by
+/// the postgres user under `umask`, both with
+/// `env` (a file mode, or none). Returns the repository and the cluster.
+fn archive_and_back_up(umask: &str, env: &[(String, String)]) -> (Repo, PgCluster) {
+    let repo = Store::File.fresh();
+    let pg = PgCluster::init(PgOptions {
+        extra_conf: format!(
+            "archive_mode = on\narchive_command = 'umask {umask} && {} --repo {} wal-push %p'\n",
+            walarchive_bin().display(),
+            repo.url
+        ),
+        ..Default::default()
+    });
+    pg.start_with_env(env);
+    pg.psql("create table t as select g from generate_series(1, 5000) g");
+    pg.archive_everything();
+    let conn = format!("host=127.0.0.1 port={} user=postgres", pg.port());
+    let out = run_with_umask(
+        umask,
+        &[
+            "--repo",
+            &repo.url,
+            "backup-push",
+            "--pg-conn",
+            &conn,
+            "--fast",
+        ],
+        env,
+        Path::new("/tmp"),
+    );
+    assert_success(&out);
+    pg.archive_everything();
+    (repo, pg)
+}
+
+/// Pushes a copy of one of `pg`'s segments into a fresh repository as root under `umask`.
+fn push_as_root(umask: &str, pg: &PgCluster, env: &[(String, String)]) -> Repo {
+    let repo = Store::File.fresh();
+    let seg = pg
+        .done_segments()
+        .into_iter()
+        .next()
+        .expect("an archived segment");
+    let scratch = TestDir::new("walarchive-modes-");
+    fs::copy(pg.wal_dir().join(&seg), scratch.join(&seg)).unwrap();
+    let out = walarchive_cmd()
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args([
+            "--repo",
+            &repo.url,
+            "wal-push",
+            scratch.join(&seg).to_str().unwrap(),
+        ])
+        .pre_exec_umask(umask)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    repo
+}
+
+/// Sets the child's umask (it inherits it through exec).
+trait PreExecUmask {
+    fn pre_exec_umask(&mut self, umask: &str) -> &mut Self;
+}
+
+impl PreExecUmask for Command {
+    fn pre_exec_umask(&mut self, umask: &str) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        let mask = u32::from_str_radix(umask, 8).unwrap() as libc::mode_t;
+        // SAFETY: umask is async-signal-safe and only changes the child's mask.
+        unsafe {
+            self.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            })
+        }
+    }
+}
+
+#[test]
+fn objects_are_private_whatever_the_umask() {
+    for umask in ["022", "002"] {
+        let (repo, pg) = archive_and_back_up(umask, &[]);
+        assert_modes(&repo.path(), 0o600, 0o700);
+        let by_root = push_as_root(umask, &pg, &[]);
+        let all = modes(&by_root.path());
+        assert!(all.iter().any(|(_, d, _)| !d), "nothing pushed by root");
+        // Root wrote into the postgres user's repository: what it created is that user's
+        // (else archive_command could neither read nor write there).
+        let (uid, gid) = postgres_ids();
+        for (p, is_dir, m) in all {
+            let want = if is_dir { 0o700 } else { 0o600 };
+            assert_eq!(m, want, "root, umask {umask}: {} is {m:04o}", p.display());
+            let meta = fs::metadata(&p).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", p.display());
+        }
+        // And the postgres user can push into it afterwards.
+        let seg = pg
+            .done_segments()
+            .into_iter()
+            .nth(1)
+            .expect("a second segment");
+        let scratch = TestDir::new_postgres("walarchive-modes-");
+        fs::copy(pg.wal_dir().join(&seg), scratch.join(&seg)).unwrap();
+        chown_postgres(scratch.path());
+        assert_success(&by_root.run_as_postgres(
+            &["wal-push", scratch.join(&seg).to_str().unwrap()],
+            scratch.path(),
+        ));
+    }
+}
+
+#[test]
+fn file_mode_grants_what_it_says() {
+    let env = vec![("WALARCHIVE_FILE_MODE".to_string(), "0640".to_string())];
+    // Under a umask wider (022) and narrower (077, PostgreSQL's own) than the mode.
+    for umask in ["022", "077"] {
+        let (repo, _pg) = archive_and_back_up(umask, &env);
+        assert_modes(&repo.path(), 0o640, 0o750);
+    }
+    // A mode walarchive cannot use is a configuration error, by flag, variable or file key.
+    let scratch = TestDir::new("walarchive-modes-");
+    let config = scratch.join("walarchive.toml");
+    fs::write(&config, "file_mode = \"0755\"\n").unwrap();
+    let url = format!("file://{}/repo", scratch.path().display());
+    for (args, env) in [
+        (vec!["--file-mode", "0755"], vec![]),
+        (
+            vec![],
+            vec![("WALARCHIVE_FILE_MODE".to_string(), "rw-r-----".to_string())],
+        ),
+        (vec!["--config", config.to_str().unwrap()], vec![]),
+    ] {
+        let mut a = vec!["--repo", url.as_str()];
+        a.extend(args.iter().copied());
+        a.push("wal-list");
+        let out = run_walarchive(&a, &env);
+        assert_code(&out, 6);
+        let line = error_line(&out);
+        assert!(
+            line.contains("file_mode") && line.contains("0640"),
+            "{line}"
+        );
+    }
+}
