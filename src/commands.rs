@@ -148,14 +148,16 @@ pub async fn run(cli: &Cli) -> Result<u8> {
 }
 
 /// The commands that only make sense on a repository that exists: everything but the
-/// writers that create one (wal-push, the daemon, backup-push) and wal-fetch, which looks
-/// for the descriptor only when an object is missing (one request less per segment).
+/// writers that create one (wal-push, the daemon, backup-push), repo-repair (which rebuilds a
+/// lost descriptor) and wal-fetch, which reads the descriptor alongside the object it
+/// fetches and answers its own statuses.
 fn reads_an_existing_repository(command: &Command) -> bool {
     match command {
         Command::WalPush { .. }
         | Command::Daemon { .. }
         | Command::BackupPush { .. }
-        | Command::WalFetch { .. } => false,
+        | Command::WalFetch { .. }
+        | Command::RepoRepair { .. } => false,
         Command::WalList { .. }
         | Command::BackupList { .. }
         | Command::BackupFetch { .. }

@@ -445,6 +445,10 @@ fn an_empty_repository_fails() {
         walarchive_core::format::encode(
             &serde_json::to_vec(&descriptor).unwrap(),
             walarchive_core::Compression::None,
+            Some(&walarchive_core::format::Binding::new(
+                7000000000000000001,
+                "walarchive.repo",
+            )),
         )
         .bytes,
     )
