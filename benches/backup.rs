@@ -29,7 +29,7 @@
 //!    same entries followed by `sync FILE...` of every copied file (what writing
 //!    them durably costs; backup-fetch fsyncs every file too).
 //!
-//! Results are printed as Markdown tables (stdout) ready for the README;
+//! Results are printed as Markdown tables (stdout) ready for docs/benchmarks.md;
 //! progress goes to stderr. `--quick` uses scale 2 and scale 10 and one run
 //! each, for smoke runs; `--scale N` sets the big database's scale.
 

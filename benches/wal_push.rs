@@ -19,7 +19,7 @@
 //!    harness's local S3 server, with the default codec, zstd:3 and lz4;
 //!    `cp` + `sync FILE` of the same files is the reference.
 //!
-//! Results are printed as Markdown tables (stdout) ready for the README;
+//! Results are printed as Markdown tables (stdout) ready for docs/benchmarks.md;
 //! progress goes to stderr. `--quick` uses fewer segments and iterations.
 
 #[path = "../tests/common/mod.rs"]

@@ -95,8 +95,8 @@ fn is_absent(e: &std::io::Error) -> bool {
 /// How long a `wal-push` that just started a daemon waits for it to listen before pushing
 /// by itself. A daemon listens within tens of milliseconds (runtime, repository handle,
 /// lock, socket); pushing alongside it meanwhile would only make both read, compress and
-/// store the same segments (measured: the first call's push-ahead and the new daemon
-/// re-checking its work cost about a second of a 64-segment backlog).
+/// store the same segments (the first call's push-ahead and the new daemon re-checking its
+/// work: see docs/benchmarks.md, "The resident daemon").
 const SPAWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Asks the daemon just started, as soon as it listens (for at most [`SPAWN_WAIT`]).

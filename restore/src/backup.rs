@@ -656,7 +656,7 @@ const WRITEBACK_AFTER: u64 = 8 << 20;
 /// A restored data directory is far smaller than the dirty page cache the kernel lets pile
 /// up (10% of memory before background write-back starts), so without this nothing reached
 /// the disk until the files' fsyncs, and the restore then waited for the whole gigabyte to
-/// be written after its CPU work was done (about 0.8 s of a 2 s restore, measured). Started
+/// be written after its CPU work was done (figures in docs/benchmarks.md). Started
 /// as the data is written, the disk works while the extractor does; the fsync that makes
 /// each file durable is unchanged. PostgreSQL does the same (`*_flush_after`). A failure
 /// here is only a lost hint: the fsync reports real errors.
@@ -721,7 +721,7 @@ impl FileDigest {
 
 /// Checks restored files against the manifest's digests on a thread of its own while the
 /// extractor goes on writing: on one thread, hashing took as long as reading, decoding and
-/// writing together (about half of backup-fetch's CPU, measured), and the extractor was
+/// writing together (figures in docs/benchmarks.md), and the extractor was
 /// what the whole restore waited for. Content goes over in the extractor's own buffers, in
 /// order, and comes back for reuse: at most [`Hasher::BUFFERS`] of [`Hasher::CHUNK`] bytes
 /// are ever allocated. The first mismatch ends the thread; the extractor learns it at its

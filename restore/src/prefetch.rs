@@ -13,7 +13,8 @@
 //! [`WORKER_ENV`] set. PostgreSQL's answer is never delayed by prefetching and downloads
 //! overlap with replay. The alternative, fetching ahead inside the answering process before it
 //! exits (simpler: no second process), makes PostgreSQL wait for every batch; both are measured
-//! in `tests/prefetch.rs` ([`INLINE_ENV`] selects it), and only the worker pays off. The worker
+//! in `tests/prefetch.rs` ([`INLINE_ENV`] selects it; figures in docs/benchmarks.md), and
+//! only the worker pays off. The worker
 //! stays in restore_command's process group: when PostgreSQL stops, it is signalled with the
 //! rest, and a killed worker leaves only temporary files, which are never served and which the
 //! next worker removes.

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 /// Default zstd level. Level 1 was chosen by `cargo bench --bench wal_push`: on real
 /// pgbench WAL it compresses within a few percent of level 3 at noticeably higher speed
-/// (see the README's benchmark table).
+/// (see the codec table in docs/benchmarks.md).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// A compression codec with its level.

@@ -127,9 +127,10 @@ impl Options {
 }
 
 /// The longest interval between two looks at `archive_status` of an idle daemon. Looking
-/// every 20 ms whatever happens cost an idle daemon 1.6% of a core here (measured); a
-/// segment PostgreSQL finishes meanwhile loses nothing by it, since the archiver's own
-/// `wal-push` for it both pushes it and has the directory looked at again at once.
+/// every 20 ms whatever happens cost an idle daemon a noticeable share of a core (figures in
+/// docs/benchmarks.md, "The resident daemon"); a segment PostgreSQL finishes meanwhile loses
+/// nothing by it, since the archiver's own `wal-push` for it both pushes it and has the
+/// directory looked at again at once.
 pub const IDLE_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// The interval until the next look at `archive_status`: `min` while pushes are started or

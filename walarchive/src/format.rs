@@ -26,17 +26,17 @@
 //! * Version 2: SHA-256 of the body as stored, for base backup parts: every file in them
 //!   already carries its own digest in the backup's manifest, checked on restore and by
 //!   verification, so hashing the uncompressed parts as well was a second pass over every
-//!   byte of the data directory (half of backup-push's and backup-fetch's CPU, measured),
-//!   where the body is a small fraction of it. A version-2 body is checked before it is
-//!   decompressed: a damaged object never reaches the decoder.
+//!   byte of the data directory (a large share of backup-push's and backup-fetch's CPU; see
+//!   docs/benchmarks.md), where the body is a small fraction of it. A version-2 body is
+//!   checked before it is decompressed: a damaged object never reaches the decoder.
 //! * Version 3: BLAKE3 of the uncompressed content, for every file `wal-push` archives
 //!   (segments, history files, backup history files, partial segments). WAL needs a digest of the
 //!   content, not of the body: a re-pushed segment is compared with the stored one by
 //!   content, whatever codec either was written with, and a segment pushed ahead or
-//!   prefetched is checked against its digest on disk. SHA-256 of every segment was 28% of
-//!   the archiver's CPU (1.05 GiB/s on one core here, with the SHA extensions); BLAKE3 runs
-//!   at 3.5 GiB/s and is as strong a hash, which made archiving a quarter faster on two
-//!   cores (measured on a pgbench burst, `zstd:1`).
+//!   prefetched is checked against its digest on disk. SHA-256 of every segment was a large
+//!   share of the archiver's CPU; BLAKE3 is several times faster on one core and as strong a
+//!   hash, which made archiving faster (figures in docs/benchmarks.md, "Hashing and the
+//!   object format").
 //!
 //! A reader that does not know a version refuses its objects as too new (upgrade
 //! walarchive) instead of calling them corrupt: readers must be upgraded before writers
@@ -554,10 +554,9 @@ fn assemble(
 /// per segment being encoded is one chunk, the window and the compressed object. At higher
 /// levels, content up to 16 MiB (a default WAL segment, and every smaller segment size) is
 /// read whole into a reused buffer, hashed, and compressed in one call; larger content
-/// streams. Measured on pgbench WAL (sum of per-segment best times over 15 rounds, 25
-/// segments of 16 MiB): at level 1 streaming costs 2% against one call and saves the 16 MiB
-/// read buffer per segment (a default wal-push pushing ahead peaked at 56 MiB, 22 MiB
-/// streaming); at level 3 it costs 7%, so there one call is kept. lz4's block format and
+/// streams. At level 1 streaming costs little CPU against one call and saves the 16 MiB
+/// read buffer per segment; at level 3 it costs more, so there one call is kept (figures in
+/// docs/benchmarks.md, "Memory of wal-push and backups"). lz4's block format and
 /// `none` need the whole content, which is read first. `first` sees the first chunk before
 /// anything is hashed or encoded (to refuse a file early); an error from it is returned as
 /// is.

@@ -31,8 +31,8 @@ pub const PERMANENT_MARKER: &str = "permanent";
 /// Manifest format version written: 2 records each file's BLAKE3, version 1 its SHA-256.
 ///
 /// Why BLAKE3: every byte of a backup is hashed once on each side (backup-push, and
-/// backup-fetch or verification), and measured here SHA-256 ran at 1.05 GiB/s on one core
-/// where BLAKE3 runs at 3.5 GiB/s; the largest relation file (up to 1 GiB) is one
+/// backup-fetch or verification), and BLAKE3 runs several times as fast as SHA-256 on one
+/// core (figures in docs/benchmarks.md); the largest relation file (up to 1 GiB) is one
 /// sequential hash, so on restore it was the longest task. Both are cryptographic: a
 /// damaged or altered file is caught the same. Readers accept both versions.
 pub const MANIFEST_VERSION: u32 = 2;

@@ -202,7 +202,7 @@ pub fn check_segment_start(
 }
 
 /// Size of the chunks [`read_and_encode`] reads (as fast as 1 MiB chunks to compress from,
-/// measured, and small enough to stay in the CPU's caches).
+/// see docs/benchmarks.md, and small enough to stay in the CPU's caches).
 pub const CHUNK: usize = 256 << 10;
 
 thread_local! {
