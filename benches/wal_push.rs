@@ -34,8 +34,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{machine, PgCluster, PgOptions, S3Kind, TestDir};
-use walarchive_core::codec::{self, Compression, DEFAULT_ZSTD_LEVEL};
-use walarchive_core::format;
+use walarchive::codec::{self, Compression, DEFAULT_ZSTD_LEVEL};
+use walarchive::format;
 
 /// WAL segment size used throughout (PostgreSQL's default).
 const SEG_MB: u32 = 16;
@@ -315,7 +315,7 @@ fn bench_codecs(plan: &Plan, work: &Path, names: &[String]) -> Vec<CodecRow> {
         encode: Duration::ZERO,
         decode: Duration::ZERO,
     };
-    let mut chunk = vec![0u8; walarchive_core::push::CHUNK];
+    let mut chunk = vec![0u8; walarchive::push::CHUNK];
     // Warm-up (allocator, caches, zstd contexts), not timed.
     for c in CODECS {
         black_box(c.encode(&segs[0]));

@@ -2,15 +2,15 @@
 //!
 //! The client side runs before the repository is opened: when a daemon answers, `wal-push`
 //! costs a process start and one round trip on a Unix socket, nothing else. When none
-//! answers, `wal-push` pushes by itself (see `walarchive_core::daemon` for why that keeps
+//! answers, `wal-push` pushes by itself (see `walarchive::daemon` for why that keeps
 //! every guarantee), after starting a daemon if `--daemon` asks for one.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use walarchive_core::daemon::{self, Answer, How};
-use walarchive_core::Repository;
+use walarchive::daemon::{self, Answer, How};
+use walarchive::Repository;
 
 use crate::exit;
 use crate::settings::Settings;

@@ -2,9 +2,9 @@
 //! printed first, so what would go can be read before anything goes.
 
 use anyhow::{Context, Result};
-use walarchive_core::catalog;
-use walarchive_core::retention::{self, Plan, Policy};
-use walarchive_core::{Error, Repository};
+use walarchive::catalog;
+use walarchive::retention::{self, Plan, Policy};
+use walarchive::{Error, Repository};
 use walarchive_restore::recovery::parse_target_time;
 
 use crate::cli::{DeleteArgs, DeleteCommand};

@@ -1,6 +1,6 @@
 //! `status`: archiving lag against the recovery point objective, and metrics.
 //!
-//! The figures and the verdict come from `walarchive_core::status` (which explains how each
+//! The figures and the verdict come from `walarchive::status` (which explains how each
 //! is measured); this module gathers them in the order that keeps a segment archived while
 //! `status` runs from showing up as lag — the server, then the `.ready` files, then the
 //! repository — and prints them. A server that cannot be reached is reported, not fatal:
@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use walarchive_core::status::{self, human_seconds, rfc3339, Inputs, Report};
-use walarchive_core::{pg, Repository, TimelineId};
+use walarchive::status::{self, human_seconds, rfc3339, Inputs, Report};
+use walarchive::{pg, Repository, TimelineId};
 
 use crate::exit;
 
@@ -126,7 +126,7 @@ pub async fn status(repo: &Repository, args: &StatusArgs) -> Result<u8> {
         counters: args
             .pgdata
             .as_ref()
-            .and_then(|d| walarchive_core::metrics::read(&d.join("pg_wal"))),
+            .and_then(|d| walarchive::metrics::read(&d.join("pg_wal"))),
     });
 
     if args.json {

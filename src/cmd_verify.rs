@@ -13,18 +13,18 @@
 //!   backup that cannot recover to the latest timeline.
 //!
 //! Storage and configuration failures stop either command with their usual statuses.
-//! The analysis lives in `walarchive_core::verify`; this file only does the printing.
+//! The analysis lives in `walarchive::verify`; this file only does the printing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use walarchive_core::backup::{needed_segments, Progress};
-use walarchive_core::catalog;
-use walarchive_core::manifest::Manifest;
-use walarchive_core::verify::{self, Analysis, BackupRange, Problem, Scan};
-use walarchive_core::{ErrorKind, Repository, TimelineId};
+use walarchive::backup::{needed_segments, Progress};
+use walarchive::catalog;
+use walarchive::manifest::Manifest;
+use walarchive::verify::{self, Analysis, BackupRange, Problem, Scan};
+use walarchive::{ErrorKind, Repository, TimelineId};
 use walarchive_restore::backup::verify_backup_content;
 use walarchive_restore::recovery::{self, Recovery};
 use walarchive_restore::FetchError;

@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use walarchive_core::backup::{self, BackupOptions};
-use walarchive_core::control::{self, ClusterIdentity};
-use walarchive_core::manifest::Manifest;
-use walarchive_core::metrics::{self, Counters};
-use walarchive_core::repo::PutOutcome;
-use walarchive_core::{catalog, pg, pushahead, ErrorKind, Repository, WalFileName};
+use walarchive::backup::{self, BackupOptions};
+use walarchive::control::{self, ClusterIdentity};
+use walarchive::manifest::Manifest;
+use walarchive::metrics::{self, Counters};
+use walarchive::repo::PutOutcome;
+use walarchive::{catalog, pg, pushahead, ErrorKind, Repository, WalFileName};
 use walarchive_restore::backup::BackupFetchOptions;
 use walarchive_restore::recovery::{self, Recovery, Target};
 use walarchive_restore::FetchError;
@@ -39,7 +39,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             &repo,
             &settings,
             &pg_wal,
-            Some(walarchive_core::daemon::SPAWNED_IDLE_EXIT),
+            Some(walarchive::daemon::SPAWNED_IDLE_EXIT),
             true,
         )
         .await;
@@ -181,7 +181,7 @@ fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf> {
 }
 
 fn recovery_target(t: &TargetArgs) -> Result<Option<Target>> {
-    let bad = |m: String| walarchive_core::Error::BadInput {
+    let bad = |m: String| walarchive::Error::BadInput {
         path: "recovery target".into(),
         reason: m,
     };
@@ -192,7 +192,7 @@ fn recovery_target(t: &TargetArgs) -> Result<Option<Target>> {
         ))
     } else if let Some(l) = &t.target_lsn {
         Some(Target::Lsn(l.parse().map_err(
-            |e: walarchive_core::lsn::LsnParseError| bad(e.to_string()),
+            |e: walarchive::lsn::LsnParseError| bad(e.to_string()),
         )?))
     } else if let Some(x) = t.target_xid {
         Some(Target::Xid(x))
@@ -484,7 +484,7 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
         return exit::NOT_FOUND;
     }
     for cause in e.chain() {
-        if let Some(e) = cause.downcast_ref::<walarchive_core::Error>() {
+        if let Some(e) = cause.downcast_ref::<walarchive::Error>() {
             return exit::for_kind(e.kind());
         }
         if let Some(e) = cause.downcast_ref::<FetchError>() {
@@ -527,7 +527,7 @@ pub(crate) fn push_identity(
         return Ok(None);
     };
     if !dir.join(control::CONTROL_FILE).is_file() {
-        return Err(walarchive_core::Error::Config(format!(
+        return Err(walarchive::Error::Config(format!(
             "{} is not a PostgreSQL data directory (no {}): check --pgdata",
             dir.display(),
             control::CONTROL_FILE
@@ -697,8 +697,8 @@ async fn wal_list(repo: &Repository, timeline: Option<u32>, json: bool) -> Resul
     for listed in repo.list("wal/").await? {
         let size = listed.size;
         // Only this repository's own WAL (not another repository's nested in it).
-        let Some(walarchive_core::layout::OwnKey::Wal(name)) =
-            walarchive_core::layout::parse_key(&listed.key)
+        let Some(walarchive::layout::OwnKey::Wal(name)) =
+            walarchive::layout::parse_key(&listed.key)
         else {
             continue;
         };
@@ -768,7 +768,7 @@ async fn repo_repair(
         Some(dir) => push_identity(Some(dir), dir)?,
         None => None,
     };
-    let r = walarchive_core::repair::repair(repo, identity.as_ref(), confirm).await?;
+    let r = walarchive::repair::repair(repo, identity.as_ref(), confirm).await?;
     if json {
         println!(
             "{}",

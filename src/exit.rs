@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use walarchive_core::ErrorKind;
+use walarchive::ErrorKind;
 
 /// Success.
 pub const OK: u8 = 0;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use walarchive_core::backup::{NoProgress, Progress};
+use walarchive::backup::{NoProgress, Progress};
 
 struct Bar(ProgressBar);
 

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use walarchive_core::config::{ConfigFile, FileMode, RetrySettings};
-use walarchive_core::storage::{Backend, StorageOptions};
-use walarchive_core::{Compression, Error, Repository, RetryPolicy};
+use walarchive::config::{ConfigFile, FileMode, RetrySettings};
+use walarchive::storage::{Backend, StorageOptions};
+use walarchive::{Compression, Error, Repository, RetryPolicy};
 
 use crate::cli::GlobalOpts;
 
@@ -33,7 +33,7 @@ pub struct Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("repo", &walarchive_core::storage::redact_url(&self.repo))
+            .field("repo", &walarchive::storage::redact_url(&self.repo))
             .field("compression", &self.compression)
             .field("storage", &self.storage)
             .field("parallel", &self.parallel)
@@ -122,7 +122,7 @@ impl Settings {
         for (k, v) in &env {
             field(&format!("env.{k}"), v);
         }
-        walarchive_core::format::Digest::sha256(&h).to_string()
+        walarchive::format::Digest::sha256(&h).to_string()
     }
 
     pub fn open(&self) -> Result<Repository> {

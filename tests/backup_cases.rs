@@ -399,7 +399,7 @@ fn tampered_backup_fails_clearly() {
     // does not know): refused with the reason, nothing written, and intact once put back.
     let manifest = dir.join("manifest.json");
     let stored = fs::read(&manifest).unwrap();
-    let (header, raw) = walarchive_core::format::decode(&stored).unwrap();
+    let (header, raw) = walarchive::format::decode(&stored).unwrap();
     let mut newer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     newer["format_version"] = 99.into();
     let newer = serde_json::to_vec(&newer).unwrap();
@@ -408,7 +408,7 @@ fn tampered_backup_fails_clearly() {
     assert!(bound.is_some(), "manifests are bound to their name");
     fs::write(
         &manifest,
-        walarchive_core::format::encode(&newer, walarchive_core::Compression::Zstd(1), bound).bytes,
+        walarchive::format::encode(&newer, walarchive::Compression::Zstd(1), bound).bytes,
     )
     .unwrap();
     let target = PgCluster::empty();

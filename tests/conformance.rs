@@ -31,19 +31,19 @@ use std::time::Duration;
 
 use common::stores::{create, data};
 use common::*;
-use walarchive_core::repo::PutOutcome;
-use walarchive_core::storage::object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use walarchive_core::storage::object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-use walarchive_core::storage::object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-use walarchive_core::storage::object_store::list::{PaginatedListOptions, PaginatedListStore};
-use walarchive_core::storage::object_store::memory::InMemory;
-use walarchive_core::storage::object_store::path::Path as StorePath;
-use walarchive_core::storage::object_store::{
+use walarchive::repo::PutOutcome;
+use walarchive::storage::object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use walarchive::storage::object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use walarchive::storage::object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use walarchive::storage::object_store::list::{PaginatedListOptions, PaginatedListStore};
+use walarchive::storage::object_store::memory::InMemory;
+use walarchive::storage::object_store::path::Path as StorePath;
+use walarchive::storage::object_store::{
     self, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
 };
-use walarchive_core::storage::swift::SwiftStore;
-use walarchive_core::storage::{self, Backend, StorageOptions};
-use walarchive_core::{Compression, Repository, RetryPolicy};
+use walarchive::storage::swift::SwiftStore;
+use walarchive::storage::{self, Backend, StorageOptions};
+use walarchive::{Compression, Repository, RetryPolicy};
 
 /// What a conformance test runs against.
 #[derive(Clone, Copy, Debug)]
@@ -815,7 +815,7 @@ mod objects {
     pub async fn repository_put_new(o: Objects) {
         let repo = o.repository();
         // Objects are bound to the repository's cluster: it needs its descriptor.
-        repo.ensure_descriptor(&walarchive_core::Descriptor::for_tests("1"), "test")
+        repo.ensure_descriptor(&walarchive::Descriptor::for_tests("1"), "test")
             .await
             .unwrap();
         let key = "wal/00000001/00000000/000000010000000000000003";
@@ -831,11 +831,11 @@ mod objects {
             .put_new(key, b"two", Compression::Lz4)
             .await
             .unwrap_err();
-        assert!(matches!(e, walarchive_core::Error::Conflict { .. }), "{e}");
+        assert!(matches!(e, walarchive::Error::Conflict { .. }), "{e}");
         assert_eq!(repo.get_verified(key).await.unwrap().1, b"one");
         assert!(matches!(
             repo.get_verified("wal/none").await,
-            Err(walarchive_core::Error::NotFound { .. })
+            Err(walarchive::Error::NotFound { .. })
         ));
         // A second repository object on the same URL sees the same thing (no local state).
         let again = o.repository();

@@ -245,7 +245,7 @@ fn foreign_cluster_is_refused() {
 /// version this one does not know) is refused as such, never served.
 #[test]
 fn objects_of_other_format_versions() {
-    use walarchive_core::format::{self, DigestKind};
+    use walarchive::format::{self, DigestKind};
     let f = Fixture::file();
     let src = source();
     let names = &src.segments[..2];
@@ -259,7 +259,7 @@ fn objects_of_other_format_versions() {
     let old = &names[0];
     let v1 = format::encode_as(
         &src.bytes(old),
-        walarchive_core::Compression::Zstd(1),
+        walarchive::Compression::Zstd(1),
         DigestKind::Sha256,
         None,
     );

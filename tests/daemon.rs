@@ -467,7 +467,7 @@ fn a_long_data_directory_path_still_gets_a_daemon() {
             && !err.contains("did not answer"),
         "{err}"
     );
-    let socket = walarchive_core::daemon::socket_path(&data.join("pg_wal")).unwrap();
+    let socket = walarchive::daemon::socket_path(&data.join("pg_wal")).unwrap();
     assert!(socket.as_os_str().len() <= 103, "{}", socket.display());
     assert!(!data.join("pg_wal/walarchive-daemon.sock").exists());
     let runtime = socket.parent().unwrap();

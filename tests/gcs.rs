@@ -14,9 +14,9 @@ use common::stores::{
     quick, repository, verify_and_restore,
 };
 use common::*;
-use walarchive_core::storage::object_store::path::Path as StorePath;
-use walarchive_core::storage::object_store::{self, ObjectStore, ObjectStoreExt, PutPayload};
-use walarchive_core::storage::{Backend, StorageOptions};
+use walarchive::storage::object_store::path::Path as StorePath;
+use walarchive::storage::object_store::{self, ObjectStore, ObjectStoreExt, PutPayload};
+use walarchive::storage::{Backend, StorageOptions};
 
 /// The store for `bucket`, opened from a `gs://` URL as walarchive opens it.
 fn open(bucket: &str) -> Arc<dyn ObjectStore> {

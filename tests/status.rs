@@ -442,10 +442,10 @@ fn an_empty_repository_fails() {
     std::fs::create_dir_all(repo.path()).unwrap();
     std::fs::write(
         repo.path().join("walarchive.repo"),
-        walarchive_core::format::encode(
+        walarchive::format::encode(
             &serde_json::to_vec(&descriptor).unwrap(),
-            walarchive_core::Compression::None,
-            Some(&walarchive_core::format::Binding::new(
+            walarchive::Compression::None,
+            Some(&walarchive::format::Binding::new(
                 7000000000000000001,
                 "walarchive.repo",
             )),

@@ -14,11 +14,11 @@ use common::stores::{
     repository, swift_store, verify_and_restore,
 };
 use common::*;
-use walarchive_core::storage::object_store::path::Path as StorePath;
-use walarchive_core::storage::object_store::{self, ObjectStore, ObjectStoreExt, PutPayload};
-use walarchive_core::storage::swift::{SwiftStore, SEGMENTS_PREFIX};
-use walarchive_core::storage::Backend;
-use walarchive_core::Repository;
+use walarchive::storage::object_store::path::Path as StorePath;
+use walarchive::storage::object_store::{self, ObjectStore, ObjectStoreExt, PutPayload};
+use walarchive::storage::swift::{SwiftStore, SEGMENTS_PREFIX};
+use walarchive::storage::Backend;
+use walarchive::Repository;
 
 /// A store on a fresh container, authenticating with TempAuth as walarchive would.
 fn fresh_store() -> (SwiftStore, String) {

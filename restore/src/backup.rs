@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use walarchive_core::backup::Progress;
-use walarchive_core::catalog;
-use walarchive_core::manifest::{backup_key, part_key, EntryKind, FileEntry, Manifest};
-use walarchive_core::{Lsn, Repository, SegmentName, WalFileName};
+use walarchive::backup::Progress;
+use walarchive::catalog;
+use walarchive::manifest::{backup_key, part_key, EntryKind, FileEntry, Manifest};
+use walarchive::{Lsn, Repository, SegmentName, WalFileName};
 
 use crate::destination::DataDir;
 use crate::recovery::{self, Recovery, Target};
@@ -503,7 +503,7 @@ async fn restore_stream(
         )
     });
     // Downloads in part order; the front is the next part the extractor needs.
-    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive_core::Error>>)> =
+    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive::Error>>)> =
         VecDeque::new();
     let mut next = 1u32;
     let mut download_error = None;
@@ -519,7 +519,7 @@ async fn restore_stream(
                             break; // the extractor stopped: its error says why
                         }
                     }
-                    Err(walarchive_core::Error::NotFound { key }) => {
+                    Err(walarchive::Error::NotFound { key }) => {
                         download_error = Some(missing_part(stream, index, parts, &key));
                         break;
                     }
@@ -556,7 +556,7 @@ async fn download_part(
     repo: Repository,
     key: String,
     permit: OwnedSemaphorePermit,
-) -> Result<Part, walarchive_core::Error> {
+) -> Result<Part, walarchive::Error> {
     let (_, data) = repo.get_verified(&key).await?;
     Ok(Part {
         data,
@@ -1061,7 +1061,7 @@ mod tests {
         assert!(!safe_relative(Path::new("base/../../x")));
     }
 
-    use walarchive_core::Compression;
+    use walarchive::Compression;
 
     /// A repository in memory holding backup `b`'s `data` stream: a tar of `files`, cut
     /// into parts of `part_size` bytes. Returns the repository, the part count and the
@@ -1129,7 +1129,7 @@ mod tests {
                 parallel,
                 None,
                 expected.clone(),
-                Arc::new(walarchive_core::backup::NoProgress),
+                Arc::new(walarchive::backup::NoProgress),
             )
             .await
             .unwrap();
@@ -1145,7 +1145,7 @@ mod tests {
             3,
             Some(dest.path().to_path_buf()),
             expected,
-            Arc::new(walarchive_core::backup::NoProgress),
+            Arc::new(walarchive::backup::NoProgress),
         )
         .await
         .unwrap();
@@ -1172,7 +1172,7 @@ mod tests {
                 parallel,
                 Some(dest.path().to_path_buf()),
                 expected.clone(),
-                Arc::new(walarchive_core::backup::NoProgress),
+                Arc::new(walarchive::backup::NoProgress),
             )
             .await
             .unwrap_err();
@@ -1206,7 +1206,7 @@ mod tests {
                     2,
                     root,
                     expected,
-                    Arc::new(walarchive_core::backup::NoProgress),
+                    Arc::new(walarchive::backup::NoProgress),
                 )
                 .await
             }

@@ -26,7 +26,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use walarchive_core::backup::{RESTORE_DONE_DIR, RESTORE_WORK_DIR};
+use walarchive::backup::{RESTORE_DONE_DIR, RESTORE_WORK_DIR};
 
 use crate::FetchError;
 
@@ -467,7 +467,7 @@ mod tests {
         std::fs::write(other.join("important/file.txt"), "precious").unwrap();
         for force in [false, true] {
             let e = DataDir::prepare(&other, force).unwrap_err();
-            assert_eq!(e.kind(), walarchive_core::ErrorKind::BadInput, "{e}");
+            assert_eq!(e.kind(), walarchive::ErrorKind::BadInput, "{e}");
         }
         let e = DataDir::prepare(&other, true).unwrap_err().to_string();
         assert!(e.contains("not a PostgreSQL data directory"), "{e}");
@@ -488,7 +488,7 @@ mod tests {
             for force in [false, true] {
                 let e = DataDir::prepare(&d, force).unwrap_err();
                 assert!(e.to_string().contains(wanted), "{e}");
-                assert_eq!(e.kind(), walarchive_core::ErrorKind::BadInput);
+                assert_eq!(e.kind(), walarchive::ErrorKind::BadInput);
                 assert_eq!(listing(&d), before);
             }
         }

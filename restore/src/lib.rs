@@ -20,7 +20,7 @@ pub mod recovery;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use walarchive_core::{ErrorKind, Repository, WalFileName};
+use walarchive::{ErrorKind, Repository, WalFileName};
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ pub enum FetchError {
     },
     /// Anything the engine reports: storage, corruption, configuration.
     #[error(transparent)]
-    Core(#[from] walarchive_core::Error),
+    Core(#[from] walarchive::Error),
 }
 
 impl FetchError {
@@ -107,13 +107,13 @@ pub async fn fetch_file(
     name: &str,
     dest: &Path,
 ) -> Result<FetchReport, FetchError> {
-    let parsed: WalFileName = name.parse().map_err(walarchive_core::Error::from)?;
+    let parsed: WalFileName = name.parse().map_err(walarchive::Error::from)?;
     let key = Repository::wal_key(&parsed);
     // The object and the descriptor at once: the descriptor says what the object must be.
     let (got, descriptor) = tokio::join!(repo.get_decoded(&key), repo.cached_descriptor());
     let (header, raw) = match got {
         Ok(got) => got,
-        Err(walarchive_core::Error::NotFound { .. }) => {
+        Err(walarchive::Error::NotFound { .. }) => {
             // "Not found" ends a recovery, so it must be a real answer from a real
             // repository, not the symptom of a wrong URL or an emptied bucket.
             descriptor?;
@@ -127,7 +127,7 @@ pub async fn fetch_file(
     // system identifier, segment size) must match the name and the repository, for objects
     // of every format version.
     repo.check_system(&key, &header).await?;
-    walarchive_core::verify::check_fetched(repo, &parsed, &raw, &descriptor)?;
+    walarchive::verify::check_fetched(repo, &parsed, &raw, &descriptor)?;
     let len = raw.len() as u64;
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || write_atomically(&dest, &raw))
@@ -174,8 +174,8 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::path::Path as ObjPath;
     use std::sync::Arc;
-    use walarchive_core::storage::Backend;
-    use walarchive_core::{Compression, RetryPolicy};
+    use walarchive::storage::Backend;
+    use walarchive::{Compression, RetryPolicy};
 
     fn repo() -> Repository {
         Repository::with_store(
@@ -196,7 +196,7 @@ mod tests {
         // No descriptor: not "not found", a configuration failure.
         let e = fetch_file(&r, "00000002.history", &dest).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-        let d = walarchive_core::Descriptor {
+        let d = walarchive::Descriptor {
             format_version: 1,
             system_identifier: "1".into(),
             pg_version: Some(15),
@@ -234,7 +234,7 @@ mod tests {
 
     /// A segment of cluster `sysid`: a valid long page header for `name`, then a pattern.
     fn segment(name: &str, sysid: u64) -> Vec<u8> {
-        let seg: walarchive_core::SegmentName = name.parse().unwrap();
+        let seg: walarchive::SegmentName = name.parse().unwrap();
         let size = 1u64 << 20;
         let mut b: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
         b[..40].fill(0);
@@ -253,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn never_hands_postgresql_another_segment_or_another_clusters() {
         use object_store::ObjectStoreExt;
-        use walarchive_core::format::{encode_as, Binding, DigestKind};
+        use walarchive::format::{encode_as, Binding, DigestKind};
         let store = Arc::new(InMemory::new());
         let r = Repository::with_store(
             store.clone(),
@@ -263,7 +263,7 @@ mod tests {
             RetryPolicy::default(),
             Compression::default(),
         );
-        r.ensure_descriptor(&walarchive_core::Descriptor::for_tests("1"), "t")
+        r.ensure_descriptor(&walarchive::Descriptor::for_tests("1"), "t")
             .await
             .unwrap();
         let (n57, n58) = ("000000010000000000000057", "000000010000000000000058");

@@ -37,7 +37,7 @@
 //! file is a leftover and is not waited for.
 //!
 //! **Nothing unverified is ever served.** A worker downloads an object, which the repository
-//! verifies (length and digest of the content, see `walarchive_core::format`), writes the
+//! verifies (length and digest of the content, see `walarchive::format`), writes the
 //! content to a temporary name, and renames it to its final name only then: `SEGMENT.KEY`,
 //! where KEY is a SHA-256 over a domain tag, the segment's name and the content's BLAKE3
 //! (the object's own digest since format version 3; computed from the verified content for
@@ -76,10 +76,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest as _, Sha256};
-use walarchive_core::format::{Digest, DigestKind};
-use walarchive_core::push;
-use walarchive_core::wal::is_valid_segment_size;
-use walarchive_core::{Repository, SegmentName, WalFileName};
+use walarchive::format::{Digest, DigestKind};
+use walarchive::push;
+use walarchive::wal::is_valid_segment_size;
+use walarchive::{Repository, SegmentName, WalFileName};
 
 use crate::{FetchError, FetchReport, Source};
 
@@ -398,7 +398,7 @@ fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
     }
     // The first page header against the name (page address, segment size), as the
     // worker checked it against the repository before naming the file.
-    let mut head = [0u8; walarchive_core::wal::LONG_PAGE_HEADER_SIZE];
+    let mut head = [0u8; walarchive::wal::LONG_PAGE_HEADER_SIZE];
     f.read_exact(&mut head).map_err(|e| e.to_string())?;
     push::check_segment_start(&WalFileName::Segment(seg), &head, meta.len())?;
     f.seek(std::io::SeekFrom::Start(0))
@@ -526,7 +526,7 @@ fn present_in_window(job: &WorkerJob) -> usize {
 /// The `depth` segments after `after`, on its timeline (for sweeping: `after` too, which a
 /// request may be serving right now).
 struct Window {
-    timeline: walarchive_core::TimelineId,
+    timeline: walarchive::TimelineId,
     first: u64,
     last: u64,
     size: u64,
@@ -848,14 +848,14 @@ async fn download(
         Err(e) => {
             let _ = fs::remove_file(&tmp);
             return match e {
-                walarchive_core::Error::NotFound { .. } => Ok(Downloaded::Missing),
+                walarchive::Error::NotFound { .. } => Ok(Downloaded::Missing),
                 e => Err(e.into()),
             };
         }
     };
     if raw.len() as u64 != size {
         let _ = fs::remove_file(&tmp);
-        return Err(FetchError::Core(walarchive_core::Error::BadInput {
+        return Err(FetchError::Core(walarchive::Error::BadInput {
             path: seg.to_string(),
             reason: format!(
                 "the archived segment is {} bytes, not the segment size {size}",
@@ -866,7 +866,7 @@ async fn download(
     // What the request would check before handing it to PostgreSQL: its page header
     // against its name and the repository (the object's binding was checked by the read).
     let checked = match repo.cached_descriptor().await {
-        Ok(d) => walarchive_core::verify::check_fetched(repo, &WalFileName::Segment(seg), &raw, &d),
+        Ok(d) => walarchive::verify::check_fetched(repo, &WalFileName::Segment(seg), &raw, &d),
         Err(e) => Err(e),
     };
     if let Err(e) = checked {
@@ -902,8 +902,8 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::path::Path as ObjPath;
     use std::sync::Arc;
-    use walarchive_core::storage::Backend;
-    use walarchive_core::{Compression, RetryPolicy, TimelineId};
+    use walarchive::storage::Backend;
+    use walarchive::{Compression, RetryPolicy, TimelineId};
 
     const SIZE: u64 = 1 << 20;
 
@@ -916,7 +916,7 @@ mod tests {
             RetryPolicy::default(),
             Compression::default(),
         );
-        let d = walarchive_core::Descriptor {
+        let d = walarchive::Descriptor {
             format_version: 1,
             system_identifier: "1".into(),
             pg_version: Some(15),
@@ -1115,7 +1115,7 @@ mod tests {
         // segment's (what a worker that checked nothing would leave): its page header
         // says so, and it is not served.
         let six = content(seg(1, 7));
-        let digest = walarchive_core::format::Digest::blake3(&six);
+        let digest = walarchive::format::Digest::blake3(&six);
         let planted = d
             .dir()
             .path()

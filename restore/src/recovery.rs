@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use walarchive_core::manifest::{parse_time, Manifest};
-use walarchive_core::Lsn;
+use walarchive::manifest::{parse_time, Manifest};
+use walarchive::Lsn;
 
 use crate::FetchError;
 

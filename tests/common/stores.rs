@@ -10,13 +10,13 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::{assert_code, assert_conflict, assert_success, PgCluster, PgOptions, Repo, TestDir};
-use walarchive_core::storage::object_store::path::Path as StorePath;
-use walarchive_core::storage::object_store::{
+use walarchive::storage::object_store::path::Path as StorePath;
+use walarchive::storage::object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
-use walarchive_core::storage::swift::SwiftStore;
-use walarchive_core::storage::{self, Backend, StorageOptions};
-use walarchive_core::{Compression, Repository, RetryPolicy};
+use walarchive::storage::swift::SwiftStore;
+use walarchive::storage::{self, Backend, StorageOptions};
+use walarchive::{Compression, Repository, RetryPolicy};
 
 /// Looks variables up in `env` (the harness's environment for the binary), as walarchive
 /// looks them up in its own environment.
