@@ -134,6 +134,28 @@ pub fn credentials(
     }
 }
 
+/// The server is not (any more) the primary: the caller asks the leader instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is not the primary")]
+pub struct NotLeader;
+
+/// Whether `e` failed because its server is not the primary: a replica, one in recovery
+/// (read-only transaction, "cannot connect now"), as opposed to every other refusal.
+pub fn not_leader(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<NotLeader>() {
+            return true;
+        }
+        if let Some(pg) = c.downcast_ref::<tokio_postgres::Error>() {
+            return matches!(pg.code(), Some(code) if *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                || *code == SqlState::CANNOT_CONNECT_NOW);
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> BindError + '_ {
     move |e| {
         // The server's message (never holds the password: only verifiers are sent).
@@ -257,7 +279,10 @@ pub async fn create_role(
         .map_err(db_err("checking the server role"))?
         .get(0);
     if in_recovery {
-        return Err(BindError::new("the server is a replica"));
+        return Err(BindError {
+            message: "the server is a replica".into(),
+            source: Some(Box::new(NotLeader)),
+        });
     }
     // The group role and the database, once per instance.
     let has_group = admin

@@ -95,7 +95,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// PostgreSQL refused a connection or a statement (or the node is not the leader).
+    /// The node is not its instance's leader (a replica, in recovery): ask the leader.
+    #[error("node {0} is not the leader (a replica, or in recovery)")]
+    NotLeader(String),
+    /// PostgreSQL refused a connection or a statement for another reason.
     #[error("PostgreSQL: {0}")]
     Postgres(String),
     /// A base backup failed.
@@ -1183,7 +1186,7 @@ impl Agent {
         let (client, connection) = cfg
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| Error::Postgres(format!("connecting to node {name}: {e}")))?;
+            .map_err(|e| pg_error(name, format!("connecting to node {name}"), &e))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -1199,7 +1202,7 @@ impl Agent {
         let admin = self.local_superuser(name, "postgres").await?;
         crate::binder::create_role(&admin, role, &req)
             .await
-            .map_err(|e| Error::Postgres(e.to_string()))?;
+            .map_err(|e| pg_error(name, e.to_string(), &e))?;
         info!(node = name, role, "binding role ready");
         Ok(())
     }
@@ -1218,7 +1221,7 @@ impl Agent {
                 .map_err(|e| crate::api::BindError::new(e.to_string()))
         })
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
+        .map_err(|e| pg_error(name, e.to_string(), &e))?;
         info!(node = name, role, "binding role dropped");
         Ok(())
     }
@@ -1235,6 +1238,16 @@ impl Agent {
     }
 }
 
+/// [`Error::NotLeader`] when `e` says the node is not the primary, else [`Error::Postgres`]
+/// with `message`.
+fn pg_error(node: &str, message: String, e: &(dyn std::error::Error + 'static)) -> Error {
+    if crate::binder::not_leader(e) {
+        Error::NotLeader(node.to_string())
+    } else {
+        Error::Postgres(message)
+    }
+}
+
 fn dynamic_changed(a: &NodeSpec, b: &NodeSpec) -> bool {
     a.timing != b.timing || a.synchronous != b.synchronous || a.archive_timeout != b.archive_timeout
 }
@@ -1248,14 +1261,21 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            // Not the leader (any more), or PostgreSQL refused: the broker tries again.
-            Error::Postgres(_) => StatusCode::CONFLICT,
+            // Not the leader (any more): the broker asks the new one.
+            Error::NotLeader(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             error!("{self}");
         }
-        let body = serde_json::json!({"error": self.to_string()}).to_string();
+        let description = match &self {
+            // The server's message, SQL and object names stay in this agent's log.
+            Error::Postgres(_) => {
+                "PostgreSQL refused the request; the cell agent's log has the details".into()
+            }
+            e => e.to_string(),
+        };
+        let body = serde_json::json!({"error": description}).to_string();
         (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }
@@ -1659,6 +1679,38 @@ impl CellClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn answer(e: Error) -> (StatusCode, String) {
+        let r = e.into_response();
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Only "not the leader" is 409 (the broker asks the new leader); any other refusal of
+    /// PostgreSQL is the agent's failure (500), described without the server's message.
+    #[tokio::test]
+    async fn only_not_the_leader_is_a_conflict() {
+        let replica = crate::api::BindError {
+            message: "the server is a replica".into(),
+            source: Some(Box::new(crate::binder::NotLeader)),
+        };
+        let e = pg_error("n0", replica.to_string(), &replica);
+        assert_eq!(answer(e).await.0, StatusCode::CONFLICT);
+        let refused = crate::api::BindError::new(
+            "creating role: permission denied for table /srv/secret/pg_authid (42501)",
+        );
+        let e = pg_error("n0", refused.to_string(), &refused);
+        let (status, body) = answer(e).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !body.contains("pg_authid") && !body.contains("/srv"),
+            "{body}"
+        );
+        assert!(body.contains("PostgreSQL refused"), "{body}");
+        let (status, _) = answer(Error::Invalid("bad role".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn node_names() {

@@ -753,14 +753,28 @@ impl BrokerConfig {
                 ));
             }
         }
-        if url::Url::parse(&self.repository.base).is_err() {
-            return Err(invalid(
-                "repository.base",
-                format!(
-                    "{:?} is not a URL (e.g. s3://bucket/prefix or file:///srv/archive)",
-                    self.repository.base
-                ),
-            ));
+        // The value is never echoed: a mistyped one may still hold a secret.
+        match url::Url::parse(&self.repository.base) {
+            Err(_) => {
+                return Err(invalid(
+                    "repository.base",
+                    "is not a URL (e.g. s3://bucket/prefix or file:///srv/archive)".into(),
+                ))
+            }
+            // Every node's argv, environment and log would carry them, and etcd in clear.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                return Err(invalid(
+                    "repository.base",
+                    "must not hold credentials (user:password@): give them in repository.env or repository.walarchive_config".into(),
+                ))
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                return Err(invalid(
+                    "repository.base",
+                    "must not have a query string or fragment (credentials and storage options go in repository.env or repository.walarchive_config)".into(),
+                ))
+            }
+            Ok(_) => {}
         }
         if self.etcd.endpoints.is_empty() {
             return Err(invalid(
@@ -1091,6 +1105,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "invalid configuration x: secrets: the key sealing the passwords the broker keeps in etcd is required: set secrets.key_file (or secrets.key_env) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`");
+    }
+
+    /// Storage credentials go in the credential settings, never in the base URL (which
+    /// every node's command line, log and etcd record carries); the error names the key and
+    /// never echoes the secret.
+    #[test]
+    fn credentials_in_the_repository_url_are_refused() {
+        let (_f, text) = with_password_file(&example());
+        let base = BrokerConfig::parse(&text, "x").unwrap().repository.base;
+        let (scheme, rest) = base.split_once("://").unwrap();
+        for bad in [
+            format!("s3://AKIAEXAMPLE:SuperSecret123@bucket/{rest}"),
+            format!("s3://SuperSecret123@bucket/{rest}"),
+            format!("{scheme}://{rest}?access_key=SuperSecret123"),
+            format!("{scheme}://{rest}#SuperSecret123"),
+            "not a url SuperSecret123".to_string(),
+        ] {
+            let e = BrokerConfig::parse(&text.replace(&base, &bad), "x")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("repository.base"), "{e}");
+            assert!(!e.contains("SuperSecret123") && !e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

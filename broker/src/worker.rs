@@ -1057,11 +1057,11 @@ impl Inner {
         if inst.nodes.is_empty() {
             // Before anything is created: the repository must be new. (An id `x.2` and the
             // second incarnation of `x` would share one, for instance.)
-            match self.repository_is_empty(&inst.repository).await {
-                Ok(true) => {}
-                Ok(false) => {
+            match self.repository_contents(&inst.repository).await {
+                Ok(None) => {}
+                Ok(Some(what)) => {
                     warn!(instance = %inst.id, repository = %inst.repository,
-                          "the repository of a new instance already holds an archive");
+                          "the repository of a new instance is not empty: {what}");
                     return Err(Step::Fail(
                         "This instance's repository already holds an archive; a new cluster cannot archive into it. The operator can find the details in the broker's log."
                             .into(),
@@ -1352,16 +1352,18 @@ impl Inner {
         }
     }
 
-    /// Whether `repository` holds no WAL and no backup (a new cluster must not archive into
-    /// another cluster's archive).
-    async fn repository_is_empty(&self, repository: &str) -> Result<bool, String> {
-        for what in ["wal-list", "backup-list"] {
-            let listing = self.walarchive_output(repository, &[what, "--json"]).await;
-            if !listing_is_empty(what, listing)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+    /// What `repository` holds besides its descriptor: `None` when nothing (a new cluster
+    /// must not archive into another cluster's archive), else why it is not empty.
+    async fn repository_contents(&self, repository: &str) -> Result<Option<String>, String> {
+        let config = self
+            .config
+            .repository
+            .walarchive_config
+            .clone()
+            .or_else(|| std::env::var_os("WALARCHIVE_CONFIG").map(Into::into));
+        repository_contents(repository, config.as_deref())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// `walarchive --repo REPO delete retain N --confirm` with the storage environment.
@@ -1378,23 +1380,59 @@ impl Inner {
     }
 }
 
-/// Whether a `wal-list`/`backup-list --json` answer means "nothing there": an empty list, or
-/// walarchive saying there is no repository at the URL at all (status 6, as a fresh prefix
-/// answers). Any other failure (a prefix holding objects without a repository descriptor
-/// among them) is an error, not an empty repository.
-fn listing_is_empty(
-    what: &str,
-    listing: Result<String, (Option<i32>, String)>,
-) -> Result<bool, String> {
-    match listing {
-        Ok(out) => {
-            let v: serde_json::Value =
-                serde_json::from_str(&out).map_err(|e| format!("walarchive {what} --json: {e}"))?;
-            Ok(v.as_array().is_some_and(Vec::is_empty))
+/// What the prefix `url` holds besides a descriptor: `None` when nothing, else why it is not
+/// empty. Read with the core library rather than the CLI because the CLI's answers do not
+/// tell the cases apart: `wal-list` on a prefix that holds walarchive objects but lost its
+/// descriptor says "no repository" (status 6) exactly as on an empty prefix, and `repo-repair`
+/// exits 6 both for an empty prefix and for objects that do not say enough to rebuild a
+/// descriptor from. The listing itself is unambiguous. Storage settings as the CLI the
+/// broker runs takes them: the `[storage]` table of `config` (the broker's
+/// `walarchive_config`, or `/etc/walarchive.toml`), the environment for the rest.
+async fn repository_contents(
+    url: &str,
+    config: Option<&std::path::Path>,
+) -> Result<Option<String>, walarchive::Error> {
+    use walarchive::layout::{parse_key, OwnKey};
+    let default = std::path::Path::new("/etc/walarchive.toml");
+    let file = match config {
+        Some(p) => walarchive::config::ConfigFile::load(p)?,
+        None if default.exists() => walarchive::config::ConfigFile::load(default)?,
+        None => Default::default(),
+    };
+    let policy = file.retry.apply(walarchive::RetryPolicy::default())?;
+    let repo = walarchive::Repository::open(
+        url,
+        &file.storage,
+        policy,
+        walarchive::Compression::default(),
+    )?;
+    let listed = repo.list("").await?;
+    let descriptor = listed
+        .iter()
+        .any(|l| matches!(parse_key(&l.key), Some(OwnKey::Descriptor)));
+    let mut others = listed
+        .iter()
+        .filter(|l| !matches!(parse_key(&l.key), Some(OwnKey::Descriptor)));
+    let Some(first) = others.next() else {
+        return Ok(None);
+    };
+    let count = 1 + others.count();
+    Ok(Some(match parse_key(&first.key) {
+        // The core's own refusal, which names the repair.
+        Some(_) if !descriptor => walarchive::Error::DescriptorMissing {
+            url: url.to_string(),
+            example: first.key.clone(),
         }
-        Err((Some(6), message)) if message.contains("no walarchive repository at") => Ok(true),
-        Err((_, message)) => Err(message),
-    }
+        .to_string(),
+        Some(_) => format!(
+            "{url} holds an archive ({count} objects, e.g. {})",
+            first.key
+        ),
+        None => format!(
+            "{url} holds {count} objects that are not walarchive's (e.g. {})",
+            first.key
+        ),
+    }))
 }
 
 /// What one task remembers between passes of an operation (lost with the task, which only
@@ -1474,37 +1512,43 @@ mod tests {
         assert!(crate::cell::valid_node_name(&long), "{long}");
     }
 
-    #[test]
-    fn an_absent_repository_is_an_empty_one() {
-        assert_eq!(listing_is_empty("wal-list", Ok("[]".into())), Ok(true));
-        assert_eq!(
-            listing_is_empty("wal-list", Ok("[{\"name\": \"x\"}]".into())),
-            Ok(false)
+    /// Only a prefix with nothing but (at most) a descriptor is empty: walarchive objects
+    /// whose descriptor was deleted are an archive too (the CLI's `wal-list` answers "no
+    /// repository" for them, as for an empty prefix), and so is anything else.
+    #[tokio::test]
+    async fn only_an_empty_prefix_is_an_empty_repository() {
+        use walarchive::repo::DESCRIPTOR_KEY;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/r", dir.path().display());
+        let root = dir.path().join("r");
+        let contents = || repository_contents(&url, None);
+        assert_eq!(contents().await.unwrap(), None, "no directory at all");
+        std::fs::create_dir_all(&root).unwrap();
+        assert_eq!(contents().await.unwrap(), None, "an empty directory");
+        std::fs::write(root.join(DESCRIPTOR_KEY), b"{}").unwrap();
+        assert_eq!(contents().await.unwrap(), None, "a descriptor only");
+        let wal = walarchive::Repository::wal_key(&"000000010000000000000001".parse().unwrap());
+        let path = root.join(&wal);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let what = contents().await.unwrap().expect("an archive");
+        assert!(
+            what.contains("holds an archive") && what.contains(&wal),
+            "{what}"
         );
-        assert_eq!(
-            listing_is_empty(
-                "wal-list",
-                Err((
-                    Some(6),
-                    "walarchive wal-list: error: no walarchive repository at file:///r/x (no walarchive.repo object): wrong URL or bucket, or nothing was archived there yet".into()
-                ))
-            ),
-            Ok(true)
+        std::fs::remove_file(root.join(DESCRIPTOR_KEY)).unwrap();
+        let what = contents()
+            .await
+            .unwrap()
+            .expect("objects without a descriptor");
+        assert!(
+            what.contains("repo-repair") && what.contains(&wal),
+            "{what}"
         );
-        // Objects without a descriptor, an unreachable store: not "empty".
-        for (code, m) in [
-            (
-                Some(6),
-                "walarchive wal-list failed: objects but no repository descriptor",
-            ),
-            (Some(7), "walarchive wal-list failed: storage unreachable"),
-            (None, "cannot run /x: not found"),
-        ] {
-            assert_eq!(
-                listing_is_empty("wal-list", Err((code, m.into()))),
-                Err(m.into())
-            );
-        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(root.join("stray.txt"), b"x").unwrap();
+        let what = contents().await.unwrap().expect("a stray object");
+        assert!(what.contains("not walarchive's"), "{what}");
     }
 
     #[test]

@@ -168,6 +168,15 @@ async fn scenario() {
     assert_eq!(x_dot_2.repository, format!("{file_base}/_x_2E2"));
 
     // --- A scheduled backup, and retention (retain 1), on every instance. ---
+    // Incarnation 1 of `x` (deprovisioned: no schedule, no retention) is a neighbour whose
+    // every object must stay as it is.
+    let x1_files = || {
+        files_under(&store.join("base").join("x"))
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    };
+    let x1_before = x1_files();
+    assert!(!x1_before.is_empty());
     let mut first: BTreeMap<(usize, String), _> = BTreeMap::new();
     for (k, b) in brokers.iter().enumerate() {
         for (_, id) in &b.ids {
@@ -281,6 +290,28 @@ async fn scenario() {
         }
     }
     eprintln!("{} archives verified", repos.len());
+    // Retention did run: each live instance took at least two backups (the first and a
+    // scheduled one) and keeps one; the deprovisioned neighbour lost nothing.
+    for (repo, config) in &repos {
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(c) = config {
+            args.extend(["--config", c.to_str().unwrap()]);
+        }
+        args.extend(["--repo", repo, "backup-list", "--json"]);
+        let listed: serde_json::Value =
+            serde_json::from_str(&common::cells::walarchive(&bin, &args).unwrap()).unwrap();
+        let n = listed.as_array().unwrap().len();
+        if *repo == format!("{file_base}/x") {
+            assert!(n >= 1, "{repo}: {listed}");
+        } else {
+            assert_eq!(n, 1, "{repo}: retention (retain 1) left {listed}");
+        }
+    }
+    assert_eq!(
+        x1_files(),
+        x1_before,
+        "another instance's retention touched incarnation 1 of x"
+    );
 
     // --- Deprovision (by new workers): `a` first, and `a/b`'s cluster keys are still
     // there. ---

@@ -564,6 +564,45 @@ async fn scenario() {
         .iter()
         .all(Vec::is_empty));
 
+    // The same with the descriptor deleted: walarchive's objects without their descriptor
+    // are an archive too (`wal-list` answers "no repository" there, as on an empty prefix).
+    let st = std::process::Command::new("cp")
+        .args([
+            "-a",
+            &format!("{occupied}/db1"),
+            &format!("{occupied}/headless"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_file(format!("{occupied}/headless/walarchive.repo")).unwrap();
+    let listed = walarchive(
+        &bin,
+        &["--repo", &format!("{base}/headless"), "wal-list", "--json"],
+    )
+    .unwrap_err();
+    assert!(listed.contains("no walarchive repository at"), "{listed}");
+    let op = c.provision("headless", 1).await;
+    let (_, s, b) = c
+        .wait_op("headless", &op, Duration::from_secs(30), &diag)
+        .await;
+    assert_eq!(
+        (s, b["state"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "{b}"
+    );
+    assert!(
+        b["description"]
+            .as_str()
+            .unwrap()
+            .contains("already holds an archive"),
+        "{b}"
+    );
+    assert!(nodes_on_cells(&cells, "headless")
+        .await
+        .iter()
+        .all(Vec::is_empty));
+
     worker.abort();
     let _ = worker.await;
     // The router outlives the broker by design: stop it here.
