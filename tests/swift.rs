@@ -5,7 +5,7 @@
 //! PostgreSQL runs it, archiving into `swift://` and restoring a base backup from it. Keystone is not available here: its token and catalog
 //! handling is covered by recorded-response unit tests (`storage::swift::auth::tests`).
 
-mod common;
+use testkit as common;
 
 use std::sync::Arc;
 

@@ -1,9 +1,10 @@
 //! Repositories on each backend, and walarchive invocations against them, for the tests.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use super::*;
+use crate::*;
 
 /// A backend to test against.
 #[derive(Clone, Copy, Debug)]
