@@ -47,6 +47,8 @@
 //! on a runtime of its own ([`http_request`]).
 
 mod azurite;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod bursts;
 pub mod gcs;
 mod http;

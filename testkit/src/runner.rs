@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 use crate::pg::runuser_cmd;
 use crate::*;
 
-/// The binary `name` of the workspace as cargo built it beside the running test or bench
+/// The binary `name` of the workspace's `package` as cargo built it beside the running test or bench
 /// (`target/<profile>/deps/<test>-<hash>` runs; `target/<profile>/<name>` is the binary).
 /// Cargo builds a package's binaries before its tests and benches; the packages without
 /// it (the broker's) get it built here, once.
-pub fn built_binary(name: &str) -> PathBuf {
+pub fn built_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let mut dir = exe.parent().expect("the test's directory");
     if dir.ends_with("deps") {
@@ -23,7 +23,7 @@ pub fn built_binary(name: &str) -> PathBuf {
     if !bin.exists() {
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cargo
-            .args(["build", "-p", "walarchive-cli", "--bin", name])
+            .args(["build", "-p", package, "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if dir.ends_with("release") {
             cargo.arg("--release");
@@ -40,7 +40,7 @@ pub fn built_binary(name: &str) -> PathBuf {
 pub fn walarchive_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let src = built_binary("walarchive");
+        let src = built_binary("walarchive-cli", "walarchive");
         let dir = proc_dir().join("bin");
         fs::create_dir_all(&dir).unwrap();
         chmod(&dir, 0o755);

@@ -6,7 +6,6 @@
 //! own. A bucket is a directory: creating one is a `mkdir`. The server runs under a `sh`
 //! watchdog in its own process group that kills it once this process is gone (statics are
 //! never dropped, and a killed test runs no destructors), like the etcd of `etcd.rs`.
-#![allow(dead_code)]
 
 use std::io::Write as _;
 use std::net::TcpStream;
