@@ -14,7 +14,7 @@ pub enum Store {
     Swift,
     /// Swift through its S3 API (the s3api middleware) and walarchive's S3 backend.
     SwiftS3,
-    /// Google Cloud Storage (fake-gcs-server; see tests/common/gcs.rs).
+    /// Google Cloud Storage (fake-gcs-server; see `crate::gcs`).
     Gcs,
     File,
 }

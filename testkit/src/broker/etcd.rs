@@ -1,6 +1,6 @@
 //! One real etcd per test process, for the broker's tests, speaking TLS only.
 //!
-//! Why it looks like this (the same reasoning as the workspace's `tests/common`): the broker's
+//! Why it looks like this (the same reasoning as the rest of this crate): the broker's
 //! state lives in etcd and its concurrency rests on etcd's transactions, so the tests run the
 //! real server (`/usr/bin/etcd`, Debian's etcd-server; `WALARCHIVE_ETCD` overrides), not a
 //! mock, configured as production should be: clients must speak TLS and present a certificate
