@@ -33,10 +33,6 @@
 //! progress goes to stderr. `--quick` uses scale 2 and scale 10 and one run
 //! each, for smoke runs; `--scale N` sets the big database's scale.
 
-#[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports, clippy::duplicated_attributes)]
-mod common;
-
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -45,7 +41,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{machine, postgres_ids, PgCluster, PgOptions, Repo, S3Kind, Store, TestDir};
+use testkit::{machine, postgres_ids, PgCluster, PgOptions, Repo, S3Kind, Store, TestDir};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -113,7 +109,7 @@ fn main() {
 
     let ctx = Ctx::new();
     log(&format!("peak RSS method: {}", ctx.rss.describe()));
-    let s3 = common::s3();
+    let s3 = testkit::s3();
     let s3_label = match s3.kind {
         S3Kind::S3sFs => "S3 (local s3s-fs)",
         S3Kind::Moto => "S3 (local moto)",
@@ -134,7 +130,7 @@ fn main() {
         .map(|t| {
             format!(
                 "{} --repo {} wal-push %p",
-                common::walarchive_bin().display(),
+                testkit::walarchive_bin().display(),
                 t.repo.url
             )
         })
@@ -326,7 +322,7 @@ impl Run {
 /// environment, and measures it.
 fn run_walarchive(ctx: &Ctx, args: &[String], env: &[(String, String)]) -> Run {
     let id = ctx.next_id();
-    let bin = common::walarchive_bin();
+    let bin = testkit::walarchive_bin();
     let out_path = ctx.scratch.join(format!("run-{id}.stdout"));
     let err_path = ctx.scratch.join(format!("run-{id}.stderr"));
     let time_path = ctx.scratch.join(format!("run-{id}.time"));
@@ -525,7 +521,7 @@ fn sh(script: &str) -> Result<String, String> {
 
 /// The reference timings for `db` (the cluster is idle and checkpointed).
 fn references(ctx: &Ctx, pg: &PgCluster, reps: usize, mut db: Db) -> Db {
-    let data = common::sh_quote(pg.data_dir().to_str().unwrap());
+    let data = testkit::sh_quote(pg.data_dir().to_str().unwrap());
     // What the backup reads: everything but pg_wal's contents. GNU tar does not read
     // file contents when its output is /dev/null, hence the `cat`.
     let mut walls = Vec::new();
@@ -549,14 +545,14 @@ fn references(ctx: &Ctx, pg: &PgCluster, reps: usize, mut db: Db) -> Db {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != "pg_wal")
-        .map(|n| common::sh_quote(&n))
+        .map(|n| testkit::sh_quote(&n))
         .collect();
     let mut walls = Vec::new();
     let mut bytes = 0;
     for _ in 0..reps {
         let dest = ctx.scratch.join(format!("cp-{}", ctx.next_id()));
         fs::create_dir(&dest).unwrap();
-        let dest_q = common::sh_quote(dest.to_str().unwrap());
+        let dest_q = testkit::sh_quote(dest.to_str().unwrap());
         let t = Instant::now();
         match sh(&format!(
             "cd {data} && cp -a {} {dest_q}/ && find {dest_q} -type f -exec sync {{}} +",

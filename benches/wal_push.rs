@@ -22,10 +22,6 @@
 //! Results are printed as Markdown tables (stdout) ready for docs/benchmarks.md;
 //! progress goes to stderr. `--quick` uses fewer segments and iterations.
 
-#[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports, clippy::duplicated_attributes)]
-mod common;
-
 use std::fmt::Write as _;
 use std::fs;
 use std::hint::black_box;
@@ -33,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{machine, PgCluster, PgOptions, S3Kind, TestDir};
+use testkit::{machine, PgCluster, PgOptions, S3Kind, TestDir};
 use walarchive::codec::{self, Compression, DEFAULT_ZSTD_LEVEL};
 use walarchive::format;
 
@@ -427,7 +423,7 @@ fn bench_push(work: &Path, names: &[String]) -> Vec<PushRow> {
         row.stored = Some(stored_bytes(repo.path(), names));
         rows.push(row);
     }
-    let s3 = common::s3();
+    let s3 = testkit::s3();
     for (label, codec) in &codecs {
         let bucket = s3.fresh_bucket();
         let url = format!("s3://{bucket}/bench");

@@ -4,7 +4,7 @@
 //! `walarchive wal-fetch %f %p` alone (no streaming) and ends up with the primary's data;
 //! promoting it archives a timeline history file into the same repository.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::time::Duration;

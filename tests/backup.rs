@@ -2,7 +2,7 @@
 //! round trips on every backend, exact PITR to times, LSNs, transaction IDs and restore
 //! points, timelines, backups from a standby, tablespaces, interrupted and tampered backups.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 

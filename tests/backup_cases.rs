@@ -2,7 +2,7 @@
 //! restored somewhere else, a backup killed half-way, tampered backups, bad input to
 //! backup-push and backup-fetch, and 16 MiB WAL segments.
 
-mod common;
+use testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs;

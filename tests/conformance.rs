@@ -22,7 +22,7 @@
 //! Servers are shared per test binary (one s3s-fs, one Azurite, one Swift all-in-one); each
 //! test takes a fresh bucket/container, so tests run in parallel (`RUST_TEST_THREADS`).
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::future::Future;

@@ -3,7 +3,7 @@
 //! objects, unreachable stores and every kind of bad input. Segments are real: a PostgreSQL
 //! cluster writes them (see `WalSource`).
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! exit status, and a file changed after the daemon pushed it is never acknowledged from
 //! the daemon's record.
 
-mod common;
+use testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -180,7 +180,14 @@ fn real_segments() -> &'static WalSource {
     S.get_or_init(|| WalSource::collect(6, 1000))
 }
 
-impl FakeData {
+/// What these tests do with the harness's fake data directory.
+trait DaemonData {
+    fn new() -> Self;
+    fn daemon(&self) -> Daemon;
+    fn push(&self, name: &str) -> Output;
+}
+
+impl DaemonData for FakeData {
     /// Four real segments in pg_wal (not `.ready`: each test decides), no `postmaster.pid`
     /// (the daemon needs none when started by hand), and a fresh repository.
     fn new() -> FakeData {

@@ -14,7 +14,7 @@
 //! connections in the middle of transfers and stalls others (tests/common/proxy.rs), and
 //! loses nothing.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

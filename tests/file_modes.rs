@@ -4,7 +4,7 @@
 //! parts hold the whole database, `pg_authid` included. What root writes into the postgres
 //! user's repository becomes that user's.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

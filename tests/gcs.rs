@@ -5,7 +5,7 @@
 //! upgrade that closes one shows up), then walarchive itself, as PostgreSQL runs it,
 //! archiving into `gs://` and restoring a base backup from it.
 
-mod common;
+use testkit as common;
 
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@
 //! - retention only ever deletes the repository's own objects, and repositories do not nest
 //!   (item 5).
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! configuration error (status 6) for every command that reads one, and file URLs must
 //! name an absolute path.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::process::Output;

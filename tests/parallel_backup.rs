@@ -3,7 +3,7 @@
 //! a gap whatever order their uploads finished in, and a backup with a part missing in the
 //! middle, which backup-fetch must refuse without leaving a startable data directory.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! committed before the target (inclusive or exclusive as asked), for times, LSNs,
 //! transaction IDs and named restore points.
 
-mod common;
+use testkit as common;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! measurement of replay time with and without prefetching (printed, not asserted; the full
 //! matrix with `WALARCHIVE_MEASURE_PREFETCH=1`, best with `--release`).
 
-mod common;
+use testkit as common;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

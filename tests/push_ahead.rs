@@ -5,7 +5,7 @@
 //! directory never make `wal-push` answer 0 for content it did not store. One test measures
 //! archive throughput of a backlog with `--parallel` 1, 2 and 4 (printed, not asserted).
 
-mod common;
+use testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -176,7 +176,19 @@ fn real_segments() -> &'static WalSource {
     S.get_or_init(|| WalSource::collect(8, 1000))
 }
 
-impl FakeData {
+/// What these tests do with the harness's fake data directory.
+trait PushAheadData {
+    fn new(count: usize) -> Self;
+    fn marker(&self, name: &str) -> PathBuf;
+    fn command(&self, url: &str, name: &str, extra: &[&str]) -> std::process::Command;
+    fn push(&self, name: &str, extra: &[&str]) -> Output;
+    fn mark_done(&self, name: &str);
+    fn fetch(&self, url: &str, name: &str) -> Option<Vec<u8>>;
+    fn blake3(&self, name: &str) -> String;
+    fn write_marker(&self, name: &str, tweak: impl FnOnce(&mut serde_json::Value));
+}
+
+impl PushAheadData for FakeData {
     /// `count` real segments in pg_wal, each `.ready`, and a fresh local-directory repository.
     fn new(count: usize) -> FakeData {
         FakeData::with_segments("padata", real_segments(), count, true)

@@ -10,7 +10,7 @@
 //!   recovery (recovery.signal, a target) started while the store is away aborts instead of
 //!   promoting, and completes once the store is back.
 
-mod common;
+use testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs;

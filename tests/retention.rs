@@ -3,7 +3,7 @@
 //! switch, with permanent backups; `delete garbage` after a killed backup-push; and a
 //! point-in-time restore to the oldest remaining point after each deletion.
 
-mod common;
+use testkit as common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! the waiting segments and exit non-zero, and status recovers once archiving does; a
 //! server that cannot be reached is reported, not fatal; an empty repository fails.
 
-mod common;
+use testkit as common;
 
 use std::path::Path;
 use std::process::Output;

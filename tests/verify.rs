@@ -4,7 +4,7 @@
 //! history file (14), a tampered backup part (8), a deleted segment a backup needs (12),
 //! a backup that does not exist (1).
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::PathBuf;

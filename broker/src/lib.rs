@@ -31,10 +31,5 @@ pub use etcd::{EtcdClient, EtcdError};
 pub use state::{InstanceSecrets, Store, StoreError};
 pub use worker::{Worker, WorkerError};
 
-/// The real etcd the unit tests run against (the same file as the integration tests', which
-/// names this library `walarchive_broker`).
 #[cfg(test)]
-#[path = "../tests/common/etcd.rs"]
 mod test_etcd;
-#[cfg(test)]
-extern crate self as walarchive_broker;

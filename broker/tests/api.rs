@@ -2,7 +2,7 @@
 //! real etcd. The worker is simulated through the `Store` (progress, success, failure), and
 //! bindings use a recording `Binder` (the real one needs PostgreSQL).
 
-mod common;
+use testkit::broker as common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! The failure is injected with a real command: `nodes.walarchive` is a wrapper around the
 //! real walarchive that fails `backup-push` (after counting the attempt) while a flag file
 //! exists, with an error message full of internal detail.
-mod common;
+use testkit::broker as common;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;

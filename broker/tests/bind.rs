@@ -4,7 +4,7 @@
 //! runs them on its node's socket), so their test runs one plain PostgreSQL cluster (initdb
 //! as `postgres`, SCRAM authentication) rather than a Patroni cluster: what is tested is the
 //! roles, privileges and ownership, not failover.
-mod common;
+use testkit::broker as common;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! End-to-end test of the cell agents, Patroni, etcd and HAProxy: a two-node cluster on two
 //! cells, archived into a local-directory walarchive repository, survives the loss of its
 //! leader's cell without losing synchronously committed rows, and the lost node rejoins.
-mod common;
+use testkit::broker as common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -10,7 +10,7 @@
 //! retention, every instance's newest backup still verifies with its WAL. Before names were
 //! mapped, `.` archived into the base itself and its retention deleted the WAL of `wal`, and
 //! `..` archived above the base (on S3, at the bucket's root).
-mod common;
+use testkit::broker as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

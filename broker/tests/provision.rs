@@ -9,7 +9,7 @@
 //! provisioned and deleted during its provision, which cleans up) and down to one, keeping
 //! its leader; a scheduled backup applies retention; a deprovision removes nodes, route and
 //! state but keeps the archive; the same id provisioned again gets a new repository.
-mod common;
+use testkit::broker as common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Key rotation with the real `walarchive-broker rotate-secrets` command against the tests'
 //! etcd: secrets sealed with the old key are sealed again with the new one, after which the
 //! old key can go; a broker without the key a secret was sealed with says which key it needs.
-mod common;
+use testkit::broker as common;
 
 use std::process::Command;
 

@@ -6,7 +6,7 @@
 //! case an operator meets after a crash or an OOM kill. The second broker must resume the
 //! operation from etcd (after the first one's claim lapses), adopt that HAProxy rather than
 //! start another, and then serve bindings whose URI reaches the new cluster's leader.
-mod common;
+use testkit::broker as common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -6,7 +6,7 @@
 //! trust the CA, that presents no certificate or one of another CA, never gets an answer; a
 //! configuration that would listen in plain HTTP off the loopback interface is refused at
 //! start with a one-line error and status 1.
-mod common;
+use testkit::broker as common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

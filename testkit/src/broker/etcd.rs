@@ -1,6 +1,6 @@
 //! One real etcd per test process, for the broker's tests, speaking TLS only.
 //!
-//! Why it looks like this (the same reasoning as the workspace's `tests/common`): the broker's
+//! Why it looks like this (the same reasoning as the rest of this crate): the broker's
 //! state lives in etcd and its concurrency rests on etcd's transactions, so the tests run the
 //! real server (`/usr/bin/etcd`, Debian's etcd-server; `WALARCHIVE_ETCD` overrides), not a
 //! mock, configured as production should be: clients must speak TLS and present a certificate
@@ -11,10 +11,9 @@
 //! a `sh -c` watchdog in its own process group that kills it and removes its directories once
 //! this process is gone.
 //!
-//! The library's unit tests include this file too (`#[path]` in `src/lib.rs`, where the
-//! library names itself `walarchive_broker`), so it uses nothing but the library, std and
-//! tempfile.
-#![allow(dead_code)]
+//! The library's unit tests use it too, through a second copy of the library (see
+//! [`crate::broker`]): they take [`EtcdServer::endpoint`], [`pki`]'s files and the broker's
+//! password from here and build their own client.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,8 @@ use std::time::{Duration, Instant};
 use walarchive_broker::etcd::{EtcdClient, EtcdOptions, EtcdUser};
 use walarchive_broker::patroni::Secret;
 use walarchive_broker::tls::{ThrowawayCa, TlsFiles};
+
+use crate::{free_port, sh_quote};
 
 /// The tests' throwaway CA and the certificates every test shares.
 pub struct Pki {
@@ -111,10 +112,6 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// Runs `script` with `sh -c`, detached in its own process group (it outlives this process).
 fn watchdog(script: &str) {
     #[allow(clippy::zombie_processes)]
@@ -127,14 +124,6 @@ fn watchdog(script: &str) {
         .process_group(0)
         .spawn()
         .expect("spawn a watchdog");
-}
-
-/// A port on 127.0.0.1 that is free right now (the kernel's choice).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 /// `etcdctl` against the server at `endpoint`, over TLS with the broker's certificate.

@@ -23,7 +23,6 @@
 //!   is gone, or once any of them died (then the harness retries on other ports).
 //! * **Ready** means: the proxy answers `/healthcheck`, tempauth issues a token, and a
 //!   container PUT succeeds (account, container and object servers all up).
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::common::{await_ready, free_port, http_request, proc_dir, sh_quote, spawn_watchdog};
+use crate::{await_ready, free_port, http_request, proc_dir, sh_quote, spawn_watchdog};
 
 /// The account, user and key tempauth is configured with.
 pub const SWIFT_ACCOUNT: &str = "test";
@@ -369,7 +368,7 @@ impl SwiftServer {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> crate::common::HttpResponse {
+    ) -> crate::HttpResponse {
         let mut h: Vec<(String, String)> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

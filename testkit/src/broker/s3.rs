@@ -1,12 +1,11 @@
 //! One real S3 server (`s3s-fs`) per test process, for repositories in object storage.
 //!
 //! Why s3s-fs, started like this: it is the S3 server the workspace's own tests use (see
-//! `tests/common`), and it stores every object as a plain file under `<root>/<bucket>/<key>`,
+//! `testkit::s3`), and it stores every object as a plain file under `<root>/<bucket>/<key>`,
 //! so a test can see every key the nodes and the broker wrote without an S3 listing of its
 //! own. A bucket is a directory: creating one is a `mkdir`. The server runs under a `sh`
 //! watchdog in its own process group that kills it once this process is gone (statics are
 //! never dropped, and a killed test runs no destructors), like the etcd of `etcd.rs`.
-#![allow(dead_code)]
 
 use std::io::Write as _;
 use std::net::TcpStream;

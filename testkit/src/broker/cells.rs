@@ -7,7 +7,6 @@
 //! `PR_SET_PDEATHSIG`, so they die with the test; each agent's own watchdog then kills its
 //! Patroni and PostgreSQL processes, and a shell watchdog removes the directory once the test
 //! process is gone (unless `WALARCHIVE_KEEP_TEST_DIRS=1`).
-#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -18,39 +17,7 @@ use std::time::{Duration, Instant};
 
 use walarchive_broker::cell::{CellClient, Secret};
 
-/// True when `WALARCHIVE_KEEP_TEST_DIRS=1`.
-pub fn keep_dirs() -> bool {
-    std::env::var("WALARCHIVE_KEEP_TEST_DIRS").is_ok_and(|v| v == "1")
-}
-
-/// Single-quotes `s` for `sh`.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// A port on 127.0.0.1 that is free right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
-
-/// uid and gid of the `postgres` user.
-pub fn postgres_ids() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("run id");
-        assert!(
-            out.status.success(),
-            "no `postgres` user: run scripts/setup"
-        );
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    (id("-u"), id("-g"))
-}
+pub use crate::{free_port, keep_dirs, postgres_ids, sh_quote};
 
 /// Makes `path` owned by postgres.
 pub fn chown_postgres(path: &Path) {
@@ -111,18 +78,7 @@ pub fn file_repository(root: &Path) -> String {
 /// The walarchive binary of this target directory (built when missing), copied into `dir`
 /// with mode 0755 so that the postgres user can execute it.
 pub fn walarchive_copy(dir: &Path) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/cells-HASH -> target/<profile>/walarchive
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let src = profile_dir.join("walarchive");
-    if !src.exists() {
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--bin", "walarchive"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build --bin walarchive");
-        assert!(st.success(), "cargo build --bin walarchive failed");
-    }
+    let src = crate::built_binary("walarchive-cli", "walarchive");
     let bin_dir = dir.join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -254,7 +210,10 @@ impl Cell {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walarchive-broker"));
+        let mut cmd = Command::new(crate::built_binary(
+            "walarchive-broker",
+            "walarchive-broker",
+        ));
         cmd.arg("cell")
             .arg("--config")
             .arg(&self.config)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{PgCluster, PgOptions, Repo, TestDir, WalSource};
+use crate::{PgCluster, PgOptions, Repo, TestDir, WalSource};
 
 /// Keep archived segments in pg_wal, to compare them with the repository's copies.
 pub const KEEP_WAL: &str = "wal_keep_size = 1024MB\n";

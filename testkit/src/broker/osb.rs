@@ -3,7 +3,6 @@
 //! Why in-process: the URL goes to the router exactly as written here, so a test can send ids
 //! that an HTTP client would normalise (`%2E%2E`) or that no platform should send; the real
 //! `serve` process over TLS is tested in serve.rs.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use std::fs;
 use std::path::PathBuf;
 
-use super::{assert_code, assert_conflict, assert_success, PgCluster, PgOptions, Repo, TestDir};
+use crate::{assert_code, assert_conflict, assert_success, PgCluster, PgOptions, Repo, TestDir};
 use walarchive::storage::object_store::path::Path as StorePath;
 use walarchive::storage::object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,

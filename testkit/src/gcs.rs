@@ -29,7 +29,6 @@
 //!   to test how refused credentials are reported.
 //! * `gcp-storage-emulator` (the other PyPI emulator) serves only XML GET and PUT: no HEAD,
 //!   no XML DELETE or listing, no preconditions; it cannot back object_store's client.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{Read, Write};
@@ -40,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::common::{
+use crate::{
     await_ready, free_port, http_request, proc_dir, sh_quote, spawn_watchdog, HttpResponse,
 };
 

@@ -1,9 +1,10 @@
 //! Repositories on each backend, and walarchive invocations against them, for the tests.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use super::*;
+use crate::*;
 
 /// A backend to test against.
 #[derive(Clone, Copy, Debug)]
@@ -13,7 +14,7 @@ pub enum Store {
     Swift,
     /// Swift through its S3 API (the s3api middleware) and walarchive's S3 backend.
     SwiftS3,
-    /// Google Cloud Storage (fake-gcs-server; see tests/common/gcs.rs).
+    /// Google Cloud Storage (fake-gcs-server; see `crate::gcs`).
     Gcs,
     File,
 }

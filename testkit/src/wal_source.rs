@@ -4,7 +4,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::*;
+use crate::*;
 
 /// Real WAL segments (1 MiB, the harness's default size), written by a PostgreSQL cluster
 /// of their own and collected by `cp` as its archive_command. Building one takes a few

@@ -3,7 +3,6 @@
 //! Why one place: every such test needs the same sections (credentials, etcd, cells, router,
 //! nodes), and they grow with every security setting (TLS, etcd authentication, the secrets'
 //! key); written once here, each test only says what differs.
-#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
