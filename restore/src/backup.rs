@@ -503,8 +503,7 @@ async fn restore_stream(
         )
     });
     // Downloads in part order; the front is the next part the extractor needs.
-    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive::Error>>)> =
-        VecDeque::new();
+    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive::Error>>)> = VecDeque::new();
     let mut next = 1u32;
     let mut download_error = None;
     while (next <= parts || !window.is_empty()) && !tx.is_closed() {

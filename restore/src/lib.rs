@@ -12,6 +12,7 @@
 //! and serves them from the local disk once they are verified again.
 #![warn(missing_docs)]
 
+pub mod absent_history;
 pub mod backup;
 pub mod destination;
 pub mod prefetch;
