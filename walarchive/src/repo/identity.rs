@@ -128,11 +128,43 @@ impl Repository {
         Ok(Some(d))
     }
 
-    /// Reads the descriptor; a missing one means there is no repository at this URL.
+    /// Reads the descriptor. A missing one means there is no repository at this URL
+    /// ([`Error::NoRepository`]), unless the prefix holds the repository's objects: then the
+    /// descriptor was lost, and the error says how to rebuild it
+    /// ([`Error::DescriptorMissing`]). That look costs one listing, on the failure path only.
     pub async fn require_descriptor(&self) -> Result<Descriptor, Error> {
-        self.descriptor().await?.ok_or_else(|| Error::NoRepository {
-            url: self.url.clone(),
+        if let Some(d) = self.descriptor().await? {
+            return Ok(d);
+        }
+        match self.first_own_object().await? {
+            Some(example) => Err(Error::DescriptorMissing {
+                url: self.url.clone(),
+                example,
+            }),
+            None => Err(Error::NoRepository {
+                url: self.url.clone(),
+            }),
+        }
+    }
+
+    /// The first object of the repository's own (other than the descriptor) under the
+    /// prefix, stopping the listing there.
+    pub async fn first_own_object(&self) -> Result<Option<String>, Error> {
+        use crate::layout::{parse_key, OwnKey};
+        use futures::StreamExt;
+        let prefix = self.key("");
+        retry(&self.policy, &format!("list {prefix}"), || async {
+            let mut listing = self.store.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let relative = self.relative(&meta.map_err(StorageError::from)?.location);
+                if matches!(parse_key(&relative), Some(k) if k != OwnKey::Descriptor) {
+                    return Ok(Some(relative));
+                }
+            }
+            Ok(None)
         })
+        .await
+        .map_err(storage_error("list", &prefix))
     }
 
     /// Returns the repository's descriptor, creating it from `wanted` if there is none, and
