@@ -646,6 +646,19 @@ impl std::fmt::Display for RefusesToGuess {
     }
 }
 
+/// What every fetched object must be, from the pg_control of the data directory being
+/// recovered (`Repository::assume_identity`: no descriptor GET per segment); without a
+/// readable one, the descriptor says it.
+fn take_identity_from_pg_control(repo: &Repository, data_dir: &std::path::Path) {
+    if !data_dir.join(control::CONTROL_FILE).is_file() {
+        return;
+    }
+    match control::read_identity(data_dir) {
+        Ok(id) => repo.assume_identity(&id),
+        Err(e) => tracing::debug!("reading the repository's descriptor instead: {e}"),
+    }
+}
+
 async fn wal_fetch(
     repo: &Repository,
     settings: &Settings,
@@ -660,6 +673,8 @@ async fn wal_fetch(
         depth: settings.prefetch,
         parallel: settings.parallel,
     };
+    let data_dir = recovery_data_dir(dest, pgdata);
+    take_identity_from_pg_control(repo, &data_dir);
     if let Some(job) = prefetch::worker_job(name, dest, &opts) {
         // A prefetch worker started by the wal-fetch that restored `name`: nobody waits for
         // it, it restores nothing, and its problems are only logged.
@@ -668,7 +683,6 @@ async fn wal_fetch(
     }
     let started = Instant::now();
     let result = prefetch::fetch(repo, name, dest, &opts).await;
-    let data_dir = recovery_data_dir(dest, pgdata);
     let history = matches!(name.parse(), Ok(WalFileName::History(_)));
     if history {
         match &result {
