@@ -306,3 +306,34 @@ fn unknown_configuration_keys_are_errors_naming_the_key() {
         }
     }
 }
+
+/// A `[storage]` key of another backend than the URL's (an Azure account with an s3:// URL)
+/// would be ignored: refused with 6, naming the key, both backends, and no secret.
+#[test]
+fn configuration_keys_of_another_backend_are_errors() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let config = scratch.join("walarchive.toml");
+    let file = format!("file://{}/repo", scratch.path().display());
+    let cases = [
+        (
+            format!(
+                "repo = \"s3://bucket/x\"\n[storage]\naws_region = \"us-east-1\"\n\
+                 azure_storage_account_name = \"{SECRET}\"\n"
+            ),
+            "[storage] key \"azure_storage_account_name\" is for the Azure (az://) backend, but the repository is S3 (s3://): remove it or fix the URL",
+        ),
+        (
+            format!("repo = \"{file}\"\n[storage]\naws_secret_access_key = \"{SECRET}\"\n"),
+            "[storage] key \"aws_secret_access_key\" is for the S3 (s3://) backend, but the repository is local directory (file://)",
+        ),
+    ];
+    for (text, wanted) in cases {
+        fs::write(&config, &text).unwrap();
+        let out = run_walarchive(&["--config", config.to_str().unwrap(), "wal-list"], &[]);
+        assert_code(&out, 6);
+        let line = error_line(&out);
+        assert!(line.contains(wanted), "{text}: {line}");
+        assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
+    }
+    assert!(!scratch.join("repo").exists());
+}
