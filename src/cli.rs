@@ -20,14 +20,14 @@ const LONG_HELP: &str = concat!(
     "  archive_command = 'walarchive --config /etc/walarchive.toml wal-push %p'\n",
     "  restore_command = 'walarchive --config /etc/walarchive.toml wal-fetch %f %p'\n",
     "  archive_timeout = 60   # bounds data loss when the server and its disk are lost\n\n",
-    "Repository URLs: s3://BUCKET/PREFIX, az://CONTAINER/PREFIX (or azure://), swift://CONTAINER/PREFIX, file:///ABS/PATH.\n",
+    "Repository URLs: s3://BUCKET/PREFIX, az://CONTAINER/PREFIX (or azure://), gs://BUCKET/PREFIX, swift://CONTAINER/PREFIX, file:///ABS/PATH.\n",
     "Credentials come from the environment (AWS_*, AZURE_*, OS_* for Swift) or the config file's [storage] table.\n\n",
 );
 
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
-    /// Repository URL (s3://, az://, azure://, swift://, file://).
+    /// Repository URL (s3://, az://, azure://, gs://, swift://, file://).
     #[arg(long, global = true, env = "WALARCHIVE_REPO", value_name = "URL")]
     pub repo: Option<String>,
     /// Configuration file (TOML). Default: /etc/walarchive.toml when it exists.

@@ -502,6 +502,76 @@ fn a_standby_waits_out_storage_failures_only() {
     assert_code(&fetch_in(&f, &[]), 206);
 }
 
+/// A standby promoted during an outage probes `N.history` for a free timeline: during an
+/// outage a history file answers 1 only when the store itself said earlier that it has no
+/// such file (recorded in pg_wal/.walarchive/absent-history, dropped once the file is
+/// found); without that record, 207 and a line saying why. Segments keep waiting (1).
+#[test]
+fn a_standby_in_an_outage_never_guesses_that_a_timeline_is_free() {
+    let src = source();
+    let n = &src.segments[0];
+    let f = Fixture::file();
+    assert_success(&f.push(&f.stage(src, n, n)));
+    let data = f.work.parent().unwrap().to_path_buf();
+    fs::write(data.join("standby.signal"), b"").unwrap();
+    let record = data.join("pg_wal/.walarchive/absent-history");
+    let fetch = |faults: &str, name: &str| {
+        walarchive_cmd()
+            .args(["--repo", &f.url, "wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+            .envs(f.env.iter().map(|(k, v)| (k, v)))
+            .env("WALARCHIVE_FAULTS", faults)
+            .current_dir(&data)
+            .output()
+            .unwrap()
+    };
+    let outage = "op=get fault=503";
+    // The store answers: 00000002.history is not there (a quiet 1), and that is recorded.
+    assert_code(&fetch("", "00000002.history"), 1);
+    assert_eq!(fs::read_to_string(&record).unwrap(), "00000002.history\n");
+    // In an outage: the recorded name waits, like a segment...
+    let out = fetch(outage, "00000002.history");
+    assert_code(&out, 1);
+    assert!(
+        error_line(&out).contains("this is a standby (standby.signal)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_code(&fetch(outage, "000000010000000000000063"), 1);
+    // ...one never seen missing is not guessed absent.
+    let out = fetch(outage, "00000003.history");
+    assert_code(&out, 207);
+    let line = error_line(&out);
+    assert!(
+        line.contains("there is no record that it lacks 00000003.history")
+            && line.contains("refuses to guess")
+            && line.contains("gave up after 2 attempts"),
+        "{line}"
+    );
+    assert!(!f.work.join("RECOVERYXLOG").exists());
+    let counters: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.work.join("walarchive-metrics.json")).unwrap()).unwrap();
+    assert_eq!(counters["fetch_standby_waits_total"], 2, "{counters}");
+    // 00000002.history appears (another server promoted): found, and no longer recorded, so
+    // the next outage does not take it for absent.
+    let history = f.work.join("00000002.history");
+    fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    let pgdata = src.cluster.data_dir().to_str().unwrap();
+    assert_success(&run_walarchive(
+        &[
+            "--repo",
+            &f.url,
+            "wal-push",
+            "--pgdata",
+            pgdata,
+            history.to_str().unwrap(),
+        ],
+        &f.env,
+    ));
+    assert_success(&fetch("", "00000002.history"));
+    assert_eq!(fs::read_to_string(&record).unwrap(), "");
+    assert_code(&fetch(outage, "00000002.history"), 207);
+}
+
 #[test]
 fn wrong_credentials_and_missing_bucket() {
     let src = source();

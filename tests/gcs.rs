@@ -85,8 +85,8 @@ async fn listings_at_the_bucket_root() {
 }
 
 /// What fake-gcs-server 1.54 does not do like GCS. Each assertion states today's behaviour;
-/// when one fails after an emulator upgrade, the gap is closed: update README's GCS notes
-/// and tests/common/gcs.rs.
+/// when one fails after an emulator upgrade, the gap is closed: update the Google Cloud
+/// Storage notes in docs/configuration.md and tests/common/gcs.rs.
 #[tokio::test]
 async fn emulator_fidelity_gaps() {
     let bucket = gcs().fresh_bucket();

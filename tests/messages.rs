@@ -156,6 +156,62 @@ fn read_commands_on_a_url_without_a_repository_exit_6() {
     assert!(!scratch.join("nothing-here").exists());
 }
 
+/// A prefix that holds walarchive objects but lost its descriptor is not "no repository":
+/// every reader (wal-fetch too, with 206) says the descriptor is missing and names
+/// `repo-repair`; `repo-repair` on an empty prefix has nothing to repair (6).
+#[test]
+fn read_commands_on_a_repository_without_its_descriptor_name_repo_repair() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let repo = scratch.join("repo");
+    let object = repo.join("wal/history/00000002.history");
+    fs::create_dir_all(object.parent().unwrap()).unwrap();
+    fs::write(&object, b"an object whose descriptor was deleted").unwrap();
+    let url = format!("file://{}", repo.display());
+    let mut commands = read_commands(&scratch);
+    let wal = scratch.join("pg_wal");
+    fs::create_dir_all(&wal).unwrap();
+    commands.push(
+        [
+            "wal-fetch",
+            "00000003.history",
+            wal.join("RECOVERYXLOG").to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for args in commands {
+        let mut a = vec!["--repo", url.as_str()];
+        a.extend(args.iter().map(String::as_str));
+        let out = run_walarchive(&a, &[]);
+        let what = format!("{args:?}");
+        assert_code(&out, if args[0] == "wal-fetch" { 206 } else { 6 });
+        assert_eq!(stdout(&out), "", "{what}: printed a result");
+        let line = error_line(&out);
+        assert!(
+            line.contains(&format!(
+                "{url} holds walarchive objects (wal/history/00000002.history, ...) but no descriptor"
+            )) && line.contains(&format!("walarchive --repo {url} repo-repair")),
+            "{what}: {line}"
+        );
+    }
+    assert!(!scratch.join("restored").exists(), "wrote a restore");
+    assert!(!repo.join("walarchive.repo").exists());
+
+    let empty = format!("file://{}", scratch.join("empty").display());
+    for extra in [vec![], vec!["--confirm"]] {
+        let mut a = vec!["--repo", empty.as_str(), "repo-repair"];
+        a.extend(extra);
+        let out = run_walarchive(&a, &[]);
+        assert_code(&out, 6);
+        assert_eq!(stdout(&out), "");
+        assert_eq!(
+            error_line(&out),
+            format!("walarchive repo-repair: error: nothing to repair: no walarchive objects at {empty}")
+        );
+    }
+    assert!(!scratch.join("empty").exists());
+}
+
 #[test]
 fn file_urls_must_name_an_absolute_path() {
     let scratch = TestDir::new("walarchive-msg-");
@@ -249,4 +305,35 @@ fn unknown_configuration_keys_are_errors_naming_the_key() {
             assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
         }
     }
+}
+
+/// A `[storage]` key of another backend than the URL's (an Azure account with an s3:// URL)
+/// would be ignored: refused with 6, naming the key, both backends, and no secret.
+#[test]
+fn configuration_keys_of_another_backend_are_errors() {
+    let scratch = TestDir::new("walarchive-msg-");
+    let config = scratch.join("walarchive.toml");
+    let file = format!("file://{}/repo", scratch.path().display());
+    let cases = [
+        (
+            format!(
+                "repo = \"s3://bucket/x\"\n[storage]\naws_region = \"us-east-1\"\n\
+                 azure_storage_account_name = \"{SECRET}\"\n"
+            ),
+            "[storage] key \"azure_storage_account_name\" is for the Azure (az://) backend, but the repository is S3 (s3://): remove it or fix the URL",
+        ),
+        (
+            format!("repo = \"{file}\"\n[storage]\naws_secret_access_key = \"{SECRET}\"\n"),
+            "[storage] key \"aws_secret_access_key\" is for the S3 (s3://) backend, but the repository is local directory (file://)",
+        ),
+    ];
+    for (text, wanted) in cases {
+        fs::write(&config, &text).unwrap();
+        let out = run_walarchive(&["--config", config.to_str().unwrap(), "wal-list"], &[]);
+        assert_code(&out, 6);
+        let line = error_line(&out);
+        assert!(line.contains(wanted), "{text}: {line}");
+        assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
+    }
+    assert!(!scratch.join("repo").exists());
 }

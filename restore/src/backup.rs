@@ -3,7 +3,7 @@
 //! Up to `parallel` parts are downloaded at once, each verified against its own checksum,
 //! and fed in order through a bounded window to a tar extractor running on a blocking thread
 //! (extraction stays sequential: a tar stream is read front to back); every file is checked
-//! again against the manifest's SHA-256 and fsynced (by `parallel` threads alongside the
+//! again against the manifest's digest (BLAKE3; SHA-256 in a version-1 manifest) and fsynced (by `parallel` threads alongside the
 //! extractor), and the manifest's list must be matched exactly, so a restore either
 //! reproduces the backup bit for bit or fails with the reason. Only then are
 //! backup_label, tablespace_map and the recovery settings written: a destination without
@@ -262,8 +262,8 @@ async fn restore_prepared(
     })
 }
 
-/// Reads every part of backup `m`, verifying each part's checksum and every file's SHA-256
-/// and size against the manifest, without writing anything. Returns (files, bytes) checked.
+/// Reads every part of backup `m`, verifying each part's checksum and every file's digest
+/// (BLAKE3, or SHA-256 in a version-1 manifest) and size against the manifest, without writing anything. Returns (files, bytes) checked.
 /// Downloads [`DEFAULT_PARALLEL`] parts at once; see [`verify_backup_content_parallel`].
 pub async fn verify_backup_content(
     repo: &Repository,
@@ -463,7 +463,7 @@ struct Part {
 /// Downloads the parts of one stream and extracts them, in order, under `root`.
 ///
 /// Up to `parallel` parts are downloaded at once, each by a task of its own that also
-/// decodes it and checks its SHA-256 on the async runtime (one thread in the CLI, which
+/// decodes it and checks its digest on the async runtime (one thread in the CLI, which
 /// decodes faster than the single extractor consumes; the parts' memory then comes from
 /// one heap, which keeps RSS at the bound instead of a heap per blocking thread).
 /// They are handed to the extractor strictly in order, so a part that arrives early waits
@@ -503,8 +503,7 @@ async fn restore_stream(
         )
     });
     // Downloads in part order; the front is the next part the extractor needs.
-    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive::Error>>)> =
-        VecDeque::new();
+    let mut window: VecDeque<(u32, JoinHandle<Result<Part, walarchive::Error>>)> = VecDeque::new();
     let mut next = 1u32;
     let mut download_error = None;
     while (next <= parts || !window.is_empty()) && !tx.is_closed() {

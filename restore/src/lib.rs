@@ -12,6 +12,7 @@
 //! and serves them from the local disk once they are verified again.
 #![warn(missing_docs)]
 
+pub mod absent_history;
 pub mod backup;
 pub mod destination;
 pub mod prefetch;
@@ -109,14 +110,17 @@ pub async fn fetch_file(
 ) -> Result<FetchReport, FetchError> {
     let parsed: WalFileName = name.parse().map_err(walarchive::Error::from)?;
     let key = Repository::wal_key(&parsed);
-    // The object and the descriptor at once: the descriptor says what the object must be.
+    // The object and the descriptor at once: the descriptor (or, for wal-fetch in a data
+    // directory, its pg_control: no GET) says what the object must be.
     let (got, descriptor) = tokio::join!(repo.get_decoded(&key), repo.cached_descriptor());
     let (header, raw) = match got {
         Ok(got) => got,
         Err(walarchive::Error::NotFound { .. }) => {
             // "Not found" ends a recovery, so it must be a real answer from a real
-            // repository, not the symptom of a wrong URL or an emptied bucket.
+            // repository, not the symptom of a wrong URL or an emptied bucket: the
+            // descriptor itself, not an identity taken from pg_control.
             descriptor?;
+            repo.confirmed_descriptor().await?;
             return Err(FetchError::NotFound(name.to_string()));
         }
         Err(e) => return Err(e.into()),

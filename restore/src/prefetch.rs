@@ -79,7 +79,7 @@ use sha2::{Digest as _, Sha256};
 use walarchive::format::{Digest, DigestKind};
 use walarchive::push;
 use walarchive::wal::is_valid_segment_size;
-use walarchive::{Repository, SegmentName, WalFileName};
+use walarchive::{Descriptor, Repository, SegmentName, WalFileName};
 
 use crate::{FetchError, FetchReport, Source};
 
@@ -299,7 +299,13 @@ pub async fn fetch(
     if let (Some(dir), Some(WalFileName::Segment(seg))) = (&dir, parsed) {
         dir.note_position(seg);
         let limit = repo.policy.attempt_timeout;
-        if let Some(len) = take(dir, seg, dest, limit).await {
+        // A prefetched file passes the identity checks a direct fetch makes; without the
+        // repository's identity (the store is down and no pg_control told it), none is served.
+        let served = match repo.cached_descriptor().await {
+            Ok(d) => take(dir, seg, dest, &d, limit).await,
+            Err(_) => None,
+        };
+        if let Some(len) = served {
             return Ok(FetchReport {
                 name: WalFileName::Segment(seg),
                 len,
@@ -320,14 +326,20 @@ pub async fn fetch(
 
 /// Serves `seg` from the prefetch directory if a verified copy is there, waiting (up to
 /// `limit`) while a worker is downloading it.
-async fn take(dir: &PrefetchDir, seg: SegmentName, dest: &Path, limit: Duration) -> Option<u64> {
+async fn take(
+    dir: &PrefetchDir,
+    seg: SegmentName,
+    dest: &Path,
+    repository: &Descriptor,
+    limit: Duration,
+) -> Option<u64> {
     let started = Instant::now();
     loop {
         // The temporary file first, the final one then: a download that completes in
         // between is seen by the second look.
         let coming = dir.worker_pid().is_some_and(|pid| in_flight(dir, seg, pid));
-        let (d, to) = (dir.clone(), dest.to_path_buf());
-        let served = tokio::task::spawn_blocking(move || serve(&d, seg, &to))
+        let (d, to, r) = (dir.clone(), dest.to_path_buf(), repository.clone());
+        let served = tokio::task::spawn_blocking(move || serve(&d, seg, &to, &r))
             .await
             .unwrap_or(None);
         if served.is_some() || !coming || started.elapsed() >= limit {
@@ -344,7 +356,7 @@ fn in_flight(dir: &PrefetchDir, seg: SegmentName, pid: u32) -> bool {
 
 /// Renames a verified prefetched copy of `seg` to `dest`; returns its length. Files that fail
 /// verification are removed.
-fn serve(dir: &PrefetchDir, seg: SegmentName, dest: &Path) -> Option<u64> {
+fn serve(dir: &PrefetchDir, seg: SegmentName, dest: &Path, repository: &Descriptor) -> Option<u64> {
     let entries = fs::read_dir(&dir.dir).ok()?;
     let wanted = seg.to_string();
     for entry in entries.flatten() {
@@ -365,7 +377,7 @@ fn serve(dir: &PrefetchDir, seg: SegmentName, dest: &Path) -> Option<u64> {
             "a prefetched file is only served as itself"
         );
         let path = entry.path();
-        match verify(&path, seg, key) {
+        match verify(&path, seg, key, repository) {
             Ok(len) => match fs::rename(&path, dest) {
                 Ok(()) => return Some(len),
                 // Removed meanwhile (a worker's sweep): fetch from the repository.
@@ -383,8 +395,14 @@ fn serve(dir: &PrefetchDir, seg: SegmentName, dest: &Path) -> Option<u64> {
     None
 }
 
-/// Checks that the file at `path` is a complete segment whose content matches `key`.
-fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
+/// Checks that the file at `path` is a complete segment whose content matches `key`, and
+/// whose first page header names the repository's cluster.
+fn verify(
+    path: &Path,
+    seg: SegmentName,
+    key: &str,
+    repository: &Descriptor,
+) -> Result<u64, String> {
     let mut f = File::open(path).map_err(|e| e.to_string())?;
     let meta = f.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
@@ -400,7 +418,8 @@ fn verify(path: &Path, seg: SegmentName, key: &str) -> Result<u64, String> {
     // worker checked it against the repository before naming the file.
     let mut head = [0u8; walarchive::wal::LONG_PAGE_HEADER_SIZE];
     f.read_exact(&mut head).map_err(|e| e.to_string())?;
-    push::check_segment_start(&WalFileName::Segment(seg), &head, meta.len())?;
+    let found = push::check_segment_start(&WalFileName::Segment(seg), &head, meta.len())?;
+    walarchive::verify::same_wal_identity(&found, repository)?;
     f.seek(std::io::SeekFrom::Start(0))
         .map_err(|e| e.to_string())?;
     let (content, len) = push::hash_reader(&mut f).map_err(|e| e.to_string())?;
@@ -1127,6 +1146,24 @@ mod tests {
             .unwrap();
         assert_eq!(rep.source, Source::Repository);
         assert_eq!(fs::read(d.dest()).unwrap(), content(seg(1, 6)));
+        assert!(!planted.exists());
+
+        // Another cluster's segment 8 (its page address right, its system identifier not),
+        // named and keyed for its content: not served, fetched from the repository instead.
+        let mut foreign = content(seg(1, 8));
+        foreign[24..32].copy_from_slice(&7u64.to_le_bytes());
+        let digest = walarchive::format::Digest::blake3(&foreign);
+        let planted = d
+            .dir()
+            .path()
+            .join(format!("{}.{}", seg(1, 8), key_for(seg(1, 8), &digest)));
+        fs::write(&planted, &foreign).unwrap();
+        archive(&r, seg(1, 8)).await;
+        let rep = fetch(&r, &seg(1, 8).to_string(), &d.dest(), &ON)
+            .await
+            .unwrap();
+        assert_eq!(rep.source, Source::Repository);
+        assert_eq!(fs::read(d.dest()).unwrap(), content(seg(1, 8)));
         assert!(!planted.exists());
 
         // A complete copy under a temporary name is never served.

@@ -76,10 +76,12 @@ pub async fn repair(
         .into_iter()
         .filter_map(|l| parse_key(&l.key).map(|k| (l.key, k)))
         .collect();
-    if own.is_empty() && data_dir.is_none() {
-        return Err(Error::NoRepository {
-            url: repo.url().to_string(),
-        });
+    if own.is_empty() {
+        // Nothing lost: a repository is created by the first push, not by repair.
+        return Err(Error::Config(format!(
+            "nothing to repair: no walarchive objects at {}",
+            repo.url()
+        )));
     }
     let mut evidence = Vec::new();
     if let Some(id) = data_dir {
@@ -436,9 +438,19 @@ mod tests {
         };
         let done = repair(&r, Some(&id), true).await.unwrap();
         assert!(done.written);
-        // Nothing at all: no repository.
+        // Nothing at all: nothing to repair, with or without a data directory.
         let empty = Repository::in_memory_for_tests("e", Compression::Lz4);
-        let e = repair(&empty, None, true).await.unwrap_err();
-        assert!(matches!(e, Error::NoRepository { .. }), "{e}");
+        for data_dir in [None, Some(&id)] {
+            let e = repair(&empty, data_dir, true).await.unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "nothing to repair: no walarchive objects at {}",
+                    empty.url()
+                )
+            );
+        }
+        assert!(empty.descriptor().await.unwrap().is_none());
     }
 }

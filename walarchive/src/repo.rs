@@ -85,6 +85,9 @@ pub struct Repository {
     /// every bound object read must be bound to (a descriptor is never replaced, only
     /// deleted, and then nothing is written until `repo-repair` restores the same one).
     identity: Arc<std::sync::Mutex<Option<Descriptor>>>,
+    /// Whether `identity` was taken from a data directory's pg_control rather than read
+    /// from the store (see `Repository::assume_identity`).
+    identity_assumed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -155,6 +158,7 @@ impl Repository {
             compression,
             conditional_puts: Arc::new(AtomicBool::new(true)),
             identity: Arc::new(std::sync::Mutex::new(None)),
+            identity_assumed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 

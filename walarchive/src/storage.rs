@@ -245,6 +245,19 @@ pub enum Backend {
     Gcs,
 }
 
+impl Backend {
+    /// The backend's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::S3 => "S3 (s3://)",
+            Backend::Azure => "Azure (az://)",
+            Backend::Local => "local directory (file://)",
+            Backend::Swift => "Swift (swift://)",
+            Backend::Gcs => "Google Cloud Storage (gs://)",
+        }
+    }
+}
+
 /// A repository URL that cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -264,6 +277,9 @@ pub enum OpenError {
         /// The URL.
         url: String,
     },
+    /// A `[storage]` key of another backend than the URL's.
+    #[error("{0}")]
+    ForeignKey(String),
     /// The backend refused its configuration.
     #[error("cannot configure the {backend:?} backend: {reason}")]
     Backend {
@@ -318,6 +334,17 @@ pub fn open(
         ));
     }
     let scheme = parsed.scheme().to_ascii_lowercase();
+    let backend = match scheme.as_str() {
+        "s3" | "s3a" => Some(Backend::S3),
+        "az" | "azure" | "abfs" => Some(Backend::Azure),
+        "gs" => Some(Backend::Gcs),
+        "swift" => Some(Backend::Swift),
+        "file" => Some(Backend::Local),
+        _ => None,
+    };
+    if let Some(b) = backend {
+        options.check_backend(b).map_err(OpenError::ForeignKey)?;
+    }
     let path = percent_decode(parsed.path()).ok_or_else(|| bad("the path is not valid UTF-8"))?;
     let client = ClientOptions::new()
         .with_timeout(policy.attempt_timeout)

@@ -64,36 +64,43 @@ pub fn check_wal_content(name: &WalFileName, raw: &[u8], d: &Descriptor) -> Resu
         WalFileName::Segment(_) | WalFileName::Partial(_) => {
             // The same checks wal-push made before storing it, then the repository's cluster.
             let found = crate::push::check_segment(name, raw)?;
-            let differs = |what: &str, found: String, repo: String| {
-                Err(format!("its {what} is {found}, the repository's is {repo}"))
-            };
-            if found.wal_segment_size != d.wal_segment_size {
-                return differs(
-                    "segment size",
-                    found.wal_segment_size.to_string(),
-                    d.wal_segment_size.to_string(),
-                );
-            }
-            if found.system_identifier != d.system_identifier {
-                return differs(
-                    "system identifier",
-                    found.system_identifier,
-                    d.system_identifier.clone(),
-                );
-            }
-            if found.wal_page_magic != d.wal_page_magic {
-                return differs(
-                    "WAL page magic",
-                    format!("0x{:04X}", found.wal_page_magic),
-                    format!("0x{:04X}", d.wal_page_magic),
-                );
-            }
-            Ok(())
+            same_wal_identity(&found, d)
         }
         WalFileName::History(_) | WalFileName::BackupHistory { .. } => {
             crate::history::check_text_file(name, raw, d.wal_segment_size)
         }
     }
+}
+
+/// Refuses a segment whose first page header (`found`, from [`crate::push::check_segment`]
+/// or [`crate::push::check_segment_start`]) names another cluster, segment size or WAL
+/// format than the repository's `d`.
+pub fn same_wal_identity(found: &Descriptor, d: &Descriptor) -> Result<(), String> {
+    let differs = |what: &str, found: String, repo: String| {
+        Err(format!("its {what} is {found}, the repository's is {repo}"))
+    };
+    if found.wal_segment_size != d.wal_segment_size {
+        return differs(
+            "segment size",
+            found.wal_segment_size.to_string(),
+            d.wal_segment_size.to_string(),
+        );
+    }
+    if found.system_identifier != d.system_identifier {
+        return differs(
+            "system identifier",
+            found.system_identifier.clone(),
+            d.system_identifier.clone(),
+        );
+    }
+    if found.wal_page_magic != d.wal_page_magic {
+        return differs(
+            "WAL page magic",
+            format!("0x{:04X}", found.wal_page_magic),
+            format!("0x{:04X}", d.wal_page_magic),
+        );
+    }
+    Ok(())
 }
 
 /// [`check_wal_content`] for WAL file `name` read from `repo` (its content `raw`), before

@@ -10,6 +10,8 @@
 //! instead of being claimed by whichever cluster pushes next), or inside or around another
 //! repository (their retention would take each other's objects).
 
+use std::sync::atomic::Ordering;
+
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,37 @@ impl Repository {
 
     fn remember(&self, d: &Descriptor) {
         *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.clone());
+        self.identity_assumed.store(false, Ordering::Relaxed);
+    }
+
+    /// Takes the cluster of a data directory (its `global/pg_control`) as the repository's,
+    /// without reading the descriptor: `wal-fetch` restores for that data directory, whose
+    /// cluster is the one the repository archives, and must not add a descriptor GET to every
+    /// segment PostgreSQL asks for. Every object read is then checked against it (binding,
+    /// page header); a mismatch is refused as for a descriptor. An answer that needs the
+    /// repository to exist ("not found") reads the descriptor anyway
+    /// ([`Repository::confirmed_descriptor`]).
+    pub fn assume_identity(&self, id: &crate::control::ClusterIdentity) {
+        let d = Descriptor {
+            format_version: REPOSITORY_FORMAT,
+            system_identifier: id.system_identifier.to_string(),
+            pg_version: id.pg_version,
+            wal_page_magic: id.wal_page_magic,
+            wal_segment_size: id.wal_segment_size,
+            created_at: 0,
+            created_by: format!("pg_control of {}", id.data_dir.display()),
+        };
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+        self.identity_assumed.store(true, Ordering::Relaxed);
+    }
+
+    /// The descriptor as read from the store (once per process): the proof that there is a
+    /// repository at this URL, which an identity taken from pg_control is not.
+    pub async fn confirmed_descriptor(&self) -> Result<Descriptor, Error> {
+        match self.remembered() {
+            Some(d) if !self.identity_assumed.load(Ordering::Relaxed) => Ok(d),
+            _ => self.require_descriptor().await,
+        }
     }
 
     fn remembered(&self) -> Option<Descriptor> {
@@ -128,11 +161,51 @@ impl Repository {
         Ok(Some(d))
     }
 
-    /// Reads the descriptor; a missing one means there is no repository at this URL.
+    /// Reads the descriptor. A missing one means there is no repository at this URL
+    /// ([`Error::NoRepository`]), unless the prefix holds the repository's objects: then the
+    /// descriptor was lost, and the error says how to rebuild it
+    /// ([`Error::DescriptorMissing`]). That look costs one listing, on the failure path only.
     pub async fn require_descriptor(&self) -> Result<Descriptor, Error> {
-        self.descriptor().await?.ok_or_else(|| Error::NoRepository {
-            url: self.url.clone(),
+        if let Some(d) = self.descriptor().await? {
+            return Ok(d);
+        }
+        // A listing that fails (a missing bucket answers 404 to it, credentials may allow
+        // GET only) proves nothing either way: "no repository", as before the look.
+        match self.first_own_object().await {
+            Ok(Some(example)) => Err(Error::DescriptorMissing {
+                url: self.url.clone(),
+                example,
+            }),
+            Ok(None) => Err(Error::NoRepository {
+                url: self.url.clone(),
+            }),
+            Err(e) => {
+                tracing::debug!("cannot tell whether {} holds objects: {e}", self.url);
+                Err(Error::NoRepository {
+                    url: self.url.clone(),
+                })
+            }
+        }
+    }
+
+    /// The first object of the repository's own (other than the descriptor) under the
+    /// prefix, stopping the listing there.
+    pub async fn first_own_object(&self) -> Result<Option<String>, Error> {
+        use crate::layout::{parse_key, OwnKey};
+        use futures::StreamExt;
+        let prefix = self.key("");
+        retry(&self.policy, &format!("list {prefix}"), || async {
+            let mut listing = self.store.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let relative = self.relative(&meta.map_err(StorageError::from)?.location);
+                if matches!(parse_key(&relative), Some(k) if k != OwnKey::Descriptor) {
+                    return Ok(Some(relative));
+                }
+            }
+            Ok(None)
         })
+        .await
+        .map_err(storage_error("list", &prefix))
     }
 
     /// Returns the repository's descriptor, creating it from `wanted` if there is none, and

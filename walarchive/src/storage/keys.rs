@@ -9,7 +9,7 @@ use object_store::aws::AmazonS3ConfigKey;
 use object_store::azure::AzureConfigKey;
 use object_store::gcp::GoogleConfigKey;
 
-use super::StorageOptions;
+use super::{Backend, StorageOptions};
 
 impl StorageOptions {
     /// Refuses a key that no backend reads: a typo (`aws_endpont`) would otherwise be
@@ -24,6 +24,43 @@ impl StorageOptions {
                 suggestion: suggest_key(key),
             }),
         }
+    }
+}
+
+impl StorageOptions {
+    /// Refuses a key that belongs to another backend than `backend`'s (`azure_*` with an
+    /// `s3://` URL): it would be ignored, and whatever it was meant to set (an account, an
+    /// endpoint, credentials) silently left at its default.
+    pub fn check_backend(&self, backend: Backend) -> Result<(), String> {
+        // Keys no backend reads are `check_keys`' to refuse (with a suggestion).
+        for key in self.0.keys() {
+            let Some(owner) = key_backend(key) else {
+                continue;
+            };
+            if owner != backend {
+                let owner = owner.name();
+                return Err(format!(
+                    "[storage] key {key:?} is for the {owner} backend, but the repository is {}: remove it or fix the URL",
+                    backend.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The backend that reads `key`, by its prefix.
+fn key_backend(key: &str) -> Option<Backend> {
+    if key.starts_with("aws_") {
+        Some(Backend::S3)
+    } else if key.starts_with("azure_") {
+        Some(Backend::Azure)
+    } else if key.starts_with("google_") {
+        Some(Backend::Gcs)
+    } else if SWIFT_KEYS.contains(&key) {
+        Some(Backend::Swift)
+    } else {
+        None
     }
 }
 
