@@ -28,7 +28,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Retryable};
 
 mod keys;
 pub mod owned;
@@ -67,6 +67,23 @@ pub enum StorageError {
         /// The last failure.
         last: Box<StorageError>,
     },
+}
+
+impl Retryable for StorageError {
+    fn is_permanent(&self) -> bool {
+        StorageError::is_permanent(self)
+    }
+
+    fn timed_out(limit: Duration) -> Self {
+        StorageError::Timeout(limit)
+    }
+
+    fn gave_up(attempts: u32, last: Self) -> Self {
+        StorageError::GaveUp {
+            attempts,
+            last: Box::new(last),
+        }
+    }
 }
 
 impl StorageError {
@@ -566,6 +583,27 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy::default()
+    }
+
+    /// The retry helper classifies and wraps storage errors through [`Retryable`].
+    #[tokio::test]
+    async fn retry_wraps_storage_errors() {
+        let fast = RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            attempt_timeout: Duration::from_millis(50),
+        };
+        let r: Result<(), _> =
+            crate::retry::retry(&fast, "test", || async { std::future::pending().await }).await;
+        assert!(
+            matches!(&r, Err(StorageError::GaveUp { attempts: 2, last })
+                if matches!(**last, StorageError::Timeout(_))),
+            "{r:?}"
+        );
+        let r: Result<(), _> =
+            crate::retry::retry(&fast, "test", || async { Err(StorageError::NotFound) }).await;
+        assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
     }
 
     #[test]
