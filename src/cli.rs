@@ -431,6 +431,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// clap's own consistency checks of the definition (conflicts, defaults, names).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
     #[test]
     fn durations_parse() {
         for (s, secs) in [
