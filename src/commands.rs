@@ -307,7 +307,7 @@ async fn backup_push(repo: &Repository, opts: &BackupOptions, json: bool) -> Res
 
 async fn backup_list(repo: &Repository, json: bool, detail: bool) -> Result<u8> {
     let entries = catalog::list_backups(repo, detail).await?;
-    let summaries: Vec<BackupSummary> = entries
+    let summaries: Vec<BackupSummary<'_>> = entries
         .iter()
         .map(|e| match &e.manifest {
             Some(m) => BackupSummary::of(m),

@@ -334,6 +334,7 @@ impl Dev {
             )));
         }
         mkdir(&dir, 0o755)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let cell_user = if unsafe { libc::geteuid() } == 0 {
             "postgres".to_string()
         } else {

@@ -395,6 +395,7 @@ async fn dev_demo_end_to_end() {
         .await
         .unwrap();
     drop(c);
+    // SAFETY: kill only sends a signal to the child started above; it has no memory effects.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "dev exited with {status}");
