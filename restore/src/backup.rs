@@ -9,7 +9,8 @@
 //! backup_label, tablespace_map and the recovery settings written: a destination without
 //! them cannot be started by mistake as if it were a consistent cluster.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -129,7 +130,25 @@ pub async fn fetch_backup(
         prepared.push((root.clone(), !existed));
         roots.insert(s.name.clone(), root);
     }
-    let data_dir = match DataDir::prepare(&opts.dest, opts.force) {
+    // What this restore writes at the top of the data directory: the leftovers of an
+    // interrupted restore that --force may replace are only these (crate::destination).
+    let mut restored: BTreeSet<OsString> = manifest
+        .files
+        .iter()
+        .filter(|f| roots.get(&f.stream) == Some(&opts.dest))
+        .filter_map(|f| f.path.split('/').next().map(OsString::from))
+        .collect();
+    restored.extend(
+        [
+            "backup_label",
+            "tablespace_map",
+            "postgresql.auto.conf",
+            "recovery.signal",
+            "standby.signal",
+        ]
+        .map(OsString::from),
+    );
+    let data_dir = match DataDir::prepare(&opts.dest, opts.force, &restored) {
         Ok(d) => d,
         Err(e) => {
             clean_up(&prepared);
