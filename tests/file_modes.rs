@@ -226,3 +226,76 @@ fn file_mode_grants_what_it_says() {
         );
     }
 }
+
+/// backup-fetch gives every restored file and directory exactly the mode the manifest
+/// recorded (here 0640 and 0750 beside PostgreSQL's 0600 and 0700), whatever the umask it
+/// runs under: narrower (077) or none at all (000).
+#[test]
+fn backup_fetch_restores_the_manifests_modes_whatever_the_umask() {
+    let (repo, pg) = archive_and_back_up("022", &[]);
+    let data = pg.data_dir().to_path_buf();
+    fs::set_permissions(data.join("PG_VERSION"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(data.join("base"), fs::Permissions::from_mode(0o750)).unwrap();
+    let conn = format!("host=127.0.0.1 port={} user=postgres", pg.port());
+    let out = run_with_umask(
+        "022",
+        &[
+            "--repo",
+            &repo.url,
+            "backup-push",
+            "--pg-conn",
+            &conn,
+            "--fast",
+        ],
+        &[],
+        Path::new("/tmp"),
+    );
+    assert_success(&out);
+    let source: std::collections::BTreeMap<PathBuf, u32> = modes(&data)
+        .into_iter()
+        .filter_map(|(p, _, m)| Some((p.strip_prefix(&data).ok()?.to_path_buf(), m)))
+        .collect();
+    // What the restore writes itself, and what changes in a running cluster.
+    let own = [
+        "",
+        "backup_label",
+        "postgresql.auto.conf",
+        "recovery.signal",
+        "postmaster.pid",
+        "postmaster.opts",
+    ];
+    for umask in ["077", "000"] {
+        let scratch = TestDir::new_postgres("walarchive-restore-modes-");
+        let dest = scratch.join("data");
+        let out = run_with_umask(
+            umask,
+            &[
+                "--repo",
+                &repo.url,
+                "backup-fetch",
+                dest.to_str().unwrap(),
+                "LATEST",
+            ],
+            &[],
+            Path::new("/tmp"),
+        );
+        assert_success(&out);
+        let mut compared = 0;
+        for (p, _, m) in modes(&dest) {
+            let rel = p.strip_prefix(&dest).unwrap().to_path_buf();
+            if own.iter().any(|o| rel == Path::new(o)) || rel.starts_with("pg_wal") {
+                continue;
+            }
+            if let Some(want) = source.get(&rel) {
+                assert_eq!(m, *want, "umask {umask}: {} is {m:04o}", rel.display());
+                compared += 1;
+            }
+        }
+        assert!(
+            compared > 100,
+            "umask {umask}: only {compared} entries compared"
+        );
+        assert_eq!(mode_of(&dest.join("PG_VERSION")), 0o640, "umask {umask}");
+        assert_eq!(mode_of(&dest.join("base")), 0o750, "umask {umask}");
+    }
+}

@@ -640,3 +640,49 @@ fn a_nested_repository_survives_retention_and_repositories_do_not_nest() {
         "{report:#}"
     );
 }
+
+/// wal-fetch in the data directory of another cluster than the repository's: refused as
+/// corrupt (208), and the message says which identifier is whose (the object's repository,
+/// the data directory's pg_control), never calling the data directory's the repository's.
+#[test]
+fn wal_fetch_for_another_clusters_data_directory_says_which_is_which() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions::default());
+    let seg = primary.switch_wal();
+    primary.archive_everything();
+    let ours = primary.psql("select system_identifier from pg_control_system()");
+    primary.stop_immediate();
+
+    let other = PgCluster::init(PgOptions::default());
+    let scratch = TestDir::new("walarchive-identity-");
+    let dest = scratch.join("RECOVERYXLOG");
+    let out = repo.run(&[
+        "wal-fetch",
+        &seg,
+        dest.to_str().unwrap(),
+        "--pgdata",
+        other.data_dir().to_str().unwrap(),
+    ]);
+    assert_code(&out, 200 + CORRUPT);
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "belongs to the repository of system identifier {ours}"
+        )) && line.contains(&format!(
+            "the data directory {} is of system identifier",
+            other.data_dir().display()
+        )) && !line.contains("this repository's is"),
+        "{line}"
+    );
+    assert!(!dest.exists());
+
+    // In the repository's own cluster's data directory, the same object is served.
+    let out = repo.run(&[
+        "wal-fetch",
+        &seg,
+        dest.to_str().unwrap(),
+        "--pgdata",
+        primary.data_dir().to_str().unwrap(),
+    ]);
+    assert_success(&out);
+}

@@ -9,9 +9,10 @@
 //! backup_label, tablespace_map and the recovery settings written: a destination without
 //! them cannot be started by mistake as if it were a consistent cluster.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -129,7 +130,25 @@ pub async fn fetch_backup(
         prepared.push((root.clone(), !existed));
         roots.insert(s.name.clone(), root);
     }
-    let data_dir = match DataDir::prepare(&opts.dest, opts.force) {
+    // What this restore writes at the top of the data directory: the leftovers of an
+    // interrupted restore that --force may replace are only these (crate::destination).
+    let mut restored: BTreeSet<OsString> = manifest
+        .files
+        .iter()
+        .filter(|f| roots.get(&f.stream) == Some(&opts.dest))
+        .filter_map(|f| f.path.split('/').next().map(OsString::from))
+        .collect();
+    restored.extend(
+        [
+            "backup_label",
+            "tablespace_map",
+            "postgresql.auto.conf",
+            "recovery.signal",
+            "standby.signal",
+        ]
+        .map(OsString::from),
+    );
+    let data_dir = match DataDir::prepare(&opts.dest, opts.force, &restored) {
         Ok(d) => d,
         Err(e) => {
             clean_up(&prepared);
@@ -987,7 +1006,13 @@ fn extract_entries(
         let path = root.join(&rel);
         match want.kind {
             EntryKind::Dir => {
-                std::fs::create_dir_all(&path).map_err(|e| write_err(&path, e))?;
+                // Created private (whatever the umask: 000 would make it 0777 until the
+                // chmod), then given exactly the manifest's mode.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| write_err(&path, e))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want.mode))
                     .map_err(|e| write_err(&path, e))?;
             }
@@ -1000,9 +1025,12 @@ fn extract_entries(
                 std::os::unix::fs::symlink(&target, &path).map_err(|e| write_err(&path, e))?;
             }
             EntryKind::File => {
+                // Private while it is written (whatever the umask), then exactly the
+                // manifest's mode.
                 let mut out = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(&path)
                     .map_err(|e| write_err(&path, e))?;
                 let written = copy_entry(

@@ -19,9 +19,15 @@
 //! `DEST/.walarchive-restore` exists only while a restore runs: a process killed in between
 //! leaves it, and the next `backup-fetch` refuses to touch a directory holding the previous
 //! contents of another (it cannot know whether what is beside them was used since) and says
-//! how to resolve it; leftovers of an interrupted restore into an empty directory are replaced
-//! with `--force`. Tablespace directories are never replaced: they must be missing or empty.
+//! how to resolve it. Leftovers of an interrupted restore into an empty directory are replaced
+//! with `--force`, but the marker vouches only for what a restore writes: every other entry
+//! must be a name the backup being restored has at the top of its data directory (or one
+//! that restore writes itself: `backup_label`, the signal files...), so a marker left in (or
+//! copied into) a directory never lets `--force` empty what is not a data directory. Anything
+//! else is refused, naming the entry. The marker must hold nothing but its empty `old`.
+//! Tablespace directories are never replaced: they must be missing or empty.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -57,8 +63,13 @@ fn refused(msg: String) -> FetchError {
 impl DataDir {
     /// Checks that `path` may be restored into (see the module documentation) and prepares
     /// it: created (0700) when missing, its contents moved aside when `force` replaces a data
-    /// directory. Nothing is changed when this fails.
-    pub fn prepare(path: &Path, force: bool) -> Result<DataDir, FetchError> {
+    /// directory. `restored` holds the top-level names the restore writes (the leftovers of
+    /// an interrupted restore may be only those). Nothing is changed when this fails.
+    pub fn prepare(
+        path: &Path,
+        force: bool,
+        restored: &BTreeSet<OsString>,
+    ) -> Result<DataDir, FetchError> {
         let shown = path.display();
         let entries = match std::fs::read_dir(path) {
             Ok(rd) => {
@@ -83,6 +94,12 @@ impl DataDir {
             let keeps_old = std::fs::read_dir(&old)
                 .map(|mut rd| rd.next().is_some())
                 .unwrap_or(false);
+            let marker_ok = std::fs::read_dir(&work)
+                .map(|rd| {
+                    rd.flatten()
+                        .all(|e| e.file_name() == "old" && e.path().is_dir())
+                })
+                .unwrap_or(false);
             if keeps_old {
                 return Err(refused(format!(
                     "{shown} holds an interrupted walarchive restore, and its previous contents \
@@ -92,11 +109,32 @@ impl DataDir {
                     work.display()
                 )));
             }
+            if !marker_ok {
+                return Err(refused(format!(
+                    "{shown} holds {}, which is not what an interrupted walarchive restore \
+                     leaves (an empty directory 'old' only): look at it, remove it yourself if \
+                     nothing in it is needed, then run backup-fetch again",
+                    work.display()
+                )));
+            }
             if !force {
                 return Err(refused(format!(
                     "{shown} holds an interrupted walarchive restore ({} exists): use --force \
                      to replace it",
                     work.display()
+                )));
+            }
+            let foreign = entries.iter().find(|n| {
+                *n != RESTORE_WORK_DIR && *n != RESTORE_DONE_DIR && !restored.contains(*n)
+            });
+            if let Some(name) = foreign {
+                return Err(refused(format!(
+                    "{shown} holds an interrupted walarchive restore ({} exists), but also {}, \
+                     which that restore did not write: --force replaces only a data directory \
+                     or a restore's own leftovers; move it away (or restore elsewhere), then \
+                     run backup-fetch again",
+                    work.display(),
+                    path.join(name).display()
                 )));
             }
         } else if !entries.is_empty() {
@@ -389,6 +427,14 @@ mod tests {
         d
     }
 
+    /// The top-level names of the backups these tests restore.
+    fn restored() -> BTreeSet<OsString> {
+        ["PG_VERSION", "base", "global", "pg_wal"]
+            .into_iter()
+            .map(OsString::from)
+            .collect()
+    }
+
     fn listing(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
@@ -419,7 +465,7 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o750)).unwrap();
         let before = listing(&d);
 
-        let dir = DataDir::prepare(&d, true).unwrap();
+        let dir = DataDir::prepare(&d, true, &restored()).unwrap();
         assert_eq!(
             listing(&d)
                 .iter()
@@ -448,7 +494,7 @@ mod tests {
         );
 
         // A successful one deletes the old contents, never the tablespace's target.
-        let dir = DataDir::prepare(&d, true).unwrap();
+        let dir = DataDir::prepare(&d, true, &restored()).unwrap();
         std::fs::write(d.join("PG_VERSION"), "16\n").unwrap();
         dir.commit().unwrap();
         assert_eq!(listing(&d), vec!["PG_VERSION".to_string()]);
@@ -466,10 +512,12 @@ mod tests {
         std::fs::create_dir_all(other.join("important")).unwrap();
         std::fs::write(other.join("important/file.txt"), "precious").unwrap();
         for force in [false, true] {
-            let e = DataDir::prepare(&other, force).unwrap_err();
+            let e = DataDir::prepare(&other, force, &restored()).unwrap_err();
             assert_eq!(e.kind(), walarchive::ErrorKind::BadInput, "{e}");
         }
-        let e = DataDir::prepare(&other, true).unwrap_err().to_string();
+        let e = DataDir::prepare(&other, true, &restored())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a PostgreSQL data directory"), "{e}");
         assert_eq!(listing(&other), vec!["important", "important/file.txt"]);
 
@@ -486,7 +534,7 @@ mod tests {
             std::fs::write(d.join("postmaster.pid"), &content).unwrap();
             let before = listing(&d);
             for force in [false, true] {
-                let e = DataDir::prepare(&d, force).unwrap_err();
+                let e = DataDir::prepare(&d, force, &restored()).unwrap_err();
                 assert!(e.to_string().contains(wanted), "{e}");
                 assert_eq!(e.kind(), walarchive::ErrorKind::BadInput);
                 assert_eq!(listing(&d), before);
@@ -497,7 +545,9 @@ mod tests {
         // An interrupted restore that moved contents aside is left to the operator.
         std::fs::create_dir_all(d.join(RESTORE_WORK_DIR).join("old/base")).unwrap();
         let before = listing(&d);
-        let e = DataDir::prepare(&d, true).unwrap_err().to_string();
+        let e = DataDir::prepare(&d, true, &restored())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("interrupted walarchive restore") && e.contains("old"),
             "{e}"
@@ -509,7 +559,7 @@ mod tests {
     fn missing_and_empty_destinations() {
         let t = tempfile::tempdir().unwrap();
         let deep = t.path().join("a/b/data");
-        let dir = DataDir::prepare(&deep, false).unwrap();
+        let dir = DataDir::prepare(&deep, false, &restored()).unwrap();
         assert_eq!(
             std::fs::metadata(&deep).unwrap().permissions().mode() & 0o777,
             0o700
@@ -521,13 +571,60 @@ mod tests {
         // Killed mid-restore into an empty directory: --force replaces the leftovers.
         let empty = t.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let _killed = DataDir::prepare(&empty, false).unwrap();
+        let _killed = DataDir::prepare(&empty, false, &restored()).unwrap();
         std::fs::write(empty.join("PG_VERSION"), "15\n").unwrap();
-        let e = DataDir::prepare(&empty, false).unwrap_err().to_string();
+        let e = DataDir::prepare(&empty, false, &restored())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--force"), "{e}");
-        let dir = DataDir::prepare(&empty, true).unwrap();
+        let dir = DataDir::prepare(&empty, true, &restored()).unwrap();
         std::fs::write(empty.join("PG_VERSION"), "16\n").unwrap();
         dir.commit().unwrap();
         assert_eq!(listing(&empty), vec!["PG_VERSION".to_string()]);
+    }
+
+    #[test]
+    fn a_leftover_marker_never_lets_force_empty_what_a_restore_did_not_write() {
+        let t = tempfile::tempdir().unwrap();
+        // A directory that is not a data directory, with a restore's marker in it (a crashed
+        // restore's, or copied there): --force refuses, naming what the restore did not write.
+        let d = t.path().join("precious");
+        std::fs::create_dir_all(d.join("important")).unwrap();
+        std::fs::write(d.join("important/file.txt"), "precious").unwrap();
+        std::fs::create_dir_all(d.join(".walarchive-restore/old")).unwrap();
+        std::fs::write(d.join("PG_VERSION"), "15\n").unwrap();
+        let before = listing(&d);
+        let e = DataDir::prepare(&d, true, &restored())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("interrupted walarchive restore")
+                && e.contains("important")
+                && e.contains("did not write"),
+            "{e}"
+        );
+        assert_eq!(listing(&d), before);
+        assert_eq!(
+            std::fs::read_to_string(d.join("important/file.txt")).unwrap(),
+            "precious"
+        );
+
+        // A marker holding something else than its empty 'old': refused, with or without
+        // --force, and never deleted.
+        let m = t.path().join("marker");
+        std::fs::create_dir_all(m.join(".walarchive-restore")).unwrap();
+        std::fs::write(m.join(".walarchive-restore/notes.txt"), "mine").unwrap();
+        std::fs::write(m.join("PG_VERSION"), "15\n").unwrap();
+        let before = listing(&m);
+        for force in [false, true] {
+            let e = DataDir::prepare(&m, force, &restored())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("not what an interrupted walarchive restore"),
+                "{e}"
+            );
+            assert_eq!(listing(&m), before);
+        }
     }
 }

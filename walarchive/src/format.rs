@@ -272,6 +272,18 @@ pub enum FormatError {
         /// The repository's.
         repository: u64,
     },
+    /// A bound object of another cluster than the data directory's it is fetched for (the
+    /// identity was taken from the data directory's pg_control, not the descriptor: which
+    /// cluster the repository holds is not known, so it is not claimed).
+    #[error("it belongs to the repository of system identifier {object}, but the data directory {data_dir} is of system identifier {cluster} (global/pg_control): the wrong repository, or the wrong data directory?")]
+    NotTheDataDirectorys {
+        /// The system identifier the object is bound to.
+        object: u64,
+        /// The data directory's.
+        cluster: u64,
+        /// The data directory.
+        data_dir: String,
+    },
     /// Content that is not what its name says (a WAL segment whose page header disagrees with
     /// its name or the repository, a history file that does not parse).
     #[error("{0}")]

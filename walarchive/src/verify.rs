@@ -77,7 +77,7 @@ pub fn check_wal_content(name: &WalFileName, raw: &[u8], d: &Descriptor) -> Resu
 /// format than the repository's `d`.
 pub fn same_wal_identity(found: &Descriptor, d: &Descriptor) -> Result<(), String> {
     let differs = |what: &str, found: String, repo: String| {
-        Err(format!("its {what} is {found}, the repository's is {repo}"))
+        Err(format!("its {what} is {found}, {} is {repo}", d.whose()))
     };
     if found.wal_segment_size != d.wal_segment_size {
         return differs(

@@ -60,6 +60,26 @@ impl Descriptor {
     }
 }
 
+/// How an identity taken from a data directory's pg_control (not read from the store)
+/// names its source in `created_by`.
+const FROM_PG_CONTROL: &str = "pg_control of ";
+
+impl Descriptor {
+    /// The data directory whose pg_control this identity was taken from, when it was not
+    /// read from the store ([`Repository::assume_identity`]).
+    pub fn data_directory(&self) -> Option<&str> {
+        self.created_by.strip_prefix(FROM_PG_CONTROL)
+    }
+
+    /// Whose this identity is, for messages: the repository's, or a data directory's.
+    pub fn whose(&self) -> String {
+        match self.data_directory() {
+            Some(dir) => format!("the data directory's ({dir}, global/pg_control)"),
+            None => "the repository's".to_string(),
+        }
+    }
+}
+
 impl Repository {
     /// Test support, not for production use: takes `d` as the repository's descriptor
     /// without reading or writing one (for tests whose store counts requests).
@@ -88,7 +108,7 @@ impl Repository {
             wal_page_magic: id.wal_page_magic,
             wal_segment_size: id.wal_segment_size,
             created_at: 0,
-            created_by: format!("pg_control of {}", id.data_dir.display()),
+            created_by: format!("{FROM_PG_CONTROL}{}", id.data_dir.display()),
         };
         *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
         self.identity_assumed.store(true, Ordering::Relaxed);
@@ -371,16 +391,27 @@ impl Repository {
         let Some(b) = &header.binding else {
             return Ok(());
         };
-        let repository = self.system_identifier().await?;
+        let d = self.cached_descriptor().await?;
+        let repository = parse_system_identifier(&d)?;
         if b.system_identifier == repository {
             return Ok(());
         }
-        Err(Error::Corrupt {
-            key: self.key(relative).to_string(),
-            source: format::FormatError::WrongSystem {
+        // Say whose identifier the object was compared with: a data directory's pg_control
+        // says nothing about which cluster this repository holds.
+        let source = match d.data_directory() {
+            Some(dir) => format::FormatError::NotTheDataDirectorys {
+                object: b.system_identifier,
+                cluster: repository,
+                data_dir: dir.to_string(),
+            },
+            None => format::FormatError::WrongSystem {
                 object: b.system_identifier,
                 repository,
             },
+        };
+        Err(Error::Corrupt {
+            key: self.key(relative).to_string(),
+            source,
         })
     }
 }

@@ -5,10 +5,16 @@
 //! archive_command; an operator running walarchive as root on it (`backup-mark`, a `wal-push`
 //! by hand) would create objects and directories that this user can then neither read nor
 //! write into, and archiving or restoring would fail later. So when root writes into a
-//! repository whose directory (or nearest existing ancestor) belongs to another user, every
-//! object it stores, and every directory the store created for it, is handed to that user
-//! (`chown`) right after the put. Nothing is ever more open than its mode in between: the
-//! files are root's and private until then.
+//! repository whose directory (or, before the first push creates it, its nearest existing
+//! ancestor: root's first push into `/var/lib/postgresql/archive`) belongs to another user,
+//! every object it stores, and every directory the store created for it, is handed to that
+//! user (`chown`) right after the put; a repository that is root's own is left alone.
+//! Nothing is ever more open than its mode in between: the files are root's and private
+//! until then.
+//!
+//! An object already stored (an identical re-push: the create-only put is refused) is
+//! handed over too: one that root stored earlier without being handed over (a crash
+//! between the put and the chown) is repaired by the next push of it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path as FsPath, PathBuf};
@@ -157,6 +163,12 @@ impl ObjectStore for OwnedBy {
                 self.owner.hand_over(location)?;
                 Ok(r)
             }
+            // Already stored: the existing object is the owner's too (see the module
+            // documentation), whatever the caller then makes of the refusal.
+            Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                self.owner.hand_over(location)?;
+                Err(e)
+            }
             Err(e) => {
                 let _ = self.owner.hand_over_dirs(location);
                 Err(e)
@@ -246,5 +258,46 @@ mod tests {
         }
         // Never above the repository.
         assert_eq!(std::fs::metadata(t.path()).unwrap().uid(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_object_already_stored_is_handed_over_too() {
+        // SAFETY: as above.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can hand files over
+        }
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        std::os::unix::fs::chown(&repo, Some(65534), Some(65534)).unwrap();
+        // Stored by root earlier and never handed over (a crash before the chown).
+        let key = Path::from(format!("{}/wal/a/object", repo.display()));
+        let plain: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        plain
+            .put(&key, PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(repo.join("wal/a/object")).unwrap().uid(),
+            0
+        );
+        // Pushed again: the create-only put is refused, and the object is the owner's now.
+        let store = OwnedBy::new(plain, repo.clone(), 65534, 65534);
+        let opts = PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let e = store
+            .put_opts(&key, PutPayload::from_static(b"x"), opts)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, object_store::Error::AlreadyExists { .. }),
+            "{e}"
+        );
+        for p in ["wal", "wal/a", "wal/a/object"] {
+            let m = std::fs::metadata(repo.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+        }
     }
 }
