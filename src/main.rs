@@ -4,6 +4,7 @@
 //! runtime, and turn the outcome into an explicit exit status (see `exit`). Everything a
 //! user or PostgreSQL can observe — status, the one-line error on stderr, log lines — is
 //! decided here, never deep inside the libraries.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod cmd_daemon;

@@ -144,10 +144,9 @@ impl Settings {
 /// hold under PostgreSQL's umask 077 too. What else the process creates (restored files,
 /// counters, sockets) sets its mode explicitly or is the owner's anyway.
 fn restrict_umask(mode: FileMode) {
-    // SAFETY: umask only swaps the process's file-mode creation mask; it cannot fail.
-    unsafe {
-        libc::umask(mode.umask() as libc::mode_t);
-    }
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(
+        mode.umask() as rustix::fs::RawMode
+    ));
 }
 
 #[cfg(test)]

@@ -148,11 +148,11 @@ trait PreExecUmask {
 impl PreExecUmask for Command {
     fn pre_exec_umask(&mut self, umask: &str) -> &mut Self {
         use std::os::unix::process::CommandExt;
-        let mask = u32::from_str_radix(umask, 8).unwrap() as libc::mode_t;
+        let mask = rustix::fs::Mode::from_raw_mode(u32::from_str_radix(umask, 8).unwrap());
         // SAFETY: umask is async-signal-safe and only changes the child's mask.
         unsafe {
             self.pre_exec(move || {
-                libc::umask(mask);
+                rustix::process::umask(mask);
                 Ok(())
             })
         }

@@ -396,9 +396,13 @@ fn check_no_postmaster(dir: &Path) -> Result<(), FetchError> {
 
 /// Whether a process with this ID exists (one we may not signal exists too).
 fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for the process; nothing is sent.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
 }
 
 /// Whether `dir` is a PostgreSQL data directory: `PG_VERSION` and `global/pg_control`.
