@@ -141,7 +141,8 @@ pub async fn run(
 ) -> Result<u8> {
     // Every file the daemon pushes is checked against the cluster whose pg_wal it serves,
     // found as wal-push finds it for a file in that pg_wal.
-    let identity = crate::commands::push_identity(None, &pg_wal.join("x"))?;
+    let identity =
+        crate::commands::push_identity(None, settings.env.pgdata.as_deref(), &pg_wal.join("x"))?;
     let opts = daemon::Options {
         idle_exit,
         follow_postmaster,

@@ -51,7 +51,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     }
     match &cli.command {
         Command::WalPush { path, pgdata } => {
-            let identity = push_identity(pgdata.as_deref(), path)?;
+            let identity = push_identity(pgdata.as_deref(), settings.env.pgdata.as_deref(), path)?;
             wal_push(&repo, path, identity.as_ref(), settings.parallel).await
         }
         Command::Daemon { pgdata, idle_exit } => {
@@ -80,7 +80,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         } => {
             let opts = BackupOptions {
                 pgdata: pgdata.clone(),
-                conn: pg::config(pg_conn.as_deref())?,
+                conn: pg::config(pg_conn.as_deref(), &settings.env.pg)?,
                 label: label.clone(),
                 fast_checkpoint: *fast,
                 part_size: (*part_size as usize) << 20,
@@ -104,7 +104,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             json,
             prometheus,
         } => {
-            let conn = pg::config(pg_conn.as_deref())?;
+            let conn = pg::config(pg_conn.as_deref(), &settings.env.pg)?;
             let args = cmd_status::StatusArgs {
                 pgdata: pgdata.clone(),
                 conn,
@@ -518,9 +518,10 @@ pub(crate) fn note_error(c: &mut Counters, e: &dyn std::fmt::Display) {
 /// segment is then identified by its page header alone).
 pub(crate) fn push_identity(
     pgdata: Option<&std::path::Path>,
+    env_pgdata: Option<&std::path::Path>,
     path: &std::path::Path,
 ) -> Result<Option<ClusterIdentity>> {
-    let Some(dir) = control::locate_data_dir(pgdata, path) else {
+    let Some(dir) = control::locate_data_dir(pgdata, env_pgdata, path) else {
         tracing::debug!(
             "no data directory (global/pg_control) found for {}: a segment is identified by its page header alone",
             path.display()
@@ -672,10 +673,12 @@ async fn wal_fetch(
     let opts = PrefetchOptions {
         depth: settings.prefetch,
         parallel: settings.parallel,
+        inline: settings.env.prefetch_inline,
     };
     let data_dir = recovery_data_dir(dest, pgdata);
     take_identity_from_pg_control(repo, &data_dir);
-    if let Some(job) = prefetch::worker_job(name, dest, &opts) {
+    let worker = settings.env.prefetch_worker.as_deref();
+    if let Some(job) = prefetch::worker_job(name, dest, &opts, worker) {
         // A prefetch worker started by the wal-fetch that restored `name`: nobody waits for
         // it, it restores nothing, and its problems are only logged.
         prefetch::run_worker(repo, &job).await;
@@ -816,7 +819,7 @@ async fn repo_repair(
     json: bool,
 ) -> Result<u8> {
     let identity = match pgdata {
-        Some(dir) => push_identity(Some(dir), dir)?,
+        Some(dir) => push_identity(Some(dir), None, dir)?,
         None => None,
     };
     let r = walarchive::repair::repair(repo, identity.as_ref(), confirm).await?;

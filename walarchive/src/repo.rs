@@ -34,7 +34,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::codec::Compression;
 use crate::format::{self, ObjectHeader};
 use crate::retry::{retry, RetryPolicy};
-use crate::storage::{self, Backend, StorageError, StorageOptions};
+use crate::storage::{self, Backend, StorageEnv, StorageError, StorageOptions};
 use crate::wal::WalFileName;
 use crate::Error;
 
@@ -101,14 +101,15 @@ impl std::fmt::Debug for Repository {
 }
 
 impl Repository {
-    /// Opens the repository at `url`.
+    /// Opens the repository at `url` (see [`storage::open`]).
     pub fn open(
         url: &str,
         options: &StorageOptions,
+        env: &StorageEnv,
         policy: RetryPolicy,
         compression: Compression,
     ) -> Result<Self, Error> {
-        let loc = storage::open(url, options, &policy)?;
+        let loc = storage::open(url, options, env, &policy)?;
         Ok(Self::with_store(
             loc.store,
             loc.prefix,
