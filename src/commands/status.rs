@@ -169,7 +169,7 @@ fn print_text(r: &Report) {
             "{} file{}, {} stored",
             r.archived_wal_files,
             if r.archived_wal_files == 1 { "" } else { "s" },
-            crate::commands::human(r.archived_wal_bytes)
+            crate::report::human(r.archived_wal_bytes)
         ),
     );
     match &r.server.figures {
