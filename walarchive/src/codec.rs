@@ -110,7 +110,7 @@ impl Compression {
     }
 
     /// Compresses `raw` and hands the body to `then`. zstd compresses with a pooled
-    /// context into a pooled buffer (see [`with_zstd_body`]); the others into a new buffer.
+    /// context into a pooled buffer (no allocation per object); the others into a new buffer.
     pub fn encode_then<T>(self, raw: &[u8], then: impl FnOnce(&[u8]) -> T) -> T {
         match self {
             Compression::Zstd(level) => with_zstd_body(raw, level, then)

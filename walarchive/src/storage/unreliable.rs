@@ -15,8 +15,9 @@
 //! plan and the same sequence of calls always inject the same faults.
 //!
 //! The real binary can run with it: when the environment variable [`ENV`]
-//! (`WALARCHIVE_FAULTS`) is set, [`super::open`] wraps the store it opened (see
-//! [`from_env`]); unset or empty, nothing changes. It is a testing hook: never set it in
+//! (`WALARCHIVE_FAULTS`) is set, the binary passes its value down (in
+//! [`super::StorageEnv`]) and [`super::open`] wraps the store it opened (see
+//! [`from_plan`]); unset or empty, nothing changes. It is a testing hook: never set it in
 //! production. The plan's text format is documented on [`FaultPlan`].
 #![warn(missing_docs)]
 
