@@ -674,19 +674,23 @@ mod tests {
             let l = open(url, &none, &StorageEnv::default(), &policy()).unwrap();
             assert_eq!(l.prefix.as_ref(), "tmp/some/repo", "{url}");
         }
-        let opts = StorageOptions(
-            [
-                ("aws_region", "eu-west-1"),
-                ("azure_storage_account_name", "acct"),
-                ("azure_storage_account_key", "a2V5"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        );
+        // Each backend with its own keys: another backend's key is refused (ForeignKey).
+        let options = |pairs: &[(&str, &str)]| {
+            StorageOptions(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let s3 = options(&[("aws_region", "eu-west-1")]);
+        let opts = options(&[
+            ("azure_storage_account_name", "acct"),
+            ("azure_storage_account_key", "a2V5"),
+        ]);
         let s = open(
             "s3://bucket/pre/fix",
-            &opts,
+            &s3,
             &StorageEnv::default(),
             &policy(),
         )
