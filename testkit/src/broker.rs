@@ -1,7 +1,7 @@
 //! The broker's harness (feature `broker`): one real etcd speaking TLS with authentication on
 //! ([`etcd`]), cell agents with Patroni, PostgreSQL and HAProxy ([`cells`]), the broker's
-//! configuration ([`broker`]), its OSB API driven in-process ([`osb`]) and an S3 server for
-//! repositories in object storage ([`s3`]).
+//! configuration ([`broker`]), its OSB API driven in-process ([`osb`]), an S3 server for
+//! repositories in object storage ([`s3`]), and the secrets audit ([`audit`]).
 //!
 //! The broker's integration tests import it as `common` (`use testkit::broker as common;`).
 //! Its unit tests use [`etcd`] too: this crate then links a second copy of the broker's
@@ -10,6 +10,7 @@
 
 // The broker tests name its configuration `common::broker::BrokerToml`.
 #[allow(clippy::module_inception)]
+pub mod audit;
 pub mod broker;
 pub mod cells;
 pub mod etcd;
