@@ -82,6 +82,18 @@ async fn scenario() {
         ))
         .try_init();
     let processes = audit::ProcessWatch::start();
+    // A canary, so that the audit shows it finds what it looks for: a short-lived process
+    // with it on its command line, and a log holding it.
+    let canary = format!(
+        "canary-{}",
+        walarchive_broker::cell::Secret::generate().expose()
+    );
+    std::fs::write(root.join("canary.log"), format!("x {canary} y\n")).unwrap();
+    let st = std::process::Command::new("sh")
+        .args(["-c", "sleep 1", &canary])
+        .status()
+        .unwrap();
+    assert!(st.success());
     let bin = walarchive_copy(&root);
     // The file base sits one level below a directory of its own, so that anything written
     // beside or above the base shows.
@@ -234,6 +246,7 @@ async fn scenario() {
         &binding_uri,
         processes.finish(),
         &bucket,
+        &canary,
     )
     .await;
 
@@ -405,9 +418,11 @@ async fn secrets_audit(
     binding_uri: &str,
     command_lines: BTreeSet<String>,
     bucket: &str,
+    canary: &str,
 ) {
     let e = etcd();
     let mut secrets: audit::Secrets = vec![
+        ("the canary".into(), canary.into()),
         (
             "the platform's password".into(),
             common::osb::PASSWORD.into(),
@@ -524,6 +539,14 @@ async fn secrets_audit(
             |_, _| false,
         ));
     }
+    let (canaries, found): (Vec<String>, Vec<String>) = found
+        .into_iter()
+        .partition(|f| f.starts_with("the canary "));
+    assert_eq!(
+        canaries.len(),
+        2,
+        "the canary not found as planted: {canaries:?}"
+    );
     assert!(found.is_empty(), "secrets leaked:\n{}", found.join("\n"));
     eprintln!(
         "secrets audit: {} secrets, {} logs, clean",
