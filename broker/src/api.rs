@@ -38,9 +38,9 @@ use tracing::{info, warn};
 use crate::config::{BrokerConfig, PlanConfig, MAX_NODES};
 use crate::error::ApiError;
 use crate::state::{
-    BindingRecord, BindingState, CreateInstance, Credentials, InstanceContext, InstanceRecord,
-    InstanceState, OperationKind, OperationRecord, OperationRequest, OperationState, Parameters,
-    Store, Timestamp, Versioned,
+    until_swapped, BindingRecord, BindingState, CreateInstance, Credentials, InstanceContext,
+    InstanceRecord, InstanceState, OperationKind, OperationRecord, OperationRequest,
+    OperationState, Parameters, Round, Store, Timestamp, Versioned,
 };
 
 /// Lowest supported `X-Broker-API-Version` minor (with major 2).
@@ -51,9 +51,6 @@ pub const API_VERSION: &str = "2.17";
 /// A binding left `creating` or `deleting` longer than this (its request died with its
 /// broker process) may be taken over by a new request.
 const BINDING_STALE: Duration = Duration::from_secs(300);
-
-/// How often a handler re-reads and decides again after losing a CAS race.
-const ATTEMPTS: usize = 8;
 
 /// A boxed future (the [`Binder`] methods' return type).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -529,8 +526,20 @@ async fn provision(
     let node_count = parameters.node_count.unwrap_or(plan.node_count);
 
     let path_name = crate::names::path_name(&instance_id);
-    for _ in 0..ATTEMPTS {
-        let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    // Each round is a future of its own: it borrows what the rounds share.
+    let (st, q, instance_id, service_id, plan_id, org, space, context, path_name) = (
+        &st,
+        &q,
+        &instance_id,
+        &service_id,
+        &plan_id,
+        &org,
+        &space,
+        &context,
+        &path_name,
+    );
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         // A deleted id is provisioned again as a new incarnation (see `state`).
         let previous = inst
             .as_ref()
@@ -538,11 +547,11 @@ async fn provision(
             .cloned();
         if let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) {
             let i = &inst.value;
-            let same = i.service_id == service_id
-                && i.plan_id == plan_id
+            let same = i.service_id == *service_id
+                && i.plan_id == *plan_id
                 && i.parameters == parameters
-                && i.context.organization_guid == org
-                && i.context.space_guid == space;
+                && i.context.organization_guid == *org
+                && i.context.space_guid == *space;
             if !same {
                 return Err(ApiError::conflict(
                     "An instance with this id already exists with different attributes.",
@@ -565,9 +574,10 @@ async fn provision(
                     "InstanceNotUsable",
                     "This service instance failed; deprovision it.",
                 )),
-            };
+            }
+            .map(Round::Done);
         }
-        if !accepts_incomplete(&q) {
+        if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
         let now = Timestamp::now();
@@ -595,10 +605,7 @@ async fn provision(
             },
             port: 0,
             path_name: Some(path_name.clone()),
-            repository: st
-                .config
-                .repository
-                .for_incarnation(&path_name, incarnation),
+            repository: st.config.repository.for_incarnation(path_name, incarnation),
             incarnation,
             previous_repositories,
             last_backup_at: None,
@@ -609,7 +616,7 @@ async fn provision(
             deleted_at: None,
         };
         let operation = OperationRecord::new(
-            &instance_id,
+            instance_id,
             OperationKind::Provision,
             OperationRequest {
                 plan_id: plan_id.clone(),
@@ -637,9 +644,10 @@ async fn provision(
                       port = instance.value.port, node_count,
                       incarnation = instance.value.incarnation, "provision accepted");
                 st.wake_worker();
-                return Ok(accepted(&operation.value.id));
+                return Ok(Round::Done(accepted(&operation.value.id)));
             }
-            Ok(CreateInstance::Exists) => continue,
+            // Created or deleted meanwhile: decide again.
+            Ok(CreateInstance::Exists) => {}
             Err(crate::state::StoreError::NoFreePort { min, max }) => {
                 warn!(min, max, "no free router port");
                 return Err(ApiError::unprocessable(
@@ -649,10 +657,10 @@ async fn provision(
             }
             Err(e) => return Err(e.into()),
         }
-    }
-    Err(ApiError::concurrency(
-        "Concurrent requests for this service instance; retry.",
-    ))
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
 async fn update(
@@ -671,8 +679,9 @@ async fn update(
     }
     let new_params = parse_parameters(m.get("parameters"))?;
 
-    for _ in 0..ATTEMPTS {
-        let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    let (st, q, instance_id, new_plan) = (&st, &q, &instance_id, &new_plan);
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
             return Err(ApiError::not_found("No such service instance."));
         };
@@ -684,7 +693,7 @@ async fn update(
                 "This service does not support plan changes.",
             ));
         }
-        let plan = check_plan(&st, &plan_id)?;
+        let plan = check_plan(st, &plan_id)?;
         let mut parameters = i.parameters;
         if let Some(p) = new_params {
             if p.node_count.is_some() {
@@ -710,6 +719,7 @@ async fn update(
                         "Another update of this service instance is in progress.",
                     )),
                 }
+                .map(Round::Done);
             }
             InstanceState::Provisioning | InstanceState::Deprovisioning => {
                 return Err(ApiError::concurrency(
@@ -728,13 +738,13 @@ async fn update(
             && target.parameters == i.parameters
             && target.node_count == i.node_count
         {
-            return Ok(ok_empty());
+            return Ok(Round::Done(ok_empty()));
         }
-        if !accepts_incomplete(&q) {
+        if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
         let new_op = OperationRecord::new(
-            &instance_id,
+            instance_id,
             OperationKind::Update,
             target.clone(),
             "Update accepted; waiting for the provisioning worker.",
@@ -747,12 +757,12 @@ async fn update(
             info!(instance = %instance_id, operation = %new_op.id, plan = %target.plan_id,
                   node_count = target.node_count, "update accepted");
             st.wake_worker();
-            return Ok(accepted(&new_op.id));
+            return Ok(Round::Done(accepted(&new_op.id)));
         }
-    }
-    Err(ApiError::concurrency(
-        "Concurrent requests for this service instance; retry.",
-    ))
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
 async fn deprovision(
@@ -766,20 +776,21 @@ async fn deprovision(
     check_service(&st, service_id)?;
     check_plan(&st, plan_id)?;
 
-    for _ in 0..ATTEMPTS {
-        let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    let (st, q, instance_id) = (&st, &q, &instance_id);
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
-            return Ok(gone());
+            return Ok(Round::Done(gone()));
         };
         let i = &inst.value;
         let mut interrupted = None;
         match i.state {
             InstanceState::Deprovisioning => {
                 if let Some(op) = op.filter(|o| o.value.kind == OperationKind::Deprovision) {
-                    if !accepts_incomplete(&q) {
+                    if !accepts_incomplete(q) {
                         return Err(ApiError::async_required());
                     }
-                    return Ok(accepted(&op.value.id));
+                    return Ok(Round::Done(accepted(&op.value.id)));
                 }
                 return Err(ApiError::concurrency(
                     "Another operation for this service instance is in progress.",
@@ -801,7 +812,7 @@ async fn deprovision(
             }
             InstanceState::Ready | InstanceState::Failed | InstanceState::Deleted => {}
         }
-        if !accepts_incomplete(&q) {
+        if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
         // A provision in progress is halted: it ends as failed in the history, and the
@@ -815,7 +826,7 @@ async fn deprovision(
             p
         });
         let mut new_op = OperationRecord::new(
-            &instance_id,
+            instance_id,
             OperationKind::Deprovision,
             OperationRequest {
                 plan_id: i.plan_id.clone(),
@@ -833,12 +844,12 @@ async fn deprovision(
             info!(instance = %instance_id, operation = %new_op.id,
                   interrupted = ?interrupted, "deprovision accepted");
             st.wake_worker();
-            return Ok(accepted(&new_op.id));
+            return Ok(Round::Done(accepted(&new_op.id)));
         }
-    }
-    Err(ApiError::concurrency(
-        "Concurrent requests for this service instance; retry.",
-    ))
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
 async fn last_operation(

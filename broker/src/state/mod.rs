@@ -44,13 +44,16 @@
 //!
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
 //! on); `store` reads and writes them (one etcd transaction per decision); `keys` lays them
-//! out under the prefix; `sealed` keeps secrets sealed at rest.
+//! out under the prefix; `sealed` keeps secrets sealed at rest; [`cas`] is the one retry
+//! loop of every compare-and-swap decision.
 
+pub mod cas;
 mod keys;
 pub mod model;
 mod sealed;
 mod store;
 
+pub use cas::{until_swapped, Round, CAS_ATTEMPTS};
 pub use keys::encode_component;
 pub use model::*;
 pub use sealed::Resealed;

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::model::{BindingRecord, InstanceSecrets, Versioned};
-use super::store::CAS_ATTEMPTS;
+use super::{until_swapped, Round};
 use super::{Store, StoreError};
-use crate::etcd::KeyValue;
+use crate::etcd::{CasOutcome, KeyValue};
 use crate::secrets::SecretsError;
 
 /// The stored form of [`InstanceSecrets`]: sealed.
@@ -29,6 +29,14 @@ pub struct Resealed {
     pub were_clear: usize,
     /// Values already sealed with the current key.
     pub current: usize,
+}
+
+/// What [`Store::reseal_all`] did with one value.
+enum Resealing {
+    Current,
+    WasClear,
+    Rekeyed,
+    Gone,
 }
 
 impl Store {
@@ -142,9 +150,9 @@ impl Store {
             (format!("{}/bindings/", self.prefix), true),
         ] {
             for kv in self.etcd.get_prefix(prefix.as_bytes()).await? {
-                let mut kv = kv;
-                for attempt in 0..CAS_ATTEMPTS {
-                    let key = kv.key_str();
+                let key = kv.key_str();
+                let k = key.as_str();
+                let outcome = until_swapped(kv, |kv| async move {
                     let clear = if binding {
                         serde_json::from_slice::<serde_json::Value>(&kv.value)
                             .is_ok_and(|v| v.get("credentials").is_some())
@@ -153,39 +161,36 @@ impl Store {
                     };
                     let (value, current) = if binding {
                         let (b, current) = self.open_binding(&kv)?;
-                        (self.seal_binding(&key, &b.value), current)
+                        (self.seal_binding(k, &b.value), current)
                     } else {
                         let (s, current) = self.open_secrets(&kv)?;
-                        (self.seal_secrets(&key, &s), current)
+                        (self.seal_secrets(k, &s), current)
                     };
                     if current {
-                        done.current += 1;
-                        break;
+                        return Ok(Round::Done(Resealing::Current));
                     }
                     match self
                         .etcd
                         .compare_and_swap(kv.key.as_slice(), &value, kv.mod_revision)
                         .await?
                     {
-                        crate::etcd::CasOutcome::Swapped(_) => {
-                            if clear {
-                                done.were_clear += 1;
-                            } else {
-                                done.rekeyed += 1;
-                            }
-                            break;
-                        }
-                        crate::etcd::CasOutcome::Conflict(Some(now))
-                            if attempt + 1 < CAS_ATTEMPTS =>
-                        {
-                            kv = now;
-                        }
+                        CasOutcome::Swapped(_) if clear => Ok(Round::Done(Resealing::WasClear)),
+                        CasOutcome::Swapped(_) => Ok(Round::Done(Resealing::Rekeyed)),
+                        // Changed meanwhile: decide again on the value the swap lost to.
+                        CasOutcome::Conflict(Some(now)) => Ok(Round::Lost(now)),
                         // Deleted meanwhile: nothing left to seal.
-                        crate::etcd::CasOutcome::Conflict(None) => break,
-                        crate::etcd::CasOutcome::Conflict(Some(_)) => {
-                            return Err(StoreError::Contention { key })
+                        CasOutcome::Conflict(None) => {
+                            Ok::<_, StoreError>(Round::Done(Resealing::Gone))
                         }
                     }
+                })
+                .await?
+                .ok_or(StoreError::Contention { key })?;
+                match outcome {
+                    Resealing::Current => done.current += 1,
+                    Resealing::WasClear => done.were_clear += 1,
+                    Resealing::Rekeyed => done.rekeyed += 1,
+                    Resealing::Gone => {}
                 }
             }
         }

@@ -8,11 +8,9 @@ use chrono::Utc;
 use tracing::{debug, info};
 
 use super::model::*;
+use super::{until_swapped, Round};
 use crate::etcd::{Compare, EtcdClient, EtcdError, KeyValue, TxnOp, TxnOpResponse};
 use crate::secrets::{Keyring, SecretsError};
-
-/// How often a CAS loop re-reads and retries after losing a race before giving up.
-pub(super) const CAS_ATTEMPTS: usize = 32;
 
 /// Errors of the [`Store`].
 #[derive(Debug, thiserror::Error)]
@@ -214,12 +212,13 @@ impl Store {
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
         let key = self.claim_key(instance_id, kind);
-        for _ in 0..CAS_ATTEMPTS {
-            let cur: Option<Versioned<Claim>> = self.read(&key).await?;
+        let k = key.as_str();
+        until_swapped((), |()| async move {
+            let cur: Option<Versioned<Claim>> = self.read(k).await?;
             let now = Utc::now();
             if let Some(c) = &cur {
                 if c.value.owner != owner && c.value.until.0 > now {
-                    return Ok(false);
+                    return Ok(Round::Done(false));
                 }
             }
             let next = Claim {
@@ -231,13 +230,15 @@ impl Store {
             let json = serde_json::to_vec(&next).expect("JSON");
             if let crate::etcd::CasOutcome::Swapped(_) = self
                 .etcd
-                .compare_and_swap(key.as_bytes(), &json, cur.map_or(0, |c| c.mod_revision))
+                .compare_and_swap(k.as_bytes(), &json, cur.map_or(0, |c| c.mod_revision))
                 .await?
             {
-                return Ok(true);
+                return Ok(Round::Done(true));
             }
-        }
-        Err(StoreError::Contention { key })
+            Ok::<_, StoreError>(Round::Lost(()))
+        })
+        .await?
+        .ok_or_else(|| StoreError::Contention { key })
     }
 
     /// Gives up `owner`'s claim of `instance_id` (nothing when another worker holds it).
@@ -561,12 +562,12 @@ impl Store {
         &self,
         instance_id: &str,
         operation_id: &str,
-        mut f: F,
+        f: F,
     ) -> Result<(InstanceRecord, OperationRecord), StoreError>
     where
         F: FnMut(&mut InstanceRecord, &mut OperationRecord) -> Result<(), StoreError>,
     {
-        for _ in 0..CAS_ATTEMPTS {
+        until_swapped(f, |mut f| async move {
             let (inst, op) = self.instance_and_operation(instance_id).await?;
             let inst = inst.ok_or_else(|| StoreError::NotFound {
                 what: "instance",
@@ -583,10 +584,12 @@ impl Store {
             ni.updated_at = now;
             no.updated_at = now;
             if self.replace(&inst, &ni, Some(&op), &no).await? {
-                return Ok((ni, no));
+                return Ok(Round::Done((ni, no)));
             }
-        }
-        Err(StoreError::Contention {
+            Ok::<_, StoreError>(Round::Lost(f))
+        })
+        .await?
+        .ok_or_else(|| StoreError::Contention {
             key: self.operation_key(instance_id),
         })
     }
@@ -620,7 +623,8 @@ impl Store {
         operation_id: &str,
         outcome: Outcome,
     ) -> Result<InstanceRecord, StoreError> {
-        for _ in 0..CAS_ATTEMPTS {
+        let outcome = &outcome;
+        until_swapped((), |()| async move {
             let (inst, op) = self.instance_and_operation(instance_id).await?;
             let inst = inst.ok_or_else(|| StoreError::NotFound {
                 what: "instance",
@@ -719,24 +723,27 @@ impl Store {
             {
                 info!(instance = instance_id, operation = operation_id, kind = ?no.kind,
                       state = %no.state, "operation finished");
-                return Ok(ni);
+                return Ok(Round::Done(ni));
             }
-        }
-        Err(StoreError::Contention {
+            Ok::<_, StoreError>(Round::Lost(()))
+        })
+        .await?
+        .ok_or_else(|| StoreError::Contention {
             key: self.operation_key(instance_id),
         })
     }
 
     /// Applies `f` to an instance record and stores it by compare-and-swap, retrying on
     /// conflicts (e.g. to record node placement).
-    pub async fn update_instance<F>(&self, id: &str, mut f: F) -> Result<InstanceRecord, StoreError>
+    pub async fn update_instance<F>(&self, id: &str, f: F) -> Result<InstanceRecord, StoreError>
     where
         F: FnMut(&mut InstanceRecord) -> Result<(), StoreError>,
     {
         let key = self.instance_key(id);
-        for _ in 0..CAS_ATTEMPTS {
+        let k = key.as_str();
+        until_swapped(f, |mut f| async move {
             let cur: Versioned<InstanceRecord> =
-                self.read(&key).await?.ok_or_else(|| StoreError::NotFound {
+                self.read(k).await?.ok_or_else(|| StoreError::NotFound {
                     what: "instance",
                     id: id.to_string(),
                 })?;
@@ -746,13 +753,15 @@ impl Store {
             let json = serde_json::to_vec(&next).expect("JSON");
             if let crate::etcd::CasOutcome::Swapped(_) = self
                 .etcd
-                .compare_and_swap(key.as_bytes(), &json, cur.mod_revision)
+                .compare_and_swap(k.as_bytes(), &json, cur.mod_revision)
                 .await?
             {
-                return Ok(next);
+                return Ok(Round::Done(next));
             }
-        }
-        Err(StoreError::Contention { key })
+            Ok::<_, StoreError>(Round::Lost(f))
+        })
+        .await?
+        .ok_or_else(|| StoreError::Contention { key })
     }
 
     /// Instances (deleted ones included) that had `name` in `org`/`space`, oldest first.
