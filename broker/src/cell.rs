@@ -6,10 +6,9 @@
 //! live and die with that machine's agent:
 //!
 //! * **Patroni dies with the agent.** Each Patroni is started with `PR_SET_PDEATHSIG`
-//!   (SIGKILL), from one dedicated thread that never exits (the signal fires when the *thread*
-//!   that forked the child ends, so tokio's worker or blocking threads would not do). Patroni
-//!   starts PostgreSQL in a session of its own, so a small shell watchdog, started by the
-//!   agent in its own process group, kills the PostgreSQL process groups (and any Patroni
+//!   (SIGKILL), from one dedicated thread that never exits ([`crate::process::spawn_tied`]).
+//!   Patroni starts PostgreSQL in a session of its own, so a small shell watchdog
+//!   ([`crate::process::start_watchdog`]), started by the agent in its own process group, kills the PostgreSQL process groups (and any Patroni
 //!   left) as soon as the agent's PID is gone. Killing an agent with SIGKILL thus takes its
 //!   whole machine's databases down, which is what tests use to simulate a lost machine;
 //!   Patroni then elects another leader.
@@ -29,7 +28,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, Request, State};
@@ -48,6 +47,7 @@ use crate::patroni::{
     EtcdCredentials, EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT,
     SUPERUSER,
 };
+use crate::process::{self, Signal};
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
 pub const TOKEN_ENV: &str = "WALARCHIVE_CELL_TOKEN";
@@ -438,76 +438,14 @@ fn validate_spec(spec: &NodeSpec) -> Result<(), Error> {
 }
 
 // ---------------------------------------------------------------------------
-// Processes tied to the agent's life
+// PostgreSQL left running
 // ---------------------------------------------------------------------------
-
-type SpawnRequest = (
-    std::process::Command,
-    oneshot::Sender<io::Result<std::process::Child>>,
-);
-
-/// Spawns `cmd` so that it gets SIGKILL when this process dies (see the module docs), from a
-/// thread that lives as long as the process.
-pub(crate) async fn spawn_tied(cmd: std::process::Command) -> io::Result<std::process::Child> {
-    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let tx = SPAWNER
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-            std::thread::Builder::new()
-                .name("child-spawner".into())
-                .spawn(move || {
-                    for (mut cmd, reply) in rx {
-                        let _ = reply.send(spawn_with_pdeathsig(&mut cmd));
-                    }
-                })
-                .expect("start the child-spawner thread");
-            Mutex::new(tx)
-        })
-        .lock()
-        .expect("spawner lock")
-        .clone();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    tx.send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("child-spawner thread is gone"))?;
-    reply_rx
-        .await
-        .map_err(|_| io::Error::other("child-spawner thread is gone"))?
-}
-
-fn spawn_with_pdeathsig(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid, _exit).
-    // It runs after the uid change, which would otherwise clear the death signal.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-fn signal(pid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
-}
-
-fn process_comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
 
 /// The postmaster's PID from `postmaster.pid`, when that process is a live `postgres`.
 fn live_postmaster(data_dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    (process_comm(pid).as_deref() == Some("postgres")).then_some(pid)
+    (process::comm(pid).as_deref() == Some("postgres")).then_some(pid)
 }
 
 /// Makes sure no PostgreSQL runs in `data_dir`: immediate shutdown, then SIGKILL (its
@@ -517,73 +455,14 @@ async fn kill_postgres(data_dir: &Path) {
         return;
     };
     warn!(data_dir = %data_dir.display(), pid, "PostgreSQL still running: immediate shutdown");
-    signal(pid, libc::SIGQUIT);
+    process::signal(pid, Signal::SIGQUIT);
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if live_postmaster(data_dir).is_none() {
             return;
         }
     }
-    signal(pid, libc::SIGKILL);
-}
-
-/// The shell watchdog that takes the agent's PostgreSQL servers down when the agent dies.
-fn watchdog_script(agent_pid: u32, data_root: &Path) -> String {
-    format!(
-        r#"agent={agent_pid}
-root={root}
-while kill -0 "$agent" 2>/dev/null; do sleep 0.3; done
-for d in "$root"/*/; do
-    f="$d/patroni.pid"
-    if [ -f "$f" ]; then
-        p=$(cat "$f")
-        [ "$(cat /proc/"$p"/comm 2>/dev/null)" = patroni ] && kill -9 "$p"
-    fi
-    f="$d/data/postmaster.pid"
-    if [ -f "$f" ]; then
-        p=$(head -n 1 "$f")
-        if [ "$(cat /proc/"$p"/comm 2>/dev/null)" = postgres ]; then
-            # All at once, like a lost machine: freeze the postmaster, kill its children
-            # (the archiver, backends...), then the postmaster itself.
-            kill -STOP "$p"
-            for c in $(ps -o pid= --ppid "$p"); do kill -9 "$c"; done
-            kill -9 "$p"
-        fi
-    fi
-done
-"#,
-        root = crate::patroni::sh_quote(&data_root.display().to_string())
-    )
-}
-
-async fn start_watchdog(data_root: &Path) -> Result<(), Error> {
-    let pid_file = data_root.join("watchdog.pid");
-    // A previous agent's watchdog may still be about to clean up: let it finish first, so
-    // that it does not kill the servers this agent is going to start.
-    if let Ok(text) = std::fs::read_to_string(&pid_file) {
-        if let Ok(pid) = text.trim().parse::<u32>() {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while process_comm(pid).as_deref() == Some("sh") && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(watchdog_script(std::process::id(), data_root))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: "sh (watchdog)".into(),
-            source,
-        })?;
-    std::fs::write(&pid_file, child.id().to_string()).map_err(io_err("cannot write", &pid_file))?;
-    // Not waited for: it outlives this process by design.
-    std::mem::forget(child);
-    Ok(())
+    process::signal(pid, Signal::SIGKILL);
 }
 
 // ---------------------------------------------------------------------------
@@ -636,30 +515,11 @@ struct Agent {
     http: reqwest::Client,
 }
 
-/// The name of OS user `uid`.
-fn user_name(uid: u32) -> Result<String, Error> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 3 && f[2].parse() == Ok(uid))
-        .map(|f| f[0].to_string())
-        .ok_or_else(|| Error::NoUser(format!("uid {uid}")))
-}
-
+/// The user and group ids of OS user `user`.
 fn user_ids(user: &str) -> Result<(u32, u32), Error> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == user {
-            if let (Ok(u), Ok(g)) = (f[2].parse(), f[3].parse()) {
-                return Ok((u, g));
-            }
-        }
-    }
-    Err(Error::NoUser(user.to_string()))
+    process::user_ids(user)
+        .map_err(io_err("cannot look up OS user", Path::new(user)))?
+        .ok_or_else(|| Error::NoUser(user.to_string()))
 }
 
 fn write_file(
@@ -858,7 +718,7 @@ impl Agent {
                 return;
             }
             let started = Instant::now();
-            match spawn_tied(self.patroni_command(&node)).await {
+            match process::spawn_tied(self.patroni_command(&node)).await {
                 Ok(mut child) => {
                     let pid = child.id();
                     info!(node = node.name, pid, "Patroni started");
@@ -879,13 +739,13 @@ impl Agent {
                     };
                     if stopping {
                         info!(node = node.name, pid, "stopping Patroni");
-                        signal(pid, libc::SIGTERM);
+                        process::signal(pid, Signal::SIGTERM);
                         if tokio::time::timeout(Duration::from_secs(120), &mut done_rx)
                             .await
                             .is_err()
                         {
                             warn!(node = node.name, pid, "Patroni did not stop: SIGKILL");
-                            signal(pid, libc::SIGKILL);
+                            process::signal(pid, Signal::SIGKILL);
                             let _ = done_rx.await;
                         }
                     }
@@ -933,12 +793,12 @@ impl Agent {
             // A Patroni left over from a previous agent would fight the new one.
             if let Ok(p) = std::fs::read_to_string(dir.join("patroni.pid")) {
                 if let Ok(pid) = p.trim().parse::<u32>() {
-                    if process_comm(pid).as_deref() == Some("patroni") {
+                    if process::comm(pid).as_deref() == Some("patroni") {
                         warn!(
                             node = name,
                             pid, "killing a Patroni left by a previous agent"
                         );
-                        signal(pid, libc::SIGKILL);
+                        process::signal(pid, Signal::SIGKILL);
                     }
                 }
             }
@@ -1009,7 +869,7 @@ impl Agent {
                 self.start_supervisor(&fresh);
             } else {
                 if let Some(pid) = node.runtime.lock().expect("runtime lock").pid {
-                    signal(pid, libc::SIGHUP);
+                    process::signal(pid, Signal::SIGHUP);
                 }
                 if dynamic_changed(&old.spec, &spec) {
                     self.patch_dynamic(&rec).await?;
@@ -1409,8 +1269,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     let token = config.token()?;
     let (uid, gid) = user_ids(&config.user)?;
-    // SAFETY: geteuid has no preconditions.
-    let agent_user = user_name(unsafe { libc::geteuid() })?;
+    let euid = process::effective_uid();
+    let agent_user = process::user_name(euid)
+        .map_err(io_err(
+            "cannot look up OS user",
+            Path::new("(this process's)"),
+        ))?
+        .ok_or_else(|| Error::NoUser(format!("uid {euid}")))?;
     let root = config.data_root.clone();
     std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
@@ -1433,7 +1298,12 @@ pub async fn run(
         Some(files) => Some(crate::tls::server_config(files, true)?),
         None => None,
     };
-    start_watchdog(&root).await?;
+    process::start_watchdog(&root)
+        .await
+        .map_err(|source| Error::Spawn {
+            program: "sh (watchdog)".into(),
+            source,
+        })?;
     let listener = crate::tls::Incoming::bind(config.listen, tls)
         .await
         .map_err(|source| Error::Listen {

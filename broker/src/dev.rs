@@ -16,7 +16,8 @@
 //!
 //! Children are started in process groups of their own (so a Ctrl-C on the terminal reaches
 //! only this process, which then stops them in order: broker, cells, etcd) and with
-//! `PR_SET_PDEATHSIG`, so none outlives this process even if it is killed.
+//! `PR_SET_PDEATHSIG` ([`crate::process::die_with_parent`]), so none outlives this process
+//! even if it is killed.
 
 use std::fmt::Write as _;
 use std::io;
@@ -31,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::cell::{CellClient, NodeStatus};
 use crate::config::Secret;
+use crate::process::{self, Signal};
 use crate::state::Credentials;
 use crate::tls::{ThrowawayCa, TlsFiles};
 
@@ -198,37 +200,9 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), DevError> {
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32), DevError> {
-    let id = |flag: &str| -> Result<u32, DevError> {
-        let out = Command::new("id")
-            .args([flag, user])
-            .output()
-            .map_err(io_err("run id"))?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| DevError::Failed(format!("no OS user {user:?} (run scripts/setup)")))
-    };
-    Ok((id("-u")?, id("-g")?))
-}
-
-/// Makes the process `cmd` starts get SIGKILL when its parent goes, and not start at all
-/// if the parent is already gone by then (`PR_SET_PDEATHSIG`, then a check of the parent).
-///
-/// The death signal is tied to the spawning thread, not the process: spawn from a thread
-/// that lives as long as the process (the main thread, or a current-thread runtime's).
-/// Shared with the tests, whose agents and brokers must not outlive a killed test run.
-pub fn die_with_parent(cmd: &mut Command) {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    process::user_ids(user)
+        .map_err(io_err(format!("look up OS user {user:?}")))?
+        .ok_or_else(|| DevError::Failed(format!("no OS user {user:?} (run scripts/setup)")))
 }
 
 /// Starts `cmd` in its own process group, killed when this process dies.
@@ -245,15 +219,14 @@ fn spawn_child(mut cmd: Command, log: &Path) -> Result<Child, DevError> {
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    die_with_parent(&mut cmd);
+    process::die_with_parent(&mut cmd);
     cmd.spawn()
         .map_err(io_err(format!("start {:?}", cmd.get_program())))
 }
 
 async fn stop_child(child: &mut Option<Child>, grace: Duration) {
     let Some(mut c) = child.take() else { return };
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+    process::signal(c.id(), Signal::SIGTERM);
     let start = Instant::now();
     while start.elapsed() < grace {
         if let Ok(Some(_)) = c.try_wait() {
@@ -334,7 +307,7 @@ impl Dev {
             )));
         }
         mkdir(&dir, 0o755)?;
-        let cell_user = if unsafe { libc::geteuid() } == 0 {
+        let cell_user = if process::effective_user_is_root() {
             "postgres".to_string()
         } else {
             std::env::var("USER").unwrap_or_else(|_| "postgres".into())
@@ -783,8 +756,7 @@ poll_interval = "2s"
         stop_child(&mut self.broker, Duration::from_secs(15)).await;
         let mut cells: Vec<Option<Child>> = self.cells.iter_mut().map(|c| c.child.take()).collect();
         for c in cells.iter_mut().flatten() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            process::signal(c.id(), Signal::SIGTERM);
         }
         for c in cells.iter_mut() {
             stop_child(c, Duration::from_secs(60)).await;
