@@ -21,6 +21,9 @@
 //! * **Secrets** (database passwords, storage credentials, the API token) are only in files of
 //!   mode 0600, in Patroni's environment, and in memory wrapped in [`Secret`]: never on a
 //!   command line, in a log line or in `Debug` output.
+//!
+//! The wire types and the broker's client are in [`client`], the HTTP server and its
+//! authentication in `server`, process spawning in [`crate::process`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -31,28 +34,29 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::http::header;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+pub mod client;
+mod server;
+
+pub use client::{
+    valid_node_name, BackupOutcome, CellClient, ClientError, NodePorts, NodeSpec, NodeStatus,
+};
+
 use crate::binder::RoleRequest;
 pub use crate::patroni::{DcsTiming, Secret};
 use crate::patroni::{
-    EtcdCredentials, EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT,
-    SUPERUSER,
+    NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
 };
 use crate::process::{self, Signal};
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
 pub const TOKEN_ENV: &str = "WALARCHIVE_CELL_TOKEN";
 
-/// Errors of the cell agent and its client.
+/// Errors of the cell agent (its client has [`ClientError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory operation failed.
@@ -160,7 +164,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 }
 
 // ---------------------------------------------------------------------------
-// Configuration and API types
+// Configuration
 // ---------------------------------------------------------------------------
 
 /// The agent's configuration file (`walarchive-broker cell --config cell.toml`).
@@ -267,174 +271,12 @@ impl CellConfig {
     }
 }
 
-fn default_archive_timeout() -> u32 {
-    60
-}
-
-/// What the broker asks a cell to run: one Patroni node of an instance.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSpec {
-    /// The instance.
-    pub instance_id: String,
-    /// Patroni's `scope` (the instance's [`crate::names::path_name`]); absent in specs of
-    /// instances recorded before names existed, whose scope is their id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// Patroni's etcd key prefix, e.g. `/walarchive-broker/patroni/`.
-    pub namespace: String,
-    /// etcd client endpoints, `host:port`.
-    pub etcd_hosts: Vec<String>,
-    /// TLS towards etcd (files on this cell), when etcd speaks TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_tls: Option<EtcdTls>,
-    /// Patroni's etcd user, when etcd's authentication is on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_credentials: Option<EtcdCredentials>,
-    /// The instance's walarchive repository URL (`<base>/<name>`).
-    pub repository: String,
-    /// The walarchive executable on the cell (executable by the postgres user).
-    pub walarchive: PathBuf,
-    /// Environment for walarchive (storage credentials: `AWS_*`, ...).
-    #[serde(default)]
-    pub walarchive_env: BTreeMap<String, Secret>,
-    /// `archive_timeout` in seconds.
-    #[serde(default = "default_archive_timeout")]
-    pub archive_timeout: u32,
-    /// Password of the `postgres` superuser.
-    pub superuser_password: Secret,
-    /// Password of the `replicator` user.
-    pub replication_password: Secret,
-    /// Password of the `rewinder` user (pg_rewind); absent in specs of instances created
-    /// before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewind_password: Option<Secret>,
-    /// Patroni `synchronous_mode`.
-    #[serde(default)]
-    pub synchronous: bool,
-    /// Address at which other cells and routers reach this cell.
-    pub host: String,
-    /// Hosts of the instance's other nodes (allowed to replicate).
-    #[serde(default)]
-    pub peer_hosts: Vec<String>,
-    /// Failure-detection timing.
-    #[serde(default)]
-    pub timing: DcsTiming,
-    /// `initdb --wal-segsize` in MiB (16 when absent).
-    #[serde(default)]
-    pub wal_segsize_mb: Option<u32>,
-}
-
-/// The two ports the cell allocated to a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodePorts {
-    /// PostgreSQL's port.
-    pub pg_port: u16,
-    /// Patroni's REST API port.
-    pub api_port: u16,
-}
-
-/// A node's state as reported by `GET /v1/nodes/{name}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// The node's name.
-    pub name: String,
-    /// Its instance.
-    pub instance_id: String,
-    /// Whether its Patroni process is running.
-    pub running: bool,
-    /// Patroni's PID.
-    pub pid: Option<u32>,
-    /// How often Patroni was restarted after exiting.
-    pub restarts: u32,
-    /// The node's ports.
-    pub ports: NodePorts,
-    /// Patroni's own `GET /patroni` answer, when it is reachable.
-    pub patroni: Option<serde_json::Value>,
-}
-
-impl NodeStatus {
-    /// Patroni's role (`master`, `primary`, `replica`, ...), when known.
-    pub fn role(&self) -> Option<&str> {
-        self.patroni.as_ref()?.get("role")?.as_str()
-    }
-
-    /// PostgreSQL's state according to Patroni (`running`, `starting`, ...), when known.
-    pub fn pg_state(&self) -> Option<&str> {
-        self.patroni.as_ref()?.get("state")?.as_str()
-    }
-
-    /// Whether this node is its instance's leader (a running primary).
-    pub fn is_leader(&self) -> bool {
-        matches!(self.role(), Some("master" | "primary")) && self.pg_state() == Some("running")
-    }
-}
-
-/// Result of `POST /v1/nodes/{name}/backup`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BackupOutcome {
-    /// walarchive's `--json` summary of the backup (its `name`, LSNs, sizes).
-    pub summary: serde_json::Value,
-    /// How long the backup took, in seconds.
-    pub seconds: f64,
-}
-
 /// What `node.json` holds.
 #[derive(Clone, Serialize, Deserialize)]
 struct NodeRecord {
     spec: NodeSpec,
     ports: NodePorts,
     restapi_password: Secret,
-}
-
-/// Node names become directory names, Patroni member names and slot names.
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !name.starts_with('-')
-}
-
-impl NodeSpec {
-    /// Patroni's scope: [`NodeSpec::scope`], else the instance id.
-    pub fn scope(&self) -> &str {
-        self.scope.as_deref().unwrap_or(&self.instance_id)
-    }
-}
-
-fn validate_spec(spec: &NodeSpec) -> Result<(), Error> {
-    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
-        return bad("instance_id must be 1 to 255 bytes without control characters");
-    }
-    // The scope is a prefix of etcd keys: `/` would put one cluster's keys inside another's.
-    if !crate::names::is_safe_name(spec.scope()) {
-        return bad("scope must be made of A-Z, a-z, 0-9, '-', '_', '.' and '~' (not '.' or '..')");
-    }
-    if !spec.namespace.starts_with('/') {
-        return bad("namespace must start with '/'");
-    }
-    if spec.etcd_hosts.is_empty() {
-        return bad("etcd_hosts is empty");
-    }
-    if !spec.walarchive.is_absolute() {
-        return bad("walarchive must be an absolute path");
-    }
-    if spec.repository.is_empty() || spec.host.is_empty() {
-        return bad("repository and host are required");
-    }
-    let t = &spec.timing;
-    if t.loop_wait == 0 || t.loop_wait + 2 * t.retry_timeout > t.ttl {
-        return bad("timing needs loop_wait > 0 and loop_wait + 2 * retry_timeout <= ttl");
-    }
-    for k in spec.walarchive_env.keys() {
-        if k.is_empty() || k.contains('=') || k.starts_with("PATRONI") {
-            return bad("walarchive_env has an invalid variable name");
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -831,7 +673,7 @@ impl Agent {
         if !valid_node_name(name) {
             return Err(Error::Invalid(format!("invalid node name {name:?}")));
         }
-        validate_spec(&spec)?;
+        spec.validate().map_err(Error::Invalid)?;
         let _guard = self.ops.lock().await;
         if let Ok(node) = self.node(name) {
             let old = node.record();
@@ -1112,155 +954,6 @@ fn dynamic_changed(a: &NodeSpec, b: &NodeSpec) -> bool {
     a.timing != b.timing || a.synchronous != b.synchronous || a.archive_timeout != b.archive_timeout
 }
 
-// ---------------------------------------------------------------------------
-// HTTP API
-// ---------------------------------------------------------------------------
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            // Not the leader (any more): the broker asks the new one.
-            Error::NotLeader(_) => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            error!("{self}");
-        }
-        let description = match &self {
-            // The server's message, SQL and object names stay in this agent's log.
-            Error::Postgres(_) => {
-                "PostgreSQL refused the request; the cell agent's log has the details".into()
-            }
-            e => e.to_string(),
-        };
-        let body = serde_json::json!({"error": description}).to_string();
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-    }
-}
-
-fn json_response<T: Serialize>(value: &T) -> Response {
-    let body = serde_json::to_string(value).expect("API types serialize");
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), agent.token.expose().as_bytes()));
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            r#"{"error":"missing or wrong bearer token"}"#,
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
-async fn list_nodes(State(agent): State<Arc<Agent>>) -> Response {
-    let nodes: Vec<Arc<Node>> = agent
-        .nodes
-        .lock()
-        .expect("nodes lock")
-        .values()
-        .cloned()
-        .collect();
-    let statuses = futures::future::join_all(nodes.iter().map(|n| agent.status(n))).await;
-    json_response(&statuses)
-}
-
-async fn get_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
-    match agent.node(&name) {
-        Ok(node) => json_response(&agent.status(&node).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn put_node(
-    State(agent): State<Arc<Agent>>,
-    UrlPath(name): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    let spec: NodeSpec = match serde_json::from_slice(&body) {
-        Ok(s) => s,
-        Err(e) => return Error::Invalid(format!("node spec: {e}")).into_response(),
-    };
-    match agent.put_node(&name, spec).await {
-        Ok(ports) => json_response(&ports),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn delete_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
-    match agent.delete_node(&name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
-    match agent.backup(&name).await {
-        Ok(outcome) => json_response(&outcome),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn put_role(
-    State(agent): State<Arc<Agent>>,
-    UrlPath((name, role)): UrlPath<(String, String)>,
-    body: axum::body::Bytes,
-) -> Response {
-    let req: RoleRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return Error::Invalid(format!("role request: {e}")).into_response(),
-    };
-    match agent.put_role(&name, &role, req).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn delete_role(
-    State(agent): State<Arc<Agent>>,
-    UrlPath((name, role)): UrlPath<(String, String)>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> Response {
-    let group = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "group")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    match agent.delete_role(&name, &role, &group).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/v1/nodes", get(list_nodes))
-        .route(
-            "/v1/nodes/{name}",
-            get(get_node).put(put_node).delete(delete_node),
-        )
-        .route("/v1/nodes/{name}/backup", post(backup_node))
-        .route(
-            "/v1/nodes/{name}/roles/{role}",
-            put(put_role).delete(delete_role),
-        )
-        .layer(middleware::from_fn_with_state(agent.clone(), auth))
-        .with_state(agent)
-}
-
 /// Runs the cell agent until `shutdown` completes, then stops every node's Patroni (which
 /// stops its PostgreSQL) and returns. Nodes found in `data_root` are restarted first.
 pub async fn run(
@@ -1330,10 +1023,11 @@ pub async fn run(
     agent.adopt()?;
     info!(addr = %agent.config.listen, data_root = %root.display(), "cell agent listening");
     let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
-    let serve = axum::serve(listener, router(agent.clone())).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopped_tx.send(());
-    });
+    let serve =
+        axum::serve(listener, server::router(agent.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopped_tx.send(());
+        });
     let server = tokio::spawn(async move { serve.await });
     let _ = stopped_rx.await;
     info!("cell agent stopping its nodes");
@@ -1355,256 +1049,4 @@ pub async fn main(config_path: &Path) -> Result<(), Error> {
         }
     })
     .await
-}
-
-// ---------------------------------------------------------------------------
-// Client
-// ---------------------------------------------------------------------------
-
-/// The broker's client for one cell agent.
-#[derive(Clone, Debug)]
-pub struct CellClient {
-    base: String,
-    token: Secret,
-    http: reqwest::Client,
-}
-
-impl CellClient {
-    /// A client for the agent at `base_url` (e.g. `https://10.0.0.5:7100`), trusting only
-    /// `tls.ca_file` and presenting `tls`' certificate when given.
-    pub fn new(
-        base_url: &str,
-        token: Secret,
-        tls: Option<&crate::tls::TlsFiles>,
-    ) -> Result<CellClient, Error> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-        if let Some(files) = tls {
-            builder = crate::tls::client_builder(builder, files)?;
-        }
-        let http = builder.build().map_err(|source| Error::Http {
-            url: base_url.to_string(),
-            source,
-        })?;
-        Ok(CellClient {
-            base: base_url.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<String>,
-        timeout: Duration,
-    ) -> Result<(u16, bytes::Bytes), Error> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(self.token.expose())
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.header(header::CONTENT_TYPE, "application/json").body(b);
-        }
-        let http_err = |source| Error::Http {
-            url: url.clone(),
-            source,
-        };
-        let resp = req.send().await.map_err(http_err)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(http_err)?;
-        if status >= 400 && status != 404 {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Error::Status { status, message });
-        }
-        Ok((status, bytes))
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Error> {
-        serde_json::from_slice(bytes).map_err(|source| Error::Decode {
-            what: what.to_string(),
-            source,
-        })
-    }
-
-    /// Creates or updates node `name` and starts it; returns its ports.
-    pub async fn put_node(&self, name: &str, spec: &NodeSpec) -> Result<NodePorts, Error> {
-        let body = serde_json::to_string(spec).expect("specs serialize");
-        let (status, bytes) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/nodes/{name}"),
-                Some(body),
-                Duration::from_secs(180),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Self::decode("node ports", &bytes)
-    }
-
-    /// The state of node `name`, or `None` when the cell has no such node.
-    pub async fn node(&self, name: &str) -> Result<Option<NodeStatus>, Error> {
-        let (status, bytes) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/nodes/{name}"),
-                None,
-                Duration::from_secs(30),
-            )
-            .await?;
-        if status == 404 {
-            return Ok(None);
-        }
-        Self::decode("node status", &bytes).map(Some)
-    }
-
-    /// The state of every node of the cell.
-    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, Error> {
-        let (_, bytes) = self
-            .call(
-                reqwest::Method::GET,
-                "/v1/nodes",
-                None,
-                Duration::from_secs(30),
-            )
-            .await?;
-        Self::decode("node list", &bytes)
-    }
-
-    /// Stops and removes node `name`; `false` when it did not exist.
-    pub async fn delete_node(&self, name: &str) -> Result<bool, Error> {
-        let (status, _) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/nodes/{name}"),
-                None,
-                Duration::from_secs(300),
-            )
-            .await?;
-        Ok(status != 404)
-    }
-
-    /// Creates or resets a binding's role on node `name` (which must be its instance's
-    /// leader: 409 otherwise).
-    pub async fn put_role(&self, name: &str, role: &str, req: &RoleRequest) -> Result<(), Error> {
-        let body = serde_json::to_string(req).expect("role requests serialize");
-        let (status, _) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/nodes/{name}/roles/{role}"),
-                Some(body),
-                Duration::from_secs(60),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Drops a binding's role on node `name` (which must be its instance's leader), handing
-    /// what it owns to `group`.
-    pub async fn delete_role(&self, name: &str, role: &str, group: &str) -> Result<(), Error> {
-        let (status, _) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!(
-                    "/v1/nodes/{name}/roles/{role}?group={}",
-                    crate::state::encode_component(group)
-                ),
-                None,
-                Duration::from_secs(120),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Takes a base backup of node `name` into its repository (waits until it is complete).
-    pub async fn backup(&self, name: &str) -> Result<BackupOutcome, Error> {
-        let (status, bytes) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/nodes/{name}/backup"),
-                None,
-                Duration::from_secs(24 * 3600),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Self::decode("backup outcome", &bytes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn answer(e: Error) -> (StatusCode, String) {
-        let r = e.into_response();
-        let status = r.status();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    /// Only "not the leader" is 409 (the broker asks the new leader); any other refusal of
-    /// PostgreSQL is the agent's failure (500), described without the server's message.
-    #[tokio::test]
-    async fn only_not_the_leader_is_a_conflict() {
-        let replica = crate::api::BindError {
-            message: "the server is a replica".into(),
-            source: Some(Box::new(crate::binder::NotLeader)),
-        };
-        let e = pg_error("n0", replica.to_string(), &replica);
-        assert_eq!(answer(e).await.0, StatusCode::CONFLICT);
-        let refused = crate::api::BindError::new(
-            "creating role: permission denied for table /srv/secret/pg_authid (42501)",
-        );
-        let e = pg_error("n0", refused.to_string(), &refused);
-        let (status, body) = answer(e).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(
-            !body.contains("pg_authid") && !body.contains("/srv"),
-            "{body}"
-        );
-        assert!(body.contains("PostgreSQL refused"), "{body}");
-        let (status, _) = answer(Error::Invalid("bad role".into())).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn node_names() {
-        assert!(valid_node_name("inst-1_node0"));
-        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(64)] {
-            assert!(!valid_node_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn spec_debug_hides_secrets() {
-        let spec: NodeSpec = serde_json::from_value(serde_json::json!({
-            "instance_id": "i", "namespace": "/n/", "etcd_hosts": ["127.0.0.1:2379"],
-            "repository": "file:///tmp/r/i", "walarchive": "/usr/bin/walarchive",
-            "walarchive_env": {"AWS_SECRET_ACCESS_KEY": "s3cr3t"},
-            "superuser_password": "pw1", "replication_password": "pw2", "host": "127.0.0.1",
-        }))
-        .unwrap();
-        let dbg = format!("{spec:?}");
-        assert!(
-            !dbg.contains("s3cr3t") && !dbg.contains("pw1") && !dbg.contains("pw2"),
-            "{dbg}"
-        );
-        assert_eq!(spec.archive_timeout, 60);
-        validate_spec(&spec).unwrap();
-    }
 }

@@ -58,7 +58,7 @@ pub enum WorkerError {
         cell: String,
         /// The error.
         #[source]
-        source: crate::cell::Error,
+        source: crate::cell::ClientError,
     },
     /// An environment variable named in `repository.env` is not set.
     #[error("repository.env names {0}, which is not set in the broker's environment")]
@@ -942,14 +942,6 @@ impl Inner {
                     if node.pg_port != p.pg_port || node.api_port != p.api_port {
                         ports.insert(node.name.clone(), p);
                     }
-                }
-                Err(crate::cell::Error::Invalid(m)) => {
-                    warn!(instance = %inst.id, node = %node.name, cell = %cell.name,
-                          "the cell refused the node: {m}");
-                    return Err(Step::Fail(
-                        "A machine refused the configuration of one of the nodes; the operator can find the details in the broker's log."
-                            .into(),
-                    ));
                 }
                 Err(e) => {
                     return Err(Step::retry(
