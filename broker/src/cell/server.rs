@@ -47,17 +47,15 @@ fn json_response<T: Serialize>(value: &T) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
     let ok = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), agent.token.expose().as_bytes()));
+        .is_some_and(|t| {
+            crate::secrets::constant_time_eq(t.as_bytes(), agent.token.expose().as_bytes())
+        });
     if !ok {
         return (
             StatusCode::UNAUTHORIZED,
