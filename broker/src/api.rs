@@ -259,11 +259,7 @@ fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     };
     // Compare digests in constant time: no early exit on the first differing byte.
     let given = credential_digest(user, password);
-    given
-        .iter()
-        .zip(st.auth.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    crate::secrets::constant_time_eq(&given, st.auth.as_slice())
 }
 
 // ---------------------------------------------------------------------------------------

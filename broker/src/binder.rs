@@ -468,7 +468,9 @@ impl CellBinder {
     }
 
     /// The binder of a broker's configuration (its cells, over TLS, and its router host).
-    pub fn from_config(config: &crate::BrokerConfig) -> Result<CellBinder, crate::cell::Error> {
+    pub fn from_config(
+        config: &crate::BrokerConfig,
+    ) -> Result<CellBinder, crate::cell::ClientError> {
         let mut cells = BTreeMap::new();
         for c in &config.cells {
             cells.insert(
@@ -534,7 +536,7 @@ impl CellBinder {
     }
 }
 
-fn cell_err(what: &'static str) -> impl FnOnce(crate::cell::Error) -> BindError {
+fn cell_err(what: &'static str) -> impl FnOnce(crate::cell::ClientError) -> BindError {
     move |e| BindError {
         message: format!("{what}: {e}"),
         source: Some(Box::new(e)),
