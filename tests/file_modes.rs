@@ -329,7 +329,7 @@ fn an_identical_re_push_narrows_a_wider_object() {
         );
     };
     let original = fs::read(&object).unwrap();
-    let group = vec![("WALARCHIVE_FILE_MODE".to_string(), "0640".to_string())];
+    let group = [("WALARCHIVE_FILE_MODE".to_string(), "0640".to_string())];
     for (was, env, becomes) in [
         (0o644, &[][..], 0o600),
         (0o666, &group[..], 0o640),
