@@ -126,10 +126,11 @@ impl Settings {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        let repo = Repository::open(&self.repo, &self.storage, self.policy, self.compression)
+        let mut repo = Repository::open(&self.repo, &self.storage, self.policy, self.compression)
             .with_context(|| "cannot open the repository".to_string())?;
         if repo.backend() == Backend::Local {
             restrict_umask(self.file_mode);
+            repo.narrow_to(self.file_mode);
         }
         Ok(repo)
     }
