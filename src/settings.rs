@@ -168,7 +168,7 @@ impl Settings {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        let repo = Repository::open(
+        let mut repo = Repository::open(
             &self.repo,
             &self.storage,
             &self.env.storage,
@@ -178,6 +178,7 @@ impl Settings {
         .with_context(|| "cannot open the repository".to_string())?;
         if repo.backend() == Backend::Local {
             restrict_umask(self.file_mode);
+            repo.narrow_to(self.file_mode);
         }
         Ok(repo)
     }

@@ -299,3 +299,51 @@ fn backup_fetch_restores_the_manifests_modes_whatever_the_umask() {
         assert_eq!(mode_of(&dest.join("base")), 0o750, "umask {umask}");
     }
 }
+
+/// An object already stored with a wider mode than the repository's (0644: an older
+/// walarchive under umask 022) is narrowed by the next, identical, push of it: to 0600, or
+/// to what `file_mode` allows (0640); one narrower than that is left as it is.
+#[test]
+fn an_identical_re_push_narrows_a_wider_object() {
+    let pg = PgCluster::init(PgOptions::default());
+    pg.start();
+    let seg = pg.switch_wal();
+    let scratch = TestDir::new_postgres("walarchive-modes-");
+    fs::copy(pg.wal_dir().join(&seg), scratch.join(&seg)).unwrap();
+    pg.stop();
+    chown_postgres(scratch.path());
+    let repo = Store::File.fresh();
+    let object = repo
+        .path()
+        .join(format!("wal/{}/{}/{seg}", &seg[..8], &seg[8..16]));
+    let file = scratch.join(&seg).to_str().unwrap().to_string();
+    let args = ["--repo", repo.url.as_str(), "wal-push", file.as_str()];
+    assert_success(&run_with_umask("022", &args, &[], scratch.path()));
+    let push = |env: &[(String, String)]| {
+        let out = run_with_umask("022", &args, env, scratch.path());
+        assert_success(&out);
+        assert!(
+            stderr(&out).contains("already archived with identical content"),
+            "{}",
+            stderr(&out)
+        );
+    };
+    let original = fs::read(&object).unwrap();
+    let group = [("WALARCHIVE_FILE_MODE".to_string(), "0640".to_string())];
+    for (was, env, becomes) in [
+        (0o644, &[][..], 0o600),
+        (0o666, &group[..], 0o640),
+        (0o644, &group[..], 0o640),
+        (0o400, &[][..], 0o400),
+    ] {
+        fs::set_permissions(&object, fs::Permissions::from_mode(was)).unwrap();
+        push(env);
+        assert_eq!(
+            mode_of(&object),
+            becomes,
+            "{was:04o} with {env:?}: {:04o}",
+            mode_of(&object)
+        );
+        assert_eq!(fs::read(&object).unwrap(), original);
+    }
+}

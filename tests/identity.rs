@@ -128,9 +128,13 @@ fn another_clusters_history_and_backup_files_are_refused() {
         Duration::from_secs(60),
         || archiver_failed(&standby) == "00000002.history",
     );
-    assert_code(
-        &push_as_archiver(&repo, &standby, "00000002.history"),
-        FOREIGN_CLUSTER,
+    let out = push_as_archiver(&repo, &standby, "00000002.history");
+    assert_code(&out, FOREIGN_CLUSTER);
+    let line = error_line(&out);
+    assert!(
+        line.contains("00000002.history does not belong to this repository")
+            && line.contains("system identifier"),
+        "{line}"
     );
     standby.stop_immediate();
     foreign.stop_immediate();
@@ -144,18 +148,24 @@ fn another_clusters_history_and_backup_files_are_refused() {
     // Garbage of either kind from the real data directory: bad input, nothing stored.
     let scratch = TestDir::new_postgres("walarchive-identity-");
     let pgdata = primary.data_dir().to_str().unwrap();
-    for (name, content) in [
-        ("00000005.history", "this is not a timeline history\n"),
+    for (name, content, says) in [
+        (
+            "00000005.history",
+            "this is not a timeline history\n",
+            "no timeline ID",
+        ),
         (
             "000000010000000000000003.00000028.backup",
             "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\n",
+            "not a backup history file",
         ),
     ] {
         let p = scratch.join(name);
         fs::write(&p, content).unwrap();
         let out = repo.run(&["wal-push", "--pgdata", pgdata, p.to_str().unwrap()]);
         assert_code(&out, BAD_INPUT);
-        assert!(error_line(&out).contains(name));
+        let line = error_line(&out);
+        assert!(line.contains(name) && line.contains(says), "{line}");
         // And without a data directory to say whose it is: a configuration error.
         let out = repo.run(&["wal-push", p.to_str().unwrap()]);
         assert_code(&out, CONFIG);
@@ -305,7 +315,13 @@ fn a_repository_without_its_descriptor_is_refused_and_repaired() {
     let other = PgCluster::init(PgOptions::default());
     other.start();
     let other_seg = other.switch_wal();
-    assert_code(&push_as_archiver(&repo, &other, &other_seg), CONFIG);
+    let out = push_as_archiver(&repo, &other, &other_seg);
+    assert_code(&out, CONFIG);
+    let line = error_line(&out);
+    assert!(
+        line.contains("no descriptor") && line.contains("repo-repair"),
+        "{line}"
+    );
     assert!(!repo.path().join("walarchive.repo").exists());
 
     // A dry run says what it would write, and writes nothing.
@@ -327,9 +343,13 @@ fn a_repository_without_its_descriptor_is_refused_and_repaired() {
 
     // The cluster archives again; the other one is foreign.
     primary.wait_archived(&seg, Duration::from_secs(120));
-    assert_code(
-        &push_as_archiver(&repo, &other, &other_seg),
-        FOREIGN_CLUSTER,
+    let out = push_as_archiver(&repo, &other, &other_seg);
+    assert_code(&out, FOREIGN_CLUSTER);
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!("{other_seg} does not belong to this repository"))
+            && line.contains(&format!("but the repository's is {sysid}")),
+        "{line}"
     );
     let out = assert_success(&repo.run(&["repo-repair"])).clone();
     assert!(

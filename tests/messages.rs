@@ -83,6 +83,11 @@ fn credentials_in_a_repository_url_are_never_echoed() {
     );
     assert_code(&out, 6);
     assert_no_credentials("config file", &out);
+    let line = error_line(&out);
+    assert!(
+        line.contains("invalid repository URL") && line.contains("<redacted>"),
+        "{line}"
+    );
 
     // An endpoint with user info that cannot be reached: the storage errors, retried and
     // logged at every level, do not show its credentials either (nor those of the

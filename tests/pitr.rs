@@ -233,3 +233,91 @@ fn timelines() {
     assert_eq!(recover(&repo, &["--target-timeline", "latest"]), "15:1005");
     assert_eq!(recover(&repo, &["--target-timeline", "1"]), "20:20");
 }
+
+/// A standby promoted while the store is down must not take a timeline the archive already
+/// holds. Timeline 2's history is in the archive (an earlier promotion of another restore of
+/// this backup) and the standby has never seen it (`recovery_target_timeline = 'current'`:
+/// it probes no history file before promotion). In the outage, the promotion's probe of
+/// `00000002.history` gets 207 (walarchive has no record that the file is absent), so
+/// PostgreSQL stops instead of selecting timeline 2; once the store is back, a promotion
+/// finds timeline 2 and selects 3.
+#[test]
+fn a_standby_promoted_in_an_outage_never_takes_an_archived_timeline() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions::default());
+    primary.psql("create table t(n int)");
+    repo.backup_push(&primary, &[]);
+    primary.psql("insert into t values (1)");
+    let fork = primary.psql("select pg_current_wal_lsn()");
+    primary.archive_everything();
+    let history = primary.dir().join("00000002.history");
+    std::fs::write(
+        &history,
+        format!("1\t{fork}\tno recovery target specified\n"),
+    )
+    .unwrap();
+    assert_success(&repo.run(&[
+        "wal-push",
+        "--pgdata",
+        primary.data_dir().to_str().unwrap(),
+        history.to_str().unwrap(),
+    ]));
+
+    let standby = repo.restore("LATEST", &["--standby", "--target-timeline", "current"]);
+    standby.start_with_env(&repo.env);
+    assert_eq!(standby.psql("select count(*) from t"), "1");
+    standby.stop();
+    // The outage: every download fails, whatever the number of attempts.
+    let mut outage = repo.env.clone();
+    outage.extend([
+        (
+            "WALARCHIVE_FAULTS".to_string(),
+            "op=get fault=503".to_string(),
+        ),
+        ("WALARCHIVE_RETRIES".into(), "2".into()),
+    ]);
+    standby.start_with_env(&outage);
+    let log_before = standby.log().len();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin("pg_ctl"))
+        .args(["-D", standby.data_dir().to_str().unwrap(), "-W", "promote"])
+        .current_dir("/tmp")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    standby.wait_until("the standby to stop", Duration::from_secs(90), || {
+        !standby.is_running()
+    });
+    let log = standby.log()[log_before..].to_string();
+    assert!(
+        log.contains("refuses to guess")
+            && log.contains("could not restore file \"00000002.history\" from archive"),
+        "{log}"
+    );
+    assert!(!log.contains("selected new timeline ID"), "{log}");
+    assert!(standby.data_dir().join("standby.signal").exists());
+
+    // The store is back: the same standby, promoted again, takes timeline 3.
+    standby.start_with_env(&repo.env);
+    standby.promote();
+    standby.wait_promoted();
+    assert!(
+        standby.log().contains("selected new timeline ID: 3"),
+        "{}",
+        standby.log_tail(40)
+    );
+    let last = standby.switch_wal();
+    assert!(last.starts_with("00000003"), "{last}");
+    standby.wait_archived(&last, Duration::from_secs(60));
+    let names: Vec<String> = repo
+        .wal_list()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains(&"00000002.history".to_string())
+            && names.contains(&"00000003.history".to_string()),
+        "{names:?}"
+    );
+}

@@ -140,10 +140,20 @@ fn force_replaces_only_a_stopped_data_directory() {
     // (a crashed server's, PID not running), replaced with --force; the tablespace link's
     // target is never entered.
     let (old, outside) = stopped_cluster_with_a_tablespace_link();
+    let before = snapshot(old.data_dir());
     let out = repo.try_restore_into(&old, &name, &[]);
     assert_code(&out, 3);
-    assert!(error_line(&out).contains("--force"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains(&format!(
+            "{} is not empty (use --force to replace a data directory",
+            old.data_dir().display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(old.data_dir()), before);
     fs::write(old.data_dir().join("postmaster.pid"), "999999999\n").unwrap();
+    let before = snapshot(old.data_dir());
     let out = repo.try_restore_into(&old, &name, &["--force"]);
     assert_code(&out, 3);
     assert!(
@@ -151,7 +161,7 @@ fn force_replaces_only_a_stopped_data_directory() {
         "{}",
         stderr(&out)
     );
-    assert!(old.data_dir().join("old-only.txt").exists());
+    assert_eq!(snapshot(old.data_dir()), before);
     fs::remove_file(old.data_dir().join("postmaster.pid")).unwrap();
     let out = repo.try_restore_into(&old, &name, &["--force", "--target-action", "promote"]);
     assert_success(&out);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -30,6 +30,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -38,9 +40,9 @@ use tracing::{info, warn};
 use crate::config::{BrokerConfig, PlanConfig, MAX_NODES};
 use crate::error::ApiError;
 use crate::state::{
-    BindingRecord, BindingState, CreateInstance, Credentials, InstanceContext, InstanceRecord,
-    InstanceState, OperationKind, OperationRecord, OperationRequest, OperationState, Parameters,
-    Store, Timestamp, Versioned,
+    until_swapped, BindingRecord, BindingState, CreateInstance, Credentials, InstanceContext,
+    InstanceRecord, InstanceState, OperationKind, OperationRecord, OperationRequest,
+    OperationState, Parameters, Round, Store, Timestamp, Versioned,
 };
 
 /// Lowest supported `X-Broker-API-Version` minor (with major 2).
@@ -51,9 +53,6 @@ pub const API_VERSION: &str = "2.17";
 /// A binding left `creating` or `deleting` longer than this (its request died with its
 /// broker process) may be taken over by a new request.
 const BINDING_STALE: Duration = Duration::from_secs(300);
-
-/// How often a handler re-reads and decides again after losing a CAS race.
-const ATTEMPTS: usize = 8;
 
 /// A boxed future (the [`Binder`] methods' return type).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -260,11 +259,7 @@ fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     };
     // Compare digests in constant time: no early exit on the first differing byte.
     let given = credential_digest(user, password);
-    given
-        .iter()
-        .zip(st.auth.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    crate::secrets::constant_time_eq(&given, st.auth.as_slice())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -341,36 +336,82 @@ fn bad_path() -> ApiError {
     ApiError::bad_request("The ids in the URL must be percent-encoded UTF-8.")
 }
 
-fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "The request body must be a JSON object.",
-        ));
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request(
-            "The request body must be a JSON object.",
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "The request body is not valid JSON: {e}."
-        ))),
+/// A JSON request body of type `T`, behind an extractor whose rejection is the API's own
+/// error (in the manner of axum's `customize-extractor-error` example): a body that is not a
+/// JSON object, or not one of `T`'s shape, is answered with a 400 `BadRequest` in the OSB
+/// shape rather than axum's plain-text rejection. The `Content-Type` is not checked (as
+/// platforms are not required to send it).
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "BadRequest", e.body_text()))?;
+        let not_an_object = || ApiError::bad_request("The request body must be a JSON object.");
+        if body.is_empty() {
+            return Err(not_an_object());
+        }
+        // Read as a value first, to tell bad JSON from JSON of another shape.
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(_)) => serde_json::from_slice(&body)
+                .map(JsonBody)
+                .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}."))),
+            Ok(_) => Err(not_an_object()),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "The request body is not valid JSON: {e}."
+            ))),
+        }
     }
 }
 
-/// A string field: `Ok(None)` when absent or null, 400 when not a non-empty string.
-fn opt_str(m: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad_request(format!(
+/// The body of a provision (`PUT /v2/service_instances/:id`).
+#[derive(Deserialize)]
+struct ProvisionRequest {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+    organization_guid: Option<String>,
+    space_guid: Option<String>,
+    context: Option<Map<String, Value>>,
+    /// Checked by [`parse_parameters`] (400 `InvalidParameters`, not `BadRequest`).
+    parameters: Option<Value>,
+}
+
+/// The body of an update (`PATCH /v2/service_instances/:id`).
+#[derive(Deserialize)]
+struct UpdateRequest {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+    /// Checked by [`parse_parameters`].
+    parameters: Option<Value>,
+}
+
+/// The body of a binding (`PUT .../service_bindings/:binding_id`).
+#[derive(Deserialize)]
+struct BindRequest {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+    app_guid: Option<String>,
+    /// Recorded as sent (it tells a re-sent request from a conflicting one).
+    bind_resource: Option<Value>,
+    /// Bindings accept none (400 `InvalidParameters` otherwise).
+    parameters: Option<Value>,
+}
+
+/// A string field: `Ok(None)` when absent or null, 400 when empty.
+fn opt_str(v: Option<String>, field: &str) -> Result<Option<String>, ApiError> {
+    match v {
+        Some(s) if s.is_empty() => Err(ApiError::bad_request(format!(
             "{field} must be a non-empty string."
         ))),
+        v => Ok(v),
     }
 }
 
-fn req_str(m: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
-    opt_str(m, field)?.ok_or_else(|| ApiError::bad_request(format!("{field} is required.")))
+fn req_str(v: Option<String>, field: &str) -> Result<String, ApiError> {
+    opt_str(v, field)?.ok_or_else(|| ApiError::bad_request(format!("{field} is required.")))
 }
 
 fn check_service(st: &AppState, service_id: &str) -> Result<(), ApiError> {
@@ -510,27 +551,34 @@ async fn provision(
     State(st): State<AppState>,
     InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
-    body: Bytes,
+    JsonBody(body): JsonBody<ProvisionRequest>,
 ) -> Result<Response, ApiError> {
     let q = query_pairs(&q);
-    let m = parse_body(&body)?;
-    let service_id = req_str(&m, "service_id")?;
-    let plan_id = req_str(&m, "plan_id")?;
-    let org = req_str(&m, "organization_guid")?;
-    let space = req_str(&m, "space_guid")?;
+    let service_id = req_str(body.service_id, "service_id")?;
+    let plan_id = req_str(body.plan_id, "plan_id")?;
+    let org = req_str(body.organization_guid, "organization_guid")?;
+    let space = req_str(body.space_guid, "space_guid")?;
     check_service(&st, &service_id)?;
     let plan = check_plan(&st, &plan_id)?;
-    let context = match m.get("context") {
-        None | Some(Value::Null) => Value::Null,
-        Some(c @ Value::Object(_)) => c.clone(),
-        Some(_) => return Err(ApiError::bad_request("context must be a JSON object.")),
-    };
-    let parameters = parse_parameters(m.get("parameters"))?.unwrap_or_default();
+    let context = body.context.map_or(Value::Null, Value::Object);
+    let parameters = parse_parameters(body.parameters.as_ref())?.unwrap_or_default();
     let node_count = parameters.node_count.unwrap_or(plan.node_count);
 
     let path_name = crate::names::path_name(&instance_id);
-    for _ in 0..ATTEMPTS {
-        let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    // Each round is a future of its own: it borrows what the rounds share.
+    let (st, q, instance_id, service_id, plan_id, org, space, context, path_name) = (
+        &st,
+        &q,
+        &instance_id,
+        &service_id,
+        &plan_id,
+        &org,
+        &space,
+        &context,
+        &path_name,
+    );
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         // A deleted id is provisioned again as a new incarnation (see `state`).
         let previous = inst
             .as_ref()
@@ -538,11 +586,11 @@ async fn provision(
             .cloned();
         if let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) {
             let i = &inst.value;
-            let same = i.service_id == service_id
-                && i.plan_id == plan_id
+            let same = i.service_id == *service_id
+                && i.plan_id == *plan_id
                 && i.parameters == parameters
-                && i.context.organization_guid == org
-                && i.context.space_guid == space;
+                && i.context.organization_guid == *org
+                && i.context.space_guid == *space;
             if !same {
                 return Err(ApiError::conflict(
                     "An instance with this id already exists with different attributes.",
@@ -565,9 +613,10 @@ async fn provision(
                     "InstanceNotUsable",
                     "This service instance failed; deprovision it.",
                 )),
-            };
+            }
+            .map(Round::Done);
         }
-        if !accepts_incomplete(&q) {
+        if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
         let now = Timestamp::now();
@@ -595,10 +644,7 @@ async fn provision(
             },
             port: 0,
             path_name: Some(path_name.clone()),
-            repository: st
-                .config
-                .repository
-                .for_incarnation(&path_name, incarnation),
+            repository: st.config.repository.for_incarnation(path_name, incarnation),
             incarnation,
             previous_repositories,
             last_backup_at: None,
@@ -609,7 +655,7 @@ async fn provision(
             deleted_at: None,
         };
         let operation = OperationRecord::new(
-            &instance_id,
+            instance_id,
             OperationKind::Provision,
             OperationRequest {
                 plan_id: plan_id.clone(),
@@ -637,9 +683,10 @@ async fn provision(
                       port = instance.value.port, node_count,
                       incarnation = instance.value.incarnation, "provision accepted");
                 st.wake_worker();
-                return Ok(accepted(&operation.value.id));
+                return Ok(Round::Done(accepted(&operation.value.id)));
             }
-            Ok(CreateInstance::Exists) => continue,
+            // Created or deleted meanwhile: decide again.
+            Ok(CreateInstance::Exists) => {}
             Err(crate::state::StoreError::NoFreePort { min, max }) => {
                 warn!(min, max, "no free router port");
                 return Err(ApiError::unprocessable(
@@ -649,30 +696,30 @@ async fn provision(
             }
             Err(e) => return Err(e.into()),
         }
-    }
-    Err(ApiError::concurrency(
-        "Concurrent requests for this service instance; retry.",
-    ))
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
 async fn update(
     State(st): State<AppState>,
     InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
-    body: Bytes,
+    JsonBody(body): JsonBody<UpdateRequest>,
 ) -> Result<Response, ApiError> {
     let q = query_pairs(&q);
-    let m = parse_body(&body)?;
-    let service_id = req_str(&m, "service_id")?;
+    let service_id = req_str(body.service_id, "service_id")?;
     check_service(&st, &service_id)?;
-    let new_plan = opt_str(&m, "plan_id")?;
+    let new_plan = opt_str(body.plan_id, "plan_id")?;
     if let Some(p) = &new_plan {
         check_plan(&st, p)?;
     }
-    let new_params = parse_parameters(m.get("parameters"))?;
+    let new_params = parse_parameters(body.parameters.as_ref())?;
 
-    for _ in 0..ATTEMPTS {
-        let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    let (st, q, instance_id, new_plan) = (&st, &q, &instance_id, &new_plan);
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
             return Err(ApiError::not_found("No such service instance."));
         };
@@ -684,7 +731,7 @@ async fn update(
                 "This service does not support plan changes.",
             ));
         }
-        let plan = check_plan(&st, &plan_id)?;
+        let plan = check_plan(st, &plan_id)?;
         let mut parameters = i.parameters;
         if let Some(p) = new_params {
             if p.node_count.is_some() {
@@ -710,6 +757,7 @@ async fn update(
                         "Another update of this service instance is in progress.",
                     )),
                 }
+                .map(Round::Done);
             }
             InstanceState::Provisioning | InstanceState::Deprovisioning => {
                 return Err(ApiError::concurrency(
@@ -728,13 +776,13 @@ async fn update(
             && target.parameters == i.parameters
             && target.node_count == i.node_count
         {
-            return Ok(ok_empty());
+            return Ok(Round::Done(ok_empty()));
         }
-        if !accepts_incomplete(&q) {
+        if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
         let new_op = OperationRecord::new(
-            &instance_id,
+            instance_id,
             OperationKind::Update,
             target.clone(),
             "Update accepted; waiting for the provisioning worker.",
@@ -747,12 +795,12 @@ async fn update(
             info!(instance = %instance_id, operation = %new_op.id, plan = %target.plan_id,
                   node_count = target.node_count, "update accepted");
             st.wake_worker();
-            return Ok(accepted(&new_op.id));
+            return Ok(Round::Done(accepted(&new_op.id)));
         }
-    }
-    Err(ApiError::concurrency(
-        "Concurrent requests for this service instance; retry.",
-    ))
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
 async fn deprovision(
@@ -766,20 +814,21 @@ async fn deprovision(
     check_service(&st, service_id)?;
     check_plan(&st, plan_id)?;
 
-    for _ in 0..ATTEMPTS {
-        let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    let (st, q, instance_id) = (&st, &q, &instance_id);
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
-            return Ok(gone());
+            return Ok(Round::Done(gone()));
         };
         let i = &inst.value;
         let mut interrupted = None;
         match i.state {
             InstanceState::Deprovisioning => {
                 if let Some(op) = op.filter(|o| o.value.kind == OperationKind::Deprovision) {
-                    if !accepts_incomplete(&q) {
+                    if !accepts_incomplete(q) {
                         return Err(ApiError::async_required());
                     }
-                    return Ok(accepted(&op.value.id));
+                    return Ok(Round::Done(accepted(&op.value.id)));
                 }
                 return Err(ApiError::concurrency(
                     "Another operation for this service instance is in progress.",
@@ -801,7 +850,7 @@ async fn deprovision(
             }
             InstanceState::Ready | InstanceState::Failed | InstanceState::Deleted => {}
         }
-        if !accepts_incomplete(&q) {
+        if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
         // A provision in progress is halted: it ends as failed in the history, and the
@@ -815,7 +864,7 @@ async fn deprovision(
             p
         });
         let mut new_op = OperationRecord::new(
-            &instance_id,
+            instance_id,
             OperationKind::Deprovision,
             OperationRequest {
                 plan_id: i.plan_id.clone(),
@@ -833,12 +882,12 @@ async fn deprovision(
             info!(instance = %instance_id, operation = %new_op.id,
                   interrupted = ?interrupted, "deprovision accepted");
             st.wake_worker();
-            return Ok(accepted(&new_op.id));
+            return Ok(Round::Done(accepted(&new_op.id)));
         }
-    }
-    Err(ApiError::concurrency(
-        "Concurrent requests for this service instance; retry.",
-    ))
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
 async fn last_operation(
@@ -917,17 +966,16 @@ fn stale(b: &BindingRecord) -> bool {
 async fn bind(
     State(st): State<AppState>,
     BindingIds(instance_id, binding_id): BindingIds,
-    body: Bytes,
+    JsonBody(body): JsonBody<BindRequest>,
 ) -> Result<Response, ApiError> {
-    let m = parse_body(&body)?;
-    let service_id = req_str(&m, "service_id")?;
-    let plan_id = req_str(&m, "plan_id")?;
+    let service_id = req_str(body.service_id, "service_id")?;
+    let plan_id = req_str(body.plan_id, "plan_id")?;
     check_service(&st, &service_id)?;
     check_plan(&st, &plan_id)?;
     if !st.config.service.bindable {
         return Err(ApiError::bad_request("This service is not bindable."));
     }
-    let params = match m.get("parameters") {
+    let params = match &body.parameters {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(Value::Object(p)) if p.is_empty() => Value::Object(Map::new()),
         Some(Value::Object(_)) => {
@@ -941,10 +989,10 @@ async fn bind(
             ))
         }
     };
-    let app_guid = opt_str(&m, "app_guid")?;
+    let app_guid = opt_str(body.app_guid, "app_guid")?;
     let fingerprint = json!({
         "app_guid": app_guid,
-        "bind_resource": m.get("bind_resource").cloned().unwrap_or(Value::Null),
+        "bind_resource": body.bind_resource.unwrap_or(Value::Null),
         "parameters": params,
     });
 

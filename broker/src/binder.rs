@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use postgres_protocol::escape::{escape_identifier, escape_literal};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
@@ -89,16 +90,6 @@ pub fn role_name(binding_id: &str) -> String {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("h_{}", &hex[..40])
     }
-}
-
-/// `ident` as a quoted SQL identifier.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// `s` as an SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The credentials object of a role on `host:port`.
@@ -294,7 +285,10 @@ pub async fn create_role(
         exists_ok(
             admin
                 .execute(
-                    &format!("create role {} nologin {UNPRIVILEGED}", quote_ident(group)),
+                    &format!(
+                        "create role {} nologin {UNPRIVILEGED}",
+                        escape_identifier(group)
+                    ),
                     &[],
                 )
                 .await,
@@ -312,8 +306,8 @@ pub async fn create_role(
                 .execute(
                     &format!(
                         "create database {} owner {}",
-                        quote_ident(db),
-                        quote_ident(group)
+                        escape_identifier(db),
+                        escape_identifier(group)
                     ),
                     &[],
                 )
@@ -326,7 +320,7 @@ pub async fn create_role(
     admin
         .batch_execute(&format!(
             "revoke all on database {} from public",
-            quote_ident(db)
+            escape_identifier(db)
         ))
         .await
         .map_err(db_err("setting the database's privileges"))?;
@@ -336,8 +330,8 @@ pub async fn create_role(
         .await
         .map_err(db_err("looking up the binding role"))?
         .is_some();
-    let (r, g) = (quote_ident(role), quote_ident(group));
-    let pw = quote_literal(&req.verifier);
+    let (r, g) = (escape_identifier(role), escape_identifier(group));
+    let pw = escape_literal(&req.verifier);
     if !exists {
         exists_ok(
             admin
@@ -349,7 +343,7 @@ pub async fn create_role(
             "creating the binding role",
         )?;
     }
-    let server_roles: Vec<String> = SERVER_ROLES.iter().map(|s| quote_ident(s)).collect();
+    let server_roles: Vec<String> = SERVER_ROLES.iter().map(|s| escape_identifier(s)).collect();
     admin
         .batch_execute(&format!(
             "alter role {r} with login {UNPRIVILEGED} password {pw}; \
@@ -357,8 +351,8 @@ pub async fn create_role(
              revoke {sr} from {r}, {g}; grant {g} to {r}; \
              alter role {r} set role = {gl}; comment on role {r} is {comment}",
             sr = server_roles.join(", "),
-            gl = quote_literal(group),
-            comment = quote_literal(&req.comment),
+            gl = escape_literal(group),
+            comment = escape_literal(&req.comment),
         ))
         .await
         .map_err(db_err("configuring the binding role"))?;
@@ -386,7 +380,7 @@ where
     if !exists {
         return Ok(());
     }
-    let (r, g) = (quote_ident(role), quote_ident(group));
+    let (r, g) = (escape_identifier(role), escape_identifier(group));
     // No new sessions, then end the current ones (and wait for them to be gone).
     admin
         .batch_execute(&format!("alter role {r} nologin"))
@@ -474,7 +468,9 @@ impl CellBinder {
     }
 
     /// The binder of a broker's configuration (its cells, over TLS, and its router host).
-    pub fn from_config(config: &crate::BrokerConfig) -> Result<CellBinder, crate::cell::Error> {
+    pub fn from_config(
+        config: &crate::BrokerConfig,
+    ) -> Result<CellBinder, crate::cell::ClientError> {
         let mut cells = BTreeMap::new();
         for c in &config.cells {
             cells.insert(
@@ -540,7 +536,7 @@ impl CellBinder {
     }
 }
 
-fn cell_err(what: &'static str) -> impl FnOnce(crate::cell::Error) -> BindError {
+fn cell_err(what: &'static str) -> impl FnOnce(crate::cell::ClientError) -> BindError {
     move |e| BindError {
         message: format!("{what}: {e}"),
         source: Some(Box::new(e)),
@@ -609,8 +605,10 @@ mod tests {
 
     #[test]
     fn quoting_and_credentials() {
-        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
-        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(escape_identifier(r#"a"b"#), r#""a""b""#);
+        assert_eq!(escape_literal("it's"), "'it''s'");
+        // Backslashes too, whatever standard_conforming_strings says.
+        assert_eq!(escape_literal(r"a\b"), r" E'a\\b'");
         let c = credentials("db.example", 30001, "app", "b_x", "p/w+=");
         assert_eq!(c.uri, "postgres://b_x:p%2Fw%2B%3D@db.example:30001/app");
         assert_eq!(

@@ -6,10 +6,9 @@
 //! live and die with that machine's agent:
 //!
 //! * **Patroni dies with the agent.** Each Patroni is started with `PR_SET_PDEATHSIG`
-//!   (SIGKILL), from one dedicated thread that never exits (the signal fires when the *thread*
-//!   that forked the child ends, so tokio's worker or blocking threads would not do). Patroni
-//!   starts PostgreSQL in a session of its own, so a small shell watchdog, started by the
-//!   agent in its own process group, kills the PostgreSQL process groups (and any Patroni
+//!   (SIGKILL), from one dedicated thread that never exits ([`crate::process::spawn_tied`]).
+//!   Patroni starts PostgreSQL in a session of its own, so a small shell watchdog
+//!   ([`crate::process::start_watchdog`]), started by the agent in its own process group, kills the PostgreSQL process groups (and any Patroni
 //!   left) as soon as the agent's PID is gone. Killing an agent with SIGKILL thus takes its
 //!   whole machine's databases down, which is what tests use to simulate a lost machine;
 //!   Patroni then elects another leader.
@@ -22,362 +21,41 @@
 //! * **Secrets** (database passwords, storage credentials, the API token) are only in files of
 //!   mode 0600, in Patroni's environment, and in memory wrapped in [`Secret`]: never on a
 //!   command line, in a log line or in `Debug` output.
+//!
+//! The wire types and the broker's client are in [`client`], the HTTP server and its
+//! authentication in `server`, process spawning in [`crate::process`].
 
 use std::collections::BTreeMap;
-use std::io;
-use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::http::header;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+pub mod client;
+mod config;
+mod error;
+mod server;
+
+pub use client::{
+    valid_node_name, BackupOutcome, CellClient, ClientError, NodePorts, NodeSpec, NodeStatus,
+};
+pub use config::{CellConfig, TOKEN_ENV};
+use config::{SOCKET_NAME_MAX, SOCKET_PATH_MAX};
+pub use error::Error;
+use error::{io_err, pg_error};
+
 use crate::binder::RoleRequest;
 pub use crate::patroni::{DcsTiming, Secret};
 use crate::patroni::{
-    EtcdCredentials, EtcdTls, NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT,
-    SUPERUSER,
+    NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
 };
-
-/// Environment variable holding the agent's API token (else `token_file` in the config).
-pub const TOKEN_ENV: &str = "WALARCHIVE_CELL_TOKEN";
-
-/// Errors of the cell agent and its client.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A file or directory operation failed.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The configuration file is not valid.
-    #[error("invalid cell configuration {}: {message}", path.display())]
-    Config {
-        /// The configuration file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// Neither the environment nor the configuration provide an API token.
-    #[error("no API token: set {TOKEN_ENV} or `token_file` in the cell configuration")]
-    NoToken,
-    /// The `postgres` OS user (or the configured one) does not exist.
-    #[error("OS user {0:?} not found")]
-    NoUser(String),
-    /// A request was malformed.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// No node of that name.
-    #[error("no node named {0:?}")]
-    NotFound(String),
-    /// A program could not be started.
-    #[error("cannot start {program}: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The node is not its instance's leader (a replica, in recovery): ask the leader.
-    #[error("node {0} is not the leader (a replica, or in recovery)")]
-    NotLeader(String),
-    /// PostgreSQL refused a connection or a statement for another reason.
-    #[error("PostgreSQL: {0}")]
-    Postgres(String),
-    /// A base backup failed.
-    #[error("backup of node {node} failed (exit status {code:?}): {stderr}")]
-    Backup {
-        /// The node.
-        node: String,
-        /// walarchive's exit code.
-        code: Option<i32>,
-        /// The end of walarchive's error output.
-        stderr: String,
-    },
-    /// The TLS certificate, key or CA cannot be used.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// The agent cannot listen on its address.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// An HTTP request to a cell agent or to Patroni failed.
-    #[error("request to {url} failed: {source}")]
-    Http {
-        /// The URL (never holds credentials).
-        url: String,
-        /// The client error.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// A cell agent answered with an error status.
-    #[error("cell agent answered {status}: {message}")]
-    Status {
-        /// The HTTP status.
-        status: u16,
-        /// The error message it gave.
-        message: String,
-    },
-    /// A response or stored file could not be decoded.
-    #[error("cannot decode {what}: {source}")]
-    Decode {
-        /// What was being decoded.
-        what: String,
-        /// The JSON error.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Configuration and API types
-// ---------------------------------------------------------------------------
-
-/// The agent's configuration file (`walarchive-broker cell --config cell.toml`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CellConfig {
-    /// Address of the HTTP API, e.g. `127.0.0.1:7100`.
-    pub listen: SocketAddr,
-    /// TLS of the API: its certificate, and the CA the broker's client certificate must be
-    /// signed by (mutual TLS: a client without such a certificate is refused before its
-    /// token is even read).
-    #[serde(default)]
-    pub tls: Option<crate::tls::TlsFiles>,
-    /// Serve plain HTTP on a non-loopback `listen` address (the token and the nodes'
-    /// passwords would cross the network in clear).
-    #[serde(default)]
-    pub allow_plaintext: bool,
-    /// Directory holding one sub-directory per node (traversable by the postgres user).
-    pub data_root: PathBuf,
-    /// File holding the API token (when the environment variable `WALARCHIVE_CELL_TOKEN`
-    /// is not set).
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// The Patroni executable.
-    #[serde(default = "default_patroni")]
-    pub patroni: PathBuf,
-    /// PostgreSQL's binaries.
-    #[serde(default = "default_pg_bin_dir")]
-    pub pg_bin_dir: PathBuf,
-    /// The OS user PostgreSQL and Patroni run as.
-    #[serde(default = "default_user")]
-    pub user: String,
-    /// PostgreSQL's Unix-socket directory, shared by the cell's nodes (default
-    /// `<data_root>/.run`). A socket's path is limited to 107 bytes: with a deep `data_root`,
-    /// set a short one here.
-    #[serde(default)]
-    pub socket_dir: Option<PathBuf>,
-    /// The nodes' ports (PostgreSQL, Patroni's API) are chosen in this inclusive range,
-    /// `[min, max]`; default: any port the kernel hands out. Cells that share a machine (the
-    /// single-machine mode, tests) need disjoint ranges, or two may pick one port.
-    #[serde(default)]
-    pub ports: Option<[u16; 2]>,
-}
-
-fn default_patroni() -> PathBuf {
-    "/usr/bin/patroni".into()
-}
-fn default_pg_bin_dir() -> PathBuf {
-    "/usr/lib/postgresql/15/bin".into()
-}
-fn default_user() -> String {
-    "postgres".into()
-}
-
-/// The longest socket name PostgreSQL adds to the socket directory: `/.s.PGSQL.65535`.
-const SOCKET_NAME_MAX: usize = 16;
-/// Longest Unix socket path (`sun_path`, with its terminating NUL).
-const SOCKET_PATH_MAX: usize = 107;
-
-impl CellConfig {
-    /// PostgreSQL's socket directory: `socket_dir`, else `<data_root>/.run` (not a node name,
-    /// which never holds a `.`).
-    pub fn socket_dir(&self) -> PathBuf {
-        self.socket_dir
-            .clone()
-            .unwrap_or_else(|| self.data_root.join(".run"))
-    }
-
-    /// Reads and checks a TOML configuration file.
-    pub fn load(path: &Path) -> Result<CellConfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
-        let config: CellConfig = toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.allow_plaintext {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                message: format!(
-                    "listen: {} is not a loopback address and [tls] is not configured: the token and the nodes' passwords would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true",
-                    config.listen
-                ),
-            });
-        }
-        Ok(config)
-    }
-
-    /// The API token: `WALARCHIVE_CELL_TOKEN`, else the content of `token_file` (trimmed).
-    pub fn token(&self) -> Result<Secret, Error> {
-        if let Ok(t) = std::env::var(TOKEN_ENV) {
-            if !t.is_empty() {
-                return Ok(Secret::new(t));
-            }
-        }
-        let Some(path) = &self.token_file else {
-            return Err(Error::NoToken);
-        };
-        let t = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
-        let t = t.trim();
-        if t.is_empty() {
-            return Err(Error::NoToken);
-        }
-        Ok(Secret::new(t))
-    }
-}
-
-fn default_archive_timeout() -> u32 {
-    60
-}
-
-/// What the broker asks a cell to run: one Patroni node of an instance.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSpec {
-    /// The instance.
-    pub instance_id: String,
-    /// Patroni's `scope` (the instance's [`crate::names::path_name`]); absent in specs of
-    /// instances recorded before names existed, whose scope is their id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// Patroni's etcd key prefix, e.g. `/walarchive-broker/patroni/`.
-    pub namespace: String,
-    /// etcd client endpoints, `host:port`.
-    pub etcd_hosts: Vec<String>,
-    /// TLS towards etcd (files on this cell), when etcd speaks TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_tls: Option<EtcdTls>,
-    /// Patroni's etcd user, when etcd's authentication is on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_credentials: Option<EtcdCredentials>,
-    /// The instance's walarchive repository URL (`<base>/<name>`).
-    pub repository: String,
-    /// The walarchive executable on the cell (executable by the postgres user).
-    pub walarchive: PathBuf,
-    /// Environment for walarchive (storage credentials: `AWS_*`, ...).
-    #[serde(default)]
-    pub walarchive_env: BTreeMap<String, Secret>,
-    /// `archive_timeout` in seconds.
-    #[serde(default = "default_archive_timeout")]
-    pub archive_timeout: u32,
-    /// Password of the `postgres` superuser.
-    pub superuser_password: Secret,
-    /// Password of the `replicator` user.
-    pub replication_password: Secret,
-    /// Password of the `rewinder` user (pg_rewind); absent in specs of instances created
-    /// before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewind_password: Option<Secret>,
-    /// Patroni `synchronous_mode`.
-    #[serde(default)]
-    pub synchronous: bool,
-    /// Address at which other cells and routers reach this cell.
-    pub host: String,
-    /// Hosts of the instance's other nodes (allowed to replicate).
-    #[serde(default)]
-    pub peer_hosts: Vec<String>,
-    /// Failure-detection timing.
-    #[serde(default)]
-    pub timing: DcsTiming,
-    /// `initdb --wal-segsize` in MiB (16 when absent).
-    #[serde(default)]
-    pub wal_segsize_mb: Option<u32>,
-}
-
-/// The two ports the cell allocated to a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodePorts {
-    /// PostgreSQL's port.
-    pub pg_port: u16,
-    /// Patroni's REST API port.
-    pub api_port: u16,
-}
-
-/// A node's state as reported by `GET /v1/nodes/{name}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// The node's name.
-    pub name: String,
-    /// Its instance.
-    pub instance_id: String,
-    /// Whether its Patroni process is running.
-    pub running: bool,
-    /// Patroni's PID.
-    pub pid: Option<u32>,
-    /// How often Patroni was restarted after exiting.
-    pub restarts: u32,
-    /// The node's ports.
-    pub ports: NodePorts,
-    /// Patroni's own `GET /patroni` answer, when it is reachable.
-    pub patroni: Option<serde_json::Value>,
-}
-
-impl NodeStatus {
-    /// Patroni's role (`master`, `primary`, `replica`, ...), when known.
-    pub fn role(&self) -> Option<&str> {
-        self.patroni.as_ref()?.get("role")?.as_str()
-    }
-
-    /// PostgreSQL's state according to Patroni (`running`, `starting`, ...), when known.
-    pub fn pg_state(&self) -> Option<&str> {
-        self.patroni.as_ref()?.get("state")?.as_str()
-    }
-
-    /// Whether this node is its instance's leader (a running primary).
-    pub fn is_leader(&self) -> bool {
-        matches!(self.role(), Some("master" | "primary")) && self.pg_state() == Some("running")
-    }
-}
-
-/// Result of `POST /v1/nodes/{name}/backup`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BackupOutcome {
-    /// walarchive's `--json` summary of the backup (its `name`, LSNs, sizes).
-    pub summary: serde_json::Value,
-    /// How long the backup took, in seconds.
-    pub seconds: f64,
-}
+use crate::process::{self, Signal};
 
 /// What `node.json` holds.
 #[derive(Clone, Serialize, Deserialize)]
@@ -387,127 +65,15 @@ struct NodeRecord {
     restapi_password: Secret,
 }
 
-/// Node names become directory names, Patroni member names and slot names.
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !name.starts_with('-')
-}
-
-impl NodeSpec {
-    /// Patroni's scope: [`NodeSpec::scope`], else the instance id.
-    pub fn scope(&self) -> &str {
-        self.scope.as_deref().unwrap_or(&self.instance_id)
-    }
-}
-
-fn validate_spec(spec: &NodeSpec) -> Result<(), Error> {
-    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
-        return bad("instance_id must be 1 to 255 bytes without control characters");
-    }
-    // The scope is a prefix of etcd keys: `/` would put one cluster's keys inside another's.
-    if !crate::names::is_safe_name(spec.scope()) {
-        return bad("scope must be made of A-Z, a-z, 0-9, '-', '_', '.' and '~' (not '.' or '..')");
-    }
-    if !spec.namespace.starts_with('/') {
-        return bad("namespace must start with '/'");
-    }
-    if spec.etcd_hosts.is_empty() {
-        return bad("etcd_hosts is empty");
-    }
-    if !spec.walarchive.is_absolute() {
-        return bad("walarchive must be an absolute path");
-    }
-    if spec.repository.is_empty() || spec.host.is_empty() {
-        return bad("repository and host are required");
-    }
-    let t = &spec.timing;
-    if t.loop_wait == 0 || t.loop_wait + 2 * t.retry_timeout > t.ttl {
-        return bad("timing needs loop_wait > 0 and loop_wait + 2 * retry_timeout <= ttl");
-    }
-    for k in spec.walarchive_env.keys() {
-        if k.is_empty() || k.contains('=') || k.starts_with("PATRONI") {
-            return bad("walarchive_env has an invalid variable name");
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------
-// Processes tied to the agent's life
+// PostgreSQL left running
 // ---------------------------------------------------------------------------
-
-type SpawnRequest = (
-    std::process::Command,
-    oneshot::Sender<io::Result<std::process::Child>>,
-);
-
-/// Spawns `cmd` so that it gets SIGKILL when this process dies (see the module docs), from a
-/// thread that lives as long as the process.
-pub(crate) async fn spawn_tied(cmd: std::process::Command) -> io::Result<std::process::Child> {
-    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let tx = SPAWNER
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-            std::thread::Builder::new()
-                .name("child-spawner".into())
-                .spawn(move || {
-                    for (mut cmd, reply) in rx {
-                        let _ = reply.send(spawn_with_pdeathsig(&mut cmd));
-                    }
-                })
-                .expect("start the child-spawner thread");
-            Mutex::new(tx)
-        })
-        .lock()
-        .expect("spawner lock")
-        .clone();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    tx.send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("child-spawner thread is gone"))?;
-    reply_rx
-        .await
-        .map_err(|_| io::Error::other("child-spawner thread is gone"))?
-}
-
-fn spawn_with_pdeathsig(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid, _exit).
-    // It runs after the uid change, which would otherwise clear the death signal.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-fn signal(pid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
-}
-
-fn process_comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
 
 /// The postmaster's PID from `postmaster.pid`, when that process is a live `postgres`.
 fn live_postmaster(data_dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    (process_comm(pid).as_deref() == Some("postgres")).then_some(pid)
+    (process::comm(pid).as_deref() == Some("postgres")).then_some(pid)
 }
 
 /// Makes sure no PostgreSQL runs in `data_dir`: immediate shutdown, then SIGKILL (its
@@ -517,73 +83,14 @@ async fn kill_postgres(data_dir: &Path) {
         return;
     };
     warn!(data_dir = %data_dir.display(), pid, "PostgreSQL still running: immediate shutdown");
-    signal(pid, libc::SIGQUIT);
+    process::signal(pid, Signal::SIGQUIT);
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if live_postmaster(data_dir).is_none() {
             return;
         }
     }
-    signal(pid, libc::SIGKILL);
-}
-
-/// The shell watchdog that takes the agent's PostgreSQL servers down when the agent dies.
-fn watchdog_script(agent_pid: u32, data_root: &Path) -> String {
-    format!(
-        r#"agent={agent_pid}
-root={root}
-while kill -0 "$agent" 2>/dev/null; do sleep 0.3; done
-for d in "$root"/*/; do
-    f="$d/patroni.pid"
-    if [ -f "$f" ]; then
-        p=$(cat "$f")
-        [ "$(cat /proc/"$p"/comm 2>/dev/null)" = patroni ] && kill -9 "$p"
-    fi
-    f="$d/data/postmaster.pid"
-    if [ -f "$f" ]; then
-        p=$(head -n 1 "$f")
-        if [ "$(cat /proc/"$p"/comm 2>/dev/null)" = postgres ]; then
-            # All at once, like a lost machine: freeze the postmaster, kill its children
-            # (the archiver, backends...), then the postmaster itself.
-            kill -STOP "$p"
-            for c in $(ps -o pid= --ppid "$p"); do kill -9 "$c"; done
-            kill -9 "$p"
-        fi
-    fi
-done
-"#,
-        root = crate::patroni::sh_quote(&data_root.display().to_string())
-    )
-}
-
-async fn start_watchdog(data_root: &Path) -> Result<(), Error> {
-    let pid_file = data_root.join("watchdog.pid");
-    // A previous agent's watchdog may still be about to clean up: let it finish first, so
-    // that it does not kill the servers this agent is going to start.
-    if let Ok(text) = std::fs::read_to_string(&pid_file) {
-        if let Ok(pid) = text.trim().parse::<u32>() {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while process_comm(pid).as_deref() == Some("sh") && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(watchdog_script(std::process::id(), data_root))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: "sh (watchdog)".into(),
-            source,
-        })?;
-    std::fs::write(&pid_file, child.id().to_string()).map_err(io_err("cannot write", &pid_file))?;
-    // Not waited for: it outlives this process by design.
-    std::mem::forget(child);
-    Ok(())
+    process::signal(pid, Signal::SIGKILL);
 }
 
 // ---------------------------------------------------------------------------
@@ -636,30 +143,11 @@ struct Agent {
     http: reqwest::Client,
 }
 
-/// The name of OS user `uid`.
-fn user_name(uid: u32) -> Result<String, Error> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 3 && f[2].parse() == Ok(uid))
-        .map(|f| f[0].to_string())
-        .ok_or_else(|| Error::NoUser(format!("uid {uid}")))
-}
-
+/// The user and group ids of OS user `user`.
 fn user_ids(user: &str) -> Result<(u32, u32), Error> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(io_err("cannot read", Path::new("/etc/passwd")))?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == user {
-            if let (Ok(u), Ok(g)) = (f[2].parse(), f[3].parse()) {
-                return Ok((u, g));
-            }
-        }
-    }
-    Err(Error::NoUser(user.to_string()))
+    process::user_ids(user)
+        .map_err(io_err("cannot look up OS user", Path::new(user)))?
+        .ok_or_else(|| Error::NoUser(user.to_string()))
 }
 
 fn write_file(
@@ -858,7 +346,7 @@ impl Agent {
                 return;
             }
             let started = Instant::now();
-            match spawn_tied(self.patroni_command(&node)).await {
+            match process::spawn_tied(self.patroni_command(&node)).await {
                 Ok(mut child) => {
                     let pid = child.id();
                     info!(node = node.name, pid, "Patroni started");
@@ -879,13 +367,13 @@ impl Agent {
                     };
                     if stopping {
                         info!(node = node.name, pid, "stopping Patroni");
-                        signal(pid, libc::SIGTERM);
+                        process::signal(pid, Signal::SIGTERM);
                         if tokio::time::timeout(Duration::from_secs(120), &mut done_rx)
                             .await
                             .is_err()
                         {
                             warn!(node = node.name, pid, "Patroni did not stop: SIGKILL");
-                            signal(pid, libc::SIGKILL);
+                            process::signal(pid, Signal::SIGKILL);
                             let _ = done_rx.await;
                         }
                     }
@@ -933,12 +421,12 @@ impl Agent {
             // A Patroni left over from a previous agent would fight the new one.
             if let Ok(p) = std::fs::read_to_string(dir.join("patroni.pid")) {
                 if let Ok(pid) = p.trim().parse::<u32>() {
-                    if process_comm(pid).as_deref() == Some("patroni") {
+                    if process::comm(pid).as_deref() == Some("patroni") {
                         warn!(
                             node = name,
                             pid, "killing a Patroni left by a previous agent"
                         );
-                        signal(pid, libc::SIGKILL);
+                        process::signal(pid, Signal::SIGKILL);
                     }
                 }
             }
@@ -971,7 +459,7 @@ impl Agent {
         if !valid_node_name(name) {
             return Err(Error::Invalid(format!("invalid node name {name:?}")));
         }
-        validate_spec(&spec)?;
+        spec.validate().map_err(Error::Invalid)?;
         let _guard = self.ops.lock().await;
         if let Ok(node) = self.node(name) {
             let old = node.record();
@@ -1009,7 +497,7 @@ impl Agent {
                 self.start_supervisor(&fresh);
             } else {
                 if let Some(pid) = node.runtime.lock().expect("runtime lock").pid {
-                    signal(pid, libc::SIGHUP);
+                    process::signal(pid, Signal::SIGHUP);
                 }
                 if dynamic_changed(&old.spec, &spec) {
                     self.patch_dynamic(&rec).await?;
@@ -1238,167 +726,8 @@ impl Agent {
     }
 }
 
-/// [`Error::NotLeader`] when `e` says the node is not the primary, else [`Error::Postgres`]
-/// with `message`.
-fn pg_error(node: &str, message: String, e: &(dyn std::error::Error + 'static)) -> Error {
-    if crate::binder::not_leader(e) {
-        Error::NotLeader(node.to_string())
-    } else {
-        Error::Postgres(message)
-    }
-}
-
 fn dynamic_changed(a: &NodeSpec, b: &NodeSpec) -> bool {
     a.timing != b.timing || a.synchronous != b.synchronous || a.archive_timeout != b.archive_timeout
-}
-
-// ---------------------------------------------------------------------------
-// HTTP API
-// ---------------------------------------------------------------------------
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            // Not the leader (any more): the broker asks the new one.
-            Error::NotLeader(_) => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            error!("{self}");
-        }
-        let description = match &self {
-            // The server's message, SQL and object names stay in this agent's log.
-            Error::Postgres(_) => {
-                "PostgreSQL refused the request; the cell agent's log has the details".into()
-            }
-            e => e.to_string(),
-        };
-        let body = serde_json::json!({"error": description}).to_string();
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-    }
-}
-
-fn json_response<T: Serialize>(value: &T) -> Response {
-    let body = serde_json::to_string(value).expect("API types serialize");
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn auth(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), agent.token.expose().as_bytes()));
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            r#"{"error":"missing or wrong bearer token"}"#,
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
-async fn list_nodes(State(agent): State<Arc<Agent>>) -> Response {
-    let nodes: Vec<Arc<Node>> = agent
-        .nodes
-        .lock()
-        .expect("nodes lock")
-        .values()
-        .cloned()
-        .collect();
-    let statuses = futures::future::join_all(nodes.iter().map(|n| agent.status(n))).await;
-    json_response(&statuses)
-}
-
-async fn get_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
-    match agent.node(&name) {
-        Ok(node) => json_response(&agent.status(&node).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn put_node(
-    State(agent): State<Arc<Agent>>,
-    UrlPath(name): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    let spec: NodeSpec = match serde_json::from_slice(&body) {
-        Ok(s) => s,
-        Err(e) => return Error::Invalid(format!("node spec: {e}")).into_response(),
-    };
-    match agent.put_node(&name, spec).await {
-        Ok(ports) => json_response(&ports),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn delete_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
-    match agent.delete_node(&name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
-    match agent.backup(&name).await {
-        Ok(outcome) => json_response(&outcome),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn put_role(
-    State(agent): State<Arc<Agent>>,
-    UrlPath((name, role)): UrlPath<(String, String)>,
-    body: axum::body::Bytes,
-) -> Response {
-    let req: RoleRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return Error::Invalid(format!("role request: {e}")).into_response(),
-    };
-    match agent.put_role(&name, &role, req).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn delete_role(
-    State(agent): State<Arc<Agent>>,
-    UrlPath((name, role)): UrlPath<(String, String)>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> Response {
-    let group = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "group")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    match agent.delete_role(&name, &role, &group).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/v1/nodes", get(list_nodes))
-        .route(
-            "/v1/nodes/{name}",
-            get(get_node).put(put_node).delete(delete_node),
-        )
-        .route("/v1/nodes/{name}/backup", post(backup_node))
-        .route(
-            "/v1/nodes/{name}/roles/{role}",
-            put(put_role).delete(delete_role),
-        )
-        .layer(middleware::from_fn_with_state(agent.clone(), auth))
-        .with_state(agent)
 }
 
 /// Runs the cell agent until `shutdown` completes, then stops every node's Patroni (which
@@ -1409,8 +738,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     let token = config.token()?;
     let (uid, gid) = user_ids(&config.user)?;
-    // SAFETY: geteuid has no preconditions.
-    let agent_user = user_name(unsafe { libc::geteuid() })?;
+    let euid = process::effective_uid();
+    let agent_user = process::user_name(euid)
+        .map_err(io_err(
+            "cannot look up OS user",
+            Path::new("(this process's)"),
+        ))?
+        .ok_or_else(|| Error::NoUser(format!("uid {euid}")))?;
     let root = config.data_root.clone();
     std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
@@ -1433,7 +767,12 @@ pub async fn run(
         Some(files) => Some(crate::tls::server_config(files, true)?),
         None => None,
     };
-    start_watchdog(&root).await?;
+    process::start_watchdog(&root)
+        .await
+        .map_err(|source| Error::Spawn {
+            program: "sh (watchdog)".into(),
+            source,
+        })?;
     let listener = crate::tls::Incoming::bind(config.listen, tls)
         .await
         .map_err(|source| Error::Listen {
@@ -1460,10 +799,11 @@ pub async fn run(
     agent.adopt()?;
     info!(addr = %agent.config.listen, data_root = %root.display(), "cell agent listening");
     let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
-    let serve = axum::serve(listener, router(agent.clone())).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopped_tx.send(());
-    });
+    let serve =
+        axum::serve(listener, server::router(agent.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopped_tx.send(());
+        });
     let server = tokio::spawn(async move { serve.await });
     let _ = stopped_rx.await;
     info!("cell agent stopping its nodes");
@@ -1485,256 +825,4 @@ pub async fn main(config_path: &Path) -> Result<(), Error> {
         }
     })
     .await
-}
-
-// ---------------------------------------------------------------------------
-// Client
-// ---------------------------------------------------------------------------
-
-/// The broker's client for one cell agent.
-#[derive(Clone, Debug)]
-pub struct CellClient {
-    base: String,
-    token: Secret,
-    http: reqwest::Client,
-}
-
-impl CellClient {
-    /// A client for the agent at `base_url` (e.g. `https://10.0.0.5:7100`), trusting only
-    /// `tls.ca_file` and presenting `tls`' certificate when given.
-    pub fn new(
-        base_url: &str,
-        token: Secret,
-        tls: Option<&crate::tls::TlsFiles>,
-    ) -> Result<CellClient, Error> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-        if let Some(files) = tls {
-            builder = crate::tls::client_builder(builder, files)?;
-        }
-        let http = builder.build().map_err(|source| Error::Http {
-            url: base_url.to_string(),
-            source,
-        })?;
-        Ok(CellClient {
-            base: base_url.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<String>,
-        timeout: Duration,
-    ) -> Result<(u16, bytes::Bytes), Error> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(self.token.expose())
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.header(header::CONTENT_TYPE, "application/json").body(b);
-        }
-        let http_err = |source| Error::Http {
-            url: url.clone(),
-            source,
-        };
-        let resp = req.send().await.map_err(http_err)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(http_err)?;
-        if status >= 400 && status != 404 {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Error::Status { status, message });
-        }
-        Ok((status, bytes))
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Error> {
-        serde_json::from_slice(bytes).map_err(|source| Error::Decode {
-            what: what.to_string(),
-            source,
-        })
-    }
-
-    /// Creates or updates node `name` and starts it; returns its ports.
-    pub async fn put_node(&self, name: &str, spec: &NodeSpec) -> Result<NodePorts, Error> {
-        let body = serde_json::to_string(spec).expect("specs serialize");
-        let (status, bytes) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/nodes/{name}"),
-                Some(body),
-                Duration::from_secs(180),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Self::decode("node ports", &bytes)
-    }
-
-    /// The state of node `name`, or `None` when the cell has no such node.
-    pub async fn node(&self, name: &str) -> Result<Option<NodeStatus>, Error> {
-        let (status, bytes) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/nodes/{name}"),
-                None,
-                Duration::from_secs(30),
-            )
-            .await?;
-        if status == 404 {
-            return Ok(None);
-        }
-        Self::decode("node status", &bytes).map(Some)
-    }
-
-    /// The state of every node of the cell.
-    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, Error> {
-        let (_, bytes) = self
-            .call(
-                reqwest::Method::GET,
-                "/v1/nodes",
-                None,
-                Duration::from_secs(30),
-            )
-            .await?;
-        Self::decode("node list", &bytes)
-    }
-
-    /// Stops and removes node `name`; `false` when it did not exist.
-    pub async fn delete_node(&self, name: &str) -> Result<bool, Error> {
-        let (status, _) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/nodes/{name}"),
-                None,
-                Duration::from_secs(300),
-            )
-            .await?;
-        Ok(status != 404)
-    }
-
-    /// Creates or resets a binding's role on node `name` (which must be its instance's
-    /// leader: 409 otherwise).
-    pub async fn put_role(&self, name: &str, role: &str, req: &RoleRequest) -> Result<(), Error> {
-        let body = serde_json::to_string(req).expect("role requests serialize");
-        let (status, _) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/nodes/{name}/roles/{role}"),
-                Some(body),
-                Duration::from_secs(60),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Drops a binding's role on node `name` (which must be its instance's leader), handing
-    /// what it owns to `group`.
-    pub async fn delete_role(&self, name: &str, role: &str, group: &str) -> Result<(), Error> {
-        let (status, _) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!(
-                    "/v1/nodes/{name}/roles/{role}?group={}",
-                    crate::state::encode_component(group)
-                ),
-                None,
-                Duration::from_secs(120),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Takes a base backup of node `name` into its repository (waits until it is complete).
-    pub async fn backup(&self, name: &str) -> Result<BackupOutcome, Error> {
-        let (status, bytes) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/nodes/{name}/backup"),
-                None,
-                Duration::from_secs(24 * 3600),
-            )
-            .await?;
-        if status == 404 {
-            return Err(Error::NotFound(name.to_string()));
-        }
-        Self::decode("backup outcome", &bytes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn answer(e: Error) -> (StatusCode, String) {
-        let r = e.into_response();
-        let status = r.status();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    /// Only "not the leader" is 409 (the broker asks the new leader); any other refusal of
-    /// PostgreSQL is the agent's failure (500), described without the server's message.
-    #[tokio::test]
-    async fn only_not_the_leader_is_a_conflict() {
-        let replica = crate::api::BindError {
-            message: "the server is a replica".into(),
-            source: Some(Box::new(crate::binder::NotLeader)),
-        };
-        let e = pg_error("n0", replica.to_string(), &replica);
-        assert_eq!(answer(e).await.0, StatusCode::CONFLICT);
-        let refused = crate::api::BindError::new(
-            "creating role: permission denied for table /srv/secret/pg_authid (42501)",
-        );
-        let e = pg_error("n0", refused.to_string(), &refused);
-        let (status, body) = answer(e).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(
-            !body.contains("pg_authid") && !body.contains("/srv"),
-            "{body}"
-        );
-        assert!(body.contains("PostgreSQL refused"), "{body}");
-        let (status, _) = answer(Error::Invalid("bad role".into())).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn node_names() {
-        assert!(valid_node_name("inst-1_node0"));
-        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(64)] {
-            assert!(!valid_node_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn spec_debug_hides_secrets() {
-        let spec: NodeSpec = serde_json::from_value(serde_json::json!({
-            "instance_id": "i", "namespace": "/n/", "etcd_hosts": ["127.0.0.1:2379"],
-            "repository": "file:///tmp/r/i", "walarchive": "/usr/bin/walarchive",
-            "walarchive_env": {"AWS_SECRET_ACCESS_KEY": "s3cr3t"},
-            "superuser_password": "pw1", "replication_password": "pw2", "host": "127.0.0.1",
-        }))
-        .unwrap();
-        let dbg = format!("{spec:?}");
-        assert!(
-            !dbg.contains("s3cr3t") && !dbg.contains("pw1") && !dbg.contains("pw2"),
-            "{dbg}"
-        );
-        assert_eq!(spec.archive_timeout, 60);
-        validate_spec(&spec).unwrap();
-    }
 }

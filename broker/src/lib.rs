@@ -18,6 +18,7 @@ pub mod error;
 pub mod etcd;
 pub mod names;
 pub mod patroni;
+pub mod process;
 pub mod router;
 pub mod secrets;
 pub mod state;

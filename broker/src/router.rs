@@ -27,6 +27,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::process::{self, Signal};
+
 /// Errors of the router.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -234,7 +236,7 @@ impl Haproxy {
             && args
                 .iter()
                 .any(|a| *a == config.as_os_str().as_encoded_bytes());
-        (ours && process_alive(pid)).then_some(pid)
+        (ours && process::alive(pid)).then_some(pid)
     }
 
     /// The master process's PID, once started.
@@ -277,8 +279,7 @@ impl Haproxy {
         match self.pid.filter(|_| self.is_running()) {
             Some(pid) => {
                 info!(pid, routes = routes.len(), "reloading HAProxy");
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR2) };
+                process::signal(pid, Signal::SIGUSR2);
             }
             None => self.start().await?,
         }
@@ -316,7 +317,7 @@ impl Haproxy {
             cmd.process_group(0);
             cmd.spawn()
         } else {
-            crate::cell::spawn_tied(cmd).await
+            process::spawn_tied(cmd).await
         };
         let child = spawned.map_err(|source| Error::Spawn {
             program: self.bin.display().to_string(),
@@ -337,7 +338,7 @@ impl Haproxy {
 
     /// Whether the HAProxy master process is alive.
     pub fn is_running(&self) -> bool {
-        self.pid.is_some_and(process_alive)
+        self.pid.is_some_and(process::alive)
     }
 
     /// Lets go of HAProxy: stops it when it is tied to this process, leaves it routing
@@ -355,8 +356,7 @@ impl Haproxy {
     /// Stops HAProxy (SIGTERM to the master, which stops its workers).
     pub async fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            process::signal(pid, Signal::SIGTERM);
             for _ in 0..50 {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
                     break;
@@ -367,25 +367,13 @@ impl Haproxy {
     }
 }
 
-/// Whether process `pid` exists and has not exited (a zombie, state Z, has).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 impl Drop for Haproxy {
     fn drop(&mut self) {
         if self.opts.outlive {
             return;
         }
         if let Some(pid) = self.pid.take() {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            process::signal(pid, Signal::SIGTERM);
         }
     }
 }

@@ -25,6 +25,13 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ
+/// (tokens, password digests: no early exit on the first differing byte). The one such
+/// comparison of the workspace, from the crypto library the TLS stack already uses.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// What every sealed value starts with (format version 1).
 pub const PREFIX: &str = "wa1:";
 
@@ -332,5 +339,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(e, "set exactly one of secrets.key_file and secrets.key_env");
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"token", b"token"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"token", b"tokem"));
+        assert!(!constant_time_eq(b"token", b"token2"));
+        assert!(!constant_time_eq(b"token", b""));
     }
 }

@@ -16,11 +16,12 @@
 //! not), cleans up after it (OSB orphan mitigation).
 //!
 //! One operation task per instance at a time, several instances concurrently. Scheduled
-//! backups run in tasks of their own, so that a long backup never holds up an update or a
-//! deprovision (removing the nodes simply makes that backup fail). Across broker processes
-//! sharing the etcd, a task first claims its instance (`claims/<id>`, renewed while it
-//! works, lapsing when its worker dies), so two workers never drive one instance; a
-//! restarted worker waits for its predecessor's claims to lapse (at least 10 s).
+//! backups (`worker/backups.rs`) run in tasks of their own, so that a long backup never
+//! holds up an update or a deprovision (removing the nodes simply makes that backup fail).
+//! Across broker processes sharing the etcd, a task first claims its instance
+//! (`claims/<id>`, renewed while it works, lapsing when its worker dies), so two workers
+//! never drive one instance; a restarted worker waits for its predecessor's claims to lapse
+//! (at least 10 s).
 //!
 //! The worker also owns this broker host's HAProxy: it is started with the routes of every
 //! instance recorded in etcd and re-applied on every pass, so a restarted broker keeps
@@ -35,6 +36,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
+
+mod backups;
+mod repository;
 
 use crate::backoff::Backoff;
 use crate::cell::{CellClient, DcsTiming, NodeSpec, NodeStatus, Secret};
@@ -58,7 +62,7 @@ pub enum WorkerError {
         cell: String,
         /// The error.
         #[source]
-        source: crate::cell::Error,
+        source: crate::cell::ClientError,
     },
     /// An environment variable named in `repository.env` is not set.
     #[error("repository.env names {0}, which is not set in the broker's environment")]
@@ -292,29 +296,9 @@ impl Worker {
                 Err(e) => warn!("cannot read the operations in progress: {e}"),
             }
             let busy_backups = busy(true, &running);
-            match inner.due_backups(&busy_backups, &backup_retry).await {
-                Ok(due) => {
-                    for iid in due {
-                        let interval = inner.config.backups.interval.0;
-                        backup_retry.insert(
-                            iid.clone(),
-                            Instant::now() + interval.min(Duration::from_secs(300)),
-                        );
-                        let i2 = inner.clone();
-                        let id2 = iid.clone();
-                        let h = tasks.spawn(async move {
-                            let work = async {
-                                if let Err(e) = i2.backup(&id2).await {
-                                    warn!(instance = %id2, "scheduled backup failed: {e}");
-                                }
-                            };
-                            i2.claimed(&id2, ClaimKind::Backups, work).await;
-                        });
-                        running.insert(h.id(), (iid, true));
-                    }
-                }
-                Err(e) => warn!("cannot read the instances for backups: {e}"),
-            }
+            inner
+                .start_due_backups(&busy_backups, &mut backup_retry, &mut tasks, &mut running)
+                .await;
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
@@ -943,14 +927,6 @@ impl Inner {
                         ports.insert(node.name.clone(), p);
                     }
                 }
-                Err(crate::cell::Error::Invalid(m)) => {
-                    warn!(instance = %inst.id, node = %node.name, cell = %cell.name,
-                          "the cell refused the node: {m}");
-                    return Err(Step::Fail(
-                        "A machine refused the configuration of one of the nodes; the operator can find the details in the broker's log."
-                            .into(),
-                    ));
-                }
                 Err(e) => {
                     return Err(Step::retry(
                         None,
@@ -1246,199 +1222,6 @@ impl Inner {
         info!(instance = %inst.id, repository = %inst.repository, "deleted; the archive is kept");
         Ok("Deleted; the archive is kept.".into())
     }
-
-    /// Ready instances whose last base backup is older than `backups.interval`.
-    async fn due_backups(
-        &self,
-        busy: &HashSet<String>,
-        retry: &HashMap<String, Instant>,
-    ) -> Result<Vec<String>, StoreError> {
-        let interval = chrono::Duration::from_std(self.config.backups.interval.0)
-            .unwrap_or(chrono::Duration::MAX);
-        let now = chrono::Utc::now();
-        Ok(self
-            .store
-            .instances()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .filter(|i| i.state == InstanceState::Ready && !busy.contains(&i.id))
-            .filter(|i| retry.get(&i.id).is_none_or(|t| *t <= Instant::now()))
-            .filter(|i| i.last_backup_at.is_none_or(|t| now - t.0 >= interval))
-            .map(|i| i.id)
-            .collect())
-    }
-
-    /// Takes a base backup of a ready instance on its leader, then applies retention.
-    async fn backup(&self, iid: &str) -> Result<(), WorkerError> {
-        let err = |message: String| WorkerError::Backup {
-            instance: iid.to_string(),
-            message,
-        };
-        let Some(inst) = self.store.instance(iid).await? else {
-            return Ok(());
-        };
-        let inst = inst.value;
-        let seen = self.observe(&inst).await;
-        let leader = seen
-            .leader()
-            .ok_or_else(|| err(format!("no leader ({})", seen.describe())))?;
-        let node = inst
-            .nodes
-            .iter()
-            .find(|n| n.name == leader.name)
-            .expect("observed");
-        let cell = self
-            .cell(&node.cell)
-            .ok_or_else(|| err(format!("cell {} not configured", node.cell)))?;
-        let b = cell
-            .client
-            .backup(&leader.name)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        info!(instance = %iid, backup = %b.summary["name"], seconds = b.seconds,
-              "scheduled base backup taken");
-        self.apply_retention(&inst.repository).await.map_err(err)?;
-        let now = Timestamp::now();
-        self.store
-            .update_instance(iid, |i| {
-                i.last_backup_at = Some(now);
-                Ok(())
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Runs the broker's walarchive on `repository` with the storage environment; its
-    /// stdout, or why it failed.
-    async fn walarchive(&self, repository: &str, args: &[&str]) -> Result<String, String> {
-        self.walarchive_output(repository, args)
-            .await
-            .map_err(|(_, message)| message)
-    }
-
-    /// [`Inner::walarchive`], with walarchive's exit status beside the error.
-    async fn walarchive_output(
-        &self,
-        repository: &str,
-        args: &[&str],
-    ) -> Result<String, (Option<i32>, String)> {
-        let bin = &self.config.nodes.walarchive;
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.arg("--repo")
-            .arg(repository)
-            .arg("--quiet")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        for (k, v) in &self.storage_env {
-            cmd.env(k, v.expose());
-        }
-        let out = cmd
-            .output()
-            .await
-            .map_err(|e| (None, format!("cannot run {}: {e}", bin.display())))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err((
-                out.status.code(),
-                format!(
-                    "walarchive {} failed: {}",
-                    args.first().unwrap_or(&""),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ))
-        }
-    }
-
-    /// What `repository` holds besides its descriptor: `None` when nothing (a new cluster
-    /// must not archive into another cluster's archive), else why it is not empty.
-    async fn repository_contents(&self, repository: &str) -> Result<Option<String>, String> {
-        let config = self
-            .config
-            .repository
-            .walarchive_config
-            .clone()
-            .or_else(|| std::env::var_os("WALARCHIVE_CONFIG").map(Into::into));
-        repository_contents(repository, config.as_deref())
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// `walarchive --repo REPO delete retain N --confirm` with the storage environment.
-    async fn apply_retention(&self, repository: &str) -> Result<(), String> {
-        let retain = self.config.backups.retain.to_string();
-        self.walarchive(repository, &["delete", "retain", &retain, "--confirm"])
-            .await?;
-        info!(
-            repository,
-            retain = self.config.backups.retain,
-            "retention applied"
-        );
-        Ok(())
-    }
-}
-
-/// What the prefix `url` holds besides a descriptor: `None` when nothing, else why it is not
-/// empty. Read with the core library rather than the CLI because the CLI's answers do not
-/// tell the cases apart: `wal-list` on a prefix that holds walarchive objects but lost its
-/// descriptor says "no repository" (status 6) exactly as on an empty prefix, and `repo-repair`
-/// exits 6 both for an empty prefix and for objects that do not say enough to rebuild a
-/// descriptor from. The listing itself is unambiguous. Storage settings as the CLI the
-/// broker runs takes them: the `[storage]` table of `config` (the broker's
-/// `walarchive_config`, or `/etc/walarchive.toml`), the environment for the rest.
-async fn repository_contents(
-    url: &str,
-    config: Option<&std::path::Path>,
-) -> Result<Option<String>, walarchive::Error> {
-    use walarchive::layout::{parse_key, OwnKey};
-    let default = std::path::Path::new("/etc/walarchive.toml");
-    let file = match config {
-        Some(p) => walarchive::config::ConfigFile::load(p)?,
-        None if default.exists() => walarchive::config::ConfigFile::load(default)?,
-        None => Default::default(),
-    };
-    let policy = file.retry.apply(walarchive::RetryPolicy::default())?;
-    // The broker's own environment, as walarchive's CLI passes its own.
-    let env = walarchive::storage::StorageEnv::new(
-        std::env::vars(),
-        std::env::var_os(walarchive::storage::unreliable::ENV),
-    );
-    let repo = walarchive::Repository::open(
-        url,
-        &file.storage,
-        &env,
-        policy,
-        walarchive::Compression::default(),
-    )?;
-    let listed = repo.list("").await?;
-    let descriptor = listed
-        .iter()
-        .any(|l| matches!(parse_key(&l.key), Some(OwnKey::Descriptor)));
-    let mut others = listed
-        .iter()
-        .filter(|l| !matches!(parse_key(&l.key), Some(OwnKey::Descriptor)));
-    let Some(first) = others.next() else {
-        return Ok(None);
-    };
-    let count = 1 + others.count();
-    Ok(Some(match parse_key(&first.key) {
-        // The core's own refusal, which names the repair.
-        Some(_) if !descriptor => walarchive::Error::DescriptorMissing {
-            url: url.to_string(),
-            example: first.key.clone(),
-        }
-        .to_string(),
-        Some(_) => format!(
-            "{url} holds an archive ({count} objects, e.g. {})",
-            first.key
-        ),
-        None => format!(
-            "{url} holds {count} objects that are not walarchive's (e.g. {})",
-            first.key
-        ),
-    }))
 }
 
 /// What one task remembers between passes of an operation (lost with the task, which only
@@ -1516,45 +1299,6 @@ mod tests {
         assert_ne!(a, node_name("inst.1", 1, 0));
         let long = node_name(&format!("~{}", "x".repeat(200)), 1, 4);
         assert!(crate::cell::valid_node_name(&long), "{long}");
-    }
-
-    /// Only a prefix with nothing but (at most) a descriptor is empty: walarchive objects
-    /// whose descriptor was deleted are an archive too (the CLI's `wal-list` answers "no
-    /// repository" for them, as for an empty prefix), and so is anything else.
-    #[tokio::test]
-    async fn only_an_empty_prefix_is_an_empty_repository() {
-        use walarchive::repo::DESCRIPTOR_KEY;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}/r", dir.path().display());
-        let root = dir.path().join("r");
-        let contents = || repository_contents(&url, None);
-        assert_eq!(contents().await.unwrap(), None, "no directory at all");
-        std::fs::create_dir_all(&root).unwrap();
-        assert_eq!(contents().await.unwrap(), None, "an empty directory");
-        std::fs::write(root.join(DESCRIPTOR_KEY), b"{}").unwrap();
-        assert_eq!(contents().await.unwrap(), None, "a descriptor only");
-        let wal = walarchive::Repository::wal_key(&"000000010000000000000001".parse().unwrap());
-        let path = root.join(&wal);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, b"x").unwrap();
-        let what = contents().await.unwrap().expect("an archive");
-        assert!(
-            what.contains("holds an archive") && what.contains(&wal),
-            "{what}"
-        );
-        std::fs::remove_file(root.join(DESCRIPTOR_KEY)).unwrap();
-        let what = contents()
-            .await
-            .unwrap()
-            .expect("objects without a descriptor");
-        assert!(
-            what.contains("repo-repair") && what.contains(&wal),
-            "{what}"
-        );
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(root.join("stray.txt"), b"x").unwrap();
-        let what = contents().await.unwrap().expect("a stray object");
-        assert!(what.contains("not walarchive's"), "{what}");
     }
 
     #[test]

@@ -395,8 +395,7 @@ async fn dev_demo_end_to_end() {
         .await
         .unwrap();
     drop(c);
-    // SAFETY: kill only sends a signal to the child started above; it has no memory effects.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    walarchive_broker::process::signal(child.id(), walarchive_broker::process::Signal::SIGTERM);
     let status = child.wait().unwrap();
     assert!(status.success(), "dev exited with {status}");
     // Nothing of it is left running (etcd, cells, Patroni, PostgreSQL, HAProxy, watchdogs).

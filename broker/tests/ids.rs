@@ -10,11 +10,18 @@
 //! retention, every instance's newest backup still verifies with its WAL. Before names were
 //! mapped, `.` archived into the base itself and its retention deleted the WAL of `wal`, and
 //! `..` archived above the base (on S3, at the bucket's root).
+//!
+//! The scenario also carries the secrets audit (it runs the most kinds of process: Patroni,
+//! PostgreSQL, HAProxy, cell agents, walarchive against `file://` and S3, retention): no known
+//! secret in the command line of any process seen during it, in the broker's log (a tracing
+//! subscriber writes it to a file here), in the cells', Patroni's, PostgreSQL's or HAProxy's
+//! logs, or in the `Debug` output of the configuration and the records.
 use testkit::broker as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::audit;
 use common::broker::BrokerToml;
 use common::cells::{chown_postgres, test_root, wait_for, walarchive_copy, Cell};
 use common::etcd::etcd;
@@ -65,6 +72,28 @@ struct Broker {
 async fn scenario() {
     let etcd = etcd();
     let root = test_root("ids");
+    // The broker's log, as `walarchive-broker serve` would write it (more verbose).
+    let broker_log = std::fs::File::create(root.join("broker.log")).unwrap();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(broker_log))
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,walarchive_broker=debug",
+        ))
+        .try_init();
+    let processes = audit::ProcessWatch::start();
+    // A canary, so that the audit shows it finds what it looks for: a short-lived process
+    // with it on its command line, and a log holding it.
+    let canary = format!(
+        "canary-{}",
+        walarchive_broker::cell::Secret::generate().expose()
+    );
+    std::fs::write(root.join("canary.log"), format!("x {canary} y\n")).unwrap();
+    let st = std::process::Command::new("sh")
+        .args(["-c", "sleep 1", &canary])
+        .status()
+        .unwrap();
+    assert!(st.success());
     let bin = walarchive_copy(&root);
     // The file base sits one level below a directory of its own, so that anything written
     // beside or above the base shows.
@@ -148,6 +177,8 @@ async fn scenario() {
         }
     }
     eprintln!("{} instances provisioned", all.len());
+    // A binding, for the audit: its password must not show anywhere either.
+    let binding_uri = brokers[1].api.bind("wal", "app-1").await;
 
     // The second incarnation of `x` archives into `x.2`, beside the instance `x.2`.
     let f = &brokers[0];
@@ -207,6 +238,17 @@ async fn scenario() {
         let _ = w.await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+
+    secrets_audit(
+        &root,
+        &brokers,
+        &cells,
+        &binding_uri,
+        processes.finish(),
+        &bucket,
+        &canary,
+    )
+    .await;
 
     // --- Nothing outside each instance's prefix; every archive whole after the others'
     // retention. ---
@@ -365,6 +407,152 @@ async fn scenario() {
         w.abort();
         let _ = w.await;
     }
+}
+
+/// No known secret in any command line seen during the scenario (`command_lines`), in the
+/// logs under `root`, or in the `Debug` output of the brokers' configurations and records.
+async fn secrets_audit(
+    root: &std::path::Path,
+    brokers: &[Broker],
+    cells: &[Cell],
+    binding_uri: &str,
+    command_lines: BTreeSet<String>,
+    bucket: &str,
+    canary: &str,
+) {
+    let e = etcd();
+    let mut secrets: audit::Secrets = vec![
+        ("the canary".into(), canary.into()),
+        (
+            "the platform's password".into(),
+            common::osb::PASSWORD.into(),
+        ),
+        ("the S3 secret key".into(), s3().secret_key.clone()),
+        (
+            "etcd's root password".into(),
+            e.root_password.expose().into(),
+        ),
+        (
+            "the broker's etcd password".into(),
+            e.broker_password.expose().into(),
+        ),
+        (
+            "Patroni's etcd password".into(),
+            e.patroni_password.expose().into(),
+        ),
+        (
+            "the binding's password".into(),
+            audit::uri_password(binding_uri),
+        ),
+    ];
+    for c in cells {
+        secrets.push((format!("cell {}'s token", c.name), c.token.expose().into()));
+    }
+    for k in 0..brokers.len() {
+        let key = std::fs::read_to_string(root.join(format!("broker-{k}/secrets.key"))).unwrap();
+        secrets.push((format!("broker {k}'s sealing key"), key.trim_end().into()));
+    }
+    let mut instances = 0;
+    for (k, b) in brokers.iter().enumerate() {
+        for (_, id) in &b.ids {
+            let s = b.api.store.instance_secrets(id).await.unwrap().unwrap();
+            secrets.push((
+                format!("{k}/{id:?}'s superuser password"),
+                s.superuser_password.expose().into(),
+            ));
+            secrets.push((
+                format!("{k}/{id:?}'s replication password"),
+                s.replication_password.expose().into(),
+            ));
+            secrets.push((
+                format!("{k}/{id:?}'s rewind password"),
+                s.rewind_password
+                    .expect("a rewind password")
+                    .expose()
+                    .into(),
+            ));
+            instances += 1;
+        }
+    }
+    let restapi = audit::restapi_passwords(root);
+    assert!(restapi.len() >= instances, "{} node.json", restapi.len());
+    secrets.extend(restapi);
+
+    // Command lines: the harness's own S3 server takes its key as an argument.
+    let seen = |needle: &str| command_lines.iter().filter(|c| c.contains(needle)).count();
+    let root_s = root.display().to_string();
+    for (what, needle) in [
+        ("cell agents", "walarchive-broker cell"),
+        ("Patroni", "patroni"),
+        ("PostgreSQL", "postgres -D"),
+        ("HAProxy", "haproxy"),
+        ("walarchive", &format!("{root_s}/bin/walarchive")),
+        ("the S3 archive", &format!("s3://{bucket}/")),
+    ] {
+        assert!(
+            seen(needle) > 0,
+            "no command line of {what} seen ({needle})"
+        );
+    }
+    eprintln!("{} distinct command lines seen", command_lines.len());
+    let mut found = audit::findings(
+        command_lines
+            .iter()
+            .map(|c| (format!("the command line {c:?}"), c.as_str())),
+        &secrets,
+        |text, what| what == "the S3 secret key" && text.contains("s3s-fs"),
+    );
+
+    // Logs: the broker's, the cells', Patroni's (with PostgreSQL's), HAProxy's.
+    let logs = audit::log_files(root);
+    for expected in ["broker.log", "cell-a.log", "patroni.log", "haproxy.log"] {
+        assert!(
+            logs.iter().any(|p| p.ends_with(expected)),
+            "no {expected} among {logs:?}"
+        );
+    }
+    let broker_log = std::fs::read_to_string(root.join("broker.log")).unwrap();
+    assert!(
+        broker_log.contains("retention applied"),
+        "the broker's log holds no retention"
+    );
+    found.extend(audit::in_files(&logs, &secrets));
+
+    // Debug output of the configurations and records.
+    for (k, b) in brokers.iter().enumerate() {
+        let mut debug = vec![(
+            format!("broker {k}'s configuration"),
+            format!("{:?}", b.api.state.config),
+        )];
+        for (_, id) in &b.ids {
+            let r = b.api.store.instance(id).await.unwrap().unwrap().value;
+            debug.push((format!("{k}/{id:?}'s record"), format!("{r:?}")));
+            let s = b.api.store.instance_secrets(id).await.unwrap().unwrap();
+            debug.push((format!("{k}/{id:?}'s secrets record"), format!("{s:?}")));
+        }
+        if let Some(binding) = b.api.store.binding("wal", "app-1").await.unwrap() {
+            debug.push((format!("broker {k}'s binding"), format!("{binding:?}")));
+        }
+        found.extend(audit::findings(
+            debug.iter().map(|(n, t)| (n.clone(), t.as_str())),
+            &secrets,
+            |_, _| false,
+        ));
+    }
+    let (canaries, found): (Vec<String>, Vec<String>) = found
+        .into_iter()
+        .partition(|f| f.starts_with("the canary "));
+    assert_eq!(
+        canaries.len(),
+        2,
+        "the canary not found as planted: {canaries:?}"
+    );
+    assert!(found.is_empty(), "secrets leaked:\n{}", found.join("\n"));
+    eprintln!(
+        "secrets audit: {} secrets, {} logs, clean",
+        secrets.len(),
+        logs.len()
+    );
 }
 
 /// Asserts that the files `under_base` (relative to the base) all belong to the recorded

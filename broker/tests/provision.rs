@@ -607,9 +607,8 @@ async fn scenario() {
     let _ = worker.await;
     // The router outlives the broker by design: stop it here.
     if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            walarchive_broker::process::signal(pid, walarchive_broker::process::Signal::SIGTERM);
         }
     }
     // Leave no nodes running.

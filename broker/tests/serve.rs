@@ -40,7 +40,7 @@ fn spawn_broker(config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    walarchive_broker::dev::die_with_parent(&mut cmd);
+    walarchive_broker::process::die_with_parent(&mut cmd);
     cmd.spawn().expect("start walarchive-broker serve")
 }
 

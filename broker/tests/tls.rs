@@ -153,7 +153,7 @@ async fn the_broker_serves_https_and_etcd_requires_a_client_certificate() {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    walarchive_broker::dev::die_with_parent(&mut cmd);
+    walarchive_broker::process::die_with_parent(&mut cmd);
     let mut broker = cmd.spawn().unwrap();
     let catalog = format!("https://127.0.0.1:{listen}/v2/catalog");
     let client = trusting_ca().build().unwrap();

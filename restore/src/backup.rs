@@ -373,7 +373,10 @@ async fn check_archive_reaches(
         Target::Lsn(lsn) => {
             let end = wal
                 .iter()
-                .filter_map(|l| l.key.rsplit('/').next()?.parse::<WalFileName>().ok())
+                .filter_map(|l| match walarchive::layout::parse_key(&l.key) {
+                    Some(walarchive::layout::OwnKey::Wal(n)) => Some(n),
+                    _ => None,
+                })
                 .filter(|n| n.timeline().0 >= m.timeline)
                 .filter_map(|n| match n {
                     WalFileName::Segment(s) => Some(s),

@@ -1,13 +1,14 @@
 //! The broker's harness (feature `broker`): one real etcd speaking TLS with authentication on
 //! ([`etcd`]), cell agents with Patroni, PostgreSQL and HAProxy ([`cells`]), the broker's
-//! configuration ([`broker`]), its OSB API driven in-process ([`osb`]) and an S3 server for
-//! repositories in object storage ([`s3`]).
+//! configuration ([`broker`]), its OSB API driven in-process ([`osb`]), an S3 server for
+//! repositories in object storage ([`s3`]), and the secrets audit ([`audit`]).
 //!
 //! The broker's integration tests import it as `common` (`use testkit::broker as common;`).
 //! Its unit tests use [`etcd`] too: this crate then links a second copy of the broker's
 //! library (a dev-dependency cycle), so they build their own client from
 //! [`etcd::EtcdServer`]'s plain settings rather than take one of the other copy's types.
 
+pub mod audit;
 // The broker tests name its configuration `common::broker::BrokerToml`.
 #[allow(clippy::module_inception)]
 pub mod broker;

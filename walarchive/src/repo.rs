@@ -89,6 +89,9 @@ pub struct Repository {
     /// Whether `identity` was taken from a data directory's pg_control rather than read
     /// from the store (see `Repository::assume_identity`).
     identity_assumed: Arc<std::sync::atomic::AtomicBool>,
+    /// The most an object of a local repository may grant (see
+    /// [`Repository::narrow_to`]); `None`: objects found are left as they are.
+    file_mode: Option<crate::config::FileMode>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -161,6 +164,41 @@ impl Repository {
             conditional_puts: Arc::new(AtomicBool::new(true)),
             identity: Arc::new(std::sync::Mutex::new(None)),
             identity_assumed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            file_mode: None,
+        }
+    }
+
+    /// In a local repository, an identical object found already stored (a re-push) is
+    /// narrowed to at most `mode` (the caller creates new objects with exactly that mode):
+    /// an older walarchive left objects 0644 under umask 022, and the next push of each
+    /// repairs it.
+    pub fn narrow_to(&mut self, mode: crate::config::FileMode) {
+        self.file_mode = Some(mode);
+    }
+
+    /// See [`Repository::narrow_to`]. A mode that cannot be changed is logged, not fatal:
+    /// the object is stored and intact, and failing the push would only stop archiving.
+    fn narrow_existing(&self, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(allowed) = self.file_mode.map(|m| m.file()) else {
+            return;
+        };
+        if self.backend != Backend::Local {
+            return;
+        }
+        // object_store's local store, rooted at `/`, keeps key `a/b` at `/a/b`.
+        let path = std::path::Path::new("/").join(key.as_ref());
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.is_file() || mode & !allowed == 0 {
+            return;
+        }
+        let narrowed = mode & allowed;
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(narrowed)) {
+            Ok(()) => tracing::info!("{key}: mode {mode:04o} narrowed to {narrowed:04o}"),
+            Err(e) => tracing::warn!("{key}: cannot narrow its mode {mode:04o}: {e}"),
         }
     }
 
@@ -393,6 +431,7 @@ impl Repository {
             (header.digest_kind(), header.digest)
         };
         if stored_kind == kind && stored == ours.digest {
+            self.narrow_existing(key);
             Ok(PutOutcome::AlreadyStored)
         } else {
             let name = relative.rsplit('/').next().unwrap_or(relative).to_string();

@@ -785,13 +785,8 @@ pub async fn scan_archive(
     let mut scan = Scan::default();
     let mut names = Vec::new();
     for listed in repo.list("wal/").await? {
-        let name = listed
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<WalFileName>().ok());
-        match name {
-            Some(n) if Repository::wal_key(&n) == listed.key => names.push(n),
+        match crate::layout::parse_key(&listed.key) {
+            Some(crate::layout::OwnKey::Wal(n)) => names.push(n),
             _ => {
                 tracing::warn!("ignoring {}: not a WAL file where one belongs", listed.key);
                 scan.ignored.push(listed.key);

@@ -221,7 +221,7 @@ impl Cell {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        walarchive_broker::dev::die_with_parent(&mut cmd);
+        walarchive_broker::process::die_with_parent(&mut cmd);
         *self.child.lock().unwrap() = Some(cmd.spawn().expect("start walarchive-broker cell"));
     }
 

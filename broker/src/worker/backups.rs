@@ -1,0 +1,172 @@
+//! Scheduled base backups and retention.
+//!
+//! Every ready instance gets a base backup once its last one is older than
+//! `backups.interval`, taken by its leader's cell agent, followed by
+//! `walarchive delete retain N`. They run in tasks of their own, beside the instance's
+//! operations (a long backup must not hold up an update or a deprovision), one per instance,
+//! claimed across brokers like operations; a failed one is tried again after
+//! `min(interval, 5 min)`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::{Inner, WorkerError};
+use crate::state::{ClaimKind, InstanceState, StoreError, Timestamp};
+
+impl Inner {
+    /// Starts a backup task for every instance that is due and not `busy` with one
+    /// already, recording it in `running` (as a backup) and when to try it again in `retry`.
+    pub(super) async fn start_due_backups(
+        self: &Arc<Self>,
+        busy: &HashSet<String>,
+        retry: &mut HashMap<String, Instant>,
+        tasks: &mut JoinSet<()>,
+        running: &mut HashMap<tokio::task::Id, (String, bool)>,
+    ) {
+        match self.due_backups(busy, retry).await {
+            Ok(due) => {
+                for iid in due {
+                    let interval = self.config.backups.interval.0;
+                    retry.insert(
+                        iid.clone(),
+                        Instant::now() + interval.min(Duration::from_secs(300)),
+                    );
+                    let i2 = self.clone();
+                    let id2 = iid.clone();
+                    let h = tasks.spawn(async move {
+                        let work = async {
+                            if let Err(e) = i2.backup(&id2).await {
+                                warn!(instance = %id2, "scheduled backup failed: {e}");
+                            }
+                        };
+                        i2.claimed(&id2, ClaimKind::Backups, work).await;
+                    });
+                    running.insert(h.id(), (iid, true));
+                }
+            }
+            Err(e) => warn!("cannot read the instances for backups: {e}"),
+        }
+    }
+
+    /// Ready instances whose last base backup is older than `backups.interval`.
+    async fn due_backups(
+        &self,
+        busy: &HashSet<String>,
+        retry: &HashMap<String, Instant>,
+    ) -> Result<Vec<String>, StoreError> {
+        let interval = chrono::Duration::from_std(self.config.backups.interval.0)
+            .unwrap_or(chrono::Duration::MAX);
+        let now = chrono::Utc::now();
+        Ok(self
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|i| i.state == InstanceState::Ready && !busy.contains(&i.id))
+            .filter(|i| retry.get(&i.id).is_none_or(|t| *t <= Instant::now()))
+            .filter(|i| i.last_backup_at.is_none_or(|t| now - t.0 >= interval))
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Takes a base backup of a ready instance on its leader, then applies retention.
+    async fn backup(&self, iid: &str) -> Result<(), WorkerError> {
+        let err = |message: String| WorkerError::Backup {
+            instance: iid.to_string(),
+            message,
+        };
+        let Some(inst) = self.store.instance(iid).await? else {
+            return Ok(());
+        };
+        let inst = inst.value;
+        let seen = self.observe(&inst).await;
+        let leader = seen
+            .leader()
+            .ok_or_else(|| err(format!("no leader ({})", seen.describe())))?;
+        let node = inst
+            .nodes
+            .iter()
+            .find(|n| n.name == leader.name)
+            .expect("observed");
+        let cell = self
+            .cell(&node.cell)
+            .ok_or_else(|| err(format!("cell {} not configured", node.cell)))?;
+        let b = cell
+            .client
+            .backup(&leader.name)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        info!(instance = %iid, backup = %b.summary["name"], seconds = b.seconds,
+              "scheduled base backup taken");
+        self.apply_retention(&inst.repository).await.map_err(err)?;
+        let now = Timestamp::now();
+        self.store
+            .update_instance(iid, |i| {
+                i.last_backup_at = Some(now);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the broker's walarchive on `repository` with the storage environment; its
+    /// stdout, or why it failed.
+    async fn walarchive(&self, repository: &str, args: &[&str]) -> Result<String, String> {
+        self.walarchive_output(repository, args)
+            .await
+            .map_err(|(_, message)| message)
+    }
+
+    /// [`Inner::walarchive`], with walarchive's exit status beside the error.
+    async fn walarchive_output(
+        &self,
+        repository: &str,
+        args: &[&str],
+    ) -> Result<String, (Option<i32>, String)> {
+        let bin = &self.config.nodes.walarchive;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("--repo")
+            .arg(repository)
+            .arg("--quiet")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in &self.storage_env {
+            cmd.env(k, v.expose());
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| (None, format!("cannot run {}: {e}", bin.display())))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err((
+                out.status.code(),
+                format!(
+                    "walarchive {} failed: {}",
+                    args.first().unwrap_or(&""),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ))
+        }
+    }
+
+    /// `walarchive --repo REPO delete retain N --confirm` with the storage environment.
+    async fn apply_retention(&self, repository: &str) -> Result<(), String> {
+        let retain = self.config.backups.retain.to_string();
+        self.walarchive(repository, &["delete", "retain", &retain, "--confirm"])
+            .await?;
+        info!(
+            repository,
+            retain = self.config.backups.retain,
+            "retention applied"
+        );
+        Ok(())
+    }
+}
