@@ -193,9 +193,7 @@ impl Settings {
 /// hold under PostgreSQL's umask 077 too. What else the process creates (restored files,
 /// counters, sockets) sets its mode explicitly or is the owner's anyway.
 fn restrict_umask(mode: FileMode) {
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(
-        mode.umask() as rustix::fs::RawMode
-    ));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mode.umask() as _));
 }
 
 #[cfg(test)]

@@ -396,12 +396,14 @@ fn check_no_postmaster(dir: &Path) -> Result<(), FetchError> {
 
 /// Whether a process with this ID exists (one we may not signal exists too).
 fn process_exists(pid: i32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+    use nix::errno::Errno;
+    if pid <= 0 {
         return false;
-    };
-    match rustix::process::test_kill_process(pid) {
+    }
+    // Signal 0: only checks for the process; nothing is sent.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
         Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
+        Err(e) => e == Errno::EPERM,
     }
 }
 

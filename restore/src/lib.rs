@@ -12,7 +12,7 @@
 //! and serves them from the local disk once they are verified again.
 #![warn(missing_docs)]
 // No unsafe code but one call: the write-back hint of `backup::start_writeback`
-// (sync_file_range, which neither rustix nor nix wraps) allows it for itself.
+// (sync_file_range, which nix does not wrap) allows it for itself.
 #![deny(unsafe_code)]
 
 pub mod absent_history;

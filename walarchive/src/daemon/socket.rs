@@ -46,7 +46,7 @@ fn runtime_dir() -> PathBuf {
 }
 
 fn effective_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Checks that the directory holding `socket` may be trusted with it: `pg_wal` always (see

@@ -30,7 +30,7 @@ use object_store::{
 /// The owner root's writes go to, when root writes into another user's local repository:
 /// the owner of `repository` (an absolute path) or of its nearest existing ancestor.
 pub fn foreign_owner(repository: &FsPath) -> Option<(u32, u32)> {
-    if !rustix::process::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() {
         return None;
     }
     let mut dir = repository.to_path_buf();
@@ -221,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn roots_puts_go_to_the_repository_owner() {
-        if !rustix::process::geteuid().is_root() {
+        if !nix::unistd::geteuid().is_root() {
             return; // only root can hand files over
         }
         let t = tempfile::tempdir().unwrap();
@@ -260,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_object_already_stored_is_handed_over_too() {
-        if !rustix::process::geteuid().is_root() {
+        if !nix::unistd::geteuid().is_root() {
             return; // only root can hand files over
         }
         let t = tempfile::tempdir().unwrap();
