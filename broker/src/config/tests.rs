@@ -175,18 +175,3 @@ fn plain_http_off_the_loopback_interface_is_refused() {
         .replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
     BrokerConfig::parse(&local, "x").unwrap();
 }
-
-#[test]
-fn durations() {
-    assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-    assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-    assert_eq!(
-        parse_duration("7d").unwrap(),
-        Duration::from_secs(7 * 86400)
-    );
-    assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
-    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-    assert!(parse_duration("5 weeks").is_err());
-    assert!(parse_duration("s").is_err());
-}
