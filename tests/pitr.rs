@@ -1,7 +1,8 @@
 //! Point-in-time recovery exactness and timelines. One transaction inserts one row with a
 //! sequence number; after a restore to a target, the table must hold exactly the rows
 //! committed before the target (inclusive or exclusive as asked), for times, LSNs,
-//! transaction IDs and named restore points.
+//! transaction IDs and named restore points. The recovery settings written for PostgreSQL are
+//! read back by PostgreSQL itself (`postgres -C`), backslashes and quotes included.
 
 use testkit as common;
 
@@ -320,4 +321,46 @@ fn a_standby_promoted_in_an_outage_never_takes_an_archived_timeline() {
             && names.contains(&"00000003.history".to_string()),
         "{names:?}"
     );
+}
+
+/// The recovery settings backup-fetch writes reach PostgreSQL unchanged: its configuration
+/// lexer reads `\` inside a quoted value as an escape, so a restore_command or a restore
+/// point name holding a backslash (or a quote) must be escaped for it, and `postgres -C`
+/// shows what PostgreSQL made of the file.
+#[test]
+fn recovery_settings_with_backslashes_and_quotes_read_back_exactly() {
+    let pg = PgCluster::init(PgOptions::default());
+    let command =
+        r#"/opt/wal\bin/walarchive --repo 'file:///srv/it''s\a\nb' wal-fetch %f "%p" \101"#;
+    let name = r"point\one 'two'";
+    let recovery = walarchive_restore::recovery::Recovery {
+        target: Some(walarchive_restore::recovery::Target::Name(name.into())),
+        ..Default::default()
+    };
+    let text = walarchive_restore::recovery::settings("b1", command, &recovery);
+    let auto = pg.data_dir().join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto).unwrap();
+    conf.push_str(&text);
+    std::fs::write(&auto, conf).unwrap();
+    let shown = |setting: &str| {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("postgres"))
+            .args(["-C", setting, "-D"])
+            .arg(pg.data_dir())
+            .current_dir("/tmp")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "postgres -C {setting}: {stderr}\n{text}"
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end_matches('\n')
+            .to_string()
+    };
+    assert_eq!(shown("restore_command"), command, "{text}");
+    assert_eq!(shown("recovery_target_name"), name, "{text}");
 }

@@ -565,7 +565,7 @@ async fn scenario() {
         .all(Vec::is_empty));
 
     // The same with the descriptor deleted: walarchive's objects without their descriptor
-    // are an archive too (`wal-list` answers "no repository" there, as on an empty prefix).
+    // are an archive too (`wal-list` refuses them with "no descriptor", naming repo-repair).
     let st = std::process::Command::new("cp")
         .args([
             "-a",
@@ -581,7 +581,10 @@ async fn scenario() {
         &["--repo", &format!("{base}/headless"), "wal-list", "--json"],
     )
     .unwrap_err();
-    assert!(listed.contains("no walarchive repository at"), "{listed}");
+    assert!(
+        listed.contains("but no descriptor") && listed.contains("repo-repair"),
+        "{listed}"
+    );
     let op = c.provision("headless", 1).await;
     let (_, s, b) = c
         .wait_op("headless", &op, Duration::from_secs(30), &diag)

@@ -141,8 +141,26 @@ pub fn describe(t: &Target) -> String {
     }
 }
 
+/// `v` as a quoted value of postgresql.auto.conf, read back exactly by PostgreSQL's
+/// configuration lexer (guc-file.l; `DeescapeQuotedString`, `GUC_scanstr` before version 16):
+/// inside quotes `''` is a quote and `\` starts a C-like escape (`\n`, `\t`, octal, any other
+/// character stands for itself), and a quoted value cannot span lines. So `'` and `\` are
+/// doubled, as ALTER SYSTEM writes them, and line breaks are written as `\n` and `\r`: a
+/// restore_command or a path holding a backslash reaches PostgreSQL unchanged.
 fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('\'');
+    for c in v.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The lines backup-fetch appends to postgresql.auto.conf.
@@ -282,5 +300,76 @@ mod tests {
         assert!(s.contains("recovery_target_inclusive = 'false'\n"));
         assert!(s.contains("recovery_target_timeline = 'latest'\n"));
         assert!(s.contains("recovery_target_action = 'promote'\n"));
+    }
+
+    /// The inverse of PostgreSQL's `DeescapeQuotedString` (guc-file.l), for the tests: what
+    /// PostgreSQL reads from a quoted value.
+    fn pg_unquote(q: &str) -> String {
+        let inner = q
+            .strip_prefix('\'')
+            .and_then(|q| q.strip_suffix('\''))
+            .unwrap();
+        let mut out = String::new();
+        let mut it = inner.chars().peekable();
+        while let Some(c) = it.next() {
+            match c {
+                '\\' => match it.next().unwrap() {
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'n' => out.push('\n'),
+                    'r' => out.push('\r'),
+                    't' => out.push('\t'),
+                    d @ '0'..='7' => {
+                        let mut n = d.to_digit(8).unwrap();
+                        for _ in 0..2 {
+                            match it.peek().and_then(|c| c.to_digit(8)) {
+                                Some(x) => {
+                                    n = n * 8 + x;
+                                    it.next();
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(char::from_u32(n).unwrap());
+                    }
+                    other => out.push(other),
+                },
+                '\'' => {
+                    assert_eq!(it.next(), Some('\''), "a lone quote ends the value: {q}");
+                    out.push('\'');
+                }
+                '\n' | '\r' => panic!("a quoted value cannot span lines: {q:?}"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn quoting_survives_postgresql_escapes() {
+        for v in [
+            r"C:\wal\%f",
+            r"/srv/a\nb/%f",
+            r"cmd --x '\\host\share' %p",
+            r"\101\t\'",
+            "it's",
+            "",
+            "a\nb\rc\td",
+            r"trailing\",
+        ] {
+            let q = quote(v);
+            assert_eq!(pg_unquote(&q), v, "{q}");
+            assert!(!q.contains('\n') && !q.contains('\r'), "{q:?}");
+        }
+        assert_eq!(quote(r"a\b'c"), r"'a\\b''c'");
+        let s = settings(
+            "b1",
+            r"walarchive wal-fetch --repo file:///srv/a\b %f %p",
+            &Recovery::default(),
+        );
+        assert!(
+            s.contains(r"restore_command = 'walarchive wal-fetch --repo file:///srv/a\\b %f %p'"),
+            "{s}"
+        );
     }
 }

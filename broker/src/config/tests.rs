@@ -1,0 +1,177 @@
+//! Tests of loading, validating and resolving the configuration.
+
+use super::*;
+use std::time::Duration;
+
+fn example() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/broker.example.toml")).unwrap()
+}
+
+fn with_password_file(text: &str) -> (tempfile::NamedTempFile, String) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "s3cret-pw\n").unwrap();
+    let key = f.path().with_extension("key");
+    std::fs::write(&key, crate::secrets::Keyring::generate_key()).unwrap();
+    let text = text
+        .replace(
+            "/etc/walarchive-broker/secrets.key\"",
+            &format!("{}\"", key.display()),
+        )
+        .replace(
+            "\"/etc/walarchive-broker/etcd.password\"",
+            &format!("{:?}", f.path().display().to_string()),
+        )
+        .replace(
+            "\"/etc/walarchive-broker/etcd-patroni.password\"",
+            &format!("{:?}", f.path().display().to_string()),
+        );
+    let text = text.replace(
+        "password_env = \"WALARCHIVE_BROKER_PASSWORD\"",
+        &format!("password_file = {:?}", f.path().display().to_string()),
+    );
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("token_env"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("[[cells]]", "[[cells]]\ntoken_file = \"__TOKEN__\"")
+        .replace("__TOKEN__", &f.path().display().to_string());
+    (f, text)
+}
+
+#[test]
+fn the_example_loads_and_secrets_are_redacted() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "example").unwrap();
+    assert_eq!(c.credentials.password.expose(), "s3cret-pw");
+    assert_eq!(c.service.plans.len(), 2);
+    assert_eq!(c.service.plans[0].node_count, 1);
+    assert_eq!(c.service.plans[1].node_count, 2);
+    assert_eq!(c.etcd.prefix, "/walarchive-broker");
+    assert_eq!(c.archive_timeout.0, Duration::from_secs(60));
+    assert!(c.cells.iter().all(|c| c.token.expose() == "s3cret-pw"));
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+    assert!(debug.contains("[redacted]"));
+    assert_eq!(
+        c.repository.for_instance("abc"),
+        format!("{}/abc", c.repository.base.trim_end_matches('/'))
+    );
+}
+
+#[test]
+fn errors_are_clear() {
+    let (_f, text) = with_password_file(&example());
+    let bad = text.replace("listen =", "lisen =");
+    let e = BrokerConfig::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(e.contains("x.toml") && e.contains("lisen"), "{e}");
+
+    let e = BrokerConfig::parse(&text.replace("port_min = 30000", "port_min = 40000"), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("router.port_min"), "{e}");
+
+    let e = BrokerConfig::parse(&example(), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("WALARCHIVE_BROKER_PASSWORD") || e.contains("token"),
+        "{e}"
+    );
+
+    let e = BrokerConfig::parse(&text.replace("node_count = 2", "node_count = 9"), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("node_count"), "{e}");
+
+    let start = text.find("\n[secrets]").unwrap();
+    let end = text[start..].find("\n[credentials]").unwrap() + start;
+    let e = BrokerConfig::parse(&format!("{}{}", &text[..start], &text[end..]), "x")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "invalid configuration x: secrets: the key sealing the passwords the broker keeps in etcd is required: set secrets.key_file (or secrets.key_env) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`");
+}
+
+/// Storage credentials go in the credential settings, never in the base URL (which
+/// every node's command line, log and etcd record carries); the error names the key and
+/// never echoes the secret.
+#[test]
+fn credentials_in_the_repository_url_are_refused() {
+    let (_f, text) = with_password_file(&example());
+    let base = BrokerConfig::parse(&text, "x").unwrap().repository.base;
+    let (scheme, rest) = base.split_once("://").unwrap();
+    for bad in [
+        format!("s3://AKIAEXAMPLE:SuperSecret123@bucket/{rest}"),
+        format!("s3://SuperSecret123@bucket/{rest}"),
+        format!("{scheme}://{rest}?access_key=SuperSecret123"),
+        format!("{scheme}://{rest}#SuperSecret123"),
+        "not a url SuperSecret123".to_string(),
+    ] {
+        let e = BrokerConfig::parse(&text.replace(&base, &bad), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("repository.base"), "{e}");
+        assert!(!e.contains("SuperSecret123") && !e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn plain_http_off_the_loopback_interface_is_refused() {
+    let (_f, text) = with_password_file(&example());
+    let no_tls = |t: &str| {
+        let start = t.find("\n[tls]\n").unwrap();
+        let end = t[start..].find("\n[secrets]").unwrap() + start;
+        format!("{}{}", &t[..start], &t[end..])
+    };
+    let e = BrokerConfig::parse(&no_tls(&text), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "invalid configuration x.toml: listen: 0.0.0.0:8443 is not a loopback address and [tls] is not configured: the platform's password would cross the network in clear; configure [tls] (cert_file, key_file, ca_file) or set allow_plaintext = true"
+    );
+    let http_cell = text.replace("https://10.0.1.10:7500", "http://10.0.1.10:7500");
+    let e = BrokerConfig::parse(&http_cell, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cells[0].url: \"http://10.0.1.10:7500\" is plain HTTP to another machine"),
+        "{e}"
+    );
+    let http_etcd = text.replace("https://10.0.0.21:2379", "http://10.0.0.21:2379");
+    let e = BrokerConfig::parse(&http_etcd, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("etcd.endpoints: \"http://10.0.0.21:2379\" is plain HTTP to another machine"),
+        "{e}"
+    );
+    let no_etcd_ca = text.replace("ca_file = \"/etc/walarchive-broker/tls/etcd-ca.crt\"", "");
+    let e = BrokerConfig::parse(&no_etcd_ca, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("etcd.ca_file: \"https://10.0.0.21:2379\" is https"),
+        "{e}"
+    );
+    let https_cells_without_tls =
+        no_tls(&text).replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
+    let e = BrokerConfig::parse(&https_cells_without_tls, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cells[0].url: \"https://10.0.1.10:7500\" is https: configure [tls]"),
+        "{e}"
+    );
+    // Everything plain, explicitly allowed.
+    let plain = no_tls(&text).replace("https://", "http://").replace(
+        "listen = \"0.0.0.0:8443\"",
+        "listen = \"0.0.0.0:8443\"\nallow_plaintext = true",
+    );
+    BrokerConfig::parse(&plain, "x").unwrap();
+    // Plain HTTP on the loopback interface is fine.
+    let local = no_tls(&text)
+        .replace("https://10.0.", "http://127.0.")
+        .replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
+    BrokerConfig::parse(&local, "x").unwrap();
+}
