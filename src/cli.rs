@@ -413,19 +413,45 @@ pub enum VerifyCommand {
     },
 }
 
-/// Parses "90s", "30m", "6h", "2d" (or plain seconds).
+/// Parses "90s", "30m", "6h", "2d" (or plain seconds), with `humantime` ("1h 30m" too).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30m, 6h or 2d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?} is not a duration like 30m, 6h or 2d")),
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    let bad = || format!("{s:?} is not a duration like 30m, 6h or 2d");
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| bad());
+    }
+    humantime::parse_duration(s).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// clap's own consistency checks of the definition (conflicts, defaults, names).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        for (s, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("30m", 1800),
+            ("6h", 21_600),
+            ("2d", 172_800),
+            (" 1h 30m ", 5400),
+        ] {
+            assert_eq!(parse_duration(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for bad in ["", "x", "-5", "5 parsecs", "1.5x"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

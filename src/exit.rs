@@ -5,11 +5,12 @@
 //! promotes), while a status above 125 makes it abort. So `wal-fetch` answers 1 only for
 //! "the repository has no such file" and adds [`FETCH_FATAL_OFFSET`] to every other failure;
 //! the one exception is a storage failure on a standby, which never promotes by itself and
-//! must keep waiting through an outage (see `commands::StandbyWaits`).
+//! must keep waiting through an outage (see [`StandbyWaits`]).
 
 use std::process::ExitCode;
 
 use walarchive::ErrorKind;
+use walarchive_restore::FetchError;
 
 /// Success.
 pub const OK: u8 = 0;
@@ -103,3 +104,44 @@ Exit status:
        backup that cannot recover to the latest timeline)
   wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
   PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";
+
+/// A storage failure of `wal-fetch` on a standby, answered "not available" (status 1) so
+/// that PostgreSQL keeps waiting and asks again, instead of stopping the standby: a standby
+/// never promotes by itself, so this answer cannot end a recovery early, and an outage of
+/// the store must not take every standby down with it. Archive recovery toward a target
+/// (recovery.signal) has no such luxury: there, "not available" ends recovery and promotes,
+/// so a storage failure stays fatal (above 125). Corrupt objects, another cluster's WAL and
+/// configuration errors stay fatal on a standby too: they never go away by waiting. A timeline
+/// history file waits only when the store said earlier that it lacks it ([`RefusesToGuess`]).
+#[derive(Debug)]
+pub struct StandbyWaits;
+
+impl std::fmt::Display for StandbyWaits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the repository is unavailable; this is a standby (standby.signal), so wal-fetch \
+             answers 'not available' (status 1) and PostgreSQL will ask again",
+        )
+    }
+}
+
+/// Whether `e` carries [`StandbyWaits`] (as its context).
+pub fn standby_waits(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<StandbyWaits>().is_some()
+}
+
+/// The exit status for an error: the class of the first typed error in the chain.
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if standby_waits(e) {
+        return NOT_FOUND;
+    }
+    for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<walarchive::Error>() {
+            return for_kind(e.kind());
+        }
+        if let Some(e) = cause.downcast_ref::<FetchError>() {
+            return for_kind(e.kind());
+        }
+    }
+    INTERNAL
+}

@@ -4,15 +4,13 @@
 //! runtime, and turn the outcome into an explicit exit status (see `exit`). Everything a
 //! user or PostgreSQL can observe — status, the one-line error on stderr, log lines — is
 //! decided here, never deep inside the libraries.
+#![forbid(unsafe_code)]
 
 mod cli;
-mod cmd_daemon;
-mod cmd_delete;
-mod cmd_status;
-mod cmd_verify;
 mod commands;
 mod exit;
 mod progress;
+mod report;
 mod settings;
 
 use std::io::IsTerminal;
@@ -60,10 +58,10 @@ fn main() -> ExitCode {
     match rt.block_on(commands::run(&cli)) {
         Ok(code) => exit::code(code),
         Err(e) => {
-            let code = commands::exit_status(&e);
+            let code = exit::exit_status(&e);
             if code == exit::NOT_FOUND
                 && matches!(cli.command, Command::WalFetch { .. })
-                && !commands::standby_waits(&e)
+                && !exit::standby_waits(&e)
             {
                 // PostgreSQL probes for files that may not exist: not an error.
                 tracing::debug!("{e:#}");

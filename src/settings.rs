@@ -1,17 +1,58 @@
 //! Resolving the effective settings: flags beat environment variables beat the config file.
 //! (clap already merges flags with their `WALARCHIVE_*` variables.)
+//!
+//! The other variables walarchive reads (cloud credentials, libpq's `PG*`, `PGDATA`, the
+//! prefetch and fault-injection hooks) are read here too, once, into [`Environment`], and
+//! passed down as options: the libraries never read the environment.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use walarchive::config::{ConfigFile, FileMode, RetrySettings};
-use walarchive::storage::{Backend, StorageOptions};
+use walarchive::pg::PgEnv;
+use walarchive::storage::{unreliable, Backend, StorageEnv, StorageOptions};
 use walarchive::{Compression, Error, Repository, RetryPolicy};
+use walarchive_restore::prefetch;
 
 use crate::cli::GlobalOpts;
 
 /// The default configuration file, read when it exists and no other is named.
 pub const DEFAULT_CONFIG: &str = "/etc/walarchive.toml";
+
+/// The process environment, as the libraries take it.
+#[derive(Debug, Default)]
+pub struct Environment {
+    /// Store credentials and endpoints, and the fault-injection plan.
+    pub storage: StorageEnv,
+    /// libpq's variables.
+    pub pg: PgEnv,
+    /// `$PGDATA` (non-empty), where `wal-push` looks for the data directory last.
+    pub pgdata: Option<PathBuf>,
+    /// `WALARCHIVE_PREFETCH_WORKER`: this process is a prefetch worker.
+    pub prefetch_worker: Option<String>,
+    /// `WALARCHIVE_PREFETCH_INLINE=1`: prefetch in the `wal-fetch` process.
+    pub prefetch_inline: bool,
+}
+
+impl Environment {
+    /// Reads this process's environment. Variables that are not valid UTF-8 are ignored,
+    /// except the fault plan, which reports it.
+    pub fn read() -> Environment {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        Environment {
+            pg: PgEnv::from_lookup(get),
+            pgdata: std::env::var_os("PGDATA")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            prefetch_worker: get(prefetch::WORKER_ENV),
+            prefetch_inline: get(prefetch::INLINE_ENV).is_some_and(|v| v == "1"),
+            storage: StorageEnv::new(vars, std::env::var_os(unreliable::ENV)),
+        }
+    }
+}
 
 /// Everything needed to open the repository. `Debug` shows the URL redacted and the storage
 /// options' keys only.
@@ -28,6 +69,8 @@ pub struct Settings {
     pub daemon: bool,
     /// Mode of objects (and directories) in a `file://` repository.
     pub file_mode: FileMode,
+    /// The process environment.
+    pub env: Environment,
 }
 
 impl std::fmt::Debug for Settings {
@@ -88,6 +131,7 @@ impl Settings {
                 Some(text) => FileMode::parse(text)?,
                 None => FileMode::default(),
             },
+            env: Environment::read(),
         })
     }
 
@@ -111,23 +155,27 @@ impl Settings {
         for (k, v) in &self.storage.0 {
             field(&format!("storage.{k}"), v);
         }
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                ["AWS_", "AZURE_", "GOOGLE_", "OS_", "SWIFT_", "ST_"]
-                    .iter()
-                    .any(|p| k.starts_with(p))
-            })
-            .collect();
-        env.sort();
-        for (k, v) in &env {
+        // In name order (a BTreeMap's).
+        let env = self.env.storage.vars().filter(|(k, _)| {
+            ["AWS_", "AZURE_", "GOOGLE_", "OS_", "SWIFT_", "ST_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        });
+        for (k, v) in env {
             field(&format!("env.{k}"), v);
         }
         walarchive::format::Digest::sha256(&h).to_string()
     }
 
     pub fn open(&self) -> Result<Repository> {
-        let mut repo = Repository::open(&self.repo, &self.storage, self.policy, self.compression)
-            .with_context(|| "cannot open the repository".to_string())?;
+        let mut repo = Repository::open(
+            &self.repo,
+            &self.storage,
+            &self.env.storage,
+            self.policy,
+            self.compression,
+        )
+        .with_context(|| "cannot open the repository".to_string())?;
         if repo.backend() == Backend::Local {
             restrict_umask(self.file_mode);
             repo.narrow_to(self.file_mode);
@@ -145,10 +193,7 @@ impl Settings {
 /// hold under PostgreSQL's umask 077 too. What else the process creates (restored files,
 /// counters, sockets) sets its mode explicitly or is the owner's anyway.
 fn restrict_umask(mode: FileMode) {
-    // SAFETY: umask only swaps the process's file-mode creation mask; it cannot fail.
-    unsafe {
-        libc::umask(mode.umask() as libc::mode_t);
-    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mode.umask() as _));
 }
 
 #[cfg(test)]
@@ -166,6 +211,7 @@ mod tests {
             prefetch: 8,
             daemon: false,
             file_mode: FileMode::default(),
+            env: Environment::default(),
         };
         let shown = format!("{s:?}");
         assert!(

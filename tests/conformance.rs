@@ -221,7 +221,9 @@ mod objects {
                 Target::Repo(store) => {
                     let repo = store.fresh();
                     let options = in_process_options(store, &repo.env);
-                    let loc = storage::open(&repo.url, &options, &policy())
+                    // The tests' environment, as walarchive takes its own.
+                    let env = storage::StorageEnv::new(std::env::vars(), None);
+                    let loc = storage::open(&repo.url, &options, &env, &policy())
                         .unwrap_or_else(|e| panic!("open {}: {e}", repo.url));
                     Objects {
                         target,

@@ -148,11 +148,11 @@ trait PreExecUmask {
 impl PreExecUmask for Command {
     fn pre_exec_umask(&mut self, umask: &str) -> &mut Self {
         use std::os::unix::process::CommandExt;
-        let mask = u32::from_str_radix(umask, 8).unwrap() as libc::mode_t;
+        let mask = nix::sys::stat::Mode::from_bits_truncate(u32::from_str_radix(umask, 8).unwrap());
         // SAFETY: umask is async-signal-safe and only changes the child's mask.
         unsafe {
             self.pre_exec(move || {
-                libc::umask(mask);
+                nix::sys::stat::umask(mask);
                 Ok(())
             })
         }

@@ -12,7 +12,7 @@ use std::process::Output;
 
 use common::*;
 
-/// wal-verify's status for gaps and missing history files (see src/cmd_verify.rs).
+/// wal-verify's status for gaps and missing history files (see src/commands/verify.rs).
 const WAL_INCOMPLETE: i32 = 14;
 /// A stored object is corrupt.
 const CORRUPT: i32 = 8;

@@ -685,7 +685,9 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
+        // The one unsafe block of the crate: nix does not wrap sync_file_range.
         // SAFETY: a valid descriptor and plain integers; the call only schedules I/O.
+        #[allow(unsafe_code)]
         unsafe {
             libc::sync_file_range(
                 file.as_raw_fd(),

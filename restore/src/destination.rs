@@ -396,9 +396,15 @@ fn check_no_postmaster(dir: &Path) -> Result<(), FetchError> {
 
 /// Whether a process with this ID exists (one we may not signal exists too).
 fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for the process; nothing is sent.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    use nix::errno::Errno;
+    if pid <= 0 {
+        return false;
+    }
+    // Signal 0: only checks for the process; nothing is sent.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == Errno::EPERM,
+    }
 }
 
 /// Whether `dir` is a PostgreSQL data directory: `PG_VERSION` and `global/pg_control`.

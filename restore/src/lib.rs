@@ -11,6 +11,9 @@
 //! [`prefetch`] downloads the segments after the one asked for while PostgreSQL replays it,
 //! and serves them from the local disk once they are verified again.
 #![warn(missing_docs)]
+// No unsafe code but one call: the write-back hint of `backup::start_writeback`
+// (sync_file_range, which nix does not wrap) allows it for itself.
+#![deny(unsafe_code)]
 
 pub mod absent_history;
 pub mod backup;

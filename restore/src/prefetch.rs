@@ -113,6 +113,9 @@ pub struct PrefetchOptions {
     pub depth: usize,
     /// Concurrent downloads.
     pub parallel: usize,
+    /// Download the window in this process instead of starting a worker (the binary sets it
+    /// from [`INLINE_ENV`]).
+    pub inline: bool,
 }
 
 /// The prefetch directory that belongs to a restore destination (`%p`), and the data directory
@@ -449,10 +452,15 @@ pub struct WorkerJob {
     pub idle: Duration,
 }
 
-/// The job of this process, when it was started as a prefetch worker for `wal-fetch name dest`
-/// (see [`WORKER_ENV`]).
-pub fn worker_job(name: &str, dest: &Path, opts: &PrefetchOptions) -> Option<WorkerJob> {
-    let value = std::env::var(WORKER_ENV).ok()?;
+/// The job of this process, when it was started as a prefetch worker for `wal-fetch name dest`:
+/// `worker` is the value of [`WORKER_ENV`] (which the binary reads), if set.
+pub fn worker_job(
+    name: &str,
+    dest: &Path,
+    opts: &PrefetchOptions,
+    worker: Option<&str>,
+) -> Option<WorkerJob> {
+    let value = worker?;
     let (seg, size) = value.split_once(':')?;
     if seg != name || opts.depth == 0 {
         return None;
@@ -469,7 +477,7 @@ pub fn worker_job(name: &str, dest: &Path, opts: &PrefetchOptions) -> Option<Wor
 
 /// After restoring `report` to `dest`: starts a worker to download ahead when fewer than half
 /// of the next `opts.depth` segments are prefetched and no worker runs (or, with
-/// [`INLINE_ENV`], downloads them in this process). Never fails: problems are logged.
+/// `opts.inline`, downloads them in this process). Never fails: problems are logged.
 pub async fn read_ahead(
     repo: &Repository,
     report: &FetchReport,
@@ -509,7 +517,7 @@ pub async fn read_ahead(
     if missing == 0 || missing * 2 < wanted || job.dir.worker_running() {
         return;
     }
-    if std::env::var(INLINE_ENV).is_ok_and(|v| v == "1") {
+    if opts.inline {
         // One window, without following: PostgreSQL waits for this process.
         let job = WorkerJob {
             idle: Duration::ZERO,
@@ -1012,7 +1020,11 @@ mod tests {
                 after,
                 segment_size: SIZE,
                 dir: self.dir(),
-                opts: PrefetchOptions { depth, parallel: 2 },
+                opts: PrefetchOptions {
+                    depth,
+                    parallel: 2,
+                    inline: false,
+                },
                 idle: Duration::ZERO,
             }
         }
@@ -1021,6 +1033,7 @@ mod tests {
     const ON: PrefetchOptions = PrefetchOptions {
         depth: 3,
         parallel: 2,
+        inline: false,
     };
 
     #[test]
@@ -1251,14 +1264,22 @@ mod tests {
         let off = PrefetchOptions {
             depth: 0,
             parallel: 2,
+            inline: false,
         };
         let rep = fetch(&r, &seg(1, 2).to_string(), &d.dest(), &off)
             .await
             .unwrap();
         assert_eq!(rep.source, Source::Repository);
         assert_eq!(d.names().len(), 3);
-        // Without WALARCHIVE_PREFETCH_WORKER, this process is no worker.
-        assert_eq!(worker_job(&seg(1, 2).to_string(), &d.dest(), &ON), None);
+        // Without WALARCHIVE_PREFETCH_WORKER, this process is no worker; with it, a worker
+        // for the segment it names only.
+        let name = seg(1, 2).to_string();
+        assert_eq!(worker_job(&name, &d.dest(), &ON, None), None);
+        let value = format!("{name}:{}", 16 << 20);
+        let job = worker_job(&name, &d.dest(), &ON, Some(&value)).unwrap();
+        assert_eq!((job.after, job.segment_size), (seg(1, 2), 16 << 20));
+        let other = format!("{}:{}", seg(1, 3), 16 << 20);
+        assert_eq!(worker_job(&name, &d.dest(), &ON, Some(&other)), None);
     }
 
     #[tokio::test]

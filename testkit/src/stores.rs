@@ -27,7 +27,9 @@ pub fn env_get(env: Vec<(String, String)>) -> impl Fn(&str) -> Option<String> {
 /// The store of repository `url`, opened by `storage::open` with `opts` as walarchive opens
 /// it; it must be a `backend` store.
 pub fn open_url(url: &str, opts: &StorageOptions, backend: Backend) -> Arc<dyn ObjectStore> {
-    let loc = storage::open(url, opts, &RetryPolicy::default())
+    // The environment of the tests, as walarchive takes its own.
+    let env = storage::StorageEnv::new(std::env::vars(), None);
+    let loc = storage::open(url, opts, &env, &RetryPolicy::default())
         .unwrap_or_else(|e| panic!("open {url}: {e}"));
     assert_eq!(loc.backend, backend);
     loc.store

@@ -1,4 +1,4 @@
-//! Compression codecs.
+//! Compression codecs, and the reused zstd contexts and buffers that encode objects.
 //!
 //! WAL compresses well and cheaply, and the network is usually the bottleneck, so every
 //! object is compressed by default. The codec is recorded in each object's header rather
@@ -108,6 +108,17 @@ impl Compression {
             }
         }
     }
+
+    /// Compresses `raw` and hands the body to `then`. zstd compresses with a pooled
+    /// context into a pooled buffer (no allocation per object); the others into a new buffer.
+    pub fn encode_then<T>(self, raw: &[u8], then: impl FnOnce(&[u8]) -> T) -> T {
+        match self {
+            Compression::Zstd(level) => with_zstd_body(raw, level, then)
+                // Compressing an in-memory buffer cannot fail for a valid level.
+                .expect("zstd compression of a memory buffer"),
+            other => then(&other.encode(raw)),
+        }
+    }
 }
 
 /// Decompresses `body` written by `codec`, expecting exactly `raw_len` bytes.
@@ -130,6 +141,114 @@ pub fn decode(codec: CodecId, body: &[u8], raw_len: usize) -> Result<Vec<u8>, De
         )));
     }
     Ok(out)
+}
+
+/// Compresses `raw` with zstd at `level` in one call, with a pooled context into a pooled
+/// buffer, and hands the body to `then`. Allocating a context and a buffer of the
+/// compression bound per object (what `zstd::bulk` does) left the allocator holding freed
+/// blocks of every thread that ever compressed: backup-push's peak RSS was 10 MiB above its
+/// part buffers.
+fn with_zstd_body<T>(raw: &[u8], level: i32, then: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
+    let mut body = ZSTD_BODIES.take();
+    let result = (|| {
+        let mut ctx = ZstdContext::take();
+        let cctx = ctx.get();
+        let zstd_err = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+        cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
+            .map_err(zstd_err)?;
+        cctx.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
+            .map_err(zstd_err)?;
+        body.clear();
+        body.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        cctx.compress2(&mut body, raw).map_err(zstd_err)?;
+        Ok(then(&body))
+    })();
+    ZSTD_BODIES.give(body);
+    result
+}
+
+/// Compression buffers of [`with_zstd_body`], reused: as many as objects were ever
+/// compressed at once.
+static ZSTD_BODIES: Pool<Vec<u8>> = Pool::new();
+
+/// Values (buffers, compression contexts) reused from one object to the next: a pool keeps
+/// as many as were ever in use at once, instead of leaving the allocator to keep what each
+/// thread freed.
+pub(crate) struct Pool<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T: Default> Pool<T> {
+    pub(crate) const fn new() -> Pool<T> {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// A pooled value, or a new one.
+    pub(crate) fn take(&self) -> T {
+        let mut pooled = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pooled.pop().unwrap_or_default()
+    }
+
+    pub(crate) fn give(&self, value: T) {
+        let mut pooled = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pooled.push(value);
+    }
+}
+
+/// A zstd compression context, taken from a pool and given back when dropped.
+///
+/// A context holds the level's tables and, streaming, its window, allocated on first use.
+/// Creating one per segment had the allocator keep those freed blocks around in its
+/// per-thread arenas (when streams used a 16 MiB window, a daemon's peak RSS rose from 69 to
+/// 153 MiB); reusing contexts (and the encoders' buffers) keeps exactly as many as
+/// segments were ever compressed at once (`--parallel`).
+struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
+
+static ZSTD_CONTEXTS: Pool<zstd::zstd_safe::CCtx<'static>> = Pool::new();
+
+impl ZstdContext {
+    fn take() -> ZstdContext {
+        let mut ctx = ZSTD_CONTEXTS.take();
+        // Parameters from the previous user (level, window) are set again by the caller.
+        let _ = ctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters);
+        ZstdContext(Some(ctx))
+    }
+
+    fn get(&mut self) -> &mut zstd::zstd_safe::CCtx<'static> {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for ZstdContext {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0.take() {
+            ZSTD_CONTEXTS.give(ctx);
+        }
+    }
+}
+
+/// Compresses a stream of `len` bytes with zstd at `level`, appended to `out` (which may
+/// already hold a header's reserved space), with a pooled context: `write` writes the
+/// content into the encoder. Returns `out` with the compressed body after what it held.
+pub(crate) fn zstd_stream(
+    out: Vec<u8>,
+    level: i32,
+    len: u64,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<Vec<u8>> {
+    let mut ctx = ZstdContext::take();
+    let mut encoder = zstd::stream::write::Encoder::with_context(out, ctx.get());
+    encoder.set_parameter(zstd::stream::raw::CParameter::CompressionLevel(level))?;
+    // The level's own parameters for this size (window, tables), as a one-call compression
+    // of the same content would choose them.
+    encoder.set_pledged_src_size(Some(len))?;
+    encoder.include_contentsize(true)?;
+    write(&mut encoder)?;
+    encoder.finish()
 }
 
 impl fmt::Display for Compression {

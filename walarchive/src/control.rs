@@ -234,10 +234,15 @@ fn magic_from_pg_wal(data_dir: &Path, control: &ControlFile) -> Option<u16> {
 /// The data directory a pushed file belongs to: `pgdata` when given; else, when `wal_path`
 /// (PostgreSQL's `%p`) is in a directory named `pg_wal`, that directory's parent (taken as
 /// written, not through symlinks: PostgreSQL passes `pg_wal/NAME` relative to the data
-/// directory it runs `archive_command` in); else `$PGDATA`; else the current directory.
+/// directory it runs `archive_command` in); else `$PGDATA` (`env_pgdata`: the binary reads
+/// the environment); else the current directory.
 /// Only a directory holding `global/pg_control` qualifies (`pgdata`, given explicitly, is
 /// returned as is, so that its absence is reported).
-pub fn locate_data_dir(pgdata: Option<&Path>, wal_path: &Path) -> Option<PathBuf> {
+pub fn locate_data_dir(
+    pgdata: Option<&Path>,
+    env_pgdata: Option<&Path>,
+    wal_path: &Path,
+) -> Option<PathBuf> {
     if let Some(p) = pgdata {
         return Some(p.to_path_buf());
     }
@@ -251,9 +256,9 @@ pub fn locate_data_dir(pgdata: Option<&Path>, wal_path: &Path) -> Option<PathBuf
             _ => PathBuf::from("."),
         })
     });
-    let env = std::env::var_os("PGDATA")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
+    let env = env_pgdata
+        .filter(|v| !v.as_os_str().is_empty())
+        .map(Path::to_path_buf);
     [from_path, env, Some(PathBuf::from("."))]
         .into_iter()
         .flatten()
@@ -372,9 +377,17 @@ mod tests {
 
         // Located from %p in pg_wal, or given.
         let p = data.join("pg_wal/000000010000000000000002");
-        assert_eq!(locate_data_dir(None, &p), Some(data.clone()));
+        assert_eq!(locate_data_dir(None, None, &p), Some(data.clone()));
         let elsewhere = dir.path().join("x/00000002.history");
-        assert_eq!(locate_data_dir(Some(&data), &elsewhere), Some(data.clone()));
+        assert_eq!(
+            locate_data_dir(Some(&data), None, &elsewhere),
+            Some(data.clone())
+        );
+        // $PGDATA (read by the binary) when %p is not in a data directory.
+        assert_eq!(
+            locate_data_dir(None, Some(&data), &elsewhere),
+            Some(data.clone())
+        );
         // A damaged control file is refused, naming it.
         std::fs::write(data.join(CONTROL_FILE), b"garbage").unwrap();
         let e = read_control(&data).unwrap_err();

@@ -69,7 +69,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::codec::{self, CodecId, Compression};
+use crate::codec::{self, CodecId, Compression, Pool};
 
 /// Object magic.
 pub const MAGIC: [u8; 8] = *b"WALARCH\0";
@@ -464,73 +464,11 @@ pub fn encode_as(
     binding: Option<&Binding>,
 ) -> EncodedObject {
     let version = kind.version();
-    if let Compression::Zstd(level) = compression {
-        let content = kind.of_content().then(|| kind.digest(raw));
-        return with_zstd_body(raw, level, |body| {
-            let digest = content.unwrap_or_else(|| kind.digest(body));
-            assemble(raw.len(), compression, body, version, digest, binding)
-        })
-        .expect("zstd compression of a memory buffer");
-    }
-    let body = compression.encode(raw);
-    let digest = kind.digest(if kind.of_content() { raw } else { &body });
-    assemble(raw.len(), compression, &body, version, digest, binding)
-}
-
-/// Compresses `raw` with zstd at `level` in one call, with a pooled context into a pooled
-/// buffer, and hands the body to `then`. Allocating a context and a buffer of the
-/// compression bound per object (what `zstd::bulk` does) left the allocator holding freed
-/// blocks of every thread that ever compressed: backup-push's peak RSS was 10 MiB above its
-/// part buffers.
-fn with_zstd_body<T>(raw: &[u8], level: i32, then: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
-    let mut body = ZSTD_BODIES.take();
-    let result = (|| {
-        let mut ctx = ZstdContext::take();
-        let cctx = ctx.get();
-        let zstd_err = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
-        cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
-            .map_err(zstd_err)?;
-        cctx.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
-            .map_err(zstd_err)?;
-        body.clear();
-        body.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        cctx.compress2(&mut body, raw).map_err(zstd_err)?;
-        Ok(then(&body))
-    })();
-    ZSTD_BODIES.give(body);
-    result
-}
-
-/// Compression buffers of [`with_zstd_body`], reused: as many as objects were ever
-/// compressed at once.
-static ZSTD_BODIES: Pool<Vec<u8>> = Pool::new();
-
-/// Values (buffers, compression contexts) reused from one object to the next: a pool keeps
-/// as many as were ever in use at once, instead of leaving the allocator to keep what each
-/// thread freed.
-struct Pool<T>(std::sync::Mutex<Vec<T>>);
-
-impl<T: Default> Pool<T> {
-    const fn new() -> Pool<T> {
-        Pool(std::sync::Mutex::new(Vec::new()))
-    }
-
-    /// A pooled value, or a new one.
-    fn take(&self) -> T {
-        let mut pooled = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pooled.pop().unwrap_or_default()
-    }
-
-    fn give(&self, value: T) {
-        let mut pooled = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pooled.push(value);
-    }
+    let content = kind.of_content().then(|| kind.digest(raw));
+    compression.encode_then(raw, |body| {
+        let digest = content.unwrap_or_else(|| kind.digest(body));
+        assemble(raw.len(), compression, body, version, digest, binding)
+    })
 }
 
 /// Header (with `digest` and `binding`) followed by `body`.
@@ -611,7 +549,7 @@ fn encode_reader_up_to<R: std::io::Read>(
     first: impl FnOnce(&[u8]) -> std::io::Result<()>,
     one_shot_max: u64,
 ) -> std::io::Result<EncodedObject> {
-    use std::io::{Error, ErrorKind, Write};
+    use std::io::{Error, ErrorKind};
     let changed = || {
         Error::new(
             ErrorKind::UnexpectedEof,
@@ -637,38 +575,33 @@ fn encode_reader_up_to<R: std::io::Read>(
     let header_len = ObjectHeader::len_for(binding);
     let mut out = Vec::with_capacity(header_len + (len as usize) / 8);
     out.resize(header_len, 0);
-    let mut ctx = ZstdContext::take();
-    let mut encoder = zstd::stream::write::Encoder::with_context(out, ctx.get());
-    encoder.set_parameter(zstd::stream::raw::CParameter::CompressionLevel(level))?;
-    // The level's own parameters for this size (window, tables), as a one-call compression
-    // of the same content would choose them.
-    encoder.set_pledged_src_size(Some(len))?;
-    encoder.include_contentsize(true)?;
     let mut hasher = blake3::Hasher::new();
-    let mut total = 0u64;
-    let mut first = Some(first);
-    loop {
-        let n = read_full(reader, chunk)?;
-        if let Some(first) = first.take() {
-            first(&chunk[..n])?;
+    let mut bytes = codec::zstd_stream(out, level, len, |encoder| {
+        let mut total = 0u64;
+        let mut first = Some(first);
+        loop {
+            let n = read_full(reader, chunk)?;
+            if let Some(first) = first.take() {
+                first(&chunk[..n])?;
+            }
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > len {
+                return Err(changed());
+            }
+            hasher.update(&chunk[..n]);
+            encoder.write_all(&chunk[..n])?;
+            if n < chunk.len() {
+                break;
+            }
         }
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > len {
+        if total != len {
             return Err(changed());
         }
-        hasher.update(&chunk[..n]);
-        encoder.write_all(&chunk[..n])?;
-        if n < chunk.len() {
-            break;
-        }
-    }
-    if total != len {
-        return Err(changed());
-    }
-    let mut bytes = encoder.finish()?;
+        Ok(())
+    })?;
     // Grown by doubling while compressing: up to twice the object. Segments wait here for
     // an upload slot, several at a time, so each holds only its own size.
     bytes.shrink_to_fit();
@@ -729,38 +662,6 @@ fn encode_whole<R: std::io::Read>(
         WHOLE_INPUTS.give(input);
     }
     result
-}
-
-/// A zstd compression context, taken from a pool and given back when dropped.
-///
-/// A context holds the level's tables and, streaming, its window, allocated on first use.
-/// Creating one per segment had the allocator keep those freed blocks around in its
-/// per-thread arenas (when streams used a 16 MiB window, a daemon's peak RSS rose from 69 to
-/// 153 MiB); reusing contexts (and [`encode_reader`]'s buffers) keeps exactly as many as
-/// segments were ever compressed at once (`--parallel`).
-struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
-
-static ZSTD_CONTEXTS: Pool<zstd::zstd_safe::CCtx<'static>> = Pool::new();
-
-impl ZstdContext {
-    fn take() -> ZstdContext {
-        let mut ctx = ZSTD_CONTEXTS.take();
-        // Parameters from the previous user (level, window) are set again by the caller.
-        let _ = ctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters);
-        ZstdContext(Some(ctx))
-    }
-
-    fn get(&mut self) -> &mut zstd::zstd_safe::CCtx<'static> {
-        self.0.as_mut().expect("present until dropped")
-    }
-}
-
-impl Drop for ZstdContext {
-    fn drop(&mut self) {
-        if let Some(ctx) = self.0.take() {
-            ZSTD_CONTEXTS.give(ctx);
-        }
-    }
 }
 
 /// Decodes and verifies a whole stored object, returning its content.

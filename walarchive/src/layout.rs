@@ -9,15 +9,31 @@
 //! part is a WAL file name, and those must never be taken for R's.
 
 use crate::manifest::BACKUPS_PREFIX;
-use crate::repo::{Repository, DESCRIPTOR_KEY};
 use crate::wal::WalFileName;
+
+/// Name of the descriptor object.
+pub const DESCRIPTOR_KEY: &str = "walarchive.repo";
+
+/// The relative key of a WAL file: `wal/history/NAME` for a history file, else
+/// `wal/<TLI>/<LOG>/NAME`.
+pub fn wal_key(name: &WalFileName) -> String {
+    match name {
+        WalFileName::History(_) => format!("wal/history/{name}"),
+        _ => {
+            let seg = name
+                .segment()
+                .expect("non-history WAL files name a segment");
+            format!("wal/{}/{:08X}/{name}", seg.timeline.hex(), seg.log)
+        }
+    }
+}
 
 /// A key (relative to the repository root) that is one of the repository's own objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OwnKey {
     /// The descriptor, `walarchive.repo`.
     Descriptor,
-    /// A WAL file, where [`Repository::wal_key`] puts it.
+    /// A WAL file, where [`wal_key`] puts it.
     Wal(WalFileName),
     /// An object of base backup `name`.
     Backup {
@@ -68,7 +84,7 @@ pub fn parse_key(key: &str) -> Option<OwnKey> {
     }
     if let Some(rest) = key.strip_prefix("wal/") {
         let name: WalFileName = rest.rsplit('/').next()?.parse().ok()?;
-        return (Repository::wal_key(&name) == key).then_some(OwnKey::Wal(name));
+        return (wal_key(&name) == key).then_some(OwnKey::Wal(name));
     }
     let rest = key.strip_prefix(BACKUPS_PREFIX)?.strip_prefix('/')?;
     let (name, object) = rest.split_once('/')?;
@@ -128,7 +144,7 @@ mod tests {
             "00000002.history",
         ] {
             let n: WalFileName = name.parse().unwrap();
-            assert_eq!(parse_key(&Repository::wal_key(&n)), Some(OwnKey::Wal(n)));
+            assert_eq!(parse_key(&wal_key(&n)), Some(OwnKey::Wal(n)));
         }
         assert_eq!(parse_key("walarchive.repo"), Some(OwnKey::Descriptor));
         let b = "base_20261122T055423Z_1";

@@ -8,6 +8,7 @@
 //! another cluster's WAL, [`layout`] says which keys are the repository's own, [`retry`] bounds every storage call, and [`push`] acknowledges a segment
 //! only once it is durably stored. The read side lives in the `walarchive-restore` crate.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod backup;
 pub mod catalog;

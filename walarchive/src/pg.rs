@@ -11,18 +11,59 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::Error;
 
+/// libpq's environment variables, read by the binary (the libraries never read the
+/// environment); empty values count as unset. `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PgEnv {
+    /// `PGHOST`.
+    pub host: Option<String>,
+    /// `PGPORT`.
+    pub port: Option<String>,
+    /// `PGUSER`, else `USER`.
+    pub user: Option<String>,
+    /// `PGPASSWORD`.
+    pub password: Option<String>,
+    /// `PGDATABASE`.
+    pub database: Option<String>,
+}
+
+impl PgEnv {
+    /// The variables as `get` (a lookup in the environment) gives them.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get(k).filter(|v| !v.is_empty());
+        PgEnv {
+            host: get("PGHOST"),
+            port: get("PGPORT"),
+            user: get("PGUSER").or_else(|| get("USER")),
+            password: get("PGPASSWORD"),
+            database: get("PGDATABASE"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PgEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEnv")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
 /// Builds the connection configuration: `conn` (a libpq key=value string or URI) if given,
-/// with libpq's environment variables filling what it leaves out.
-pub fn config(conn: Option<&str>) -> Result<Config, Error> {
+/// with libpq's environment variables `env` filling what it leaves out.
+pub fn config(conn: Option<&str>, env: &PgEnv) -> Result<Config, Error> {
     let mut cfg: Config = match conn {
         Some(c) => c
             .parse()
             .map_err(|e| Error::Config(format!("invalid PostgreSQL connection string: {e}")))?,
         None => Config::new(),
     };
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if cfg.get_hosts().is_empty() {
-        let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into());
+        let host = env.host.as_deref().unwrap_or("/var/run/postgresql");
         for h in host.split(',') {
             if h.starts_with('/') {
                 cfg.host_path(Path::new(h));
@@ -32,25 +73,22 @@ pub fn config(conn: Option<&str>) -> Result<Config, Error> {
         }
     }
     if cfg.get_ports().is_empty() {
-        let port = env("PGPORT").unwrap_or_else(|| "5432".into());
+        let port = env.port.as_deref().unwrap_or("5432");
         let port: u16 = port
             .parse()
             .map_err(|_| Error::Config(format!("PGPORT is not a port number: {port:?}")))?;
         cfg.port(port);
     }
     if cfg.get_user().is_none() {
-        let user = env("PGUSER")
-            .or_else(|| env("USER"))
-            .unwrap_or_else(|| "postgres".into());
-        cfg.user(&user);
+        cfg.user(env.user.as_deref().unwrap_or("postgres"));
     }
     if cfg.get_password().is_none() {
-        if let Some(p) = env("PGPASSWORD") {
+        if let Some(p) = &env.password {
             cfg.password(p);
         }
     }
     if cfg.get_dbname().is_none() {
-        cfg.dbname(env("PGDATABASE").as_deref().unwrap_or("postgres"));
+        cfg.dbname(env.database.as_deref().unwrap_or("postgres"));
     }
     cfg.application_name("walarchive");
     Ok(cfg)

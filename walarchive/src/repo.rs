@@ -33,8 +33,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::codec::Compression;
 use crate::format::{self, ObjectHeader};
+use crate::layout;
 use crate::retry::{retry, RetryPolicy};
-use crate::storage::{self, Backend, StorageError, StorageOptions};
+use crate::storage::{self, Backend, StorageEnv, StorageError, StorageOptions};
 use crate::wal::WalFileName;
 use crate::Error;
 
@@ -43,8 +44,8 @@ mod identity;
 pub(crate) use identity::same_cluster;
 pub use identity::Descriptor;
 
-/// Name of the descriptor object.
-pub const DESCRIPTOR_KEY: &str = "walarchive.repo";
+pub use crate::layout::DESCRIPTOR_KEY;
+
 /// The repository layout version this build writes and reads.
 pub const REPOSITORY_FORMAT: u32 = 1;
 
@@ -104,14 +105,15 @@ impl std::fmt::Debug for Repository {
 }
 
 impl Repository {
-    /// Opens the repository at `url`.
+    /// Opens the repository at `url` (see [`storage::open`]).
     pub fn open(
         url: &str,
         options: &StorageOptions,
+        env: &StorageEnv,
         policy: RetryPolicy,
         compression: Compression,
     ) -> Result<Self, Error> {
-        let loc = storage::open(url, options, &policy)?;
+        let loc = storage::open(url, options, env, &policy)?;
         Ok(Self::with_store(
             loc.store,
             loc.prefix,
@@ -215,17 +217,9 @@ impl Repository {
         Path::from_iter(self.prefix.parts().chain(Path::from(relative).parts()))
     }
 
-    /// The relative key of a WAL file.
+    /// The relative key of a WAL file (see [`layout::wal_key`]).
     pub fn wal_key(name: &WalFileName) -> String {
-        match name {
-            WalFileName::History(_) => format!("wal/history/{name}"),
-            _ => {
-                let seg = name
-                    .segment()
-                    .expect("non-history WAL files name a segment");
-                format!("wal/{}/{:08X}/{name}", seg.timeline.hex(), seg.log)
-            }
-        }
+        layout::wal_key(name)
     }
 
     /// The content of the object at `relative`, verified and checked against its name but

@@ -6,11 +6,24 @@
 //! (timeouts, 5xx, connection resets), and only transient ones are retried, with
 //! exponential backoff, jitter and an upper bound on attempts. No attempt can hang: each one
 //! runs under a timeout.
+//!
+//! The helper knows nothing of storage: it is generic over an error that says whether it is
+//! permanent ([`Retryable`], which `StorageError` implements), so storage depends on retry
+//! and not the other way round.
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::storage::StorageError;
+/// An error the retry helper can classify and wrap.
+pub trait Retryable: std::fmt::Display + Sized {
+    /// Whether retrying cannot help (retrying only delays a clear error).
+    fn is_permanent(&self) -> bool;
+    /// The error of an attempt that did not finish within `limit` (transient).
+    fn timed_out(limit: Duration) -> Self;
+    /// The error returned when `attempts` attempts all failed transiently, the last with
+    /// `last`.
+    fn gave_up(attempts: u32, last: Self) -> Self;
+}
 
 /// How storage calls are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,31 +63,25 @@ impl RetryPolicy {
 ///
 /// `what` names the operation in logs (never include secrets). Each attempt is bounded by
 /// `attempt_timeout`; a timeout counts as a transient failure.
-pub async fn retry<T, F, Fut>(
-    policy: &RetryPolicy,
-    what: &str,
-    mut op: F,
-) -> Result<T, StorageError>
+pub async fn retry<T, E, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StorageError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let attempts = policy.max_attempts.max(1);
     let mut attempt = 1;
     loop {
         let result = match tokio::time::timeout(policy.attempt_timeout, op()).await {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout(policy.attempt_timeout)),
+            Err(_) => Err(E::timed_out(policy.attempt_timeout)),
         };
         match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_permanent() || attempt >= attempts => {
                 if attempt > 1 && !e.is_permanent() {
                     tracing::warn!("{what}: giving up after {attempt} attempts");
-                    return Err(StorageError::GaveUp {
-                        attempts: attempt,
-                        last: Box::new(e),
-                    });
+                    return Err(E::gave_up(attempt, e));
                 }
                 return Err(e);
             }
@@ -106,6 +113,32 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    #[derive(Debug)]
+    enum TestError {
+        Transient,
+        Permanent,
+        TimedOut,
+        GaveUp(u32, Box<TestError>),
+    }
+
+    impl std::fmt::Display for TestError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl Retryable for TestError {
+        fn is_permanent(&self) -> bool {
+            matches!(self, TestError::Permanent | TestError::GaveUp(..))
+        }
+        fn timed_out(_: Duration) -> Self {
+            TestError::TimedOut
+        }
+        fn gave_up(attempts: u32, last: Self) -> Self {
+            TestError::GaveUp(attempts, Box::new(last))
+        }
+    }
+
     fn fast() -> RetryPolicy {
         RetryPolicy {
             max_attempts: 4,
@@ -120,7 +153,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = retry(&fast(), "test", || async {
             if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(StorageError::Transient("503".into()))
+                Err(TestError::Transient)
             } else {
                 Ok(7)
             }
@@ -135,10 +168,10 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = retry(&fast(), "test", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(StorageError::NotFound)
+            Err(TestError::Permanent)
         })
         .await;
-        assert!(matches!(r, Err(StorageError::NotFound)));
+        assert!(matches!(r, Err(TestError::Permanent)));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -147,10 +180,10 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = retry(&fast(), "test", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(StorageError::Transient("reset".into()))
+            Err(TestError::Transient)
         })
         .await;
-        assert!(matches!(r, Err(StorageError::GaveUp { attempts: 4, .. })));
+        assert!(matches!(r, Err(TestError::GaveUp(4, _))));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
@@ -159,10 +192,13 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = retry(&fast(), "test", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            std::future::pending().await
+            std::future::pending::<Result<(), TestError>>().await
         })
         .await;
-        assert!(matches!(r, Err(StorageError::GaveUp { .. })));
+        assert!(
+            matches!(&r, Err(TestError::GaveUp(4, last)) if matches!(**last, TestError::TimedOut)),
+            "{r:?}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 

@@ -28,7 +28,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Retryable};
 
 mod keys;
 pub mod owned;
@@ -67,6 +67,23 @@ pub enum StorageError {
         /// The last failure.
         last: Box<StorageError>,
     },
+}
+
+impl Retryable for StorageError {
+    fn is_permanent(&self) -> bool {
+        StorageError::is_permanent(self)
+    }
+
+    fn timed_out(limit: Duration) -> Self {
+        StorageError::Timeout(limit)
+    }
+
+    fn gave_up(attempts: u32, last: Self) -> Self {
+        StorageError::GaveUp {
+            attempts,
+            last: Box::new(last),
+        }
+    }
 }
 
 impl StorageError {
@@ -214,6 +231,63 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// What the stores take from the process environment: credentials and endpoints by their
+/// providers' names (`AWS_*`, `AZURE_*`, `GOOGLE_*`, `IDENTITY_ENDPOINT`, `SERVICE_ACCOUNT`,
+/// OpenStack's `OS_*`), and the fault-injection hook ([`unreliable::ENV`]). The binary reads
+/// its environment into this and passes it down: the libraries never read the environment,
+/// so what a store is opened with is explicit (and a test can give it exactly). Values may be
+/// secrets: `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StorageEnv {
+    vars: BTreeMap<String, String>,
+    faults: Option<std::ffi::OsString>,
+}
+
+impl StorageEnv {
+    /// The variables `vars` (name, value), and the fault plan `faults` (the value of
+    /// [`unreliable::ENV`], if set).
+    pub fn new(
+        vars: impl IntoIterator<Item = (String, String)>,
+        faults: Option<std::ffi::OsString>,
+    ) -> Self {
+        StorageEnv {
+            vars: vars.into_iter().collect(),
+            faults,
+        }
+    }
+
+    /// The value of variable `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Every variable, by name.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The variables whose names start with `prefix`, named in lower case (object_store's
+    /// configuration keys).
+    fn with_prefix<'a>(
+        &'a self,
+        prefix: &'static str,
+    ) -> impl Iterator<Item = (String, String)> + 'a {
+        self.vars
+            .iter()
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+    }
+}
+
+impl fmt::Debug for StorageEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageEnv")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("faults", &self.faults.is_some())
+            .finish()
+    }
+}
+
 /// Extra backend options (object_store configuration keys such as `aws_endpoint`) from the
 /// configuration file. Values may be secrets, so `Debug` shows only the keys.
 #[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -301,10 +375,11 @@ pub struct Location {
     pub backend: Backend,
 }
 
-/// Opens `url` with credentials from the environment, then `options` (which win).
+/// Opens `url` with credentials from the environment `env`, then `options` (which win).
 pub fn open(
     url: &str,
     options: &StorageOptions,
+    env: &StorageEnv,
     policy: &RetryPolicy,
 ) -> Result<Location, OpenError> {
     // The URL is quoted in every error about it, and it may hold credentials (a key pair as
@@ -369,7 +444,7 @@ pub fn open(
             let mut b = AmazonS3Builder::new()
                 .with_client_options(client)
                 .with_retry(no_retry);
-            for (k, v) in env_options("AWS_").chain(options_for(options, "aws_")) {
+            for (k, v) in env.with_prefix("AWS_").chain(options_for(options, "aws_")) {
                 if let Ok(key) = k.parse::<AmazonS3ConfigKey>() {
                     b = b.with_config(key, v);
                 }
@@ -389,12 +464,12 @@ pub fn open(
                 .with_client_options(client)
                 .with_retry(no_retry);
             // As MicrosoftAzureBuilder::from_env: managed identity's endpoint has no AZURE_ name.
-            let msi = std::env::var("IDENTITY_ENDPOINT")
-                .ok()
-                .map(|v| ("azure_msi_endpoint".to_string(), v));
+            let msi = env
+                .get("IDENTITY_ENDPOINT")
+                .map(|v| ("azure_msi_endpoint".to_string(), v.to_string()));
             for (k, v) in msi
                 .into_iter()
-                .chain(env_options("AZURE_"))
+                .chain(env.with_prefix("AZURE_"))
                 .chain(options_for(options, "azure_"))
             {
                 if let Ok(key) = k.parse::<AzureConfigKey>() {
@@ -419,20 +494,20 @@ pub fn open(
                 .with_retry(no_retry);
             // As GoogleCloudStorageBuilder::from_env: SERVICE_ACCOUNT is its one name without
             // GOOGLE_ (GOOGLE_APPLICATION_CREDENTIALS is a configuration key by itself).
-            let sa = std::env::var("SERVICE_ACCOUNT")
-                .ok()
-                .map(|v| ("google_service_account".to_string(), v));
+            let sa = env
+                .get("SERVICE_ACCOUNT")
+                .map(|v| ("google_service_account".to_string(), v.to_string()));
             let parse = |(k, v): (String, String)| k.parse::<GoogleConfigKey>().ok().zip(Some(v));
             let file: Vec<_> = options_for(options, "google_").filter_map(parse).collect();
             // A credential in the file replaces the environment's: object_store refuses a
             // service-account path and key together.
             let file_has_credential = file.iter().any(|(k, _)| is_gcs_credential(k));
-            let env = sa
+            let from_env = sa
                 .into_iter()
-                .chain(env_options("GOOGLE_"))
+                .chain(env.with_prefix("GOOGLE_"))
                 .filter_map(parse)
                 .filter(|(k, _)| !(file_has_credential && is_gcs_credential(k)));
-            for (key, v) in env.chain(file) {
+            for (key, v) in from_env.chain(file) {
                 b = b.with_config(key, v);
             }
             let store = b
@@ -454,7 +529,7 @@ pub fn open(
                     .0
                     .get(&name.to_ascii_lowercase())
                     .cloned()
-                    .or_else(|| std::env::var(name).ok())
+                    .or_else(|| env.get(name).map(str::to_string))
             };
             let store = swift::SwiftStore::from_settings(
                 &container,
@@ -506,19 +581,13 @@ pub fn open(
     };
     let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| bad(&e.to_string()))?;
     // Testing hook: WALARCHIVE_FAULTS wraps the store in a fault injector (inert when unset).
-    let store = unreliable::from_env(store, policy.attempt_timeout)
+    let store = unreliable::from_plan(store, env.faults.as_deref(), policy.attempt_timeout)
         .map_err(|reason| OpenError::Backend { backend, reason })?;
     Ok(Location {
         store,
         prefix,
         backend,
     })
-}
-
-fn env_options(prefix: &'static str) -> impl Iterator<Item = (String, String)> {
-    std::env::vars()
-        .filter(move |(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
 }
 
 /// The configuration keys that choose how GCS requests are authenticated.
@@ -568,32 +637,71 @@ mod tests {
         RetryPolicy::default()
     }
 
+    /// The retry helper classifies and wraps storage errors through [`Retryable`].
+    #[tokio::test]
+    async fn retry_wraps_storage_errors() {
+        let fast = RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            attempt_timeout: Duration::from_millis(50),
+        };
+        let r: Result<(), _> =
+            crate::retry::retry(&fast, "test", || async { std::future::pending().await }).await;
+        assert!(
+            matches!(&r, Err(StorageError::GaveUp { attempts: 2, last })
+                if matches!(**last, StorageError::Timeout(_))),
+            "{r:?}"
+        );
+        let r: Result<(), _> =
+            crate::retry::retry(&fast, "test", || async { Err(StorageError::NotFound) }).await;
+        assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
+    }
+
     #[test]
     fn opens_each_scheme() {
         let none = StorageOptions::default();
-        let l = open("file:///tmp/some/repo/", &none, &policy()).unwrap();
+        let l = open(
+            "file:///tmp/some/repo/",
+            &none,
+            &StorageEnv::default(),
+            &policy(),
+        )
+        .unwrap();
         assert_eq!(l.backend, Backend::Local);
         assert_eq!(l.prefix.as_ref(), "tmp/some/repo");
         for url in ["file:/tmp/some/repo", "file://localhost/tmp/some/repo"] {
-            let l = open(url, &none, &policy()).unwrap();
+            let l = open(url, &none, &StorageEnv::default(), &policy()).unwrap();
             assert_eq!(l.prefix.as_ref(), "tmp/some/repo", "{url}");
         }
-        let opts = StorageOptions(
-            [
-                ("aws_region", "eu-west-1"),
-                ("azure_storage_account_name", "acct"),
-                ("azure_storage_account_key", "a2V5"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        );
-        let s = open("s3://bucket/pre/fix", &opts, &policy()).unwrap();
+        // Each backend with its own keys: another backend's key is refused (ForeignKey).
+        let options = |pairs: &[(&str, &str)]| {
+            StorageOptions(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let s3 = options(&[("aws_region", "eu-west-1")]);
+        let opts = options(&[
+            ("azure_storage_account_name", "acct"),
+            ("azure_storage_account_key", "a2V5"),
+        ]);
+        let s = open(
+            "s3://bucket/pre/fix",
+            &s3,
+            &StorageEnv::default(),
+            &policy(),
+        )
+        .unwrap();
         assert_eq!((s.backend, s.prefix.as_ref()), (Backend::S3, "pre/fix"));
-        let a = open("az://container", &opts, &policy()).unwrap();
+        let a = open("az://container", &opts, &StorageEnv::default(), &policy()).unwrap();
         assert_eq!((a.backend, a.prefix.as_ref()), (Backend::Azure, ""));
         assert_eq!(
-            open("azure://c/p", &opts, &policy()).unwrap().backend,
+            open("azure://c/p", &opts, &StorageEnv::default(), &policy())
+                .unwrap()
+                .backend,
             Backend::Azure
         );
     }
@@ -615,12 +723,15 @@ mod tests {
             "s3://user:pw@b/p",
         ] {
             assert!(
-                matches!(open(url, &none, &policy()), Err(OpenError::BadUrl { .. })),
+                matches!(
+                    open(url, &none, &StorageEnv::default(), &policy()),
+                    Err(OpenError::BadUrl { .. })
+                ),
                 "{url}"
             );
         }
         assert!(matches!(
-            open("ftp://x/y", &none, &policy()),
+            open("ftp://x/y", &none, &StorageEnv::default(), &policy()),
             Err(OpenError::UnknownScheme { .. })
         ));
     }
@@ -636,18 +747,30 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         );
-        let l = open("swift://backups/pg/main/", &opts, &policy()).unwrap();
+        let l = open(
+            "swift://backups/pg/main/",
+            &opts,
+            &StorageEnv::default(),
+            &policy(),
+        )
+        .unwrap();
         assert_eq!((l.backend, l.prefix.as_ref()), (Backend::Swift, "pg/main"));
         assert!(!format!("{:?}", l.store).contains("AUTH_tk0"));
         // Container names keep their case (Swift's are case-sensitive).
-        let upper = open("swift://PG_Archive/x", &opts, &policy()).unwrap();
+        let upper = open(
+            "swift://PG_Archive/x",
+            &opts,
+            &StorageEnv::default(),
+            &policy(),
+        )
+        .unwrap();
         assert!(
             format!("{:?}", upper.store).contains("\"PG_Archive\""),
             "{:?}",
             upper.store
         );
         assert!(matches!(
-            open("swift:///pg", &opts, &policy()),
+            open("swift:///pg", &opts, &StorageEnv::default(), &policy()),
             Err(OpenError::BadUrl { .. })
         ));
         // Settings that name no auth version are a configuration error.
@@ -661,12 +784,13 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         );
-        if std::env::var_os("OS_AUTH_TYPE").is_none()
-            && std::env::var_os("OS_IDENTITY_API_VERSION").is_none()
-            && std::env::var_os("OS_AUTH_VERSION").is_none()
-            && std::env::var_os("SWIFT_AUTH_VERSION").is_none()
         {
-            match open("swift://backups", &unversioned, &policy()) {
+            match open(
+                "swift://backups",
+                &unversioned,
+                &StorageEnv::default(),
+                &policy(),
+            ) {
                 Err(OpenError::Backend {
                     backend: Backend::Swift,
                     reason,
@@ -718,13 +842,22 @@ mod tests {
             )]
             .into(),
         );
-        let l = open("gs://backups/pg/main/", &opts, &policy()).unwrap();
+        let l = open(
+            "gs://backups/pg/main/",
+            &opts,
+            &StorageEnv::default(),
+            &policy(),
+        )
+        .unwrap();
         assert_eq!((l.backend, l.prefix.as_ref()), (Backend::Gcs, "pg/main"));
-        let root = open("gs://backups", &opts, &policy()).unwrap();
+        let root = open("gs://backups", &opts, &StorageEnv::default(), &policy()).unwrap();
         assert_eq!((root.backend, root.prefix.as_ref()), (Backend::Gcs, ""));
         for url in ["gs:///pg", "gs://b/p?X-Goog-Signature=1", "gs://u:p@b/p"] {
             assert!(
-                matches!(open(url, &opts, &policy()), Err(OpenError::BadUrl { .. })),
+                matches!(
+                    open(url, &opts, &StorageEnv::default(), &policy()),
+                    Err(OpenError::BadUrl { .. })
+                ),
                 "{url}"
             );
         }
@@ -745,7 +878,7 @@ mod tests {
             ),
         ] {
             let bad = StorageOptions([(key.to_string(), value.to_string())].into());
-            match open("gs://backups/pg", &bad, &policy()) {
+            match open("gs://backups/pg", &bad, &StorageEnv::default(), &policy()) {
                 Err(OpenError::Backend {
                     backend: Backend::Gcs,
                     reason,
@@ -767,7 +900,13 @@ mod tests {
             ]
             .into(),
         );
-        let l = open("gs://url-bucket/p", &both, &policy()).unwrap();
+        let l = open(
+            "gs://url-bucket/p",
+            &both,
+            &StorageEnv::default(),
+            &policy(),
+        )
+        .unwrap();
         assert!(
             format!("{:?}", l.store).contains("url-bucket"),
             "{:?}",
@@ -819,7 +958,9 @@ mod tests {
             "ftp://AKIAKEY:Secret123@host/x",
             "s3://AKIAKEY:Secret 123@bucket/x",
         ] {
-            let e = open(url, &none, &policy()).unwrap_err().to_string();
+            let e = open(url, &none, &StorageEnv::default(), &policy())
+                .unwrap_err()
+                .to_string();
             assert!(
                 !e.to_lowercase().contains("akiakey") && !e.contains("Secret"),
                 "{url}: {e}"

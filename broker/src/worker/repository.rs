@@ -42,9 +42,15 @@ async fn repository_contents(
         None => Default::default(),
     };
     let policy = file.retry.apply(walarchive::RetryPolicy::default())?;
+    // The broker's own environment, as walarchive's CLI passes its own.
+    let env = walarchive::storage::StorageEnv::new(
+        std::env::vars(),
+        std::env::var_os(walarchive::storage::unreliable::ENV),
+    );
     let repo = walarchive::Repository::open(
         url,
         &file.storage,
+        &env,
         policy,
         walarchive::Compression::default(),
     )?;

@@ -46,8 +46,7 @@ fn runtime_dir() -> PathBuf {
 }
 
 fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Checks that the directory holding `socket` may be trusted with it: `pg_wal` always (see

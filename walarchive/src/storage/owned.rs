@@ -30,8 +30,7 @@ use object_store::{
 /// The owner root's writes go to, when root writes into another user's local repository:
 /// the owner of `repository` (an absolute path) or of its nearest existing ancestor.
 pub fn foreign_owner(repository: &FsPath) -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return None;
     }
     let mut dir = repository.to_path_buf();
@@ -222,8 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn roots_puts_go_to_the_repository_owner() {
-        // SAFETY: as above.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return; // only root can hand files over
         }
         let t = tempfile::tempdir().unwrap();
@@ -262,8 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_object_already_stored_is_handed_over_too() {
-        // SAFETY: as above.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return; // only root can hand files over
         }
         let t = tempfile::tempdir().unwrap();

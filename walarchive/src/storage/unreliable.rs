@@ -15,8 +15,9 @@
 //! plan and the same sequence of calls always inject the same faults.
 //!
 //! The real binary can run with it: when the environment variable [`ENV`]
-//! (`WALARCHIVE_FAULTS`) is set, [`super::open`] wraps the store it opened (see
-//! [`from_env`]); unset or empty, nothing changes. It is a testing hook: never set it in
+//! (`WALARCHIVE_FAULTS`) is set, the binary passes its value down (in
+//! [`super::StorageEnv`]) and [`super::open`] wraps the store it opened (see
+//! [`from_plan`]); unset or empty, nothing changes. It is a testing hook: never set it in
 //! production. The plan's text format is documented on [`FaultPlan`].
 #![warn(missing_docs)]
 
@@ -34,7 +35,8 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
-/// The environment variable holding a fault plan for [`super::open`] (testing only).
+/// The environment variable holding a fault plan for [`super::open`] (testing only; the
+/// binary reads it into [`super::StorageEnv`]).
 pub const ENV: &str = "WALARCHIVE_FAULTS";
 
 /// The `store` name in the errors this wrapper makes up.
@@ -671,15 +673,17 @@ impl<S: ObjectStore + ?Sized> ObjectStore for Unreliable<S> {
     }
 }
 
-/// Wraps `store` in an [`Unreliable`] following the plan in [`ENV`] when that variable is
-/// set and not empty (a testing hook; a warning says so on every use); returns `store`
-/// unchanged otherwise. `request_timeout` is the time limit of one attempt (see
-/// [`Unreliable::with_request_timeout`]). A plan that does not parse is an error.
-pub fn from_env(
+/// Wraps `store` in an [`Unreliable`] following `plan`, the value of [`ENV`] (which the
+/// binary reads), when it is set and not empty (a testing hook; a warning says so on every
+/// use); returns `store` unchanged otherwise. `request_timeout` is the time limit of one
+/// attempt (see [`Unreliable::with_request_timeout`]). A plan that does not parse is an
+/// error.
+pub fn from_plan(
     store: Arc<dyn ObjectStore>,
+    plan: Option<&std::ffi::OsStr>,
     request_timeout: Duration,
 ) -> Result<Arc<dyn ObjectStore>, String> {
-    let Some(value) = std::env::var_os(ENV) else {
+    let Some(value) = plan else {
         return Ok(store);
     };
     let text = value
@@ -701,6 +705,7 @@ mod tests {
     use crate::storage::StorageError;
     use futures::TryStreamExt;
     use object_store::memory::InMemory;
+    use std::ffi::OsStr;
 
     fn store(plan: &str) -> Unreliable<InMemory> {
         Unreliable::new(InMemory::new(), plan.parse().unwrap())
@@ -890,12 +895,18 @@ mod tests {
     }
 
     #[test]
-    fn env_hook_is_inert_when_unset() {
-        // Only the unset case: tests run in threads and must not set the variable.
-        if std::env::var_os(ENV).is_none() {
-            let plain: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-            let same = from_env(plain.clone(), Duration::from_secs(1)).unwrap();
-            assert!(Arc::ptr_eq(&plain, &same));
+    fn env_hook_is_inert_when_unset_or_empty() {
+        let plain: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for plan in [None, Some(" ")] {
+            let same = from_plan(plain.clone(), plan.map(OsStr::new), Duration::from_secs(1));
+            assert!(Arc::ptr_eq(&plain, &same.unwrap()), "{plan:?}");
         }
+        let wrapped = from_plan(
+            plain.clone(),
+            Some(OsStr::new("op=put fault=503")),
+            Duration::from_secs(1),
+        );
+        assert!(!Arc::ptr_eq(&plain, &wrapped.unwrap()));
+        assert!(from_plan(plain, Some(OsStr::new("nonsense")), Duration::from_secs(1)).is_err());
     }
 }

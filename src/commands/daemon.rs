@@ -41,7 +41,7 @@ pub fn push_via_daemon(settings: &Settings, path: &Path) -> Option<Result<u8>> {
             raw_len,
             stored_len,
         }) => {
-            crate::commands::count(path, |c| {
+            crate::report::count(path, |c| {
                 c.push_seconds_total += started.elapsed().as_secs_f64();
                 // What the daemon uploads, it counts itself.
                 if how != How::Stored {
@@ -63,10 +63,10 @@ pub fn push_via_daemon(settings: &Settings, path: &Path) -> Option<Result<u8>> {
             Some(Ok(exit::OK))
         }
         Ok(Answer::Refused(e)) => {
-            crate::commands::count(path, |c| {
+            crate::report::count(path, |c| {
                 c.push_seconds_total += started.elapsed().as_secs_f64();
                 c.push_errors_total += 1;
-                crate::commands::note_error(c, &e);
+                crate::report::note_error(c, &e);
             });
             Some(Err(e.into()))
         }
@@ -141,7 +141,8 @@ pub async fn run(
 ) -> Result<u8> {
     // Every file the daemon pushes is checked against the cluster whose pg_wal it serves,
     // found as wal-push finds it for a file in that pg_wal.
-    let identity = crate::commands::push_identity(None, &pg_wal.join("x"))?;
+    let identity =
+        super::wal_push::push_identity(None, settings.env.pgdata.as_deref(), &pg_wal.join("x"))?;
     let opts = daemon::Options {
         idle_exit,
         follow_postmaster,

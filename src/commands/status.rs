@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use walarchive::status::{self, human_seconds, rfc3339, Inputs, Report};
+use walarchive::status::human::human_seconds;
+use walarchive::status::render;
+use walarchive::status::{self, rfc3339, Inputs, Report};
 use walarchive::{pg, Repository, TimelineId};
 
 use crate::exit;
@@ -135,7 +137,7 @@ pub async fn status(repo: &Repository, args: &StatusArgs) -> Result<u8> {
             serde_json::to_string_pretty(&report).context("cannot print JSON")?
         );
     } else if args.prometheus {
-        print!("{}", status::prometheus(&report));
+        print!("{}", render::prometheus(&report));
     } else {
         print_text(&report);
     }
@@ -167,7 +169,7 @@ fn print_text(r: &Report) {
             "{} file{}, {} stored",
             r.archived_wal_files,
             if r.archived_wal_files == 1 { "" } else { "s" },
-            crate::commands::human(r.archived_wal_bytes)
+            crate::report::human(r.archived_wal_bytes)
         ),
     );
     match &r.server.figures {
