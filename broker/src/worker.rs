@@ -26,6 +26,12 @@
 //! The worker also owns this broker host's HAProxy: it is started with the routes of every
 //! instance recorded in etcd and re-applied on every pass, so a restarted broker keeps
 //! routing and a HAProxy that died is started again.
+//!
+//! This file is the loop: the worker's state, the claims, and `drive`, which runs an
+//! operation's passes until it finishes. The passes are in `passes`, and what they share in
+//! rooms of their own: `placement` (where nodes go and their names), `nodes` (putting them on
+//! their cells), `observe` (Patroni's view of them), `routing` (HAProxy), `repository` (is
+//! a new instance's repository empty) and `backups` (scheduled backups and retention).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -39,6 +45,7 @@ use tracing::{debug, info, warn};
 mod backups;
 mod nodes;
 mod observe;
+mod passes;
 mod placement;
 mod repository;
 mod routing;
@@ -50,8 +57,7 @@ use crate::cell::{CellClient, Secret};
 use crate::config::BrokerConfig;
 use crate::router::{Haproxy, RouterOptions};
 use crate::state::{
-    ClaimKind, InstanceRecord, NodePlacement, OperationKind, OperationRecord, Outcome, Store,
-    StoreError, Timestamp,
+    ClaimKind, InstanceRecord, OperationKind, OperationRecord, Outcome, Store, StoreError,
 };
 
 /// Errors of the [`Worker`].
@@ -571,201 +577,6 @@ impl Inner {
         }
         Ok(inst)
     }
-
-    async fn provision_pass(&self, op: &OperationRecord, pass: &mut Pass) -> Result<String, Step> {
-        let inst = self.current(op).await?;
-        if inst.nodes.is_empty() {
-            // Before anything is created: the repository must be new. (An id `x.2` and the
-            // second incarnation of `x` would share one, for instance.)
-            match self.repository_contents(&inst.repository).await {
-                Ok(None) => {}
-                Ok(Some(what)) => {
-                    warn!(instance = %inst.id, repository = %inst.repository,
-                          "the repository of a new instance is not empty: {what}");
-                    return Err(Step::Fail(
-                        "This instance's repository already holds an archive; a new cluster cannot archive into it. The operator can find the details in the broker's log."
-                            .into(),
-                    ));
-                }
-                Err(e) => {
-                    return Err(Step::retry(
-                        None,
-                        "the instance's backup repository could not be checked",
-                        format_args!("{}: {e}", inst.repository),
-                    ))
-                }
-            }
-        }
-        let secrets = self.secrets(&inst.id).await?;
-        let target = op.request.node_count as usize;
-        let inst = self.place(op, &inst, target).await?;
-        let (inst, seen) = self.nodes_up_and_routed(op, &inst, &secrets, pass).await?;
-        if !self.route_works(&inst).await {
-            return Err(Step::Pending(format!(
-                "{}; waiting for the router",
-                seen.describe()
-            )));
-        }
-        if !pass.backed_up {
-            self.store
-                .set_progress(
-                    &op.instance_id,
-                    &op.id,
-                    &format!("{}; taking the first base backup", seen.describe()),
-                )
-                .await?;
-            let leader = seen.leader().expect("healthy").name.clone();
-            let node = inst
-                .nodes
-                .iter()
-                .find(|n| n.name == leader)
-                .expect("observed");
-            let cell = self.cell(&node.cell).expect("observed");
-            match cell.client.backup(&leader).await {
-                Ok(b) => {
-                    info!(instance = %inst.id, backup = %b.summary["name"], seconds = b.seconds,
-                          "first base backup taken");
-                    pass.backed_up = true;
-                    let now = Timestamp::now();
-                    self.store
-                        .transition(&op.instance_id, &op.id, |i, _| {
-                            i.last_backup_at = Some(now);
-                            Ok(())
-                        })
-                        .await?;
-                }
-                Err(e) => {
-                    return Err(Step::retry(
-                        Some(seen.describe()),
-                        "the first base backup failed",
-                        format_args!("node {leader}: {e}"),
-                    ))
-                }
-            }
-        }
-        Ok(format!(
-            "The PostgreSQL cluster is ready ({}).",
-            nodes(inst.nodes.len())
-        ))
-    }
-
-    async fn update_pass(&self, op: &OperationRecord, pass: &mut Pass) -> Result<String, Step> {
-        let inst = self.current(op).await?;
-        let secrets = self.secrets(&inst.id).await?;
-        let target = op.request.node_count as usize;
-        let mut inst = self.place(op, &inst, target).await?;
-        if inst.nodes.len() > target {
-            // Scale down: remove replicas only; the leader stays (at least one node remains).
-            let seen = self.observe(&inst).await;
-            let Some(leader) = seen.leader().map(|l| l.name.clone()) else {
-                return Err(Step::Pending(format!(
-                    "{}; waiting for a leader before removing nodes",
-                    seen.describe()
-                )));
-            };
-            // Replicas that do not stream go first, then the newest.
-            let mut victims: Vec<&NodePlacement> =
-                inst.nodes.iter().filter(|n| n.name != leader).collect();
-            victims.sort_by_key(|n| (seen.streams(&n.name), std::cmp::Reverse(n.name.clone())));
-            let victims: Vec<NodePlacement> = victims
-                .into_iter()
-                .take(inst.nodes.len() - target)
-                .cloned()
-                .collect();
-            for (k, v) in victims.iter().enumerate() {
-                self.store
-                    .set_progress(
-                        &op.instance_id,
-                        &op.id,
-                        &format!(
-                            "{}; removing replica {} of {}",
-                            seen.describe(),
-                            k + 1,
-                            victims.len()
-                        ),
-                    )
-                    .await?;
-                if let Some(cell) = self.cell(&v.cell) {
-                    cell.client.delete_node(&v.name).await.map_err(|e| {
-                        Step::retry(
-                            Some(seen.describe()),
-                            "a replica could not be removed (its machine did not answer as expected)",
-                            format_args!("node {} on cell {}: {e}", v.name, v.cell),
-                        )
-                    })?;
-                }
-                info!(instance = %inst.id, node = %v.name, cell = %v.cell, "node removed");
-            }
-            let gone: HashSet<String> = victims.iter().map(|v| v.name.clone()).collect();
-            let (ni, _) = self
-                .store
-                .transition(&op.instance_id, &op.id, |i, _| {
-                    i.nodes.retain(|n| !gone.contains(&n.name));
-                    Ok(())
-                })
-                .await?;
-            inst = ni;
-            if let Err(e) = self.sync_router().await {
-                warn!("cannot update the router: {e}");
-            }
-        }
-        let (inst, _) = self.nodes_up_and_routed(op, &inst, &secrets, pass).await?;
-        Ok(format!("Updated: {}.", nodes(inst.nodes.len())))
-    }
-
-    async fn deprovision_pass(&self, op: &OperationRecord) -> Result<String, Step> {
-        let inst = self.current(op).await?;
-        // The route goes first (the instance is deprovisioning, so it has none any more).
-        if let Err(e) = self.sync_router().await {
-            return Err(Step::retry(None, "the route could not be removed", e));
-        }
-        // Every node of the instance on every cell, recorded or not (a provision may have
-        // been interrupted between a PUT and recording its ports).
-        let mut problems = Vec::new();
-        for cell in &self.cells {
-            let nodes = match cell.client.nodes().await {
-                Ok(n) => n,
-                Err(e) => {
-                    problems.push(format!("cell {} unreachable ({e})", cell.name));
-                    continue;
-                }
-            };
-            for n in nodes.iter().filter(|n| n.instance_id == inst.id) {
-                match cell.client.delete_node(&n.name).await {
-                    Ok(_) => info!(instance = %inst.id, node = %n.name, cell = %cell.name,
-                                   "node removed"),
-                    Err(e) => problems.push(format!("node {} on cell {}: {e}", n.name, cell.name)),
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Step::retry(
-                None,
-                "some nodes could not be removed yet (their machines did not answer as expected)",
-                problems.join("; "),
-            ));
-        }
-        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.scope());
-        self.store
-            .etcd()
-            .delete_prefix(patroni.as_bytes())
-            .await
-            .map_err(|e| {
-                Step::retry(
-                    None,
-                    "the cluster's coordination keys could not be removed",
-                    e,
-                )
-            })?;
-        self.store
-            .transition(&op.instance_id, &op.id, |i, _| {
-                i.nodes.clear();
-                Ok(())
-            })
-            .await?;
-        info!(instance = %inst.id, repository = %inst.repository, "deleted; the archive is kept");
-        Ok("Deleted; the archive is kept.".into())
-    }
 }
 
 /// What one task remembers between passes of an operation (lost with the task, which only
@@ -776,9 +587,4 @@ struct Pass {
     put: HashMap<String, Vec<String>>,
     /// Whether the first base backup was taken by this task.
     backed_up: bool,
-}
-
-/// "1 node", "3 nodes".
-fn nodes(n: usize) -> String {
-    format!("{n} node{}", if n == 1 { "" } else { "s" })
 }
