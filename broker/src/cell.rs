@@ -37,11 +37,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+mod binder;
 pub mod client;
 mod config;
 mod error;
 mod server;
 
+pub use binder::CellBinder;
 pub use client::{
     valid_node_name, BackupOutcome, CellClient, ClientError, NodePorts, NodeSpec, NodeStatus,
 };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use walarchive_broker::binder::CellBinder;
+use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use walarchive_broker::binder::CellBinder;
+use walarchive_broker::cell::CellBinder;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
 /// The platform's credentials in every test configuration.

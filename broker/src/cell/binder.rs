@@ -1,0 +1,165 @@
+//! The broker's [`Binder`]: bindings made on an instance's leader through its cell.
+//!
+//! The roles themselves (their SQL, names and credentials) are [`crate::binder`]'s; this is
+//! only the broker's side of asking the leader's cell to create or drop one, retried while a
+//! failover is in progress. It lives with the cell's client, not in `binder`, so that the cell
+//! agent (which runs `binder`'s SQL) and the broker's binder do not import each other.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::{CellClient, ClientError, Secret};
+use crate::api::{BindError, Binder, BoxFuture};
+use crate::binder::{credentials, new_role, role_name, BinderOptions};
+use crate::state::{Credentials, InstanceRecord};
+
+/// The [`Binder`] of a real broker: a role per binding, made on the leader by its cell.
+pub struct CellBinder {
+    host: String,
+    options: BinderOptions,
+    cells: BTreeMap<String, CellClient>,
+}
+
+impl std::fmt::Debug for CellBinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellBinder")
+            .field("host", &self.host)
+            .field("options", &self.options)
+            .field("cells", &self.cells.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl CellBinder {
+    /// A binder whose credentials name `host` (the router) and the instance's port, reaching
+    /// the instances' nodes through `cells` (by cell name).
+    pub fn new(
+        host: impl Into<String>,
+        cells: BTreeMap<String, CellClient>,
+        options: BinderOptions,
+    ) -> CellBinder {
+        CellBinder {
+            host: host.into(),
+            options,
+            cells,
+        }
+    }
+
+    /// The binder of a broker's configuration (its cells, over TLS, and its router host).
+    pub fn from_config(config: &crate::BrokerConfig) -> Result<CellBinder, ClientError> {
+        let mut cells = BTreeMap::new();
+        for c in &config.cells {
+            cells.insert(
+                c.name.clone(),
+                CellClient::new(&c.url, Secret::new(c.token.expose()), config.tls.as_ref())?,
+            );
+        }
+        Ok(CellBinder::new(
+            config.router.host.clone(),
+            cells,
+            BinderOptions::default(),
+        ))
+    }
+
+    /// The options.
+    pub fn options(&self) -> &BinderOptions {
+        &self.options
+    }
+
+    /// The cell and name of the instance's leader, as its cells report it.
+    async fn leader<'a>(
+        &'a self,
+        instance: &'a InstanceRecord,
+    ) -> Result<(&'a CellClient, &'a str), BindError> {
+        for n in &instance.nodes {
+            let Some(cell) = self.cells.get(&n.cell) else {
+                continue;
+            };
+            if let Ok(Some(s)) = cell.node(&n.name).await {
+                if s.is_leader() {
+                    return Ok((cell, &n.name));
+                }
+            }
+        }
+        Err(BindError::new(format!(
+            "instance {} has no leader now (failover in progress?)",
+            instance.id
+        )))
+    }
+
+    async fn retrying<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, BindError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BindError>>,
+    {
+        let attempts = self.options.attempts.max(1);
+        let mut n = 1;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if n < attempts => {
+                    warn!(attempt = n, error = %e, "{what} failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn cell_err(what: &'static str) -> impl FnOnce(ClientError) -> BindError {
+    move |e| BindError {
+        message: format!("{what}: {e}"),
+        source: Some(Box::new(e)),
+    }
+}
+
+impl Binder for CellBinder {
+    fn bind<'a>(
+        &'a self,
+        instance: &'a InstanceRecord,
+        binding_id: &'a str,
+    ) -> BoxFuture<'a, Result<Credentials, BindError>> {
+        Box::pin(async move {
+            let (role, req, password) = new_role(&self.options, instance, binding_id);
+            self.retrying("bind", || async {
+                let (cell, node) = self.leader(instance).await?;
+                cell.put_role(node, &role, &req)
+                    .await
+                    .map_err(cell_err("creating the binding's role"))
+            })
+            .await?;
+            info!(instance = %instance.id, binding = %binding_id, role = %role, "binding role ready");
+            Ok(credentials(
+                &self.host,
+                instance.port,
+                &self.options.database,
+                &role,
+                password.expose(),
+            ))
+        })
+    }
+
+    fn unbind<'a>(
+        &'a self,
+        instance: &'a InstanceRecord,
+        binding_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BindError>> {
+        Box::pin(async move {
+            let role = role_name(binding_id);
+            self.retrying("unbind", || async {
+                let (cell, node) = self.leader(instance).await?;
+                cell.delete_role(node, &role, &self.options.group_role)
+                    .await
+                    .map_err(cell_err("dropping the binding's role"))
+            })
+            .await?;
+            info!(instance = %instance.id, binding = %binding_id, "binding role dropped");
+            Ok(())
+        })
+    }
+}
