@@ -224,13 +224,23 @@ impl Agent {
     /// Writes node.json, patroni.yml, the replica-fetch script and the role-change callback.
     fn write_node_files(&self, name: &str, dir: &Path, rec: &NodeRecord) -> Result<(), Error> {
         let cfg = self.node_config(name, dir, rec);
+        let unquotable =
+            |e: walarchive::shell::QuoteError| Error::Invalid(format!("node {name}: {e}"));
         let json = serde_json::to_vec_pretty(rec).expect("node records serialize");
         write_file(&dir.join("node.json"), &json, 0o600, None)?;
         // Read (and the scripts run) by Patroni, as the node's OS user.
         let files = [
-            ("patroni.yml", cfg.render(), 0o600),
-            (REPLICA_FETCH_SCRIPT, cfg.replica_fetch_script(), 0o700),
-            (ROLE_CHANGE_SCRIPT, cfg.role_change_script(), 0o700),
+            ("patroni.yml", cfg.render().map_err(unquotable)?, 0o600),
+            (
+                REPLICA_FETCH_SCRIPT,
+                cfg.replica_fetch_script().map_err(unquotable)?,
+                0o700,
+            ),
+            (
+                ROLE_CHANGE_SCRIPT,
+                cfg.role_change_script().map_err(unquotable)?,
+                0o700,
+            ),
         ];
         for (file, text, mode) in files {
             write_file(&dir.join(file), text.as_bytes(), mode, self.owner())?;

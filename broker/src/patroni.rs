@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use walarchive::shell::{quote, QuoteError};
 
 /// A password or token: serialized as a plain string, but never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -184,21 +185,21 @@ impl NodeConfig {
     }
 
     /// `archive_command` for PostgreSQL.
-    pub fn archive_command(&self) -> String {
-        format!(
+    pub fn archive_command(&self) -> Result<String, QuoteError> {
+        Ok(format!(
             "{} --repo {} wal-push %p",
-            sh_quote(&self.walarchive.display().to_string()),
-            sh_quote(&self.repository)
-        )
+            quote(&self.walarchive.display().to_string())?,
+            quote(&self.repository)?
+        ))
     }
 
     /// `restore_command` for PostgreSQL.
-    pub fn restore_command(&self) -> String {
-        format!(
+    pub fn restore_command(&self) -> Result<String, QuoteError> {
+        Ok(format!(
             "{} --repo {} wal-fetch %f %p",
-            sh_quote(&self.walarchive.display().to_string()),
-            sh_quote(&self.repository)
-        )
+            quote(&self.walarchive.display().to_string())?,
+            quote(&self.repository)?
+        ))
     }
 
     /// Patroni's `etcd3` section.
@@ -294,14 +295,14 @@ impl NodeConfig {
     }
 
     /// The Patroni configuration document.
-    pub fn to_value(&self) -> Value {
+    pub fn to_value(&self) -> Result<Value, QuoteError> {
         let t = &self.timing;
         let mut initdb = vec![json!({"encoding": "UTF8"}), json!("data-checksums")];
         if let Some(mb) = self.wal_segsize_mb {
             initdb.push(json!({"wal-segsize": mb.to_string()}));
         }
         let node_dir = self.node_dir.display().to_string();
-        json!({
+        Ok(json!({
             "scope": self.scope,
             "namespace": self.namespace,
             "name": self.node_name,
@@ -349,10 +350,10 @@ impl NodeConfig {
                 "authentication": self.authentication(),
                 "use_unix_socket": true,
                 "parameters": {
-                    "archive_command": self.archive_command(),
+                    "archive_command": self.archive_command()?,
                     "unix_socket_directories": self.socket_dir.display().to_string(),
                 },
-                "recovery_conf": {"restore_command": self.restore_command()},
+                "recovery_conf": {"restore_command": self.restore_command()?},
                 "pg_hba": self.pg_hba(),
                 "pg_ident": self.pg_ident(),
                 "create_replica_methods": ["walarchive", "basebackup"],
@@ -364,19 +365,19 @@ impl NodeConfig {
                 "callbacks": {"on_role_change": format!("{node_dir}/{ROLE_CHANGE_SCRIPT}")},
             },
             "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
-        })
+        }))
     }
 
     /// The configuration file's text (JSON, which is valid YAML).
-    pub fn render(&self) -> String {
-        serde_json::to_string_pretty(&self.to_value()).expect("JSON values serialize") + "\n"
+    pub fn render(&self) -> Result<String, QuoteError> {
+        Ok(serde_json::to_string_pretty(&self.to_value()?).expect("JSON values serialize") + "\n")
     }
 
     /// The replica-creation wrapper Patroni runs as its `walarchive` replica method, with
     /// `--scope= --role= --datadir= --connstring=` arguments: it restores the repository's
     /// newest base backup into the data directory as a standby and exits non-zero when there
     /// is none (or it fails), so that Patroni falls back to `pg_basebackup`.
-    pub fn replica_fetch_script(&self) -> String {
+    pub fn replica_fetch_script(&self) -> Result<String, QuoteError> {
         replica_fetch_script(&self.walarchive, &self.repository)
     }
 
@@ -391,8 +392,8 @@ impl NodeConfig {
     /// = latest`) asks for the new timeline's segment, does not find it, and takes the old
     /// timeline's, replaying WAL the new leader never had. Switching at once shrinks the
     /// window to one archive_command.
-    pub fn role_change_script(&self) -> String {
-        format!(
+    pub fn role_change_script(&self) -> Result<String, QuoteError> {
+        Ok(format!(
             r#"#!/bin/sh
 # Written by walarchive-broker: Patroni's on_role_change callback.
 # Patroni runs it without waiting for the promotion to finish: wait until the server
@@ -413,16 +414,16 @@ done
 echo "on-role-change: could not switch WAL on the new leader" >&2
 exit 0
 "#,
-            psql = sh_quote(&self.pg_bin_dir.join("psql").display().to_string()),
-            socket = sh_quote(&self.socket_dir.display().to_string()),
+            psql = quote(&self.pg_bin_dir.join("psql").display().to_string())?,
+            socket = quote(&self.socket_dir.display().to_string())?,
             port = self.pg_port,
-        )
+        ))
     }
 }
 
 /// See [`NodeConfig::replica_fetch_script`].
-pub fn replica_fetch_script(walarchive: &Path, repository: &str) -> String {
-    format!(
+pub fn replica_fetch_script(walarchive: &Path, repository: &str) -> Result<String, QuoteError> {
+    Ok(format!(
         r#"#!/bin/sh
 # Written by walarchive-broker: Patroni's "walarchive" replica method.
 datadir=
@@ -444,9 +445,9 @@ fi
 rm -rf "$datadir"
 exit $status
 "#,
-        walarchive = sh_quote(&walarchive.display().to_string()),
-        repo = sh_quote(repository),
-    )
+        walarchive = quote(&walarchive.display().to_string())?,
+        repo = quote(repository)?,
+    ))
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -460,18 +461,6 @@ fn host_cidr(host: &str) -> String {
         format!("{host}/128")
     } else {
         host.to_string()
-    }
-}
-
-/// Single-quotes `s` for `sh` (PostgreSQL runs archive/restore commands through `sh -c`).
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@,".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -517,7 +506,7 @@ mod tests {
 
     #[test]
     fn renders_the_documented_keys() {
-        let v = config().to_value();
+        let v = config().to_value().unwrap();
         assert_eq!(v["scope"], "inst-1");
         assert_eq!(v["etcd3"]["hosts"][0], "127.0.0.1:2379");
         assert_eq!(v["etcd3"]["protocol"], "https");
@@ -564,7 +553,7 @@ mod tests {
             json!({"username": "rewinder", "password": "rew"})
         );
         // The rendered text is JSON (hence YAML).
-        let text = config().render();
+        let text = config().render().unwrap();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
     }
 
@@ -579,7 +568,7 @@ mod tests {
 
     #[test]
     fn script_maps_datadir() {
-        let s = replica_fetch_script(Path::new("/opt/wa bin/walarchive"), "file:///r");
+        let s = replica_fetch_script(Path::new("/opt/wa bin/walarchive"), "file:///r").unwrap();
         assert!(s.contains("\n'/opt/wa bin/walarchive' --repo file:///r backup-fetch --force --standby \"$datadir\" LATEST\n"), "{s}");
     }
 }

@@ -138,8 +138,11 @@ pub fn user_ids(name: &str) -> io::Result<Option<(u32, u32)>> {
 }
 
 /// The shell watchdog that takes a cell agent's PostgreSQL servers down when the agent dies.
-fn watchdog_script(agent_pid: u32, data_root: &Path) -> String {
-    format!(
+fn watchdog_script(agent_pid: u32, data_root: &Path) -> io::Result<String> {
+    let root = walarchive::shell::quote(&data_root.display().to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        .into_owned();
+    Ok(format!(
         r#"agent={agent_pid}
 root={root}
 while kill -0 "$agent" 2>/dev/null; do sleep 0.3; done
@@ -162,8 +165,7 @@ for d in "$root"/*/; do
     fi
 done
 "#,
-        root = crate::patroni::sh_quote(&data_root.display().to_string())
-    )
+    ))
 }
 
 /// Starts the watchdog of the nodes under `data_root` (one directory per node, holding
@@ -185,7 +187,7 @@ pub async fn start_watchdog(data_root: &Path) -> io::Result<()> {
     }
     let child = Command::new("sh")
         .arg("-c")
-        .arg(watchdog_script(std::process::id(), data_root))
+        .arg(watchdog_script(std::process::id(), data_root)?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -85,7 +85,9 @@ impl Postgres {
             ctl = sh_quote(&pg_ctl.to_string_lossy()),
             data = sh_quote(&data.to_string_lossy()),
         );
-        spawn_watchdog(&script);
+        // Not waited for: it outlives this process by design.
+        #[allow(clippy::zombie_processes)]
+        let _ = spawn_watchdog("PostgreSQL", &script);
         let st = as_postgres(&pg_ctl)
             .arg("-D")
             .arg(&data)

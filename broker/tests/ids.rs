@@ -287,7 +287,7 @@ async fn scenario() {
             "_x_2E2",
         ],
     );
-    let bucket_dir = s3.root.join(&bucket);
+    let bucket_dir = s3.root_dir().join(&bucket);
     let in_bucket = files_under(&bucket_dir);
     assert!(
         in_bucket.iter().all(|k| k.starts_with("inst/")),

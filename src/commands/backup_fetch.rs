@@ -53,36 +53,31 @@ pub(crate) fn recovery_target(t: &TargetArgs) -> Result<Option<Target>> {
 /// from exactly where the backup came from. Credentials are not copied: PostgreSQL's
 /// environment or the configuration file must provide them.
 pub(crate) fn restore_command(cli: &Cli, settings: &Settings) -> Result<String> {
+    let quote = |what: &str, word: &str| {
+        walarchive::shell::quote(word)
+            .map(|q| q.into_owned())
+            .map_err(|e| walarchive::Error::BadInput {
+                path: what.into(),
+                reason: e.to_string(),
+            })
+    };
     let exe = std::env::current_exe().context("cannot find the walarchive executable's path")?;
     let mut cmd = format!(
         "{} --repo {}",
-        shell_word(&exe.display().to_string()),
-        shell_word(&settings.repo)
+        quote(
+            "the walarchive executable's path",
+            &exe.display().to_string()
+        )?,
+        quote("--repo", &settings.repo)?
     );
     if let Some(cfg) = &cli.global.config {
         cmd.push_str(&format!(
             " --config {}",
-            shell_word(&absolute(cfg)?.display().to_string())
+            quote("--config", &absolute(cfg)?.display().to_string())?
         ));
     }
     cmd.push_str(" wal-fetch %f %p");
     Ok(cmd)
-}
-
-fn shell_word(s: &str) -> String {
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@,".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!(
-            "\"{}\"",
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('$', "\\$")
-                .replace('`', "\\`")
-        )
-    }
 }
 
 pub(crate) async fn backup_fetch(

@@ -130,6 +130,24 @@ impl S3Server {
         ]
     }
 
+    /// A walarchive configuration file at `path` (mode 0644, so that PostgreSQL's OS user
+    /// reads it) with this server's endpoint and credentials in `[storage]`.
+    pub fn walarchive_config(&self, path: &Path) {
+        fs::write(
+            path,
+            format!(
+                "[storage]\naws_access_key_id = \"{}\"\naws_secret_access_key = \"{}\"\n\
+                 aws_region = \"{}\"\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\n",
+                self.access_key,
+                self.secret_key,
+                self.region,
+                self.endpoint()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        crate::chmod(path, 0o644);
+    }
+
     /// A SigV4-signed path-style request. `path` is unencoded, e.g.
     /// "/bucket/some key"; `query` pairs are unencoded.
     pub fn request(

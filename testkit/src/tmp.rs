@@ -19,9 +19,12 @@ pub fn keep_dirs() -> bool {
     std::env::var("WALARCHIVE_KEEP_TEST_DIRS").is_ok_and(|v| v == "1")
 }
 
-/// Single-quotes `s` for `sh`.
+/// `s` as one word of a `sh` command line ([`walarchive::shell::quote`]); test paths and
+/// names never hold a NUL byte.
 pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    walarchive::shell::quote(s)
+        .expect("test strings hold no NUL byte")
+        .into_owned()
 }
 
 pub(crate) fn path_str(p: &Path) -> &str {

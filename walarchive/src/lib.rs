@@ -29,6 +29,7 @@ pub mod repair;
 pub mod repo;
 pub mod retention;
 pub mod retry;
+pub mod shell;
 pub mod status;
 pub mod storage;
 pub mod verify;

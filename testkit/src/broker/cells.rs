@@ -10,20 +10,13 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use walarchive_broker::cell::{CellClient, Secret};
 
-pub use crate::{free_port, keep_dirs, postgres_ids, sh_quote};
-
-/// Makes `path` owned by postgres.
-pub fn chown_postgres(path: &Path) {
-    let (u, g) = postgres_ids();
-    std::os::unix::fs::chown(path, Some(u), Some(g)).expect("chown");
-}
+pub use crate::{chown_postgres, free_port, keep_dirs, postgres_ids, sh_quote, spawn_watchdog};
 
 /// A fresh directory `/tmp/walarchive-broker-<kind>-<pid>-XXXX` (mode 0755), removed by a
 /// watchdog a few seconds after this process exits (which also stops a HAProxy left running
@@ -45,25 +38,11 @@ pub fn test_root(kind: &str) -> PathBuf {
              rm -rf {d}",
             d = sh_quote(&dir.to_string_lossy())
         );
-        spawn_watchdog(&script);
+        // Not waited for: it outlives this process by design.
+        #[allow(clippy::zombie_processes)]
+        let _ = spawn_watchdog("test directory cleanup", &script);
     }
     dir
-}
-
-/// Runs `script` with `sh -c` in a process group of its own (a Ctrl-C on the tests spares
-/// it), detached: a watchdog that cleans up after this process once it is gone.
-pub fn spawn_watchdog(script: &str) {
-    // Not waited for: it outlives this process by design.
-    #[allow(clippy::zombie_processes)]
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn a cleanup watchdog");
 }
 
 /// A directory `repo` under `root` owned by postgres, and its `file://` URL: where the
