@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{CellClient, ClientError, Secret};
+use super::{CellClient, ClientError};
 use crate::api::{BindError, Binder, BoxFuture};
 use crate::binder::{credentials, new_role, role_name, BinderOptions};
 use crate::state::{Credentials, InstanceRecord};
@@ -54,7 +54,7 @@ impl CellBinder {
         for c in &config.cells {
             cells.insert(
                 c.name.clone(),
-                CellClient::new(&c.url, Secret::new(c.token.expose()), config.tls.as_ref())?,
+                CellClient::new(&c.url, c.token.clone(), config.tls.as_ref())?,
             );
         }
         Ok(CellBinder::new(

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{HumanDuration, Secret};
+use super::HumanDuration;
+use crate::secrets::Secret;
 use crate::secrets::{Keyring, SecretsConfig};
 use crate::tls::TlsFiles;
 
