@@ -1,7 +1,9 @@
 """Import cycles between the modules of a crate (docs/development.md, "Crates and modules").
 
-Builds the module graph from `crate::` and `super::` paths (tests left out), at the depth of
-top-level modules and of their submodules, and prints its cycles. Usage:
+Builds the module graph from `crate::` and `super::` paths, at the depth of top-level modules
+and of their submodules, and prints its cycles. Comments (`//`, `///`, `//!`, `/* */`) are left
+out, since a doc link is not an import; so are tests: an inline `#[cfg(test)] mod x { .. }`
+and every module declared `#[cfg(test)] mod x;` (with the modules under it). Usage:
     python3 scripts/module-cycles.py walarchive/src restore/src src
 Exits 1 when there is a cycle.
 """
@@ -11,15 +13,29 @@ def modname(root, path):
     parts = rel.split(os.sep)
     if parts[-1] in ('lib', 'main', 'mod'): parts = parts[:-1]
     return '::'.join(parts) or 'crate'
+# String and char literals are matched too, so that `//` inside a literal is not a comment.
+TOKENS = re.compile(r'r(#*)".*?"\1|"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])\'|//[^\n]*|/\*.*?\*/', re.S)
+def strip_comments(s):
+    return TOKENS.sub(lambda m: '' if m.group(0).startswith('/') else m.group(0), s)
+TEST_DECL = re.compile(r'#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*([;{])')
 def strip_tests(s):
-    i = s.find('#[cfg(test)]\nmod tests')
-    return s if i < 0 else s[:i]
+    """The source without its inline test module, and the names of `#[cfg(test)] mod x;`."""
+    declared = []
+    for m in TEST_DECL.finditer(s):
+        if m.group(2) == '{':  # inline: the test module runs to the end of the file
+            return s[:m.start()], declared
+        declared.append(m.group(1))
+    return TEST_DECL.sub('', s), declared
 def check(root, depth):
-    mods = {}
+    mods, tests = {}, set()
     for d, _, fs in os.walk(root):
         for f in fs:
             if f.endswith('.rs'):
-                p = os.path.join(d, f); mods[modname(root, p)] = strip_tests(open(p).read())
+                p = os.path.join(d, f); m = modname(root, p)
+                mods[m], declared = strip_tests(strip_comments(open(p).read()))
+                tests |= {(m + '::' if m != 'crate' else '') + t for t in declared}
+    mods = {m: s for m, s in mods.items()
+            if not any(m == t or m.startswith(t + '::') for t in tests)}
     names = set(mods)
     def resolve(path):  # longest known module prefix, cut to `depth` segments
         segs = path.split('::'); best = None

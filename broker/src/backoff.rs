@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter for the worker's failing steps.
+//! Exponential backoff with jitter for the worker's failing steps, and [`retry`], the
+//! broker's one retry loop (the binder's requests to a leader's cell).
 //!
 //! Why not retry every pass: a provision step that fails (a backup command, a cell that does
 //! not answer) usually fails for a reason that lasts, and retrying it once a second for the
@@ -12,7 +13,11 @@
 //! and is typed on its storage errors; this one paces the passes of a broker operation over
 //! minutes.)
 
+use std::fmt::Display;
+use std::future::Future;
 use std::time::Duration;
+
+use tracing::warn;
 
 /// The delays between attempts of one failing step: `first`, doubling up to `max`, jittered.
 #[derive(Debug, Clone)]
@@ -62,9 +67,60 @@ impl Backoff {
     }
 }
 
+/// Runs `attempt` until it succeeds or `attempts` attempts (at least one) failed, waiting
+/// `backoff`'s delays in between; each failure but the last is logged as `what` failing.
+pub async fn retry<T, E, F, Fut>(
+    mut backoff: Backoff,
+    attempts: u32,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if backoff.attempts() + 1 < attempts.max(1) => {
+                let delay = backoff.failed();
+                warn!(attempt = backoff.attempts(), error = %e, "{what} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn retry_stops_at_success_or_after_the_last_attempt() {
+        let quick = || Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        for (attempts, fail, calls, ok) in [(3, 2, 3, true), (2, 2, 2, false), (0, 1, 1, false)] {
+            let mut n = 0;
+            let r = retry(quick(), attempts, "test", || {
+                n += 1;
+                let i = n;
+                async move {
+                    if i > fail {
+                        Ok(i)
+                    } else {
+                        Err(format!("failure {i}"))
+                    }
+                }
+            })
+            .await;
+            assert_eq!(
+                (n, r.is_ok()),
+                (calls, ok),
+                "{attempts} attempts, {fail} failures"
+            );
+        }
+    }
 
     #[test]
     fn doubles_up_to_the_bound_with_jitter() {

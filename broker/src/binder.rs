@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 
 use crate::api::BindError;
-use crate::config::Secret;
+use crate::secrets::Secret;
 use crate::state::{encode_component, Credentials, InstanceRecord};
 
 /// PostgreSQL's roles that reach the server's files and programs: never granted to a binding.
@@ -240,7 +240,7 @@ pub fn new_role(
     instance: &InstanceRecord,
     binding_id: &str,
 ) -> (String, RoleRequest, Secret) {
-    let password = Secret::new(crate::patroni::Secret::generate().expose());
+    let password = Secret::generate();
     let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
     let req = RoleRequest {
         database: options.database.clone(),

@@ -53,11 +53,13 @@ pub use error::Error;
 use error::{io_err, pg_error};
 
 use crate::binder::RoleRequest;
-pub use crate::patroni::{DcsTiming, Secret};
+pub use crate::patroni::DcsTiming;
 use crate::patroni::{
     NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
 };
 use crate::process::{self, Signal};
+// Re-exported for the test harness, which names it here (its tokens are secrets).
+pub use crate::secrets::Secret;
 
 /// What `node.json` holds.
 #[derive(Clone, Serialize, Deserialize)]

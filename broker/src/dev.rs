@@ -33,8 +33,8 @@ mod client;
 pub use client::{demo, write_probe, Osb};
 
 use crate::cell::{CellClient, NodeStatus};
-use crate::config::Secret;
 use crate::process::{self, Signal};
+use crate::secrets::Secret;
 use crate::tls::{ThrowawayCa, TlsFiles};
 
 /// The service id of the single-machine mode.
@@ -110,7 +110,7 @@ pub struct DevCell {
     pub config: PathBuf,
     /// Its log.
     pub log: PathBuf,
-    token: crate::cell::Secret,
+    token: Secret,
     tls: TlsFiles,
     child: Option<Child>,
 }
@@ -341,7 +341,7 @@ impl Dev {
         let patroni_tls = ca.issue("patroni").map_err(tls_err)?;
         std::os::unix::fs::chown(&patroni_tls.key_file, Some(uid), Some(gid))
             .map_err(io_err(format!("chown {}", patroni_tls.key_file.display())))?;
-        let password = Secret::new(crate::patroni::Secret::generate().expose());
+        let password = Secret::generate();
         write_secret(&dir.join("secrets/broker-password"), password.expose())?;
         write_secret(
             &dir.join("secrets/secrets.key"),
@@ -351,7 +351,7 @@ impl Dev {
         for user in ["root", "broker", "patroni"] {
             write_secret(
                 &dir.join(format!("secrets/etcd-{user}.password")),
-                crate::patroni::Secret::generate().expose(),
+                Secret::generate().expose(),
             )?;
         }
         let broker_port = free_port()?;
@@ -368,7 +368,7 @@ impl Dev {
             let zone = format!("z{i}");
             let name = format!("cell-{zone}");
             let port = free_port()?;
-            let token = crate::cell::Secret::generate();
+            let token = Secret::generate();
             let token_file = dir.join(format!("secrets/{name}.token"));
             write_secret(&token_file, token.expose())?;
             let config = dir.join(format!("{name}.toml"));
@@ -582,9 +582,9 @@ poll_interval = "2s"
         // etcd's authentication: the broker's user reaches the broker's prefix (Patroni's
         // namespace included, to remove a deleted instance's keys), Patroni's only its
         // namespace.
-        let read = |user: &str| -> Result<crate::patroni::Secret, DevError> {
+        let read = |user: &str| -> Result<Secret, DevError> {
             let f = self.dir.join(format!("secrets/etcd-{user}.password"));
-            Ok(crate::patroni::Secret::new(
+            Ok(Secret::new(
                 std::fs::read_to_string(&f).map_err(io_err(format!("read {}", f.display())))?,
             ))
         };

@@ -16,43 +16,14 @@
 //! cluster; settings that name paths on the node's own machine (`archive_command`,
 //! `restore_command`) go into the local `postgresql` section, which Patroni merges over them.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use walarchive::shell::{quote, QuoteError};
 
-/// A password or token: serialized as a plain string, but never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// A fresh random secret (32 bytes from the OS, base64url without padding).
-    pub fn generate() -> Secret {
-        use base64::Engine as _;
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).expect("the OS random number generator is available");
-        Secret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-    }
-
-    /// The secret value itself; call only where it must be used.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+// The type of the passwords below; re-exported for the test harness, which names it here.
+pub use crate::secrets::Secret;
 
 /// Patroni's failure-detection timing (seconds), stored in etcd at bootstrap.
 ///

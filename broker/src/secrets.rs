@@ -1,4 +1,11 @@
-//! Secrets at rest: what the broker keeps in etcd that opens a database is encrypted.
+//! Secrets in memory and at rest.
+//!
+//! In memory, every password, token and key the broker holds is a [`Secret`]: `Debug` and
+//! `Display` print `[redacted]`, so a secret cannot reach a log line or an error by
+//! accident; [`Secret::expose`] marks each place the value is really used. It serializes as
+//! the plain string, for the wire (cells, etcd's API) and for the sealed records below.
+//!
+//! At rest: what the broker keeps in etcd that opens a database is encrypted.
 //!
 //! Why: etcd holds the superuser and replication passwords of every instance and the
 //! credentials of every binding. Anyone who can read etcd (a backup of it, a snapshot, a
@@ -17,13 +24,56 @@
 //! * Values written in clear by earlier versions are still read, and `rotate-secrets` seals
 //!   them.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// A secret string (password, token): serialized as the plain string, but `Debug` and
+/// `Display` print `[redacted]`; use [`Secret::expose`] where the value is needed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// A fresh random secret (32 bytes from the OS, base64url without padding).
+    pub fn generate() -> Secret {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random number generator is available");
+        Secret(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The secret value. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
 
 /// Whether `a` and `b` are equal, in a time that does not depend on where they differ
 /// (tokens, password digests: no early exit on the first differing byte). The one such
@@ -246,6 +296,18 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_is_redacted_when_shown_and_plain_on_the_wire() {
+        let s = Secret::new("pa$$word");
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        let wire = serde_json::to_string(&s).unwrap();
+        assert_eq!(wire, r#""pa$$word""#);
+        assert_eq!(serde_json::from_str::<Secret>(&wire).unwrap(), s);
+        let g = Secret::generate();
+        assert_eq!(g.expose().len(), 43);
+        assert_ne!(g, Secret::generate());
+    }
 
     #[test]
     fn seal_open_bind_and_rotate() {

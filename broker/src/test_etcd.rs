@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::etcd::{EtcdClient, EtcdOptions};
-use crate::patroni::Secret;
+use crate::secrets::Secret;
 
 /// The harness's etcd, seen from this crate.
 pub struct TestEtcd {

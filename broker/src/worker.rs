@@ -53,9 +53,10 @@ mod routing;
 pub use self::placement::node_name;
 pub use self::routing::routes;
 use crate::backoff::Backoff;
-use crate::cell::{CellClient, Secret};
+use crate::cell::CellClient;
 use crate::config::BrokerConfig;
 use crate::router::{Haproxy, RouterOptions};
+use crate::secrets::Secret;
 use crate::state::{
     ClaimKind, InstanceRecord, OperationKind, OperationRecord, Outcome, Store, StoreError,
 };
@@ -191,15 +192,12 @@ impl Worker {
                     name: c.name.clone(),
                     zone: c.zone.clone(),
                     host: c.node_host(),
-                    client: CellClient::new(
-                        &c.url,
-                        Secret::new(c.token.expose()),
-                        config.tls.as_ref(),
-                    )
-                    .map_err(|source| WorkerError::Cell {
-                        cell: c.name.clone(),
-                        source,
-                    })?,
+                    client: CellClient::new(&c.url, c.token.clone(), config.tls.as_ref()).map_err(
+                        |source| WorkerError::Cell {
+                            cell: c.name.clone(),
+                            source,
+                        },
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, WorkerError>>()?;

@@ -15,7 +15,7 @@ use common::cells::{chown_postgres, connect, free_port, sh_quote, spawn_watchdog
 use walarchive_broker::binder::{
     create_role, credentials, drop_role, new_role, role_name, BinderOptions,
 };
-use walarchive_broker::config::Secret;
+use walarchive_broker::secrets::Secret;
 use walarchive_broker::state::{Credentials, InstanceRecord};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -47,7 +47,7 @@ impl Postgres {
         chown_postgres(&run);
         let data = run.join("data");
         let pwfile = run.join("pwfile");
-        let password = walarchive_broker::cell::Secret::generate();
+        let password = Secret::generate();
         std::fs::write(&pwfile, password.expose()).unwrap();
         std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
@@ -101,7 +101,7 @@ impl Postgres {
         Postgres {
             data,
             port,
-            password: Secret::new(password.expose()),
+            password,
         }
     }
 }

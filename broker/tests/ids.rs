@@ -86,7 +86,7 @@ async fn scenario() {
     // with it on its command line, and a log holding it.
     let canary = format!(
         "canary-{}",
-        walarchive_broker::cell::Secret::generate().expose()
+        walarchive_broker::secrets::Secret::generate().expose()
     );
     std::fs::write(root.join("canary.log"), format!("x {canary} y\n")).unwrap();
     let st = std::process::Command::new("sh")

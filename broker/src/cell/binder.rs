@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{CellClient, ClientError, Secret};
+use super::{CellClient, ClientError};
 use crate::api::{BindError, Binder, BoxFuture};
+use crate::backoff::{retry, Backoff};
 use crate::binder::{credentials, new_role, role_name, BinderOptions};
 use crate::state::{Credentials, InstanceRecord};
 
@@ -54,7 +55,7 @@ impl CellBinder {
         for c in &config.cells {
             cells.insert(
                 c.name.clone(),
-                CellClient::new(&c.url, Secret::new(c.token.expose()), config.tls.as_ref())?,
+                CellClient::new(&c.url, c.token.clone(), config.tls.as_ref())?,
             );
         }
         Ok(CellBinder::new(
@@ -90,24 +91,14 @@ impl CellBinder {
         )))
     }
 
-    async fn retrying<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, BindError>
+    async fn retrying<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BindError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BindError>>,
     {
-        let attempts = self.options.attempts.max(1);
-        let mut n = 1;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) if n < attempts => {
-                    warn!(attempt = n, error = %e, "{what} failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    n += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // A second apart, as a failover moves the leader within seconds.
+        let pace = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        retry(pace, self.options.attempts, what, f).await
     }
 }
 

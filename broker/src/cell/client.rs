@@ -12,7 +12,8 @@ use axum::http::header;
 use serde::{Deserialize, Serialize};
 
 use crate::binder::RoleRequest;
-use crate::patroni::{DcsTiming, EtcdCredentials, EtcdTls, Secret};
+use crate::patroni::{DcsTiming, EtcdCredentials, EtcdTls};
+use crate::secrets::Secret;
 
 /// Errors of the cell client.
 #[derive(Debug, thiserror::Error)]

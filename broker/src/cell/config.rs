@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{io_err, Error};
-use crate::patroni::Secret;
+use crate::secrets::Secret;
 
 /// Environment variable holding the agent's API token (else `token_file` in the config).
 pub const TOKEN_ENV: &str = "WALARCHIVE_CELL_TOKEN";

@@ -3,7 +3,7 @@
 //! Why secrets are never inline: the configuration file is copied around, checked into
 //! configuration management and shown in support tickets. The broker password and the cell
 //! tokens are therefore named by an environment variable (`password_env`) or a file
-//! (`password_file`), read once at load time into [`Secret`], whose `Debug` is redacted so that
+//! (`password_file`), read once at load time into a [`Secret`](crate::secrets::Secret), whose `Debug` is redacted so that
 //! logging a configuration (or an error holding one) cannot leak them. Storage credentials for
 //! the repositories stay in walarchive's own configuration or environment, which the broker
 //! only points to.
@@ -12,8 +12,8 @@
 //! to its default is worse than refusing to start.
 //!
 //! The rooms: [`schema`] is the file's structure (what serde reads, with its defaults),
-//! `validate` the checks that refuse a configuration before anything starts, [`secret`] the
-//! redacted [`Secret`] and how secrets are read from the environment or a file, and
+//! `validate` the checks that refuse a configuration before anything starts, [`secret`] how
+//! secrets are read from the environment or a file, and
 //! [`duration`] the human-readable durations. Loading (this module) runs them in that order.
 
 use std::path::{Path, PathBuf};
@@ -32,7 +32,6 @@ pub use schema::{
     RepositoryConfig, RouterConfig, ServiceConfig, WorkerConfig,
 };
 use secret::resolve_secret;
-pub use secret::Secret;
 
 /// Errors loading the configuration. Messages name the file and the offending setting.
 #[derive(Debug, thiserror::Error)]

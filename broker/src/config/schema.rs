@@ -2,7 +2,6 @@
 //! and their defaults. Checks across settings live in `validate`; `broker.example.toml`
 //! documents every setting for operators.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{HumanDuration, Secret};
+use super::HumanDuration;
+use crate::secrets::Secret;
 use crate::secrets::{Keyring, SecretsConfig};
 use crate::tls::TlsFiles;
 
@@ -200,7 +200,7 @@ fn default_archive_timeout() -> HumanDuration {
 }
 
 /// The platform's basic-auth credentials.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// User name.
@@ -214,17 +214,6 @@ pub struct Credentials {
     /// The password, read from `password_env` or `password_file` at load time.
     #[serde(skip)]
     pub password: Secret,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password_env", &self.password_env)
-            .field("password_file", &self.password_file)
-            .field("password", &self.password)
-            .finish()
-    }
 }
 
 /// The service offering advertised in the catalog.
@@ -362,7 +351,7 @@ fn default_etcd_timeout() -> HumanDuration {
 }
 
 /// One cell: a machine whose agent runs PostgreSQL nodes.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellConfig {
     /// Unique name.
@@ -384,20 +373,6 @@ pub struct CellConfig {
     /// The token, read at load time.
     #[serde(skip)]
     pub token: Secret,
-}
-
-impl fmt::Debug for CellConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CellConfig")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("zone", &self.zone)
-            .field("host", &self.host)
-            .field("token_env", &self.token_env)
-            .field("token_file", &self.token_file)
-            .field("token", &self.token)
-            .finish()
-    }
 }
 
 impl CellConfig {

@@ -1,45 +1,10 @@
-//! Secrets in the configuration: the redacted [`Secret`] type, and reading a secret from the
-//! environment variable or file a setting names (never from the file itself; see the parent
-//! module's docs).
+//! Secrets in the configuration: reading a [`Secret`] from the environment variable or file a
+//! setting names (never from the file itself; see the parent module's docs).
 
-use std::fmt;
 use std::path::Path;
 
 use super::ConfigError;
-
-/// A secret string (password, token). `Debug` and `Display` print `[redacted]`; use
-/// [`Secret::expose`] where the value is needed.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret value. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when no secret is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+use crate::secrets::Secret;
 
 /// Reads a secret from exactly one of `env` (variable name) and `file`.
 pub(super) fn resolve_secret(
@@ -95,5 +60,5 @@ pub(super) fn resolve_secret(
             format!("the {what} is empty"),
         ));
     }
-    Ok(Secret(value))
+    Ok(Secret::new(value))
 }

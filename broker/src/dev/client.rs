@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{Dev, DevError, OSB_VERSION, PLAN_HA, SERVICE_ID};
-use crate::config::Secret;
+use crate::secrets::Secret;
 use crate::state::Credentials;
 
 /// A small Open Service Broker client (what a platform does, as curl would).

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::client::EtcdClient;
 use super::error::EtcdError;
 use super::types::prefix_end;
-use crate::patroni::Secret;
+use crate::secrets::Secret;
 
 /// A user for [`EtcdClient::enable_auth`].
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,7 @@ use url::Url;
 use super::error::EtcdError;
 use super::types::KeyValue;
 use super::wire::{RawAuth, RawKv};
-use crate::patroni::Secret;
+use crate::secrets::Secret;
 
 /// An etcd v3 client over the JSON gateway, with failover between endpoints. Cheap to clone.
 #[derive(Clone)]
@@ -85,7 +85,7 @@ impl EtcdClient {
             opts.identity = Some((c.clone(), k.clone()));
         }
         if let Some(user) = &config.username {
-            opts.credentials = Some((user.clone(), Secret::new(config.password.expose())));
+            opts.credentials = Some((user.clone(), config.password.clone()));
         }
         EtcdClient::with_options(&config.endpoints, opts)
     }

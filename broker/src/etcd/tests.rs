@@ -4,7 +4,7 @@ use super::*;
 use std::time::Duration;
 
 use super::kv::PAGE;
-use crate::patroni::Secret;
+use crate::secrets::Secret;
 use crate::test_etcd::etcd;
 
 fn client() -> EtcdClient {

@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::patroni::Secret;
+use crate::secrets::Secret;
 
 /// How many earlier operations an [`OperationRecord`] remembers.
 pub const HISTORY: usize = 10;

@@ -128,6 +128,19 @@ impl Store {
         &self.prefix
     }
 
+    /// Reads `key` and opens it with `open` (one of the `open_` functions of `sealed`):
+    /// `None` when the key is absent.
+    async fn read_sealed<T>(
+        &self,
+        key: &str,
+        open: impl FnOnce(&Self, &KeyValue) -> Result<(T, bool), StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.etcd.get(key.as_bytes()).await? {
+            Some(kv) => Ok(Some(open(self, &kv)?.0)),
+            None => Ok(None),
+        }
+    }
+
     pub(super) fn decode<T: serde::de::DeserializeOwned>(
         kv: &KeyValue,
     ) -> Result<Versioned<T>, StoreError> {
@@ -177,14 +190,8 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<InstanceSecrets>, StoreError> {
-        match self
-            .etcd
-            .get(self.secrets_key(instance_id).as_bytes())
-            .await?
-        {
-            Some(kv) => Ok(Some(self.open_secrets(&kv)?.0)),
-            None => Ok(None),
-        }
+        self.read_sealed(&self.secrets_key(instance_id), Self::open_secrets)
+            .await
     }
 
     /// Stores `secrets` for an instance unless it has some already; returns the stored ones
@@ -787,14 +794,11 @@ impl Store {
         instance_id: &str,
         binding_id: &str,
     ) -> Result<Option<Versioned<BindingRecord>>, StoreError> {
-        match self
-            .etcd
-            .get(self.binding_key(instance_id, binding_id).as_bytes())
-            .await?
-        {
-            Some(kv) => Ok(Some(self.open_binding(&kv)?.0)),
-            None => Ok(None),
-        }
+        self.read_sealed(
+            &self.binding_key(instance_id, binding_id),
+            Self::open_binding,
+        )
+        .await
     }
 
     /// The bindings of an instance.

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::observe::Observed;
 use super::{Inner, Pass, Step};
-use crate::cell::{DcsTiming, NodeSpec, Secret};
+use crate::cell::{DcsTiming, NodeSpec};
 use crate::state::{InstanceRecord, InstanceSecrets, NodePlacement, OperationRecord};
 
 impl Inner {
@@ -64,7 +64,7 @@ impl Inner {
                 .as_ref()
                 .map(|u| crate::patroni::EtcdCredentials {
                     username: u.clone(),
-                    password: Secret::new(n.etcd_password.expose()),
+                    password: n.etcd_password.clone(),
                 }),
             repository: inst.repository.clone(),
             walarchive: n.walarchive.clone(),

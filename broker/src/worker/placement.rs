@@ -143,7 +143,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cell::{CellClient, Secret};
+    use crate::cell::CellClient;
+    use crate::secrets::Secret;
 
     fn cell(name: &str, zone: &str) -> CellInfo {
         CellInfo {

@@ -23,11 +23,12 @@ impl Inner {
 }
 
 /// What the prefix `url` holds besides a descriptor: `None` when nothing, else why it is not
-/// empty. Read with the core library rather than the CLI because the CLI's answers do not
-/// tell the cases apart: `wal-list` on a prefix that holds walarchive objects but lost its
-/// descriptor says "no repository" (status 6) exactly as on an empty prefix, and `repo-repair`
-/// exits 6 both for an empty prefix and for objects that do not say enough to rebuild a
-/// descriptor from. The listing itself is unambiguous. Storage settings as the CLI the
+/// empty. Read with the core library rather than the CLI because the CLI's exit statuses do
+/// not tell the cases apart: `wal-list` on a prefix that holds walarchive objects but lost its
+/// descriptor answers `DescriptorMissing` (naming `repo-repair`), but with status 6, as for an
+/// empty prefix ("no repository"), so only its message differs; and `repo-repair` exits 6 both
+/// for an empty prefix and for objects that do not say enough to rebuild a descriptor from.
+/// The listing itself is unambiguous. Storage settings as the CLI the
 /// broker runs takes them: the `[storage]` table of `config` (the broker's
 /// `walarchive_config`, or `/etc/walarchive.toml`), the environment for the rest.
 async fn repository_contents(
@@ -88,8 +89,8 @@ mod tests {
     use super::*;
 
     /// Only a prefix with nothing but (at most) a descriptor is empty: walarchive objects
-    /// whose descriptor was deleted are an archive too (the CLI's `wal-list` answers "no
-    /// repository" for them, as for an empty prefix), and so is anything else.
+    /// whose descriptor was deleted are an archive too (the CLI's `wal-list` exits 6 for them,
+    /// as for an empty prefix), and so is anything else.
     #[tokio::test]
     async fn only_an_empty_prefix_is_an_empty_repository() {
         use walarchive::repo::DESCRIPTOR_KEY;

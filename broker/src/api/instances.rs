@@ -1,0 +1,448 @@
+//! Instances: provision, update and deprovision record an operation for the worker and
+//! answer `202`; last_operation and fetch read the records.
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tracing::{info, warn};
+
+use super::request::{
+    accepted, accepts_incomplete, check_plan, check_service, gone, ok_empty, opt_str,
+    parse_parameters, query_get, query_pairs, req_str, required_query, InstanceId, JsonBody,
+};
+use super::AppState;
+use crate::error::ApiError;
+use crate::state::{
+    until_swapped, CreateInstance, InstanceContext, InstanceRecord, InstanceState, OperationKind,
+    OperationRecord, OperationRequest, OperationState, Round, Timestamp,
+};
+
+/// The body of a provision (`PUT /v2/service_instances/:id`).
+#[derive(Deserialize)]
+pub(super) struct ProvisionRequest {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+    organization_guid: Option<String>,
+    space_guid: Option<String>,
+    context: Option<Map<String, Value>>,
+    /// Checked by [`parse_parameters`] (400 `InvalidParameters`, not `BadRequest`).
+    parameters: Option<Value>,
+}
+
+/// The body of an update (`PATCH /v2/service_instances/:id`).
+#[derive(Deserialize)]
+pub(super) struct UpdateRequest {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+    /// Checked by [`parse_parameters`].
+    parameters: Option<Value>,
+}
+
+pub(super) async fn provision(
+    State(st): State<AppState>,
+    InstanceId(instance_id): InstanceId,
+    RawQuery(q): RawQuery,
+    JsonBody(body): JsonBody<ProvisionRequest>,
+) -> Result<Response, ApiError> {
+    let q = query_pairs(&q);
+    let service_id = req_str(body.service_id, "service_id")?;
+    let plan_id = req_str(body.plan_id, "plan_id")?;
+    let org = req_str(body.organization_guid, "organization_guid")?;
+    let space = req_str(body.space_guid, "space_guid")?;
+    check_service(&st, &service_id)?;
+    let plan = check_plan(&st, &plan_id)?;
+    let context = body.context.map_or(Value::Null, Value::Object);
+    let parameters = parse_parameters(body.parameters.as_ref())?.unwrap_or_default();
+    let node_count = parameters.node_count.unwrap_or(plan.node_count);
+
+    let path_name = crate::names::path_name(&instance_id);
+    // Each round is a future of its own: it borrows what the rounds share.
+    let (st, q, instance_id, service_id, plan_id, org, space, context, path_name) = (
+        &st,
+        &q,
+        &instance_id,
+        &service_id,
+        &plan_id,
+        &org,
+        &space,
+        &context,
+        &path_name,
+    );
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
+        // A deleted id is provisioned again as a new incarnation (see `state`).
+        let previous = inst
+            .as_ref()
+            .filter(|i| i.value.state == InstanceState::Deleted)
+            .cloned();
+        if let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) {
+            let i = &inst.value;
+            let same = i.service_id == *service_id
+                && i.plan_id == *plan_id
+                && i.parameters == parameters
+                && i.context.organization_guid == *org
+                && i.context.space_guid == *space;
+            if !same {
+                return Err(ApiError::conflict(
+                    "An instance with this id already exists with different attributes.",
+                ));
+            }
+            return match i.state {
+                InstanceState::Provisioning => match op {
+                    Some(op) if op.value.kind == OperationKind::Provision => {
+                        Ok(accepted(&op.value.id))
+                    }
+                    _ => Err(ApiError::concurrency(
+                        "Another operation for this service instance is in progress.",
+                    )),
+                },
+                InstanceState::Ready | InstanceState::Updating => Ok(ok_empty()),
+                InstanceState::Deprovisioning => Err(ApiError::concurrency(
+                    "This service instance is being deprovisioned.",
+                )),
+                InstanceState::Failed | InstanceState::Deleted => Err(ApiError::unprocessable(
+                    "InstanceNotUsable",
+                    "This service instance failed; deprovision it.",
+                )),
+            }
+            .map(Round::Done);
+        }
+        if !accepts_incomplete(q) {
+            return Err(ApiError::async_required());
+        }
+        let now = Timestamp::now();
+        let (incarnation, previous_repositories) = match &previous {
+            Some(p) => {
+                let mut repos = p.value.previous_repositories.clone();
+                repos.push(p.value.repository.clone());
+                (p.value.incarnation + 1, repos)
+            }
+            None => (1, Vec::new()),
+        };
+        let ctx_str = |k: &str| context.get(k).and_then(Value::as_str).map(str::to_string);
+        let record = InstanceRecord {
+            id: instance_id.clone(),
+            service_id: service_id.clone(),
+            plan_id: plan_id.clone(),
+            parameters,
+            node_count,
+            context: InstanceContext {
+                organization_guid: org.clone(),
+                space_guid: space.clone(),
+                instance_name: ctx_str("instance_name"),
+                platform: ctx_str("platform"),
+                raw: context.clone(),
+            },
+            port: 0,
+            path_name: Some(path_name.clone()),
+            repository: st.config.repository.for_incarnation(path_name, incarnation),
+            incarnation,
+            previous_repositories,
+            last_backup_at: None,
+            state: InstanceState::Provisioning,
+            nodes: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        };
+        let operation = OperationRecord::new(
+            instance_id,
+            OperationKind::Provision,
+            OperationRequest {
+                plan_id: plan_id.clone(),
+                parameters,
+                node_count,
+            },
+            "Provisioning accepted; waiting for the provisioning worker.",
+            previous.as_ref().and(op.as_ref()).map(|o| &o.value),
+        );
+        let range = st.config.router.port_min..=st.config.router.port_max;
+        let created = match &previous {
+            None => st.store.create_instance(record, operation, range).await,
+            Some(p) => {
+                st.store
+                    .reincarnate_instance(record, operation, range, p, op.as_ref())
+                    .await
+            }
+        };
+        match created {
+            Ok(CreateInstance::Created {
+                operation,
+                instance,
+            }) => {
+                info!(instance = %instance_id, operation = %operation.value.id,
+                      port = instance.value.port, node_count,
+                      incarnation = instance.value.incarnation, "provision accepted");
+                st.wake_worker();
+                return Ok(Round::Done(accepted(&operation.value.id)));
+            }
+            // Created or deleted meanwhile: decide again.
+            Ok(CreateInstance::Exists) => {}
+            Err(crate::state::StoreError::NoFreePort { min, max }) => {
+                warn!(min, max, "no free router port");
+                return Err(ApiError::unprocessable(
+                    "CapacityExhausted",
+                    "The broker has no capacity left for new instances; contact the operator.",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
+}
+
+pub(super) async fn update(
+    State(st): State<AppState>,
+    InstanceId(instance_id): InstanceId,
+    RawQuery(q): RawQuery,
+    JsonBody(body): JsonBody<UpdateRequest>,
+) -> Result<Response, ApiError> {
+    let q = query_pairs(&q);
+    let service_id = req_str(body.service_id, "service_id")?;
+    check_service(&st, &service_id)?;
+    let new_plan = opt_str(body.plan_id, "plan_id")?;
+    if let Some(p) = &new_plan {
+        check_plan(&st, p)?;
+    }
+    let new_params = parse_parameters(body.parameters.as_ref())?;
+
+    let (st, q, instance_id, new_plan) = (&st, &q, &instance_id, &new_plan);
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
+        let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
+            return Err(ApiError::not_found("No such service instance."));
+        };
+        let i = &inst.value;
+        let plan_id = new_plan.clone().unwrap_or_else(|| i.plan_id.clone());
+        if plan_id != i.plan_id && !st.config.service.plan_updateable {
+            return Err(ApiError::unprocessable(
+                "PlanChangeNotSupported",
+                "This service does not support plan changes.",
+            ));
+        }
+        let plan = check_plan(st, &plan_id)?;
+        let mut parameters = i.parameters;
+        if let Some(p) = new_params {
+            if p.node_count.is_some() {
+                parameters.node_count = p.node_count;
+            }
+        }
+        let target = OperationRequest {
+            plan_id: plan_id.clone(),
+            parameters,
+            node_count: parameters.node_count.unwrap_or(plan.node_count),
+        };
+        match i.state {
+            InstanceState::Updating => {
+                return match op {
+                    Some(op)
+                        if op.value.kind == OperationKind::Update
+                            && op.value.state == OperationState::InProgress
+                            && op.value.request == target =>
+                    {
+                        Ok(accepted(&op.value.id))
+                    }
+                    _ => Err(ApiError::concurrency(
+                        "Another update of this service instance is in progress.",
+                    )),
+                }
+                .map(Round::Done);
+            }
+            InstanceState::Provisioning | InstanceState::Deprovisioning => {
+                return Err(ApiError::concurrency(
+                    "Another operation for this service instance is in progress.",
+                ))
+            }
+            InstanceState::Failed | InstanceState::Deleted => {
+                return Err(ApiError::unprocessable(
+                    "InstanceNotUsable",
+                    "This service instance failed and cannot be updated; deprovision it.",
+                ))
+            }
+            InstanceState::Ready => {}
+        }
+        if target.plan_id == i.plan_id
+            && target.parameters == i.parameters
+            && target.node_count == i.node_count
+        {
+            return Ok(Round::Done(ok_empty()));
+        }
+        if !accepts_incomplete(q) {
+            return Err(ApiError::async_required());
+        }
+        let new_op = OperationRecord::new(
+            instance_id,
+            OperationKind::Update,
+            target.clone(),
+            "Update accepted; waiting for the provisioning worker.",
+            op.as_ref().map(|o| &o.value),
+        );
+        let mut ni = i.clone();
+        ni.state = InstanceState::Updating;
+        ni.updated_at = Timestamp::now();
+        if st.store.replace(&inst, &ni, op.as_ref(), &new_op).await? {
+            info!(instance = %instance_id, operation = %new_op.id, plan = %target.plan_id,
+                  node_count = target.node_count, "update accepted");
+            st.wake_worker();
+            return Ok(Round::Done(accepted(&new_op.id)));
+        }
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
+}
+
+pub(super) async fn deprovision(
+    State(st): State<AppState>,
+    InstanceId(instance_id): InstanceId,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = query_pairs(&q);
+    let service_id = required_query(&q, "service_id")?;
+    let plan_id = required_query(&q, "plan_id")?;
+    check_service(&st, service_id)?;
+    check_plan(&st, plan_id)?;
+
+    let (st, q, instance_id) = (&st, &q, &instance_id);
+    until_swapped((), |()| async move {
+        let (inst, op) = st.store.instance_and_operation(instance_id).await?;
+        let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
+            return Ok(Round::Done(gone()));
+        };
+        let i = &inst.value;
+        let mut interrupted = None;
+        match i.state {
+            InstanceState::Deprovisioning => {
+                if let Some(op) = op.filter(|o| o.value.kind == OperationKind::Deprovision) {
+                    if !accepts_incomplete(q) {
+                        return Err(ApiError::async_required());
+                    }
+                    return Ok(Round::Done(accepted(&op.value.id)));
+                }
+                return Err(ApiError::concurrency(
+                    "Another operation for this service instance is in progress.",
+                ));
+            }
+            InstanceState::Updating => {
+                return Err(ApiError::concurrency(
+                    "This service instance is being updated; retry when the update is finished.",
+                ))
+            }
+            InstanceState::Provisioning => {
+                interrupted = op
+                    .as_ref()
+                    .filter(|o| {
+                        o.value.kind == OperationKind::Provision
+                            && o.value.state == OperationState::InProgress
+                    })
+                    .map(|o| o.value.id.clone());
+            }
+            InstanceState::Ready | InstanceState::Failed | InstanceState::Deleted => {}
+        }
+        if !accepts_incomplete(q) {
+            return Err(ApiError::async_required());
+        }
+        // A provision in progress is halted: it ends as failed in the history, and the
+        // worker sees `interrupted` and cleans up what it had created.
+        let previous = op.as_ref().map(|o| {
+            let mut p = o.value.clone();
+            if interrupted.is_some() {
+                p.state = OperationState::Failed;
+                p.description = "Provisioning was cancelled by a deprovision request.".into();
+            }
+            p
+        });
+        let mut new_op = OperationRecord::new(
+            instance_id,
+            OperationKind::Deprovision,
+            OperationRequest {
+                plan_id: i.plan_id.clone(),
+                parameters: i.parameters,
+                node_count: i.node_count,
+            },
+            "Deprovisioning accepted; waiting for the provisioning worker.",
+            previous.as_ref(),
+        );
+        new_op.interrupted = interrupted.clone();
+        let mut ni = i.clone();
+        ni.state = InstanceState::Deprovisioning;
+        ni.updated_at = Timestamp::now();
+        if st.store.replace(&inst, &ni, op.as_ref(), &new_op).await? {
+            info!(instance = %instance_id, operation = %new_op.id,
+                  interrupted = ?interrupted, "deprovision accepted");
+            st.wake_worker();
+            return Ok(Round::Done(accepted(&new_op.id)));
+        }
+        Ok::<_, ApiError>(Round::Lost(()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
+}
+
+pub(super) async fn last_operation(
+    State(st): State<AppState>,
+    InstanceId(instance_id): InstanceId,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = query_pairs(&q);
+    let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    let (Some(_), Some(op)) = (inst, op) else {
+        return Err(ApiError::not_found("No such service instance."));
+    };
+    let op = op.value;
+    let summary = match query_get(&q, "operation") {
+        Some(id) => op.find(id).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Operation {id:?} is not an operation of this service instance."
+            ))
+        })?,
+        None => op.summary(),
+    };
+    if summary.kind == OperationKind::Deprovision && summary.state == OperationState::Succeeded {
+        return Ok(gone());
+    }
+    let mut body = json!({ "state": summary.state, "description": summary.description });
+    if summary.id == op.id && summary.state == OperationState::Failed {
+        if let Some(usable) = op.instance_usable {
+            body["instance_usable"] = usable.into();
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+pub(super) async fn fetch_instance(
+    State(st): State<AppState>,
+    InstanceId(instance_id): InstanceId,
+) -> Result<Response, ApiError> {
+    if !st.config.service.instances_retrievable {
+        return Err(ApiError::not_found("Instances are not retrievable."));
+    }
+    let (inst, op) = st.store.instance_and_operation(&instance_id).await?;
+    let Some(inst) = inst else {
+        return Err(ApiError::not_found("No such service instance."));
+    };
+    let i = inst.value;
+    let never_provisioned = i.state == InstanceState::Failed
+        && op
+            .as_ref()
+            .is_some_and(|o| o.value.kind == OperationKind::Provision);
+    match i.state {
+        InstanceState::Provisioning | InstanceState::Deleted => {
+            Err(ApiError::not_found("No such service instance (yet)."))
+        }
+        _ if never_provisioned => Err(ApiError::not_found("The provisioning failed.")),
+        InstanceState::Updating => Err(ApiError::concurrency(
+            "This service instance is being updated.",
+        )),
+        _ => Ok(Json(json!({
+            "service_id": i.service_id,
+            "plan_id": i.plan_id,
+            "parameters": i.parameters,
+        }))
+        .into_response()),
+    }
+}
