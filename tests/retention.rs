@@ -172,6 +172,10 @@ fn garbage_removes_a_killed_backup_and_nothing_else() {
     let good_start = good["start_lsn"].as_str().unwrap().to_string();
 
     // A backup-push killed half-way leaves a started.json and some parts.
+    let stderr_path = std::env::temp_dir().join(format!(
+        "walarchive-retention-{}-backup-push.stderr",
+        std::process::id()
+    ));
     let conn = format!("host=127.0.0.1 port={} user=postgres", primary.port());
     let mut child = Command::new(walarchive_bin())
         .args([
@@ -186,19 +190,35 @@ fn garbage_removes_a_killed_backup_and_nothing_else() {
         ])
         .envs(repo.env.iter().map(|(k, v)| (k, v)))
         .env("WALARCHIVE_COMPRESSION", "none")
+        // Slow part uploads, so that it is still running when it is killed (uncompressed at
+        // 1 MiB parts it otherwise ends within a second or two here).
+        .env("WALARCHIVE_FAULTS", "op=put key=/data/part- fault=slow:300")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
     let parts = |objs: &BTreeSet<String>| {
         objs.iter()
-            .filter(|k| k.contains("/data/part-") && !k.contains(&good_name))
+            // Not `contains(good_name)`: a second backup started in the same second is
+            // named `<good_name>_1`.
+            .filter(|k| {
+                k.contains("/data/part-") && !k.starts_with(&format!("basebackups/{good_name}/"))
+            })
             .count()
     };
     wait_until(
         "the second backup to upload parts",
         Duration::from_secs(60),
-        || parts(&objects(&repo)) >= 3,
+        || {
+            // A backup-push that ended on its own never gets there: say why at once.
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "the second backup-push ended before it was killed ({status}): {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            parts(&objects(&repo)) >= 3
+        },
     );
     child.kill().unwrap();
     child.wait().unwrap();
