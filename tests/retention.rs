@@ -271,7 +271,7 @@ fn garbage_removes_a_killed_backup_and_nothing_else() {
         .any(|k| k.starts_with(&format!("basebackups/{killed}/"))));
     assert!(before
         .iter()
-        .filter(|k| k.contains(&good_name))
+        .filter(|k| k.starts_with(&format!("basebackups/{good_name}/")))
         .all(|k| after.contains(k)));
     assert_eq!(repo.backup_list(true).len(), 1);
     assert_eq!(recover_to_end_of(&repo, &good_name), "1000");
