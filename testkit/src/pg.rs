@@ -306,12 +306,9 @@ impl PgCluster {
         self.start_with_env(&[]);
     }
 
-    /// Starts the server with extra environment variables (remembered for `restart`), as
-    /// [`PgCluster::start_with_env`] does, but returns pg_ctl's output and the server log's
-    /// tail instead of panicking when the server does not come up (e.g. recovery aborted).
-    pub fn try_start_with_env(&self, env: &[(String, String)]) -> Result<(), String> {
-        *self.env.lock().unwrap_or_else(|e| e.into_inner()) = env.to_vec();
-        let out = runuser_cmd(&pg_bin("pg_ctl"), env)
+    /// `pg_ctl start` (waiting up to 60 s) with `env`, its output whatever the outcome.
+    fn pg_ctl_start(&self, env: &[(String, String)]) -> std::process::Output {
+        runuser_cmd(&pg_bin("pg_ctl"), env)
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -320,7 +317,15 @@ impl PgCluster {
             .current_dir(self.dir())
             .stdin(Stdio::null())
             .output()
-            .expect("run pg_ctl start");
+            .expect("run pg_ctl start")
+    }
+
+    /// Starts the server with extra environment variables (remembered for `restart`), as
+    /// [`PgCluster::start_with_env`] does, but returns pg_ctl's output and the server log's
+    /// tail instead of panicking when the server does not come up (e.g. recovery aborted).
+    pub fn try_start_with_env(&self, env: &[(String, String)]) -> Result<(), String> {
+        *self.env.lock().unwrap_or_else(|e| e.into_inner()) = env.to_vec();
+        let out = self.pg_ctl_start(env);
         if out.status.success() {
             Ok(())
         } else {
@@ -341,16 +346,7 @@ impl PgCluster {
         *self.env.lock().unwrap_or_else(|e| e.into_inner()) = env.to_vec();
         for attempt in 0..5 {
             let log_len = fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
-            let out = runuser_cmd(&pg_bin("pg_ctl"), env)
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(self.log_path())
-                .args(["-w", "-t", "60", "start"])
-                .current_dir(self.dir())
-                .stdin(Stdio::null())
-                .output()
-                .expect("run pg_ctl start");
+            let out = self.pg_ctl_start(env);
             if out.status.success() {
                 return;
             }
