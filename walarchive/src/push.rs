@@ -334,37 +334,23 @@ const MAX_TEXT_FILE: u64 = 16 << 20;
 /// Refuses a segment (at `path`, with the properties `page` its page header declares) that
 /// is not of the cluster whose data directory it is pushed from.
 fn same_as_data_dir(path: &str, page: &Descriptor, id: &ClusterIdentity) -> Result<(), Error> {
-    let differs = |field: &'static str, file: String, control: String| {
-        Err(Error::NotFromDataDir {
+    use crate::repo::WalProperty::*;
+    let control = descriptor_of(id);
+    match crate::repo::first_difference(page, &control, [SystemIdentifier, SegmentSize, PageMagic])
+    {
+        None => Ok(()),
+        Some((property, file, control)) => Err(Error::NotFromDataDir {
             path: path.to_string(),
-            field,
+            field: match property {
+                SystemIdentifier => "system identifier",
+                SegmentSize => "WAL segment size",
+                PageMagic => "WAL page magic",
+            },
             file,
             control,
             data_dir: id.data_dir.display().to_string(),
-        })
-    };
-    if page.system_identifier != id.system_identifier.to_string() {
-        return differs(
-            "system identifier",
-            page.system_identifier.clone(),
-            id.system_identifier.to_string(),
-        );
+        }),
     }
-    if page.wal_segment_size != id.wal_segment_size {
-        return differs(
-            "WAL segment size",
-            page.wal_segment_size.to_string(),
-            id.wal_segment_size.to_string(),
-        );
-    }
-    if page.wal_page_magic != id.wal_page_magic {
-        return differs(
-            "WAL page magic",
-            format!("0x{:04X}", page.wal_page_magic),
-            format!("0x{:04X}", id.wal_page_magic),
-        );
-    }
-    Ok(())
 }
 
 /// BLAKE3 of the file at `path`, read in chunks. Blocking.

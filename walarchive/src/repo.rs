@@ -42,7 +42,7 @@ use crate::Error;
 mod identity;
 
 pub(crate) use identity::same_cluster;
-pub use identity::Descriptor;
+pub use identity::{first_difference, Descriptor, WalProperty};
 
 pub use crate::layout::DESCRIPTOR_KEY;
 

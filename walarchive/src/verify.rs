@@ -76,31 +76,18 @@ pub fn check_wal_content(name: &WalFileName, raw: &[u8], d: &Descriptor) -> Resu
 /// or [`crate::push::check_segment_start`]) names another cluster, segment size or WAL
 /// format than the repository's `d`.
 pub fn same_wal_identity(found: &Descriptor, d: &Descriptor) -> Result<(), String> {
-    let differs = |what: &str, found: String, repo: String| {
-        Err(format!("its {what} is {found}, {} is {repo}", d.whose()))
-    };
-    if found.wal_segment_size != d.wal_segment_size {
-        return differs(
-            "segment size",
-            found.wal_segment_size.to_string(),
-            d.wal_segment_size.to_string(),
-        );
+    use crate::repo::WalProperty::*;
+    match crate::repo::first_difference(found, d, [SegmentSize, SystemIdentifier, PageMagic]) {
+        None => Ok(()),
+        Some((property, found, repo)) => {
+            let what = match property {
+                SegmentSize => "segment size",
+                SystemIdentifier => "system identifier",
+                PageMagic => "WAL page magic",
+            };
+            Err(format!("its {what} is {found}, {} is {repo}", d.whose()))
+        }
     }
-    if found.system_identifier != d.system_identifier {
-        return differs(
-            "system identifier",
-            found.system_identifier.clone(),
-            d.system_identifier.clone(),
-        );
-    }
-    if found.wal_page_magic != d.wal_page_magic {
-        return differs(
-            "WAL page magic",
-            format!("0x{:04X}", found.wal_page_magic),
-            format!("0x{:04X}", d.wal_page_magic),
-        );
-    }
-    Ok(())
 }
 
 /// [`check_wal_content`] for WAL file `name` read from `repo` (its content `raw`), before

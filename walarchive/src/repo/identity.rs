@@ -430,39 +430,58 @@ fn parse_system_identifier(d: &Descriptor) -> Result<u64, Error> {
     })
 }
 
+/// A property that makes WAL one cluster's: what every identity check compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalProperty {
+    /// The cluster's system identifier.
+    SystemIdentifier,
+    /// The WAL segment size.
+    SegmentSize,
+    /// The WAL page magic (the PostgreSQL major version's WAL format).
+    PageMagic,
+}
+
+impl WalProperty {
+    fn of(self, d: &Descriptor) -> String {
+        match self {
+            WalProperty::SystemIdentifier => d.system_identifier.clone(),
+            WalProperty::SegmentSize => d.wal_segment_size.to_string(),
+            WalProperty::PageMagic => format!("0x{:04X}", d.wal_page_magic),
+        }
+    }
+}
+
+/// The first property of `order` on which `a` and `b` differ, with `a`'s value and `b`'s as
+/// text; `None` when they are the same cluster's WAL. Each check keeps its own order (it
+/// decides which difference a message names when several differ) and its own words.
+pub fn first_difference(
+    a: &Descriptor,
+    b: &Descriptor,
+    order: [WalProperty; 3],
+) -> Option<(WalProperty, String, String)> {
+    order.into_iter().find_map(|p| {
+        let (x, y) = (p.of(a), p.of(b));
+        (x != y).then_some((p, x, y))
+    })
+}
+
 /// Refuses `found` (what file `name` belongs to) when it is not the cluster `repo`
 /// describes.
 pub(crate) fn same_cluster(repo: &Descriptor, found: &Descriptor, name: &str) -> Result<(), Error> {
-    let mismatch = |field: &'static str, repo: String, wal: String| {
-        Err(Error::ForeignCluster {
+    use WalProperty::*;
+    match first_difference(repo, found, [SystemIdentifier, SegmentSize, PageMagic]) {
+        None => Ok(()),
+        Some((property, repo, wal)) => Err(Error::ForeignCluster {
             name: name.to_string(),
-            field,
+            field: match property {
+                SystemIdentifier => "system identifier",
+                SegmentSize => "WAL segment size",
+                PageMagic => "WAL format (page magic)",
+            },
             repo,
             wal,
-        })
-    };
-    if repo.system_identifier != found.system_identifier {
-        return mismatch(
-            "system identifier",
-            repo.system_identifier.clone(),
-            found.system_identifier.clone(),
-        );
+        }),
     }
-    if repo.wal_segment_size != found.wal_segment_size {
-        return mismatch(
-            "WAL segment size",
-            repo.wal_segment_size.to_string(),
-            found.wal_segment_size.to_string(),
-        );
-    }
-    if repo.wal_page_magic != found.wal_page_magic {
-        return mismatch(
-            "WAL format (page magic)",
-            format!("0x{:04X}", repo.wal_page_magic),
-            format!("0x{:04X}", found.wal_page_magic),
-        );
-    }
-    Ok(())
 }
 
 /// What a prefix without a descriptor holds (see `Repository::before_creating`).
