@@ -468,4 +468,24 @@ fn a_recycled_segments_stale_tail_ends_the_wal_where_pg_waldump_stops() {
             || stderr.contains(&format!("offset {}", end.0 % SEG)),
         "we stop at {end} ({why}); pg_waldump: {stderr}"
     );
+
+    // The next segment is recycled too, not yet written: stale from its first page.
+    let next = Lsn(seg_start.0 + SEG);
+    let next_name = seg_name(next);
+    let bytes = fs::read(c.wal_dir().join(&next_name)).unwrap();
+    assert!(stale_page_after(&bytes, next, next) || bytes[8..16] != next.0.to_le_bytes());
+    let s = summarize(next, SEG, &bytes).unwrap();
+    assert_eq!((s.first_record, s.end_of_valid_wal), (None, next));
+    assert!(
+        matches!(&s.stop, Stop::EndOfWal { lsn, why } if *lsn == next && why.contains("address")),
+        "{:?}",
+        s.stop
+    );
+    let (dir, _) = lone_copy(&bytes, &next_name, |_| {});
+    let (lines, stderr) = waldump(dir.path(), &[&next_name]);
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains(&format!("could not find a valid record after {next}")),
+        "{stderr}"
+    );
 }
