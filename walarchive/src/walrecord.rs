@@ -285,7 +285,7 @@ impl WalReader {
             timeline,
             page_size: 8192,
             pos: start,
-            state: if start.0 % 8192 == 0 {
+            state: if start.0.is_multiple_of(8192) {
                 State::MaySkip
             } else {
                 State::AtRecord
@@ -335,7 +335,7 @@ impl WalReader {
             }
             return Ok(out);
         }
-        if segment_start.0 % self.segment_size != 0
+        if !segment_start.0.is_multiple_of(self.segment_size)
             || self.pos.segment_number(self.segment_size)
                 != segment_start.segment_number(self.segment_size)
         {

@@ -46,7 +46,7 @@ impl Wal {
 }
 
 fn header_bytes(magic: u16, lsn: u64, rem_len: u32) -> Vec<u8> {
-    let long = lsn % SEG == 0;
+    let long = lsn.is_multiple_of(SEG);
     let mut info = if long { 0x0002 } else { 0 };
     if rem_len > 0 {
         info |= 0x0001;
@@ -68,7 +68,7 @@ fn header_bytes(magic: u16, lsn: u64, rem_len: u32) -> Vec<u8> {
 
 impl Wal {
     fn header_size(lsn: u64) -> u64 {
-        if lsn % SEG == 0 {
+        if lsn.is_multiple_of(SEG) {
             40
         } else {
             24
@@ -78,7 +78,7 @@ impl Wal {
     /// Appends a record with `payload` (block headers and data) after the header; returns
     /// its start.
     fn record_raw(&mut self, rmid: u8, info: u8, payload: &[u8], xl_prev: Option<u64>) -> Lsn {
-        if self.pos % PAGE == 0 {
+        if self.pos.is_multiple_of(PAGE) {
             self.page_header(self.pos, 0);
             self.pos += Self::header_size(self.pos);
         }
