@@ -51,6 +51,7 @@ mod repository;
 mod routing;
 
 pub use self::placement::node_name;
+pub(crate) use self::repository::open as open_repository;
 pub use self::routing::routes;
 use crate::backoff::Backoff;
 use crate::cell::CellClient;

@@ -6,6 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::restore::{Incarnation, Purge, RestoreRecord};
 use crate::secrets::Secret;
 
 /// How many earlier operations an [`OperationRecord`] remembers.
@@ -141,9 +142,16 @@ pub struct InstanceRecord {
     /// deprovision.
     #[serde(default = "first_incarnation")]
     pub incarnation: u32,
-    /// The repositories of earlier incarnations, oldest first (kept for restores).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub previous_repositories: Vec<String>,
+    /// The earlier incarnations of this id, oldest first (their archives are kept for
+    /// clones). Records written before clones held only their URLs, as
+    /// `previous_repositories`: they are read as incarnations 1, 2, ...
+    #[serde(
+        default,
+        alias = "previous_repositories",
+        deserialize_with = "super::restore::incarnations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub previous: Vec<Incarnation>,
     /// When the last scheduled (or first) base backup completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_at: Option<Timestamp>,
@@ -159,6 +167,9 @@ pub struct InstanceRecord {
     /// When the deprovision succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+    /// For an instance whose cluster starts from an archive (a clone): what it copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRecord>,
 }
 
 fn first_incarnation() -> u32 {
@@ -411,6 +422,9 @@ pub struct CatalogEntry {
     /// The incarnation's repository URL (where its archive stays after deletion).
     #[serde(default)]
     pub repository: String,
+    /// Its archive's purge, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<Purge>,
 }
 
 /// `secrets/<instance_id>`: the database passwords of an instance's current incarnation.
