@@ -395,6 +395,22 @@ async fn catalog_lists_the_service_and_its_plans() {
     let schema = &plans[0]["schemas"]["service_instance"]["create"]["parameters"];
     assert_eq!(schema["properties"]["node-count"]["maximum"], 5);
     assert!(schema["$schema"].as_str().unwrap().contains("draft-04"));
+    // Clones at creation only.
+    assert_eq!(schema["properties"]["clone-from"]["type"], "string");
+    let at = schema["properties"]["clone-at"]["oneOf"]
+        .as_array()
+        .unwrap();
+    assert_eq!(at[0]["format"], "date-time");
+    assert_eq!(at[2]["required"], json!(["restore-point"]));
+    let update = &plans[0]["schemas"]["service_instance"]["update"]["parameters"];
+    assert_eq!(
+        update["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["node-count"]
+    );
 }
 
 #[tokio::test]
