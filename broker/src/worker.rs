@@ -51,7 +51,6 @@ mod repository;
 mod routing;
 
 pub use self::placement::node_name;
-pub(crate) use self::repository::open as open_repository;
 pub use self::routing::routes;
 use crate::backoff::Backoff;
 use crate::cell::CellClient;

@@ -259,7 +259,7 @@ pub(super) fn originating_user(headers: &HeaderMap) -> Option<String> {
 /// How many completed base backups the archive at `url` holds, read within `budget`;
 /// `Err` (for the log only) when it cannot be read in time.
 async fn completed_backups(st: &AppState, url: &str, budget: Duration) -> Result<usize, String> {
-    let repo = crate::worker::open_repository(&st.config, url).map_err(|e| e.to_string())?;
+    let repo = crate::archive::open(&st.config, url).map_err(|e| e.to_string())?;
     match tokio::time::timeout(budget, walarchive::catalog::list_backups(&repo, false)).await {
         Ok(Ok(b)) => Ok(b.iter().filter(|b| b.is_complete()).count()),
         Ok(Err(e)) => Err(e.to_string()),

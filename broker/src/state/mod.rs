@@ -43,7 +43,7 @@
 //! incarnation number.
 //!
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
-//! on); [`restore`] those of clones and of an id's earlier incarnations; `store` reads and
+//! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
 //! writes them (one etcd transaction per decision); `keys` lays them out under the prefix;
 //! `sealed` keeps secrets sealed at rest; [`cas`] is the one retry loop of every
 //! compare-and-swap decision.
@@ -51,14 +51,12 @@
 pub mod cas;
 mod keys;
 pub mod model;
-pub mod restore;
 mod sealed;
 mod store;
 
 pub use cas::{until_swapped, Round, CAS_ATTEMPTS};
 pub use keys::encode_component;
 pub use model::*;
-pub use restore::*;
 pub use sealed::Resealed;
 pub use store::{Store, StoreError};
 

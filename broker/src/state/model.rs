@@ -6,8 +6,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::restore::{Incarnation, Purge, RestoreRecord};
 use crate::secrets::Secret;
+
+mod restore;
+pub use restore::*;
 
 /// How many earlier operations an [`OperationRecord`] remembers.
 pub const HISTORY: usize = 10;
@@ -148,7 +150,7 @@ pub struct InstanceRecord {
     #[serde(
         default,
         alias = "previous_repositories",
-        deserialize_with = "super::restore::incarnations",
+        deserialize_with = "restore::incarnations",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub previous: Vec<Incarnation>,

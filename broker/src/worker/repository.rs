@@ -1,6 +1,5 @@
-//! What a new instance's repository prefix holds (a new cluster must not archive into
-//! another cluster's archive), and the one way the broker opens a repository with the core
-//! library (also for the API, which reads a clone source's backups).
+//! What a new instance's repository prefix holds: a new cluster must not archive into
+//! another cluster's archive.
 
 use super::Inner;
 
@@ -11,29 +10,13 @@ impl Inner {
         &self,
         repository: &str,
     ) -> Result<Option<String>, String> {
-        repository_contents(repository, walarchive_config(&self.config).as_deref())
-            .await
-            .map_err(|e| e.to_string())
+        repository_contents(
+            repository,
+            crate::archive::walarchive_config(&self.config).as_deref(),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
-}
-
-/// The walarchive configuration file the broker's storage settings come from: the broker's
-/// `repository.walarchive_config`, else `$WALARCHIVE_CONFIG`.
-fn walarchive_config(config: &crate::config::BrokerConfig) -> Option<std::path::PathBuf> {
-    config
-        .repository
-        .walarchive_config
-        .clone()
-        .or_else(|| std::env::var_os("WALARCHIVE_CONFIG").map(Into::into))
-}
-
-/// Opens the repository at `url` with the core library, with the storage settings of the
-/// broker's configuration (see [`open_with`]).
-pub(crate) fn open(
-    config: &crate::config::BrokerConfig,
-    url: &str,
-) -> Result<walarchive::Repository, walarchive::Error> {
-    open_with(url, walarchive_config(config).as_deref())
 }
 
 /// What the prefix `url` holds besides a descriptor: `None` when nothing, else why it is not
@@ -48,7 +31,7 @@ async fn repository_contents(
     config: Option<&std::path::Path>,
 ) -> Result<Option<String>, walarchive::Error> {
     use walarchive::layout::{parse_key, OwnKey};
-    let repo = open_with(url, config)?;
+    let repo = crate::archive::open_with(url, config)?;
     let listed = repo.list("").await?;
     let descriptor = listed
         .iter()
@@ -76,34 +59,6 @@ async fn repository_contents(
             first.key
         ),
     }))
-}
-
-/// Opens `url` with storage settings as the CLI the broker runs takes them: the `[storage]`
-/// and `[retry]` tables of `config` (the broker's `walarchive_config`, or
-/// `/etc/walarchive.toml`), the environment for the rest.
-fn open_with(
-    url: &str,
-    config: Option<&std::path::Path>,
-) -> Result<walarchive::Repository, walarchive::Error> {
-    let default = std::path::Path::new("/etc/walarchive.toml");
-    let file = match config {
-        Some(p) => walarchive::config::ConfigFile::load(p)?,
-        None if default.exists() => walarchive::config::ConfigFile::load(default)?,
-        None => Default::default(),
-    };
-    let policy = file.retry.apply(walarchive::RetryPolicy::default())?;
-    // The broker's own environment, as walarchive's CLI passes its own.
-    let env = walarchive::storage::StorageEnv::new(
-        std::env::vars(),
-        std::env::var_os(walarchive::storage::unreliable::ENV),
-    );
-    walarchive::Repository::open(
-        url,
-        &file.storage,
-        &env,
-        policy,
-        walarchive::Compression::default(),
-    )
 }
 
 #[cfg(test)]

@@ -2,14 +2,14 @@
 //! as sent), which incarnation of which instance it copies, and the earlier incarnations of an
 //! instance id (whose archives clones read).
 //!
-//! Why a room of its own beside `model`: these shapes are new with clones and grow with them
-//! (the worker's restore pass, purges, disaster recovery); `model` keeps the records every
-//! operation shares. Every field added to an existing record has a `serde(default)`, so records
-//! written before clones existed still decode.
+//! Why a room of its own inside `model`: these shapes are new with clones and grow with them
+//! (the worker's restore pass, purges, disaster recovery); the rest of `model` keeps the
+//! records every operation shares. Every field added to an existing record has a
+//! `serde(default)`, so records written before clones existed still decode.
 
 use serde::{Deserialize, Serialize};
 
-use super::model::Timestamp;
+use super::Timestamp;
 
 /// The clone parameters of a provision (`clone-from`, `clone-at`), as the platform sent them
 /// (validated by the API before they are stored).
