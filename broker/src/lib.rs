@@ -23,6 +23,7 @@ pub mod process;
 pub mod router;
 pub mod secrets;
 pub mod state;
+pub mod statebackup;
 pub mod tls;
 pub mod worker;
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
+use walarchive_broker::statebackup::StateBackup;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
 #[derive(Parser)]
@@ -31,6 +32,11 @@ enum Command {
         /// The broker's configuration file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Look at the snapshots of the broker's state (`[state_backup]`).
+    StateBackup {
+        #[command(subcommand)]
+        command: StateBackupCommand,
     },
     /// Run the cell agent: start and supervise the Patroni nodes placed on this machine.
     Cell {
@@ -56,6 +62,28 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StateBackupCommand {
+    /// Open the newest snapshot, decode every record, report its age and its lag behind etcd.
+    Verify {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the snapshots, oldest first.
+    List {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -71,6 +99,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(&config),
         Command::Cell { config } => cell(&config),
         Command::RotateSecrets { config } => rotate_secrets(&config),
+        Command::StateBackup { command } => state_backup(command),
         Command::Dev {
             dir,
             cells,
@@ -115,15 +144,31 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let binder = CellBinder::from_config(&config).context("the cells' clients")?;
         let state = AppState::new(config, store.clone(), Arc::new(binder));
+        let backup = StateBackup::open(&state.config, store.clone())
+            .context("open the state backup's store")?;
         let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())
             .context("start the provisioning worker")?;
         let listener = walarchive_broker::tls::Incoming::bind(listen, tls)
             .await
             .with_context(|| format!("listen on {listen}"))?;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let mut backup_stop = stop_rx.clone();
         let worker = tokio::spawn(worker.run(async move {
             let _ = stop_rx.changed().await;
         }));
+        let backup = match backup {
+            Some(b) => Some(tokio::spawn(b.run(
+                state.state_changed.clone(),
+                state.config.worker.poll_interval.0,
+                async move {
+                    let _ = backup_stop.changed().await;
+                },
+            ))),
+            None => {
+                tracing::warn!("no [state_backup]: the broker's state is not backed up; a lost etcd cannot be recovered");
+                None
+            }
+        };
         tracing::info!(%listen, scheme, "serving the Open Service Broker API");
         let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown())
@@ -133,6 +178,12 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         if let Err(e) = worker.await {
             tracing::error!(error = %e, "the provisioning worker panicked");
+        }
+        if let Some(Err(e)) = match backup {
+            Some(b) => Some(b.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "the state backup panicked");
         }
         served
     })
@@ -156,6 +207,56 @@ fn rotate_secrets(config_path: &std::path::Path) -> anyhow::Result<()> {
             done.were_clear,
             done.current
         );
+        Ok(())
+    })
+}
+
+fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
+    let (StateBackupCommand::Verify { config, json } | StateBackupCommand::List { config, json }) =
+        &command;
+    let json = *json;
+    let config = BrokerConfig::load(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let backup = StateBackup::open(&config, store)?
+            .context("no [state_backup] in the configuration")?;
+        match command {
+            StateBackupCommand::List { .. } => {
+                let listed = backup.list().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&listed)?);
+                } else {
+                    for l in &listed {
+                        println!("{}  revision {}  {} bytes  stored {}", l.name, l.revision, l.size, l.stored_at.to_rfc3339());
+                    }
+                }
+            }
+            StateBackupCommand::Verify { .. } => {
+                let v = backup.verify().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let kinds: Vec<String> =
+                        v.records.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    println!(
+                        "{}: revision {}, written {} ({} s ago); {} records decode ({}); etcd is at revision {}, {} keys changed since",
+                        v.name,
+                        v.revision,
+                        v.written_at.to_rfc3339(),
+                        v.age_seconds,
+                        v.records.values().sum::<usize>(),
+                        kinds.join(", "),
+                        v.etcd_revision,
+                        v.changed_keys
+                    );
+                }
+            }
+        }
         Ok(())
     })
 }

@@ -123,6 +123,9 @@ pub struct AppState {
     /// (and also polls [`Store::operations_in_progress`], since other broker processes
     /// record operations too).
     pub provisioner: Arc<Notify>,
+    /// Notified (`notify_one`) with [`AppState::provisioner`]: the state backup
+    /// ([`crate::statebackup`]) waits on it (and also polls).
+    pub state_changed: Arc<Notify>,
     auth: Arc<[u8; 32]>,
 }
 
@@ -138,6 +141,7 @@ impl AppState {
             store,
             binder,
             provisioner: Arc::new(Notify::new()),
+            state_changed: Arc::new(Notify::new()),
             auth,
         }
     }
@@ -148,6 +152,7 @@ impl AppState {
 
     fn wake_worker(&self) {
         self.provisioner.notify_one();
+        self.state_changed.notify_one();
     }
 }
 

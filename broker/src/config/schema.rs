@@ -65,6 +65,9 @@ pub struct BrokerConfig {
     /// spend reading a source's archive before it answers.
     #[serde(default)]
     pub clones: ClonesConfig,
+    /// Snapshots of the broker's own state in a second store (absent: none, with a warning).
+    #[serde(default)]
+    pub state_backup: Option<StateBackupConfig>,
 }
 
 /// Settings of clones (`clone-from`).
@@ -91,6 +94,35 @@ impl Default for ClonesConfig {
 
 fn default_validation_budget() -> HumanDuration {
     HumanDuration(Duration::from_secs(20))
+}
+
+/// `[state_backup]`: where sealed snapshots of the broker's etcd state go
+/// ([`crate::statebackup`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateBackupConfig {
+    /// The store's URL (`s3://bucket/prefix`, `file:///srv/broker-state`), without
+    /// credentials: a store of its own, not under `repository.base`.
+    pub url: String,
+    /// walarchive configuration file whose `[storage]` table holds this store's credentials
+    /// (distinct from the archives'): the broker's environment is not used for it.
+    #[serde(default)]
+    pub walarchive_config: Option<PathBuf>,
+    /// Snapshots kept (the newest; older ones are deleted, but for the newest of each of the
+    /// last 30 days).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+    /// At most one snapshot per this interval: every change is in a snapshot within it.
+    #[serde(default = "default_min_interval")]
+    pub min_interval: HumanDuration,
+}
+
+fn default_keep() -> u32 {
+    200
+}
+
+fn default_min_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 
 /// Settings of every node the broker places (the same on all cells).

@@ -199,3 +199,55 @@ fn plain_http_off_the_loopback_interface_is_refused() {
         .replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:8443\"");
     BrokerConfig::parse(&local, "x").unwrap();
 }
+
+/// `[state_backup]`: a plain URL of a store of its own, `keep` and `min_interval` sensible;
+/// the example's defaults load.
+#[test]
+fn the_state_backup_is_validated() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "x").unwrap();
+    let b = c
+        .state_backup
+        .as_ref()
+        .expect("the example has [state_backup]");
+    assert_eq!((b.keep, b.min_interval.0), (200, Duration::from_secs(5)));
+    let url = "url = \"s3://broker-state/production\"";
+    for (bad, setting, what) in [
+        (
+            "url = \"s3://AKIA:sekrit99@broker-state/x\"",
+            "state_backup.url",
+            "credentials",
+        ),
+        (
+            "url = \"s3://broker-state/x?sig=sekrit99\"",
+            "state_backup.url",
+            "query string",
+        ),
+        ("url = \"not a url\"", "state_backup.url", "not a URL"),
+    ] {
+        let e = BrokerConfig::parse(&text.replace(url, bad), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting) && e.contains(what), "{e}");
+        assert!(!e.contains("sekrit99"), "never echoed: {e}");
+    }
+    let base = format!(
+        "url = \"{}/state\"",
+        c.repository.base.trim_end_matches('/')
+    );
+    let e = BrokerConfig::parse(&text.replace(url, &base), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must not be under repository.base"), "{e}");
+    let e = BrokerConfig::parse(&text.replace("keep = 200", "keep = 0"), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("state_backup.keep"), "{e}");
+    let e = BrokerConfig::parse(
+        &text.replace("min_interval = \"5s\"", "min_interval = \"0s\""),
+        "x",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("state_backup.min_interval"), "{e}");
+}

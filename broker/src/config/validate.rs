@@ -90,6 +90,26 @@ impl BrokerConfig {
             }
             Ok(_) => {}
         }
+        if let Some(b) = &self.state_backup {
+            plain_url(&b.url).map_err(|m| invalid("state_backup.url", m))?;
+            let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+            let base = self.repository.base.trim_end_matches('/');
+            if same(&b.url, base) || b.url.starts_with(&format!("{base}/")) {
+                return Err(invalid(
+                    "state_backup.url",
+                    "must not be under repository.base (a store of its own, with its own credentials)".into(),
+                ));
+            }
+            if b.keep == 0 {
+                return Err(invalid("state_backup.keep", "must be at least 1".into()));
+            }
+            if b.min_interval.0 < Duration::from_secs(1) {
+                return Err(invalid(
+                    "state_backup.min_interval",
+                    "must be at least 1s".into(),
+                ));
+            }
+        }
         if self.etcd.endpoints.is_empty() {
             return Err(invalid(
                 "etcd.endpoints",
@@ -271,5 +291,20 @@ impl BrokerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Why `url` is not a plain store URL (one without credentials, query string or fragment).
+/// The value is never echoed: a mistyped one may still hold a secret.
+fn plain_url(url: &str) -> Result<(), String> {
+    match url::Url::parse(url) {
+        Err(_) => Err("is not a URL (e.g. s3://bucket/prefix or file:///srv/broker-state)".into()),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => Err(
+            "must not hold credentials (user:password@): give them in state_backup.walarchive_config".into(),
+        ),
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => Err(
+            "must not have a query string or fragment (credentials and storage options go in state_backup.walarchive_config)".into(),
+        ),
+        Ok(_) => Ok(()),
     }
 }

@@ -34,12 +34,26 @@ impl EtcdClient {
         self.get_prefix_limit(prefix, 0).await
     }
 
+    /// Like [`EtcdClient::get_prefix`], and the store's revision the keys were read at (the
+    /// header revision of the first page): what a snapshot of the prefix is named by.
+    pub async fn get_prefix_at(&self, prefix: &[u8]) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        self.range_pages(prefix, 0).await
+    }
+
     /// Like [`EtcdClient::get_prefix`], but at most `limit` keys (0: no limit).
     pub async fn get_prefix_limit(
         &self,
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, EtcdError> {
+        Ok(self.range_pages(prefix, limit).await?.0)
+    }
+
+    async fn range_pages(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, i64), EtcdError> {
         let end = prefix_end(prefix);
         let mut out = Vec::new();
         let mut from = prefix.to_vec();
@@ -66,10 +80,10 @@ impl EtcdClient {
                 out.push(self.decode_kv(kv)?);
             }
             if !more || (limit != 0 && out.len() >= limit) {
-                return Ok(out);
+                return Ok((out, revision));
             }
             let Some(last) = out.last() else {
-                return Ok(out);
+                return Ok((out, revision));
             };
             from = last.key.clone();
             from.push(0);

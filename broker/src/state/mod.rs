@@ -45,10 +45,12 @@
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
 //! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
 //! writes them (one etcd transaction per decision); `keys` lays them out under the prefix;
-//! `sealed` keeps secrets sealed at rest; [`cas`] is the one retry loop of every
+//! `sealed` keeps secrets sealed at rest; `check` says whether a stored value decodes as the
+//! record its key names (state backups); [`cas`] is the one retry loop of every
 //! compare-and-swap decision.
 
 pub mod cas;
+mod check;
 mod keys;
 pub mod model;
 mod sealed;
