@@ -23,9 +23,27 @@ pub(super) fn valid_prefix(prefix: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The switch point of the last line of a timeline history file (`1\t0/5000108\tafter LSN
+/// 0/5000100`): where recovery ended before the promotion that started the timeline.
+fn last_switch_point(history: &str) -> Option<String> {
+    let line = history
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))?;
+    let lsn: walarchive::Lsn = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(lsn.to_string())
+}
+
 impl Agent {
     /// `GET /v1/nodes/{name}/wal`.
+    ///
+    /// `pg_last_wal_replay_lsn()` and `pg_last_xact_replay_timestamp()` are only known to
+    /// the postmaster that recovered: Patroni restarts a bootstrapped clone once it promoted
+    /// (to apply its pg_hba and settings). Then where recovery ended is read from the
+    /// history file of the timeline the promotion started (its last switch point); the
+    /// time of the last replayed transaction is no longer known (`None`).
     pub(super) async fn wal(&self, name: &str) -> Result<WalPosition, Error> {
+        let node = self.node(name)?;
         let db = self.local_superuser(name, "postgres").await?;
         let row = db
             .query_one(
@@ -34,15 +52,23 @@ impl Agent {
                               else pg_current_wal_lsn() end)::text,
                         pg_last_wal_replay_lsn()::text,
                         to_char(pg_last_xact_replay_timestamp() at time zone 'UTC',
-                                'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                                'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        (select timeline_id from pg_control_checkpoint())",
                 &[],
             )
             .await
             .map_err(|e| pg_error(name, format!("reading the WAL position of {name}"), &e))?;
+        let in_recovery: bool = row.get(0);
+        let timeline: Option<i32> = row.get(4);
+        let replay_lsn = row.get::<_, Option<String>>(2).or_else(|| {
+            let tli = u32::try_from(timeline?).ok().filter(|t| *t > 1)?;
+            let path = node.data_dir().join(format!("pg_wal/{tli:08X}.history"));
+            last_switch_point(&std::fs::read_to_string(path).ok()?)
+        });
         Ok(WalPosition {
-            in_recovery: row.get(0),
+            in_recovery,
             lsn: row.get::<_, Option<String>>(1).unwrap_or_default(),
-            replay_lsn: row.get(2),
+            replay_lsn,
             replay_time: row.get(3),
         })
     }
@@ -162,6 +188,13 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switch_point() {
+        let h = "1\t0/3000108\tno recovery target specified\n\n2\t0/5A3F2D8\tafter LSN 0/5A3F2A0\n";
+        assert_eq!(last_switch_point(h).as_deref(), Some("0/5A3F2D8"));
+        assert_eq!(last_switch_point("# nothing\n"), None);
+    }
 
     #[test]
     fn prefixes() {
