@@ -34,12 +34,16 @@ pub(super) fn status(node_dir: &Path) -> RestoreStatus {
     let progress = std::fs::read(node_dir.join(RESTORE_PROGRESS_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<RestoreProgress>(&b).ok());
-    let replay = walarchive::metrics::read(&node_dir.join("data").join("pg_wal")).and_then(|c| {
-        Some(RestoreReplay {
-            last_restored: c.last_restored?,
-            restored_at: c.last_restored_time,
-        })
-    });
+    // Patroni renames a data directory it failed to bootstrap to data.failed.
+    let replay = ["data", "data.failed"]
+        .iter()
+        .find_map(|d| walarchive::metrics::read(&node_dir.join(d).join("pg_wal")))
+        .and_then(|c| {
+            Some(RestoreReplay {
+                last_restored: c.last_restored?,
+                restored_at: c.last_restored_time,
+            })
+        });
     let failed = bootstrap_failed(node_dir).then(|| failure(node_dir));
     RestoreStatus {
         progress,
