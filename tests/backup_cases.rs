@@ -1,6 +1,6 @@
 //! Base backups beyond the happy path: a backup taken from a streaming standby, tablespaces
 //! restored somewhere else, a backup killed half-way, tampered backups, bad input to
-//! backup-push and backup-fetch, and 16 MiB WAL segments.
+//! backup-push and backup-fetch, 16 MiB WAL segments, and backup-fetch --progress-file.
 
 use testkit as common;
 

@@ -1,6 +1,8 @@
 //! End-to-end test of the cell agents, Patroni, etcd and HAProxy: a two-node cluster on two
 //! cells, archived into a local-directory walarchive repository, survives the loss of its
-//! leader's cell without losing synchronously committed rows, and the lost node rejoins.
+//! leader's cell without losing synchronously committed rows, and the lost node rejoins; and
+//! nodes bootstrapped from another cluster's archive (clones), restored to a target or failing
+//! for good when the archive has a hole.
 use testkit::broker as common;
 
 use std::collections::BTreeMap;
