@@ -513,14 +513,23 @@ async fn nodes_bootstrap_from_an_archive() {
     let backup = backup["name"].as_str().unwrap().to_string();
     primary.psql("insert into t select generate_series(101, 200)");
     let target_ok = primary.psql("select pg_current_wal_lsn()");
-    let x = primary.switch_wal();
+    // A time in a pause of the writes: rows 1-200 are committed at or before it, 201- after.
+    std::thread::sleep(Duration::from_millis(1100));
+    let target_time = primary.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
     primary.psql("insert into t select generate_series(201, 300)");
-    let y = primary.switch_wal();
+    let x = primary.switch_wal();
     primary.psql("insert into t select generate_series(301, 400)");
+    let y = primary.switch_wal();
+    primary.psql("insert into t select generate_series(401, 500)");
     let target_missing = primary.psql("select pg_current_wal_lsn()");
     primary.archive_everything();
     primary.stop();
-    eprintln!("backup {backup}, target {target_ok} in {x}; {y} removed before {target_missing}");
+    eprintln!(
+        "backup {backup}, targets {target_ok} and {target_time} in {x}; {y} removed before {target_missing}"
+    );
     // A segment between the failing node's backup and its target disappears from the
     // archive after the targets were chosen.
     let src_dir = src.path();
@@ -536,10 +545,10 @@ async fn nodes_bootstrap_from_an_archive() {
     cell.wait_ready().await;
     let client = cell.client();
     let namespace = format!("{}/patroni/", etcd.fresh_prefix());
-    let bootstrap = |target: &str| BootstrapSpec {
+    let bootstrap = |target: BootstrapTarget| BootstrapSpec {
         source_repository: src.url.clone(),
         backup: backup.clone(),
-        recovery_target: BootstrapTarget::Lsn(target.into()),
+        recovery_target: target,
         timeline: None,
         disable_roles: true,
         group_role: "g_app".into(),
@@ -549,14 +558,21 @@ async fn nodes_bootstrap_from_an_archive() {
         &namespace,
         format!("{repos}/clone-ok"),
         &bin,
-        bootstrap(&target_ok),
+        bootstrap(BootstrapTarget::Lsn(target_ok.clone())),
+    );
+    let time_spec = clone_spec(
+        "clone-time",
+        &namespace,
+        format!("{repos}/clone-time"),
+        &bin,
+        bootstrap(BootstrapTarget::Time(target_time.clone())),
     );
     let bad_spec = clone_spec(
         "clone-bad",
         &namespace,
         format!("{repos}/clone-bad"),
         &bin,
-        bootstrap(&target_missing),
+        bootstrap(BootstrapTarget::Lsn(target_missing.clone())),
     );
     // A node may not archive into the repository it restores from.
     let mut loop_spec = ok_spec.clone();
@@ -566,6 +582,7 @@ async fn nodes_bootstrap_from_an_archive() {
 
     let ports = client.put_node("ok", &ok_spec).await.expect("PUT ok");
     client.put_node("bad", &bad_spec).await.expect("PUT bad");
+    let time_ports = client.put_node("time", &time_spec).await.expect("PUT time");
     let diag = |node: &'static str| {
         let cell = &cell;
         move || {
@@ -665,6 +682,19 @@ async fn nodes_bootstrap_from_an_archive() {
         listing(&src_dir),
         source_before,
         "the clone wrote into its source's repository"
+    );
+
+    // The node restored to a time holds what was committed at or before it.
+    wait_for(
+        "the node restored to a time to lead",
+        Duration::from_secs(120),
+        || async { status(&client, "time").await.filter(NodeStatus::is_leader) },
+        diag("time"),
+    )
+    .await;
+    assert_eq!(
+        local_sql(&cell, time_ports.pg_port, "select count(*), max(id) from t").unwrap(),
+        "200|200"
     );
 
     // The failed node is still stopped and was never restarted.
