@@ -258,6 +258,11 @@ pub enum Command {
         /// moved aside, deleted once the restore is complete, and put back if it fails.
         #[arg(long)]
         force: bool,
+        /// Keep FILE up to date (about once a second, and at the end) with the restore's
+        /// progress as JSON: {"backup", "bytes_done", "bytes_total", "done"}; each write
+        /// replaces it whole.
+        #[arg(long, value_name = "FILE")]
+        progress_file: Option<PathBuf>,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,

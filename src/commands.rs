@@ -132,6 +132,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             standby,
             tablespace_map,
             force,
+            progress_file,
             json,
         } => {
             let recovery = Recovery {
@@ -149,6 +150,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 force: *force,
                 restore_command: backup_fetch::restore_command(cli, &settings)?,
                 parallel: settings.parallel,
+                progress_file: progress_file
+                    .as_deref()
+                    .map(backup_fetch::absolute)
+                    .transpose()?,
             };
             backup_fetch::backup_fetch(&repo, &opts, *json).await
         }

@@ -1,6 +1,6 @@
 //! Base backups beyond the happy path: a backup taken from a streaming standby, tablespaces
 //! restored somewhere else, a backup killed half-way, tampered backups, bad input to
-//! backup-push and backup-fetch, and 16 MiB WAL segments.
+//! backup-push and backup-fetch, 16 MiB WAL segments, and backup-fetch --progress-file.
 
 use testkit as common;
 
@@ -741,4 +741,57 @@ fn standby_promoted_during_backup_fails() {
     let detail = repo.backup_list(true);
     assert_eq!(detail.len(), 1);
     assert_eq!(detail[0]["complete"], false);
+}
+
+/// `backup-fetch --progress-file`: the document appears while the restore runs (its parts
+/// are slowed down here), is always whole JSON, and ends with `done: true` and every byte of
+/// the backup counted.
+#[test]
+fn backup_fetch_progress_file() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions::default());
+    primary.pgbench_init(1);
+    let summary = repo.backup_push(&primary, &[]);
+    let name = summary["name"].as_str().unwrap().to_string();
+    let target = PgCluster::empty();
+    let progress = target.dir().join("restore-progress.json");
+    let slow = Repo {
+        url: repo.url.clone(),
+        env: vec![(
+            "WALARCHIVE_FAULTS".into(),
+            "op=get key=/part- fault=slow:1500".into(),
+        )],
+        dir: None,
+    };
+    let seen_running = std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            slow.try_restore_into(
+                &target,
+                "LATEST",
+                &["--progress-file", progress.to_str().unwrap()],
+            )
+        });
+        let mut running = None;
+        while !fetch.is_finished() {
+            if let Ok(bytes) = fs::read(&progress) {
+                let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("half a document ({e}): {bytes:?}"));
+                if doc["done"] == false {
+                    running = Some(doc);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_success(&fetch.join().unwrap());
+        running
+    });
+    let running = seen_running.expect("a progress document while the restore ran");
+    assert_eq!(running["backup"], name.as_str(), "{running}");
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&progress).unwrap()).unwrap();
+    assert_eq!(doc["done"], true, "{doc}");
+    assert_eq!(doc["backup"], name.as_str(), "{doc}");
+    let total = doc["bytes_total"].as_u64().unwrap();
+    assert!(total > 1 << 20, "{doc}");
+    assert_eq!(doc["bytes_done"].as_u64(), Some(total), "{doc}");
+    assert!(running["bytes_done"].as_u64().unwrap() < total, "{running}");
 }

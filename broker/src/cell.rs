@@ -41,11 +41,14 @@ mod binder;
 pub mod client;
 mod config;
 mod error;
+mod restore;
 mod server;
+mod wal;
 
 pub use binder::CellBinder;
 pub use client::{
-    valid_node_name, BackupOutcome, CellClient, ClientError, NodePorts, NodeSpec, NodeStatus,
+    valid_node_name, BackupOutcome, BootstrapSpec, BootstrapTarget, CellClient, ClientError,
+    NodePorts, NodeSpec, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
 };
 pub use config::{CellConfig, TOKEN_ENV};
 use config::{SOCKET_NAME_MAX, SOCKET_PATH_MAX};
@@ -53,6 +56,7 @@ pub use error::Error;
 use error::{io_err, pg_error};
 
 use crate::binder::RoleRequest;
+use crate::patroni::bootstrap::{RESTORE_BOOTSTRAP_SCRIPT, RESTORE_POST_BOOTSTRAP_SCRIPT};
 pub use crate::patroni::DcsTiming;
 use crate::patroni::{
     NodeConfig, REPLICA_FETCH_SCRIPT, RESTAPI_USER, ROLE_CHANGE_SCRIPT, SUPERUSER,
@@ -220,10 +224,12 @@ impl Agent {
             rewind_password: s.rewind_password.clone(),
             ident_users: vec![self.config.user.clone(), self.agent_user.clone()],
             restapi_password: rec.restapi_password.clone(),
+            bootstrap: s.bootstrap.clone(),
         }
     }
 
-    /// Writes node.json, patroni.yml, the replica-fetch script and the role-change callback.
+    /// Writes node.json, patroni.yml, the replica-fetch script, the role-change callback and,
+    /// for a node bootstrapped from an archive, the bootstrap scripts.
     fn write_node_files(&self, name: &str, dir: &Path, rec: &NodeRecord) -> Result<(), Error> {
         let cfg = self.node_config(name, dir, rec);
         let unquotable =
@@ -231,7 +237,7 @@ impl Agent {
         let json = serde_json::to_vec_pretty(rec).expect("node records serialize");
         write_file(&dir.join("node.json"), &json, 0o600, None)?;
         // Read (and the scripts run) by Patroni, as the node's OS user.
-        let files = [
+        let mut files = vec![
             ("patroni.yml", cfg.render().map_err(unquotable)?, 0o600),
             (
                 REPLICA_FETCH_SCRIPT,
@@ -244,6 +250,17 @@ impl Agent {
                 0o700,
             ),
         ];
+        if let (Some(boot), Some(post)) = (
+            cfg.restore_bootstrap_script(),
+            cfg.restore_post_bootstrap_script(),
+        ) {
+            files.push((RESTORE_BOOTSTRAP_SCRIPT, boot.map_err(unquotable)?, 0o700));
+            files.push((
+                RESTORE_POST_BOOTSTRAP_SCRIPT,
+                post.map_err(unquotable)?,
+                0o700,
+            ));
+        }
         for (file, text, mode) in files {
             write_file(&dir.join(file), text.as_bytes(), mode, self.owner())?;
         }
@@ -359,6 +376,9 @@ impl Agent {
             if *stop.borrow() {
                 return;
             }
+            if self.bootstrap_failed(&node) {
+                return;
+            }
             let started = Instant::now();
             match process::spawn_tied(self.patroni_command(&node)).await {
                 Ok(mut child) => {
@@ -397,7 +417,11 @@ impl Agent {
                     if stopping {
                         return;
                     }
-                    rt.restarts += 1;
+                    drop(rt);
+                    if self.bootstrap_failed(&node) {
+                        return;
+                    }
+                    node.runtime.lock().expect("runtime lock").restarts += 1;
                 }
                 Err(e) => {
                     error!(node = node.name, "cannot start Patroni: {e}");
@@ -413,6 +437,19 @@ impl Agent {
             }
             delay = (delay * 2).min(Duration::from_secs(30));
         }
+    }
+
+    /// Whether `node` bootstrapped from an archive and that failed: its Patroni is not
+    /// (re)started, or it would bootstrap again, forever (see [`restore`]).
+    fn bootstrap_failed(&self, node: &Node) -> bool {
+        let failed = node.record().spec.bootstrap.is_some() && restore::bootstrap_failed(&node.dir);
+        if failed {
+            warn!(
+                node = node.name,
+                "the node's bootstrap from an archive failed: Patroni is not restarted"
+            );
+        }
+        failed
     }
 
     /// Re-adopts the nodes found in data_root.
@@ -605,6 +642,11 @@ impl Agent {
             restarts,
             ports: rec.ports,
             patroni,
+            restore: rec
+                .spec
+                .bootstrap
+                .as_ref()
+                .map(|_| restore::status(&node.dir)),
         }
     }
 
@@ -631,37 +673,23 @@ impl Agent {
             self.config.socket_dir().display(),
             rec.ports.pg_port
         );
-        let mut cmd = tokio::process::Command::new(&rec.spec.walarchive);
-        cmd.arg("--repo")
-            .arg(&rec.spec.repository)
-            .arg("backup-push")
+        let mut cmd = self.walarchive_command(&node, &rec);
+        cmd.arg("backup-push")
             .arg("--pgdata")
             .arg(node.data_dir())
             .arg("--pg-conn")
             .arg(&conn)
-            .arg("--json")
-            .current_dir(&node.dir)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &node.dir)
-            .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .arg("--json");
         info!(node = name, "backup-push started");
         let out = cmd.output().await.map_err(|source| Error::Spawn {
             program: rec.spec.walarchive.display().to_string(),
             source,
         })?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Err(Error::Backup {
                 node: name.to_string(),
                 code: out.status.code(),
-                stderr: tail.join("\n"),
+                stderr: stderr_tail(&out.stderr),
             });
         }
         let summary = serde_json::from_slice(&out.stdout).map_err(|source| Error::Decode {
@@ -671,6 +699,24 @@ impl Agent {
         let seconds = started.elapsed().as_secs_f64();
         info!(node = name, seconds, "backup-push done");
         Ok(BackupOutcome { summary, seconds })
+    }
+
+    /// `walarchive --repo <the node's repository>` as the node's OS user, in its directory,
+    /// with its walarchive environment only.
+    fn walarchive_command(&self, node: &Node, rec: &NodeRecord) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&rec.spec.walarchive);
+        cmd.arg("--repo")
+            .arg(&rec.spec.repository)
+            .current_dir(&node.dir)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &node.dir)
+            .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
     }
 
     /// A superuser session on node `name`'s PostgreSQL, database `db`, over its Unix socket
@@ -738,6 +784,14 @@ impl Agent {
             .collect();
         futures::future::join_all(nodes.iter().map(|n| n.stop())).await;
     }
+}
+
+/// The last 10 lines of a command's stderr.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    tail.join("\n")
 }
 
 fn dynamic_changed(a: &NodeSpec, b: &NodeSpec) -> bool {

@@ -19,8 +19,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub mod bootstrap;
 use serde_json::{json, Value};
 use walarchive::shell::{quote, QuoteError};
+
+use bootstrap::{BootstrapSpec, RESTORE_BOOTSTRAP_SCRIPT, RESTORE_POST_BOOTSTRAP_SCRIPT};
 
 // The type of the passwords below; re-exported for the test harness, which names it here.
 pub use crate::secrets::Secret;
@@ -132,6 +136,8 @@ pub struct NodeConfig {
     pub ident_users: Vec<String>,
     /// Password protecting Patroni's REST API's unsafe endpoints (user `patroni`).
     pub restapi_password: Secret,
+    /// Bootstrap the cluster from another repository instead of `initdb` ([`bootstrap`]).
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 /// The superuser's name.
@@ -273,7 +279,7 @@ impl NodeConfig {
             initdb.push(json!({"wal-segsize": mb.to_string()}));
         }
         let node_dir = self.node_dir.display().to_string();
-        Ok(json!({
+        let mut v = json!({
             "scope": self.scope,
             "namespace": self.namespace,
             "name": self.node_name,
@@ -336,7 +342,39 @@ impl NodeConfig {
                 "callbacks": {"on_role_change": format!("{node_dir}/{ROLE_CHANGE_SCRIPT}")},
             },
             "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
-        }))
+        });
+        if self.bootstrap.is_some() {
+            // No `recovery_conf` in the method: walarchive wrote the recovery settings.
+            let b = &mut v["bootstrap"];
+            b["method"] = bootstrap::METHOD.into();
+            b[bootstrap::METHOD] = json!({
+                "command": format!("{node_dir}/{RESTORE_BOOTSTRAP_SCRIPT}"),
+                "keep_existing_recovery_conf": true,
+            });
+            b["post_bootstrap"] = format!("{node_dir}/{RESTORE_POST_BOOTSTRAP_SCRIPT}").into();
+        }
+        Ok(v)
+    }
+
+    /// The custom bootstrap script of a node with a bootstrap spec
+    /// ([`bootstrap::restore_bootstrap_script`]).
+    pub fn restore_bootstrap_script(&self) -> Option<Result<String, QuoteError>> {
+        let spec = self.bootstrap.as_ref()?;
+        Some(bootstrap::restore_bootstrap_script(
+            &self.walarchive,
+            &self.node_dir,
+            spec,
+        ))
+    }
+
+    /// The post-bootstrap script of a node with a bootstrap spec
+    /// ([`bootstrap::restore_post_bootstrap_script`]).
+    pub fn restore_post_bootstrap_script(&self) -> Option<Result<String, QuoteError>> {
+        let spec = self.bootstrap.as_ref()?;
+        Some(bootstrap::restore_post_bootstrap_script(
+            &self.pg_bin_dir.join("psql"),
+            spec,
+        ))
     }
 
     /// The configuration file's text (JSON, which is valid YAML).
@@ -472,7 +510,52 @@ mod tests {
             rewind_password: Some(Secret::new("rew")),
             ident_users: vec!["postgres".into(), "root".into()],
             restapi_password: Secret::new("rest"),
+            bootstrap: None,
         }
+    }
+
+    #[test]
+    fn bootstrap_method_from_an_archive() {
+        let plain = config().to_value().unwrap();
+        assert!(plain["bootstrap"].get("method").is_none());
+        assert!(config().restore_bootstrap_script().is_none());
+        let mut c = config();
+        c.bootstrap = Some(bootstrap::BootstrapSpec {
+            source_repository: "s3://bucket/base/old".into(),
+            backup: "LATEST".into(),
+            recovery_target: bootstrap::BootstrapTarget::Lsn("0/3000060".into()),
+            timeline: None,
+            disable_roles: true,
+            group_role: "g_app".into(),
+        });
+        let v = c.to_value().unwrap();
+        assert_eq!(v["bootstrap"]["method"], "walarchive_restore");
+        assert_eq!(
+            v["bootstrap"]["walarchive_restore"],
+            json!({"command": "/var/lib/cell/inst-1-0/restore-bootstrap.sh",
+                "keep_existing_recovery_conf": true})
+        );
+        assert_eq!(
+            v["bootstrap"]["post_bootstrap"],
+            "/var/lib/cell/inst-1-0/restore-post-bootstrap.sh"
+        );
+        // The node still archives into its own repository.
+        assert_eq!(
+            v["postgresql"]["parameters"]["archive_command"],
+            "/usr/local/bin/walarchive --repo s3://bucket/base/inst-1 wal-push %p"
+        );
+        assert!(c
+            .restore_bootstrap_script()
+            .unwrap()
+            .unwrap()
+            .contains("s3://bucket/base/old"));
+        assert!(c
+            .restore_post_bootstrap_script()
+            .unwrap()
+            .unwrap()
+            .contains(
+                "\n/usr/lib/postgresql/15/bin/psql -X -q -v ON_ERROR_STOP=1 -d \"$conn\" <<'SQL'\n"
+            ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! End-to-end test of the cell agents, Patroni, etcd and HAProxy: a two-node cluster on two
 //! cells, archived into a local-directory walarchive repository, survives the loss of its
-//! leader's cell without losing synchronously committed rows, and the lost node rejoins.
+//! leader's cell without losing synchronously committed rows, and the lost node rejoins; and
+//! nodes bootstrapped from another cluster's archive (clones), restored to a target or failing
+//! for good when the archive has a hole.
 use testkit::broker as common;
 
 use std::collections::BTreeMap;
@@ -77,6 +79,7 @@ async fn two_cells_fail_over_and_rejoin() {
             maximum_lag_on_failover: 16 << 20,
         },
         wal_segsize_mb: Some(1),
+        bootstrap: None,
     };
     let mut ports = Vec::new();
     for (client, name) in clients.iter().zip(names) {
@@ -418,5 +421,293 @@ async fn two_cells_fail_over_and_rejoin() {
     );
 
     haproxy.stop().await;
+    eprintln!("total {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Every object file of a `file://` repository directory with its size.
+fn listing(dir: &std::path::Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, e.metadata().unwrap().len());
+            }
+        }
+    }
+    out
+}
+
+/// A node spec of instance `id` on the test's etcd, bootstrapped from `bootstrap`.
+fn clone_spec(
+    id: &str,
+    namespace: &str,
+    repository: String,
+    bin: &std::path::Path,
+    bootstrap: walarchive_broker::cell::BootstrapSpec,
+) -> NodeSpec {
+    let etcd = etcd();
+    NodeSpec {
+        instance_id: id.into(),
+        scope: None,
+        namespace: namespace.into(),
+        etcd_hosts: vec![format!("127.0.0.1:{}", etcd.client_port)],
+        etcd_tls: Some(common::cells::patroni_etcd_tls()),
+        etcd_credentials: Some(common::cells::patroni_etcd_credentials()),
+        repository,
+        walarchive: bin.to_path_buf(),
+        walarchive_env: BTreeMap::new(),
+        archive_timeout: 60,
+        superuser_password: Secret::generate(),
+        replication_password: Secret::generate(),
+        rewind_password: Some(Secret::generate()),
+        synchronous: false,
+        host: "127.0.0.1".into(),
+        peer_hosts: vec![],
+        timing: DcsTiming {
+            ttl: 10,
+            loop_wait: 2,
+            retry_timeout: 4,
+            maximum_lag_on_failover: 16 << 20,
+        },
+        wal_segsize_mb: Some(1),
+        bootstrap: Some(bootstrap),
+    }
+}
+
+/// A node bootstrapped through its cell from an archive a plain PostgreSQL made (design
+/// §2.4): restored at an LSN, it becomes the leader with exactly the rows committed before
+/// it, the source's binding and group roles cannot log in, and it archives into its own
+/// repository, never into its source's (whose `ALTER SYSTEM` archive_command is in the
+/// backup). Another node, whose target lies beyond a segment missing from the source's
+/// archive, fails with PostgreSQL's FATAL, stays stopped and is never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_bootstrap_from_an_archive() {
+    use testkit::{PgOptions, Store};
+    use walarchive_broker::cell::{BootstrapSpec, BootstrapTarget};
+    let t0 = Instant::now();
+    let etcd = etcd();
+    let root = test_root("cellboot");
+    let bin = walarchive_copy(&root);
+    let repos = common::cells::file_repository(&root);
+
+    // The source: a plain PostgreSQL archiving into its repository, whose archive_command
+    // is also in postgresql.auto.conf (what a restore would carry over).
+    let src = Store::File.fresh();
+    let primary = src.start_primary(PgOptions::default());
+    primary.psql(&format!(
+        "alter system set archive_command = '{} --repo {} wal-push %p'",
+        testkit::walarchive_bin().display(),
+        src.url
+    ));
+    primary.psql("select pg_reload_conf()");
+    primary.psql(
+        "create role g_app nologin; create role b_x login password 'source-pw' in role g_app; \
+         create table t (id int primary key); insert into t select generate_series(1, 100)",
+    );
+    let backup = src.backup_push(&primary, &[]);
+    let backup = backup["name"].as_str().unwrap().to_string();
+    primary.psql("insert into t select generate_series(101, 200)");
+    let target_ok = primary.psql("select pg_current_wal_lsn()");
+    // A time in a pause of the writes: rows 1-200 are committed at or before it, 201- after.
+    std::thread::sleep(Duration::from_millis(1100));
+    let target_time = primary.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    primary.psql("insert into t select generate_series(201, 300)");
+    let x = primary.switch_wal();
+    primary.psql("insert into t select generate_series(301, 400)");
+    let y = primary.switch_wal();
+    primary.psql("insert into t select generate_series(401, 500)");
+    let target_missing = primary.psql("select pg_current_wal_lsn()");
+    primary.archive_everything();
+    primary.stop();
+    eprintln!(
+        "backup {backup}, targets {target_ok} and {target_time} in {x}; {y} removed before {target_missing}"
+    );
+    // A segment between the failing node's backup and its target disappears from the
+    // archive after the targets were chosen.
+    let src_dir = src.path();
+    let removed: Vec<String> = listing(&src_dir)
+        .into_keys()
+        .filter(|k| k.rsplit('/').next().unwrap().starts_with(y.as_str()))
+        .collect();
+    assert_eq!(removed.len(), 1, "{y}: {removed:?}");
+    std::fs::remove_file(src_dir.join(&removed[0])).unwrap();
+    let source_before = listing(&src_dir);
+
+    let cell = Cell::start(&root, "a");
+    cell.wait_ready().await;
+    let client = cell.client();
+    let namespace = format!("{}/patroni/", etcd.fresh_prefix());
+    let bootstrap = |target: BootstrapTarget| BootstrapSpec {
+        source_repository: src.url.clone(),
+        backup: backup.clone(),
+        recovery_target: target,
+        timeline: None,
+        disable_roles: true,
+        group_role: "g_app".into(),
+    };
+    let ok_spec = clone_spec(
+        "clone-ok",
+        &namespace,
+        format!("{repos}/clone-ok"),
+        &bin,
+        bootstrap(BootstrapTarget::Lsn(target_ok.clone())),
+    );
+    let time_spec = clone_spec(
+        "clone-time",
+        &namespace,
+        format!("{repos}/clone-time"),
+        &bin,
+        bootstrap(BootstrapTarget::Time(target_time.clone())),
+    );
+    let bad_spec = clone_spec(
+        "clone-bad",
+        &namespace,
+        format!("{repos}/clone-bad"),
+        &bin,
+        bootstrap(BootstrapTarget::Lsn(target_missing.clone())),
+    );
+    // A node may not archive into the repository it restores from.
+    let mut loop_spec = ok_spec.clone();
+    loop_spec.repository = src.url.clone();
+    let e = client.put_node("clone-loop", &loop_spec).await.unwrap_err();
+    assert!(e.to_string().contains("own repository"), "{e}");
+
+    let ports = client.put_node("ok", &ok_spec).await.expect("PUT ok");
+    client.put_node("bad", &bad_spec).await.expect("PUT bad");
+    let time_ports = client.put_node("time", &time_spec).await.expect("PUT time");
+    let diag = |node: &'static str| {
+        let cell = &cell;
+        move || {
+            format!(
+                "--- cell ---\n{}\n--- {node}/patroni.log ---\n{}",
+                cell.log_tail(30),
+                cell.patroni_log_tail(node, 80)
+            )
+        }
+    };
+
+    // The failing node: stopped, its failure told, never restarted.
+    let failed = wait_for(
+        "the node whose target is past the hole to fail",
+        Duration::from_secs(120),
+        || async {
+            let s = status(&client, "bad").await?;
+            let failed = s.restore.as_ref()?.failed.clone()?;
+            (!s.running).then_some((failed, s.restarts))
+        },
+        diag("bad"),
+    )
+    .await;
+    eprintln!(
+        "failed after {:.1} s: {}",
+        t0.elapsed().as_secs_f64(),
+        failed.0
+    );
+    assert!(
+        failed
+            .0
+            .contains("recovery ended before configured recovery target was reached"),
+        "{failed:?}"
+    );
+
+    // The good node: the leader, restored to exactly its target.
+    let leader = wait_for(
+        "the restored node to lead",
+        Duration::from_secs(120),
+        || async { status(&client, "ok").await.filter(NodeStatus::is_leader) },
+        diag("ok"),
+    )
+    .await;
+    eprintln!("leader after {:.1} s", t0.elapsed().as_secs_f64());
+    let restore = leader.restore.clone().expect("restore status");
+    let progress = restore.progress.expect("progress");
+    assert!(progress.done, "{progress:?}");
+    assert_eq!(progress.backup, backup);
+    assert_eq!(progress.bytes_done, progress.bytes_total);
+    assert!(restore.replay.is_some(), "{leader:?}");
+    assert_eq!(restore.failed, None);
+    let sql = |q: &str| local_sql(&cell, ports.pg_port, q).unwrap();
+    assert_eq!(sql("select count(*), max(id) from t"), "200|200");
+    // The source's roles lost their login before anyone could use them.
+    assert_eq!(
+        sql("select string_agg(rolname || ':' || rolcanlogin, ',' order by rolname) from pg_roles where rolname in ('b_x', 'g_app')"),
+        "b_x:false,g_app:false"
+    );
+    let Err(e) = connect(&conninfo("b_x", ports.pg_port, "source-pw")).await else {
+        panic!("the source's binding role got into the clone");
+    };
+    let code = e.as_db_error().map(|d| d.code().code().to_string());
+    assert!(matches!(code.as_deref(), Some("28P01" | "28000")), "{e:?}");
+    assert_eq!(
+        client.login_roles("ok", &["b_", "h_"]).await.unwrap(),
+        Vec::<String>::new()
+    );
+    sql("create role b_new login");
+    assert_eq!(
+        client.login_roles("ok", &["b_", "h_"]).await.unwrap(),
+        vec!["b_new".to_string()]
+    );
+
+    // Where it is: promoted, recovery stopped at the target.
+    let wal = client.wal("ok").await.unwrap();
+    assert!(!wal.in_recovery, "{wal:?}");
+    let lsn = |s: &str| s.parse::<walarchive::Lsn>().unwrap();
+    assert!(
+        lsn(wal.replay_lsn.as_deref().unwrap()) >= lsn(&target_ok),
+        "{wal:?}"
+    );
+
+    // It archives into its own repository (a new timeline), never into the source's.
+    let switch = client.switch_wal("ok").await.unwrap();
+    assert!(switch.archived, "{switch:?}");
+    let pushed = client.push_history("ok").await.unwrap();
+    assert!(!pushed.is_empty(), "no history file in pg_wal");
+    let own = walarchive(&bin, &["--repo", &ok_spec.repository, "wal-list"]).unwrap();
+    assert!(own.contains(&switch.segment), "{switch:?} not in\n{own}");
+    for h in &pushed {
+        assert!(
+            own.contains(h.trim_end_matches(".history")),
+            "{h} not in\n{own}"
+        );
+    }
+    assert_eq!(
+        listing(&src_dir),
+        source_before,
+        "the clone wrote into its source's repository"
+    );
+
+    // The node restored to a time holds what was committed at or before it.
+    wait_for(
+        "the node restored to a time to lead",
+        Duration::from_secs(120),
+        || async { status(&client, "time").await.filter(NodeStatus::is_leader) },
+        diag("time"),
+    )
+    .await;
+    assert_eq!(
+        local_sql(&cell, time_ports.pg_port, "select count(*), max(id) from t").unwrap(),
+        "200|200"
+    );
+
+    // The failed node is still stopped and was never restarted.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let bad = status(&client, "bad").await.unwrap();
+    assert!(!bad.running, "{bad:?}");
+    assert_eq!(bad.restarts, failed.1, "{bad:?}");
+    assert_eq!(bad.restarts, 0, "{bad:?}");
+    // It had replayed up to the hole: its counters are read from Patroni's data.failed.
+    let replay = bad
+        .restore
+        .and_then(|r| r.replay)
+        .expect("replay of the failed node");
+    assert!(replay.last_restored.as_str() < y.as_str(), "{replay:?}");
     eprintln!("total {:.1} s", t0.elapsed().as_secs_f64());
 }

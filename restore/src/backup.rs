@@ -47,6 +47,8 @@ pub struct BackupFetchOptions {
     /// Parts downloaded and decoded at once (1: one at a time, while the previous one is
     /// extracted).
     pub parallel: usize,
+    /// Where to keep a progress document (`crate::progress_file`), if anywhere.
+    pub progress_file: Option<PathBuf>,
 }
 
 /// Default number of parts downloaded at once (the CLI's `--parallel` default).
@@ -155,9 +157,13 @@ pub async fn fetch_backup(
             return Err(e);
         }
     };
+    let file = (opts.progress_file.as_deref())
+        .map(|p| crate::progress_file::ProgressFile::new(p, &manifest.name, progress.clone()));
+    let progress = file.clone().map_or(progress, |f| f as Arc<dyn Progress>);
     match restore_prepared(repo, opts, manifest, &roots, progress).await {
         Ok(fetched) => {
             data_dir.commit()?;
+            file.map_or(Ok(()), |f| f.finish())?;
             Ok(fetched)
         }
         Err(e) => {

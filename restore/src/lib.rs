@@ -19,6 +19,7 @@ pub mod absent_history;
 pub mod backup;
 pub mod destination;
 pub mod prefetch;
+pub mod progress_file;
 pub mod recovery;
 
 use std::io::Write;

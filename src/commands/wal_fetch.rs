@@ -102,12 +102,20 @@ pub(crate) async fn wal_fetch(
         && data_dir.join("standby.signal").exists();
     // A history file answers 1 in an outage only on the store's own earlier word.
     let standby_waits = standby_outage && (!history || absent_history::recorded(&data_dir, name));
+    // How far a point-in-time restore has come (what the broker shows while a clone replays).
+    let archive_recovery = !history
+        && data_dir.join("recovery.signal").exists()
+        && !data_dir.join("standby.signal").exists();
     count(dest, |c| {
         c.fetch_seconds_total += started.elapsed().as_secs_f64();
         match &result {
             Ok(r) => {
                 c.fetch_total += 1;
                 c.fetch_bytes_total += r.len;
+                if archive_recovery {
+                    c.last_restored = Some(name.to_string());
+                    c.last_restored_time = Some(chrono::Utc::now().to_rfc3339());
+                }
             }
             Err(FetchError::NotFound(_)) => c.fetch_not_found_total += 1,
             Err(e) => {

@@ -50,6 +50,11 @@ pub struct Counters {
     pub last_error: Option<String>,
     /// When it happened (RFC 3339, UTC).
     pub last_error_time: Option<String>,
+    /// The last WAL segment restored during archive recovery (`recovery.signal`; never on a
+    /// standby): how far a point-in-time restore has come.
+    pub last_restored: Option<String>,
+    /// When it was restored (RFC 3339, UTC).
+    pub last_restored_time: Option<String>,
 }
 
 /// The `pg_wal` directory a WAL path (PostgreSQL's `%p`, e.g. `pg_wal/RECOVERYXLOG`) is in,

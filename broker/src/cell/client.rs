@@ -12,6 +12,8 @@ use axum::http::header;
 use serde::{Deserialize, Serialize};
 
 use crate::binder::RoleRequest;
+use crate::patroni::bootstrap::BACKUP_NAME_MAX;
+pub use crate::patroni::bootstrap::{BootstrapSpec, BootstrapTarget};
 use crate::patroni::{DcsTiming, EtcdCredentials, EtcdTls};
 use crate::secrets::Secret;
 
@@ -108,6 +110,45 @@ pub struct NodeSpec {
     /// `initdb --wal-segsize` in MiB (16 when absent).
     #[serde(default)]
     pub wal_segsize_mb: Option<u32>,
+    /// Bootstrap the cluster from another repository's backup instead of `initdb` (a clone):
+    /// only the node that initialises the cluster uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
+}
+
+impl BootstrapSpec {
+    /// Checks what the bootstrap scripts rely on (every word also goes through
+    /// `walarchive::shell::quote` when they are written).
+    pub fn validate(&self, own_repository: &str) -> Result<(), String> {
+        if self.source_repository.is_empty() || self.source_repository.chars().any(char::is_control)
+        {
+            return Err("bootstrap.source_repository must be a repository URL".into());
+        }
+        if self.source_repository.trim_end_matches('/') == own_repository.trim_end_matches('/') {
+            return Err(
+                "bootstrap.source_repository is the node's own repository: a clone must archive elsewhere"
+                    .into(),
+            );
+        }
+        let backup_ok = !self.backup.is_empty()
+            && self.backup.len() <= BACKUP_NAME_MAX
+            && !self.backup.starts_with(['-', '.'])
+            && self
+                .backup
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !backup_ok {
+            return Err("bootstrap.backup must be a backup name or LATEST".into());
+        }
+        self.recovery_target.backup_fetch_args()?;
+        if self.timeline == Some(0) {
+            return Err("bootstrap.timeline must be at least 1".into());
+        }
+        if !crate::binder::valid_object_name(&self.group_role) {
+            return Err("bootstrap.group_role must be a plain SQL name ([a-z_][a-z0-9_]*)".into());
+        }
+        Ok(())
+    }
 }
 
 /// The two ports the cell allocated to a node.
@@ -136,6 +177,69 @@ pub struct NodeStatus {
     pub ports: NodePorts,
     /// Patroni's own `GET /patroni` answer, when it is reachable.
     pub patroni: Option<serde_json::Value>,
+    /// For a node with a bootstrap spec: how its restore goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+}
+
+/// How the restore of a node bootstrapped from an archive goes (read from files: PostgreSQL
+/// answers no query while it recovers in Patroni's custom bootstrap).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestoreStatus {
+    /// The base backup's restore (`backup-fetch --progress-file`), once it started.
+    pub progress: Option<RestoreProgress>,
+    /// WAL replay from the source's archive, once a segment was restored.
+    pub replay: Option<RestoreReplay>,
+    /// Why the restore failed (the node is then stopped for good): walarchive's last
+    /// lines, or PostgreSQL's `FATAL` line.
+    pub failed: Option<String>,
+}
+
+/// `backup-fetch --progress-file`'s document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreProgress {
+    /// The backup restored.
+    pub backup: String,
+    /// Bytes restored so far.
+    pub bytes_done: u64,
+    /// Bytes of the backup.
+    pub bytes_total: u64,
+    /// Whether the base backup is restored.
+    pub done: bool,
+}
+
+/// How far recovery has read the source's archive (`pg_wal/walarchive-metrics.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReplay {
+    /// The last WAL segment restored.
+    pub last_restored: String,
+    /// When (RFC 3339).
+    pub restored_at: Option<String>,
+}
+
+/// `GET /v1/nodes/{name}/wal`: where the node's WAL is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalPosition {
+    /// `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` in recovery.
+    pub lsn: String,
+    /// `pg_last_wal_replay_lsn()`: where recovery stopped (kept after a promotion); `None`
+    /// on a cluster that never recovered.
+    pub replay_lsn: Option<String>,
+    /// `pg_last_xact_replay_timestamp()` (RFC 3339): the last transaction recovery replayed.
+    pub replay_time: Option<String>,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+}
+
+/// `POST /v1/nodes/{name}/switch-wal`: the switch and whether its segment is archived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalSwitch {
+    /// What `pg_switch_wal()` returned (the end of the switched segment's WAL).
+    pub lsn: String,
+    /// The segment that ended (`pg_walfile_name`).
+    pub segment: String,
+    /// Whether `pg_stat_archiver` showed it archived before the wait's bound.
+    pub archived: bool,
 }
 
 impl NodeStatus {
@@ -215,6 +319,9 @@ impl NodeSpec {
             if k.is_empty() || k.contains('=') || k.starts_with("PATRONI") {
                 return bad("walarchive_env has an invalid variable name");
             }
+        }
+        if let Some(b) = &spec.bootstrap {
+            b.validate(&spec.repository)?;
         }
         Ok(())
     }
@@ -412,6 +519,69 @@ impl CellClient {
             return Err(ClientError::NotFound(name.to_string()));
         }
         Self::decode("backup outcome", &bytes)
+    }
+
+    async fn node_call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        name: &str,
+        route: &str,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self
+            .call(method, &format!("/v1/nodes/{name}/{route}"), None, timeout)
+            .await?;
+        if status == 404 {
+            return Err(ClientError::NotFound(name.to_string()));
+        }
+        Self::decode(route, &bytes)
+    }
+
+    /// Where node `name`'s WAL is (its current LSN, where recovery stopped).
+    pub async fn wal(&self, name: &str) -> Result<WalPosition, ClientError> {
+        self.node_call(reqwest::Method::GET, name, "wal", Duration::from_secs(30))
+            .await
+    }
+
+    /// Switches node `name` (a primary) to a new WAL segment and waits, within a bound,
+    /// until the segment it ended is archived.
+    pub async fn switch_wal(&self, name: &str) -> Result<WalSwitch, ClientError> {
+        self.node_call(
+            reqwest::Method::POST,
+            name,
+            "switch-wal",
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
+    /// Archives every timeline history file in node `name`'s `pg_wal` into its repository
+    /// (a clone's repository then holds the history of the timelines it forked from);
+    /// returns their names.
+    pub async fn push_history(&self, name: &str) -> Result<Vec<String>, ClientError> {
+        self.node_call(
+            reqwest::Method::POST,
+            name,
+            "push-history",
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    /// The roles of node `name` whose names start with one of `prefixes` and that can log in.
+    pub async fn login_roles(
+        &self,
+        name: &str,
+        prefixes: &[&str],
+    ) -> Result<Vec<String>, ClientError> {
+        let q = crate::state::encode_component(&prefixes.join(","));
+        self.node_call(
+            reqwest::Method::GET,
+            name,
+            &format!("login-roles?prefix={q}"),
+            Duration::from_secs(30),
+        )
+        .await
     }
 }
 

@@ -95,6 +95,18 @@ pub enum Error {
         /// The error message it gave.
         message: String,
     },
+    /// A walarchive command run for a node failed.
+    #[error("{what} on node {node} failed (exit status {code:?}): {stderr}")]
+    Walarchive {
+        /// The node.
+        node: String,
+        /// What was run.
+        what: &'static str,
+        /// walarchive's exit status.
+        code: Option<i32>,
+        /// The end of its stderr.
+        stderr: String,
+    },
     /// A response or stored file could not be decoded.
     #[error("cannot decode {what}: {source}")]
     Decode {

@@ -145,6 +145,47 @@ async fn delete_role(
     }
 }
 
+async fn node_wal(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.wal(&name).await {
+        Ok(w) => json_response(&w),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn switch_wal(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.switch_wal(&name).await {
+        Ok(w) => json_response(&w),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn push_history(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.push_history(&name).await {
+        Ok(files) => json_response(&files),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn login_roles(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let prefixes: Vec<String> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "prefix")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    match agent.login_roles(&name, prefixes).await {
+        Ok(roles) => json_response(&roles),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(super) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/nodes", get(list_nodes))
@@ -153,6 +194,10 @@ pub(super) fn router(agent: Arc<Agent>) -> Router {
             get(get_node).put(put_node).delete(delete_node),
         )
         .route("/v1/nodes/{name}/backup", post(backup_node))
+        .route("/v1/nodes/{name}/wal", get(node_wal))
+        .route("/v1/nodes/{name}/switch-wal", post(switch_wal))
+        .route("/v1/nodes/{name}/push-history", post(push_history))
+        .route("/v1/nodes/{name}/login-roles", get(login_roles))
         .route(
             "/v1/nodes/{name}/roles/{role}",
             put(put_role).delete(delete_role),

@@ -83,6 +83,7 @@ impl Inner {
                 ..DcsTiming::default()
             },
             wal_segsize_mb: n.wal_segsize_mb,
+            bootstrap: None,
         })
     }
 

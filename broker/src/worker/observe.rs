@@ -138,6 +138,7 @@ mod tests {
                 "role": "master", "state": "running",
                 "replication": [{"application_name": "n1", "state": "streaming"}]
             })),
+            restore: None,
         };
         let mut starting = leader.clone();
         starting.name = "n2".into();
