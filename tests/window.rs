@@ -189,9 +189,9 @@ fn a_time_between_commits_restores_exactly_those_before_it() {
 #[test]
 fn a_time_after_the_last_commit_is_refused_unless_the_archive_is_complete() {
     let s = source();
-    // The last commit's time, one second later.
+    // Just after the last commit (before the segment holding it was even uploaded).
     let last = walarchive::manifest::parse_time(&row(ROWS).commit).unwrap();
-    let after = (last + chrono::Duration::seconds(1))
+    let after = (last + chrono::Duration::milliseconds(1))
         .format("%Y-%m-%d %H:%M:%S%.6f+00")
         .to_string();
     refused(
