@@ -158,7 +158,7 @@ impl WalReader {
             return Err(Stop::End);
         }
         let rem = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes"));
-        let size = if page % self.segment_size == 0 {
+        let size = if page.is_multiple_of(self.segment_size) {
             LONG_HEADER
         } else {
             SHORT_HEADER
@@ -170,7 +170,7 @@ impl WalReader {
     fn read(&self, mut lsn: u64, n: u64) -> Result<(Vec<u8>, u64), Stop> {
         let mut out = Vec::with_capacity(n as usize);
         while (out.len() as u64) < n {
-            if lsn % BLCKSZ == 0 {
+            if lsn.is_multiple_of(BLCKSZ) {
                 lsn += self.page(lsn)?.0;
             }
             let page_end = (lsn / BLCKSZ + 1) * BLCKSZ;
@@ -186,7 +186,7 @@ impl WalReader {
             Some(p) => p,
             None => {
                 let mut p = self.start;
-                if p % BLCKSZ == 0 {
+                if p.is_multiple_of(BLCKSZ) {
                     let (size, info, rem) = self.page(p)?;
                     p += size;
                     if info & XLP_FIRST_IS_CONTRECORD != 0 {
@@ -197,7 +197,7 @@ impl WalReader {
                 p
             }
         };
-        if p % BLCKSZ == 0 {
+        if p.is_multiple_of(BLCKSZ) {
             p += self.page(p)?.0;
         }
         let (h, _) = self.read(p, RECORD_HEADER as u64)?;
