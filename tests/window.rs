@@ -16,6 +16,32 @@ use common::*;
 const NOT_RESTORABLE: i32 = 15;
 const SEGSIZE: u64 = 1 << 20;
 const ROWS: usize = 30;
+/// Commit times to aim at, and no background transaction committing after the last row.
+const CONF: &str = "track_commit_timestamp = on\nautovacuum = off\n";
+
+/// `(commit, midway)` of each row of `seq` on `pg` from row `from` on, as [`Row`] has them.
+fn commit_times(pg: &PgCluster, from: i32) -> Vec<Row> {
+    let ts = "pg_xact_commit_timestamp(xmin)";
+    let utc = |e: &str, f: &str| format!("to_char(({e}) at time zone 'UTC', '{f}')");
+    let listing = pg.psql(&format!(
+        "select {} || '|' || coalesce({} || '+00', '') from seq where n >= {from} order by n",
+        utc(ts, r#"YYYY-MM-DD"T"HH24:MI:SS.US"Z""#),
+        utc(
+            &format!("{ts} + (lead({ts}) over (order by n) - {ts}) / 2"),
+            "YYYY-MM-DD HH24:MI:SS.US"
+        ),
+    ));
+    listing
+        .lines()
+        .map(|l| {
+            let (commit, midway) = l.split_once('|').unwrap();
+            Row {
+                commit: commit.into(),
+                midway: midway.into(),
+            }
+        })
+        .collect()
+}
 
 struct Row {
     /// Commit time as restorable-window prints it (RFC 3339, microseconds, Z).
@@ -42,8 +68,7 @@ fn source() -> &'static Source {
     S.get_or_init(|| {
         let repo = Store::File.fresh();
         let primary = repo.start_primary(PgOptions {
-            // No background transaction may commit after the last row.
-            extra_conf: "track_commit_timestamp = on\nautovacuum = off\n".into(),
+            extra_conf: CONF.into(),
             ..Default::default()
         });
         primary.psql("create table seq(n int primary key)");
@@ -67,26 +92,7 @@ fn source() -> &'static Source {
         let written_to = primary.psql("select pg_switch_wal()");
         let last = primary.psql(&format!("select pg_walfile_name('{written_to}')"));
         primary.wait_archived(&last, std::time::Duration::from_secs(120));
-        let ts = "pg_xact_commit_timestamp(xmin)";
-        let utc = |e: &str, f: &str| format!("to_char(({e}) at time zone 'UTC', '{f}')");
-        let listing = primary.psql(&format!(
-            "select {} || '|' || coalesce({} || '+00', '') from seq order by n",
-            utc(ts, r#"YYYY-MM-DD"T"HH24:MI:SS.US"Z""#),
-            utc(
-                &format!("{ts} + (lead({ts}) over (order by n) - {ts}) / 2"),
-                "YYYY-MM-DD HH24:MI:SS.US"
-            ),
-        ));
-        let rows: Vec<Row> = listing
-            .lines()
-            .map(|l| {
-                let (commit, midway) = l.split_once('|').unwrap();
-                Row {
-                    commit: commit.into(),
-                    midway: midway.into(),
-                }
-            })
-            .collect();
+        let rows = commit_times(&primary, 1);
         assert_eq!(rows.len(), ROWS);
         Source {
             repo,
@@ -138,7 +144,11 @@ fn refused(out: &Output, words: &str) {
 /// Restores the target restorable-window resolved (its backup and setting, as written for
 /// PostgreSQL), starts it to promotion and returns "count:max".
 fn restore_resolved(target: &serde_json::Value) -> String {
-    let s = source();
+    restore_resolved_from(&source().repo, target)
+}
+
+/// [`restore_resolved`] from `repo`.
+fn restore_resolved_from(repo: &Repo, target: &serde_json::Value) -> String {
     let setting = target["recovery_target"]["setting"].as_str().unwrap();
     let flag = match setting {
         "recovery_target_time" => "--target-time",
@@ -147,11 +157,9 @@ fn restore_resolved(target: &serde_json::Value) -> String {
     };
     let value = target["recovery_target"]["value"].as_str().unwrap();
     let backup = target["backup"].as_str().unwrap();
-    let c = s
-        .repo
-        .restore(backup, &[flag, value, "--target-action", "promote"]);
+    let c = repo.restore(backup, &[flag, value, "--target-action", "promote"]);
     c.append_conf("archive_mode = off\n");
-    c.start_with_env(&s.repo.env);
+    c.start_with_env(&repo.env);
     c.wait_promoted();
     c.psql("select count(*) || ':' || coalesce(max(n), 0) from seq")
 }
@@ -337,4 +345,60 @@ fn other_exit_statuses() {
     let out = try_window(&damaged, &[]);
     assert_eq!(code(&out), 8, "{}", stderr(&out));
     assert!(stderr(&out).contains(&last), "{}", stderr(&out));
+}
+
+/// A restore of the source promoted after row 5 archives timeline 2 into the same repository
+/// (rows 1001..=1003), while rows 6..=10 stay on the abandoned timeline 1: the window follows
+/// timeline 2, and a time on either side of the switch is restored exactly.
+#[test]
+fn targets_across_a_promotion_follow_the_newest_timeline() {
+    let repo = Store::File.fresh();
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: CONF.into(),
+        ..Default::default()
+    });
+    primary.psql("create table seq(n int primary key)");
+    repo.backup_push(&primary, &[]);
+    let mut lsn_5 = String::new();
+    for n in 1..=10 {
+        primary.psql(&format!("insert into seq values ({n})"));
+        if n == 5 {
+            lsn_5 = primary.psql("select pg_current_wal_insert_lsn()");
+        }
+    }
+    primary.archive_everything();
+    let old = commit_times(&primary, 1);
+
+    let clone = repo.restore(
+        "LATEST",
+        &["--target-lsn", &lsn_5, "--target-action", "promote"],
+    );
+    clone.start_with_env(&repo.env);
+    clone.wait_promoted();
+    for n in 1001..=1003 {
+        clone.psql(&format!("insert into seq values ({n})"));
+    }
+    let last = clone.switch_wal();
+    assert!(last.starts_with("00000002"), "{last}");
+    clone.wait_archived(&last, std::time::Duration::from_secs(120));
+    let new = commit_times(&clone, 1001);
+
+    let w = window(&repo, &[]);
+    assert_eq!(w["timelines"], serde_json::json!([1, 2]), "{w:#}");
+    assert_eq!(w["latest"]["timeline"], 2, "{w:#}");
+    assert_eq!(w["latest"]["time"], new[2].commit.as_str(), "{w:#}");
+
+    // On timeline 2: rows 1..=5 and 1001, not timeline 1's 6..=10 (committed earlier).
+    let w = window(&repo, &["--target-time", &new[0].midway]);
+    assert_eq!(w["target"]["expect"]["timeline"], 2, "{w:#}");
+    assert_eq!(w["target"]["timeline"], serde_json::Value::Null, "{w:#}");
+    assert_eq!(restore_resolved_from(&repo, &w["target"]), "6:1001");
+    // Before the switch, on timeline 1.
+    let w = window(&repo, &["--target-time", &old[2].midway]);
+    assert_eq!(w["target"]["expect"]["timeline"], 1, "{w:#}");
+    assert_eq!(restore_resolved_from(&repo, &w["target"]), "3:3");
+    // After timeline 1's last commit (row 10): along the newest chain the first commit after
+    // it is row 1001's, on timeline 2; row 10 is on the abandoned branch, not in the window.
+    let w = window(&repo, &["--target-time", &old[9].commit]);
+    assert_eq!(w["target"]["expect"]["timeline"], 2, "{w:#}");
 }
