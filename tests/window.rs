@@ -62,7 +62,8 @@ struct Source {
 }
 
 /// A primary that took a backup, then committed rows 1..=30 one transaction each, with a
-/// restore point `after_10` and two named `twice` (after 15 and after 25).
+/// restore point `after_10`, a 3 MiB record after 12 and two restore points named `twice`
+/// (after 15 and after 25).
 fn source() -> &'static Source {
     static S: OnceLock<Source> = OnceLock::new();
     S.get_or_init(|| {
@@ -80,6 +81,12 @@ fn source() -> &'static Source {
             match n {
                 10 => {
                     primary.psql("select pg_create_restore_point('after_10')");
+                }
+                // One record of 3 MiB, across four 1 MiB segments, which the scans cross.
+                12 => {
+                    primary.psql(
+                        "select pg_logical_emit_message(false, 'window', repeat('x', 3 << 20))",
+                    );
                 }
                 15 | 25 => {
                     primary.psql("select pg_create_restore_point('twice')");
