@@ -132,7 +132,7 @@ fn print_text(w: &Window, r: Option<&Resolved>) {
             .map(|t| format!(", recovery_target_timeline = '{t}'"))
             .unwrap_or_default();
         println!(
-            "target:   backup {} with {}{timeline}: the restore holds the WAL to {} on timeline {} (last transaction: {})",
+            "target:   backup {} with {}{timeline}: the restore holds the WAL to {} on timeline {} (as of {})",
             r.backup,
             r.recovery,
             r.expect.lsn,

@@ -46,7 +46,8 @@ pub struct Point {
     pub lsn: Lsn,
     /// Its timeline.
     pub timeline: TimelineId,
-    /// The time the point stands for (a backup's stop time; the last transaction's).
+    /// The time the point stands for: a backup's stop time, the last transaction's commit (or
+    /// abort) time, a restore point's creation time.
     pub time: Option<DateTime<Utc>>,
 }
 
