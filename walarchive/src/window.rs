@@ -38,8 +38,7 @@ use shim::{Record, RecordKind, WalReader};
 /// transaction's time.
 pub const WINDOW_SCAN_SEGMENTS: u64 = 64;
 
-/// A point of the WAL: where, on which timeline, and the time of the last transaction
-/// committed (or aborted) at or before it, when known.
+/// A point of the WAL: where, on which timeline, and when (when known).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Point {
     /// The WAL position.
