@@ -34,6 +34,7 @@ pub mod status;
 pub mod storage;
 pub mod verify;
 pub mod wal;
+pub mod walrecord;
 pub mod window;
 
 pub use codec::Compression;
