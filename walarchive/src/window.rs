@@ -7,7 +7,8 @@
 //! be stopped at, and a restore point that is not in the WAL is never found. So the window
 //! is computed from what recovery will really read: the listing and the history files
 //! (`verify::list_archive`, no segment downloaded), the backups' manifests, and the last
-//! segments, decoded record by record for the last record and the last transaction's time.
+//! segments, decoded record by record (`crate::walrecord`) for the last record and the last
+//! transaction's time.
 //! Resolution ([`resolve`]) turns every target into one PostgreSQL stops at exactly: a time
 //! (PostgreSQL stops before the first commit or abort after it), or an LSN ("latest" is
 //! pinned to one, so a hole in the archive fails loudly instead of ending recovery early).
@@ -15,7 +16,6 @@
 //! `window/tests.rs`; the I/O only fills them in.
 
 mod resolve;
-mod shim;
 #[cfg(test)]
 mod tests;
 
@@ -29,10 +29,10 @@ use crate::repo::Repository;
 use crate::verify::{self, BackupRange};
 use crate::wal::{SegmentName, TimelineId, WalFileName};
 
+use crate::walrecord::{Record, RecordKind, WalReader, WalRecordError};
 pub use resolve::{
     find_restore_points, resolve, Resolved, RestorePointAt, Setting, Unrestorable, Wanted,
 };
-use shim::{Record, RecordKind, WalReader};
 
 /// How many segments are read backwards from the end of the archive to find the last
 /// transaction's time.
@@ -274,11 +274,12 @@ fn records_starting_in(
     next: Option<&[u8]>,
 ) -> Result<Vec<Record>, Error> {
     let start = Lsn(n * w.segment_size);
-    let bad = |e: shim::WalRecordError| Error::Wal {
+    let bad = |e: WalRecordError| Error::Wal {
         segment: w.segment(n),
         why: e.to_string(),
     };
-    let mut reader = WalReader::new(w.segment_size, w.segment(n).timeline, start);
+    // Pages of the chain's older timelines come first: the reader reads up to its last.
+    let mut reader = WalReader::new(w.segment_size, w.last_timeline(), start);
     let mut records = reader.feed(start, bytes).map_err(bad)?;
     if let Some(next) = next {
         let following = Lsn((n + 1) * w.segment_size);
@@ -334,7 +335,7 @@ async fn scan_forward(
     let end_segment = w.end.segment_number(w.segment_size);
     let mut reader = WalReader::new(
         w.segment_size,
-        w.segment(first).timeline,
+        w.last_timeline(),
         Lsn(first * w.segment_size),
     );
     let mut segments = futures::stream::iter(first..end_segment)
