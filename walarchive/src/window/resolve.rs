@@ -83,10 +83,12 @@ pub struct RestorePointAt {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unrestorable {
     /// The target is before the earliest restorable point.
-    #[error("{target} is before the earliest restorable point, {} (the end of the oldest restorable base backup, LSN {})", time(earliest.time), earliest.lsn)]
+    #[error("{} is before the earliest restorable point, {} (the end of the oldest restorable base backup, LSN {})", describe(target, found.as_ref()), time(earliest.time), earliest.lsn)]
     BeforeEarliest {
         /// The target as wanted.
-        target: String,
+        target: Wanted,
+        /// For a restore point, where the newest of its name is.
+        found: Option<RestorePointAt>,
         /// The earliest point.
         earliest: Point,
     },
@@ -107,10 +109,10 @@ pub enum Unrestorable {
         latest: Point,
     },
     /// A target no backup's continuous WAL reaches (a hole in the archive before it).
-    #[error("{target} cannot be reached: the archived WAL has a hole before it (no backup's WAL continues past {reaches})")]
+    #[error("{} cannot be reached: the archived WAL has a hole before it (no backup's WAL continues past {reaches})", describe(target, None))]
     Gap {
         /// The target as wanted.
-        target: String,
+        target: Wanted,
         /// How far the WAL of the newest backup before it reaches.
         reaches: Lsn,
     },
@@ -124,6 +126,23 @@ pub enum Unrestorable {
         /// The latest point.
         latest: Point,
     },
+}
+
+/// The target as messages name it.
+fn describe(w: &Wanted, found: Option<&RestorePointAt>) -> String {
+    match (w, found) {
+        (Wanted::Latest, _) => "the latest point".into(),
+        (Wanted::Time(t), _) => format!("time {}", time(Some(*t))),
+        (Wanted::Lsn(l), _) => format!("LSN {l}"),
+        (Wanted::RestorePoint(n), Some(at)) => {
+            format!(
+                "restore point {n:?} ({}, LSN {})",
+                time(Some(at.time)),
+                at.lsn
+            )
+        }
+        (Wanted::RestorePoint(n), None) => format!("restore point {n:?}"),
+    }
 }
 
 /// A time as messages write it; "no transaction" when unknown.
@@ -156,7 +175,7 @@ fn off_chain(w: &Window) -> Option<u32> {
     (w.last_timeline() != w.newest_timeline).then_some(w.last_timeline().0)
 }
 
-fn gap(w: &Window, target: String, lsn: Lsn) -> Unrestorable {
+fn gap(w: &Window, target: Wanted, lsn: Lsn) -> Unrestorable {
     let reaches = w
         .backups
         .iter()
@@ -170,7 +189,7 @@ fn gap(w: &Window, target: String, lsn: Lsn) -> Unrestorable {
 pub(crate) fn rule_latest(w: &Window) -> Result<Resolved, Unrestorable> {
     let b = w
         .backup_for(w.latest.lsn, None)
-        .ok_or_else(|| gap(w, "the latest point".into(), w.latest.lsn))?;
+        .ok_or_else(|| gap(w, Wanted::Latest, w.latest.lsn))?;
     Ok(Resolved {
         backup: b.name.clone(),
         timeline: off_chain(w),
@@ -182,7 +201,8 @@ pub(crate) fn rule_latest(w: &Window) -> Result<Resolved, Unrestorable> {
 pub(crate) fn rule_lsn(w: &Window, l: Lsn) -> Result<Resolved, Unrestorable> {
     if l < w.earliest.lsn {
         return Err(Unrestorable::BeforeEarliest {
-            target: format!("LSN {l}"),
+            target: Wanted::Lsn(l),
+            found: None,
             earliest: w.earliest.clone(),
         });
     }
@@ -194,7 +214,7 @@ pub(crate) fn rule_lsn(w: &Window, l: Lsn) -> Result<Resolved, Unrestorable> {
     }
     let b = w
         .backup_for(l, None)
-        .ok_or_else(|| gap(w, format!("LSN {l}"), l))?;
+        .ok_or_else(|| gap(w, Wanted::Lsn(l), l))?;
     Ok(Resolved {
         backup: b.name.clone(),
         timeline: off_chain(w),
@@ -210,7 +230,8 @@ pub(crate) fn rule_lsn(w: &Window, l: Lsn) -> Result<Resolved, Unrestorable> {
 /// The backup a time target starts from: the newest restorable one that ended at or before it.
 pub(crate) fn backup_for_time(w: &Window, t: DateTime<Utc>) -> Result<&BackupPoint, Unrestorable> {
     let before = || Unrestorable::BeforeEarliest {
-        target: format!("time {}", time(Some(t))),
+        target: Wanted::Time(t),
+        found: None,
         earliest: w.earliest.clone(),
     };
     if w.earliest.time.is_some_and(|e| t < e) {
@@ -233,7 +254,8 @@ pub(crate) fn rule_time(
     match scan.first_after {
         // PostgreSQL would stop before the backup is consistent, and refuse.
         Some(at) if at < b.stop => Err(Unrestorable::BeforeEarliest {
-            target: format!("time {}", time(Some(t))),
+            target: Wanted::Time(t),
+            found: None,
             earliest: w.earliest.clone(),
         }),
         Some(_) => {
@@ -273,10 +295,11 @@ pub(crate) fn rule_restore_point(
             earliest: w.earliest.clone(),
             latest: w.latest.clone(),
         })?;
-    let target = format!("restore point {name:?} ({})", time(Some(newest.time)));
+    let target = Wanted::RestorePoint(name.to_string());
     if newest.lsn < w.earliest.lsn {
         return Err(Unrestorable::BeforeEarliest {
             target,
+            found: Some(newest.clone()),
             earliest: w.earliest.clone(),
         });
     }

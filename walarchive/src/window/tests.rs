@@ -172,10 +172,19 @@ fn restore_points_resolve_to_the_newest_of_the_name() {
         rule_restore_point(&w, "z", &found),
         Err(Unrestorable::NoSuchRestorePoint { .. })
     ));
+    let e = rule_restore_point(&w, "old", &[rp("old", "0/2000050")]).unwrap_err();
     assert!(matches!(
-        rule_restore_point(&w, "old", &[rp("old", "0/2000050")]),
-        Err(Unrestorable::BeforeEarliest { .. })
+        e,
+        Unrestorable::BeforeEarliest { found: Some(_), .. }
     ));
+    assert_eq!(
+        e.to_string(),
+        "restore point \"old\" (2026-12-07 10:30:00+00, LSN 0/2000050) is before the earliest restorable point, 2026-12-07 10:00:00+00 (the end of the oldest restorable base backup, LSN 0/2000100)"
+    );
+    assert_eq!(
+        rule_restore_point(&w, "z", &found).unwrap_err().to_string(),
+        "no restore point named \"z\" in the restorable window (2026-12-07 10:00:00+00 to 2026-12-07 12:00:00+00)"
+    );
 }
 
 #[test]
