@@ -2,7 +2,8 @@
 //! archiving into a file:// repository: the window runs from the backup's stop to the last
 //! commit as PostgreSQL reports them (`pg_xact_commit_timestamp`), every resolved target is
 //! restored and started and holds exactly the rows committed up to it, and each refusal has
-//! its exit status (15 outside the window, 6 no repository, 7 storage, 8 a corrupt segment).
+//! its exit status (15 outside the window, 6 no repository, 7 storage, 8 a corrupt segment);
+//! across a promotion, and on S3.
 
 use testkit as common;
 
@@ -408,4 +409,26 @@ fn targets_across_a_promotion_follow_the_newest_timeline() {
     // it is row 1001's, on timeline 2; row 10 is on the abandoned branch, not in the window.
     let w = window(&repo, &["--target-time", &old[9].commit]);
     assert_eq!(w["target"]["expect"]["timeline"], 2, "{w:#}");
+}
+
+/// The same window and a time target on S3 (s3s-fs), whose listings and reads differ from a
+/// directory's.
+#[test]
+fn the_window_on_s3() {
+    let repo = Store::S3.fresh();
+    let primary = repo.start_primary(PgOptions {
+        extra_conf: CONF.into(),
+        ..Default::default()
+    });
+    primary.psql("create table seq(n int primary key)");
+    let backup = repo.backup_push(&primary, &[]);
+    for n in 1..=5 {
+        primary.psql(&format!("insert into seq values ({n})"));
+    }
+    primary.archive_everything();
+    let rows = commit_times(&primary, 1);
+    let w = window(&repo, &["--target-time", &rows[2].midway]);
+    assert_eq!(w["earliest"]["lsn"], backup["stop_lsn"], "{w:#}");
+    assert_eq!(w["latest"]["time"], rows[4].commit.as_str(), "{w:#}");
+    assert_eq!(restore_resolved_from(&repo, &w["target"]), "3:3");
 }
