@@ -323,16 +323,18 @@ async fn find_latest(repo: &Repository, w: &Window, floor: Lsn) -> Result<Point,
     })
 }
 
-/// Reads the window's WAL forward from segment `from` to the end of the continuous WAL,
-/// downloading ahead, and hands every record to `visit` until it returns false.
+/// Reads the window's WAL forward from the segment of `from` to `to` (a segment boundary:
+/// the end of the continuous WAL a backup reaches), downloading ahead, and hands every
+/// record to `visit` until it returns false.
 async fn scan_forward(
     repo: &Repository,
     w: &Window,
     from: Lsn,
+    to: Lsn,
     mut visit: impl FnMut(&Record) -> bool,
 ) -> Result<(), Error> {
     let first = from.segment_number(w.segment_size);
-    let end_segment = w.end.segment_number(w.segment_size);
+    let end_segment = to.min(w.end).segment_number(w.segment_size);
     let mut reader = WalReader::new(
         w.segment_size,
         w.last_timeline(),

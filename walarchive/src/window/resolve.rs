@@ -271,6 +271,11 @@ pub(crate) fn rule_time(
                 },
             })
         }
+        // The backup's WAL stops at a hole before the end: what follows it cannot be read.
+        None if b.reaches.is_some_and(|r| r < w.end) => Err(Unrestorable::Gap {
+            target: Wanted::Time(t),
+            reaches: b.reaches.unwrap_or(w.end),
+        }),
         // Every archived transaction is at or before t: PostgreSQL never "reaches" t. When
         // the archive is known complete up to t, t is the latest point, pinned to its LSN.
         None if complete_to.is_some_and(|c| c <= w.end) => rule_latest(w),
@@ -335,7 +340,8 @@ pub async fn resolve(
         Wanted::Time(t) => {
             let b = backup_for_time(w, *t)?;
             let mut scan = TimeScan::default();
-            scan_forward(repo, w, b.start, |r| {
+            let to = b.reaches.unwrap_or(w.end);
+            scan_forward(repo, w, b.start, to, |r| {
                 if r.start < b.start {
                     return true;
                 }
@@ -360,8 +366,9 @@ pub async fn resolve(
     })
 }
 
-/// The restore points named `name` in the window's WAL, from the oldest restorable backup's
-/// start to the end of the continuous WAL, oldest first.
+/// The restore points named `name` in the window's WAL, oldest first: from the start of the
+/// oldest backup whose WAL runs without a hole to the end of the archive (restore points
+/// before a hole are not looked for: no backup before it restores past it).
 pub async fn find_restore_points(
     repo: &Repository,
     w: &Window,
@@ -370,10 +377,10 @@ pub async fn find_restore_points(
     let from = w
         .backups
         .iter()
-        .find(|b| b.reaches.is_some())
+        .find(|b| b.reaches == Some(w.end))
         .map_or(w.earliest.lsn, |b| b.start);
     let mut found = Vec::new();
-    scan_forward(repo, w, from, |r| {
+    scan_forward(repo, w, from, w.end, |r| {
         if let RecordKind::RestorePoint { name: n, time } = &r.kind {
             if n == name {
                 found.push(RestorePointAt {

@@ -152,6 +152,23 @@ fn a_time_after_the_last_commit_needs_a_complete_archive() {
 }
 
 #[test]
+fn a_time_whose_backup_stops_at_a_hole_is_a_gap() {
+    let mut w = window();
+    w.backups[0].reaches = Some(lsn("0/4000000"));
+    let at = t("2026-12-07T10:30:00Z");
+    let b = backup_for_time(&w, at).unwrap();
+    assert_eq!(b.name, "a");
+    let e = rule_time(&w, at, b, &TimeScan::default(), Some(lsn("0/1000000"))).unwrap_err();
+    assert_eq!(
+        e,
+        Unrestorable::Gap {
+            target: Wanted::Time(at),
+            reaches: lsn("0/4000000")
+        }
+    );
+}
+
+#[test]
 fn restore_points_resolve_to_the_newest_of_the_name() {
     let w = window();
     let rp = |name: &str, at: &str| RestorePointAt {
