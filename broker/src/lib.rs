@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod archive;
 pub mod backoff;
 pub mod binder;
 pub mod cell;

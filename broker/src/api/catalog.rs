@@ -1,4 +1,5 @@
-//! The catalog: the one service and its plans, each accepting `node-count`.
+//! The catalog: the one service and its plans, each accepting `node-count`, and at creation
+//! `clone-from` and `clone-at` (the schemas say what `request::parse_parameters` accepts).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -7,6 +8,42 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::config::MAX_NODES;
+
+/// The create schema: `node-count`, `clone-from`, `clone-at`.
+fn create_schema() -> Value {
+    let mut s = node_count_schema();
+    let props = s["parameters"]["properties"]
+        .as_object_mut()
+        .expect("properties");
+    props.insert(
+        "clone-from".into(),
+        json!({
+            "description": "Copy this instance's data: the name of an instance in this space, or an instance id of this organization (deleted instances too).",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255
+        }),
+    );
+    props.insert(
+        "clone-at".into(),
+        json!({
+            "description": "With clone-from: the point to copy, a time (RFC 3339, with a zone), an LSN, or {\"restore-point\": NAME}; the latest archived point when omitted.",
+            "oneOf": [
+                { "type": "string", "format": "date-time" },
+                { "type": "string", "pattern": "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$" },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["restore-point"],
+                    "properties": {
+                        "restore-point": { "type": "string", "minLength": 1, "maxLength": 63 }
+                    }
+                }
+            ]
+        }),
+    );
+    s
+}
 
 fn node_count_schema() -> Value {
     json!({
@@ -40,7 +77,7 @@ pub(super) async fn catalog(State(st): State<AppState>) -> Response {
                 "metadata": { "nodeCount": p.node_count },
                 "schemas": {
                     "service_instance": {
-                        "create": node_count_schema(),
+                        "create": create_schema(),
                         "update": node_count_schema(),
                     }
                 }

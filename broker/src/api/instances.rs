@@ -1,22 +1,26 @@
 //! Instances: provision, update and deprovision record an operation for the worker and
-//! answer `202`; last_operation and fetch read the records.
+//! answer `202`; last_operation and fetch read the records. A provision with `clone-from`
+//! is validated by `clone` first (nothing is recorded when it is refused).
 
 use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 
+use super::clone::{self, CloneRequest};
 use super::request::{
     accepted, accepts_incomplete, check_plan, check_service, gone, ok_empty, opt_str,
-    parse_parameters, query_get, query_pairs, req_str, required_query, InstanceId, JsonBody,
+    parse_parameters, query_get, query_pairs, req_str, required_query, InstanceId, JsonBody, Phase,
 };
 use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
-    until_swapped, CreateInstance, InstanceContext, InstanceRecord, InstanceState, OperationKind,
-    OperationRecord, OperationRequest, OperationState, Round, Timestamp,
+    until_swapped, CreateInstance, Incarnation, InstanceContext, InstanceRecord, InstanceState,
+    OperationKind, OperationRecord, OperationRequest, OperationState, RestoreRecord, Round,
+    Timestamp,
 };
 
 /// The body of a provision (`PUT /v2/service_instances/:id`).
@@ -40,10 +44,27 @@ pub(super) struct UpdateRequest {
     parameters: Option<Value>,
 }
 
+/// The `202` of a provision: the operation, and for a clone what it copies (OSB 2.16
+/// `metadata`).
+fn provision_accepted(operation: &str, restore: Option<&RestoreRecord>) -> Response {
+    match restore {
+        None => accepted(operation),
+        Some(r) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "operation": operation,
+                "metadata": { "attributes": { "clone_of": clone::clone_of(r) } },
+            })),
+        )
+            .into_response(),
+    }
+}
+
 pub(super) async fn provision(
     State(st): State<AppState>,
     InstanceId(instance_id): InstanceId,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ProvisionRequest>,
 ) -> Result<Response, ApiError> {
     let q = query_pairs(&q);
@@ -54,12 +75,13 @@ pub(super) async fn provision(
     check_service(&st, &service_id)?;
     let plan = check_plan(&st, &plan_id)?;
     let context = body.context.map_or(Value::Null, Value::Object);
-    let parameters = parse_parameters(body.parameters.as_ref())?.unwrap_or_default();
+    let (parameters, clone) = parse_parameters(body.parameters.as_ref(), Phase::Provision)?;
     let node_count = parameters.node_count.unwrap_or(plan.node_count);
+    let user = clone::originating_user(&headers);
 
     let path_name = crate::names::path_name(&instance_id);
     // Each round is a future of its own: it borrows what the rounds share.
-    let (st, q, instance_id, service_id, plan_id, org, space, context, path_name) = (
+    let (st, q, instance_id, service_id, plan_id, org, space, context, path_name, clone, user) = (
         &st,
         &q,
         &instance_id,
@@ -69,6 +91,8 @@ pub(super) async fn provision(
         &space,
         &context,
         &path_name,
+        &clone,
+        &user,
     );
     until_swapped((), |()| async move {
         let (inst, op) = st.store.instance_and_operation(instance_id).await?;
@@ -83,7 +107,8 @@ pub(super) async fn provision(
                 && i.plan_id == *plan_id
                 && i.parameters == parameters
                 && i.context.organization_guid == *org
-                && i.context.space_guid == *space;
+                && i.context.space_guid == *space
+                && i.restore.as_ref().and_then(|r| r.requested.as_ref()) == clone.as_ref();
             if !same {
                 return Err(ApiError::conflict(
                     "An instance with this id already exists with different attributes.",
@@ -92,7 +117,7 @@ pub(super) async fn provision(
             return match i.state {
                 InstanceState::Provisioning => match op {
                     Some(op) if op.value.kind == OperationKind::Provision => {
-                        Ok(accepted(&op.value.id))
+                        Ok(provision_accepted(&op.value.id, i.restore.as_ref()))
                     }
                     _ => Err(ApiError::concurrency(
                         "Another operation for this service instance is in progress.",
@@ -112,12 +137,35 @@ pub(super) async fn provision(
         if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
+        // Validated in every round: a lost round may mean that the source changed.
+        let validated = match clone {
+            Some(params) => Some(
+                clone::validate(
+                    st,
+                    &CloneRequest {
+                        org,
+                        space,
+                        service_id,
+                        params,
+                        user: user.clone(),
+                    },
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let now = Timestamp::now();
-        let (incarnation, previous_repositories) = match &previous {
+        let (incarnation, earlier) = match &previous {
             Some(p) => {
-                let mut repos = p.value.previous_repositories.clone();
-                repos.push(p.value.repository.clone());
-                (p.value.incarnation + 1, repos)
+                let mut earlier = p.value.previous.clone();
+                earlier.push(Incarnation {
+                    n: p.value.incarnation,
+                    repository: p.value.repository.clone(),
+                    created_at: Some(p.value.created_at),
+                    deleted_at: p.value.deleted_at,
+                    purged: None,
+                });
+                (p.value.incarnation + 1, earlier)
             }
             None => (1, Vec::new()),
         };
@@ -139,13 +187,18 @@ pub(super) async fn provision(
             path_name: Some(path_name.clone()),
             repository: st.config.repository.for_incarnation(path_name, incarnation),
             incarnation,
-            previous_repositories,
+            previous: earlier,
             last_backup_at: None,
             state: InstanceState::Provisioning,
             nodes: Vec::new(),
             created_at: now,
             updated_at: now,
             deleted_at: None,
+            restore: validated.as_ref().map(|v| v.restore.clone()),
+        };
+        let description = match &record.restore {
+            Some(r) => clone::accepted_description(r),
+            None => "Provisioning accepted; waiting for the provisioning worker.".into(),
         };
         let operation = OperationRecord::new(
             instance_id,
@@ -155,18 +208,22 @@ pub(super) async fn provision(
                 parameters,
                 node_count,
             },
-            "Provisioning accepted; waiting for the provisioning worker.",
+            description,
             previous.as_ref().and(op.as_ref()).map(|o| &o.value),
         );
         let range = st.config.router.port_min..=st.config.router.port_max;
-        let created = match &previous {
-            None => st.store.create_instance(record, operation, range).await,
-            Some(p) => {
-                st.store
-                    .reincarnate_instance(record, operation, range, p, op.as_ref())
-                    .await
-            }
-        };
+        let created = st
+            .store
+            .create_guarded(
+                record,
+                operation,
+                range,
+                previous.as_ref().map(|p| (p, op.as_ref())),
+                validated
+                    .as_ref()
+                    .map(|v| (v.source_revision.0.as_str(), v.source_revision.1)),
+            )
+            .await;
         match created {
             Ok(CreateInstance::Created {
                 operation,
@@ -174,9 +231,14 @@ pub(super) async fn provision(
             }) => {
                 info!(instance = %instance_id, operation = %operation.value.id,
                       port = instance.value.port, node_count,
-                      incarnation = instance.value.incarnation, "provision accepted");
+                      incarnation = instance.value.incarnation,
+                      clone_of = ?instance.value.restore.as_ref().map(|r| &r.source.instance_id),
+                      "provision accepted");
                 st.wake_worker();
-                return Ok(Round::Done(accepted(&operation.value.id)));
+                return Ok(Round::Done(provision_accepted(
+                    &operation.value.id,
+                    instance.value.restore.as_ref(),
+                )));
             }
             // Created or deleted meanwhile: decide again.
             Ok(CreateInstance::Exists) => {}
@@ -208,7 +270,7 @@ pub(super) async fn update(
     if let Some(p) = &new_plan {
         check_plan(&st, p)?;
     }
-    let new_params = parse_parameters(body.parameters.as_ref())?;
+    let (new_params, _) = parse_parameters(body.parameters.as_ref(), Phase::Update)?;
 
     let (st, q, instance_id, new_plan) = (&st, &q, &instance_id, &new_plan);
     until_swapped((), |()| async move {
@@ -226,10 +288,8 @@ pub(super) async fn update(
         }
         let plan = check_plan(st, &plan_id)?;
         let mut parameters = i.parameters;
-        if let Some(p) = new_params {
-            if p.node_count.is_some() {
-                parameters.node_count = p.node_count;
-            }
+        if new_params.node_count.is_some() {
+            parameters.node_count = new_params.node_count;
         }
         let target = OperationRequest {
             plan_id: plan_id.clone(),
@@ -441,8 +501,23 @@ pub(super) async fn fetch_instance(
         _ => Ok(Json(json!({
             "service_id": i.service_id,
             "plan_id": i.plan_id,
-            "parameters": i.parameters,
+            "parameters": provisioned_parameters(&i),
         }))
         .into_response()),
     }
+}
+
+/// The parameters of an instance as provisioned (and updated): `node-count`, and for a clone
+/// `clone-from` and `clone-at` as sent.
+fn provisioned_parameters(i: &InstanceRecord) -> Value {
+    let mut v = serde_json::to_value(i.parameters).expect("JSON");
+    if let (Value::Object(m), Some(requested)) = (
+        &mut v,
+        i.restore.as_ref().and_then(|r| r.requested.as_ref()),
+    ) {
+        if let Value::Object(c) = serde_json::to_value(requested).expect("JSON") {
+            m.extend(c);
+        }
+    }
+    v
 }

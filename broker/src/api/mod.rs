@@ -17,12 +17,13 @@
 //!
 //! The rooms: `auth` (basic auth and the API version header, in front of every route),
 //! `request` (the extractors whose rejections are [`ApiError`]s, and the checks the
-//! handlers share), `catalog`, `instances` (provision, update, deprovision, last_operation)
-//! and `bindings`.
+//! handlers share), `catalog`, `instances` (provision, update, deprovision, last_operation),
+//! `clone` (the checks of a provision with `clone-from`, before its `202`) and `bindings`.
 
 mod auth;
 mod bindings;
 mod catalog;
+mod clone;
 mod instances;
 mod request;
 

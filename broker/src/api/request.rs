@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::config::{PlanConfig, MAX_NODES};
 use crate::error::ApiError;
-use crate::state::Parameters;
+use crate::state::{CloneAt, CloneParameters, Parameters};
 
 pub(super) fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
     q.as_deref()
@@ -152,10 +152,27 @@ pub(super) fn check_plan<'a>(st: &'a AppState, plan_id: &str) -> Result<&'a Plan
     })
 }
 
-/// Validates OSB `parameters`: only `node-count`, an integer from 1 to 5.
-pub(super) fn parse_parameters(v: Option<&Value>) -> Result<Option<Parameters>, ApiError> {
+/// Which request `parameters` come with: the clone parameters are accepted at creation only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// A provision.
+    Provision,
+    /// An update.
+    Update,
+}
+
+/// The longest restore point name PostgreSQL keeps (`rp_name[MAXFNAMELEN]`, NUL included).
+const MAX_RESTORE_POINT: usize = 63;
+
+/// Validates OSB `parameters`: `node-count` (an integer from 1 to 5), and at creation
+/// `clone-from` (a name or instance id) with an optional `clone-at` (a time with a zone, an
+/// LSN or `{"restore-point": NAME}`). Every refusal is a 400 `InvalidParameters`.
+pub(crate) fn parse_parameters(
+    v: Option<&Value>,
+    phase: Phase,
+) -> Result<(Parameters, Option<CloneParameters>), ApiError> {
     let m = match v {
-        None | Some(Value::Null) => return Ok(None),
+        None | Some(Value::Null) => return Ok((Parameters::default(), None)),
         Some(Value::Object(m)) => m,
         Some(_) => {
             return Err(ApiError::invalid_parameters(
@@ -164,6 +181,7 @@ pub(super) fn parse_parameters(v: Option<&Value>) -> Result<Option<Parameters>, 
         }
     };
     let mut p = Parameters::default();
+    let (mut clone_from, mut clone_at) = (None, None);
     for (k, v) in m {
         match k.as_str() {
             "node-count" => {
@@ -177,14 +195,63 @@ pub(super) fn parse_parameters(v: Option<&Value>) -> Result<Option<Parameters>, 
                     }
                 }
             }
+            "clone-from" | "clone-at" if phase == Phase::Update => {
+                return Err(ApiError::invalid_parameters(
+                    "clone-from and clone-at are accepted at creation only.",
+                ))
+            }
+            "clone-from" => clone_from = Some(parse_clone_from(v)?),
+            "clone-at" => clone_at = Some(parse_clone_at(v)?),
             other => {
                 return Err(ApiError::invalid_parameters(format!(
-                    "Unknown parameter {other:?}: the only parameter is node-count (an integer from 1 to {MAX_NODES})."
+                    "Unknown parameter {other:?}: the parameters are node-count (an integer from 1 to {MAX_NODES}), and at creation clone-from (the name or instance id of the instance to copy) and clone-at (when)."
                 )))
             }
         }
     }
-    Ok(Some(p))
+    let clone = match (clone_from, clone_at) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(ApiError::invalid_parameters("clone-at needs clone-from.")),
+        (Some(clone_from), clone_at) => Some(CloneParameters {
+            clone_from,
+            clone_at,
+        }),
+    };
+    Ok((p, clone))
+}
+
+/// `clone-from`: a non-empty string of at most 255 bytes without control characters (what
+/// names and ids may be).
+fn parse_clone_from(v: &Value) -> Result<String, ApiError> {
+    match v.as_str() {
+        Some(s) if crate::names::check_id(s, "clone-from").is_ok() => Ok(s.to_string()),
+        _ => Err(ApiError::invalid_parameters(format!(
+            "clone-from must be the name or instance id of a service instance, not {v}."
+        ))),
+    }
+}
+
+/// `clone-at`: an RFC 3339 time with a zone, an LSN, or `{"restore-point": NAME}` (1 to 63
+/// bytes, as PostgreSQL keeps them). Stored as sent.
+fn parse_clone_at(v: &Value) -> Result<CloneAt, ApiError> {
+    let bad = || {
+        ApiError::invalid_parameters(format!(
+            "clone-at must be an RFC 3339 time with a zone (2026-12-07T10:15:00Z), an LSN (0/3000060) or {{\"restore-point\": \"NAME\"}}, not {v}."
+        ))
+    };
+    let at: CloneAt = serde_json::from_value(v.clone()).map_err(|_| bad())?;
+    let ok = match &at {
+        CloneAt::Lsn(s) => s.parse::<walarchive::Lsn>().is_ok(),
+        CloneAt::Time(s) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+        CloneAt::RestorePoint(n) => {
+            (1..=MAX_RESTORE_POINT).contains(&n.len()) && !n.chars().any(char::is_control)
+        }
+    };
+    if ok {
+        Ok(at)
+    } else {
+        Err(bad())
+    }
 }
 
 pub(super) fn gone() -> Response {
@@ -201,4 +268,126 @@ pub(super) fn accepted(operation: &str) -> Response {
 
 pub(super) fn ok_empty() -> Response {
     (StatusCode::OK, Json(json!({}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(v: Value, phase: Phase) -> String {
+        let e = parse_parameters(Some(&v), phase).unwrap_err();
+        assert_eq!(e.error, "InvalidParameters", "{v}");
+        e.description
+    }
+
+    #[test]
+    fn clone_parameters_are_parsed_as_sent() {
+        let ok = |v: Value| parse_parameters(Some(&v), Phase::Provision).unwrap();
+        assert_eq!(ok(json!({})), (Parameters::default(), None));
+        let (p, c) = ok(json!({"node-count": 2, "clone-from": "old-db"}));
+        assert_eq!(p.node_count, Some(2));
+        assert_eq!(
+            c,
+            Some(CloneParameters {
+                clone_from: "old-db".into(),
+                clone_at: None
+            })
+        );
+        for (at, want) in [
+            (
+                json!("2026-12-07T10:15:00+01:00"),
+                CloneAt::Time("2026-12-07T10:15:00+01:00".into()),
+            ),
+            (json!("0/3000060"), CloneAt::Lsn("0/3000060".into())),
+            (json!("AB/cd"), CloneAt::Lsn("AB/cd".into())),
+            (
+                json!({"restore-point": "before-migration"}),
+                CloneAt::RestorePoint("before-migration".into()),
+            ),
+        ] {
+            let (_, c) = ok(json!({"clone-from": "5f1c", "clone-at": at}));
+            assert_eq!(c.unwrap().clone_at, Some(want), "{at}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_says_what_is_accepted() {
+        let at_msg = |v: &str| {
+            format!("clone-at must be an RFC 3339 time with a zone (2026-12-07T10:15:00Z), an LSN (0/3000060) or {{\"restore-point\": \"NAME\"}}, not {v}.")
+        };
+        for (v, want) in [
+            (
+                json!({"clone-from": 42}),
+                "clone-from must be the name or instance id of a service instance, not 42."
+                    .to_string(),
+            ),
+            (
+                json!({"clone-from": ""}),
+                "clone-from must be the name or instance id of a service instance, not \"\"."
+                    .to_string(),
+            ),
+            (
+                json!({"clone-from": "a\nb"}),
+                "clone-from must be the name or instance id of a service instance, not \"a\\nb\"."
+                    .to_string(),
+            ),
+            (
+                json!({"clone-from": "x", "clone-at": "yesterday"}),
+                at_msg("\"yesterday\""),
+            ),
+            (
+                json!({"clone-from": "x", "clone-at": "2026-12-07T10:15:00"}),
+                at_msg("\"2026-12-07T10:15:00\""),
+            ),
+            (
+                json!({"clone-from": "x", "clone-at": "123456789/0"}),
+                at_msg("\"123456789/0\""),
+            ),
+            (json!({"clone-from": "x", "clone-at": 5}), at_msg("5")),
+            (
+                json!({"clone-from": "x", "clone-at": {"restore-point": ""}}),
+                at_msg("{\"restore-point\":\"\"}"),
+            ),
+            (
+                json!({"clone-from": "x", "clone-at": {"restore-point": "r".repeat(64)}}),
+                at_msg(&format!("{{\"restore-point\":\"{}\"}}", "r".repeat(64))),
+            ),
+            (
+                json!({"clone-from": "x", "clone-at": {"restore-point": "a", "b": 1}}),
+                at_msg("{\"b\":1,\"restore-point\":\"a\"}"),
+            ),
+            (
+                json!({"clone-at": "0/1"}),
+                "clone-at needs clone-from.".to_string(),
+            ),
+            (
+                json!({"node-count": 9}),
+                "node-count must be an integer from 1 to 5, not 9.".to_string(),
+            ),
+        ] {
+            assert_eq!(refusal(v.clone(), Phase::Provision), want, "{v}");
+        }
+        let unknown = refusal(json!({"clone_from": "x"}), Phase::Provision);
+        for name in ["\"clone_from\"", "node-count", "clone-from", "clone-at"] {
+            assert!(unknown.contains(name), "{unknown}");
+        }
+        for v in [
+            json!({"clone-from": "x"}),
+            json!({"clone-at": "0/1"}),
+            json!({"node-count": 2, "clone-from": "x", "clone-at": "0/1"}),
+        ] {
+            assert_eq!(
+                refusal(v.clone(), Phase::Update),
+                "clone-from and clone-at are accepted at creation only.",
+                "{v}"
+            );
+        }
+        assert_eq!(
+            parse_parameters(Some(&json!({"node-count": 3})), Phase::Update)
+                .unwrap()
+                .0
+                .node_count,
+            Some(3)
+        );
+    }
 }

@@ -28,8 +28,8 @@ mod validate;
 
 pub use duration::{parse_duration, HumanDuration};
 pub use schema::{
-    BackupConfig, BrokerConfig, CellConfig, Credentials, EtcdConfig, NodesConfig, PlanConfig,
-    RepositoryConfig, RouterConfig, ServiceConfig, WorkerConfig,
+    BackupConfig, BrokerConfig, CellConfig, ClonesConfig, Credentials, EtcdConfig, NodesConfig,
+    PlanConfig, RepositoryConfig, RouterConfig, ServiceConfig, WorkerConfig,
 };
 use secret::resolve_secret;
 

@@ -61,6 +61,36 @@ pub struct BrokerConfig {
     /// The provisioning worker.
     #[serde(default)]
     pub worker: WorkerConfig,
+    /// Clones (`clone-from`): who may clone across organizations, and how long the API may
+    /// spend reading a source's archive before it answers.
+    #[serde(default)]
+    pub clones: ClonesConfig,
+}
+
+/// Settings of clones (`clone-from`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClonesConfig {
+    /// Platform user GUIDs (`X-Broker-API-Originating-Identity`, platform `cloudfoundry`)
+    /// that may clone an instance of another organization by its id. Empty: nobody.
+    #[serde(default)]
+    pub cross_organization_users: Vec<String>,
+    /// How long a provision may spend reading the source's archive before it answers 503.
+    #[serde(default = "default_validation_budget")]
+    pub validation_budget: HumanDuration,
+}
+
+impl Default for ClonesConfig {
+    fn default() -> Self {
+        ClonesConfig {
+            cross_organization_users: Vec::new(),
+            validation_budget: default_validation_budget(),
+        }
+    }
+}
+
+fn default_validation_budget() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
 }
 
 /// Settings of every node the broker places (the same on all cells).

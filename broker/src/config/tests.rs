@@ -84,6 +84,30 @@ fn errors_are_clear() {
         .to_string();
     assert!(e.contains("node_count"), "{e}");
 
+    for (line, bad, setting) in [
+        (
+            "cross_organization_users = []",
+            "cross_organization_users = [\"\"]",
+            "clones.cross_organization_users[0]",
+        ),
+        (
+            "cross_organization_users = []",
+            "cross_organization_users = [\"a b\"]",
+            "clones.cross_organization_users[0]",
+        ),
+        (
+            "validation_budget = \"20s\"",
+            "validation_budget = \"0s\"",
+            "clones.validation_budget",
+        ),
+    ] {
+        assert!(text.contains(line), "{line}");
+        let e = BrokerConfig::parse(&text.replace(line, bad), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting), "{bad}: {e}");
+    }
+
     let start = text.find("\n[secrets]").unwrap();
     let end = text[start..].find("\n[credentials]").unwrap() + start;
     let e = BrokerConfig::parse(&format!("{}{}", &text[..start], &text[end..]), "x")

@@ -253,6 +253,23 @@ impl BrokerConfig {
         if self.backups.retain == 0 {
             return Err(invalid("backups.retain", "must be at least 1".into()));
         }
+        for (i, u) in self.clones.cross_organization_users.iter().enumerate() {
+            if u.is_empty()
+                || u.len() > 255
+                || u.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(invalid(
+                    &format!("clones.cross_organization_users[{i}]"),
+                    "must be a user GUID (1 to 255 bytes, no spaces or control characters)".into(),
+                ));
+            }
+        }
+        if self.clones.validation_budget.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "clones.validation_budget",
+                "must be at least 1s".into(),
+            ));
+        }
         Ok(())
     }
 }

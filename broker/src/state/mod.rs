@@ -43,9 +43,10 @@
 //! incarnation number.
 //!
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
-//! on); `store` reads and writes them (one etcd transaction per decision); `keys` lays them
-//! out under the prefix; `sealed` keeps secrets sealed at rest; [`cas`] is the one retry
-//! loop of every compare-and-swap decision.
+//! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
+//! writes them (one etcd transaction per decision); `keys` lays them out under the prefix;
+//! `sealed` keeps secrets sealed at rest; [`cas`] is the one retry loop of every
+//! compare-and-swap decision.
 
 pub mod cas;
 mod keys;

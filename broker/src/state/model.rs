@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::secrets::Secret;
 
+mod restore;
+pub use restore::*;
+
 /// How many earlier operations an [`OperationRecord`] remembers.
 pub const HISTORY: usize = 10;
 
@@ -141,9 +144,16 @@ pub struct InstanceRecord {
     /// deprovision.
     #[serde(default = "first_incarnation")]
     pub incarnation: u32,
-    /// The repositories of earlier incarnations, oldest first (kept for restores).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub previous_repositories: Vec<String>,
+    /// The earlier incarnations of this id, oldest first (their archives are kept for
+    /// clones). Records written before clones held only their URLs, as
+    /// `previous_repositories`: they are read as incarnations 1, 2, ...
+    #[serde(
+        default,
+        alias = "previous_repositories",
+        deserialize_with = "restore::incarnations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub previous: Vec<Incarnation>,
     /// When the last scheduled (or first) base backup completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_at: Option<Timestamp>,
@@ -159,6 +169,9 @@ pub struct InstanceRecord {
     /// When the deprovision succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+    /// For an instance whose cluster starts from an archive (a clone): what it copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRecord>,
 }
 
 fn first_incarnation() -> u32 {
@@ -411,6 +424,9 @@ pub struct CatalogEntry {
     /// The incarnation's repository URL (where its archive stays after deletion).
     #[serde(default)]
     pub repository: String,
+    /// Its archive's purge, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<Purge>,
 }
 
 /// `secrets/<instance_id>`: the database passwords of an instance's current incarnation.

@@ -393,7 +393,7 @@ impl Store {
         operation: OperationRecord,
         ports: RangeInclusive<u16>,
     ) -> Result<CreateInstance, StoreError> {
-        self.create_incarnation(instance, operation, ports, None)
+        self.create_incarnation(instance, operation, ports, None, None)
             .await
     }
 
@@ -417,8 +417,30 @@ impl Store {
                 previous.mod_revision,
                 previous_operation.map_or(0, |o| o.mod_revision),
             )),
+            None,
         )
         .await
+    }
+
+    /// [`Store::create_instance`] (`previous: None`) or [`Store::reincarnate_instance`]
+    /// (`previous`: the tombstone and its last operation), and in the same transaction
+    /// the check that the record of instance `source.0` (a clone's source) is still at mod
+    /// revision `source.1`: [`CreateInstance::Exists`] when it changed (a purge, a
+    /// deprovision or a re-provision since the clone was validated: decide again).
+    pub async fn create_guarded(
+        &self,
+        instance: InstanceRecord,
+        operation: OperationRecord,
+        ports: RangeInclusive<u16>,
+        previous: Option<(
+            &Versioned<InstanceRecord>,
+            Option<&Versioned<OperationRecord>>,
+        )>,
+        source: Option<(&str, i64)>,
+    ) -> Result<CreateInstance, StoreError> {
+        let previous = previous.map(|(i, o)| (i.mod_revision, o.map_or(0, |o| o.mod_revision)));
+        self.create_incarnation(instance, operation, ports, previous, source)
+            .await
     }
 
     async fn create_incarnation(
@@ -427,7 +449,9 @@ impl Store {
         operation: OperationRecord,
         ports: RangeInclusive<u16>,
         previous: Option<(i64, i64)>,
+        source: Option<(&str, i64)>,
     ) -> Result<CreateInstance, StoreError> {
+        let source = source.map(|(id, rev)| (self.instance_key(id), rev));
         let ik = self.instance_key(&instance.id);
         let ok = self.operation_key(&instance.id);
         let op_json = serde_json::to_vec(&operation).expect("JSON");
@@ -439,6 +463,7 @@ impl Store {
             deleted_at: None,
             incarnation: instance.incarnation,
             repository: instance.repository.clone(),
+            purged: None,
         };
         let mut used = self.used_ports(&ports).await?;
         for port in ports.clone() {
@@ -466,14 +491,12 @@ impl Store {
                     compares.push(Compare::mod_revision(ok.as_bytes(), orev));
                 }
             }
-            let r = self
-                .etcd
-                .txn(
-                    &compares,
-                    &ops,
-                    &[TxnOp::get(ik.as_bytes()), TxnOp::get(ok.as_bytes())],
-                )
-                .await?;
+            let mut on_failure = vec![TxnOp::get(ik.as_bytes()), TxnOp::get(ok.as_bytes())];
+            if let Some((sk, srev)) = &source {
+                compares.push(Compare::mod_revision(sk.as_bytes(), *srev));
+                on_failure.push(TxnOp::get(sk.as_bytes()));
+            }
+            let r = self.etcd.txn(&compares, &ops, &on_failure).await?;
             if r.succeeded {
                 info!(instance = %instance.id, port, operation = %operation.id,
                       incarnation = instance.incarnation, "instance recorded");
@@ -495,7 +518,7 @@ impl Store {
             let changed = match previous {
                 None => rev(0) != 0,
                 Some((irev, orev)) => rev(0) != irev || rev(1) != orev,
-            };
+            } || source.as_ref().is_some_and(|(_, srev)| rev(2) != *srev);
             if changed {
                 return Ok(CreateInstance::Exists);
             }
@@ -706,6 +729,7 @@ impl Store {
                                 deleted_at: None,
                                 incarnation: ni.incarnation,
                                 repository: ni.repository.clone(),
+                                purged: None,
                             },
                             |c| c.value.clone(),
                         );

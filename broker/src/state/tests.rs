@@ -40,7 +40,8 @@ fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
             path_name: None,
             repository: format!("file:///r/{id}"),
             incarnation: 1,
-            previous_repositories: vec![],
+            previous: vec![],
+            restore: None,
             last_backup_at: None,
             state: InstanceState::Provisioning,
             nodes: vec![],
@@ -473,4 +474,48 @@ fn key_components_are_encoded() {
     let id = new_id();
     assert_eq!(id.len(), 32);
     assert_ne!(id, new_id());
+}
+
+/// A clone's create transaction compares its source's record: a source changed since the
+/// clone was validated (purged, deprovisioned) makes the API decide again, nothing written.
+#[tokio::test]
+async fn a_clone_is_not_created_when_its_source_changed() {
+    let s = store();
+    let (src, so) = instance("source", Some("src"));
+    let CreateInstance::Created { instance: vs, .. } =
+        s.create_instance(src, so, 36000..=36010).await.unwrap()
+    else {
+        panic!()
+    };
+    let seen = vs.mod_revision;
+    s.update_instance("source", |i| {
+        i.last_backup_at = Some(Timestamp::now());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let (c, co) = instance("clone", Some("c"));
+    let r = s
+        .create_guarded(
+            c.clone(),
+            co.clone(),
+            36000..=36010,
+            None,
+            Some(("source", seen)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, CreateInstance::Exists);
+    assert_eq!(s.instance("clone").await.unwrap(), None);
+    assert!(s
+        .find_by_name("org", "space", "c")
+        .await
+        .unwrap()
+        .is_empty());
+    let now = s.instance("source").await.unwrap().unwrap().mod_revision;
+    let r = s
+        .create_guarded(c, co, 36000..=36010, None, Some(("source", now)))
+        .await
+        .unwrap();
+    assert!(matches!(r, CreateInstance::Created { .. }), "{r:?}");
 }

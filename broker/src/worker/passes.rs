@@ -12,6 +12,10 @@ use tracing::{info, warn};
 use super::{Inner, Pass, Step};
 use crate::state::{NodePlacement, OperationRecord, Timestamp};
 
+/// Why a clone's provision fails in this version (its nodes are never created).
+pub(super) const CLONES_UNSUPPORTED: &str =
+    "Clones are not supported by this broker version yet; nothing was created. Deprovision this instance.";
+
 impl Inner {
     /// One pass of a provision: checks (before anything exists) that the repository is
     /// new, places the nodes, puts them on their cells, waits for a healthy cluster and a
@@ -22,6 +26,11 @@ impl Inner {
         pass: &mut Pass,
     ) -> Result<String, Step> {
         let inst = self.current(op).await?;
+        if inst.restore.is_some() {
+            // This version validates and records clones but cannot restore them yet: it
+            // must not start an empty database that would pass for a copy.
+            return Err(Step::Fail(CLONES_UNSUPPORTED.into()));
+        }
         if inst.nodes.is_empty() {
             // Before anything is created: the repository must be new. (An id `x.2` and the
             // second incarnation of `x` would share one, for instance.)

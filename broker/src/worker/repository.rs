@@ -10,15 +10,12 @@ impl Inner {
         &self,
         repository: &str,
     ) -> Result<Option<String>, String> {
-        let config = self
-            .config
-            .repository
-            .walarchive_config
-            .clone()
-            .or_else(|| std::env::var_os("WALARCHIVE_CONFIG").map(Into::into));
-        repository_contents(repository, config.as_deref())
-            .await
-            .map_err(|e| e.to_string())
+        repository_contents(
+            repository,
+            crate::archive::walarchive_config(&self.config).as_deref(),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -28,33 +25,13 @@ impl Inner {
 /// descriptor answers `DescriptorMissing` (naming `repo-repair`), but with status 6, as for an
 /// empty prefix ("no repository"), so only its message differs; and `repo-repair` exits 6 both
 /// for an empty prefix and for objects that do not say enough to rebuild a descriptor from.
-/// The listing itself is unambiguous. Storage settings as the CLI the
-/// broker runs takes them: the `[storage]` table of `config` (the broker's
-/// `walarchive_config`, or `/etc/walarchive.toml`), the environment for the rest.
+/// The listing itself is unambiguous.
 async fn repository_contents(
     url: &str,
     config: Option<&std::path::Path>,
 ) -> Result<Option<String>, walarchive::Error> {
     use walarchive::layout::{parse_key, OwnKey};
-    let default = std::path::Path::new("/etc/walarchive.toml");
-    let file = match config {
-        Some(p) => walarchive::config::ConfigFile::load(p)?,
-        None if default.exists() => walarchive::config::ConfigFile::load(default)?,
-        None => Default::default(),
-    };
-    let policy = file.retry.apply(walarchive::RetryPolicy::default())?;
-    // The broker's own environment, as walarchive's CLI passes its own.
-    let env = walarchive::storage::StorageEnv::new(
-        std::env::vars(),
-        std::env::var_os(walarchive::storage::unreliable::ENV),
-    );
-    let repo = walarchive::Repository::open(
-        url,
-        &file.storage,
-        &env,
-        policy,
-        walarchive::Compression::default(),
-    )?;
+    let repo = crate::archive::open_with(url, config)?;
     let listed = repo.list("").await?;
     let descriptor = listed
         .iter()

@@ -1,8 +1,11 @@
 //! The OSB API (`walarchive_broker::app`) driven in-process with tower's `oneshot`, against a
 //! real etcd. The worker is simulated through the `Store` (progress, success, failure), and
-//! bindings use a recording `Binder` (the real one needs PostgreSQL).
+//! bindings use a recording `Binder` (the real one needs PostgreSQL). Clones, whose
+//! validation reads real repositories, are in `clones.rs`.
 
 use testkit::broker as common;
+
+mod clones;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,7 +97,7 @@ struct Ctx {
     _dir: tempfile::TempDir,
 }
 
-fn config_text(password_file: &str, prefix: &str) -> String {
+fn config_text(password_file: &str, prefix: &str, base: &str, extra: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -119,22 +122,35 @@ name = "ha"
 description = "two nodes"
 node_count = 2
 [repository]
-base = "s3://bucket/instances/"
+base = "{base}"
 [etcd]
 {etcd}prefix = "{prefix}"
 [router]
 host = "router.test"
 port_min = 40000
 port_max = 40009
+haproxy_config = "{router_dir}/haproxy.cfg"
+outlive_broker = false
 [nodes]
 etcd_ca_file = "{ca}"
+{extra}
 "#,
         etcd = etcd().config_lines(),
         ca = common::etcd::pki().ca_file().display(),
+        router_dir = std::path::Path::new(password_file)
+            .parent()
+            .unwrap()
+            .display(),
     )
 }
 
 fn ctx() -> Ctx {
+    ctx_with("s3://bucket/instances/", "")
+}
+
+/// A context whose instances' repositories are under `base`, with `extra` configuration
+/// (tables) at the end.
+fn ctx_with(base: &str, extra: &str) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
@@ -144,8 +160,11 @@ fn ctx() -> Ctx {
     )
     .unwrap();
     let prefix = format!("/broker{}", etcd().fresh_prefix());
-    let config = BrokerConfig::parse(&config_text(&pw.display().to_string(), &prefix), "test")
-        .expect("test configuration");
+    let config = BrokerConfig::parse(
+        &config_text(&pw.display().to_string(), &prefix, base, extra),
+        "test",
+    )
+    .expect("test configuration");
     let client = EtcdClient::from_config(&config.etcd).unwrap();
     let store = Store::new(client, prefix, config.keyring());
     let binder = Arc::new(RecordingBinder::default());
@@ -376,6 +395,22 @@ async fn catalog_lists_the_service_and_its_plans() {
     let schema = &plans[0]["schemas"]["service_instance"]["create"]["parameters"];
     assert_eq!(schema["properties"]["node-count"]["maximum"], 5);
     assert!(schema["$schema"].as_str().unwrap().contains("draft-04"));
+    // Clones at creation only.
+    assert_eq!(schema["properties"]["clone-from"]["type"], "string");
+    let at = schema["properties"]["clone-at"]["oneOf"]
+        .as_array()
+        .unwrap();
+    assert_eq!(at[0]["format"], "date-time");
+    assert_eq!(at[2]["required"], json!(["restore-point"]));
+    let update = &plans[0]["schemas"]["service_instance"]["update"]["parameters"];
+    assert_eq!(
+        update["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["node-count"]
+    );
 }
 
 #[tokio::test]
@@ -870,7 +905,13 @@ async fn deprovisioning_and_orphan_mitigation() {
     assert_eq!(rec.state, InstanceState::Provisioning);
     assert_eq!(rec.incarnation, 2);
     assert_eq!(rec.repository, "s3://bucket/instances/dep.2");
-    assert_eq!(rec.previous_repositories, ["s3://bucket/instances/dep"]);
+    assert_eq!(
+        rec.previous
+            .iter()
+            .map(|i| (i.n, i.repository.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "s3://bucket/instances/dep")]
+    );
     assert_eq!(rec.deleted_at, None);
     assert_eq!(
         c.store.port_owner(rec.port).await.unwrap().as_deref(),

@@ -1,0 +1,545 @@
+//! Provisions with `clone-from`: every refusal before the `202` (with nothing written to
+//! etcd), the identical answer for an instance of another organization whether it exists or
+//! not, which incarnation a name or an id designates, the `202`'s `metadata`, and the worker
+//! failing a clone it cannot restore yet. Sources' archives are real repositories on a local
+//! directory; the one with a completed base backup is made by a plain PostgreSQL archiving
+//! into it, and copied where another source needs one.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use base64::Engine as _;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::{basic, ctx_with, provision_body, Ctx, PASSWORD, PLAN1, PLAN2, SERVICE};
+use walarchive_broker::state::{
+    InstanceContext, InstanceRecord, InstanceState, OperationKind, OperationRecord,
+    OperationRequest, Parameters, Timestamp,
+};
+
+/// A repository with a completed base backup, made once per test binary: its directory.
+fn archive_with_backup() -> &'static Path {
+    static DIR: OnceLock<(testkit::TestDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = testkit::TestDir::new_postgres("walarchive-clone-src-");
+        let repo = testkit::Repo {
+            url: format!("file://{}/repo", dir.path().display()),
+            env: vec![],
+            dir: None,
+        };
+        let pg = repo.start_primary(testkit::PgOptions::default());
+        pg.psql("CREATE TABLE t AS SELECT 1 AS x");
+        repo.backup_push(&pg, &[]);
+        pg.stop();
+        let path = dir.path().join("repo");
+        (dir, path)
+    })
+    .1
+}
+
+/// A base directory for repositories, and puts a copy of the archive with a backup at
+/// `<base>/<name>`.
+struct Archives {
+    dir: testkit::TestDir,
+}
+
+impl Archives {
+    fn new() -> Archives {
+        Archives {
+            dir: testkit::TestDir::new_postgres("walarchive-clone-base-"),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    /// The instance (plain) id `name`'s repository gets a completed base backup.
+    fn with_backup(&self, name: &str) {
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(archive_with_backup())
+            .arg(self.dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+fn body_in(org: &str, space: &str, name: &str, parameters: Option<Value>) -> Value {
+    let mut b = provision_body(PLAN1, parameters);
+    b["organization_guid"] = json!(org);
+    b["space_guid"] = json!(space);
+    b["context"]["organization_guid"] = json!(org);
+    b["context"]["space_guid"] = json!(space);
+    b["context"]["instance_name"] = json!(name);
+    b
+}
+
+fn named(name: &str, parameters: Option<Value>) -> Value {
+    body_in("org-1", "space-1", name, parameters)
+}
+
+fn clone_of(from: &str, at: Option<Value>) -> Value {
+    let mut p = json!({ "clone-from": from });
+    if let Some(at) = at {
+        p["clone-at"] = at;
+    }
+    named("the-clone", Some(p))
+}
+
+impl Ctx {
+    /// Every key under the broker's prefix with its value and revision.
+    async fn etcd_state(&self) -> Vec<(String, Vec<u8>, i64)> {
+        self.store
+            .etcd()
+            .get_prefix(self.store.prefix().as_bytes())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| (kv.key_str(), kv.value.clone(), kv.mod_revision))
+            .collect()
+    }
+
+    /// Provisions `id` with `body` and plays the worker until it is ready.
+    async fn ready(&self, id: &str, body: Value) {
+        let r = self.provision(id, body, true).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        self.finish(id, true, "ready").await;
+    }
+
+    /// [`Ctx::ready`], then deprovisions it.
+    async fn deleted(&self, id: &str, body: Value) {
+        self.ready(id, body).await;
+        assert_eq!(
+            self.deprovision(id, true).await.status,
+            StatusCode::ACCEPTED
+        );
+        self.finish(id, true, "deleted").await;
+    }
+
+    /// A provision's status and body bytes, as sent, with an Originating-Identity header
+    /// for `user` if given.
+    async fn provision_bytes(
+        &self,
+        id: &str,
+        body: &Value,
+        user: Option<&str>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut b = Request::builder()
+            .method(Method::PUT)
+            .uri(format!(
+                "/v2/service_instances/{id}?accepts_incomplete=true"
+            ))
+            .header(header::AUTHORIZATION, basic("platform", PASSWORD))
+            .header("X-Broker-API-Version", "2.17");
+        if let Some(u) = user {
+            let v = base64::engine::general_purpose::STANDARD
+                .encode(json!({ "user_id": u }).to_string());
+            b = b.header(
+                "X-Broker-API-Originating-Identity",
+                format!("cloudfoundry {v}"),
+            );
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(b.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, bytes)
+    }
+
+    /// Asserts that provisioning `id` with `body` is refused with a 400 `InvalidParameters`
+    /// saying `description`, and that nothing changed in etcd.
+    async fn refused(&self, id: &str, body: Value, description: &str) {
+        let before = self.etcd_state().await;
+        let r = self.provision(id, body.clone(), true).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+        assert_eq!(r.body["error"], "InvalidParameters", "{body}");
+        assert_eq!(r.body["description"], description, "{body}");
+        assert_eq!(self.etcd_state().await, before, "{body}: etcd changed");
+    }
+}
+
+#[tokio::test]
+async fn clone_refusals_change_nothing() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    c.ready("src", named("old-db", None)).await;
+    c.ready("nobackup", named("empty-db", None)).await;
+    let r = c.provision("busy", named("busy-db", None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    c.deleted("gone", named("gone-db", None)).await;
+    c.ready("twin-1", named("twin", None)).await;
+    c.ready("twin-2", named("twin", None)).await;
+    // "src-alias" is the name of one instance and the id of another.
+    c.ready("src-alias", named("x-db", None)).await;
+    c.ready("other", named("src-alias", None)).await;
+    // An instance of another service (written as an older broker's catalog could have).
+    let now = Timestamp::now();
+    let alien = InstanceRecord {
+        id: "alien".into(),
+        service_id: "another-service".into(),
+        plan_id: "p".into(),
+        parameters: Parameters::default(),
+        node_count: 1,
+        context: InstanceContext {
+            organization_guid: "org-1".into(),
+            space_guid: "space-1".into(),
+            instance_name: Some("alien-db".into()),
+            platform: None,
+            raw: Value::Null,
+        },
+        port: 0,
+        path_name: Some("alien".into()),
+        repository: format!("{}/alien", a.base()),
+        incarnation: 1,
+        previous: vec![],
+        last_backup_at: None,
+        state: InstanceState::Ready,
+        nodes: vec![],
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        restore: None,
+    };
+    let op = OperationRecord::new(
+        "alien",
+        OperationKind::Provision,
+        OperationRequest {
+            plan_id: "p".into(),
+            parameters: Parameters::default(),
+            node_count: 1,
+        },
+        "x",
+        None,
+    );
+    c.store
+        .create_instance(alien, op, 40005..=40009)
+        .await
+        .unwrap();
+
+    let at_msg = |v: &str| {
+        format!("clone-at must be an RFC 3339 time with a zone (2026-12-07T10:15:00Z), an LSN (0/3000060) or {{\"restore-point\": \"NAME\"}}, not {v}.")
+    };
+    let cases: Vec<(Value, String)> = vec![
+        (
+            named("n", Some(json!({ "clone-from": 42 }))),
+            "clone-from must be the name or instance id of a service instance, not 42.".into(),
+        ),
+        (clone_of("old-db", Some(json!("yesterday"))), at_msg("\"yesterday\"")),
+        (
+            named("n", Some(json!({ "clone-at": "0/3000060" }))),
+            "clone-at needs clone-from.".into(),
+        ),
+        (
+            named("n", Some(json!({ "clone-from": "old-db", "node-count": 9 }))),
+            "node-count must be an integer from 1 to 5, not 9.".into(),
+        ),
+        (
+            clone_of("no-such-db", None),
+            "clone-from \"no-such-db\": no such instance in this space (by name) or organization (by id).".into(),
+        ),
+        (
+            clone_of("twin", None),
+            "clone-from \"twin\" names 2 existing instances in this space (ids twin-1, twin-2); give the instance id.".into(),
+        ),
+        (
+            clone_of("src-alias", None),
+            "clone-from \"src-alias\" is the name of instance other in this space and the id of another instance; give the id of the one to copy.".into(),
+        ),
+        (
+            clone_of("alien-db", None),
+            "clone-from \"alien-db\" is an instance of another service; a clone must be of the same service.".into(),
+        ),
+        (
+            clone_of("busy-db", None),
+            "busy-db is still being created; clone it once its creation has succeeded.".into(),
+        ),
+        (
+            clone_of("empty-db", None),
+            "empty-db has no completed base backup yet; it can be cloned once its first backup is taken.".into(),
+        ),
+        (
+            clone_of("gone-db", None),
+            "gone-db never completed a base backup; it cannot be cloned.".into(),
+        ),
+        (
+            clone_of("old-db", Some(json!("2999-01-01T00:00:00+01:00"))),
+            "clone-at 2998-12-31T23:00:00Z is in the future (the broker's clock says ".into(),
+        ),
+    ];
+    for (body, description) in cases {
+        if description.ends_with("says ") {
+            // The clock's reading is not known in advance: check the start, then nothing changed.
+            let before = c.etcd_state().await;
+            let r = c.provision("new", body.clone(), true).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+            assert_eq!(r.body["error"], "InvalidParameters");
+            let d = r.body["description"].as_str().unwrap();
+            assert!(d.starts_with(&description) && d.ends_with("Z)."), "{d}");
+            assert_eq!(c.etcd_state().await, before);
+            continue;
+        }
+        c.refused("new", body, &description).await;
+    }
+    // Updates never take clone parameters.
+    let before = c.etcd_state().await;
+    let r = c
+        .call(
+            Method::PATCH,
+            "/v2/service_instances/src?accepts_incomplete=true",
+            Some(json!({ "service_id": SERVICE, "parameters": { "clone-from": "old-db" } })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        r.body["description"],
+        "clone-from and clone-at are accepted at creation only."
+    );
+    assert_eq!(c.etcd_state().await, before);
+    // The same source, refused above only for what was asked, is accepted.
+    let r = c.provision("new", clone_of("old-db", None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+}
+
+/// An instance id of another organization gives, byte for byte, the answer an id that
+/// exists nowhere gives, unless the platform user may clone across organizations.
+#[tokio::test]
+async fn another_organizations_instances_are_not_seen() {
+    let a = Archives::new();
+    let c = ctx_with(
+        &a.base(),
+        "[clones]\ncross_organization_users = [\"u-admin\"]\n",
+    );
+    a.with_backup("foreign");
+    let body = |from: &str| named("the-clone", Some(json!({ "clone-from": from })));
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    // The id before it exists anywhere, then once it exists in another organization.
+    let (s1, unknown) = c
+        .provision_bytes("new", &body("foreign"), Some("u-1"))
+        .await;
+    c.ready("foreign", body_in("org-2", "space-9", "their-db", None))
+        .await;
+    let before = c.etcd_state().await;
+    let (s2, foreign) = c
+        .provision_bytes("new", &body("foreign"), Some("u-1"))
+        .await;
+    assert_eq!((s1, s2), (StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST));
+    assert_eq!(text(&foreign), text(&unknown));
+    assert_eq!(
+        text(&unknown),
+        r#"{"description":"clone-from \"foreign\": no such instance in this space (by name) or organization (by id).","error":"InvalidParameters"}"#
+    );
+    // By its name in its own space: not found in this space either.
+    let (_, by_name) = c.provision_bytes("new", &body("their-db"), None).await;
+    assert!(
+        text(&by_name).contains("no such instance"),
+        "{}",
+        text(&by_name)
+    );
+    assert_eq!(c.etcd_state().await, before);
+    // A user the operator allowed may clone it by id.
+    let (s, ok) = c
+        .provision_bytes("new", &body("foreign"), Some("u-admin"))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{}", text(&ok));
+}
+
+/// A name designates the live instance of that name, else the newest deleted one; an id
+/// designates the id's newest incarnation; the 202 says which, and the first description.
+#[tokio::test]
+async fn the_incarnation_a_name_or_an_id_designates() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    for repo in ["gen1", "gen2", "gen3", "re", "re.2"] {
+        a.with_backup(repo);
+    }
+    c.deleted("gen1", named("reused", None)).await;
+    c.deleted("gen2", named("reused", None)).await;
+    let clone_of_reused = |at: Option<Value>| clone_of("reused", at);
+    // Both deleted: the newer.
+    let r = c
+        .provision("c1", clone_of_reused(Some(json!("0/3000060"))), true)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let gen2 = c.store.instance("gen2").await.unwrap().unwrap().value;
+    let of = &r.body["metadata"]["attributes"]["clone_of"];
+    assert_eq!(of["instance_id"], "gen2", "{of}");
+    assert_eq!(of["incarnation"], 1);
+    assert_eq!(of["name"], "reused");
+    assert_eq!(of["at"]["lsn"], "0/3000060");
+    let said = chrono::DateTime::parse_from_rfc3339(of["deleted_at"].as_str().unwrap()).unwrap();
+    assert_eq!(said, gen2.deleted_at.unwrap().0);
+    let first = c.last_op("c1", None).await;
+    let d = first.body["description"].as_str().unwrap();
+    assert!(
+        d.starts_with("Clone of reused (instance gen2, deleted 20")
+            && d.ends_with(") at LSN 0/3000060 accepted."),
+        "{d}"
+    );
+    // The record keeps the request as sent, and the source it resolved to.
+    let rec = c.store.instance("c1").await.unwrap().unwrap().value;
+    let restore = rec.restore.unwrap();
+    assert_eq!(restore.source.repository, format!("{}/gen2", a.base()));
+    assert_eq!(
+        serde_json::to_value(restore.requested.unwrap()).unwrap(),
+        json!({ "clone-from": "reused", "clone-at": "0/3000060" })
+    );
+    // A live one of that name wins over the deleted ones.
+    c.ready("gen3", named("reused", None)).await;
+    let r = c.provision("c2", clone_of_reused(None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let of = &r.body["metadata"]["attributes"]["clone_of"];
+    assert_eq!(
+        (&of["instance_id"], &of["deleted_at"]),
+        (&json!("gen3"), &Value::Null)
+    );
+    assert_eq!(
+        c.last_op("c2", None).await.body["description"],
+        "Clone of reused (instance gen3) at the latest archived point accepted."
+    );
+
+    // An id re-provisioned under another name: by id its newest incarnation, by its old name
+    // the earlier one, in its own repository.
+    c.deleted("re", named("first-name", None)).await;
+    c.ready("re", named("second-name", None)).await;
+    let r = c.provision("c3", clone_of("re", None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let of = &r.body["metadata"]["attributes"]["clone_of"];
+    assert_eq!(
+        (&of["instance_id"], &of["incarnation"]),
+        (&json!("re"), &json!(2))
+    );
+    let r = c
+        .provision(
+            "c4",
+            clone_of("first-name", Some(json!({ "restore-point": "before" }))),
+            true,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let of = &r.body["metadata"]["attributes"]["clone_of"];
+    assert_eq!(
+        (&of["instance_id"], &of["incarnation"]),
+        (&json!("re"), &json!(1))
+    );
+    assert!(of["deleted_at"].is_string(), "{of}");
+    assert_eq!(of["at"]["restore_point"], "before");
+    let rec = c.store.instance("c4").await.unwrap().unwrap().value;
+    assert_eq!(
+        rec.restore.unwrap().source.repository,
+        format!("{}/re", a.base())
+    );
+}
+
+/// A re-sent identical clone provision gets the same 202 (with its metadata); a different
+/// one a 409; once provisioned, GET returns the parameters as sent.
+#[tokio::test]
+async fn a_clone_provision_is_idempotent_and_retrievable() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    c.ready("src", named("old-db", None)).await;
+    let params =
+        json!({ "clone-from": "old-db", "clone-at": "2020-01-01T00:00:00Z", "node-count": 2 });
+    let body = named("the-clone", Some(params.clone()));
+    let r1 = c.provision("c", body.clone(), true).await;
+    assert_eq!(r1.status, StatusCode::ACCEPTED, "{}", r1.body);
+    let r2 = c.provision("c", body.clone(), true).await;
+    assert_eq!(r2.status, StatusCode::ACCEPTED, "{}", r2.body);
+    assert_eq!(r1.body, r2.body);
+    assert_eq!(
+        r1.body["metadata"]["attributes"]["clone_of"]["at"]["time"],
+        "2020-01-01T00:00:00Z"
+    );
+    let mut other = body.clone();
+    other["parameters"]["clone-at"] = json!("2020-01-01T00:00:01Z");
+    assert_eq!(
+        c.provision("c", other, true).await.status,
+        StatusCode::CONFLICT
+    );
+    let mut plain = body.clone();
+    plain["parameters"] = json!({ "node-count": 2 });
+    assert_eq!(
+        c.provision("c", plain, true).await.status,
+        StatusCode::CONFLICT
+    );
+    c.finish("c", true, "ready").await;
+    let r = c.call(Method::GET, "/v2/service_instances/c", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["parameters"], params);
+    // An ha plan may clone a single source.
+    let r = c
+        .provision(
+            "c-ha",
+            {
+                let mut b = provision_body(PLAN2, Some(json!({ "clone-from": "src" })));
+                b["context"]["instance_name"] = json!("ha-clone");
+                b
+            },
+            true,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+}
+
+/// Until the worker can restore, it fails a clone's provision rather than start an empty
+/// database that would pass for a copy: no node is ever placed.
+#[tokio::test]
+async fn the_worker_fails_a_clone_it_cannot_restore() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    c.ready("src", named("old-db", None)).await;
+    let r = c.provision("c", clone_of("old-db", None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let worker = walarchive_broker::Worker::new(
+        c.state.config.clone(),
+        c.store.clone(),
+        c.state.provisioner.clone(),
+    )
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut last = Value::Null;
+    // Within 30 s (it takes one pass, but CI machines are busy).
+    for _ in 0..300 {
+        last = c.last_op("c", None).await.body;
+        if last["state"] != "in progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    run.await.unwrap();
+    assert_eq!(last["state"], "failed", "{last}");
+    assert!(
+        last["description"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("clones are not supported by this broker version yet"),
+        "{last}"
+    );
+    let rec = c.store.instance("c").await.unwrap().unwrap().value;
+    assert_eq!(rec.state, InstanceState::Failed);
+    assert!(rec.nodes.is_empty());
+}
