@@ -267,6 +267,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The restorable window: the earliest and latest points a restore can reach, and for a
+    /// target, the backup and the exact recovery setting that reach it.
+    ///
+    /// Reads the listing, the history files, the manifests and the last segments (a time or
+    /// restore point target also reads the WAL from the backup on). Exits 15 with one line
+    /// when the target is outside the window, the restore point does not exist, or nothing is
+    /// restorable; a time after the last archived transaction is refused unless --complete-to
+    /// says the archive holds everything the server wrote.
+    RestorableWindow {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The server's WAL is all written up to this LSN (its pg_current_wal_lsn(), or the
+        /// end of a server that is gone): a time after the last archived transaction is then
+        /// the latest point instead of a refusal.
+        #[arg(long, value_name = "LSN")]
+        complete_to: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the repository's descriptor (cluster, WAL segment size, format).
     RepoInfo {
         /// Print JSON.
@@ -307,6 +327,7 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::WalVerify { .. } => "wal-verify",
             Command::Status { .. } => "status",
+            Command::RestorableWindow { .. } => "restorable-window",
         }
     }
 }

@@ -13,6 +13,7 @@ mod verify;
 mod wal_fetch;
 mod wal_list;
 mod wal_push;
+mod window;
 
 use std::time::Duration;
 
@@ -105,6 +106,11 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             verify::verify_backup(&repo, name, *json).await
         }
         Command::WalVerify { json } => verify::wal_verify(&repo, *json).await,
+        Command::RestorableWindow {
+            target,
+            complete_to,
+            json,
+        } => window::restorable_window(&repo, target, complete_to.as_deref(), *json).await,
         Command::Status {
             pgdata,
             pg_conn,
@@ -178,6 +184,7 @@ fn reads_an_existing_repository(command: &Command) -> bool {
         | Command::Delete(_)
         | Command::Verify(_)
         | Command::WalVerify { .. }
+        | Command::RestorableWindow { .. }
         | Command::Status { .. }
         | Command::RepoInfo { .. } => true,
     }

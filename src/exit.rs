@@ -44,6 +44,9 @@ pub const RPO_NOT_MET: u8 = 13;
 /// `wal-verify`: the WAL archive is incomplete (a gap, a timeline without history file, a
 /// backup whose WAL is missing).
 pub const WAL_INCOMPLETE: u8 = 14;
+/// `restorable-window`: the target is outside the restorable window, the restore point does
+/// not exist, or nothing is restorable (no complete backup with its WAL).
+pub const NOT_RESTORABLE: u8 = 15;
 /// Added by `wal-fetch` to every failure other than [`NOT_FOUND`], so PostgreSQL aborts recovery.
 pub const FETCH_FATAL_OFFSET: u8 = 200;
 
@@ -102,6 +105,9 @@ Exit status:
   13   status: the archive lags more than --rpo, archiving fails, or the lag cannot be measured
   14   wal-verify: the WAL archive is incomplete (gap, timeline without history, backup without its WAL,
        backup that cannot recover to the latest timeline)
+  15   restorable-window: the target is outside the restorable window (before its earliest point,
+       past the archived WAL, a time after the last archived transaction), the restore point does
+       not exist, or nothing is restorable (no complete backup whose WAL is archived)
   wal-fetch adds 200 to every status except 0 and 1 (e.g. 207 for a storage failure), because
   PostgreSQL aborts recovery on a status above 125 instead of ending it early and promoting.";
 
@@ -136,6 +142,13 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
         return NOT_FOUND;
     }
     for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<walarchive::window::Error>() {
+            return match e {
+                walarchive::window::Error::Unrestorable(_)
+                | walarchive::window::Error::NoBackup => NOT_RESTORABLE,
+                e => for_kind(e.kind()),
+            };
+        }
         if let Some(e) = cause.downcast_ref::<walarchive::Error>() {
             return for_kind(e.kind());
         }

@@ -606,7 +606,7 @@ fn backup_fetch_bad_input() {
         ),
         (
             &["--target-time", "2100-01-01 00:00:00+00"],
-            "later than the newest archived WAL",
+            "is after the last archived transaction",
         ),
         (
             &["--target-lsn", "FF/0"],

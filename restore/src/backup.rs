@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use walarchive::backup::Progress;
 use walarchive::catalog;
 use walarchive::manifest::{backup_key, part_key, EntryKind, FileEntry, Manifest};
-use walarchive::{Lsn, Repository, SegmentName, WalFileName};
+use walarchive::Repository;
 
 use crate::destination::DataDir;
 use crate::recovery::{self, Recovery, Target};
@@ -95,7 +95,7 @@ pub async fn fetch_backup(
         Err(e) => return Err(e),
     };
     if let Some(t) = &opts.recovery.target {
-        check_archive_reaches(repo, &manifest, t).await?;
+        check_archive_reaches(repo, &opts.recovery, t).await?;
     }
     check_parts_present(repo, &manifest).await?;
     tracing::info!(
@@ -368,46 +368,41 @@ fn missing_part(stream: &str, index: u32, parts: u32, key: &str) -> FetchError {
     )
 }
 
-/// Refuses a target the archive cannot reach: past the end of the newest archived WAL.
+/// Refuses a target PostgreSQL would refuse after the restore (design R5): before the
+/// earliest restorable point, past the end of the archived WAL, a time after the last
+/// archived transaction (never "reached"), a restore point the WAL does not hold. Judged on
+/// the restorable window along the newest timeline chain (`walarchive::window`), so only when
+/// recovery follows it (no `--target-timeline` other than `latest`).
 async fn check_archive_reaches(
     repo: &Repository,
-    m: &Manifest,
+    recovery: &Recovery,
     target: &Target,
 ) -> Result<(), FetchError> {
-    let wal = repo.list("wal/").await?;
-    match target {
-        Target::Lsn(lsn) => {
-            let end = wal
-                .iter()
-                .filter_map(|l| match walarchive::layout::parse_key(&l.key) {
-                    Some(walarchive::layout::OwnKey::Wal(n)) => Some(n),
-                    _ => None,
-                })
-                .filter(|n| n.timeline().0 >= m.timeline)
-                .filter_map(|n| match n {
-                    WalFileName::Segment(s) => Some(s),
-                    _ => None,
-                })
-                .map(|s: SegmentName| Lsn(s.start_lsn(m.wal_segment_size).0 + m.wal_segment_size))
-                .max()
-                .unwrap_or(m.stop_lsn);
-            if *lsn > end {
-                return Err(FetchError::BadTarget(format!(
-                    "the recovery target LSN {lsn} is past the end of the archived WAL ({end}): recovery would stop short of it"
-                )));
-            }
-        }
-        Target::Time(s, t) => {
-            let newest = wal.iter().map(|l| l.last_modified).max();
-            if newest.is_none_or(|n| n < *t) {
-                return Err(FetchError::BadTarget(format!(
-                    "the recovery target time {s} is later than the newest archived WAL ({}): recovery would stop short of it",
-                    newest.map(|n| n.to_rfc3339()).unwrap_or_else(|| "none".into())
-                )));
-            }
-        }
-        _ => {}
+    use walarchive::window::{self, Wanted};
+    if recovery.timeline.as_deref().is_some_and(|t| t != "latest") {
+        return Ok(());
     }
+    let wanted = match target {
+        // Exclusive, PostgreSQL stops before a commit at T itself: inclusive at T - 1 µs.
+        Target::Time(_, t) if recovery.exclusive => {
+            Wanted::Time(*t - chrono::Duration::microseconds(1))
+        }
+        Target::Time(_, t) => Wanted::Time(*t),
+        Target::Lsn(l) => Wanted::Lsn(*l),
+        Target::Name(n) => Wanted::RestorePoint(n.clone()),
+        Target::Xid(_) | Target::Immediate => return Ok(()),
+    };
+    let refused = |e: window::Error| match e {
+        window::Error::Core(e) => FetchError::Core(e),
+        e => FetchError::BadTarget(format!(
+            "the recovery target {} cannot be restored: {e}",
+            recovery::describe(target)
+        )),
+    };
+    let w = window::compute(repo).await.map_err(refused)?;
+    window::resolve(repo, &w, &wanted, None)
+        .await
+        .map_err(refused)?;
     Ok(())
 }
 

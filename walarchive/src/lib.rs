@@ -35,6 +35,7 @@ pub mod storage;
 pub mod verify;
 pub mod wal;
 pub mod walrecord;
+pub mod window;
 
 pub use codec::Compression;
 pub use lsn::Lsn;

@@ -745,11 +745,11 @@ pub async fn check_object(
 
 /// How many objects to download at once: enough to overlap requests, few enough that
 /// (decoded and compressed copies of) large segments stay within a few hundred MiB.
-fn concurrency(segment_size: u64) -> usize {
+pub(crate) fn concurrency(segment_size: u64) -> usize {
     ((256 << 20) / segment_size.max(1)).clamp(1, 8) as usize
 }
 
-/// What [`scan_archive`] read.
+/// What [`scan_archive`] (or [`list_archive`]) read.
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
     /// The archive, ready for [`analyze`].
@@ -762,6 +762,40 @@ pub struct Scan {
     pub ignored: Vec<String>,
 }
 
+/// Lists the WAL of `repo` without downloading a single segment: every WAL file name, and
+/// the history files, downloaded, verified and parsed (they are small, and [`analyze`] needs
+/// them). The archive it returns is ready for [`analyze`] (with `backups` as given), but only
+/// the history files were verified: what the restorable window (`crate::window`) reads.
+pub async fn list_archive(
+    repo: &Repository,
+    d: &Descriptor,
+    backups: Vec<BackupRange>,
+) -> Result<Scan, Error> {
+    let mut scan = Scan::default();
+    for listed in repo.list("wal/").await? {
+        match crate::layout::parse_key(&listed.key) {
+            Some(crate::layout::OwnKey::Wal(n)) => {
+                scan.archive.files.insert(n);
+            }
+            _ => {
+                tracing::warn!("ignoring {}: not a WAL file where one belongs", listed.key);
+                scan.ignored.push(listed.key);
+            }
+        }
+    }
+    scan.archive.segment_size = d.wal_segment_size;
+    scan.archive.backups = backups;
+    let histories: Vec<WalFileName> = scan
+        .archive
+        .files
+        .iter()
+        .filter(|n| matches!(n, WalFileName::History(_)))
+        .copied()
+        .collect();
+    check_into(repo, d, &mut scan, histories).await?;
+    Ok(scan)
+}
+
 /// Lists the WAL of `repo`, downloads and verifies every object, and returns the archive
 /// for [`analyze`] (with `backups` as given).
 pub async fn scan_archive(
@@ -769,28 +803,37 @@ pub async fn scan_archive(
     d: &Descriptor,
     backups: Vec<BackupRange>,
 ) -> Result<Scan, Error> {
-    let mut scan = Scan::default();
-    let mut names = Vec::new();
-    for listed in repo.list("wal/").await? {
-        match crate::layout::parse_key(&listed.key) {
-            Some(crate::layout::OwnKey::Wal(n)) => names.push(n),
-            _ => {
-                tracing::warn!("ignoring {}: not a WAL file where one belongs", listed.key);
-                scan.ignored.push(listed.key);
-            }
-        }
-    }
+    let mut scan = list_archive(repo, d, backups).await?;
+    let rest: Vec<WalFileName> = scan
+        .archive
+        .files
+        .iter()
+        .filter(|n| !matches!(n, WalFileName::History(_)))
+        .copied()
+        .collect();
+    check_into(repo, d, &mut scan, rest).await?;
+    Ok(scan)
+}
+
+/// Downloads and verifies `names` (listed in `scan`), recording what was found.
+async fn check_into(
+    repo: &Repository,
+    d: &Descriptor,
+    scan: &mut Scan,
+    names: Vec<WalFileName>,
+) -> Result<(), Error> {
     let checks: Vec<(WalFileName, ObjectCheck)> = futures::stream::iter(names)
         .map(|n| async move { check_object(repo, &n, d).await.map(|c| (n, c)) })
         .buffered(concurrency(d.wal_segment_size))
         .try_collect()
         .await?;
     let archive = &mut scan.archive;
-    archive.segment_size = d.wal_segment_size;
-    archive.backups = backups;
     for (name, check) in checks {
         match check {
-            ObjectCheck::Missing => continue, // deleted since the listing
+            ObjectCheck::Missing => {
+                // Deleted since the listing.
+                archive.files.remove(&name);
+            }
             ObjectCheck::Corrupt(why) => {
                 scan.objects_checked += 1;
                 archive.corrupt.insert(name, why);
@@ -803,9 +846,8 @@ pub async fn scan_archive(
                 }
             }
         }
-        archive.files.insert(name);
     }
-    Ok(scan)
+    Ok(())
 }
 
 /// Downloads and verifies the segments `segs` (a backup's WAL, say): the number read and
