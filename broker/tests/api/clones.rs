@@ -217,6 +217,9 @@ async fn clone_refusals_change_nothing() {
         updated_at: now,
         deleted_at: None,
         restore: None,
+        purging: None,
+        purged: None,
+        final_lsn: None,
     };
     let op = OperationRecord::new(
         "alien",
