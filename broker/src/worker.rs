@@ -31,7 +31,8 @@
 //! operation's passes until it finishes. The passes are in `passes`, and what they share in
 //! rooms of their own: `placement` (where nodes go and their names), `nodes` (putting them on
 //! their cells), `observe` (Patroni's view of them), `routing` (HAProxy), `repository` (is
-//! a new instance's repository empty) and `backups` (scheduled backups and retention).
+//! a new instance's repository empty), `backups` (scheduled backups and retention) and
+//! `purge` (deleted instances' archives, once `[repository] keep_deleted` has passed).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -47,6 +48,7 @@ mod nodes;
 mod observe;
 mod passes;
 mod placement;
+mod purge;
 mod repository;
 mod routing;
 
@@ -161,7 +163,8 @@ struct Inner {
 }
 
 /// Executes provisions, updates and deprovisions recorded by the API, runs the scheduled
-/// base backups with their retention, and keeps this host's HAProxy routing every instance.
+/// base backups with their retention, purges deleted instances' archives, and keeps this
+/// host's HAProxy routing every instance.
 pub struct Worker {
     inner: Arc<Inner>,
     wake: Arc<Notify>,
@@ -259,6 +262,9 @@ impl Worker {
         // not hold up a deprovision), one of each kind per instance.
         let mut running: HashMap<tokio::task::Id, (String, bool)> = HashMap::new();
         let mut backup_retry: HashMap<String, Instant> = HashMap::new();
+        // The purge sweep (`[repository] keep_deleted`): one at a time, beside the rest.
+        let mut purge_next = Instant::now();
+        let mut purge_task: Option<tokio::task::JoinHandle<()>> = None;
         let poll = inner.config.worker.poll_interval.0;
         info!(cells = inner.cells.len(), "provisioning worker started");
         loop {
@@ -308,6 +314,7 @@ impl Worker {
             inner
                 .start_due_backups(&busy_backups, &mut backup_retry, &mut tasks, &mut running)
                 .await;
+            inner.start_due_purge(&mut purge_next, &mut purge_task);
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
@@ -319,6 +326,10 @@ impl Worker {
             }
         }
         tasks.shutdown().await;
+        if let Some(t) = purge_task {
+            t.abort();
+            let _ = t.await;
+        }
         inner.router.lock().await.release().await;
         info!("provisioning worker stopped");
     }

@@ -59,6 +59,7 @@ struct Source {
     incarnation: u32,
     repository: String,
     deleted_at: Option<Timestamp>,
+    purging: Option<Timestamp>,
     purged: Option<Purge>,
 }
 
@@ -89,11 +90,17 @@ pub(super) async fn validate(st: &AppState, req: &CloneRequest<'_>) -> Result<Va
     if let Some(p) = &source.purged {
         let after = source
             .deleted_at
-            .map(|d| format!(" ({} days after its deletion)", (p.at.0 - d.0).num_days()))
+            .map(|d| format!(" ({} after its deletion)", span_text(p.at.0 - d.0)))
             .unwrap_or_default();
         return Err(ApiError::invalid_parameters(format!(
             "The archive of {named} was purged on {}{after}; it can no longer be cloned.",
             time_text(p.at.0)
+        )));
+    }
+    if let Some(since) = source.purging {
+        return Err(ApiError::invalid_parameters(format!(
+            "The archive of {named} is being purged (since {}); it can no longer be cloned.",
+            time_text(since.0)
         )));
     }
     let budget = st.config.clones.validation_budget.0;
@@ -168,7 +175,8 @@ async fn lookup_source(
             incarnation: r.incarnation,
             repository: r.repository.clone(),
             deleted_at: r.deleted_at,
-            purged: None,
+            purging: r.purging,
+            purged: r.purged.clone(),
             record,
         });
     }
@@ -202,24 +210,25 @@ async fn lookup_source(
         .await?
         .ok_or_else(|| no_such_instance(named))?;
     let r = &record.value;
-    let (deleted_at, purged) = if entry.incarnation == r.incarnation {
-        (r.deleted_at, entry.purged.clone())
+    // The instance record is the purge's own record; the catalog entry's copy is a fallback.
+    let (deleted_at, purging, purged) = if entry.incarnation == r.incarnation {
+        (r.deleted_at, r.purging, r.purged.clone())
     } else {
         let earlier = r.previous.iter().find(|i| i.n == entry.incarnation);
         (
             entry
                 .deleted_at
                 .or_else(|| earlier.and_then(|i| i.deleted_at)),
-            earlier
-                .and_then(|i| i.purged.clone())
-                .or(entry.purged.clone()),
+            earlier.and_then(|i| i.purging),
+            earlier.and_then(|i| i.purged.clone()),
         )
     };
     Ok(Source {
         incarnation: entry.incarnation,
         repository: entry.repository.clone(),
         deleted_at,
-        purged,
+        purging,
+        purged: purged.or(entry.purged.clone()),
         record,
     })
 }
@@ -304,6 +313,19 @@ pub(super) fn time_text(t: DateTime<Utc>) -> String {
     }
 }
 
+/// A span of time in the largest whole unit: `30 days`, `1 day`, `5 hours`, `2 minutes`,
+/// `12 seconds`.
+fn span_text(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    let (n, unit) = match s {
+        86400.. => (s / 86400, "day"),
+        3600.. => (s / 3600, "hour"),
+        60.. => (s / 60, "minute"),
+        _ => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// The point a clone asked for, in words.
 fn at_text(at: Option<&CloneAt>) -> String {
     match at {
@@ -378,6 +400,16 @@ mod tests {
             time_text(t("2026-12-07T10:14:59.8101Z")),
             "2026-12-07T10:14:59.81Z"
         );
+    }
+
+    #[test]
+    fn spans_in_the_largest_whole_unit() {
+        let d = chrono::Duration::seconds;
+        assert_eq!(span_text(d(30 * 86400 + 5)), "30 days");
+        assert_eq!(span_text(d(86400)), "1 day");
+        assert_eq!(span_text(d(7200)), "2 hours");
+        assert_eq!(span_text(d(61)), "1 minute");
+        assert_eq!(span_text(d(3)), "3 seconds");
     }
 
     #[test]

@@ -163,7 +163,8 @@ pub(super) async fn provision(
                     repository: p.value.repository.clone(),
                     created_at: Some(p.value.created_at),
                     deleted_at: p.value.deleted_at,
-                    purged: None,
+                    purging: p.value.purging,
+                    purged: p.value.purged.clone(),
                 });
                 (p.value.incarnation + 1, earlier)
             }
@@ -195,6 +196,9 @@ pub(super) async fn provision(
             updated_at: now,
             deleted_at: None,
             restore: validated.as_ref().map(|v| v.restore.clone()),
+            purging: None,
+            purged: None,
+            final_lsn: None,
         };
         let description = match &record.restore {
             Some(r) => clone::accepted_description(r),

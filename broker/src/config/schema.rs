@@ -346,6 +346,18 @@ pub struct RepositoryConfig {
     /// Names of environment variables (storage credentials) passed on to the nodes.
     #[serde(default)]
     pub env: Vec<String>,
+    /// How long a deleted incarnation's archive is kept (clones of it accepted); the worker
+    /// purges it afterwards. Absent: kept forever.
+    #[serde(default)]
+    pub keep_deleted: Option<HumanDuration>,
+    /// The least `keep_deleted` accepted (a guard against `"30s"` written for `"30d"`):
+    /// 1 hour unless lowered here (tests use seconds).
+    #[serde(default = "default_keep_deleted_minimum")]
+    pub keep_deleted_minimum: HumanDuration,
+}
+
+fn default_keep_deleted_minimum() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
 }
 
 impl RepositoryConfig {

@@ -49,6 +49,18 @@ fn the_example_loads_and_secrets_are_redacted() {
     assert_eq!(c.service.plans[1].node_count, 2);
     assert_eq!(c.etcd.prefix, "/walarchive-broker");
     assert_eq!(c.archive_timeout.0, Duration::from_secs(60));
+    assert_eq!(
+        c.repository.keep_deleted.map(|d| d.0),
+        Some(Duration::from_secs(30 * 86400))
+    );
+    // A documented minimum lower than the default lets tests purge after seconds.
+    let short = text.replace(
+        "keep_deleted = \"30d\"\n# keep_deleted_minimum = \"1h\"",
+        "keep_deleted = \"1s\"\nkeep_deleted_minimum = \"1s\"",
+    );
+    assert_ne!(short, text);
+    let c = BrokerConfig::parse(&short, "example").unwrap();
+    assert_eq!(c.repository.keep_deleted.unwrap().0, Duration::from_secs(1));
     assert!(c.cells.iter().all(|c| c.token.expose() == "s3cret-pw"));
     let debug = format!("{c:?}");
     assert!(!debug.contains("s3cret"), "{debug}");
@@ -99,6 +111,16 @@ fn errors_are_clear() {
             "validation_budget = \"20s\"",
             "validation_budget = \"0s\"",
             "clones.validation_budget",
+        ),
+        (
+            "keep_deleted = \"30d\"",
+            "keep_deleted = \"30m\"",
+            "repository.keep_deleted",
+        ),
+        (
+            "# keep_deleted_minimum = \"1h\"",
+            "keep_deleted_minimum = \"0s\"",
+            "repository.keep_deleted_minimum",
         ),
     ] {
         assert!(text.contains(line), "{line}");

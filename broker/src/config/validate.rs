@@ -110,6 +110,24 @@ impl BrokerConfig {
                 ));
             }
         }
+        let r = &self.repository;
+        if r.keep_deleted_minimum.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "repository.keep_deleted_minimum",
+                "must be at least 1s".into(),
+            ));
+        }
+        if let Some(keep) = r.keep_deleted {
+            if keep.0 < r.keep_deleted_minimum.0 {
+                return Err(invalid(
+                    "repository.keep_deleted",
+                    format!(
+                        "must be at least {} (repository.keep_deleted_minimum): archives of deleted instances are deleted for good once it has passed",
+                        humantime::format_duration(r.keep_deleted_minimum.0)
+                    ),
+                ));
+            }
+        }
         if self.etcd.endpoints.is_empty() {
             return Err(invalid(
                 "etcd.endpoints",

@@ -55,13 +55,15 @@ impl Store {
         format!("{}/secrets/{}", self.prefix, encode_component(instance_id))
     }
 
-    /// `<prefix>/claims/<instance_id>` (operations) or `.../<instance_id>/backup` (backups:
+    /// `<prefix>/claims/<instance_id>` (operations), `.../<instance_id>/backup` (backups) or
+    /// `.../<instance_id>/purge` (purges of its deleted incarnations' archives:
     /// encoded ids hold no `/`, so no instance's key is another's).
     pub fn claim_key(&self, instance_id: &str, kind: ClaimKind) -> String {
         let key = format!("{}/claims/{}", self.prefix, encode_component(instance_id));
         match kind {
             ClaimKind::Operations => key,
             ClaimKind::Backups => key + "/backup",
+            ClaimKind::Purge => key + "/purge",
         }
     }
 

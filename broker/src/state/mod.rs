@@ -18,6 +18,7 @@
 //! | `secrets/<instance_id>` | [`InstanceSecrets`] of the current incarnation |
 //! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance's operations |
 //! | `claims/<instance_id>/backup` | [`Claim`]: the worker taking its scheduled backups |
+//! | `claims/<instance_id>/purge` | [`Claim`]: the worker purging its deleted incarnations' archives |
 //! | `catalog/<org>/<space>/<name>/<instance_id>[%2F<n>]` | [`CatalogEntry`] (one per incarnation) |
 //!
 //! Path components are percent-encoded outside RFC 3986's unreserved characters (the API
@@ -44,15 +45,17 @@
 //!
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
 //! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
-//! writes them (one etcd transaction per decision); `keys` lays them out under the prefix;
-//! `sealed` keeps secrets sealed at rest; `check` says whether a stored value decodes as the
-//! record its key names (state backups); [`cas`] is the one retry loop of every
+//! writes them (one etcd transaction per decision), `purges` the purges of deleted
+//! incarnations' archives; `keys` lays them out under the prefix; `sealed` keeps secrets
+//! sealed at rest; `check` says whether a stored value decodes as the record its key names
+//! (state backups); [`cas`] is the one retry loop of every
 //! compare-and-swap decision.
 
 pub mod cas;
 mod check;
 mod keys;
 pub mod model;
+mod purges;
 mod sealed;
 mod store;
 

@@ -172,6 +172,17 @@ pub struct InstanceRecord {
     /// For an instance whose cluster starts from an archive (a clone): what it copies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreRecord>,
+    /// A deleted incarnation: since when the worker purges its archive (no clone of it is
+    /// accepted from then on; `worker/purge.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purging: Option<Timestamp>,
+    /// A deleted incarnation: its archive's purge, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<Purge>,
+    /// The LSN of the WAL switch the deprovision made on the leader before removing the
+    /// nodes (its last commits are in the archive up to there), when it could.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_lsn: Option<String>,
 }
 
 fn first_incarnation() -> u32 {
@@ -478,6 +489,8 @@ pub enum ClaimKind {
     Operations,
     /// Scheduled base backups and retention.
     Backups,
+    /// The purge of a deleted incarnation's archive (`[repository] keep_deleted`).
+    Purge,
 }
 
 /// The outcome of [`Store::create_instance`](super::Store::create_instance).

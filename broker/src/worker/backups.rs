@@ -123,7 +123,7 @@ impl Inner {
     }
 
     /// [`Inner::walarchive`], with walarchive's exit status beside the error.
-    async fn walarchive_output(
+    pub(super) async fn walarchive_output(
         &self,
         repository: &str,
         args: &[&str],

@@ -217,6 +217,9 @@ async fn clone_refusals_change_nothing() {
         updated_at: now,
         deleted_at: None,
         restore: None,
+        purging: None,
+        purged: None,
+        final_lsn: None,
     };
     let op = OperationRecord::new(
         "alien",
@@ -542,4 +545,217 @@ async fn the_worker_fails_a_clone_it_cannot_restore() {
     let rec = c.store.instance("c").await.unwrap().unwrap().value;
     assert_eq!(rec.state, InstanceState::Failed);
     assert!(rec.nodes.is_empty());
+}
+
+/// Every file under `dir` (relative path) with its bytes.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The API's form of a time: RFC 3339 UTC to the millisecond, without trailing zeros.
+fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    let s = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (whole, frac) = s.strip_suffix('Z').unwrap().split_once('.').unwrap();
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{whole}Z")
+    } else {
+        format!("{whole}.{frac}Z")
+    }
+}
+
+/// Design §3: once `keep_deleted` has passed, the worker deletes every object of a deleted
+/// incarnation's archive but its descriptor and records the purge on the incarnation and its
+/// catalog entry; the live incarnation of the same id and a neighbour whose name extends the
+/// purged one's are untouched; a clone still restoring from an archive holds its purge off
+/// (while new clones of it are refused); afterwards a clone by name or by id is refused with
+/// the purge's date.
+#[tokio::test]
+async fn deleted_archives_are_purged_after_keep_deleted() {
+    use walarchive::repo::DESCRIPTOR_KEY;
+    use walarchive_broker::state::ClaimKind;
+    let a = Archives::new();
+    let c = super::ctx_with_repository(
+        &a.base(),
+        "keep_deleted = \"1s\"\nkeep_deleted_minimum = \"1s\"",
+        &format!(
+            "walarchive = \"{}\"\n[worker]\npoll_interval = \"1s\"",
+            testkit::walarchive_bin().display()
+        ),
+    );
+    for repo in ["gone", "old", "old.2", "old2"] {
+        a.with_backup(repo);
+    }
+    let dir = |r: &str| a.dir.path().join(r);
+    c.deleted("gone", named("gone-db", None)).await;
+    c.deleted("old", named("first-name", None)).await;
+    c.ready("old", named("second-name", None)).await;
+    c.ready("old2", named("neighbour", None)).await;
+    // A clone of gone-db that another broker's worker is restoring.
+    let r = c.provision("cl", clone_of("gone-db", None), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert!(c
+        .store
+        .claim(
+            "cl",
+            ClaimKind::Operations,
+            "another-broker",
+            Duration::from_secs(300)
+        )
+        .await
+        .unwrap());
+    let before: Vec<_> = ["gone", "old", "old.2", "old2"]
+        .iter()
+        .map(|r| files(&dir(r)))
+        .collect();
+    let only_descriptor = |f: &std::collections::BTreeMap<String, Vec<u8>>| {
+        f.keys().map(String::as_str).collect::<Vec<_>>() == [DESCRIPTOR_KEY]
+    };
+    let counts = |f: &std::collections::BTreeMap<String, Vec<u8>>| {
+        let objects: Vec<_> = f.iter().filter(|(k, _)| *k != DESCRIPTOR_KEY).collect();
+        (
+            objects.len() as u64,
+            objects.iter().map(|(_, v)| v.len() as u64).sum::<u64>(),
+        )
+    };
+    assert!(counts(&before[0]).0 > 1 && counts(&before[1]).0 > 1);
+
+    let worker = walarchive_broker::Worker::new(
+        c.state.config.clone(),
+        c.store.clone(),
+        c.state.provisioner.clone(),
+    )
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let record = |id: &'static str| {
+        let store = c.store.clone();
+        async move { store.instance(id).await.unwrap().unwrap().value }
+    };
+    // Incarnation 1 of "old" goes (in the same sweep, after "gone" was marked and held).
+    let mut old = record("old").await;
+    for _ in 0..300 {
+        if old.previous[0].purged.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        old = record("old").await;
+    }
+    let old_purge = old.previous[0]
+        .purged
+        .clone()
+        .expect("old incarnation purged");
+    assert_eq!((old_purge.objects, old_purge.bytes), counts(&before[1]));
+    assert!(
+        only_descriptor(&files(&dir("old"))),
+        "{:?}",
+        files(&dir("old")).keys()
+    );
+    assert_eq!(old.previous[0].purging, None);
+    assert_eq!((old.purging.as_ref(), old.purged.as_ref()), (None, None));
+
+    // "gone" is held off by the restore, marked: its objects stay, new clones are refused.
+    let gone = record("gone").await;
+    let since = gone.purging.expect("marked purging");
+    assert_eq!(gone.purged, None);
+    assert_eq!(files(&dir("gone")), before[0]);
+    let r = c.provision("c2", clone_of("gone-db", None), true).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        r.body["description"],
+        format!(
+            "The archive of gone-db is being purged (since {}); it can no longer be cloned.",
+            api_time(since.0)
+        )
+    );
+    assert!(c.store.instance("c2").await.unwrap().is_none());
+
+    // The restore ends (here: fails); the purge goes ahead.
+    c.finish("cl", false, "failed").await;
+    let mut gone = record("gone").await;
+    for _ in 0..300 {
+        if gone.purged.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gone = record("gone").await;
+    }
+    let _ = stop.send(());
+    run.await.unwrap();
+    let purge = gone.purged.clone().expect("gone purged");
+    assert_eq!((purge.objects, purge.bytes), counts(&before[0]));
+    assert_eq!(gone.purging, None);
+    assert!(only_descriptor(&files(&dir("gone"))));
+    assert_eq!(
+        files(&dir("gone"))[DESCRIPTOR_KEY],
+        before[0][DESCRIPTOR_KEY]
+    );
+    // Their catalog entries say so too; the live incarnation and the neighbour are untouched.
+    let entry = |name: &'static str| {
+        let store = c.store.clone();
+        async move {
+            let mut v = store.find_by_name("org-1", "space-1", name).await.unwrap();
+            assert_eq!(v.len(), 1, "{name}: {v:?}");
+            v.remove(0)
+        }
+    };
+    assert_eq!(entry("gone-db").await.purged, Some(purge.clone()));
+    assert_eq!(entry("first-name").await.purged, Some(old_purge.clone()));
+    assert_eq!(entry("second-name").await.purged, None);
+    assert_eq!(entry("neighbour").await.purged, None);
+    assert_eq!(files(&dir("old.2")), before[2]);
+    assert_eq!(files(&dir("old2")), before[3]);
+    let old = record("old").await;
+    assert_eq!((old.purging, old.purged), (None, None));
+    let old2 = record("old2").await;
+    assert_eq!(
+        (old2.purging, old2.purged, old2.previous.len()),
+        (None, None, 0)
+    );
+
+    // The 400 names the date, by name and by id.
+    let said = |named: &str, p: &walarchive_broker::state::Purge, deleted: Timestamp| {
+        let secs = (p.at.0 - deleted.0).num_seconds();
+        assert!((0..60).contains(&secs), "{secs}");
+        format!(
+            "The archive of {named} was purged on {} ({secs} second{} after its deletion); it can no longer be cloned.",
+            api_time(p.at.0),
+            if secs == 1 { "" } else { "s" }
+        )
+    };
+    let gone_deleted = gone.deleted_at.unwrap();
+    c.refused(
+        "c3",
+        clone_of("gone-db", None),
+        &said("gone-db", &purge, gone_deleted),
+    )
+    .await;
+    c.refused(
+        "c3",
+        clone_of("gone", None),
+        &said("gone", &purge, gone_deleted),
+    )
+    .await;
+    let old_deleted = old.previous[0].deleted_at.unwrap();
+    c.refused(
+        "c3",
+        clone_of("first-name", None),
+        &said("first-name", &old_purge, old_deleted),
+    )
+    .await;
 }

@@ -97,7 +97,13 @@ struct Ctx {
     _dir: tempfile::TempDir,
 }
 
-fn config_text(password_file: &str, prefix: &str, base: &str, extra: &str) -> String {
+fn config_text(
+    password_file: &str,
+    prefix: &str,
+    base: &str,
+    repository_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -123,6 +129,7 @@ description = "two nodes"
 node_count = 2
 [repository]
 base = "{base}"
+{repository_extra}
 [etcd]
 {etcd}prefix = "{prefix}"
 [router]
@@ -151,6 +158,11 @@ fn ctx() -> Ctx {
 /// A context whose instances' repositories are under `base`, with `extra` configuration
 /// (tables) at the end.
 fn ctx_with(base: &str, extra: &str) -> Ctx {
+    ctx_with_repository(base, "", extra)
+}
+
+/// [`ctx_with`], with `repository_extra` settings in the `[repository]` table.
+fn ctx_with_repository(base: &str, repository_extra: &str, extra: &str) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
@@ -161,7 +173,13 @@ fn ctx_with(base: &str, extra: &str) -> Ctx {
     .unwrap();
     let prefix = format!("/broker{}", etcd().fresh_prefix());
     let config = BrokerConfig::parse(
-        &config_text(&pw.display().to_string(), &prefix, base, extra),
+        &config_text(
+            &pw.display().to_string(),
+            &prefix,
+            base,
+            repository_extra,
+            extra,
+        ),
         "test",
     )
     .expect("test configuration");

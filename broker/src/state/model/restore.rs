@@ -203,6 +203,9 @@ pub struct Incarnation {
     /// last: the next incarnation's creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+    /// Since when its archive is being purged (no clone of it is accepted from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purging: Option<Timestamp>,
     /// Its archive's purge, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<Purge>,
@@ -229,6 +232,7 @@ pub(super) fn incarnations<'de, D: serde::Deserializer<'de>>(
                 repository,
                 created_at: None,
                 deleted_at: None,
+                purging: None,
                 purged: None,
             },
         })
