@@ -50,7 +50,9 @@ mod passes;
 mod placement;
 mod purge;
 mod repository;
+mod restore;
 mod routing;
+mod teardown;
 
 pub use self::placement::node_name;
 pub use self::routing::routes;
@@ -592,8 +594,9 @@ impl Inner {
 /// costs a repeated, idempotent step).
 #[derive(Default)]
 struct Pass {
-    /// Nodes PUT by this task, with the peer hosts they got.
-    put: HashMap<String, Vec<String>>,
+    /// Nodes PUT by this task, with the peer hosts they got and whether with a bootstrap
+    /// spec (a clone's first node, until it is re-PUT without).
+    put: HashMap<String, (Vec<String>, bool)>,
     /// Whether the first base backup was taken by this task.
     backed_up: bool,
 }
