@@ -593,7 +593,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cell::{NodePorts, RestoreProgress, RestoreReplay, RestoreStatus};
+    use crate::cell::client::{RestoreProgress, RestoreReplay};
+    use crate::cell::{NodePorts, RestoreStatus};
 
     fn status(restore: Option<RestoreStatus>) -> NodeStatus {
         NodeStatus {
