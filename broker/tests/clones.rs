@@ -140,9 +140,11 @@ impl Ctx<'_> {
 
     async fn deprovision(&self, id: &str) {
         let op = self.c.deprovision(id).await;
-        self.c
-            .wait_succeeded(id, &op, Duration::from_secs(60), &self.diag())
+        let (_, s, b) = self
+            .c
+            .wait_op(id, &op, Duration::from_secs(60), &self.diag())
             .await;
+        assert_eq!(s, StatusCode::GONE, "deprovision {id}: {b}");
     }
 
     /// The cell and PostgreSQL port of `inst`'s first node.
@@ -370,13 +372,17 @@ async fn scenario() {
     }
 
     // --- A clone whose archive loses a segment after its target was resolved. ---
-    let hole: String = db
-        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
-        .await
+    let switch = || {
+        local_sql(
+            src_cell,
+            src_port,
+            "select pg_walfile_name(pg_switch_wal())",
+        )
         .unwrap()
-        .get(0);
+    };
+    let hole = switch();
     write(10).await;
-    db.execute("select pg_switch_wal()", &[]).await.unwrap();
+    switch();
     write(10).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let removed: Vec<PathBuf> = listing(&src_dir)

@@ -46,9 +46,12 @@ pub(super) enum Failure {
 /// Classifies a node's `restore.failed` text (the cell's: walarchive's status and last lines,
 /// or PostgreSQL's `FATAL` line).
 pub(super) fn classify(failed: &str) -> Failure {
+    // PostgreSQL's refusal at the end of replay, or backup-fetch's before it starts (it
+    // refuses, as PostgreSQL would, a target its archive does not reach).
     if failed.contains("recovery ended before configured recovery target was reached")
         || failed.contains("could not locate required checkpoint record")
         || failed.contains("requested timeline")
+        || failed.contains("cannot be restored:")
     {
         return Failure::Missing;
     }
@@ -61,6 +64,7 @@ pub(super) fn classify(failed: &str) -> Failure {
                 .ok()
         });
     match status {
+        Some(12 | 15) => Failure::Missing,
         Some(s @ (8 | 208)) => Failure::Damaged(s),
         Some(7 | 207) => Failure::Storage,
         _ => Failure::Other,
@@ -174,7 +178,7 @@ pub(super) fn failure_reason(source: &str, failure: &Failure, status: &NodeStatu
                 .as_ref()
                 .and_then(|r| r.replay.as_ref())
                 .map(|r| format!("WAL after segment {} is missing", r.last_restored))
-                .unwrap_or_else(|| "WAL after its base backup is missing".into());
+                .unwrap_or_else(|| "WAL between its base backup and the target is missing".into());
             format!("The archive of {source} ends before the clone's target: {after}.")
         }
         Failure::Damaged(s) => format!(
@@ -266,6 +270,15 @@ impl Inner {
                     status.as_ref(),
                 )));
             };
+            // Patroni reports the node as a running primary while its post_bootstrap (which
+            // takes the login from the source's roles) still runs; it takes the leader key
+            // only after it succeeded.
+            if !self.holds_leader_key(&inst, &status.name).await? {
+                return Err(Step::Pending(format!(
+                    "{}; the clone is finishing its bootstrap",
+                    progress_description(&source, &resolved, Some(&status))
+                )));
+            }
             let wal = cell.client.wal(&status.name).await.map_err(|e| {
                 Step::retry(
                     None,
@@ -293,11 +306,14 @@ impl Inner {
             }
             let reached = Reached {
                 lsn: wal.replay_lsn.clone().expect("checked"),
+                // PostgreSQL forgets the last replayed transaction's time when Patroni
+                // restarts the promoted server: then the resolved target's says it.
                 time: wal
                     .replay_time
                     .as_deref()
                     .and_then(walarchive::manifest::parse_time)
-                    .map(Timestamp),
+                    .map(Timestamp)
+                    .or(resolved.expect_time),
             };
             info!(instance = %inst.id, lsn = %reached.lsn, "clone promoted");
             let (ni, _) = self
@@ -390,6 +406,15 @@ impl Inner {
             at_text(&restore),
             if n == 1 { "" } else { "s" }
         ))
+    }
+
+    /// Whether `node` holds the leader key of `inst`'s Patroni cluster.
+    async fn holds_leader_key(&self, inst: &InstanceRecord, node: &str) -> Result<bool, Step> {
+        let key = format!("{}{}/leader", self.config.patroni_namespace(), inst.scope());
+        let kv = self.store.etcd().get(key.as_bytes()).await.map_err(|e| {
+            Step::retry(None, "the cluster's coordination keys could not be read", e)
+        })?;
+        Ok(kv.is_some_and(|kv| kv.value == node.as_bytes()))
     }
 
     /// §2.6: checks that no binding role of the source can log in (the post-bootstrap script
@@ -635,6 +660,14 @@ mod tests {
         assert_eq!(
             classify("walarchive backup-fetch exited with status 7: timeout"),
             Failure::Storage
+        );
+        assert_eq!(
+            classify("walarchive backup-fetch exited with status 2: walarchive: the recovery target LSN 0/7000000 cannot be restored: clone-at 0/7000000 is past the end"),
+            Failure::Missing
+        );
+        assert_eq!(
+            failure_reason("old-db", &Failure::Missing, &status(None)),
+            "The archive of old-db ends before the clone's target: WAL between its base backup and the target is missing."
         );
         assert_eq!(
             classify("walarchive backup-fetch exited with status 2: bad"),
