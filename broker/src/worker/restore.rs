@@ -14,6 +14,8 @@
 //! nothing that could pass for a copy stays running, and no Patroni bootstraps again forever.
 //! An archive that could not be read is retried a few times on a fresh node.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use tracing::{info, warn};
 
@@ -264,11 +266,21 @@ impl Inner {
                     .await);
             }
             let Some(status) = status.clone().filter(NodeStatus::is_leader) else {
-                return Err(Step::Pending(progress_description(
-                    &source,
-                    &resolved,
-                    status.as_ref(),
-                )));
+                let description = progress_description(&source, &resolved, status.as_ref());
+                if let Some(stalled) = self.stalled(pass, status.as_ref()) {
+                    warn!(instance = %inst.id, "the restore made no progress: {description}");
+                    return Err(self
+                        .teardown_and_fail(
+                            op,
+                            &inst,
+                            format!(
+                                "The restore of {source} made no progress for {} s (last: {description}).",
+                                stalled.as_secs()
+                            ),
+                        )
+                        .await);
+                }
+                return Err(Step::Pending(description));
             };
             // Patroni reports the node as a running primary while its post_bootstrap (which
             // takes the login from the source's roles) still runs; it takes the leader key
@@ -406,6 +418,28 @@ impl Inner {
             at_text(&restore),
             if n == 1 { "" } else { "s" }
         ))
+    }
+
+    /// How long the restore has not moved, when that is longer than `operation_timeout`:
+    /// progress is the bytes of the base backup restored and the last segment replayed (in
+    /// this task's memory: a new task starts counting again, which only delays the verdict).
+    fn stalled(&self, pass: &mut Pass, status: Option<&NodeStatus>) -> Option<Duration> {
+        let r = status.and_then(|s| s.restore.as_ref());
+        let now = format!(
+            "{:?}/{:?}",
+            r.and_then(|r| r.progress.as_ref()).map(|p| p.bytes_done),
+            r.and_then(|r| r.replay.as_ref()).map(|p| &p.last_restored)
+        );
+        match &pass.restore_progress {
+            Some((last, since)) if *last == now => {
+                let stalled = since.elapsed();
+                (stalled > self.config.worker.operation_timeout.0).then_some(stalled)
+            }
+            _ => {
+                pass.restore_progress = Some((now, Instant::now()));
+                None
+            }
+        }
     }
 
     /// Whether `node` holds the leader key of `inst`'s Patroni cluster.
