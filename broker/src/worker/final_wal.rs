@@ -1,8 +1,11 @@
 //! A deprovision archives everything first (design §2.3, R7).
 //!
-//! Stopping a primary does not archive the segment it is writing: without a switch, up to
-//! `archive_timeout` of a deleted instance's last commits would never reach its archive,
-//! and a clone of the deleted instance (or a disaster restore) would silently miss them.
+//! A clean stop of a primary does switch WAL (PostgreSQL's shutdown checkpoint, with
+//! archiving on) and gives the archiver one last round, but nothing waits for that round to
+//! succeed: it tries each file three times and gives up, and a stop that is not clean (the
+//! cell SIGKILLs a Patroni that did not stop in two minutes, then shuts PostgreSQL down
+//! immediately) archives nothing more. Either way up to `archive_timeout` of a deleted
+//! instance's last commits could be missing, and nobody would know where its archive ends.
 //! So before its nodes go, the leader switches WAL and waits (bounded by the cell) until
 //! the archiver has that segment; the switch LSN is recorded as
 //! [`InstanceRecord::final_lsn`], which is also what makes this step happen once: a pass
