@@ -126,6 +126,8 @@ pub struct AppState {
     /// Notified (`notify_one`) with [`AppState::provisioner`]: the state backup
     /// ([`crate::statebackup`]) waits on it (and also polls).
     pub state_changed: Arc<Notify>,
+    /// The restorable windows of the archives clones and `GET` read, kept a short while.
+    pub windows: Arc<crate::windows::Windows>,
     auth: Arc<[u8; 32]>,
 }
 
@@ -142,6 +144,7 @@ impl AppState {
             binder,
             provisioner: Arc::new(Notify::new()),
             state_changed: Arc::new(Notify::new()),
+            windows: Arc::default(),
             auth,
         }
     }
