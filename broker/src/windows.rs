@@ -15,6 +15,8 @@
 //! without it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,6 @@ use chrono::{DateTime, Utc};
 use walarchive::window::{self, Window};
 use walarchive::Lsn;
 
-use crate::cell::CellClient;
 use crate::config::BrokerConfig;
 use crate::state::InstanceRecord;
 
@@ -133,33 +134,25 @@ fn unreadable(e: impl std::fmt::Display) -> WindowError {
     WindowError::Unreadable(e.to_string())
 }
 
-/// The current WAL position (`pg_current_wal_lsn()`) of `inst`'s leader, read through its
-/// cell; `None` when no node answers as the leader within `budget`.
+/// Reads the current WAL position (`pg_current_wal_lsn()`) of an instance's leader, through
+/// its cell (the cells' binder implements it: `crate::cell::CellBinder`). A trait, so that the
+/// API does not depend on the cells' client, which depends on the API's `Binder`.
+pub trait LeaderWal: Send + Sync + 'static {
+    /// The leader's current LSN; `None` when no node answers as the leader.
+    fn current_lsn<'a>(
+        &'a self,
+        inst: &'a InstanceRecord,
+    ) -> Pin<Box<dyn Future<Output = Option<Lsn>> + Send + 'a>>;
+}
+
+/// [`LeaderWal::current_lsn`] of `inst` within `budget` (`None` beyond it).
 pub async fn leader_lsn(
-    config: &BrokerConfig,
+    wal: &dyn LeaderWal,
     inst: &InstanceRecord,
     budget: Duration,
 ) -> Option<Lsn> {
-    let ask = async {
-        for n in &inst.nodes {
-            let Some(cell) = config.cells.iter().find(|c| c.name == n.cell) else {
-                continue;
-            };
-            let Ok(client) = CellClient::new(&cell.url, cell.token.clone(), config.tls.as_ref())
-            else {
-                continue;
-            };
-            match client.node(&n.name).await {
-                Ok(Some(s)) if s.is_leader() => {}
-                _ => continue,
-            }
-            if let Ok(w) = client.wal(&n.name).await {
-                if !w.in_recovery {
-                    return w.lsn.parse::<Lsn>().ok();
-                }
-            }
-        }
-        None
-    };
-    tokio::time::timeout(budget, ask).await.ok().flatten()
+    tokio::time::timeout(budget, wal.current_lsn(inst))
+        .await
+        .ok()
+        .flatten()
 }

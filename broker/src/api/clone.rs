@@ -278,10 +278,11 @@ async fn resolve_in_archive(
               "cannot read a clone source's archive: {detail}");
     };
     let leader = async {
-        if final_ || rec.nodes.is_empty() {
-            None
-        } else {
-            windows::leader_lsn(&st.config, rec, budget.min(LEADER_BUDGET)).await
+        match &st.leader_wal {
+            Some(wal) if !final_ && !rec.nodes.is_empty() => {
+                windows::leader_lsn(wal.as_ref(), rec, budget.min(LEADER_BUDGET)).await
+            }
+            _ => None,
         }
     };
     let (computed, leader) = tokio::join!(
