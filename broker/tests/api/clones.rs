@@ -1023,3 +1023,50 @@ async fn targets_outside_the_window_are_refused() {
     );
     assert_eq!(c.etcd_state().await, before);
 }
+
+/// `GET /v2/service_instances/:id` says the instance's restorable window (design §2.2):
+/// from its backup's end to its last archived commit, as the core computes them, reused
+/// for 30 s; without an archive, why not.
+#[tokio::test]
+async fn fetch_says_the_restorable_window() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    c.ready("src", named("old-db", None)).await;
+    c.ready("empty", named("empty-db", None)).await;
+    let f = fixture();
+    let r = c.call(Method::GET, "/v2/service_instances/src", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let w = &r.body["metadata"]["attributes"]["restorable_window"];
+    let stop_time =
+        walarchive::manifest::parse_time(f.backup["stop_time"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        w["earliest"],
+        json!({ "lsn": f.backup["stop_lsn"], "time": api_time(stop_time) }),
+        "{w}"
+    );
+    assert_eq!(
+        w["latest"],
+        json!({ "lsn": f.window["latest"]["lsn"], "time": api_time(f.commits[ROWS - 1]) }),
+        "{w}"
+    );
+    let computed_at = w["computed_at"].as_str().unwrap().to_string();
+    assert!(chrono::DateTime::parse_from_rfc3339(&computed_at).is_ok());
+    assert!(r.body["metadata"]["attributes"]
+        .get("restorable_window_error")
+        .is_none());
+    // Within 30 s the same computation answers.
+    let again = c.call(Method::GET, "/v2/service_instances/src", None).await;
+    assert_eq!(
+        again.body["metadata"]["attributes"]["restorable_window"]["computed_at"],
+        computed_at.as_str()
+    );
+    let r = c
+        .call(Method::GET, "/v2/service_instances/empty", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["metadata"]["attributes"],
+        json!({ "restorable_window_error": "The archive has no completed base backup yet." })
+    );
+}
