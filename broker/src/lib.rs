@@ -25,6 +25,7 @@ pub mod secrets;
 pub mod state;
 pub mod statebackup;
 pub mod tls;
+pub mod windows;
 pub mod worker;
 
 pub use api::{app, AppState, BindError, Binder, NoBinder};

@@ -143,7 +143,9 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let binder = CellBinder::from_config(&config).context("the cells' clients")?;
-        let state = AppState::new(config, store.clone(), Arc::new(binder));
+        let binder = Arc::new(binder);
+        let mut state = AppState::new(config, store.clone(), binder.clone());
+        state.leader_wal = Some(binder);
         let backup = StateBackup::open(&state.config, store.clone())
             .context("open the state backup's store")?;
         let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())

@@ -44,6 +44,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 mod backups;
+mod final_wal;
 mod nodes;
 mod observe;
 mod passes;

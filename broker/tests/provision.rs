@@ -7,8 +7,9 @@
 //! provision survives a worker restart in the middle, takes writes through the router and
 //! archives WAL and a first backup; it scales to three nodes (while another instance is
 //! provisioned and deleted during its provision, which cleans up) and down to one, keeping
-//! its leader; a scheduled backup applies retention; a deprovision removes nodes, route and
-//! state but keeps the archive; the same id provisioned again gets a new repository.
+//! its leader; a scheduled backup applies retention; a deprovision archives the last commit
+//! (its leader switches WAL first), removes nodes, route and state but keeps the archive; the
+//! same id provisioned again gets a new repository.
 use testkit::broker as common;
 
 use std::collections::HashSet;
@@ -114,7 +115,12 @@ async fn scenario() {
     t.plan = "plan-ha".into();
     t.backups = ("30s", 1);
     let prefix = format!("/broker{}", etcd.fresh_prefix());
-    let c = Api::new(&t.render(&prefix), &t.service, &t.plan);
+    // archive_timeout at 10 minutes: within this test, a segment reaches the archive only
+    // when it is switched (a backup, a promotion, the deprovision's switch, or `switch_wal`).
+    let toml = t.render(&prefix);
+    assert!(toml.contains("archive_timeout = \"60s\""), "{toml}");
+    let toml = toml.replace("archive_timeout = \"60s\"", "archive_timeout = \"600s\"");
+    let c = Api::new(&toml, &t.service, &t.plan);
     let store = c.store.clone();
     let config = c.state.config.clone();
     let wake = c.state.provisioner.clone();
@@ -472,10 +478,46 @@ async fn scenario() {
         .or_else(|| list["backups"].as_array().map(Vec::len));
     assert_eq!(count, Some(1), "retain = 1: {list}");
 
-    // --- Deprovision: nodes, route and state gone; the archive stays. ---
+    // --- Deprovision: nodes, route and state gone; the archive stays, with the last commit
+    // (the leader switched WAL and waited for the archiver first, design §2.3). ---
+    db.batch_execute("insert into t values (301)")
+        .await
+        .unwrap();
+    let row = db
+        .query_one(
+            "select pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (commit_lsn, commit_segment): (String, String) = (row.get(0), row.get(1));
     let op = c.deprovision("db1").await;
-    let (_, s, _) = c.wait_op("db1", &op, Duration::from_secs(60), &diag).await;
+    let (seen, s, _) = c.wait_op("db1", &op, Duration::from_secs(60), &diag).await;
     assert_eq!(s, StatusCode::GONE);
+    assert!(
+        seen.iter().any(|d| d.contains("archiving the last WAL")),
+        "{seen:?}"
+    );
+    let wal = walarchive(&bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap();
+    assert!(
+        wal.contains(&commit_segment),
+        "the segment of the last commit ({commit_segment}, {commit_lsn}) is not archived: {wal}"
+    );
+    let final_lsn: walarchive::Lsn = c
+        .store
+        .instance("db1")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .final_lsn
+        .expect("final_lsn recorded")
+        .parse()
+        .unwrap();
+    assert!(
+        final_lsn >= commit_lsn.parse().unwrap(),
+        "{final_lsn} < {commit_lsn}"
+    );
     assert!(nodes_on_cells(&cells, "db1")
         .await
         .iter()

@@ -12,23 +12,27 @@
 //!
 //! The order is the design's (docs/design/clones.md §2.2): [`lookup_source`], [`authorize`],
 //! the source's state, its archive (a completed base backup, read with the core library
-//! within `[clones] validation_budget`), then [`check_target`], the one seam where the
-//! restorable window's checks will go once the core computes windows.
+//! within `[clones] validation_budget`), then `clone-at` resolved in its restorable window
+//! (`walarchive::window`, through [`crate::windows`]' cache) to what PostgreSQL stops at
+//! exactly; the resolution is stored for the worker's restore pass.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use tracing::warn;
+use walarchive::window::{self, Point, Resolved, Setting, Unrestorable, Wanted};
+use walarchive::Lsn;
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
-    CloneAt, CloneParameters, InstanceRecord, InstanceState, Purge, RestoreKind, RestoreRecord,
-    SourceRef, Timestamp, Versioned,
+    CloneAt, CloneParameters, InstanceRecord, InstanceState, Purge, ResolvedTarget, RestoreKind,
+    RestoreRecord, SourceRef, TargetSpec, Timestamp, Versioned,
 };
+use crate::windows::{self, WindowError};
 
 /// A validated clone: what the instance record keeps, and the source record's revision the
 /// create transaction compares (so that a change since validation makes the PUT decide again).
@@ -103,32 +107,8 @@ pub(super) async fn validate(st: &AppState, req: &CloneRequest<'_>) -> Result<Va
             time_text(since.0)
         )));
     }
-    let budget = st.config.clones.validation_budget.0;
-    let backups = completed_backups(st, &source.repository, budget)
-        .await
-        .map_err(|detail| {
-            warn!(source = %rec.id, repository = %source.repository,
-                  "cannot read a clone source's archive: {detail}");
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                format!(
-                    "The archive of {named} could not be read in time to check clone-at; retry in a minute."
-                ),
-            )
-        })?;
-    if backups == 0 {
-        return Err(ApiError::invalid_parameters(
-            if source.deleted_at.is_some() || !source.is_current() {
-                format!("{named} never completed a base backup; it cannot be cloned.")
-            } else {
-                format!(
-                    "{named} has no completed base backup yet; it can be cloned once its first backup is taken."
-                )
-            },
-        ));
-    }
-    check_target(req.params.clone_at.as_ref(), Utc::now())?;
+    let wanted = wanted(req.params.clone_at.as_ref(), Utc::now())?;
+    let resolved = resolve_in_archive(st, named, &source, &wanted).await?;
     Ok(Validated {
         source_revision: (rec.id.clone(), source.record.mod_revision),
         restore: RestoreRecord {
@@ -141,7 +121,7 @@ pub(super) async fn validate(st: &AppState, req: &CloneRequest<'_>) -> Result<Va
                 deleted_at: source.deleted_at,
             },
             requested: Some(req.params.clone()),
-            resolved: None,
+            resolved: Some(resolved),
             attempt: 0,
             roles_removed: false,
             reached: None,
@@ -265,35 +245,200 @@ pub(super) fn originating_user(headers: &HeaderMap) -> Option<String> {
     v.get("user_id")?.as_str().map(str::to_string)
 }
 
-/// How many completed base backups the archive at `url` holds, read within `budget`;
-/// `Err` (for the log only) when it cannot be read in time.
-async fn completed_backups(st: &AppState, url: &str, budget: Duration) -> Result<usize, String> {
-    let repo = crate::archive::open(&st.config, url).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(budget, walarchive::catalog::list_backups(&repo, false)).await {
-        Ok(Ok(b)) => Ok(b.iter().filter(|b| b.is_complete()).count()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("not read within {} s", budget.as_secs())),
+/// The 503 of an archive that cannot be read in time (the request may be fine).
+fn unreadable(named: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        format!("The archive of {named} could not be read in time to check clone-at; retry in a minute."),
+    )
+}
+
+/// How long a clone's validation waits for the source's leader to say its current LSN.
+const LEADER_BUDGET: Duration = Duration::from_secs(5);
+
+/// Computes the source's restorable window (cached, within `[clones] validation_budget`) and
+/// resolves `wanted` in it: every target PostgreSQL would refuse is a 400 saying why, an
+/// archive that cannot be read in time a 503. `complete_to`: a deleted incarnation's archive
+/// is final (its window's end); a running source's is its leader's current LSN when its cell
+/// tells it in time (else resolved without: a time after the last archived commit is then
+/// "not archived yet").
+async fn resolve_in_archive(
+    st: &AppState,
+    named: &str,
+    source: &Source,
+    wanted: &Wanted,
+) -> Result<ResolvedTarget, ApiError> {
+    let rec = &source.record.value;
+    let budget = st.config.clones.validation_budget.0;
+    let started = Instant::now();
+    let final_ = source.deleted_at.is_some() || !source.is_current();
+    let log = |detail: &dyn std::fmt::Display| {
+        warn!(source = %rec.id, repository = %source.repository,
+              "cannot read a clone source's archive: {detail}");
+    };
+    let leader = async {
+        match &st.leader_wal {
+            Some(wal) if !final_ && !rec.nodes.is_empty() => {
+                windows::leader_lsn(wal.as_ref(), rec, budget.min(LEADER_BUDGET)).await
+            }
+            _ => None,
+        }
+    };
+    let (computed, leader) = tokio::join!(
+        st.windows
+            .get(&st.config, &source.repository, final_, budget),
+        leader
+    );
+    let w = match computed {
+        Ok(c) => c.window,
+        Err(WindowError::NoBackup) => {
+            return Err(ApiError::invalid_parameters(if final_ {
+                format!("{named} never completed a base backup; it cannot be cloned.")
+            } else {
+                format!(
+                    "{named} has no completed base backup yet; it can be cloned once its first backup is taken."
+                )
+            }))
+        }
+        Err(WindowError::Unreadable(detail)) => {
+            log(&detail);
+            return Err(unreadable(named));
+        }
+    };
+    let complete_to = if final_ { Some(w.end) } else { leader };
+    let repo = crate::archive::open(&st.config, &source.repository).map_err(|e| {
+        log(&e);
+        unreadable(named)
+    })?;
+    let left = budget.saturating_sub(started.elapsed());
+    let resolved =
+        match tokio::time::timeout(left, window::resolve(&repo, &w, wanted, complete_to)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(window::Error::Unrestorable(u))) => {
+                return Err(ApiError::invalid_parameters(refusal(
+                    named,
+                    &u,
+                    st.config.archive_timeout.0,
+                )))
+            }
+            Ok(Err(e)) => {
+                log(&e);
+                return Err(unreadable(named));
+            }
+            Err(_) => {
+                log(&format!("not resolved within {} s", budget.as_secs()));
+                return Err(unreadable(named));
+            }
+        };
+    Ok(resolved_target(&resolved))
+}
+
+/// What the instance record keeps of a resolution: times as RFC 3339 UTC to the microsecond
+/// (what the cell's bootstrap spec takes, exactly), LSNs as walarchive prints them.
+pub(crate) fn resolved_target(r: &Resolved) -> ResolvedTarget {
+    ResolvedTarget {
+        backup: r.backup.clone(),
+        timeline: r.timeline,
+        target: match &r.recovery {
+            Setting::Time(t) => TargetSpec::Time(t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            Setting::Lsn(l) => TargetSpec::Lsn(l.to_string()),
+        },
+        expect_lsn: r.expect.lsn.to_string(),
+        expect_time: r.expect.time.map(Timestamp),
     }
 }
 
-/// Whether the source's archive can give the point `at` asks for. The seam of the
-/// restorable window: once the core computes windows (`walarchive::window`), the checks
-/// "too early", "not yet archived", "LSN past the end" and "no such restore point" go here;
-/// today only a time in the future is refused, which needs no archive.
-pub(super) fn check_target(at: Option<&CloneAt>, now: DateTime<Utc>) -> Result<(), ApiError> {
-    if let Some(CloneAt::Time(s)) = at {
-        let t = DateTime::parse_from_rfc3339(s)
-            .map_err(|_| ApiError::invalid_parameters("clone-at is not an RFC 3339 time."))?
-            .with_timezone(&Utc);
-        if t > now {
-            return Err(ApiError::invalid_parameters(format!(
-                "clone-at {} is in the future (the broker's clock says {}).",
-                time_text(t),
-                time_text(now)
-            )));
+/// What `clone-at` asks for, once it is not in the future: a time, an LSN, a restore point,
+/// or (absent) the latest point. Needs no archive.
+pub(super) fn wanted(at: Option<&CloneAt>, now: DateTime<Utc>) -> Result<Wanted, ApiError> {
+    Ok(match at {
+        None => Wanted::Latest,
+        Some(CloneAt::Time(s)) => {
+            let t = DateTime::parse_from_rfc3339(s)
+                .map_err(|_| ApiError::invalid_parameters("clone-at is not an RFC 3339 time."))?
+                .with_timezone(&Utc);
+            if t > now {
+                return Err(ApiError::invalid_parameters(format!(
+                    "clone-at {} is in the future (the broker's clock says {}).",
+                    time_text(t),
+                    time_text(now)
+                )));
+            }
+            Wanted::Time(t)
         }
+        Some(CloneAt::Lsn(s)) => Wanted::Lsn(s.parse::<Lsn>().map_err(|_| {
+            ApiError::invalid_parameters(format!("clone-at {s:?} is not an LSN (0/3000060)."))
+        })?),
+        Some(CloneAt::RestorePoint(n)) => Wanted::RestorePoint(n.clone()),
+    })
+}
+
+/// What was asked, as the refusals name it.
+fn asked(w: &Wanted) -> String {
+    match w {
+        Wanted::Latest => "The latest point".into(),
+        Wanted::Time(t) => format!("clone-at {}", time_text(*t)),
+        Wanted::Lsn(l) => format!("clone-at {l}"),
+        Wanted::RestorePoint(n) => format!("clone-at restore point {n:?}"),
     }
-    Ok(())
+}
+
+/// A point of a window in words: its time then, in parentheses, `what` and its LSN (its LSN
+/// alone when no time is known).
+fn point_text(p: &Point, what: &str) -> String {
+    match p.time {
+        Some(t) => format!("{} ({what}LSN {})", time_text(t), p.lsn),
+        None => format!("LSN {} ({what}no transaction time known)", p.lsn),
+    }
+}
+
+/// The description of a 400 for a target the source's archive cannot give (design §2.2's
+/// table). `named`: the source as the request named it.
+pub(crate) fn refusal(named: &str, u: &Unrestorable, archive_timeout: Duration) -> String {
+    let short = |p: &Point| p.time.map_or_else(|| format!("LSN {}", p.lsn), time_text);
+    match u {
+        Unrestorable::BeforeEarliest {
+            target: Wanted::RestorePoint(n),
+            found: Some(f),
+            earliest,
+        } => format!(
+            "The restore point {n:?} of {named} ({}, LSN {}) is before the earliest restorable point of {named}, {}.",
+            time_text(f.time),
+            f.lsn,
+            point_text(earliest, "the end of its oldest base backup, ")
+        ),
+        Unrestorable::BeforeEarliest {
+            target, earliest, ..
+        } => format!(
+            "{} is before the earliest restorable point of {named}, {}.",
+            asked(target),
+            point_text(earliest, "the end of its oldest base backup, ")
+        ),
+        Unrestorable::NotArchivedYet { target, latest } => format!(
+            "clone-at {} is after the latest restorable point of {named}, {}: later WAL is not archived yet; retry after archive_timeout ({} s), or omit clone-at for the latest point.",
+            time_text(*target),
+            point_text(latest, ""),
+            archive_timeout.as_secs()
+        ),
+        Unrestorable::PastEnd { target, latest } => format!(
+            "clone-at {target} is past the end of the archived WAL of {named} ({}).",
+            latest.lsn
+        ),
+        Unrestorable::Gap { target, reaches } => format!(
+            "{} cannot be restored: the archived WAL of {named} has a gap before it (the WAL after its base backup runs only to LSN {reaches}).",
+            asked(target)
+        ),
+        Unrestorable::NoSuchRestorePoint {
+            name,
+            earliest,
+            latest,
+        } => format!(
+            "The archive of {named} has no restore point named {name:?} (its restorable window is {} to {}).",
+            short(earliest),
+            short(latest)
+        ),
+    }
 }
 
 /// A time as the API's texts give them: RFC 3339 in UTC, to the millisecond, without a
@@ -355,8 +500,8 @@ pub(super) fn accepted_description(r: &RestoreRecord) -> String {
 }
 
 /// The 202 body's `metadata.attributes.clone_of` (OSB 2.16 `metadata`): what the clone
-/// copies. `at` and `backup` say what was resolved; until the broker resolves targets in the
-/// archive they hold what was requested (`at`) and nothing (`backup`).
+/// copies. `at` (`{lsn, time}` the clone will hold) and `backup` say what was resolved;
+/// records accepted before targets were resolved hold what was requested and no backup.
 pub(super) fn clone_of(r: &RestoreRecord) -> Value {
     let at = r.requested.as_ref().and_then(|p| p.clone_at.as_ref());
     let (lsn, time) = match (&r.resolved, at) {
@@ -413,21 +558,84 @@ mod tests {
     }
 
     #[test]
-    fn only_a_time_in_the_future_is_refused_today() {
+    fn a_time_in_the_future_is_refused_without_the_archive() {
         let now = t("2026-12-07T10:14:02Z");
-        let e = check_target(Some(&CloneAt::Time("2026-12-07T10:15:00Z".into())), now).unwrap_err();
+        let e = wanted(Some(&CloneAt::Time("2026-12-07T10:15:00Z".into())), now).unwrap_err();
         assert_eq!(
             e.description,
             "clone-at 2026-12-07T10:15:00Z is in the future (the broker's clock says 2026-12-07T10:14:02Z)."
         );
         assert_eq!(e.error, "InvalidParameters");
-        for ok in [
-            None,
-            Some(CloneAt::Time("2026-12-07T10:14:02Z".into())),
-            Some(CloneAt::Lsn("0/3000060".into())),
-            Some(CloneAt::RestorePoint("x".into())),
+        for (at, w) in [
+            (None, Wanted::Latest),
+            (
+                Some(CloneAt::Time("2026-12-07T11:14:02+01:00".into())),
+                Wanted::Time(now),
+            ),
+            (
+                Some(CloneAt::Lsn("0/3000060".into())),
+                Wanted::Lsn(Lsn(0x3000060)),
+            ),
+            (
+                Some(CloneAt::RestorePoint("x".into())),
+                Wanted::RestorePoint("x".into()),
+            ),
         ] {
-            assert!(check_target(ok.as_ref(), now).is_ok(), "{ok:?}");
+            assert_eq!(wanted(at.as_ref(), now).unwrap(), w, "{at:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_the_archive_holds() {
+        let p = |lsn: u64, time: Option<&str>| Point {
+            lsn: Lsn(lsn),
+            timeline: walarchive::wal::TimelineId(1),
+            time: time.map(t),
+        };
+        let earliest = p(0x9000028, Some("2026-12-03T04:00:12Z"));
+        let latest = p(0x5A3F2D8, Some("2026-12-07T10:14:31Z"));
+        let min = Duration::from_secs(60);
+        let cases = [
+            (
+                Unrestorable::BeforeEarliest {
+                    target: Wanted::Time(t("2026-12-01T00:00:00Z")),
+                    found: None,
+                    earliest: earliest.clone(),
+                },
+                "clone-at 2026-12-01T00:00:00Z is before the earliest restorable point of old-db, 2026-12-03T04:00:12Z (the end of its oldest base backup, LSN 0/9000028).",
+            ),
+            (
+                Unrestorable::NotArchivedYet {
+                    target: t("2026-12-07T10:15:00Z"),
+                    latest: latest.clone(),
+                },
+                "clone-at 2026-12-07T10:15:00Z is after the latest restorable point of old-db, 2026-12-07T10:14:31Z (LSN 0/5A3F2D8): later WAL is not archived yet; retry after archive_timeout (60 s), or omit clone-at for the latest point.",
+            ),
+            (
+                Unrestorable::PastEnd {
+                    target: Lsn(0x7000000),
+                    latest: latest.clone(),
+                },
+                "clone-at 0/7000000 is past the end of the archived WAL of old-db (0/5A3F2D8).",
+            ),
+            (
+                Unrestorable::NoSuchRestorePoint {
+                    name: "before-migration".into(),
+                    earliest: earliest.clone(),
+                    latest: p(0x5A3F2D8, None),
+                },
+                "The archive of old-db has no restore point named \"before-migration\" (its restorable window is 2026-12-03T04:00:12Z to LSN 0/5A3F2D8).",
+            ),
+            (
+                Unrestorable::Gap {
+                    target: Wanted::Lsn(Lsn(0x5000000)),
+                    reaches: Lsn(0x4000000),
+                },
+                "clone-at 0/5000000 cannot be restored: the archived WAL of old-db has a gap before it (the WAL after its base backup runs only to LSN 0/4000000).",
+            ),
+        ];
+        for (u, want) in cases {
+            assert_eq!(refusal("old-db", &u, min), want);
         }
     }
 

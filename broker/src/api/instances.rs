@@ -1,6 +1,7 @@
 //! Instances: provision, update and deprovision record an operation for the worker and
 //! answer `202`; last_operation and fetch read the records. A provision with `clone-from`
-//! is validated by `clone` first (nothing is recorded when it is refused).
+//! is validated by `clone` first (nothing is recorded when it is refused). A fetch also says
+//! the instance's restorable window (what `clone-at` may name).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -502,12 +503,48 @@ pub(super) async fn fetch_instance(
         InstanceState::Updating => Err(ApiError::concurrency(
             "This service instance is being updated.",
         )),
-        _ => Ok(Json(json!({
-            "service_id": i.service_id,
-            "plan_id": i.plan_id,
-            "parameters": provisioned_parameters(&i),
-        }))
-        .into_response()),
+        _ => {
+            let attributes = restorable_window(&st, &i).await;
+            Ok(Json(json!({
+                "service_id": i.service_id,
+                "plan_id": i.plan_id,
+                "parameters": provisioned_parameters(&i),
+                "metadata": { "attributes": attributes },
+            }))
+            .into_response())
+        }
+    }
+}
+
+/// How long `GET` waits for an archive's window before answering without it.
+const WINDOW_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `restorable_window: {earliest, latest, computed_at}` of the instance's archive (from the
+/// cache of [`crate::windows`], at most 30 s old), or `restorable_window_error` saying why it
+/// is not there: what a user needs to pick a `clone-at`.
+async fn restorable_window(st: &AppState, i: &InstanceRecord) -> Value {
+    let point = |p: &walarchive::window::Point| json!({ "lsn": p.lsn.to_string(), "time": p.time.map(clone::time_text) });
+    match st
+        .windows
+        .get(&st.config, &i.repository, false, WINDOW_BUDGET)
+        .await
+    {
+        Ok(c) => json!({ "restorable_window": {
+            "earliest": point(&c.window.earliest),
+            "latest": point(&c.window.latest),
+            "computed_at": clone::time_text(c.computed_at),
+        }}),
+        Err(crate::windows::WindowError::NoBackup) => json!({
+            "restorable_window_error": "The archive has no completed base backup yet."
+        }),
+        Err(crate::windows::WindowError::Unreadable(detail)) => {
+            warn!(instance = %i.id, repository = %i.repository,
+                  "cannot read an instance's restorable window: {detail}");
+            json!({ "restorable_window_error": format!(
+                "The archive could not be read within {} s; retry later.",
+                WINDOW_BUDGET.as_secs()
+            ) })
+        }
     }
 }
 

@@ -126,6 +126,11 @@ pub struct AppState {
     /// Notified (`notify_one`) with [`AppState::provisioner`]: the state backup
     /// ([`crate::statebackup`]) waits on it (and also polls).
     pub state_changed: Arc<Notify>,
+    /// The restorable windows of the archives clones and `GET` read, kept a short while.
+    pub windows: Arc<crate::windows::Windows>,
+    /// Reads a running clone source's leader LSN (none: clones of running sources resolve
+    /// without it).
+    pub leader_wal: Option<Arc<dyn crate::windows::LeaderWal>>,
     auth: Arc<[u8; 32]>,
 }
 
@@ -142,6 +147,8 @@ impl AppState {
             binder,
             provisioner: Arc::new(Notify::new()),
             state_changed: Arc::new(Notify::new()),
+            windows: Arc::default(),
+            leader_wal: None,
             auth,
         }
     }

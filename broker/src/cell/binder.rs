@@ -109,6 +109,22 @@ fn cell_err(what: &'static str) -> impl FnOnce(ClientError) -> BindError {
     }
 }
 
+impl crate::windows::LeaderWal for CellBinder {
+    fn current_lsn<'a>(
+        &'a self,
+        inst: &'a InstanceRecord,
+    ) -> BoxFuture<'a, Option<walarchive::Lsn>> {
+        Box::pin(async move {
+            let (cell, name) = self.leader(inst).await.ok()?;
+            let w = cell.wal(name).await.ok()?;
+            if w.in_recovery {
+                return None;
+            }
+            w.lsn.parse().ok()
+        })
+    }
+}
+
 impl Binder for CellBinder {
     fn bind<'a>(
         &'a self,

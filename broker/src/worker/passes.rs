@@ -173,14 +173,17 @@ impl Inner {
         Ok(format!("Updated: {}.", nodes(inst.nodes.len())))
     }
 
-    /// One pass of a deprovision: removes the route, every node of the instance on every
-    /// cell (recorded or not), and Patroni's keys; the archive is kept.
+    /// One pass of a deprovision: removes the route, has the leader archive its last WAL,
+    /// removes every node of the instance on every cell (recorded or not), and Patroni's
+    /// keys; the archive is kept.
     pub(super) async fn deprovision_pass(&self, op: &OperationRecord) -> Result<String, Step> {
         let inst = self.current(op).await?;
         // The route goes first (the instance is deprovisioning, so it has none any more).
         if let Err(e) = self.sync_router().await {
             return Err(Step::retry(None, "the route could not be removed", e));
         }
+        // Before any node goes, the leader's last commits go to the archive (design §2.3).
+        self.archive_final_wal(op, &inst).await?;
         self.remove_nodes_and_keys(&inst).await?;
         self.store
             .transition(&op.instance_id, &op.id, |i, _| {

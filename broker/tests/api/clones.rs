@@ -19,27 +19,93 @@ use tower::ServiceExt;
 use super::{basic, ctx_with, provision_body, Ctx, PASSWORD, PLAN1, PLAN2, SERVICE};
 use walarchive_broker::state::{
     InstanceContext, InstanceRecord, InstanceState, OperationKind, OperationRecord,
-    OperationRequest, Parameters, Timestamp,
+    OperationRequest, Parameters, ResolvedTarget, TargetSpec, Timestamp,
 };
 
-/// A repository with a completed base backup, made once per test binary: its directory.
-fn archive_with_backup() -> &'static Path {
-    static DIR: OnceLock<(testkit::TestDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
+/// The source archive every test copies: what PostgreSQL said while writing it.
+struct Fixture {
+    _dir: testkit::TestDir,
+    /// The repository's directory.
+    path: PathBuf,
+    /// `backup-push --json` of its one base backup.
+    backup: Value,
+    /// The commit time of rows 1..=ROWS (`pg_xact_commit_timestamp`), as PostgreSQL gave it.
+    commits: Vec<chrono::DateTime<chrono::Utc>>,
+    /// `pg_current_wal_insert_lsn()` after each row's commit.
+    lsn_after: Vec<String>,
+    /// What `pg_create_restore_point('before')` returned (after row 4).
+    before: String,
+    /// `walarchive restorable-window --json` of the repository (the core's reading).
+    window: Value,
+}
+
+const ROWS: usize = 6;
+
+/// A repository with a completed base backup, then rows 1..=6 committed one transaction
+/// each, a restore point `before` after row 4, and everything archived; made once per test
+/// binary by a plain PostgreSQL (commit timestamps on, no autovacuum: nothing commits after
+/// row 6).
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
         let dir = testkit::TestDir::new_postgres("walarchive-clone-src-");
         let repo = testkit::Repo {
             url: format!("file://{}/repo", dir.path().display()),
             env: vec![],
             dir: None,
         };
-        let pg = repo.start_primary(testkit::PgOptions::default());
-        pg.psql("CREATE TABLE t AS SELECT 1 AS x");
-        repo.backup_push(&pg, &[]);
+        let pg = repo.start_primary(testkit::PgOptions {
+            extra_conf: "track_commit_timestamp = on\nautovacuum = off\n".into(),
+            ..Default::default()
+        });
+        pg.psql("CREATE TABLE t AS SELECT 1 AS x; CREATE TABLE seq (n int)");
+        let backup = repo.backup_push(&pg, &[]);
+        let mut lsn_after = Vec::new();
+        let mut before = String::new();
+        for n in 1..=ROWS {
+            pg.psql(&format!("INSERT INTO seq VALUES ({n})"));
+            lsn_after.push(pg.psql("SELECT pg_current_wal_insert_lsn()"));
+            if n == 4 {
+                before = pg.psql("SELECT pg_create_restore_point('before')");
+            }
+        }
+        let commits = pg
+            .psql(
+                "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM seq ORDER BY n",
+            )
+            .lines()
+            .map(|l| chrono::DateTime::parse_from_rfc3339(l).unwrap().to_utc())
+            .collect::<Vec<_>>();
+        assert_eq!(commits.len(), ROWS);
+        let end = pg.psql("SELECT pg_switch_wal()");
+        let last = pg.psql(&format!("SELECT pg_walfile_name('{end}')"));
+        pg.wait_archived(&last, Duration::from_secs(120));
         pg.stop();
+        let out = repo.run(&["restorable-window", "--json"]);
+        let window = serde_json::from_slice(&testkit::assert_success(&out).stdout).unwrap();
         let path = dir.path().join("repo");
-        (dir, path)
+        Fixture {
+            _dir: dir,
+            path,
+            backup,
+            commits,
+            lsn_after,
+            before,
+            window,
+        }
     })
-    .1
+}
+
+/// A repository with a completed base backup, made once per test binary: its directory.
+fn archive_with_backup() -> &'static Path {
+    &fixture().path
+}
+
+/// An LSN's value.
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
 /// A base directory for repositories, and puts a copy of the archive with a backup at
@@ -376,9 +442,10 @@ async fn the_incarnation_a_name_or_an_id_designates() {
     c.deleted("gen1", named("reused", None)).await;
     c.deleted("gen2", named("reused", None)).await;
     let clone_of_reused = |at: Option<Value>| clone_of("reused", at);
+    let at_lsn = fixture().lsn_after[1].as_str();
     // Both deleted: the newer.
     let r = c
-        .provision("c1", clone_of_reused(Some(json!("0/3000060"))), true)
+        .provision("c1", clone_of_reused(Some(json!(at_lsn))), true)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let gen2 = c.store.instance("gen2").await.unwrap().unwrap().value;
@@ -386,14 +453,14 @@ async fn the_incarnation_a_name_or_an_id_designates() {
     assert_eq!(of["instance_id"], "gen2", "{of}");
     assert_eq!(of["incarnation"], 1);
     assert_eq!(of["name"], "reused");
-    assert_eq!(of["at"]["lsn"], "0/3000060");
+    assert_eq!(of["at"]["lsn"], at_lsn);
     let said = chrono::DateTime::parse_from_rfc3339(of["deleted_at"].as_str().unwrap()).unwrap();
     assert_eq!(said, gen2.deleted_at.unwrap().0);
     let first = c.last_op("c1", None).await;
     let d = first.body["description"].as_str().unwrap();
     assert!(
         d.starts_with("Clone of reused (instance gen2, deleted 20")
-            && d.ends_with(") at LSN 0/3000060 accepted."),
+            && d.ends_with(&format!(") at LSN {at_lsn} accepted.")),
         "{d}"
     );
     // The record keeps the request as sent, and the source it resolved to.
@@ -402,7 +469,7 @@ async fn the_incarnation_a_name_or_an_id_designates() {
     assert_eq!(restore.source.repository, format!("{}/gen2", a.base()));
     assert_eq!(
         serde_json::to_value(restore.requested.unwrap()).unwrap(),
-        json!({ "clone-from": "reused", "clone-at": "0/3000060" })
+        json!({ "clone-from": "reused", "clone-at": at_lsn })
     );
     // A live one of that name wins over the deleted ones.
     c.ready("gen3", named("reused", None)).await;
@@ -459,8 +526,11 @@ async fn a_clone_provision_is_idempotent_and_retrievable() {
     let c = ctx_with(&a.base(), "");
     a.with_backup("src");
     c.ready("src", named("old-db", None)).await;
-    let params =
-        json!({ "clone-from": "old-db", "clone-at": "2020-01-01T00:00:00Z", "node-count": 2 });
+    // Between rows 2 and 3: the clone holds row 2, committed at `commits[1]`.
+    let f = fixture();
+    let at = f.commits[1] + (f.commits[2] - f.commits[1]) / 2;
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let params = json!({ "clone-from": "old-db", "clone-at": at, "node-count": 2 });
     let body = named("the-clone", Some(params.clone()));
     let r1 = c.provision("c", body.clone(), true).await;
     assert_eq!(r1.status, StatusCode::ACCEPTED, "{}", r1.body);
@@ -469,10 +539,10 @@ async fn a_clone_provision_is_idempotent_and_retrievable() {
     assert_eq!(r1.body, r2.body);
     assert_eq!(
         r1.body["metadata"]["attributes"]["clone_of"]["at"]["time"],
-        "2020-01-01T00:00:00Z"
+        api_time(f.commits[1])
     );
     let mut other = body.clone();
-    other["parameters"]["clone-at"] = json!("2020-01-01T00:00:01Z");
+    other["parameters"]["clone-at"] = json!(api_time(f.commits[1]));
     assert_eq!(
         c.provision("c", other, true).await.status,
         StatusCode::CONFLICT
@@ -713,4 +783,245 @@ async fn deleted_archives_are_purged_after_keep_deleted() {
         &said("first-name", &old_purge, old_deleted),
     )
     .await;
+}
+
+impl Ctx {
+    /// Provisions `id` with `body`, which must be accepted: the 202's `clone_of` and what the
+    /// record keeps as resolved.
+    async fn resolved(&self, id: &str, body: Value) -> (Value, ResolvedTarget) {
+        let r = self.provision(id, body, true).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        let rec = self.store.instance(id).await.unwrap().unwrap().value;
+        let resolved = rec.restore.unwrap().resolved.expect("resolved");
+        (
+            r.body["metadata"]["attributes"]["clone_of"].clone(),
+            resolved,
+        )
+    }
+}
+
+/// A time as the records keep it (to the millisecond).
+fn ms(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    use chrono::SubsecRound;
+    Timestamp(t.trunc_subsecs(3))
+}
+
+/// A time a little before now, to the millisecond (as a platform would send it).
+fn just_now() -> String {
+    api_time(chrono::Utc::now() - chrono::Duration::milliseconds(20))
+}
+
+/// Design §2.2: before the 202, `clone-at` is resolved in the source's archive to what
+/// PostgreSQL stops at exactly, stored in `restore.resolved` (what the worker's restore pass
+/// reads) and said in the 202's `clone_of`: a time stays a time (the clone holds the rows
+/// committed up to it), an LSN and a restore point become an LSN, the latest point is pinned
+/// to the last archived record's LSN, and a time after the last commit of a *deleted* source
+/// (whose archive is final) is its latest point.
+#[tokio::test]
+async fn clone_at_resolves_in_the_archive() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    a.with_backup("dead");
+    c.ready("src", named("old-db", None)).await;
+    c.deleted("dead", named("dead-db", None)).await;
+    let f = fixture();
+    let backup = f.backup["name"].as_str().unwrap();
+    let latest = f.window["latest"]["lsn"].as_str().unwrap();
+
+    // A time between rows 3 and 4.
+    let t = f.commits[2] + (f.commits[3] - f.commits[2]) / 2;
+    let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (of, r) = c
+        .resolved("c-time", clone_of("old-db", Some(json!(ts))))
+        .await;
+    assert_eq!(r.backup, backup);
+    assert_eq!(r.timeline, None);
+    assert_eq!(r.target, TargetSpec::Time(ts.clone()));
+    assert_eq!(r.expect_time, Some(ms(f.commits[2])));
+    let e = lsn(&r.expect_lsn);
+    assert!(
+        lsn(&f.lsn_after[2]) <= e && e < lsn(&f.lsn_after[3]),
+        "{r:?} {:?}",
+        f.lsn_after
+    );
+    assert_eq!(
+        of["at"],
+        json!({ "lsn": r.expect_lsn, "time": api_time(f.commits[2]) })
+    );
+    assert_eq!(of["backup"], backup);
+
+    // An LSN: itself.
+    let l = &f.lsn_after[1];
+    let (of, r) = c
+        .resolved("c-lsn", clone_of("old-db", Some(json!(l))))
+        .await;
+    assert_eq!(r.backup, backup);
+    let TargetSpec::Lsn(target) = &r.target else {
+        panic!("{r:?}")
+    };
+    assert_eq!((lsn(target), lsn(&r.expect_lsn)), (lsn(l), lsn(l)));
+    assert_eq!(r.expect_time, None);
+    assert_eq!(of["at"]["lsn"], r.expect_lsn);
+
+    // A restore point: the LSN of its record, between row 4's commit and what
+    // pg_create_restore_point returned (the record's end), with its creation time.
+    let (of, r) = c
+        .resolved(
+            "c-rp",
+            clone_of("old-db", Some(json!({ "restore-point": "before" }))),
+        )
+        .await;
+    let TargetSpec::Lsn(target) = &r.target else {
+        panic!("{r:?}")
+    };
+    let at = lsn(target);
+    assert!(
+        lsn(&f.lsn_after[3]) <= at && at < lsn(&f.before),
+        "{r:?} {:?} {}",
+        f.lsn_after,
+        f.before
+    );
+    assert_eq!(lsn(&r.expect_lsn), at);
+    let rp_time = r.expect_time.expect("a restore point's time").0;
+    assert!(
+        ms(f.commits[3]).0 <= rp_time && rp_time <= f.commits[4],
+        "{r:?}"
+    );
+    assert_eq!(of["at"]["restore_point"], "before");
+    assert_eq!(of["at"]["time"], api_time(rp_time));
+
+    // The latest point: pinned to the last archived record, holding row 6.
+    let (of, r) = c.resolved("c-latest", clone_of("old-db", None)).await;
+    assert_eq!(r.target, TargetSpec::Lsn(latest.to_string()));
+    assert_eq!(r.expect_lsn, latest);
+    assert_eq!(r.expect_time, Some(ms(f.commits[ROWS - 1])));
+    assert_eq!(
+        of["at"],
+        json!({ "lsn": latest, "time": api_time(f.commits[ROWS - 1]) })
+    );
+
+    // After the last commit of a deleted source: its latest point.
+    let (_, r) = c
+        .resolved("c-dead", clone_of("dead-db", Some(json!(just_now()))))
+        .await;
+    assert_eq!(r.target, TargetSpec::Lsn(latest.to_string()));
+    assert_eq!(r.expect_time, Some(ms(f.commits[ROWS - 1])));
+}
+
+/// Design §2.2's rows for targets the archive cannot give: each a 400 saying what the archive
+/// holds, with nothing written; an archive that cannot be read (a damaged segment), a 503.
+#[tokio::test]
+async fn targets_outside_the_window_are_refused() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    a.with_backup("broken");
+    c.ready("src", named("old-db", None)).await;
+    c.ready("broken", named("broken-db", None)).await;
+    let f = fixture();
+    let stop_time = api_time(
+        walarchive::manifest::parse_time(f.backup["stop_time"].as_str().unwrap()).unwrap(),
+    );
+    let stop_lsn = f.backup["stop_lsn"].as_str().unwrap();
+    let latest = f.window["latest"]["lsn"].as_str().unwrap();
+    let last = api_time(f.commits[ROWS - 1]);
+    let timeout = c.state.config.archive_timeout.0.as_secs();
+    let earliest =
+        format!("the earliest restorable point of old-db, {stop_time} (the end of its oldest base backup, LSN {stop_lsn})");
+    let now = just_now();
+    let cases = [
+        (
+            json!("2020-01-01T00:00:00Z"),
+            format!("clone-at 2020-01-01T00:00:00Z is before {earliest}."),
+        ),
+        (json!("0/100"), format!("clone-at 0/100 is before {earliest}.")),
+        (
+            json!(now),
+            format!("clone-at {now} is after the latest restorable point of old-db, {last} (LSN {latest}): later WAL is not archived yet; retry after archive_timeout ({timeout} s), or omit clone-at for the latest point."),
+        ),
+        (
+            json!("FF/0"),
+            format!("clone-at FF/0 is past the end of the archived WAL of old-db ({latest})."),
+        ),
+        (
+            json!({ "restore-point": "nope" }),
+            format!("The archive of old-db has no restore point named \"nope\" (its restorable window is {stop_time} to {last})."),
+        ),
+    ];
+    for (at, description) in cases {
+        c.refused("new", clone_of("old-db", Some(at)), &description)
+            .await;
+    }
+    // The newest segment of broken-db's archive, damaged: the window cannot be read.
+    let newest = files(&a.dir.path().join("broken"))
+        .into_keys()
+        .filter(|k| k.contains("00000001000000"))
+        .max()
+        .unwrap();
+    let path = a.dir.path().join("broken").join(&newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let before = c.etcd_state().await;
+    let r = c.provision("new", clone_of("broken-db", None), true).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{newest}: {}",
+        r.body
+    );
+    assert_eq!(
+        r.body["description"],
+        "The archive of broken-db could not be read in time to check clone-at; retry in a minute."
+    );
+    assert_eq!(c.etcd_state().await, before);
+}
+
+/// `GET /v2/service_instances/:id` says the instance's restorable window (design §2.2):
+/// from its backup's end to its last archived commit, as the core computes them, reused
+/// for 30 s; without an archive, why not.
+#[tokio::test]
+async fn fetch_says_the_restorable_window() {
+    let a = Archives::new();
+    let c = ctx_with(&a.base(), "");
+    a.with_backup("src");
+    c.ready("src", named("old-db", None)).await;
+    c.ready("empty", named("empty-db", None)).await;
+    let f = fixture();
+    let r = c.call(Method::GET, "/v2/service_instances/src", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let w = &r.body["metadata"]["attributes"]["restorable_window"];
+    let stop_time =
+        walarchive::manifest::parse_time(f.backup["stop_time"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        w["earliest"],
+        json!({ "lsn": f.backup["stop_lsn"], "time": api_time(stop_time) }),
+        "{w}"
+    );
+    assert_eq!(
+        w["latest"],
+        json!({ "lsn": f.window["latest"]["lsn"], "time": api_time(f.commits[ROWS - 1]) }),
+        "{w}"
+    );
+    let computed_at = w["computed_at"].as_str().unwrap().to_string();
+    assert!(chrono::DateTime::parse_from_rfc3339(&computed_at).is_ok());
+    assert!(r.body["metadata"]["attributes"]
+        .get("restorable_window_error")
+        .is_none());
+    // Within 30 s the same computation answers.
+    let again = c.call(Method::GET, "/v2/service_instances/src", None).await;
+    assert_eq!(
+        again.body["metadata"]["attributes"]["restorable_window"]["computed_at"],
+        computed_at.as_str()
+    );
+    let r = c
+        .call(Method::GET, "/v2/service_instances/empty", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["metadata"]["attributes"],
+        json!({ "restorable_window_error": "The archive has no completed base backup yet." })
+    );
 }

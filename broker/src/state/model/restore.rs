@@ -120,7 +120,8 @@ pub struct SourceRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetSpec {
-    /// `recovery_target_time`, in PostgreSQL's form.
+    /// `recovery_target_time`, as RFC 3339 in UTC to the microsecond
+    /// (`2026-12-07T10:15:00.000000Z`: exact, and what the cell's bootstrap spec takes).
     Time(String),
     /// `recovery_target_lsn`.
     Lsn(String),
@@ -163,8 +164,8 @@ pub struct RestoreRecord {
     /// The clone parameters as sent (`None` for a recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<CloneParameters>,
-    /// The requested point resolved in the source's archive (`None` until the broker can
-    /// read restorable windows).
+    /// The requested point resolved in the source's archive before the `202` (`None` only
+    /// in records accepted before the broker resolved targets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved: Option<ResolvedTarget>,
     /// How many times the worker started the restore.
