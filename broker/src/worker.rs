@@ -612,4 +612,6 @@ struct Pass {
     /// A restore's last progress (bytes restored, last segment replayed) and when it was
     /// first seen: a restore that stops moving fails (`worker/restore.rs`).
     restore_progress: Option<(String, Instant)>,
+    /// Since when a restore's Patroni `initialize` key has been seen stale (design R2).
+    stale_initialize: Option<Instant>,
 }

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 
 use common::broker::BrokerToml;
 use common::cells::{
-    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive_copy, Cell,
+    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive,
+    walarchive_copy, Cell,
 };
 use common::etcd::etcd;
 use common::osb::Api;
@@ -102,7 +103,18 @@ impl Ctx<'_> {
     /// Clones `from` at `at` as instance `id` (one node) and waits for it: the descriptions
     /// seen and the final one.
     async fn clone_ok(&self, id: &str, from: &str, at: Option<Value>) -> (Vec<String>, String) {
-        let mut p = json!({"node-count": 1, "clone-from": from});
+        self.clone_nodes(id, from, at, 1).await
+    }
+
+    /// [`Ctx::clone_ok`] with `nodes` nodes.
+    async fn clone_nodes(
+        &self,
+        id: &str,
+        from: &str,
+        at: Option<Value>,
+        nodes: u8,
+    ) -> (Vec<String>, String) {
+        let mut p = json!({"node-count": nodes, "clone-from": from});
         if let Some(at) = at {
             p["clone-at"] = at;
         }
@@ -326,9 +338,25 @@ async fn scenario() {
     ctx.deprovision("clone-time").await;
 
     // --- By instance id, the latest point. ---
-    let (_, done) = ctx.clone_ok("clone-latest", "src-1", None).await;
-    assert!(done.contains("at the latest archived point"), "{done}");
+    // --- By instance id, the latest point, two nodes: the replica is restored from the
+    // clone's own first backup. ---
+    let (seen, done) = ctx.clone_nodes("clone-latest", "src-1", None, 2).await;
+    assert!(
+        done.contains("at the latest archived point") && done.contains("is ready (2 nodes)"),
+        "{done}"
+    );
+    assert!(
+        seen.iter()
+            .any(|d| d.starts_with("clone promoted; ") && d.contains("replica")),
+        "{seen:?}"
+    );
     assert_eq!(ctx.rows("clone-latest").await, (last as i64, last));
+    let clone = ctx.record("clone-latest").await;
+    let backups = walarchive(&bin, &["--repo", &clone.repository, "backup-list"]).unwrap();
+    assert!(
+        backups.contains("base_"),
+        "the clone has no backup of its own: {backups}"
+    );
     ctx.deprovision("clone-latest").await;
 
     // --- At an LSN. ---
@@ -396,6 +424,7 @@ async fn scenario() {
     let op = b["operation"].as_str().unwrap().to_string();
     let resolved = ctx.record("clone-hole").await.restore.unwrap().resolved;
     assert!(resolved.is_some(), "no target resolved at the 202");
+    let kept = std::fs::read(&removed[0]).unwrap();
     std::fs::remove_file(&removed[0]).unwrap();
     let (_, s, b) = c
         .wait_op("clone-hole", &op, Duration::from_secs(180), &ctx.diag())
@@ -436,5 +465,14 @@ async fn scenario() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ctx.nodes_on_cells("clone-hole").await, Vec::<String>::new());
     ctx.deprovision("clone-hole").await;
+    std::fs::write(&removed[0], kept).unwrap();
+
+    // --- A deleted source, by name: its last commit before the deprovision is there. ---
+    let gone = write(5).await;
+    ctx.deprovision("src-1").await;
+    let (_, done) = ctx.clone_ok("clone-deleted", "old-db", None).await;
+    assert!(done.starts_with("The clone of old-db at "), "{done}");
+    assert_eq!(ctx.rows("clone-deleted").await, (gone as i64, gone));
+    ctx.deprovision("clone-deleted").await;
     eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -267,6 +267,9 @@ impl Inner {
             }
             let Some(status) = status.clone().filter(NodeStatus::is_leader) else {
                 let description = progress_description(&source, &resolved, status.as_ref());
+                if let Some(s) = &status {
+                    self.stale_initialize(op, &inst, &restore, s, pass).await?;
+                }
                 if let Some(stalled) = self.stalled(pass, status.as_ref()) {
                     warn!(instance = %inst.id, "the restore made no progress: {description}");
                     return Err(self
@@ -418,6 +421,67 @@ impl Inner {
             at_text(&restore),
             if n == 1 { "" } else { "s" }
         ))
+    }
+
+    /// R2 (design §7): a Patroni killed during its bootstrap leaves the `initialize` key set
+    /// to `""`, and the restarted one waits forever for a leader to bootstrap. When the first
+    /// node was restarted, has no leader and that key stayed empty for twice Patroni's TTL,
+    /// the node and Patroni's keys are removed and the restore starts again (a new attempt).
+    async fn stale_initialize(
+        &self,
+        op: &OperationRecord,
+        inst: &InstanceRecord,
+        restore: &RestoreRecord,
+        status: &NodeStatus,
+        pass: &mut Pass,
+    ) -> Result<(), Step> {
+        let key = format!(
+            "{}{}/initialize",
+            self.config.patroni_namespace(),
+            inst.scope()
+        );
+        let stale = status.restarts > 0
+            && self
+                .store
+                .etcd()
+                .get(key.as_bytes())
+                .await
+                .map_err(|e| {
+                    Step::retry(None, "the cluster's coordination keys could not be read", e)
+                })?
+                .is_some_and(|kv| kv.value.is_empty());
+        if !stale {
+            pass.stale_initialize = None;
+            return Ok(());
+        }
+        let since = *pass.stale_initialize.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_secs(2 * u64::from(self.config.nodes.ttl)) {
+            return Ok(());
+        }
+        warn!(instance = %inst.id, node = %status.name, attempt = restore.attempt,
+              "the clone's bootstrap was interrupted (Patroni's initialize key is stale); starting it again");
+        if restore.attempt + 1 >= MAX_ATTEMPTS {
+            return Err(self.teardown_and_fail(op, inst, INTERNAL.into()).await);
+        }
+        self.remove_nodes_and_keys(inst).await?;
+        pass.put.clear();
+        pass.stale_initialize = None;
+        self.store
+            .transition(&op.instance_id, &op.id, |i, _| {
+                if let Some(r) = i.restore.as_mut() {
+                    r.attempt += 1;
+                }
+                for n in &mut i.nodes {
+                    n.pg_port = 0;
+                    n.api_port = 0;
+                }
+                Ok(())
+            })
+            .await?;
+        Err(Step::Pending(format!(
+            "starting the restore of {} again (it was interrupted)",
+            source_name(restore)
+        )))
     }
 
     /// How long the restore has not moved, when that is longer than `operation_timeout`:
