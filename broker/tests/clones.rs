@@ -6,9 +6,11 @@
 //!
 //! One test, in sequence, over one source provisioned through the API (one node, archiving
 //! every second at `wal_segsize_mb = 1`): clones by name at a time chosen in a pause of the
-//! writes, by instance id at the latest point, at an LSN, and at a restore point, each
-//! one node and deprovisioned once checked; then a clone whose archive loses a segment after
-//! its target was resolved, which fails with the missing-WAL reason and leaves nothing running.
+//! writes (the worker replaced while it restores), by instance id at the latest point with two
+//! nodes (the replica restored from the clone's own backup), at an LSN and at a restore point,
+//! each deprovisioned once checked; a clone whose source's archive loses a segment after its
+//! target was resolved, which fails with the missing-WAL reason and leaves nothing running; and
+//! a clone of the source once deleted, holding its last commit.
 use testkit::broker as common;
 
 use std::collections::BTreeMap;
@@ -232,7 +234,7 @@ async fn scenario() {
         root: root.clone(),
     };
     let c = &ctx.c;
-    let _worker = c.spawn_worker();
+    let mut worker = c.spawn_worker();
 
     // --- The source: one node, a binding, rows written in steps. ---
     let b = ctx
@@ -308,10 +310,43 @@ async fn scenario() {
     );
     let source_before = listing(&src_dir);
 
-    // --- By name, at a time in a pause of the writes. ---
-    let (seen, done) = ctx
-        .clone_ok("clone-time", "old-db", Some(json!(at_time)))
+    // --- By name, at a time in a pause of the writes; the broker's worker goes away once the
+    // first node is put (the restore goes on without it), and another one finishes. ---
+    let b = ctx
+        .provision(
+            "clone-time",
+            "clone-time",
+            json!({"node-count": 1, "clone-from": "old-db", "clone-at": at_time}),
+        )
         .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    wait_for(
+        "the clone's first node put on its cell",
+        Duration::from_secs(30),
+        || async {
+            let i = ctx.record("clone-time").await;
+            (i.nodes.first()?.pg_port != 0).then_some(())
+        },
+        ctx.diag(),
+    )
+    .await;
+    worker.abort();
+    let _ = worker.await;
+    worker = c.spawn_worker();
+    let (seen, s, b) = c
+        .wait_op("clone-time", &op, Duration::from_secs(180), &ctx.diag())
+        .await;
+    assert_eq!(
+        (s, b["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{b}"
+    );
+    let done = b["description"].as_str().unwrap().to_string();
+    assert_eq!(
+        ctx.nodes_on_cells("clone-time").await.len(),
+        1,
+        "one set of nodes"
+    );
     eprintln!("clone at a time: {:.1} s", t0.elapsed().as_secs_f64());
     assert!(
         done.starts_with("The clone of old-db at ") && done.contains("is ready (1 node)"),
@@ -474,5 +509,6 @@ async fn scenario() {
     assert!(done.starts_with("The clone of old-db at "), "{done}");
     assert_eq!(ctx.rows("clone-deleted").await, (gone as i64, gone));
     ctx.deprovision("clone-deleted").await;
+    worker.abort();
     eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());
 }
