@@ -168,6 +168,18 @@ impl Ctx<'_> {
         (cell, n.pg_port)
     }
 
+    /// The binding roles on `id`'s first node other than its own readers'.
+    async fn source_roles(&self, id: &str) -> String {
+        let inst = self.record(id).await;
+        let (cell, port) = self.first_node(&inst);
+        local_sql(
+            cell,
+            port,
+            "select coalesce(string_agg(rolname, ','), '') from pg_roles where rolname ~ '^[bh]_' and rolname !~ 'reader$'",
+        )
+        .unwrap()
+    }
+
     /// The nodes of instance `id` on every cell.
     async fn nodes_on_cells(&self, id: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -365,6 +377,7 @@ async fn scenario() {
         "the clone's node",
     )
     .await;
+    assert_eq!(ctx.source_roles("clone-time").await, "");
     let restore = clone.restore.clone().unwrap();
     assert!(
         restore.roles_removed && restore.reached.is_some(),
@@ -508,6 +521,8 @@ async fn scenario() {
     let (_, done) = ctx.clone_ok("clone-deleted", "old-db", None).await;
     assert!(done.starts_with("The clone of old-db at "), "{done}");
     assert_eq!(ctx.rows("clone-deleted").await, (gone as i64, gone));
+    // The source's binding is gone with it, its role too from the clone.
+    assert_eq!(ctx.source_roles("clone-deleted").await, "");
     ctx.deprovision("clone-deleted").await;
     worker.abort();
     eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());

@@ -516,7 +516,7 @@ impl Inner {
     }
 
     /// §2.6: checks that no binding role of the source can log in (the post-bootstrap script
-    /// took their login), drops the source's recorded binding roles (their objects go to the
+    /// took their login), drops every binding role (all the source's; their objects go to the
     /// group role), archives the history files the clone forked from, and records
     /// `roles_removed`.
     async fn remove_source_roles(
@@ -556,8 +556,19 @@ impl Inner {
                 return Err(self.teardown_and_fail(op, inst, INTERNAL.into()).await);
             }
             let group = crate::binder::BinderOptions::default().group_role;
-            for b in self.store.bindings(&restore.source.instance_id).await? {
-                let role = crate::binder::role_name(&b.value.binding_id);
+            // Every binding role is the source's (the clone has no binding before it is
+            // ready), including those of bindings a deleted source no longer records.
+            let roles = cell
+                .client
+                .roles(leader, &["b_", "h_"])
+                .await
+                .map_err(retry("the clone's roles could not be listed"))?;
+            for role in roles {
+                if !crate::binder::valid_role_name(&role) {
+                    // Not a binding's: the post-bootstrap script took its login all the same.
+                    warn!(instance = %inst.id, role = %role, "a role of the source left on the clone (not a binding's name)");
+                    continue;
+                }
                 cell.client
                     .delete_role(leader, &role, &group)
                     .await
