@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::TryStreamExt as _;
+use object_store::ObjectStoreExt as _;
 use serde_json::json;
 use tokio_postgres::NoTls;
+use walarchive::storage::StorageError;
 
 use super::{Run, TABLE};
 use crate::cell::CellClient;
-use crate::state::{is_selftest_id, InstanceState};
+use crate::state::{is_selftest_id, InstanceState, SELFTEST_ID_PREFIX};
 use crate::statebackup::StateBackup;
 
 /// How long a connection through the router may take to work after a bind.
@@ -268,6 +271,7 @@ impl Run {
                 .await
                 .map_err(|e| e.to_string())?;
             objects += self.delete_archive(&inc.repository).await?;
+            objects += self.delete_rest(&inc.repository).await?;
         }
         self.store
             .forget_selftest(id)
@@ -307,6 +311,41 @@ impl Run {
                 String::from_utf8_lossy(&out.stderr).trim()
             )),
         }
+    }
+
+    /// What `delete everything` keeps (the repository's descriptor, which a purge keeps so
+    /// that the prefix is never reused): a self-test's repository goes entirely, so that
+    /// runs leave nothing. Only under `repository.base`.
+    async fn delete_rest(&self, repository: &str) -> Result<u64, String> {
+        let base = self.config.repository.base.trim_end_matches('/');
+        if !repository.starts_with(&format!("{base}/{SELFTEST_ID_PREFIX}")) {
+            return Err(format!(
+                "{repository} is not a self-test repository under {base}: kept"
+            ));
+        }
+        let (loc, policy) =
+            crate::archive::open_storage(&self.config, repository).map_err(|e| e.to_string())?;
+        let store = loc.store.clone();
+        let prefix = loc.prefix.clone();
+        let left: Vec<object_store::ObjectMeta> = walarchive::retry::retry(&policy, "list", || {
+            let (store, prefix) = (store.clone(), prefix.clone());
+            async move {
+                store
+                    .list(Some(&prefix))
+                    .try_collect()
+                    .await
+                    .map_err(StorageError::from)
+            }
+        })
+        .await
+        .map_err(|e| format!("list {repository}: {e}"))?;
+        for m in &left {
+            store
+                .delete(&m.location)
+                .await
+                .map_err(|e| format!("delete {}: {}", m.location, StorageError::from(e)))?;
+        }
+        Ok(left.len() as u64)
     }
 
     /// Step 12: the newest state snapshot opens and every record decodes.
