@@ -22,6 +22,7 @@ pub mod patroni;
 pub mod process;
 pub mod router;
 pub mod secrets;
+pub mod selftest;
 pub mod state;
 pub mod statebackup;
 pub mod tls;

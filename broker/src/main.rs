@@ -33,6 +33,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check the whole system end to end on instances of its own (storage credentials, the
+    /// OSB API, provision, backup, clone, deprovision, purge, state snapshot); exit status 0
+    /// only when every step passed, 1 otherwise (the last line names the failed step).
+    Selftest {
+        /// The broker's configuration file (of a running broker: its API is used).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Look at the snapshots of the broker's state (`[state_backup]`).
     StateBackup {
         #[command(subcommand)]
@@ -96,6 +104,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Selftest { config } => {
+            return match selftest(&config) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("walarchive-broker: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => serve(&config),
         Command::Cell { config } => cell(&config),
         Command::RotateSecrets { config } => rotate_secrets(&config),
@@ -211,6 +229,19 @@ fn rotate_secrets(config_path: &std::path::Path) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// `selftest`: its steps print their own lines; `Ok(false)` when one failed.
+fn selftest(config_path: &std::path::Path) -> anyhow::Result<bool> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime
+        .block_on(walarchive_broker::selftest::run(config, shutdown()))
+        .map_err(anyhow::Error::msg)
+        .context("selftest")
 }
 
 fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
