@@ -186,7 +186,8 @@ async fn incarnations(
                         r.0.created_at = r.0.created_at.or(Some(e.created_at));
                         r.0.deleted_at = r.0.deleted_at.or(e.deleted_at);
                         r.0.purged = r.0.purged.or(e.purged);
-                        r.0.state = state_text(&r.0, None);
+                        let current = e.incarnation == rec.value.incarnation;
+                        r.0.state = state_text(&r.0, current.then_some(rec.value.state));
                         r
                     }
                     // A catalog entry whose record is gone: what the entry says.
@@ -394,6 +395,25 @@ mod tests {
             purged: None,
             window,
             note: note.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn repositories_are_shown_without_credentials() {
+        let rec: InstanceRecord = serde_json::from_value(serde_json::json!({
+            "id": "i", "service_id": "s", "plan_id": "p", "parameters": {}, "node_count": 1,
+            "context": {"organization_guid": "o", "space_guid": "sp", "raw": null},
+            "port": 40001, "repository": "s3://KEYID:VERYSECRET@bucket/i.2", "incarnation": 2,
+            "previous": ["s3://bucket/i?X-Amz-Signature=VERYSECRET"], "state": "ready",
+            "created_at": "2026-12-01T09:00:00.000Z", "updated_at": "2026-12-01T09:00:00.000Z"
+        }))
+        .unwrap();
+        for (n, url) in [(1, &rec.previous[0].repository), (2, &rec.repository)] {
+            let (row, stored) = of_record(&rec, n, url);
+            assert_eq!(&stored, url, "opened with its credentials");
+            let shown = serde_json::to_string(&row).unwrap() + &table(&[row]);
+            assert!(!shown.contains("VERYSECRET"), "{shown}");
+            assert!(shown.contains("bucket/i"), "{shown}");
         }
     }
 
