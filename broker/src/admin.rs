@@ -259,18 +259,14 @@ fn of_record(rec: &InstanceRecord, n: u32, repository: &str) -> (IncarnationWind
 
 /// `purged`, `purging`, `deleted`, else the current incarnation's state.
 fn state_text(row: &IncarnationWindow, current: Option<InstanceState>) -> String {
-    if row.purged.is_some() {
-        "purged".into()
-    } else if row.purging.is_some() {
-        "purging".into()
-    } else if row.deleted_at.is_some() || current.is_none() {
-        "deleted".into()
-    } else {
-        let s = current.expect("checked");
-        serde_json::to_value(s)
+    match current {
+        _ if row.purged.is_some() => "purged".into(),
+        _ if row.purging.is_some() => "purging".into(),
+        Some(s) if row.deleted_at.is_none() => serde_json::to_value(s)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        _ => "deleted".into(),
     }
 }
 
