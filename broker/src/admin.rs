@@ -205,7 +205,11 @@ async fn incarnations(
                             window: None,
                             note: None,
                         };
-                        r.state = state_text(&r, (!e.deleted).then_some(InstanceState::Ready));
+                        r.state = if e.deleted {
+                            state_text(&r, None)
+                        } else {
+                            "no instance record".into()
+                        };
                         (r, e.repository)
                     }
                 };
