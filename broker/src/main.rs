@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use walarchive_broker::admin::Selector;
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
 use walarchive_broker::statebackup::StateBackup;
@@ -40,6 +41,25 @@ enum Command {
         /// The broker's configuration file (of a running broker: its API is used).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Every incarnation of an instance (live, deleted or purged) and its archive's restorable
+    /// window: what a clone of it could copy.
+    RestorableWindow {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The instance id; with --org and --space, the instance's name on the platform.
+        #[arg(value_name = "INSTANCE_ID|NAME")]
+        instance: String,
+        /// The organization's GUID: the argument is then a name in this organization's SPACE.
+        #[arg(long, value_name = "ORG", requires = "space")]
+        org: Option<String>,
+        /// The space's GUID: the argument is then a name in this space.
+        #[arg(long, value_name = "SPACE", requires = "org")]
+        space: Option<String>,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Look at the snapshots of the broker's state (`[state_backup]`).
     StateBackup {
@@ -118,6 +138,23 @@ fn main() -> ExitCode {
         Command::Cell { config } => cell(&config),
         Command::RotateSecrets { config } => rotate_secrets(&config),
         Command::StateBackup { command } => state_backup(command),
+        Command::RestorableWindow {
+            config,
+            instance,
+            org,
+            space,
+            json,
+        } => {
+            let selector = match (org, space) {
+                (Some(org), Some(space)) => Selector::Name {
+                    org,
+                    space,
+                    name: instance,
+                },
+                _ => Selector::Id(instance),
+            };
+            restorable_window(&config, &selector, json)
+        }
         Command::Dev {
             dir,
             cells,
@@ -242,6 +279,29 @@ fn selftest(config_path: &std::path::Path) -> anyhow::Result<bool> {
         .block_on(walarchive_broker::selftest::run(config, shutdown()))
         .map_err(anyhow::Error::msg)
         .context("selftest")
+}
+
+fn restorable_window(
+    config_path: &std::path::Path,
+    selector: &Selector,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let rows = walarchive_broker::admin::restorable_windows(&config, &store, selector).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", walarchive_broker::admin::table(&rows));
+        }
+        Ok(())
+    })
 }
 
 fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
