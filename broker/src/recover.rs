@@ -64,8 +64,7 @@ pub enum RecoverError {
     Write {
         /// Instances written before the failure.
         written: usize,
-        /// The error.
-        #[source]
+        /// The error (in the message: not a `source`, so that it is printed once).
         source: StoreError,
     },
 }
@@ -169,13 +168,16 @@ pub struct Report {
     pub other_keys: usize,
 }
 
+/// Keys and values, as they will be written.
+type Keys = Vec<(String, Vec<u8>)>;
+
 /// One instance's keys, as they will be written.
 struct Group {
     planned: Planned,
     /// Keys but the instance record and its operation, in key order.
-    keys: Vec<(String, Vec<u8>)>,
+    keys: Keys,
     /// The instance record and its operation: written last, in the last transaction.
-    records: Vec<(String, Vec<u8>)>,
+    records: Keys,
 }
 
 /// `instance` and its `operation` as restored, and what is done: nodes cleared; a live
@@ -433,11 +435,7 @@ impl<'a> Recovery<'a> {
 
     /// The snapshot's keys grouped by instance (with the instance and operation records as
     /// restored), and the keys of no instance.
-    fn plan(
-        &self,
-        name: &str,
-        snap: &Snapshot,
-    ) -> Result<(Vec<Group>, Vec<(String, Vec<u8>)>), RecoverError> {
+    fn plan(&self, name: &str, snap: &Snapshot) -> Result<(Vec<Group>, Keys), RecoverError> {
         let now = Timestamp::now();
         let inside = format!("{}/", self.store.prefix());
         let corrupt = |key: &str, message: String| {
@@ -464,7 +462,12 @@ impl<'a> Recovery<'a> {
             };
             values.push((k.key.clone(), value, owner));
         }
+        let by_key: BTreeMap<&str, &[u8]> = values
+            .iter()
+            .map(|(k, v, _)| (k.as_str(), v.as_slice()))
+            .collect();
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        let mut record_keys = std::collections::HashSet::new();
         for (key, value, _) in &values {
             let Some(enc) = key
                 .strip_prefix(&inside)
@@ -475,12 +478,11 @@ impl<'a> Recovery<'a> {
             let instance: InstanceRecord =
                 serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))?;
             let op_key = self.store.operation_key(&instance.id);
-            let operation = values
-                .iter()
-                .find(|(k, _, _)| *k == op_key)
-                .map(|(k, v, _)| {
+            let op_bytes = by_key.get(op_key.as_str()).copied();
+            let operation = op_bytes
+                .map(|v| {
                     serde_json::from_slice::<OperationRecord>(v)
-                        .map_err(|e| corrupt(k, e.to_string()))
+                        .map_err(|e| corrupt(&op_key, e.to_string()))
                 })
                 .transpose()?;
             let before = instance.clone();
@@ -495,16 +497,13 @@ impl<'a> Recovery<'a> {
             )];
             if let Some(op) = &op_after {
                 let bytes = if Some(op) == operation.as_ref() {
-                    values
-                        .iter()
-                        .find(|(k, _, _)| *k == op_key)
-                        .map(|(_, v, _)| v.clone())
-                        .expect("read above")
+                    op_bytes.expect("read above").to_vec()
                 } else {
                     serde_json::to_vec(op).expect("JSON")
                 };
                 records.push((op_key.clone(), bytes));
             }
+            record_keys.extend(records.iter().map(|(k, _)| k.clone()));
             let planned = Planned {
                 id: before.id.clone(),
                 name: before.context.instance_name.clone(),
@@ -530,10 +529,7 @@ impl<'a> Recovery<'a> {
         }
         let mut other = Vec::new();
         for (key, value, owner) in values {
-            let is_record = groups
-                .values()
-                .any(|g| g.records.iter().any(|(k, _)| *k == key));
-            if is_record {
+            if record_keys.contains(&key) {
                 continue;
             }
             match owner.and_then(|o| groups.get_mut(&o)) {
