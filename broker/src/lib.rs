@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod names;
 pub mod patroni;
 pub mod process;
+pub mod recover;
 pub mod router;
 pub mod secrets;
 pub mod selftest;

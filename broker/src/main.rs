@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use walarchive_broker::admin::Selector;
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
+use walarchive_broker::recover::{RecoverError, Recovery};
 use walarchive_broker::statebackup::StateBackup;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
@@ -65,6 +66,23 @@ enum Command {
     StateBackup {
         #[command(subcommand)]
         command: StateBackupCommand,
+    },
+    /// Restore the broker's records from a state snapshot into an empty etcd, after the loss
+    /// of etcd and the cells (part 1: the instances are marked for recovery; the worker that
+    /// re-creates them from their archives is not built yet). Exit 2: refused, nothing written.
+    DisasterRecovery {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The snapshot's revision (`state-backup list`); default: the newest.
+        #[arg(long, value_name = "REV")]
+        snapshot: Option<i64>,
+        /// Print the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan or the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the cell agent: start and supervise the Patroni nodes placed on this machine.
     Cell {
@@ -155,6 +173,12 @@ fn main() -> ExitCode {
             };
             restorable_window(&config, &selector, json)
         }
+        Command::DisasterRecovery {
+            config,
+            snapshot,
+            dry_run,
+            json,
+        } => disaster_recovery(&config, snapshot, dry_run, json),
         Command::Dev {
             dir,
             cells,
@@ -174,7 +198,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walarchive-broker: error: {e:#}");
-            ExitCode::FAILURE
+            // A refused disaster recovery wrote nothing: 2, told apart from a failure.
+            match e.downcast_ref::<RecoverError>() {
+                Some(r) if r.is_refusal() => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -349,6 +377,34 @@ fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        Ok(())
+    })
+}
+
+fn disaster_recovery(
+    config_path: &std::path::Path,
+    snapshot: Option<i64>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let report = Recovery::new(&config, store)?
+            .run(snapshot, dry_run)
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else if dry_run {
+            print!("{}", report.plan_text());
+        } else {
+            print!("{}", report.done_text());
         }
         Ok(())
     })

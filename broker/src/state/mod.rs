@@ -48,7 +48,7 @@
 //! writes them (one etcd transaction per decision), `purges` the purges of deleted
 //! incarnations' archives, `forget` the removal of the self-test's deleted instances; `keys` lays them out under the prefix; `sealed` keeps secrets
 //! sealed at rest; `check` says whether a stored value decodes as the record its key names
-//! (state backups); [`cas`] is the one retry loop of every
+//! (state backups); `recovered` writes a snapshot's records back (disaster recovery); [`cas`] is the one retry loop of every
 //! compare-and-swap decision.
 
 pub mod cas;
@@ -57,6 +57,7 @@ mod forget;
 mod keys;
 pub mod model;
 mod purges;
+mod recovered;
 mod sealed;
 mod store;
 
@@ -64,6 +65,7 @@ pub use cas::{until_swapped, Round, CAS_ATTEMPTS};
 pub use forget::{is_selftest_id, SELFTEST_ID_PREFIX};
 pub use keys::encode_component;
 pub use model::*;
+pub use recovered::RESTORE_TXN_KEYS;
 pub use sealed::Resealed;
 pub use store::{Store, StoreError};
 
