@@ -35,6 +35,38 @@ pub(crate) fn open_with(
     url: &str,
     config: Option<&Path>,
 ) -> Result<walarchive::Repository, walarchive::Error> {
+    let (file, policy, env) = settings(config)?;
+    walarchive::Repository::open(
+        url,
+        &file.storage,
+        &env,
+        policy,
+        walarchive::Compression::default(),
+    )
+}
+
+/// The object store at `url` (no repository descriptor read), opened with the archives'
+/// storage settings as [`open`] takes them, and their retry policy: what `selftest` checks
+/// the credentials with.
+pub(crate) fn open_storage(
+    config: &BrokerConfig,
+    url: &str,
+) -> Result<(walarchive::storage::Location, walarchive::RetryPolicy), walarchive::Error> {
+    let (file, policy, env) = settings(walarchive_config(config).as_deref())?;
+    let loc = walarchive::storage::open(url, &file.storage, &env, &policy)?;
+    Ok((loc, policy))
+}
+
+fn settings(
+    config: Option<&Path>,
+) -> Result<
+    (
+        walarchive::config::ConfigFile,
+        walarchive::RetryPolicy,
+        walarchive::storage::StorageEnv,
+    ),
+    walarchive::Error,
+> {
     let default = Path::new("/etc/walarchive.toml");
     let file = match config {
         Some(p) => walarchive::config::ConfigFile::load(p)?,
@@ -47,11 +79,5 @@ pub(crate) fn open_with(
         std::env::vars(),
         std::env::var_os(walarchive::storage::unreliable::ENV),
     );
-    walarchive::Repository::open(
-        url,
-        &file.storage,
-        &env,
-        policy,
-        walarchive::Compression::default(),
-    )
+    Ok((file, policy, env))
 }

@@ -8,6 +8,7 @@
 //! several broker processes and a restarted worker agree without a coordinator.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod archive;
 pub mod backoff;
@@ -20,8 +21,10 @@ pub mod etcd;
 pub mod names;
 pub mod patroni;
 pub mod process;
+pub mod recover;
 pub mod router;
 pub mod secrets;
+pub mod selftest;
 pub mod state;
 pub mod statebackup;
 pub mod tls;

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use walarchive_broker::admin::Selector;
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
+use walarchive_broker::recover::{RecoverError, Recovery};
 use walarchive_broker::statebackup::StateBackup;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
@@ -33,10 +35,54 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check the whole system end to end on instances of its own (storage credentials, the
+    /// OSB API, provision, backup, clone, deprovision, purge, state snapshot); exit status 0
+    /// only when every step passed, 1 otherwise (the last line names the failed step).
+    Selftest {
+        /// The broker's configuration file (of a running broker: its API is used).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Every incarnation of an instance (live, deleted or purged) and its archive's restorable
+    /// window: what a clone of it could copy.
+    RestorableWindow {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The instance id; with --org and --space, the instance's name on the platform.
+        #[arg(value_name = "INSTANCE_ID|NAME")]
+        instance: String,
+        /// The organization's GUID: the argument is then a name in this organization's SPACE.
+        #[arg(long, value_name = "ORG", requires = "space")]
+        org: Option<String>,
+        /// The space's GUID: the argument is then a name in this space.
+        #[arg(long, value_name = "SPACE", requires = "org")]
+        space: Option<String>,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look at the snapshots of the broker's state (`[state_backup]`).
     StateBackup {
         #[command(subcommand)]
         command: StateBackupCommand,
+    },
+    /// Restore the broker's records from a state snapshot into an empty etcd, after the loss
+    /// of etcd and the cells (part 1: the instances are marked for recovery; the worker that
+    /// re-creates them from their archives is not built yet). Exit 2: refused, nothing written.
+    DisasterRecovery {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The snapshot's revision (`state-backup list`); default: the newest.
+        #[arg(long, value_name = "REV")]
+        snapshot: Option<i64>,
+        /// Print the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan or the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the cell agent: start and supervise the Patroni nodes placed on this machine.
     Cell {
@@ -96,10 +142,43 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Selftest { config } => {
+            return match selftest(&config) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("walarchive-broker: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => serve(&config),
         Command::Cell { config } => cell(&config),
         Command::RotateSecrets { config } => rotate_secrets(&config),
         Command::StateBackup { command } => state_backup(command),
+        Command::RestorableWindow {
+            config,
+            instance,
+            org,
+            space,
+            json,
+        } => {
+            let selector = match (org, space) {
+                (Some(org), Some(space)) => Selector::Name {
+                    org,
+                    space,
+                    name: instance,
+                },
+                _ => Selector::Id(instance),
+            };
+            restorable_window(&config, &selector, json)
+        }
+        Command::DisasterRecovery {
+            config,
+            snapshot,
+            dry_run,
+            json,
+        } => disaster_recovery(&config, snapshot, dry_run, json),
         Command::Dev {
             dir,
             cells,
@@ -119,7 +198,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walarchive-broker: error: {e:#}");
-            ExitCode::FAILURE
+            // A refused disaster recovery wrote nothing: 2, told apart from a failure.
+            match e.downcast_ref::<RecoverError>() {
+                Some(r) if r.is_refusal() => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -213,6 +296,42 @@ fn rotate_secrets(config_path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
+/// `selftest`: its steps print their own lines; `Ok(false)` when one failed.
+fn selftest(config_path: &std::path::Path) -> anyhow::Result<bool> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime
+        .block_on(walarchive_broker::selftest::run(config, shutdown()))
+        .map_err(anyhow::Error::msg)
+        .context("selftest")
+}
+
+fn restorable_window(
+    config_path: &std::path::Path,
+    selector: &Selector,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let rows = walarchive_broker::admin::restorable_windows(&config, &store, selector).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", walarchive_broker::admin::table(&rows));
+        }
+        Ok(())
+    })
+}
+
 fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
     let (StateBackupCommand::Verify { config, json } | StateBackupCommand::List { config, json }) =
         &command;
@@ -258,6 +377,34 @@ fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        Ok(())
+    })
+}
+
+fn disaster_recovery(
+    config_path: &std::path::Path,
+    snapshot: Option<i64>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let etcd = EtcdClient::from_config(&config.etcd)?;
+        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let report = Recovery::new(&config, store)?
+            .run(snapshot, dry_run)
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else if dry_run {
+            print!("{}", report.plan_text());
+        } else {
+            print!("{}", report.done_text());
         }
         Ok(())
     })

@@ -198,6 +198,29 @@ fn object_name(revision: i64) -> String {
     format!("snapshots/{revision:020}.sealed")
 }
 
+/// The state backup's store, opened with `state_backup.walarchive_config` only (never the
+/// broker's environment, which holds the archives' credentials), and its retry policy.
+pub(crate) fn open_location(
+    c: &StateBackupConfig,
+) -> Result<(walarchive::storage::Location, RetryPolicy), StateBackupError> {
+    let open = |e: String| StateBackupError::Open(e);
+    let file = match &c.walarchive_config {
+        Some(p) => walarchive::config::ConfigFile::load(p).map_err(|e| open(e.to_string()))?,
+        None => Default::default(),
+    };
+    let policy = file
+        .retry
+        .apply(RetryPolicy::default())
+        .map_err(|e| open(e.to_string()))?;
+    let env = walarchive::storage::StorageEnv::new(
+        [],
+        std::env::var_os(walarchive::storage::unreliable::ENV),
+    );
+    let loc = walarchive::storage::open(&c.url, &file.storage, &env, &policy)
+        .map_err(|e| open(e.to_string()))?;
+    Ok((loc, policy))
+}
+
 fn revision_of(name: &str) -> Option<i64> {
     let n = name.strip_prefix("snapshots/")?.strip_suffix(".sealed")?;
     (n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
@@ -224,21 +247,7 @@ impl StateBackup {
         config: &BrokerConfig,
         state: Store,
     ) -> Result<StateBackup, StateBackupError> {
-        let open = |e: String| StateBackupError::Open(e);
-        let file = match &c.walarchive_config {
-            Some(p) => walarchive::config::ConfigFile::load(p).map_err(|e| open(e.to_string()))?,
-            None => Default::default(),
-        };
-        let policy = file
-            .retry
-            .apply(RetryPolicy::default())
-            .map_err(|e| open(e.to_string()))?;
-        let env = walarchive::storage::StorageEnv::new(
-            [],
-            std::env::var_os(walarchive::storage::unreliable::ENV),
-        );
-        let loc = walarchive::storage::open(&c.url, &file.storage, &env, &policy)
-            .map_err(|e| open(e.to_string()))?;
+        let (loc, policy) = open_location(c)?;
         let prefix = state.prefix().to_string();
         let mut exclude = vec![format!("{prefix}/claims/")];
         let patroni = config.patroni_namespace();

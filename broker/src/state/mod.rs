@@ -46,22 +46,26 @@
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
 //! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
 //! writes them (one etcd transaction per decision), `purges` the purges of deleted
-//! incarnations' archives; `keys` lays them out under the prefix; `sealed` keeps secrets
+//! incarnations' archives, `forget` the removal of the self-test's deleted instances; `keys` lays them out under the prefix; `sealed` keeps secrets
 //! sealed at rest; `check` says whether a stored value decodes as the record its key names
-//! (state backups); [`cas`] is the one retry loop of every
+//! (state backups); `recovered` writes a snapshot's records back (disaster recovery); [`cas`] is the one retry loop of every
 //! compare-and-swap decision.
 
 pub mod cas;
 mod check;
+mod forget;
 mod keys;
 pub mod model;
 mod purges;
+mod recovered;
 mod sealed;
 mod store;
 
 pub use cas::{until_swapped, Round, CAS_ATTEMPTS};
+pub use forget::{is_selftest_id, SELFTEST_ID_PREFIX};
 pub use keys::encode_component;
 pub use model::*;
+pub use recovered::RESTORE_TXN_KEYS;
 pub use sealed::Resealed;
 pub use store::{Store, StoreError};
 

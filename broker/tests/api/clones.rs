@@ -1,7 +1,7 @@
 //! Provisions with `clone-from`: every refusal before the `202` (with nothing written to
 //! etcd), the identical answer for an instance of another organization whether it exists or
-//! not, which incarnation a name or an id designates, the `202`'s `metadata`, and the worker
-//! failing a clone it cannot restore yet. Sources' archives are real repositories on a local
+//! not, which incarnation a name or an id designates, and the `202`'s `metadata` (the worker
+//! building clones is tested in `broker/tests/clones.rs`). Sources' archives are real repositories on a local
 //! directory; the one with a completed base backup is made by a plain PostgreSQL archiving
 //! into it, and copied where another source needs one.
 
@@ -23,12 +23,12 @@ use walarchive_broker::state::{
 };
 
 /// The source archive every test copies: what PostgreSQL said while writing it.
-struct Fixture {
+pub(super) struct Fixture {
     _dir: testkit::TestDir,
     /// The repository's directory.
     path: PathBuf,
     /// `backup-push --json` of its one base backup.
-    backup: Value,
+    pub(super) backup: Value,
     /// The commit time of rows 1..=ROWS (`pg_xact_commit_timestamp`), as PostgreSQL gave it.
     commits: Vec<chrono::DateTime<chrono::Utc>>,
     /// `pg_current_wal_insert_lsn()` after each row's commit.
@@ -36,7 +36,7 @@ struct Fixture {
     /// What `pg_create_restore_point('before')` returned (after row 4).
     before: String,
     /// `walarchive restorable-window --json` of the repository (the core's reading).
-    window: Value,
+    pub(super) window: Value,
 }
 
 const ROWS: usize = 6;
@@ -45,7 +45,7 @@ const ROWS: usize = 6;
 /// each, a restore point `before` after row 4, and everything archived; made once per test
 /// binary by a plain PostgreSQL (commit timestamps on, no autovacuum: nothing commits after
 /// row 6).
-fn fixture() -> &'static Fixture {
+pub(super) fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = testkit::TestDir::new_postgres("walarchive-clone-src-");
@@ -110,23 +110,23 @@ fn lsn(s: &str) -> u64 {
 
 /// A base directory for repositories, and puts a copy of the archive with a backup at
 /// `<base>/<name>`.
-struct Archives {
+pub(super) struct Archives {
     dir: testkit::TestDir,
 }
 
 impl Archives {
-    fn new() -> Archives {
+    pub(super) fn new() -> Archives {
         Archives {
             dir: testkit::TestDir::new_postgres("walarchive-clone-base-"),
         }
     }
 
-    fn base(&self) -> String {
+    pub(super) fn base(&self) -> String {
         format!("file://{}", self.dir.path().display())
     }
 
     /// The instance (plain) id `name`'s repository gets a completed base backup.
-    fn with_backup(&self, name: &str) {
+    pub(super) fn with_backup(&self, name: &str) {
         let out = std::process::Command::new("cp")
             .arg("-a")
             .arg(archive_with_backup())
@@ -147,7 +147,7 @@ fn body_in(org: &str, space: &str, name: &str, parameters: Option<Value>) -> Val
     b
 }
 
-fn named(name: &str, parameters: Option<Value>) -> Value {
+pub(super) fn named(name: &str, parameters: Option<Value>) -> Value {
     body_in("org-1", "space-1", name, parameters)
 }
 
@@ -173,14 +173,14 @@ impl Ctx {
     }
 
     /// Provisions `id` with `body` and plays the worker until it is ready.
-    async fn ready(&self, id: &str, body: Value) {
+    pub(super) async fn ready(&self, id: &str, body: Value) {
         let r = self.provision(id, body, true).await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
         self.finish(id, true, "ready").await;
     }
 
     /// [`Ctx::ready`], then deprovisions it.
-    async fn deleted(&self, id: &str, body: Value) {
+    pub(super) async fn deleted(&self, id: &str, body: Value) {
         self.ready(id, body).await;
         assert_eq!(
             self.deprovision(id, true).await.status,

@@ -5,6 +5,7 @@
 
 use testkit::broker as common;
 
+mod admin;
 mod clones;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,17 +173,16 @@ fn ctx_with_repository(base: &str, repository_extra: &str, extra: &str) -> Ctx {
     )
     .unwrap();
     let prefix = format!("/broker{}", etcd().fresh_prefix());
-    let config = BrokerConfig::parse(
-        &config_text(
-            &pw.display().to_string(),
-            &prefix,
-            base,
-            repository_extra,
-            extra,
-        ),
-        "test",
-    )
-    .expect("test configuration");
+    let text = config_text(
+        &pw.display().to_string(),
+        &prefix,
+        base,
+        repository_extra,
+        extra,
+    );
+    // The same configuration as a file, for the broker's binary (`Ctx::config_file`).
+    std::fs::write(dir.path().join("broker.toml"), &text).unwrap();
+    let config = BrokerConfig::parse(&text, "test").expect("test configuration");
     let client = EtcdClient::from_config(&config.etcd).unwrap();
     let store = Store::new(client, prefix, config.keyring());
     let binder = Arc::new(RecordingBinder::default());
@@ -210,6 +210,11 @@ struct Resp {
 }
 
 impl Ctx {
+    /// The context's configuration as a file, for `walarchive-broker --config`.
+    fn config_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("broker.toml")
+    }
+
     async fn raw(&self, req: Request<Body>) -> Resp {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
