@@ -79,7 +79,7 @@ impl Windows {
         final_: bool,
         budget: Duration,
     ) -> Result<Computed, WindowError> {
-        if let Some(c) = self.cached(url) {
+        if let Some(c) = self.cached(url, final_) {
             return Ok(c);
         }
         let computed = compute(config, url, budget).await?;
@@ -96,11 +96,13 @@ impl Windows {
         Ok(computed)
     }
 
-    fn cached(&self, url: &str) -> Option<Computed> {
+    /// A cached window of `url`: a final one always; a live one while fresh, and never for a
+    /// `final_` request (the source was deleted since: its archive grew up to its final WAL).
+    fn cached(&self, url: &str, final_: bool) -> Option<Computed> {
         let entries = self.entries.lock().expect("not poisoned");
         entries
             .get(url)
-            .filter(|e| e.final_ || e.at.elapsed() < FRESH)
+            .filter(|e| e.final_ || (!final_ && e.at.elapsed() < FRESH))
             .map(|e| e.computed.clone())
     }
 }

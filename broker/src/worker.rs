@@ -51,7 +51,9 @@ mod passes;
 mod placement;
 mod purge;
 mod repository;
+mod restore;
 mod routing;
+mod teardown;
 
 pub use self::placement::node_name;
 pub use self::routing::routes;
@@ -388,9 +390,18 @@ impl Inner {
 
     /// Drives `op` until it is finished, superseded, or this task is aborted.
     async fn drive(self: Arc<Self>, op: OperationRecord) {
-        let deadline = op.started_at.0
-            + chrono::Duration::from_std(self.config.worker.operation_timeout.0)
-                .unwrap_or(chrono::Duration::MAX);
+        // A restore (a clone) replays an archive for as long as it takes: it gets
+        // `restore_timeout`, and its pass fails it when it stops making progress.
+        let restores = op.kind == OperationKind::Provision
+            && matches!(self.store.instance(&op.instance_id).await,
+                        Ok(Some(i)) if i.value.restore.is_some());
+        let timeout = if restores {
+            self.config.worker.restore_timeout.0
+        } else {
+            self.config.worker.operation_timeout.0
+        };
+        let deadline =
+            op.started_at.0 + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
         info!(instance = %op.instance_id, operation = %op.id, kind = ?op.kind,
               "working on operation");
         let mut pass = Pass::default();
@@ -452,7 +463,7 @@ impl Inner {
                     &op,
                     format!(
                         "Timed out after {} s; last state: {description}",
-                        self.config.worker.operation_timeout.0.as_secs()
+                        timeout.as_secs()
                     ),
                 )),
                 Ok(delay) => {
@@ -593,8 +604,14 @@ impl Inner {
 /// costs a repeated, idempotent step).
 #[derive(Default)]
 struct Pass {
-    /// Nodes PUT by this task, with the peer hosts they got.
-    put: HashMap<String, Vec<String>>,
+    /// Nodes PUT by this task, with the peer hosts they got and whether with a bootstrap
+    /// spec (a clone's first node, until it is re-PUT without).
+    put: HashMap<String, (Vec<String>, bool)>,
     /// Whether the first base backup was taken by this task.
     backed_up: bool,
+    /// A restore's last progress (bytes restored, last segment replayed) and when it was
+    /// first seen: a restore that stops moving fails (`worker/restore.rs`).
+    restore_progress: Option<(String, Instant)>,
+    /// Since when a restore's Patroni `initialize` key has been seen stale (design R2).
+    stale_initialize: Option<Instant>,
 }

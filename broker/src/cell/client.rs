@@ -568,6 +568,19 @@ impl CellClient {
         .await
     }
 
+    /// The roles of node `name` whose names start with one of `prefixes`, whether they can
+    /// log in or not.
+    pub async fn roles(&self, name: &str, prefixes: &[&str]) -> Result<Vec<String>, ClientError> {
+        let q = crate::state::encode_component(&prefixes.join(","));
+        self.node_call(
+            reqwest::Method::GET,
+            name,
+            &format!("roles?prefix={q}"),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// The roles of node `name` whose names start with one of `prefixes` and that can log in.
     pub async fn login_roles(
         &self,

@@ -166,12 +166,9 @@ async fn push_history(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<St
     }
 }
 
-async fn login_roles(
-    State(agent): State<Arc<Agent>>,
-    UrlPath(name): UrlPath<String>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> Response {
-    let prefixes: Vec<String> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+/// The `prefix` parameters of a query (comma-separated, repeatable).
+fn prefixes(q: Option<String>) -> Vec<String> {
+    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "prefix")
         .flat_map(|(_, v)| {
             v.split(',')
@@ -179,8 +176,26 @@ async fn login_roles(
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
-        .collect();
-    match agent.login_roles(&name, prefixes).await {
+        .collect()
+}
+
+async fn login_roles(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    match agent.login_roles(&name, prefixes(q), true).await {
+        Ok(roles) => json_response(&roles),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_roles(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    match agent.login_roles(&name, prefixes(q), false).await {
         Ok(roles) => json_response(&roles),
         Err(e) => e.into_response(),
     }
@@ -198,6 +213,7 @@ pub(super) fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/nodes/{name}/switch-wal", post(switch_wal))
         .route("/v1/nodes/{name}/push-history", post(push_history))
         .route("/v1/nodes/{name}/login-roles", get(login_roles))
+        .route("/v1/nodes/{name}/roles", get(list_roles))
         .route(
             "/v1/nodes/{name}/roles/{role}",
             put(put_role).delete(delete_role),

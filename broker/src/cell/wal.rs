@@ -159,11 +159,14 @@ impl Agent {
     }
 
     /// `GET /v1/nodes/{name}/login-roles?prefix=b_,h_`: the roles that can log in and whose
-    /// names start with one of the prefixes.
+    /// names start with one of the prefixes; `GET /v1/nodes/{name}/roles?prefix=b_,h_`
+    /// (`login_only` false): every such role, whether it can log in or not (what a clone drops
+    /// of its source's bindings, whose records a deleted source no longer has).
     pub(super) async fn login_roles(
         &self,
         name: &str,
         prefixes: Vec<String>,
+        login_only: bool,
     ) -> Result<Vec<String>, Error> {
         if prefixes.is_empty() || !prefixes.iter().all(|p| valid_prefix(p)) {
             return Err(Error::Invalid(
@@ -174,10 +177,10 @@ impl Agent {
         let rows = db
             .query(
                 "select rolname::text from pg_catalog.pg_roles
-                 where rolcanlogin
+                 where (rolcanlogin or not $2)
                    and exists (select 1 from unnest($1::text[]) p where starts_with(rolname::text, p))
                  order by 1",
-                &[&prefixes],
+                &[&prefixes, &login_only],
             )
             .await
             .map_err(|e| pg_error(name, format!("listing the roles of {name}"), &e))?;

@@ -225,6 +225,10 @@ pub struct WorkerConfig {
     /// A provision, update or deprovision not finished after this long fails.
     #[serde(default = "default_operation_timeout")]
     pub operation_timeout: HumanDuration,
+    /// A provision that restores an archive (a clone) not finished after this long fails; it
+    /// fails earlier when its restore made no progress for `operation_timeout`.
+    #[serde(default = "default_restore_timeout")]
+    pub restore_timeout: HumanDuration,
     /// Longest wait between two attempts of a failing step (a first base backup, a cell that
     /// does not answer): 1 s after the first failure, doubling up to this.
     #[serde(default = "default_backoff_max")]
@@ -236,6 +240,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             poll_interval: default_poll_interval(),
             operation_timeout: default_operation_timeout(),
+            restore_timeout: default_restore_timeout(),
             backoff_max: default_backoff_max(),
         }
     }
@@ -243,6 +248,10 @@ impl Default for WorkerConfig {
 
 fn default_poll_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
+}
+
+fn default_restore_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(12 * 3600))
 }
 
 fn default_operation_timeout() -> HumanDuration {

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::observe::Observed;
 use super::{Inner, Pass, Step};
-use crate::cell::{DcsTiming, NodeSpec};
+use crate::cell::{BootstrapSpec, DcsTiming, NodeSpec};
 use crate::state::{InstanceRecord, InstanceSecrets, NodePlacement, OperationRecord};
 
 impl Inner {
@@ -96,16 +96,36 @@ impl Inner {
         secrets: &InstanceSecrets,
         pass: &mut Pass,
     ) -> Result<InstanceRecord, Step> {
+        self.ensure_nodes_with(op, inst, secrets, pass, None, None)
+            .await
+    }
+
+    /// [`Inner::ensure_nodes`] for the node named `only` (every node when `None`), each
+    /// bootstrapped with `bootstrap` when given (a clone's first node, `worker/restore.rs`).
+    pub(super) async fn ensure_nodes_with(
+        &self,
+        op: &OperationRecord,
+        inst: &InstanceRecord,
+        secrets: &InstanceSecrets,
+        pass: &mut Pass,
+        only: Option<&str>,
+        bootstrap: Option<&BootstrapSpec>,
+    ) -> Result<InstanceRecord, Step> {
         let mut ports = HashMap::new();
         for node in &inst.nodes {
-            let spec = self.spec(inst, secrets, node)?;
-            if node.pg_port != 0 && pass.put.get(&node.name) == Some(&spec.peer_hosts) {
+            if only.is_some_and(|o| o != node.name) {
+                continue;
+            }
+            let mut spec = self.spec(inst, secrets, node)?;
+            spec.bootstrap = bootstrap.cloned();
+            let sent = (spec.peer_hosts.clone(), spec.bootstrap.is_some());
+            if node.pg_port != 0 && pass.put.get(&node.name) == Some(&sent) {
                 continue;
             }
             let cell = self.cell(&node.cell).expect("checked by spec()");
             match cell.client.put_node(&node.name, &spec).await {
                 Ok(p) => {
-                    pass.put.insert(node.name.clone(), spec.peer_hosts.clone());
+                    pass.put.insert(node.name.clone(), sent);
                     if node.pg_port != p.pg_port || node.api_port != p.api_port {
                         ports.insert(node.name.clone(), p);
                     }

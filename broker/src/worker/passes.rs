@@ -10,11 +10,7 @@ use std::collections::HashSet;
 use tracing::{info, warn};
 
 use super::{Inner, Pass, Step};
-use crate::state::{NodePlacement, OperationRecord, Timestamp};
-
-/// Why a clone's provision fails in this version (its nodes are never created).
-pub(super) const CLONES_UNSUPPORTED: &str =
-    "Clones are not supported by this broker version yet; nothing was created. Deprovision this instance.";
+use crate::state::{InstanceRecord, NodePlacement, OperationRecord, Timestamp};
 
 impl Inner {
     /// One pass of a provision: checks (before anything exists) that the repository is
@@ -27,31 +23,11 @@ impl Inner {
     ) -> Result<String, Step> {
         let inst = self.current(op).await?;
         if inst.restore.is_some() {
-            // This version validates and records clones but cannot restore them yet: it
-            // must not start an empty database that would pass for a copy.
-            return Err(Step::Fail(CLONES_UNSUPPORTED.into()));
+            // A clone (or a recovery): its cluster starts from an archive (`restore.rs`).
+            return self.restore_pass(op, inst, pass).await;
         }
         if inst.nodes.is_empty() {
-            // Before anything is created: the repository must be new. (An id `x.2` and the
-            // second incarnation of `x` would share one, for instance.)
-            match self.repository_contents(&inst.repository).await {
-                Ok(None) => {}
-                Ok(Some(what)) => {
-                    warn!(instance = %inst.id, repository = %inst.repository,
-                          "the repository of a new instance is not empty: {what}");
-                    return Err(Step::Fail(
-                        "This instance's repository already holds an archive; a new cluster cannot archive into it. The operator can find the details in the broker's log."
-                            .into(),
-                    ));
-                }
-                Err(e) => {
-                    return Err(Step::retry(
-                        None,
-                        "the instance's backup repository could not be checked",
-                        format_args!("{}: {e}", inst.repository),
-                    ))
-                }
-            }
+            self.check_new_repository(&inst).await?;
         }
         let secrets = self.secrets(&inst.id).await?;
         let target = op.request.node_count as usize;
@@ -104,6 +80,27 @@ impl Inner {
             "The PostgreSQL cluster is ready ({}).",
             nodes(inst.nodes.len())
         ))
+    }
+
+    /// Before anything of a new instance is created: its repository must be new. (An id
+    /// `x.2` and the second incarnation of `x` would share one, for instance.)
+    pub(super) async fn check_new_repository(&self, inst: &InstanceRecord) -> Result<(), Step> {
+        match self.repository_contents(&inst.repository).await {
+            Ok(None) => Ok(()),
+            Ok(Some(what)) => {
+                warn!(instance = %inst.id, repository = %inst.repository,
+                      "the repository of a new instance is not empty: {what}");
+                Err(Step::Fail(
+                    "This instance's repository already holds an archive; a new cluster cannot archive into it. The operator can find the details in the broker's log."
+                        .into(),
+                ))
+            }
+            Err(e) => Err(Step::retry(
+                None,
+                "the instance's backup repository could not be checked",
+                format_args!("{}: {e}", inst.repository),
+            )),
+        }
     }
 
     /// One pass of an update: places the nodes a scale-up adds, removes the replicas a
@@ -187,44 +184,7 @@ impl Inner {
         }
         // Before any node goes, the leader's last commits go to the archive (design §2.3).
         self.archive_final_wal(op, &inst).await?;
-        // Every node of the instance on every cell, recorded or not (a provision may have
-        // been interrupted between a PUT and recording its ports).
-        let mut problems = Vec::new();
-        for cell in &self.cells {
-            let nodes = match cell.client.nodes().await {
-                Ok(n) => n,
-                Err(e) => {
-                    problems.push(format!("cell {} unreachable ({e})", cell.name));
-                    continue;
-                }
-            };
-            for n in nodes.iter().filter(|n| n.instance_id == inst.id) {
-                match cell.client.delete_node(&n.name).await {
-                    Ok(_) => info!(instance = %inst.id, node = %n.name, cell = %cell.name,
-                                   "node removed"),
-                    Err(e) => problems.push(format!("node {} on cell {}: {e}", n.name, cell.name)),
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Step::retry(
-                None,
-                "some nodes could not be removed yet (their machines did not answer as expected)",
-                problems.join("; "),
-            ));
-        }
-        let patroni = format!("{}{}/", self.config.patroni_namespace(), inst.scope());
-        self.store
-            .etcd()
-            .delete_prefix(patroni.as_bytes())
-            .await
-            .map_err(|e| {
-                Step::retry(
-                    None,
-                    "the cluster's coordination keys could not be removed",
-                    e,
-                )
-            })?;
+        self.remove_nodes_and_keys(&inst).await?;
         self.store
             .transition(&op.instance_id, &op.id, |i, _| {
                 i.nodes.clear();

@@ -13,7 +13,8 @@ use super::Inner;
 use crate::router::{Backend, Route};
 use crate::state::{InstanceRecord, InstanceState};
 
-/// The routes of every instance that has nodes and is not being (or was not) deleted.
+/// The routes of every instance that has nodes and is not being (or was not) deleted, but
+/// not of a clone whose source's roles are not removed yet.
 pub fn routes(instances: &[InstanceRecord], cell_hosts: &HashMap<String, String>) -> Vec<Route> {
     instances
         .iter()
@@ -23,6 +24,8 @@ pub fn routes(instances: &[InstanceRecord], cell_hosts: &HashMap<String, String>
                 InstanceState::Deprovisioning | InstanceState::Deleted
             )
         })
+        // A clone is routed only once no credential of its source opens it (design §2.6).
+        .filter(|i| i.restore.as_ref().is_none_or(|r| r.roles_removed))
         .filter_map(|i| {
             let backends: Vec<Backend> = i
                 .nodes

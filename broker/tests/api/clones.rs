@@ -1,7 +1,7 @@
 //! Provisions with `clone-from`: every refusal before the `202` (with nothing written to
 //! etcd), the identical answer for an instance of another organization whether it exists or
-//! not, which incarnation a name or an id designates, the `202`'s `metadata`, and the worker
-//! failing a clone it cannot restore yet. Sources' archives are real repositories on a local
+//! not, which incarnation a name or an id designates, and the `202`'s `metadata` (the worker
+//! building clones is tested in `broker/tests/clones.rs`). Sources' archives are real repositories on a local
 //! directory; the one with a completed base backup is made by a plain PostgreSQL archiving
 //! into it, and copied where another source needs one.
 
@@ -570,51 +570,6 @@ async fn a_clone_provision_is_idempotent_and_retrievable() {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-}
-
-/// Until the worker can restore, it fails a clone's provision rather than start an empty
-/// database that would pass for a copy: no node is ever placed.
-#[tokio::test]
-async fn the_worker_fails_a_clone_it_cannot_restore() {
-    let a = Archives::new();
-    let c = ctx_with(&a.base(), "");
-    a.with_backup("src");
-    c.ready("src", named("old-db", None)).await;
-    let r = c.provision("c", clone_of("old-db", None), true).await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let worker = walarchive_broker::Worker::new(
-        c.state.config.clone(),
-        c.store.clone(),
-        c.state.provisioner.clone(),
-    )
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
-    let mut last = Value::Null;
-    // Within 30 s (it takes one pass, but CI machines are busy).
-    for _ in 0..300 {
-        last = c.last_op("c", None).await.body;
-        if last["state"] != "in progress" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = stop.send(());
-    run.await.unwrap();
-    assert_eq!(last["state"], "failed", "{last}");
-    assert!(
-        last["description"]
-            .as_str()
-            .unwrap()
-            .to_lowercase()
-            .contains("clones are not supported by this broker version yet"),
-        "{last}"
-    );
-    let rec = c.store.instance("c").await.unwrap().unwrap().value;
-    assert_eq!(rec.state, InstanceState::Failed);
-    assert!(rec.nodes.is_empty());
 }
 
 /// Every file under `dir` (relative path) with its bytes.

@@ -1,0 +1,529 @@
+//! Clones end to end (design §2.5, §2.6, §6.2, §6.3): the OSB API records a provision with
+//! `clone-from`/`clone-at`, a [`walarchive_broker::Worker`] builds it on real cell agents
+//! (Patroni's custom bootstrap restoring the source's archive), and the clone is checked
+//! through its own binding: exactly the rows the target asked for, none of the source's
+//! credentials, and the source's repository only read.
+//!
+//! One test, in sequence, over one source provisioned through the API (one node, archiving
+//! every second at `wal_segsize_mb = 1`): clones by name at a time chosen in a pause of the
+//! writes (the worker replaced while it restores), by instance id at the latest point with two
+//! nodes (the replica restored from the clone's own backup), at an LSN and at a restore point,
+//! each deprovisioned once checked; a clone whose source's archive loses a segment after its
+//! target was resolved, which fails with the missing-WAL reason and leaves nothing running; and
+//! a clone of the source once deleted, holding its last commit.
+use testkit::broker as common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use common::broker::BrokerToml;
+use common::cells::{
+    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive,
+    walarchive_copy, Cell,
+};
+use common::etcd::etcd;
+use common::osb::Api;
+use walarchive_broker::state::InstanceRecord;
+
+/// Every object of the repository under `dir`: (size, BLAKE3 of the bytes) by key.
+fn listing(dir: &Path) -> BTreeMap<String, (u64, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, String)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let key = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(
+                    key,
+                    (
+                        bytes.len() as u64,
+                        blake3::hash(&bytes).to_hex().to_string(),
+                    ),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The local directory of a `file://` repository.
+fn repo_dir(url: &str) -> PathBuf {
+    PathBuf::from(url.strip_prefix("file://").expect("a file:// repository"))
+}
+
+struct Ctx<'a> {
+    c: Api,
+    cells: &'a [Cell],
+    root: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn diag(&self) -> impl Fn() -> String + '_ {
+        move || {
+            self.cells
+                .iter()
+                .map(|c| format!("--- cell {} ---\n{}\n", c.name, c.log_tail(20)))
+                .collect::<String>()
+                + &common::cells::tail(&self.root.join("haproxy").join("haproxy.log"), 10)
+        }
+    }
+
+    async fn record(&self, id: &str) -> InstanceRecord {
+        self.c.store.instance(id).await.unwrap().unwrap().value
+    }
+
+    /// PUTs instance `id` named `name` with `parameters`: the 202's body.
+    async fn provision(&self, id: &str, name: &str, parameters: Value) -> Value {
+        let (s, b) = self
+            .c
+            .call(
+                Method::PUT,
+                &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+                Some(json!({
+                    "service_id": self.c.service, "plan_id": self.c.plan,
+                    "organization_guid": "org", "space_guid": "space",
+                    "context": {"platform": "test", "instance_name": name,
+                                "organization_guid": "org", "space_guid": "space"},
+                    "parameters": parameters,
+                })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "provision {id}: {b}");
+        b
+    }
+
+    /// Clones `from` at `at` as instance `id` (one node) and waits for it: the descriptions
+    /// seen and the final one.
+    async fn clone_ok(&self, id: &str, from: &str, at: Option<Value>) -> (Vec<String>, String) {
+        self.clone_nodes(id, from, at, 1).await
+    }
+
+    /// [`Ctx::clone_ok`] with `nodes` nodes.
+    async fn clone_nodes(
+        &self,
+        id: &str,
+        from: &str,
+        at: Option<Value>,
+        nodes: u8,
+    ) -> (Vec<String>, String) {
+        let mut p = json!({"node-count": nodes, "clone-from": from});
+        if let Some(at) = at {
+            p["clone-at"] = at;
+        }
+        let b = self.provision(id, id, p).await;
+        let op = b["operation"].as_str().unwrap().to_string();
+        let (seen, s, b) = self
+            .c
+            .wait_op(id, &op, Duration::from_secs(180), &self.diag())
+            .await;
+        assert_eq!(
+            (s, b["state"].as_str()),
+            (StatusCode::OK, Some("succeeded")),
+            "{id}: {b}\n{}",
+            self.diag()()
+        );
+        (seen, b["description"].as_str().unwrap().to_string())
+    }
+
+    /// The rows of `t` through a new binding of `id`: (count, max id).
+    async fn rows(&self, id: &str) -> (i64, i32) {
+        let uri = self.c.bind(id, &format!("{id}-reader")).await;
+        let db = wait_for(
+            "the clone's binding connects",
+            Duration::from_secs(20),
+            || primary_as(uri.clone()),
+            self.diag(),
+        )
+        .await;
+        let r = db
+            .query_one("select count(*), coalesce(max(id), 0) from t", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    }
+
+    async fn deprovision(&self, id: &str) {
+        let op = self.c.deprovision(id).await;
+        let (_, s, b) = self
+            .c
+            .wait_op(id, &op, Duration::from_secs(60), &self.diag())
+            .await;
+        assert_eq!(s, StatusCode::GONE, "deprovision {id}: {b}");
+    }
+
+    /// The cell and PostgreSQL port of `inst`'s first node.
+    fn first_node<'b>(&'b self, inst: &InstanceRecord) -> (&'b Cell, u16) {
+        let n = &inst.nodes[0];
+        let cell = self.cells.iter().find(|c| c.name == n.cell).unwrap();
+        (cell, n.pg_port)
+    }
+
+    /// The binding roles on `id`'s first node other than its own readers'.
+    async fn source_roles(&self, id: &str) -> String {
+        let inst = self.record(id).await;
+        let (cell, port) = self.first_node(&inst);
+        local_sql(
+            cell,
+            port,
+            "select coalesce(string_agg(rolname, ','), '') from pg_roles where rolname ~ '^[bh]_' and rolname !~ 'reader$'",
+        )
+        .unwrap()
+    }
+
+    /// The nodes of instance `id` on every cell.
+    async fn nodes_on_cells(&self, id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in self.cells {
+            for n in c.client().nodes().await.expect("cell answers") {
+                if n.instance_id == id {
+                    out.push(n.name);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `uri` (a binding's) with its port replaced by `port`.
+fn at_port(uri: &str, port: u16) -> String {
+    let mut u = url::Url::parse(uri).unwrap();
+    u.set_port(Some(port)).unwrap();
+    u.to_string()
+}
+
+/// Asserts that `uri` cannot log in (password refused, or no such role).
+async fn refused(uri: &str, what: &str) {
+    match connect(uri).await {
+        Ok(_) => panic!("{what}: the source's credentials opened the clone"),
+        Err(e) => {
+            let code = e.as_db_error().map(|d| d.code().code().to_string());
+            assert!(
+                matches!(code.as_deref(), Some("28P01" | "28000")),
+                "{what}: {e:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_a_live_instance() {
+    tokio::time::timeout(Duration::from_secs(420), scenario())
+        .await
+        .expect("the scenario finishes within 7 minutes");
+}
+
+async fn scenario() {
+    let t0 = Instant::now();
+    let etcd = etcd();
+    let root = test_root("clones");
+    let bin = walarchive_copy(&root);
+    let base = file_repository(&root);
+    let cells = vec![Cell::start(&root, "a"), Cell::start(&root, "b")];
+    for c in &cells {
+        c.wait_ready().await;
+    }
+    let mut t = BrokerToml::new(&root, &base, &bin);
+    t.cells = cells.iter().zip(["za", "zb"]).collect();
+    t.worker = ("2s", "5m");
+    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let text = t
+        .render(&prefix)
+        .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
+    assert!(text.contains("archive_timeout = \"1s\""));
+    let ctx = Ctx {
+        c: Api::new(&text, &t.service, &t.plan),
+        cells: &cells,
+        root: root.clone(),
+    };
+    let c = &ctx.c;
+    let mut worker = c.spawn_worker();
+
+    // --- The source: one node, a binding, rows written in steps. ---
+    let b = ctx
+        .provision("src-1", "old-db", json!({"node-count": 1}))
+        .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    c.wait_succeeded("src-1", &op, Duration::from_secs(120), &ctx.diag())
+        .await;
+    let src = ctx.record("src-1").await;
+    let src_dir = repo_dir(&src.repository);
+    let src_uri = c.bind("src-1", "src-app").await;
+    let db = wait_for(
+        "writes through the source's router",
+        Duration::from_secs(20),
+        || primary_as(src_uri.clone()),
+        ctx.diag(),
+    )
+    .await;
+    db.batch_execute("create table t (id int primary key)")
+        .await
+        .unwrap();
+    let mut next = 1;
+    let mut write = |n: i32| {
+        let (from, to) = (next, next + n - 1);
+        next += n;
+        let db = &db;
+        async move {
+            for k in from..=to {
+                db.execute("insert into t values ($1)", &[&k])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            to
+        }
+    };
+    // Rows 1..=k, a pause with T in its middle, then more.
+    let k = write(20).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let at_time: String = db
+        .query_one(
+            "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    write(20).await;
+    // An LSN after row m.
+    let m = write(10).await;
+    let at_lsn: String = db
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    write(10).await;
+    // A restore point after row r (created by the superuser: the binding may not).
+    let r = write(10).await;
+    let (src_cell, src_port) = ctx.first_node(&src);
+    local_sql(
+        src_cell,
+        src_port,
+        "select pg_create_restore_point('before-migration')",
+    )
+    .unwrap();
+    let last = write(10).await;
+    // Everything archived (archive_timeout = 1 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    eprintln!(
+        "source written at {:.1} s: k={k} at {at_time}, m={m} at {at_lsn}, r={r}, last={last}",
+        t0.elapsed().as_secs_f64()
+    );
+    let source_before = listing(&src_dir);
+
+    // --- By name, at a time in a pause of the writes; the broker's worker goes away once the
+    // first node is put (the restore goes on without it), and another one finishes. ---
+    let b = ctx
+        .provision(
+            "clone-time",
+            "clone-time",
+            json!({"node-count": 1, "clone-from": "old-db", "clone-at": at_time}),
+        )
+        .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    wait_for(
+        "the clone's first node put on its cell",
+        Duration::from_secs(30),
+        || async {
+            let i = ctx.record("clone-time").await;
+            (i.nodes.first()?.pg_port != 0).then_some(())
+        },
+        ctx.diag(),
+    )
+    .await;
+    worker.abort();
+    let _ = worker.await;
+    worker = c.spawn_worker();
+    let (seen, s, b) = c
+        .wait_op("clone-time", &op, Duration::from_secs(180), &ctx.diag())
+        .await;
+    assert_eq!(
+        (s, b["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{b}"
+    );
+    let done = b["description"].as_str().unwrap().to_string();
+    assert_eq!(
+        ctx.nodes_on_cells("clone-time").await.len(),
+        1,
+        "one set of nodes"
+    );
+    eprintln!("clone at a time: {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(
+        done.starts_with("The clone of old-db at ") && done.contains("is ready (1 node)"),
+        "{done}"
+    );
+    assert!(
+        seen.iter().any(|d| d.contains("old-db")),
+        "no description names the source: {seen:?}"
+    );
+    assert_eq!(ctx.rows("clone-time").await, (k as i64, k));
+    // The source's credentials open neither the clone's route nor its node.
+    let clone = ctx.record("clone-time").await;
+    refused(&at_port(&src_uri, clone.port), "the clone's router port").await;
+    refused(
+        &at_port(&src_uri, clone.nodes[0].pg_port),
+        "the clone's node",
+    )
+    .await;
+    assert_eq!(ctx.source_roles("clone-time").await, "");
+    let restore = clone.restore.clone().unwrap();
+    assert!(
+        restore.roles_removed && restore.reached.is_some(),
+        "{restore:?}"
+    );
+    ctx.deprovision("clone-time").await;
+
+    // --- By instance id, the latest point. ---
+    // --- By instance id, the latest point, two nodes: the replica is restored from the
+    // clone's own first backup. ---
+    let (seen, done) = ctx.clone_nodes("clone-latest", "src-1", None, 2).await;
+    assert!(
+        done.contains("at the latest archived point") && done.contains("is ready (2 nodes)"),
+        "{done}"
+    );
+    assert!(
+        seen.iter()
+            .any(|d| d.starts_with("clone promoted; ") && d.contains("replica")),
+        "{seen:?}"
+    );
+    assert_eq!(ctx.rows("clone-latest").await, (last as i64, last));
+    let clone = ctx.record("clone-latest").await;
+    let backups = walarchive(&bin, &["--repo", &clone.repository, "backup-list"]).unwrap();
+    assert!(
+        backups.contains("base_"),
+        "the clone has no backup of its own: {backups}"
+    );
+    ctx.deprovision("clone-latest").await;
+
+    // --- At an LSN. ---
+    ctx.clone_ok("clone-lsn", "old-db", Some(json!(at_lsn)))
+        .await;
+    assert_eq!(ctx.rows("clone-lsn").await, (m as i64, m));
+    ctx.deprovision("clone-lsn").await;
+
+    // --- At a restore point. ---
+    ctx.clone_ok(
+        "clone-rp",
+        "old-db",
+        Some(json!({"restore-point": "before-migration"})),
+    )
+    .await;
+    assert_eq!(ctx.rows("clone-rp").await, (r as i64, r));
+    ctx.deprovision("clone-rp").await;
+    eprintln!("four clones at {:.1} s", t0.elapsed().as_secs_f64());
+
+    // --- The source's repository was only read (§6.3): every object unchanged, and the
+    // new ones are the source's own WAL (timeline 1), never a clone's history or partial. ---
+    let source_after = listing(&src_dir);
+    for (k, v) in &source_before {
+        assert_eq!(
+            source_after.get(k),
+            Some(v),
+            "{k} changed in the source's repository"
+        );
+    }
+    for k in source_after
+        .keys()
+        .filter(|k| !source_before.contains_key(*k))
+    {
+        let file = k.rsplit('/').next().unwrap();
+        assert!(
+            file.starts_with("00000001")
+                && !file.contains(".history")
+                && !file.contains(".partial"),
+            "a clone wrote {k} into its source's repository"
+        );
+    }
+
+    // --- A clone whose source's archive loses a segment after its target was resolved (at
+    // the 202): the segment holding the LSN target above, after the source's base backup and
+    // before its latest point (the window the API read, at most 30 s old, reaches beyond it).
+    let hole = local_sql(
+        src_cell,
+        src_port,
+        &format!("select pg_walfile_name('{at_lsn}')"),
+    )
+    .unwrap();
+    let removed: Vec<PathBuf> = listing(&src_dir)
+        .into_keys()
+        .filter(|k| k.rsplit('/').next().unwrap().starts_with(hole.as_str()))
+        .map(|k| src_dir.join(k))
+        .collect();
+    assert_eq!(removed.len(), 1, "{hole}: {removed:?}");
+    let b = ctx
+        .provision(
+            "clone-hole",
+            "clone-hole",
+            json!({"node-count": 1, "clone-from": "old-db"}),
+        )
+        .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    let resolved = ctx.record("clone-hole").await.restore.unwrap().resolved;
+    assert!(resolved.is_some(), "no target resolved at the 202");
+    let kept = std::fs::read(&removed[0]).unwrap();
+    std::fs::remove_file(&removed[0]).unwrap();
+    let (_, s, b) = c
+        .wait_op("clone-hole", &op, Duration::from_secs(180), &ctx.diag())
+        .await;
+    assert_eq!(
+        (s, b["state"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "{b}"
+    );
+    let why = b["description"].as_str().unwrap();
+    assert!(
+        why.starts_with("The archive of old-db ends before the clone's target: ")
+            && why.ends_with("The clone's nodes were removed; deprovision this instance."),
+        "{why}"
+    );
+    let inst = ctx.record("clone-hole").await;
+    assert!(inst.nodes.is_empty(), "{:?}", inst.nodes);
+    assert_eq!(ctx.nodes_on_cells("clone-hole").await, Vec::<String>::new());
+    let patroni = format!(
+        "{}{}/",
+        ctx.c.state.config.patroni_namespace(),
+        inst.scope()
+    );
+    assert!(
+        c.store
+            .etcd()
+            .get_prefix(patroni.as_bytes())
+            .await
+            .unwrap()
+            .is_empty(),
+        "Patroni's keys of the failed clone are left"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", inst.port)).is_err(),
+        "the failed clone is routed"
+    );
+    // No restart loop: nothing of it comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ctx.nodes_on_cells("clone-hole").await, Vec::<String>::new());
+    ctx.deprovision("clone-hole").await;
+    std::fs::write(&removed[0], kept).unwrap();
+
+    // --- A deleted source, by name: its last commit before the deprovision is there. ---
+    let gone = write(5).await;
+    ctx.deprovision("src-1").await;
+    let (_, done) = ctx.clone_ok("clone-deleted", "old-db", None).await;
+    assert!(done.starts_with("The clone of old-db at "), "{done}");
+    assert_eq!(ctx.rows("clone-deleted").await, (gone as i64, gone));
+    // The source's binding is gone with it, its role too from the clone.
+    assert_eq!(ctx.source_roles("clone-deleted").await, "");
+    ctx.deprovision("clone-deleted").await;
+    worker.abort();
+    eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());
+}
