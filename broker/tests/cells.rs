@@ -483,8 +483,9 @@ fn clone_spec(
 /// §2.4): restored at an LSN, it becomes the leader with exactly the rows committed before
 /// it, the source's binding and group roles cannot log in, and it archives into its own
 /// repository, never into its source's (whose `ALTER SYSTEM` archive_command is in the
-/// backup). Another node, whose target lies beyond a segment missing from the source's
-/// archive, fails with PostgreSQL's FATAL, stays stopped and is never restarted.
+/// backup). Another node, whose target lies beyond a segment of the source's archive that
+/// cannot be read during its recovery (listed, but every GET of it answers 404), fails with
+/// PostgreSQL's FATAL, stays stopped and is never restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_bootstrap_from_an_archive() {
     use testkit::{PgOptions, Store};
@@ -530,15 +531,17 @@ async fn nodes_bootstrap_from_an_archive() {
     eprintln!(
         "backup {backup}, targets {target_ok} and {target_time} in {x}; {y} removed before {target_missing}"
     );
-    // A segment between the failing node's backup and its target disappears from the
-    // archive after the targets were chosen.
+    // A segment between the failing node's backup and its target cannot be read during the
+    // failing node's recovery: it is listed (so backup-fetch's check of the archive, which
+    // refuses what PostgreSQL could not reach, passes), but every GET of it answers 404, as
+    // when an object disappears between that check and the replay. PostgreSQL then ends
+    // recovery before its target.
     let src_dir = src.path();
-    let removed: Vec<String> = listing(&src_dir)
+    let hole: Vec<String> = listing(&src_dir)
         .into_keys()
         .filter(|k| k.rsplit('/').next().unwrap().starts_with(y.as_str()))
         .collect();
-    assert_eq!(removed.len(), 1, "{y}: {removed:?}");
-    std::fs::remove_file(src_dir.join(&removed[0])).unwrap();
+    assert_eq!(hole.len(), 1, "{y}: {hole:?}");
     let source_before = listing(&src_dir);
 
     let cell = Cell::start(&root, "a");
@@ -567,12 +570,16 @@ async fn nodes_bootstrap_from_an_archive() {
         &bin,
         bootstrap(BootstrapTarget::Time(target_time.clone())),
     );
-    let bad_spec = clone_spec(
+    let mut bad_spec = clone_spec(
         "clone-bad",
         &namespace,
         format!("{repos}/clone-bad"),
         &bin,
         bootstrap(BootstrapTarget::Lsn(target_missing.clone())),
+    );
+    bad_spec.walarchive_env.insert(
+        "WALARCHIVE_FAULTS".into(),
+        Secret::new(format!("op=get key={y} fault=404")),
     );
     // A node may not archive into the repository it restores from.
     let mut loop_spec = ok_spec.clone();
