@@ -23,11 +23,11 @@
 //!   command line, in a log line or in `Debug` output.
 //!
 //! The wire types and the broker's client are in [`client`], the HTTP server and its
-//! authentication in `server`, process spawning in [`crate::process`].
+//! authentication in `server`, the supervision of each node's Patroni in `supervise`, process
+//! spawning in [`crate::process`].
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use axum::http::header;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 mod binder;
 pub mod client;
@@ -43,6 +43,7 @@ mod config;
 mod error;
 mod restore;
 mod server;
+mod supervise;
 mod wal;
 
 pub use binder::CellBinder;
@@ -54,6 +55,7 @@ pub use config::{CellConfig, TOKEN_ENV};
 use config::{SOCKET_NAME_MAX, SOCKET_PATH_MAX};
 pub use error::Error;
 use error::{io_err, pg_error};
+use supervise::kill_postgres;
 
 use crate::binder::RoleRequest;
 use crate::patroni::bootstrap::{RESTORE_BOOTSTRAP_SCRIPT, RESTORE_POST_BOOTSTRAP_SCRIPT};
@@ -71,34 +73,6 @@ struct NodeRecord {
     spec: NodeSpec,
     ports: NodePorts,
     restapi_password: Secret,
-}
-
-// ---------------------------------------------------------------------------
-// PostgreSQL left running
-// ---------------------------------------------------------------------------
-
-/// The postmaster's PID from `postmaster.pid`, when that process is a live `postgres`.
-fn live_postmaster(data_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    (process::comm(pid).as_deref() == Some("postgres")).then_some(pid)
-}
-
-/// Makes sure no PostgreSQL runs in `data_dir`: immediate shutdown, then SIGKILL (its
-/// children exit on their own once the postmaster is gone).
-async fn kill_postgres(data_dir: &Path) {
-    let Some(pid) = live_postmaster(data_dir) else {
-        return;
-    };
-    warn!(data_dir = %data_dir.display(), pid, "PostgreSQL still running: immediate shutdown");
-    process::signal(pid, Signal::SIGQUIT);
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if live_postmaster(data_dir).is_none() {
-            return;
-        }
-    }
-    process::signal(pid, Signal::SIGKILL);
 }
 
 // ---------------------------------------------------------------------------
@@ -323,133 +297,6 @@ impl Agent {
             pg_port: got[0],
             api_port: got[1],
         })
-    }
-
-    fn start_supervisor(self: &Arc<Self>, node: &Arc<Node>) {
-        let agent = self.clone();
-        let n = node.clone();
-        let rx = node.stop.subscribe();
-        let handle = tokio::spawn(async move { agent.supervise(n, rx).await });
-        // The lock is free: the node was just created or its previous task was awaited.
-        if let Ok(mut t) = node.task.try_lock() {
-            *t = Some(handle);
-        }
-    }
-
-    fn patroni_command(&self, node: &Node) -> std::process::Command {
-        let rec = node.record();
-        let log_path = node.dir.join("patroni.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&log_path);
-        let mut cmd = std::process::Command::new(&self.config.patroni);
-        cmd.arg(node.dir.join("patroni.yml"))
-            .current_dir(&node.dir)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &node.dir)
-            .env("LC_ALL", "C.UTF-8")
-            .env("LANG", "C.UTF-8")
-            .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
-            .stdin(std::process::Stdio::null());
-        match log {
-            Ok(f) => {
-                let _ = std::os::unix::fs::chown(&log_path, Some(self.uid), Some(self.gid));
-                if let Ok(f2) = f.try_clone() {
-                    cmd.stdout(f2);
-                }
-                cmd.stderr(f);
-            }
-            Err(e) => warn!(node = node.name, "cannot open {}: {e}", log_path.display()),
-        }
-        cmd
-    }
-
-    async fn supervise(self: Arc<Self>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-        let mut delay = Duration::from_secs(1);
-        let pid_file = node.dir.join("patroni.pid");
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            if self.bootstrap_failed(&node) {
-                return;
-            }
-            let started = Instant::now();
-            match process::spawn_tied(self.patroni_command(&node)).await {
-                Ok(mut child) => {
-                    let pid = child.id();
-                    info!(node = node.name, pid, "Patroni started");
-                    node.runtime.lock().expect("runtime lock").pid = Some(pid);
-                    let _ = std::fs::write(&pid_file, pid.to_string());
-                    let (done_tx, mut done_rx) = oneshot::channel();
-                    // A plain thread, not tokio's blocking pool: a runtime being dropped
-                    // waits for its blocking tasks.
-                    std::thread::spawn(move || {
-                        let _ = done_tx.send(child.wait());
-                    });
-                    let stopping = tokio::select! {
-                        status = &mut done_rx => {
-                            warn!(node = node.name, "Patroni exited: {:?}", status.ok());
-                            false
-                        }
-                        _ = stop.changed() => true,
-                    };
-                    if stopping {
-                        info!(node = node.name, pid, "stopping Patroni");
-                        process::signal(pid, Signal::SIGTERM);
-                        if tokio::time::timeout(Duration::from_secs(120), &mut done_rx)
-                            .await
-                            .is_err()
-                        {
-                            warn!(node = node.name, pid, "Patroni did not stop: SIGKILL");
-                            process::signal(pid, Signal::SIGKILL);
-                            let _ = done_rx.await;
-                        }
-                    }
-                    let _ = std::fs::remove_file(&pid_file);
-                    let mut rt = node.runtime.lock().expect("runtime lock");
-                    rt.pid = None;
-                    if stopping {
-                        return;
-                    }
-                    drop(rt);
-                    if self.bootstrap_failed(&node) {
-                        return;
-                    }
-                    node.runtime.lock().expect("runtime lock").restarts += 1;
-                }
-                Err(e) => {
-                    error!(node = node.name, "cannot start Patroni: {e}");
-                    node.runtime.lock().expect("runtime lock").restarts += 1;
-                }
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                delay = Duration::from_secs(1);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.changed() => return,
-            }
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
-    }
-
-    /// Whether `node` bootstrapped from an archive and that failed: its Patroni is not
-    /// (re)started, or it would bootstrap again, forever (see [`restore`]).
-    fn bootstrap_failed(&self, node: &Node) -> bool {
-        let failed = node.record().spec.bootstrap.is_some() && restore::bootstrap_failed(&node.dir);
-        if failed {
-            warn!(
-                node = node.name,
-                "the node's bootstrap from an archive failed: Patroni is not restarted"
-            );
-        }
-        failed
     }
 
     /// Re-adopts the nodes found in data_root.

@@ -45,7 +45,8 @@
 //!
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
 //! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
-//! writes them (one etcd transaction per decision), `purges` the purges of deleted
+//! writes them (one etcd transaction per decision), `operations` records an operation's steps
+//! and its end, `purges` the purges of deleted
 //! incarnations' archives, `forget` the removal of the self-test's deleted instances; `keys` lays them out under the prefix; `sealed` keeps secrets
 //! sealed at rest; `check` says whether a stored value decodes as the record its key names
 //! (state backups); `recovered` writes a snapshot's records back (disaster recovery); [`cas`] is the one retry loop of every
@@ -56,6 +57,7 @@ mod check;
 mod forget;
 mod keys;
 pub mod model;
+mod operations;
 mod purges;
 mod recovered;
 mod sealed;
