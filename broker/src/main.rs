@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use walarchive_broker::admin::Selector;
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
-use walarchive_broker::recover::{RecoverError, Recovery};
+use walarchive_broker::recover::{outcomes_text, RecoverError, Recovery};
 use walarchive_broker::statebackup::StateBackup;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
@@ -68,8 +68,9 @@ enum Command {
         command: StateBackupCommand,
     },
     /// Restore the broker's records from a state snapshot into an empty etcd, after the loss
-    /// of etcd and the cells (part 1: the instances are marked for recovery; the worker that
-    /// re-creates them from their archives is not built yet). Exit 2: refused, nothing written.
+    /// of etcd and the cells, then re-create every instance from its own archive (a worker
+    /// runs until they are done) and print what each recovered to. Exit 0: all recovered;
+    /// 1: some not (named); 2: refused, nothing written.
     DisasterRecovery {
         /// The broker's configuration file.
         #[arg(long, value_name = "FILE")]
@@ -389,22 +390,44 @@ fn disaster_recovery(
     json: bool,
 ) -> anyhow::Result<()> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
         let etcd = EtcdClient::from_config(&config.etcd)?;
         let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
-        let report = Recovery::new(&config, store)?
-            .run(snapshot, dry_run)
-            .await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else if dry_run {
-            print!("{}", report.plan_text());
-        } else {
+        let recovery = Recovery::new(&config, store)?;
+        let report = recovery.run(snapshot, dry_run).await?;
+        if dry_run {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.plan_text());
+            }
+            return Ok(());
+        }
+        if !json {
             print!("{}", report.done_text());
+        }
+        let outcomes = recovery.wait(&report).await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"report": report, "outcomes": outcomes})
+                )?
+            );
+        } else {
+            print!("{}", outcomes_text(&outcomes));
+        }
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| !o.ok)
+            .map(|o| o.id.as_str())
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!("not recovered: {}", failed.join(", "));
         }
         Ok(())
     })
