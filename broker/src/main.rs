@@ -81,6 +81,10 @@ enum Command {
         /// Print the plan and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Write the records and stop, without re-creating the instances (a broker started
+        /// afterwards does it, without the per-instance report).
+        #[arg(long, conflicts_with = "dry_run")]
+        records_only: bool,
         /// Print the plan or the report as JSON.
         #[arg(long)]
         json: bool,
@@ -178,8 +182,9 @@ fn main() -> ExitCode {
             config,
             snapshot,
             dry_run,
+            records_only,
             json,
-        } => disaster_recovery(&config, snapshot, dry_run, json),
+        } => disaster_recovery(&config, snapshot, dry_run || records_only, dry_run, json),
         Command::Dev {
             dir,
             cells,
@@ -386,6 +391,7 @@ fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
 fn disaster_recovery(
     config_path: &std::path::Path,
     snapshot: Option<i64>,
+    stop_early: bool,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -399,11 +405,13 @@ fn disaster_recovery(
         let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
         let recovery = Recovery::new(&config, store)?;
         let report = recovery.run(snapshot, dry_run).await?;
-        if dry_run {
+        if stop_early {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
+            } else if dry_run {
                 print!("{}", report.plan_text());
+            } else {
+                print!("{}", report.done_text());
             }
             return Ok(());
         }
