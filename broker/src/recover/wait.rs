@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::{Action, RecoverError, Recovery, Report};
-use crate::state::{OperationState, StoreError};
+use crate::state::OperationState;
 use crate::worker::Worker;
 
 /// How one instance's recovery ended.
@@ -55,20 +55,19 @@ impl Recovery<'_> {
         let start = Instant::now();
         let timeout = self.config.worker.restore_timeout.0;
         let mut done: Vec<Option<Outcome>> = vec![None; waited.len()];
-        let fail = |source: StoreError| RecoverError::Write {
-            written: report.instances.len(),
-            source,
-        };
         loop {
             for (slot, p) in done.iter_mut().zip(&waited) {
                 if slot.is_some() {
                     continue;
                 }
-                let (inst, op) = self
-                    .store
-                    .instance_and_operation(&p.id)
-                    .await
-                    .map_err(fail)?;
+                let (inst, op) = match self.store.instance_and_operation(&p.id).await {
+                    Ok(r) => r,
+                    // etcd away for a moment: the worker waits for it too.
+                    Err(e) => {
+                        tracing::warn!(instance = %p.id, "cannot read the recovery's progress: {e}");
+                        continue;
+                    }
+                };
                 let (inst, op) = (inst.map(|v| v.value), op.map(|v| v.value));
                 let reached = inst
                     .as_ref()

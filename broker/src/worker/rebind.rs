@@ -9,7 +9,7 @@
 use tracing::{info, warn};
 
 use super::{CellInfo, Inner, Step, INTERNAL};
-use crate::binder::{role_name, BinderOptions, RoleRequest};
+use crate::binder::{role_name, valid_role_name, BinderOptions, RoleRequest};
 use crate::state::{BindingState, InstanceRecord, OperationRecord};
 
 impl Inner {
@@ -34,9 +34,11 @@ impl Inner {
                 warn!(instance = %inst.id, binding = %b.binding_id, "a created binding has no credentials recorded");
                 continue;
             };
-            let role = role_name(&b.binding_id);
-            if creds.username != role {
-                warn!(instance = %inst.id, binding = %b.binding_id, "a binding's recorded user is not its role name");
+            // The role the platform's URI names (the binding's role name, as the binder made it).
+            let role = creds.username.clone();
+            if !valid_role_name(&role) {
+                warn!(instance = %inst.id, binding = %b.binding_id, expected = %role_name(&b.binding_id),
+                      "a binding's recorded user is not a binding role's name");
                 return Err(Step::Fail(INTERNAL.into()));
             }
             let req = RoleRequest {
