@@ -1,5 +1,5 @@
 //! Disaster recovery end to end (design §4.2): instances provisioned and bound through the
-//! OSB API, written to continuously, then everything but the archives and the state snapshot
+//! OSB API (a single, an ha one and a clone), written to continuously, then everything but the archives and the state snapshot
 //! is lost (the broker, its HAProxy, every cell agent with its Patroni and PostgreSQL, etcd's
 //! keys, the cells' data). On empty cells the real `walarchive-broker disaster-recovery`
 //! re-creates every instance from its own archive, and the platform's *old* binding URIs work
@@ -28,11 +28,12 @@ const ARCHIVE_TIMEOUT: u64 = 1;
 /// The rows a writer committed: (id, when the commit returned).
 type Commits = Arc<Mutex<Vec<(i32, SystemTime)>>>;
 
-/// Inserts a row every 20 ms through `uri` until aborted, noting each commit.
-fn writer(uri: String, commits: Commits) -> tokio::task::JoinHandle<()> {
+/// Inserts a row every 20 ms through `uri` until aborted (ids from `first` on), noting each
+/// commit.
+fn writer(uri: String, first: i32, commits: Commits) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let db = primary_as(uri).await.expect("the writer connects");
-        for k in 1.. {
+        for k in first.. {
             if db
                 .execute("insert into t values ($1)", &[&k])
                 .await
@@ -134,10 +135,12 @@ async fn scenario() {
             .await;
     }
     eprintln!("provisioned at {:.1} s", t0.elapsed().as_secs_f64());
+    let mut names = Vec::new();
     let mut uris = Vec::new();
     let mut writers = Vec::new();
     let mut commits = Vec::new();
     for (id, _) in instances {
+        names.push(id);
         let uri = c.bind(id, &format!("{id}-app")).await;
         let db = wait_for(
             "the binding connects",
@@ -150,10 +153,40 @@ async fn scenario() {
             .await
             .unwrap();
         let seen: Commits = Arc::default();
-        writers.push(writer(uri.clone(), seen.clone()));
+        writers.push(writer(uri.clone(), 1, seen.clone()));
         commits.push(seen);
         uris.push(uri);
     }
+    // A clone of "single" at its latest point, bound and written to: recovered from its own
+    // archive like the others (never from its source's).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = c
+        .call(
+            axum::http::Method::PUT,
+            "/v2/service_instances/copy?accepts_incomplete=true",
+            Some(serde_json::json!({
+                "service_id": c.service, "plan_id": c.plan,
+                "organization_guid": "org", "space_guid": "space",
+                "context": {"platform": "test", "instance_name": "copy"},
+                "parameters": {"node-count": 1, "clone-from": "single"},
+            })),
+        )
+        .await;
+    assert_eq!(status, axum::http::StatusCode::ACCEPTED, "clone: {body}");
+    c.wait_succeeded(
+        "copy",
+        body["operation"].as_str().unwrap(),
+        Duration::from_secs(150),
+        &diag,
+    )
+    .await;
+    let uri = c.bind("copy", "copy-app").await;
+    let seen: Commits = Arc::default();
+    writers.push(writer(uri.clone(), 1_000_000, seen.clone()));
+    commits.push(seen);
+    uris.push(uri);
+    names.push("copy");
+    eprintln!("cloned at {:.1} s", t0.elapsed().as_secs_f64());
     // The first binding's password changed behind the broker's back (as a binding made
     // after the last archived segment would be missing): the archive no longer knows the
     // recorded one, and the old URI works after the recovery only because the recovery puts
@@ -249,7 +282,7 @@ async fn scenario() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}\n{}", diag());
-    for (id, _) in instances {
+    for id in &names {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("{id} {id} ")) && l.ends_with(" succeeded"))
@@ -260,12 +293,14 @@ async fn scenario() {
             "recovered-to LSN: {line}"
         );
     }
-    assert!(stdout.contains("all 2 instances recovered"), "{stdout}");
+    assert!(stdout.contains("all 3 instances recovered"), "{stdout}");
+    let ha = c.store.instance("ha").await.unwrap().unwrap().value;
+    assert_eq!(ha.nodes.len(), 2, "the ha instance has its replica again");
 
     // --- The old URIs, through the old router ports: every row committed before
     // disaster − archive_timeout − 2 s is there. ---
     let bound = disaster - Duration::from_secs(ARCHIVE_TIMEOUT + 2);
-    for (((id, _), uri), rows) in instances.iter().zip(&uris).zip(&committed) {
+    for ((id, uri), rows) in names.iter().zip(&uris).zip(&committed) {
         let db = wait_for(
             "the old binding URI connects to the recovered instance",
             Duration::from_secs(30),
@@ -305,7 +340,7 @@ async fn scenario() {
             .expect("a surviving row");
         eprintln!(
             "{id}: {} of {} committed rows recovered; RPO {:.2} s (newest surviving commit before the disaster)",
-            ids.len(),
+            rows.iter().filter(|(k, _)| present.contains(k)).count(),
             rows.len(),
             disaster
                 .duration_since(newest)
