@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use walarchive_broker::admin::Selector;
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
-use walarchive_broker::recover::{RecoverError, Recovery};
+use walarchive_broker::recover::{outcomes_text, RecoverError, Recovery};
 use walarchive_broker::statebackup::StateBackup;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
@@ -68,8 +68,9 @@ enum Command {
         command: StateBackupCommand,
     },
     /// Restore the broker's records from a state snapshot into an empty etcd, after the loss
-    /// of etcd and the cells (part 1: the instances are marked for recovery; the worker that
-    /// re-creates them from their archives is not built yet). Exit 2: refused, nothing written.
+    /// of etcd and the cells, then re-create every instance from its own archive (a worker
+    /// runs until they are done) and print what each recovered to. Exit 0: all recovered;
+    /// 1: some not (named); 2: refused, nothing written.
     DisasterRecovery {
         /// The broker's configuration file.
         #[arg(long, value_name = "FILE")]
@@ -80,6 +81,10 @@ enum Command {
         /// Print the plan and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Write the records and stop, without re-creating the instances (a broker started
+        /// afterwards does it, without the per-instance report).
+        #[arg(long, conflicts_with = "dry_run")]
+        records_only: bool,
         /// Print the plan or the report as JSON.
         #[arg(long)]
         json: bool,
@@ -177,8 +182,9 @@ fn main() -> ExitCode {
             config,
             snapshot,
             dry_run,
+            records_only,
             json,
-        } => disaster_recovery(&config, snapshot, dry_run, json),
+        } => disaster_recovery(&config, snapshot, dry_run || records_only, dry_run, json),
         Command::Dev {
             dir,
             cells,
@@ -385,26 +391,51 @@ fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
 fn disaster_recovery(
     config_path: &std::path::Path,
     snapshot: Option<i64>,
+    stop_early: bool,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
         let etcd = EtcdClient::from_config(&config.etcd)?;
         let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
-        let report = Recovery::new(&config, store)?
-            .run(snapshot, dry_run)
-            .await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else if dry_run {
-            print!("{}", report.plan_text());
-        } else {
+        let recovery = Recovery::new(&config, store)?;
+        let report = recovery.run(snapshot, dry_run).await?;
+        if stop_early {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if dry_run {
+                print!("{}", report.plan_text());
+            } else {
+                print!("{}", report.done_text());
+            }
+            return Ok(());
+        }
+        if !json {
             print!("{}", report.done_text());
+        }
+        let outcomes = recovery.wait(&report).await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"report": report, "outcomes": outcomes})
+                )?
+            );
+        } else {
+            print!("{}", outcomes_text(&outcomes));
+        }
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| !o.ok)
+            .map(|o| o.id.as_str())
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!("not recovered: {}", failed.join(", "));
         }
         Ok(())
     })

@@ -527,6 +527,7 @@ mod tests {
             timeline: None,
             disable_roles: true,
             group_role: "g_app".into(),
+            same_repository: false,
         });
         let v = c.to_value().unwrap();
         assert_eq!(v["bootstrap"]["method"], "walarchive_restore");

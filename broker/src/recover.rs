@@ -1,5 +1,5 @@
-//! `walarchive-broker disaster-recovery`, part 1: the broker's records back from a state
-//! snapshot (design §4.2 steps 1, 2 and 4, `--dry-run`).
+//! `walarchive-broker disaster-recovery`: the broker's records back from a state snapshot,
+//! then every instance re-created from its own archive (design §4.2, `--dry-run`).
 //!
 //! Why: when etcd and the cells are lost, the archives survive, and a snapshot of the
 //! broker's records (`crate::statebackup`) says whose they are, on which router port each
@@ -19,8 +19,10 @@
 //!    ([`RestoreKind::Recover`]). An operation in progress (a provision, a deprovision)
 //!    keeps its id, since the platform polls it, and starts again.
 //!
-//! Step 3, the worker re-creating every instance from its archive, is not built yet: until it
-//! is, a started broker would fail the recovery operations.
+//! 3. Runs a worker in-process ([`Recovery::wait`], in `recover/wait.rs`) until every
+//!    operation it wrote has finished: the worker's restore pass re-creates each instance
+//!    from its own archive (same scope, router port and binding credentials), then reports
+//!    what each instance recovered to.
 
 use std::collections::BTreeMap;
 
@@ -58,6 +60,10 @@ pub enum RecoverError {
     /// The state backup's store or etcd failed while reading; nothing was written.
     #[error(transparent)]
     Backup(StateBackupError),
+    /// The records were written but the in-process worker could not start (a storage
+    /// credential missing from the environment, a cell without a client).
+    #[error("the records were written, but the worker cannot start: {0}")]
+    Worker(String),
     /// Writing failed: the instances reported before were written, this one and the rest
     /// were not.
     #[error("{written} instances written, then: {source}")]
@@ -594,7 +600,7 @@ impl Report {
             .filter(|p| p.action != Action::KeepDeleted && p.action != Action::KeepFailed)
             .count();
         out.push_str(&format!(
-            "restored {} instances and {} other keys from {} (revision {}); {recover} wait for the worker to re-create them (not built yet: do not start the broker)\n",
+            "restored {} instances and {} other keys from {} (revision {}); {recover} are re-created by the worker\n",
             self.instances.len(),
             self.other_keys,
             self.snapshot,
@@ -606,3 +612,6 @@ impl Report {
 
 #[cfg(test)]
 mod tests;
+mod wait;
+
+pub use wait::{outcomes_text, Outcome};

@@ -50,6 +50,7 @@ mod observe;
 mod passes;
 mod placement;
 mod purge;
+mod rebind;
 mod repository;
 mod restore;
 mod routing;

@@ -555,6 +555,7 @@ async fn nodes_bootstrap_from_an_archive() {
         timeline: None,
         disable_roles: true,
         group_role: "g_app".into(),
+        same_repository: false,
     };
     let ok_spec = clone_spec(
         "clone-ok",

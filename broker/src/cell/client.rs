@@ -124,9 +124,17 @@ impl BootstrapSpec {
         {
             return Err("bootstrap.source_repository must be a repository URL".into());
         }
-        if self.source_repository.trim_end_matches('/') == own_repository.trim_end_matches('/') {
+        let same =
+            self.source_repository.trim_end_matches('/') == own_repository.trim_end_matches('/');
+        if same && !self.same_repository {
             return Err(
                 "bootstrap.source_repository is the node's own repository: a clone must archive elsewhere"
+                    .into(),
+            );
+        }
+        if !same && self.same_repository {
+            return Err(
+                "bootstrap.same_repository is set but the source is not the node's own repository"
                     .into(),
             );
         }
@@ -608,6 +616,28 @@ mod tests {
         for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(64)] {
             assert!(!valid_node_name(bad), "{bad}");
         }
+    }
+
+    /// A source equal to the node's repository only with `same_repository` (a disaster
+    /// recovery), and that flag only with it.
+    #[test]
+    fn bootstrap_own_repository_needs_the_flag() {
+        let mut b = BootstrapSpec {
+            source_repository: "file:///r/inst/".into(),
+            backup: "LATEST".into(),
+            recovery_target: BootstrapTarget::Lsn("0/3000060".into()),
+            timeline: None,
+            disable_roles: false,
+            group_role: "app_owner".into(),
+            same_repository: false,
+        };
+        let e = b.validate("file:///r/inst").unwrap_err();
+        assert!(e.contains("own repository"), "{e}");
+        assert!(b.validate("file:///r/other").is_ok());
+        b.same_repository = true;
+        assert!(b.validate("file:///r/inst").is_ok());
+        let e = b.validate("file:///r/other").unwrap_err();
+        assert!(e.contains("same_repository"), "{e}");
     }
 
     #[test]

@@ -68,6 +68,11 @@ pub struct BootstrapSpec {
     pub disable_roles: bool,
     /// The source's group role (owner of the application database).
     pub group_role: String,
+    /// The source is the node's own repository: a disaster recovery restores an instance from
+    /// its own archive and goes on archiving there on a new timeline. Without it a source
+    /// equal to the node's repository is refused (a clone must archive elsewhere).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_repository: bool,
 }
 
 /// The longest backup name a bootstrap spec may name.
@@ -211,6 +216,7 @@ mod tests {
             timeline: Some(3),
             disable_roles: true,
             group_role: "g_app".into(),
+            same_repository: false,
         }
     }
 

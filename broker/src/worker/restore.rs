@@ -210,6 +210,8 @@ fn bootstrap_spec(r: &RestoreRecord, resolved: &ResolvedTarget) -> Result<Bootst
         timeline: resolved.timeline,
         disable_roles: r.kind == RestoreKind::Clone,
         group_role: crate::binder::BinderOptions::default().group_role,
+        // A recovery restores from the instance's own archive and goes on archiving there.
+        same_repository: r.kind == RestoreKind::Recover,
     })
 }
 
@@ -416,10 +418,15 @@ impl Inner {
             ),
             None => format!("the archived WAL up to LSN {}", reached.lsn),
         };
+        let plural = if n == 1 { "" } else { "s" };
+        if restore.kind == RestoreKind::Recover {
+            return Ok(format!(
+                "Recovered after a disaster from its own archive ({n} node{plural}): {upto}."
+            ));
+        }
         Ok(format!(
-            "The clone of {source} at {} is ready ({n} node{}): {upto}.",
+            "The clone of {source} at {} is ready ({n} node{plural}): {upto}.",
             at_text(&restore),
-            if n == 1 { "" } else { "s" }
         ))
     }
 
@@ -577,6 +584,10 @@ impl Inner {
                     ))?;
                 info!(instance = %inst.id, role = %role, "a binding role of the source dropped from the clone");
             }
+        }
+        if restore.kind == RestoreKind::Recover {
+            let put = self.reapply_bindings(op, inst, leader, cell).await?;
+            info!(instance = %inst.id, roles = put, "the recorded bindings' roles put back");
         }
         let pushed = cell
             .client
