@@ -248,10 +248,15 @@ fn by_hand(
     let dir = dev.dir.join(format!("by-hand-{n}"));
     let data = dir.join("data");
     let path = |p: &Path| p.display().to_string();
-    run(
-        "mkdir",
-        as_node_user(dev, "mkdir").args(["-m", "0700", &path(&dir)]),
-    )?;
+    std::fs::create_dir(&dir).map_err(err)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(err)?;
+    if is_root() {
+        run(
+            "chown",
+            Command::new("chown").args([dev.node_user(), &path(&dir)]),
+        )?;
+    }
     std::fs::write(
         dev.dir.join(format!("by-hand-{n}.hba")),
         "local all all trust\n",
@@ -346,24 +351,27 @@ pub async fn measure(dev: &mut Dev, size: Size) -> Result<Report, String> {
         .await
         .map_err(err)?
         .get(0);
-    let accounts = i64::from(size.scale) * 100_000;
+    let accounts = size.scale as i32 * 100_000;
     let target = (size.wal_mib as i64) << 20;
-    let mut next = 1i64;
+    let mut next = 1i32;
     let mut mid = None;
     let t = Instant::now();
     loop {
         let w = written(&db, &lsn0).await?;
         if mid.is_none() && w >= target / 2 {
-            let now: String = db
+            // RFC 3339 for the broker, PostgreSQL's own form for backup-fetch by hand
+            // (PostgreSQL 15 refuses the former in recovery_target_time).
+            let r = db
                 .query_one(
-                    "select to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+                    "select to_char(t, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), to_char(t, 'YYYY-MM-DD HH24:MI:SS.MS+00') \
+                     from (select clock_timestamp() at time zone 'utc' as t) n",
                     &[],
                 )
                 .await
-                .map_err(err)?
-                .get(0);
-            eprintln!("clones: {} MiB of WAL at {now}", w >> 20);
-            mid = Some(now);
+                .map_err(err)?;
+            let (rfc, pg): (String, String) = (r.get(0), r.get(1));
+            eprintln!("clones: {} MiB of WAL at {rfc}", w >> 20);
+            mid = Some((rfc, pg));
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         if w >= target {
@@ -386,6 +394,29 @@ pub async fn measure(dev: &mut Dev, size: Size) -> Result<Report, String> {
         wal_bytes >> 20,
         t.elapsed().as_secs_f64()
     );
+    // Cloning "the latest point" means the end of that WAL: wait until all but its last
+    // segment is archived (the last one is switched by the broker).
+    let t = Instant::now();
+    loop {
+        let r = db
+            .query_one(
+                "select coalesce(last_archived_wal, '') >= pg_walfile_name(pg_current_wal_lsn() - 1048576) from pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        if r.get::<_, bool>(0) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            return Err("the source's WAL was not archived within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "clones: archived {:.1} s after the WAL's end",
+        t.elapsed().as_secs_f64()
+    );
     drop(db);
     let mid = mid.expect("half-way through");
     let repo = format!("file://{}/repo/{SOURCE}", dev.dir.display());
@@ -394,12 +425,12 @@ pub async fn measure(dev: &mut Dev, size: Size) -> Result<Report, String> {
     for (n, at) in [None, Some(mid)].into_iter().enumerate() {
         let id = format!("clone-{n}");
         let mut p = json!({"clone-from": SOURCE});
-        if let Some(at) = &at {
+        if let Some((at, _)) = &at {
             p["clone-at"] = json!(at);
         }
         eprintln!(
             "clones: {id} at {}",
-            at.as_deref().unwrap_or("the latest point")
+            at.as_ref().map_or("the latest point", |a| a.0.as_str())
         );
         let (body, seen, total) = provision(dev, &id, PLAN_HA, p).await?;
         for (t, d) in &seen {
@@ -412,7 +443,7 @@ pub async fn measure(dev: &mut Dev, size: Size) -> Result<Report, String> {
         let phases = phases(&seen, total);
         deprovision(dev, &id, PLAN_HA).await?;
         let hand_target = match &at {
-            Some(t) => ["--target-time", t.as_str()],
+            Some((_, pg)) => ["--target-time", pg.as_str()],
             None => ["--target-lsn", lsn],
         };
         eprintln!("clones: by hand, {} {}", hand_target[0], hand_target[1]);
@@ -422,7 +453,7 @@ pub async fn measure(dev: &mut Dev, size: Size) -> Result<Report, String> {
             hand.0, hand.1
         );
         rows.push(Row {
-            target: at.unwrap_or_else(|| format!("latest (LSN {lsn})")),
+            target: at.map_or_else(|| format!("latest (LSN {lsn})"), |a| a.0),
             total,
             phases,
             hand,
