@@ -2,7 +2,8 @@
 //! two-node instance takes (OSB `PUT` until `last_operation` says `succeeded`), and how long a
 //! failover takes (SIGKILL of the leader's cell agent, which takes its Patroni and PostgreSQL
 //! down like a lost machine, until the first successful write through the router port on
-//! the promoted node).
+//! the promoted node); then how long a point-in-time clone of a 1 GiB source takes, phase by
+//! phase, against the same restore done by hand (`broker/clones.rs`).
 //!
 //! Not a test: it runs the real processes (etcd, three cell agents, Patroni, PostgreSQL 15,
 //! HAProxy) for a few minutes and prints a Markdown table. Run as root (see scripts/setup):
