@@ -2,21 +2,30 @@
 //! two-node instance takes (OSB `PUT` until `last_operation` says `succeeded`), and how long a
 //! failover takes (SIGKILL of the leader's cell agent, which takes its Patroni and PostgreSQL
 //! down like a lost machine, until the first successful write through the router port on
-//! the promoted node).
+//! the promoted node); then how long a point-in-time clone of a 1 GiB source takes, phase by
+//! phase, against the same restore done by hand (`broker/clones.rs`).
 //!
 //! Not a test: it runs the real processes (etcd, three cell agents, Patroni, PostgreSQL 15,
 //! HAProxy) for a few minutes and prints a Markdown table. Run as root (see scripts/setup):
 //!
 //! ```text
-//! cargo bench -p walarchive-broker --bench broker            # 3 repetitions
+//! cargo bench -p walarchive-broker --bench broker            # 3 repetitions, then clones
 //! WALARCHIVE_BENCH_REPS=5 cargo bench -p walarchive-broker --bench broker
+//! WALARCHIVE_BENCH_PARTS=clones WALARCHIVE_BENCH_CLONE_SCALE=20 WALARCHIVE_BENCH_CLONE_WAL_MB=256 \
+//!     cargo bench -p walarchive-broker --bench broker     # only clones, a smaller run
 //! ```
+//!
+//! `WALARCHIVE_BENCH_PARTS` (`provision,clones` by default) chooses what runs; the clones'
+//! part (a 1 GiB source by default) is in `broker/clones.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use walarchive_broker::dev::{write_probe, Dev, DevOptions, PLAN_HA};
+
+#[path = "broker/clones.rs"]
+mod clones;
 
 /// The walarchive binary of the same profile as this benchmark's broker binary, built when
 /// missing.
@@ -52,7 +61,10 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-async fn run(reps: usize) -> Result<Vec<(f64, f64)>, String> {
+/// What the run measured: provisioning and failover times, and the clones' report.
+type Measured = (Vec<(f64, f64)>, Option<clones::Report>);
+
+async fn run(reps: usize, parts: &str) -> Result<Measured, String> {
     let broker = PathBuf::from(env!("CARGO_BIN_EXE_walarchive-broker"));
     let opts = DevOptions {
         cells: 3,
@@ -61,7 +73,21 @@ async fn run(reps: usize) -> Result<Vec<(f64, f64)>, String> {
         ..DevOptions::default()
     };
     let mut dev = Dev::prepare(&opts).map_err(|e| e.to_string())?;
-    let result = measure(&mut dev, reps).await;
+    let result = async {
+        dev.start().await.map_err(|e| e.to_string())?;
+        let rows = if parts.contains("provision") {
+            measure(&mut dev, reps).await?
+        } else {
+            Vec::new()
+        };
+        let clones = if parts.contains("clones") {
+            Some(clones::measure(&mut dev, clones::Size::from_env()).await?)
+        } else {
+            None
+        };
+        Ok((rows, clones))
+    }
+    .await;
     if result.is_err() {
         eprintln!("logs kept in {}", dev.dir.display());
         std::mem::forget(dev);
@@ -72,7 +98,6 @@ async fn run(reps: usize) -> Result<Vec<(f64, f64)>, String> {
 }
 
 async fn measure(dev: &mut Dev, reps: usize) -> Result<Vec<(f64, f64)>, String> {
-    dev.start().await.map_err(|e| e.to_string())?;
     let osb = dev.osb();
     let mut rows = Vec::new();
     for r in 1..=reps {
@@ -142,18 +167,26 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let parts =
+        std::env::var("WALARCHIVE_BENCH_PARTS").unwrap_or_else(|_| "provision,clones".into());
     // A current-thread runtime: the children's death signal is tied to this thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let rows = match runtime.block_on(run(reps)) {
-        Ok(rows) => rows,
+    let (rows, clones) = match runtime.block_on(run(reps, &parts)) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("benchmark failed: {e}");
             std::process::exit(1);
         }
     };
+    if let Some(c) = &clones {
+        clones::print(c);
+    }
+    if rows.is_empty() {
+        return;
+    }
     println!();
     println!("2-node instance (plan ha), 3 cells on one machine; Patroni ttl 10 s, loop_wait 2 s, retry_timeout 4 s, synchronous_mode");
     println!();

@@ -74,12 +74,26 @@ impl Osb {
 
     /// Provisions `instance_id` with `plan_id` (asynchronously; 202 or 200).
     pub async fn provision(&self, instance_id: &str, plan_id: &str) -> Result<(), DevError> {
+        self.provision_with(instance_id, plan_id, json!({}))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Osb::provision`] with `parameters` (`clone-from`, ...): the answer's body (a
+    /// clone's 202 says in `metadata` what it copies). The instance's name is its id.
+    pub async fn provision_with(
+        &self,
+        instance_id: &str,
+        plan_id: &str,
+        parameters: Value,
+    ) -> Result<Value, DevError> {
         let body = json!({
             "service_id": SERVICE_ID,
             "plan_id": plan_id,
             "organization_guid": "dev-org",
             "space_guid": "dev-space",
             "context": { "platform": "dev", "instance_name": instance_id },
+            "parameters": parameters,
         });
         let r = self
             .send(
@@ -88,7 +102,7 @@ impl Osb {
                 Some(body),
             )
             .await?;
-        Self::expect("provision", &[200, 201, 202], r).map(|_| ())
+        Self::expect("provision", &[200, 201, 202], r)
     }
 
     /// Deprovisions `instance_id` (asynchronously).
