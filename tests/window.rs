@@ -202,6 +202,29 @@ fn a_time_between_commits_restores_exactly_those_before_it() {
     assert_eq!(restore_resolved(t), "10:10");
 }
 
+/// `backup-fetch --target-time` in RFC 3339's `T…Z` form (what the broker's users write):
+/// written for PostgreSQL in the form it reads (PostgreSQL 15 refuses to start on the `T…Z`
+/// form as such), and exact.
+#[test]
+fn an_rfc3339_target_time_restores_exactly() {
+    let s = source();
+    let midway = walarchive_restore::recovery::parse_target_time(&row(10).midway).unwrap();
+    let rfc3339 = midway.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    assert!(rfc3339.contains('T') && rfc3339.ends_with('Z'), "{rfc3339}");
+    let backup = s.backup["name"].as_str().unwrap();
+    let c = s.repo.restore(
+        backup,
+        &["--target-time", &rfc3339, "--target-action", "promote"],
+    );
+    c.append_conf("archive_mode = off\n");
+    c.start_with_env(&s.repo.env);
+    c.wait_promoted();
+    assert_eq!(
+        c.psql("select count(*) || ':' || coalesce(max(n), 0) from seq"),
+        "10:10"
+    );
+}
+
 #[test]
 fn a_time_after_the_last_commit_is_refused_unless_the_archive_is_complete() {
     let s = source();

@@ -64,16 +64,26 @@ pub fn parse_target_time(s: &str) -> Result<DateTime<Utc>, String> {
         normalized.replace(" UTC", "Z").replace("UTC", "Z"),
     ];
     for c in candidates {
-        if let Ok(d) = DateTime::parse_from_rfc3339(&c) {
-            return Ok(d.with_timezone(&Utc));
-        }
-        if let Ok(d) = DateTime::parse_from_str(&c, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        let parsed = DateTime::parse_from_rfc3339(&c)
+            .or_else(|_| DateTime::parse_from_str(&c, "%Y-%m-%dT%H:%M:%S%.f%z"));
+        if let Ok(d) = parsed {
+            if d.timestamp_subsec_nanos() % 1000 != 0 {
+                return Err(format!(
+                    "cannot use the target time {s:?}: PostgreSQL keeps times to the microsecond; give at most 6 digits after the seconds"
+                ));
+            }
             return Ok(d.with_timezone(&Utc));
         }
     }
     Err(format!(
         "cannot read the target time {s:?}: give a date, time and UTC offset, e.g. 2026-11-22 05:30:00+00"
     ))
+}
+
+/// A target time in the form PostgreSQL's `recovery_target_time` reads, in UTC to the
+/// microsecond (`2026-12-07 10:15:00.000000+00`).
+pub fn postgres_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
 }
 
 /// Whether backup `m` can serve `target`: it must end before the target.
@@ -171,7 +181,9 @@ pub fn settings(backup: &str, restore_command: &str, r: &Recovery) -> String {
     };
     set("restore_command", restore_command);
     match &r.target {
-        Some(Target::Time(s, _)) => set("recovery_target_time", s),
+        // As PostgreSQL reads it, whatever form it was given in (PostgreSQL 15 refuses an
+        // RFC 3339 `T…Z` time that it would take with a space and `+00`).
+        Some(Target::Time(_, t)) => set("recovery_target_time", &postgres_time(*t)),
         Some(Target::Lsn(l)) => set("recovery_target_lsn", &l.to_string()),
         Some(Target::Xid(x)) => set("recovery_target_xid", &x.to_string()),
         Some(Target::Name(n)) => set("recovery_target_name", n),
@@ -297,6 +309,26 @@ mod tests {
             s.contains("restore_command = '/usr/bin/walarchive --repo s3://b/p wal-fetch %f %p'\n")
         );
         assert!(s.contains("recovery_target_name = 'it''s'\n"));
+        // A time is written as PostgreSQL reads it, whatever form it was given in.
+        for given in [
+            "2026-12-07T10:15:00.5Z",
+            "2026-12-07 10:15:00.500000+00",
+            "2026-12-07T11:15:00.5+01:00",
+        ] {
+            let r = Recovery {
+                target: Some(Target::Time(
+                    given.into(),
+                    parse_target_time(given).unwrap(),
+                )),
+                ..Default::default()
+            };
+            let s = settings("b1", "true", &r);
+            assert!(
+                s.contains("recovery_target_time = '2026-12-07 10:15:00.500000+00'\n"),
+                "{given}: {s}"
+            );
+        }
+        assert!(parse_target_time("2026-12-07T10:15:00.0000005Z").is_err());
         assert!(s.contains("recovery_target_inclusive = 'false'\n"));
         assert!(s.contains("recovery_target_timeline = 'latest'\n"));
         assert!(s.contains("recovery_target_action = 'promote'\n"));
