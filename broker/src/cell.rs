@@ -562,12 +562,7 @@ impl Agent {
     /// `program` as the node's OS user, in its directory, with a clean environment (a fixed
     /// `PATH`, `HOME` the node's directory) plus its walarchive environment, stdin closed:
     /// how every process of a node starts (walarchive, Patroni).
-    fn node_command(
-        &self,
-        program: &Path,
-        node: &Node,
-        rec: &NodeRecord,
-    ) -> std::process::Command {
+    fn node_command(&self, program: &Path, node: &Node, rec: &NodeRecord) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
         cmd.current_dir(&node.dir)
             .uid(self.uid)
