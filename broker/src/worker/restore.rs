@@ -25,6 +25,7 @@ use crate::state::{
     CloneAt, InstanceRecord, OperationRecord, Reached, ResolvedTarget, RestoreKind, RestoreRecord,
     TargetSpec, Timestamp,
 };
+use crate::windows::time_text;
 
 /// How many times a restore whose archive could not be read is started (design §2.5.3).
 const MAX_ATTEMPTS: u32 = 3;
@@ -79,22 +80,6 @@ fn source_name(r: &RestoreRecord) -> String {
         .name
         .clone()
         .unwrap_or_else(|| r.source.instance_id.clone())
-}
-
-/// A time as descriptions show it: RFC 3339 UTC, to the millisecond, no trailing zeros.
-fn time_text(t: DateTime<Utc>) -> String {
-    let s = t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    match s.strip_suffix('Z').and_then(|s| s.split_once('.')) {
-        Some((whole, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            if frac.is_empty() {
-                format!("{whole}Z")
-            } else {
-                format!("{whole}.{frac}Z")
-            }
-        }
-        None => s,
-    }
 }
 
 /// A recovery target time as stored: RFC 3339, or PostgreSQL's `2026-12-07 10:15:00.000000+00`.
@@ -675,16 +660,17 @@ impl Inner {
         Step::Fail(format!("{reason}{REMOVED}"))
     }
 
-    /// Resolves the requested point in the source's archive when the API did not (records
-    /// written before the API resolved targets at the 202). To delete once every record has
-    /// `restore.resolved`.
+    /// Resolves the requested point in the source's archive when the API did not: a disaster
+    /// recovery (`RestoreKind::Recover`, which asks for the latest point of the instance's own
+    /// archive and is never seen by the API), and clone records written before the API
+    /// resolved targets at the 202. Stores the result, so a retried pass does not resolve again.
     async fn resolve_in_worker(
         &self,
         op: &OperationRecord,
         restore: &RestoreRecord,
         source: &str,
     ) -> Result<ResolvedTarget, Step> {
-        use walarchive::window::{Setting, Wanted};
+        use walarchive::window::Wanted;
         let config = crate::archive::walarchive_config(&self.config);
         let repo = crate::archive::open_with(&restore.source.repository, config.as_deref())
             .map_err(|e| Step::retry(None, "the archive of the source could not be read", e))?;
@@ -709,19 +695,8 @@ impl Inner {
                 )),
                 other => Step::retry(None, "the archive of the source could not be read", other),
             })?;
-        let resolved = ResolvedTarget {
-            backup: r.backup,
-            timeline: r.timeline,
-            target: match r.recovery {
-                Setting::Time(t) => {
-                    TargetSpec::Time(t.to_rfc3339_opts(SecondsFormat::Micros, true))
-                }
-                Setting::Lsn(l) => TargetSpec::Lsn(l.to_string()),
-            },
-            expect_lsn: r.expect.lsn.to_string(),
-            expect_time: r.expect.time.map(Timestamp),
-        };
-        info!(instance = %op.instance_id, ?resolved, "clone target resolved by the worker");
+        let resolved = crate::windows::resolved_target(&r);
+        info!(instance = %op.instance_id, ?resolved, "restore target resolved by the worker");
         let stored = resolved.clone();
         self.store
             .transition(&op.instance_id, &op.id, |i, _| {
