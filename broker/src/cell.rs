@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -551,18 +552,26 @@ impl Agent {
     /// `walarchive --repo <the node's repository>` as the node's OS user, in its directory,
     /// with its walarchive environment only.
     fn walarchive_command(&self, node: &Node, rec: &NodeRecord) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&rec.spec.walarchive);
-        cmd.arg("--repo")
-            .arg(&rec.spec.repository)
-            .current_dir(&node.dir)
+        let mut std_cmd = self.node_command(&rec.spec.walarchive, node, rec);
+        std_cmd.arg("--repo").arg(&rec.spec.repository);
+        let mut cmd = tokio::process::Command::from(std_cmd);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// `program` as the node's OS user, in its directory, with a clean environment (a fixed
+    /// `PATH`, `HOME` the node's directory) plus its walarchive environment, stdin closed:
+    /// how every process of a node starts (walarchive, Patroni).
+    fn node_command(&self, program: &Path, node: &Node, rec: &NodeRecord) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.current_dir(&node.dir)
             .uid(self.uid)
             .gid(self.gid)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &node.dir)
             .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .stdin(std::process::Stdio::null());
         cmd
     }
 

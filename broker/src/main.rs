@@ -213,15 +213,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// How many threads a subcommand's runtime has: a server many; a one-shot command (or one
+/// whose children are tied to its thread) one.
+enum Threads {
+    Multi,
+    Current,
+}
+
+fn runtime(threads: Threads) -> anyhow::Result<tokio::runtime::Runtime> {
+    match threads {
+        Threads::Multi => tokio::runtime::Builder::new_multi_thread(),
+        Threads::Current => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+    .context("start the async runtime")
+}
+
+/// The broker's records, as configured (etcd and the keyring); called inside the runtime.
+fn open_store(config: &BrokerConfig) -> anyhow::Result<Store> {
+    let etcd = EtcdClient::from_config(&config.etcd)?;
+    Ok(Store::new(
+        etcd,
+        config.etcd.prefix.clone(),
+        config.keyring(),
+    ))
+}
+
 fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Multi)?;
     runtime.block_on(async move {
-        let etcd = EtcdClient::from_config(&config.etcd)?;
-        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let store = open_store(&config)?;
         let listen = config.listen;
         let tls = match &config.tls {
             Some(files) => Some(
@@ -282,10 +305,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
 
 fn rotate_secrets(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Current)?;
     runtime.block_on(async move {
         let etcd = EtcdClient::from_config(&config.etcd)?;
         let keyring = config.keyring();
@@ -305,10 +325,7 @@ fn rotate_secrets(config_path: &std::path::Path) -> anyhow::Result<()> {
 /// `selftest`: its steps print their own lines; `Ok(false)` when one failed.
 fn selftest(config_path: &std::path::Path) -> anyhow::Result<bool> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Multi)?;
     runtime
         .block_on(walarchive_broker::selftest::run(config, shutdown()))
         .map_err(anyhow::Error::msg)
@@ -321,13 +338,9 @@ fn restorable_window(
     json: bool,
 ) -> anyhow::Result<()> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Current)?;
     runtime.block_on(async move {
-        let etcd = EtcdClient::from_config(&config.etcd)?;
-        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let store = open_store(&config)?;
         let rows = walarchive_broker::admin::restorable_windows(&config, &store, selector).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -343,13 +356,9 @@ fn state_backup(command: StateBackupCommand) -> anyhow::Result<()> {
         &command;
     let json = *json;
     let config = BrokerConfig::load(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Current)?;
     runtime.block_on(async move {
-        let etcd = EtcdClient::from_config(&config.etcd)?;
-        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let store = open_store(&config)?;
         let backup = StateBackup::open(&config, store)?
             .context("no [state_backup] in the configuration")?;
         match command {
@@ -396,13 +405,9 @@ fn disaster_recovery(
     json: bool,
 ) -> anyhow::Result<()> {
     let config = BrokerConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Multi)?;
     runtime.block_on(async move {
-        let etcd = EtcdClient::from_config(&config.etcd)?;
-        let store = Store::new(etcd, config.etcd.prefix.clone(), config.keyring());
+        let store = open_store(&config)?;
         let recovery = Recovery::new(&config, store)?;
         let report = recovery.run(snapshot, dry_run).await?;
         if stop_early {
@@ -444,10 +449,7 @@ fn disaster_recovery(
 fn dev(opts: DevOptions, demo: bool) -> anyhow::Result<()> {
     // A current-thread runtime: the children's death signal is tied to the thread that
     // started them, which must live as long as the process (see walarchive_broker::dev).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Current)?;
     runtime.block_on(async move {
         let mut dev = Dev::prepare(&opts)?;
         eprintln!(
@@ -481,10 +483,7 @@ fn dev(opts: DevOptions, demo: bool) -> anyhow::Result<()> {
 }
 
 fn cell(config_path: &std::path::Path) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let runtime = runtime(Threads::Multi)?;
     runtime
         .block_on(walarchive_broker::cell::main(config_path))
         .context("cell agent")

@@ -20,12 +20,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use walarchive::window::{self, Window};
 use walarchive::Lsn;
 
 use crate::config::BrokerConfig;
-use crate::state::InstanceRecord;
+use crate::state::{InstanceRecord, ResolvedTarget, TargetSpec, Timestamp};
 
 /// How long a live archive's window is reused.
 pub const FRESH: Duration = Duration::from_secs(30);
@@ -157,4 +157,40 @@ pub async fn leader_lsn(
         .await
         .ok()
         .flatten()
+}
+
+/// What the instance record keeps of a resolution: times as RFC 3339 UTC to the microsecond
+/// (what the cell's bootstrap spec takes, exactly), LSNs as walarchive prints them. One
+/// function for the API (a clone, resolved at its 202) and the worker (a recovery).
+pub fn resolved_target(r: &window::Resolved) -> ResolvedTarget {
+    ResolvedTarget {
+        backup: r.backup.clone(),
+        timeline: r.timeline,
+        target: match &r.recovery {
+            window::Setting::Time(t) => {
+                TargetSpec::Time(t.to_rfc3339_opts(SecondsFormat::Micros, true))
+            }
+            window::Setting::Lsn(l) => TargetSpec::Lsn(l.to_string()),
+        },
+        expect_lsn: r.expect.lsn.to_string(),
+        expect_time: r.expect.time.map(Timestamp),
+    }
+}
+
+/// A time as the broker's texts give them (API answers, operation descriptions): RFC 3339
+/// in UTC, to the millisecond, without a fraction when it is whole (`2026-12-07T10:15:00Z`,
+/// `2026-12-07T10:14:59.81Z`).
+pub fn time_text(t: DateTime<Utc>) -> String {
+    let s = t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    match s.strip_suffix('Z').and_then(|s| s.split_once('.')) {
+        Some((whole, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                format!("{whole}Z")
+            } else {
+                format!("{whole}.{frac}Z")
+            }
+        }
+        None => s,
+    }
 }

@@ -20,19 +20,20 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tracing::warn;
-use walarchive::window::{self, Point, Resolved, Setting, Unrestorable, Wanted};
+use walarchive::window::{self, Point, Unrestorable, Wanted};
 use walarchive::Lsn;
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
     CloneAt, CloneParameters, InstanceRecord, InstanceState, Purge, ResolvedTarget, RestoreKind,
-    RestoreRecord, SourceRef, TargetSpec, Timestamp, Versioned,
+    RestoreRecord, SourceRef, Timestamp, Versioned,
 };
-use crate::windows::{self, WindowError};
+pub(super) use crate::windows::time_text;
+use crate::windows::{self, resolved_target, WindowError};
 
 /// A validated clone: what the instance record keeps, and the source record's revision the
 /// create transaction compares (so that a change since validation makes the PUT decide again).
@@ -334,21 +335,6 @@ async fn resolve_in_archive(
     Ok(resolved_target(&resolved))
 }
 
-/// What the instance record keeps of a resolution: times as RFC 3339 UTC to the microsecond
-/// (what the cell's bootstrap spec takes, exactly), LSNs as walarchive prints them.
-pub(crate) fn resolved_target(r: &Resolved) -> ResolvedTarget {
-    ResolvedTarget {
-        backup: r.backup.clone(),
-        timeline: r.timeline,
-        target: match &r.recovery {
-            Setting::Time(t) => TargetSpec::Time(t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-            Setting::Lsn(l) => TargetSpec::Lsn(l.to_string()),
-        },
-        expect_lsn: r.expect.lsn.to_string(),
-        expect_time: r.expect.time.map(Timestamp),
-    }
-}
-
 /// What `clone-at` asks for, once it is not in the future: a time, an LSN, a restore point,
 /// or (absent) the latest point. Needs no archive.
 pub(super) fn wanted(at: Option<&CloneAt>, now: DateTime<Utc>) -> Result<Wanted, ApiError> {
@@ -438,23 +424,6 @@ pub(crate) fn refusal(named: &str, u: &Unrestorable, archive_timeout: Duration) 
             short(earliest),
             short(latest)
         ),
-    }
-}
-
-/// A time as the API's texts give them: RFC 3339 in UTC, to the millisecond, without a
-/// fraction when it is whole (`2026-12-07T10:15:00Z`, `2026-12-07T10:14:59.81Z`).
-pub(super) fn time_text(t: DateTime<Utc>) -> String {
-    let s = t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    match s.strip_suffix("Z").and_then(|s| s.split_once('.')) {
-        Some((whole, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            if frac.is_empty() {
-                format!("{whole}Z")
-            } else {
-                format!("{whole}.{frac}Z")
-            }
-        }
-        None => s,
     }
 }
 

@@ -7,7 +7,6 @@
 //! which nodes exist (creation, adoption, removal) and only starts or stops this.
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,18 +61,10 @@ impl Agent {
             .append(true)
             .mode(0o600)
             .open(&log_path);
-        let mut cmd = std::process::Command::new(&self.config.patroni);
+        let mut cmd = self.node_command(&self.config.patroni, node, &rec);
         cmd.arg(node.dir.join("patroni.yml"))
-            .current_dir(&node.dir)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &node.dir)
             .env("LC_ALL", "C.UTF-8")
-            .env("LANG", "C.UTF-8")
-            .envs(rec.spec.walarchive_env.iter().map(|(k, v)| (k, v.expose())))
-            .stdin(std::process::Stdio::null());
+            .env("LANG", "C.UTF-8");
         match log {
             Ok(f) => {
                 let _ = std::os::unix::fs::chown(&log_path, Some(self.uid), Some(self.gid));

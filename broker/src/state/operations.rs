@@ -28,16 +28,7 @@ impl Store {
         F: FnMut(&mut InstanceRecord, &mut OperationRecord) -> Result<(), StoreError>,
     {
         until_swapped(f, |mut f| async move {
-            let (inst, op) = self.instance_and_operation(instance_id).await?;
-            let inst = inst.ok_or_else(|| StoreError::NotFound {
-                what: "instance",
-                id: instance_id.to_string(),
-            })?;
-            let op = op.ok_or_else(|| StoreError::NotFound {
-                what: "operation",
-                id: instance_id.to_string(),
-            })?;
-            check_current(&op.value, operation_id)?;
+            let (inst, op) = self.current_operation(instance_id, operation_id).await?;
             let (mut ni, mut no) = (inst.value.clone(), op.value.clone());
             f(&mut ni, &mut no)?;
             let now = Timestamp::now();
@@ -52,6 +43,26 @@ impl Store {
         .ok_or_else(|| StoreError::Contention {
             key: self.operation_key(instance_id),
         })
+    }
+
+    /// The instance and its operation, read together, provided `operation_id` is its current,
+    /// unfinished operation (see [`check_current`]): where every step of an operation starts.
+    async fn current_operation(
+        &self,
+        instance_id: &str,
+        operation_id: &str,
+    ) -> Result<(Versioned<InstanceRecord>, Versioned<OperationRecord>), StoreError> {
+        let (inst, op) = self.instance_and_operation(instance_id).await?;
+        let inst = inst.ok_or_else(|| StoreError::NotFound {
+            what: "instance",
+            id: instance_id.to_string(),
+        })?;
+        let op = op.ok_or_else(|| StoreError::NotFound {
+            what: "operation",
+            id: instance_id.to_string(),
+        })?;
+        check_current(&op.value, operation_id)?;
+        Ok((inst, op))
     }
 
     /// Sets the user-facing description of operation `operation_id` (still in progress).
@@ -85,16 +96,7 @@ impl Store {
     ) -> Result<InstanceRecord, StoreError> {
         let outcome = &outcome;
         until_swapped((), |()| async move {
-            let (inst, op) = self.instance_and_operation(instance_id).await?;
-            let inst = inst.ok_or_else(|| StoreError::NotFound {
-                what: "instance",
-                id: instance_id.to_string(),
-            })?;
-            let op = op.ok_or_else(|| StoreError::NotFound {
-                what: "operation",
-                id: instance_id.to_string(),
-            })?;
-            check_current(&op.value, operation_id)?;
+            let (inst, op) = self.current_operation(instance_id, operation_id).await?;
             let now = Timestamp::now();
             let (mut ni, mut no) = (inst.value.clone(), op.value.clone());
             no.state = if outcome.succeeded {

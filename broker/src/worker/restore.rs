@@ -25,6 +25,7 @@ use crate::state::{
     CloneAt, InstanceRecord, OperationRecord, Reached, ResolvedTarget, RestoreKind, RestoreRecord,
     TargetSpec, Timestamp,
 };
+use crate::windows::time_text;
 
 /// How many times a restore whose archive could not be read is started (design §2.5.3).
 const MAX_ATTEMPTS: u32 = 3;
@@ -81,22 +82,6 @@ fn source_name(r: &RestoreRecord) -> String {
         .unwrap_or_else(|| r.source.instance_id.clone())
 }
 
-/// A time as descriptions show it: RFC 3339 UTC, to the millisecond, no trailing zeros.
-fn time_text(t: DateTime<Utc>) -> String {
-    let s = t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    match s.strip_suffix('Z').and_then(|s| s.split_once('.')) {
-        Some((whole, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            if frac.is_empty() {
-                format!("{whole}Z")
-            } else {
-                format!("{whole}.{frac}Z")
-            }
-        }
-        None => s,
-    }
-}
-
 /// A recovery target time as stored: RFC 3339, or PostgreSQL's `2026-12-07 10:15:00.000000+00`.
 fn parse_target_time(s: &str) -> Option<DateTime<Utc>> {
     walarchive::manifest::parse_time(s).or_else(|| {
@@ -139,35 +124,55 @@ fn bytes_text(done: u64, total: u64) -> String {
     )
 }
 
-/// Where the restore of the clone's first node stands, from its cell's status.
+/// Where the restore of the first node stands, from its cell's status: for a clone, a restore
+/// of `source`'s archive; for a disaster recovery, `source` (the instance itself) recovering
+/// from its own archive.
 pub(super) fn progress_description(
+    kind: RestoreKind,
     source: &str,
     resolved: &ResolvedTarget,
     status: Option<&NodeStatus>,
 ) -> String {
     let target = target_text(resolved);
     let r = status.and_then(|s| s.restore.as_ref());
-    match (
+    let (prefix, of) = match kind {
+        RestoreKind::Clone => (String::new(), format!(" of {source}")),
+        RestoreKind::Recover => (
+            format!("recovering {source} from its own archive: "),
+            String::new(),
+        ),
+    };
+    let step = match (
         r.and_then(|r| r.progress.as_ref()),
         r.and_then(|r| r.replay.as_ref()),
     ) {
         (_, Some(replay)) => format!(
-            "replaying WAL of {source} to {target} (at segment {})",
+            "replaying WAL{of} to {target} (at segment {})",
             replay.last_restored
         ),
         (Some(p), None) if !p.done => format!(
-            "restoring base backup {} of {source} ({})",
+            "restoring base backup {}{of} ({})",
             p.backup,
             bytes_text(p.bytes_done, p.bytes_total)
         ),
         (Some(p), None) => format!(
-            "base backup {} of {source} restored; replaying WAL to {target}",
+            "base backup {}{of} restored; replaying WAL to {target}",
             p.backup
         ),
         (None, None) => format!(
-            "starting the restore of base backup {} of {source}",
+            "starting the restore of base backup {}{of}",
             resolved.backup
         ),
+    };
+    format!("{prefix}{step}")
+}
+
+/// What descriptions say once the first node promoted: "clone promoted", or for a disaster
+/// recovery "<name> recovered from its own archive".
+fn promoted_text(kind: RestoreKind, source: &str) -> String {
+    match kind {
+        RestoreKind::Clone => "clone promoted".into(),
+        RestoreKind::Recover => format!("{source} recovered from its own archive"),
     }
 }
 
@@ -268,7 +273,8 @@ impl Inner {
                     .await);
             }
             let Some(status) = status.clone().filter(NodeStatus::is_leader) else {
-                let description = progress_description(&source, &resolved, status.as_ref());
+                let description =
+                    progress_description(restore.kind, &source, &resolved, status.as_ref());
                 if let Some(s) = &status {
                     self.stale_initialize(op, &inst, &restore, s, pass).await?;
                 }
@@ -293,7 +299,7 @@ impl Inner {
             if !self.holds_leader_key(&inst, &status.name).await? {
                 return Err(Step::Pending(format!(
                     "{}; the clone is finishing its bootstrap",
-                    progress_description(&source, &resolved, Some(&status))
+                    progress_description(restore.kind, &source, &resolved, Some(&status))
                 )));
             }
             let wal = cell.client.wal(&status.name).await.map_err(|e| {
@@ -346,7 +352,8 @@ impl Inner {
         }
         let reached = restore.reached.clone().expect("recorded");
         let promoted = format!(
-            "clone promoted at {} (LSN {})",
+            "{} at {} (LSN {})",
+            promoted_text(restore.kind, &source),
             reached
                 .time
                 .map_or_else(|| "its target".to_string(), |t| time_text(t.0)),
@@ -369,7 +376,10 @@ impl Inner {
                 .set_progress(
                     &op.instance_id,
                     &op.id,
-                    "clone promoted; taking the clone's first backup",
+                    &format!(
+                        "{}; taking its first backup",
+                        promoted_text(restore.kind, &source)
+                    ),
                 )
                 .await?;
             match cell.client.backup(&first.name).await {
@@ -386,7 +396,7 @@ impl Inner {
                 }
                 Err(e) => {
                     return Err(Step::retry(
-                        Some("clone promoted".into()),
+                        Some(promoted_text(restore.kind, &source)),
                         "the clone's first base backup failed",
                         format_args!("node {}: {e}", first.name),
                     ))
@@ -400,12 +410,15 @@ impl Inner {
             .nodes_up_and_routed(op, &inst, &secrets, pass)
             .await
             .map_err(|s| match s {
-                Step::Pending(d) => Step::Pending(format!("clone promoted; {d}")),
+                Step::Pending(d) => {
+                    Step::Pending(format!("{}; {d}", promoted_text(restore.kind, &source)))
+                }
                 other => other,
             })?;
         if !self.route_works(&inst).await {
             return Err(Step::Pending(format!(
-                "clone promoted; {}; waiting for the router",
+                "{}; {}; waiting for the router",
+                promoted_text(restore.kind, &source),
                 seen.describe()
             )));
         }
@@ -545,7 +558,7 @@ impl Inner {
         let retry = |what: &'static str| {
             move |e: crate::cell::ClientError| {
                 Step::retry(
-                    Some("clone promoted".into()),
+                    Some(promoted_text(restore.kind, &source_name(restore))),
                     what,
                     format_args!("node {leader}: {e}"),
                 )
@@ -675,16 +688,17 @@ impl Inner {
         Step::Fail(format!("{reason}{REMOVED}"))
     }
 
-    /// Resolves the requested point in the source's archive when the API did not (records
-    /// written before the API resolved targets at the 202). To delete once every record has
-    /// `restore.resolved`.
+    /// Resolves the requested point in the source's archive when the API did not: a disaster
+    /// recovery (`RestoreKind::Recover`, which asks for the latest point of the instance's own
+    /// archive and is never seen by the API), and clone records written before the API
+    /// resolved targets at the 202. Stores the result, so a retried pass does not resolve again.
     async fn resolve_in_worker(
         &self,
         op: &OperationRecord,
         restore: &RestoreRecord,
         source: &str,
     ) -> Result<ResolvedTarget, Step> {
-        use walarchive::window::{Setting, Wanted};
+        use walarchive::window::Wanted;
         let config = crate::archive::walarchive_config(&self.config);
         let repo = crate::archive::open_with(&restore.source.repository, config.as_deref())
             .map_err(|e| Step::retry(None, "the archive of the source could not be read", e))?;
@@ -709,19 +723,8 @@ impl Inner {
                 )),
                 other => Step::retry(None, "the archive of the source could not be read", other),
             })?;
-        let resolved = ResolvedTarget {
-            backup: r.backup,
-            timeline: r.timeline,
-            target: match r.recovery {
-                Setting::Time(t) => {
-                    TargetSpec::Time(t.to_rfc3339_opts(SecondsFormat::Micros, true))
-                }
-                Setting::Lsn(l) => TargetSpec::Lsn(l.to_string()),
-            },
-            expect_lsn: r.expect.lsn.to_string(),
-            expect_time: r.expect.time.map(Timestamp),
-        };
-        info!(instance = %op.instance_id, ?resolved, "clone target resolved by the worker");
+        let resolved = crate::windows::resolved_target(&r);
+        info!(instance = %op.instance_id, ?resolved, "restore target resolved by the worker");
         let stored = resolved.clone();
         self.store
             .transition(&op.instance_id, &op.id, |i, _| {
@@ -815,7 +818,7 @@ mod tests {
     fn progress_is_described() {
         let r = resolved(TargetSpec::Time("2026-12-07T10:15:00.000000Z".into()));
         assert_eq!(
-            progress_description("old-db", &r, None),
+            progress_description(RestoreKind::Clone, "old-db", &r, None),
             "starting the restore of base backup base_20261207T020000Z of old-db"
         );
         let gib = 1024 * 1024 * 1024;
@@ -829,7 +832,7 @@ mod tests {
             ..RestoreStatus::default()
         }));
         assert_eq!(
-            progress_description("old-db", &r, Some(&s)),
+            progress_description(RestoreKind::Clone, "old-db", &r, Some(&s)),
             "restoring base backup base_20261207T020000Z of old-db (1.2 of 3.4 GiB)"
         );
         let mut s = s;
@@ -838,14 +841,61 @@ mod tests {
             restored_at: None,
         });
         assert_eq!(
-            progress_description("old-db", &r, Some(&s)),
+            progress_description(RestoreKind::Clone, "old-db", &r, Some(&s)),
             "replaying WAL of old-db to 2026-12-07T10:15:00Z (at segment 00000002000000000000005B)"
         );
         let r = resolved(TargetSpec::Lsn("0/5A3F2D8".into()));
-        assert!(progress_description("old-db", &r, Some(&s)).contains("to LSN 0/5A3F2D8"));
+        assert!(
+            progress_description(RestoreKind::Clone, "old-db", &r, Some(&s))
+                .contains("to LSN 0/5A3F2D8")
+        );
+        assert_eq!(
+            promoted_text(RestoreKind::Clone, "old-db"),
+            "clone promoted"
+        );
         assert_eq!(
             parse_target_time("2026-12-07 10:15:00.250000+00").map(time_text),
             Some("2026-12-07T10:15:00.25Z".into())
+        );
+    }
+
+    #[test]
+    fn a_recovery_is_described_as_one() {
+        let r = resolved(TargetSpec::Lsn("0/5A3F2D8".into()));
+        let d = |s: Option<&NodeStatus>| progress_description(RestoreKind::Recover, "db", &r, s);
+        assert_eq!(
+            d(None),
+            "recovering db from its own archive: starting the restore of base backup base_20261207T020000Z"
+        );
+        let mut s = status(Some(RestoreStatus {
+            progress: Some(RestoreProgress {
+                backup: "base_20261207T020000Z".into(),
+                bytes_done: 5 * 1024 * 1024,
+                bytes_total: 10 * 1024 * 1024,
+                done: false,
+            }),
+            ..RestoreStatus::default()
+        }));
+        assert_eq!(
+            d(Some(&s)),
+            "recovering db from its own archive: restoring base backup base_20261207T020000Z (5.0 of 10.0 MiB)"
+        );
+        s.restore.as_mut().unwrap().progress.as_mut().unwrap().done = true;
+        assert_eq!(
+            d(Some(&s)),
+            "recovering db from its own archive: base backup base_20261207T020000Z restored; replaying WAL to LSN 0/5A3F2D8"
+        );
+        s.restore.as_mut().unwrap().replay = Some(RestoreReplay {
+            last_restored: "00000002000000000000005B".into(),
+            restored_at: None,
+        });
+        assert_eq!(
+            d(Some(&s)),
+            "recovering db from its own archive: replaying WAL to LSN 0/5A3F2D8 (at segment 00000002000000000000005B)"
+        );
+        assert_eq!(
+            promoted_text(RestoreKind::Recover, "db"),
+            "db recovered from its own archive"
         );
     }
 }
