@@ -4,13 +4,16 @@
 //! through its own binding: exactly the rows the target asked for, none of the source's
 //! credentials, and the source's repository only read.
 //!
-//! One test, in sequence, over one source provisioned through the API (one node, archiving
-//! every second at `wal_segsize_mb = 1`): clones by name at a time chosen in a pause of the
-//! writes (the worker replaced while it restores), by instance id at the latest point with two
-//! nodes (the replica restored from the clone's own backup), at an LSN and at a restore point,
-//! each deprovisioned once checked; a clone whose source's archive loses a segment after its
-//! target was resolved, which fails with the missing-WAL reason and leaves nothing running; and
-//! a clone of the source once deleted, holding its last commit.
+//! One test, in sequence, over one source provisioned through the API (two nodes, archiving
+//! every second at `wal_segsize_mb = 1`, switched over midway): clones by name at a time
+//! chosen in a pause of the writes (the worker replaced while it restores), by instance id at
+//! the latest point with two nodes (the replica restored from the clone's own backup), at an
+//! LSN, at a restore point, and just before and just after the promotion (the timeline path),
+//! each deprovisioned once checked and its own repository verified with `wal-verify`; a clone
+//! whose source's archive loses a segment after its target was resolved, which fails with the
+//! missing-WAL reason and leaves nothing running; a clone of the source once deleted, holding
+//! its last commit; the name reused (by name the live instance, by the old id the deleted one);
+//! and one clone on S3 (s3s-fs) through a second broker.
 use testkit::broker as common;
 
 use std::collections::BTreeMap;
@@ -655,6 +658,41 @@ async fn scenario() {
     // The source's binding is gone with it, its role too from the clone.
     assert_eq!(ctx.source_roles("clone-deleted").await, "");
     ctx.verified_deprovision("clone-deleted").await;
+
+    // --- The name reused: another instance named old-db. By name, the live one; by the old
+    // id, the deleted one (its last commit, not the new instance's row). ---
+    let b = ctx
+        .provision("src-2", "old-db", json!({"node-count": 1}))
+        .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    c.wait_succeeded("src-2", &op, Duration::from_secs(120), &ctx.diag())
+        .await;
+    let uri = c.bind("src-2", "src2-app").await;
+    let db2 = wait_for(
+        "writes through the second old-db's router",
+        Duration::from_secs(30),
+        || primary_as(uri.clone()),
+        ctx.diag(),
+    )
+    .await;
+    db2.batch_execute("create table t (id int primary key); insert into t values (1000)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ctx.clone_ok("clone-reused", "old-db", None).await;
+    let of = ctx.record("clone-reused").await.restore.unwrap().source;
+    assert_eq!((of.instance_id.as_str(), of.deleted_at), ("src-2", None));
+    assert_eq!(ctx.rows("clone-reused").await, (1, 1000));
+    ctx.verified_deprovision("clone-reused").await;
+    ctx.clone_ok("clone-old-id", "src-1", None).await;
+    let of = ctx.record("clone-old-id").await.restore.unwrap().source;
+    assert!(
+        of.instance_id == "src-1" && of.deleted_at.is_some(),
+        "{of:?}"
+    );
+    assert_eq!(ctx.rows("clone-old-id").await, (gone as i64, gone));
+    ctx.verified_deprovision("clone-old-id").await;
+    ctx.deprovision("src-2").await;
     worker.abort();
 
     // --- One clone end to end on S3 (s3s-fs): another broker, archiving into a bucket, on the
