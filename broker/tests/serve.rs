@@ -124,11 +124,15 @@ async fn scenario() {
     let config = root.join("broker.toml");
     // The clone below restores slowly enough to be caught in its base backup's restore: each
     // part read waits 1.5 s (the test-only fault hook, handed to the nodes by the broker).
-    let text = t.render(&prefix).replace(
-        "[repository]\n",
-        "[repository]\nenv = [\"WALARCHIVE_FAULTS\"]\n",
-    );
-    assert!(text.contains("env = [\"WALARCHIVE_FAULTS\"]"));
+    // Archived every second, so that the clone holds the row written just before it.
+    let text = t
+        .render(&prefix)
+        .replace(
+            "[repository]\n",
+            "[repository]\nenv = [\"WALARCHIVE_FAULTS\"]\n",
+        )
+        .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
+    assert!(text.contains("env = [\"WALARCHIVE_FAULTS\"]") && text.contains("\"1s\""));
     std::fs::write(&config, text).unwrap();
     let log = root.join("broker.log");
     let diag = || {
@@ -345,6 +349,7 @@ async fn scenario() {
     // --- A clone of db1 (design §2.5): the broker SIGKILLed while its first node restores
     // the base backup (slowed down by the fault hook, passed to the nodes through
     // repository.env); the next broker finishes it with the same node. ---
+    tokio::time::sleep(Duration::from_secs(3)).await; // the row above archived
     let (s, b) = api
         .call(
             reqwest::Method::PUT,
