@@ -6,8 +6,9 @@
 //! case an operator meets after a crash or an OOM kill. The second broker must resume the
 //! operation from etcd (after the first one's claim lapses), adopt that HAProxy rather than
 //! start another, and then serve bindings whose URI reaches the new cluster's leader. The
-//! same again for a clone of that instance (design §2.5), the broker killed while the clone's
-//! node restores the base backup: the next broker finishes it on that node.
+//! same again for a clone of that instance (design §2.5), a broker killed while the clone's
+//! node restores the base backup and the next one while it replays WAL: the third finishes
+//! it on that same node.
 use testkit::broker as common;
 
 use std::path::Path;
@@ -38,7 +39,10 @@ fn spawn_broker(config: &Path, log: &Path) -> Child {
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
-        .env("WALARCHIVE_FAULTS", "op=get key=/part- fault=slow:1500")
+        .env(
+            "WALARCHIVE_FAULTS",
+            "op=get key=/part- fault=slow:1500; op=get key=/wal/0000 fault=slow:1500",
+        )
         .env("RUST_LOG", "info,walarchive_broker=debug")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -122,8 +126,9 @@ async fn scenario() {
     t.worker = ("1s", "4m");
     let prefix = format!("/broker{}", etcd.fresh_prefix());
     let config = root.join("broker.toml");
-    // The clone below restores slowly enough to be caught in its base backup's restore: each
-    // part read waits 1.5 s (the test-only fault hook, handed to the nodes by the broker).
+    // The clone below restores slowly enough to be caught in its base backup's restore and
+    // in its WAL replay: each part and each segment read waits 1.5 s (the test-only fault
+    // hook, handed to the nodes by the broker).
     // Archived every second, so that the clone holds the row written just before it.
     let text = t
         .render(&prefix)
@@ -382,6 +387,29 @@ async fn scenario() {
     .await;
     let node = clone_nodes(&cell).await;
     assert_eq!(node.len(), 1, "{node:?}");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eprintln!(
+        "broker SIGKILLed at {:.1} s during \"{described}\"",
+        t0.elapsed().as_secs_f64()
+    );
+    // The next one, killed in turn while the node replays the source's WAL.
+    let mut broker = spawn_broker(&config, &log);
+    let described = wait_for(
+        "the clone replays WAL",
+        Duration::from_secs(60),
+        || async {
+            let b = api.last_operation("db1-clone", &op).await?;
+            assert_eq!(
+                b["state"], "in progress",
+                "the clone ended before the kill: {b}"
+            );
+            let d = b["description"].as_str().unwrap_or_default().to_string();
+            d.starts_with("replaying WAL").then_some(d)
+        },
+        diag,
+    )
+    .await;
     broker.kill().unwrap();
     broker.wait().unwrap();
     eprintln!(
