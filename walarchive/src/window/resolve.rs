@@ -176,12 +176,18 @@ pub(crate) struct TimeScan {
 /// the timeline `stop` is on along the window's chain. Also for a stop on an *ancestor* of
 /// the newest timeline, before its switch point: with `latest`, PostgreSQL would stop there
 /// but write the new timeline's history as a child of the newest one (its switch point
-/// after the stop), a history whose switch points go backwards, which `wal-push` refuses
-/// (and which misplaces the WAL between the two points); with the ancestor named, the new
-/// timeline branches from it where recovery stopped.
+/// after the stop), a history whose switch points go backwards, which `wal-push` refuses;
+/// with the ancestor named, the new timeline branches from it where recovery stopped.
+/// Except when `stop` lies in the segment of that ancestor's switch point: the ancestor's
+/// copy of it is archived as a `.partial` at most, so recovery must read the next
+/// timeline's (the window's chain as before: named only when off the newest timeline).
 fn stop_timeline(w: &Window, stop: Lsn) -> Option<u32> {
     let on = w.timeline_at(stop);
-    (on != w.newest_timeline).then_some(on.0)
+    if on != w.newest_timeline && w.segment(stop.segment_number(w.segment_size)).timeline == on {
+        Some(on.0)
+    } else {
+        (w.last_timeline() != w.newest_timeline).then_some(w.last_timeline().0)
+    }
 }
 
 fn gap(w: &Window, target: Wanted, lsn: Lsn) -> Unrestorable {

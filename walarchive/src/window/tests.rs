@@ -227,6 +227,8 @@ fn timelines_along_the_chain() {
     assert_eq!(rule_latest(&w).unwrap().timeline, None);
     assert_eq!(rule_lsn(&w, lsn("0/7000000")).unwrap().timeline, None);
     assert_eq!(rule_lsn(&w, lsn("0/5800000")).unwrap().timeline, Some(1));
+    // In the switch point's segment, read from timeline 2: `latest`.
+    assert_eq!(rule_lsn(&w, lsn("0/6000000")).unwrap().timeline, None);
     let at = t("2026-12-07T11:30:00Z");
     let b = backup_for_time(&w, at).unwrap();
     let scan = |first: &str| TimeScan {
