@@ -427,6 +427,9 @@ fn targets_across_a_promotion_follow_the_newest_timeline() {
     // Before the switch, on timeline 1.
     let w = window(&repo, &["--target-time", &old[2].midway]);
     assert_eq!(w["target"]["expect"]["timeline"], 1, "{w:#}");
+    // Not named: the stop lies in the segment of the switch point, which recovery reads from
+    // timeline 2 (timeline 1's copy of it is not archived whole).
+    assert_eq!(w["target"]["timeline"], serde_json::Value::Null, "{w:#}");
     assert_eq!(restore_resolved_from(&repo, &w["target"]), "3:3");
     // After timeline 1's last commit (row 10): along the newest chain the first commit after
     // it is row 1001's, on timeline 2; row 10 is on the abandoned branch, not in the window.

@@ -4,13 +4,16 @@
 //! through its own binding: exactly the rows the target asked for, none of the source's
 //! credentials, and the source's repository only read.
 //!
-//! One test, in sequence, over one source provisioned through the API (one node, archiving
-//! every second at `wal_segsize_mb = 1`): clones by name at a time chosen in a pause of the
-//! writes (the worker replaced while it restores), by instance id at the latest point with two
-//! nodes (the replica restored from the clone's own backup), at an LSN and at a restore point,
-//! each deprovisioned once checked; a clone whose source's archive loses a segment after its
-//! target was resolved, which fails with the missing-WAL reason and leaves nothing running; and
-//! a clone of the source once deleted, holding its last commit.
+//! One test, in sequence, over one source provisioned through the API (two nodes, archiving
+//! every second at `wal_segsize_mb = 1`, switched over midway): clones by name at a time
+//! chosen in a pause of the writes (the worker replaced while it restores), by instance id at
+//! the latest point with two nodes (the replica restored from the clone's own backup), at an
+//! LSN, at a restore point, and just before and just after the promotion (the timeline path),
+//! each deprovisioned once checked and its own repository verified with `wal-verify`; a clone
+//! whose source's archive loses a segment after its target was resolved, which fails with the
+//! missing-WAL reason and leaves nothing running; a clone of the source once deleted, holding
+//! its last commit; the name reused (by name the live instance, by the old id the deleted one);
+//! and one clone on S3 (s3s-fs) through a second broker.
 use testkit::broker as common;
 
 use std::collections::BTreeMap;
@@ -27,6 +30,8 @@ use common::cells::{
 };
 use common::etcd::etcd;
 use common::osb::Api;
+use common::s3::s3;
+use walarchive_broker::cell::NodeStatus;
 use walarchive_broker::state::InstanceRecord;
 
 /// Every object of the repository under `dir`: (size, BLAKE3 of the bytes) by key.
@@ -61,10 +66,48 @@ fn repo_dir(url: &str) -> PathBuf {
     PathBuf::from(url.strip_prefix("file://").expect("a file:// repository"))
 }
 
+/// The source's writer: numbered rows, one every 20 ms.
+struct Writer {
+    next: i32,
+}
+
+impl Writer {
+    /// Writes the next `n` rows through `db`: the last one's number.
+    async fn write(&mut self, db: &tokio_postgres::Client, n: i32) -> i32 {
+        let (from, to) = (self.next, self.next + n - 1);
+        self.next += n;
+        for k in from..=to {
+            db.execute("insert into t values ($1)", &[&k])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        to
+    }
+}
+
+/// A pause of the writes, 2 s, and the server's time in its middle (RFC 3339, UTC).
+async fn pause(db: &tokio_postgres::Client) -> String {
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let at: String = db
+        .query_one(
+            "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    at
+}
+
 struct Ctx<'a> {
     c: Api,
     cells: &'a [Cell],
     root: PathBuf,
+    bin: PathBuf,
+    /// The walarchive configuration (S3 credentials) of the broker's repositories, if any.
+    walarchive_config: Option<PathBuf>,
 }
 
 impl Ctx<'_> {
@@ -152,6 +195,23 @@ impl Ctx<'_> {
         (r.get(0), r.get(1))
     }
 
+    /// Checks the clone `id`'s own repository with `wal-verify` (its WAL continuous from its
+    /// first backup, with the history of every ancestor timeline: R4), then deprovisions it.
+    async fn verified_deprovision(&self, id: &str) {
+        let repo = self.record(id).await.repository;
+        // The clone's newest WAL archived first (archive_timeout = 1 s).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(c) = &self.walarchive_config {
+            args.extend(["--config", c.to_str().unwrap()]);
+        }
+        args.extend(["--repo", &repo, "wal-verify"]);
+        if let Err(e) = walarchive(&self.bin, &args) {
+            panic!("wal-verify of {id}'s repository: {e}");
+        }
+        self.deprovision(id).await;
+    }
+
     async fn deprovision(&self, id: &str) {
         let op = self.c.deprovision(id).await;
         let (_, s, b) = self
@@ -178,6 +238,79 @@ impl Ctx<'_> {
             "select coalesce(string_agg(rolname, ','), '') from pg_roles where rolname ~ '^[bh]_' and rolname !~ 'reader$'",
         )
         .unwrap()
+    }
+
+    /// The leader of instance `id` as its cells report it: its cell and status.
+    async fn leader(&self, id: &str) -> Option<(&Cell, NodeStatus)> {
+        for c in self.cells {
+            for n in c.client().nodes().await.ok()? {
+                if n.instance_id == id && n.is_leader() {
+                    return Some((c, n));
+                }
+            }
+        }
+        None
+    }
+
+    /// A Patroni switchover of instance `id` (2 nodes) through its leader's REST API: the
+    /// new leader's name once it runs as the primary.
+    async fn switchover(&self, id: &str) -> String {
+        let (cell, leader) = self.leader(id).await.expect("a leader");
+        let mut replica = None;
+        for c in self.cells {
+            for n in c.client().nodes().await.unwrap() {
+                if n.instance_id == id && n.name != leader.name {
+                    replica = Some(n.name);
+                }
+            }
+        }
+        let replica = replica.expect("a replica");
+        let node: Value = serde_json::from_slice(
+            &std::fs::read(cell.data_root.join(&leader.name).join("node.json")).unwrap(),
+        )
+        .unwrap();
+        let password = node["restapi_password"].as_str().unwrap().to_string();
+        let api = format!("http://127.0.0.1:{}/switchover", leader.ports.api_port);
+        let http = reqwest::Client::new();
+        // Patroni refuses a switchover to a replica it does not deem healthy yet: retried.
+        wait_for(
+            "Patroni accepts the switchover",
+            Duration::from_secs(30),
+            || async {
+                let r = http
+                    .post(&api)
+                    .basic_auth(walarchive_broker::patroni::RESTAPI_USER, Some(&password))
+                    .header("Content-Type", "application/json")
+                    .body(json!({"leader": leader.name, "candidate": replica}).to_string())
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status().is_success() {
+                    Some(())
+                } else {
+                    eprintln!(
+                        "switchover: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    None
+                }
+            },
+            self.diag(),
+        )
+        .await;
+        wait_for(
+            "the new leader runs",
+            Duration::from_secs(30),
+            || async {
+                let (_, n) = self.leader(id).await?;
+                (n.name == replica).then_some(())
+            },
+            self.diag(),
+        )
+        .await;
+        replica
     }
 
     /// The nodes of instance `id` on every cell.
@@ -244,13 +377,15 @@ async fn scenario() {
         c: Api::new(&text, &t.service, &t.plan),
         cells: &cells,
         root: root.clone(),
+        bin: bin.clone(),
+        walarchive_config: None,
     };
     let c = &ctx.c;
     let mut worker = c.spawn_worker();
 
-    // --- The source: one node, a binding, rows written in steps. ---
+    // --- The source: two nodes, a binding, rows written in steps. ---
     let b = ctx
-        .provision("src-1", "old-db", json!({"node-count": 1}))
+        .provision("src-1", "old-db", json!({"node-count": 2}))
         .await;
     let op = b["operation"].as_str().unwrap().to_string();
     c.wait_succeeded("src-1", &op, Duration::from_secs(120), &ctx.diag())
@@ -258,66 +393,59 @@ async fn scenario() {
     let src = ctx.record("src-1").await;
     let src_dir = repo_dir(&src.repository);
     let src_uri = c.bind("src-1", "src-app").await;
-    let db = wait_for(
-        "writes through the source's router",
-        Duration::from_secs(20),
-        || primary_as(src_uri.clone()),
-        ctx.diag(),
-    )
-    .await;
+    let connect_source = || {
+        wait_for(
+            "writes through the source's router",
+            Duration::from_secs(30),
+            || primary_as(src_uri.clone()),
+            ctx.diag(),
+        )
+    };
+    let mut db = connect_source().await;
     db.batch_execute("create table t (id int primary key)")
         .await
         .unwrap();
-    let mut next = 1;
-    let mut write = |n: i32| {
-        let (from, to) = (next, next + n - 1);
-        next += n;
-        let db = &db;
-        async move {
-            for k in from..=to {
-                db.execute("insert into t values ($1)", &[&k])
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            to
-        }
-    };
+    let mut w = Writer { next: 1 };
     // Rows 1..=k, a pause with T in its middle, then more.
-    let k = write(20).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let at_time: String = db
-        .query_one(
-            "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    write(20).await;
-    // An LSN after row m.
-    let m = write(10).await;
+    let k = w.write(&db, 20).await;
+    let at_time = pause(&db).await;
+    w.write(&db, 20).await;
+    // An LSN after row m, and the segment holding it (on timeline 1), for the hole below.
+    let m = w.write(&db, 10).await;
     let at_lsn: String = db
         .query_one("select pg_current_wal_lsn()::text", &[])
         .await
         .unwrap()
         .get(0);
-    write(10).await;
+    let hole: String = db
+        .query_one(&format!("select pg_walfile_name('{at_lsn}')"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    w.write(&db, 10).await;
     // A restore point after row r (created by the superuser: the binding may not).
-    let r = write(10).await;
-    let (src_cell, src_port) = ctx.first_node(&src);
+    let r = w.write(&db, 10).await;
+    let (src_cell, src_leader) = ctx.leader("src-1").await.expect("a leader");
     local_sql(
         src_cell,
-        src_port,
+        src_leader.ports.pg_port,
         "select pg_create_restore_point('before-migration')",
     )
     .unwrap();
-    let last = write(10).await;
+    // A switchover midway (a timeline switch in the archive): T just before the promotion
+    // (row f the last on timeline 1) and just after it (row g the first on timeline 2).
+    let f = w.write(&db, 10).await;
+    let before_failover = pause(&db).await;
+    let promoted = ctx.switchover("src-1").await;
+    db = connect_source().await;
+    let g = w.write(&db, 1).await;
+    let after_failover = pause(&db).await;
+    let last = w.write(&db, 10).await;
     // Everything archived (archive_timeout = 1 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
     eprintln!(
-        "source written at {:.1} s: k={k} at {at_time}, m={m} at {at_lsn}, r={r}, last={last}",
+        "source written at {:.1} s: k={k} at {at_time}, m={m} at {at_lsn}, r={r}, \
+         f={f} at {before_failover}, {promoted} promoted, g={g} at {after_failover}, last={last}",
         t0.elapsed().as_secs_f64()
     );
     let source_before = listing(&src_dir);
@@ -383,7 +511,7 @@ async fn scenario() {
         restore.roles_removed && restore.reached.is_some(),
         "{restore:?}"
     );
-    ctx.deprovision("clone-time").await;
+    ctx.verified_deprovision("clone-time").await;
 
     // --- By instance id, the latest point. ---
     // --- By instance id, the latest point, two nodes: the replica is restored from the
@@ -405,13 +533,13 @@ async fn scenario() {
         backups.contains("base_"),
         "the clone has no backup of its own: {backups}"
     );
-    ctx.deprovision("clone-latest").await;
+    ctx.verified_deprovision("clone-latest").await;
 
     // --- At an LSN. ---
     ctx.clone_ok("clone-lsn", "old-db", Some(json!(at_lsn)))
         .await;
     assert_eq!(ctx.rows("clone-lsn").await, (m as i64, m));
-    ctx.deprovision("clone-lsn").await;
+    ctx.verified_deprovision("clone-lsn").await;
 
     // --- At a restore point. ---
     ctx.clone_ok(
@@ -421,11 +549,23 @@ async fn scenario() {
     )
     .await;
     assert_eq!(ctx.rows("clone-rp").await, (r as i64, r));
-    ctx.deprovision("clone-rp").await;
-    eprintln!("four clones at {:.1} s", t0.elapsed().as_secs_f64());
+    ctx.verified_deprovision("clone-rp").await;
+
+    // --- Across the source's switchover: just before the promotion (timeline 1) and just
+    // after it (the first row of timeline 2 in, the next one out). ---
+    ctx.clone_ok("clone-before", "old-db", Some(json!(before_failover)))
+        .await;
+    assert_eq!(ctx.rows("clone-before").await, (f as i64, f));
+    ctx.verified_deprovision("clone-before").await;
+    ctx.clone_ok("clone-after", "old-db", Some(json!(after_failover)))
+        .await;
+    assert_eq!(ctx.rows("clone-after").await, (g as i64, g));
+    ctx.verified_deprovision("clone-after").await;
+    eprintln!("six clones at {:.1} s", t0.elapsed().as_secs_f64());
 
     // --- The source's repository was only read (§6.3): every object unchanged, and the
-    // new ones are the source's own WAL (timeline 1), never a clone's history or partial. ---
+    // new ones are the source's own WAL (timelines 1 and 2), never a clone's history or
+    // partial. ---
     let source_after = listing(&src_dir);
     for (k, v) in &source_before {
         assert_eq!(
@@ -440,7 +580,7 @@ async fn scenario() {
     {
         let file = k.rsplit('/').next().unwrap();
         assert!(
-            file.starts_with("00000001")
+            (file.starts_with("00000001") || file.starts_with("00000002"))
                 && !file.contains(".history")
                 && !file.contains(".partial"),
             "a clone wrote {k} into its source's repository"
@@ -450,12 +590,6 @@ async fn scenario() {
     // --- A clone whose source's archive loses a segment after its target was resolved (at
     // the 202): the segment holding the LSN target above, after the source's base backup and
     // before its latest point (the window the API read, at most 30 s old, reaches beyond it).
-    let hole = local_sql(
-        src_cell,
-        src_port,
-        &format!("select pg_walfile_name('{at_lsn}')"),
-    )
-    .unwrap();
     let removed: Vec<PathBuf> = listing(&src_dir)
         .into_keys()
         .filter(|k| k.rsplit('/').next().unwrap().starts_with(hole.as_str()))
@@ -516,14 +650,101 @@ async fn scenario() {
     std::fs::write(&removed[0], kept).unwrap();
 
     // --- A deleted source, by name: its last commit before the deprovision is there. ---
-    let gone = write(5).await;
+    let gone = w.write(&db, 5).await;
     ctx.deprovision("src-1").await;
     let (_, done) = ctx.clone_ok("clone-deleted", "old-db", None).await;
     assert!(done.starts_with("The clone of old-db at "), "{done}");
     assert_eq!(ctx.rows("clone-deleted").await, (gone as i64, gone));
     // The source's binding is gone with it, its role too from the clone.
     assert_eq!(ctx.source_roles("clone-deleted").await, "");
-    ctx.deprovision("clone-deleted").await;
+    ctx.verified_deprovision("clone-deleted").await;
+
+    // --- The name reused: another instance named old-db. By name, the live one; by the old
+    // id, the deleted one (its last commit, not the new instance's row). ---
+    let b = ctx
+        .provision("src-2", "old-db", json!({"node-count": 1}))
+        .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    c.wait_succeeded("src-2", &op, Duration::from_secs(120), &ctx.diag())
+        .await;
+    let uri = c.bind("src-2", "src2-app").await;
+    let db2 = wait_for(
+        "writes through the second old-db's router",
+        Duration::from_secs(30),
+        || primary_as(uri.clone()),
+        ctx.diag(),
+    )
+    .await;
+    db2.batch_execute("create table t (id int primary key); insert into t values (1000)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ctx.clone_ok("clone-reused", "old-db", None).await;
+    let of = ctx.record("clone-reused").await.restore.unwrap().source;
+    assert_eq!((of.instance_id.as_str(), of.deleted_at), ("src-2", None));
+    assert_eq!(ctx.rows("clone-reused").await, (1, 1000));
+    ctx.verified_deprovision("clone-reused").await;
+    ctx.clone_ok("clone-old-id", "src-1", None).await;
+    let of = ctx.record("clone-old-id").await.restore.unwrap().source;
+    assert!(
+        of.instance_id == "src-1" && of.deleted_at.is_some(),
+        "{of:?}"
+    );
+    assert_eq!(ctx.rows("clone-old-id").await, (gone as i64, gone));
+    ctx.verified_deprovision("clone-old-id").await;
+    ctx.deprovision("src-2").await;
+    worker.abort();
+
+    // --- One clone end to end on S3 (s3s-fs): another broker, archiving into a bucket, on the
+    // same cells (its instance ids differ). ---
+    let s3 = s3();
+    let bucket = s3.fresh_bucket();
+    let s3_config = root.join("walarchive-s3.toml");
+    s3.walarchive_config(&s3_config);
+    let s3_base = format!("s3://{bucket}/inst");
+    let mut t = BrokerToml::new(&root.join("broker-s3"), &s3_base, &bin);
+    t.cells = cells.iter().zip(["za", "zb"]).collect();
+    t.worker = ("2s", "5m");
+    t.walarchive_config = Some(s3_config.clone());
+    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let text = t
+        .render(&prefix)
+        .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
+    let ctx = Ctx {
+        c: Api::new(&text, &t.service, &t.plan),
+        cells: &cells,
+        root: root.clone(),
+        bin: bin.clone(),
+        walarchive_config: Some(s3_config),
+    };
+    let worker = ctx.c.spawn_worker();
+    let b = ctx
+        .provision("s3-src", "s3-db", json!({"node-count": 1}))
+        .await;
+    let op = b["operation"].as_str().unwrap().to_string();
+    ctx.c
+        .wait_succeeded("s3-src", &op, Duration::from_secs(120), &ctx.diag())
+        .await;
+    assert!(ctx.record("s3-src").await.repository.starts_with("s3://"));
+    let uri = ctx.c.bind("s3-src", "s3-app").await;
+    let db = wait_for(
+        "writes through the S3 source's router",
+        Duration::from_secs(30),
+        || primary_as(uri.clone()),
+        ctx.diag(),
+    )
+    .await;
+    db.batch_execute("create table t (id int primary key)")
+        .await
+        .unwrap();
+    let n = Writer { next: 1 }.write(&db, 5).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, done) = ctx.clone_ok("s3-clone", "s3-db", None).await;
+    assert!(done.starts_with("The clone of s3-db at "), "{done}");
+    assert_eq!(ctx.rows("s3-clone").await, (n as i64, n));
+    assert!(ctx.record("s3-clone").await.repository.starts_with("s3://"));
+    ctx.verified_deprovision("s3-clone").await;
+    ctx.deprovision("s3-src").await;
     worker.abort();
     eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());
 }

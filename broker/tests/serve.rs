@@ -5,7 +5,10 @@
 //! broker survives but what it wrote to etcd and the HAProxy it left running, which is the
 //! case an operator meets after a crash or an OOM kill. The second broker must resume the
 //! operation from etcd (after the first one's claim lapses), adopt that HAProxy rather than
-//! start another, and then serve bindings whose URI reaches the new cluster's leader.
+//! start another, and then serve bindings whose URI reaches the new cluster's leader. The
+//! same again for a clone of that instance (design §2.5), a broker killed while the clone's
+//! node restores the base backup and the next one while it replays WAL: the third finishes
+//! it on that same node.
 use testkit::broker as common;
 
 use std::path::Path;
@@ -36,6 +39,10 @@ fn spawn_broker(config: &Path, log: &Path) -> Child {
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
+        .env(
+            "WALARCHIVE_FAULTS",
+            "op=get key=/part- fault=slow:1500; op=get key=/wal/0000 fault=slow:1500",
+        )
         .env("RUST_LOG", "info,walarchive_broker=debug")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -119,7 +126,19 @@ async fn scenario() {
     t.worker = ("1s", "4m");
     let prefix = format!("/broker{}", etcd.fresh_prefix());
     let config = root.join("broker.toml");
-    std::fs::write(&config, t.render(&prefix)).unwrap();
+    // The clone below restores slowly enough to be caught in its base backup's restore and
+    // in its WAL replay: each part and each segment read waits 1.5 s (the test-only fault
+    // hook, handed to the nodes by the broker).
+    // Archived every second, so that the clone holds the row written just before it.
+    let text = t
+        .render(&prefix)
+        .replace(
+            "[repository]\n",
+            "[repository]\nenv = [\"WALARCHIVE_FAULTS\"]\n",
+        )
+        .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
+    assert!(text.contains("env = [\"WALARCHIVE_FAULTS\"]") && text.contains("\"1s\""));
+    std::fs::write(&config, text).unwrap();
     let log = root.join("broker.log");
     let diag = || {
         format!(
@@ -332,7 +351,127 @@ async fn scenario() {
     .unwrap();
     assert!(out.contains("base_"), "no first backup: {out}");
 
+    // --- A clone of db1 (design §2.5): the broker SIGKILLed while its first node restores
+    // the base backup (slowed down by the fault hook, passed to the nodes through
+    // repository.env); the next broker finishes it with the same node. ---
+    tokio::time::sleep(Duration::from_secs(3)).await; // the row above archived
+    let (s, b) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v2/service_instances/db1-clone?accepts_incomplete=true",
+            Some(json!({
+                "service_id": SERVICE, "plan_id": PLAN,
+                "organization_guid": "org", "space_guid": "space",
+                "context": {"platform": "test", "instance_name": "db1-clone"},
+                "parameters": {"clone-from": "db1"},
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{b}");
+    let op = b["operation"].as_str().unwrap().to_string();
+    let described = wait_for(
+        "the clone restores its base backup",
+        Duration::from_secs(60),
+        || async {
+            let b = api.last_operation("db1-clone", &op).await?;
+            assert_eq!(
+                b["state"], "in progress",
+                "the clone ended before the kill: {b}"
+            );
+            let d = b["description"].as_str().unwrap_or_default().to_string();
+            d.starts_with("restoring base backup").then_some(d)
+        },
+        diag,
+    )
+    .await;
+    let node = clone_nodes(&cell).await;
+    assert_eq!(node.len(), 1, "{node:?}");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eprintln!(
+        "broker SIGKILLed at {:.1} s during \"{described}\"",
+        t0.elapsed().as_secs_f64()
+    );
+    // The next one, killed in turn while the node replays the source's WAL.
+    let mut broker = spawn_broker(&config, &log);
+    let described = wait_for(
+        "the clone replays WAL",
+        Duration::from_secs(60),
+        || async {
+            let b = api.last_operation("db1-clone", &op).await?;
+            assert_eq!(
+                b["state"], "in progress",
+                "the clone ended before the kill: {b}"
+            );
+            let d = b["description"].as_str().unwrap_or_default().to_string();
+            d.starts_with("replaying WAL").then_some(d)
+        },
+        diag,
+    )
+    .await;
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eprintln!(
+        "broker SIGKILLed at {:.1} s during \"{described}\"",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut broker = spawn_broker(&config, &log);
+    let done = wait_for(
+        "the clone to end",
+        Duration::from_secs(180),
+        || async {
+            let b = api.last_operation("db1-clone", &op).await?;
+            (b["state"] != "in progress").then_some(b)
+        },
+        diag,
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", diag());
+    // One set of nodes: the node the first broker put, never re-created.
+    let after = clone_nodes(&cell).await;
+    assert_eq!(after, node, "the clone's nodes");
+    let (s, b) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v2/service_instances/db1-clone/service_bindings/b2",
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{b}");
+    let uri = b["credentials"]["uri"].as_str().expect("uri").to_string();
+    let clone = wait_for(
+        "a connection to the clone",
+        Duration::from_secs(20),
+        || async { connect(&uri).await.ok() },
+        diag,
+    )
+    .await;
+    let n: i64 = clone
+        .query_one("select count(*) from t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the clone's rows");
+
     broker.kill().unwrap();
     broker.wait().unwrap();
     eprintln!("done at {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The clone's nodes on `cell`: (name, Patroni's PID), so that a node deleted and put again
+/// shows.
+async fn clone_nodes(cell: &Cell) -> Vec<(String, Option<u32>)> {
+    let mut out: Vec<_> = cell
+        .client()
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.instance_id == "db1-clone")
+        .map(|n| (n.name, n.pid))
+        .collect();
+    out.sort();
+    out
 }

@@ -56,7 +56,8 @@ impl Setting {
 pub struct Resolved {
     /// The backup to restore.
     pub backup: String,
-    /// `recovery_target_timeline`, only when the target is off the newest timeline chain.
+    /// `recovery_target_timeline`, only when recovery stops on a timeline other than the
+    /// archive's newest (see [`stop_timeline`]).
     pub timeline: Option<u32>,
     /// The recovery target to write.
     pub recovery: Setting,
@@ -170,9 +171,23 @@ pub(crate) struct TimeScan {
     pub last_xact: Option<DateTime<Utc>>,
 }
 
-/// `recovery_target_timeline` when the window's chain is not the newest timeline.
-fn off_chain(w: &Window) -> Option<u32> {
-    (w.last_timeline() != w.newest_timeline).then_some(w.last_timeline().0)
+/// `recovery_target_timeline` for a recovery that stops at `stop` (the record PostgreSQL
+/// stops at or before): none when that is on the archive's newest timeline (`latest`), else
+/// the timeline `stop` is on along the window's chain. Also for a stop on an *ancestor* of
+/// the newest timeline, before its switch point: with `latest`, PostgreSQL would stop there
+/// but write the new timeline's history as a child of the newest one (its switch point
+/// after the stop), a history whose switch points go backwards, which `wal-push` refuses;
+/// with the ancestor named, the new timeline branches from it where recovery stopped.
+/// Except when `stop` lies in the segment of that ancestor's switch point: the ancestor's
+/// copy of it is archived as a `.partial` at most, so recovery must read the next
+/// timeline's (the window's chain as before: named only when off the newest timeline).
+fn stop_timeline(w: &Window, stop: Lsn) -> Option<u32> {
+    let on = w.timeline_at(stop);
+    if on != w.newest_timeline && w.segment(stop.segment_number(w.segment_size)).timeline == on {
+        Some(on.0)
+    } else {
+        (w.last_timeline() != w.newest_timeline).then_some(w.last_timeline().0)
+    }
 }
 
 fn gap(w: &Window, target: Wanted, lsn: Lsn) -> Unrestorable {
@@ -192,7 +207,7 @@ pub(crate) fn rule_latest(w: &Window) -> Result<Resolved, Unrestorable> {
         .ok_or_else(|| gap(w, Wanted::Latest, w.latest.lsn))?;
     Ok(Resolved {
         backup: b.name.clone(),
-        timeline: off_chain(w),
+        timeline: stop_timeline(w, w.latest.lsn),
         recovery: Setting::Lsn(w.latest.lsn),
         expect: w.latest.clone(),
     })
@@ -217,7 +232,7 @@ pub(crate) fn rule_lsn(w: &Window, l: Lsn) -> Result<Resolved, Unrestorable> {
         .ok_or_else(|| gap(w, Wanted::Lsn(l), l))?;
     Ok(Resolved {
         backup: b.name.clone(),
-        timeline: off_chain(w),
+        timeline: stop_timeline(w, l),
         recovery: Setting::Lsn(l),
         expect: Point {
             lsn: l,
@@ -258,11 +273,12 @@ pub(crate) fn rule_time(
             found: None,
             earliest: w.earliest.clone(),
         }),
-        Some(_) => {
+        Some(at) => {
             let lsn = scan.last_replayed.unwrap_or(b.stop).max(b.stop);
             Ok(Resolved {
                 backup: b.name.clone(),
-                timeline: off_chain(w),
+                // PostgreSQL stops at the first commit after t: on its timeline.
+                timeline: stop_timeline(w, at),
                 recovery: Setting::Time(t),
                 expect: Point {
                     lsn,
@@ -313,7 +329,7 @@ pub(crate) fn rule_restore_point(
         .ok_or_else(|| gap(w, target, newest.lsn))?;
     Ok(Resolved {
         backup: b.name.clone(),
-        timeline: off_chain(w),
+        timeline: stop_timeline(w, newest.lsn),
         recovery: Setting::Lsn(newest.lsn),
         expect: Point {
             lsn: newest.lsn,

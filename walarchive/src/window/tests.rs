@@ -221,4 +221,41 @@ fn timelines_along_the_chain() {
     assert_eq!(w.segment(0x60).timeline, TimelineId(2));
     // Off the newest timeline: the target names its timeline.
     assert_eq!(rule_latest(&w).unwrap().timeline, Some(2));
+    // On the newest chain, a stop before the switch point names the ancestor (the new
+    // timeline's history then branches from it), one after it names none (`latest`).
+    w.newest_timeline = TimelineId(2);
+    assert_eq!(rule_latest(&w).unwrap().timeline, None);
+    assert_eq!(rule_lsn(&w, lsn("0/7000000")).unwrap().timeline, None);
+    assert_eq!(rule_lsn(&w, lsn("0/5800000")).unwrap().timeline, Some(1));
+    // In the switch point's segment, read from timeline 2: `latest`.
+    assert_eq!(rule_lsn(&w, lsn("0/6000000")).unwrap().timeline, None);
+    let at = t("2026-12-07T11:30:00Z");
+    let b = backup_for_time(&w, at).unwrap();
+    let scan = |first: &str| TimeScan {
+        first_after: Some(lsn(first)),
+        last_replayed: Some(lsn("0/5900000")),
+        last_xact: None,
+    };
+    assert_eq!(
+        rule_time(&w, at, b, &scan("0/5A00000"), None)
+            .unwrap()
+            .timeline,
+        Some(1)
+    );
+    assert_eq!(
+        rule_time(&w, at, b, &scan("0/6000200"), None)
+            .unwrap()
+            .timeline,
+        None
+    );
+    let found = [RestorePointAt {
+        name: "x".into(),
+        lsn: lsn("0/5800000"),
+        timeline: TimelineId(1),
+        time: t("2026-12-07T11:20:00Z"),
+    }];
+    assert_eq!(
+        rule_restore_point(&w, "x", &found).unwrap().timeline,
+        Some(1)
+    );
 }
