@@ -364,3 +364,104 @@ fn recovery_settings_with_backslashes_and_quotes_read_back_exactly() {
     assert_eq!(shown("restore_command"), command, "{text}");
     assert_eq!(shown("recovery_target_name"), name, "{text}");
 }
+
+/// A point-in-time restore toward the latest timeline that stops on timeline 1 before
+/// timeline 2 began, in the segment holding timeline 2's switch point (a clone at a time
+/// just before its source's failover): PostgreSQL promotes it as timeline 3 with a history
+/// whose switch points go backwards. Its archiver must store that history (a refusal loops
+/// forever), and the repository it archives into must verify clean.
+#[test]
+fn a_restore_stopping_before_a_switch_point_archives_its_backwards_history() {
+    let a = Store::File.fresh();
+    let primary = a.start_primary(PgOptions {
+        extra_conf: COMMIT_TIMESTAMPS.into(),
+        ..Default::default()
+    });
+    primary.psql("create table seq(n int primary key)");
+    a.backup_push(&primary, &[]);
+    let (mut xid_15, mut wal_10, mut wal_15) = (String::new(), String::new(), String::new());
+    for n in 1..=20 {
+        let xid = primary.psql(&format!("insert into seq values ({n}) returning xmin"));
+        let wal = || primary.psql("select pg_walfile_name(pg_current_wal_insert_lsn())");
+        match n {
+            10 => wal_10 = wal(),
+            15 => (xid_15, wal_15) = (xid, wal()),
+            _ => {}
+        }
+    }
+    let t = primary.psql(
+        "select to_char(pg_xact_commit_timestamp(xmin) at time zone 'UTC', \
+         'YYYY-MM-DD HH24:MI:SS.US') || '+00' from seq where n = 10",
+    );
+    primary.archive_everything();
+    // The target (row 10) lies in the segment where timeline 2 will branch off (row 15).
+    assert_eq!(wal_10, wal_15, "rows 10 to 15 in one segment");
+
+    // Timeline 2: a restore at row 15, promoted, archiving into the same repository.
+    let tl2 = a.restore(
+        "LATEST",
+        &["--target-xid", &xid_15, "--target-action", "promote"],
+    );
+    tl2.start_with_env(&a.env);
+    tl2.wait_promoted();
+    let last = tl2.switch_wal();
+    assert!(last.starts_with("00000002"), "{last}");
+    tl2.wait_archived(&last, Duration::from_secs(120));
+
+    // A clone at row 10's commit, following the latest timeline, archiving into B.
+    let b = Store::File.fresh();
+    let clone = a.restore(
+        "LATEST",
+        &["--target-time", &t, "--target-action", "promote"],
+    );
+    clone.append_conf(&b.archive_conf());
+    clone.start_with_env(&a.env);
+    clone.wait_promoted();
+    assert_eq!(
+        clone.psql("select count(*) || ':' || max(n) from seq"),
+        "10:10"
+    );
+    let history =
+        std::fs::read_to_string(clone.data_dir().join("pg_wal/00000003.history")).unwrap();
+    let points: Vec<&str> = history
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .collect();
+    let lsn = |s: &str| {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    assert!(
+        points.len() == 2 && lsn(points[1]) < lsn(points[0]),
+        "PostgreSQL writes the switch points backwards: {history:?}"
+    );
+
+    let last = clone.switch_wal();
+    assert!(last.starts_with("00000003"), "{last}");
+    clone.wait_until(
+        "timeline 3 archived into B",
+        Duration::from_secs(60),
+        || {
+            let names: Vec<String> = b
+                .wal_list()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect();
+            names.contains(&"00000003.history".to_string()) && names.contains(&last)
+        },
+    );
+    assert_eq!(
+        clone.psql("select failed_count from pg_stat_archiver"),
+        "0",
+        "{}",
+        clone.log_tail(20)
+    );
+    let out = b.run(&["wal-verify"]);
+    assert!(
+        out.status.success(),
+        "wal-verify on B: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

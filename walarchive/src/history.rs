@@ -10,8 +10,16 @@
 //! The parsers follow PostgreSQL's readers (`readTimeLineHistory`, the backup label reader)
 //! and PostgreSQL's writers (`writeTimeLineHistory`, `do_pg_backup_stop`): they accept what
 //! PostgreSQL writes and accepts, and refuse what it would choke on or could not have
-//! written (timelines out of order, LSNs going backwards, a backup history file whose
-//! locations contradict its own name).
+//! written (timelines out of order, a backup history file whose locations contradict its
+//! own name).
+//!
+//! Switch points may go backwards, because PostgreSQL writes them so: a recovery that stops
+//! on an old timeline before that timeline's switch point, toward a newer target timeline
+//! (a point-in-time restore to just before a failover, say), promotes with a history whose
+//! last switch point is before the previous one. PostgreSQL's reader accepts that, and
+//! resolves it newest entry first (`tliOfPointInHistory`): entry i covers [end of i-1, end
+//! of i), the new timeline everything from its own switch point on, so the entry in
+//! between covers nothing. [`effective`] gives that view to the readers that follow a chain.
 
 use crate::lsn::Lsn;
 use crate::wal::{SegmentName, TimelineId, WalFileName};
@@ -30,7 +38,9 @@ pub struct HistoryEntry {
 /// Parses the content of `<timeline>.history`: lines `<parentTLI>\t<switchpoint X/Y>\t<reason>`,
 /// blank lines and `#` comments ignored, as PostgreSQL's `readTimeLineHistory` reads it.
 /// The entries must name timelines older than `timeline`, in increasing order, with valid
-/// (non-zero), non-decreasing switch points, and there must be at least one.
+/// (non-zero) switch points, and there must be at least one. Switch points may decrease:
+/// PostgreSQL writes that when recovery stopped on an old timeline before its switch point
+/// (see the module doc); [`effective`] resolves such a history as PostgreSQL does.
 pub fn parse_history(timeline: TimelineId, text: &str) -> Result<Vec<HistoryEntry>, String> {
     let mut out: Vec<HistoryEntry> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -73,9 +83,6 @@ pub fn parse_history(timeline: TimelineId, text: &str) -> Result<Vec<HistoryEntr
             if tli <= prev.timeline.0 {
                 return Err(bad("timeline IDs do not increase"));
             }
-            if switchpoint < prev.switchpoint {
-                return Err(bad("switch points go backwards"));
-            }
         }
         out.push(HistoryEntry {
             timeline: TimelineId(tli),
@@ -87,6 +94,35 @@ pub fn parse_history(timeline: TimelineId, text: &str) -> Result<Vec<HistoryEntr
         return Err("no entries: a history file lists at least the parent timeline".into());
     }
     Ok(out)
+}
+
+/// The history as PostgreSQL's `tliOfPointInHistory` resolves it, with non-decreasing
+/// switch points: entry i covers [end of i-1, end of i) and the history's own timeline
+/// everything from the last switch point on, a newer range winning where they overlap. So
+/// an entry's effective end is the least switch point from it on, and an entry left with
+/// an empty range covers nothing and is dropped. For a history PostgreSQL wrote in order,
+/// this is the history itself.
+pub fn effective(history: &[HistoryEntry]) -> Vec<HistoryEntry> {
+    let mut out: Vec<HistoryEntry> = Vec::with_capacity(history.len());
+    let mut end = Lsn(u64::MAX);
+    for e in history.iter().rev() {
+        end = end.min(e.switchpoint);
+        out.push(HistoryEntry {
+            switchpoint: end,
+            ..e.clone()
+        });
+    }
+    out.reverse();
+    // Each entry begins where the previous one (as written) ended.
+    let mut begin = Lsn::INVALID;
+    let mut kept = Vec::with_capacity(out.len());
+    for (e, written) in out.into_iter().zip(history) {
+        if begin < e.switchpoint {
+            kept.push(e);
+        }
+        begin = written.switchpoint;
+    }
+    kept
 }
 
 /// What a backup history file (`SEGMENT.OFFSET.backup`) records.
@@ -345,7 +381,6 @@ mod tests {
             "1\t-1/5\tsign",
             "2\t0/1\tnot an ancestor of 2",
             "1\t0/5\ta\n1\t0/6\tb",
-            "1\t0/5\ta\n2\t0/4\tb",
             "0\t0/5\tzero",
             "4294967296\t0/5\toverflow",
             "1",
@@ -357,6 +392,86 @@ mod tests {
             let e = parse_history(TimelineId(tli), bad);
             assert!(e.is_err(), "{bad:?} should be refused");
             assert!(e.unwrap_err().len() < 300, "the message stays short");
+        }
+    }
+
+    /// PostgreSQL's `tliOfPointInHistory` over `readTimeLineHistory`'s list (newest first).
+    fn tli_of_point(timeline: TimelineId, h: &[HistoryEntry], p: Lsn) -> TimelineId {
+        let mut ranges = vec![(
+            h.last().map_or(Lsn::INVALID, |e| e.switchpoint),
+            None,
+            timeline,
+        )];
+        let mut begin = Lsn::INVALID;
+        for e in h {
+            ranges.push((begin, Some(e.switchpoint), e.timeline));
+            begin = e.switchpoint;
+        }
+        ranges.sort_by_key(|r| std::cmp::Reverse(r.2));
+        ranges
+            .iter()
+            .find(|(b, end, _)| *b <= p && end.is_none_or(|end| p < end))
+            .map(|r| r.2)
+            .expect("PostgreSQL finds a timeline for every point")
+    }
+
+    /// What [`effective`] says about `p`, the way the window and verify read it.
+    fn tli_of_effective(timeline: TimelineId, h: &[HistoryEntry], p: Lsn) -> TimelineId {
+        effective(h)
+            .iter()
+            .find(|e| p < e.switchpoint)
+            .map_or(timeline, |e| e.timeline)
+    }
+
+    #[test]
+    fn accepts_backwards_switch_points_as_postgresql_writes_them() {
+        // A recovery of timeline 1 toward timeline 2 (latest) that stopped before timeline
+        // 2 began, promoted as timeline 3: PostgreSQL 15 writes exactly this.
+        let text = "1\t0/5000000\tno recovery target specified\n\n\
+                    2\t0/4F00000\tbefore 2026-12-07 12:00:00.123+00\n";
+        let h = parse_history(TimelineId(3), text).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].switchpoint, lsn("0/4F00000"));
+        // Timeline 2 covers nothing; timeline 1 ends where timeline 3 begins.
+        assert_eq!(
+            effective(&h),
+            vec![HistoryEntry {
+                timeline: TimelineId(1),
+                switchpoint: lsn("0/4F00000"),
+                reason: "no recovery target specified".into()
+            }]
+        );
+        // A history in order is its own effective history.
+        let ordered = parse_history(TimelineId(3), "1\t0/3000090\ta\n2\t0/5000000\tb").unwrap();
+        assert_eq!(effective(&ordered), ordered);
+        assert_eq!(effective(&[]), vec![]);
+        // Everywhere, the same timeline as PostgreSQL's resolution, on these shapes and others.
+        let shapes = [
+            (3, text.to_string()),
+            (3, "1\t0/3000090\ta\n2\t0/5000000\tb".into()),
+            (
+                4,
+                "1\t0/5000000\ta\n2\t0/6000000\tb\n3\t0/4800000\tc".into(),
+            ),
+            (
+                4,
+                "1\t0/5000000\ta\n2\t0/4F00000\tb\n3\t0/5800000\tc".into(),
+            ),
+            (
+                4,
+                "1\t0/5000000\ta\n2\t0/5000000\tb\n3\t0/5000000\tc".into(),
+            ),
+            (2, "1\t0/5000000\ta".into()),
+        ];
+        for (tli, text) in shapes {
+            let h = parse_history(TimelineId(tli), &text).unwrap();
+            for p in (0..0x700u64).map(|k| Lsn(k << 12)) {
+                assert_eq!(
+                    tli_of_effective(TimelineId(tli), &h, p),
+                    tli_of_point(TimelineId(tli), &h, p),
+                    "{text:?} at {p}"
+                );
+            }
         }
     }
 

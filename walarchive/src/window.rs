@@ -87,7 +87,8 @@ pub struct Window {
     pub newest_timeline: TimelineId,
     /// The WAL segment size.
     pub segment_size: u64,
-    /// The history of the last timeline of `timelines` (empty for timeline 1).
+    /// The history of the last timeline of `timelines` (empty for timeline 1), as PostgreSQL
+    /// resolves it ([`crate::history::effective`]): switch points in order.
     history: Vec<HistoryEntry>,
 }
 
@@ -214,11 +215,12 @@ pub async fn compute(repo: &Repository) -> Result<Window, Error> {
         .max()
         .expect("the first restorable backup has a range");
     let (end, last) = best;
+    // As PostgreSQL follows it: an ancestor that covers nothing is not on the chain.
     let history = scan
         .archive
         .histories
         .get(&last)
-        .cloned()
+        .map(|h| crate::history::effective(h))
         .unwrap_or_default();
     let mut timelines: Vec<TimelineId> = history.iter().map(|e| e.timeline).collect();
     timelines.push(last);

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Analysis, Archive, BackupRange, HistoryEntry, PitrRange, Problem, TimelineSummary};
 use crate::backup::needed_segments;
+use crate::history::effective;
 use crate::lsn::Lsn;
 use crate::wal::{SegmentName, TimelineId, WalFileName};
 
@@ -79,8 +80,10 @@ pub fn analyze(a: &Archive) -> Analysis {
         let fulls = full.get(&tli).unwrap_or(&empty);
         let partials = partial.get(&tli).unwrap_or(&empty);
         let history = a.histories.get(&tli);
+        // Where the timeline's own WAL begins, as PostgreSQL resolves the history (an
+        // ancestor whose range is empty is skipped).
         let (parent, switchpoint) = history
-            .and_then(|h| h.last())
+            .and_then(|h| effective(h).last().cloned())
             .map(|e| (Some(e.timeline), Some(e.switchpoint)))
             .unwrap_or((None, None));
         let first = fulls.iter().chain(partials).min().copied();
@@ -271,12 +274,13 @@ fn history_conflict(
 }
 
 /// The timelines recovery reads along a chain ending at `target`, with the segment number
-/// each begins at, oldest first.
+/// each begins at, oldest first: the history as PostgreSQL resolves it, so an ancestor
+/// whose range is empty (switch points going backwards) is not read at all.
 fn chain(a: &Archive, target: TimelineId) -> Vec<(TimelineId, u64)> {
     let mut out = Vec::new();
     let mut begin = 0;
     if let Some(h) = a.histories.get(&target) {
-        for e in h {
+        for e in effective(h) {
             out.push((e.timeline, begin));
             begin = e.switchpoint.segment_number(a.segment_size);
         }
@@ -297,7 +301,8 @@ fn reach(
     let mut targets = vec![b.timeline];
     for (&t, h) in &a.histories {
         if t > b.timeline
-            && h.iter()
+            && effective(h)
+                .iter()
                 .any(|e| e.timeline == b.timeline && e.switchpoint >= b.stop)
         {
             targets.push(t);

@@ -271,6 +271,31 @@ fn a_timeline_without_history_is_reported_and_not_followed() {
     assert!(!an.timelines[1].has_history);
 }
 
+/// A recovery toward timeline 2 that stopped on timeline 1 before timeline 2 began, then
+/// promoted as timeline 3: PostgreSQL writes 00000003.history with switch points going
+/// backwards. Timeline 2 covers nothing on that chain: timeline 3 branches off timeline 1.
+#[test]
+fn a_history_whose_switch_points_go_backwards_is_followed_as_postgresql_does() {
+    let mut a = archive(&[(1, 1..=5), (2, 6..=9), (3, 5..=12)]);
+    add_history(&mut a, 2, "1\t0/6000000\ta\n");
+    add_history(&mut a, 3, "1\t0/6000000\ta\n2\t0/5F00000\tbefore 12:00\n");
+    a.backups.push(backup("b1", 1, "0/2000028", "0/2000100"));
+    let an = analyze(&a);
+    assert_eq!(messages(&an), Vec::<String>::new());
+    let tl3 = &an.timelines[2];
+    assert_eq!(
+        (tl3.timeline, tl3.parent, tl3.switchpoint),
+        (TimelineId(3), Some(TimelineId(1)), Some(lsn("0/5F00000")))
+    );
+    assert_eq!(an.pitr[0].to_lsn, Some(lsn("0/D000000")));
+    assert_eq!(an.pitr[0].to_timeline, Some(TimelineId(3)));
+    // Timeline 3 is read from segment 5 on, timeline 2 never: without timeline 3's
+    // segment 5, recovery stops there, and timeline 2 still leads on from timeline 1.
+    a.files.remove(&WalFileName::Segment(seg(3, 5)));
+    let an = analyze(&a);
+    assert_eq!(an.pitr[0].to_timeline, Some(TimelineId(2)));
+}
+
 #[test]
 fn descendants_follow_their_whole_chain() {
     // 1 -> 2 at segment 5, 2 -> 3 at segment 8.

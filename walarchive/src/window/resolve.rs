@@ -176,8 +176,9 @@ pub(crate) struct TimeScan {
 /// the timeline `stop` is on along the window's chain. Also for a stop on an *ancestor* of
 /// the newest timeline, before its switch point: with `latest`, PostgreSQL would stop there
 /// but write the new timeline's history as a child of the newest one (its switch point
-/// after the stop), a history whose switch points go backwards, which `wal-push` refuses;
-/// with the ancestor named, the new timeline branches from it where recovery stopped.
+/// after the stop), a history whose switch points go backwards (valid, and stored: see
+/// [`crate::history::effective`]), naming a timeline the new one never followed; with the
+/// ancestor named, the new timeline branches from it where recovery stopped, plainly.
 /// Except when `stop` lies in the segment of that ancestor's switch point: the ancestor's
 /// copy of it is archived as a `.partial` at most, so recovery must read the next
 /// timeline's (the window's chain as before: named only when off the newest timeline).

@@ -204,6 +204,25 @@ fn restore_points_resolve_to_the_newest_of_the_name() {
     );
 }
 
+/// A history with switch points going backwards (a recovery toward timeline 2 stopped on
+/// timeline 1 before timeline 2 began, then promoted): the window holds it as PostgreSQL
+/// resolves it, timeline 3 straight after timeline 1.
+#[test]
+fn a_history_going_backwards_is_read_as_postgresql_does() {
+    let mut w = window();
+    let h =
+        crate::history::parse_history(TimelineId(3), "1\t0/6000000\ta\n2\t0/5F00000\tb\n").unwrap();
+    w.history = crate::history::effective(&h);
+    w.timelines = vec![TimelineId(1), TimelineId(3)];
+    w.newest_timeline = TimelineId(3);
+    assert_eq!(w.timeline_at(lsn("0/5EFFFFF")), TimelineId(1));
+    assert_eq!(w.timeline_at(lsn("0/5F00000")), TimelineId(3));
+    assert_eq!(w.timeline_at(lsn("0/6000000")), TimelineId(3));
+    assert_eq!(w.segment(0x5E).timeline, TimelineId(1));
+    assert_eq!(w.segment(0x5F).timeline, TimelineId(3));
+    assert_eq!(w.segment(0x60).timeline, TimelineId(3));
+}
+
 #[test]
 fn timelines_along_the_chain() {
     let mut w = window();
