@@ -74,8 +74,8 @@ impl Agent {
     }
 
     /// `POST /v1/nodes/{name}/switch-wal`: `pg_switch_wal()`, then waits (at most twice
-    /// `archive_timeout`, within [`ARCHIVE_WAIT_MAX`]) until `pg_stat_archiver` has archived
-    /// the segment it ended.
+    /// `archive_timeout`, within [`ARCHIVE_WAIT_MAX`]) until the archiver has archived the
+    /// segment it ended (its `.ready` flag is gone).
     pub(super) async fn switch_wal(&self, name: &str) -> Result<WalSwitch, Error> {
         let node = self.node(name)?;
         let archive_timeout = node.record().spec.archive_timeout;
@@ -91,18 +91,23 @@ impl Agent {
         let bound = Duration::from_secs(2 * u64::from(archive_timeout))
             .clamp(Duration::from_secs(10), ARCHIVE_WAIT_MAX);
         let started = Instant::now();
+        // Archived once the segment's `.ready` flag is gone from `pg_wal/archive_status`
+        // (renamed `.done` by the archiver, or recycled since). `pg_stat_archiver` cannot say
+        // it: right after a base backup its `last_archived_wal` is the backup history file
+        // (`…08.00000028.backup`), which names no position in the segments' order, and the
+        // next segment it names may come only at the next `archive_timeout`. The flag exists
+        // when `pg_switch_wal()` returns: the switch record is flushed and the segment's
+        // `.ready` written by the same call.
         let archived = loop {
-            let last: Option<String> = db
-                .query_one("select last_archived_wal from pg_stat_archiver", &[])
+            let pending: bool = db
+                .query_one(
+                    "select pg_stat_file('pg_wal/archive_status/' || $1 || '.ready', true) is not null",
+                    &[&segment],
+                )
                 .await
-                .map_err(|e| pg_error(name, format!("reading pg_stat_archiver on {name}"), &e))?
+                .map_err(|e| pg_error(name, format!("reading pg_wal/archive_status on {name}"), &e))?
                 .get(0);
-            // Same-length upper-case hex names (timeline first) compare as positions; a
-            // `.partial` or `.history` name is not a segment of this timeline's order.
-            if last
-                .as_deref()
-                .is_some_and(|l| l.len() == segment.len() && *l >= *segment.as_str())
-            {
+            if !pending {
                 break true;
             }
             if started.elapsed() >= bound {
