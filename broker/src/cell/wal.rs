@@ -75,7 +75,7 @@ impl Agent {
 
     /// `POST /v1/nodes/{name}/switch-wal`: `pg_switch_wal()`, then waits (at most twice
     /// `archive_timeout`, within [`ARCHIVE_WAIT_MAX`]) until the archiver has archived the
-    /// segment it ended (its `.ready` flag is gone).
+    /// segment it ended (its flag is `.done`, or `pg_stat_archiver` names it or a later one).
     pub(super) async fn switch_wal(&self, name: &str) -> Result<WalSwitch, Error> {
         let node = self.node(name)?;
         let archive_timeout = node.record().spec.archive_timeout;
@@ -91,23 +91,39 @@ impl Agent {
         let bound = Duration::from_secs(2 * u64::from(archive_timeout))
             .clamp(Duration::from_secs(10), ARCHIVE_WAIT_MAX);
         let started = Instant::now();
-        // Archived once the segment's `.ready` flag is gone from `pg_wal/archive_status`
-        // (renamed `.done` by the archiver, or recycled since). `pg_stat_archiver` cannot say
-        // it: right after a base backup its `last_archived_wal` is the backup history file
-        // (`…08.00000028.backup`), which names no position in the segments' order, and the
-        // next segment it names may come only at the next `archive_timeout`. The flag exists
-        // when `pg_switch_wal()` returns: the switch record is flushed and the segment's
-        // `.ready` written by the same call.
+        // Without WAL written since the last switch, `pg_switch_wal()` does nothing and returns
+        // the start of the current segment (a segment boundary; after a switch it returns the end
+        // of the switch record, inside the segment it ended): the segment named is then an older
+        // one, archived unless its flag is still `.ready` (its `.done` may be recycled already).
+        // After a real switch, it is archived once the archiver renamed its flag `.done` (it stays
+        // until a checkpoint recycles the segment), or once `pg_stat_archiver` names it or a later
+        // segment. That view alone is not enough: right after a base backup `last_archived_wal` is
+        // the backup history file (`…08.00000028.backup`), which names no position in the
+        // segments' order, and the next segment it names may come only at the next
+        // `archive_timeout`.
+        let noop = lsn.parse::<walarchive::Lsn>().is_ok_and(|l| {
+            l.0 % (u64::from(node.record().spec.wal_segsize_mb.unwrap_or(16).max(1)) << 20) == 0
+        });
         let archived = loop {
-            let pending: bool = db
+            let row = db
                 .query_one(
-                    "select pg_stat_file('pg_wal/archive_status/' || $1 || '.ready', true) is not null",
+                    "select pg_stat_file('pg_wal/archive_status/' || $1 || '.done', true) is not null, \
+                     pg_stat_file('pg_wal/archive_status/' || $1 || '.ready', true) is not null, \
+                     last_archived_wal from pg_stat_archiver",
                     &[&segment],
                 )
                 .await
-                .map_err(|e| pg_error(name, format!("reading pg_wal/archive_status on {name}"), &e))?
-                .get(0);
-            if !pending {
+                .map_err(|e| pg_error(name, format!("reading the archiver's state on {name}"), &e))?;
+            let (done, ready, last): (bool, bool, Option<String>) =
+                (row.get(0), row.get(1), row.get(2));
+            // Same-length upper-case hex names (timeline first) compare as positions; a
+            // `.partial`, `.history` or `.backup` name is not a segment of this timeline's order.
+            if done
+                || (noop && !ready)
+                || last
+                    .as_deref()
+                    .is_some_and(|l| l.len() == segment.len() && *l >= *segment.as_str())
+            {
                 break true;
             }
             if started.elapsed() >= bound {
