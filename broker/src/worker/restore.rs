@@ -443,6 +443,32 @@ impl Inner {
         ))
     }
 
+    /// Starts the restore again on a fresh first node (R2, or an archive that could not be
+    /// read): the nodes and Patroni's keys removed, the next attempt counted and the nodes'
+    /// ports cleared, so that the next pass places and bootstraps them anew.
+    async fn start_again(
+        &self,
+        op: &OperationRecord,
+        inst: &InstanceRecord,
+        pass: &mut Pass,
+    ) -> Result<(), Step> {
+        self.remove_nodes_and_keys(inst).await?;
+        pass.put.clear();
+        self.store
+            .transition(&op.instance_id, &op.id, |i, _| {
+                if let Some(r) = i.restore.as_mut() {
+                    r.attempt += 1;
+                }
+                for n in &mut i.nodes {
+                    n.pg_port = 0;
+                    n.api_port = 0;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     /// R2 (design §7): a Patroni killed during its bootstrap leaves the `initialize` key set
     /// to `""`, and the restarted one waits forever for a leader to bootstrap. When the first
     /// node was restarted, has no leader and that key stayed empty for twice Patroni's TTL,
@@ -483,21 +509,8 @@ impl Inner {
         if restore.attempt + 1 >= MAX_ATTEMPTS {
             return Err(self.teardown_and_fail(op, inst, INTERNAL.into()).await);
         }
-        self.remove_nodes_and_keys(inst).await?;
-        pass.put.clear();
+        self.start_again(op, inst, pass).await?;
         pass.stale_initialize = None;
-        self.store
-            .transition(&op.instance_id, &op.id, |i, _| {
-                if let Some(r) = i.restore.as_mut() {
-                    r.attempt += 1;
-                }
-                for n in &mut i.nodes {
-                    n.pg_port = 0;
-                    n.api_port = 0;
-                }
-                Ok(())
-            })
-            .await?;
         Err(Step::Pending(format!(
             "starting the restore of {} again (it was interrupted)",
             source_name(restore)
@@ -635,25 +648,8 @@ impl Inner {
         let failure = classify(failed);
         warn!(instance = %inst.id, node = %status.name, ?failure, "the restore failed: {failed}");
         if failure == Failure::Storage && restore.attempt + 1 < MAX_ATTEMPTS {
-            if let Err(s) = self.remove_nodes_and_keys(inst).await {
+            if let Err(s) = self.start_again(op, inst, pass).await {
                 return s;
-            }
-            pass.put.clear();
-            if let Err(e) = self
-                .store
-                .transition(&op.instance_id, &op.id, |i, _| {
-                    if let Some(r) = i.restore.as_mut() {
-                        r.attempt += 1;
-                    }
-                    for n in &mut i.nodes {
-                        n.pg_port = 0;
-                        n.api_port = 0;
-                    }
-                    Ok(())
-                })
-                .await
-            {
-                return e.into();
             }
             return Step::retry(None, "the archive of the source could not be read", failed);
         }
