@@ -11,7 +11,9 @@
 //! * **Real servers, no mocks.** walarchive talks to PostgreSQL (as its
 //!   `archive_command` / `restore_command`, and over the wire) and to object
 //!   stores through the `object_store` crate. The tests run the real things:
-//!   PostgreSQL 15 from `/usr/lib/postgresql/15/bin`, `s3s-fs` (or `moto_server`
+//!   PostgreSQL 15 from `/usr/lib/postgresql/15/bin` (or 16, 17, 18 from
+//!   `/opt/walarchive-test/pg/<major>/bin`: `WALARCHIVE_TEST_PG=18` runs a test binary on
+//!   18; [`PgOptions::major`] picks one for a cluster), `s3s-fs` (or `moto_server`
 //!   with `WALARCHIVE_TEST_S3=moto`) for S3, and `azurite-blob` for Azure Blob.
 //!   `scripts/setup` installs whatever is missing.
 //! * **PostgreSQL refuses to run as root.** `initdb`, `pg_ctl`, `pg_basebackup`

@@ -16,14 +16,55 @@ use crate::*;
 pub const PGBENCH_DIGEST: &str = "select (select count(*) || ':' || md5(string_agg(aid || ':' || abalance, ',' order by aid)) from pgbench_accounts) \
      || '/' || (select count(*) from pgbench_history) || '/' || (select sum(bbalance) from pgbench_branches)";
 
-/// Default location of the PostgreSQL 15 binaries (override with `WALARCHIVE_PG_BIN`).
+/// Default location of the PostgreSQL 15 binaries (Debian's package).
 pub const PG_BIN_DEFAULT: &str = "/usr/lib/postgresql/15/bin";
+/// Where `scripts/setup` installs the other majors: `<dir>/<major>/bin`.
+pub const PG_MAJORS_DIR: &str = "/opt/walarchive-test/pg";
+/// Every PostgreSQL major walarchive supports and the tests run.
+pub const SUPPORTED_MAJORS: [u32; 4] = [15, 16, 17, 18];
 
-/// Directory holding initdb, pg_ctl, postgres, psql, pgbench, ...
+/// The binaries of PostgreSQL `major`: `WALARCHIVE_PG<major>_BIN` if set, else Debian's
+/// directory for 15 and `scripts/setup`'s for the others.
+pub fn bin_dir_for(major: u32) -> PathBuf {
+    if let Some(dir) = std::env::var_os(format!("WALARCHIVE_PG{major}_BIN")) {
+        return PathBuf::from(dir);
+    }
+    if major == 15 {
+        PathBuf::from(PG_BIN_DEFAULT)
+    } else {
+        Path::new(PG_MAJORS_DIR).join(major.to_string()).join("bin")
+    }
+}
+
+/// The major the tests run on: `WALARCHIVE_TEST_PG` (15, 16, 17 or 18), default 15.
+/// `WALARCHIVE_TEST_PG=18 cargo test` runs the whole suite on PostgreSQL 18.
+pub fn default_major() -> u32 {
+    match std::env::var("WALARCHIVE_TEST_PG") {
+        Ok(v) if !v.is_empty() => {
+            let major: u32 = v.parse().unwrap_or_else(|_| {
+                panic!("WALARCHIVE_TEST_PG={v:?}: expected a major such as 17")
+            });
+            assert!(
+                SUPPORTED_MAJORS.contains(&major),
+                "WALARCHIVE_TEST_PG={major}: supported majors are {SUPPORTED_MAJORS:?}"
+            );
+            major
+        }
+        _ => 15,
+    }
+}
+
+/// Directory holding initdb, pg_ctl, postgres, psql, pgbench, ... of the default major
+/// (`WALARCHIVE_PG_BIN` overrides it with a directory).
 pub fn pg_bin_dir() -> PathBuf {
     let dir = std::env::var_os("WALARCHIVE_PG_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(PG_BIN_DEFAULT));
+        .unwrap_or_else(|| bin_dir_for(default_major()));
+    checked_bin_dir(dir)
+}
+
+/// `dir`, once it holds a server; panics saying how to install one.
+fn checked_bin_dir(dir: PathBuf) -> PathBuf {
     assert!(
         dir.join("postgres").exists(),
         "PostgreSQL binaries not found in {}: run scripts/setup",
@@ -32,8 +73,42 @@ pub fn pg_bin_dir() -> PathBuf {
     dir
 }
 
+/// The binaries of `major`, checked to be installed.
+pub fn pg_bin_dir_for(major: u32) -> PathBuf {
+    checked_bin_dir(bin_dir_for(major))
+}
+
+/// A program of the default major.
 pub fn pg_bin(name: &str) -> PathBuf {
     pg_bin_dir().join(name)
+}
+
+/// The major of the server in `bin` (`postgres --version`).
+pub fn major_of_bin(bin: &Path) -> u32 {
+    let out = Command::new(bin.join("postgres"))
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}/postgres --version: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.rsplit(' ')
+        .next()
+        .and_then(|v| v.trim().split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
+}
+
+/// The full server version of `major` (`18.6`), for reports.
+pub fn server_version(major: u32) -> String {
+    let out = Command::new(pg_bin_dir_for(major).join("postgres"))
+        .arg("--version")
+        .output()
+        .expect("run postgres --version");
+    String::from_utf8_lossy(&out.stdout)
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// `runuser -u postgres -- env K=V... <program>`, cwd /tmp.
@@ -49,16 +124,17 @@ pub(crate) fn runuser_cmd(program: &Path, env: &[(String, String)]) -> Command {
 
 /// Runs a PostgreSQL program as the postgres user; panics with its output on failure.
 #[track_caller]
-fn run_pg_as_postgres(program: &str, args: &[&str], cwd: &Path) -> Output {
-    let out = runuser_cmd(&pg_bin(program), &[])
+fn run_pg_as_postgres(program: &Path, args: &[&str], cwd: &Path) -> Output {
+    let out = runuser_cmd(program, &[])
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
     if !out.status.success() {
         panic!(
-            "{program} {args:?} failed with {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "{} {args:?} failed with {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            program.display(),
             out.status,
             stdout(&out),
             stderr(&out)
@@ -98,6 +174,8 @@ pub struct PgOptions {
     pub extra_conf: String,
     /// Extra `initdb` arguments (e.g. `--data-checksums`).
     pub initdb_args: Vec<String>,
+    /// The PostgreSQL major to run; `None`: [`default_major`] (`WALARCHIVE_TEST_PG`).
+    pub major: Option<u32>,
 }
 
 impl Default for PgOptions {
@@ -106,6 +184,7 @@ impl Default for PgOptions {
             wal_segsize_mb: 1,
             extra_conf: String::new(),
             initdb_args: Vec::new(),
+            major: None,
         }
     }
 }
@@ -119,12 +198,17 @@ pub struct PgCluster {
     data: PathBuf,
     port: AtomicU16,
     env: Mutex<Vec<(String, String)>>,
+    /// The binaries run on this data directory (its major's).
+    bin: Mutex<PathBuf>,
 }
 
 impl PgCluster {
     /// `initdb` a new cluster (not started). See [`PgOptions`].
     pub fn init(opts: PgOptions) -> PgCluster {
-        let c = PgCluster::empty();
+        let c = match opts.major {
+            Some(major) => PgCluster::empty_for(major),
+            None => PgCluster::empty(),
+        };
         let seg = opts.wal_segsize_mb.max(1);
         let data = path_str(&c.data).to_string();
         let segsize = format!("--wal-segsize={seg}");
@@ -142,7 +226,7 @@ impl PgCluster {
             "--no-sync",
         ];
         args.extend(opts.initdb_args.iter().map(String::as_str));
-        run_pg_as_postgres("initdb", &args, c.dir());
+        run_pg_as_postgres(&c.bin("initdb"), &args, c.dir());
         let min_wal = 2 * seg;
         let max_wal = (4 * seg).max(32);
         c.append_conf(&format!(
@@ -166,7 +250,18 @@ impl PgCluster {
     /// A new cluster object whose data directory (`data_dir()`) does not
     /// exist yet, with a fresh port; fill it (e.g. by a restore), then call
     /// [`PgCluster::adopt_data_dir`] before `start`.
+    /// Its binaries are the default major's until [`PgCluster::adopt_data_dir`] reads the
+    /// data directory's `PG_VERSION`.
     pub fn empty() -> PgCluster {
+        PgCluster::with_bin(pg_bin_dir())
+    }
+
+    /// [`PgCluster::empty`] for PostgreSQL `major`.
+    pub fn empty_for(major: u32) -> PgCluster {
+        PgCluster::with_bin(pg_bin_dir_for(major))
+    }
+
+    fn with_bin(bin: PathBuf) -> PgCluster {
         let dir = TestDir::new_postgres("walarchive-pg-");
         let data = dir.join("data");
         let c = PgCluster {
@@ -174,6 +269,7 @@ impl PgCluster {
             data,
             port: AtomicU16::new(free_port()),
             env: Mutex::new(Vec::new()),
+            bin: Mutex::new(bin),
         };
         c.spawn_watchdog();
         c
@@ -182,7 +278,10 @@ impl PgCluster {
     /// Copies an existing (stopped, or crash-consistent) data directory into
     /// a new cluster and adopts it (unstarted).
     pub fn from_data_dir(src: &Path) -> PgCluster {
-        let c = PgCluster::empty();
+        let c = match major_of_data_dir(src) {
+            Some(major) => PgCluster::empty_for(major),
+            None => PgCluster::empty(),
+        };
         fs::create_dir(&c.data).unwrap();
         let st = Command::new("cp")
             .arg("-a")
@@ -197,9 +296,15 @@ impl PgCluster {
     }
 
     /// Makes `data_dir()` usable by this cluster: owned by postgres, mode
-    /// 0700, and postgresql.conf pointed at this cluster's port and socket dir.
+    /// 0700, postgresql.conf pointed at this cluster's port and socket dir, and the binaries
+    /// of the major its `PG_VERSION` names.
     pub fn adopt_data_dir(&self) {
         assert!(self.data.is_dir(), "{} does not exist", self.data.display());
+        if let Some(major) = major_of_data_dir(&self.data) {
+            if SUPPORTED_MAJORS.contains(&major) {
+                *self.bin.lock().unwrap_or_else(|e| e.into_inner()) = pg_bin_dir_for(major);
+            }
+        }
         chown_postgres(&self.data);
         chmod(&self.data, 0o700);
         self.append_conf(&format!(
@@ -222,7 +327,7 @@ impl PgCluster {
         let pid = std::process::id();
         let dir = sh_quote(path_str(self.dir()));
         let data = sh_quote(path_str(&self.data));
-        let pg_ctl = sh_quote(path_str(&pg_bin("pg_ctl")));
+        let pg_ctl = sh_quote(path_str(&self.bin("pg_ctl")));
         let rm = if keep_dirs() {
             ":".to_string()
         } else {
@@ -236,6 +341,21 @@ impl PgCluster {
                fi; {rm}; \
              fi"
         ));
+    }
+
+    /// A program of this cluster's major (`pg_waldump`, `pg_controldata`, ...).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir().join(name)
+    }
+
+    /// This cluster's binaries.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.bin.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This cluster's PostgreSQL major.
+    pub fn major(&self) -> u32 {
+        major_of_data_dir(&self.data).unwrap_or_else(|| major_of_bin(&self.bin_dir()))
     }
 
     /// The cluster's temp dir (owned by postgres; also usable as scratch
@@ -308,7 +428,7 @@ impl PgCluster {
 
     /// `pg_ctl start` (waiting up to 60 s) with `env`, its output whatever the outcome.
     fn pg_ctl_start(&self, env: &[(String, String)]) -> std::process::Output {
-        runuser_cmd(&pg_bin("pg_ctl"), env)
+        runuser_cmd(&self.bin("pg_ctl"), env)
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -374,7 +494,7 @@ impl PgCluster {
     /// Starts the server without waiting for it to accept connections (`pg_ctl -W start`),
     /// for a server expected to stop by itself (a recovery that must fail).
     pub fn start_no_wait(&self, env: &[(String, String)]) {
-        let out = runuser_cmd(&pg_bin("pg_ctl"), env)
+        let out = runuser_cmd(&self.bin("pg_ctl"), env)
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -388,7 +508,7 @@ impl PgCluster {
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> Output {
-        runuser_cmd(&pg_bin("pg_ctl"), &[])
+        runuser_cmd(&self.bin("pg_ctl"), &[])
             .arg("-D")
             .arg(&self.data)
             .args(["-m", mode, "-w", "-t", "60", "stop"])
@@ -433,7 +553,7 @@ impl PgCluster {
         if !self.data.join("postmaster.pid").exists() {
             return false;
         }
-        runuser_cmd(&pg_bin("pg_ctl"), &[])
+        runuser_cmd(&self.bin("pg_ctl"), &[])
             .arg("-D")
             .arg(&self.data)
             .arg("status")
@@ -448,7 +568,7 @@ impl PgCluster {
     pub fn promote(&self) {
         let data = path_str(&self.data).to_string();
         run_pg_as_postgres(
-            "pg_ctl",
+            &self.bin("pg_ctl"),
             &["-D", &data, "-w", "-t", "60", "promote"],
             self.dir(),
         );
@@ -457,7 +577,7 @@ impl PgCluster {
     /// Runs `sql` with psql (`-XAtq`, ON_ERROR_STOP); returns trimmed stdout
     /// or stderr on failure.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let mut c = Command::new(pg_bin("psql"));
+        let mut c = Command::new(self.bin("psql"));
         clear_libpq_env(&mut c);
         let out = c
             .args(["-h", "127.0.0.1", "-p", &self.port().to_string()])
@@ -565,7 +685,7 @@ impl PgCluster {
 
     /// [`PgCluster::basebackup`] with extra pg_basebackup arguments (e.g. `-R`).
     pub fn basebackup_with(&self, extra: &[&str]) -> PgCluster {
-        let c = PgCluster::empty();
+        let c = PgCluster::with_bin(self.bin_dir());
         let data = path_str(&c.data).to_string();
         let port = self.port().to_string();
         let mut args = vec![
@@ -583,13 +703,13 @@ impl PgCluster {
             "--no-sync",
         ];
         args.extend_from_slice(extra);
-        run_pg_as_postgres("pg_basebackup", &args, c.dir());
+        run_pg_as_postgres(&self.bin("pg_basebackup"), &args, c.dir());
         c.adopt_data_dir();
         c
     }
 
     fn pgbench_cmd(&self) -> Command {
-        let mut c = Command::new(pg_bin("pgbench"));
+        let mut c = Command::new(self.bin("pgbench"));
         clear_libpq_env(&mut c);
         c.args([
             "-h",
@@ -625,6 +745,13 @@ impl PgCluster {
         assert_success(&out);
         stdout(&out)
     }
+}
+
+/// The major a data directory's `PG_VERSION` names, if it has one.
+pub fn major_of_data_dir(data: &Path) -> Option<u32> {
+    fs::read_to_string(data.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for PgCluster {

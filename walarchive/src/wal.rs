@@ -325,6 +325,8 @@ pub fn pg_major_for_magic(magic: u16) -> Option<u32> {
         0xD110 => 15,
         0xD113 => 16,
         0xD116 => 17,
+        // PostgreSQL 18's access/xlog_internal.h (read from the 18.6 install's headers).
+        0xD118 => 18,
         _ => return None,
     })
 }
