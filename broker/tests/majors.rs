@@ -71,6 +71,11 @@ async fn every_major_provisions_binds_fails_over_and_clones() {
 }
 
 async fn scenario() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .try_init();
     let etcd = etcd();
     let root = test_root("majors");
     let bin = walarchive_copy(&root);
@@ -202,14 +207,27 @@ async fn scenario() {
         d.contains("runs PostgreSQL 16") && d.contains("pg_upgrade"),
         "{d}"
     );
-    // The worker took pg16's first backup at its provision: a clone can start from it.
-    let (s, b) = provision(
-        &c,
-        "clone16",
-        json!({"node-count": 1, "clone-from": "pg16"}),
+    // The worker took pg16's first backup at its provision: a clone can start from it (a
+    // 503 while its archive cannot be read in time says to retry).
+    let b = wait_for(
+        "the clone accepted",
+        Duration::from_secs(90),
+        || async {
+            let (s, b) = provision(
+                &c,
+                "clone16",
+                json!({"node-count": 1, "clone-from": "pg16"}),
+            )
+            .await;
+            if s != StatusCode::ACCEPTED {
+                eprintln!("clone16: {s} {b}");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            (s == StatusCode::ACCEPTED).then_some(b)
+        },
+        diag,
     )
     .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
     let op = b["operation"].as_str().unwrap().to_string();
     c.wait_succeeded("clone16", &op, Duration::from_secs(240), &diag)
         .await;
