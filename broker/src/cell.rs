@@ -765,6 +765,16 @@ pub async fn run(
     let report = agent.report();
     info!(addr = %agent.config.listen, data_root = %root.display(),
           majors = ?report.majors, patroni = ?report.patroni, "cell agent listening");
+    let patroni_major = report
+        .patroni
+        .as_deref()
+        .and_then(|v| v.strip_prefix("patroni "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if patroni_major.is_some_and(|p| p < 4) && agent.config.majors.keys().any(|m| *m >= 17) {
+        warn!(patroni = ?report.patroni,
+              "this Patroni does not know PostgreSQL 17 and 18: their nodes need Patroni 4 (`patroni` in the cell configuration)");
+    }
     let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
     let serve =
         axum::serve(listener, server::router(agent.clone())).with_graceful_shutdown(async move {

@@ -16,7 +16,9 @@ use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use common::broker::BrokerToml;
-use common::cells::{file_repository, primary_as, test_root, wait_for, walarchive_copy, Cell};
+use common::cells::{
+    file_repository, local_sql, primary_as, test_root, wait_for, walarchive, walarchive_copy, Cell,
+};
 use common::etcd::etcd;
 use common::osb::Api;
 
@@ -207,6 +209,30 @@ async fn scenario() {
         d.contains("runs PostgreSQL 16") && d.contains("pg_upgrade"),
         "{d}"
     );
+    // pg16's rows archived (its leader switches WAL; archive_timeout is a minute): the
+    // clone's default point, the latest archived one, has them.
+    let p16 = c.store.instance("pg16").await.unwrap().unwrap().value;
+    let k = leader_cell(&cells, "pg16").await.expect("pg16 leader");
+    let node = p16.nodes.iter().find(|n| n.cell == cells[k].name).unwrap();
+    let segment = local_sql(
+        &cells[k],
+        node.pg_port,
+        "select pg_walfile_name(pg_switch_wal())",
+    )
+    .unwrap();
+    wait_for(
+        "pg16's rows archived",
+        Duration::from_secs(30),
+        || {
+            let (bin, repo, segment) = (bin.clone(), p16.repository.clone(), segment.clone());
+            async move {
+                let out = walarchive(&bin, &["--repo", &repo, "wal-list", "--json"]).ok()?;
+                out.contains(&segment).then_some(())
+            }
+        },
+        diag,
+    )
+    .await;
     // The worker took pg16's first backup at its provision: a clone can start from it (a
     // 503 while its archive cannot be read in time says to retry).
     let b = wait_for(
