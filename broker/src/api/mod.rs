@@ -115,8 +115,12 @@ impl Binder for NoBinder {
 /// run its major for its nodes.
 pub trait CellMajors: Send + Sync + 'static {
     /// Every configured cell by name: its majors, or why it did not say.
-    fn cell_majors(&self) -> BoxFuture<'_, Vec<(String, Result<Vec<u32>, String>)>>;
+    fn cell_majors(&self) -> BoxFuture<'_, Vec<CellMajorsAnswer>>;
 }
+
+/// One cell's answer to [`CellMajors::cell_majors`]: its name, and its majors or why it did
+/// not say.
+pub type CellMajorsAnswer = (String, Result<Vec<u32>, String>);
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -126,7 +126,7 @@ impl crate::windows::LeaderWal for CellBinder {
 }
 
 impl crate::api::CellMajors for CellBinder {
-    fn cell_majors(&self) -> BoxFuture<'_, Vec<(String, Result<Vec<u32>, String>)>> {
+    fn cell_majors(&self) -> BoxFuture<'_, Vec<crate::api::CellMajorsAnswer>> {
         Box::pin(async move {
             let asks = self.cells.iter().map(|(name, c)| async move {
                 let majors = c
