@@ -273,7 +273,8 @@ pub(super) async fn provision(
     .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
-/// Refuses a provision of `major` when fewer cells run it than its `nodes` need: a 400 when
+/// Refuses a provision of `major` when fewer cells run it than its `nodes` need (and enough
+/// cells are configured: too few cells at all fail in the worker, as before): a 400 when
 /// every cell answered, a 503 when the cells that did not could have made up the difference.
 async fn check_cells_have(st: &AppState, major: u32, nodes: u8) -> Result<(), ApiError> {
     let Some(cells) = &st.cell_majors else {
@@ -291,7 +292,9 @@ async fn check_cells_have(st: &AppState, major: u32, nodes: u8) -> Result<(), Ap
         .map(|(n, _)| n.as_str())
         .collect();
     let need = usize::from(nodes);
-    if with.len() >= need {
+    // Too few cells at all is the worker's to say (its placement fails with the reason, as
+    // it always did); refused here is only what the major makes impossible.
+    if with.len() >= need || answers.len() < need {
         return Ok(());
     }
     let mut offered: Vec<u32> = answers
