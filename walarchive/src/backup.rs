@@ -527,6 +527,18 @@ const ROOT_FILES_EXCLUDED: &[&str] = &[
     "current_logfiles.tmp",
 ];
 
+/// The directories a backup holds of `pg_wal` (whose contents it never holds): `pg_wal`
+/// itself and `archive_status`, and from PostgreSQL 17 `summaries` (the WAL summarizer's),
+/// when the server has it: as `basebackup.c` sends them. The summaries themselves describe
+/// the source's WAL for the source's incremental backups; a restored server writes its own.
+fn wal_dirs(pg_wal: &Path) -> Vec<&'static str> {
+    let mut dirs = vec!["pg_wal", "pg_wal/archive_status"];
+    if pg_wal.join("summaries").is_dir() {
+        dirs.push("pg_wal/summaries");
+    }
+    dirs
+}
+
 /// Whether `name` is a temporary relation's file (`t<backend>_<relfilenode>[_fork][.segment]`).
 fn is_temp_relation(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('t') else {
@@ -603,7 +615,7 @@ fn walk_dir(
         let wal_link =
             kind == WalkRoot::DataDirectory && at_root && name == "pg_wal" && ft.is_symlink();
         if wal_link {
-            for rel in ["pg_wal", "pg_wal/archive_status"] {
+            for rel in wal_dirs(&path) {
                 out.push(WalkEntry {
                     rel: rel.into(),
                     kind: EntryKind::Dir,
@@ -634,13 +646,15 @@ fn walk_dir(
                 && CONTENTS_EXCLUDED.contains(&name.as_str())
             {
                 if name == "pg_wal" {
-                    out.push(WalkEntry {
-                        rel: "pg_wal/archive_status".into(),
-                        kind: EntryKind::Dir,
-                        size: 0,
-                        mode,
-                        target: None,
-                    });
+                    for rel in wal_dirs(&path).into_iter().skip(1) {
+                        out.push(WalkEntry {
+                            rel: rel.into(),
+                            kind: EntryKind::Dir,
+                            size: 0,
+                            mode,
+                            target: None,
+                        });
+                    }
                 }
                 continue;
             }
