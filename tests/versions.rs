@@ -473,3 +473,79 @@ fn pg17_incremental_backups_beside_walarchive() {
 fn pg18_incremental_backups_beside_walarchive() {
     incremental_backups_beside_walarchive_on(18);
 }
+
+/// backup-push checks the page checksums of the relation files it copies, as pg_basebackup
+/// does, on a cluster with checksums: 18's default, or 15's `initdb --data-checksums`. A
+/// clean cluster's backup reports nothing (thousands of pages verified: the algorithm is
+/// PostgreSQL's); a page damaged on disk is reported by file and block, as `pg_checksums`
+/// reports it, and the backup completes with the damage copied as it is.
+fn damaged_pages_are_reported_on(major: u32, initdb_args: &[&str]) {
+    let repo = Store::File.fresh();
+    let pg = repo.start_primary(PgOptions {
+        major: Some(major),
+        initdb_args: initdb_args.iter().map(|s| s.to_string()).collect(),
+        extra_conf: "autovacuum = off\n".into(),
+        ..Default::default()
+    });
+    assert_eq!(pg.psql("show data_checksums"), "on");
+    pg.psql("create table t as select g, repeat('x', 100) as pad from generate_series(1, 20000) g");
+    pg.psql("create index on t(g)");
+    pg.psql("checkpoint");
+    let clean = repo.try_backup_push(&pg, &[]);
+    assert_success(&clean);
+    assert!(
+        !stderr(&clean).contains("checksum"),
+        "PostgreSQL {major}: {}",
+        stderr(&clean)
+    );
+
+    let rel = pg.psql("select pg_relation_filepath('t')");
+    let file = pg.data_dir().join(&rel);
+    pg.stop();
+    let mut bytes = fs::read(&file).unwrap();
+    assert!(bytes.len() > 3 * 8192);
+    bytes[2 * 8192 + 4000] ^= 0x01; // block 2, in the tuples
+    fs::write(&file, &bytes).unwrap();
+    let check = as_postgres(
+        &pg.bin("pg_checksums"),
+        &["--check", "-D", pg.data_dir().to_str().unwrap()],
+    );
+    assert!(!check.status.success());
+    let check = stderr(&check);
+    assert!(check.contains(&format!("{rel}\", block 2:")), "{check}");
+    // "calculated checksum 6AB3 but block contains 1A23": what walarchive must compute.
+    let hex_after = |word: &str| {
+        let at = check.find(word).unwrap() + word.len();
+        u16::from_str_radix(check[at..].split_whitespace().next().unwrap(), 16).unwrap()
+    };
+    let (computed, stored) = (
+        hex_after("calculated checksum "),
+        hex_after("block contains "),
+    );
+    pg.start_with_env(&repo.env);
+
+    let damaged = repo.try_backup_push(&pg, &[]);
+    assert_success(&damaged);
+    let err = stderr(&damaged);
+    assert!(
+        err.contains(&format!(
+            "{rel}: 1 page(s) fail their checksum: block 2 (stored 0x{stored:04X}, computed 0x{computed:04X})"
+        )),
+        "PostgreSQL {major}: {err}"
+    );
+    assert!(
+        err.contains("1 page(s) of the source fail their checksum"),
+        "{err}"
+    );
+    assert_eq!(err.matches("fail their checksum").count(), 2, "{err}");
+}
+
+#[test]
+fn pg15_damaged_pages_are_reported_with_data_checksums() {
+    damaged_pages_are_reported_on(15, &["--data-checksums"]);
+}
+
+#[test]
+fn pg18_damaged_pages_are_reported_by_default() {
+    damaged_pages_are_reported_on(18, &[]);
+}

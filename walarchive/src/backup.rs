@@ -9,6 +9,7 @@
 //! from its start to its stop LSN is in the repository: the manifest, written last, is the
 //! proof of that, and nothing without a manifest is ever listed or restored.
 
+mod pages;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -26,7 +27,8 @@ use crate::manifest::{
 use crate::repo::{Descriptor, PutOutcome, Repository, REPOSITORY_FORMAT};
 use crate::wal::{SegmentName, TimelineId, WalFileName};
 use crate::{pg, Error};
-use stream::upload_stream;
+pub use pages::pg_checksum_page;
+use stream::{upload_stream, PageCheck};
 
 /// Default uncompressed size of one backup part.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
@@ -157,6 +159,15 @@ pub async fn backup_push(
         .parse()
         .map_err(|e| Error::Postgres(format!("{e}")))?;
 
+    // Pages are checked against their checksums when the cluster has them (see `pages`).
+    let control = crate::control::read_control(&pgdata)?;
+    let page_rules = (control.data_checksum_version != 0).then_some(pages::PageRules {
+        start_lsn,
+        block_size: control.block_size as usize,
+        relseg_size: control.relseg_size,
+    });
+    let mut bad_pages = 0usize;
+
     // Copy: tablespaces, then the data directory with global/pg_control last.
     let tablespaces = list_tablespaces(&pgdata)?;
     let mut plans = Vec::new();
@@ -188,8 +199,13 @@ pub async fn backup_push(
             opts.part_size,
             opts.parallel,
             progress.clone(),
+            PageCheck {
+                rules: page_rules,
+                tablespace: tablespace.is_some(),
+            },
         )
         .await?;
+        bad_pages += result.bad_pages.iter().map(|(_, b)| b.len()).sum::<usize>();
         original_bytes += result
             .files
             .iter()
@@ -303,6 +319,11 @@ pub async fn backup_push(
         "backup {name} complete: {start_lsn}..{stop_lsn} on timeline {timeline}, {} bytes stored",
         manifest.stored_bytes
     );
+    if bad_pages > 0 {
+        tracing::warn!(
+            "backup {name}: {bad_pages} page(s) of the source fail their checksum (listed above): its data files are damaged there, and the backup holds them as they are"
+        );
+    }
     Ok(manifest)
 }
 

@@ -53,6 +53,8 @@ pub struct ControlFile {
     pub catalog_version: u32,
     /// Data block size.
     pub block_size: u32,
+    /// Blocks per segment file of a relation (`RELSEG_SIZE`).
+    pub relseg_size: u32,
     /// WAL block size.
     pub wal_block_size: u32,
     /// WAL segment size.
@@ -145,6 +147,7 @@ impl ControlFile {
             control_version: u32_at(8),
             catalog_version: u32_at(12),
             block_size: u32_at(sizes),
+            relseg_size: u32_at(sizes + 4),
             wal_block_size: u32_at(sizes + 8),
             wal_segment_size: u32_at(sizes + 12),
             data_checksum_version: u32_at(sizes + 36),

@@ -282,6 +282,10 @@ async fn upload_and_check(parallel: usize, compression: Compression) {
         part_size,
         parallel,
         Arc::new(NoProgress),
+        PageCheck {
+            rules: None,
+            tablespace: true,
+        },
     )
     .await
     .unwrap();
@@ -347,6 +351,10 @@ async fn a_failed_upload_fails_the_stream() {
             16 << 10,
             parallel,
             Arc::new(NoProgress),
+            PageCheck {
+                rules: None,
+                tablespace: true,
+            },
         )
         .await
         .err()
