@@ -26,9 +26,12 @@ pub(super) struct StreamResult {
     pub(super) parts: u32,
     pub(super) tar_bytes: u64,
     pub(super) stored_bytes: u64,
-    /// Pages failing their checksum (see `pages`): each file's, by path.
-    pub(super) bad_pages: Vec<(String, Vec<BadPage>)>,
+    /// Pages failing their checksum (see `pages`).
+    pub(super) bad_pages: BadPages,
 }
+
+/// Pages failing their checksum: each file's, by path.
+pub(super) type BadPages = Vec<(String, Vec<BadPage>)>;
 
 /// Whether and how the pages of a stream's relation files are checked.
 #[derive(Debug, Clone, Copy)]
@@ -295,7 +298,7 @@ fn write_tar(
     sink: PartWriter,
     progress: &dyn Progress,
     pages: PageCheck,
-) -> Result<(Vec<FileEntry>, u64, Vec<(String, Vec<BadPage>)>), Error> {
+) -> Result<(Vec<FileEntry>, u64, BadPages), Error> {
     let io = |context: String| move |source| Error::Io { context, source };
     let mut tar = tar::Builder::new(sink);
     let mut files = Vec::with_capacity(entries.len());
