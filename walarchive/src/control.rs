@@ -47,7 +47,7 @@ const CONTROL_STRUCT_MAX: usize = 1024;
 pub struct ControlFile {
     /// The cluster's system identifier.
     pub system_identifier: u64,
-    /// `pg_control_version` (e.g. 1300 for PostgreSQL 13 to 16).
+    /// `pg_control_version` (1300 for PostgreSQL 13 to 16, 1700 for 17, 1800 for 18).
     pub control_version: u32,
     /// `catalog_version_no` (yyyymmddN).
     pub catalog_version: u32,
