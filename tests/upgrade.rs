@@ -127,6 +127,7 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
         }
     }
     old.archive_everything();
+    let old_last = old.psql("select last_archived_wal from pg_stat_archiver");
     let old_sysid = old.psql("select system_identifier from pg_control_system()");
     old.stop();
 
@@ -146,6 +147,7 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
     new.start_with_env(&a.env);
     let new_sysid = new.psql("select system_identifier from pg_control_system()");
     eprintln!("system identifier before pg_upgrade {old_sysid}, after {new_sysid}");
+    assert_ne!(old_sysid, new_sysid, "the upgraded cluster is a new one");
     assert_eq!(
         new.psql("select count(*) || ':' || max(n) from seq"),
         "30:30"
@@ -156,6 +158,11 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
         new.try_psql("select failed_count > 0 from pg_stat_archiver")
             .is_ok_and(|f| f == "t")
     });
+    // Its WAL goes on under names past the old cluster's, on the same timeline.
+    assert!(
+        refused.starts_with("00000001") && refused > old_last,
+        "{refused} after {old_last}"
+    );
     let log = new.log();
     let said = "is from PostgreSQL 17 but this repository holds PostgreSQL 16's WAL";
     let line = log
