@@ -4,7 +4,7 @@
 //! The whole suite runs on one major at a time (`WALARCHIVE_TEST_PG=17 cargo test`); this
 //! file runs each major in the same process, concurrently, whatever that variable says:
 //! a regression on one major shows up in every run, and CI's subset of the majors it does
-//! not run whole (16 and 17) is `cargo test --test majors pg16 pg17`. Each test is the
+//! not run whole (16 and 17) is `cargo test --test majors -- pg16 pg17`. Each test is the
 //! path a DBA depends on: PostgreSQL archives through `wal-push` as its archive_command,
 //! `backup-push` takes a base backup, a point-in-time restore (`backup-fetch` and
 //! `wal-fetch`) stops at an exact row and is promoted to timeline 2, which archives into
@@ -251,11 +251,11 @@ fn another_major_is_refused(repo_major: u32, other_major: u32) {
 }
 
 #[test]
-fn pg16_wal_and_backup_refused_by_a_pg15_repository() {
+fn pg15_repository_refuses_pg16_wal_and_backups() {
     another_major_is_refused(15, 16);
 }
 
 #[test]
-fn pg18_wal_and_backup_refused_by_a_pg17_repository() {
+fn pg17_repository_refuses_pg18_wal_and_backups() {
     another_major_is_refused(17, 18);
 }
