@@ -7,17 +7,20 @@
 //! 16's WAL into 17's segments. walarchive refuses it (status 5, a line naming both
 //! majors); the upgraded cluster archives into a new repository, where a fresh base backup
 //! starts its restorable history. The old repository stays restorable on the old major's
-//! binaries until retention removes it. This test does all of it on real 16 and 17
-//! servers: archive a 16 cluster into repository A, `pg_upgrade --link` it to 17 (17's
-//! pg_upgrade, 16's binaries), start it still pointed at A (refused, nothing stored), point
-//! it at B, take a base backup there, keep writing; then restore A on 16 to a point before
-//! the upgrade and to its end, and B on 17 to its latest, each with exactly its rows.
+//! binaries until retention removes it. Each test does all of it on real servers, from 16 to
+//! 17 and from 17 to 18: archive the old cluster into repository A, `pg_upgrade --link` it
+//! (the new major's pg_upgrade, the old one's binaries, both clusters initdb'ed with the same
+//! options: 18's default data checksums are turned off for a 17 cluster without them, which
+//! `pg_upgrade --check` shows it needs), start it still pointed at A (refused, nothing
+//! stored), point it at B, take a base backup there, keep writing; then restore A on the old
+//! major to a point before the upgrade and to its end, and B on the new major to its latest,
+//! each with exactly its rows.
 
 use testkit as common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -42,9 +45,10 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// `pg_upgrade` of the stopped cluster `old` into the new, never started, cluster `new`
-/// with the new major's pg_upgrade, as the postgres user in a directory it owns.
-fn pg_upgrade(old: &PgCluster, new: &PgCluster, mode: &str) {
-    let out = Command::new("runuser")
+/// with the new major's pg_upgrade and `args` (`--link`, `--check`), as the postgres user in
+/// a directory it owns; its output, whatever the outcome.
+fn try_pg_upgrade(old: &PgCluster, new: &PgCluster, args: &[&str]) -> Output {
+    Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(new.bin("pg_upgrade"))
         .arg("--old-bindir")
@@ -60,17 +64,22 @@ fn pg_upgrade(old: &PgCluster, new: &PgCluster, mode: &str) {
         .args(["--new-port", &new.port().to_string()])
         .arg("--socketdir")
         .arg(new.dir())
-        .arg(mode)
+        .args(args)
         .env_remove("PGHOST")
         .env_remove("PGPORT")
         .env_remove("PGDATA")
         .current_dir(new.dir())
         .stdin(Stdio::null())
         .output()
-        .expect("run pg_upgrade");
+        .expect("run pg_upgrade")
+}
+
+/// [`try_pg_upgrade`], which must succeed.
+fn pg_upgrade(old: &PgCluster, new: &PgCluster, args: &[&str]) {
+    let out = try_pg_upgrade(old, new, args);
     assert!(
         out.status.success(),
-        "pg_upgrade failed ({:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        "pg_upgrade {args:?} failed ({:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
         out.status,
         stdout(&out),
         stderr(&out)
@@ -105,12 +114,12 @@ fn verify_clean(repo: &Repo, what: &str) {
     }
 }
 
-#[test]
-fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore() {
-    // PostgreSQL 16 archiving into A: rows 1..=10, a base backup, rows 11..=30.
+/// A cluster of major `from` archiving into A is upgraded to `to`; see the module comment.
+fn upgrade_path(from: u32, to: u32) {
+    // `from` archiving into A: rows 1..=10, a base backup, rows 11..=30.
     let a = Store::File.fresh();
     let old = a.start_primary(PgOptions {
-        major: Some(16),
+        major: Some(from),
         ..Default::default()
     });
     old.psql("create table seq(n int primary key)");
@@ -131,14 +140,32 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
     let old_sysid = old.psql("select system_identifier from pg_control_system()");
     old.stop();
 
-    // pg_upgrade to 17: a new cluster with the same initdb options (encoding, locale,
-    // segment size, no checksums), never started, then 17's pg_upgrade with 16's binaries.
+    // pg_upgrade: a new cluster with the same initdb options (encoding, locale, segment
+    // size, no data checksums), never started, then the new major's pg_upgrade with the old
+    // major's binaries. 18's initdb turns checksums on unless told not to, and pg_upgrade
+    // refuses that mismatch.
+    let mut initdb_args = Vec::new();
+    if to >= 18 {
+        let checksums = PgCluster::init(PgOptions {
+            major: Some(to),
+            ..Default::default()
+        });
+        let out = try_pg_upgrade(&old, &checksums, &["--check"]);
+        let said = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            !out.status.success()
+                && said.contains("old cluster does not use data checksums but the new one does"),
+            "{said}"
+        );
+        initdb_args.push("--no-data-checksums".to_string());
+    }
     let new = PgCluster::init(PgOptions {
-        major: Some(17),
+        major: Some(to),
+        initdb_args,
         ..Default::default()
     });
-    pg_upgrade(&old, &new, "--link");
-    assert_eq!(new.major(), 17);
+    pg_upgrade(&old, &new, &["--link"]);
+    assert_eq!(new.major(), to);
 
     // Started with its archive_command still pointed at A (the old postgresql.conf's
     // settings carried over): every push is refused and nothing reaches A.
@@ -164,14 +191,14 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
         "{refused} after {old_last}"
     );
     let log = new.log();
-    let said = "is from PostgreSQL 17 but this repository holds PostgreSQL 16's WAL";
+    let said = format!("is from PostgreSQL {to} but this repository holds PostgreSQL {from}'s WAL");
     let line = log
         .lines()
         .find(|l| l.contains("walarchive wal-push: error:"))
         .unwrap_or_else(|| panic!("no walarchive error in the server log:\n{log}"));
     eprintln!("what the user sees: {line}");
     assert!(
-        line.contains(said) && line.contains("new repository"),
+        line.contains(&said) && line.contains("new repository"),
         "{line}"
     );
     assert!(
@@ -182,7 +209,7 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
         .wal_dir()
         .join(format!("archive_status/{refused}.ready"))
         .exists());
-    // A base backup of the 17 server into A is refused too.
+    // A base backup of the upgraded server into A is refused too.
     let out = a.try_backup_push(&new, &[]);
     assert_code(&out, 5);
     let line = error_line(&out);
@@ -204,16 +231,32 @@ fn a_16_cluster_upgraded_to_17_archives_into_a_new_repository_and_both_restore()
     new.stop();
     let info = b.run(&["repo-info", "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&assert_success(&info).stdout).unwrap();
-    assert_eq!(info["pg_version"], 17, "{info}");
+    assert_eq!(info["pg_version"], to, "{info}");
     assert!(tree(&a.path()) == a_before, "repository A changed");
 
-    // A restores on 16's binaries, to a point before the upgrade and to its end; B on 17's.
+    // A restores on the old major's binaries, to a point before the upgrade and to its
+    // end; B on the new major's, to its latest.
     assert_eq!(
         restored_rows(&a, &backup_a, &["--target-lsn", &lsn_20]),
-        ("20:20".to_string(), 16)
+        ("20:20".to_string(), from)
     );
-    assert_eq!(restored_rows(&a, &backup_a, &[]), ("30:30".to_string(), 16));
-    assert_eq!(restored_rows(&b, "LATEST", &[]), ("40:40".to_string(), 17));
-    verify_clean(&a, "A (16)");
-    verify_clean(&b, "B (17)");
+    assert_eq!(
+        restored_rows(&a, &backup_a, &[]),
+        ("30:30".to_string(), from)
+    );
+    assert_eq!(restored_rows(&b, "LATEST", &[]), ("40:40".to_string(), to));
+    verify_clean(&a, &format!("A ({from})"));
+    verify_clean(&b, &format!("B ({to})"));
+}
+
+#[test]
+fn pg16_upgraded_to_pg17_archives_into_a_new_repository_and_both_restore() {
+    upgrade_path(16, 17);
+}
+
+/// 18's initdb turns data checksums on by default: the upgraded 17 cluster has none, so its
+/// 18 cluster is initdb'ed without them (pg_upgrade --check refuses the default).
+#[test]
+fn pg17_upgraded_to_pg18_archives_into_a_new_repository_and_both_restore() {
+    upgrade_path(17, 18);
 }
