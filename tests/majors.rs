@@ -194,8 +194,9 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A repository created by a `repo_major` server refuses real WAL of an `other_major`
-/// server (pushed as archive_command pushes it) and a base backup of it, with status 5 and
-/// one line naming both majors; the repository is unchanged and still serves its own.
+/// server (pushed as archive_command pushes it, and a copy pushed by hand) and a base backup
+/// of it, with status 5 and one line naming both majors; the repository is unchanged and
+/// still serves its own.
 fn another_major_is_refused(repo_major: u32, other_major: u32) {
     let repo = Store::File.fresh();
     let owner = repo.start_primary(PgOptions {
@@ -232,6 +233,13 @@ fn another_major_is_refused(repo_major: u32, other_major: u32) {
         line.contains(&format!("{segment} {said}")) && line.contains("new repository"),
         "{line}"
     );
+    // A copy pushed by hand, away from any data directory: identified by its page header.
+    let scratch = TestDir::new("walarchive-copy-");
+    let copy = scratch.join(&segment);
+    fs::copy(other.wal_dir().join(&segment), &copy).unwrap();
+    let out = repo.run(&["wal-push", copy.to_str().unwrap()]);
+    assert_code(&out, 5);
+    assert!(error_line(&out).contains(&said));
     let out = repo.try_backup_push(&other, &[]);
     assert_code(&out, 5);
     let line = error_line(&out);
