@@ -7,14 +7,16 @@
 //! 16's WAL into 17's segments. walarchive refuses it (status 5, a line naming both
 //! majors); the upgraded cluster archives into a new repository, where a fresh base backup
 //! starts its restorable history. The old repository stays restorable on the old major's
-//! binaries until retention removes it. Each test does all of it on real servers, from 16 to
-//! 17 and from 17 to 18: archive the old cluster into repository A, `pg_upgrade --link` it
-//! (the new major's pg_upgrade, the old one's binaries, both clusters initdb'ed with the same
-//! options: 18's default data checksums are turned off for a 17 cluster without them, which
-//! `pg_upgrade --check` shows it needs), start it still pointed at A (refused, nothing
-//! stored), point it at B, take a base backup there, keep writing; then restore A on the old
-//! major to a point before the upgrade and to its end, and B on the new major to its latest,
-//! each with exactly its rows.
+//! binaries until retention removes it.
+//!
+//! Each test does all of it on real servers, from 16 to 17 and from 17 to 18: archive the old
+//! cluster into repository A, `pg_upgrade --link` it (the new major's pg_upgrade, the old
+//! one's binaries, both clusters initdb'ed with the same options: 18's default data
+//! checksums are turned off for a 17 cluster without them, which `pg_upgrade --check` shows
+//! it needs), start it still pointed at A (refused, nothing stored; `walarchive status`
+//! names the mismatch), point it at B, take a base backup there, keep writing; then restore
+//! A on the old major to a point before the upgrade and to its end, and B on the new major
+//! to its latest, each with exactly its rows.
 
 use testkit as common;
 
@@ -209,6 +211,18 @@ fn upgrade_path(from: u32, to: u32) {
         .wal_dir()
         .join(format!("archive_status/{refused}.ready"))
         .exists());
+    // `walarchive status` against A says why the archive falls behind (status 13).
+    let conn = format!("host=127.0.0.1 port={} user=postgres", new.port());
+    let out = a.run(&["status", "--pg-conn", &conn]);
+    assert_code(&out, 13);
+    let shown = format!("{}{}", stdout(&out), stderr(&out));
+    eprintln!("walarchive status:\n{shown}");
+    assert!(
+        shown.contains(&format!(
+            "the repository holds PostgreSQL {from}'s WAL but the server is PostgreSQL {to}"
+        )) && shown.contains("archive_command is failing"),
+        "{shown}"
+    );
     // A base backup of the upgraded server into A is refused too.
     let out = a.try_backup_push(&new, &[]);
     assert_code(&out, 5);
