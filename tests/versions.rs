@@ -538,6 +538,23 @@ fn damaged_pages_are_reported_on(major: u32, initdb_args: &[&str]) {
         "{err}"
     );
     assert_eq!(err.matches("fail their checksum").count(), 2, "{err}");
+
+    // The damage stays with the backup: backup-list says which backup holds failing pages,
+    // the other does not.
+    let failing: Vec<u64> = repo
+        .backup_list(false)
+        .iter()
+        .map(|b| b["source_pages_failing_checksum"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(failing, [0, 1], "PostgreSQL {major}: backup-list --json");
+    let listing = stdout(&repo.run(&["backup-list"]));
+    assert_eq!(
+        listing
+            .matches("page(s) that failed their checksum")
+            .count(),
+        1,
+        "{listing}"
+    );
 }
 
 #[test]

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use crate::codec::Compression;
 use crate::lsn::Lsn;
 use crate::manifest::{
-    backup_key, backup_name, tablespace_stream, EntryKind, Manifest, Started, StreamInfo,
-    MANIFEST_VERSION,
+    backup_key, backup_name, tablespace_stream, DamagedFile, EntryKind, Manifest, Started,
+    StreamInfo, MANIFEST_VERSION,
 };
 use crate::repo::{Descriptor, PutOutcome, Repository, REPOSITORY_FORMAT};
 use crate::wal::{SegmentName, TimelineId, WalFileName};
@@ -166,7 +166,7 @@ pub async fn backup_push(
         block_size: control.block_size as usize,
         relseg_size: control.relseg_size,
     });
-    let mut bad_pages = 0usize;
+    let mut damaged_pages = Vec::new();
 
     // Copy: tablespaces, then the data directory with global/pg_control last.
     let tablespaces = list_tablespaces(&pgdata)?;
@@ -205,7 +205,11 @@ pub async fn backup_push(
             },
         )
         .await?;
-        bad_pages += result.bad_pages.iter().map(|(_, b)| b.len()).sum::<usize>();
+        damaged_pages.extend(result.bad_pages.iter().map(|(path, bad)| DamagedFile {
+            stream: stream.clone(),
+            path: path.clone(),
+            blocks: bad.iter().map(|p| p.block).collect(),
+        }));
         original_bytes += result
             .files
             .iter()
@@ -304,6 +308,7 @@ pub async fn backup_push(
         files,
         has_tablespace_map: spcmap.is_some(),
         created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
+        damaged_pages,
     };
     if opts.permanent {
         crate::catalog::set_permanent(repo, &name, true).await?;
@@ -319,6 +324,7 @@ pub async fn backup_push(
         "backup {name} complete: {start_lsn}..{stop_lsn} on timeline {timeline}, {} bytes stored",
         manifest.stored_bytes
     );
+    let bad_pages = manifest.damaged_page_count();
     if bad_pages > 0 {
         tracing::warn!(
             "backup {name}: {bad_pages} page(s) of the source fail their checksum (listed above): its data files are damaged there, and the backup holds them as they are"
