@@ -24,6 +24,13 @@ pub(super) struct BackupSummary<'a> {
     label: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     damaged: bool,
+    /// Pages of the source that failed their checksum when the backup copied them.
+    #[serde(skip_serializing_if = "is_zero")]
+    source_pages_failing_checksum: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl<'a> BackupSummary<'a> {
@@ -42,6 +49,7 @@ impl<'a> BackupSummary<'a> {
             from_standby: Some(m.from_standby),
             label: Some(&m.label),
             damaged: false,
+            source_pages_failing_checksum: m.damaged_page_count(),
         }
     }
 }
@@ -70,6 +78,7 @@ pub(crate) async fn backup_list(repo: &Repository, json: bool, detail: bool) -> 
                 from_standby: None,
                 label: e.started.as_ref().map(|s| s.label.as_str()),
                 damaged: e.damaged.is_some(),
+                source_pages_failing_checksum: 0,
             },
         })
         .collect();
@@ -141,6 +150,15 @@ pub(crate) async fn backup_list(repo: &Repository, json: bool, detail: bool) -> 
                 s.name, s.start_time, stop, start_lsn, stop_lsn, tli, size, stored
             );
         }
+    }
+    for s in summaries
+        .iter()
+        .filter(|s| s.source_pages_failing_checksum > 0)
+    {
+        println!(
+            "note: backup {} holds {} page(s) that failed their checksum on the source when it was taken (damage a restore brings back; its manifest lists them)",
+            s.name, s.source_pages_failing_checksum
+        );
     }
     Ok(exit::OK)
 }

@@ -83,32 +83,33 @@ pub fn pg_bin(name: &str) -> PathBuf {
     pg_bin_dir().join(name)
 }
 
-/// The major of the server in `bin` (`postgres --version`).
-pub fn major_of_bin(bin: &Path) -> u32 {
+/// The version `postgres --version` of `bin` prints: `18.6` from
+/// `postgres (PostgreSQL) 18.6`, `15.18` from Debian's `postgres (PostgreSQL) 15.18 (Debian ...)`.
+fn version_of_bin(bin: &Path) -> String {
     let out = Command::new(bin.join("postgres"))
         .arg("--version")
         .output()
         .unwrap_or_else(|e| panic!("run {}/postgres --version: {e}", bin.display()));
     let text = String::from_utf8_lossy(&out.stdout);
-    text.rsplit(' ')
-        .next()
-        .and_then(|v| v.trim().split('.').next())
-        .and_then(|m| m.parse().ok())
+    text.split_once("(PostgreSQL) ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
+        .to_string()
 }
 
-/// The full server version of `major` (`18.6`), for reports.
-pub fn server_version(major: u32) -> String {
-    let out = Command::new(pg_bin_dir_for(major).join("postgres"))
-        .arg("--version")
-        .output()
-        .expect("run postgres --version");
-    String::from_utf8_lossy(&out.stdout)
-        .rsplit(' ')
+/// The major of the server in `bin` (`postgres --version`).
+pub fn major_of_bin(bin: &Path) -> u32 {
+    let version = version_of_bin(bin);
+    version
+        .split('.')
         .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server version {version:?}"))
+}
+
+/// The full server version of `major` (`18.6`, `15.18`), for reports.
+pub fn server_version(major: u32) -> String {
+    version_of_bin(&pg_bin_dir_for(major))
 }
 
 /// `runuser -u postgres -- env K=V... <program>`, cwd /tmp.

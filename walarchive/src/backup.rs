@@ -9,6 +9,7 @@
 //! from its start to its stop LSN is in the repository: the manifest, written last, is the
 //! proof of that, and nothing without a manifest is ever listed or restored.
 
+mod pages;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -20,13 +21,14 @@ use std::time::{Duration, Instant};
 use crate::codec::Compression;
 use crate::lsn::Lsn;
 use crate::manifest::{
-    backup_key, backup_name, tablespace_stream, EntryKind, Manifest, Started, StreamInfo,
-    MANIFEST_VERSION,
+    backup_key, backup_name, tablespace_stream, DamagedFile, EntryKind, Manifest, Started,
+    StreamInfo, MANIFEST_VERSION,
 };
 use crate::repo::{Descriptor, PutOutcome, Repository, REPOSITORY_FORMAT};
 use crate::wal::{SegmentName, TimelineId, WalFileName};
 use crate::{pg, Error};
-use stream::upload_stream;
+pub use pages::pg_checksum_page;
+use stream::{upload_stream, PageCheck};
 
 /// Default uncompressed size of one backup part.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
@@ -157,6 +159,15 @@ pub async fn backup_push(
         .parse()
         .map_err(|e| Error::Postgres(format!("{e}")))?;
 
+    // Pages are checked against their checksums when the cluster has them (see `pages`).
+    let control = crate::control::read_control(&pgdata)?;
+    let page_rules = (control.data_checksum_version != 0).then_some(pages::PageRules {
+        start_lsn,
+        block_size: control.block_size as usize,
+        relseg_size: control.relseg_size,
+    });
+    let mut damaged_pages = Vec::new();
+
     // Copy: tablespaces, then the data directory with global/pg_control last.
     let tablespaces = list_tablespaces(&pgdata)?;
     let mut plans = Vec::new();
@@ -188,8 +199,17 @@ pub async fn backup_push(
             opts.part_size,
             opts.parallel,
             progress.clone(),
+            PageCheck {
+                rules: page_rules,
+                tablespace: tablespace.is_some(),
+            },
         )
         .await?;
+        damaged_pages.extend(result.bad_pages.iter().map(|(path, bad)| DamagedFile {
+            stream: stream.clone(),
+            path: path.clone(),
+            blocks: bad.iter().map(|p| p.block).collect(),
+        }));
         original_bytes += result
             .files
             .iter()
@@ -288,6 +308,7 @@ pub async fn backup_push(
         files,
         has_tablespace_map: spcmap.is_some(),
         created_by: format!("walarchive {}", env!("CARGO_PKG_VERSION")),
+        damaged_pages,
     };
     if opts.permanent {
         crate::catalog::set_permanent(repo, &name, true).await?;
@@ -303,6 +324,12 @@ pub async fn backup_push(
         "backup {name} complete: {start_lsn}..{stop_lsn} on timeline {timeline}, {} bytes stored",
         manifest.stored_bytes
     );
+    let bad_pages = manifest.damaged_page_count();
+    if bad_pages > 0 {
+        tracing::warn!(
+            "backup {name}: {bad_pages} page(s) of the source fail their checksum (listed above): its data files are damaged there, and the backup holds them as they are"
+        );
+    }
     Ok(manifest)
 }
 
@@ -527,6 +554,18 @@ const ROOT_FILES_EXCLUDED: &[&str] = &[
     "current_logfiles.tmp",
 ];
 
+/// The directories a backup holds of `pg_wal` (whose contents it never holds): `pg_wal`
+/// itself and `archive_status`, and from PostgreSQL 17 `summaries` (the WAL summarizer's),
+/// when the server has it: as `basebackup.c` sends them. The summaries themselves describe
+/// the source's WAL for the source's incremental backups; a restored server writes its own.
+fn wal_dirs(pg_wal: &Path) -> Vec<&'static str> {
+    let mut dirs = vec!["pg_wal", "pg_wal/archive_status"];
+    if pg_wal.join("summaries").is_dir() {
+        dirs.push("pg_wal/summaries");
+    }
+    dirs
+}
+
 /// Whether `name` is a temporary relation's file (`t<backend>_<relfilenode>[_fork][.segment]`).
 fn is_temp_relation(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('t') else {
@@ -603,7 +642,7 @@ fn walk_dir(
         let wal_link =
             kind == WalkRoot::DataDirectory && at_root && name == "pg_wal" && ft.is_symlink();
         if wal_link {
-            for rel in ["pg_wal", "pg_wal/archive_status"] {
+            for rel in wal_dirs(&path) {
                 out.push(WalkEntry {
                     rel: rel.into(),
                     kind: EntryKind::Dir,
@@ -634,13 +673,15 @@ fn walk_dir(
                 && CONTENTS_EXCLUDED.contains(&name.as_str())
             {
                 if name == "pg_wal" {
-                    out.push(WalkEntry {
-                        rel: "pg_wal/archive_status".into(),
-                        kind: EntryKind::Dir,
-                        size: 0,
-                        mode,
-                        target: None,
-                    });
+                    for rel in wal_dirs(&path).into_iter().skip(1) {
+                        out.push(WalkEntry {
+                            rel: rel.into(),
+                            kind: EntryKind::Dir,
+                            size: 0,
+                            mode,
+                            target: None,
+                        });
+                    }
                 }
                 continue;
             }

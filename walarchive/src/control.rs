@@ -12,10 +12,20 @@
 //! only when its CRC-32C (over the struct, stored right after it) checks out and its layout
 //! is PostgreSQL's; a torn read is retried a few times before giving up. The layout of the
 //! struct's head (system identifier, control and catalog versions) has not changed since
-//! PostgreSQL 9; the WAL sizes follow the `floatFormat` sentinel (the double 1234567.0), an
-//! order unchanged since 8.4, so no per-version table of offsets is needed; the CRC's
-//! offset is found by checking each aligned candidate after the sizes (a random 32-bit match
-//! is a 1 in 4 billion chance per candidate).
+//! PostgreSQL 9; the sizes follow the `floatFormat` sentinel (the double 1234567.0), an
+//! order unchanged since 8.4: `blcksz`, `relseg_size`, `xlog_blcksz`, `xlog_seg_size`, four
+//! more `uint32`, `float8ByVal`, `data_checksum_version`. So the sizes need no per-version
+//! table, and the sentinel's offset absorbs the changes before it (17's `wal_level` in the
+//! checkpoint copy fills padding: the sentinel stays at byte 208 on x86-64 in 15 to 18).
+//! What comes after the sizes does change, and with it where the CRC is: 18 (control
+//! version 1800) added `bool default_char_signedness` before the 32-byte authentication
+//! nonce, which moves the CRC 4 bytes on (from 72 to 76 bytes after `blcksz`, read from
+//! 18's catalog/pg_control.h and its real files). The CRC's offset is therefore taken from
+//! the control version for the versions known ([`crc_offset`]: 1300 for 13 to 16, 1700, 1800);
+//! for a later one, each aligned candidate after the sizes is checked (a random 32-bit
+//! match is a 1 in 4 billion chance per candidate), so a new major is read before this table
+//! knows it, and `tests/versions.rs` compares every field with each major's
+//! `pg_controldata`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,16 +47,34 @@ const CONTROL_STRUCT_MAX: usize = 1024;
 pub struct ControlFile {
     /// The cluster's system identifier.
     pub system_identifier: u64,
-    /// `pg_control_version` (e.g. 1300 for PostgreSQL 13 to 16).
+    /// `pg_control_version` (1300 for PostgreSQL 13 to 16, 1700 for 17, 1800 for 18).
     pub control_version: u32,
     /// `catalog_version_no` (yyyymmddN).
     pub catalog_version: u32,
     /// Data block size.
     pub block_size: u32,
+    /// Blocks per segment file of a relation (`RELSEG_SIZE`).
+    pub relseg_size: u32,
     /// WAL block size.
     pub wal_block_size: u32,
     /// WAL segment size.
     pub wal_segment_size: u32,
+    /// `data_checksum_version`: 0 when data pages have no checksums (on by default from
+    /// PostgreSQL 18's `initdb`), 1 when they have.
+    pub data_checksum_version: u32,
+}
+
+/// Where the CRC is, in bytes after `blcksz` (the sizes), for the control versions known:
+/// the sizes and `data_checksum_version` (40 bytes), [18: `default_char_signedness`, 4 with
+/// its padding], the 32-byte nonce. `None` for a version this build does not know.
+pub fn crc_offset(control_version: u32) -> Option<usize> {
+    match control_version {
+        // PostgreSQL 10 to 12 (1002, 1100, 1201), 13 to 16 (1300), 17 (1700).
+        1002 | 1100 | 1201 | 1300 | 1700 => Some(40 + 32),
+        // PostgreSQL 18: bool default_char_signedness before the nonce.
+        1800 => Some(40 + 4 + 32),
+        _ => None,
+    }
 }
 
 /// Why bytes are not a usable `pg_control`.
@@ -99,19 +127,30 @@ impl ControlFile {
         // toast_max_chunk_size, loblksize, float8ByVal, data_checksum_version, the
         // authentication nonce (32 bytes), then the CRC.
         let sizes = float_at + 8;
-        let crc_from = sizes + 4 * 8;
-        let crc_at = (crc_from..(crc_from + 96).min(buf.len() - 4))
-            .step_by(4)
-            .find(|&o| crc32c(&buf[..o]) == u32_at(o))
-            .ok_or(ControlError::Crc)?;
-        debug_assert!(crc_at >= crc_from);
+        let crc_ok = |o: usize| o + 4 <= buf.len() && crc32c(&buf[..o]) == u32_at(o);
+        match crc_offset(u32_at(8)) {
+            Some(at) => {
+                if !crc_ok(sizes + at) {
+                    return Err(ControlError::Crc);
+                }
+            }
+            None => {
+                let crc_from = sizes + 4 * 8;
+                (crc_from..(crc_from + 96).min(buf.len() - 4))
+                    .step_by(4)
+                    .find(|&o| crc_ok(o))
+                    .ok_or(ControlError::Crc)?;
+            }
+        }
         let c = ControlFile {
             system_identifier: u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")),
             control_version: u32_at(8),
             catalog_version: u32_at(12),
             block_size: u32_at(sizes),
+            relseg_size: u32_at(sizes + 4),
             wal_block_size: u32_at(sizes + 8),
             wal_segment_size: u32_at(sizes + 12),
+            data_checksum_version: u32_at(sizes + 36),
         };
         if c.control_version < MIN_CONTROL_VERSION {
             return Err(ControlError::TooOld(c.control_version));
@@ -422,6 +461,41 @@ mod tests {
         assert_eq!((c.block_size, c.wal_block_size), (8192, 8192));
         // The same file with its CRC damaged.
         bytes[289] ^= 1;
+        assert_eq!(ControlFile::parse(&bytes), Err(ControlError::Crc));
+    }
+    /// The first 304 bytes of a real PostgreSQL 18.6 control file (x86-64, `initdb
+    /// --wal-segsize=1`, checksums on by default; the rest of the 8 KiB file is zeros), as
+    /// pg_controldata showed it: version 1800, catalog 202506291, system identifier
+    /// 7716561459335393464, checksum version 1, char signedness "signed". Its CRC is 4 bytes
+    /// later than 15's (`default_char_signedness`, the byte 0x01 before the nonce).
+    #[test]
+    fn parses_a_real_postgresql_18_control_file() {
+        let hex = [
+            "b8f0275fc3bb166b080700003300120c0100000000000000c4bb166b00000000b8f47e0000000000b8f47e0000000000",
+            "01000000010000000100000001000000f002000000000000f03100000100000000000000e80200000100000001000000",
+            "0100000000000000c4bb166b0000000000000000000000000000000000000000e8030000000000000000000000000000",
+            "00000000000000000000000000000000000000000000000000000000010000000000000064000000080000000a000000",
+            "000000004000000000000000080000000000000087d63241002000000000020000200000000010004000000020000000",
+            "cc070000000800000100000001000000018b9dc09515249c9c5c0e4569cd0254d3a8aa7b96d736df82b32c69aaad9313",
+            "c800000088db8f240000000000000000",
+        ]
+        .concat();
+        let mut bytes = hex::decode(hex).unwrap();
+        bytes.resize(8192, 0);
+        let c = ControlFile::parse(&bytes).unwrap();
+        assert_eq!(c.system_identifier, 7716561459335393464);
+        assert_eq!((c.control_version, c.catalog_version), (1800, 202506291));
+        assert_eq!(c.wal_segment_size, 1 << 20);
+        assert_eq!((c.block_size, c.wal_block_size), (8192, 8192));
+        assert_eq!(c.data_checksum_version, 1);
+        // The CRC where 15 to 17 have it (4 bytes earlier) is not accepted for 1800.
+        let mut early = bytes.clone();
+        let crc = crc32c(&early[..288]);
+        early[288..292].copy_from_slice(&crc.to_le_bytes());
+        early[292..296].copy_from_slice(&[0; 4]);
+        assert_eq!(ControlFile::parse(&early), Err(ControlError::Crc));
+        // The same file with its CRC damaged.
+        bytes[293] ^= 1;
         assert_eq!(ControlFile::parse(&bytes), Err(ControlError::Crc));
     }
 }

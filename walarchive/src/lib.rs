@@ -82,6 +82,18 @@ pub enum Error {
         /// The WAL file's value.
         wal: String,
     },
+    /// WAL or a backup of another PostgreSQL major version than the repository's (checked
+    /// before the system identifier: after `pg_upgrade`, the major is what changed, and what
+    /// the user must hear about). A repository holds one major's WAL.
+    #[error("{name} is from PostgreSQL {found} but this repository holds PostgreSQL {repo}'s WAL: a repository holds one major version (after pg_upgrade, archive into a new repository and take a new base backup there); refusing it")]
+    OtherMajor {
+        /// WAL file name, or "the backup".
+        name: String,
+        /// The repository's major ("16", or the page magic of an unknown one).
+        repo: String,
+        /// The major of the WAL or server offered.
+        found: String,
+    },
     /// A segment whose page header contradicts the pg_control of the data directory it is
     /// pushed from.
     #[error("{path}: its {field} is {file} but {data_dir}/global/pg_control says {control} (another cluster's WAL in this data directory, or the wrong --pgdata? refusing it)")]
@@ -220,6 +232,7 @@ impl Error {
             Error::BadInput { .. } | Error::BadName(_) => ErrorKind::BadInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::ForeignCluster { .. }
+            | Error::OtherMajor { .. }
             | Error::NotFromDataDir { .. }
             | Error::RepairConflict { .. } => ErrorKind::ForeignCluster,
             Error::Open(_)

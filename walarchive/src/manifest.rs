@@ -169,6 +169,29 @@ pub struct Manifest {
     pub has_tablespace_map: bool,
     /// The walarchive version that took it.
     pub created_by: String,
+    /// Pages of the source's data files that failed their checksum as the backup copied them
+    /// (clusters with data checksums). The backup holds them as they were: a restore brings
+    /// the damage back, so this stays with the backup for `backup-list` and whoever restores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged_pages: Vec<DamagedFile>,
+}
+
+/// A data file some of whose pages failed their checksum when the backup copied it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedFile {
+    /// Stream it is in: `data` or `tablespaces/<oid>`.
+    pub stream: String,
+    /// Path relative to the stream's root.
+    pub path: String,
+    /// Block numbers (in the relation) of the pages that failed.
+    pub blocks: Vec<u32>,
+}
+
+impl Manifest {
+    /// How many pages failed their checksum when the backup was taken.
+    pub fn damaged_page_count(&self) -> usize {
+        self.damaged_pages.iter().map(|f| f.blocks.len()).sum()
+    }
 }
 
 impl Manifest {
@@ -200,6 +223,7 @@ impl Manifest {
             streams: vec![],
             files: vec![],
             has_tablespace_map: false,
+            damaged_pages: Vec::new(),
             created_by: "t".into(),
         }
     }

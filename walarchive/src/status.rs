@@ -703,8 +703,23 @@ pub fn assess(inputs: Inputs) -> Report {
         if !f.in_recovery && f.archive_mode == "off" {
             problems.push("archive_mode is off: the server archives nothing".into());
         }
+        let server_major = u32::try_from(f.version_num / 10000).ok();
+        let repo_major = descriptor
+            .as_ref()
+            .and_then(|d| crate::wal::pg_major_for_magic(d.wal_page_magic).or(d.pg_version));
+        if let (Some(repo), Some(server)) = (repo_major, server_major.filter(|&m| m > 0)) {
+            if repo != server {
+                // After pg_upgrade: the system identifier differs too, but the major is what
+                // the user must hear about (wal-push refuses it the same way).
+                problems.push(format!(
+                    "the repository holds PostgreSQL {repo}'s WAL but the server is PostgreSQL \
+                     {server}: a repository holds one major version (after pg_upgrade, archive \
+                     into a new repository and take a new base backup there)"
+                ));
+            }
+        }
         if let (Some(d), Some(id)) = (&descriptor, &f.system_identifier) {
-            if &d.system_identifier != id {
+            if &d.system_identifier != id && repo_major == server_major {
                 problems.push(format!(
                     "the repository belongs to another cluster (system identifier {}) than the \
                      server ({id}): is archive_command pointed at another repository?",

@@ -1,5 +1,5 @@
-//! A minimal reader of PostgreSQL 15 WAL records: just enough to find commits, aborts,
-//! restore points and checkpoints, and where the valid WAL ends.
+//! A minimal reader of PostgreSQL 15 to 18 WAL records: just enough to find commits,
+//! aborts, restore points and checkpoints, and where the valid WAL ends.
 //!
 //! Point-in-time clones need facts only the WAL holds: the time of the last archived
 //! transaction (what "latest" means), whether a commit after a target time exists (whether
@@ -18,6 +18,19 @@
 //!
 //! Layouts: src/include/access/xlog_internal.h (pages), xlogrecord.h (records and block
 //! references), pg_control.h (checkpoints, restore points), xact.h (commits and aborts).
+//!
+//! Versions: each major has its own page magic ([`WAL_FORMATS`]), and a stream of WAL is one
+//! major's: its first page fixes the magic every later page must have. What this reader
+//! decodes has the same layout in every major it knows (read from the 16 and 18 headers, and
+//! checked against each major's `pg_waldump` by `tests/walrecord.rs`): the page and record
+//! headers and block references (xlogrecord.h is unchanged from 15 to 18 but for comments);
+//! `xact_time` first in a commit's or abort's main data; `xl_restore_point`; and `time` at
+//! offset 64 of `CheckPoint`, because the `int wal_level` PostgreSQL 17 added sits in the
+//! padding after `bool fullPageWrites` (offset 20), before the 8-aligned `nextXid`. The
+//! `XLOG_CHECKPOINT_REDO` record 17 added (info 0xE0, main data a bare `wal_level`) marks
+//! where an online checkpoint's redo starts; it carries no time and is not a checkpoint here
+//! ([`RecordKind::Other`]). A major whose layout differs gets its own entry keyed by its
+//! magic, never a guess: an unknown magic is [`WalRecordError::UnsupportedVersion`].
 
 use chrono::{DateTime, Utc};
 
@@ -27,8 +40,16 @@ use crate::wal::{pg_major_for_magic, TimelineId, WalPageHeader, LONG_PAGE_HEADER
 #[cfg(test)]
 mod tests;
 
-/// `XLOG_PAGE_MAGIC` of PostgreSQL 15, the only WAL format read here.
+/// `XLOG_PAGE_MAGIC` of PostgreSQL 15.
 pub const PG15_PAGE_MAGIC: u16 = 0xD110;
+/// The WAL formats this reader reads: (PostgreSQL major, `XLOG_PAGE_MAGIC`), from each
+/// major's access/xlog_internal.h (15 and 17 also from their real WAL).
+pub const WAL_FORMATS: [(u32, u16); 4] = [(15, 0xD110), (16, 0xD113), (17, 0xD116), (18, 0xD118)];
+
+/// Whether this reader reads WAL with page magic `magic`.
+pub fn reads_magic(magic: u16) -> bool {
+    WAL_FORMATS.iter().any(|&(_, m)| m == magic)
+}
 /// `SizeOfXLogShortPHD`: the header of every page but a segment's first.
 pub const SHORT_PAGE_HEADER_SIZE: usize = 24;
 /// `SizeOfXLogRecord`.
@@ -76,7 +97,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WalRecordError {
     /// The segment was written by a PostgreSQL version whose WAL format this reader does not know.
-    #[error("WAL page magic 0x{0:04X} ({version}) is not PostgreSQL 15's (0xD110): this WAL cannot be read", version = describe_magic(*.0))]
+    #[error("WAL page magic 0x{0:04X} ({version}) is not one of PostgreSQL 15 to 18: this WAL cannot be read", version = describe_magic(*.0))]
     UnsupportedVersion(u16),
     /// A page that belongs where it is (its address is right) but whose header is not valid.
     #[error("invalid WAL page header at {lsn}")]
@@ -242,6 +263,8 @@ pub struct WalReader {
     last_page_tli: u32,
     /// The last record read was an `XLOG_SWITCH`.
     after_switch: bool,
+    /// The page magic of the WAL read (its major's), fixed by the first valid segment header.
+    magic: Option<u16>,
 }
 
 /// The result of checking one page header.
@@ -294,6 +317,7 @@ impl WalReader {
             end_of_valid: start,
             last_page_tli: 0,
             after_switch: false,
+            magic: None,
         }
     }
 
@@ -353,6 +377,7 @@ impl WalReader {
             let h = WalPageHeader::parse(bytes)
                 .map_err(|_| WalRecordError::BadPage { lsn: segment_start })?;
             self.page_size = u64::from(h.block_size);
+            self.magic = Some(h.magic);
         }
         let mut page_off = (self.pos.0 - segment_start.0) / self.page_size * self.page_size;
         while page_off + self.page_size <= len {
@@ -398,9 +423,20 @@ impl WalReader {
         let tli = u32_at(page, 4);
         let addr = u64_at(page, 8);
         let rem_len = u32_at(page, 16);
-        if magic != PG15_PAGE_MAGIC {
+        // The stream's major, once a segment header fixed it; before, any major read here.
+        let ours = match self.magic {
+            Some(m) => magic == m,
+            None => reads_magic(magic),
+        };
+        if !ours {
             if segment_first && magic >> 9 == 0xD000 >> 9 {
-                return Err(WalRecordError::UnsupportedVersion(magic));
+                if !reads_magic(magic) {
+                    return Err(WalRecordError::UnsupportedVersion(magic));
+                }
+                if addr == lsn.0 {
+                    // Another major's WAL where this one's goes on: not a recycled page.
+                    return Err(WalRecordError::BadPage { lsn });
+                }
             }
             if magic == 0 && addr == 0 {
                 return Ok(PageCheck::Stale("zeroes (a page never written)".into()));

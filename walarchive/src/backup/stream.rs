@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::pages::{relation_segment, BadPage, PageChecker, PageRules};
 use super::{stored, Progress, WalkEntry};
 use crate::format;
 use crate::manifest::{part_key, EntryKind, FileEntry};
@@ -25,6 +26,20 @@ pub(super) struct StreamResult {
     pub(super) parts: u32,
     pub(super) tar_bytes: u64,
     pub(super) stored_bytes: u64,
+    /// Pages failing their checksum (see `pages`).
+    pub(super) bad_pages: BadPages,
+}
+
+/// Pages failing their checksum: each file's, by path.
+pub(super) type BadPages = Vec<(String, Vec<BadPage>)>;
+
+/// Whether and how the pages of a stream's relation files are checked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PageCheck {
+    /// The rules; `None`: not checked (the cluster has no data checksums).
+    pub(super) rules: Option<PageRules>,
+    /// The stream is a tablespace's (relation files are under `PG_<version>/<db>/`).
+    pub(super) tablespace: bool,
 }
 
 /// Writes `entries` as one tar stream, cut into parts that are compressed and uploaded as
@@ -49,6 +64,7 @@ pub(super) async fn upload_stream(
     part_size: usize,
     parallel: usize,
     progress: Arc<dyn Progress>,
+    pages: PageCheck,
 ) -> Result<StreamResult, Error> {
     let parallel = parallel.max(1);
     // Every part is bound to its key and the repository's cluster (see format.rs).
@@ -61,7 +77,7 @@ pub(super) async fn upload_stream(
     let stream_name = stream.to_string();
     let writer = tokio::task::spawn_blocking(move || {
         let sink = PartWriter::new(part_size, parallel + 1, tx, free_rx);
-        write_tar(&root, &stream_name, entries, sink, progress.as_ref())
+        write_tar(&root, &stream_name, entries, sink, progress.as_ref(), pages)
     });
     let mut uploads: JoinSet<Result<u64, Error>> = JoinSet::new();
     let mut stored_total = 0u64;
@@ -136,12 +152,13 @@ pub(super) async fn upload_stream(
     if let Some(e) = upload_error {
         return Err(e);
     }
-    let (files, tar_bytes) = written?;
+    let (files, tar_bytes, bad_pages) = written?;
     Ok(StreamResult {
         files,
         parts,
         tar_bytes,
         stored_bytes: stored_total,
+        bad_pages,
     })
 }
 
@@ -243,12 +260,14 @@ impl Write for PartWriter {
 
 /// Reads exactly `remaining` bytes of a file that may change while it is read: a file that
 /// shrank is padded with zeros (WAL replay rewrites it), one that grew is cut. Hashes what
-/// it returns (BLAKE3: see [`crate::manifest::MANIFEST_VERSION`]).
+/// it returns (BLAKE3: see [`crate::manifest::MANIFEST_VERSION`]), and checks the pages of a
+/// relation file (`pages`).
 struct SnapshotReader<'a> {
     file: std::fs::File,
     remaining: u64,
     hasher: blake3::Hasher,
     progress: &'a dyn Progress,
+    pages: Option<PageChecker>,
 }
 
 impl Read for SnapshotReader<'_> {
@@ -264,6 +283,9 @@ impl Read for SnapshotReader<'_> {
         }
         self.remaining -= n as u64;
         self.hasher.update(&buf[..n]);
+        if let Some(pages) = &mut self.pages {
+            pages.feed(&buf[..n], &self.file);
+        }
         self.progress.advance(n as u64);
         Ok(n)
     }
@@ -275,10 +297,12 @@ fn write_tar(
     entries: Vec<WalkEntry>,
     sink: PartWriter,
     progress: &dyn Progress,
-) -> Result<(Vec<FileEntry>, u64), Error> {
+    pages: PageCheck,
+) -> Result<(Vec<FileEntry>, u64, BadPages), Error> {
     let io = |context: String| move |source| Error::Io { context, source };
     let mut tar = tar::Builder::new(sink);
     let mut files = Vec::with_capacity(entries.len());
+    let mut bad_pages = Vec::new();
     let mut skipped = BTreeMap::new();
     for e in entries {
         let mut header = tar::Header::new_gnu();
@@ -316,14 +340,42 @@ fn write_tar(
                 };
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(e.size);
+                let checker = pages.rules.and_then(|rules| {
+                    relation_segment(&e.rel, pages.tablespace)
+                        .map(|segment| PageChecker::new(rules, segment))
+                });
                 let mut reader = SnapshotReader {
                     file,
                     remaining: e.size,
                     hasher: blake3::Hasher::new(),
                     progress,
+                    pages: checker,
                 };
                 tar.append_data(&mut header, &e.rel, &mut reader)
                     .map_err(io(ctx()))?;
+                if let Some(checker) = reader.pages.take() {
+                    if !checker.bad.is_empty() {
+                        let blocks: Vec<String> = checker
+                            .bad
+                            .iter()
+                            .take(5)
+                            .map(|b| {
+                                format!(
+                                    "block {} (stored 0x{:04X}, computed 0x{:04X})",
+                                    b.block, b.stored, b.computed
+                                )
+                            })
+                            .collect();
+                        tracing::warn!(
+                            "{}: {} page(s) fail their checksum: {}{}",
+                            root.join(&e.rel).display(),
+                            checker.bad.len(),
+                            blocks.join(", "),
+                            if checker.bad.len() > 5 { ", ..." } else { "" }
+                        );
+                        bad_pages.push((e.rel.clone(), checker.bad));
+                    }
+                }
                 Some(reader.hasher.finalize().to_hex().to_string())
             }
         };
@@ -351,7 +403,7 @@ fn write_tar(
     let total = sink
         .finish()
         .map_err(io(format!("cannot finish the {stream} stream")))?;
-    Ok((files, total))
+    Ok((files, total, bad_pages))
 }
 
 #[cfg(test)]

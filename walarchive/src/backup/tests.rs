@@ -123,6 +123,34 @@ fn walk_applies_exclusions() {
     );
 }
 
+#[test]
+fn walk_keeps_pg_wal_summaries_empty() {
+    // PostgreSQL 17's WAL summarizer directory: kept, its summaries not (as basebackup.c).
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    for dir in ["global", "pg_wal/archive_status", "pg_wal/summaries"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("global/pg_control"), b"x").unwrap();
+    let summary = "pg_wal/summaries/0000000100000000010000280000000001000100.summary";
+    std::fs::write(root.join(summary), b"x").unwrap();
+    let rels = |root: &Path| -> Vec<String> {
+        walk(root, WalkRoot::DataDirectory)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.rel.starts_with("pg_wal"))
+            .map(|e| e.rel)
+            .collect()
+    };
+    let want = ["pg_wal", "pg_wal/archive_status", "pg_wal/summaries"];
+    assert_eq!(rels(root), want);
+    // pg_wal on another disk: the same three directories.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::rename(root.join("pg_wal"), elsewhere.path().join("wal")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("wal"), root.join("pg_wal")).unwrap();
+    assert_eq!(rels(root), want);
+}
+
 /// A store that refuses to store one key (and delays the others a little, so that
 /// uploads overlap and finish out of order).
 #[derive(Debug)]
@@ -254,6 +282,10 @@ async fn upload_and_check(parallel: usize, compression: Compression) {
         part_size,
         parallel,
         Arc::new(NoProgress),
+        PageCheck {
+            rules: None,
+            tablespace: true,
+        },
     )
     .await
     .unwrap();
@@ -319,6 +351,10 @@ async fn a_failed_upload_fails_the_stream() {
             16 << 10,
             parallel,
             Arc::new(NoProgress),
+            PageCheck {
+                rules: None,
+                tablespace: true,
+            },
         )
         .await
         .err()

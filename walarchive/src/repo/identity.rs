@@ -466,9 +466,16 @@ pub fn first_difference(
 }
 
 /// Refuses `found` (what file `name` belongs to) when it is not the cluster `repo`
-/// describes.
+/// describes. Another major version is named as such, first.
 pub(crate) fn same_cluster(repo: &Descriptor, found: &Descriptor, name: &str) -> Result<(), Error> {
     use WalProperty::*;
+    if repo.wal_page_magic != found.wal_page_magic {
+        return Err(Error::OtherMajor {
+            name: name.to_string(),
+            repo: major_text(repo),
+            found: major_text(found),
+        });
+    }
     match first_difference(repo, found, [SystemIdentifier, SegmentSize, PageMagic]) {
         None => Ok(()),
         Some((property, repo, wal)) => Err(Error::ForeignCluster {
@@ -481,6 +488,15 @@ pub(crate) fn same_cluster(repo: &Descriptor, found: &Descriptor, name: &str) ->
             repo,
             wal,
         }),
+    }
+}
+
+/// The PostgreSQL major of `d`'s WAL format as the messages show it: "17", or
+/// "? (WAL page magic 0xD1FF)" for a format this walarchive does not know.
+fn major_text(d: &Descriptor) -> String {
+    match crate::wal::pg_major_for_magic(d.wal_page_magic).or(d.pg_version) {
+        Some(m) => m.to_string(),
+        None => format!("? (WAL page magic 0x{:04X})", d.wal_page_magic),
     }
 }
 
@@ -553,6 +569,20 @@ mod tests {
             r.ensure_descriptor(&other, "s").await,
             Err(Error::ForeignCluster { .. })
         ));
+        // Another major (after pg_upgrade: another system identifier too) is named as such.
+        let upgraded = Descriptor {
+            wal_page_magic: 0xD113,
+            pg_version: Some(16),
+            ..descriptor("2")
+        };
+        let e = r.ensure_descriptor(&upgraded, "seg").await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::ForeignCluster);
+        assert!(
+            e.to_string().starts_with(
+                "seg is from PostgreSQL 16 but this repository holds PostgreSQL 15's WAL"
+            ),
+            "{e}"
+        );
     }
 
     /// A prefix holding this repository's objects but no descriptor is refused to every

@@ -235,6 +235,42 @@ fn unknown_lag_failing_archiver_and_empty_archive_are_problems() {
     );
 }
 
+/// A server of another major than the repository's (an upgraded cluster still pointed at
+/// its old repository) is named as such, not as another cluster.
+#[test]
+fn a_server_of_another_major_than_the_repository_is_a_problem() {
+    let mut s = server("0/6000060", 1);
+    s.system_identifier = Some("2".into());
+    let mut i = inputs(
+        Some(("000000010000000000000005", "2026-01-01T00:00:00Z")),
+        Ok(s.clone()),
+        None,
+    );
+    i.descriptor = Some(Descriptor::for_tests("1"));
+    let r = assess(i);
+    assert!(
+        r.problems.iter().any(|p| p.contains("another cluster")),
+        "{:?}",
+        r.problems
+    );
+    s.version_num = 170004;
+    let mut i = inputs(
+        Some(("000000010000000000000005", "2026-01-01T00:00:00Z")),
+        Ok(s),
+        None,
+    );
+    i.descriptor = Some(Descriptor::for_tests("1"));
+    let r = assess(i);
+    assert!(!r.ok);
+    assert!(
+        r.problems.iter().any(|p| p.starts_with(
+            "the repository holds PostgreSQL 15's WAL but the server is PostgreSQL 17"
+        )) && !r.problems.iter().any(|p| p.contains("another cluster")),
+        "{:?}",
+        r.problems
+    );
+}
+
 #[test]
 fn prometheus_lines_are_valid() {
     let mut i = inputs(

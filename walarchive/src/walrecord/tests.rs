@@ -536,6 +536,34 @@ fn other_versions_and_bad_headers_are_refused() {
 }
 
 #[test]
+fn every_known_major_is_read_and_one_stream_is_one_major() {
+    let (t1, d1) = pg_time("2026-12-07T10:15:00Z");
+    for (major, magic) in WAL_FORMATS {
+        let mut wal = Wal::new(1, 2);
+        wal.magic = magic;
+        let c = wal.record(RM_XACT_ID, XLOG_XACT_COMMIT, &xact(t1));
+        let s = summarize(Lsn(SEG), SEG, wal.segment(0).1)
+            .unwrap_or_else(|e| panic!("PostgreSQL {major}: {e}"));
+        assert_eq!(s.last_xact, Some((c, d1)), "PostgreSQL {major}");
+    }
+    // PostgreSQL 16's segment, then one of 18 where 16's WAL goes on: damage, not the end.
+    let mut wal = Wal::new(1, 2);
+    wal.magic = 0xD113;
+    wal.record(RM_XACT_ID, XLOG_XACT_COMMIT, &xact(t1));
+    wal.switch();
+    wal.magic = 0xD118;
+    wal.record(RM_XACT_ID, XLOG_XACT_COMMIT, &xact(t1));
+    let mut r = WalReader::new(SEG, TimelineId(1), Lsn(SEG));
+    let (s1, b1) = wal.segment(0);
+    assert_eq!(r.feed(s1, b1).unwrap().len(), 2);
+    let (s2, b2) = wal.segment(1);
+    assert_eq!(
+        r.feed(s2, b2).unwrap_err(),
+        WalRecordError::BadPage { lsn: s2 }
+    );
+}
+
+#[test]
 fn segments_must_be_fed_in_order() {
     let (t1, _) = pg_time("2026-12-07T10:15:00Z");
     let mut wal = Wal::new(1, 2);
