@@ -269,3 +269,62 @@ impl CellConfig {
         Ok(Secret::new(t))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PG15: &str = "/usr/lib/postgresql/15/bin";
+    const PG18: &str = "/opt/walarchive-test/pg/18/bin";
+
+    fn installed(dir: &str) -> bool {
+        Path::new(dir).join("postgres").is_file()
+    }
+
+    /// A configuration from before majors (`pg_bin_dir`) keeps working: its directory is
+    /// the cell's one major, which nodes without one run.
+    #[test]
+    fn the_old_pg_bin_dir_is_its_one_major() {
+        if !installed(PG15) {
+            eprintln!("skipped: no PostgreSQL 15 in {PG15} (scripts/setup)");
+            return;
+        }
+        let (majors, unnamed) = resolve_majors(Some(Path::new(PG15)), &BTreeMap::new()).unwrap();
+        assert_eq!(majors.keys().copied().collect::<Vec<_>>(), [15]);
+        assert_eq!(unnamed, 15);
+        assert!(majors[&15].version.starts_with("15."), "{majors:?}");
+        let both = BTreeMap::from([("15".to_string(), PathBuf::from(PG15))]);
+        let e = resolve_majors(Some(Path::new(PG15)), &both).unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    /// Each `[postgresql.bin_dirs]` entry is checked against its server's version.
+    #[test]
+    fn bin_dirs_are_checked_against_their_server() {
+        if !installed(PG15) || !installed(PG18) {
+            eprintln!("skipped: PostgreSQL 15 and 18 are not both installed (scripts/setup)");
+            return;
+        }
+        let ok = BTreeMap::from([
+            ("15".to_string(), PathBuf::from(PG15)),
+            ("18".to_string(), PathBuf::from(PG18)),
+        ]);
+        let (majors, unnamed) = resolve_majors(None, &ok).unwrap();
+        assert_eq!(majors.keys().copied().collect::<Vec<_>>(), [15, 18]);
+        assert_eq!(unnamed, 15);
+        let wrong = BTreeMap::from([("17".to_string(), PathBuf::from(PG18))]);
+        let e = resolve_majors(None, &wrong).unwrap_err();
+        assert!(
+            e.contains("holds PostgreSQL 18") && e.contains("not 17"),
+            "{e}"
+        );
+        let unknown = BTreeMap::from([("14".to_string(), PathBuf::from(PG15))]);
+        let e = resolve_majors(None, &unknown).unwrap_err();
+        assert!(e.contains("15, 16, 17, 18"), "{e}");
+        let cfg: CellConfig = toml::from_str(&format!(
+            "listen = \"127.0.0.1:1\"\ndata_root = \"/tmp/x\"\n[postgresql.bin_dirs]\n18 = \"{PG18}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.postgresql.bin_dirs.len(), 1);
+    }
+}
