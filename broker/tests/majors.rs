@@ -309,10 +309,32 @@ async fn scenario() {
         if *id == "pg16" {
             continue;
         }
+        let lost = if *id == "pg17" { l17 } else { l18 };
+        let (cells, c) = (&cells, &c);
+        // A replica on a live cell leads (the lost cell's agent answers nothing), and the
+        // router reaches it: what it serves is no longer the old leader, which may take a
+        // moment to die with its agent.
         let (v, n) = wait_for(
             "the router follows the new leader",
             Duration::from_secs(120),
-            || version_and_rows(uri),
+            || async move {
+                let k = leader_cell(&cells, id).await?;
+                if k == lost {
+                    return None;
+                }
+                let db = primary_as(uri.to_string()).await?;
+                let port: i32 = db
+                    .query_one("select current_setting('port')::int", &[])
+                    .await
+                    .ok()?
+                    .get(0);
+                let inst = c.store.instance(id).await.ok()??.value;
+                let leader = inst.nodes.iter().find(|n| n.cell == cells[k].name)?;
+                if i32::from(leader.pg_port) != port {
+                    return None;
+                }
+                version_and_rows(uri).await
+            },
             diag,
         )
         .await;
