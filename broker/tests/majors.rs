@@ -318,7 +318,7 @@ async fn scenario() {
             "the router follows the new leader",
             Duration::from_secs(120),
             || async move {
-                let k = leader_cell(&cells, id).await?;
+                let k = leader_cell(cells, id).await?;
                 if k == lost {
                     return None;
                 }
