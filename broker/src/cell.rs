@@ -49,10 +49,10 @@ mod wal;
 
 pub use binder::CellBinder;
 pub use client::{
-    valid_node_name, BackupOutcome, BootstrapSpec, BootstrapTarget, CellClient, ClientError,
-    NodePorts, NodeSpec, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
+    valid_node_name, BackupOutcome, BootstrapSpec, BootstrapTarget, CellClient, CellReport,
+    ClientError, NodePorts, NodeSpec, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
 };
-pub use config::{CellConfig, TOKEN_ENV};
+pub use config::{CellConfig, MajorBin, PostgresqlConfig, TOKEN_ENV};
 use config::{SOCKET_NAME_MAX, SOCKET_PATH_MAX};
 pub use error::Error;
 use error::{io_err, pg_error};
@@ -172,9 +172,14 @@ impl Agent {
             .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
-    fn node_config(&self, name: &str, dir: &Path, rec: &NodeRecord) -> NodeConfig {
+    fn node_config(&self, name: &str, dir: &Path, rec: &NodeRecord) -> Result<NodeConfig, Error> {
         let s = &rec.spec;
-        NodeConfig {
+        let pg_bin_dir = self
+            .config
+            .bin_dir(s.major)
+            .map_err(|e| Error::Invalid(format!("node {name}: {e}")))?
+            .to_path_buf();
+        Ok(NodeConfig {
             scope: s.scope().to_string(),
             namespace: s.namespace.clone(),
             node_name: name.to_string(),
@@ -187,7 +192,7 @@ impl Agent {
             api_port: rec.ports.api_port,
             node_dir: dir.to_path_buf(),
             socket_dir: self.config.socket_dir(),
-            pg_bin_dir: self.config.pg_bin_dir.clone(),
+            pg_bin_dir,
             walarchive: s.walarchive.clone(),
             repository: s.repository.clone(),
             archive_timeout: s.archive_timeout,
@@ -200,13 +205,40 @@ impl Agent {
             ident_users: vec![self.config.user.clone(), self.agent_user.clone()],
             restapi_password: rec.restapi_password.clone(),
             bootstrap: s.bootstrap.clone(),
+        })
+    }
+
+    /// `GET /v1/cell`: the majors, and the Patroni version (asked once).
+    fn report(&self) -> CellReport {
+        static PATRONI: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let patroni = PATRONI
+            .get_or_init(|| {
+                let out = std::process::Command::new(&self.config.patroni)
+                    .arg("--version")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .ok()?;
+                out.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            })
+            .clone();
+        CellReport {
+            majors: self
+                .config
+                .majors
+                .iter()
+                .map(|(m, b)| (m.to_string(), b.version.clone()))
+                .collect(),
+            unnamed_major: self.config.unnamed_major,
+            patroni,
         }
     }
 
     /// Writes node.json, patroni.yml, the replica-fetch script, the role-change callback and,
     /// for a node bootstrapped from an archive, the bootstrap scripts.
     fn write_node_files(&self, name: &str, dir: &Path, rec: &NodeRecord) -> Result<(), Error> {
-        let cfg = self.node_config(name, dir, rec);
+        let cfg = self.node_config(name, dir, rec)?;
         let unquotable =
             |e: walarchive::shell::QuoteError| Error::Invalid(format!("node {name}: {e}"));
         let json = serde_json::to_vec_pretty(rec).expect("node records serialize");
@@ -359,6 +391,9 @@ impl Agent {
             return Err(Error::Invalid(format!("invalid node name {name:?}")));
         }
         spec.validate().map_err(Error::Invalid)?;
+        self.config
+            .bin_dir(spec.major)
+            .map_err(|e| Error::Invalid(format!("node {name}: {e}")))?;
         let _guard = self.ops.lock().await;
         if let Ok(node) = self.node(name) {
             let old = node.record();
@@ -369,6 +404,12 @@ impl Agent {
             }
             if old.spec == spec {
                 return Ok(old.ports);
+            }
+            if self.config.major(old.spec.major) != self.config.major(spec.major) {
+                return Err(Error::Invalid(format!(
+                    "node {name} runs PostgreSQL {}: a node's major cannot change",
+                    self.config.major(old.spec.major)
+                )));
             }
             let rec = NodeRecord {
                 spec: spec.clone(),
@@ -721,7 +762,19 @@ pub async fn run(
         http,
     });
     agent.adopt()?;
-    info!(addr = %agent.config.listen, data_root = %root.display(), "cell agent listening");
+    let report = agent.report();
+    info!(addr = %agent.config.listen, data_root = %root.display(),
+          majors = ?report.majors, patroni = ?report.patroni, "cell agent listening");
+    let patroni_major = report
+        .patroni
+        .as_deref()
+        .and_then(|v| v.strip_prefix("patroni "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if patroni_major.is_some_and(|p| p < 4) && agent.config.majors.keys().any(|m| *m >= 17) {
+        warn!(patroni = ?report.patroni,
+              "this Patroni does not know PostgreSQL 17 and 18: their nodes need Patroni 4 (`patroni` in the cell configuration)");
+    }
     let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
     let serve =
         axum::serve(listener, server::router(agent.clone())).with_graceful_shutdown(async move {

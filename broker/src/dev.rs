@@ -81,6 +81,30 @@ pub struct DevOptions {
     pub broker_exe: Option<PathBuf>,
     /// The etcd executable.
     pub etcd: PathBuf,
+    /// The Patroni the cells run: `WALARCHIVE_PATRONI`, else the 4.x `scripts/setup`
+    /// installs (`/opt/walarchive-test/patroni`) when it is there, else `/usr/bin/patroni`.
+    pub patroni: PathBuf,
+}
+
+/// Where `scripts/setup` installs the majors Debian does not package.
+const SETUP_PG_DIR: &str = "/opt/walarchive-test/pg";
+
+/// `[postgresql.bin_dirs]` of the single-machine mode's cells: each supported major found
+/// in `/usr/lib/postgresql/<major>/bin`, else where `scripts/setup` puts it.
+fn dev_bin_dirs() -> String {
+    let mut text = String::from("\n[postgresql.bin_dirs]\n");
+    for major in crate::pgmajor::SUPPORTED {
+        let found = [
+            PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+            PathBuf::from(format!("{SETUP_PG_DIR}/{major}/bin")),
+        ]
+        .into_iter()
+        .find(|d| d.join("postgres").is_file());
+        if let Some(d) = found {
+            let _ = writeln!(text, "{major} = {:?}", d.display().to_string());
+        }
+    }
+    text
 }
 
 impl Default for DevOptions {
@@ -93,6 +117,16 @@ impl Default for DevOptions {
             etcd: std::env::var_os("WALARCHIVE_ETCD")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/usr/bin/etcd".into()),
+            patroni: std::env::var_os("WALARCHIVE_PATRONI")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let setup = PathBuf::from("/opt/walarchive-test/patroni/bin/patroni");
+                    if setup.is_file() {
+                        setup
+                    } else {
+                        "/usr/bin/patroni".into()
+                    }
+                }),
         }
     }
 }
@@ -379,7 +413,9 @@ impl Dev {
                 token_file.display().to_string(),
                 cell_user,
                 ports + 99,
-            ) + &format!(
+            ) + &format!("patroni = {:?}\n", opts.patroni.display().to_string())
+                + &dev_bin_dirs()
+                + &format!(
                 "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
                 cell_tls.cert_file.display().to_string(),
                 cell_tls.key_file.display().to_string(),

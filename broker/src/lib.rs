@@ -20,6 +20,7 @@ pub mod error;
 pub mod etcd;
 pub mod names;
 pub mod patroni;
+pub mod pgmajor;
 pub mod process;
 pub mod recover;
 pub mod router;

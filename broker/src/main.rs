@@ -257,7 +257,8 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let binder = CellBinder::from_config(&config).context("the cells' clients")?;
         let binder = Arc::new(binder);
         let mut state = AppState::new(config, store.clone(), binder.clone());
-        state.leader_wal = Some(binder);
+        state.leader_wal = Some(binder.clone());
+        state.cell_majors = Some(binder);
         let backup = StateBackup::open(&state.config, store.clone())
             .context("open the state backup's store")?;
         let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())

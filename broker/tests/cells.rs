@@ -80,6 +80,7 @@ async fn two_cells_fail_over_and_rejoin() {
         },
         wal_segsize_mb: Some(1),
         bootstrap: None,
+        major: None,
     };
     let mut ports = Vec::new();
     for (client, name) in clients.iter().zip(names) {
@@ -476,6 +477,7 @@ fn clone_spec(
         },
         wal_segsize_mb: Some(1),
         bootstrap: Some(bootstrap),
+        major: None,
     }
 }
 

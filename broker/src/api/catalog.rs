@@ -1,5 +1,5 @@
 //! The catalog: the one service and its plans, each accepting `node-count`, and at creation
-//! `clone-from` and `clone-at` (the schemas say what `request::parse_parameters` accepts).
+//! `postgresql-version`, `clone-from` and `clone-at` (the schemas say what `request::parse_parameters` accepts).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -9,12 +9,25 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::config::MAX_NODES;
 
-/// The create schema: `node-count`, `clone-from`, `clone-at`.
+/// The create schema: `node-count`, `postgresql-version`, `clone-from`, `clone-at`.
 fn create_schema() -> Value {
     let mut s = node_count_schema();
     let props = s["parameters"]["properties"]
         .as_object_mut()
         .expect("properties");
+    let majors: Vec<String> = crate::pgmajor::SUPPORTED
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    props.insert(
+        "postgresql-version".into(),
+        json!({
+            "description": format!("PostgreSQL major version ({} when omitted; a clone runs its source's, and may only name that). It cannot change later: in-place major upgrades are not supported.", crate::pgmajor::NEWEST),
+            "type": "string",
+            "enum": majors,
+            "default": crate::pgmajor::NEWEST.to_string()
+        }),
+    );
     props.insert(
         "clone-from".into(),
         json!({

@@ -29,8 +29,8 @@ use walarchive::Lsn;
 use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
-    CloneAt, CloneParameters, InstanceRecord, InstanceState, Purge, ResolvedTarget, RestoreKind,
-    RestoreRecord, SourceRef, Timestamp, Versioned,
+    CloneAt, CloneParameters, Incarnation, InstanceRecord, InstanceState, Purge, ResolvedTarget,
+    RestoreKind, RestoreRecord, SourceRef, Timestamp, Versioned,
 };
 pub(super) use crate::windows::time_text;
 use crate::windows::{self, resolved_target, WindowError};
@@ -42,6 +42,8 @@ pub(super) struct Validated {
     pub(super) restore: RestoreRecord,
     /// The source's instance id and its record's mod revision when validated.
     pub(super) source_revision: (String, i64),
+    /// The source's PostgreSQL major: the clone's.
+    pub(super) major: u32,
 }
 
 /// What the provision asked for, and who asked.
@@ -51,6 +53,8 @@ pub(super) struct CloneRequest<'a> {
     pub(super) space: &'a str,
     /// The new instance's service.
     pub(super) service_id: &'a str,
+    /// `postgresql-version`, when sent: must be the source's.
+    pub(super) major: Option<u32>,
     /// `clone-from`, `clone-at` as sent.
     pub(super) params: &'a CloneParameters,
     /// The platform user, from `X-Broker-API-Originating-Identity` (Cloud Foundry's).
@@ -63,6 +67,8 @@ struct Source {
     record: Versioned<InstanceRecord>,
     incarnation: u32,
     repository: String,
+    /// The chosen incarnation's PostgreSQL major.
+    major: u32,
     deleted_at: Option<Timestamp>,
     purging: Option<Timestamp>,
     purged: Option<Purge>,
@@ -108,9 +114,16 @@ pub(super) async fn validate(st: &AppState, req: &CloneRequest<'_>) -> Result<Va
             time_text(since.0)
         )));
     }
+    if let Some(m) = req.major.filter(|m| *m != source.major) {
+        return Err(ApiError::invalid_parameters(format!(
+            "{named} runs PostgreSQL {src}, so its clone does: a clone restores {named}'s data files, which only PostgreSQL {src} can run. Omit postgresql-version (a clone runs its source's major), or ask for {src}; to have the data on PostgreSQL {m}, upgrade the clone afterwards (pg_upgrade, or pg_dump and pg_restore into a new PostgreSQL {m} instance).",
+            src = source.major
+        )));
+    }
     let wanted = wanted(req.params.clone_at.as_ref(), Utc::now())?;
     let resolved = resolve_in_archive(st, named, &source, &wanted).await?;
     Ok(Validated {
+        major: source.major,
         source_revision: (rec.id.clone(), source.record.mod_revision),
         restore: RestoreRecord {
             kind: RestoreKind::Clone,
@@ -155,6 +168,7 @@ async fn lookup_source(
         return Ok(Source {
             incarnation: r.incarnation,
             repository: r.repository.clone(),
+            major: r.major(),
             deleted_at: r.deleted_at,
             purging: r.purging,
             purged: r.purged.clone(),
@@ -192,8 +206,8 @@ async fn lookup_source(
         .ok_or_else(|| no_such_instance(named))?;
     let r = &record.value;
     // The instance record is the purge's own record; the catalog entry's copy is a fallback.
-    let (deleted_at, purging, purged) = if entry.incarnation == r.incarnation {
-        (r.deleted_at, r.purging, r.purged.clone())
+    let (deleted_at, purging, purged, major) = if entry.incarnation == r.incarnation {
+        (r.deleted_at, r.purging, r.purged.clone(), r.major())
     } else {
         let earlier = r.previous.iter().find(|i| i.n == entry.incarnation);
         (
@@ -202,11 +216,13 @@ async fn lookup_source(
                 .or_else(|| earlier.and_then(|i| i.deleted_at)),
             earlier.and_then(|i| i.purging),
             earlier.and_then(|i| i.purged.clone()),
+            earlier.map_or(crate::pgmajor::LEGACY, Incarnation::major),
         )
     };
     Ok(Source {
         incarnation: entry.incarnation,
         repository: entry.repository.clone(),
+        major,
         deleted_at,
         purging,
         purged: purged.or(entry.purged.clone()),

@@ -149,12 +149,21 @@ pub(super) async fn provision(
                         service_id,
                         params,
                         user: user.clone(),
+                        major: parameters.postgresql_version,
                     },
                 )
                 .await?,
             ),
             None => None,
         };
+        // A clone runs its source's major; anything else what was asked, else the newest.
+        let major = match &validated {
+            Some(v) => v.major,
+            None => parameters
+                .postgresql_version
+                .unwrap_or(crate::pgmajor::NEWEST),
+        };
+        check_cells_have(st, major, node_count).await?;
         let now = Timestamp::now();
         let (incarnation, earlier) = match &previous {
             Some(p) => {
@@ -166,6 +175,7 @@ pub(super) async fn provision(
                     deleted_at: p.value.deleted_at,
                     purging: p.value.purging,
                     purged: p.value.purged.clone(),
+                    postgresql_major: p.value.postgresql_major,
                 });
                 (p.value.incarnation + 1, earlier)
             }
@@ -200,6 +210,7 @@ pub(super) async fn provision(
             purging: None,
             purged: None,
             final_lsn: None,
+            postgresql_major: Some(major),
         };
         let description = match &record.restore {
             Some(r) => clone::accepted_description(r),
@@ -262,6 +273,68 @@ pub(super) async fn provision(
     .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
 }
 
+/// Refuses a provision of `major` when fewer cells run it than its `nodes` need (and enough
+/// cells are configured: too few cells at all fail in the worker, as before): a 400 when
+/// every cell answered, a 503 when the cells that did not could have made up the difference.
+async fn check_cells_have(st: &AppState, major: u32, nodes: u8) -> Result<(), ApiError> {
+    let Some(cells) = &st.cell_majors else {
+        return Ok(());
+    };
+    let answers = cells.cell_majors().await;
+    let with: Vec<&str> = answers
+        .iter()
+        .filter(|(_, m)| m.as_ref().is_ok_and(|m| m.contains(&major)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let silent: Vec<&str> = answers
+        .iter()
+        .filter(|(_, m)| m.is_err())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let need = usize::from(nodes);
+    // Too few cells at all is the worker's to say (its placement fails with the reason, as
+    // it always did); refused here is only what the major makes impossible.
+    if with.len() >= need || answers.len() < need {
+        return Ok(());
+    }
+    let mut offered: Vec<u32> = answers
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().ok())
+        .flatten()
+        .copied()
+        .collect();
+    offered.sort_unstable();
+    offered.dedup();
+    let offered = offered
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if with.len() + silent.len() >= need {
+        warn!(major, cells = ?silent, "cells did not say which PostgreSQL majors they run");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!(
+                "Cannot check now that enough cells run PostgreSQL {major} ({} of the {need} needed do; {} did not answer); retry in a minute.",
+                with.len(),
+                silent.len()
+            ),
+        ));
+    }
+    Err(ApiError::invalid_parameters(if with.is_empty() {
+        format!(
+            "No cell of this broker runs PostgreSQL {major} (they run {offered}); choose another postgresql-version or ask the operator to add PostgreSQL {major} to the cells."
+        )
+    } else {
+        format!(
+            "{need} node(s) need {need} cells running PostgreSQL {major}, and only {} do ({}); choose fewer nodes or another postgresql-version (the cells run {offered}).",
+            with.len(),
+            with.join(", ")
+        )
+    }))
+}
+
 pub(super) async fn update(
     State(st): State<AppState>,
     InstanceId(instance_id): InstanceId,
@@ -292,6 +365,12 @@ pub(super) async fn update(
             ));
         }
         let plan = check_plan(st, &plan_id)?;
+        if let Some(m) = new_params.postgresql_version.filter(|m| *m != i.major()) {
+            return Err(ApiError::invalid_parameters(format!(
+                "This instance runs PostgreSQL {}; postgresql-version cannot change to {m}: the broker does not upgrade an instance's major in place. To move to PostgreSQL {m}, create a new instance with postgresql-version {m} and move the data into it (pg_dump and pg_restore, or logical replication), then switch the applications' bindings.",
+                i.major()
+            )));
+        }
         let mut parameters = i.parameters;
         if new_params.node_count.is_some() {
             parameters.node_count = new_params.node_count;
@@ -548,10 +627,15 @@ async fn restorable_window(st: &AppState, i: &InstanceRecord) -> Value {
     }
 }
 
-/// The parameters of an instance as provisioned (and updated): `node-count`, and for a clone
+/// The parameters of an instance as provisioned (and updated): `node-count`, the
+/// `postgresql-version` it runs (as the catalog's string, also when it was not sent: the
+/// default, a clone's source's, 15 for instances recorded before majors), and for a clone
 /// `clone-from` and `clone-at` as sent.
 fn provisioned_parameters(i: &InstanceRecord) -> Value {
     let mut v = serde_json::to_value(i.parameters).expect("JSON");
+    if let Value::Object(m) = &mut v {
+        m.insert("postgresql-version".into(), i.major().to_string().into());
+    }
     if let (Value::Object(m), Some(requested)) = (
         &mut v,
         i.restore.as_ref().and_then(|r| r.requested.as_ref()),

@@ -110,6 +110,18 @@ impl Binder for NoBinder {
     }
 }
 
+/// Which PostgreSQL majors the broker's cells run (implemented by
+/// [`crate::cell::CellBinder`]): a provision is refused before its `202` when too few cells
+/// run its major for its nodes.
+pub trait CellMajors: Send + Sync + 'static {
+    /// Every configured cell by name: its majors, or why it did not say.
+    fn cell_majors(&self) -> BoxFuture<'_, Vec<CellMajorsAnswer>>;
+}
+
+/// One cell's answer to [`CellMajors::cell_majors`]: its name, and its majors or why it did
+/// not say.
+pub type CellMajorsAnswer = (String, Result<Vec<u32>, String>);
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -131,6 +143,9 @@ pub struct AppState {
     /// Reads a running clone source's leader LSN (none: clones of running sources resolve
     /// without it).
     pub leader_wal: Option<Arc<dyn crate::windows::LeaderWal>>,
+    /// The cells' majors (none: provisions are not checked against them; the worker's
+    /// placement still is).
+    pub cell_majors: Option<Arc<dyn CellMajors>>,
     auth: Arc<[u8; 32]>,
 }
 
@@ -149,6 +164,7 @@ impl AppState {
             state_changed: Arc::new(Notify::new()),
             windows: Arc::default(),
             leader_wal: None,
+            cell_majors: None,
             auth,
         }
     }

@@ -195,6 +195,11 @@ pub(crate) fn parse_parameters(
                     }
                 }
             }
+            "postgresql-version" => {
+                let major =
+                    crate::pgmajor::parse_parameter(v).map_err(ApiError::invalid_parameters)?;
+                p.postgresql_version = Some(major);
+            }
             "clone-from" | "clone-at" if phase == Phase::Update => {
                 return Err(ApiError::invalid_parameters(
                     "clone-from and clone-at are accepted at creation only.",
@@ -204,7 +209,8 @@ pub(crate) fn parse_parameters(
             "clone-at" => clone_at = Some(parse_clone_at(v)?),
             other => {
                 return Err(ApiError::invalid_parameters(format!(
-                    "Unknown parameter {other:?}: the parameters are node-count (an integer from 1 to {MAX_NODES}), and at creation clone-from (the name or instance id of the instance to copy) and clone-at (when)."
+                    "Unknown parameter {other:?}: the parameters are node-count (an integer from 1 to {MAX_NODES}), postgresql-version (the PostgreSQL major: {}), and at creation clone-from (the name or instance id of the instance to copy) and clone-at (when).",
+                    crate::pgmajor::supported_list()
                 )))
             }
         }

@@ -125,6 +125,22 @@ impl crate::windows::LeaderWal for CellBinder {
     }
 }
 
+impl crate::api::CellMajors for CellBinder {
+    fn cell_majors(&self) -> BoxFuture<'_, Vec<crate::api::CellMajorsAnswer>> {
+        Box::pin(async move {
+            let asks = self.cells.iter().map(|(name, c)| async move {
+                let majors = c
+                    .report()
+                    .await
+                    .map(|r| r.majors.keys().filter_map(|m| m.parse().ok()).collect())
+                    .map_err(|e| e.to_string());
+                (name.clone(), majors)
+            });
+            futures::future::join_all(asks).await
+        })
+    }
+}
+
 impl Binder for CellBinder {
     fn bind<'a>(
         &'a self,

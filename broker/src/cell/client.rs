@@ -114,6 +114,30 @@ pub struct NodeSpec {
     /// only the node that initialises the cluster uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
+    /// The PostgreSQL major the node runs; absent in specs of instances recorded before
+    /// majors (they run the cell's [`crate::cell::CellConfig::unnamed_major`]). A cell
+    /// without it refuses the node; a node's major never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<u32>,
+}
+
+/// `GET /v1/cell`: what a cell runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellReport {
+    /// Each major the cell has (`"17"`) and the server's full version (`"17.10"`).
+    pub majors: BTreeMap<String, String>,
+    /// The major of nodes whose spec names none.
+    pub unnamed_major: u32,
+    /// What `patroni --version` said (`patroni 4.1.5`), when it could be run.
+    #[serde(default)]
+    pub patroni: Option<String>,
+}
+
+impl CellReport {
+    /// Whether the cell runs major `major`.
+    pub fn has(&self, major: u32) -> bool {
+        self.majors.contains_key(&major.to_string())
+    }
 }
 
 impl BootstrapSpec {
@@ -437,6 +461,28 @@ impl CellClient {
             return Ok(None);
         }
         Self::decode("node status", &bytes).map(Some)
+    }
+
+    /// What the cell runs (its majors). A cell agent from before majors has no such route
+    /// (404): it runs 15 only, as it always did.
+    pub async fn report(&self) -> Result<CellReport, ClientError> {
+        let (status, bytes) = self
+            .call(
+                reqwest::Method::GET,
+                "/v1/cell",
+                None,
+                Duration::from_secs(10),
+            )
+            .await?;
+        if status == 404 {
+            let legacy = crate::pgmajor::LEGACY;
+            return Ok(CellReport {
+                majors: BTreeMap::from([(legacy.to_string(), String::new())]),
+                unnamed_major: legacy,
+                patroni: None,
+            });
+        }
+        Self::decode("cell report", &bytes)
     }
 
     /// The state of every node of the cell.

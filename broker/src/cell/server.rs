@@ -201,8 +201,17 @@ async fn list_roles(
     }
 }
 
+async fn cell_report(State(agent): State<Arc<Agent>>) -> Response {
+    let agent = agent.clone();
+    match tokio::task::spawn_blocking(move || agent.report()).await {
+        Ok(report) => json_response(&report),
+        Err(e) => Error::Invalid(format!("cell report: {e}")).into_response(),
+    }
+}
+
 pub(super) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
+        .route("/v1/cell", get(cell_report))
         .route("/v1/nodes", get(list_nodes))
         .route(
             "/v1/nodes/{name}",

@@ -78,6 +78,14 @@ pub struct Parameters {
         skip_serializing_if = "Option::is_none"
     )]
     pub node_count: Option<u8>,
+    /// `postgresql-version`: the PostgreSQL major asked for (one of
+    /// [`crate::pgmajor::SUPPORTED`]); at creation only (a clone's must be its source's).
+    #[serde(
+        rename = "postgresql-version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub postgresql_version: Option<u32>,
 }
 
 /// The platform context of an instance.
@@ -183,6 +191,11 @@ pub struct InstanceRecord {
     /// nodes (its last commits are in the archive up to there), when it could.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_lsn: Option<String>,
+    /// The PostgreSQL major the instance runs (`postgresql-version`, else
+    /// [`crate::pgmajor::NEWEST`]; a clone's source's). Absent from records written before
+    /// majors: those instances run 15 ([`InstanceRecord::major`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgresql_major: Option<u32>,
 }
 
 fn first_incarnation() -> u32 {
@@ -195,6 +208,12 @@ impl InstanceRecord {
     /// under it, and a scope cannot change).
     pub fn scope(&self) -> &str {
         self.path_name.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The PostgreSQL major: [`InstanceRecord::postgresql_major`], else 15 (every instance
+    /// recorded before majors ran 15).
+    pub fn major(&self) -> u32 {
+        self.postgresql_major.unwrap_or(crate::pgmajor::LEGACY)
     }
 }
 

@@ -45,6 +45,7 @@ fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
             purging: None,
             purged: None,
             final_lsn: None,
+            postgresql_major: None,
             last_backup_at: None,
             state: InstanceState::Provisioning,
             nodes: vec![],
@@ -521,4 +522,23 @@ async fn a_clone_is_not_created_when_its_source_changed() {
         .await
         .unwrap();
     assert!(matches!(r, CreateInstance::Created { .. }), "{r:?}");
+}
+
+/// Records written before majors have no `postgresql_major` and ran 15; new ones keep theirs.
+#[test]
+fn records_without_a_major_ran_15() {
+    let (mut rec, _) = instance("old", None);
+    let text = serde_json::to_value(&rec).unwrap();
+    assert!(text.get("postgresql_major").is_none(), "{text}");
+    let back: InstanceRecord = serde_json::from_value(text).unwrap();
+    assert_eq!(back.major(), 15);
+    rec.postgresql_major = Some(17);
+    rec.parameters.postgresql_version = Some(17);
+    let text = serde_json::to_value(&rec).unwrap();
+    assert_eq!(text["parameters"]["postgresql-version"], 17, "{text}");
+    let back: InstanceRecord = serde_json::from_value(text).unwrap();
+    assert_eq!(
+        (back.major(), back.parameters.postgresql_version),
+        (17, Some(17))
+    );
 }

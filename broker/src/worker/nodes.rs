@@ -41,6 +41,7 @@ impl Inner {
         peer_hosts.dedup();
         let n = &self.config.nodes;
         Ok(NodeSpec {
+            major: inst.postgresql_major,
             instance_id: inst.id.clone(),
             scope: inst.path_name.clone(),
             namespace: self.config.patroni_namespace(),

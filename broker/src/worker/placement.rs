@@ -2,8 +2,8 @@
 //!
 //! Cells are chosen, and the nodes' names recorded, in one compare-and-swap *before* any
 //! node is created, so that a restarted worker or a deprovision finds every node a pass may
-//! have created. Distinct cells always; zones the instance does not use yet first, then the
-//! least loaded cells.
+//! have created. Only cells that run the instance's PostgreSQL major; distinct cells always;
+//! zones the instance does not use yet first, then the least loaded cells.
 
 use std::collections::{HashMap, HashSet};
 
@@ -76,6 +76,27 @@ pub(super) fn choose_cells<'a>(
 }
 
 impl Inner {
+    /// The cells that may hold a node of major `major`: those that say they run it, and
+    /// those that do not answer now (as before majors: creating the node there waits for
+    /// them, and a cell without the major refuses it).
+    async fn cells_running(&self, major: u32) -> Vec<CellInfo> {
+        let asks = self.cells.iter().map(|c| async move {
+            match c.client.report().await {
+                Ok(r) if !r.has(major) => {
+                    info!(cell = %c.name, major, majors = ?r.majors.keys().collect::<Vec<_>>(),
+                          "cell does not run this PostgreSQL major");
+                    None
+                }
+                _ => Some(c.clone()),
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Nodes per cell over every live instance.
     async fn cell_load(&self) -> Result<HashMap<String, usize>, Step> {
         let mut load = HashMap::new();
@@ -102,8 +123,19 @@ impl Inner {
             return Ok(inst.clone());
         }
         let load = self.cell_load().await?;
-        let chosen = choose_cells(&self.cells, &load, &inst.nodes, target - inst.nodes.len())
-            .map_err(Step::Fail)?;
+        let cells = self.cells_running(inst.major()).await;
+        let chosen =
+            choose_cells(&cells, &load, &inst.nodes, target - inst.nodes.len()).map_err(|e| {
+                let lacking = self.cells.len() - cells.len();
+                if lacking == 0 {
+                    Step::Fail(e)
+                } else {
+                    Step::Fail(format!(
+                        "{e} ({lacking} cell(s) do not run PostgreSQL {}.)",
+                        inst.major()
+                    ))
+                }
+            })?;
         let (ni, _) = self
             .store
             .transition(&op.instance_id, &op.id, |i, o| {

@@ -286,6 +286,7 @@ async fn clone_refusals_change_nothing() {
         purging: None,
         purged: None,
         final_lsn: None,
+        postgresql_major: None,
     };
     let op = OperationRecord::new(
         "alien",
@@ -556,7 +557,10 @@ async fn a_clone_provision_is_idempotent_and_retrievable() {
     c.finish("c", true, "ready").await;
     let r = c.call(Method::GET, "/v2/service_instances/c", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["parameters"], params);
+    // As sent, and the major it runs: its source's (provisioned with the default, 18).
+    let mut shown = params.clone();
+    shown["postgresql-version"] = json!("18");
+    assert_eq!(r.body["parameters"], shown);
     // An ha plan may clone a single source.
     let r = c
         .provision(

@@ -521,10 +521,11 @@ async fn provisioning_is_asynchronous_and_idempotent() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     // Its archive (an S3 bucket nobody serves here) cannot be read: the window is replaced
-    // by why (clones.rs reads real ones).
+    // by why (clones.rs reads real ones). It runs the default major, 18, not sent.
     assert_eq!(
         r.body,
-        json!({ "service_id": SERVICE, "plan_id": PLAN2, "parameters": { "node-count": 3 },
+        json!({ "service_id": SERVICE, "plan_id": PLAN2,
+                "parameters": { "node-count": 3, "postgresql-version": "18" },
                 "metadata": { "attributes": { "restorable_window_error":
                     "The archive could not be read within 5 s; retry later." } } })
     );

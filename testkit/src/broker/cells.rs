@@ -95,6 +95,25 @@ pub fn router_ports(n: u16) -> u16 {
     panic!("no {n} free consecutive ports in 10000-19999");
 }
 
+/// The Patroni the tests' cells run: `WALARCHIVE_PATRONI`, else the one `scripts/setup`
+/// installs from pip (`/opt/walarchive-test/patroni`, 4.1.5), for every PostgreSQL major.
+pub fn patroni() -> PathBuf {
+    std::env::var_os("WALARCHIVE_PATRONI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/opt/walarchive-test/patroni/bin/patroni".into())
+}
+
+/// `[postgresql.bin_dirs]` lines of the tests' cells: every supported major installed
+/// (`crate::bin_dir_for`: Debian's 15, `scripts/setup`'s 16 to 18).
+pub fn bin_dirs_toml() -> String {
+    crate::SUPPORTED_MAJORS
+        .iter()
+        .map(|&m| (m, crate::bin_dir_for(m)))
+        .filter(|(_, d)| d.join("postgres").is_file())
+        .map(|(m, d)| format!("{m} = \"{}\"\n", d.display()))
+        .collect()
+}
+
 /// Patroni's TLS towards the tests' etcd: the CA, and a client certificate whose key the
 /// postgres user reads (made once per process).
 pub fn patroni_etcd_tls() -> walarchive_broker::patroni::EtcdTls {
@@ -162,8 +181,12 @@ impl Cell {
             &config,
             format!(
                 "listen = \"127.0.0.1:{port}\"\ndata_root = \"{}\"\nports = [{min}, {max}]\n\
+                 patroni = \"{}\"\n\
+                 [postgresql.bin_dirs]\n{}\
                  [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
                 data_root.display(),
+                patroni().display(),
+                bin_dirs_toml(),
                 tls.cert_file.display(),
                 tls.key_file.display(),
                 tls.ca_file.display(),

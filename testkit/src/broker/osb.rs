@@ -46,8 +46,9 @@ impl Api {
             config.etcd.prefix.clone(),
             config.keyring(),
         );
-        let binder = CellBinder::from_config(&config).expect("the cells' clients");
-        let state = AppState::new(config, store.clone(), Arc::new(binder));
+        let binder = Arc::new(CellBinder::from_config(&config).expect("the cells' clients"));
+        let mut state = AppState::new(config, store.clone(), binder.clone());
+        state.cell_majors = Some(binder);
         Api {
             app: app(state.clone()),
             state,

@@ -210,6 +210,16 @@ pub struct Incarnation {
     /// Its archive's purge, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<Purge>,
+    /// Its PostgreSQL major (absent: recorded before majors, so 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgresql_major: Option<u32>,
+}
+
+impl Incarnation {
+    /// Its PostgreSQL major ([`Incarnation::postgresql_major`], else 15).
+    pub fn major(&self) -> u32 {
+        self.postgresql_major.unwrap_or(crate::pgmajor::LEGACY)
+    }
 }
 
 /// Reads `previous` as written now (a list of [`Incarnation`]s) or as written before clones
@@ -233,6 +243,7 @@ pub(super) fn incarnations<'de, D: serde::Deserializer<'de>>(
                 repository,
                 created_at: None,
                 deleted_at: None,
+                postgresql_major: None,
                 purging: None,
                 purged: None,
             },
