@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::tmp::{path_str, spawn_detached};
@@ -36,30 +36,47 @@ pub fn bin_dir_for(major: u32) -> PathBuf {
     }
 }
 
-/// The major the tests run on: `WALARCHIVE_TEST_PG` (15, 16, 17 or 18), default 15.
+/// The major the tests run on: `WALARCHIVE_TEST_PG` (15, 16, 17 or 18); without it, the
+/// major of `WALARCHIVE_PG_BIN`'s server if that is set, else 15.
 /// `WALARCHIVE_TEST_PG=18 cargo test` runs the whole suite on PostgreSQL 18.
 pub fn default_major() -> u32 {
-    match std::env::var("WALARCHIVE_TEST_PG") {
-        Ok(v) if !v.is_empty() => {
-            let major: u32 = v.parse().unwrap_or_else(|_| {
-                panic!("WALARCHIVE_TEST_PG={v:?}: expected a major such as 17")
-            });
-            assert!(
-                SUPPORTED_MAJORS.contains(&major),
-                "WALARCHIVE_TEST_PG={major}: supported majors are {SUPPORTED_MAJORS:?}"
-            );
-            major
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let bin_major = std::env::var_os("WALARCHIVE_PG_BIN").map(|dir| {
+            let dir = checked_bin_dir(PathBuf::from(dir));
+            (major_of_bin(&dir), dir)
+        });
+        match std::env::var("WALARCHIVE_TEST_PG") {
+            Ok(v) if !v.is_empty() => {
+                let major: u32 = v.parse().unwrap_or_else(|_| {
+                    panic!("WALARCHIVE_TEST_PG={v:?}: expected a major such as 17")
+                });
+                assert!(
+                    SUPPORTED_MAJORS.contains(&major),
+                    "WALARCHIVE_TEST_PG={major}: supported majors are {SUPPORTED_MAJORS:?}"
+                );
+                // Asked for one major, never silently run another.
+                if let Some((other, dir)) = bin_major.filter(|(m, _)| *m != major) {
+                    panic!(
+                        "WALARCHIVE_TEST_PG={major} but WALARCHIVE_PG_BIN={} holds PostgreSQL \
+                         {other}: unset one of them",
+                        dir.display()
+                    );
+                }
+                major
+            }
+            _ => bin_major.map_or(15, |(m, _)| m),
         }
-        _ => 15,
-    }
+    })
 }
 
 /// Directory holding initdb, pg_ctl, postgres, psql, pgbench, ... of the default major
-/// (`WALARCHIVE_PG_BIN` overrides it with a directory).
+/// (`WALARCHIVE_PG_BIN` overrides it with a directory of that major's server).
 pub fn pg_bin_dir() -> PathBuf {
+    let major = default_major();
     let dir = std::env::var_os("WALARCHIVE_PG_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| bin_dir_for(default_major()));
+        .unwrap_or_else(|| bin_dir_for(major));
     checked_bin_dir(dir)
 }
 
