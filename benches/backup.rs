@@ -148,6 +148,7 @@ fn main() {
              checkpoint_timeout = 30min\n"
         ),
         initdb_args: Vec::new(),
+        major: None,
     });
     // The S3 settings reach archive_command through the postmaster's environment.
     pg.start_with_env(&s3.env());

@@ -145,6 +145,7 @@ fn collect_segments(plan: &Plan, work: &Path) -> Wal {
              synchronous_commit = off\n"
         ),
         initdb_args: Vec::new(),
+        major: None,
     });
     pg.start();
     let pg_version = pg.psql("show server_version");
