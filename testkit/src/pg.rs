@@ -128,13 +128,16 @@ pub fn server_version(major: u32) -> String {
         .to_string()
 }
 
-/// `runuser -u postgres -- env K=V... <program>`, cwd /tmp.
+/// `runuser -u postgres -- <program>` with `env` added to its environment, cwd /tmp.
+/// `runuser -u` (no `-l`) keeps the environment but HOME, SHELL, USER and LOGNAME, so the
+/// variables reach the program (and a postmaster's archive and restore commands) without
+/// being on a command line: `/proc/<pid>/cmdline` is world-readable, and the broker's secrets
+/// audit, which samples every process's, must not find the store's test key there when the
+/// root package's tests run beside it (scripts/test's second pass).
 pub(crate) fn runuser_cmd(program: &Path, env: &[(String, String)]) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--", "env"]);
-    for (k, v) in env {
-        c.arg(format!("{k}={v}"));
-    }
+    c.args(["-u", "postgres", "--"]);
+    c.envs(env.iter().map(|(k, v)| (k, v)));
     c.arg(program).current_dir("/tmp");
     c
 }
@@ -784,5 +787,22 @@ impl Drop for PgCluster {
                 self.log_tail(60)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The environment given to a program run as postgres is on no command line.
+    #[test]
+    fn runuser_env_stays_off_the_command_line() {
+        let env = [("AWS_SECRET_ACCESS_KEY".to_string(), "s3cr3t".to_string())];
+        let c = runuser_cmd(Path::new("/bin/true"), &env);
+        let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args, ["-u", "postgres", "--", "/bin/true"]);
+        assert!(c
+            .get_envs()
+            .any(|(k, v)| k == "AWS_SECRET_ACCESS_KEY" && v == Some("s3cr3t".as_ref())));
     }
 }
