@@ -69,9 +69,10 @@ fn walarchive_test_pg_selects_the_server() {
             .output()
             .unwrap_or_else(|e| panic!("{program}: {e}"));
         let said = stdout(&out);
-        assert!(
-            said.trim_end().ends_with(&format!(" {version}")),
-            "{program} --version: {said} (wanted {version})"
+        assert_eq!(
+            version_in_banner(&said),
+            Some(version.as_str()),
+            "{program} --version: {said}"
         );
     }
     let copy = pg.basebackup();

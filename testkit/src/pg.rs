@@ -100,31 +100,36 @@ pub fn pg_bin(name: &str) -> PathBuf {
     pg_bin_dir().join(name)
 }
 
-/// The major of the server in `bin` (`postgres --version`).
-pub fn major_of_bin(bin: &Path) -> u32 {
+/// The version a PostgreSQL program's `--version` banner names: `18.6` of
+/// `postgres (PostgreSQL) 18.6`, `15.18` of `psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+pub fn version_in_banner(banner: &str) -> Option<&str> {
+    let rest = banner.split_once("(PostgreSQL) ")?.1;
+    rest.split_whitespace().next()
+}
+
+/// The `--version` banner of `bin/postgres`.
+fn postgres_banner(bin: &Path) -> String {
     let out = Command::new(bin.join("postgres"))
         .arg("--version")
         .output()
         .unwrap_or_else(|e| panic!("run {}/postgres --version: {e}", bin.display()));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.rsplit(' ')
-        .next()
-        .and_then(|v| v.trim().split('.').next())
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The major of the server in `bin` (`postgres --version`).
+pub fn major_of_bin(bin: &Path) -> u32 {
+    let text = postgres_banner(bin);
+    version_in_banner(&text)
+        .and_then(|v| v.split('.').next())
         .and_then(|m| m.parse().ok())
         .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
 }
 
 /// The full server version of `major` (`18.6`), for reports.
 pub fn server_version(major: u32) -> String {
-    let out = Command::new(pg_bin_dir_for(major).join("postgres"))
-        .arg("--version")
-        .output()
-        .expect("run postgres --version");
-    String::from_utf8_lossy(&out.stdout)
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .trim()
+    let text = postgres_banner(&pg_bin_dir_for(major));
+    version_in_banner(&text)
+        .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
         .to_string()
 }
 
@@ -795,6 +800,17 @@ mod tests {
     use super::*;
 
     /// The environment given to a program run as postgres is on no command line.
+    #[test]
+    fn versions_in_banners() {
+        let debian = "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n";
+        assert_eq!(version_in_banner(debian), Some("15.18"));
+        assert_eq!(
+            version_in_banner("postgres (PostgreSQL) 18.6\n"),
+            Some("18.6")
+        );
+        assert_eq!(version_in_banner("something else"), None);
+    }
+
     #[test]
     fn runuser_env_stays_off_the_command_line() {
         let env = [("AWS_SECRET_ACCESS_KEY".to_string(), "s3cr3t".to_string())];
