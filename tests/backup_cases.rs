@@ -214,10 +214,12 @@ fn tablespace_backup_and_remap() {
         &["--target-action", "promote", "--tablespace-map", &map],
     );
     let new_files = snapshot(&ts_new);
+    // PostgreSQL's per-version subdirectory: PG_<major>_<catalog version>.
+    let version_dir = format!("PG_{}_", primary.major());
     assert!(
         new_files
             .keys()
-            .any(|p| p.to_string_lossy().starts_with("PG_15_") && p.components().count() >= 3),
+            .any(|p| p.to_string_lossy().starts_with(&version_dir) && p.components().count() >= 3),
         "the new tablespace directory received no relation files: {new_files:?}"
     );
     let tsmap = fs::read_to_string(restored.data_dir().join("tablespace_map")).unwrap();

@@ -1,6 +1,7 @@
 //! Proves the test harness in tests/common works: PostgreSQL as the postgres
 //! user (including environment reaching archive_command), base backups and
-//! standbys, the walarchive binary copy, s3s-fs/moto and Azurite.
+//! standbys, the walarchive binary copy, s3s-fs/moto and Azurite; and that
+//! `WALARCHIVE_TEST_PG` picks the PostgreSQL every test runs.
 
 use testkit as common;
 
@@ -26,6 +27,58 @@ fn postgres_cluster_starts_with_1mb_segments() {
         .contains("database system is ready to accept connections"));
     pg.stop();
     assert!(!pg.is_running());
+}
+
+/// `WALARCHIVE_TEST_PG=N` runs the tests on PostgreSQL N, read here from the environment
+/// itself (not through the harness's own answer): the server a default cluster starts says
+/// so, and every program the harness runs on it (initdb, pg_ctl, psql, pgbench,
+/// pg_basebackup, pg_waldump, pg_controldata), as well as a base backup's copy, is of that
+/// major. A suite asked for 18 must never run on 15 unnoticed.
+#[test]
+fn walarchive_test_pg_selects_the_server() {
+    let wanted: u32 = match std::env::var("WALARCHIVE_TEST_PG") {
+        Ok(v) if !v.is_empty() => v.parse().expect("WALARCHIVE_TEST_PG is a major"),
+        _ => 15,
+    };
+    let version = server_version(wanted);
+    assert!(version.starts_with(&format!("{wanted}.")), "{version}");
+    let pg = PgCluster::init(PgOptions::default());
+    pg.start();
+    assert_eq!(pg.major(), wanted);
+    let num: u32 = pg.psql("show server_version_num").parse().unwrap();
+    assert_eq!(num / 10000, wanted, "server_version_num {num}");
+    let banner = pg.psql("select version()");
+    assert!(
+        banner.starts_with(&format!("PostgreSQL {version} ")),
+        "{banner} (wanted {version})"
+    );
+    let data_version = std::fs::read_to_string(pg.data_dir().join("PG_VERSION")).unwrap();
+    assert_eq!(data_version.trim(), wanted.to_string());
+    for program in [
+        "initdb",
+        "pg_ctl",
+        "postgres",
+        "psql",
+        "pgbench",
+        "pg_basebackup",
+        "pg_waldump",
+        "pg_controldata",
+    ] {
+        let out = std::process::Command::new(pg.bin(program))
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let said = stdout(&out);
+        assert_eq!(
+            version_in_banner(&said),
+            Some(version.as_str()),
+            "{program} --version: {said}"
+        );
+    }
+    let copy = pg.basebackup();
+    assert_eq!(copy.major(), wanted);
+    copy.start();
+    assert_eq!(copy.psql("show server_version_num"), num.to_string());
 }
 
 /// The environment given to `start_with_env` must reach archive_command, and

@@ -281,7 +281,7 @@ fn a_standby_promoted_in_an_outage_never_takes_an_archived_timeline() {
     let log_before = standby.log().len();
     let out = std::process::Command::new("runuser")
         .args(["-u", "postgres", "--"])
-        .arg(pg_bin("pg_ctl"))
+        .arg(standby.bin("pg_ctl"))
         .args(["-D", standby.data_dir().to_str().unwrap(), "-W", "promote"])
         .current_dir("/tmp")
         .output()
@@ -345,7 +345,7 @@ fn recovery_settings_with_backslashes_and_quotes_read_back_exactly() {
     let shown = |setting: &str| {
         let out = std::process::Command::new("runuser")
             .args(["-u", "postgres", "--"])
-            .arg(pg_bin("postgres"))
+            .arg(pg.bin("postgres"))
             .args(["-C", setting, "-D"])
             .arg(pg.data_dir())
             .current_dir("/tmp")

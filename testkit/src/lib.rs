@@ -18,14 +18,15 @@
 //!   `scripts/setup` installs whatever is missing.
 //! * **PostgreSQL refuses to run as root.** `initdb`, `pg_ctl`, `pg_basebackup`
 //!   and `postgres` run as the `postgres` OS user through
-//!   `runuser -u postgres -- env K=V ... <program>`. Every directory PostgreSQL
+//!   `runuser -u postgres -- <program>`. Every directory PostgreSQL
 //!   touches is a fresh temp dir under `/tmp` owned by `postgres`, and the
 //!   walarchive binary that PostgreSQL executes is a copy under `/tmp` (mode
 //!   0755), because `target/` may sit under `/root`, which postgres cannot
 //!   traverse. `runuser -u` (without `-l`) keeps the caller's environment
-//!   except HOME, SHELL, USER and LOGNAME; the harness still passes the
-//!   requested variables explicitly through `env`, so they reach the postmaster
-//!   and thus every `archive_command` / `restore_command` it spawns.
+//!   except HOME, SHELL, USER and LOGNAME; the harness adds the requested
+//!   variables to that environment (never to a command line, which any user can
+//!   read), so they reach the postmaster and thus every `archive_command` /
+//!   `restore_command` it spawns.
 //!   `psql`/`pgbench` need no `runuser`: they connect over TCP to 127.0.0.1
 //!   with `trust` auth.
 //! * **One object-store server per test process.** [`s3()`] and [`azurite()`]

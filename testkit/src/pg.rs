@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::tmp::{path_str, spawn_detached};
@@ -36,30 +36,47 @@ pub fn bin_dir_for(major: u32) -> PathBuf {
     }
 }
 
-/// The major the tests run on: `WALARCHIVE_TEST_PG` (15, 16, 17 or 18), default 15.
+/// The major the tests run on: `WALARCHIVE_TEST_PG` (15, 16, 17 or 18); without it, the
+/// major of `WALARCHIVE_PG_BIN`'s server if that is set, else 15.
 /// `WALARCHIVE_TEST_PG=18 cargo test` runs the whole suite on PostgreSQL 18.
 pub fn default_major() -> u32 {
-    match std::env::var("WALARCHIVE_TEST_PG") {
-        Ok(v) if !v.is_empty() => {
-            let major: u32 = v.parse().unwrap_or_else(|_| {
-                panic!("WALARCHIVE_TEST_PG={v:?}: expected a major such as 17")
-            });
-            assert!(
-                SUPPORTED_MAJORS.contains(&major),
-                "WALARCHIVE_TEST_PG={major}: supported majors are {SUPPORTED_MAJORS:?}"
-            );
-            major
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let bin_major = std::env::var_os("WALARCHIVE_PG_BIN").map(|dir| {
+            let dir = checked_bin_dir(PathBuf::from(dir));
+            (major_of_bin(&dir), dir)
+        });
+        match std::env::var("WALARCHIVE_TEST_PG") {
+            Ok(v) if !v.is_empty() => {
+                let major: u32 = v.parse().unwrap_or_else(|_| {
+                    panic!("WALARCHIVE_TEST_PG={v:?}: expected a major such as 17")
+                });
+                assert!(
+                    SUPPORTED_MAJORS.contains(&major),
+                    "WALARCHIVE_TEST_PG={major}: supported majors are {SUPPORTED_MAJORS:?}"
+                );
+                // Asked for one major, never silently run another.
+                if let Some((other, dir)) = bin_major.filter(|(m, _)| *m != major) {
+                    panic!(
+                        "WALARCHIVE_TEST_PG={major} but WALARCHIVE_PG_BIN={} holds PostgreSQL \
+                         {other}: unset one of them",
+                        dir.display()
+                    );
+                }
+                major
+            }
+            _ => bin_major.map_or(15, |(m, _)| m),
         }
-        _ => 15,
-    }
+    })
 }
 
 /// Directory holding initdb, pg_ctl, postgres, psql, pgbench, ... of the default major
-/// (`WALARCHIVE_PG_BIN` overrides it with a directory).
+/// (`WALARCHIVE_PG_BIN` overrides it with a directory of that major's server).
 pub fn pg_bin_dir() -> PathBuf {
+    let major = default_major();
     let dir = std::env::var_os("WALARCHIVE_PG_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| bin_dir_for(default_major()));
+        .unwrap_or_else(|| bin_dir_for(major));
     checked_bin_dir(dir)
 }
 
@@ -83,42 +100,49 @@ pub fn pg_bin(name: &str) -> PathBuf {
     pg_bin_dir().join(name)
 }
 
-/// The version `postgres --version` of `bin` prints: `18.6` from
-/// `postgres (PostgreSQL) 18.6`, `15.18` from Debian's `postgres (PostgreSQL) 15.18 (Debian ...)`.
-fn version_of_bin(bin: &Path) -> String {
+/// The version a PostgreSQL program's `--version` banner names: `18.6` of
+/// `postgres (PostgreSQL) 18.6`, `15.18` of `psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+pub fn version_in_banner(banner: &str) -> Option<&str> {
+    let rest = banner.split_once("(PostgreSQL) ")?.1;
+    rest.split_whitespace().next()
+}
+
+/// The `--version` banner of `bin/postgres`.
+fn postgres_banner(bin: &Path) -> String {
     let out = Command::new(bin.join("postgres"))
         .arg("--version")
         .output()
         .unwrap_or_else(|e| panic!("run {}/postgres --version: {e}", bin.display()));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_once("(PostgreSQL) ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The major of the server in `bin` (`postgres --version`).
 pub fn major_of_bin(bin: &Path) -> u32 {
-    let version = version_of_bin(bin);
-    version
-        .split('.')
-        .next()
+    let text = postgres_banner(bin);
+    version_in_banner(&text)
+        .and_then(|v| v.split('.').next())
         .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected server version {version:?}"))
+        .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
 }
 
 /// The full server version of `major` (`18.6`, `15.18`), for reports.
 pub fn server_version(major: u32) -> String {
-    version_of_bin(&pg_bin_dir_for(major))
+    let text = postgres_banner(&pg_bin_dir_for(major));
+    version_in_banner(&text)
+        .unwrap_or_else(|| panic!("unexpected postgres --version output: {text:?}"))
+        .to_string()
 }
 
-/// `runuser -u postgres -- env K=V... <program>`, cwd /tmp.
+/// `runuser -u postgres -- <program>` with `env` added to its environment, cwd /tmp.
+/// `runuser -u` (no `-l`) keeps the environment but HOME, SHELL, USER and LOGNAME, so the
+/// variables reach the program (and a postmaster's archive and restore commands) without
+/// being on a command line: `/proc/<pid>/cmdline` is world-readable, and the broker's secrets
+/// audit, which samples every process's, must not find the store's test key there when the
+/// root package's tests run beside it (scripts/test's second pass).
 pub(crate) fn runuser_cmd(program: &Path, env: &[(String, String)]) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--", "env"]);
-    for (k, v) in env {
-        c.arg(format!("{k}={v}"));
-    }
+    c.args(["-u", "postgres", "--"]);
+    c.envs(env.iter().map(|(k, v)| (k, v)));
     c.arg(program).current_dir("/tmp");
     c
 }
@@ -768,5 +792,33 @@ impl Drop for PgCluster {
                 self.log_tail(60)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The environment given to a program run as postgres is on no command line.
+    #[test]
+    fn versions_in_banners() {
+        let debian = "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n";
+        assert_eq!(version_in_banner(debian), Some("15.18"));
+        assert_eq!(
+            version_in_banner("postgres (PostgreSQL) 18.6\n"),
+            Some("18.6")
+        );
+        assert_eq!(version_in_banner("something else"), None);
+    }
+
+    #[test]
+    fn runuser_env_stays_off_the_command_line() {
+        let env = [("AWS_SECRET_ACCESS_KEY".to_string(), "s3cr3t".to_string())];
+        let c = runuser_cmd(Path::new("/bin/true"), &env);
+        let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args, ["-u", "postgres", "--", "/bin/true"]);
+        assert!(c
+            .get_envs()
+            .any(|(k, v)| k == "AWS_SECRET_ACCESS_KEY" && v == Some("s3cr3t".as_ref())));
     }
 }

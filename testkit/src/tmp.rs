@@ -120,9 +120,11 @@ pub fn sweep_stale_dirs() {
             }
             let data = path.join("data");
             if data.join("postmaster.pid").exists() {
+                // The left-over server's own major stops it (another major's pg_ctl refuses).
+                let bin = major_of_data_dir(&data).map_or_else(pg_bin_dir, bin_dir_for);
                 let _ = Command::new("runuser")
                     .args(["-u", "postgres", "--"])
-                    .arg(pg_bin_dir().join("pg_ctl"))
+                    .arg(bin.join("pg_ctl"))
                     .arg("-D")
                     .arg(&data)
                     .args(["-m", "immediate", "-w", "-t", "30", "stop"])
