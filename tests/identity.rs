@@ -504,25 +504,6 @@ fn an_object_under_another_name_or_of_another_cluster_is_never_served() {
     assert!(!target.data_dir().join("PG_VERSION").exists());
 }
 
-/// The files of a directory tree, relative to it, with their content, sorted.
-fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.push((rel, fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
-
 /// Item 5: another repository stored inside this one at `R/wal` (copied there, or created
 /// by an older walarchive: its keys end like WAL file names) is never touched by `delete
 /// retain`, `delete garbage` or `delete everything` on R, which report it; it stays a
@@ -582,9 +563,9 @@ fn a_nested_repository_survives_retention_and_repositories_do_not_nest() {
         .status()
         .unwrap();
     assert!(st.success());
-    let nested = tree(&other_repo.path());
+    let nested = file_tree(&other_repo.path());
     let nested_in_r = || {
-        let mut t: Vec<(String, Vec<u8>)> = tree(&nested_dir)
+        let mut t: Vec<(String, Vec<u8>)> = file_tree(&nested_dir)
             .into_iter()
             .filter(|(k, _)| {
                 k == "walarchive.repo" || k.starts_with("wal/") || k.starts_with("basebackups/")

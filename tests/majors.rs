@@ -20,7 +20,6 @@
 use testkit as common;
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -112,11 +111,7 @@ fn end_to_end(major: u32, store: Store, target: Target) {
     assert!(last.starts_with("00000002"), "{last}");
     pitr.wait_archived(&last, Duration::from_secs(120));
     pitr.stop();
-    let names: Vec<String> = repo
-        .wal_list()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
+    let names = repo.wal_names();
     assert!(
         names.contains(&"00000002.history".to_string()) && names.contains(&last),
         "{names:?}"
@@ -174,25 +169,6 @@ fn pg18_archive_backup_pitr_timeline_verify() {
     end_to_end(18, Store::File, Target::Time);
 }
 
-/// Every file of the tree under `root`, with its content, sorted.
-fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.push((rel, fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
-
 /// A repository created by a `repo_major` server refuses real WAL of an `other_major`
 /// server (pushed as archive_command pushes it, and a copy pushed by hand) and a base backup
 /// of it, with status 5 and one line naming both majors; the repository is unchanged and
@@ -216,7 +192,7 @@ fn another_major_is_refused(repo_major: u32, other_major: u32) {
     other.start();
     other.psql("create table t(n int); insert into t values (1)");
     let segment = other.switch_wal();
-    let before = tree(&repo.path());
+    let before = file_tree(&repo.path());
     assert!(!before.is_empty());
 
     let said = format!(
@@ -245,7 +221,7 @@ fn another_major_is_refused(repo_major: u32, other_major: u32) {
     let line = error_line(&out);
     assert!(line.contains(&format!("the backup {said}")), "{line}");
     assert!(
-        tree(&repo.path()) == before,
+        file_tree(&repo.path()) == before,
         "the repository changed after the refusals"
     );
 

@@ -223,11 +223,7 @@ fn timelines() {
     let last = clone.switch_wal();
     assert!(last.starts_with("00000002"), "{last}");
     clone.wait_archived(&last, Duration::from_secs(120));
-    let names: Vec<String> = repo
-        .wal_list()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
+    let names = repo.wal_names();
     assert!(names.contains(&"00000002.history".to_string()), "{names:?}");
 
     // Following the newest timeline gives the clone's history; timeline 1 the original's.
@@ -311,11 +307,7 @@ fn a_standby_promoted_in_an_outage_never_takes_an_archived_timeline() {
     let last = standby.switch_wal();
     assert!(last.starts_with("00000003"), "{last}");
     standby.wait_archived(&last, Duration::from_secs(60));
-    let names: Vec<String> = repo
-        .wal_list()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
+    let names = repo.wal_names();
     assert!(
         names.contains(&"00000002.history".to_string())
             && names.contains(&"00000003.history".to_string()),
@@ -443,11 +435,7 @@ fn a_restore_stopping_before_a_switch_point_archives_its_backwards_history() {
         "timeline 3 archived into B",
         Duration::from_secs(60),
         || {
-            let names: Vec<String> = b
-                .wal_list()
-                .iter()
-                .map(|e| e["name"].as_str().unwrap().to_string())
-                .collect();
+            let names = b.wal_names();
             names.contains(&"00000003.history".to_string()) && names.contains(&last)
         },
     );

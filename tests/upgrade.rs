@@ -20,31 +20,10 @@
 
 use testkit as common;
 
-use std::fs;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// Every file of the tree under `root`, with its content, sorted.
-fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.push((rel, fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
 
 /// `pg_upgrade` of the stopped cluster `old` into the new, never started, cluster `new`
 /// with the new major's pg_upgrade and `args` (`--link`, `--check`), as the postgres user in
@@ -171,7 +150,7 @@ fn upgrade_path(from: u32, to: u32) {
 
     // Started with its archive_command still pointed at A (the old postgresql.conf's
     // settings carried over): every push is refused and nothing reaches A.
-    let a_before = tree(&a.path());
+    let a_before = file_tree(&a.path());
     new.append_conf(&a.archive_conf());
     new.start_with_env(&a.env);
     let new_sysid = new.psql("select system_identifier from pg_control_system()");
@@ -229,7 +208,7 @@ fn upgrade_path(from: u32, to: u32) {
     let line = error_line(&out);
     assert!(line.contains(&format!("the backup {}", said)), "{line}");
     assert!(
-        tree(&a.path()) == a_before,
+        file_tree(&a.path()) == a_before,
         "repository A changed after the refusals"
     );
 
@@ -246,7 +225,7 @@ fn upgrade_path(from: u32, to: u32) {
     let info = b.run(&["repo-info", "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&assert_success(&info).stdout).unwrap();
     assert_eq!(info["pg_version"], to, "{info}");
-    assert!(tree(&a.path()) == a_before, "repository A changed");
+    assert!(file_tree(&a.path()) == a_before, "repository A changed");
 
     // A restores on the old major's binaries, to a point before the upgrade and to its
     // end; B on the new major's, to its latest.

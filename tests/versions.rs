@@ -72,41 +72,20 @@ fn assert_control_matches(c: &PgCluster, data: &Path) -> ControlFile {
             .unwrap()
     };
     let major = c.major();
-    assert_eq!(
-        ours.system_identifier,
-        field("Database system identifier"),
-        "PostgreSQL {major}"
-    );
-    assert_eq!(
-        u64::from(ours.control_version),
-        field("pg_control version number"),
-        "PostgreSQL {major}"
-    );
-    assert_eq!(
-        u64::from(ours.catalog_version),
-        field("Catalog version number"),
-        "PostgreSQL {major}"
-    );
-    assert_eq!(
-        u64::from(ours.block_size),
-        field("Database block size"),
-        "PostgreSQL {major}"
-    );
-    assert_eq!(
-        u64::from(ours.wal_block_size),
-        field("WAL block size"),
-        "PostgreSQL {major}"
-    );
-    assert_eq!(
-        u64::from(ours.wal_segment_size),
-        field("Bytes per WAL segment"),
-        "PostgreSQL {major}"
-    );
-    assert_eq!(
-        u64::from(ours.data_checksum_version),
-        field("Data page checksum version"),
-        "PostgreSQL {major}"
-    );
+    for (label, value) in [
+        ("Database system identifier", ours.system_identifier),
+        ("pg_control version number", u64::from(ours.control_version)),
+        ("Catalog version number", u64::from(ours.catalog_version)),
+        ("Database block size", u64::from(ours.block_size)),
+        ("WAL block size", u64::from(ours.wal_block_size)),
+        ("Bytes per WAL segment", u64::from(ours.wal_segment_size)),
+        (
+            "Data page checksum version",
+            u64::from(ours.data_checksum_version),
+        ),
+    ] {
+        assert_eq!(value, field(label), "PostgreSQL {major}: {label}");
+    }
     ours
 }
 
@@ -197,17 +176,8 @@ fn count(c: &PgCluster) -> String {
 /// Restores what `restorable-window` resolved (its backup and setting) and returns the
 /// rows it holds once promoted.
 fn restore_resolved(repo: &Repo, target: &serde_json::Value) -> String {
-    let setting = target["recovery_target"]["setting"].as_str().unwrap();
-    let flag = match setting {
-        "recovery_target_time" => "--target-time",
-        "recovery_target_lsn" => "--target-lsn",
-        other => panic!("unexpected setting {other}"),
-    };
-    let value = target["recovery_target"]["value"].as_str().unwrap();
-    let backup = target["backup"].as_str().unwrap();
-    let c = repo.restore(backup, &[flag, value, "--target-action", "promote"]);
+    let c = repo.restore_resolved(target);
     assert_eq!(c.major(), 18);
-    c.append_conf("archive_mode = off\n");
     c.start_with_env(&repo.env);
     c.wait_promoted();
     count(&c)

@@ -157,16 +157,7 @@ fn restore_resolved(target: &serde_json::Value) -> String {
 
 /// [`restore_resolved`] from `repo`.
 fn restore_resolved_from(repo: &Repo, target: &serde_json::Value) -> String {
-    let setting = target["recovery_target"]["setting"].as_str().unwrap();
-    let flag = match setting {
-        "recovery_target_time" => "--target-time",
-        "recovery_target_lsn" => "--target-lsn",
-        other => panic!("unexpected setting {other}"),
-    };
-    let value = target["recovery_target"]["value"].as_str().unwrap();
-    let backup = target["backup"].as_str().unwrap();
-    let c = repo.restore(backup, &[flag, value, "--target-action", "promote"]);
-    c.append_conf("archive_mode = off\n");
+    let c = repo.restore_resolved(target);
     c.start_with_env(&repo.env);
     c.wait_promoted();
     c.psql("select count(*) || ':' || coalesce(max(n), 0) from seq")

@@ -120,6 +120,14 @@ impl Repo {
         json_array(&self.run(&["wal-list", "--json"]))
     }
 
+    /// The names `wal-list` lists (segments, history files, ...).
+    pub fn wal_names(&self) -> Vec<String> {
+        self.wal_list()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Asserts that every segment in `names` is in the repository (`wal-list`) and decodes,
     /// through `wal-fetch`, to the bytes in `pg`'s pg_wal (keep them there with
     /// `wal_keep_size`).
@@ -174,6 +182,22 @@ impl Repo {
         let out = self.try_restore_into(&c, backup, args);
         assert_success(&out);
         c.adopt_data_dir();
+        c
+    }
+
+    /// Restores what `restorable-window --json` resolved (`target`: its backup and recovery
+    /// setting) with `--target-action promote`, archiving off; unstarted.
+    pub fn restore_resolved(&self, target: &serde_json::Value) -> PgCluster {
+        let setting = target["recovery_target"]["setting"].as_str().unwrap();
+        let flag = match setting {
+            "recovery_target_time" => "--target-time",
+            "recovery_target_lsn" => "--target-lsn",
+            other => panic!("unexpected setting {other}"),
+        };
+        let value = target["recovery_target"]["value"].as_str().unwrap();
+        let backup = target["backup"].as_str().unwrap();
+        let c = self.restore(backup, &[flag, value, "--target-action", "promote"]);
+        c.append_conf("archive_mode = off\n");
         c
     }
 
