@@ -296,11 +296,9 @@ fn pg18_without_data_checksums_backup_and_pitr() {
     checksums_through_pitr_on_18(&["--no-data-checksums"], false);
 }
 
-/// walarchive's own backup of a cluster summarizing its WAL restores into a data directory
-/// the summarizer works in: `pg_wal/summaries` exists (empty, as pg_basebackup leaves it),
-/// and after the restore the summarizer writes summaries without an error in the log.
-fn summaries_survive_walarchive_backups_on(major: u32) {
-    let repo = Store::File.fresh();
+/// A primary of `major` archiving into `repo` and summarizing its WAL (17+), with table `seq`
+/// holding 1..=100.
+fn summarizing_primary(repo: &Repo, major: u32) -> PgCluster {
     let pg = repo.start_primary(PgOptions {
         major: Some(major),
         extra_conf: "summarize_wal = on\n".into(),
@@ -308,12 +306,24 @@ fn summaries_survive_walarchive_backups_on(major: u32) {
     });
     pg.psql("create table seq(n int primary key)");
     pg.psql("insert into seq select generate_series(1, 100)");
+    pg
+}
+
+/// Waits until `c`'s summarizer has written a WAL summary.
+fn wait_for_summaries(c: &PgCluster, what: &str) {
+    c.wait_until(what, Duration::from_secs(60), || {
+        c.psql("select count(*) from pg_available_wal_summaries()") != "0"
+    });
+}
+
+/// walarchive's own backup of a cluster summarizing its WAL restores into a data directory
+/// the summarizer works in: `pg_wal/summaries` exists (empty, as pg_basebackup leaves it),
+/// and after the restore the summarizer writes summaries without an error in the log.
+fn summaries_survive_walarchive_backups_on(major: u32) {
+    let repo = Store::File.fresh();
+    let pg = summarizing_primary(&repo, major);
     pg.psql("checkpoint");
-    pg.wait_until(
-        "WAL summaries on the source",
-        Duration::from_secs(60),
-        || pg.psql("select count(*) from pg_available_wal_summaries()") != "0",
-    );
+    wait_for_summaries(&pg, "WAL summaries on the source");
     let backup = repo.backup_push(&pg, &[]);
     pg.psql("insert into seq select generate_series(101, 200)");
     let target = pg.psql("select pg_current_wal_insert_lsn()");
@@ -332,11 +342,7 @@ fn summaries_survive_walarchive_backups_on(major: u32) {
     assert_eq!(count(&c), "200:200");
     c.psql("insert into seq select generate_series(201, 300)");
     c.psql("checkpoint");
-    c.wait_until(
-        "WAL summaries after the restore",
-        Duration::from_secs(60),
-        || c.psql("select count(*) from pg_available_wal_summaries()") != "0",
-    );
+    wait_for_summaries(&c, "WAL summaries after the restore");
     let log = c.log();
     for bad in ["ERROR", "FATAL", "PANIC", "creating missing WAL directory"] {
         assert!(
@@ -363,13 +369,7 @@ fn pg18_summaries_survive_walarchive_backups() {
 /// exactly to it from walarchive's archive.
 fn incremental_backups_beside_walarchive_on(major: u32) {
     let repo = Store::File.fresh();
-    let pg = repo.start_primary(PgOptions {
-        major: Some(major),
-        extra_conf: "summarize_wal = on\n".into(),
-        ..Default::default()
-    });
-    pg.psql("create table seq(n int primary key)");
-    pg.psql("insert into seq select generate_series(1, 100)");
+    let pg = summarizing_primary(&repo, major);
     let full = pg.basebackup();
     let full_manifest = full.data_dir().join("backup_manifest");
     assert!(full_manifest.is_file());

@@ -161,15 +161,9 @@ async fn scenario() {
     // archive like the others (never from its source's).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, body) = c
-        .call(
-            axum::http::Method::PUT,
-            "/v2/service_instances/copy?accepts_incomplete=true",
-            Some(serde_json::json!({
-                "service_id": c.service, "plan_id": c.plan,
-                "organization_guid": "org", "space_guid": "space",
-                "context": {"platform": "test", "instance_name": "copy"},
-                "parameters": {"node-count": 1, "clone-from": "single"},
-            })),
+        .provision_with(
+            "copy",
+            serde_json::json!({"node-count": 1, "clone-from": "single"}),
         )
         .await;
     assert_eq!(status, axum::http::StatusCode::ACCEPTED, "clone: {body}");

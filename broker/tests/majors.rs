@@ -13,7 +13,7 @@ use testkit::broker as common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::broker::BrokerToml;
 use common::cells::{
@@ -21,21 +21,6 @@ use common::cells::{
 };
 use common::etcd::etcd;
 use common::osb::Api;
-
-/// `PUT` of instance `id` with `parameters`: the status and body.
-async fn provision(c: &Api, id: &str, parameters: Value) -> (StatusCode, Value) {
-    c.call(
-        Method::PUT,
-        &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
-        Some(json!({
-            "service_id": c.service, "plan_id": c.plan,
-            "organization_guid": "org", "space_guid": "space",
-            "context": {"platform": "test", "instance_name": id},
-            "parameters": parameters,
-        })),
-    )
-    .await
-}
 
 /// The index of the cell running `instance`'s leader.
 async fn leader_cell(cells: &[Cell], instance: &str) -> Option<usize> {
@@ -137,7 +122,9 @@ async fn scenario() {
 
     // --- Versions the broker does not offer: 400s naming the ones it does. ---
     for bad in [json!("14"), json!("19"), json!("17.1"), json!(true)] {
-        let (s, b) = provision(&c, "bad", json!({"postgresql-version": bad})).await;
+        let (s, b) = c
+            .provision_with("bad", json!({"postgresql-version": bad}))
+            .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
         let d = b["description"].as_str().unwrap();
         assert!(d.contains("15, 16, 17, 18"), "{d}");
@@ -156,7 +143,7 @@ async fn scenario() {
         ("pg18", json!({"node-count": 2})),
         ("pg16", json!({"node-count": 1, "postgresql-version": 16})),
     ] {
-        let (s, b) = provision(&c, id, p).await;
+        let (s, b) = c.provision_with(id, p).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{id}: {b}");
         ops.push((id, b["operation"].as_str().unwrap().to_string()));
         // Placed before the next is recorded: on the least loaded cells, so that pg17's
@@ -215,12 +202,12 @@ async fn scenario() {
         b["description"].as_str().unwrap().contains("PostgreSQL 17"),
         "{b}"
     );
-    let (s, b) = provision(
-        &c,
-        "clone-bad",
-        json!({"clone-from": "pg16", "postgresql-version": "17"}),
-    )
-    .await;
+    let (s, b) = c
+        .provision_with(
+            "clone-bad",
+            json!({"clone-from": "pg16", "postgresql-version": "17"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     let d = b["description"].as_str().unwrap();
     assert!(
@@ -257,12 +244,9 @@ async fn scenario() {
         "the clone accepted",
         Duration::from_secs(90),
         || async {
-            let (s, b) = provision(
-                &c,
-                "clone16",
-                json!({"node-count": 1, "clone-from": "pg16"}),
-            )
-            .await;
+            let (s, b) = c
+                .provision_with("clone16", json!({"node-count": 1, "clone-from": "pg16"}))
+                .await;
             if s != StatusCode::ACCEPTED {
                 eprintln!("clone16: {s} {b}");
                 tokio::time::sleep(Duration::from_secs(3)).await;

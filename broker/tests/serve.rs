@@ -80,6 +80,34 @@ impl Api {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// Binds `binding` to `instance` (201) and connects with the binding's URI, waiting up to
+    /// 20 s for the route to answer: the connection and the binding's credentials.
+    async fn bind_and_connect(
+        &self,
+        instance: &str,
+        binding: &str,
+        diag: impl Fn() -> String,
+    ) -> (tokio_postgres::Client, Value) {
+        let (s, b) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v2/service_instances/{instance}/service_bindings/{binding}"),
+                Some(json!({"service_id": SERVICE, "plan_id": PLAN})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 201, "{b}");
+        let uri = b["credentials"]["uri"].as_str().expect("uri").to_string();
+        let client = wait_for(
+            &format!("a connection to {instance} with the binding's URI"),
+            Duration::from_secs(20),
+            || async { connect(&uri).await.ok() },
+            diag,
+        )
+        .await;
+        (client, b["credentials"].clone())
+    }
+
     async fn ready(&self) -> Option<()> {
         let answer = self.call(reqwest::Method::GET, "/v2/catalog", None).await;
         matches!(answer, Ok((200, _))).then_some(())
@@ -269,23 +297,7 @@ async fn scenario() {
     assert!(haproxies.len() <= 2, "HAProxy processes: {haproxies:#?}");
 
     // Bind through the second broker and write through the route it returned.
-    let (s, b) = api
-        .call(
-            reqwest::Method::PUT,
-            "/v2/service_instances/db1/service_bindings/b1",
-            Some(json!({"service_id": SERVICE, "plan_id": PLAN})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s, 201, "{b}");
-    let uri = b["credentials"]["uri"].as_str().expect("uri").to_string();
-    let db = wait_for(
-        "a connection with the binding's URI",
-        Duration::from_secs(20),
-        || async { connect(&uri).await.ok() },
-        diag,
-    )
-    .await;
+    let (db, credentials) = api.bind_and_connect("db1", "b1", diag).await;
     db.batch_execute("create table t (id int); insert into t values (1)")
         .await
         .expect("write with the binding's role");
@@ -312,7 +324,7 @@ async fn scenario() {
         c.keyring(),
     );
     let secrets = store.instance_secrets("db1").await.unwrap().unwrap();
-    let port = b["credentials"]["port"].as_u64().unwrap() as u16;
+    let port = credentials["port"].as_u64().unwrap() as u16;
     for (user, pw) in [
         ("postgres", secrets.superuser_password.expose()),
         ("replicator", secrets.replication_password.expose()),
@@ -327,7 +339,7 @@ async fn scenario() {
         assert!(m.contains("pg_hba.conf rejects connection"), "{user}: {m}");
     }
     // And etcd holds none of the passwords in clear.
-    let binding_pw = b["credentials"]["password"].as_str().unwrap();
+    let binding_pw = credentials["password"].as_str().unwrap();
     for kv in store.etcd().get_prefix(prefix.as_bytes()).await.unwrap() {
         let v = String::from_utf8_lossy(&kv.value);
         for pw in [
@@ -431,23 +443,7 @@ async fn scenario() {
     // One set of nodes: the node the first broker put, never re-created.
     let after = clone_nodes(&cell).await;
     assert_eq!(after, node, "the clone's nodes");
-    let (s, b) = api
-        .call(
-            reqwest::Method::PUT,
-            "/v2/service_instances/db1-clone/service_bindings/b2",
-            Some(json!({"service_id": SERVICE, "plan_id": PLAN})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s, 201, "{b}");
-    let uri = b["credentials"]["uri"].as_str().expect("uri").to_string();
-    let clone = wait_for(
-        "a connection to the clone",
-        Duration::from_secs(20),
-        || async { connect(&uri).await.ok() },
-        diag,
-    )
-    .await;
+    let (clone, _) = api.bind_and_connect("db1-clone", "b2", diag).await;
     let n: i64 = clone
         .query_one("select count(*) from t", &[])
         .await

@@ -103,20 +103,25 @@ impl Api {
     /// Provisions `id` (as written in the URL, percent-encoded) with `nodes` nodes; the
     /// operation id.
     pub async fn provision(&self, id: &str, nodes: u8) -> String {
-        let (s, b) = self
-            .call(
-                Method::PUT,
-                &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
-                Some(json!({
-                    "service_id": self.service, "plan_id": self.plan,
-                    "organization_guid": "org", "space_guid": "space",
-                    "context": {"platform": "test", "instance_name": id},
-                    "parameters": {"node-count": nodes},
-                })),
-            )
-            .await;
+        let (s, b) = self.provision_with(id, json!({"node-count": nodes})).await;
         assert_eq!(s, StatusCode::ACCEPTED, "provision {id}: {b}");
         b["operation"].as_str().unwrap().to_string()
+    }
+
+    /// `PUT` of instance `id` (also its name) with `parameters`, whatever the answer: its
+    /// status and body.
+    pub async fn provision_with(&self, id: &str, parameters: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::PUT,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+            Some(json!({
+                "service_id": self.service, "plan_id": self.plan,
+                "organization_guid": "org", "space_guid": "space",
+                "context": {"platform": "test", "instance_name": id},
+                "parameters": parameters,
+            })),
+        )
+        .await
     }
 
     /// Changes the node count of `id`; the operation id.
