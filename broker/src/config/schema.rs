@@ -68,6 +68,76 @@ pub struct BrokerConfig {
     /// Snapshots of the broker's own state in a second store (absent: none, with a warning).
     #[serde(default)]
     pub state_backup: Option<StateBackupConfig>,
+    /// The web dashboard (`/dashboard/`): its external URL, sessions, health thresholds.
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+}
+
+/// `[dashboard]`: the web dashboard served beside the OSB API ([`crate::dashboard`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// The broker's URL as users' browsers reach it (`https://broker.example.com`), the base
+    /// of every `dashboard_url`. Absent: `http(s)://<listen>` (TLS decides the scheme).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long a session (a login, or an opened per-instance link) lasts.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: HumanDuration,
+    /// Health: amber when the last archived segment is older than this (the worst-case data
+    /// loss); default twice `archive_timeout`.
+    #[serde(default)]
+    pub archive_age_amber: Option<HumanDuration>,
+    /// Health: red when it is older than this; default ten times `archive_timeout`.
+    #[serde(default)]
+    pub archive_age_red: Option<HumanDuration>,
+    /// Health: amber when a replica is this many bytes behind the leader.
+    #[serde(default = "default_lag_amber")]
+    pub replica_lag_amber_bytes: u64,
+    /// Health: red when a replica is this many bytes behind (or down).
+    #[serde(default = "default_lag_red")]
+    pub replica_lag_red_bytes: u64,
+    /// Health: amber when the newest base backup is older than this.
+    #[serde(default = "default_backup_amber")]
+    pub backup_age_amber: HumanDuration,
+    /// Health: red when it is older than this (or there is none).
+    #[serde(default = "default_backup_red")]
+    pub backup_age_red: HumanDuration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            url: None,
+            session_lifetime: default_session_lifetime(),
+            archive_age_amber: None,
+            archive_age_red: None,
+            replica_lag_amber_bytes: default_lag_amber(),
+            replica_lag_red_bytes: default_lag_red(),
+            backup_age_amber: default_backup_amber(),
+            backup_age_red: default_backup_red(),
+        }
+    }
+}
+
+fn default_session_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(8 * 3600))
+}
+
+fn default_lag_amber() -> u64 {
+    16 << 20
+}
+
+fn default_lag_red() -> u64 {
+    64 << 20
+}
+
+fn default_backup_amber() -> HumanDuration {
+    HumanDuration(Duration::from_secs(26 * 3600))
+}
+
+fn default_backup_red() -> HumanDuration {
+    HumanDuration(Duration::from_secs(50 * 3600))
 }
 
 /// Settings of clones (`clone-from`).

@@ -110,6 +110,29 @@ impl BrokerConfig {
                 ));
             }
         }
+        let d = &self.dashboard;
+        if let Some(u) = &d.url {
+            match url::Url::parse(u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https")
+                    && p.host_str().is_some()
+                    && p.username().is_empty()
+                    && p.password().is_none()
+                    && p.query().is_none()
+                    && p.fragment().is_none() => {}
+                _ => {
+                    return Err(invalid(
+                        "dashboard.url",
+                        "must be the broker's http(s):// URL as browsers reach it, without credentials, query or fragment".into(),
+                    ))
+                }
+            }
+        }
+        if d.session_lifetime.0 < Duration::from_secs(60) {
+            return Err(invalid(
+                "dashboard.session_lifetime",
+                "must be at least 1m".into(),
+            ));
+        }
         let r = &self.repository;
         if r.keep_deleted_minimum.0 < Duration::from_secs(1) {
             return Err(invalid(
