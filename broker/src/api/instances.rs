@@ -210,6 +210,7 @@ pub(super) async fn provision(
             purging: None,
             purged: None,
             final_lsn: None,
+            dashboard_generation: 0,
             postgresql_major: Some(major),
         };
         let description = match &record.restore {
