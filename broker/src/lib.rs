@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod selftest;
 pub mod state;
 pub mod statebackup;
+pub mod stats;
 pub mod tls;
 pub mod windows;
 pub mod worker;

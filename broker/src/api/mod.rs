@@ -146,6 +146,8 @@ pub struct AppState {
     /// The cells' majors (none: provisions are not checked against them; the worker's
     /// placement still is).
     pub cell_majors: Option<Arc<dyn CellMajors>>,
+    /// The sampler's results (none in unit tests and when sampling is off).
+    pub stats: Option<crate::stats::Stats>,
     auth: Arc<[u8; 32]>,
 }
 
@@ -165,6 +167,7 @@ impl AppState {
             windows: Arc::default(),
             leader_wal: None,
             cell_majors: None,
+            stats: None,
             auth,
         }
     }
