@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod binder;
 pub mod cell;
 pub mod config;
+pub mod dashboard;
 pub mod dev;
 pub mod error;
 pub mod etcd;

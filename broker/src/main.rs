@@ -62,6 +62,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an instance's dashboard link (the `dashboard_url` its user got), or with
+    /// --rotate replace it: the old link and the sessions it opened stop working.
+    DashboardLink {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The instance id.
+        #[arg(value_name = "INSTANCE_ID")]
+        instance: String,
+        /// Make a new link, invalidating the current one.
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Look at the snapshots of the broker's state (`[state_backup]`).
     StateBackup {
         #[command(subcommand)]
@@ -161,6 +174,11 @@ fn main() -> ExitCode {
         Command::Cell { config } => cell(&config),
         Command::RotateSecrets { config } => rotate_secrets(&config),
         Command::StateBackup { command } => state_backup(command),
+        Command::DashboardLink {
+            config,
+            instance,
+            rotate,
+        } => dashboard_link(&config, &instance, rotate),
         Command::RestorableWindow {
             config,
             instance,
@@ -349,6 +367,21 @@ fn restorable_window(
             print!("{}", walarchive_broker::admin::table(&rows));
         }
         Ok(())
+    })
+}
+
+fn dashboard_link(config_path: &std::path::Path, id: &str, rotate: bool) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = runtime(Threads::Current)?;
+    runtime.block_on(async move {
+        let store = open_store(&config)?;
+        match walarchive_broker::dashboard::link(&config, &store, id, rotate).await? {
+            Some(url) => {
+                println!("{url}");
+                Ok(())
+            }
+            None => anyhow::bail!("no live instance {id:?}"),
+        }
     })
 }
 

@@ -182,8 +182,15 @@ impl AppState {
     }
 }
 
-/// The OSB router: every route requires basic auth and `X-Broker-API-Version`.
+/// The broker's HTTP surface: the OSB API and the dashboard ([`crate::dashboard`], with its
+/// own sessions).
 pub fn app(state: AppState) -> Router {
+    osb(state.clone()).merge(crate::dashboard::routes(state))
+}
+
+/// The OSB router: every route requires basic auth and `X-Broker-API-Version` (and so does
+/// every other path outside `/dashboard`: the fallback is behind the guard too).
+fn osb(state: AppState) -> Router {
     Router::new()
         .route("/v2/catalog", get(catalog::catalog))
         .route(
