@@ -25,6 +25,7 @@ pub mod pgmajor;
 pub mod process;
 pub mod recover;
 pub mod router;
+pub mod sampler;
 pub mod secrets;
 pub mod selftest;
 pub mod state;

@@ -30,7 +30,7 @@ pub use duration::{parse_duration, HumanDuration};
 pub use schema::{
     BackupConfig, BrokerConfig, CellConfig, ClonesConfig, Credentials, DashboardConfig, EtcdConfig,
     NodesConfig, PlanConfig, RepositoryConfig, RouterConfig, ServiceConfig, StateBackupConfig,
-    WorkerConfig,
+    StatsConfig, WorkerConfig,
 };
 use secret::resolve_secret;
 
