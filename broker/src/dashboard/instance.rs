@@ -134,22 +134,26 @@ fn tiles(
             _ => None,
         }
     };
-    let tile =
-        |k: &str, v: String, id: &str| html! { div.stat id=(id) { div.v { (v) } div.k { (k) } } };
+    // `data-value`: the figure unformatted, for scripts and tests.
+    let tile = |k: &str, v: String, id: &str, raw: Option<String>| {
+        html! {
+            div.stat id=(id) data-value=[raw] { div.v { (v) } div.k { (k) } }
+        }
+    };
     html! {
         section.card { div.stats {
-            (tile("Database size", or_dash(snap.and_then(|s| s.database_bytes), bytes), "stat-size"))
+            (tile("Database size", or_dash(snap.and_then(|s| s.database_bytes), bytes), "stat-size", snap.and_then(|s| s.database_bytes).map(|b| b.to_string())))
             @if let Some(g) = &growth { div.stat { div.v { (g) } div.k { "Growth" } } }
             (tile("Connections in use / allowed", match snap {
                 Some(InstanceSnapshot { connections: Some(c), max_connections, .. }) =>
                     format!("{c} / {}", or_dash(*max_connections, |m| m.to_string())),
                 _ => "–".into(),
-            }, "stat-connections"))
-            (tile("Transactions per second", or_dash(snap.and_then(|s| s.tps), |t| format!("{t:.1}")), "stat-tps"))
-            (tile("Cache hit ratio", or_dash(snap.and_then(|s| s.cache_hit_ratio), |r| format!("{:.1} %", r * 100.0)), "stat-cache"))
-            (tile("Worst-case data loss (archive lag)", or_dash(f.archive_age(), duration), "stat-archive-lag"))
-            (tile("Largest replica lag", or_dash(f.max_replica_lag(), bytes), "stat-replica-lag"))
-            (tile("Newest backup", or_dash(f.last_backup(), |t| format!("{} ago", duration((now - t).num_seconds() as f64))), "stat-backup-age"))
+            }, "stat-connections", snap.and_then(|s| Some(format!("{}/{}", s.connections?, s.max_connections?)))))
+            (tile("Transactions per second", or_dash(snap.and_then(|s| s.tps), |t| format!("{t:.1}")), "stat-tps", snap.and_then(|s| s.tps).map(|t| t.to_string())))
+            (tile("Cache hit ratio", or_dash(snap.and_then(|s| s.cache_hit_ratio), |r| format!("{:.1} %", r * 100.0)), "stat-cache", snap.and_then(|s| s.cache_hit_ratio).map(|t| t.to_string())))
+            (tile("Worst-case data loss (archive lag)", or_dash(f.archive_age(), duration), "stat-archive-lag", f.archive_age().map(|t| t.to_string())))
+            (tile("Largest replica lag", or_dash(f.max_replica_lag(), bytes), "stat-replica-lag", f.max_replica_lag().map(|t| t.to_string())))
+            (tile("Newest backup", or_dash(f.last_backup(), |t| format!("{} ago", duration((now - t).num_seconds() as f64))), "stat-backup-age", None))
         } }
     }
 }
@@ -206,7 +210,7 @@ fn nodes(r: &InstanceRecord, snap: Option<&InstanceSnapshot>, now: DateTime<Utc>
                 tbody {
                     @if let Some(s) = snap {
                         @for n in &s.nodes {
-                            tr data-node=(n.name) data-role=(n.role) {
+                            tr data-node=(n.name) data-role=(n.role) data-cell=(n.cell) data-port=(n.pg_port) {
                                 td { (n.name) }
                                 td.role { (n.role) }
                                 td { (n.state) }
