@@ -18,6 +18,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod etcd;
+pub mod metrics;
 pub mod names;
 pub mod patroni;
 pub mod pgmajor;

@@ -18,13 +18,15 @@
 //! The rooms: `auth` (basic auth and the API version header, in front of every route),
 //! `request` (the extractors whose rejections are [`ApiError`]s, and the checks the
 //! handlers share), `catalog`, `instances` (provision, update, deprovision, last_operation),
-//! `clone` (the checks of a provision with `clone-from`, before its `202`) and `bindings`.
+//! `clone` (the checks of a provision with `clone-from`, before its `202`), `bindings`, and
+//! `metrics` (`GET /metrics`, with its own authentication, and the count of OSB answers).
 
 mod auth;
 mod bindings;
 mod catalog;
 mod clone;
 mod instances;
+mod metrics;
 mod request;
 
 use std::future::Future;
@@ -182,9 +184,11 @@ impl AppState {
     }
 }
 
-/// The OSB router: every route requires basic auth and `X-Broker-API-Version`.
+/// The broker's HTTP routes: the OSB API (every route requires basic auth and
+/// `X-Broker-API-Version`; its answers are counted for `/metrics`) and `GET /metrics`
+/// (basic auth only).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let osb = Router::new()
         .route("/v2/catalog", get(catalog::catalog))
         .route(
             "/v2/service_instances/{instance_id}",
@@ -212,5 +216,6 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .with_state(state)
+        .layer(middleware::from_fn(metrics::count));
+    osb.merge(metrics::routes()).with_state(state)
 }
