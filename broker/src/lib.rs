@@ -19,6 +19,7 @@ pub mod dashboard;
 pub mod dev;
 pub mod error;
 pub mod etcd;
+pub mod metrics;
 pub mod names;
 pub mod patroni;
 pub mod pgmajor;

@@ -26,6 +26,7 @@ use crate::cell::{CellClient, ClientError};
 use crate::config::BrokerConfig;
 use crate::state::{InstanceRecord, InstanceState, Store};
 use crate::stats::{CellLoad, Stats};
+use derive::NodeAnswer;
 pub use derive::{archive_state, increase, rates, Counters};
 
 /// How often samples past their retention are dropped (of instances no longer sampled too).
@@ -35,6 +36,27 @@ struct Cell {
     zone: String,
     host: String,
     client: CellClient,
+}
+
+/// Asks a node's cell for its statistics within `timeout`.
+async fn ask(
+    id: String,
+    name: String,
+    client: Option<CellClient>,
+    timeout: Duration,
+) -> ((String, String), NodeAnswer) {
+    let answer = match client {
+        None => Err("its cell is not configured".to_string()),
+        Some(c) => match tokio::time::timeout(timeout, c.node_stats(&name, timeout)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        },
+    };
+    if let Err(e) = &answer {
+        debug!(instance = %id, node = %name, "no statistics: {e}");
+    }
+    ((id, name), answer)
 }
 
 /// The sampling task's state.
@@ -137,39 +159,20 @@ impl Sampler {
         self.stats.set_cells(cells);
         let live: Vec<&InstanceRecord> = instances.iter().filter(|i| sampled(i)).collect();
         let timeout = self.config.stats.cell_timeout.0;
-        let jobs = live.iter().flat_map(|i| {
-            i.nodes
-                .iter()
-                .filter(|n| n.pg_port != 0)
-                .map(move |n| (i.id.clone(), n.clone()))
-        });
-        let cells = &self.cells;
-        let answers: HashMap<(String, String), Result<crate::cell::NodeStats, String>> =
-            futures::stream::iter(jobs)
-                .map(|(id, n)| async move {
-                    let answer = match cells.get(&n.cell) {
-                        None => Err(format!("no cell {} is configured", n.cell)),
-                        Some(c) => {
-                            match tokio::time::timeout(
-                                timeout,
-                                c.client.node_stats(&n.name, timeout),
-                            )
-                            .await
-                            {
-                                Ok(Ok(s)) => Ok(s),
-                                Ok(Err(e)) => Err(e.to_string()),
-                                Err(_) => Err("timed out".into()),
-                            }
-                        }
-                    };
-                    if let Err(e) = &answer {
-                        debug!(instance = %id, node = %n.name, "no statistics: {e}");
-                    }
-                    ((id, n.name), answer)
-                })
-                .buffer_unordered(self.config.stats.concurrency)
-                .collect()
-                .await;
+        let jobs: Vec<(String, String, Option<CellClient>)> = live
+            .iter()
+            .flat_map(|i| i.nodes.iter().map(move |n| (i, n)))
+            .filter(|(_, n)| n.pg_port != 0)
+            .map(|(i, n)| {
+                let client = self.cells.get(&n.cell).map(|c| c.client.clone());
+                (i.id.clone(), n.name.clone(), client)
+            })
+            .collect();
+        let answers: HashMap<(String, String), NodeAnswer> = futures::stream::iter(jobs)
+            .map(|(id, name, client)| ask(id, name, client, timeout))
+            .buffer_unordered(self.config.stats.concurrency)
+            .collect()
+            .await;
         let now = chrono::Utc::now();
         let mut snapshots = Vec::new();
         let mut samples = Vec::new();

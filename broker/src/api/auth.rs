@@ -58,7 +58,7 @@ pub(super) async fn guard(State(st): State<AppState>, req: Request, next: Next) 
     }
 }
 
-fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
+pub(super) fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -18,13 +18,15 @@
 //! The rooms: `auth` (basic auth and the API version header, in front of every route),
 //! `request` (the extractors whose rejections are [`ApiError`]s, and the checks the
 //! handlers share), `catalog`, `instances` (provision, update, deprovision, last_operation),
-//! `clone` (the checks of a provision with `clone-from`, before its `202`) and `bindings`.
+//! `clone` (the checks of a provision with `clone-from`, before its `202`), `bindings`, and
+//! `metrics` (`GET /metrics`, with its own authentication, and the count of OSB answers).
 
 mod auth;
 mod bindings;
 mod catalog;
 mod clone;
 mod instances;
+mod metrics;
 mod request;
 
 use std::future::Future;
@@ -182,16 +184,17 @@ impl AppState {
     }
 }
 
-/// The broker's HTTP surface: the OSB API and the dashboard ([`crate::dashboard`], with its
-/// own sessions).
+/// The broker's HTTP surface: the OSB API, `GET /metrics` and the dashboard
+/// ([`crate::dashboard`], with its own sessions).
 pub fn app(state: AppState) -> Router {
     osb(state.clone()).merge(crate::dashboard::routes(state))
 }
 
-/// The OSB router: every route requires basic auth and `X-Broker-API-Version` (and so does
-/// every other path outside `/dashboard`: the fallback is behind the guard too).
+/// The OSB routes (every route requires basic auth and `X-Broker-API-Version`, and so does
+/// every other path outside `/dashboard` and `/metrics`: the fallback is behind the guard
+/// too; its answers are counted for `/metrics`) and `GET /metrics` (basic auth only).
 fn osb(state: AppState) -> Router {
-    Router::new()
+    let osb = Router::new()
         .route("/v2/catalog", get(catalog::catalog))
         .route(
             "/v2/service_instances/{instance_id}",
@@ -219,5 +222,6 @@ fn osb(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .with_state(state)
+        .layer(middleware::from_fn(metrics::count));
+    osb.merge(metrics::routes()).with_state(state)
 }
