@@ -9,6 +9,7 @@
 //! carries becomes SQL text (the node name selects the node, and the database name is bound).
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::{pg_error, Agent, Error};
 
@@ -147,6 +148,8 @@ impl Agent {
         let api_port = node.record().ports.api_port;
         let db = self.local_superuser(name, "postgres").await?;
         let err = |what: &str, e: &tokio_postgres::Error| {
+            // The server's message stays in this agent's log.
+            warn!(node = name, "reading {what}: {e:?}");
             pg_error(name, format!("reading {what} of {name}"), e)
         };
         let row = db
@@ -160,8 +163,8 @@ impl Agent {
                         pg_last_wal_replay_lsn()::text,
                         case when pg_is_in_recovery() then null
                              else pg_walfile_name(pg_current_wal_lsn()) end,
-                        current_setting('archive_timeout')::int8,
-                        current_setting('max_connections')::int8",
+                        (select setting::int8 from pg_settings where name = 'archive_timeout'),
+                        (select setting::int8 from pg_settings where name = 'max_connections')",
                 &[],
             )
             .await
