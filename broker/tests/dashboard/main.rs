@@ -89,8 +89,8 @@ impl Fixture {
 
 /// The setup, once per test process.
 pub fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
+    static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
+    let f = FIXTURE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("dashboard-fixture".into())
@@ -109,8 +109,11 @@ pub fn fixture() -> &'static Fixture {
                 }
             })
             .unwrap();
-        rx.recv().expect("the dashboard's setup")
-    })
+        // A failed setup fails every test, once (its panic is in the first test's output).
+        rx.recv().ok()
+    });
+    f.as_ref()
+        .expect("the dashboard's setup failed (see its panic above)")
 }
 
 async fn osb(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -168,7 +171,7 @@ fn spawn_broker(config: &std::path::Path, log: &std::path::Path) -> Child {
     cmd.spawn().expect("start walarchive-broker serve")
 }
 
-async fn provision(base: &str, id: &str, name: &str, nodes: u8) -> String {
+async fn provision(base: &str, id: &str, name: &str, nodes: u8, log: &std::path::Path) -> String {
     let (s, b) = osb(
         base,
         reqwest::Method::PUT,
@@ -181,7 +184,7 @@ async fn provision(base: &str, id: &str, name: &str, nodes: u8) -> String {
         })),
     )
     .await;
-    assert_eq!(s, 202, "{b}");
+    assert_eq!(s, 202, "{b}\n{}", tail(log, 40));
     b["operation"].as_str().unwrap().to_string()
 }
 
@@ -225,7 +228,7 @@ async fn setup() -> Fixture {
     toml.plan = PLAN.into();
     toml.listen = Some(port);
     toml.worker = ("1s", "4m");
-    let mut text = toml.render(&format!("/dash{}", etcd().fresh_prefix()));
+    let mut text = toml.render(&format!("/broker{}", etcd().fresh_prefix()));
     text.push_str(
         "[stats]\nsample_interval = \"1s\"\nrepository_interval = \"3s\"\ncell_timeout = \"3s\"\n\
          [dashboard]\nsession_lifetime = \"1h\"\n",
@@ -247,8 +250,8 @@ async fn setup() -> Fixture {
     .await;
     let instance = "dash-orders".to_string();
     let other = "dash-other".to_string();
-    let op1 = provision(&base, &instance, "orders", 2).await;
-    let op2 = provision(&base, &other, "other", 1).await;
+    let op1 = provision(&base, &instance, "orders", 2, &log).await;
+    let op2 = provision(&base, &other, "other", 1, &log).await;
     wait_ready(&base, &instance, &op1, &log).await;
     wait_ready(&base, &other, &op2, &log).await;
     let (s, b) = osb(
