@@ -211,7 +211,7 @@ async fn node_count(
         return Err(ActionError::NotReady(state_word(inst.value.state)));
     }
     match start_update(state, instance_id, None, params, true, Some(requested_by)).await? {
-        UpdateStart::Accepted(op) => Ok(op),
+        UpdateStart::Accepted(op) => Ok(*op),
         UpdateStart::Unchanged => Err(ActionError::Unchanged(n)),
     }
 }

@@ -370,7 +370,7 @@ pub(super) async fn update(
 #[derive(Debug)]
 pub(crate) enum UpdateStart {
     /// An update operation is recorded (or the same one was in progress already).
-    Accepted(OperationRecord),
+    Accepted(Box<OperationRecord>),
     /// The instance already has that plan, those parameters and that node count.
     Unchanged,
 }
@@ -426,7 +426,7 @@ pub(crate) async fn start_update(
                             && op.value.state == OperationState::InProgress
                             && op.value.request == target =>
                     {
-                        Ok(UpdateStart::Accepted(op.value))
+                        Ok(UpdateStart::Accepted(Box::new(op.value)))
                     }
                     _ => Err(ApiError::concurrency(
                         "Another update of this service instance is in progress.",
@@ -478,7 +478,7 @@ pub(crate) async fn start_update(
             info!(instance = %instance_id, operation = %new_op.id, plan = %target.plan_id,
                   node_count = target.node_count, requested_by, "update accepted");
             st.wake_worker();
-            return Ok(Round::Done(UpdateStart::Accepted(new_op)));
+            return Ok(Round::Done(UpdateStart::Accepted(Box::new(new_op))));
         }
         Ok::<_, ApiError>(Round::Lost(()))
     })
