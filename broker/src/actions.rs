@@ -210,6 +210,11 @@ async fn node_count(
     if inst.value.state != InstanceState::Ready {
         return Err(ActionError::NotReady(state_word(inst.value.state)));
     }
+    // The PATCH would record `node-count` as asked even when the plan gives as many nodes;
+    // a button that changes nothing is refused instead.
+    if inst.value.node_count == n {
+        return Err(ActionError::Unchanged(n));
+    }
     match start_update(state, instance_id, None, params, true, Some(requested_by)).await? {
         UpdateStart::Accepted(op) => Ok(*op),
         UpdateStart::Unchanged => Err(ActionError::Unchanged(n)),
