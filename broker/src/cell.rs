@@ -519,6 +519,44 @@ impl Agent {
         Ok(())
     }
 
+    /// Asks node `name` (the leader) for a Patroni switchover to `candidate` (`POST
+    /// /switchover` with Patroni's REST credentials, which only this agent holds); returns
+    /// once Patroni accepted it (the new leader may still be starting).
+    async fn switchover(&self, name: &str, candidate: &str) -> Result<(), Error> {
+        if !valid_node_name(candidate) {
+            return Err(Error::Invalid(format!("candidate {candidate:?}")));
+        }
+        let node = self.node(name)?;
+        let rec = node.record();
+        let url = format!("http://127.0.0.1:{}/switchover", rec.ports.api_port);
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth(RESTAPI_USER, Some(rec.restapi_password.expose()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::json!({"leader": name, "candidate": candidate}).to_string())
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(Error::Status {
+                status: status.as_u16(),
+                message: format!(
+                    "Patroni refused the switchover to {candidate}: {}",
+                    text.trim()
+                ),
+            });
+        }
+        info!(node = name, candidate, "switchover: {}", text.trim());
+        Ok(())
+    }
+
     async fn delete_node(&self, name: &str) -> Result<(), Error> {
         let _guard = self.ops.lock().await;
         let node = self.node(name)?;

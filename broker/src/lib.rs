@@ -8,6 +8,7 @@
 //! several broker processes and a restarted worker agree without a coordinator.
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod admin;
 pub mod api;
 pub mod archive;

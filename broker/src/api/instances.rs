@@ -20,7 +20,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
     until_swapped, CreateInstance, Incarnation, InstanceContext, InstanceRecord, InstanceState,
-    OperationKind, OperationRecord, OperationRequest, OperationState, Round, Timestamp,
+    OperationKind, OperationRecord, OperationRequest, OperationState, Parameters, Round, Timestamp,
 };
 
 /// The body of a provision (`PUT /v2/service_instances/:id`).
@@ -350,8 +350,46 @@ pub(super) async fn update(
         check_plan(&st, p)?;
     }
     let (new_params, _) = parse_parameters(body.parameters.as_ref(), Phase::Update)?;
+    Ok(
+        match start_update(
+            &st,
+            &instance_id,
+            new_plan,
+            new_params,
+            accepts_incomplete(&q),
+            None,
+        )
+        .await?
+        {
+            UpdateStart::Accepted(op) => accepted(&op.id),
+            UpdateStart::Unchanged => ok_empty(),
+        },
+    )
+}
 
-    let (st, q, instance_id, new_plan) = (&st, &q, &instance_id, &new_plan);
+/// What [`start_update`] did.
+#[derive(Debug)]
+pub(crate) enum UpdateStart {
+    /// An update operation is recorded (or the same one was in progress already).
+    Accepted(Box<OperationRecord>),
+    /// The instance already has that plan, those parameters and that node count.
+    Unchanged,
+}
+
+/// The decision of an update (`PATCH`), for the OSB handler and for the dashboard's node
+/// count (`crate::actions`), which is the same update: the target plan and parameters
+/// (`new_params` already checked by `parse_parameters`), refused while another operation (a
+/// dashboard action too) is in progress or when the instance is not usable, recorded for the
+/// worker otherwise. `requested_by` names who asked on the dashboard (none: the platform).
+pub(crate) async fn start_update(
+    st: &AppState,
+    instance_id: &str,
+    new_plan: Option<String>,
+    new_params: Parameters,
+    incomplete_ok: bool,
+    requested_by: Option<&str>,
+) -> Result<UpdateStart, ApiError> {
+    let new_plan = &new_plan;
     until_swapped((), |()| async move {
         let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
@@ -389,7 +427,7 @@ pub(super) async fn update(
                             && op.value.state == OperationState::InProgress
                             && op.value.request == target =>
                     {
-                        Ok(accepted(&op.value.id))
+                        Ok(UpdateStart::Accepted(Box::new(op.value)))
                     }
                     _ => Err(ApiError::concurrency(
                         "Another update of this service instance is in progress.",
@@ -410,35 +448,51 @@ pub(super) async fn update(
             }
             InstanceState::Ready => {}
         }
+        // A dashboard action (backup, switchover) leaves the instance ready while it runs.
+        if let Some(o) = op.as_ref().filter(|o| o.value.state == OperationState::InProgress) {
+            return Err(ApiError::concurrency(format!(
+                "{} of this service instance is in progress; retry when it is finished.",
+                capitalized(o.value.kind.noun())
+            )));
+        }
         if target.plan_id == i.plan_id
             && target.parameters == i.parameters
             && target.node_count == i.node_count
         {
-            return Ok(Round::Done(ok_empty()));
+            return Ok(Round::Done(UpdateStart::Unchanged));
         }
-        if !accepts_incomplete(q) {
+        if !incomplete_ok {
             return Err(ApiError::async_required());
         }
-        let new_op = OperationRecord::new(
+        let mut new_op = OperationRecord::new(
             instance_id,
             OperationKind::Update,
             target.clone(),
             "Update accepted; waiting for the provisioning worker.",
             op.as_ref().map(|o| &o.value),
         );
+        new_op.requested_by = requested_by.map(str::to_string);
         let mut ni = i.clone();
         ni.state = InstanceState::Updating;
         ni.updated_at = Timestamp::now();
         if st.store.replace(&inst, &ni, op.as_ref(), &new_op).await? {
             info!(instance = %instance_id, operation = %new_op.id, plan = %target.plan_id,
-                  node_count = target.node_count, "update accepted");
+                  node_count = target.node_count, requested_by, "update accepted");
             st.wake_worker();
-            return Ok(Round::Done(accepted(&new_op.id)));
+            return Ok(Round::Done(UpdateStart::Accepted(Box::new(new_op))));
         }
         Ok::<_, ApiError>(Round::Lost(()))
     })
     .await?
     .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
+}
+
+/// "A backup" from "a backup".
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 pub(super) async fn deprovision(
@@ -491,6 +545,12 @@ pub(super) async fn deprovision(
         if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
+        // A dashboard action in progress (the instance stays ready meanwhile) is cancelled
+        // like a provision: it ends as failed in the history, and its worker task stops at
+        // its next step (the nodes it works on are removed).
+        let cancelled_action = op.as_ref().is_some_and(|o| {
+            !o.value.kind.is_platform() && o.value.state == OperationState::InProgress
+        });
         // A provision in progress is halted: it ends as failed in the history, and the
         // worker sees `interrupted` and cleans up what it had created.
         let previous = op.as_ref().map(|o| {
@@ -498,6 +558,14 @@ pub(super) async fn deprovision(
             if interrupted.is_some() {
                 p.state = OperationState::Failed;
                 p.description = "Provisioning was cancelled by a deprovision request.".into();
+            }
+            if cancelled_action {
+                p.state = OperationState::Failed;
+                p.description = format!(
+                    "{} was cancelled by a deprovision request.",
+                    capitalized(p.kind.noun())
+                );
+                p.finished_at = Some(Timestamp::now());
             }
             p
         });
@@ -545,12 +613,15 @@ pub(super) async fn last_operation(
                 "Operation {id:?} is not an operation of this service instance."
             ))
         })?,
-        None => op.summary(),
+        // Without an id: the platform's newest operation, not a dashboard action it never
+        // started (those replace the current record but not the platform's view).
+        None => op.last_platform().unwrap_or_else(|| op.summary()),
     };
     if summary.kind == OperationKind::Deprovision && summary.state == OperationState::Succeeded {
         return Ok(gone());
     }
     let mut body = json!({ "state": summary.state, "description": summary.description });
+    // A failed update's `instance_usable` is on the current record only.
     if summary.id == op.id && summary.state == OperationState::Failed {
         if let Some(usable) = op.instance_usable {
             body["instance_usable"] = usable.into();

@@ -29,6 +29,9 @@ mod instances;
 mod metrics;
 mod request;
 
+pub(crate) use instances::{start_update, UpdateStart};
+pub(crate) use request::{parse_parameters, Phase};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -178,7 +181,7 @@ impl AppState {
         self.config.plan(plan_id)
     }
 
-    fn wake_worker(&self) {
+    pub(crate) fn wake_worker(&self) {
         self.provisioner.notify_one();
         self.state_changed.notify_one();
     }

@@ -598,6 +598,24 @@ impl CellClient {
         Self::decode(route, &bytes)
     }
 
+    /// Asks node `name` (the leader) for a Patroni switchover to `candidate`; returns once
+    /// Patroni accepted it.
+    pub async fn switchover(&self, name: &str, candidate: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "candidate": candidate }).to_string();
+        let (status, _) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{name}/switchover"),
+                Some(body),
+                Duration::from_secs(150),
+            )
+            .await?;
+        if status == 404 {
+            return Err(ClientError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Where node `name`'s WAL is (its current LSN, where recovery stopped).
     pub async fn wal(&self, name: &str) -> Result<WalPosition, ClientError> {
         self.node_call(reqwest::Method::GET, name, "wal", Duration::from_secs(30))

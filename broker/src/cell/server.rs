@@ -115,6 +115,28 @@ async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<Str
     }
 }
 
+/// The body of `POST /v1/nodes/{name}/switchover`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverRequest {
+    candidate: String,
+}
+
+async fn switchover(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: SwitchoverRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return Error::Invalid(format!("switchover request: {e}")).into_response(),
+    };
+    match agent.switchover(&name, &req.candidate).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn put_role(
     State(agent): State<Arc<Agent>>,
     UrlPath((name, role)): UrlPath<(String, String)>,
@@ -225,6 +247,7 @@ pub(super) fn router(agent: Arc<Agent>) -> Router {
             get(get_node).put(put_node).delete(delete_node),
         )
         .route("/v1/nodes/{name}/backup", post(backup_node))
+        .route("/v1/nodes/{name}/switchover", post(switchover))
         .route("/v1/nodes/{name}/wal", get(node_wal))
         .route("/v1/nodes/{name}/stats", get(node_stats))
         .route("/v1/nodes/{name}/switch-wal", post(switch_wal))

@@ -93,6 +93,9 @@ fn an_update_in_progress_ends_failed_in_the_history() {
             kind: OperationKind::Update,
             state: OperationState::Failed,
             description: UPDATE_INTERRUPTED.into(),
+            started_at: Some(op.started_at),
+            finished_at: Some(now),
+            requested_by: None,
         })
     );
 }

@@ -85,9 +85,10 @@ impl Store {
     /// * provision: `ready` on success, `failed` otherwise;
     /// * update: on success `ready` with the operation's plan, parameters and node count;
     ///   on failure `ready` with the old ones (`failed` if `instance_usable == Some(false)`);
-    /// * deprovision: on success `deleted` (tombstone), its port released, its bindings
-    ///   removed and its catalog entry marked deleted, all in the same transaction; on
-    ///   failure `failed`.
+    /// * deprovision: on success `deleted` (tombstone), its port released, its bindings and
+    ///   backup log removed and its catalog entry marked deleted, all in the same
+    ///   transaction; on failure `failed`;
+    /// * backup, switchover (dashboard actions): the instance's state is left as it is.
     pub async fn finish_operation(
         &self,
         instance_id: &str,
@@ -126,6 +127,8 @@ impl Store {
                         InstanceState::Ready
                     }
                 }
+                // Dashboard actions leave the instance as it is (`ready`).
+                (OperationKind::Backup | OperationKind::Switchover, _) => ni.state,
                 (OperationKind::Deprovision, false) => InstanceState::Failed,
                 (OperationKind::Deprovision, true) => {
                     ni.deleted_at = Some(now);
@@ -141,6 +144,7 @@ impl Store {
                         self.bindings_prefix(instance_id).into_bytes(),
                     ));
                     ops.push(TxnOp::delete(self.secrets_key(instance_id).as_bytes()));
+                    ops.push(TxnOp::delete(self.backups_key(instance_id).as_bytes()));
                     if let Some(mut ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation)
                     {
                         let mut current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;

@@ -5,6 +5,7 @@
 
 use testkit::broker as common;
 
+mod actions;
 mod admin;
 mod clones;
 mod dashboard;
