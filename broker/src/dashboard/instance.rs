@@ -39,8 +39,6 @@ const CHARTS: &[(&str, &str)] = &[
 #[derive(Deserialize)]
 pub(super) struct PageQuery {
     range: Option<String>,
-    /// A message to show (after an action).
-    notice: Option<String>,
 }
 
 /// `GET /dashboard/instances/{id}`.
@@ -99,7 +97,6 @@ pub(super) async fn instance(
             " · PostgreSQL " (record.major()) " · " (record.node_count) " node(s)"
             @if !why.is_empty() { " · " (why.join("; ")) }
         }
-        @if let Some(n) = &q.notice { p.notice role="status" { (n) } }
         @if stats.is_none() { p.notice { "This broker does not sample statistics ([stats] is off): only the records are shown." } }
         @if let Some(e) = snapshot.as_ref().and_then(|s| s.error.as_ref()) { p.error { (e) } }
         (tiles(&facts, snapshot.as_ref(), &series, now))
@@ -111,6 +108,7 @@ pub(super) async fn instance(
         (backups(repository.as_ref(), &facts, now))
         (window(&st, &record, repository.as_ref()))
         (charts(&record, range.0, &series))
+        (super::forms::forms(&record, snapshot.as_ref(), &csrf))
         (history(op.as_ref(), snapshot.as_ref()))
     };
     Html(render::page(&name, Some(&nav), true, body).into_string()).into_response()
@@ -384,7 +382,7 @@ fn history(op: Option<&OperationRecord>, snap: Option<&InstanceSnapshot>) -> Mar
                 tbody {
                     @if let Some(o) = op {
                         tr data-operation=(o.id) {
-                            td { (format!("{:?}", o.kind).to_lowercase()) }
+                            td { (format!("{:?}", o.kind).to_lowercase()) @if let Some(b) = &o.requested_by { " (" (b) ")" } }
                             td { (o.state) }
                             td { (time(&o.started_at)) }
                             td { (or_dash(o.finished_at.as_ref(), time)) }
@@ -392,9 +390,10 @@ fn history(op: Option<&OperationRecord>, snap: Option<&InstanceSnapshot>) -> Mar
                         }
                         @for h in o.history.iter().rev() {
                             tr data-operation=(h.id) {
-                                td { (format!("{:?}", h.kind).to_lowercase()) }
+                                td { (format!("{:?}", h.kind).to_lowercase()) @if let Some(b) = &h.requested_by { " (" (b) ")" } }
                                 td { (h.state) }
-                                td { "–" } td { "–" }
+                                td { (or_dash(h.started_at.as_ref(), time)) }
+                                td { (or_dash(h.finished_at.as_ref(), time)) }
                                 td { (h.description) }
                             }
                         }

@@ -8,11 +8,12 @@
 //! The rooms: `auth` (the operator's login, per-instance links, signed session cookies, CSRF
 //! tokens, and the guard in front of every route), `render` (layout, escaping, numbers for
 //! people), `health` (red/amber/green), `overview` (all instances and cells, operator only),
-//! `instance` (one instance's page), `assets` (the stylesheet, the chart code and uPlot,
+//! `instance` (one instance's page), `forms` (its actions, confirmed, CSRF-checked), `assets` (the stylesheet, the chart code and uPlot,
 //! compiled in).
 
 mod assets;
 mod auth;
+mod forms;
 mod health;
 mod instance;
 mod overview;
@@ -112,6 +113,10 @@ pub fn table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/dashboard/open/{id}/{token}", get(auth::open_link)),
         ("/dashboard/assets/{file}", get(assets::asset)),
         ("/dashboard/instances/{id}", get(instance::instance)),
+        (
+            "/dashboard/instances/{id}/actions/{action}",
+            axum::routing::post(forms::act),
+        ),
         (
             "/dashboard/{*rest}",
             get(|| async {

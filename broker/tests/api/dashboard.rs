@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{ctx, provision_body, Ctx, PASSWORD, PLAN1};
+use walarchive_broker::state::OperationKind;
 
 struct Page {
     status: StatusCode,
@@ -152,6 +153,7 @@ async fn no_dashboard_route_answers_without_a_session() {
             .replace("{id}", "dash-a")
             .replace("{token}", "not-a-token")
             .replace("{file}", "uPlot.iife.min.js")
+            .replace("{action}", "backup")
             .replace("{*rest}", "anything");
         for method in [Method::GET, Method::POST] {
             for cookie in [None, Some(forged)] {
@@ -400,4 +402,112 @@ async fn names_from_the_platform_are_escaped() {
         assert!(!page.body.contains("<img src=x"), "{}", page.body);
         assert!(page.body.contains("&lt;script&gt;alert"), "{}", page.body);
     }
+}
+
+#[tokio::test]
+async fn actions_need_the_sessions_token_and_a_confirmation() {
+    let c = ctx();
+    c.ready_instance("dash-act").await;
+    c.ready_instance("dash-else").await;
+    let op = operator(&c).await;
+    let page = get(&c, "/dashboard/instances/dash-act", Some(&op)).await;
+    assert!(page
+        .body
+        .contains(r#"action="/dashboard/instances/dash-act/actions/backup""#));
+    let token = csrf(&page.body);
+    let post = |uri: &'static str, cookie: String, form: String| {
+        let c = &c;
+        async move { browse(c, Method::POST, uri, Some(&cookie), &form).await }
+    };
+    let kind = || async { c.store.operation("dash-act").await.unwrap().unwrap().value };
+    // Without the session's token: refused, nothing recorded.
+    let p = post(
+        "/dashboard/instances/dash-act/actions/backup",
+        op.clone(),
+        "csrf=forged&confirm=yes".into(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert_eq!(kind().await.kind, OperationKind::Provision);
+    // The first POST asks; only the confirmed one acts.
+    let form = format!("csrf={}", enc(&token));
+    let p = post(
+        "/dashboard/instances/dash-act/actions/backup",
+        op.clone(),
+        form.clone(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(
+        p.body.contains(r#"name="confirm" value="yes""#),
+        "{}",
+        p.body
+    );
+    assert_eq!(kind().await.kind, OperationKind::Provision);
+    let p = post(
+        "/dashboard/instances/dash-act/actions/backup",
+        op.clone(),
+        format!("{form}&confirm=yes"),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(p.location(), "/dashboard/instances/dash-act#history");
+    let recorded = kind().await;
+    assert_eq!(recorded.kind, OperationKind::Backup);
+    assert_eq!(recorded.requested_by.as_deref(), Some("operator"));
+    let page = get(&c, "/dashboard/instances/dash-act", Some(&op)).await;
+    assert!(page.body.contains("backup (operator)"), "{}", page.body);
+    // Refused while it runs: the action's own sentence.
+    let p = post(
+        "/dashboard/instances/dash-act/actions/node-count",
+        op.clone(),
+        format!("{form}&nodes=2&confirm=yes"),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    assert!(
+        p.body.contains("A backup is in progress on this instance"),
+        "{}",
+        p.body
+    );
+    let p = post(
+        "/dashboard/instances/dash-act/actions/node-count",
+        op.clone(),
+        format!("{form}&nodes=many&confirm=yes"),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    assert!(p.body.contains("must be a number"), "{}", p.body);
+    // A user's session acts on its instance only, with its own token.
+    let url = dashboard_url(&c, "dash-else").await;
+    let user = get(&c, &path_of(&url), None).await.cookie();
+    let mine = get(&c, "/dashboard/instances/dash-else", Some(&user)).await;
+    let user_form = format!("csrf={}&confirm=yes", enc(&csrf(&mine.body)));
+    let p = post(
+        "/dashboard/instances/dash-act/actions/backup",
+        user.clone(),
+        user_form.clone(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    let p = post(
+        "/dashboard/instances/dash-else/actions/backup",
+        user.clone(),
+        format!("{form}&confirm=yes"),
+    )
+    .await;
+    assert_eq!(
+        p.status,
+        StatusCode::FORBIDDEN,
+        "the operator's token is not the user's"
+    );
+    let p = post(
+        "/dashboard/instances/dash-else/actions/backup",
+        user,
+        user_form,
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let other = c.store.operation("dash-else").await.unwrap().unwrap().value;
+    assert_eq!(other.requested_by.as_deref(), Some("user"));
 }
