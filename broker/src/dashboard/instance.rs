@@ -27,13 +27,13 @@ const RANGES: &[(&str, &str, i64)] = &[
     ("30d", "30 days", 30 * 86400),
 ];
 
-/// The charts: `(series key, title)`.
-const CHARTS: &[(&str, &str)] = &[
-    ("archive_lag", "Archive lag (s)"),
-    ("replication_lag", "Replication lag (bytes)"),
-    ("tps", "Transactions per second"),
-    ("connections", "Connections"),
-    ("database_size", "Database size (bytes)"),
+/// The charts: `(series key, title, unit of the axis)`.
+const CHARTS: &[(&str, &str, &str)] = &[
+    ("archive_lag", "Archive lag", "s"),
+    ("replication_lag", "Replication lag", "bytes"),
+    ("tps", "Transactions per second", ""),
+    ("connections", "Connections", ""),
+    ("database_size", "Database size", "bytes"),
 ];
 
 #[derive(Deserialize)]
@@ -343,8 +343,8 @@ fn charts(r: &InstanceRecord, current: &str, series: &[Sample]) -> Markup {
                 span.muted { (series.len()) " samples" }
             }
             div.grid {
-                @for (k, title) in CHARTS {
-                    div.chart data-series=(k) data-label=(title) { h3 { (title) } }
+                @for (k, title, unit) in CHARTS {
+                    div.chart data-series=(k) data-label=(title) data-unit=(unit) { h3 { (title) } }
                 }
             }
             script #chart-data type="application/json" { (render::json_for_script(&data)) }

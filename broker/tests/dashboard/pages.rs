@@ -145,7 +145,22 @@ async fn the_operator_sees_what_postgresql_says() {
     // The history names the provision.
     let history = b.text("#history").await;
     assert!(history.contains("provision"), "{history}");
+    // The whole page, and as a phone shows it (the layout reflows; no sideways scrolling of
+    // the page itself).
+    b.client().set_window_size(1280, 3000).await.unwrap();
     b.screenshot("instance").await;
+    b.client().set_window_size(390, 844).await.unwrap();
+    let overflow = b
+        .js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page scrolls sideways on a phone by {overflow}px"
+    );
+    b.screenshot("instance-phone").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
