@@ -20,6 +20,8 @@ pub mod dashboard;
 pub mod dev;
 pub mod error;
 pub mod etcd;
+pub mod http;
+pub mod links;
 pub mod metrics;
 pub mod names;
 pub mod patroni;
@@ -37,10 +39,11 @@ pub mod tls;
 pub mod windows;
 pub mod worker;
 
-pub use api::{app, AppState, BindError, Binder, NoBinder};
+pub use api::{AppState, BindError, Binder, NoBinder};
 pub use config::BrokerConfig;
 pub use error::ApiError;
 pub use etcd::{EtcdClient, EtcdError};
+pub use http::app;
 pub use state::{InstanceSecrets, Store, StoreError};
 pub use worker::{Worker, WorkerError};
 

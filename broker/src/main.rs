@@ -399,7 +399,7 @@ fn dashboard_link(config_path: &std::path::Path, id: &str, rotate: bool) -> anyh
     let runtime = runtime(Threads::Current)?;
     runtime.block_on(async move {
         let store = open_store(&config)?;
-        match walarchive_broker::dashboard::link(&config, &store, id, rotate).await? {
+        match walarchive_broker::links::rotate(&config, &store, id, rotate).await? {
             Some(url) => {
                 println!("{url}");
                 Ok(())

@@ -49,7 +49,7 @@ pub(super) struct UpdateRequest {
 fn provision_accepted(st: &AppState, operation: &str, record: &InstanceRecord) -> Response {
     let mut body = json!({
         "operation": operation,
-        "dashboard_url": crate::dashboard::dashboard_url(&st.config, record),
+        "dashboard_url": crate::links::dashboard_url(&st.config, record),
     });
     if let Some(r) = &record.restore {
         body["metadata"] = json!({ "attributes": { "clone_of": clone::clone_of(r) } });
@@ -121,7 +121,7 @@ pub(super) async fn provision(
                     )),
                 },
                 InstanceState::Ready | InstanceState::Updating => Ok(Json(json!({
-                    "dashboard_url": crate::dashboard::dashboard_url(&st.config, i),
+                    "dashboard_url": crate::links::dashboard_url(&st.config, i),
                 }))
                 .into_response()),
                 InstanceState::Deprovisioning => Err(ApiError::concurrency(
@@ -660,7 +660,7 @@ pub(super) async fn fetch_instance(
                 "service_id": i.service_id,
                 "plan_id": i.plan_id,
                 "parameters": provisioned_parameters(&i),
-                "dashboard_url": crate::dashboard::dashboard_url(&st.config, &i),
+                "dashboard_url": crate::links::dashboard_url(&st.config, &i),
                 "metadata": { "attributes": attributes },
             }))
             .into_response())

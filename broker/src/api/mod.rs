@@ -187,16 +187,10 @@ impl AppState {
     }
 }
 
-/// The broker's HTTP surface: the OSB API, `GET /metrics` and the dashboard
-/// ([`crate::dashboard`], with its own sessions).
-pub fn app(state: AppState) -> Router {
-    osb(state.clone()).merge(crate::dashboard::routes(state))
-}
-
 /// The OSB routes (every route requires basic auth and `X-Broker-API-Version`, and so does
 /// every other path outside `/dashboard` and `/metrics`: the fallback is behind the guard
 /// too; its answers are counted for `/metrics`) and `GET /metrics` (basic auth only).
-fn osb(state: AppState) -> Router {
+pub fn routes(state: AppState) -> Router {
     let osb = Router::new()
         .route("/v2/catalog", get(catalog::catalog))
         .route(

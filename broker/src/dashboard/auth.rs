@@ -33,7 +33,6 @@ use crate::secrets::Keyring;
 use crate::state::{InstanceRecord, InstanceState};
 
 const SESSION_PURPOSE: &str = "dashboard-session";
-const LINK_PURPOSE: &str = "dashboard-link";
 const CSRF_PURPOSE: &str = "dashboard-csrf";
 /// Every dashboard cookie's name starts with this.
 const COOKIE_PREFIX: &str = "wa_dash";
@@ -188,19 +187,6 @@ fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         .filter(|(n, _)| n.starts_with(COOKIE_PREFIX))
 }
 
-/// The link token of `record`'s current incarnation and generation.
-pub fn link_token(keyring: &Keyring, record: &InstanceRecord) -> String {
-    B64.encode(keyring.mac(LINK_PURPOSE, &link_message(record)))
-}
-
-fn link_message(record: &InstanceRecord) -> Vec<u8> {
-    let mut m = record.id.as_bytes().to_vec();
-    m.push(0);
-    m.extend(record.incarnation.to_be_bytes());
-    m.extend(record.dashboard_generation.to_be_bytes());
-    m
-}
-
 /// Whether a session of `scope` is still good for `record` (same incarnation, same link
 /// generation, not deleted).
 fn scope_current(scope: &InstanceScope, record: &InstanceRecord) -> bool {
@@ -313,14 +299,10 @@ pub(super) async fn open_link(
             return render::unavailable();
         }
     };
-    let ok = record.as_ref().filter(|r| {
-        r.state != InstanceState::Deleted
-            && B64.decode(&token).is_ok_and(|t| {
-                st.config
-                    .keyring()
-                    .verify_mac(LINK_PURPOSE, &link_message(r), &t)
-            })
-    });
+    let keyring = st.config.keyring();
+    let ok = record
+        .as_ref()
+        .filter(|r| crate::links::verify(&keyring, r, &token));
     let Some(r) = ok else {
         return render::error_page(
             StatusCode::NOT_FOUND,

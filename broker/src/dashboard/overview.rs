@@ -56,11 +56,11 @@ fn sort(rows: &mut [Row], key: &str) {
         "archive" => {
             rows.sort_by(|a, b| none_last(b.archive_age).total_cmp(&none_last(a.archive_age)))
         }
-        "lag" => rows.sort_by(|a, b| b.replica_lag.cmp(&a.replica_lag)),
+        "lag" => rows.sort_by_key(|r| std::cmp::Reverse(r.replica_lag)),
         "backup" => {
             rows.sort_by(|a, b| none_last(b.backup_age).total_cmp(&none_last(a.backup_age)))
         }
-        "size" => rows.sort_by(|a, b| b.size.cmp(&a.size)),
+        "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.size)),
         _ => rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),
     }
 }
