@@ -58,6 +58,9 @@ fn default_archive_timeout() -> u32 {
     60
 }
 
+/// The values of `synchronous_commit` a cell accepts in a [`NodeSpec`].
+pub const SYNCHRONOUS_COMMIT: &[&str] = &["on", "remote_write", "remote_apply"];
+
 /// What the broker asks a cell to run: one Patroni node of an instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +102,11 @@ pub struct NodeSpec {
     /// Patroni `synchronous_mode`.
     #[serde(default)]
     pub synchronous: bool,
+    /// PostgreSQL's `synchronous_commit` (`remote_apply`: a commit waits until the
+    /// synchronous standby applied it); absent: PostgreSQL's default (`on`), as in specs
+    /// written before it existed (so cells that do not know it keep accepting those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_commit: Option<String>,
     /// Address at which other cells and routers reach this cell.
     pub host: String,
     /// Hosts of the instance's other nodes (allowed to replicate).
@@ -322,6 +330,13 @@ impl NodeSpec {
     pub fn validate(&self) -> Result<(), String> {
         let spec = self;
         let bad = |m: &str| Err(m.to_string());
+        if spec
+            .synchronous_commit
+            .as_deref()
+            .is_some_and(|v| !SYNCHRONOUS_COMMIT.contains(&v))
+        {
+            return bad("synchronous_commit must be one of on, remote_write, remote_apply");
+        }
         if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
             return bad("instance_id must be 1 to 255 bytes without control characters");
         }

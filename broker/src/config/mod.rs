@@ -29,7 +29,8 @@ mod validate;
 pub use duration::{parse_duration, HumanDuration};
 pub use schema::{
     BackupConfig, BrokerConfig, CellConfig, ClonesConfig, Credentials, EtcdConfig, NodesConfig,
-    PlanConfig, RepositoryConfig, RouterConfig, ServiceConfig, StateBackupConfig, WorkerConfig,
+    PlanConfig, ReadOnlyFallback, RepositoryConfig, RouterConfig, ServiceConfig, StateBackupConfig,
+    SynchronousCommit, WorkerConfig,
 };
 use secret::resolve_secret;
 
