@@ -75,8 +75,10 @@ impl CellBinder {
             .iter()
             .map(|c| (c.name.clone(), c.node_host()))
             .collect();
-        Ok(CellBinder::new(config.router.host.clone(), cells, BinderOptions::default())
-            .with_node_hosts(hosts))
+        Ok(
+            CellBinder::new(config.router.host.clone(), cells, BinderOptions::default())
+                .with_node_hosts(hosts),
+        )
     }
 
     /// The options.

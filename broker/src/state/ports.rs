@@ -59,5 +59,8 @@ impl Store {
 }
 
 fn live(state: InstanceState) -> bool {
-    !matches!(state, InstanceState::Deprovisioning | InstanceState::Deleted)
+    !matches!(
+        state,
+        InstanceState::Deprovisioning | InstanceState::Deleted
+    )
 }

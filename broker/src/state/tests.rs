@@ -101,8 +101,7 @@ async fn read_only_ports_are_given_once_reused_after_a_crash_and_released_with_t
     // A record written before read-only ports existed (no such field) decodes without one.
     let key = s.instance_key("ro");
     let mut raw: serde_json::Value =
-        serde_json::from_slice(&s.etcd.get(key.as_bytes()).await.unwrap().unwrap().value)
-            .unwrap();
+        serde_json::from_slice(&s.etcd.get(key.as_bytes()).await.unwrap().unwrap().value).unwrap();
     assert!(raw.get("read_only_port").is_none(), "{raw}");
     raw["state"] = "ready".into();
     s.etcd
@@ -126,7 +125,9 @@ async fn read_only_ports_are_given_once_reused_after_a_crash_and_released_with_t
     assert_eq!(s.used_ports(&(33000..=33003)).await.unwrap().len(), 2);
     // No instance, no port; a full range is an error and reserves nothing.
     assert_eq!(
-        s.give_read_only_port("nobody", 33000..=33003).await.unwrap(),
+        s.give_read_only_port("nobody", 33000..=33003)
+            .await
+            .unwrap(),
         None
     );
     let (j, jo) = instance("full", None);
