@@ -80,6 +80,14 @@ async fn wait_for_sync(
     .await;
 }
 
+/// How often HAProxy's log says server `server` of `block` went down.
+fn downs(log: &std::path::Path, block: &str, server: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(&format!("Server {block}/{server} is DOWN"))
+        .count()
+}
+
 async fn count(c: &tokio_postgres::Client) -> i64 {
     c.query_one("select count(*) from t", &[])
         .await
@@ -300,6 +308,8 @@ async fn scenario() {
         .iter()
         .find(|c| c.name == leader_node.cell)
         .expect("the leader's cell");
+    let haproxy_log = root.join("haproxy").join("haproxy.log");
+    let downs_before = downs(&haproxy_log, "pgro_ro1", &replica.name);
     let killed_at = Instant::now();
     victim.kill();
     drop(db);
@@ -330,7 +340,17 @@ async fn scenario() {
     .await;
     assert_eq!(port_of(&mh).await, survivor);
     mh.batch_execute("insert into t values (22)").await.unwrap();
-    // The read-only port: no replica left, so the primary serves it (fallback).
+    // The read-only port: no replica left, so the primary serves it (fallback). Only once
+    // HAProxy marked the promoted node down as a replica (until then the read-only block may
+    // still send sessions to it as one: that would not be the fallback).
+    let survivor_name = &replica.name;
+    wait_for(
+        "HAProxy marks the promoted node down on the read-only port",
+        Duration::from_secs(30),
+        || async { (downs(&haproxy_log, "pgro_ro1", survivor_name) > downs_before).then_some(()) },
+        diag,
+    )
+    .await;
     let (fallback, _) = wait_for(
         "the read-only port falls back to the primary",
         Duration::from_secs(30),
