@@ -560,6 +560,15 @@ mod tests {
             })
             .collect();
         assert_eq!(hosts, ["10.0.0.1", "fd00::2"]);
+        let mut v6 = credentials("fd00::1", 30001, "app", "u", "p");
+        add_read_only(&mut v6, 30002);
+        assert_eq!(
+            v6.read_only_uri.as_deref(),
+            Some("postgres://u:p@[fd00::1]:30002/app")
+        );
+        // No node known: no multi-host URIs.
+        add_multihost(&mut v6, &[]);
+        assert_eq!((v6.uri_multihost, v6.jdbc_url_multihost), (None, None));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("p/w") && !dbg.contains("p%2Fw"), "{dbg}");
         // An old binding record (no new fields) still decodes.
