@@ -38,23 +38,31 @@ impl Store {
             Some(p) => p,
             None => self.allocate_port(id, range).await?,
         };
-        let mut recorded = None;
+        // Recorded only on a live instance without one (no write otherwise: a tombstone
+        // keeps its revision).
+        let mut theirs = None;
         let r = self
             .update_instance(id, |i| {
-                if live(i.state) && i.read_only_port.is_none() {
-                    i.read_only_port = Some(port);
+                if !live(i.state) || i.read_only_port.is_some() {
+                    theirs = Some(i.read_only_port.filter(|_| live(i.state)));
+                    return Err(StoreError::Refused("no read-only port to give".into()));
                 }
-                recorded = i.read_only_port.filter(|_| live(i.state));
+                i.read_only_port = Some(port);
                 Ok(())
             })
             .await;
-        if r.is_err() || recorded != Some(port) {
-            // Deleted meanwhile, or another broker gave it one first.
-            self.release_port(port, id).await?;
-            r?;
-            return Ok(None);
+        match r {
+            Ok(_) => Ok(Some(port)),
+            // Deleted meanwhile, or another broker gave it one first (this one, or another).
+            Err(StoreError::Refused(_)) | Err(StoreError::NotFound { .. }) => {
+                if theirs.flatten() != Some(port) {
+                    self.release_port(port, id).await?;
+                }
+                Ok(None)
+            }
+            // The reservation stays: the next attempt takes it again.
+            Err(e) => Err(e),
         }
-        Ok(Some(port))
     }
 }
 
