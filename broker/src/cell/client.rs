@@ -717,5 +717,18 @@ mod tests {
         );
         assert_eq!(spec.archive_timeout, 60);
         spec.validate().unwrap();
+        // synchronous_commit: absent from the spec when not set (what older cells accept),
+        // one of PostgreSQL's waiting values when set.
+        assert_eq!(spec.synchronous_commit, None);
+        assert!(serde_json::to_value(&spec)
+            .unwrap()
+            .get("synchronous_commit")
+            .is_none());
+        let mut s2 = spec.clone();
+        s2.synchronous_commit = Some("remote_apply".into());
+        s2.validate().unwrap();
+        s2.synchronous_commit = Some("off'; drop".into());
+        let e = s2.validate().unwrap_err();
+        assert!(e.contains("synchronous_commit"), "{e}");
     }
 }
