@@ -198,6 +198,7 @@ impl Agent {
             repository: s.repository.clone(),
             archive_timeout: s.archive_timeout,
             synchronous: s.synchronous,
+            synchronous_commit: s.synchronous_commit.clone(),
             timing: s.timing,
             wal_segsize_mb: s.wal_segsize_mb,
             superuser_password: s.superuser_password.clone(),

@@ -243,6 +243,9 @@ impl Worker {
                 bind_address: r.bind_address.clone(),
                 outlive: r.outlive_broker,
                 source: r.source_address.clone(),
+                read_only_fallback: r.read_only_fallback
+                    == crate::config::ReadOnlyFallback::Primary,
+                read_only_max_lag: r.read_only_max_lag_bytes,
                 ..RouterOptions::default()
             },
         );

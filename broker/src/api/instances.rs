@@ -195,6 +195,7 @@ pub(super) async fn provision(
                 raw: context.clone(),
             },
             port: 0,
+            read_only_port: None,
             path_name: Some(path_name.clone()),
             repository: st.config.repository.for_incarnation(path_name, incarnation),
             incarnation,

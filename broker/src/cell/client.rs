@@ -59,6 +59,9 @@ fn default_archive_timeout() -> u32 {
     60
 }
 
+/// The values of `synchronous_commit` a cell accepts in a [`NodeSpec`].
+pub const SYNCHRONOUS_COMMIT: &[&str] = &["on", "remote_write", "remote_apply"];
+
 /// What the broker asks a cell to run: one Patroni node of an instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +103,11 @@ pub struct NodeSpec {
     /// Patroni `synchronous_mode`.
     #[serde(default)]
     pub synchronous: bool,
+    /// PostgreSQL's `synchronous_commit` (`remote_apply`: a commit waits until the
+    /// synchronous standby applied it); absent: PostgreSQL's default (`on`), as in specs
+    /// written before it existed (so cells that do not know it keep accepting those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_commit: Option<String>,
     /// Address at which other cells and routers reach this cell.
     pub host: String,
     /// Hosts of the instance's other nodes (allowed to replicate).
@@ -329,6 +337,13 @@ impl NodeSpec {
     pub fn validate(&self) -> Result<(), String> {
         let spec = self;
         let bad = |m: &str| Err(m.to_string());
+        if spec
+            .synchronous_commit
+            .as_deref()
+            .is_some_and(|v| !SYNCHRONOUS_COMMIT.contains(&v))
+        {
+            return bad("synchronous_commit must be one of on, remote_write, remote_apply");
+        }
         if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
             return bad("instance_id must be 1 to 255 bytes without control characters");
         }
@@ -737,5 +752,18 @@ mod tests {
         );
         assert_eq!(spec.archive_timeout, 60);
         spec.validate().unwrap();
+        // synchronous_commit: absent from the spec when not set (what older cells accept),
+        // one of PostgreSQL's waiting values when set.
+        assert_eq!(spec.synchronous_commit, None);
+        assert!(serde_json::to_value(&spec)
+            .unwrap()
+            .get("synchronous_commit")
+            .is_none());
+        let mut s2 = spec.clone();
+        s2.synchronous_commit = Some("remote_apply".into());
+        s2.validate().unwrap();
+        s2.synchronous_commit = Some("off'; drop".into());
+        let e = s2.validate().unwrap_err();
+        assert!(e.contains("synchronous_commit"), "{e}");
     }
 }

@@ -29,8 +29,8 @@ mod validate;
 pub use duration::{parse_duration, HumanDuration};
 pub use schema::{
     BackupConfig, BrokerConfig, CellConfig, ClonesConfig, Credentials, DashboardConfig, EtcdConfig,
-    NodesConfig, PlanConfig, RepositoryConfig, RouterConfig, ServiceConfig, StateBackupConfig,
-    StatsConfig, WorkerConfig,
+    NodesConfig, PlanConfig, ReadOnlyFallback, RepositoryConfig, RouterConfig, ServiceConfig,
+    StateBackupConfig, StatsConfig, SynchronousCommit, WorkerConfig,
 };
 use secret::resolve_secret;
 

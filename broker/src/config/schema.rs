@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 use crate::secrets::Secret;
@@ -291,6 +291,27 @@ fn default_min_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
+/// `nodes.synchronous_commit`: how long a commit waits for the synchronous standby.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynchronousCommit {
+    /// Until the standby has flushed the commit's WAL (PostgreSQL's default).
+    #[default]
+    On,
+    /// Until the standby has applied it (read-your-writes on the standby).
+    RemoteApply,
+}
+
+impl SynchronousCommit {
+    /// PostgreSQL's name of the setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SynchronousCommit::On => "on",
+            SynchronousCommit::RemoteApply => "remote_apply",
+        }
+    }
+}
+
 /// Settings of every node the broker places (the same on all cells).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,6 +326,11 @@ pub struct NodesConfig {
     /// Patroni `synchronous_mode`: commits wait for a replica (no loss on failover).
     #[serde(default)]
     pub synchronous: bool,
+    /// PostgreSQL's `synchronous_commit` on every node, with `synchronous`: `on` (default:
+    /// a commit waits until the synchronous standby has flushed it) or `remote_apply` (until
+    /// it has applied it: a read on that standby right after the commit sees it).
+    #[serde(default)]
+    pub synchronous_commit: SynchronousCommit,
     /// Patroni leader key TTL in seconds (`loop_wait + 2 * retry_timeout <= ttl`).
     #[serde(default = "default_ttl")]
     pub ttl: u32,
@@ -349,6 +375,7 @@ impl Default for NodesConfig {
             walarchive: default_walarchive(),
             patroni_namespace: None,
             synchronous: false,
+            synchronous_commit: SynchronousCommit::default(),
             ttl: default_ttl(),
             loop_wait: default_loop_wait(),
             retry_timeout: default_retry_timeout(),
@@ -666,6 +693,30 @@ pub struct RouterConfig {
     /// it (default). `false` ties it to the broker process (single-machine mode).
     #[serde(default = "default_true")]
     pub outlive_broker: bool,
+    /// Where the read-only port sends connections when no replica is healthy: `primary`
+    /// (default: reads keep working, on the primary) or `none` (refused: reads never load
+    /// the primary).
+    #[serde(default)]
+    pub read_only_fallback: ReadOnlyFallback,
+    /// Replicas further behind the leader than this many bytes get no new read-only
+    /// connections (Patroni's `GET /replica?lag=`); 0: no limit. Default 16 MiB.
+    #[serde(default = "default_read_only_max_lag")]
+    pub read_only_max_lag_bytes: u64,
+}
+
+/// `router.read_only_fallback`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadOnlyFallback {
+    /// The primary serves the read-only port while no replica is healthy.
+    #[default]
+    Primary,
+    /// The read-only port refuses connections while no replica is healthy.
+    None,
+}
+
+fn default_read_only_max_lag() -> u64 {
+    16 << 20
 }
 
 fn default_true() -> bool {

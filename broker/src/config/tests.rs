@@ -273,3 +273,52 @@ fn the_state_backup_is_validated() {
     .to_string();
     assert!(e.contains("state_backup.min_interval"), "{e}");
 }
+
+#[test]
+fn read_only_routing_and_synchronous_commit() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "example").unwrap();
+    assert_eq!(c.router.read_only_fallback, ReadOnlyFallback::Primary);
+    assert_eq!(c.router.read_only_max_lag_bytes, 16 << 20);
+    assert_eq!(c.nodes.synchronous_commit, SynchronousCommit::On);
+    // Without the settings: the same defaults.
+    let bare: String = text
+        .lines()
+        .filter(|l| !l.starts_with("read_only_"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = BrokerConfig::parse(&bare, "x.toml").unwrap();
+    assert_eq!(c.router.read_only_fallback, ReadOnlyFallback::Primary);
+    assert_eq!(c.router.read_only_max_lag_bytes, 16 << 20);
+    let none = text.replace(
+        "read_only_fallback = \"primary\"",
+        "read_only_fallback = \"none\"",
+    );
+    let c = BrokerConfig::parse(&none, "x.toml").unwrap();
+    assert_eq!(c.router.read_only_fallback, ReadOnlyFallback::None);
+    let e = BrokerConfig::parse(
+        &text.replace(
+            "read_only_fallback = \"primary\"",
+            "read_only_fallback = \"replica\"",
+        ),
+        "x.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("read_only_fallback"), "{e}");
+    // remote_apply only means something with a synchronous standby.
+    let apply = text.replace(
+        "# synchronous_commit = \"on\"",
+        "synchronous_commit = \"remote_apply\"",
+    );
+    let e = BrokerConfig::parse(&apply, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nodes.synchronous_commit"), "{e}");
+    let c = BrokerConfig::parse(
+        &apply.replace("synchronous = false", "synchronous = true"),
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(c.nodes.synchronous_commit, SynchronousCommit::RemoteApply);
+}

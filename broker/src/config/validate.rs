@@ -313,6 +313,12 @@ impl BrokerConfig {
             return Err(invalid("backups.interval", "must be positive".into()));
         }
         let n = &self.nodes;
+        if n.synchronous_commit != super::SynchronousCommit::On && !n.synchronous {
+            return Err(invalid(
+                "nodes.synchronous_commit",
+                "only applies with nodes.synchronous = true (without a synchronous standby, a commit waits for nothing)".into(),
+            ));
+        }
         if n.loop_wait == 0 || n.loop_wait + 2 * n.retry_timeout > n.ttl {
             return Err(invalid(
                 "nodes.ttl",

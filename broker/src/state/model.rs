@@ -140,6 +140,12 @@ pub struct InstanceRecord {
     pub context: InstanceContext,
     /// The router port (reserved under `ports/<port>`).
     pub port: u16,
+    /// The read-only router port (reserved under `ports/<port>` like `port`), whose route
+    /// spreads connections over the hot standbys. Given by the worker
+    /// (`worker/routing.rs`), so absent from new records until then and from records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_port: Option<u16>,
     /// The instance's name in repository paths, Patroni's scope and HAProxy's configuration
     /// ([`crate::names::path_name`] of the id). Absent from records written before names
     /// existed, whose ids were used as they were ([`InstanceRecord::scope`]).
@@ -480,6 +486,23 @@ pub struct Credentials {
     pub username: String,
     /// Role password.
     pub password: String,
+    /// `postgres://user:password@host:read_only_port/name`: the router's read-only port
+    /// (hot standbys; the primary when none is healthy, unless the operator turned that
+    /// off). Absent when the instance had no read-only port at bind time, and from bindings
+    /// made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_uri: Option<String>,
+    /// The router's read-only port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_port: Option<u16>,
+    /// `postgresql://user:password@h1:p1,h2:p2/name?target_session_attrs=read-write`: the
+    /// nodes themselves, as placed at bind time, for clients that fail over without the
+    /// router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_multihost: Option<String>,
+    /// The JDBC form of `uri_multihost` (`targetServerType=primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jdbc_url_multihost: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -487,6 +510,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("hostname", &self.hostname)
             .field("port", &self.port)
+            .field("read_only_port", &self.read_only_port)
             .field("name", &self.name)
             .field("username", &self.username)
             .field("password", &"[redacted]")

@@ -132,12 +132,15 @@ impl Store {
                 (OperationKind::Deprovision, false) => InstanceState::Failed,
                 (OperationKind::Deprovision, true) => {
                     ni.deleted_at = Some(now);
-                    // Release the port if this instance still owns it (it should).
-                    let pk = self.port_key(ni.port);
-                    if let Some(kv) = self.etcd.get(pk.as_bytes()).await? {
-                        if kv.value == instance_id.as_bytes() {
-                            compares.push(Compare::mod_revision(pk.as_bytes(), kv.mod_revision));
-                            ops.push(TxnOp::delete(pk.as_bytes()));
+                    // Release the ports if this instance still owns them (it should).
+                    for port in std::iter::once(ni.port).chain(ni.read_only_port) {
+                        let pk = self.port_key(port);
+                        if let Some(kv) = self.etcd.get(pk.as_bytes()).await? {
+                            if kv.value == instance_id.as_bytes() {
+                                compares
+                                    .push(Compare::mod_revision(pk.as_bytes(), kv.mod_revision));
+                                ops.push(TxnOp::delete(pk.as_bytes()));
+                            }
                         }
                     }
                     ops.push(TxnOp::DeletePrefix(

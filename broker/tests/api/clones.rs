@@ -272,6 +272,7 @@ async fn clone_refusals_change_nothing() {
             raw: Value::Null,
         },
         port: 0,
+        read_only_port: None,
         path_name: Some("alien".into()),
         repository: format!("{}/alien", a.base()),
         incarnation: 1,

@@ -73,6 +73,10 @@ impl Binder for RecordingBinder {
                 name: "postgres".into(),
                 username: user,
                 password: pw,
+                read_only_uri: None,
+                read_only_port: None,
+                uri_multihost: None,
+                jdbc_url_multihost: None,
             })
         })
     }
