@@ -164,6 +164,10 @@ fn connect(st: &AppState, r: &InstanceRecord) -> Markup {
             h2 { "Connect" }
             p { "Router (always the leader): " code #router { (host) ":" (r.port) } }
             pre { "postgresql://USER@" (host) ":" (r.port) "/app" }
+            @if let Some(ro) = r.read_only_port {
+                p { "Read-only (the replicas, hot standby): " code #router-read-only { (host) ":" (ro) } }
+                pre { "postgresql://USER@" (host) ":" (ro) "/app" }
+            }
             p.muted { "USER and its password are a binding's (" code { "cf create-service-key" } "); the broker shows no password here." }
         }
     }

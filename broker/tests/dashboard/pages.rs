@@ -75,6 +75,13 @@ async fn the_operator_sees_what_postgresql_says() {
         "{router} vs {}",
         f.credentials
     );
+    // And the read-only port is the binding's too.
+    let read_only = b.text("#router-read-only").await;
+    assert!(
+        read_only.ends_with(&format!(":{}", f.credentials["read_only_port"])),
+        "{read_only} vs {}",
+        f.credentials
+    );
     // Database size within a few percent of pg_database_size.
     let size: f64 = b
         .find("#stat-size")
