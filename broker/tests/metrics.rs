@@ -592,3 +592,28 @@ async fn scenario() {
     );
     eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// The example alert rules are valid Prometheus rules, and each fires on the series it is
+/// meant for and not on healthy ones (`promtool`, from Debian's prometheus package, installed
+/// by `scripts/setup`).
+#[test]
+fn the_example_alert_rules_pass_promtool() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&docs)
+            .output()
+            .expect("run promtool (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
