@@ -290,12 +290,16 @@ mod tests {
         let step = chrono::Duration::seconds(60);
         {
             let store = SampleStore::open(&path, retention).unwrap();
-            // Ten hours of one sample a minute, for two instances.
-            for i in 0..600 {
-                let at = start + step * i;
-                let s = sample(at, f64::from(i % 10), 1.0, i as u64);
+            // Ten hours of one sample a minute, for two instances, written an hour at a time.
+            for hour in 0..10 {
+                let mut batch = Vec::new();
+                for i in hour * 60..(hour + 1) * 60 {
+                    let s = sample(start + step * i, f64::from(i % 10), 1.0, i as u64);
+                    batch.push(("a".to_string(), s.clone()));
+                    batch.push(("b".to_string(), s));
+                }
                 store
-                    .append(&[("a".into(), s.clone()), ("b".into(), s)], at)
+                    .append(&batch, start + step * ((hour + 1) * 60 - 1))
                     .unwrap();
             }
         }
