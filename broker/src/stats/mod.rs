@@ -68,19 +68,31 @@ impl Stats {
         }
     }
 
-    /// A handle over the samples file `[stats] dir`/[`FILE_NAME`] of `config`.
-    pub fn open(config: &crate::config::BrokerConfig) -> Result<Stats, StoreError> {
+    /// A handle over the samples file `[stats] dir`/[`FILE_NAME`] of `config`. When the file
+    /// cannot be opened (its directory is not writable, another broker process on this machine
+    /// holds it), the samples are kept in memory, with a warning: charts start empty after a
+    /// restart then, but `serve` does not fail for them.
+    pub fn open(config: &crate::config::BrokerConfig) -> Stats {
         let st = &config.stats;
         let path = st.dir(&config.router).join(FILE_NAME);
-        let store = SampleStore::open(
-            &path,
-            Retention {
-                full: st.full_retention.0,
-                coarse_interval: st.coarse_interval.0,
-                coarse: st.coarse_retention.0,
-            },
-        )?;
-        Ok(Stats::with_store(store))
+        let retention = Retention {
+            full: st.full_retention.0,
+            coarse_interval: st.coarse_interval.0,
+            coarse: st.coarse_retention.0,
+        };
+        match SampleStore::open(&path, retention) {
+            Ok(store) => Stats::with_store(store),
+            Err(e) => {
+                warn!(path = %path.display(), "{e}; the samples are kept in memory only");
+                match SampleStore::in_memory(retention) {
+                    Ok(store) => Stats::with_store(store),
+                    Err(e) => {
+                        warn!("{e}; no samples are kept");
+                        Stats::new()
+                    }
+                }
+            }
+        }
     }
 
     /// The latest snapshot of instance `id`.

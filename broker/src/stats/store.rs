@@ -132,6 +132,19 @@ impl SampleStore {
         Ok(SampleStore { db, retention })
     }
 
+    /// A store in memory only (its samples die with the process): what the broker samples
+    /// into when its file cannot be opened.
+    pub fn in_memory(retention: Retention) -> Result<SampleStore, StoreError> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(err)?;
+        let w = db.begin_write().map_err(err)?;
+        w.open_table(FULL).map_err(err)?;
+        w.open_table(COARSE).map_err(err)?;
+        w.commit().map_err(err)?;
+        Ok(SampleStore { db, retention })
+    }
+
     /// Appends one sample per instance (taken at `now`) and prunes those instances' series.
     pub fn append(
         &self,
@@ -323,5 +336,13 @@ mod tests {
         // A later prune (an instance no longer sampled) empties the file.
         store.prune(now + chrono::Duration::hours(7)).unwrap();
         assert!(store.series("b", start, now).unwrap().is_empty());
+        // A second opening of the file (another broker process) is refused: the broker then
+        // keeps its samples in memory.
+        assert!(SampleStore::open(&path, retention).is_err());
+        let memory = SampleStore::in_memory(retention).unwrap();
+        memory
+            .append(&[("a".into(), sample(now, 1.0, 1.0, 1))], now)
+            .unwrap();
+        assert_eq!(memory.series("a", start, now).unwrap().len(), 1);
     }
 }
