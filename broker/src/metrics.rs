@@ -265,16 +265,21 @@ pub fn render(plans: &[PlanConfig], stats: Option<&Stats>, instances: &[Instance
                 }
                 set(&archive_failed, a.failed_count as f64);
             }
-            if let Some(last) = stats
+            // The repository is read every few minutes; the worker records each backup it
+            // completes at once: the newer of the two dates the last backup.
+            let last = stats
                 .repository(&i.id)
-                .and_then(|r| r.backups.into_iter().next_back())
+                .and_then(|r| r.backups.into_iter().next_back());
+            if let Some(v) = last.as_ref().and_then(|b| b.bytes) {
+                set(&backup_bytes, v as f64);
+            }
+            if let Some(t) = last
+                .and_then(|b| b.stopped_at)
+                .into_iter()
+                .chain(i.last_backup_at)
+                .max()
             {
-                if let Some(t) = last.stopped_at {
-                    set(&backup_age, secs(t.0));
-                }
-                if let Some(v) = last.bytes {
-                    set(&backup_bytes, v as f64);
-                }
+                set(&backup_age, secs(t.0));
             }
             for n in s.nodes.iter().filter(|n| n.role == "replica") {
                 let nl = NodeLabels {
@@ -469,6 +474,56 @@ mod tests {
         );
         assert!(value("walarchive_instance_nodes", &[("instance_id", "i2")]).is_empty());
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // The last backup: its size from the repository, its age from the newer of the
+        // repository's newest and the worker's record.
+        let ago = |s: i64| Timestamp(Utc::now() - chrono::Duration::seconds(s));
+        stats.set_repository(
+            "i1",
+            crate::stats::RepositoryState {
+                backups: vec![crate::stats::BackupSummary {
+                    name: "b1".into(),
+                    started_at: Some(ago(1100)),
+                    stopped_at: Some(ago(1000)),
+                    bytes: Some(12345),
+                    duration_seconds: Some(100.0),
+                    node: None,
+                }],
+                window: None,
+                computed_at: ago(0),
+                error: None,
+            },
+        );
+        let mut r = record("i1", "orders");
+        let age = |r: &InstanceRecord| {
+            let text = render(&plans, Some(&stats), std::slice::from_ref(r));
+            let scrape =
+                prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+            let get = |name: &str| {
+                scrape
+                    .samples
+                    .iter()
+                    .find(|s| s.metric == name)
+                    .map(|s| match s.value {
+                        prometheus_parse::Value::Gauge(v) => v,
+                        _ => f64::NAN,
+                    })
+            };
+            (
+                get("walarchive_instance_last_backup_age_seconds").unwrap(),
+                get("walarchive_instance_last_backup_bytes").unwrap(),
+            )
+        };
+        let (a, bytes) = age(&r);
+        assert!(
+            (999.0..1002.0).contains(&a) && bytes == 12345.0,
+            "{a} {bytes}"
+        );
+        r.last_backup_at = Some(ago(100));
+        let (a, _) = age(&r);
+        assert!((99.0..102.0).contains(&a), "{a}");
+        r.last_backup_at = Some(ago(5000));
+        let (a, _) = age(&r);
+        assert!((999.0..1002.0).contains(&a), "{a}");
         // A platform name that tries to break out of its label stays inside it, escaped (the
         // test parser does not unescape: the text is read as it is).
         let text = render(&plans, Some(&stats), &[record("i1", hostile)]);
