@@ -205,6 +205,11 @@ pub fn render(plans: &[PlanConfig], stats: Option<&Stats>, instances: &[Instance
         "instance_transactions_per_second",
         "Commits and rollbacks per second on the leader between the last two samples",
     );
+    let cache_hit = gauge::<InstanceLabels>(
+        &mut reg,
+        "instance_cache_hit_ratio",
+        "Share of block reads served from shared buffers on the leader between the last two samples",
+    );
     let sample_age = gauge::<InstanceLabels>(
         &mut reg,
         "instance_sample_age_seconds",
@@ -315,6 +320,9 @@ pub fn render(plans: &[PlanConfig], stats: Option<&Stats>, instances: &[Instance
             }
             if let Some(v) = s.tps {
                 set(&tps, v);
+            }
+            if let Some(v) = s.cache_hit_ratio {
+                set(&cache_hit, v);
             }
             set(&sample_age, secs(s.at.0));
         }
@@ -459,6 +467,7 @@ mod tests {
             &[("node", "n0")]
         )
         .is_empty());
+        assert_eq!(value("walarchive_instance_cache_hit_ratio", &i1), [0.99]);
         assert_eq!(
             value("walarchive_instance_database_bytes", &i1),
             [1048576.0]
