@@ -280,7 +280,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         state.leader_wal = Some(binder.clone());
         state.cell_majors = Some(binder);
         let sampler = if state.config.stats.enabled {
-            let stats = Stats::open(&state.config).context("open the samples file ([stats] dir)")?;
+            let stats = Stats::open(&state.config);
             state.stats = Some(stats.clone());
             Some(
                 Sampler::new(state.config.clone(), store.clone(), stats)

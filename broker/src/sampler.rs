@@ -1,7 +1,8 @@
 //! The sampler: a task of `walarchive-broker serve` that every `[stats] sample_interval` asks
 //! the cells for the statistics of every running instance's nodes and publishes what it found
 //! through [`crate::stats::Stats`] (the latest snapshots in memory, a sample per instance in
-//! the samples file), reads the instances' repositories every `repository_interval`, and the
+//! the samples file), reads the instances' repositories every `repository_interval` (and in
+//! the next round after the record changed: a backup completed, an operation ended), and the
 //! cells' load.
 //!
 //! Why here and not in `stats`: this is the part that talks to the cells (their client
@@ -24,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::cell::{CellClient, ClientError};
 use crate::config::BrokerConfig;
-use crate::state::{InstanceRecord, InstanceState, Store};
+use crate::state::{InstanceRecord, InstanceState, Store, Timestamp};
 use crate::stats::{CellLoad, Stats};
 use derive::NodeAnswer;
 pub use derive::{archive_state, increase, rates, Counters};
@@ -67,8 +68,9 @@ pub struct Sampler {
     cells: BTreeMap<String, Cell>,
     /// The leader's counters at the previous round, by instance.
     counters: HashMap<String, Counters>,
-    /// When each instance's repository was last read.
-    repository_read: HashMap<String, Instant>,
+    /// When each instance's repository was last read, and the record's last backup and last
+    /// change then (a change, e.g. a backup completed, has it read again at once).
+    repository_read: HashMap<String, (Instant, RecordMark)>,
     /// Repository readings in flight (at most `concurrency`).
     readings: Arc<tokio::sync::Semaphore>,
 }
@@ -79,6 +81,19 @@ impl std::fmt::Debug for Sampler {
             .field("cells", &self.cells.len())
             .finish_non_exhaustive()
     }
+}
+
+/// What of an instance record has its repository read again: its last backup and last change.
+type RecordMark = (Option<Timestamp>, Timestamp);
+
+/// Whether an instance's repository is read in this round: never read, read `interval` ago,
+/// or its record changed since.
+fn repository_due(
+    last: Option<&(Instant, RecordMark)>,
+    mark: &RecordMark,
+    interval: Duration,
+) -> bool {
+    last.is_none_or(|(t, m)| t.elapsed() >= interval || m != mark)
 }
 
 /// Whether the sampler asks for an instance's nodes: its cluster runs (also during an update,
@@ -215,12 +230,15 @@ impl Sampler {
         let stats = self.stats.clone();
         let _ = tokio::task::spawn_blocking(move || stats.record(&samples)).await;
         for i in live {
-            let due = self
-                .repository_read
-                .get(&i.id)
-                .is_none_or(|t| t.elapsed() >= self.config.stats.repository_interval.0);
+            let mark = (i.last_backup_at, i.updated_at);
+            let due = repository_due(
+                self.repository_read.get(&i.id),
+                &mark,
+                self.config.stats.repository_interval.0,
+            );
             if due || forced.contains(&i.id) {
-                self.repository_read.insert(i.id.clone(), Instant::now());
+                self.repository_read
+                    .insert(i.id.clone(), (Instant::now(), mark));
                 self.read_repository(i.clone());
             }
         }
@@ -272,5 +290,25 @@ impl Sampler {
             }
         });
         futures::future::join_all(asks).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_is_read_when_due_or_when_its_record_changed() {
+        let hour = Duration::from_secs(3600);
+        let t = Timestamp::now();
+        let mark: RecordMark = (None, t);
+        assert!(repository_due(None, &mark, hour));
+        let read = (Instant::now(), mark);
+        assert!(!repository_due(Some(&read), &mark, hour));
+        assert!(repository_due(Some(&read), &mark, Duration::ZERO));
+        // A backup completed, or an operation ended, since.
+        assert!(repository_due(Some(&read), &(Some(t), t), hour));
+        let later = Timestamp(t.0 + chrono::Duration::seconds(1));
+        assert!(repository_due(Some(&read), &(None, later), hour));
     }
 }

@@ -145,6 +145,46 @@ async fn roles(cells: &[&Cell]) -> Option<((usize, String, u16), Vec<(usize, Str
     Some((leader?, replicas))
 }
 
+/// A Patroni switchover from `leader` (on `cell`) to `candidate` through the leader's REST API,
+/// retried until Patroni accepts it; returns once the candidate leads.
+async fn switchover(cell: &Cell, leader: &str, candidate: &str, diag: &dyn Fn() -> String) {
+    let node: Value = serde_json::from_slice(
+        &std::fs::read(cell.data_root.join(leader).join("node.json")).unwrap(),
+    )
+    .unwrap();
+    let password = node["restapi_password"].as_str().unwrap().to_string();
+    let port = node["ports"]["api_port"].as_u64().unwrap();
+    let api = format!("http://127.0.0.1:{port}/switchover");
+    let http = reqwest::Client::new();
+    // Patroni refuses a switchover to a replica it does not deem healthy yet: retried.
+    wait_for(
+        "Patroni accepts the switchover",
+        Duration::from_secs(30),
+        || async {
+            let r = http
+                .post(&api)
+                .basic_auth(walarchive_broker::patroni::RESTAPI_USER, Some(&password))
+                .header("Content-Type", "application/json")
+                .body(json!({"leader": leader, "candidate": candidate}).to_string())
+                .send()
+                .await
+                .ok()?;
+            if r.status().is_success() {
+                return Some(());
+            }
+            eprintln!(
+                "switchover: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        },
+        diag,
+    )
+    .await;
+}
+
 /// Every directory under `dir` (and itself) writable by its owner or not.
 fn writable(dir: &Path, yes: bool) {
     let mode = if yes { 0o750 } else { 0o550 };
@@ -530,6 +570,93 @@ async fn scenario() {
     .await;
     eprintln!("archive lag checked at {:.1} s", t0.elapsed().as_secs_f64());
 
+    // --- A switchover: the roles change in /metrics and Patroni's history counts it.
+    assert_eq!(
+        http.metrics()
+            .await
+            .unwrap()
+            .instance("walarchive_instance_leader_changes_total"),
+        Some(0.0)
+    );
+    switchover(cells[lk], &leader, &replica, &diag).await;
+    wait_for(
+        "the switchover in /metrics",
+        Duration::from_secs(60),
+        || async {
+            let m = http.metrics().await?;
+            (m.instance("walarchive_instance_leader_changes_total")? == 1.0
+                && m.instance("walarchive_instance_has_leader")? == 1.0
+                && m.get(
+                    "walarchive_instance_replication_lag_bytes",
+                    &[("instance_id", ID), ("node", &leader)],
+                )
+                .is_some()
+                && m.get(
+                    "walarchive_instance_replication_lag_bytes",
+                    &[("instance_id", ID), ("node", &replica)],
+                )
+                .is_none())
+            .then_some(())
+        },
+        diag,
+    )
+    .await;
+    eprintln!("switchover checked at {:.1} s", t0.elapsed().as_secs_f64());
+
+    // --- A cell that hangs (SIGSTOP): its node is unknown, the other is still sampled every
+    // round (each round waits at most cell_timeout for it), and all is back once it answers.
+    let hung = cells[lk];
+    let signal = |sig: &str| {
+        let pid = hung.pid().expect("the cell runs").to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let hung_name = hung.name.clone();
+    let m = wait_for(
+        "the hung cell's node unknown",
+        Duration::from_secs(30),
+        || async {
+            let m = http.metrics().await?;
+            (m.instance("walarchive_instance_nodes_up")? == 1.0
+                && m.get("walarchive_cell_up", &[("cell", &hung_name)])? == 0.0)
+                .then_some(m)
+        },
+        diag,
+    )
+    .await;
+    assert_eq!(m.instance("walarchive_instance_has_leader"), Some(1.0));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let age = http
+            .metrics()
+            .await
+            .unwrap()
+            .instance("walarchive_instance_sample_age_seconds")
+            .unwrap();
+        assert!(
+            age < 8.0,
+            "sampling goes on beside a hung cell (last sample {age} s ago)"
+        );
+    }
+    signal("-CONT");
+    wait_for(
+        "the cell answering again",
+        Duration::from_secs(30),
+        || async {
+            let m = http.metrics().await?;
+            (m.instance("walarchive_instance_nodes_up")? == 2.0
+                && m.get("walarchive_cell_up", &[("cell", &hung_name)])? == 1.0)
+                .then_some(())
+        },
+        diag,
+    )
+    .await;
+    eprintln!("hung cell checked at {:.1} s", t0.elapsed().as_secs_f64());
+
     // --- The samples survive the broker: killed, started again, both lives' samples read.
     let killed_at = chrono::Utc::now();
     broker.kill().unwrap();
@@ -591,4 +718,29 @@ async fn scenario() {
         "samples about one a second"
     );
     eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The example alert rules are valid Prometheus rules, and each fires on the series it is
+/// meant for and not on healthy ones (`promtool`, from Debian's prometheus package, installed
+/// by `scripts/setup`).
+#[test]
+fn the_example_alert_rules_pass_promtool() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&docs)
+            .output()
+            .expect("run promtool (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

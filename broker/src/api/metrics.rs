@@ -39,7 +39,7 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
             .into_response();
         }
     };
-    let text = crate::metrics::render(&st.config, st.stats.as_ref(), &instances);
+    let text = crate::metrics::render(&st.config.service.plans, st.stats.as_ref(), &instances);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 

@@ -322,3 +322,56 @@ fn read_only_routing_and_synchronous_commit() {
     .unwrap();
     assert_eq!(c.nodes.synchronous_commit, SynchronousCommit::RemoteApply);
 }
+
+/// `[stats]`: the example's values load, the samples file defaults to HAProxy's directory, and
+/// intervals and retentions that contradict each other are refused naming the setting.
+#[test]
+fn the_stats_settings_are_validated() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "x").unwrap();
+    let s = &c.stats;
+    assert!(s.enabled);
+    assert_eq!(s.sample_interval.0, Duration::from_secs(15));
+    assert_eq!(s.full_retention.0, Duration::from_secs(48 * 3600));
+    assert_eq!(s.coarse_interval.0, Duration::from_secs(600));
+    assert_eq!(s.coarse_retention.0, Duration::from_secs(30 * 86400));
+    assert_eq!(
+        s.dir(&c.router),
+        c.router.haproxy_config.parent().unwrap().to_path_buf()
+    );
+    // Without the section: the same defaults.
+    let start = text.find("[stats]").unwrap();
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |e| start + 1 + e);
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    let d = BrokerConfig::parse(&without, "x").unwrap().stats;
+    assert_eq!(
+        (d.sample_interval.0, d.concurrency, d.repository_interval.0),
+        (s.sample_interval.0, s.concurrency, s.repository_interval.0)
+    );
+    for (from, to, setting) in [
+        (
+            "sample_interval = \"15s\"",
+            "sample_interval = \"0s\"",
+            "stats.sample_interval",
+        ),
+        ("concurrency = 8", "concurrency = 0", "stats.concurrency"),
+        (
+            "coarse_interval = \"10m\"",
+            "coarse_interval = \"5s\"",
+            "stats.coarse_interval",
+        ),
+        (
+            "coarse_retention = \"30d\"",
+            "coarse_retention = \"1h\"",
+            "stats.coarse_retention",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = BrokerConfig::parse(&text.replace(from, to), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting), "{e}");
+    }
+}

@@ -68,19 +68,31 @@ impl Stats {
         }
     }
 
-    /// A handle over the samples file `[stats] dir`/[`FILE_NAME`] of `config`.
-    pub fn open(config: &crate::config::BrokerConfig) -> Result<Stats, StoreError> {
+    /// A handle over the samples file `[stats] dir`/[`FILE_NAME`] of `config`. When the file
+    /// cannot be opened (its directory is not writable, another broker process on this machine
+    /// holds it), the samples are kept in memory, with a warning: charts start empty after a
+    /// restart then, but `serve` does not fail for them.
+    pub fn open(config: &crate::config::BrokerConfig) -> Stats {
         let st = &config.stats;
         let path = st.dir(&config.router).join(FILE_NAME);
-        let store = SampleStore::open(
-            &path,
-            Retention {
-                full: st.full_retention.0,
-                coarse_interval: st.coarse_interval.0,
-                coarse: st.coarse_retention.0,
-            },
-        )?;
-        Ok(Stats::with_store(store))
+        let retention = Retention {
+            full: st.full_retention.0,
+            coarse_interval: st.coarse_interval.0,
+            coarse: st.coarse_retention.0,
+        };
+        match SampleStore::open(&path, retention) {
+            Ok(store) => Stats::with_store(store),
+            Err(e) => {
+                warn!(path = %path.display(), "{e}; the samples are kept in memory only");
+                match SampleStore::in_memory(retention) {
+                    Ok(store) => Stats::with_store(store),
+                    Err(e) => {
+                        warn!("{e}; no samples are kept");
+                        Stats::new()
+                    }
+                }
+            }
+        }
     }
 
     /// The latest snapshot of instance `id`.
@@ -191,4 +203,76 @@ impl Stats {
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(id: &str) -> InstanceSnapshot {
+        InstanceSnapshot {
+            instance_id: id.into(),
+            at: crate::state::Timestamp::now(),
+            leader: None,
+            nodes: Vec::new(),
+            archive: None,
+            database_bytes: None,
+            total_database_bytes: None,
+            connections: None,
+            max_connections: None,
+            tps: None,
+            cache_hit_ratio: None,
+            failovers: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// A refresh asked before the sampler waits is not lost, and asked twice is done once.
+    #[tokio::test]
+    async fn refreshes_wake_the_sampler_once_per_instance() {
+        let stats = Stats::new();
+        stats.refresh("a");
+        stats.refresh("b");
+        stats.refresh("a");
+        tokio::time::timeout(std::time::Duration::from_secs(1), stats.refresh_asked())
+            .await
+            .expect("woken by the refreshes asked before");
+        assert_eq!(stats.take_refresh(), ["a", "b"]);
+        assert!(stats.take_refresh().is_empty());
+    }
+
+    /// Publishing replaces the snapshots and forgets instances no longer sampled (and their
+    /// repository facts); without a samples file the series are empty.
+    #[test]
+    fn publish_forgets_instances_no_longer_sampled() {
+        let stats = Stats::new();
+        stats.publish(
+            vec![snapshot("a"), snapshot("b")],
+            &["a".into(), "b".into()],
+        );
+        stats.set_repository(
+            "b",
+            RepositoryState {
+                backups: Vec::new(),
+                window: None,
+                computed_at: crate::state::Timestamp::now(),
+                error: None,
+            },
+        );
+        assert_eq!(stats.all_latest().len(), 2);
+        assert!(stats.repository("b").is_some());
+        stats.publish(vec![snapshot("a")], &["a".into()]);
+        assert_eq!(
+            stats
+                .all_latest()
+                .iter()
+                .map(|s| s.instance_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert!(stats.latest("b").is_none() && stats.repository("b").is_none());
+        assert!(stats
+            .series("a", chrono::Utc::now() - chrono::Duration::hours(1))
+            .is_empty());
+    }
 }

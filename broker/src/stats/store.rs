@@ -132,6 +132,19 @@ impl SampleStore {
         Ok(SampleStore { db, retention })
     }
 
+    /// A store in memory only (its samples die with the process): what the broker samples
+    /// into when its file cannot be opened.
+    pub fn in_memory(retention: Retention) -> Result<SampleStore, StoreError> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(err)?;
+        let w = db.begin_write().map_err(err)?;
+        w.open_table(FULL).map_err(err)?;
+        w.open_table(COARSE).map_err(err)?;
+        w.commit().map_err(err)?;
+        Ok(SampleStore { db, retention })
+    }
+
     /// Appends one sample per instance (taken at `now`) and prunes those instances' series.
     pub fn append(
         &self,
@@ -290,12 +303,16 @@ mod tests {
         let step = chrono::Duration::seconds(60);
         {
             let store = SampleStore::open(&path, retention).unwrap();
-            // Ten hours of one sample a minute, for two instances.
-            for i in 0..600 {
-                let at = start + step * i;
-                let s = sample(at, f64::from(i % 10), 1.0, i as u64);
+            // Ten hours of one sample a minute, for two instances, written an hour at a time.
+            for hour in 0..10 {
+                let mut batch = Vec::new();
+                for i in hour * 60..(hour + 1) * 60 {
+                    let s = sample(start + step * i, f64::from(i % 10), 1.0, i as u64);
+                    batch.push(("a".to_string(), s.clone()));
+                    batch.push(("b".to_string(), s));
+                }
                 store
-                    .append(&[("a".into(), s.clone()), ("b".into(), s)], at)
+                    .append(&batch, start + step * ((hour + 1) * 60 - 1))
                     .unwrap();
             }
         }
@@ -319,5 +336,13 @@ mod tests {
         // A later prune (an instance no longer sampled) empties the file.
         store.prune(now + chrono::Duration::hours(7)).unwrap();
         assert!(store.series("b", start, now).unwrap().is_empty());
+        // A second opening of the file (another broker process) is refused: the broker then
+        // keeps its samples in memory.
+        assert!(SampleStore::open(&path, retention).is_err());
+        let memory = SampleStore::in_memory(retention).unwrap();
+        memory
+            .append(&[("a".into(), sample(now, 1.0, 1.0, 1))], now)
+            .unwrap();
+        assert_eq!(memory.series("a", start, now).unwrap().len(), 1);
     }
 }

@@ -84,7 +84,8 @@ pub struct ArchiveState {
     pub last_failed_wal: Option<String>,
     /// When that failed.
     pub last_failed_at: Option<Timestamp>,
-    /// Archive lag: the current worst-case data loss in seconds (see the `stats` module).
+    /// Archive lag in seconds: the age of the oldest completed WAL segment not yet archived, 0
+    /// when all are (the current worst-case data loss; `sampler::derive`, docs/metrics.md).
     pub lag_seconds: Option<f64>,
     /// Seconds since the last segment was archived (grows on an idle server too).
     pub last_archived_age_seconds: Option<f64>,
