@@ -44,13 +44,14 @@ mod config;
 mod error;
 mod restore;
 mod server;
+mod stats;
 mod supervise;
 mod wal;
 
 pub use binder::CellBinder;
 pub use client::{
     valid_node_name, BackupOutcome, BootstrapSpec, BootstrapTarget, CellClient, CellReport,
-    ClientError, NodePorts, NodeSpec, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
+    ClientError, NodePorts, NodeSpec, NodeStats, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
 };
 pub use config::{CellConfig, MajorBin, PostgresqlConfig, TOKEN_ENV};
 use config::{SOCKET_NAME_MAX, SOCKET_PATH_MAX};
@@ -223,6 +224,13 @@ impl Agent {
                     .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
             })
             .clone();
+        let nodes: Vec<NodePorts> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .map(|n| n.record().ports)
+            .collect();
         CellReport {
             majors: self
                 .config
@@ -232,6 +240,15 @@ impl Agent {
                 .collect(),
             unnamed_major: self.config.unnamed_major,
             patroni,
+            nodes: Some(nodes.len() as u32),
+            free_ports: self.config.ports.map(|[min, max]| {
+                let held = nodes
+                    .iter()
+                    .flat_map(|p| [p.pg_port, p.api_port])
+                    .filter(|p| (min..=max).contains(p))
+                    .count() as u32;
+                (u32::from(max - min) + 1).saturating_sub(held)
+            }),
         }
     }
 

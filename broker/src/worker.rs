@@ -524,6 +524,12 @@ impl Inner {
                     .await
                 {
                     Ok(_) => {
+                        let kind = serde_json::to_value(op.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        let took = (chrono::Utc::now() - op.started_at.0).num_milliseconds();
+                        crate::metrics::operation_finished(&kind, succeeded, took as f64 / 1000.0);
                         if succeeded {
                             info!(instance = %op.instance_id, operation = %op.id,
                                   "{}", outcome.description);

@@ -20,8 +20,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
     until_swapped, CreateInstance, Incarnation, InstanceContext, InstanceRecord, InstanceState,
-    OperationKind, OperationRecord, OperationRequest, OperationState, Parameters, RestoreRecord,
-    Round, Timestamp,
+    OperationKind, OperationRecord, OperationRequest, OperationState, Parameters, Round, Timestamp,
 };
 
 /// The body of a provision (`PUT /v2/service_instances/:id`).
@@ -45,20 +44,17 @@ pub(super) struct UpdateRequest {
     parameters: Option<Value>,
 }
 
-/// The `202` of a provision: the operation, and for a clone what it copies (OSB 2.16
-/// `metadata`).
-fn provision_accepted(operation: &str, restore: Option<&RestoreRecord>) -> Response {
-    match restore {
-        None => accepted(operation),
-        Some(r) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "operation": operation,
-                "metadata": { "attributes": { "clone_of": clone::clone_of(r) } },
-            })),
-        )
-            .into_response(),
+/// The `202` of a provision: the operation, the instance's `dashboard_url`, and for a clone
+/// what it copies (OSB 2.16 `metadata`).
+fn provision_accepted(st: &AppState, operation: &str, record: &InstanceRecord) -> Response {
+    let mut body = json!({
+        "operation": operation,
+        "dashboard_url": crate::dashboard::dashboard_url(&st.config, record),
+    });
+    if let Some(r) = &record.restore {
+        body["metadata"] = json!({ "attributes": { "clone_of": clone::clone_of(r) } });
     }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 pub(super) async fn provision(
@@ -118,13 +114,16 @@ pub(super) async fn provision(
             return match i.state {
                 InstanceState::Provisioning => match op {
                     Some(op) if op.value.kind == OperationKind::Provision => {
-                        Ok(provision_accepted(&op.value.id, i.restore.as_ref()))
+                        Ok(provision_accepted(st, &op.value.id, i))
                     }
                     _ => Err(ApiError::concurrency(
                         "Another operation for this service instance is in progress.",
                     )),
                 },
-                InstanceState::Ready | InstanceState::Updating => Ok(ok_empty()),
+                InstanceState::Ready | InstanceState::Updating => Ok(Json(json!({
+                    "dashboard_url": crate::dashboard::dashboard_url(&st.config, i),
+                }))
+                .into_response()),
                 InstanceState::Deprovisioning => Err(ApiError::concurrency(
                     "This service instance is being deprovisioned.",
                 )),
@@ -210,6 +209,7 @@ pub(super) async fn provision(
             purging: None,
             purged: None,
             final_lsn: None,
+            dashboard_generation: 0,
             postgresql_major: Some(major),
         };
         let description = match &record.restore {
@@ -252,8 +252,9 @@ pub(super) async fn provision(
                       "provision accepted");
                 st.wake_worker();
                 return Ok(Round::Done(provision_accepted(
+                    st,
                     &operation.value.id,
-                    instance.value.restore.as_ref(),
+                    &instance.value,
                 )));
             }
             // Created or deleted meanwhile: decide again.
@@ -659,6 +660,7 @@ pub(super) async fn fetch_instance(
                 "service_id": i.service_id,
                 "plan_id": i.plan_id,
                 "parameters": provisioned_parameters(&i),
+                "dashboard_url": crate::dashboard::dashboard_url(&st.config, &i),
                 "metadata": { "attributes": attributes },
             }))
             .into_response())

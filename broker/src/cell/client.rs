@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::http::header;
 use serde::{Deserialize, Serialize};
 
+pub use super::stats::{ArchiverStats, HistoryEntry, NodeStats, ReplicationStats};
 use crate::binder::RoleRequest;
 use crate::patroni::bootstrap::BACKUP_NAME_MAX;
 pub use crate::patroni::bootstrap::{BootstrapSpec, BootstrapTarget};
@@ -131,6 +132,12 @@ pub struct CellReport {
     /// What `patroni --version` said (`patroni 4.1.5`), when it could be run.
     #[serde(default)]
     pub patroni: Option<String>,
+    /// Nodes the cell runs (none from agents before the dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Ports of its `ports` range no node holds (none: no range, or an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_ports: Option<u32>,
 }
 
 impl CellReport {
@@ -479,7 +486,7 @@ impl CellClient {
             return Ok(CellReport {
                 majors: BTreeMap::from([(legacy.to_string(), String::new())]),
                 unnamed_major: legacy,
-                patroni: None,
+                ..CellReport::default()
             });
         }
         Self::decode("cell report", &bytes)
@@ -612,6 +619,16 @@ impl CellClient {
     /// Where node `name`'s WAL is (its current LSN, where recovery stopped).
     pub async fn wal(&self, name: &str) -> Result<WalPosition, ClientError> {
         self.node_call(reqwest::Method::GET, name, "wal", Duration::from_secs(30))
+            .await
+    }
+
+    /// The statistics of node `name` (`GET /v1/nodes/{name}/stats`), within `timeout`.
+    pub async fn node_stats(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<NodeStats, ClientError> {
+        self.node_call(reqwest::Method::GET, name, "stats", timeout)
             .await
     }
 

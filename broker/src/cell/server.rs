@@ -174,6 +174,13 @@ async fn node_wal(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String
     }
 }
 
+async fn node_stats(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.node_stats(&name).await {
+        Ok(s) => json_response(&s),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn switch_wal(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
     match agent.switch_wal(&name).await {
         Ok(w) => json_response(&w),
@@ -242,6 +249,7 @@ pub(super) fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/nodes/{name}/backup", post(backup_node))
         .route("/v1/nodes/{name}/switchover", post(switchover))
         .route("/v1/nodes/{name}/wal", get(node_wal))
+        .route("/v1/nodes/{name}/stats", get(node_stats))
         .route("/v1/nodes/{name}/switch-wal", post(switch_wal))
         .route("/v1/nodes/{name}/push-history", post(push_history))
         .route("/v1/nodes/{name}/login-roles", get(login_roles))

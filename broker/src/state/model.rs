@@ -196,6 +196,15 @@ pub struct InstanceRecord {
     /// majors: those instances run 15 ([`InstanceRecord::major`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgresql_major: Option<u32>,
+    /// The generation of the instance's dashboard link (`dashboard-link --rotate` increments
+    /// it): the link is a MAC of the id and this number ([`crate::dashboard`]), so a rotation
+    /// invalidates the old link and its sessions without storing any secret. Absent: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dashboard_generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn first_incarnation() -> u32 {

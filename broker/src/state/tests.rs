@@ -45,6 +45,7 @@ fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
             purging: None,
             purged: None,
             final_lsn: None,
+            dashboard_generation: 0,
             postgresql_major: None,
             last_backup_at: None,
             state: InstanceState::Provisioning,

@@ -286,6 +286,7 @@ async fn clone_refusals_change_nothing() {
         purging: None,
         purged: None,
         final_lsn: None,
+        dashboard_generation: 0,
         postgresql_major: None,
     };
     let op = OperationRecord::new(

@@ -92,6 +92,13 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium session; `test` names the artifacts'
     /// directory (use the test function's name).
     pub async fn start(test: &str) -> Browser {
+        Browser::start_with(test, &[]).await
+    }
+
+    /// [`Browser::start`] with `extra` Chromium flags (e.g. the dashboard's tests trust the
+    /// broker's throwaway certificate with `--ignore-certificate-errors-spki-list=<its key's
+    /// hash>`, which exempts that key only).
+    pub async fn start_with(test: &str, extra: &[String]) -> Browser {
         let profile = tempfile::Builder::new()
             .prefix("walarchive-chromium-")
             .tempdir_in("/tmp")
@@ -145,6 +152,7 @@ impl Browser {
                 json!({
                     "binary": CHROMIUM,
                     "args": FLAGS.iter().map(|f| f.to_string())
+                        .chain(extra.iter().cloned())
                         .chain([format!("--user-data-dir={}", profile.path().join("profile").display())])
                         .collect::<Vec<_>>(),
                 }),
