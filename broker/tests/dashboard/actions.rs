@@ -1,5 +1,5 @@
 //! What the instance page's action forms do, in Chromium, through their confirmation step:
-//! a backup taken from the page is listed on it, and a switchover from the page changes the
+//! a backup taken from the page is listed on it with the node that took it (the leader), and a switchover from the page changes the
 //! roles the page shows (and PostgreSQL reports).
 //!
 //! On an instance of its own (two nodes, provisioned here through the broker's OSB API): the
@@ -144,6 +144,17 @@ async fn backup_and_switchover_from_the_instance_page() {
     .await;
     let after = data(&b, "#backups tbody tr[data-backup]", "backup").await;
     assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+    // Taken on the leader, which the page names.
+    let leader = data(&b, "#nodes tbody tr[data-role=leader]", "node").await;
+    // (The listing may come a moment before the backup log names the node.)
+    let took = b
+        .wait_text(
+            &format!("#backups tbody tr[data-backup=\"{name}\"] td:last-child"),
+            Duration::from_secs(30),
+            |t| t != "–",
+        )
+        .await;
+    assert_eq!(vec![took], leader);
     b.screenshot("after-backup").await;
 
     // --- A switchover to the replica the page offers. ---
@@ -151,7 +162,6 @@ async fn backup_and_switchover_from_the_instance_page() {
     let [replica] = replica.as_slice() else {
         b.fail(format!("one replica expected: {replica:?}")).await;
     };
-    let leader = data(&b, "#nodes tbody tr[data-role=leader]", "node").await;
     act(
         &b,
         "#action-switchover",
