@@ -247,16 +247,22 @@ impl Sampler {
     /// Reads `inst`'s repository in a task of its own (a slow archive does not hold up the
     /// rounds), at most `concurrency` at once.
     fn read_repository(&self, inst: InstanceRecord) {
-        let (config, stats, sem) = (
+        let (config, stats, sem, store) = (
             self.config.clone(),
             self.stats.clone(),
             self.readings.clone(),
+            self.store.clone(),
         );
         tokio::spawn(async move {
             let Ok(_permit) = sem.acquire_owned().await else {
                 return;
             };
-            let r = repository::read(&config, &inst).await;
+            let mut r = repository::read(&config, &inst).await;
+            // Which node took each backup: the broker's backup log (the manifests do not say).
+            match store.backup_log(&inst.id).await {
+                Ok(log) => repository::name_nodes(&mut r, &log),
+                Err(e) => warn!(instance = %inst.id, "cannot read the backup log: {e}"),
+            }
             stats.set_repository(&inst.id, r);
         });
     }

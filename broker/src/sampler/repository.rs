@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tracing::warn;
 
 use crate::config::BrokerConfig;
-use crate::state::{InstanceRecord, Timestamp};
+use crate::state::{BackupEntry, InstanceRecord, Timestamp};
 use crate::stats::{BackupSummary, RepositoryState, RestorableWindow};
 use crate::windows::WindowError;
 
@@ -19,6 +19,15 @@ fn time(text: &str) -> Option<Timestamp> {
     DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| Timestamp(t.with_timezone(&Utc)))
+}
+
+/// Names the node that took each of `state`'s backups the broker's backup log lists.
+pub fn name_nodes(state: &mut RepositoryState, log: &[BackupEntry]) {
+    for b in &mut state.backups {
+        if let Some(e) = log.iter().find(|e| e.name == b.name) {
+            b.node = Some(e.node.clone());
+        }
+    }
 }
 
 /// Reads instance `inst`'s repository; failures become a sentence in `error` (the details go

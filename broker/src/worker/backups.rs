@@ -156,9 +156,39 @@ impl Inner {
         Ok((name, leader.name.clone()))
     }
 
+    /// A first backup (of a new instance or a clone) of `node` through its cell's `client`,
+    /// recorded in the instance's backup log as the broker's own (`schedule`).
+    pub(super) async fn logged_backup(
+        &self,
+        iid: &str,
+        client: &crate::cell::CellClient,
+        node: &str,
+    ) -> Result<crate::cell::BackupOutcome, crate::cell::ClientError> {
+        self.backup_logged_as(iid, client, node, SCHEDULE, None)
+            .await
+    }
+
+    /// `node`'s backup through its cell's `client`, recorded in the instance's backup log
+    /// with `requested_by` and the dashboard's `operation`.
+    async fn backup_logged_as(
+        &self,
+        iid: &str,
+        client: &crate::cell::CellClient,
+        node: &str,
+        requested_by: &str,
+        operation: Option<&str>,
+    ) -> Result<crate::cell::BackupOutcome, crate::cell::ClientError> {
+        let started_at = Timestamp::now();
+        let b = client.backup(node).await?;
+        let name = b.summary["name"].as_str().unwrap_or_default();
+        self.record_backup(iid, name, node, requested_by, started_at, operation)
+            .await;
+        Ok(b)
+    }
+
     /// Adds a backup to the instance's backup log (a failure is logged: the backup itself
     /// is in the repository either way).
-    pub(super) async fn record_backup(
+    async fn record_backup(
         &self,
         iid: &str,
         name: &str,

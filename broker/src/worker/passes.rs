@@ -54,21 +54,10 @@ impl Inner {
                 .find(|n| n.name == leader)
                 .expect("observed");
             let cell = self.cell(&node.cell).expect("observed");
-            let started_at = Timestamp::now();
-            match cell.client.backup(&leader).await {
+            match self.logged_backup(&inst.id, &cell.client, &leader).await {
                 Ok(b) => {
                     info!(instance = %inst.id, backup = %b.summary["name"], seconds = b.seconds,
                           "first base backup taken");
-                    let name = b.summary["name"].as_str().unwrap_or_default();
-                    self.record_backup(
-                        &inst.id,
-                        name,
-                        &leader,
-                        super::backups::SCHEDULE,
-                        started_at,
-                        None,
-                    )
-                    .await;
                     pass.backed_up = true;
                     let now = Timestamp::now();
                     self.store

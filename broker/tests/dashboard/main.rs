@@ -9,6 +9,7 @@
 //! data; each test makes its own browser and clients on its own runtime.
 use testkit::broker as common;
 
+mod actions;
 mod pages;
 
 use std::path::PathBuf;
