@@ -375,3 +375,60 @@ fn the_stats_settings_are_validated() {
         assert!(e.contains(setting), "{e}");
     }
 }
+
+/// `[dashboard]`: the example's values load, the defaults without the section, and a URL with
+/// credentials or a query (it goes into every `dashboard_url`) or a too short session refused.
+#[test]
+fn the_dashboard_settings_are_validated() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "x").unwrap();
+    assert_eq!(
+        c.dashboard.url.as_deref(),
+        Some("https://broker.example.com")
+    );
+    assert_eq!(
+        c.dashboard.session_lifetime.0,
+        Duration::from_secs(8 * 3600)
+    );
+    assert_eq!(c.dashboard.replica_lag_red_bytes, 64 << 20);
+    let start = text.find("[dashboard]").unwrap();
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |e| start + 1 + e);
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    let d = BrokerConfig::parse(&without, "x").unwrap();
+    assert_eq!(d.dashboard.url, None);
+    assert_eq!(
+        d.dashboard.backup_age_amber.0,
+        Duration::from_secs(26 * 3600)
+    );
+    for (from, to, setting) in [
+        (
+            "url = \"https://broker.example.com\"",
+            "url = \"https://user:pw@broker.example.com\"",
+            "dashboard.url",
+        ),
+        (
+            "url = \"https://broker.example.com\"",
+            "url = \"https://broker.example.com/?x=1\"",
+            "dashboard.url",
+        ),
+        (
+            "url = \"https://broker.example.com\"",
+            "url = \"broker.example.com\"",
+            "dashboard.url",
+        ),
+        (
+            "session_lifetime = \"8h\"",
+            "session_lifetime = \"10s\"",
+            "dashboard.session_lifetime",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = BrokerConfig::parse(&text.replace(from, to), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+    }
+}
