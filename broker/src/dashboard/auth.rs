@@ -247,9 +247,51 @@ pub(super) struct LoginForm {
     password: String,
 }
 
+/// Failed operator logins this process saw recently: beyond [`FailedLogins::LIMIT`] within
+/// [`FailedLogins::WINDOW`] the login form answers 429 without checking, so that guessing the
+/// broker's password through the form is slow (the OSB API's basic auth has no such limit:
+/// keep it off untrusted networks).
+pub(super) struct FailedLogins(std::collections::VecDeque<std::time::Instant>);
+
+impl FailedLogins {
+    const LIMIT: usize = 20;
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether a login may be tried at `now`.
+    fn allowed(&mut self, now: std::time::Instant) -> bool {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.0.pop_front();
+        }
+        self.0.len() < Self::LIMIT
+    }
+
+    fn failed(&mut self, now: std::time::Instant) {
+        self.0.push_back(now);
+    }
+}
+
+fn failed_logins() -> std::sync::MutexGuard<'static, FailedLogins> {
+    static F: std::sync::OnceLock<std::sync::Mutex<FailedLogins>> = std::sync::OnceLock::new();
+    F.get_or_init(|| std::sync::Mutex::new(FailedLogins(Default::default())))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// `POST /dashboard/login`: the broker's credentials → an operator session.
 pub(super) async fn login(State(st): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    let now = std::time::Instant::now();
+    if !failed_logins().allowed(now) {
+        tracing::warn!("dashboard: too many failed operator logins; refusing for a minute");
+        let mut r = render::login(Some("Too many failed logins: wait a minute.")).into_response();
+        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return r;
+    }
     if !st.credentials_match(&f.username, &f.password) {
+        failed_logins().failed(now);
         tracing::info!("dashboard: a failed operator login");
         let mut r = render::login(Some("Wrong user name or password.")).into_response();
         *r.status_mut() = StatusCode::UNAUTHORIZED;
@@ -355,6 +397,18 @@ mod tests {
             ..s
         };
         assert_eq!(Session::decode(&old.encode(&ring), &ring), None);
+    }
+
+    #[test]
+    fn failed_logins_are_limited_per_minute() {
+        let mut f = FailedLogins(Default::default());
+        let t0 = std::time::Instant::now();
+        for _ in 0..FailedLogins::LIMIT {
+            assert!(f.allowed(t0));
+            f.failed(t0);
+        }
+        assert!(!f.allowed(t0 + std::time::Duration::from_secs(59)));
+        assert!(f.allowed(t0 + std::time::Duration::from_secs(61)));
     }
 
     #[test]
