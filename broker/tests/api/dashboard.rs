@@ -511,3 +511,45 @@ async fn actions_need_the_sessions_token_and_a_confirmation() {
     let other = c.store.operation("dash-else").await.unwrap().unwrap().value;
     assert_eq!(other.requested_by.as_deref(), Some("user"));
 }
+
+#[tokio::test]
+async fn the_overview_sorts_on_the_server() {
+    let c = ctx();
+    c.ready_instance("dash-s1").await;
+    let mut body = provision_body(PLAN1, None);
+    body["context"]["instance_name"] = json!("aaa-first-by-name");
+    let r = c.provision("dash-s2", body, true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    c.finish("dash-s2", true, "ready").await;
+    // A failed update: the instance stays usable, its health red.
+    let r = c
+        .call(
+            Method::PATCH,
+            "/v2/service_instances/dash-s1?accepts_incomplete=true",
+            Some(json!({ "service_id": super::SERVICE, "parameters": { "node-count": 2 } })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    c.finish("dash-s1", false, "the new node did not start")
+        .await;
+    let op = operator(&c).await;
+    let order = |body: &str| {
+        let a = body.find(r#"data-instance="dash-s1""#).unwrap();
+        let b = body.find(r#"data-instance="dash-s2""#).unwrap();
+        if a < b {
+            ["dash-s1", "dash-s2"]
+        } else {
+            ["dash-s2", "dash-s1"]
+        }
+    };
+    let by_name = get(&c, "/dashboard/?sort=name", Some(&op)).await;
+    assert_eq!(order(&by_name.body), ["dash-s2", "dash-s1"]);
+    let by_health = get(&c, "/dashboard/?sort=health", Some(&op)).await;
+    assert_eq!(order(&by_health.body), ["dash-s1", "dash-s2"], "red first");
+    assert!(
+        by_health.body.contains("the last operation failed"),
+        "{}",
+        by_health.body
+    );
+    assert!(by_health.body.contains(r#"href="?sort=backup""#));
+}
