@@ -120,7 +120,57 @@ pub fn credentials(
         name: database.to_string(),
         username: user.to_string(),
         password: password.to_string(),
+        read_only_uri: None,
+        read_only_port: None,
+        uri_multihost: None,
+        jdbc_url_multihost: None,
     }
+}
+
+/// `host:port` for a URI's authority: an IPv6 address in brackets.
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Adds the router's read-only port to `c` (the same role and database as `c.uri`, on
+/// `port` of the same router host).
+pub fn add_read_only(c: &mut Credentials, port: u16) {
+    c.read_only_uri = Some(format!(
+        "postgres://{}:{}@{}/{}",
+        encode_component(&c.username),
+        encode_component(&c.password),
+        authority(&c.hostname, port),
+        encode_component(&c.name),
+    ));
+    c.read_only_port = Some(port);
+}
+
+/// Adds the multi-host URIs to `c`: every node in `nodes` (host as its cell advertises it,
+/// PostgreSQL port) directly, for clients that find the primary themselves
+/// (`target_session_attrs=read-write`, JDBC's `targetServerType=primary`). Nothing when
+/// `nodes` is empty.
+pub fn add_multihost(c: &mut Credentials, nodes: &[(String, u16)]) {
+    if nodes.is_empty() {
+        return;
+    }
+    let hosts: Vec<String> = nodes.iter().map(|(h, p)| authority(h, *p)).collect();
+    let hosts = hosts.join(",");
+    let db = encode_component(&c.name);
+    c.uri_multihost = Some(format!(
+        "postgresql://{}:{}@{hosts}/{db}?target_session_attrs=read-write",
+        encode_component(&c.username),
+        encode_component(&c.password),
+    ));
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("targetServerType", "primary")
+        .append_pair("user", &c.username)
+        .append_pair("password", &c.password)
+        .finish();
+    c.jdbc_url_multihost = Some(format!("jdbc:postgresql://{hosts}/{db}?{query}"));
 }
 
 /// The server is not (any more) the primary: the caller asks the leader instead.
@@ -462,5 +512,71 @@ mod tests {
         assert!(!format!("{c:?}").contains("p/w"));
         let v6 = credentials("::1", 5432, "app", "u", "p");
         assert_eq!(v6.uri, "postgres://u:p@[::1]:5432/app");
+    }
+
+    #[test]
+    fn read_only_and_multihost_uris() {
+        let mut c = credentials("db.example", 30001, "app", "b_x", "p/w+=@:,&?");
+        add_read_only(&mut c, 30002);
+        assert_eq!(
+            c.read_only_uri.as_deref(),
+            Some("postgres://b_x:p%2Fw%2B%3D%40%3A%2C%26%3F@db.example:30002/app")
+        );
+        assert_eq!(c.read_only_port, Some(30002));
+        add_multihost(
+            &mut c,
+            &[("10.0.0.1".into(), 5432), ("fd00::2".into(), 5433)],
+        );
+        assert_eq!(
+            c.uri_multihost.as_deref(),
+            Some(
+                "postgresql://b_x:p%2Fw%2B%3D%40%3A%2C%26%3F@10.0.0.1:5432,[fd00::2]:5433/app\
+                 ?target_session_attrs=read-write"
+            )
+        );
+        assert_eq!(
+            c.jdbc_url_multihost.as_deref(),
+            Some(
+                "jdbc:postgresql://10.0.0.1:5432,[fd00::2]:5433/app?targetServerType=primary\
+                 &user=b_x&password=p%2Fw%2B%3D%40%3A%2C%26%3F"
+            )
+        );
+        // libpq's parser (as tokio-postgres implements it) reads back every host, the user
+        // and the password.
+        let cfg: tokio_postgres::Config = c.uri_multihost.as_deref().unwrap().parse().unwrap();
+        assert_eq!(cfg.get_user(), Some("b_x"));
+        assert_eq!(cfg.get_password(), Some("p/w+=@:,&?".as_bytes()));
+        assert_eq!(cfg.get_ports(), &[5432, 5433]);
+        assert_eq!(
+            cfg.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        let hosts: Vec<String> = cfg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                _ => panic!("a TCP host"),
+            })
+            .collect();
+        assert_eq!(hosts, ["10.0.0.1", "fd00::2"]);
+        let mut v6 = credentials("fd00::1", 30001, "app", "u", "p");
+        add_read_only(&mut v6, 30002);
+        assert_eq!(
+            v6.read_only_uri.as_deref(),
+            Some("postgres://u:p@[fd00::1]:30002/app")
+        );
+        // No node known: no multi-host URIs.
+        add_multihost(&mut v6, &[]);
+        assert_eq!((v6.uri_multihost, v6.jdbc_url_multihost), (None, None));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("p/w") && !dbg.contains("p%2Fw"), "{dbg}");
+        // An old binding record (no new fields) still decodes.
+        let old: Credentials = serde_json::from_value(serde_json::json!({
+            "uri": "postgres://u:p@h:1/app", "jdbcUrl": "jdbc:postgresql://h:1/app",
+            "hostname": "h", "port": 1, "name": "app", "username": "u", "password": "p",
+        }))
+        .unwrap();
+        assert_eq!((old.read_only_port, old.uri_multihost), (None, None));
     }
 }

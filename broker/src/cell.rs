@@ -44,13 +44,14 @@ mod config;
 mod error;
 mod restore;
 mod server;
+mod stats;
 mod supervise;
 mod wal;
 
 pub use binder::CellBinder;
 pub use client::{
     valid_node_name, BackupOutcome, BootstrapSpec, BootstrapTarget, CellClient, CellReport,
-    ClientError, NodePorts, NodeSpec, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
+    ClientError, NodePorts, NodeSpec, NodeStats, NodeStatus, RestoreStatus, WalPosition, WalSwitch,
 };
 pub use config::{CellConfig, MajorBin, PostgresqlConfig, TOKEN_ENV};
 use config::{SOCKET_NAME_MAX, SOCKET_PATH_MAX};
@@ -197,6 +198,7 @@ impl Agent {
             repository: s.repository.clone(),
             archive_timeout: s.archive_timeout,
             synchronous: s.synchronous,
+            synchronous_commit: s.synchronous_commit.clone(),
             timing: s.timing,
             wal_segsize_mb: s.wal_segsize_mb,
             superuser_password: s.superuser_password.clone(),
@@ -223,6 +225,13 @@ impl Agent {
                     .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
             })
             .clone();
+        let nodes: Vec<NodePorts> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .map(|n| n.record().ports)
+            .collect();
         CellReport {
             majors: self
                 .config
@@ -232,6 +241,15 @@ impl Agent {
                 .collect(),
             unnamed_major: self.config.unnamed_major,
             patroni,
+            nodes: Some(nodes.len() as u32),
+            free_ports: self.config.ports.map(|[min, max]| {
+                let held = nodes
+                    .iter()
+                    .flat_map(|p| [p.pg_port, p.api_port])
+                    .filter(|p| (min..=max).contains(p))
+                    .count() as u32;
+                (u32::from(max - min) + 1).saturating_sub(held)
+            }),
         }
     }
 
@@ -499,6 +517,44 @@ impl Agent {
                 message: format!("Patroni refused PATCH {url}"),
             });
         }
+        Ok(())
+    }
+
+    /// Asks node `name` (the leader) for a Patroni switchover to `candidate` (`POST
+    /// /switchover` with Patroni's REST credentials, which only this agent holds); returns
+    /// once Patroni accepted it (the new leader may still be starting).
+    async fn switchover(&self, name: &str, candidate: &str) -> Result<(), Error> {
+        if !valid_node_name(candidate) {
+            return Err(Error::Invalid(format!("candidate {candidate:?}")));
+        }
+        let node = self.node(name)?;
+        let rec = node.record();
+        let url = format!("http://127.0.0.1:{}/switchover", rec.ports.api_port);
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth(RESTAPI_USER, Some(rec.restapi_password.expose()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::json!({"leader": name, "candidate": candidate}).to_string())
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(Error::Status {
+                status: status.as_u16(),
+                message: format!(
+                    "Patroni refused the switchover to {candidate}: {}",
+                    text.trim()
+                ),
+            });
+        }
+        info!(node = name, candidate, "switchover: {}", text.trim());
         Ok(())
     }
 

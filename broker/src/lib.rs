@@ -8,6 +8,7 @@
 //! several broker processes and a restarted worker agree without a coordinator.
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod admin;
 pub mod api;
 pub mod archive;
@@ -15,27 +16,34 @@ pub mod backoff;
 pub mod binder;
 pub mod cell;
 pub mod config;
+pub mod dashboard;
 pub mod dev;
 pub mod error;
 pub mod etcd;
+pub mod http;
+pub mod links;
+pub mod metrics;
 pub mod names;
 pub mod patroni;
 pub mod pgmajor;
 pub mod process;
 pub mod recover;
 pub mod router;
+pub mod sampler;
 pub mod secrets;
 pub mod selftest;
 pub mod state;
 pub mod statebackup;
+pub mod stats;
 pub mod tls;
 pub mod windows;
 pub mod worker;
 
-pub use api::{app, AppState, BindError, Binder, NoBinder};
+pub use api::{AppState, BindError, Binder, NoBinder};
 pub use config::BrokerConfig;
 pub use error::ApiError;
 pub use etcd::{EtcdClient, EtcdError};
+pub use http::app;
 pub use state::{InstanceSecrets, Store, StoreError};
 pub use worker::{Worker, WorkerError};
 

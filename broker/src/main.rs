@@ -10,7 +10,9 @@ use walarchive_broker::admin::Selector;
 use walarchive_broker::cell::CellBinder;
 use walarchive_broker::dev::{Dev, DevOptions};
 use walarchive_broker::recover::{outcomes_text, RecoverError, Recovery};
+use walarchive_broker::sampler::Sampler;
 use walarchive_broker::statebackup::StateBackup;
+use walarchive_broker::stats::Stats;
 use walarchive_broker::{app, AppState, BrokerConfig, EtcdClient, Store, Worker};
 
 #[derive(Parser)]
@@ -61,6 +63,19 @@ enum Command {
         /// Print the list as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print an instance's dashboard link (the `dashboard_url` its user got), or with
+    /// --rotate replace it: the old link and the sessions it opened stop working.
+    DashboardLink {
+        /// The broker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The instance id.
+        #[arg(value_name = "INSTANCE_ID")]
+        instance: String,
+        /// Make a new link, invalidating the current one.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Look at the snapshots of the broker's state (`[state_backup]`).
     StateBackup {
@@ -161,6 +176,11 @@ fn main() -> ExitCode {
         Command::Cell { config } => cell(&config),
         Command::RotateSecrets { config } => rotate_secrets(&config),
         Command::StateBackup { command } => state_backup(command),
+        Command::DashboardLink {
+            config,
+            instance,
+            rotate,
+        } => dashboard_link(&config, &instance, rotate),
         Command::RestorableWindow {
             config,
             instance,
@@ -259,6 +279,16 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let mut state = AppState::new(config, store.clone(), binder.clone());
         state.leader_wal = Some(binder.clone());
         state.cell_majors = Some(binder);
+        let sampler = if state.config.stats.enabled {
+            let stats = Stats::open(&state.config);
+            state.stats = Some(stats.clone());
+            Some(
+                Sampler::new(state.config.clone(), store.clone(), stats)
+                    .context("the sampler's cell clients")?,
+            )
+        } else {
+            None
+        };
         let backup = StateBackup::open(&state.config, store.clone())
             .context("open the state backup's store")?;
         let worker = Worker::new(state.config.clone(), store, state.provisioner.clone())
@@ -268,6 +298,12 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("listen on {listen}"))?;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let mut backup_stop = stop_rx.clone();
+        let mut sampler_stop = stop_rx.clone();
+        let sampler = sampler.map(|s| {
+            tokio::spawn(s.run(async move {
+                let _ = sampler_stop.changed().await;
+            }))
+        });
         let worker = tokio::spawn(worker.run(async move {
             let _ = stop_rx.changed().await;
         }));
@@ -293,6 +329,12 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         if let Err(e) = worker.await {
             tracing::error!(error = %e, "the provisioning worker panicked");
+        }
+        if let Some(Err(e)) = match sampler {
+            Some(s) => Some(s.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "the sampler panicked");
         }
         if let Some(Err(e)) = match backup {
             Some(b) => Some(b.await),
@@ -349,6 +391,21 @@ fn restorable_window(
             print!("{}", walarchive_broker::admin::table(&rows));
         }
         Ok(())
+    })
+}
+
+fn dashboard_link(config_path: &std::path::Path, id: &str, rotate: bool) -> anyhow::Result<()> {
+    let config = BrokerConfig::load(config_path)?;
+    let runtime = runtime(Threads::Current)?;
+    runtime.block_on(async move {
+        let store = open_store(&config)?;
+        match walarchive_broker::links::rotate(&config, &store, id, rotate).await? {
+            Some(url) => {
+                println!("{url}");
+                Ok(())
+            }
+            None => anyhow::bail!("no live instance {id:?}"),
+        }
     })
 }
 

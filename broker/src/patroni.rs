@@ -119,6 +119,9 @@ pub struct NodeConfig {
     pub archive_timeout: u32,
     /// Patroni `synchronous_mode`.
     pub synchronous: bool,
+    /// PostgreSQL's `synchronous_commit`, when not its default (a local parameter: Patroni
+    /// applies it on reload).
+    pub synchronous_commit: Option<String>,
     /// Failure-detection timing.
     pub timing: DcsTiming,
     /// `initdb --wal-segsize` in MiB (PostgreSQL's default, 16, when `None`).
@@ -343,6 +346,9 @@ impl NodeConfig {
             },
             "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
         });
+        if let Some(sc) = &self.synchronous_commit {
+            v["postgresql"]["parameters"]["synchronous_commit"] = sc.as_str().into();
+        }
         if self.bootstrap.is_some() {
             // No `recovery_conf` in the method: walarchive wrote the recovery settings.
             let b = &mut v["bootstrap"];
@@ -503,6 +509,7 @@ mod tests {
             repository: "s3://bucket/base/inst-1".into(),
             archive_timeout: 60,
             synchronous: true,
+            synchronous_commit: Some("remote_apply".into()),
             timing: DcsTiming::default(),
             wal_segsize_mb: Some(1),
             superuser_password: Secret::new("su'pw"),
@@ -572,6 +579,10 @@ mod tests {
         assert_eq!(v["postgresql"]["listen"], "127.0.0.1,10.0.0.5:5433");
         assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:5433");
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
+        assert_eq!(
+            v["postgresql"]["parameters"]["synchronous_commit"],
+            "remote_apply"
+        );
         assert_eq!(
             v["postgresql"]["parameters"]["archive_command"],
             "/usr/local/bin/walarchive --repo s3://bucket/base/inst-1 wal-push %p"

@@ -50,6 +50,10 @@ pub const DEPROVISION_AGAIN: &str =
 /// The description an update in progress in the snapshot ends with.
 pub const UPDATE_INTERRUPTED: &str =
     "Interrupted by a disaster: the instance is recovered with its previous plan and node count.";
+/// The description a dashboard action (backup, switchover) in progress in the snapshot ends
+/// with.
+pub const ACTION_INTERRUPTED: &str =
+    "Interrupted by a disaster: the instance is recovered from its archive; ask again once it is ready.";
 
 /// Errors of a recovery. [`RecoverError::Refused`] means nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -213,10 +217,15 @@ pub fn recovered(
         InstanceState::Ready | InstanceState::Updating => {
             let previous = operation.map(|mut o| {
                 if o.state == OperationState::InProgress {
-                    // An update the platform may still poll: it ends, failed, in the history.
+                    // An update the platform may still poll (or a dashboard action): it ends,
+                    // failed, in the history.
                     o.state = OperationState::Failed;
-                    o.description = UPDATE_INTERRUPTED.into();
-                    o.instance_usable = Some(true);
+                    if o.kind.is_platform() {
+                        o.description = UPDATE_INTERRUPTED.into();
+                        o.instance_usable = Some(true);
+                    } else {
+                        o.description = ACTION_INTERRUPTED.into();
+                    }
                     o.finished_at = Some(now);
                     o.updated_at = now;
                 }
@@ -457,7 +466,7 @@ impl<'a> Recovery<'a> {
             let mut parts = rest.split('/');
             let kind = parts.next().unwrap_or("");
             let owner = match kind {
-                "instances" | "operations" | "bindings" | "secrets" => {
+                "instances" | "operations" | "bindings" | "secrets" | "backups" => {
                     parts.next().map(str::to_string)
                 }
                 "ports" => std::str::from_utf8(&value).ok().map(encode_component),

@@ -1,11 +1,13 @@
-//! HAProxy routing: one stable port per instance that always leads to its current leader.
+//! HAProxy routing: one stable port per instance that always leads to its current leader,
+//! and a second one that spreads read-only sessions over its hot standbys.
 //!
 //! Applications get one address per instance and must keep it across failovers. HAProxy
 //! health-checks every node's Patroni REST API with `GET /primary`, which answers 200 only on
 //! the leader (Patroni 3.0.2 calls it `master` internally and still answers 200), so the
 //! listen block sends connections to whichever node is the leader now. A node marked down has
 //! its sessions shut (`on-marked-down shutdown-sessions`): clients of a demoted or dead leader
-//! reconnect instead of hanging.
+//! reconnect instead of hanging. The read-only port's block checks `GET /replica` instead,
+//! and falls back to the leader while no replica is healthy ([`render_read_only`]).
 //!
 //! HAProxy runs in master-worker mode; a changed configuration is validated (`haproxy -c`)
 //! before it replaces the old one, and the master is told to reload with SIGUSR2. The old
@@ -81,6 +83,9 @@ pub struct Route {
     pub name: String,
     /// The port HAProxy listens on for this instance.
     pub port: u16,
+    /// The port of its read-only route (hot standbys), once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_port: Option<u16>,
     /// The instance's nodes.
     pub backends: Vec<Backend>,
 }
@@ -99,6 +104,12 @@ pub struct RouterOptions {
     /// machine with nodes: the nodes accept their replication role only from the instance's
     /// other nodes' addresses, and must not take the router for one.
     pub source: Option<String>,
+    /// The read-only routes fall back to the primary while no replica is healthy (else they
+    /// refuse connections then).
+    pub read_only_fallback: bool,
+    /// Replicas further behind than this many bytes get no read-only connections
+    /// (Patroni's `GET /replica?lag=`); 0: no limit.
+    pub read_only_max_lag: u64,
 }
 
 impl Default for RouterOptions {
@@ -108,6 +119,8 @@ impl Default for RouterOptions {
             idle_timeout: Duration::from_secs(3600),
             outlive: false,
             source: None,
+            read_only_fallback: true,
+            read_only_max_lag: 16 << 20,
         }
     }
 }
@@ -141,12 +154,12 @@ pub fn render(routes: &[Route], opts: &RouterOptions) -> String {
     let mut routes: Vec<&Route> = routes.iter().collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     for r in routes {
+        let name = haproxy_name(&r.name);
         let _ = write!(
             out,
             "listen pg_{name}\n    bind {bind}:{port}\n    option httpchk GET /primary\n    \
              http-check expect status 200\n    \
              default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
-            name = haproxy_name(&r.name),
             bind = opts.bind_address,
             port = r.port,
         );
@@ -161,8 +174,57 @@ pub fn render(routes: &[Route], opts: &RouterOptions) -> String {
             );
         }
         out.push('\n');
+        if let Some(ro) = r.read_only_port {
+            render_read_only(&mut out, r, &name, ro, opts);
+        }
     }
     out
+}
+
+/// The read-only `listen` block of route `r` (named `pgro_<name>`), on port `ro`.
+///
+/// Every node is checked with Patroni's `GET /replica` (200 on a running replica, within
+/// `lag` of the leader when a limit is set, and not tagged `noloadbalance`). `leastconn`:
+/// PostgreSQL sessions are long and of uneven weight (pools hold them for hours), so the
+/// replica with the fewest sessions gets the next one; round-robin would balance connection
+/// attempts, not load. The fallback servers are the same nodes as `backup` servers that
+/// `track` the primary block's ones (checked there with `/primary`): HAProxy uses a backup
+/// server only while no other server is up, so the primary serves the read-only port only
+/// while no replica is healthy, and no node is checked twice for it.
+fn render_read_only(out: &mut String, r: &Route, name: &str, ro: u16, opts: &RouterOptions) {
+    let check = if opts.read_only_max_lag > 0 {
+        format!("/replica?lag={}", opts.read_only_max_lag)
+    } else {
+        "/replica".to_string()
+    };
+    let _ = write!(
+        out,
+        "listen pgro_{name}\n    bind {bind}:{ro}\n    balance leastconn\n    \
+         option httpchk GET {check}\n    http-check expect status 200\n    \
+         default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
+        bind = opts.bind_address,
+    );
+    for b in &r.backends {
+        let _ = writeln!(
+            out,
+            "    server {} {}:{} check port {}",
+            haproxy_name(&b.name),
+            b.host,
+            b.pg_port,
+            b.api_port
+        );
+    }
+    if opts.read_only_fallback {
+        for b in &r.backends {
+            let server = haproxy_name(&b.name);
+            let _ = writeln!(
+                out,
+                "    server primary.{server} {}:{} backup track pg_{name}/{server}",
+                b.host, b.pg_port
+            );
+        }
+    }
+    out.push('\n');
 }
 
 /// Checks a configuration file with `haproxy -c`.
@@ -382,11 +444,11 @@ impl Drop for Haproxy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_a_listen_block_per_instance() {
-        let routes = vec![Route {
+    fn route() -> Route {
+        Route {
             name: "inst_1".into(),
             port: 6432,
+            read_only_port: Some(6433),
             backends: vec![
                 Backend {
                     name: "n1".into(),
@@ -401,16 +463,99 @@ mod tests {
                     api_port: 8009,
                 },
             ],
-        }];
-        let cfg = render(&routes, &RouterOptions::default());
+        }
+    }
+
+    /// The text of the `listen` block named `name`.
+    fn block<'a>(cfg: &'a str, name: &str) -> &'a str {
+        let start = cfg
+            .find(&format!("listen {name}\n"))
+            .unwrap_or_else(|| panic!("no {name}: {cfg}"));
+        let rest = &cfg[start..];
+        &rest[..rest.find("\n\n").map_or(rest.len(), |i| i + 1)]
+    }
+
+    #[test]
+    fn renders_a_listen_block_per_instance() {
+        let cfg = render(&[route()], &RouterOptions::default());
+        let primary = block(&cfg, "pg_inst_1");
+        assert!(primary.contains("    bind 0.0.0.0:6432\n"), "{cfg}");
+        assert!(primary.contains("option httpchk GET /primary"));
         assert!(
-            cfg.contains("listen pg_inst_1\n    bind 0.0.0.0:6432\n"),
+            primary.contains("    server n2 10.0.0.2:5433 check port 8009\n"),
             "{cfg}"
         );
-        assert!(cfg.contains("option httpchk GET /primary"));
+        assert!(!primary.contains("backup"), "{cfg}");
+    }
+
+    #[test]
+    fn read_only_block_checks_replicas_and_falls_back_to_the_primary() {
+        let cfg = render(&[route()], &RouterOptions::default());
+        let ro = block(&cfg, "pgro_inst_1");
+        assert!(ro.contains("    bind 0.0.0.0:6433\n"), "{ro}");
+        assert!(ro.contains("    balance leastconn\n"), "{ro}");
         assert!(
-            cfg.contains("    server n2 10.0.0.2:5433 check port 8009\n"),
-            "{cfg}"
+            ro.contains("    option httpchk GET /replica?lag=16777216\n"),
+            "{ro}"
         );
+        assert!(ro.contains("on-marked-down shutdown-sessions"), "{ro}");
+        for (n, addr, api) in [("n1", "10.0.0.1:5432", 8008), ("n2", "10.0.0.2:5433", 8009)] {
+            assert!(
+                ro.contains(&format!("    server {n} {addr} check port {api}\n")),
+                "{ro}"
+            );
+            // The fallback: the same node as a backup server following the primary block's
+            // check of it (no check of its own).
+            assert!(
+                ro.contains(&format!(
+                    "    server primary.{n} {addr} backup track pg_inst_1/{n}\n"
+                )),
+                "{ro}"
+            );
+        }
+        assert_eq!(ro.matches(" check port ").count(), 2, "{ro}");
+    }
+
+    #[test]
+    fn read_only_block_without_fallback_or_lag_limit() {
+        let opts = RouterOptions {
+            read_only_fallback: false,
+            read_only_max_lag: 0,
+            ..RouterOptions::default()
+        };
+        let cfg = render(&[route()], &opts);
+        let ro = block(&cfg, "pgro_inst_1");
+        assert!(ro.contains("    option httpchk GET /replica\n"), "{ro}");
+        assert!(!ro.contains("backup"), "{ro}");
+        assert!(!ro.contains("track"), "{ro}");
+        // No read-only port (an instance the worker has not given one yet): no block.
+        let cfg = render(
+            &[Route {
+                read_only_port: None,
+                ..route()
+            }],
+            &opts,
+        );
+        assert!(!cfg.contains("pgro_"), "{cfg}");
+    }
+
+    /// HAProxy itself accepts both forms (the `track` across blocks in particular).
+    #[tokio::test]
+    async fn haproxy_accepts_the_read_only_blocks() {
+        // Installed by scripts/setup, as for every router test.
+        let haproxy = Path::new("/usr/sbin/haproxy");
+        let dir = tempfile::tempdir().unwrap();
+        for fallback in [true, false] {
+            let opts = RouterOptions {
+                bind_address: "127.0.0.1".into(),
+                read_only_fallback: fallback,
+                ..RouterOptions::default()
+            };
+            let path = dir.path().join("haproxy.cfg");
+            std::fs::write(&path, render(&[route()], &opts)).unwrap();
+            validate(haproxy, &path)
+                .await
+                .unwrap_or_else(|e| panic!("fallback {fallback}: {e}"));
+        }
     }
 }

@@ -28,6 +28,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use aws_lc_rs::hmac;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,8 @@ pub struct SecretsConfig {
 struct Key {
     id: String,
     key: LessSafeKey,
+    /// A MAC key derived from this key (never the sealing key itself): [`Keyring::mac`].
+    mac: hmac::Key,
 }
 
 impl Key {
@@ -142,9 +145,14 @@ impl Key {
             .collect();
         let key = UnboundKey::new(&CHACHA20_POLY1305, bytes)
             .map_err(|_| SecretsError::Key("the key is not a ChaCha20-Poly1305 key".into()))?;
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            b"walarchive-broker mac key\0",
+        );
         Ok(Key {
             id,
             key: LessSafeKey::new(key),
+            mac: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
         })
     }
 }
@@ -256,6 +264,23 @@ impl Keyring {
         )
     }
 
+    /// A MAC (HMAC-SHA256, with a key derived from the current key) of `message` for
+    /// `purpose`: tokens the broker hands out and checks later without storing them (the
+    /// dashboard's per-instance links and its session cookies). `purpose` separates them, so
+    /// one kind of token is never valid as another.
+    pub fn mac(&self, purpose: &str, message: &[u8]) -> [u8; 32] {
+        mac_with(&self.current, purpose, message)
+    }
+
+    /// Whether `tag` is [`Keyring::mac`] of `message` for `purpose` under the current key or
+    /// an old one (tokens made before a key rotation stay valid until `old_key_files` drops
+    /// the key), compared in constant time.
+    pub fn verify_mac(&self, purpose: &str, message: &[u8], tag: &[u8]) -> bool {
+        std::iter::once(&self.current)
+            .chain(&self.old)
+            .any(|k| constant_time_eq(&mac_with(k, purpose, message), tag))
+    }
+
     /// Whether `value` looks like a sealed value (else it was written in clear).
     pub fn is_sealed(value: &str) -> bool {
         value.starts_with(PREFIX)
@@ -291,6 +316,17 @@ impl Keyring {
             .to_vec();
         Ok((plain, id == self.current.id))
     }
+}
+
+fn mac_with(key: &Key, purpose: &str, message: &[u8]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(&key.mac);
+    ctx.update(&(purpose.len() as u64).to_be_bytes());
+    ctx.update(purpose.as_bytes());
+    ctx.update(message);
+    let tag = ctx.sign();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
 }
 
 #[cfg(test)]
@@ -401,6 +437,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(e, "set exactly one of secrets.key_file and secrets.key_env");
+    }
+
+    #[test]
+    fn macs_are_bound_to_their_purpose_and_survive_a_key_rotation() {
+        let k1 = Keyring::generate_key();
+        let ring1 = Keyring::from_base64(&k1).unwrap();
+        let tag = ring1.mac("link", b"instance-a");
+        assert!(ring1.verify_mac("link", b"instance-a", &tag));
+        assert!(!ring1.verify_mac("link", b"instance-b", &tag));
+        assert!(!ring1.verify_mac("session", b"instance-a", &tag));
+        assert!(!ring1.verify_mac("link", b"instance-a", &tag[..31]));
+        let ring2 = Keyring::from_base64(&Keyring::generate_key())
+            .unwrap()
+            .with_old(&k1)
+            .unwrap();
+        assert!(ring2.verify_mac("link", b"instance-a", &tag));
+        assert_ne!(ring2.mac("link", b"instance-a"), tag);
+        let other = Keyring::from_base64(&Keyring::generate_key()).unwrap();
+        assert!(!other.verify_mac("link", b"instance-a", &tag));
     }
 
     #[test]

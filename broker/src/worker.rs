@@ -32,7 +32,8 @@
 //! rooms of their own: `placement` (where nodes go and their names), `nodes` (putting them on
 //! their cells), `observe` (Patroni's view of them), `routing` (HAProxy), `repository` (is
 //! a new instance's repository empty), `backups` (scheduled backups and retention) and
-//! `purge` (deleted instances' archives, once `[repository] keep_deleted` has passed).
+//! `purge` (deleted instances' archives, once `[repository] keep_deleted` has passed), and
+//! `actions` (the dashboard's backups and switchovers, `crate::actions`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -43,6 +44,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+mod actions;
 mod backups;
 mod final_wal;
 mod nodes;
@@ -164,6 +166,10 @@ struct Inner {
     router: Mutex<Haproxy>,
     /// Storage credentials (and `WALARCHIVE_CONFIG`) for the nodes and for retention.
     storage_env: BTreeMap<String, Secret>,
+    /// Per instance, held while this process takes one of its backups: a scheduled backup
+    /// and one asked for on the dashboard never run at once (across processes the backup
+    /// claim does it; within one, both hold the same claim).
+    backup_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// Executes provisions, updates and deprovisions recorded by the API, runs the scheduled
@@ -237,6 +243,9 @@ impl Worker {
                 bind_address: r.bind_address.clone(),
                 outlive: r.outlive_broker,
                 source: r.source_address.clone(),
+                read_only_fallback: r.read_only_fallback
+                    == crate::config::ReadOnlyFallback::Primary,
+                read_only_max_lag: r.read_only_max_lag_bytes,
                 ..RouterOptions::default()
             },
         );
@@ -248,6 +257,7 @@ impl Worker {
                 cells,
                 router: Mutex::new(router),
                 storage_env,
+                backup_locks: Default::default(),
             }),
             wake,
         })
@@ -349,16 +359,27 @@ impl Inner {
     /// does nothing when another worker holds it, and abandons `work` (dropping it where it
     /// stands, as a crash would) when the claim is lost or cannot be renewed in time.
     async fn claimed(&self, iid: &str, kind: ClaimKind, work: impl Future<Output = ()>) {
+        let _ = self.try_claimed(iid, kind, work).await;
+    }
+
+    /// [`Inner::claimed`], with `work`'s result: `None` when the claim was not had or was
+    /// lost (then `work` did not finish).
+    async fn try_claimed<T>(
+        &self,
+        iid: &str,
+        kind: ClaimKind,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
         let ttl = self.claim_ttl();
         match self.store.claim(iid, kind, &self.id, ttl).await {
             Ok(true) => {}
             Ok(false) => {
                 debug!(instance = %iid, "another worker is working on this instance");
-                return;
+                return None;
             }
             Err(e) => {
                 warn!(instance = %iid, "cannot claim the instance: {e}");
-                return;
+                return None;
             }
         }
         let renew = async {
@@ -376,12 +397,16 @@ impl Inner {
             }
         };
         tokio::select! {
-            _ = work => {
+            done = work => {
                 if let Err(e) = self.store.release_claim(iid, kind, &self.id).await {
                     debug!(instance = %iid, "cannot release the claim: {e}");
                 }
+                Some(done)
             }
-            why = renew => warn!(instance = %iid, "claim lost: {why}; work abandoned"),
+            why = renew => {
+                warn!(instance = %iid, "claim lost: {why}; work abandoned");
+                None
+            }
         }
     }
 
@@ -416,6 +441,8 @@ impl Inner {
                 OperationKind::Provision => self.provision_pass(&op, &mut pass).await,
                 OperationKind::Update => self.update_pass(&op, &mut pass).await,
                 OperationKind::Deprovision => self.deprovision_pass(&op).await,
+                OperationKind::Backup => self.backup_pass(&op).await,
+                OperationKind::Switchover => self.switchover_pass(&op, &mut pass).await,
             };
             let (description, delay) = match result {
                 Ok(description) => {
@@ -500,6 +527,12 @@ impl Inner {
                     .await
                 {
                     Ok(_) => {
+                        let kind = serde_json::to_value(op.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        let took = (chrono::Utc::now() - op.started_at.0).num_milliseconds();
+                        crate::metrics::operation_finished(&kind, succeeded, took as f64 / 1000.0);
                         if succeeded {
                             info!(instance = %op.instance_id, operation = %op.id,
                                   "{}", outcome.description);
@@ -562,6 +595,16 @@ impl Inner {
         }
     }
 
+    /// The lock of instance `iid`'s backups in this process (see `backup_locks`).
+    fn backup_lock(&self, iid: &str) -> Arc<Mutex<()>> {
+        self.backup_locks
+            .lock()
+            .expect("backup locks")
+            .entry(iid.to_string())
+            .or_default()
+            .clone()
+    }
+
     fn failure(&self, op: &OperationRecord, reason: String) -> Outcome {
         Outcome {
             succeeded: false,
@@ -610,6 +653,8 @@ struct Pass {
     put: HashMap<String, (Vec<String>, bool)>,
     /// Whether the first base backup was taken by this task.
     backed_up: bool,
+    /// A switchover: when this task asked Patroni for it.
+    switchover_asked: Option<Instant>,
     /// A restore's last progress (bytes restored, last segment replayed) and when it was
     /// first seen: a restore that stops moving fails (`worker/restore.rs`).
     restore_progress: Option<(String, Instant)>,

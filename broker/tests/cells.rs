@@ -69,6 +69,7 @@ async fn two_cells_fail_over_and_rejoin() {
         replication_password: Secret::generate(),
         rewind_password: Some(Secret::generate()),
         synchronous: true,
+        synchronous_commit: None,
         host: "127.0.0.1".into(),
         // The other node's cell (both here): replication is accepted from it only.
         peer_hosts: vec!["127.0.0.1".into()],
@@ -152,6 +153,7 @@ async fn two_cells_fail_over_and_rejoin() {
     let route = Route {
         name: instance.into(),
         port: route_port,
+        read_only_port: None,
         backends: names
             .iter()
             .zip(&ports)
@@ -467,6 +469,7 @@ fn clone_spec(
         replication_password: Secret::generate(),
         rewind_password: Some(Secret::generate()),
         synchronous: false,
+        synchronous_commit: None,
         host: "127.0.0.1".into(),
         peer_hosts: vec![],
         timing: DcsTiming {

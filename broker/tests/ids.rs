@@ -125,7 +125,8 @@ async fn scenario() {
             .collect::<String>()
     };
 
-    let port_min = common::cells::router_ports(32);
+    // Two ports per instance (its own and its read-only one), 16 instances per broker.
+    let port_min = common::cells::router_ports(64);
     let mut brokers = Vec::new();
     let mut workers = Vec::new();
     for (k, (base, ids, config)) in [
@@ -139,8 +140,8 @@ async fn scenario() {
         t.cells = vec![(&cells[2 * k], "za"), (&cells[2 * k + 1], "zb")];
         t.node_count = 1;
         t.walarchive_config = config;
-        t.port_min = Some(port_min + 16 * k as u16);
-        t.router_ports = 16;
+        t.port_min = Some(port_min + 32 * k as u16);
+        t.router_ports = 32;
         t.backups = ("20s", 1);
         t.worker = ("1s", "8m");
         t.outlive_router = false;

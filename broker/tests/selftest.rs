@@ -63,7 +63,7 @@ async fn setup(kind: &str) -> Setup {
     t.cells = vec![(&cell, "za")];
     t.node_count = 1;
     t.listen = Some(listen);
-    t.router_ports = 4;
+    t.router_ports = 8;
     t.backups = ("1h", 2);
     t.worker = ("1s", "3m");
     t.walarchive_config = Some(s3_config.clone());

@@ -149,7 +149,7 @@ async fn scenario() {
     t.plan = PLAN.into();
     t.node_count = 1;
     t.listen = Some(listen);
-    t.router_ports = 4;
+    t.router_ports = 8;
     t.backups = ("1h", 2);
     t.worker = ("1s", "4m");
     let prefix = format!("/broker{}", etcd.fresh_prefix());

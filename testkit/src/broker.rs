@@ -1,7 +1,8 @@
 //! The broker's harness (feature `broker`): one real etcd speaking TLS with authentication on
 //! ([`etcd`]), cell agents with Patroni, PostgreSQL and HAProxy ([`cells`]), the broker's
 //! configuration ([`broker`]), its OSB API driven in-process ([`osb`]), an S3 server for
-//! repositories in object storage ([`s3`]), and the secrets audit ([`audit`]).
+//! repositories in object storage ([`s3`]), the secrets audit ([`audit`]) and (feature
+//! `browser`) headless Chromium for the dashboard ([`browser`]).
 //!
 //! The broker's integration tests import it as `common` (`use testkit::broker as common;`).
 //! Its unit tests use [`etcd`] too: this crate then links a second copy of the broker's
@@ -9,6 +10,8 @@
 //! [`etcd::EtcdServer`]'s plain settings rather than take one of the other copy's types.
 
 pub mod audit;
+#[cfg(feature = "browser")]
+pub mod browser;
 // The broker tests name its configuration `common::broker::BrokerToml`.
 #[allow(clippy::module_inception)]
 pub mod broker;

@@ -58,7 +58,7 @@ pub(super) async fn guard(State(st): State<AppState>, req: Request, next: Next) 
     }
 }
 
-fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
+pub(super) fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -80,7 +80,15 @@ fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     let Some((user, password)) = text.split_once(':') else {
         return false;
     };
-    // Compare digests in constant time: no early exit on the first differing byte.
-    let given = credential_digest(user, password);
-    crate::secrets::constant_time_eq(&given, st.auth.as_slice())
+    st.credentials_match(user, password)
+}
+
+impl AppState {
+    /// Whether `user` and `password` are the broker's credentials (the OSB API's basic auth,
+    /// the dashboard's operator login).
+    pub(crate) fn credentials_match(&self, user: &str, password: &str) -> bool {
+        // Compare digests in constant time: no early exit on the first differing byte.
+        let given = credential_digest(user, password);
+        crate::secrets::constant_time_eq(&given, self.auth.as_slice())
+    }
 }

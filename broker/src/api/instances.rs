@@ -20,8 +20,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::state::{
     until_swapped, CreateInstance, Incarnation, InstanceContext, InstanceRecord, InstanceState,
-    OperationKind, OperationRecord, OperationRequest, OperationState, RestoreRecord, Round,
-    Timestamp,
+    OperationKind, OperationRecord, OperationRequest, OperationState, Parameters, Round, Timestamp,
 };
 
 /// The body of a provision (`PUT /v2/service_instances/:id`).
@@ -45,20 +44,17 @@ pub(super) struct UpdateRequest {
     parameters: Option<Value>,
 }
 
-/// The `202` of a provision: the operation, and for a clone what it copies (OSB 2.16
-/// `metadata`).
-fn provision_accepted(operation: &str, restore: Option<&RestoreRecord>) -> Response {
-    match restore {
-        None => accepted(operation),
-        Some(r) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "operation": operation,
-                "metadata": { "attributes": { "clone_of": clone::clone_of(r) } },
-            })),
-        )
-            .into_response(),
+/// The `202` of a provision: the operation, the instance's `dashboard_url`, and for a clone
+/// what it copies (OSB 2.16 `metadata`).
+fn provision_accepted(st: &AppState, operation: &str, record: &InstanceRecord) -> Response {
+    let mut body = json!({
+        "operation": operation,
+        "dashboard_url": crate::links::dashboard_url(&st.config, record),
+    });
+    if let Some(r) = &record.restore {
+        body["metadata"] = json!({ "attributes": { "clone_of": clone::clone_of(r) } });
     }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 pub(super) async fn provision(
@@ -118,13 +114,16 @@ pub(super) async fn provision(
             return match i.state {
                 InstanceState::Provisioning => match op {
                     Some(op) if op.value.kind == OperationKind::Provision => {
-                        Ok(provision_accepted(&op.value.id, i.restore.as_ref()))
+                        Ok(provision_accepted(st, &op.value.id, i))
                     }
                     _ => Err(ApiError::concurrency(
                         "Another operation for this service instance is in progress.",
                     )),
                 },
-                InstanceState::Ready | InstanceState::Updating => Ok(ok_empty()),
+                InstanceState::Ready | InstanceState::Updating => Ok(Json(json!({
+                    "dashboard_url": crate::links::dashboard_url(&st.config, i),
+                }))
+                .into_response()),
                 InstanceState::Deprovisioning => Err(ApiError::concurrency(
                     "This service instance is being deprovisioned.",
                 )),
@@ -196,6 +195,7 @@ pub(super) async fn provision(
                 raw: context.clone(),
             },
             port: 0,
+            read_only_port: None,
             path_name: Some(path_name.clone()),
             repository: st.config.repository.for_incarnation(path_name, incarnation),
             incarnation,
@@ -210,6 +210,7 @@ pub(super) async fn provision(
             purging: None,
             purged: None,
             final_lsn: None,
+            dashboard_generation: 0,
             postgresql_major: Some(major),
         };
         let description = match &record.restore {
@@ -252,8 +253,9 @@ pub(super) async fn provision(
                       "provision accepted");
                 st.wake_worker();
                 return Ok(Round::Done(provision_accepted(
+                    st,
                     &operation.value.id,
-                    instance.value.restore.as_ref(),
+                    &instance.value,
                 )));
             }
             // Created or deleted meanwhile: decide again.
@@ -349,8 +351,46 @@ pub(super) async fn update(
         check_plan(&st, p)?;
     }
     let (new_params, _) = parse_parameters(body.parameters.as_ref(), Phase::Update)?;
+    Ok(
+        match start_update(
+            &st,
+            &instance_id,
+            new_plan,
+            new_params,
+            accepts_incomplete(&q),
+            None,
+        )
+        .await?
+        {
+            UpdateStart::Accepted(op) => accepted(&op.id),
+            UpdateStart::Unchanged => ok_empty(),
+        },
+    )
+}
 
-    let (st, q, instance_id, new_plan) = (&st, &q, &instance_id, &new_plan);
+/// What [`start_update`] did.
+#[derive(Debug)]
+pub(crate) enum UpdateStart {
+    /// An update operation is recorded (or the same one was in progress already).
+    Accepted(Box<OperationRecord>),
+    /// The instance already has that plan, those parameters and that node count.
+    Unchanged,
+}
+
+/// The decision of an update (`PATCH`), for the OSB handler and for the dashboard's node
+/// count (`crate::actions`), which is the same update: the target plan and parameters
+/// (`new_params` already checked by `parse_parameters`), refused while another operation (a
+/// dashboard action too) is in progress or when the instance is not usable, recorded for the
+/// worker otherwise. `requested_by` names who asked on the dashboard (none: the platform).
+pub(crate) async fn start_update(
+    st: &AppState,
+    instance_id: &str,
+    new_plan: Option<String>,
+    new_params: Parameters,
+    incomplete_ok: bool,
+    requested_by: Option<&str>,
+) -> Result<UpdateStart, ApiError> {
+    let new_plan = &new_plan;
     until_swapped((), |()| async move {
         let (inst, op) = st.store.instance_and_operation(instance_id).await?;
         let Some(inst) = inst.filter(|i| i.value.state != InstanceState::Deleted) else {
@@ -388,7 +428,7 @@ pub(super) async fn update(
                             && op.value.state == OperationState::InProgress
                             && op.value.request == target =>
                     {
-                        Ok(accepted(&op.value.id))
+                        Ok(UpdateStart::Accepted(Box::new(op.value)))
                     }
                     _ => Err(ApiError::concurrency(
                         "Another update of this service instance is in progress.",
@@ -409,35 +449,51 @@ pub(super) async fn update(
             }
             InstanceState::Ready => {}
         }
+        // A dashboard action (backup, switchover) leaves the instance ready while it runs.
+        if let Some(o) = op.as_ref().filter(|o| o.value.state == OperationState::InProgress) {
+            return Err(ApiError::concurrency(format!(
+                "{} of this service instance is in progress; retry when it is finished.",
+                capitalized(o.value.kind.noun())
+            )));
+        }
         if target.plan_id == i.plan_id
             && target.parameters == i.parameters
             && target.node_count == i.node_count
         {
-            return Ok(Round::Done(ok_empty()));
+            return Ok(Round::Done(UpdateStart::Unchanged));
         }
-        if !accepts_incomplete(q) {
+        if !incomplete_ok {
             return Err(ApiError::async_required());
         }
-        let new_op = OperationRecord::new(
+        let mut new_op = OperationRecord::new(
             instance_id,
             OperationKind::Update,
             target.clone(),
             "Update accepted; waiting for the provisioning worker.",
             op.as_ref().map(|o| &o.value),
         );
+        new_op.requested_by = requested_by.map(str::to_string);
         let mut ni = i.clone();
         ni.state = InstanceState::Updating;
         ni.updated_at = Timestamp::now();
         if st.store.replace(&inst, &ni, op.as_ref(), &new_op).await? {
             info!(instance = %instance_id, operation = %new_op.id, plan = %target.plan_id,
-                  node_count = target.node_count, "update accepted");
+                  node_count = target.node_count, requested_by, "update accepted");
             st.wake_worker();
-            return Ok(Round::Done(accepted(&new_op.id)));
+            return Ok(Round::Done(UpdateStart::Accepted(Box::new(new_op))));
         }
         Ok::<_, ApiError>(Round::Lost(()))
     })
     .await?
     .ok_or_else(|| ApiError::concurrency("Concurrent requests for this service instance; retry."))
+}
+
+/// "A backup" from "a backup".
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 pub(super) async fn deprovision(
@@ -490,6 +546,12 @@ pub(super) async fn deprovision(
         if !accepts_incomplete(q) {
             return Err(ApiError::async_required());
         }
+        // A dashboard action in progress (the instance stays ready meanwhile) is cancelled
+        // like a provision: it ends as failed in the history, and its worker task stops at
+        // its next step (the nodes it works on are removed).
+        let cancelled_action = op.as_ref().is_some_and(|o| {
+            !o.value.kind.is_platform() && o.value.state == OperationState::InProgress
+        });
         // A provision in progress is halted: it ends as failed in the history, and the
         // worker sees `interrupted` and cleans up what it had created.
         let previous = op.as_ref().map(|o| {
@@ -497,6 +559,14 @@ pub(super) async fn deprovision(
             if interrupted.is_some() {
                 p.state = OperationState::Failed;
                 p.description = "Provisioning was cancelled by a deprovision request.".into();
+            }
+            if cancelled_action {
+                p.state = OperationState::Failed;
+                p.description = format!(
+                    "{} was cancelled by a deprovision request.",
+                    capitalized(p.kind.noun())
+                );
+                p.finished_at = Some(Timestamp::now());
             }
             p
         });
@@ -544,12 +614,15 @@ pub(super) async fn last_operation(
                 "Operation {id:?} is not an operation of this service instance."
             ))
         })?,
-        None => op.summary(),
+        // Without an id: the platform's newest operation, not a dashboard action it never
+        // started (those replace the current record but not the platform's view).
+        None => op.last_platform().unwrap_or_else(|| op.summary()),
     };
     if summary.kind == OperationKind::Deprovision && summary.state == OperationState::Succeeded {
         return Ok(gone());
     }
     let mut body = json!({ "state": summary.state, "description": summary.description });
+    // A failed update's `instance_usable` is on the current record only.
     if summary.id == op.id && summary.state == OperationState::Failed {
         if let Some(usable) = op.instance_usable {
             body["instance_usable"] = usable.into();
@@ -588,6 +661,7 @@ pub(super) async fn fetch_instance(
                 "service_id": i.service_id,
                 "plan_id": i.plan_id,
                 "parameters": provisioned_parameters(&i),
+                "dashboard_url": crate::links::dashboard_url(&st.config, &i),
                 "metadata": { "attributes": attributes },
             }))
             .into_response())

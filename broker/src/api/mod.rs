@@ -18,14 +18,19 @@
 //! The rooms: `auth` (basic auth and the API version header, in front of every route),
 //! `request` (the extractors whose rejections are [`ApiError`]s, and the checks the
 //! handlers share), `catalog`, `instances` (provision, update, deprovision, last_operation),
-//! `clone` (the checks of a provision with `clone-from`, before its `202`) and `bindings`.
+//! `clone` (the checks of a provision with `clone-from`, before its `202`), `bindings`, and
+//! `metrics` (`GET /metrics`, with its own authentication, and the count of OSB answers).
 
 mod auth;
 mod bindings;
 mod catalog;
 mod clone;
 mod instances;
+mod metrics;
 mod request;
+
+pub(crate) use instances::{start_update, UpdateStart};
+pub(crate) use request::{parse_parameters, Phase};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -146,6 +151,8 @@ pub struct AppState {
     /// The cells' majors (none: provisions are not checked against them; the worker's
     /// placement still is).
     pub cell_majors: Option<Arc<dyn CellMajors>>,
+    /// The sampler's results (none in unit tests and when sampling is off).
+    pub stats: Option<crate::stats::Stats>,
     auth: Arc<[u8; 32]>,
 }
 
@@ -165,6 +172,7 @@ impl AppState {
             windows: Arc::default(),
             leader_wal: None,
             cell_majors: None,
+            stats: None,
             auth,
         }
     }
@@ -173,15 +181,17 @@ impl AppState {
         self.config.plan(plan_id)
     }
 
-    fn wake_worker(&self) {
+    pub(crate) fn wake_worker(&self) {
         self.provisioner.notify_one();
         self.state_changed.notify_one();
     }
 }
 
-/// The OSB router: every route requires basic auth and `X-Broker-API-Version`.
-pub fn app(state: AppState) -> Router {
-    Router::new()
+/// The OSB routes (every route requires basic auth and `X-Broker-API-Version`, and so does
+/// every other path outside `/dashboard` and `/metrics`: the fallback is behind the guard
+/// too; its answers are counted for `/metrics`) and `GET /metrics` (basic auth only).
+pub fn routes(state: AppState) -> Router {
+    let osb = Router::new()
         .route("/v2/catalog", get(catalog::catalog))
         .route(
             "/v2/service_instances/{instance_id}",
@@ -209,5 +219,6 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .with_state(state)
+        .layer(middleware::from_fn(metrics::count));
+    osb.merge(metrics::routes()).with_state(state)
 }

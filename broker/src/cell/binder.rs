@@ -14,7 +14,9 @@ use tracing::info;
 use super::{CellClient, ClientError};
 use crate::api::{BindError, Binder, BoxFuture};
 use crate::backoff::{retry, Backoff};
-use crate::binder::{credentials, new_role, role_name, BinderOptions};
+use crate::binder::{
+    add_multihost, add_read_only, credentials, new_role, role_name, BinderOptions,
+};
 use crate::state::{Credentials, InstanceRecord};
 
 /// The [`Binder`] of a real broker: a role per binding, made on the leader by its cell.
@@ -22,6 +24,8 @@ pub struct CellBinder {
     host: String,
     options: BinderOptions,
     cells: BTreeMap<String, CellClient>,
+    /// Each cell's host as it advertises it to the nodes' clients (the multi-host URIs).
+    node_hosts: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for CellBinder {
@@ -46,7 +50,15 @@ impl CellBinder {
             host: host.into(),
             options,
             cells,
+            node_hosts: BTreeMap::new(),
         }
+    }
+
+    /// Names each cell's host (by cell name) in the bindings' multi-host URIs; without it
+    /// they have none.
+    pub fn with_node_hosts(mut self, hosts: BTreeMap<String, String>) -> CellBinder {
+        self.node_hosts = hosts;
+        self
     }
 
     /// The binder of a broker's configuration (its cells, over TLS, and its router host).
@@ -58,11 +70,15 @@ impl CellBinder {
                 CellClient::new(&c.url, c.token.clone(), config.tls.as_ref())?,
             );
         }
-        Ok(CellBinder::new(
-            config.router.host.clone(),
-            cells,
-            BinderOptions::default(),
-        ))
+        let hosts = config
+            .cells
+            .iter()
+            .map(|c| (c.name.clone(), c.node_host()))
+            .collect();
+        Ok(
+            CellBinder::new(config.router.host.clone(), cells, BinderOptions::default())
+                .with_node_hosts(hosts),
+        )
     }
 
     /// The options.
@@ -157,13 +173,25 @@ impl Binder for CellBinder {
             })
             .await?;
             info!(instance = %instance.id, binding = %binding_id, role = %role, "binding role ready");
-            Ok(credentials(
+            let mut creds = credentials(
                 &self.host,
                 instance.port,
                 &self.options.database,
                 &role,
                 password.expose(),
-            ))
+            );
+            if let Some(ro) = instance.read_only_port {
+                add_read_only(&mut creds, ro);
+            }
+            // The nodes as placed now (a node added or replaced later is not in it).
+            let nodes: Vec<(String, u16)> = instance
+                .nodes
+                .iter()
+                .filter(|n| n.pg_port != 0)
+                .filter_map(|n| Some((self.node_hosts.get(&n.cell)?.clone(), n.pg_port)))
+                .collect();
+            add_multihost(&mut creds, &nodes);
+            Ok(creds)
         })
     }
 

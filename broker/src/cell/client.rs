@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::http::header;
 use serde::{Deserialize, Serialize};
 
+pub use super::stats::{ArchiverStats, HistoryEntry, NodeStats, ReplicationStats};
 use crate::binder::RoleRequest;
 use crate::patroni::bootstrap::BACKUP_NAME_MAX;
 pub use crate::patroni::bootstrap::{BootstrapSpec, BootstrapTarget};
@@ -58,6 +59,9 @@ fn default_archive_timeout() -> u32 {
     60
 }
 
+/// The values of `synchronous_commit` a cell accepts in a [`NodeSpec`].
+pub const SYNCHRONOUS_COMMIT: &[&str] = &["on", "remote_write", "remote_apply"];
+
 /// What the broker asks a cell to run: one Patroni node of an instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +103,11 @@ pub struct NodeSpec {
     /// Patroni `synchronous_mode`.
     #[serde(default)]
     pub synchronous: bool,
+    /// PostgreSQL's `synchronous_commit` (`remote_apply`: a commit waits until the
+    /// synchronous standby applied it); absent: PostgreSQL's default (`on`), as in specs
+    /// written before it existed (so cells that do not know it keep accepting those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_commit: Option<String>,
     /// Address at which other cells and routers reach this cell.
     pub host: String,
     /// Hosts of the instance's other nodes (allowed to replicate).
@@ -131,6 +140,12 @@ pub struct CellReport {
     /// What `patroni --version` said (`patroni 4.1.5`), when it could be run.
     #[serde(default)]
     pub patroni: Option<String>,
+    /// Nodes the cell runs (none from agents before the dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Ports of its `ports` range no node holds (none: no range, or an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_ports: Option<u32>,
 }
 
 impl CellReport {
@@ -322,6 +337,13 @@ impl NodeSpec {
     pub fn validate(&self) -> Result<(), String> {
         let spec = self;
         let bad = |m: &str| Err(m.to_string());
+        if spec
+            .synchronous_commit
+            .as_deref()
+            .is_some_and(|v| !SYNCHRONOUS_COMMIT.contains(&v))
+        {
+            return bad("synchronous_commit must be one of on, remote_write, remote_apply");
+        }
         if crate::names::check_id(&spec.instance_id, "instance_id").is_err() {
             return bad("instance_id must be 1 to 255 bytes without control characters");
         }
@@ -479,7 +501,7 @@ impl CellClient {
             return Ok(CellReport {
                 majors: BTreeMap::from([(legacy.to_string(), String::new())]),
                 unnamed_major: legacy,
-                patroni: None,
+                ..CellReport::default()
             });
         }
         Self::decode("cell report", &bytes)
@@ -591,9 +613,37 @@ impl CellClient {
         Self::decode(route, &bytes)
     }
 
+    /// Asks node `name` (the leader) for a Patroni switchover to `candidate`; returns once
+    /// Patroni accepted it.
+    pub async fn switchover(&self, name: &str, candidate: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "candidate": candidate }).to_string();
+        let (status, _) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{name}/switchover"),
+                Some(body),
+                Duration::from_secs(150),
+            )
+            .await?;
+        if status == 404 {
+            return Err(ClientError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Where node `name`'s WAL is (its current LSN, where recovery stopped).
     pub async fn wal(&self, name: &str) -> Result<WalPosition, ClientError> {
         self.node_call(reqwest::Method::GET, name, "wal", Duration::from_secs(30))
+            .await
+    }
+
+    /// The statistics of node `name` (`GET /v1/nodes/{name}/stats`), within `timeout`.
+    pub async fn node_stats(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<NodeStats, ClientError> {
+        self.node_call(reqwest::Method::GET, name, "stats", timeout)
             .await
     }
 
@@ -702,5 +752,18 @@ mod tests {
         );
         assert_eq!(spec.archive_timeout, 60);
         spec.validate().unwrap();
+        // synchronous_commit: absent from the spec when not set (what older cells accept),
+        // one of PostgreSQL's waiting values when set.
+        assert_eq!(spec.synchronous_commit, None);
+        assert!(serde_json::to_value(&spec)
+            .unwrap()
+            .get("synchronous_commit")
+            .is_none());
+        let mut s2 = spec.clone();
+        s2.synchronous_commit = Some("remote_apply".into());
+        s2.validate().unwrap();
+        s2.synchronous_commit = Some("off'; drop".into());
+        let e = s2.validate().unwrap_err();
+        assert!(e.contains("synchronous_commit"), "{e}");
     }
 }

@@ -115,6 +115,28 @@ async fn backup_node(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<Str
     }
 }
 
+/// The body of `POST /v1/nodes/{name}/switchover`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverRequest {
+    candidate: String,
+}
+
+async fn switchover(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: SwitchoverRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return Error::Invalid(format!("switchover request: {e}")).into_response(),
+    };
+    match agent.switchover(&name, &req.candidate).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn put_role(
     State(agent): State<Arc<Agent>>,
     UrlPath((name, role)): UrlPath<(String, String)>,
@@ -148,6 +170,13 @@ async fn delete_role(
 async fn node_wal(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
     match agent.wal(&name).await {
         Ok(w) => json_response(&w),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn node_stats(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Response {
+    match agent.node_stats(&name).await {
+        Ok(s) => json_response(&s),
         Err(e) => e.into_response(),
     }
 }
@@ -218,7 +247,9 @@ pub(super) fn router(agent: Arc<Agent>) -> Router {
             get(get_node).put(put_node).delete(delete_node),
         )
         .route("/v1/nodes/{name}/backup", post(backup_node))
+        .route("/v1/nodes/{name}/switchover", post(switchover))
         .route("/v1/nodes/{name}/wal", get(node_wal))
+        .route("/v1/nodes/{name}/stats", get(node_stats))
         .route("/v1/nodes/{name}/switch-wal", post(switch_wal))
         .route("/v1/nodes/{name}/push-history", post(push_history))
         .route("/v1/nodes/{name}/login-roles", get(login_roles))

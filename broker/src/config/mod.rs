@@ -28,8 +28,9 @@ mod validate;
 
 pub use duration::{parse_duration, HumanDuration};
 pub use schema::{
-    BackupConfig, BrokerConfig, CellConfig, ClonesConfig, Credentials, EtcdConfig, NodesConfig,
-    PlanConfig, RepositoryConfig, RouterConfig, ServiceConfig, StateBackupConfig, WorkerConfig,
+    BackupConfig, BrokerConfig, CellConfig, ClonesConfig, Credentials, DashboardConfig, EtcdConfig,
+    NodesConfig, PlanConfig, ReadOnlyFallback, RepositoryConfig, RouterConfig, ServiceConfig,
+    StateBackupConfig, StatsConfig, SynchronousCommit, WorkerConfig,
 };
 use secret::resolve_secret;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 use crate::secrets::Secret;
@@ -68,6 +68,172 @@ pub struct BrokerConfig {
     /// Snapshots of the broker's own state in a second store (absent: none, with a warning).
     #[serde(default)]
     pub state_backup: Option<StateBackupConfig>,
+    /// The web dashboard (`/dashboard/`): its external URL, sessions, health thresholds.
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+    /// The sampler behind the dashboard and `/metrics` (`crate::stats`).
+    #[serde(default)]
+    pub stats: StatsConfig,
+}
+
+/// `[dashboard]`: the web dashboard served beside the OSB API ([`crate::dashboard`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// The broker's URL as users' browsers reach it (`https://broker.example.com`), the base
+    /// of every `dashboard_url`. Absent: `http(s)://<listen>` (TLS decides the scheme).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long a session (a login, or an opened per-instance link) lasts.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: HumanDuration,
+    /// Health: amber when the last archived segment is older than this (the worst-case data
+    /// loss); default twice `archive_timeout`.
+    #[serde(default)]
+    pub archive_age_amber: Option<HumanDuration>,
+    /// Health: red when it is older than this; default ten times `archive_timeout`.
+    #[serde(default)]
+    pub archive_age_red: Option<HumanDuration>,
+    /// Health: amber when a replica is this many bytes behind the leader.
+    #[serde(default = "default_lag_amber")]
+    pub replica_lag_amber_bytes: u64,
+    /// Health: red when a replica is this many bytes behind (or down).
+    #[serde(default = "default_lag_red")]
+    pub replica_lag_red_bytes: u64,
+    /// Health: amber when the newest base backup is older than this.
+    #[serde(default = "default_backup_amber")]
+    pub backup_age_amber: HumanDuration,
+    /// Health: red when it is older than this (or there is none).
+    #[serde(default = "default_backup_red")]
+    pub backup_age_red: HumanDuration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            url: None,
+            session_lifetime: default_session_lifetime(),
+            archive_age_amber: None,
+            archive_age_red: None,
+            replica_lag_amber_bytes: default_lag_amber(),
+            replica_lag_red_bytes: default_lag_red(),
+            backup_age_amber: default_backup_amber(),
+            backup_age_red: default_backup_red(),
+        }
+    }
+}
+
+fn default_session_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(8 * 3600))
+}
+
+fn default_lag_amber() -> u64 {
+    16 << 20
+}
+
+fn default_lag_red() -> u64 {
+    64 << 20
+}
+
+fn default_backup_amber() -> HumanDuration {
+    HumanDuration(Duration::from_secs(26 * 3600))
+}
+
+fn default_backup_red() -> HumanDuration {
+    HumanDuration(Duration::from_secs(50 * 3600))
+}
+
+/// `[stats]`: how often the broker samples its instances, and how long it keeps the samples.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Sample at all (`false`: no sampler, empty dashboard figures, `/metrics` with the
+    /// broker's own counters only).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Time between two samples of every ready instance.
+    #[serde(default = "default_sample_interval")]
+    pub sample_interval: HumanDuration,
+    /// How long one cell may take to answer for one node before the node counts as unknown.
+    #[serde(default = "default_cell_timeout")]
+    pub cell_timeout: HumanDuration,
+    /// Nodes asked at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Time between two readings of an instance's repository (backups, restorable window).
+    #[serde(default = "default_repository_interval")]
+    pub repository_interval: HumanDuration,
+    /// The directory of the samples file (`samples.redb`); default: the directory of
+    /// `router.haproxy_config`, which the broker owns already.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// How long every sample is kept.
+    #[serde(default = "default_full_retention")]
+    pub full_retention: HumanDuration,
+    /// Older samples are kept as one per this interval (lags and connections their maximum,
+    /// rates their mean, sizes the last) ...
+    #[serde(default = "default_coarse_interval")]
+    pub coarse_interval: HumanDuration,
+    /// ... for this long.
+    #[serde(default = "default_coarse_retention")]
+    pub coarse_retention: HumanDuration,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            enabled: true,
+            sample_interval: default_sample_interval(),
+            cell_timeout: default_cell_timeout(),
+            concurrency: default_concurrency(),
+            repository_interval: default_repository_interval(),
+            dir: None,
+            full_retention: default_full_retention(),
+            coarse_interval: default_coarse_interval(),
+            coarse_retention: default_coarse_retention(),
+        }
+    }
+}
+
+impl StatsConfig {
+    /// The samples file's directory.
+    pub fn dir(&self, router: &RouterConfig) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            router
+                .haproxy_config
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+        })
+    }
+}
+
+fn default_sample_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+fn default_cell_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+fn default_repository_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+fn default_full_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(48 * 3600))
+}
+
+fn default_coarse_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+fn default_coarse_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86400))
 }
 
 /// Settings of clones (`clone-from`).
@@ -125,6 +291,27 @@ fn default_min_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
+/// `nodes.synchronous_commit`: how long a commit waits for the synchronous standby.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynchronousCommit {
+    /// Until the standby has flushed the commit's WAL (PostgreSQL's default).
+    #[default]
+    On,
+    /// Until the standby has applied it (read-your-writes on the standby).
+    RemoteApply,
+}
+
+impl SynchronousCommit {
+    /// PostgreSQL's name of the setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SynchronousCommit::On => "on",
+            SynchronousCommit::RemoteApply => "remote_apply",
+        }
+    }
+}
+
 /// Settings of every node the broker places (the same on all cells).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +326,11 @@ pub struct NodesConfig {
     /// Patroni `synchronous_mode`: commits wait for a replica (no loss on failover).
     #[serde(default)]
     pub synchronous: bool,
+    /// PostgreSQL's `synchronous_commit` on every node, with `synchronous`: `on` (default:
+    /// a commit waits until the synchronous standby has flushed it) or `remote_apply` (until
+    /// it has applied it: a read on that standby right after the commit sees it).
+    #[serde(default)]
+    pub synchronous_commit: SynchronousCommit,
     /// Patroni leader key TTL in seconds (`loop_wait + 2 * retry_timeout <= ttl`).
     #[serde(default = "default_ttl")]
     pub ttl: u32,
@@ -183,6 +375,7 @@ impl Default for NodesConfig {
             walarchive: default_walarchive(),
             patroni_namespace: None,
             synchronous: false,
+            synchronous_commit: SynchronousCommit::default(),
             ttl: default_ttl(),
             loop_wait: default_loop_wait(),
             retry_timeout: default_retry_timeout(),
@@ -500,6 +693,30 @@ pub struct RouterConfig {
     /// it (default). `false` ties it to the broker process (single-machine mode).
     #[serde(default = "default_true")]
     pub outlive_broker: bool,
+    /// Where the read-only port sends connections when no replica is healthy: `primary`
+    /// (default: reads keep working, on the primary) or `none` (refused: reads never load
+    /// the primary).
+    #[serde(default)]
+    pub read_only_fallback: ReadOnlyFallback,
+    /// Replicas further behind the leader than this many bytes get no new read-only
+    /// connections (Patroni's `GET /replica?lag=`); 0: no limit. Default 16 MiB.
+    #[serde(default = "default_read_only_max_lag")]
+    pub read_only_max_lag_bytes: u64,
+}
+
+/// `router.read_only_fallback`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadOnlyFallback {
+    /// The primary serves the read-only port while no replica is healthy.
+    #[default]
+    Primary,
+    /// The read-only port refuses connections while no replica is healthy.
+    None,
+}
+
+fn default_read_only_max_lag() -> u64 {
+    16 << 20
 }
 
 fn default_true() -> bool {

@@ -273,3 +273,162 @@ fn the_state_backup_is_validated() {
     .to_string();
     assert!(e.contains("state_backup.min_interval"), "{e}");
 }
+
+#[test]
+fn read_only_routing_and_synchronous_commit() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "example").unwrap();
+    assert_eq!(c.router.read_only_fallback, ReadOnlyFallback::Primary);
+    assert_eq!(c.router.read_only_max_lag_bytes, 16 << 20);
+    assert_eq!(c.nodes.synchronous_commit, SynchronousCommit::On);
+    // Without the settings: the same defaults.
+    let bare: String = text
+        .lines()
+        .filter(|l| !l.starts_with("read_only_"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = BrokerConfig::parse(&bare, "x.toml").unwrap();
+    assert_eq!(c.router.read_only_fallback, ReadOnlyFallback::Primary);
+    assert_eq!(c.router.read_only_max_lag_bytes, 16 << 20);
+    let none = text.replace(
+        "read_only_fallback = \"primary\"",
+        "read_only_fallback = \"none\"",
+    );
+    let c = BrokerConfig::parse(&none, "x.toml").unwrap();
+    assert_eq!(c.router.read_only_fallback, ReadOnlyFallback::None);
+    let e = BrokerConfig::parse(
+        &text.replace(
+            "read_only_fallback = \"primary\"",
+            "read_only_fallback = \"replica\"",
+        ),
+        "x.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("read_only_fallback"), "{e}");
+    // remote_apply only means something with a synchronous standby.
+    let apply = text.replace(
+        "# synchronous_commit = \"on\"",
+        "synchronous_commit = \"remote_apply\"",
+    );
+    let e = BrokerConfig::parse(&apply, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nodes.synchronous_commit"), "{e}");
+    let c = BrokerConfig::parse(
+        &apply.replace("synchronous = false", "synchronous = true"),
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(c.nodes.synchronous_commit, SynchronousCommit::RemoteApply);
+}
+
+/// `[stats]`: the example's values load, the samples file defaults to HAProxy's directory, and
+/// intervals and retentions that contradict each other are refused naming the setting.
+#[test]
+fn the_stats_settings_are_validated() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "x").unwrap();
+    let s = &c.stats;
+    assert!(s.enabled);
+    assert_eq!(s.sample_interval.0, Duration::from_secs(15));
+    assert_eq!(s.full_retention.0, Duration::from_secs(48 * 3600));
+    assert_eq!(s.coarse_interval.0, Duration::from_secs(600));
+    assert_eq!(s.coarse_retention.0, Duration::from_secs(30 * 86400));
+    assert_eq!(
+        s.dir(&c.router),
+        c.router.haproxy_config.parent().unwrap().to_path_buf()
+    );
+    // Without the section: the same defaults.
+    let start = text.find("[stats]").unwrap();
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |e| start + 1 + e);
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    let d = BrokerConfig::parse(&without, "x").unwrap().stats;
+    assert_eq!(
+        (d.sample_interval.0, d.concurrency, d.repository_interval.0),
+        (s.sample_interval.0, s.concurrency, s.repository_interval.0)
+    );
+    for (from, to, setting) in [
+        (
+            "sample_interval = \"15s\"",
+            "sample_interval = \"0s\"",
+            "stats.sample_interval",
+        ),
+        ("concurrency = 8", "concurrency = 0", "stats.concurrency"),
+        (
+            "coarse_interval = \"10m\"",
+            "coarse_interval = \"5s\"",
+            "stats.coarse_interval",
+        ),
+        (
+            "coarse_retention = \"30d\"",
+            "coarse_retention = \"1h\"",
+            "stats.coarse_retention",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = BrokerConfig::parse(&text.replace(from, to), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting), "{e}");
+    }
+}
+
+/// `[dashboard]`: the example's values load, the defaults without the section, and a URL with
+/// credentials or a query (it goes into every `dashboard_url`) or a too short session refused.
+#[test]
+fn the_dashboard_settings_are_validated() {
+    let (_f, text) = with_password_file(&example());
+    let c = BrokerConfig::parse(&text, "x").unwrap();
+    assert_eq!(
+        c.dashboard.url.as_deref(),
+        Some("https://broker.example.com")
+    );
+    assert_eq!(
+        c.dashboard.session_lifetime.0,
+        Duration::from_secs(8 * 3600)
+    );
+    assert_eq!(c.dashboard.replica_lag_red_bytes, 64 << 20);
+    let start = text.find("[dashboard]").unwrap();
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |e| start + 1 + e);
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    let d = BrokerConfig::parse(&without, "x").unwrap();
+    assert_eq!(d.dashboard.url, None);
+    assert_eq!(
+        d.dashboard.backup_age_amber.0,
+        Duration::from_secs(26 * 3600)
+    );
+    for (from, to, setting) in [
+        (
+            "url = \"https://broker.example.com\"",
+            "url = \"https://user:pw@broker.example.com\"",
+            "dashboard.url",
+        ),
+        (
+            "url = \"https://broker.example.com\"",
+            "url = \"https://broker.example.com/?x=1\"",
+            "dashboard.url",
+        ),
+        (
+            "url = \"https://broker.example.com\"",
+            "url = \"broker.example.com\"",
+            "dashboard.url",
+        ),
+        (
+            "session_lifetime = \"8h\"",
+            "session_lifetime = \"10s\"",
+            "dashboard.session_lifetime",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = BrokerConfig::parse(&text.replace(from, to), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+    }
+}

@@ -90,6 +90,28 @@ impl BrokerConfig {
             }
             Ok(_) => {}
         }
+        let st = &self.stats;
+        if st.sample_interval.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "stats.sample_interval",
+                "must be at least 1s".into(),
+            ));
+        }
+        if st.concurrency == 0 {
+            return Err(invalid("stats.concurrency", "must be at least 1".into()));
+        }
+        if st.coarse_interval.0 < st.sample_interval.0 {
+            return Err(invalid(
+                "stats.coarse_interval",
+                "must not be shorter than stats.sample_interval".into(),
+            ));
+        }
+        if st.coarse_retention.0 < st.full_retention.0 {
+            return Err(invalid(
+                "stats.coarse_retention",
+                "must not be shorter than stats.full_retention".into(),
+            ));
+        }
         if let Some(b) = &self.state_backup {
             plain_url(&b.url).map_err(|m| invalid("state_backup.url", m))?;
             let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
@@ -109,6 +131,29 @@ impl BrokerConfig {
                     "must be at least 1s".into(),
                 ));
             }
+        }
+        let d = &self.dashboard;
+        if let Some(u) = &d.url {
+            match url::Url::parse(u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https")
+                    && p.host_str().is_some()
+                    && p.username().is_empty()
+                    && p.password().is_none()
+                    && p.query().is_none()
+                    && p.fragment().is_none() => {}
+                _ => {
+                    return Err(invalid(
+                        "dashboard.url",
+                        "must be the broker's http(s):// URL as browsers reach it, without credentials, query or fragment".into(),
+                    ))
+                }
+            }
+        }
+        if d.session_lifetime.0 < Duration::from_secs(60) {
+            return Err(invalid(
+                "dashboard.session_lifetime",
+                "must be at least 1m".into(),
+            ));
         }
         let r = &self.repository;
         if r.keep_deleted_minimum.0 < Duration::from_secs(1) {
@@ -268,6 +313,12 @@ impl BrokerConfig {
             return Err(invalid("backups.interval", "must be positive".into()));
         }
         let n = &self.nodes;
+        if n.synchronous_commit != super::SynchronousCommit::On && !n.synchronous {
+            return Err(invalid(
+                "nodes.synchronous_commit",
+                "only applies with nodes.synchronous = true (without a synchronous standby, a commit waits for nothing)".into(),
+            ));
+        }
         if n.loop_wait == 0 || n.loop_wait + 2 * n.retry_timeout > n.ttl {
             return Err(invalid(
                 "nodes.ttl",

@@ -255,6 +255,14 @@ pub async fn demo(dev: &Dev) -> Result<Credentials, DevError> {
     );
     println!("\nConnect with:\n");
     println!("psql \"{}\"", creds.uri);
+    if let Some(ro) = &creds.read_only_uri {
+        println!("\nRead-only, on a replica (the primary while none is healthy):\n");
+        println!("psql \"{ro}\"");
+    }
+    if let Some(mh) = &creds.uri_multihost {
+        println!("\nThe nodes directly (the client finds the primary):\n");
+        println!("psql \"{mh}\"");
+    }
     println!("\nCtrl-C stops everything.");
     Ok(creds)
 }

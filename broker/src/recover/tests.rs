@@ -93,8 +93,29 @@ fn an_update_in_progress_ends_failed_in_the_history() {
             kind: OperationKind::Update,
             state: OperationState::Failed,
             description: UPDATE_INTERRUPTED.into(),
+            started_at: Some(op.started_at),
+            finished_at: Some(now),
+            requested_by: None,
         })
     );
+}
+
+#[test]
+fn a_dashboard_action_in_progress_ends_failed_in_the_history() {
+    let now = Timestamp::now();
+    let mut op = operation(OperationKind::Backup, OperationState::InProgress);
+    op.requested_by = Some("operator".into());
+    let (action, after, new_op) = recovered(with_nodes(instance("ready")), Some(op.clone()), now);
+    assert_eq!(action, Action::Recover);
+    assert_eq!(after.state, InstanceState::Provisioning);
+    let new_op = new_op.unwrap();
+    let ended = new_op.find(&op.id).unwrap();
+    assert_eq!(
+        (ended.state, ended.description.as_str(), ended.finished_at),
+        (OperationState::Failed, ACTION_INTERRUPTED, Some(now))
+    );
+    assert_eq!(ended.requested_by.as_deref(), Some("operator"));
+    assert_eq!(new_op.instance_usable, None);
 }
 
 #[test]

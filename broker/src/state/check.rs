@@ -2,7 +2,7 @@
 //! `walarchive-broker state-backup verify` asks of every key of a snapshot, so that a backup
 //! that would not restore is found while etcd still holds the originals.
 
-use super::model::{CatalogEntry, Claim, InstanceRecord, OperationRecord};
+use super::model::{BackupLog, CatalogEntry, Claim, InstanceRecord, OperationRecord};
 use super::{Store, StoreError};
 use crate::etcd::KeyValue;
 
@@ -33,6 +33,7 @@ impl Store {
             "operations" => Self::decode::<OperationRecord>(&kv).map(|_| "operations"),
             "catalog" => Self::decode::<CatalogEntry>(&kv).map(|_| "catalog"),
             "claims" => Self::decode::<Claim>(&kv).map(|_| "claims"),
+            "backups" => Self::decode::<BackupLog>(&kv).map(|_| "backups"),
             "bindings" => self.open_binding(&kv).map(|_| "bindings"),
             "secrets" => self.open_secrets(&kv).map(|_| "secrets"),
             "ports" => {

@@ -14,7 +14,8 @@
 //! | `instances/<instance_id>` | [`InstanceRecord`] |
 //! | `operations/<instance_id>` | [`OperationRecord`]: the one current operation, with a short history |
 //! | `bindings/<instance_id>/<binding_id>` | [`BindingRecord`] |
-//! | `ports/<port>` | the owning instance id (plain text) |
+//! | `ports/<port>` | the owning instance id (plain text): its port and its read-only port |
+//! | `backups/<instance_id>` | [`BackupLog`]: the backups the broker took, with the node and who asked |
 //! | `secrets/<instance_id>` | [`InstanceSecrets`] of the current incarnation |
 //! | `claims/<instance_id>` | [`Claim`]: the worker working on the instance's operations |
 //! | `claims/<instance_id>/backup` | [`Claim`]: the worker taking its scheduled backups |
@@ -46,18 +47,21 @@
 //! The rooms: [`model`] holds the records (plain data, what the API and the worker decide
 //! on; `model/restore.rs` those of clones and of an id's earlier incarnations); `store` reads and
 //! writes them (one etcd transaction per decision), `operations` records an operation's steps
-//! and its end, `purges` the purges of deleted
+//! and its end, `backuplog` the backups the broker took, `ports` the read-only router port
+//! given after creation, `purges` the purges of deleted
 //! incarnations' archives, `forget` the removal of the self-test's deleted instances; `keys` lays them out under the prefix; `sealed` keeps secrets
 //! sealed at rest; `check` says whether a stored value decodes as the record its key names
 //! (state backups); `recovered` writes a snapshot's records back (disaster recovery); [`cas`] is the one retry loop of every
 //! compare-and-swap decision.
 
+mod backuplog;
 pub mod cas;
 mod check;
 mod forget;
 mod keys;
 pub mod model;
 mod operations;
+mod ports;
 mod purges;
 mod recovered;
 mod sealed;

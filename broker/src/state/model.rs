@@ -140,6 +140,12 @@ pub struct InstanceRecord {
     pub context: InstanceContext,
     /// The router port (reserved under `ports/<port>`).
     pub port: u16,
+    /// The read-only router port (reserved under `ports/<port>` like `port`), whose route
+    /// spreads connections over the hot standbys. Given by the worker
+    /// (`worker/routing.rs`), so absent from new records until then and from records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_port: Option<u16>,
     /// The instance's name in repository paths, Patroni's scope and HAProxy's configuration
     /// ([`crate::names::path_name`] of the id). Absent from records written before names
     /// existed, whose ids were used as they were ([`InstanceRecord::scope`]).
@@ -196,6 +202,15 @@ pub struct InstanceRecord {
     /// majors: those instances run 15 ([`InstanceRecord::major`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgresql_major: Option<u32>,
+    /// The generation of the instance's dashboard link (`dashboard-link --rotate` increments
+    /// it): the link is a MAC of the id and this number ([`crate::dashboard`]), so a rotation
+    /// invalidates the old link and its sessions without storing any secret. Absent: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dashboard_generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn first_incarnation() -> u32 {
@@ -227,6 +242,34 @@ pub enum OperationKind {
     Update,
     /// Remove the cluster (halting a provision in progress, if any).
     Deprovision,
+    /// A base backup on the leader, asked for on the dashboard (`crate::actions`): never
+    /// changes the instance's state or plan.
+    Backup,
+    /// A Patroni switchover to a chosen replica, asked for on the dashboard: never changes
+    /// the instance's state or plan.
+    Switchover,
+}
+
+impl OperationKind {
+    /// Whether the platform (OSB) started operations of this kind, so that it may poll them
+    /// by id (`last_operation`); dashboard actions are not.
+    pub fn is_platform(self) -> bool {
+        match self {
+            OperationKind::Provision | OperationKind::Update | OperationKind::Deprovision => true,
+            OperationKind::Backup | OperationKind::Switchover => false,
+        }
+    }
+
+    /// The kind in words, for messages ("a backup").
+    pub fn noun(self) -> &'static str {
+        match self {
+            OperationKind::Provision => "a provision",
+            OperationKind::Update => "an update",
+            OperationKind::Deprovision => "a deprovision",
+            OperationKind::Backup => "a backup",
+            OperationKind::Switchover => "a switchover",
+        }
+    }
 }
 
 /// The state of an operation, spelt as OSB's `last_operation` spells it.
@@ -275,6 +318,15 @@ pub struct OperationSummary {
     pub state: OperationState,
     /// Last description.
     pub description: String,
+    /// When accepted (absent from summaries written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Who asked for it, for dashboard actions ([`OperationRecord::requested_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 /// `operations/<instance_id>`: the instance's current operation.
@@ -306,9 +358,18 @@ pub struct OperationRecord {
     /// When it succeeded or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
-    /// Earlier operations of this instance, oldest first (at most [`HISTORY`]).
+    /// Earlier operations of this instance, oldest first (at most [`HISTORY`]; the newest
+    /// platform operation is never dropped for a dashboard action's, so `last_operation`
+    /// keeps answering for it).
     #[serde(default)]
     pub history: Vec<OperationSummary>,
+    /// Who asked for a dashboard action (`crate::actions`: `operator`, `user`), or for an
+    /// update made on the dashboard; absent for the platform's own operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// A switchover's candidate: the replica that is to lead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
 }
 
 impl OperationRecord {
@@ -325,9 +386,7 @@ impl OperationRecord {
         if let Some(p) = previous {
             history = p.history.clone();
             history.push(p.summary());
-            if history.len() > HISTORY {
-                history.drain(..history.len() - HISTORY);
-            }
+            trim_history(&mut history);
         }
         OperationRecord {
             instance_id: instance_id.to_string(),
@@ -342,6 +401,8 @@ impl OperationRecord {
             updated_at: now,
             finished_at: None,
             history,
+            requested_by: None,
+            candidate: None,
         }
     }
 
@@ -352,7 +413,24 @@ impl OperationRecord {
             kind: self.kind,
             state: self.state,
             description: self.description.clone(),
+            started_at: Some(self.started_at),
+            finished_at: self.finished_at,
+            requested_by: self.requested_by.clone(),
         }
+    }
+
+    /// The newest operation the platform started (this one or one in the history): what
+    /// `last_operation` without an operation id answers for, since the platform never saw
+    /// the dashboard's actions.
+    pub fn last_platform(&self) -> Option<OperationSummary> {
+        if self.kind.is_platform() {
+            return Some(self.summary());
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|s| s.kind.is_platform())
+            .cloned()
     }
 
     /// This operation or an earlier one with id `id`.
@@ -361,6 +439,18 @@ impl OperationRecord {
             return Some(self.summary());
         }
         self.history.iter().rev().find(|s| s.id == id).cloned()
+    }
+}
+
+/// Drops the oldest summaries beyond [`HISTORY`], but never the newest platform operation's
+/// (dashboard actions could otherwise push the provision the platform polls out of reach).
+fn trim_history(history: &mut Vec<OperationSummary>) {
+    while history.len() > HISTORY {
+        let keep = history.iter().rposition(|s| s.kind.is_platform());
+        let drop = (0..history.len())
+            .find(|i| Some(*i) != keep)
+            .expect("more than one summary");
+        history.remove(drop);
     }
 }
 
@@ -396,6 +486,23 @@ pub struct Credentials {
     pub username: String,
     /// Role password.
     pub password: String,
+    /// `postgres://user:password@host:read_only_port/name`: the router's read-only port
+    /// (hot standbys; the primary when none is healthy, unless the operator turned that
+    /// off). Absent when the instance had no read-only port at bind time, and from bindings
+    /// made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_uri: Option<String>,
+    /// The router's read-only port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_port: Option<u16>,
+    /// `postgresql://user:password@h1:p1,h2:p2/name?target_session_attrs=read-write`: the
+    /// nodes themselves, as placed at bind time, for clients that fail over without the
+    /// router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_multihost: Option<String>,
+    /// The JDBC form of `uri_multihost` (`targetServerType=primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jdbc_url_multihost: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -403,6 +510,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("hostname", &self.hostname)
             .field("port", &self.port)
+            .field("read_only_port", &self.read_only_port)
             .field("name", &self.name)
             .field("username", &self.username)
             .field("password", &"[redacted]")
@@ -489,6 +597,37 @@ impl InstanceSecrets {
     }
 }
 
+/// How many backups a [`BackupLog`] remembers.
+pub const BACKUP_LOG: usize = 100;
+
+/// One base backup the broker took (scheduled, first, or on demand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEntry {
+    /// The backup's name in the repository (`walarchive backup-list`).
+    pub name: String,
+    /// The node (Patroni member) that took it: the leader then.
+    pub node: String,
+    /// Who asked for it: `schedule` (scheduled and first backups), or the dashboard's
+    /// `requested_by` (`operator`, `user`).
+    pub requested_by: String,
+    /// When the broker asked for it.
+    pub started_at: Timestamp,
+    /// When it was complete.
+    pub finished_at: Timestamp,
+    /// The dashboard action's operation, for backups taken on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// `backups/<instance_id>`: the backups the broker took of the instance's current
+/// incarnation, oldest first (at most [`BACKUP_LOG`]), so that the dashboard can say which
+/// node took each (the repository's manifests do not). Removed with the incarnation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupLog {
+    /// The backups.
+    pub entries: Vec<BackupEntry>,
+}
+
 /// `claims/<instance_id>`: which worker works on an instance, and until when (renewed while
 /// it works). Lets several broker processes share one etcd without two workers driving the
 /// same instance; a crashed worker's claim simply expires.
@@ -543,4 +682,57 @@ pub fn new_id() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS random number generator");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: OperationKind, previous: Option<&OperationRecord>) -> OperationRecord {
+        let req = OperationRequest {
+            plan_id: "p".into(),
+            parameters: Parameters::default(),
+            node_count: 2,
+        };
+        let mut o = OperationRecord::new("i", kind, req, "d", previous);
+        o.state = OperationState::Succeeded;
+        o
+    }
+
+    #[test]
+    fn dashboard_actions_never_push_the_platforms_operation_out_of_the_history() {
+        let provision = op(OperationKind::Provision, None);
+        let mut cur = op(OperationKind::Backup, Some(&provision));
+        for _ in 0..3 * HISTORY {
+            cur = op(OperationKind::Switchover, Some(&cur));
+        }
+        assert_eq!(cur.history.len(), HISTORY);
+        assert_eq!(cur.find(&provision.id), Some(provision.summary()));
+        assert_eq!(cur.last_platform(), Some(provision.summary()));
+        // The newest platform operation is the one kept.
+        let update = op(OperationKind::Update, Some(&cur));
+        let mut cur = op(OperationKind::Backup, Some(&update));
+        for _ in 0..3 * HISTORY {
+            cur = op(OperationKind::Backup, Some(&cur));
+        }
+        assert_eq!(cur.last_platform().map(|s| s.id), Some(update.id.clone()));
+        assert_eq!(cur.find(&provision.id), None);
+    }
+
+    #[test]
+    fn summaries_written_before_times_decode() {
+        let s: OperationSummary = serde_json::from_value(serde_json::json!({
+            "id": "a", "kind": "update", "state": "succeeded", "description": "d"
+        }))
+        .unwrap();
+        assert_eq!(
+            (s.started_at, s.finished_at, s.requested_by),
+            (None, None, None)
+        );
+        let o = op(OperationKind::Backup, None);
+        let json = serde_json::to_value(&o).unwrap();
+        let back: OperationRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(serde_json::to_value(o.kind).unwrap(), "backup");
+    }
 }

@@ -85,9 +85,10 @@ impl Store {
     /// * provision: `ready` on success, `failed` otherwise;
     /// * update: on success `ready` with the operation's plan, parameters and node count;
     ///   on failure `ready` with the old ones (`failed` if `instance_usable == Some(false)`);
-    /// * deprovision: on success `deleted` (tombstone), its port released, its bindings
-    ///   removed and its catalog entry marked deleted, all in the same transaction; on
-    ///   failure `failed`.
+    /// * deprovision: on success `deleted` (tombstone), its port released, its bindings and
+    ///   backup log removed and its catalog entry marked deleted, all in the same
+    ///   transaction; on failure `failed`;
+    /// * backup, switchover (dashboard actions): the instance's state is left as it is.
     pub async fn finish_operation(
         &self,
         instance_id: &str,
@@ -126,21 +127,27 @@ impl Store {
                         InstanceState::Ready
                     }
                 }
+                // Dashboard actions leave the instance as it is (`ready`).
+                (OperationKind::Backup | OperationKind::Switchover, _) => ni.state,
                 (OperationKind::Deprovision, false) => InstanceState::Failed,
                 (OperationKind::Deprovision, true) => {
                     ni.deleted_at = Some(now);
-                    // Release the port if this instance still owns it (it should).
-                    let pk = self.port_key(ni.port);
-                    if let Some(kv) = self.etcd.get(pk.as_bytes()).await? {
-                        if kv.value == instance_id.as_bytes() {
-                            compares.push(Compare::mod_revision(pk.as_bytes(), kv.mod_revision));
-                            ops.push(TxnOp::delete(pk.as_bytes()));
+                    // Release the ports if this instance still owns them (it should).
+                    for port in std::iter::once(ni.port).chain(ni.read_only_port) {
+                        let pk = self.port_key(port);
+                        if let Some(kv) = self.etcd.get(pk.as_bytes()).await? {
+                            if kv.value == instance_id.as_bytes() {
+                                compares
+                                    .push(Compare::mod_revision(pk.as_bytes(), kv.mod_revision));
+                                ops.push(TxnOp::delete(pk.as_bytes()));
+                            }
                         }
                     }
                     ops.push(TxnOp::DeletePrefix(
                         self.bindings_prefix(instance_id).into_bytes(),
                     ));
                     ops.push(TxnOp::delete(self.secrets_key(instance_id).as_bytes()));
+                    ops.push(TxnOp::delete(self.backups_key(instance_id).as_bytes()));
                     if let Some(mut ck) = self.catalog_key(&ni.context, instance_id, ni.incarnation)
                     {
                         let mut current: Option<Versioned<CatalogEntry>> = self.read(&ck).await?;

@@ -325,7 +325,10 @@ impl Store {
     }
 
     /// Ports in `range` that are reserved right now.
-    async fn used_ports(&self, range: &RangeInclusive<u16>) -> Result<Vec<u16>, StoreError> {
+    pub(super) async fn used_ports(
+        &self,
+        range: &RangeInclusive<u16>,
+    ) -> Result<Vec<u16>, StoreError> {
         let prefix = format!("{}/ports/", self.prefix);
         Ok(self
             .etcd

@@ -37,6 +37,7 @@ fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
                 raw: serde_json::Value::Null,
             },
             port: 0,
+            read_only_port: None,
             path_name: None,
             repository: format!("file:///r/{id}"),
             incarnation: 1,
@@ -45,6 +46,7 @@ fn instance(id: &str, name: Option<&str>) -> (InstanceRecord, OperationRecord) {
             purging: None,
             purged: None,
             final_lsn: None,
+            dashboard_generation: 0,
             postgresql_major: None,
             last_backup_at: None,
             state: InstanceState::Provisioning,
@@ -89,6 +91,83 @@ async fn concurrent_port_allocations_never_share_a_port() {
     assert!(!s.release_port(p, "someone-else").await.unwrap());
     assert!(s.release_port(p, &owner).await.unwrap());
     assert_eq!(s.port_owner(p).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn read_only_ports_are_given_once_reused_after_a_crash_and_released_with_the_instance() {
+    let s = store();
+    let (i, o) = instance("ro", None);
+    s.create_instance(i, o, 33000..=33003).await.unwrap();
+    let port = s.instance("ro").await.unwrap().unwrap().value.port;
+    // A record written before read-only ports existed (no such field) decodes without one.
+    let key = s.instance_key("ro");
+    let mut raw: serde_json::Value =
+        serde_json::from_slice(&s.etcd.get(key.as_bytes()).await.unwrap().unwrap().value).unwrap();
+    assert!(raw.get("read_only_port").is_none(), "{raw}");
+    raw["state"] = "ready".into();
+    s.etcd
+        .put(key.as_bytes(), raw.to_string().as_bytes())
+        .await
+        .unwrap();
+    // A worker that reserved a port but stopped before recording it left `ports/<p>`: the
+    // next attempt takes that one, not another.
+    let leaked = s.allocate_port("ro", 33000..=33003).await.unwrap();
+    assert_ne!(leaked, port);
+    let ro = s.give_read_only_port("ro", 33000..=33003).await.unwrap();
+    assert_eq!(ro, Some(leaked));
+    let rec = s.instance("ro").await.unwrap().unwrap().value;
+    assert_eq!((rec.port, rec.read_only_port), (port, Some(leaked)));
+    assert_eq!(s.port_owner(leaked).await.unwrap().as_deref(), Some("ro"));
+    // Given once.
+    assert_eq!(
+        s.give_read_only_port("ro", 33000..=33003).await.unwrap(),
+        None
+    );
+    assert_eq!(s.used_ports(&(33000..=33003)).await.unwrap().len(), 2);
+    // No instance, no port; a full range is an error and reserves nothing.
+    assert_eq!(
+        s.give_read_only_port("nobody", 33000..=33003)
+            .await
+            .unwrap(),
+        None
+    );
+    let (j, jo) = instance("full", None);
+    s.create_instance(j, jo, 33004..=33004).await.unwrap();
+    assert!(matches!(
+        s.give_read_only_port("full", 33004..=33004).await,
+        Err(StoreError::NoFreePort { .. })
+    ));
+    // A deprovision releases both ports.
+    let (vi, vo) = s.instance_and_operation("ro").await.unwrap();
+    let (vi, vo) = (vi.unwrap(), vo.unwrap());
+    let mut ni = vi.value.clone();
+    ni.state = InstanceState::Deprovisioning;
+    let dop = OperationRecord::new(
+        "ro",
+        OperationKind::Deprovision,
+        vo.value.request.clone(),
+        "deprovisioning",
+        Some(&vo.value),
+    );
+    assert!(s.replace(&vi, &ni, Some(&vo), &dop).await.unwrap());
+    // Being deleted: none given.
+    assert_eq!(
+        s.give_read_only_port("ro", 33000..=33003).await.unwrap(),
+        None
+    );
+    s.finish_operation(
+        "ro",
+        &dop.id,
+        Outcome {
+            succeeded: true,
+            description: "deleted".into(),
+            instance_usable: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.port_owner(port).await.unwrap(), None);
+    assert_eq!(s.port_owner(leaked).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -346,6 +425,10 @@ async fn secrets_are_sealed_at_rest_bound_to_their_record_and_rotated() {
             name: "app".into(),
             username: "b_b1".into(),
             password: "binding-pw-1234".into(),
+            read_only_uri: None,
+            read_only_port: None,
+            uri_multihost: None,
+            jdbc_url_multihost: None,
         }),
         created_at: now,
         updated_at: now,

@@ -5,7 +5,9 @@
 //! `walarchive delete retain N`. They run in tasks of their own, beside the instance's
 //! operations (a long backup must not hold up an update or a deprovision), one per instance,
 //! claimed across brokers like operations; a failed one is tried again after
-//! `min(interval, 5 min)`.
+//! `min(interval, 5 min)`. Backups asked for on the dashboard (`worker/actions.rs`) take the
+//! same path ([`Inner::take_backup`]) under the same claim and lock, so the two never run at
+//! once; each backup's node and who asked for it go to the instance's backup log.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,7 +17,10 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::{Inner, WorkerError};
-use crate::state::{ClaimKind, InstanceState, StoreError, Timestamp};
+use crate::state::{BackupEntry, ClaimKind, InstanceState, StoreError, Timestamp};
+
+/// `requested_by` of the backups the broker takes by itself (scheduled and first ones).
+pub(super) const SCHEDULE: &str = "schedule";
 
 impl Inner {
     /// Starts a backup task for every instance that is due and not `busy` with one
@@ -74,17 +79,43 @@ impl Inner {
             .collect())
     }
 
-    /// Takes a base backup of a ready instance on its leader, then applies retention.
+    /// A scheduled base backup of a ready instance (unless one was taken meanwhile, e.g. on
+    /// the dashboard while this one waited for the instance's backup lock).
     async fn backup(&self, iid: &str) -> Result<(), WorkerError> {
+        let lock = self.backup_lock(iid);
+        let _held = lock.lock().await;
+        let Some(inst) = self.store.instance(iid).await? else {
+            return Ok(());
+        };
+        let interval = chrono::Duration::from_std(self.config.backups.interval.0)
+            .unwrap_or(chrono::Duration::MAX);
+        if inst
+            .value
+            .last_backup_at
+            .is_some_and(|t| chrono::Utc::now() - t.0 < interval)
+        {
+            return Ok(());
+        }
+        self.take_backup(&inst.value, SCHEDULE, None).await?;
+        Ok(())
+    }
+
+    /// Takes a base backup of `inst` on its leader, records it (with the node and
+    /// `requested_by`, and the dashboard's `operation`) in the instance's backup log, applies
+    /// retention and sets `last_backup_at`: what scheduled and on-demand backups share. The
+    /// caller holds the instance's backup lock. Returns the backup's name and node.
+    pub(super) async fn take_backup(
+        &self,
+        inst: &crate::state::InstanceRecord,
+        requested_by: &str,
+        operation: Option<&str>,
+    ) -> Result<(String, String), WorkerError> {
+        let iid = inst.id.as_str();
         let err = |message: String| WorkerError::Backup {
             instance: iid.to_string(),
             message,
         };
-        let Some(inst) = self.store.instance(iid).await? else {
-            return Ok(());
-        };
-        let inst = inst.value;
-        let seen = self.observe(&inst).await;
+        let seen = self.observe(inst).await;
         let leader = seen
             .leader()
             .ok_or_else(|| err(format!("no leader ({})", seen.describe())))?;
@@ -96,13 +127,24 @@ impl Inner {
         let cell = self
             .cell(&node.cell)
             .ok_or_else(|| err(format!("cell {} not configured", node.cell)))?;
+        let started_at = Timestamp::now();
         let b = cell
             .client
             .backup(&leader.name)
             .await
             .map_err(|e| err(e.to_string()))?;
-        info!(instance = %iid, backup = %b.summary["name"], seconds = b.seconds,
-              "scheduled base backup taken");
+        let name = b.summary["name"].as_str().unwrap_or_default().to_string();
+        info!(instance = %iid, backup = %name, node = %leader.name, seconds = b.seconds,
+              requested_by, "base backup taken");
+        self.record_backup(
+            iid,
+            &name,
+            &leader.name,
+            requested_by,
+            started_at,
+            operation,
+        )
+        .await;
         self.apply_retention(&inst.repository).await.map_err(err)?;
         let now = Timestamp::now();
         self.store
@@ -111,7 +153,65 @@ impl Inner {
                 Ok(())
             })
             .await?;
-        Ok(())
+        Ok((name, leader.name.clone()))
+    }
+
+    /// A first backup (of a new instance or a clone) of `node` through its cell's `client`,
+    /// recorded in the instance's backup log as the broker's own (`schedule`).
+    pub(super) async fn logged_backup(
+        &self,
+        iid: &str,
+        client: &crate::cell::CellClient,
+        node: &str,
+    ) -> Result<crate::cell::BackupOutcome, crate::cell::ClientError> {
+        self.backup_logged_as(iid, client, node, SCHEDULE, None)
+            .await
+    }
+
+    /// `node`'s backup through its cell's `client`, recorded in the instance's backup log
+    /// with `requested_by` and the dashboard's `operation`.
+    async fn backup_logged_as(
+        &self,
+        iid: &str,
+        client: &crate::cell::CellClient,
+        node: &str,
+        requested_by: &str,
+        operation: Option<&str>,
+    ) -> Result<crate::cell::BackupOutcome, crate::cell::ClientError> {
+        let started_at = Timestamp::now();
+        let b = client.backup(node).await?;
+        let name = b.summary["name"].as_str().unwrap_or_default();
+        self.record_backup(iid, name, node, requested_by, started_at, operation)
+            .await;
+        Ok(b)
+    }
+
+    /// Adds a backup to the instance's backup log (a failure is logged: the backup itself
+    /// is in the repository either way).
+    async fn record_backup(
+        &self,
+        iid: &str,
+        name: &str,
+        node: &str,
+        requested_by: &str,
+        started_at: Timestamp,
+        operation: Option<&str>,
+    ) {
+        if name.is_empty() {
+            warn!(instance = %iid, "backup-push named no backup; not recorded in the backup log");
+            return;
+        }
+        let entry = BackupEntry {
+            name: name.to_string(),
+            node: node.to_string(),
+            requested_by: requested_by.to_string(),
+            started_at,
+            finished_at: Timestamp::now(),
+            operation: operation.map(str::to_string),
+        };
+        if let Err(e) = self.store.record_backup(iid, entry).await {
+            warn!(instance = %iid, backup = %name, "cannot record the backup's node: {e}");
+        }
     }
 
     /// Runs the broker's walarchive on `repository` with the storage environment; its

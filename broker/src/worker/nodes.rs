@@ -75,6 +75,10 @@ impl Inner {
             replication_password: secrets.replication_password.clone(),
             rewind_password: secrets.rewind_password.clone(),
             synchronous: n.synchronous,
+            // Absent at PostgreSQL's default, so that specs stay what cells from before it
+            // accept.
+            synchronous_commit: (n.synchronous_commit != crate::config::SynchronousCommit::On)
+                .then(|| n.synchronous_commit.as_str().to_string()),
             host: cell.host.clone(),
             peer_hosts,
             timing: DcsTiming {

@@ -54,7 +54,7 @@ impl Inner {
                 .find(|n| n.name == leader)
                 .expect("observed");
             let cell = self.cell(&node.cell).expect("observed");
-            match cell.client.backup(&leader).await {
+            match self.logged_backup(&inst.id, &cell.client, &leader).await {
                 Ok(b) => {
                     info!(instance = %inst.id, backup = %b.summary["name"], seconds = b.seconds,
                           "first base backup taken");

@@ -382,7 +382,10 @@ impl Inner {
                     ),
                 )
                 .await?;
-            match cell.client.backup(&first.name).await {
+            match self
+                .logged_backup(&inst.id, &cell.client, &first.name)
+                .await
+            {
                 Ok(b) => {
                     info!(instance = %inst.id, backup = %b.summary["name"], seconds = b.seconds,
                           "the clone's first base backup taken");

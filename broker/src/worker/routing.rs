@@ -3,11 +3,15 @@
 //! The routes are computed from etcd alone on every pass (and after every operation), so a
 //! restarted broker keeps routing and a HAProxy that died is started again; whether a route
 //! works is asked through the router itself, as a client would.
+//!
+//! The same pass gives every routed instance without one its read-only port (new
+//! instances, and those recorded before read-only ports existed): one place, so an instance
+//! gets it however it came to lack it, and before its route is written.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Inner;
 use crate::router::{Backend, Route};
@@ -43,16 +47,26 @@ pub fn routes(instances: &[InstanceRecord], cell_hosts: &HashMap<String, String>
             (!backends.is_empty()).then(|| Route {
                 name: crate::names::path_name(&i.id),
                 port: i.port,
+                read_only_port: i.read_only_port,
                 backends,
             })
         })
         .collect()
 }
 
+/// Whether `i` is routed (or will be) and has no read-only port yet.
+fn needs_read_only_port(i: &InstanceRecord) -> bool {
+    i.read_only_port.is_none()
+        && !matches!(
+            i.state,
+            InstanceState::Deprovisioning | InstanceState::Deleted
+        )
+}
+
 impl Inner {
     /// Makes HAProxy serve the routes of every instance recorded in etcd.
     pub(super) async fn sync_router(&self) -> Result<(), String> {
-        let instances: Vec<InstanceRecord> = self
+        let mut instances: Vec<InstanceRecord> = self
             .store
             .instances()
             .await
@@ -60,6 +74,17 @@ impl Inner {
             .into_iter()
             .map(|v| v.value)
             .collect();
+        for i in instances.iter_mut().filter(|i| needs_read_only_port(i)) {
+            let range = self.config.router.port_min..=self.config.router.port_max;
+            match self.store.give_read_only_port(&i.id, range).await {
+                Ok(Some(p)) => {
+                    info!(instance = %i.id, read_only_port = p, "read-only port given");
+                    i.read_only_port = Some(p);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(instance = %i.id, "no read-only port for the instance: {e}"),
+            }
+        }
         let hosts: HashMap<String, String> = self
             .cells
             .iter()

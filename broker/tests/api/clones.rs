@@ -272,6 +272,7 @@ async fn clone_refusals_change_nothing() {
             raw: Value::Null,
         },
         port: 0,
+        read_only_port: None,
         path_name: Some("alien".into()),
         repository: format!("{}/alien", a.base()),
         incarnation: 1,
@@ -286,6 +287,7 @@ async fn clone_refusals_change_nothing() {
         purging: None,
         purged: None,
         final_lsn: None,
+        dashboard_generation: 0,
         postgresql_major: None,
     };
     let op = OperationRecord::new(

@@ -5,8 +5,10 @@
 
 use testkit::broker as common;
 
+mod actions;
 mod admin;
 mod clones;
+mod dashboard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,10 @@ impl Binder for RecordingBinder {
                 name: "postgres".into(),
                 username: user,
                 password: pw,
+                read_only_uri: None,
+                read_only_port: None,
+                uri_multihost: None,
+                jdbc_url_multihost: None,
             })
         })
     }
@@ -449,7 +455,9 @@ async fn provisioning_is_asynchronous_and_idempotent() {
     let r = c.provision("inst-1", body.clone(), true).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let op = r.body["operation"].as_str().unwrap().to_string();
-    assert!(r.body.get("dashboard_url").is_none());
+    // Issue 18: the instance's dashboard link (dashboard.rs checks what it opens).
+    let link = r.body["dashboard_url"].as_str().unwrap().to_string();
+    assert!(link.starts_with("http://127.0.0.1:0/dashboard/open/inst-1/"));
 
     let rec = c.store.instance("inst-1").await.unwrap().unwrap().value;
     assert_eq!(rec.state, InstanceState::Provisioning);
@@ -520,10 +528,15 @@ async fn provisioning_is_asynchronous_and_idempotent() {
         .call(Method::GET, "/v2/service_instances/inst-1", None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    let mut body = r.body;
+    assert_eq!(
+        body.as_object_mut().unwrap().remove("dashboard_url"),
+        Some(json!(link))
+    );
     // Its archive (an S3 bucket nobody serves here) cannot be read: the window is replaced
     // by why (clones.rs reads real ones). It runs the default major, 18, not sent.
     assert_eq!(
-        r.body,
+        body,
         json!({ "service_id": SERVICE, "plan_id": PLAN2,
                 "parameters": { "node-count": 3, "postgresql-version": "18" },
                 "metadata": { "attributes": { "restorable_window_error":

@@ -62,7 +62,8 @@ impl<'a> BrokerToml<'a> {
             node_count: 2,
             listen: None,
             port_min: None,
-            router_ports: 6,
+            // Two per instance: its own and its read-only one.
+            router_ports: 12,
             backups: ("1d", 7),
             worker: ("2s", "4m"),
             outlive_router: true,

@@ -261,6 +261,12 @@ impl Cell {
         }
     }
 
+    /// The agent's process id while it runs (to stop it with SIGSTOP: an agent that hangs
+    /// rather than one that is gone).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
     /// Starts the agent again with the same configuration and token.
     pub fn restart(&self) {
         self.kill();
