@@ -153,9 +153,7 @@ pub async fn request(
             }
         }
         let description = match (kind, candidate) {
-            (OperationKind::Switchover, Some(c)) => {
-                format!("Switchover to {c} accepted; waiting for the worker.")
-            }
+            (OperationKind::Switchover, Some(c)) => switchover_accepted(c),
             _ => "Backup accepted; waiting for the worker.".to_string(),
         };
         let mut new_op = OperationRecord::new(
@@ -219,6 +217,11 @@ async fn node_count(
         UpdateStart::Accepted(op) => Ok(*op),
         UpdateStart::Unchanged => Err(ActionError::Unchanged(n)),
     }
+}
+
+/// A switchover's description from its acceptance until a worker asks Patroni for it.
+pub(crate) fn switchover_accepted(candidate: &str) -> String {
+    format!("Switchover to {candidate} accepted; waiting for the worker.")
 }
 
 fn capitalized(s: &str) -> String {

@@ -319,6 +319,26 @@ async fn scenario() {
     db.execute("insert into t values (11)", &[]).await.unwrap();
     // The old leader streams from the new one.
     assert_eq!(streaming(&cells, k, new_port), vec![old_leader.clone()]);
+    // A switchover to the leader there is: refused by the worker, nothing changed.
+    let again = request(
+        &c.state,
+        ID,
+        Action::Switchover {
+            candidate: replica.clone(),
+        },
+        "user",
+    )
+    .await
+    .expect("recorded");
+    let done = finished(&c, &again.id, &diag).await;
+    assert_eq!(
+        (done.state, done.description.as_str()),
+        (
+            OperationState::Failed,
+            format!("{replica} is already the leader; choose a replica.").as_str()
+        )
+    );
+    assert_eq!(leader(&cells).await.map(|l| l.0), Some(replica.clone()));
 
     // --- The node count: 2 → 3, the PATCH's own update. ---
     let out_of_range = request(&c.state, ID, Action::NodeCount(9), "operator")
@@ -378,6 +398,7 @@ async fn scenario() {
         vec![
             (OperationKind::Provision, None),
             (OperationKind::Backup, Some("operator")),
+            (OperationKind::Switchover, Some("user")),
             (OperationKind::Switchover, Some("user")),
             (OperationKind::Update, Some("operator")),
         ]

@@ -53,6 +53,16 @@ impl Inner {
         }
     }
 
+    /// Whether switchover `op` still has the description it was accepted with: no worker
+    /// has asked Patroni for it yet (each says so in its progress before it waits).
+    async fn untouched(&self, op: &OperationRecord, candidate: &str) -> Result<bool, Step> {
+        let cur = self.store.operation(&op.instance_id).await?;
+        Ok(cur.is_some_and(|c| {
+            c.value.id == op.id
+                && c.value.description == crate::actions::switchover_accepted(candidate)
+        }))
+    }
+
     /// A switchover to `op.candidate`: asked of Patroni once, then watched until the
     /// candidate leads, the other nodes stream from it and the router answers.
     pub(super) async fn switchover_pass(
@@ -77,6 +87,13 @@ impl Inner {
             )));
         };
         if leader.name == candidate {
+            // Leading before this task asked anything, with the operation as accepted (not
+            // a switchover a previous worker asked for): there is nothing to switch.
+            if pass.switchover_asked.is_none() && self.untouched(op, candidate).await? {
+                return Err(Step::Fail(format!(
+                    "{candidate} is already the leader; choose a replica."
+                )));
+            }
             if !seen.healthy() {
                 return Err(Step::Pending(format!(
                     "{candidate} leads; waiting for the other nodes to stream from it ({}).",
