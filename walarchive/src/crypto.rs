@@ -21,8 +21,10 @@
 //!   even if two objects shared a name or a counter went wrong; how data keys are wrapped by
 //!   key-encryption keys is step 3 of the design, not this module.
 //! * **Nothing secret leaks through `Debug`**: [`Secret`], [`DataKey`] and [`ObjectKeys`]
-//!   print ids only, and key bytes are zeroed when dropped (`zeroize`). Errors name chunks
-//!   and lengths, never key or plaintext bytes.
+//!   print ids only, and key bytes are zeroed when dropped (`zeroize`; for the AES key
+//!   schedule and the GHASH key inside the cipher, through the `zeroize` features of `aes`
+//!   and `polyval` enabled in the workspace's `Cargo.toml`). Errors name chunks and lengths,
+//!   never key or plaintext bytes.
 //!
 //! On failure [`open_in_place`] truncates the buffer to where the sealed body started, so a
 //! caller can never hand on a half-opened body by mistake: no byte of plaintext is returned
