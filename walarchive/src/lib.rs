@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod crypto;
 pub mod daemon;
 pub mod format;
 pub mod history;
