@@ -6,11 +6,23 @@
 //! checksums ([`lzop`]). What an old format cannot detect is said where it is read, and in
 //! the README, rather than papered over.
 //!
-//! This module holds the pieces that do not depend on storage: the decoders and their errors.
+//! This module holds the decoders and their errors, and [`LegacySource`], the archive opened
+//! read-only (wal-e's WAL so far; its base backups and wal-g come in later steps of the design).
 
 pub mod lzop;
+pub mod readonly;
+
+use object_store::path::Path;
 
 use crate::format::FormatError;
+use crate::retry::{retry, RetryPolicy};
+use crate::storage::{self, StorageEnv, StorageError, StorageOptions};
+use crate::wal::WalFileName;
+use crate::Error;
+pub use readonly::ReadOnly;
+
+/// The directory of WAL files in both tools' layouts (format version 005).
+pub const WAL_DIR: &str = "wal_005";
 
 /// Which tool wrote a legacy archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,3 +117,120 @@ impl From<LegacyError> for std::io::Error {
         }
     }
 }
+
+/// A wal-e or wal-g archive, opened read-only: WAL files are fetched and decoded (with the
+/// old format's own checks), never written, never deleted.
+#[derive(Debug)]
+pub struct LegacySource {
+    kind: LegacyKind,
+    store: ReadOnly,
+    prefix: Path,
+    shown_url: String,
+    policy: RetryPolicy,
+}
+
+impl LegacySource {
+    /// Opens the archive of `kind` at `url` (any repository URL walarchive supports), with
+    /// the credentials of `env` and `options` as [`storage::open`] takes them.
+    pub fn open(
+        kind: LegacyKind,
+        url: &str,
+        options: &StorageOptions,
+        env: &StorageEnv,
+        policy: &RetryPolicy,
+    ) -> Result<Self, Error> {
+        if kind == LegacyKind::WalG {
+            return Err(Error::Config(format!(
+                "legacy source {}: reading wal-g archives is not supported yet (only wal-e's)",
+                storage::redact_url(url)
+            )));
+        }
+        let loc = storage::open(url, options, env, policy)?;
+        Ok(LegacySource {
+            kind,
+            store: ReadOnly::new(loc.store),
+            prefix: loc.prefix,
+            shown_url: storage::redact_url(url),
+            policy: *policy,
+        })
+    }
+
+    /// Which tool wrote the archive.
+    pub fn kind(&self) -> LegacyKind {
+        self.kind
+    }
+
+    /// The archive's URL as it may be shown (redacted).
+    pub fn url(&self) -> &str {
+        &self.shown_url
+    }
+
+    fn key(&self, relative: &str) -> Path {
+        Path::from_iter(self.prefix.parts().chain(Path::from(relative).parts()))
+    }
+
+    /// The stored key of a WAL file in a wal-e archive, relative to the archive's root.
+    pub fn wal_key(&self, name: &WalFileName) -> String {
+        format!("{WAL_DIR}/{name}.lzo")
+    }
+
+    /// Fetches and decodes the WAL file `name`: its full key and its content, after the lzop
+    /// checks but not yet the checks of its content against its name and the repository (the
+    /// caller's, as for native WAL). [`Error::NotFound`] if the archive lacks it; a failed
+    /// lzop check is [`Error::Corrupt`] naming the key.
+    pub async fn get_wal(&self, name: &WalFileName) -> Result<(String, Vec<u8>), Error> {
+        let key = self.key(&self.wal_key(name));
+        let bytes = retry(&self.policy, &format!("get legacy {key}"), || async {
+            self.store.get(&key).await.map_err(StorageError::from)
+        })
+        .await
+        .map_err(|source| match source {
+            StorageError::NotFound => Error::NotFound {
+                key: key.to_string(),
+            },
+            source => Error::Storage {
+                op: "get",
+                key: key.to_string(),
+                source,
+            },
+        })?;
+        let content = lzop::decode_all(&bytes).map_err(|e| e.into_error(key.as_ref()))?;
+        Ok((key.to_string(), content))
+    }
+
+    /// The WAL files of the archive (segments, partial segments, timeline and backup history
+    /// files), sorted by name, each with its full key. Other objects under `wal_005/` are
+    /// not WAL and are left out.
+    pub async fn list_wal(&self) -> Result<Vec<(WalFileName, String)>, Error> {
+        use futures::TryStreamExt;
+        let dir = self.key(WAL_DIR);
+        let items = retry(&self.policy, &format!("list legacy {dir}"), || async {
+            self.store
+                .list(Some(&dir))
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(StorageError::from)
+        })
+        .await
+        .map_err(|source| Error::Storage {
+            op: "list",
+            key: dir.to_string(),
+            source,
+        })?;
+        let mut out: Vec<(WalFileName, String)> = items
+            .into_iter()
+            .filter_map(|meta| {
+                let file = meta.location.filename()?;
+                let name = file.strip_suffix(".lzo")?.parse().ok()?;
+                // Only files directly in wal_005/, as wal-e writes them.
+                (meta.location.parts().count() == dir.parts().count() + 1)
+                    .then(|| (name, meta.location.to_string()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;
