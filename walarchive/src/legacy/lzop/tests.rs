@@ -332,3 +332,31 @@ fn errors_name_the_key_and_map_to_corrupt() {
     let io = LegacyError::Io(std::io::Error::other("connection reset")).into_error("k");
     assert_eq!(io.kind(), crate::ErrorKind::LocalIo);
 }
+
+#[test]
+fn flips_in_every_block_header_of_a_multi_block_file_are_detected() {
+    // The 12 bytes (ulen, clen, adler32) before each of the segment's four blocks, and its
+    // end marker: a damaged length misaligns everything after it, and must still be caught.
+    let mut offsets = Vec::new();
+    let mut at = HEADER_LEN;
+    loop {
+        if SEGMENT_LZO[at..at + 4] == [0, 0, 0, 0] {
+            offsets.extend(at..at + 4);
+            break;
+        }
+        let (_, clen) = block_header(SEGMENT_LZO, at);
+        offsets.extend(at..at + 12);
+        at += 12 + clen as usize;
+    }
+    assert_eq!(offsets.len(), 4 * 12 + 4);
+    let original = decode_all(SEGMENT_LZO).unwrap();
+    for at in offsets {
+        for mask in [0x01u8, 0x80] {
+            let mut bad = SEGMENT_LZO.to_vec();
+            bad[at] ^= mask;
+            let e = decode_all(&bad).expect_err(&format!("offset {at} mask {mask:#x}"));
+            assert!(e.is_corrupt(), "offset {at}: {e:?}");
+        }
+    }
+    assert_eq!(original.len(), 1024 * 1024);
+}
