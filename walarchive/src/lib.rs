@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod format;
 pub mod history;
 pub mod layout;
+pub mod legacy;
 pub mod lsn;
 pub mod manifest;
 pub mod metrics;
