@@ -12,7 +12,10 @@
 //! HAProxy runs in master-worker mode; a changed configuration is validated (`haproxy -c`)
 //! before it replaces the old one, and the master is told to reload with SIGUSR2. The old
 //! worker keeps serving its established connections until they end, so changing one
-//! instance's routes does not cut the others' connections.
+//! instance's routes does not cut the others' connections. An update is done only once the
+//! master has forked a worker of the new configuration: the master drops a SIGUSR2 that
+//! arrives while it is still reloading, so signals are never sent closer than that, and one
+//! lost all the same is sent again by the next update ([`Haproxy::apply`]).
 //!
 //! The router is what applications depend on at every moment; the broker is only needed
 //! when instances change. So, unless told otherwise ([`RouterOptions::outlive`]), HAProxy
@@ -21,6 +24,7 @@
 //! against `/proc/PID/cmdline`) and reloads it instead of starting a second one, which could
 //! not bind the same ports.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -60,7 +64,18 @@ pub enum Error {
     /// HAProxy exited.
     #[error("HAProxy exited: {0}")]
     Exited(String),
+    /// No worker of the new configuration appeared after the reload signal; the next
+    /// [`Haproxy::apply`] signals again.
+    #[error("HAProxy (master {pid}) started no worker of the new configuration within {} s of SIGUSR2", RELOAD_WAIT.as_secs())]
+    NotReloaded {
+        /// The master's PID.
+        pid: u32,
+    },
 }
+
+/// How long [`Haproxy::apply`] waits for HAProxy's master to fork a worker of a new
+/// configuration.
+const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
 /// One node a route can lead to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,7 +322,9 @@ impl Haproxy {
     }
 
     /// Makes HAProxy serve exactly `routes`: writes and validates the configuration, then
-    /// starts HAProxy or reloads it. Returns `false` when nothing changed.
+    /// starts HAProxy or reloads it, and waits until a worker of that configuration runs.
+    /// Returns `false` when nothing changed. After an error, the next call writes and
+    /// signals again even if `routes` are the same.
     pub async fn apply(&mut self, routes: &[Route]) -> Result<bool, Error> {
         let text = render(routes, &self.opts);
         if self.current.as_deref() == Some(text.as_str()) && self.is_running() {
@@ -341,11 +358,59 @@ impl Haproxy {
         match self.pid.filter(|_| self.is_running()) {
             Some(pid) => {
                 info!(pid, routes = routes.len(), "reloading HAProxy");
+                let before = children(pid);
                 process::signal(pid, Signal::SIGUSR2);
+                if let Err(e) = self.new_worker(pid, &before).await {
+                    // Not known to be served: the next apply writes it and signals again.
+                    self.current = None;
+                    return Err(e);
+                }
             }
-            None => self.start().await?,
+            None => {
+                self.start().await?;
+                let pid = self.pid.expect("started");
+                if let Err(e) = self.new_worker(pid, &HashSet::new()).await {
+                    self.current = None;
+                    return Err(e);
+                }
+            }
         }
         Ok(true)
+    }
+
+    /// Waits until master `pid` has a worker that is not one of `before` (its workers when
+    /// it was signalled): the master forks it only once it has read the configuration, so
+    /// that configuration is served.
+    ///
+    /// Why wait: HAProxy's master drops a SIGUSR2 that arrives while it is still reloading
+    /// for the previous one (seen with 2.6: of three reloads sent within milliseconds, the
+    /// last one often never happens). Without the wait, a route written during a reload was
+    /// never served, and since the file already held it, nothing signalled again. Waiting
+    /// here (under the router's lock, as every update is) means no signal is sent during a
+    /// reload; the short pause after the fork covers the master's return to its loop, and a
+    /// signal lost all the same is sent again by the next apply ([`Error::NotReloaded`]).
+    async fn new_worker(&self, pid: u32, before: &HashSet<u32>) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + RELOAD_WAIT;
+        loop {
+            if !process::alive(pid) {
+                return Err(Error::Exited(format!(
+                    "master {pid} exited while loading its configuration (see {})",
+                    self.dir.join("haproxy.log").display()
+                )));
+            }
+            if children(pid).iter().any(|c| !before.contains(c)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                warn!(
+                    pid,
+                    "HAProxy did not reload; signalling again at the next update"
+                );
+                return Err(Error::NotReloaded { pid });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn start(&mut self) -> Result<(), Error> {
@@ -427,6 +492,27 @@ impl Haproxy {
             }
         }
     }
+}
+
+/// The processes whose parent is `pid` (a HAProxy master's workers, old and new).
+fn children(pid: u32) -> HashSet<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // After the command name: the state, then the parent's PID.
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == pid).then_some(child)
+    })
+    .collect()
 }
 
 impl Drop for Haproxy {
@@ -557,5 +643,57 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("fallback {fallback}: {e}"));
         }
+    }
+
+    /// Whether something listens on 127.0.0.1:`port` (the running worker's configuration,
+    /// not the file's).
+    fn listening(port: u16) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    /// A port nothing listens on now.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Updates in quick succession, as the worker's concurrent passes make them (a route
+    /// added, removed, added again): HAProxy's master drops a SIGUSR2 that arrives while it
+    /// is still reloading for the previous one, so an update sent then would never be
+    /// served (with the file already saying it is). Every `apply` returns only once a worker
+    /// of the new configuration runs; the last configuration is the one served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quick_updates_are_all_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RouterOptions {
+            bind_address: "127.0.0.1".into(),
+            ..RouterOptions::default()
+        };
+        let mut h = Haproxy::new("/usr/sbin/haproxy", dir.path().join("router"), opts);
+        let [a, a_ro, b, b_ro] = [(); 4].map(|()| free_port());
+        let with = |name: &str, port: u16, ro: u16| Route {
+            name: name.into(),
+            port,
+            read_only_port: Some(ro),
+            backends: route().backends,
+        };
+        let one = [with("a", a, a_ro)];
+        let both = [with("a", a, a_ro), with("b", b, b_ro)];
+        h.apply(&one).await.unwrap();
+        for round in 0..10 {
+            h.apply(&both).await.unwrap();
+            h.apply(&one).await.unwrap();
+            h.apply(&both).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !listening(b) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(listening(b), "round {round}: b's port is not served");
+            h.apply(&one).await.unwrap();
+        }
+        h.stop().await;
     }
 }
