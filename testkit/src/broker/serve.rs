@@ -1,0 +1,52 @@
+//! The real `walarchive-broker serve` process, started from a configuration file.
+//!
+//! The broker's binary is named by the caller: only the broker's own tests know its path
+//! (`env!("CARGO_BIN_EXE_walarchive-broker")`).
+
+use std::future::Future;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::cells::wait_for;
+
+/// `broker serve --config config` as a child that dies with the test (PDEATHSIG), logging at
+/// debug level to `log` (appended to, so that restarts share one log), with `env` set too.
+pub fn spawn_serve(broker: &str, config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(broker);
+    cmd.arg("serve").arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("RUST_LOG", "info,walarchive_broker=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    walarchive_broker::process::die_with_parent(&mut cmd);
+    cmd.spawn().expect("start walarchive-broker serve")
+}
+
+/// [`spawn_serve`], then waits up to 20 s (as `what`) until `answers` says the broker
+/// answers.
+pub async fn serve_answering<F, Fut>(
+    broker: &str,
+    config: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+    what: &str,
+    answers: F,
+    diag: impl Fn() -> String,
+) -> Child
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<()>>,
+{
+    let child = spawn_serve(broker, config, log, env);
+    wait_for(what, Duration::from_secs(20), answers, diag).await;
+    child
+}
