@@ -15,13 +15,9 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive,
-    walarchive_copy, Cell,
-};
-use common::etcd::etcd;
+use common::cells::{connect, local_sql, primary_as, wait_for, walarchive, Cell};
 use common::osb::Api;
+use common::rig::Rig;
 use walarchive_broker::actions::{request, Action, ActionError};
 use walarchive_broker::state::{ClaimKind, OperationKind, OperationRecord, OperationState};
 
@@ -89,20 +85,10 @@ async fn scenario() {
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .try_init();
-    let etcd = etcd();
-    let root = test_root("actions");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cells: Vec<Cell> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Cell::start(&root, n))
-        .collect();
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb", "zc"]).collect();
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let rig = Rig::start("actions", &["a", "b", "c"]).await;
+    let (bin, cells) = (&rig.bin, &rig.cells);
+    let t = rig.toml();
+    let prefix = rig.prefix();
     let c = Api::new(&t.render(&prefix), &t.service, &t.plan);
     let _worker = c.spawn_worker();
     let diag = || {

@@ -24,12 +24,9 @@ use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive,
-    walarchive_copy, Cell,
-};
-use common::etcd::etcd;
+use common::cells::{connect, local_sql, primary_as, wait_for, walarchive, Cell};
 use common::osb::Api;
+use common::rig::Rig;
 use common::s3::s3;
 use walarchive_broker::cell::NodeStatus;
 use walarchive_broker::state::InstanceRecord;
@@ -357,18 +354,11 @@ async fn clones_of_a_live_instance() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("clones");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cells = vec![Cell::start(&root, "a"), Cell::start(&root, "b")];
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb"]).collect();
+    let rig = Rig::start("clones", &["a", "b"]).await;
+    let (root, bin, cells) = (&rig.root, &rig.bin, &rig.cells);
+    let mut t = rig.toml();
     t.worker = ("2s", "5m");
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let text = t
         .render(&prefix)
         .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
@@ -706,7 +696,7 @@ async fn scenario() {
     t.cells = cells.iter().zip(["za", "zb"]).collect();
     t.worker = ("2s", "5m");
     t.walarchive_config = Some(s3_config.clone());
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let text = t
         .render(&prefix)
         .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");

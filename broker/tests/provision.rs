@@ -20,11 +20,10 @@ use axum::http::{Method, StatusCode};
 use serde_json::Value;
 
 use common::broker::BrokerToml;
-use common::cells::{
-    file_repository, local_sql, primary_as, test_root, wait_for, walarchive, walarchive_copy, Cell,
-};
+use common::cells::{local_sql, primary_as, wait_for, walarchive, walarchive_copy, Cell};
 use common::etcd::etcd;
 use common::osb::Api;
+use common::rig::Rig;
 use walarchive_broker::state::InstanceRecord;
 use walarchive_broker::state::InstanceState;
 use walarchive_broker::{BrokerConfig, Store, Worker};
@@ -97,24 +96,12 @@ async fn provision_update_backup_deprovision_reprovision() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("provision");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-
-    let cells = vec![
-        Cell::start(&root, "a"),
-        Cell::start(&root, "b"),
-        Cell::start(&root, "c"),
-    ];
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb", "zc"]).collect();
+    let rig = Rig::start("provision", &["a", "b", "c"]).await;
+    let (root, bin, base, cells) = (&rig.root, &rig.bin, &rig.base, &rig.cells);
+    let mut t = rig.toml();
     t.plan = "plan-ha".into();
     t.backups = ("30s", 1);
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     // archive_timeout at 10 minutes: within this test, a segment reaches the archive only
     // when it is switched (a backup, a promotion, the deprovision's switch, or `switch_wal`).
     let toml = t.render(&prefix);
@@ -657,7 +644,7 @@ async fn scenario() {
         }
     }
     // Leave no nodes running.
-    for cell in &cells {
+    for cell in cells {
         for n in cell.client().nodes().await.unwrap() {
             let _ = cell.client().delete_node(&n.name).await;
         }
