@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::cells::{connect, free_port, local_sql, tail, wait_for, walarchive, Cell};
-use common::etcd::pki;
 use common::osb::{PASSWORD, USER};
 use common::rig::Rig;
-use common::serve::{serve_answering, spawn_serve};
+use common::serve::{serve_answering, spawn_serve, trusting_tests_ca};
 use walarchive_broker::stats::{Retention, SampleStore};
 
 const SERVICE: &str = "svc-metrics";
@@ -220,11 +219,9 @@ async fn scenario() {
             b.log_tail(15),
         )
     };
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     let http = Http {
-        client: reqwest::Client::builder()
+        client: trusting_tests_ca()
             .timeout(Duration::from_secs(10))
-            .tls_certs_only([ca])
             .build()
             .unwrap(),
         base: format!("https://127.0.0.1:{listen}"),

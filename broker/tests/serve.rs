@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::cells::{connect, free_port, tail, wait_for, Cell};
-use common::etcd::pki;
 use common::osb::PASSWORD;
 use common::rig::Rig;
-use common::serve::{serve_answering, spawn_serve};
+use common::serve::{serve_answering, spawn_serve, trusting_tests_ca};
 
 const SERVICE: &str = "svc-serve";
 const PLAN: &str = "plan-single";
@@ -155,11 +154,9 @@ async fn scenario() {
         )
     };
     // Over TLS, trusting the tests' CA only, as a platform configured with it would.
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     let api = Api {
-        http: reqwest::Client::builder()
+        http: trusting_tests_ca()
             .timeout(Duration::from_secs(10))
-            .tls_certs_only([ca])
             .build()
             .unwrap(),
         base: format!("https://127.0.0.1:{listen}"),

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::cells::wait_for;
+use super::etcd::pki;
 
 /// `broker serve --config config` as a child that dies with the test (PDEATHSIG), logging at
 /// debug level to `log` (appended to, so that restarts share one log), with `env` set too.
@@ -49,4 +50,11 @@ where
     let child = spawn_serve(broker, config, log, env);
     wait_for(what, Duration::from_secs(20), answers, diag).await;
     child
+}
+
+/// An HTTP client builder that trusts the tests' CA only, as a platform configured with it
+/// would: for the real `serve`'s API over TLS.
+pub fn trusting_tests_ca() -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
+    reqwest::Client::builder().tls_certs_only([ca])
 }
