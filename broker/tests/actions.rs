@@ -61,6 +61,28 @@ async fn finished(c: &Api, id: &str, diag: &dyn Fn() -> String) -> OperationReco
     .await
 }
 
+/// A switchover to `candidate` asked for by the user, which must be recorded (`recorded`
+/// says why, as the failure message): the operation recorded, and once it finished.
+async fn user_switchover(
+    c: &Api,
+    candidate: &str,
+    recorded: &str,
+    diag: &dyn Fn() -> String,
+) -> (OperationRecord, OperationRecord) {
+    let op = request(
+        &c.state,
+        ID,
+        Action::Switchover {
+            candidate: candidate.to_string(),
+        },
+        "user",
+    )
+    .await
+    .expect(recorded);
+    let done = finished(c, &op.id, diag).await;
+    (op, done)
+}
+
 /// The platform's `last_operation` (with `operation` when given): status and body.
 async fn last_operation(c: &Api, op: Option<&str>) -> (StatusCode, Value) {
     let q = op.map(|o| format!("?operation={o}")).unwrap_or_default();
@@ -248,17 +270,7 @@ async fn scenario() {
         .await
         .unwrap()
         .get(0);
-    let sw = request(
-        &c.state,
-        ID,
-        Action::Switchover {
-            candidate: replica.clone(),
-        },
-        "user",
-    )
-    .await
-    .expect("switchover accepted");
-    let done = finished(&c, &sw.id, &diag).await;
+    let (sw, done) = user_switchover(&c, &replica, "switchover accepted", &diag).await;
     assert_eq!(
         (done.id.as_str(), done.state),
         (sw.id.as_str(), OperationState::Succeeded),
@@ -306,17 +318,7 @@ async fn scenario() {
     // The old leader streams from the new one.
     assert_eq!(streaming(&cells, k, new_port), vec![old_leader.clone()]);
     // A switchover to the leader there is: refused by the worker, nothing changed.
-    let again = request(
-        &c.state,
-        ID,
-        Action::Switchover {
-            candidate: replica.clone(),
-        },
-        "user",
-    )
-    .await
-    .expect("recorded");
-    let done = finished(&c, &again.id, &diag).await;
+    let (_, done) = user_switchover(&c, &replica, "recorded", &diag).await;
     assert_eq!(
         (done.state, done.description.as_str()),
         (
