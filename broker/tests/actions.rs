@@ -135,7 +135,7 @@ async fn scenario() {
         .await
         .unwrap();
     let inst = c.store.instance(ID).await.unwrap().unwrap().value;
-    let (old_leader, _) = leader(&cells).await.expect("a leader");
+    let (old_leader, _) = leader(cells).await.expect("a leader");
     let replica = inst
         .nodes
         .iter()
@@ -218,7 +218,7 @@ async fn scenario() {
         "{done:?}\n{}",
         diag()
     );
-    let listed = walarchive(&bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
+    let listed = walarchive(bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
     let listed: Value = serde_json::from_str(&listed).unwrap();
     let names: Vec<String> = listed
         .as_array()
@@ -279,7 +279,7 @@ async fn scenario() {
     );
     // Patroni's roles swapped; the router's port reaches the new leader, and a client
     // whose session the switchover ended connects again on the same port.
-    let (now_leader, k) = leader(&cells).await.expect("a leader");
+    let (now_leader, k) = leader(cells).await.expect("a leader");
     assert_eq!(now_leader, replica);
     let inst = c.store.instance(ID).await.unwrap().unwrap().value;
     let new_port = inst
@@ -316,7 +316,7 @@ async fn scenario() {
     );
     db.execute("insert into t values (11)", &[]).await.unwrap();
     // The old leader streams from the new one.
-    assert_eq!(streaming(&cells, k, new_port), vec![old_leader.clone()]);
+    assert_eq!(streaming(cells, k, new_port), vec![old_leader.clone()]);
     // A switchover to the leader there is: refused by the worker, nothing changed.
     let (_, done) = user_switchover(&c, &replica, "recorded", &diag).await;
     assert_eq!(
@@ -326,7 +326,7 @@ async fn scenario() {
             format!("{replica} is already the leader; choose a replica.").as_str()
         )
     );
-    assert_eq!(leader(&cells).await.map(|l| l.0), Some(replica.clone()));
+    assert_eq!(leader(cells).await.map(|l| l.0), Some(replica.clone()));
 
     // --- The node count: 2 → 3, the PATCH's own update. ---
     let out_of_range = request(&c.state, ID, Action::NodeCount(9), "operator")
@@ -352,13 +352,13 @@ async fn scenario() {
         .await;
     let inst = c.store.instance(ID).await.unwrap().unwrap().value;
     assert_eq!((inst.node_count, inst.nodes.len()), (3, 3));
-    let (l, k) = leader(&cells).await.expect("a leader");
+    let (l, k) = leader(cells).await.expect("a leader");
     let port = inst.nodes.iter().find(|n| n.name == l).unwrap().pg_port;
     let third = wait_for(
         "two replicas streaming",
         Duration::from_secs(60),
         || {
-            let s = streaming(&cells, k, port);
+            let s = streaming(cells, k, port);
             async move { (s.len() == 2).then_some(s) }
         },
         diag,

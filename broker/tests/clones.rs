@@ -365,7 +365,7 @@ async fn scenario() {
     assert!(text.contains("archive_timeout = \"1s\""));
     let ctx = Ctx {
         c: Api::new(&text, &t.service, &t.plan),
-        cells: &cells,
+        cells,
         root: root.clone(),
         bin: bin.clone(),
         walarchive_config: None,
@@ -518,7 +518,7 @@ async fn scenario() {
     );
     assert_eq!(ctx.rows("clone-latest").await, (last as i64, last));
     let clone = ctx.record("clone-latest").await;
-    let backups = walarchive(&bin, &["--repo", &clone.repository, "backup-list"]).unwrap();
+    let backups = walarchive(bin, &["--repo", &clone.repository, "backup-list"]).unwrap();
     assert!(
         backups.contains("base_"),
         "the clone has no backup of its own: {backups}"
@@ -692,7 +692,7 @@ async fn scenario() {
     let s3_config = root.join("walarchive-s3.toml");
     s3.walarchive_config(&s3_config);
     let s3_base = format!("s3://{bucket}/inst");
-    let mut t = BrokerToml::new(&root.join("broker-s3"), &s3_base, &bin);
+    let mut t = BrokerToml::new(&root.join("broker-s3"), &s3_base, bin);
     t.cells = cells.iter().zip(["za", "zb"]).collect();
     t.worker = ("2s", "5m");
     t.walarchive_config = Some(s3_config.clone());
@@ -702,7 +702,7 @@ async fn scenario() {
         .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
     let ctx = Ctx {
         c: Api::new(&text, &t.service, &t.plan),
-        cells: &cells,
+        cells,
         root: root.clone(),
         bin: bin.clone(),
         walarchive_config: Some(s3_config),

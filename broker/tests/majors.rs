@@ -204,7 +204,7 @@ async fn scenario() {
     // pg16's rows archived (its leader switches WAL; archive_timeout is a minute): the
     // clone's default point, the latest archived one, has them.
     let p16 = c.store.instance("pg16").await.unwrap().unwrap().value;
-    let k = leader_cell(&cells, "pg16").await.expect("pg16 leader");
+    let k = leader_cell(cells, "pg16").await.expect("pg16 leader");
     let node = p16.nodes.iter().find(|n| n.cell == cells[k].name).unwrap();
     let segment = local_sql(
         &cells[k],
@@ -263,8 +263,8 @@ async fn scenario() {
 
     // --- Failover on 17 and 18: their leaders' machines are lost (disjoint cells: four
     // cells, two nodes each, placed on the least loaded). ---
-    let l17 = leader_cell(&cells, "pg17").await.expect("pg17 leader");
-    let l18 = leader_cell(&cells, "pg18").await.expect("pg18 leader");
+    let l17 = leader_cell(cells, "pg17").await.expect("pg17 leader");
+    let l18 = leader_cell(cells, "pg18").await.expect("pg18 leader");
     let p17 = c.store.instance("pg17").await.unwrap().unwrap().value;
     let p18 = c.store.instance("pg18").await.unwrap().unwrap().value;
     let cells17: Vec<&str> = p17.nodes.iter().map(|n| n.cell.as_str()).collect();

@@ -416,7 +416,7 @@ async fn scenario() {
     // The last backup: the first base backup of the provision, as walarchive lists it.
     let repo = format!("{base}/{}", walarchive_broker::names::path_name(ID));
     let listed: Value = serde_json::from_str(
-        &walarchive(&bin, &["--repo", &repo, "backup-list", "--json"]).unwrap(),
+        &walarchive(bin, &["--repo", &repo, "backup-list", "--json"]).unwrap(),
     )
     .unwrap();
     let newest = listed

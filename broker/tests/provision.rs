@@ -169,7 +169,7 @@ async fn scenario() {
     )
     .await
     .unwrap();
-    let last = switch_wal(&cells, &inst).await;
+    let last = switch_wal(cells, &inst).await;
     let repo1 = inst.repository.clone();
     wait_for(
         "WAL in the repository",
@@ -184,7 +184,7 @@ async fn scenario() {
         diag,
     )
     .await;
-    let backups = walarchive(&bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
+    let backups = walarchive(bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
     assert!(backups.contains("base_"), "no first backup: {backups}");
     let first_backup_at = inst.last_backup_at.expect("first backup recorded");
     eprintln!("provisioned at {:.1} s", t0.elapsed().as_secs_f64());
@@ -240,7 +240,7 @@ async fn scenario() {
         (StatusCode::OK, Some("succeeded")),
         "{b}"
     );
-    let on_cells = nodes_on_cells(&cells, "db1").await;
+    let on_cells = nodes_on_cells(cells, "db1").await;
     assert!(on_cells.iter().all(|n| n.len() == 1), "{on_cells:?}");
     let inst = c.store.instance("db1").await.unwrap().unwrap().value;
     assert_eq!((inst.node_count, inst.nodes.len()), (3, 3));
@@ -257,10 +257,7 @@ async fn scenario() {
         )
         .await;
     assert_eq!(b["state"], "failed", "{b}");
-    assert!(nodes_on_cells(&cells, "db2")
-        .await
-        .iter()
-        .all(Vec::is_empty));
+    assert!(nodes_on_cells(cells, "db2").await.iter().all(Vec::is_empty));
     assert_eq!(c.store.port_owner(port2).await.unwrap(), None);
     let patroni_keys = c
         .store
@@ -291,7 +288,7 @@ async fn scenario() {
     // --- Failover of the provisioned instance: the leader's whole cell dies. The same
     // router port takes writes on a promoted replica, with every replicated row; the cell
     // comes back and its node rejoins. ---
-    let leader = leader_of(&cells, "db1").await.expect("a leader");
+    let leader = leader_of(cells, "db1").await.expect("a leader");
     let victim = {
         let mut found = None;
         for (i, cell) in cells.iter().enumerate() {
@@ -405,7 +402,7 @@ async fn scenario() {
     .await;
 
     // Scaling down removes replicas only: the leader stays.
-    let leader_before = leader_of(&cells, "db1").await;
+    let leader_before = leader_of(cells, "db1").await;
     let op = c.update("db1", 1).await;
     let (seen, s, b) = c.wait_op("db1", &op, Duration::from_secs(120), &diag).await;
     assert_eq!(
@@ -417,7 +414,7 @@ async fn scenario() {
         seen.iter().any(|d| d.contains("removing replica")),
         "no progress while removing replicas: {seen:?}"
     );
-    let on_cells = nodes_on_cells(&cells, "db1").await;
+    let on_cells = nodes_on_cells(cells, "db1").await;
     assert_eq!(
         on_cells.iter().map(Vec::len).sum::<usize>(),
         1,
@@ -456,7 +453,7 @@ async fn scenario() {
     )
     .await;
     let list: Value = serde_json::from_str(
-        &walarchive(&bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap(),
+        &walarchive(bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap(),
     )
     .unwrap();
     let count = list
@@ -485,7 +482,7 @@ async fn scenario() {
         seen.iter().any(|d| d.contains("archiving the last WAL")),
         "{seen:?}"
     );
-    let wal = walarchive(&bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap();
+    let wal = walarchive(bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap();
     assert!(
         wal.contains(&commit_segment),
         "the segment of the last commit ({commit_segment}, {commit_lsn}) is not archived: {wal}"
@@ -505,10 +502,7 @@ async fn scenario() {
         final_lsn >= commit_lsn.parse().unwrap(),
         "{final_lsn} < {commit_lsn}"
     );
-    assert!(nodes_on_cells(&cells, "db1")
-        .await
-        .iter()
-        .all(Vec::is_empty));
+    assert!(nodes_on_cells(cells, "db1").await.iter().all(Vec::is_empty));
     let inst = c.store.instance("db1").await.unwrap().unwrap().value;
     assert_eq!(inst.state, InstanceState::Deleted);
     assert!(
@@ -517,14 +511,14 @@ async fn scenario() {
     );
     // (Retention removed the WAL older than the newest backup, `last` included.)
     let wal: Value =
-        serde_json::from_str(&walarchive(&bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap())
+        serde_json::from_str(&walarchive(bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap())
             .unwrap();
     assert!(
         wal.as_array()
             .is_some_and(|a| a.iter().any(|e| e["kind"] == "segment")),
         "archive not kept: {wal}"
     );
-    let kept = walarchive(&bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
+    let kept = walarchive(bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
     assert!(kept.contains("base_"), "backups not kept: {kept}");
 
     // --- The same id again: a new incarnation with its own repository. ---
@@ -554,7 +548,7 @@ async fn scenario() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "a fresh cluster");
-    let backups = walarchive(&bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
+    let backups = walarchive(bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
     assert!(backups.contains("base_"), "{backups}");
 
     // A new id whose repository already holds an archive (left by another broker, or a
@@ -588,7 +582,7 @@ async fn scenario() {
         "{b}"
     );
     assert!(!b["description"].as_str().unwrap().contains('/'), "{b}");
-    assert!(nodes_on_cells(&cells, "occupied")
+    assert!(nodes_on_cells(cells, "occupied")
         .await
         .iter()
         .all(Vec::is_empty));
@@ -606,7 +600,7 @@ async fn scenario() {
     assert!(st.success());
     std::fs::remove_file(format!("{occupied}/headless/walarchive.repo")).unwrap();
     let listed = walarchive(
-        &bin,
+        bin,
         &["--repo", &format!("{base}/headless"), "wal-list", "--json"],
     )
     .unwrap_err();
@@ -630,7 +624,7 @@ async fn scenario() {
             .contains("already holds an archive"),
         "{b}"
     );
-    assert!(nodes_on_cells(&cells, "headless")
+    assert!(nodes_on_cells(cells, "headless")
         .await
         .iter()
         .all(Vec::is_empty));

@@ -336,7 +336,7 @@ async fn scenario() {
 
     // The first base backup of the instance is in its repository.
     let out = common::cells::walarchive(
-        &bin,
+        bin,
         &["--repo", &format!("{base}/db1"), "backup-list", "--json"],
     )
     .unwrap();
@@ -376,7 +376,7 @@ async fn scenario() {
         diag,
     )
     .await;
-    let node = clone_nodes(&cell).await;
+    let node = clone_nodes(cell).await;
     assert_eq!(node.len(), 1, "{node:?}");
     broker.kill().unwrap();
     broker.wait().unwrap();
@@ -420,7 +420,7 @@ async fn scenario() {
     .await;
     assert_eq!(done["state"], "succeeded", "{done}\n{}", diag());
     // One set of nodes: the node the first broker put, never re-created.
-    let after = clone_nodes(&cell).await;
+    let after = clone_nodes(cell).await;
     assert_eq!(after, node, "the clone's nodes");
     let (clone, _) = api.bind_and_connect("db1-clone", "b2", diag).await;
     let n: i64 = clone
