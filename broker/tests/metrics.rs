@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use common::cells::{connect, free_port, local_sql, tail, wait_for, walarchive, Cell};
 use common::osb::{PASSWORD, USER};
 use common::rig::Rig;
-use common::serve::{serve_answering, spawn_serve, trusting_tests_ca};
+use common::serve::{osb_call, serve_answering, spawn_serve, trusting_tests_ca};
 use walarchive_broker::stats::{Retention, SampleStore};
 
 const SERVICE: &str = "svc-metrics";
@@ -40,20 +40,9 @@ impl Http {
         path: &str,
         body: Option<Value>,
     ) -> Option<(u16, Value)> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .header("X-Broker-API-Version", "2.17");
-        if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.ok()?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        osb_call(&self.client, &self.base, method, path, body)
+            .await
+            .ok()
     }
 
     /// `GET /metrics` with `auth` (user, password): the status and the text.

@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::cells::{connect, free_port, tail, wait_for, Cell};
-use common::osb::PASSWORD;
 use common::rig::Rig;
-use common::serve::{serve_answering, spawn_serve, trusting_tests_ca};
+use common::serve::{osb_call, serve_answering, spawn_serve, trusting_tests_ca};
 
 const SERVICE: &str = "svc-serve";
 const PLAN: &str = "plan-single";
@@ -46,20 +45,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), reqwest::Error> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth("platform", Some(PASSWORD))
-            .header("X-Broker-API-Version", "2.17");
-        if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        osb_call(&self.http, &self.base, method, path, body).await
     }
 
     /// Binds `binding` to `instance` (201) and connects with the binding's URI, waiting up to

@@ -26,7 +26,7 @@ use common::cells::{free_port, tail, wait_for, Cell};
 use common::etcd::pki;
 use common::osb::{PASSWORD, USER};
 use common::rig::Rig;
-use common::serve::spawn_serve;
+use common::serve::{osb_call, spawn_serve};
 
 const SERVICE: &str = "svc-dash";
 const PLAN: &str = "plan-ha";
@@ -120,19 +120,9 @@ pub fn fixture() -> &'static Fixture {
 }
 
 async fn osb(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = http()
-        .request(method, format!("{base}{path}"))
-        .basic_auth(USER, Some(PASSWORD))
-        .header("X-Broker-API-Version", "2.17");
-    if let Some(b) = body {
-        req = req
-            .header("Content-Type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("the broker answers");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    osb_call(&http(), base, method, path, body)
+        .await
+        .expect("the broker answers")
 }
 
 /// An HTTP client trusting the tests' CA.

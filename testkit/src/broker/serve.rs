@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::cells::wait_for;
 use super::etcd::pki;
+use super::osb::{PASSWORD, USER};
 
 /// `broker serve --config config` as a child that dies with the test (PDEATHSIG), logging at
 /// debug level to `log` (appended to, so that restarts share one log), with `env` set too.
@@ -57,4 +60,29 @@ where
 pub fn trusting_tests_ca() -> reqwest::ClientBuilder {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     reqwest::Client::builder().tls_certs_only([ca])
+}
+
+/// An OSB request to the broker at `base` over real HTTP, as the platform (its user and
+/// password, API version 2.17, a JSON body when given): the status and the body as JSON
+/// (`null` when it is not JSON).
+pub async fn osb_call(
+    client: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut req = client
+        .request(method, format!("{base}{path}"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("X-Broker-API-Version", "2.17");
+    if let Some(b) = body {
+        req = req
+            .header("Content-Type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
