@@ -15,13 +15,9 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive,
-    walarchive_copy, Cell,
-};
-use common::etcd::etcd;
+use common::cells::{connect, local_sql, primary_as, wait_for, walarchive, Cell};
 use common::osb::Api;
+use common::rig::Rig;
 use walarchive_broker::actions::{request, Action, ActionError};
 use walarchive_broker::state::{ClaimKind, OperationKind, OperationRecord, OperationState};
 
@@ -65,6 +61,28 @@ async fn finished(c: &Api, id: &str, diag: &dyn Fn() -> String) -> OperationReco
     .await
 }
 
+/// A switchover to `candidate` asked for by the user, which must be recorded (`recorded`
+/// says why, as the failure message): the operation recorded, and once it finished.
+async fn user_switchover(
+    c: &Api,
+    candidate: &str,
+    recorded: &str,
+    diag: &dyn Fn() -> String,
+) -> (OperationRecord, OperationRecord) {
+    let op = request(
+        &c.state,
+        ID,
+        Action::Switchover {
+            candidate: candidate.to_string(),
+        },
+        "user",
+    )
+    .await
+    .expect(recorded);
+    let done = finished(c, &op.id, diag).await;
+    (op, done)
+}
+
 /// The platform's `last_operation` (with `operation` when given): status and body.
 async fn last_operation(c: &Api, op: Option<&str>) -> (StatusCode, Value) {
     let q = op.map(|o| format!("?operation={o}")).unwrap_or_default();
@@ -89,20 +107,10 @@ async fn scenario() {
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .try_init();
-    let etcd = etcd();
-    let root = test_root("actions");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cells: Vec<Cell> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Cell::start(&root, n))
-        .collect();
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb", "zc"]).collect();
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let rig = Rig::start("actions", &["a", "b", "c"]).await;
+    let (bin, cells) = (&rig.bin, &rig.cells);
+    let t = rig.toml();
+    let prefix = rig.prefix();
     let c = Api::new(&t.render(&prefix), &t.service, &t.plan);
     let _worker = c.spawn_worker();
     let diag = || {
@@ -127,7 +135,7 @@ async fn scenario() {
         .await
         .unwrap();
     let inst = c.store.instance(ID).await.unwrap().unwrap().value;
-    let (old_leader, _) = leader(&cells).await.expect("a leader");
+    let (old_leader, _) = leader(cells).await.expect("a leader");
     let replica = inst
         .nodes
         .iter()
@@ -210,7 +218,7 @@ async fn scenario() {
         "{done:?}\n{}",
         diag()
     );
-    let listed = walarchive(&bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
+    let listed = walarchive(bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
     let listed: Value = serde_json::from_str(&listed).unwrap();
     let names: Vec<String> = listed
         .as_array()
@@ -262,17 +270,7 @@ async fn scenario() {
         .await
         .unwrap()
         .get(0);
-    let sw = request(
-        &c.state,
-        ID,
-        Action::Switchover {
-            candidate: replica.clone(),
-        },
-        "user",
-    )
-    .await
-    .expect("switchover accepted");
-    let done = finished(&c, &sw.id, &diag).await;
+    let (sw, done) = user_switchover(&c, &replica, "switchover accepted", &diag).await;
     assert_eq!(
         (done.id.as_str(), done.state),
         (sw.id.as_str(), OperationState::Succeeded),
@@ -281,7 +279,7 @@ async fn scenario() {
     );
     // Patroni's roles swapped; the router's port reaches the new leader, and a client
     // whose session the switchover ended connects again on the same port.
-    let (now_leader, k) = leader(&cells).await.expect("a leader");
+    let (now_leader, k) = leader(cells).await.expect("a leader");
     assert_eq!(now_leader, replica);
     let inst = c.store.instance(ID).await.unwrap().unwrap().value;
     let new_port = inst
@@ -318,19 +316,9 @@ async fn scenario() {
     );
     db.execute("insert into t values (11)", &[]).await.unwrap();
     // The old leader streams from the new one.
-    assert_eq!(streaming(&cells, k, new_port), vec![old_leader.clone()]);
+    assert_eq!(streaming(cells, k, new_port), vec![old_leader.clone()]);
     // A switchover to the leader there is: refused by the worker, nothing changed.
-    let again = request(
-        &c.state,
-        ID,
-        Action::Switchover {
-            candidate: replica.clone(),
-        },
-        "user",
-    )
-    .await
-    .expect("recorded");
-    let done = finished(&c, &again.id, &diag).await;
+    let (_, done) = user_switchover(&c, &replica, "recorded", &diag).await;
     assert_eq!(
         (done.state, done.description.as_str()),
         (
@@ -338,7 +326,7 @@ async fn scenario() {
             format!("{replica} is already the leader; choose a replica.").as_str()
         )
     );
-    assert_eq!(leader(&cells).await.map(|l| l.0), Some(replica.clone()));
+    assert_eq!(leader(cells).await.map(|l| l.0), Some(replica.clone()));
 
     // --- The node count: 2 → 3, the PATCH's own update. ---
     let out_of_range = request(&c.state, ID, Action::NodeCount(9), "operator")
@@ -364,13 +352,13 @@ async fn scenario() {
         .await;
     let inst = c.store.instance(ID).await.unwrap().unwrap().value;
     assert_eq!((inst.node_count, inst.nodes.len()), (3, 3));
-    let (l, k) = leader(&cells).await.expect("a leader");
+    let (l, k) = leader(cells).await.expect("a leader");
     let port = inst.nodes.iter().find(|n| n.name == l).unwrap().pg_port;
     let third = wait_for(
         "two replicas streaming",
         Duration::from_secs(60),
         || {
-            let s = streaming(&cells, k, port);
+            let s = streaming(cells, k, port);
             async move { (s.len() == 2).then_some(s) }
         },
         diag,

@@ -24,12 +24,9 @@ use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, local_sql, primary_as, test_root, wait_for, walarchive,
-    walarchive_copy, Cell,
-};
-use common::etcd::etcd;
+use common::cells::{connect, local_sql, primary_as, wait_for, walarchive, Cell};
 use common::osb::Api;
+use common::rig::Rig;
 use common::s3::s3;
 use walarchive_broker::cell::NodeStatus;
 use walarchive_broker::state::InstanceRecord;
@@ -357,25 +354,18 @@ async fn clones_of_a_live_instance() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("clones");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cells = vec![Cell::start(&root, "a"), Cell::start(&root, "b")];
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb"]).collect();
+    let rig = Rig::start("clones", &["a", "b"]).await;
+    let (root, bin, cells) = (&rig.root, &rig.bin, &rig.cells);
+    let mut t = rig.toml();
     t.worker = ("2s", "5m");
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let text = t
         .render(&prefix)
         .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
     assert!(text.contains("archive_timeout = \"1s\""));
     let ctx = Ctx {
         c: Api::new(&text, &t.service, &t.plan),
-        cells: &cells,
+        cells,
         root: root.clone(),
         bin: bin.clone(),
         walarchive_config: None,
@@ -528,7 +518,7 @@ async fn scenario() {
     );
     assert_eq!(ctx.rows("clone-latest").await, (last as i64, last));
     let clone = ctx.record("clone-latest").await;
-    let backups = walarchive(&bin, &["--repo", &clone.repository, "backup-list"]).unwrap();
+    let backups = walarchive(bin, &["--repo", &clone.repository, "backup-list"]).unwrap();
     assert!(
         backups.contains("base_"),
         "the clone has no backup of its own: {backups}"
@@ -702,17 +692,17 @@ async fn scenario() {
     let s3_config = root.join("walarchive-s3.toml");
     s3.walarchive_config(&s3_config);
     let s3_base = format!("s3://{bucket}/inst");
-    let mut t = BrokerToml::new(&root.join("broker-s3"), &s3_base, &bin);
+    let mut t = BrokerToml::new(&root.join("broker-s3"), &s3_base, bin);
     t.cells = cells.iter().zip(["za", "zb"]).collect();
     t.worker = ("2s", "5m");
     t.walarchive_config = Some(s3_config.clone());
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let text = t
         .render(&prefix)
         .replace("archive_timeout = \"60s\"", "archive_timeout = \"1s\"");
     let ctx = Ctx {
         c: Api::new(&text, &t.service, &t.plan),
-        cells: &cells,
+        cells,
         root: root.clone(),
         bin: bin.clone(),
         walarchive_config: Some(s3_config),

@@ -15,12 +15,9 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use common::broker::BrokerToml;
-use common::cells::{
-    file_repository, local_sql, primary_as, test_root, wait_for, walarchive, walarchive_copy, Cell,
-};
-use common::etcd::etcd;
+use common::cells::{local_sql, primary_as, wait_for, walarchive, Cell};
 use common::osb::Api;
+use common::rig::Rig;
 
 /// The index of the cell running `instance`'s leader.
 async fn leader_cell(cells: &[Cell], instance: &str) -> Option<usize> {
@@ -84,17 +81,8 @@ async fn scenario() {
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .try_init();
-    let etcd = etcd();
-    let root = test_root("majors");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cells: Vec<Cell> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| Cell::start(&root, n))
-        .collect();
-    for c in &cells {
-        c.wait_ready().await;
-    }
+    let rig = Rig::start("majors", &["a", "b", "c", "d"]).await;
+    let (bin, cells) = (&rig.bin, &rig.cells);
     // Every cell says what it runs: each major installed, and Patroni 4.
     let report = cells[0].client().report().await.expect("cell report");
     for m in ["15", "16", "17", "18"] {
@@ -107,10 +95,9 @@ async fn scenario() {
             .is_some_and(|p| p.starts_with("patroni 4.")),
         "{report:?}"
     );
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb", "zc", "zd"]).collect();
+    let mut t = rig.toml();
     t.plan = "plan-ha".into();
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let c = Api::new(&t.render(&prefix), &t.service, &t.plan);
     let _worker = c.spawn_worker();
     let diag = || {
@@ -217,7 +204,7 @@ async fn scenario() {
     // pg16's rows archived (its leader switches WAL; archive_timeout is a minute): the
     // clone's default point, the latest archived one, has them.
     let p16 = c.store.instance("pg16").await.unwrap().unwrap().value;
-    let k = leader_cell(&cells, "pg16").await.expect("pg16 leader");
+    let k = leader_cell(cells, "pg16").await.expect("pg16 leader");
     let node = p16.nodes.iter().find(|n| n.cell == cells[k].name).unwrap();
     let segment = local_sql(
         &cells[k],
@@ -276,8 +263,8 @@ async fn scenario() {
 
     // --- Failover on 17 and 18: their leaders' machines are lost (disjoint cells: four
     // cells, two nodes each, placed on the least loaded). ---
-    let l17 = leader_cell(&cells, "pg17").await.expect("pg17 leader");
-    let l18 = leader_cell(&cells, "pg18").await.expect("pg18 leader");
+    let l17 = leader_cell(cells, "pg17").await.expect("pg17 leader");
+    let l18 = leader_cell(cells, "pg18").await.expect("pg18 leader");
     let p17 = c.store.instance("pg17").await.unwrap().unwrap().value;
     let p18 = c.store.instance("pg18").await.unwrap().unwrap().value;
     let cells17: Vec<&str> = p17.nodes.iter().map(|n| n.cell.as_str()).collect();

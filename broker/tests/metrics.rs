@@ -11,41 +11,22 @@ use testkit::broker as common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, free_port, local_sql, tail, test_root, wait_for, walarchive,
-    walarchive_copy, Cell,
-};
-use common::etcd::{etcd, pki};
+use common::cells::{connect, free_port, local_sql, tail, wait_for, walarchive, Cell};
 use common::osb::{PASSWORD, USER};
+use common::rig::Rig;
+use common::serve::{osb_call, serve_answering, spawn_serve, trusting_tests_ca};
 use walarchive_broker::stats::{Retention, SampleStore};
 
 const SERVICE: &str = "svc-metrics";
 const PLAN: &str = "plan-metrics";
 const ID: &str = "metrics-1";
 
-fn spawn_broker(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walarchive-broker"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info,walarchive_broker=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    walarchive_broker::process::die_with_parent(&mut cmd);
-    cmd.spawn().expect("start walarchive-broker serve")
-}
+const BROKER: &str = env!("CARGO_BIN_EXE_walarchive-broker");
 
 struct Http {
     client: reqwest::Client,
@@ -59,20 +40,9 @@ impl Http {
         path: &str,
         body: Option<Value>,
     ) -> Option<(u16, Value)> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .header("X-Broker-API-Version", "2.17");
-        if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.ok()?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        osb_call(&self.client, &self.base, method, path, body)
+            .await
+            .ok()
     }
 
     /// `GET /metrics` with `auth` (user, password): the status and the text.
@@ -205,18 +175,13 @@ async fn metrics_follow_the_cluster() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("metrics");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let (a, b) = (Cell::start(&root, "a"), Cell::start(&root, "b"));
-    a.wait_ready().await;
-    b.wait_ready().await;
-    let cells = [&a, &b];
+    let rig = Rig::start("metrics", &["a", "b"]).await;
+    let (root, bin, base) = (&rig.root, &rig.bin, &rig.base);
+    let (a, b) = (&rig.cells[0], &rig.cells[1]);
+    let cells = [a, b];
 
     let listen = free_port();
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = vec![(&a, "za"), (&b, "zb")];
+    let mut t = rig.toml();
     t.service = SERVICE.into();
     t.plan = PLAN.into();
     t.node_count = 2;
@@ -224,7 +189,7 @@ async fn scenario() {
     t.router_ports = 4;
     t.backups = ("1h", 2);
     t.worker = ("1s", "4m");
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let stats_dir = root.join("stats");
     let config = root.join("broker.toml");
     let text = format!(
@@ -243,20 +208,20 @@ async fn scenario() {
             b.log_tail(15),
         )
     };
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     let http = Http {
-        client: reqwest::Client::builder()
+        client: trusting_tests_ca()
             .timeout(Duration::from_secs(10))
-            .tls_certs_only([ca])
             .build()
             .unwrap(),
         base: format!("https://127.0.0.1:{listen}"),
     };
 
-    let mut broker = spawn_broker(&config, &log);
-    wait_for(
+    let mut broker = serve_answering(
+        BROKER,
+        &config,
+        &log,
+        &[],
         "the broker answers",
-        Duration::from_secs(20),
         || async {
             matches!(
                 http.osb(reqwest::Method::GET, "/v2/catalog", None).await,
@@ -440,7 +405,7 @@ async fn scenario() {
     // The last backup: the first base backup of the provision, as walarchive lists it.
     let repo = format!("{base}/{}", walarchive_broker::names::path_name(ID));
     let listed: Value = serde_json::from_str(
-        &walarchive(&bin, &["--repo", &repo, "backup-list", "--json"]).unwrap(),
+        &walarchive(bin, &["--repo", &repo, "backup-list", "--json"]).unwrap(),
     )
     .unwrap();
     let newest = listed
@@ -679,7 +644,7 @@ async fn scenario() {
             .any(|s| s.archive_lag_seconds.is_some_and(|l| l > 3.0)),
         "the failing archive's lag is in the series"
     );
-    let mut broker = spawn_broker(&config, &log);
+    let mut broker = spawn_serve(BROKER, &config, &log, &[]);
     wait_for(
         "samples of the restarted broker",
         Duration::from_secs(60),

@@ -20,11 +20,10 @@ use axum::http::{Method, StatusCode};
 use serde_json::Value;
 
 use common::broker::BrokerToml;
-use common::cells::{
-    file_repository, local_sql, primary_as, test_root, wait_for, walarchive, walarchive_copy, Cell,
-};
+use common::cells::{local_sql, primary_as, wait_for, walarchive, walarchive_copy, Cell};
 use common::etcd::etcd;
 use common::osb::Api;
+use common::rig::Rig;
 use walarchive_broker::state::InstanceRecord;
 use walarchive_broker::state::InstanceState;
 use walarchive_broker::{BrokerConfig, Store, Worker};
@@ -97,24 +96,12 @@ async fn provision_update_backup_deprovision_reprovision() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("provision");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-
-    let cells = vec![
-        Cell::start(&root, "a"),
-        Cell::start(&root, "b"),
-        Cell::start(&root, "c"),
-    ];
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb", "zc"]).collect();
+    let rig = Rig::start("provision", &["a", "b", "c"]).await;
+    let (root, bin, base, cells) = (&rig.root, &rig.bin, &rig.base, &rig.cells);
+    let mut t = rig.toml();
     t.plan = "plan-ha".into();
     t.backups = ("30s", 1);
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     // archive_timeout at 10 minutes: within this test, a segment reaches the archive only
     // when it is switched (a backup, a promotion, the deprovision's switch, or `switch_wal`).
     let toml = t.render(&prefix);
@@ -182,7 +169,7 @@ async fn scenario() {
     )
     .await
     .unwrap();
-    let last = switch_wal(&cells, &inst).await;
+    let last = switch_wal(cells, &inst).await;
     let repo1 = inst.repository.clone();
     wait_for(
         "WAL in the repository",
@@ -197,7 +184,7 @@ async fn scenario() {
         diag,
     )
     .await;
-    let backups = walarchive(&bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
+    let backups = walarchive(bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
     assert!(backups.contains("base_"), "no first backup: {backups}");
     let first_backup_at = inst.last_backup_at.expect("first backup recorded");
     eprintln!("provisioned at {:.1} s", t0.elapsed().as_secs_f64());
@@ -253,7 +240,7 @@ async fn scenario() {
         (StatusCode::OK, Some("succeeded")),
         "{b}"
     );
-    let on_cells = nodes_on_cells(&cells, "db1").await;
+    let on_cells = nodes_on_cells(cells, "db1").await;
     assert!(on_cells.iter().all(|n| n.len() == 1), "{on_cells:?}");
     let inst = c.store.instance("db1").await.unwrap().unwrap().value;
     assert_eq!((inst.node_count, inst.nodes.len()), (3, 3));
@@ -270,10 +257,7 @@ async fn scenario() {
         )
         .await;
     assert_eq!(b["state"], "failed", "{b}");
-    assert!(nodes_on_cells(&cells, "db2")
-        .await
-        .iter()
-        .all(Vec::is_empty));
+    assert!(nodes_on_cells(cells, "db2").await.iter().all(Vec::is_empty));
     assert_eq!(c.store.port_owner(port2).await.unwrap(), None);
     let patroni_keys = c
         .store
@@ -304,7 +288,7 @@ async fn scenario() {
     // --- Failover of the provisioned instance: the leader's whole cell dies. The same
     // router port takes writes on a promoted replica, with every replicated row; the cell
     // comes back and its node rejoins. ---
-    let leader = leader_of(&cells, "db1").await.expect("a leader");
+    let leader = leader_of(cells, "db1").await.expect("a leader");
     let victim = {
         let mut found = None;
         for (i, cell) in cells.iter().enumerate() {
@@ -418,7 +402,7 @@ async fn scenario() {
     .await;
 
     // Scaling down removes replicas only: the leader stays.
-    let leader_before = leader_of(&cells, "db1").await;
+    let leader_before = leader_of(cells, "db1").await;
     let op = c.update("db1", 1).await;
     let (seen, s, b) = c.wait_op("db1", &op, Duration::from_secs(120), &diag).await;
     assert_eq!(
@@ -430,7 +414,7 @@ async fn scenario() {
         seen.iter().any(|d| d.contains("removing replica")),
         "no progress while removing replicas: {seen:?}"
     );
-    let on_cells = nodes_on_cells(&cells, "db1").await;
+    let on_cells = nodes_on_cells(cells, "db1").await;
     assert_eq!(
         on_cells.iter().map(Vec::len).sum::<usize>(),
         1,
@@ -469,7 +453,7 @@ async fn scenario() {
     )
     .await;
     let list: Value = serde_json::from_str(
-        &walarchive(&bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap(),
+        &walarchive(bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap(),
     )
     .unwrap();
     let count = list
@@ -498,7 +482,7 @@ async fn scenario() {
         seen.iter().any(|d| d.contains("archiving the last WAL")),
         "{seen:?}"
     );
-    let wal = walarchive(&bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap();
+    let wal = walarchive(bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap();
     assert!(
         wal.contains(&commit_segment),
         "the segment of the last commit ({commit_segment}, {commit_lsn}) is not archived: {wal}"
@@ -518,10 +502,7 @@ async fn scenario() {
         final_lsn >= commit_lsn.parse().unwrap(),
         "{final_lsn} < {commit_lsn}"
     );
-    assert!(nodes_on_cells(&cells, "db1")
-        .await
-        .iter()
-        .all(Vec::is_empty));
+    assert!(nodes_on_cells(cells, "db1").await.iter().all(Vec::is_empty));
     let inst = c.store.instance("db1").await.unwrap().unwrap().value;
     assert_eq!(inst.state, InstanceState::Deleted);
     assert!(
@@ -530,14 +511,14 @@ async fn scenario() {
     );
     // (Retention removed the WAL older than the newest backup, `last` included.)
     let wal: Value =
-        serde_json::from_str(&walarchive(&bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap())
+        serde_json::from_str(&walarchive(bin, &["--repo", &repo1, "wal-list", "--json"]).unwrap())
             .unwrap();
     assert!(
         wal.as_array()
             .is_some_and(|a| a.iter().any(|e| e["kind"] == "segment")),
         "archive not kept: {wal}"
     );
-    let kept = walarchive(&bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
+    let kept = walarchive(bin, &["--repo", &repo1, "backup-list", "--json"]).unwrap();
     assert!(kept.contains("base_"), "backups not kept: {kept}");
 
     // --- The same id again: a new incarnation with its own repository. ---
@@ -567,7 +548,7 @@ async fn scenario() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "a fresh cluster");
-    let backups = walarchive(&bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
+    let backups = walarchive(bin, &["--repo", &inst.repository, "backup-list", "--json"]).unwrap();
     assert!(backups.contains("base_"), "{backups}");
 
     // A new id whose repository already holds an archive (left by another broker, or a
@@ -601,7 +582,7 @@ async fn scenario() {
         "{b}"
     );
     assert!(!b["description"].as_str().unwrap().contains('/'), "{b}");
-    assert!(nodes_on_cells(&cells, "occupied")
+    assert!(nodes_on_cells(cells, "occupied")
         .await
         .iter()
         .all(Vec::is_empty));
@@ -619,7 +600,7 @@ async fn scenario() {
     assert!(st.success());
     std::fs::remove_file(format!("{occupied}/headless/walarchive.repo")).unwrap();
     let listed = walarchive(
-        &bin,
+        bin,
         &["--repo", &format!("{base}/headless"), "wal-list", "--json"],
     )
     .unwrap_err();
@@ -643,7 +624,7 @@ async fn scenario() {
             .contains("already holds an archive"),
         "{b}"
     );
-    assert!(nodes_on_cells(&cells, "headless")
+    assert!(nodes_on_cells(cells, "headless")
         .await
         .iter()
         .all(Vec::is_empty));
@@ -657,7 +638,7 @@ async fn scenario() {
         }
     }
     // Leave no nodes running.
-    for cell in &cells {
+    for cell in cells {
         for n in cell.client().nodes().await.unwrap() {
             let _ = cell.client().delete_node(&n.name).await;
         }

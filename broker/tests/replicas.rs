@@ -19,12 +19,9 @@ use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 
-use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, primary_as, test_root, wait_for, walarchive_copy, Cell,
-};
-use common::etcd::etcd;
+use common::cells::{connect, primary_as, wait_for};
 use common::osb::Api;
+use common::rig::Rig;
 use walarchive_broker::state::InstanceRecord;
 
 /// A session on `uri` and whether its server is in recovery (a replica); `None` while it
@@ -104,21 +101,10 @@ async fn read_only_port_and_multihost_uri_through_a_failover() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("replicas");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cells = vec![
-        Cell::start(&root, "a"),
-        Cell::start(&root, "b"),
-        Cell::start(&root, "c"),
-    ];
-    for c in &cells {
-        c.wait_ready().await;
-    }
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = cells.iter().zip(["za", "zb", "zc"]).collect();
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let rig = Rig::start("replicas", &["a", "b", "c"]).await;
+    let (root, cells) = (&rig.root, &rig.cells);
+    let t = rig.toml();
+    let prefix = rig.prefix();
     let toml = t.render(&prefix);
     assert!(toml.contains("wal_segsize_mb = 1\n"), "{toml}");
     // Synchronous mode with commits waiting until the standby applied them: reads on the

@@ -12,44 +12,25 @@
 use testkit::broker as common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::broker::BrokerToml;
-use common::cells::{
-    connect, file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell,
-};
-use common::etcd::{etcd, pki};
-use common::osb::PASSWORD;
+use common::cells::{connect, free_port, tail, wait_for, Cell};
+use common::rig::Rig;
+use common::serve::{osb_call, serve_answering, spawn_serve, trusting_tests_ca};
 
 const SERVICE: &str = "svc-serve";
 const PLAN: &str = "plan-single";
 
-/// A `walarchive-broker serve` child that dies with the test (PDEATHSIG); its log is
-/// appended to across restarts.
-fn spawn_broker(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walarchive-broker"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env(
-            "WALARCHIVE_FAULTS",
-            "op=get key=/part- fault=slow:1500; op=get key=/wal/0000 fault=slow:1500",
-        )
-        .env("RUST_LOG", "info,walarchive_broker=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    walarchive_broker::process::die_with_parent(&mut cmd);
-    cmd.spawn().expect("start walarchive-broker serve")
-}
+const BROKER: &str = env!("CARGO_BIN_EXE_walarchive-broker");
+
+/// The test-only fault hook every broker here runs with (handed to the nodes): each part and
+/// each segment read waits 1.5 s.
+const FAULTS: [(&str, &str); 1] = [(
+    "WALARCHIVE_FAULTS",
+    "op=get key=/part- fault=slow:1500; op=get key=/wal/0000 fault=slow:1500",
+)];
 
 /// The broker's API over real HTTP.
 struct Api {
@@ -64,20 +45,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), reqwest::Error> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth("platform", Some(PASSWORD))
-            .header("X-Broker-API-Version", "2.17");
-        if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        osb_call(&self.http, &self.base, method, path, body).await
     }
 
     /// Binds `binding` to `instance` (201) and connects with the binding's URI, waiting up to
@@ -135,16 +103,11 @@ async fn a_broker_killed_during_a_provision_is_resumed_by_the_next_one() {
 
 async fn scenario() {
     let t0 = Instant::now();
-    let etcd = etcd();
-    let root = test_root("serve");
-    let bin = walarchive_copy(&root);
-    let base = file_repository(&root);
-    let cell = Cell::start(&root, "a");
-    cell.wait_ready().await;
+    let rig = Rig::start("serve", &["a"]).await;
+    let (root, bin, base, cell) = (&rig.root, &rig.bin, &rig.base, &rig.cells[0]);
 
     let listen = free_port();
-    let mut t = BrokerToml::new(&root, &base, &bin);
-    t.cells = vec![(&cell, "za")];
+    let mut t = rig.toml();
     t.service = SERVICE.into();
     t.plan = PLAN.into();
     t.node_count = 1;
@@ -152,7 +115,7 @@ async fn scenario() {
     t.router_ports = 8;
     t.backups = ("1h", 2);
     t.worker = ("1s", "4m");
-    let prefix = format!("/broker{}", etcd.fresh_prefix());
+    let prefix = rig.prefix();
     let config = root.join("broker.toml");
     // The clone below restores slowly enough to be caught in its base backup's restore and
     // in its WAL replay: each part and each segment read waits 1.5 s (the test-only fault
@@ -177,20 +140,20 @@ async fn scenario() {
         )
     };
     // Over TLS, trusting the tests' CA only, as a platform configured with it would.
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_file()).unwrap()).unwrap();
     let api = Api {
-        http: reqwest::Client::builder()
+        http: trusting_tests_ca()
             .timeout(Duration::from_secs(10))
-            .tls_certs_only([ca])
             .build()
             .unwrap(),
         base: format!("https://127.0.0.1:{listen}"),
     };
 
-    let mut broker = spawn_broker(&config, &log);
-    wait_for(
+    let mut broker = serve_answering(
+        BROKER,
+        &config,
+        &log,
+        &FAULTS,
         "the broker answers",
-        Duration::from_secs(20),
         || api.ready(),
         diag,
     )
@@ -244,10 +207,12 @@ async fn scenario() {
     );
 
     // The next broker resumes the operation from etcd.
-    let mut broker = spawn_broker(&config, &log);
-    wait_for(
+    let mut broker = serve_answering(
+        BROKER,
+        &config,
+        &log,
+        &FAULTS,
         "the second broker answers",
-        Duration::from_secs(20),
         || api.ready(),
         diag,
     )
@@ -357,7 +322,7 @@ async fn scenario() {
 
     // The first base backup of the instance is in its repository.
     let out = common::cells::walarchive(
-        &bin,
+        bin,
         &["--repo", &format!("{base}/db1"), "backup-list", "--json"],
     )
     .unwrap();
@@ -397,7 +362,7 @@ async fn scenario() {
         diag,
     )
     .await;
-    let node = clone_nodes(&cell).await;
+    let node = clone_nodes(cell).await;
     assert_eq!(node.len(), 1, "{node:?}");
     broker.kill().unwrap();
     broker.wait().unwrap();
@@ -406,7 +371,7 @@ async fn scenario() {
         t0.elapsed().as_secs_f64()
     );
     // The next one, killed in turn while the node replays the source's WAL.
-    let mut broker = spawn_broker(&config, &log);
+    let mut broker = spawn_serve(BROKER, &config, &log, &FAULTS);
     let described = wait_for(
         "the clone replays WAL",
         Duration::from_secs(60),
@@ -428,7 +393,7 @@ async fn scenario() {
         "broker SIGKILLed at {:.1} s during \"{described}\"",
         t0.elapsed().as_secs_f64()
     );
-    let mut broker = spawn_broker(&config, &log);
+    let mut broker = spawn_serve(BROKER, &config, &log, &FAULTS);
     let done = wait_for(
         "the clone to end",
         Duration::from_secs(180),
@@ -441,7 +406,7 @@ async fn scenario() {
     .await;
     assert_eq!(done["state"], "succeeded", "{done}\n{}", diag());
     // One set of nodes: the node the first broker put, never re-created.
-    let after = clone_nodes(&cell).await;
+    let after = clone_nodes(cell).await;
     assert_eq!(after, node, "the clone's nodes");
     let (clone, _) = api.bind_and_connect("db1-clone", "b2", diag).await;
     let n: i64 = clone

@@ -218,19 +218,10 @@ pub fn snapshot(i: Inputs<'_>) -> (InstanceSnapshot, Option<Counters>) {
         None
     };
     let mut snap = InstanceSnapshot {
-        instance_id: i.instance_id.to_string(),
-        at: Timestamp(i.at),
         leader: leader.map(|(p, _)| p.name.clone()),
         nodes,
-        archive: None,
-        database_bytes: None,
-        total_database_bytes: None,
-        connections: None,
-        max_connections: None,
-        tps: None,
-        cache_hit_ratio: None,
-        failovers: Vec::new(),
         error,
+        ..InstanceSnapshot::unmeasured(i.instance_id.to_string(), Timestamp(i.at))
     };
     let Some((p, s)) = leader else {
         return (snap, None);

@@ -210,21 +210,7 @@ mod tests {
     use super::*;
 
     fn snapshot(id: &str) -> InstanceSnapshot {
-        InstanceSnapshot {
-            instance_id: id.into(),
-            at: crate::state::Timestamp::now(),
-            leader: None,
-            nodes: Vec::new(),
-            archive: None,
-            database_bytes: None,
-            total_database_bytes: None,
-            connections: None,
-            max_connections: None,
-            tps: None,
-            cache_hit_ratio: None,
-            failovers: Vec::new(),
-            error: None,
-        }
+        InstanceSnapshot::unmeasured(id.into(), crate::state::Timestamp::now())
     }
 
     /// A refresh asked before the sampler waits is not lost, and asked twice is done once.

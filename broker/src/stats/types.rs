@@ -41,6 +41,28 @@ pub struct InstanceSnapshot {
     pub error: Option<String>,
 }
 
+impl InstanceSnapshot {
+    /// A snapshot of `instance_id` taken at `at` with nothing in it yet: no leader, nodes,
+    /// figures, failovers or error.
+    pub fn unmeasured(instance_id: String, at: Timestamp) -> InstanceSnapshot {
+        InstanceSnapshot {
+            instance_id,
+            at,
+            leader: None,
+            nodes: Vec::new(),
+            archive: None,
+            database_bytes: None,
+            total_database_bytes: None,
+            connections: None,
+            max_connections: None,
+            tps: None,
+            cache_hit_ratio: None,
+            failovers: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// One node as last seen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSnapshot {

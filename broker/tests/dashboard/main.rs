@@ -13,7 +13,7 @@ mod actions;
 mod pages;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,9 +22,11 @@ use serde_json::{json, Value};
 
 use common::broker::BrokerToml;
 use common::browser::Browser;
-use common::cells::{file_repository, free_port, tail, test_root, wait_for, walarchive_copy, Cell};
-use common::etcd::{etcd, pki};
+use common::cells::{free_port, tail, wait_for, Cell};
+use common::etcd::pki;
 use common::osb::{PASSWORD, USER};
+use common::rig::Rig;
+use common::serve::{osb_call, spawn_serve};
 
 const SERVICE: &str = "svc-dash";
 const PLAN: &str = "plan-ha";
@@ -118,19 +120,9 @@ pub fn fixture() -> &'static Fixture {
 }
 
 async fn osb(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = http()
-        .request(method, format!("{base}{path}"))
-        .basic_auth(USER, Some(PASSWORD))
-        .header("X-Broker-API-Version", "2.17");
-    if let Some(b) = body {
-        req = req
-            .header("Content-Type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("the broker answers");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    osb_call(&http(), base, method, path, body)
+        .await
+        .expect("the broker answers")
 }
 
 /// An HTTP client trusting the tests' CA.
@@ -156,20 +148,6 @@ fn trust_flag() -> String {
         "--ignore-certificate-errors-spki-list={}",
         base64::engine::general_purpose::STANDARD.encode(spki)
     )
-}
-
-fn spawn_broker(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walarchive-broker"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info,walarchive_broker=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    walarchive_broker::process::die_with_parent(&mut cmd);
-    cmd.spawn().expect("start walarchive-broker serve")
 }
 
 async fn provision(base: &str, id: &str, name: &str, nodes: u8, log: &std::path::Path) -> String {
@@ -214,22 +192,16 @@ async fn wait_ready(base: &str, id: &str, op: &str, log: &std::path::Path) {
 
 async fn setup() -> Fixture {
     let t0 = std::time::Instant::now();
-    let _ = etcd();
-    let root = test_root("dashboard");
-    let bin = walarchive_copy(&root);
-    let repo = file_repository(&root);
-    let cells = vec![Cell::start(&root, "a"), Cell::start(&root, "b")];
-    for c in &cells {
-        c.wait_ready().await;
-    }
+    let rig = Rig::start("dashboard", &["a", "b"]).await;
+    let root = &rig.root;
     let port = free_port();
-    let mut toml = BrokerToml::new(&root.join("broker"), &repo, &bin);
-    toml.cells = vec![(&cells[0], "z1"), (&cells[1], "z2")];
+    let mut toml = BrokerToml::new(&root.join("broker"), &rig.base, &rig.bin);
+    toml.cells = vec![(&rig.cells[0], "z1"), (&rig.cells[1], "z2")];
     toml.service = SERVICE.into();
     toml.plan = PLAN.into();
     toml.listen = Some(port);
     toml.worker = ("1s", "4m");
-    let mut text = toml.render(&format!("/broker{}", etcd().fresh_prefix()));
+    let mut text = toml.render(&rig.prefix());
     text.push_str(
         "[stats]\nsample_interval = \"1s\"\nrepository_interval = \"3s\"\ncell_timeout = \"3s\"\n\
          [dashboard]\nsession_lifetime = \"1h\"\n",
@@ -237,7 +209,7 @@ async fn setup() -> Fixture {
     let config = root.join("broker.toml");
     std::fs::write(&config, &text).unwrap();
     let log = root.join("broker.log");
-    let broker = spawn_broker(&config, &log);
+    let broker = spawn_serve(env!("CARGO_BIN_EXE_walarchive-broker"), &config, &log, &[]);
     let base = format!("https://127.0.0.1:{port}");
     wait_for(
         "the broker's API",
@@ -299,7 +271,7 @@ async fn setup() -> Fixture {
         credentials,
         other,
         trust_flag: trust_flag(),
-        cells,
+        cells: rig.cells,
         _broker: std::sync::Mutex::new(broker),
     }
 }
