@@ -178,16 +178,7 @@ pub fn render(routes: &[Route], opts: &RouterOptions) -> String {
             bind = opts.bind_address,
             port = r.port,
         );
-        for b in &r.backends {
-            let _ = writeln!(
-                out,
-                "    server {} {}:{} check port {}",
-                haproxy_name(&b.name),
-                b.host,
-                b.pg_port,
-                b.api_port
-            );
-        }
+        write_checked_servers(&mut out, &r.backends);
         out.push('\n');
         if let Some(ro) = r.read_only_port {
             render_read_only(&mut out, r, &name, ro, opts);
@@ -219,16 +210,7 @@ fn render_read_only(out: &mut String, r: &Route, name: &str, ro: u16, opts: &Rou
          default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
         bind = opts.bind_address,
     );
-    for b in &r.backends {
-        let _ = writeln!(
-            out,
-            "    server {} {}:{} check port {}",
-            haproxy_name(&b.name),
-            b.host,
-            b.pg_port,
-            b.api_port
-        );
-    }
+    write_checked_servers(out, &r.backends);
     if opts.read_only_fallback {
         for b in &r.backends {
             let server = haproxy_name(&b.name);
@@ -240,6 +222,21 @@ fn render_read_only(out: &mut String, r: &Route, name: &str, ro: u16, opts: &Rou
         }
     }
     out.push('\n');
+}
+
+/// One `server` line per node, health-checked on its Patroni REST API port (the block's
+/// `option httpchk` says which endpoint).
+fn write_checked_servers(out: &mut String, backends: &[Backend]) {
+    for b in backends {
+        let _ = writeln!(
+            out,
+            "    server {} {}:{} check port {}",
+            haproxy_name(&b.name),
+            b.host,
+            b.pg_port,
+            b.api_port
+        );
+    }
 }
 
 /// Checks a configuration file with `haproxy -c`.
